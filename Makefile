@@ -1,0 +1,28 @@
+# il2treg: the two commands of the README's Quickstart, and a few more.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/il2treg simulate --regimen lupil2 --n 500 --seed 0 --out out/demo --force
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/simulate.py
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/simulate.py --quick
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
