@@ -1,8 +1,29 @@
-"""il2treg: differentiable models of low-dose IL-2 therapy in SLE."""
+"""il2treg: differentiable models of low-dose IL-2 therapy in SLE.
+
+One entry point per job: :func:`load_model` reads a model definition, :func:`simulate` solves it
+for one patient or a batch under a :class:`Regimen`, :func:`sample_population` draws patients.
+"""
 
 from il2treg import _precision  # noqa: F401  (enables float64 first)
-from il2treg import errors, units
+from il2treg import errors, regimen, units
+from il2treg.model import Model, Parameters, load_model, sample_population
+from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
 from il2treg.regimen import Regimen
+from il2treg.simulate import Simulation, SolverOptions, simulate
 
-__all__ = ["errors", "units", "Regimen"]
+__all__ = [
+    "OBSERVABLES",
+    "OBSERVABLE_NAMES",
+    "Model",
+    "Parameters",
+    "Regimen",
+    "Simulation",
+    "SolverOptions",
+    "errors",
+    "load_model",
+    "regimen",
+    "sample_population",
+    "simulate",
+    "units",
+]
 __version__ = "0.1.0"

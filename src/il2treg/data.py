@@ -1,0 +1,793 @@
+"""Biomarker datasets: the long event table, its validation, and padded arrays for batching.
+
+Format
+------
+A dataset is a long, NONMEM-like table (a CSV file or a pandas DataFrame) with one row per
+event:
+
+======  ==================================================================================
+column  meaning
+======  ==================================================================================
+ID      subject identifier; all numbers or all text
+TIME    days from the subject's first dose (≥ 0, non-decreasing within an ID)
+EVID    0 = observation, 1 = dose
+AMT     dose in IU on dose rows (≥ 0; 0 is a placebo injection); empty or 0 on observations
+DVID    what was observed, one of :data:`il2treg.observables.OBSERVABLE_NAMES`; empty on doses
+DV      observed value in the DVID's unit (:data:`il2treg.observables.OBSERVABLES`); empty on
+        doses
+CENS    optional, default 0: 1 = below the lower limit of quantification (LLOQ), DV holds the
+        LLOQ
+MDV     optional, default 0: 1 = missing DV; the row is kept and reported but not fitted
+other   covariates (``ARM``, ``SITE``, ``WT``, ``BSA``, ...), constant within an ID; a column
+        whose values are all numbers is numeric, any other is categorical (text)
+======  ==================================================================================
+
+For example, one subject on ILT-101 with a baseline Treg sample, the first dose, an IL-2 level
+below the LLOQ of 1 pM and a Treg sample whose value was lost::
+
+    ID,TIME,EVID,AMT,DVID,DV,CENS,MDV,ARM,WT
+    1,0,0,,treg_pct_cd4,5.1,0,0,ILT-101,64
+    1,0,1,1500000,,,,,ILT-101,64
+    1,0.25,0,,il2_pM,1,1,0,ILT-101,64
+    1,7,0,,treg_pct_cd4,,0,1,ILT-101,64
+
+Empty cells, ``.``, ``NA``, ``NaN`` and ``nan`` are missing values. Rows are numbered from 1 at
+the first data row after the header, in the table's order (blank lines in a CSV file are
+skipped and not counted). The rows of one ID need not be contiguous. The NONMEM columns
+``ADDL``, ``II``, ``SS``, ``RATE`` and ``CMT`` are rejected rather than ignored, because
+ignoring them would silently change the doses.
+
+Validation
+----------
+:func:`read_dataset` runs its checks in a fixed order and raises :class:`~il2treg.errors.DataError`
+for the first that fails, naming the column, the row (the first offending one) and the fix.
+No valid row is dropped: observation rows with ``MDV=1`` stay in the arrays with
+``obs_mask=False`` and are listed in :attr:`Dataset.excluded`.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import equinox as eqx
+import numpy as np
+import pandas as pd
+from jaxtyping import Bool, Float, Int
+
+from il2treg.errors import DataError, InputError
+from il2treg.observables import OBSERVABLE_NAMES
+
+__all__ = ["Dataset", "read_dataset", "check_file", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]
+
+#: Columns every dataset must have.
+REQUIRED_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "DVID", "DV")
+#: Columns with a default (0) when absent.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("CENS", "MDV")
+
+_EVENT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+_UNSUPPORTED_COLUMNS = ("ADDL", "II", "SS", "RATE", "CMT")
+_MISSING_TOKENS = frozenset({"", ".", "NA", "NaN", "nan"})
+_DVID_INDEX = {name: k for k, name in enumerate(OBSERVABLE_NAMES)}
+_SHOWN_EXCLUDED = 10
+
+_Cell = object
+_SubjectId = int | float | str
+
+
+class Dataset(eqx.Module):
+    """A validated biomarker dataset as padded per-subject arrays, ready for ``jax.vmap``.
+
+    Build one with :func:`read_dataset`. Arrays are NumPy (``jit`` and ``vmap`` accept them);
+    the first axis is the subject, in order of first appearance in the table. Padding sits at
+    the end of each row and is never used: ``obs_mask`` is ``False`` there and dose padding
+    has amount 0.
+
+    Attributes:
+        ids: original subject IDs (``int``, ``float`` or ``str``), static.
+        covariates: name -> ``[subjects]`` array: float64 for numeric covariates (NaN where
+            missing), int64 codes into ``covariate_levels`` for categorical ones.
+        covariate_levels: ``((name, (level, ...)), ...)`` for categorical covariates, levels
+            sorted; a missing value is the level ``""``. Static.
+        obs_time: observation times in days; padding repeats the subject's last observation
+            time, so a solver never integrates past the data.
+        obs_dvid: index into :data:`~il2treg.observables.OBSERVABLE_NAMES`; 0 on padding.
+        obs_value: observed value in the DVID's unit (the LLOQ where ``obs_cens``); 0.0 on
+            padding and where an ``MDV=1`` row has no DV, so the array is always finite.
+        obs_cens: ``True`` where the value is below the LLOQ (``CENS=1``).
+        obs_mask: ``True`` where the observation is used: ``False`` on padding and ``MDV=1``.
+        obs_dv_missing: ``True`` where an ``MDV=1`` row has no DV (kept so that
+            :meth:`to_frame` writes it back empty).
+        obs_row: 1-based row of the source table; 0 on padding.
+        dose_time: dose times in days; padding repeats the subject's last dose time (0.0 for
+            a subject without doses).
+        dose_amount: doses in IU; 0.0 on padding. At least one column, so a dataset without
+            doses still has width-1 dose arrays.
+        dose_row: 1-based row of the source table; 0 on padding.
+    """
+
+    ids: tuple[_SubjectId, ...] = eqx.field(static=True)
+    covariates: dict[str, Float[np.ndarray, " subjects"] | Int[np.ndarray, " subjects"]]
+    covariate_levels: tuple[tuple[str, tuple[str, ...]], ...] = eqx.field(static=True)
+    obs_time: Float[np.ndarray, "subjects obs"]
+    obs_dvid: Int[np.ndarray, "subjects obs"]
+    obs_value: Float[np.ndarray, "subjects obs"]
+    obs_cens: Bool[np.ndarray, "subjects obs"]
+    obs_mask: Bool[np.ndarray, "subjects obs"]
+    obs_dv_missing: Bool[np.ndarray, "subjects obs"]
+    obs_row: Int[np.ndarray, "subjects obs"]
+    dose_time: Float[np.ndarray, "subjects doses"]
+    dose_amount: Float[np.ndarray, "subjects doses"]
+    dose_row: Int[np.ndarray, "subjects doses"]
+
+    @property
+    def n_subjects(self) -> int:
+        """Number of subjects."""
+        return len(self.ids)
+
+    @property
+    def excluded(self) -> list[tuple[int, str]]:
+        """Observation rows kept but not used (``MDV=1``), as ``(row, reason)`` sorted by row."""
+        real = (self.obs_row > 0) & ~self.obs_mask
+        found = [
+            (
+                int(self.obs_row[s, j]),
+                f"MDV=1: {OBSERVABLE_NAMES[self.obs_dvid[s, j]]} at TIME "
+                f"{_number_text(self.obs_time[s, j])} for ID {_id_text(self.ids[s])} not used",
+            )
+            for s, j in zip(*np.nonzero(real), strict=True)
+        ]
+        return sorted(found)
+
+    def covariate_values(self, name: str) -> np.ndarray:
+        """One covariate's per-subject values: float64, or object strings if categorical."""
+        if name not in self.covariates:
+            known = ", ".join(self.covariates) or "none"
+            raise InputError(
+                f"unknown covariate {name!r}. Fix: use one of the dataset's covariates: {known}."
+            )
+        levels = dict(self.covariate_levels)
+        if name in levels:
+            return np.array(levels[name], dtype=object)[self.covariates[name]]
+        return self.covariates[name]
+
+    def observed_names(self) -> tuple[str, ...]:
+        """DVIDs with at least one used observation, in the order of ``OBSERVABLE_NAMES``."""
+        present = set(self.obs_dvid[self.obs_mask].tolist())
+        return tuple(name for k, name in enumerate(OBSERVABLE_NAMES) if k in present)
+
+    def subset(self, ids: Iterable[_SubjectId]) -> Dataset:
+        """The subjects ``ids``, in that order, with padding trimmed to the widest of them.
+
+        Row numbers (``obs_row``, ``dose_row``, :attr:`excluded`) still refer to the source
+        table. Raises :class:`~il2treg.errors.InputError` on an unknown, repeated or empty ID
+        list.
+        """
+        wanted = list(ids)
+        position = {subject: k for k, subject in enumerate(self.ids)}
+        if not wanted:
+            raise InputError("subset() got no IDs. Fix: pass at least one subject ID.")
+        for subject in wanted:
+            if subject not in position:
+                shown = ", ".join(_id_text(i) for i in self.ids[:_SHOWN_EXCLUDED])
+                more = ", ..." if self.n_subjects > _SHOWN_EXCLUDED else ""
+                raise InputError(
+                    f"unknown subject ID {subject!r}. Fix: use IDs of the dataset "
+                    f"({self.n_subjects} subjects: {shown}{more})."
+                )
+        repeated = next((s for k, s in enumerate(wanted) if s in wanted[:k]), None)
+        if repeated is not None:
+            raise InputError(
+                f"subject ID {repeated!r} is repeated in subset(). Fix: name each ID once."
+            )
+        pick = np.array([position[s] for s in wanted])
+        n_obs = int((self.obs_row[pick] > 0).sum(axis=1).max())
+        n_dose = max(1, int((self.dose_row[pick] > 0).sum(axis=1).max()))
+        return Dataset(
+            ids=tuple(self.ids[k] for k in pick),
+            covariates={name: values[pick] for name, values in self.covariates.items()},
+            covariate_levels=self.covariate_levels,
+            obs_time=self.obs_time[pick, :n_obs],
+            obs_dvid=self.obs_dvid[pick, :n_obs],
+            obs_value=self.obs_value[pick, :n_obs],
+            obs_cens=self.obs_cens[pick, :n_obs],
+            obs_mask=self.obs_mask[pick, :n_obs],
+            obs_dv_missing=self.obs_dv_missing[pick, :n_obs],
+            obs_row=self.obs_row[pick, :n_obs],
+            dose_time=self.dose_time[pick, :n_dose],
+            dose_amount=self.dose_amount[pick, :n_dose],
+            dose_row=self.dose_row[pick, :n_dose],
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """The long event table again, rows in source order; ``read_dataset`` round-trips it.
+
+        Observation rows get ``AMT`` 0; dose rows get empty ``DVID`` and ``DV``, ``CENS`` 0
+        and ``MDV`` 1 (the NONMEM convention for dose records).
+        """
+        obs_s, obs_j = np.nonzero(self.obs_row > 0)
+        dose_s, dose_j = np.nonzero(self.dose_row > 0)
+        obs_value = self.obs_value[obs_s, obs_j].copy()
+        obs_value[self.obs_dv_missing[obs_s, obs_j]] = np.nan
+        subject = np.concatenate([obs_s, dose_s])
+        names = np.array(OBSERVABLE_NAMES, dtype=object)
+        frame = pd.DataFrame(
+            {
+                "ID": [self.ids[s] for s in subject],
+                "TIME": np.concatenate(
+                    [self.obs_time[obs_s, obs_j], self.dose_time[dose_s, dose_j]]
+                ),
+                "EVID": np.repeat([0, 1], [obs_s.size, dose_s.size]),
+                "AMT": np.concatenate([np.zeros(obs_s.size), self.dose_amount[dose_s, dose_j]]),
+                "DVID": np.concatenate(
+                    [names[self.obs_dvid[obs_s, obs_j]], np.full(dose_s.size, None, dtype=object)]
+                ),
+                "DV": np.concatenate([obs_value, np.full(dose_s.size, np.nan)]),
+                "CENS": np.concatenate(
+                    [self.obs_cens[obs_s, obs_j].astype(int), np.zeros(dose_s.size, dtype=int)]
+                ),
+                "MDV": np.concatenate(
+                    [(~self.obs_mask[obs_s, obs_j]).astype(int), np.ones(dose_s.size, dtype=int)]
+                ),
+            }
+        )
+        for name in self.covariates:
+            values = self.covariate_values(name)[subject]
+            if name in dict(self.covariate_levels):
+                values = np.where(values == "", None, values)
+            frame[name] = values
+        rows = np.concatenate([self.obs_row[obs_s, obs_j], self.dose_row[dose_s, dose_j]])
+        return frame.iloc[np.argsort(rows, kind="stable")].reset_index(drop=True)
+
+    def summary(self) -> str:
+        """One screen of text: subjects, arms, sites, observations per DVID, doses, exclusions."""
+        real_obs = self.obs_row > 0
+        real_dose = self.dose_row > 0
+        excluded = self.excluded
+        lines = [
+            f"Subjects: {self.n_subjects}; rows: {int(real_obs.sum() + real_dose.sum())} "
+            f"({int(real_obs.sum())} observations, {int(real_dose.sum())} doses)"
+        ]
+        for column, label in (("ARM", "Arms"), ("SITE", "Sites")):
+            if column in self.covariates:
+                lines.append(f"{label} (subjects): {_tally(self.covariate_values(column))}")
+        if self.covariates:
+            kinds = dict(self.covariate_levels)
+            described = [f"{n} ({'text' if n in kinds else 'number'})" for n in self.covariates]
+            lines.append(f"Covariates: {', '.join(described)}")
+        times = np.concatenate([self.obs_time[real_obs], self.dose_time[real_dose]])
+        lines.append(f"Time: {_number_text(times.min())} to {_number_text(times.max())} days")
+        per_subject = real_dose.sum(axis=1)
+        dose_line = (
+            f"Doses: {int(real_dose.sum())} rows, {int(per_subject.min())} to "
+            f"{int(per_subject.max())} per subject"
+        )
+        if real_dose.any():
+            amounts = self.dose_amount[real_dose]
+            dose_line += (
+                f", {_number_text(amounts.min())} to {_number_text(amounts.max())} IU per dose"
+            )
+        lines.append(dose_line)
+        lines.append("Observations (used, of which below LLOQ):")
+        for k, name in enumerate(OBSERVABLE_NAMES):
+            used = self.obs_mask & (self.obs_dvid == k)
+            if used.any():
+                blq = int((used & self.obs_cens).sum())
+                lines.append(f"  {name:<18} {int(used.sum()):>6}   BLQ {blq}")
+        lines.append(f"Excluded rows (MDV=1, kept but not used): {len(excluded)}")
+        lines.extend(f"  row {row}: {reason}" for row, reason in excluded[:_SHOWN_EXCLUDED])
+        if len(excluded) > _SHOWN_EXCLUDED:
+            lines.append(f"  ... and {len(excluded) - _SHOWN_EXCLUDED} more")
+        return "\n".join(lines)
+
+
+def read_dataset(source: str | os.PathLike[str] | pd.DataFrame) -> Dataset:
+    """Read, validate and pad a biomarker dataset (format in the module docstring).
+
+    Arguments:
+        source: path of a UTF-8 CSV file, or a DataFrame with the same columns.
+
+    Returns:
+        The :class:`Dataset`.
+
+    Raises:
+        DataError: the first failed check, with ``.column``, ``.row`` (1-based data row) and a
+            message giving cause, place and fix.
+    """
+    if isinstance(source, pd.DataFrame):
+        header, rows = _frame_cells(source)
+        where = "the table"
+    else:
+        header, rows = _csv_cells(Path(source))
+        where = f"file '{source}'"
+    return _build(_columns(header, rows, where))
+
+
+def check_file(path: str | os.PathLike[str]) -> str:
+    """Validate the dataset file ``path`` and return its :meth:`Dataset.summary` text.
+
+    Raises :class:`~il2treg.errors.DataError` as :func:`read_dataset` does.
+    """
+    return f"File: {path} (valid)\n{read_dataset(path).summary()}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading raw cells
+
+
+def _csv_cells(path: Path) -> tuple[list[str], list[list[_Cell]]]:
+    """Header and data rows of a CSV file as strings, after file-level checks."""
+    where = f"file '{path}'"
+    if not path.is_file():
+        raise DataError(f"{where} not found. Fix: check the path.")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise DataError(
+            f"{where} is not a text table (it contains NUL bytes, as binary files do). "
+            "Fix: export the data as a comma-separated text (CSV) file."
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{where} is not UTF-8 text. Fix: save it as a UTF-8 CSV file.") from None
+    if not text.strip():
+        raise DataError(
+            f"{where} is empty. Fix: write a header {','.join(REQUIRED_COLUMNS)} "
+            "and one row per event."
+        )
+    lines = [line for line in csv.reader(io.StringIO(text)) if line]
+    return [name.strip() for name in lines[0]], lines[1:]
+
+
+def _frame_cells(frame: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
+    """Header and rows of a DataFrame as Python values (the index is ignored)."""
+    columns = [frame.iloc[:, k].tolist() for k in range(frame.shape[1])]
+    return [str(name).strip() for name in frame.columns], [list(row) for row in zip(*columns)]
+
+
+def _columns(header: list[str], rows: list[list[_Cell]], where: str) -> dict[str, list[_Cell]]:
+    """Check the table's shape and header; return column name -> cells."""
+    if not header:
+        raise DataError(
+            f"{where} is empty. Fix: write a header {','.join(REQUIRED_COLUMNS)} "
+            "and one row per event."
+        )
+    if len(header) == 1:
+        raise DataError(
+            f"{where} is not a comma-separated table: the header has a single column "
+            f"{header[0]!r}. Fix: separate columns with commas (not semicolons or tabs), "
+            f"starting with the header {','.join(REQUIRED_COLUMNS)}."
+        )
+    if not rows:
+        raise DataError(f"{where} has a header but no data rows. Fix: add one row per event.")
+    for r, row in enumerate(rows, start=1):
+        if len(row) != len(header):
+            raise DataError(
+                f"row {r} has {len(row)} fields but the header has {len(header)}. Fix: give "
+                f"every row {len(header)} comma-separated fields (quote values containing commas).",
+                row=r,
+            )
+    for k, name in enumerate(header, start=1):
+        if not name:
+            raise DataError(
+                f"header column {k} has no name. Fix: name every column, or delete the empty "
+                "column (often a trailing comma)."
+            )
+        if name in header[: k - 1]:
+            raise DataError(
+                f"column {name!r} appears more than once in the header. Fix: keep one column "
+                "per name.",
+                column=name,
+            )
+    for name in REQUIRED_COLUMNS:
+        if name not in header:
+            raise DataError(
+                f"missing required column {name!r} (found: {', '.join(header)}). Fix: add it; "
+                f"required are {', '.join(REQUIRED_COLUMNS)}; CENS and MDV are optional.",
+                column=name,
+            )
+    for name in _UNSUPPORTED_COLUMNS:
+        if name in header:
+            raise DataError(
+                f"column {name!r} is not supported. Fix: drop it; write one EVID=1 row per "
+                "subcutaneous bolus dose (expand ADDL/II) and identify observations by DVID.",
+                column=name,
+            )
+    return {name: [row[k] for row in rows] for k, name in enumerate(header)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells -> values
+
+
+def _is_missing(cell: _Cell) -> bool:
+    if cell is None or cell is pd.NA:
+        return True
+    if isinstance(cell, float) and math.isnan(cell):
+        return True
+    return isinstance(cell, str) and cell.strip() in _MISSING_TOKENS
+
+
+def _number(cell: _Cell) -> float | None:
+    """The cell as a float (NaN if missing), or ``None`` if it is not a finite number."""
+    if _is_missing(cell):
+        return math.nan
+    if isinstance(cell, bool | np.bool_):
+        return None
+    if isinstance(cell, int | float | np.integer | np.floating):
+        value = float(cell)
+    elif isinstance(cell, str):
+        try:
+            value = float(cell.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _number_text(value: float) -> str:
+    """A number for messages: integers without a decimal point, others in shortest form."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def _show(cell: _Cell) -> str:
+    """A raw cell for messages: numbers as numbers, text quoted."""
+    if _is_missing(cell):
+        return "an empty cell"
+    value = _number(cell)
+    if value is not None:
+        return _number_text(value)
+    return repr(cell.strip() if isinstance(cell, str) else cell)
+
+
+def _id_text(subject: _SubjectId) -> str:
+    return repr(subject) if isinstance(subject, str) else _number_text(subject)
+
+
+def _numeric(column: str, cells: Sequence[_Cell], fix: str) -> np.ndarray:
+    """Parse a column as float64 (NaN where missing); raise on the first non-number."""
+    values = np.empty(len(cells))
+    for r, cell in enumerate(cells, start=1):
+        value = _number(cell)
+        if value is None:
+            raise DataError(
+                f"{column} must be a finite number; row {r} has {_show(cell)}. Fix: {fix}",
+                column=column,
+                row=r,
+            )
+        values[r - 1] = value
+    return values
+
+
+def _flag(column: str, cells: Sequence[_Cell], fix: str) -> np.ndarray:
+    """Parse an optional 0/1 column (missing = 0) as bool."""
+    flags = np.zeros(len(cells), dtype=bool)
+    for r, cell in enumerate(cells, start=1):
+        value = _number(cell)
+        if value is not None and math.isnan(value):
+            continue
+        if value not in (0.0, 1.0):
+            raise DataError(
+                f"{column} must be 0 or 1; row {r} has {_show(cell)}. Fix: {fix}",
+                column=column,
+                row=r,
+            )
+        flags[r - 1] = value == 1.0
+    return flags
+
+
+def _subject_ids(cells: Sequence[_Cell]) -> list[_SubjectId]:
+    """IDs as ints (integral numbers), floats or stripped strings; one kind for the table."""
+    parsed: list[_SubjectId] = []
+    for r, cell in enumerate(cells, start=1):
+        if _is_missing(cell):
+            raise DataError(
+                f"ID is missing at row {r}. Fix: give every row its subject's ID.",
+                column="ID",
+                row=r,
+            )
+        value = _number(cell)
+        if value is None:
+            parsed.append(cell.strip() if isinstance(cell, str) else str(cell))
+        else:
+            parsed.append(int(value) if value.is_integer() else value)
+    numeric = [not isinstance(subject, str) for subject in parsed]
+    for r, is_number in enumerate(numeric, start=1):
+        if is_number != numeric[0]:
+            kinds = ("numeric", "text") if numeric[0] else ("text", "numeric")
+            raise DataError(
+                f"ID mixes numbers and text: row 1 has {kinds[0]} ID {_show(cells[0])} but row "
+                f"{r} has {kinds[1]} ID {_show(cells[r - 1])}. Fix: use only numeric IDs or "
+                "only text IDs.",
+                column="ID",
+                row=r,
+            )
+    return parsed
+
+
+def _covariate(cells: Sequence[_Cell]) -> tuple[list[object], bool]:
+    """Per-row canonical values of a covariate and whether it is numeric."""
+    numbers = [_number(cell) for cell in cells]
+    if all(value is not None for value in numbers):
+        return numbers, True
+    return ["" if _is_missing(c) else str(c).strip() for c in cells], False
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and packing
+
+
+_TIME_FIX = "write TIME in days from the first dose (e.g. 7 or 0.125)."
+_DV_FIX = (
+    "write a number in the DVID's unit; below the LLOQ write the LLOQ and set CENS=1; "
+    "for a missing value leave DV empty and set MDV=1."
+)
+
+
+def _build(cells: dict[str, list[_Cell]]) -> Dataset:
+    """Validate the columns (fixed order of checks) and pack them into a :class:`Dataset`."""
+    n_rows = len(cells["ID"])
+    subject = _subject_ids(cells["ID"])
+
+    time = _numeric("TIME", cells["TIME"], _TIME_FIX)
+    for r, t in enumerate(time, start=1):
+        if math.isnan(t):
+            raise DataError(f"TIME is missing at row {r}. Fix: {_TIME_FIX}", column="TIME", row=r)
+        if t < 0:
+            raise DataError(
+                f"TIME is negative ({_number_text(t)}) at row {r}. Fix: TIME counts days from "
+                "the first dose; record pre-dose baseline samples at TIME 0.",
+                column="TIME",
+                row=r,
+            )
+
+    is_dose = np.zeros(n_rows, dtype=bool)
+    for r, cell in enumerate(cells["EVID"], start=1):
+        value = _number(cell)
+        if value not in (0.0, 1.0):
+            raise DataError(
+                f"EVID must be 0 (observation) or 1 (dose); row {r} has {_show(cell)}. Fix: use "
+                "0 or 1; resets and other event types are not supported.",
+                column="EVID",
+                row=r,
+            )
+        is_dose[r - 1] = value == 1.0
+
+    amount = _numeric("AMT", cells["AMT"], "give doses in IU (e.g. 1500000 for 1.5 MIU).")
+    for r, (dose, a) in enumerate(zip(is_dose, amount, strict=True), start=1):
+        if dose and math.isnan(a):
+            raise DataError(
+                f"AMT is missing on dose row {r}. Fix: give the dose in IU (e.g. 1500000 for "
+                "1.5 MIU), or 0 for a placebo injection.",
+                column="AMT",
+                row=r,
+            )
+        if dose and a < 0:
+            raise DataError(
+                f"AMT is negative ({_number_text(a)}) on dose row {r}. Fix: give the dose in IU, "
+                "0 or more.",
+                column="AMT",
+                row=r,
+            )
+        if not dose and not math.isnan(a) and a != 0:
+            raise DataError(
+                f"AMT is {_number_text(a)} on observation row {r} (EVID 0). Fix: leave AMT empty "
+                "or 0 on observation rows, or set EVID 1 if the row is a dose.",
+                column="AMT",
+                row=r,
+            )
+
+    dvid = np.zeros(n_rows, dtype=np.int64)
+    for r, (dose, cell) in enumerate(zip(is_dose, cells["DVID"], strict=True), start=1):
+        if dose and not _is_missing(cell):
+            raise DataError(
+                f"dose row {r} (EVID 1) has DVID {_show(cell)}. Fix: leave DVID empty on dose "
+                "rows.",
+                column="DVID",
+                row=r,
+            )
+        if dose:
+            continue
+        if _is_missing(cell):
+            raise DataError(
+                f"DVID is missing on observation row {r}. Fix: name what was observed, one of: "
+                f"{', '.join(OBSERVABLE_NAMES)}.",
+                column="DVID",
+                row=r,
+            )
+        name = cell.strip() if isinstance(cell, str) else cell
+        if name not in _DVID_INDEX:
+            close = difflib.get_close_matches(str(name), OBSERVABLE_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DataError(
+                f"unknown DVID {_show(cell)} at row {r}{hint}. Fix: use one of: "
+                f"{', '.join(OBSERVABLE_NAMES)}.",
+                column="DVID",
+                row=r,
+            )
+        dvid[r - 1] = _DVID_INDEX[name]
+
+    value = _numeric("DV", cells["DV"], _DV_FIX)
+    for r, (dose, v) in enumerate(zip(is_dose, value, strict=True), start=1):
+        if dose and not math.isnan(v):
+            raise DataError(
+                f"dose row {r} (EVID 1) carries a DV ({_number_text(v)}). Fix: leave DV empty on "
+                "dose rows; put the measurement on its own observation row (EVID 0).",
+                column="DV",
+                row=r,
+            )
+
+    no_flags = [None] * n_rows
+    cens = _flag(
+        "CENS",
+        cells.get("CENS", no_flags),
+        "1 marks a value below the LLOQ (DV holds the LLOQ), 0 otherwise; empty means 0.",
+    )
+    for r, (dose, c, v) in enumerate(zip(is_dose, cens, value, strict=True), start=1):
+        if c and dose:
+            raise DataError(
+                f"dose row {r} (EVID 1) has CENS=1. Fix: leave CENS empty or 0 on dose rows.",
+                column="CENS",
+                row=r,
+            )
+        if c and math.isnan(v):
+            raise DataError(
+                f"CENS=1 at row {r} but DV is empty. Fix: write the LLOQ in DV (CENS=1 means the "
+                "value is below the LLOQ held in DV).",
+                column="CENS",
+                row=r,
+            )
+    mdv = _flag(
+        "MDV",
+        cells.get("MDV", no_flags),
+        "1 keeps the row without using its DV, 0 otherwise; empty means 0.",
+    )
+    for r, (dose, m, v, k) in enumerate(zip(is_dose, mdv, value, dvid, strict=True), start=1):
+        if not dose and not m and math.isnan(v):
+            raise DataError(
+                f"DV is missing on observation row {r} ({OBSERVABLE_NAMES[k]}). Fix: fill in the "
+                "value, or set MDV=1 to keep the row without using it.",
+                column="DV",
+                row=r,
+            )
+
+    covariate_names = [name for name in cells if name not in _EVENT_COLUMNS]
+    covariates = {name: _covariate(cells[name]) for name in covariate_names}
+
+    seen: dict[tuple[object, ...], int] = {}
+    for r in range(1, n_rows + 1):
+        key = (
+            subject[r - 1],
+            time[r - 1],
+            amount[r - 1] if is_dose[r - 1] else None,
+            None if math.isnan(value[r - 1]) else value[r - 1],
+            bool(is_dose[r - 1]),
+            int(dvid[r - 1]),
+            bool(cens[r - 1]),
+            bool(mdv[r - 1]) and not is_dose[r - 1],
+            *(_key(values[r - 1]) for values, _ in covariates.values()),
+        )
+        if key in seen:
+            raise DataError(
+                f"row {r} duplicates row {seen[key]} exactly. Fix: delete one of the two rows.",
+                row=r,
+            )
+        seen[key] = r
+
+    rows_of: dict[_SubjectId, list[int]] = {}
+    for k, s in enumerate(subject):
+        rows_of.setdefault(s, []).append(k)
+    for s, rows in rows_of.items():
+        for previous, k in zip(rows, rows[1:], strict=False):
+            if time[k] < time[previous]:
+                raise DataError(
+                    f"TIME decreases within ID {_id_text(s)} at row {k + 1} "
+                    f"({_number_text(time[k])} after {_number_text(time[previous])} at row "
+                    f"{previous + 1}). Fix: sort the rows of each ID by TIME.",
+                    column="TIME",
+                    row=k + 1,
+                )
+    for s, rows in rows_of.items():
+        if all(is_dose[k] for k in rows):
+            raise DataError(
+                f"ID {_id_text(s)} has no observation rows (EVID 0). Fix: add its observations "
+                "or remove its rows.",
+                column="ID",
+                row=rows[0] + 1,
+            )
+    for name, (values, _) in covariates.items():
+        for s, rows in rows_of.items():
+            first = rows[0]
+            for k in rows[1:]:
+                if _key(values[k]) != _key(values[first]):
+                    raise DataError(
+                        f"covariate {name!r} is not constant within ID {_id_text(s)}: "
+                        f"{_show(cells[name][first])} at row {first + 1} but "
+                        f"{_show(cells[name][k])} at row {k + 1}. Fix: give one baseline value "
+                        "per subject; record time-varying quantities as observation rows.",
+                        column=name,
+                        row=k + 1,
+                    )
+
+    return _pack(rows_of, covariates, time, is_dose, amount, dvid, value, cens, mdv)
+
+
+def _key(value: object) -> object:
+    """A covariate value made comparable: NaN -> None."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _pack(
+    rows_of: dict[_SubjectId, list[int]],
+    covariates: dict[str, tuple[list[object], bool]],
+    time: np.ndarray,
+    is_dose: np.ndarray,
+    amount: np.ndarray,
+    dvid: np.ndarray,
+    value: np.ndarray,
+    cens: np.ndarray,
+    mdv: np.ndarray,
+) -> Dataset:
+    """Padded per-subject arrays from validated row-wise columns."""
+    obs_of = [[k for k in rows if not is_dose[k]] for rows in rows_of.values()]
+    dose_of = [[k for k in rows if is_dose[k]] for rows in rows_of.values()]
+    n_sub = len(rows_of)
+    n_obs = max(len(rows) for rows in obs_of)
+    n_dose = max(1, max(len(rows) for rows in dose_of))
+
+    obs_index = np.zeros((n_sub, n_obs), dtype=np.int64)
+    obs_real = np.zeros((n_sub, n_obs), dtype=bool)
+    dose_index = np.zeros((n_sub, n_dose), dtype=np.int64)
+    dose_real = np.zeros((n_sub, n_dose), dtype=bool)
+    for s, (obs, doses) in enumerate(zip(obs_of, dose_of, strict=True)):
+        # Padding points at the subject's last row, so padded times repeat the last real one.
+        obs_index[s] = obs + [obs[-1]] * (n_obs - len(obs))
+        obs_real[s, : len(obs)] = True
+        if doses:
+            dose_index[s] = doses + [doses[-1]] * (n_dose - len(doses))
+            dose_real[s, : len(doses)] = True
+
+    dv_missing = np.isnan(value[obs_index]) & obs_real
+    has_dose = dose_real.any(axis=1, keepdims=True)
+    first_rows = [rows[0] for rows in rows_of.values()]
+    numeric = {}
+    levels = []
+    for name, (values, is_numeric) in covariates.items():
+        per_subject = [values[k] for k in first_rows]
+        if is_numeric:
+            numeric[name] = np.array(per_subject, dtype=np.float64)
+        else:
+            names = tuple(sorted(set(per_subject)))
+            levels.append((name, names))
+            numeric[name] = np.array([names.index(v) for v in per_subject], dtype=np.int64)
+    return Dataset(
+        ids=tuple(rows_of),
+        covariates=numeric,
+        covariate_levels=tuple(levels),
+        obs_time=time[obs_index],
+        obs_dvid=np.where(obs_real, dvid[obs_index], 0),
+        obs_value=np.where(obs_real & ~dv_missing, value[obs_index], 0.0),
+        obs_cens=cens[obs_index] & obs_real,
+        obs_mask=~mdv[obs_index] & obs_real,
+        obs_dv_missing=dv_missing,
+        obs_row=np.where(obs_real, obs_index + 1, 0),
+        dose_time=np.where(has_dose, time[dose_index], 0.0),
+        dose_amount=np.where(dose_real, amount[dose_index], 0.0),
+        dose_row=np.where(dose_real, dose_index + 1, 0),
+    )
+
+
+def _tally(values: np.ndarray) -> str:
+    """``'A 3, B 2'``: each distinct value (sorted) with its number of subjects."""
+    shown = [v if isinstance(v, str) else _number_text(v) for v in values.tolist()]
+    distinct, counts = np.unique(np.array(shown, dtype=str), return_counts=True)
+    return ", ".join(
+        f"{v or '(missing)'} {n}" for v, n in zip(distinct.tolist(), counts.tolist(), strict=True)
+    )

@@ -1,0 +1,156 @@
+"""The mechanistic model: parameters, structure and the :class:`Model` that joins them.
+
+The equations live one part per module: :mod:`.pk` (SC IL-2), :mod:`.cells` (signal, delay, cell
+pools, CD25), :mod:`.disease` (latent SLEDAI) and :mod:`.system` (state layout, vector field,
+observables). Parameter values, units, bounds, variability and sources live in ``models/*.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from il2treg import units
+from il2treg.errors import SpecError
+from il2treg.model import system
+from il2treg.model.system import PARAMETER_NAMES
+from il2treg.spec import ModelSpec, Structure, read_spec
+
+
+class Parameters(eqx.Module):
+    """Parameter values in internal units (days, L, pM, cells/uL), one row per patient if batched.
+
+    Attributes:
+        values: ``[..., n_params]`` float64 array, columns in the order of ``names``.
+        names: parameter names (static).
+    """
+
+    values: Float[Array, "*batch params"]
+    names: tuple[str, ...] = eqx.field(static=True)
+
+    def __getitem__(self, name: str) -> Float[Array, "*batch"]:
+        return self.values[..., self._index(name)]
+
+    def _index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise SpecError(f"unknown parameter {name!r}. Fix: use one of {', '.join(self.names)}.") from None
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape[:-1])
+
+    def as_dict(self) -> dict[str, Float[Array, "*batch"]]:
+        return {n: self.values[..., i] for i, n in enumerate(self.names)}
+
+    def replace(self, **values_internal) -> Parameters:
+        """A copy with some parameters set (internal units; scalars broadcast over the batch)."""
+        out = self.values
+        for name, v in values_internal.items():
+            out = out.at[..., self._index(name)].set(v)
+        return Parameters(out, self.names)
+
+
+class Model(eqx.Module):
+    """A model variant: its validated definition (static) and, from it, typical parameters.
+
+    Build with :func:`load_model`. A ``Model`` is a pytree with no array leaves, so it passes
+    through ``jax.jit`` as static configuration.
+    """
+
+    spec: ModelSpec = eqx.field(static=True)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def structure(self) -> Structure:
+        return self.spec.structure
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return self.spec.names
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return system.state_names(self.structure)
+
+    def typical(self) -> Parameters:
+        """The typical patient: every parameter at its declared value."""
+        return Parameters(jnp.asarray([p.value for p in self.spec.params], dtype=jnp.float64), self.spec.names)
+
+    def parameters(self, **overrides) -> Parameters:
+        """Typical parameters with some values replaced, given in the units of the model file.
+
+        ``model.parameters(ka=0.3)`` sets ka to 0.3 1/h when the file declares ka in 1/h.
+        A value outside the declared bounds raises :class:`SpecError`.
+        """
+        values = [p.value for p in self.spec.params]
+        for name, declared in overrides.items():
+            ps = self.spec[name]
+            internal = float(units.to_internal(float(declared), ps.unit)[0])
+            if not ps.bounds[0] <= internal <= ps.bounds[1]:
+                lo, hi = ps.to_declared(ps.bounds[0]), ps.to_declared(ps.bounds[1])
+                raise SpecError(
+                    f"parameter {name!r} = {declared} {ps.unit} is outside its bounds [{lo:g}, {hi:g}] {ps.unit}. "
+                    "Fix: choose a value inside the bounds or edit them in the model file."
+                )
+            values[self.spec.names.index(name)] = internal
+        return Parameters(jnp.asarray(values, dtype=jnp.float64), self.spec.names)
+
+    def with_structure(self, **switches) -> Model:
+        """A variant with structural switches changed, e.g. ``transit_compartments=0`` (no delay)."""
+        try:
+            structure = dataclasses.replace(self.structure, **switches)
+        except TypeError as err:
+            raise SpecError(f"{err}. Fix: use transit_compartments, cd25_feedback or receptor_sink.") from None
+        return Model(dataclasses.replace(self.spec, structure=structure))
+
+    def with_values(self, **overrides) -> Model:
+        """A variant whose typical values are replaced (units of the model file)."""
+        typical = self.parameters(**overrides)
+        params = tuple(
+            dataclasses.replace(ps, value=float(v), declared_value=ps.to_declared(float(v)))
+            for ps, v in zip(self.spec.params, np.asarray(typical.values))
+        )
+        return Model(dataclasses.replace(self.spec, params=params))
+
+
+def load_model(name_or_path: str | Path = "il2_treg_sledai") -> Model:
+    """Load a model by name (a file in ``models/``) or from a path to a TOML file."""
+    return Model(read_spec(name_or_path, required=PARAMETER_NAMES))
+
+
+def sample_population(
+    model: Model, n: int, seed: int = 0, *, typical: Parameters | None = None
+) -> Parameters:
+    r"""Draw ``n`` virtual patients with the model's between-patient variability.
+
+    Each parameter with ``cv_percent > 0`` is log-normal around its typical value:
+    :math:`\theta_i = \theta\, e^{\eta_i}`, :math:`\eta_i \sim N(0, \omega^2)`,
+    :math:`\omega^2 = \ln(1 + CV^2)`; the others are fixed at the typical value.
+    Draws falling outside a parameter's bounds are clipped to them.
+
+    Returns:
+        :class:`Parameters` with ``values`` of shape ``[n, n_params]``.
+    """
+    if n < 1:
+        raise SpecError(f"n must be a positive number of patients, got {n}.")
+    base = model.typical() if typical is None else typical
+    omega = jnp.asarray([p.omega for p in model.spec.params])
+    eta = jax.random.normal(jax.random.PRNGKey(seed), (n, len(omega)), dtype=jnp.float64) * omega
+    lo = jnp.asarray([p.bounds[0] for p in model.spec.params])
+    hi = jnp.asarray([p.bounds[1] for p in model.spec.params])
+    values = jnp.clip(base.values * jnp.exp(eta), lo, hi)
+    return Parameters(values, base.names)
+
+
+__all__ = ["Model", "Parameters", "load_model", "sample_population", "PARAMETER_NAMES"]

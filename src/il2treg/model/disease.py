@@ -1,0 +1,46 @@
+r"""Latent SELENA-SLEDAI activity: standard-of-care course plus a Treg-driven drug effect.
+
+.. math::
+    L(t) = L_0 - P_{max}\,(1 - e^{-k_{pl} t}) + \Delta(t)
+
+    \frac{d\Delta}{dt} = k_D\,\left(-I_{max} L_0\, G(R_T) - \Delta\right), \qquad
+    G(R) = \frac{(R - 1)_+}{R_{50} + (R - 1)_+}
+
+:math:`L_0` is the baseline score (points), the second term the standard-of-care (placebo) course,
+and :math:`\Delta \le 0` the drug effect, which follows the Treg fold-change :math:`R_T` with rate
+:math:`k_D` (1/day). The link from Treg expansion to SLEDAI is a hypothesis (no published
+quantitative model exists); its parameters are calibrated to the LUPIL-2 response rates.
+:math:`L` is the expected (continuous) score; the observed integer score and SRI-4 are
+observation models built on it.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+
+def standard_of_care(t: Float[Array, ""], p: dict[str, Float[Array, ""]]) -> Float[Array, ""]:
+    """Placebo / standard-of-care change in SLEDAI (points, <= 0) at time ``t`` (days)."""
+    return -p["pmax"] * (1.0 - jnp.exp(-p["kpl"] * jnp.maximum(t, 0.0)))
+
+
+def treg_effect(r_treg: Float[Array, ""], r50: Float[Array, ""]) -> Float[Array, ""]:
+    """Saturating effect G(R) of a Treg fold-change R, 0 at or below baseline."""
+    excess = jnp.maximum(r_treg - 1.0, 0.0)
+    return excess / (r50 + excess)
+
+
+def effect_derivative(
+    delta: Float[Array, ""], r_treg: Float[Array, ""], p: dict[str, Float[Array, ""]]
+) -> Float[Array, ""]:
+    """Derivative (points/day) of the drug effect on SLEDAI."""
+    target = -p["imax"] * p["sledai0"] * treg_effect(r_treg, p["r50"])
+    return p["kd"] * (target - delta)
+
+
+def latent_sledai(
+    t: Float[Array, ""], delta: Float[Array, ""], p: dict[str, Float[Array, ""]]
+) -> Float[Array, ""]:
+    """Expected SLEDAI (points) at time ``t``."""
+    return p["sledai0"] + standard_of_care(t, p) + delta

@@ -1,0 +1,121 @@
+r"""The whole model: state layout, vector field and observables, composed from the parts.
+
+State vector (length ``7 + 3 n``, ``n`` = transit compartments):
+
+======================  =============================================  ==========
+index                   state                                          unit
+======================  =============================================  ==========
+0                       SC depot amount :math:`A_d`                     MIU
+1                       central amount :math:`A_c`                      MIU
+2 .. 2+3n               delay chains, Treg then NK then Tconv          signal (0-1)
+2+3n, 3+3n, 4+3n        fold-changes :math:`R_T, R_{NK}, R_C`           1
+5+3n                    CD25 on Tregs :math:`M`                         1 (rel.)
+6+3n                    drug effect on SLEDAI :math:`\Delta`            points
+======================  =============================================  ==========
+
+At baseline every derivative is exactly zero (signals are measured relative to the endogenous
+level), so a patient without doses stays at the initial state. Equations: :mod:`.pk`,
+:mod:`.cells`, :mod:`.disease` and ``models/README.md``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from il2treg.model import cells, disease, pk
+from il2treg.observables import OBSERVABLE_NAMES
+from il2treg.spec import Structure
+
+#: Every parameter the equations read, in the canonical order.
+PARAMETER_NAMES: tuple[str, ...] = (
+    "ka", "tlag", "F", "CL", "V", "CLR", "il2_endo",
+    "hill", "ec50_treg", "ec50_nk", "ec50_tconv", "mtt",
+    "kout_treg", "emax_treg", "treg0",
+    "kout_tconv", "emax_tconv", "tconv0",
+    "kout_nk", "emax_nk", "nk0",
+    "kin_cd25", "emax_cd25", "gamma_cd25",
+    "sledai0", "pmax", "kpl", "imax", "r50", "kd",
+)  # fmt: skip
+
+DEPOT = 0
+CENTRAL = 1
+
+
+def n_states(structure: Structure) -> int:
+    return 7 + 3 * structure.transit_compartments
+
+
+def state_names(structure: Structure) -> tuple[str, ...]:
+    n = structure.transit_compartments
+    chains = tuple(f"transit_{cell}_{i + 1}" for cell in ("treg", "nk", "tconv") for i in range(n))
+    return ("depot", "central", *chains, "treg_fold", "nk_fold", "tconv_fold", "cd25_rel", "sledai_effect")
+
+
+def initial_state(structure: Structure) -> Float[Array, " states"]:
+    """Baseline (pre-dose steady state): no drug, fold-changes and CD25 at 1, no drug effect."""
+    n = structure.transit_compartments
+    return jnp.concatenate([jnp.zeros(2 + 3 * n), jnp.ones(4), jnp.zeros(1)])
+
+
+def _split(y: Float[Array, " states"], n: int):
+    z = y[2 : 2 + 3 * n].reshape(3, n)
+    folds = y[2 + 3 * n : 5 + 3 * n]  # Treg, NK, Tconv
+    return y[DEPOT], y[CENTRAL], z, folds, y[5 + 3 * n], y[6 + 3 * n]
+
+
+def prepare(p: dict, structure: Structure) -> dict:
+    """Add the constants the vector field needs to ``p`` (computed once per solve, not per step)."""
+    c0, n = p["il2_endo"], p["hill"]
+    return {
+        **p,
+        "s0": jnp.stack([cells.hill(c0, p[k], n) for k in ("ec50_treg", "ec50_nk", "ec50_tconv")]),
+        "kout": jnp.stack([p["kout_treg"], p["kout_nk"], p["kout_tconv"]]),
+        "emax": jnp.stack([p["emax_treg"], p["emax_nk"], p["emax_tconv"]]),
+    }
+
+
+def concentration_pM(y: Float[Array, " states"], p: dict) -> Float[Array, ""]:
+    """Serum IL-2 (pM), endogenous plus drug."""
+    return pk.exogenous_pM(y[CENTRAL], p["V"]) + p["il2_endo"]
+
+
+def vector_field(t: Float[Array, ""], y: Float[Array, " states"], args) -> Float[Array, " states"]:
+    """dy/dt. ``args = (p, structure)``, ``p`` from :func:`prepare` (internal units)."""
+    p, structure = args
+    n = structure.transit_compartments
+    a_d, a_c, z, folds, cd25, delta = _split(y, n)
+    sink = folds[0] * cd25 if structure.receptor_sink else 0.0
+    d_depot, d_central = pk.derivatives(a_d, a_c, sink, p)
+    u = cells.signal_increments(concentration_pM(y, p), cd25, p, cd25_feedback=structure.cd25_feedback)
+    if n > 0:
+        dz = cells.transit_derivatives(z, u, p["mtt"])
+        drive = z[:, -1]
+    else:
+        dz = z
+        drive = u
+    d_folds = cells.pool_derivatives(folds, drive, p)
+    d_cd25 = cells.cd25_derivative(cd25, u[0], p)
+    d_delta = disease.effect_derivative(delta, folds[0], p)
+    return jnp.concatenate(
+        [jnp.stack([d_depot, d_central]), dz.reshape(-1), d_folds, jnp.stack([d_cd25, d_delta])]
+    )
+
+
+def observables(t: Float[Array, ""], y: Float[Array, " states"], args) -> Float[Array, " observables"]:
+    """The observables of :data:`il2treg.observables.OBSERVABLE_NAMES`, in that order."""
+    p, structure = args
+    _, _, _, folds, cd25, delta = _split(y, structure.transit_compartments)
+    treg = p["treg0"] * folds[0]
+    nk = p["nk0"] * folds[1]
+    tconv = p["tconv0"] * folds[2]
+    out = {
+        "il2_pM": concentration_pM(y, p),
+        "treg_pct_cd4": 100.0 * treg / (treg + tconv),
+        "treg_per_uL": treg,
+        "tconv_per_uL": tconv,
+        "nk56bright_per_uL": nk,
+        "cd25_treg_rel": cd25,
+        "sledai": disease.latent_sledai(t, delta, p),
+    }
+    return jnp.stack([out[name] for name in OBSERVABLE_NAMES])

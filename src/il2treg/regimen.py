@@ -1,0 +1,598 @@
+"""Dosing regimens as data: dose times and amounts, built from a few words or read from NONMEM rows.
+
+A :class:`Regimen` is a pytree of two float64 arrays, dose times (days from the first dose of the
+trial, model time) and amounts (IU as administered, before bioavailability). It is built with
+:func:`daily`, :func:`every`, :func:`weekly`, :func:`cycles`, combined with :meth:`Regimen.then`
+and :func:`concat` (``+``), taken from the literature with :func:`named`, or read from NONMEM-style
+dosing records with :func:`from_nonmem`. :func:`stack` pads a list of regimens to one batched
+regimen with a leading patient axis, ready for ``jax.vmap``.
+
+Example, the LUPIL-2 schedule (1.5 MIU daily for 5 days, then weekly from day 8)::
+
+    daily(1.5e6, 5).then(weekly(1.5e6, 11), gap=3)   # doses at t = 0, 1, 2, 3, 4, 7, 14, ..., 77
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jaxtyping import Array, Float
+
+from il2treg.errors import RegimenError
+
+#: Routes of administration a regimen may use; every dose enters the subcutaneous depot.
+ROUTES: tuple[str, ...] = ("sc",)
+
+#: Assessment day of LUPIL-2 (week 12 after the first dose), model time in days.
+LUPIL2_ASSESSMENT_DAY: float = 84.0
+
+#: Columns written by :func:`to_nonmem`, in order.
+NONMEM_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "CMT", "ADDL", "II")
+
+
+def _float64(x: object) -> Float[Array, "..."]:
+    return jnp.asarray(x, dtype=jnp.float64)
+
+
+def _is_traced(*values: object) -> bool:
+    return any(isinstance(v, jax.core.Tracer) for v in values)
+
+
+class Regimen(eqx.Module):
+    """A dosing regimen: when each dose is given and how much.
+
+    Doses are bolus injections into the subcutaneous depot. Times are in days of model time
+    (0 = first dose of the trial) and must not decrease along the dose axis; two doses may share a
+    time (their amounts add). A batched regimen (from :func:`stack`) has leading patient axes;
+    padded doses have amount 0 at the patient's last dose time and change nothing.
+
+    Validation runs when the regimen is built from concrete values and is skipped under ``jit``.
+
+    **Fields:**
+
+    - `times`: dose times in days, float64, shape ``(..., doses)``.
+    - `amounts`: dose amounts in IU as administered (before bioavailability), float64, >= 0.
+    - `route`: route of administration, one of :data:`ROUTES` (static).
+    - `name`: a label for reports, e.g. ``"lupil2"`` (static).
+
+    **Raises:** :class:`RegimenError` naming the field, the index of the first bad dose and the fix.
+    """
+
+    times: Float[Array, "... doses"] = eqx.field(converter=_float64)
+    amounts: Float[Array, "... doses"] = eqx.field(converter=_float64)
+    route: str = eqx.field(static=True, default="sc")
+    name: str = eqx.field(static=True, default="")
+
+    def __check_init__(self) -> None:
+        if self.route not in ROUTES:
+            raise RegimenError(
+                f"Regimen field 'route' is {self.route!r}; supported routes: {', '.join(ROUTES)}. "
+                "Fix: use route='sc' (the model has a subcutaneous depot only)."
+            )
+        if _is_traced(self.times, self.amounts):
+            return
+        times, amounts = np.asarray(self.times), np.asarray(self.amounts)
+        if times.shape != amounts.shape:
+            raise RegimenError(
+                f"Regimen fields 'times' {times.shape} and 'amounts' {amounts.shape} differ in "
+                "shape. Fix: give one amount per dose time."
+            )
+        if times.ndim == 0:
+            raise RegimenError(
+                "Regimen fields 'times' and 'amounts' are scalars; they need a dose axis. "
+                "Fix: pass 1-D arrays, e.g. Regimen(times=[0.0], amounts=[1.5e6])."
+            )
+        _reject_first(times, ~np.isfinite(times), "times", "is not finite",
+                      "give every dose a finite time in days")
+        _reject_first(amounts, ~np.isfinite(amounts), "amounts", "is not finite",
+                      "give every dose a finite amount in IU")
+        _reject_first(amounts, amounts < 0, "amounts", "is negative",
+                      "amounts are IU per dose and must be >= 0 (use 0 for a skipped dose)")
+        decreasing = np.zeros(times.shape, dtype=bool)
+        decreasing[..., 1:] = np.diff(times, axis=-1) < 0
+        _reject_first(times, decreasing, "times", "is earlier than the dose before it",
+                      "sort the doses by time, or combine regimens with concat() which sorts")
+
+    @property
+    def n_doses(self) -> int:
+        """Number of doses per patient (length of the dose axis, padding included)."""
+        return self.times.shape[-1]
+
+    @property
+    def total_iu(self) -> Float[Array, "..."]:
+        """Total amount administered in IU (per patient for a batched regimen)."""
+        return self.amounts.sum(axis=-1)
+
+    def shift(self, days: float) -> Regimen:
+        """The same regimen with every dose `days` later (earlier if negative)."""
+        return Regimen(self.times + days, self.amounts, route=self.route, name=self.name)
+
+    def then(self, other: Regimen, gap: float) -> Regimen:
+        """Follow this regimen by `other`, its first dose `gap` days after this one's last dose.
+
+        `other`'s own spacing is kept; its absolute times are ignored. If either regimen has no
+        doses, the other is returned as it is. Both must be unbatched.
+
+        **Example:** ``daily(1.5e6, 5).then(weekly(1.5e6, 11), gap=3)`` doses at 0, 1, 2, 3, 4,
+        7, 14, ..., 77.
+        """
+        _require_unbatched(self, "then")
+        _require_unbatched(other, "then")
+        _require_same_route((self, other))
+        if not _is_traced(gap) and not gap >= 0:
+            raise RegimenError(
+                f"then(gap={gap!r}): gap is the number of days from the last dose to the next "
+                "regimen's first dose and must be >= 0. Fix: pass a non-negative gap in days."
+            )
+        if self.n_doses == 0 or other.n_doses == 0:
+            return self if other.n_doses == 0 else other
+        offset = self.times[-1] + gap - other.times[0]
+        return Regimen(
+            jnp.concatenate([self.times, other.times + offset]),
+            jnp.concatenate([self.amounts, other.amounts]),
+            route=self.route,
+        )
+
+    def __add__(self, other: Regimen) -> Regimen:
+        """Merge two regimens on the same (absolute) time axis; see :func:`concat`."""
+        return concat(self, other)
+
+
+def _reject_first(values: np.ndarray, bad: np.ndarray, field: str, problem: str, fix: str) -> None:
+    """Raise a :class:`RegimenError` for the first element flagged in ``bad``, if any."""
+    if not bad.any():
+        return
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    where = f"dose index {index[0]}" if len(index) == 1 else f"index {index} (the last is the dose)"
+    raise RegimenError(
+        f"Regimen field '{field}' at {where}: value {values[index].item()!r} {problem}. "
+        f"Fix: {fix}."
+    )
+
+
+def _require_unbatched(regimen: Regimen, operation: str) -> None:
+    if regimen.times.ndim != 1:
+        raise RegimenError(
+            f"{operation}() needs unbatched regimens (times of shape (doses,)); got shape "
+            f"{regimen.times.shape}. Fix: combine per-patient regimens first, then stack() them."
+        )
+
+
+def _require_same_route(regimens: Sequence[Regimen]) -> str:
+    routes = sorted({r.route for r in regimens})
+    if len(routes) > 1:
+        raise RegimenError(
+            f"Regimens with different routes {routes} cannot be combined. "
+            "Fix: give every regimen the same route."
+        )
+    return routes[0]
+
+
+def _count(value: object, argument: str) -> int:
+    """``value`` as a non-negative int, or a :class:`RegimenError` naming ``argument``."""
+    try:
+        count = operator.index(value)
+    except TypeError:
+        count = -1
+    if count < 0:
+        raise RegimenError(
+            f"{argument}={value!r} must be a whole number >= 0. "
+            f"Fix: pass an int, e.g. {argument}=5."
+        )
+    return count
+
+
+def concat(*regimens: Regimen) -> Regimen:
+    """Merge regimens given on one absolute time axis into one, sorted by time.
+
+    Doses at equal times keep their order (stable sort), so ``concat(a, b)`` lists ``a``'s dose
+    first. With no arguments, the regimen without doses. ``a + b`` is ``concat(a, b)``.
+    """
+    if not regimens:
+        return none()
+    for r in regimens:
+        _require_unbatched(r, "concat")
+    route = _require_same_route(regimens)
+    times = jnp.concatenate([r.times for r in regimens])
+    amounts = jnp.concatenate([r.amounts for r in regimens])
+    order = jnp.argsort(times, stable=True)
+    return Regimen(times[order], amounts[order], route=route)
+
+
+def every(amount_iu: float, interval_days: float, n: int, start: float = 0.0) -> Regimen:
+    """`n` doses of `amount_iu` IU, one every `interval_days` days from day `start`.
+
+    Dose ``k`` (0-based) is at ``start + interval_days * k`` days.
+    """
+    n = _count(n, "n")
+    if not _is_traced(interval_days) and not (np.isfinite(interval_days) and interval_days > 0):
+        raise RegimenError(
+            f"every(interval_days={interval_days!r}) must be a finite number of days > 0. "
+            "Fix: pass the time between doses in days, e.g. 7.0 for weekly."
+        )
+    return Regimen(start + interval_days * jnp.arange(n, dtype=jnp.float64),
+                   jnp.full((n,), amount_iu, dtype=jnp.float64))
+
+
+def daily(amount_iu: float, n_days: int, start: float = 0.0) -> Regimen:
+    """`n_days` daily doses of `amount_iu` IU from day `start`."""
+    return every(amount_iu, 1.0, n_days, start)
+
+
+def weekly(amount_iu: float, n: int, start: float = 0.0) -> Regimen:
+    """`n` weekly doses of `amount_iu` IU from day `start`."""
+    return every(amount_iu, 7.0, n, start)
+
+
+def none() -> Regimen:
+    """The regimen without doses (zero-length arrays), e.g. for a placebo arm."""
+    return Regimen(jnp.zeros((0,)), jnp.zeros((0,)))
+
+
+def cycles(block: Regimen, period_days: float, n_cycles: int) -> Regimen:
+    """`block` repeated `n_cycles` times, cycle ``c`` (0-based) shifted by ``c * period_days`` days.
+
+    The period must exceed the block's span (last minus first dose time), so cycles do not
+    overlap.
+    """
+    _require_unbatched(block, "cycles")
+    n_cycles = _count(n_cycles, "n_cycles")
+    if not _is_traced(period_days, block.times) and block.n_doses:
+        span = float(block.times[-1] - block.times[0])
+        if not (np.isfinite(period_days) and period_days > span):
+            raise RegimenError(
+                f"cycles(period_days={period_days!r}) must exceed the block's span of {span} days, "
+                "or cycles would overlap. Fix: pass the time from one cycle's start to the next "
+                "in days (e.g. 28.0 for a 4-week cycle)."
+            )
+    starts = period_days * jnp.arange(n_cycles, dtype=jnp.float64)
+    return Regimen((block.times[None, :] + starts[:, None]).reshape(-1),
+                   jnp.tile(block.amounts, n_cycles), route=block.route)
+
+
+def lupil2(n_weekly: int = 11, dose_iu: float = 1.5e6) -> Regimen:
+    """LUPIL-2 aldesleukin schedule: 1.5 MIU SC once daily on days 1-5, then weekly from day 8.
+
+    In model time (days from the first dose) the doses are at 0, 1, 2, 3, 4, then 7, 14, ...,
+    ``7 * n_weekly`` (77 with the default 11 weekly doses, the last before the week-12 assessment
+    at :data:`LUPIL2_ASSESSMENT_DAY`).
+
+    Source: Humrich JY et al., Ann Rheum Dis 2022, doi:10.1136/ard-2022-222501.
+
+    **Arguments:**
+
+    - `n_weekly`: number of weekly doses after the daily block.
+    - `dose_iu`: IU per injection.
+    """
+    r = daily(dose_iu, 5).then(weekly(dose_iu, _count(n_weekly, "n_weekly")), gap=3.0)
+    return Regimen(r.times, r.amounts, name="lupil2")
+
+
+def placebo() -> Regimen:
+    """No active doses (the placebo arm): :func:`none`, named ``"placebo"``."""
+    return Regimen(jnp.zeros((0,)), jnp.zeros((0,)), name="placebo")
+
+
+#: Regimens from the literature by name; :func:`named` builds one.
+NAMED_REGIMENS: dict[str, Callable[..., Regimen]] = {"lupil2": lupil2, "placebo": placebo}
+
+
+def named(name: str, **kwargs: object) -> Regimen:
+    """The literature regimen called `name` (see :data:`NAMED_REGIMENS`), built with `kwargs`.
+
+    **Example:** ``named("lupil2", n_weekly=4)``.
+
+    **Raises:** :class:`RegimenError` for an unknown name or argument.
+    """
+    factory = NAMED_REGIMENS.get(str(name).strip().lower())
+    if factory is None:
+        raise RegimenError(
+            f"Unknown regimen name {name!r}. Known regimens: {', '.join(NAMED_REGIMENS)}. "
+            "Fix: use one of these names, or build the regimen with daily(), weekly(), every()."
+        )
+    signature = inspect.signature(factory)
+    try:
+        signature.bind(**kwargs)
+    except TypeError as error:
+        raise RegimenError(
+            f"Regimen {name!r} does not accept {sorted(kwargs)} ({error}). "
+            f"Fix: use only its arguments: {', '.join(signature.parameters) or '(none)'}."
+        ) from None
+    return factory(**kwargs)
+
+
+def stack(regimens: Sequence[Regimen], n_doses: int | None = None) -> Regimen:
+    """Batch unbatched regimens into one with a leading patient axis, for ``jax.vmap``.
+
+    Each patient's doses are padded at the end to `n_doses` (default: the most doses of any
+    patient) with amount 0 at that patient's last dose time (0.0 if it has no doses). A zero dose
+    at an existing dose time changes no simulation.
+
+    **Returns:** a regimen with times and amounts of shape ``(patients, n_doses)``; its name is the
+    patients' common name, or ``""`` if they differ.
+    """
+    regimens = list(regimens)
+    if not regimens:
+        raise RegimenError("stack() got no regimens. Fix: pass at least one Regimen.")
+    for r in regimens:
+        _require_unbatched(r, "stack")
+    route = _require_same_route(regimens)
+    longest = max(r.n_doses for r in regimens)
+    width = longest if n_doses is None else _count(n_doses, "n_doses")
+    if width < longest:
+        patient = next(i for i, r in enumerate(regimens) if r.n_doses == longest)
+        raise RegimenError(
+            f"stack(n_doses={width}) is fewer than the {longest} doses of regimen index {patient}. "
+            f"Fix: pass n_doses >= {longest}, or leave it out."
+        )
+
+    def padded(r: Regimen) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
+        pad = width - r.n_doses
+        last = r.times[-1:] if r.n_doses else jnp.zeros((1,))
+        return (jnp.concatenate([r.times, jnp.broadcast_to(last, (pad,))]),
+                jnp.concatenate([r.amounts, jnp.zeros((pad,))]))
+
+    times, amounts = zip(*(padded(r) for r in regimens))
+    names = {r.name for r in regimens}
+    return Regimen(jnp.stack(times), jnp.stack(amounts), route=route,
+                   name=names.pop() if len(names) == 1 else "")
+
+
+# --------------------------------------------------------------------------- NONMEM dosing rows
+
+
+def _table(frame_or_path: object) -> tuple[pd.DataFrame, str]:
+    """The table and a label for messages, read from a DataFrame or a CSV path."""
+    if isinstance(frame_or_path, pd.DataFrame):
+        frame, source = frame_or_path.copy(), "dosing table"
+    elif isinstance(frame_or_path, (str, os.PathLike)):
+        source = f"dosing file {os.fspath(frame_or_path)!r}"
+        try:
+            frame = pd.read_csv(frame_or_path, na_values=["."], skipinitialspace=True)
+        except FileNotFoundError:
+            raise RegimenError(f"{source} does not exist. Fix: check the path.") from None
+        except pd.errors.EmptyDataError:
+            raise RegimenError(
+                f"{source} is empty. Fix: write a header line with at least TIME and AMT, then "
+                "one row per dose."
+            ) from None
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
+            raise RegimenError(
+                f"{source} is not a readable CSV table ({type(error).__name__}: {error}). "
+                "Fix: save it as comma-separated text with a header line (ID,TIME,AMT,...)."
+            ) from None
+    else:
+        raise RegimenError(
+            f"Expected a dosing table (pandas DataFrame) or the path of a CSV file, got "
+            f"{type(frame_or_path).__name__}. Fix: pass pd.read_csv(path) or the path itself."
+        )
+    frame.columns = [str(c).strip().upper() for c in frame.columns]
+    duplicated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    if duplicated:
+        raise RegimenError(
+            f"{source}: column {duplicated[0]} appears more than once (column names are "
+            "case-insensitive). Fix: keep one column of each name."
+        )
+    for column in ("TIME", "AMT"):
+        if column not in frame.columns:
+            raise RegimenError(
+                f"{source}: required column {column} is missing (found: {list(frame.columns)}). "
+                "Fix: add TIME (days from the first dose) and AMT (IU per dose) columns."
+            )
+    if frame.empty:
+        raise RegimenError(
+            f"{source} has no data rows. Fix: add one row per dose under the header."
+        )
+    return frame.reset_index(drop=True), source
+
+
+class _Rows:
+    """Numeric columns of a dosing table, with errors that name the column and data row."""
+
+    def __init__(self, frame: pd.DataFrame, source: str):
+        self.frame, self.source = frame, source
+
+    def fail(self, column: str, position: int, problem: str, fix: str) -> RegimenError:
+        value = self.frame[column].iloc[position]
+        if isinstance(value, np.generic):
+            value = value.item()
+        shown = "(missing)" if pd.isna(value) else repr(value)
+        return RegimenError(
+            f"{self.source}: column {column}, data row {position + 1} (header excluded), "
+            f"value {shown}: {problem}. Fix: {fix}."
+        )
+
+    def numeric(self, column: str, default: float = np.nan) -> np.ndarray:
+        """Column as float64, missing or '.' -> `default`; text not a number is an error."""
+        if column not in self.frame.columns:
+            return np.full(len(self.frame), default)
+        raw = self.frame[column]
+        if pd.api.types.is_numeric_dtype(raw.dtype):
+            values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+            return np.where(np.isnan(values), default, values)
+        # Text (CSV columns with a stray word, or object columns): '.' and '' mean missing.
+        text = raw.astype("string").str.strip()
+        missing = (raw.isna() | text.isin(["", "."])).to_numpy(dtype=bool)
+        values = pd.to_numeric(text.mask(missing), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan)
+        bad = np.isnan(values) & ~missing
+        if bad.any():
+            raise self.fail(column, int(np.argmax(bad)), "not a number",
+                            f"write {column} as a plain number ('.' or empty if missing)")
+        return np.where(missing, default, values)
+
+    def check(self, column: str, bad: np.ndarray, problem: str, fix: str) -> None:
+        if bad.any():
+            raise self.fail(column, int(np.argmax(bad)), problem, fix)
+
+
+def _patient_ids(rows: _Rows) -> list[int | str]:
+    """One key per row: ints when every ID is a whole number, else the ID text."""
+    if "ID" not in rows.frame.columns:
+        return [1] * len(rows.frame)
+    raw = rows.frame["ID"]
+    text = raw.astype("string").str.strip()
+    missing = (raw.isna() | text.isin(["", "."])).to_numpy(dtype=bool)
+    rows.check("ID", missing, "missing", "give every row a patient ID")
+    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.all(np.isfinite(values) & (values == np.round(values))):
+        return [int(v) for v in values]
+    return list(text)
+
+
+def from_nonmem(frame_or_path: pd.DataFrame | str | os.PathLike) -> dict[int | str, Regimen]:
+    """Regimens per patient from NONMEM-style dosing records (a DataFrame or a CSV path).
+
+    Columns (names case-insensitive; others, e.g. DV, are ignored):
+
+    - `TIME` (required): days from the first dose (model time).
+    - `AMT` (required on dose rows): IU per dose, as administered; '.' or empty on other rows.
+    - `ID`: patient ID (default 1). Integer IDs give int keys, other IDs their text.
+    - `EVID`: 1 = dose, 0 = any other row (skipped). Without it, every row is a dose.
+    - `CMT`: ignored, because every dose enters the SC depot; on dose rows it must be 1 or empty.
+    - `ADDL`, `II`: ``ADDL`` additional doses every ``II`` days, at ``TIME + k * II`` for
+      ``k = 1..ADDL`` exactly.
+    - `RATE`, `SS`: infusions and steady-state doses are not supported; must be 0 or empty.
+
+    Dose rows must be sorted by TIME within each ID and each ID must form one block of rows.
+    A patient with rows but no dose rows gets the regimen without doses.
+
+    **Returns:** ``{id: Regimen}`` in order of first appearance.
+
+    **Raises:** :class:`RegimenError` naming the column and the 1-based data row (header
+    excluded) of the first bad value, and how to fix it.
+    """
+    frame, source = _table(frame_or_path)
+    rows = _Rows(frame, source)
+    ids = _patient_ids(rows)
+
+    time = rows.numeric("TIME")
+    rows.check("TIME", ~np.isfinite(time), "missing or not finite",
+               "give every row a finite TIME in days from the first dose")
+
+    evid = rows.numeric("EVID") if "EVID" in frame.columns else np.ones(len(frame))
+    rows.check("EVID", ~np.isin(evid, [0.0, 1.0]), "not 0 or 1",
+               "use EVID 1 for doses and 0 for other rows; resets (EVID 3, 4) and other events "
+               "(EVID 2) are not modelled, so remove those rows")
+    dose = evid == 1.0
+
+    amt = rows.numeric("AMT")
+    rows.check("AMT", dose & ~np.isfinite(amt), "missing or not finite on a dose row",
+               "give every dose row its amount in IU, or set EVID 0 if the row is not a dose")
+    rows.check("AMT", dose & (amt < 0), "negative", "amounts are IU per dose and must be >= 0")
+
+    cmt = rows.numeric("CMT")
+    rows.check("CMT", dose & ~np.isnan(cmt) & (cmt != 1.0), "not 1 on a dose row",
+               "every dose enters the SC depot and CMT is otherwise ignored; set CMT to 1 on dose "
+               "rows or drop the column")
+    for column, meaning in (("RATE", "infusions"), ("SS", "steady-state doses")):
+        rows.check(column, dose & (rows.numeric(column, default=0.0) != 0.0),
+                   f"not 0 ({meaning} are not supported)",
+                   f"give each dose as a bolus row with {column} 0 or empty")
+
+    addl = rows.numeric("ADDL", default=0.0)
+    rows.check("ADDL", dose & ((addl < 0) | (addl != np.round(addl))),
+               "not a whole number >= 0", "ADDL counts additional doses: 0, 1, 2, ...")
+    ii = rows.numeric("II", default=0.0)
+    rows.check("II", dose & (ii < 0), "negative", "II is the dosing interval in days, >= 0")
+    if "II" in frame.columns:
+        rows.check("II", dose & (addl > 0) & (ii <= 0), "not > 0 although ADDL > 0",
+                   "give the interval between the additional doses in days, or set ADDL 0")
+    else:
+        rows.check("ADDL", dose & (addl > 0), "> 0 but there is no II column",
+                   "add an II column with the interval between additional doses in days")
+
+    seen: dict[int | str, list[int]] = {}
+    for position, patient in enumerate(ids):
+        positions = seen.setdefault(patient, [])
+        if positions and positions[-1] != position - 1:
+            raise rows.fail("ID", position,
+                            f"ID reappears after rows of other IDs (its first block ends at "
+                            f"data row {positions[-1] + 1})",
+                            "sort the rows by ID, then TIME, so each ID is one block")
+        positions.append(position)
+
+    regimens: dict[int | str, Regimen] = {}
+    for patient, positions in seen.items():
+        doses = [p for p in positions if dose[p]]
+        late = [b for a, b in zip(doses, doses[1:]) if time[b] < time[a]]
+        if late:
+            raise rows.fail("TIME", late[0], f"earlier than the dose row before it (ID {patient})",
+                            "sort the dose rows by TIME within each ID")
+        # Dose k of a row is at TIME + II * k, the formula to_nonmem relies on to be exact.
+        times = np.concatenate([np.zeros(0)] + [time[p] + ii[p] * np.arange(int(addl[p]) + 1)
+                                                for p in doses])
+        amounts = np.concatenate([np.zeros(0)] + [np.full(int(addl[p]) + 1, amt[p]) for p in doses])
+        order = np.argsort(times, kind="stable")
+        regimens[patient] = Regimen(times[order], amounts[order])
+    return regimens
+
+
+def read_regimen_csv(path: str | os.PathLike) -> Regimen:
+    """The regimen of the single patient in a NONMEM-style dosing CSV (see :func:`from_nonmem`).
+
+    **Raises:** :class:`RegimenError` if the file holds more than one ID.
+    """
+    regimens = from_nonmem(path)
+    if len(regimens) != 1:
+        raise RegimenError(
+            f"dosing file {os.fspath(path)!r} holds {len(regimens)} IDs "
+            f"({', '.join(map(str, list(regimens)[:5]))}{', ...' if len(regimens) > 5 else ''}); "
+            "read_regimen_csv reads one patient. Fix: split the file into one file per ID, or "
+            "use from_nonmem() to get a regimen per ID."
+        )
+    return next(iter(regimens.values()))
+
+
+def _runs(times: np.ndarray, amounts: np.ndarray, compress: bool
+          ) -> Iterator[tuple[float, float, int, float]]:
+    """(time, amount, addl, ii) rows; with `compress`, equal-amount equal-interval runs merge.
+
+    A run is merged only if ``time + ii * k`` reproduces every dose time exactly, so
+    :func:`from_nonmem` gives back the same float64 times.
+    """
+    i = 0
+    while i < len(times):
+        addl, step = 0, 0.0
+        if compress and i + 1 < len(times) and times[i + 1] > times[i]:
+            step = times[i + 1] - times[i]
+            j = i + 1
+            while (j < len(times) and amounts[j] == amounts[i]
+                   and times[j] == times[i] + step * np.float64(j - i)):
+                j += 1
+            addl = j - i - 1
+        yield times[i], amounts[i], addl, step if addl else 0.0
+        i += addl + 1
+
+
+def to_nonmem(regimen_or_dict: Regimen | Mapping[int | str, Regimen], compress: bool = True
+              ) -> pd.DataFrame:
+    """NONMEM-style dosing rows (columns :data:`NONMEM_COLUMNS`) for one regimen or a dict of them.
+
+    A single regimen gets ID 1. Each dose is a row with EVID 1 and CMT 1 (the SC depot); with
+    `compress`, consecutive doses of equal amount at an equal interval become one row with
+    ADDL/II. A regimen without doses is written as one EVID 0 row at TIME 0 so its ID is kept.
+    ``from_nonmem(to_nonmem(r))`` gives back r's times and amounts exactly (the name is not
+    stored).
+    """
+    items = ({1: regimen_or_dict} if isinstance(regimen_or_dict, Regimen)
+             else dict(regimen_or_dict))
+    records = []
+    for patient, regimen in items.items():
+        _require_unbatched(regimen, "to_nonmem")
+        times, amounts = np.asarray(regimen.times), np.asarray(regimen.amounts)
+        if len(times) == 0:
+            records.append((patient, 0.0, 0, 0.0, 1, 0, 0.0))
+        for t, amount, addl, step in _runs(times, amounts, compress):
+            records.append((patient, float(t), 1, float(amount), 1, addl, float(step)))
+    return pd.DataFrame.from_records(records, columns=list(NONMEM_COLUMNS)).astype(
+        {"TIME": "float64", "EVID": "int64", "AMT": "float64", "CMT": "int64", "ADDL": "int64",
+         "II": "float64"})

@@ -1,0 +1,269 @@
+"""Model definitions as data: read and validate ``models/*.toml``.
+
+A model file has three tables:
+
+``[model]``
+    ``name`` and ``description``.
+``[structure]``
+    structural switches: ``transit_compartments`` (int, 0 = no proliferation delay),
+    ``cd25_feedback`` and ``receptor_sink`` (bool).
+``[parameters.<name>]``
+    one table per parameter with ``value``, ``unit``, ``bounds = [lower, upper]`` (same unit as
+    ``value``), ``transform`` (``log``, ``logit`` or ``identity``: the scale on which it is
+    estimated), ``cv_percent`` (between-patient variability, log-normal; 0 = none), ``group``,
+    ``description`` and ``source`` (a citation, or "ASSUMPTION ..." with what it was calibrated to).
+
+On load, values and bounds are converted to il2treg's internal units (days, L, pM, cells/uL;
+see :mod:`il2treg.units`). Problems raise :class:`il2treg.errors.SpecError` naming the parameter,
+the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from pathlib import Path
+
+from il2treg import units
+from il2treg.errors import SpecError, UnitError
+
+#: Where ``load_model("name")`` looks for ``name.toml``: the repository's ``models/`` folder.
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+TRANSFORMS = ("log", "logit", "identity")
+_REQUIRED_FIELDS = ("value", "unit", "bounds", "transform", "cv_percent", "source")
+_OPTIONAL_FIELDS = ("group", "description")
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """Structural switches of the model (static: changing one recompiles).
+
+    Attributes:
+        transit_compartments: length of the signal -> proliferation delay chain (0 = none).
+        cd25_feedback: whether CD25 on Tregs lowers the Treg EC50.
+        receptor_sink: whether IL-2 is cleared by IL-2R-bearing Tregs.
+    """
+
+    transit_compartments: int = 3
+    cd25_feedback: bool = True
+    receptor_sink: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One parameter as declared in a model file, with its value in internal units.
+
+    Attributes:
+        name: parameter name.
+        value: typical value in internal units (``internal_unit``).
+        unit: the unit the file states ``value`` and ``bounds`` in.
+        internal_unit: the unit ``value`` and ``bounds`` are held in.
+        bounds: (lower, upper) in internal units.
+        transform: estimation scale: ``log``, ``logit`` or ``identity``.
+        cv_percent: between-patient variability (log-normal CV, %); 0 = none.
+        group: ``pk``, ``signal``, ``cells`` or ``disease``.
+        description: what it is.
+        source: citation or assumption.
+        declared_value: the value as written in the file (in ``unit``).
+    """
+
+    name: str
+    value: float
+    unit: str
+    internal_unit: str
+    bounds: tuple[float, float]
+    transform: str
+    cv_percent: float
+    group: str
+    description: str
+    source: str
+    declared_value: float
+
+    @property
+    def omega(self) -> float:
+        """SD of the log-normal random effect: sqrt(ln(1 + CV^2))."""
+        return math.sqrt(math.log1p((self.cv_percent / 100.0) ** 2))
+
+    def to_declared(self, internal_value: float) -> float:
+        """Convert a value in internal units back to the unit of the file."""
+        return float(units.convert(internal_value, self.internal_unit, self.unit))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A validated model definition: structure and parameters (hashable, so jit treats it as static)."""
+
+    name: str
+    description: str
+    structure: Structure
+    params: tuple[ParamSpec, ...]
+    path: str = ""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    def __getitem__(self, name: str) -> ParamSpec:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise SpecError(
+            f"model {self.name!r} has no parameter {name!r}. Fix: use one of {', '.join(self.names)}."
+        )
+
+
+def _structure(table: dict, where: str) -> Structure:
+    known = {f.name: f.type for f in dataclasses.fields(Structure)}
+    for key in table:
+        if key not in known:
+            raise SpecError(
+                f"{where}: unknown structure option {key!r}. Fix: use one of {', '.join(known)}."
+            )
+    n = table.get("transit_compartments", 3)
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 10:
+        raise SpecError(
+            f"{where}: structure.transit_compartments must be an integer 0-10, got {n!r}."
+        )
+    out = {"transit_compartments": n}
+    for key in ("cd25_feedback", "receptor_sink"):
+        v = table.get(key, True)
+        if not isinstance(v, bool):
+            raise SpecError(f"{where}: structure.{key} must be true or false, got {v!r}.")
+        out[key] = v
+    return Structure(**out)
+
+
+def _param(name: str, table: dict, where: str) -> ParamSpec:
+    here = f"{where}: parameter {name!r}"
+    for key in _REQUIRED_FIELDS:
+        if key not in table:
+            raise SpecError(f"{here} has no {key!r}. Fix: add `{key} = ...` to [parameters.{name}].")
+    for key in table:
+        if key not in _REQUIRED_FIELDS + _OPTIONAL_FIELDS:
+            raise SpecError(
+                f"{here}: unknown field {key!r}. Fix: use only "
+                f"{', '.join(_REQUIRED_FIELDS + _OPTIONAL_FIELDS)}."
+            )
+    value = table["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"{here}: value must be a finite number, got {value!r}.")
+    bounds = table["bounds"]
+    if (
+        not isinstance(bounds, list)
+        or len(bounds) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        or not bounds[0] < bounds[1]
+    ):
+        raise SpecError(f"{here}: bounds must be [lower, upper] with lower < upper, got {bounds!r}.")
+    if not bounds[0] <= value <= bounds[1]:
+        raise SpecError(
+            f"{here}: value {value} is outside its bounds [{bounds[0]}, {bounds[1]}]. "
+            "Fix: change the value or widen the bounds."
+        )
+    transform = table["transform"]
+    if transform not in TRANSFORMS:
+        raise SpecError(f"{here}: unknown transform {transform!r}. Fix: use one of {', '.join(TRANSFORMS)}.")
+    if transform == "log" and bounds[0] <= 0:
+        raise SpecError(f"{here}: a log transform needs a positive lower bound, got {bounds[0]}.")
+    if transform == "logit" and not (0 <= bounds[0] and bounds[1] <= 1):
+        raise SpecError(f"{here}: a logit transform needs bounds within [0, 1], got {bounds!r}.")
+    cv = table["cv_percent"]
+    if isinstance(cv, bool) or not isinstance(cv, (int, float)) or cv < 0:
+        raise SpecError(f"{here}: cv_percent must be a number >= 0, got {cv!r}.")
+    if cv > 0 and transform != "log":
+        raise SpecError(
+            f"{here}: between-patient variability is log-normal and needs transform = \"log\" "
+            f"(got {transform!r}). Fix: set cv_percent = 0 or transform = \"log\"."
+        )
+    source = table["source"]
+    if not isinstance(source, str) or not source.strip():
+        raise SpecError(f"{here}: source must name a citation or an assumption.")
+    unit = table["unit"]
+    try:
+        internal, internal_unit = units.to_internal(float(value), unit)
+        lo, _ = units.to_internal(float(bounds[0]), unit)
+        hi, _ = units.to_internal(float(bounds[1]), unit)
+    except UnitError as err:
+        raise SpecError(f"{here}: {err}") from err
+    return ParamSpec(
+        name=name,
+        value=float(internal),
+        unit=unit,
+        internal_unit=internal_unit,
+        bounds=(float(lo), float(hi)),
+        transform=transform,
+        cv_percent=float(cv),
+        group=str(table.get("group", "")),
+        description=str(table.get("description", "")),
+        source=source,
+        declared_value=float(value),
+    )
+
+
+def parse_spec(data: dict, *, where: str = "<model>", required: tuple[str, ...] = ()) -> ModelSpec:
+    """Validate a parsed TOML document and return its :class:`ModelSpec`.
+
+    Arguments:
+        data: the TOML document as a dict.
+        where: a label for error messages (the file path).
+        required: parameter names the model's equations need; missing or extra ones are errors.
+    """
+    for key in data:
+        if key not in ("model", "structure", "parameters"):
+            raise SpecError(f"{where}: unknown table [{key}]. Fix: use [model], [structure], [parameters.*].")
+    meta = data.get("model", {})
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"{where}: [model] needs a `name`.")
+    params_table = data.get("parameters")
+    if not isinstance(params_table, dict) or not params_table:
+        raise SpecError(f"{where}: no [parameters.*] tables.")
+    params = tuple(_param(k, v, where) for k, v in params_table.items())
+    if required:
+        declared = {p.name for p in params}
+        unknown = sorted(declared - set(required))
+        if unknown:
+            raise SpecError(
+                f"{where}: unknown parameter {unknown[0]!r}: the model's equations do not use it. "
+                f"Fix: remove it or rename it to one of {', '.join(required)}."
+            )
+        missing = [r for r in required if r not in declared]
+        if missing:
+            raise SpecError(f"{where}: parameter {missing[0]!r} is missing. Fix: add [parameters.{missing[0]}].")
+        order = {n: i for i, n in enumerate(required)}
+        params = tuple(sorted(params, key=lambda p: order[p.name]))
+    return ModelSpec(
+        name=name,
+        description=str(meta.get("description", "")),
+        structure=_structure(data.get("structure", {}), where),
+        params=params,
+        path=where,
+    )
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """Map a model name (``il2_treg_sledai``) or a path to an existing TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise SpecError(f"model file {str(path)!r} does not exist. Fix: check the path.")
+        return path
+    candidate = MODELS_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in MODELS_DIR.glob("*.toml"))
+        raise SpecError(
+            f"unknown model {str(name_or_path)!r}. Fix: use one of {', '.join(known)} or a path to a .toml file."
+        )
+    return candidate
+
+
+def read_spec(name_or_path: str | Path, *, required: tuple[str, ...] = ()) -> ModelSpec:
+    """Read and validate a model TOML file (by name in ``models/`` or by path)."""
+    path = resolve_model_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: not valid TOML ({err}). Fix: correct the syntax.") from err
+    return parse_spec(data, where=str(path), required=required)

@@ -1,0 +1,645 @@
+"""Specification of the biomarker data format: validation messages, padding, round trips."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from il2treg.data import Dataset, check_file, read_dataset
+from il2treg.errors import DataError, InputError
+from il2treg.observables import OBSERVABLE_NAMES
+
+HEADER = "ID,TIME,EVID,AMT,DVID,DV,CENS,MDV,ARM,WT"
+ROWS = [
+    "1,0,0,,treg_pct_cd4,5.1,0,0,ILT-101,64",
+    "1,0,1,1500000,,,,,ILT-101,64",
+    "1,0.25,0,,il2_pM,1,1,0,ILT-101,64",
+    "1,1,1,1500000,,,,,ILT-101,64",
+    "1,7,0,,treg_pct_cd4,,0,1,ILT-101,64",
+    "1,7,0,,treg_pct_cd4,7.5,0,0,ILT-101,64",
+    "2,0,0,,treg_pct_cd4,4.8,0,0,Placebo,70",
+    "2,0,1,0,,,,,Placebo,70",
+    "2,7,0,,sledai,8,0,0,Placebo,70",
+]
+VALID_NAMES = ", ".join(OBSERVABLE_NAMES)
+
+
+def table(*replace: tuple[int, str], header: str = HEADER, rows: list[str] = ROWS) -> str:
+    """The valid table as CSV text, with data row ``r`` (1-based) replaced by ``line``."""
+    lines = list(rows)
+    for r, line in replace:
+        lines[r - 1] = line
+    return "\n".join([header, *lines]) + "\n"
+
+
+def write(tmp_path, text: str | bytes, name: str = "data.csv"):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def assert_data_error(source, message: str, *, column: str | None, row: int | None) -> None:
+    with pytest.raises(DataError) as info:
+        read_dataset(source)
+    assert str(info.value) == message
+    assert info.value.column == column
+    assert info.value.row == row
+
+
+def assert_same(a: Dataset, b: Dataset) -> None:
+    assert a.ids == b.ids
+    assert a.covariate_levels == b.covariate_levels
+    assert a.covariates.keys() == b.covariates.keys()
+    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Dataset:
+    return read_dataset(write(tmp_path, table()))
+
+
+# ----------------------------------------------------------------------------------------------
+# File-level problems
+
+
+def test_empty_file_is_rejected(tmp_path):
+    path = write(tmp_path, "")
+    assert_data_error(
+        path,
+        f"file '{path}' is empty. Fix: write a header ID,TIME,EVID,AMT,DVID,DV and one row "
+        "per event.",
+        column=None,
+        row=None,
+    )
+
+
+def test_whitespace_only_file_is_empty(tmp_path):
+    path = write(tmp_path, "\n  \n")
+    with pytest.raises(DataError, match="is empty"):
+        read_dataset(path)
+
+
+def test_missing_file_is_reported(tmp_path):
+    path = tmp_path / "nope.csv"
+    assert_data_error(path, f"file '{path}' not found. Fix: check the path.", column=None, row=None)
+
+
+def test_binary_file_is_not_a_table(tmp_path):
+    path = write(tmp_path, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", name="plot.png")
+    assert_data_error(
+        path,
+        f"file '{path}' is not a text table (it contains NUL bytes, as binary files do). "
+        "Fix: export the data as a comma-separated text (CSV) file.",
+        column=None,
+        row=None,
+    )
+
+
+def test_non_utf8_file_is_rejected(tmp_path):
+    path = write(tmp_path, table().replace("Placebo", "Plac\xe9bo").encode("latin-1"))
+    assert_data_error(
+        path,
+        f"file '{path}' is not UTF-8 text. Fix: save it as a UTF-8 CSV file.",
+        column=None,
+        row=None,
+    )
+
+
+def test_single_column_file_is_not_a_table(tmp_path):
+    path = write(tmp_path, table().replace(",", ";"))
+    assert_data_error(
+        path,
+        f"file '{path}' is not a comma-separated table: the header has a single column "
+        "'ID;TIME;EVID;AMT;DVID;DV;CENS;MDV;ARM;WT'. Fix: separate columns with commas (not "
+        "semicolons or tabs), starting with the header ID,TIME,EVID,AMT,DVID,DV.",
+        column=None,
+        row=None,
+    )
+
+
+def test_header_without_rows_is_rejected(tmp_path):
+    path = write(tmp_path, HEADER + "\n")
+    assert_data_error(
+        path,
+        f"file '{path}' has a header but no data rows. Fix: add one row per event.",
+        column=None,
+        row=None,
+    )
+
+
+def test_ragged_row_is_rejected_with_row_number(tmp_path):
+    path = write(tmp_path, table((3, "1,0.25,0,,il2_pM,1,1,0,ILT-101,64,extra")))
+    assert_data_error(
+        path,
+        "row 3 has 11 fields but the header has 10. Fix: give every row 10 comma-separated "
+        "fields (quote values containing commas).",
+        column=None,
+        row=3,
+    )
+
+
+def test_blank_lines_are_not_counted_as_rows(tmp_path):
+    text = table((4, "1,1,1,-5,,,,,ILT-101,64")).replace("\n1,0.25", "\n\n1,0.25")
+    with pytest.raises(DataError) as info:
+        read_dataset(write(tmp_path, text))
+    assert info.value.row == 4
+
+
+def test_repeated_column_name_is_rejected(tmp_path):
+    path = write(tmp_path, table(header="ID,TIME,EVID,AMT,DVID,DV,CENS,MDV,ARM,ARM"))
+    assert_data_error(
+        path,
+        "column 'ARM' appears more than once in the header. Fix: keep one column per name.",
+        column="ARM",
+        row=None,
+    )
+
+
+def test_missing_required_column_is_named(tmp_path):
+    rows = [",".join(r.split(",")[:4] + r.split(",")[5:]) for r in ROWS]
+    path = write(tmp_path, table(header="ID,TIME,EVID,AMT,DV,CENS,MDV,ARM,WT", rows=rows))
+    assert_data_error(
+        path,
+        "missing required column 'DVID' (found: ID, TIME, EVID, AMT, DV, CENS, MDV, ARM, WT). "
+        "Fix: add it; required are ID, TIME, EVID, AMT, DVID, DV; CENS and MDV are optional.",
+        column="DVID",
+        row=None,
+    )
+
+
+def test_nonmem_dosing_columns_are_rejected_not_ignored(tmp_path):
+    rows = [r + ",0" for r in ROWS]
+    path = write(tmp_path, table(header=HEADER + ",ADDL", rows=rows))
+    assert_data_error(
+        path,
+        "column 'ADDL' is not supported. Fix: drop it; write one EVID=1 row per subcutaneous "
+        "bolus dose (expand ADDL/II) and identify observations by DVID.",
+        column="ADDL",
+        row=None,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Cell-level problems
+
+
+def test_missing_id_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((2, ",0,1,1500000,,,,,ILT-101,64"))),
+        "ID is missing at row 2. Fix: give every row its subject's ID.",
+        column="ID",
+        row=2,
+    )
+
+
+def test_mixed_id_types_are_rejected(tmp_path):
+    text = table(*((r, "P2" + ROWS[r - 1][1:]) for r in (7, 8, 9)))
+    assert_data_error(
+        write(tmp_path, text),
+        "ID mixes numbers and text: row 1 has numeric ID 1 but row 7 has text ID 'P2'. Fix: use "
+        "only numeric IDs or only text IDs.",
+        column="ID",
+        row=7,
+    )
+
+
+def test_mixed_id_types_in_a_dataframe_are_rejected(tmp_path):
+    frame = pd.read_csv(write(tmp_path, table()), dtype={"ID": object})
+    frame.loc[0:5, "ID"] = "A"
+    assert_data_error(
+        frame,
+        "ID mixes numbers and text: row 1 has text ID 'A' but row 7 has numeric ID 2. Fix: use "
+        "only numeric IDs or only text IDs.",
+        column="ID",
+        row=7,
+    )
+
+
+def test_non_numeric_time_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((3, "1,6h,0,,il2_pM,1,1,0,ILT-101,64"))),
+        "TIME must be a finite number; row 3 has '6h'. Fix: write TIME in days from the first "
+        "dose (e.g. 7 or 0.125).",
+        column="TIME",
+        row=3,
+    )
+
+
+def test_missing_time_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((3, "1,,0,,il2_pM,1,1,0,ILT-101,64"))),
+        "TIME is missing at row 3. Fix: write TIME in days from the first dose (e.g. 7 or 0.125).",
+        column="TIME",
+        row=3,
+    )
+
+
+def test_nan_time_in_a_dataframe_is_rejected(tmp_path):
+    frame = pd.read_csv(write(tmp_path, table()))
+    frame.loc[4, "TIME"] = np.nan
+    assert_data_error(
+        frame,
+        "TIME is missing at row 5. Fix: write TIME in days from the first dose (e.g. 7 or 0.125).",
+        column="TIME",
+        row=5,
+    )
+
+
+def test_negative_time_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((1, "1,-7,0,,treg_pct_cd4,5.1,0,0,ILT-101,64"))),
+        "TIME is negative (-7) at row 1. Fix: TIME counts days from the first dose; record "
+        "pre-dose baseline samples at TIME 0.",
+        column="TIME",
+        row=1,
+    )
+
+
+def test_unsorted_times_are_rejected_with_row_number(tmp_path):
+    text = table((3, "1,7.5,0,,il2_pM,1,1,0,ILT-101,64"))
+    assert_data_error(
+        write(tmp_path, text),
+        "TIME decreases within ID 1 at row 4 (1 after 7.5 at row 3). Fix: sort the rows of each "
+        "ID by TIME.",
+        column="TIME",
+        row=4,
+    )
+
+
+def test_evid_outside_zero_one_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((4, "1,1,4,1500000,,,,,ILT-101,64"))),
+        "EVID must be 0 (observation) or 1 (dose); row 4 has 4. Fix: use 0 or 1; resets and "
+        "other event types are not supported.",
+        column="EVID",
+        row=4,
+    )
+
+
+def test_text_evid_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((4, "1,1,dose,1500000,,,,,ILT-101,64"))),
+        "EVID must be 0 (observation) or 1 (dose); row 4 has 'dose'. Fix: use 0 or 1; resets "
+        "and other event types are not supported.",
+        column="EVID",
+        row=4,
+    )
+
+
+def test_non_numeric_amount_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((4, "1,1,1,1.5 MIU,,,,,ILT-101,64"))),
+        "AMT must be a finite number; row 4 has '1.5 MIU'. Fix: give doses in IU (e.g. 1500000 "
+        "for 1.5 MIU).",
+        column="AMT",
+        row=4,
+    )
+
+
+def test_negative_dose_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((4, "1,1,1,-1500000,,,,,ILT-101,64"))),
+        "AMT is negative (-1500000) on dose row 4. Fix: give the dose in IU, 0 or more.",
+        column="AMT",
+        row=4,
+    )
+
+
+def test_missing_dose_amount_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((4, "1,1,1,,,,,,ILT-101,64"))),
+        "AMT is missing on dose row 4. Fix: give the dose in IU (e.g. 1500000 for 1.5 MIU), or "
+        "0 for a placebo injection.",
+        column="AMT",
+        row=4,
+    )
+
+
+def test_amount_on_observation_row_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((3, "1,0.25,0,1500000,il2_pM,1,1,0,ILT-101,64"))),
+        "AMT is 1500000 on observation row 3 (EVID 0). Fix: leave AMT empty or 0 on observation "
+        "rows, or set EVID 1 if the row is a dose.",
+        column="AMT",
+        row=3,
+    )
+
+
+def test_dose_row_with_dvid_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((2, "1,0,1,1500000,il2_pM,,,,ILT-101,64"))),
+        "dose row 2 (EVID 1) has DVID 'il2_pM'. Fix: leave DVID empty on dose rows.",
+        column="DVID",
+        row=2,
+    )
+
+
+def test_missing_dvid_on_observation_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((3, "1,0.25,0,,,1,1,0,ILT-101,64"))),
+        f"DVID is missing on observation row 3. Fix: name what was observed, one of: "
+        f"{VALID_NAMES}.",
+        column="DVID",
+        row=3,
+    )
+
+
+def test_unknown_dvid_lists_valid_names(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((3, "1,0.25,0,,CRP,1,1,0,ILT-101,64"))),
+        f"unknown DVID 'CRP' at row 3. Fix: use one of: {VALID_NAMES}.",
+        column="DVID",
+        row=3,
+    )
+
+
+def test_misspelt_dvid_suggests_the_close_name(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((1, "1,0,0,,Treg_pct_CD4,5.1,0,0,ILT-101,64"))),
+        f"unknown DVID 'Treg_pct_CD4' at row 1 (did you mean 'treg_pct_cd4'?). Fix: use one of: "
+        f"{VALID_NAMES}.",
+        column="DVID",
+        row=1,
+    )
+
+
+def test_non_numeric_dv_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((3, "1,0.25,0,,il2_pM,<1,0,0,ILT-101,64"))),
+        "DV must be a finite number; row 3 has '<1'. Fix: write a number in the DVID's unit; "
+        "below the LLOQ write the LLOQ and set CENS=1; for a missing value leave DV empty and "
+        "set MDV=1.",
+        column="DV",
+        row=3,
+    )
+
+
+def test_dose_row_with_dv_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((2, "1,0,1,1500000,,3.2,,,ILT-101,64"))),
+        "dose row 2 (EVID 1) carries a DV (3.2). Fix: leave DV empty on dose rows; put the "
+        "measurement on its own observation row (EVID 0).",
+        column="DV",
+        row=2,
+    )
+
+
+def test_cens_other_than_zero_one_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((3, "1,0.25,0,,il2_pM,1,BLQ,0,ILT-101,64"))),
+        "CENS must be 0 or 1; row 3 has 'BLQ'. Fix: 1 marks a value below the LLOQ (DV holds "
+        "the LLOQ), 0 otherwise; empty means 0.",
+        column="CENS",
+        row=3,
+    )
+
+
+def test_censored_row_without_lloq_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((3, "1,0.25,0,,il2_pM,,1,0,ILT-101,64"))),
+        "CENS=1 at row 3 but DV is empty. Fix: write the LLOQ in DV (CENS=1 means the value is "
+        "below the LLOQ held in DV).",
+        column="CENS",
+        row=3,
+    )
+
+
+def test_censored_dose_row_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((2, "1,0,1,1500000,,,1,,ILT-101,64"))),
+        "dose row 2 (EVID 1) has CENS=1. Fix: leave CENS empty or 0 on dose rows.",
+        column="CENS",
+        row=2,
+    )
+
+
+def test_mdv_other_than_zero_one_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((5, "1,7,0,,treg_pct_cd4,,0,2,ILT-101,64"))),
+        "MDV must be 0 or 1; row 5 has 2. Fix: 1 keeps the row without using its DV, 0 "
+        "otherwise; empty means 0.",
+        column="MDV",
+        row=5,
+    )
+
+
+def test_missing_dv_without_mdv_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((5, "1,7,0,,treg_pct_cd4,,0,0,ILT-101,64"))),
+        "DV is missing on observation row 5 (treg_pct_cd4). Fix: fill in the value, or set "
+        "MDV=1 to keep the row without using it.",
+        column="DV",
+        row=5,
+    )
+
+
+def test_exact_duplicate_rows_are_rejected(tmp_path):
+    rows = [*ROWS[:3], ROWS[2], *ROWS[3:]]
+    assert_data_error(
+        write(tmp_path, table(rows=rows)),
+        "row 4 duplicates row 3 exactly. Fix: delete one of the two rows.",
+        column=None,
+        row=4,
+    )
+
+
+def test_duplicates_are_found_after_parsing_numbers(tmp_path):
+    rows = [*ROWS[:3], "1,0.250,0,0,il2_pM,1.0,1,0,ILT-101,64.0", *ROWS[3:]]
+    with pytest.raises(DataError, match="row 4 duplicates row 3 exactly"):
+        read_dataset(write(tmp_path, table(rows=rows)))
+
+
+def test_subject_without_observations_is_named(tmp_path):
+    rows = [*ROWS, "3,0,1,0,,,,,Placebo,58"]
+    assert_data_error(
+        write(tmp_path, table(rows=rows)),
+        "ID 3 has no observation rows (EVID 0). Fix: add its observations or remove its rows.",
+        column="ID",
+        row=10,
+    )
+
+
+def test_time_varying_covariate_is_rejected(tmp_path):
+    assert_data_error(
+        write(tmp_path, table((9, "2,7,0,,sledai,8,0,0,Placebo,71.5"))),
+        "covariate 'WT' is not constant within ID 2: 70 at row 7 but 71.5 at row 9. Fix: give "
+        "one baseline value per subject; record time-varying quantities as observation rows.",
+        column="WT",
+        row=9,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Valid data: arrays, padding, masks
+
+
+def test_arrays_are_padded_per_subject(dataset):
+    assert dataset.ids == (1, 2)
+    assert dataset.n_subjects == 2
+    assert dataset.obs_time.shape == (2, 4)
+    assert dataset.dose_time.shape == (2, 2)
+    for name in ("obs_time", "obs_value", "dose_time", "dose_amount"):
+        assert getattr(dataset, name).dtype == np.float64
+    np.testing.assert_array_equal(dataset.obs_time, [[0, 0.25, 7, 7], [0, 7, 7, 7]])
+    np.testing.assert_array_equal(dataset.obs_row, [[1, 3, 5, 6], [7, 9, 0, 0]])
+    np.testing.assert_array_equal(dataset.dose_time, [[0, 1], [0, 0]])
+    np.testing.assert_array_equal(dataset.dose_amount, [[1.5e6, 1.5e6], [0, 0]])
+    np.testing.assert_array_equal(dataset.dose_row, [[2, 4], [8, 0]])
+
+
+def test_mask_excludes_padding_and_mdv_rows(dataset):
+    np.testing.assert_array_equal(
+        dataset.obs_mask, [[True, True, False, True], [True, True, False, False]]
+    )
+    np.testing.assert_array_equal(dataset.obs_cens[0], [False, True, False, False])
+    np.testing.assert_array_equal(dataset.obs_dv_missing[0], [False, False, True, False])
+    np.testing.assert_array_equal(dataset.obs_value, [[5.1, 1, 0, 7.5], [4.8, 8, 0, 0]])
+    assert np.isfinite(dataset.obs_value).all()
+    treg, il2, sledai = (OBSERVABLE_NAMES.index(n) for n in ("treg_pct_cd4", "il2_pM", "sledai"))
+    np.testing.assert_array_equal(dataset.obs_dvid[:, :2], [[treg, il2], [treg, sledai]])
+
+
+def test_mdv_rows_are_reported_not_dropped(dataset):
+    assert dataset.excluded == [(5, "MDV=1: treg_pct_cd4 at TIME 7 for ID 1 not used")]
+
+
+def test_covariates_are_per_subject_arrays(dataset):
+    np.testing.assert_array_equal(dataset.covariates["WT"], [64.0, 70.0])
+    assert dataset.covariate_levels == (("ARM", ("ILT-101", "Placebo")),)
+    np.testing.assert_array_equal(dataset.covariates["ARM"], [0, 1])
+    assert dataset.covariate_values("ARM").tolist() == ["ILT-101", "Placebo"]
+    with pytest.raises(InputError, match="unknown covariate 'SEX'"):
+        dataset.covariate_values("SEX")
+
+
+def test_observed_names_follow_observable_order(dataset):
+    assert dataset.observed_names() == ("il2_pM", "treg_pct_cd4", "sledai")
+
+
+def test_optional_columns_default_to_zero(tmp_path):
+    rows = [",".join(r.split(",")[:6]) for r in ROWS if r.split(",")[7] != "1"]
+    ds = read_dataset(write(tmp_path, table(header="ID,TIME,EVID,AMT,DVID,DV", rows=rows)))
+    assert not ds.obs_cens.any()
+    assert ds.excluded == []
+    assert ds.covariates == {}
+
+
+def test_dataset_without_doses_has_width_one_dose_arrays():
+    frame = pd.DataFrame(
+        {"ID": ["a", "b"], "TIME": [0.0, 3.0], "EVID": [0, 0], "AMT": [np.nan, np.nan],
+         "DVID": ["sledai", "sledai"], "DV": [10.0, 12.0]}
+    )
+    ds = read_dataset(frame)
+    assert ds.ids == ("a", "b")
+    np.testing.assert_array_equal(ds.dose_amount, [[0.0], [0.0]])
+    np.testing.assert_array_equal(ds.dose_time, [[0.0], [0.0]])
+    np.testing.assert_array_equal(ds.dose_row, [[0], [0]])
+
+
+def test_rows_of_an_id_need_not_be_contiguous(tmp_path):
+    rows = [ROWS[0], ROWS[6], *ROWS[1:6], *ROWS[7:]]
+    ds = read_dataset(write(tmp_path, table(rows=rows)))
+    assert ds.ids == (1, 2)
+    np.testing.assert_array_equal(ds.obs_row[1, :2], [2, 9])
+
+
+def test_dataset_batches_under_jit_and_vmap(dataset):
+    @jax.jit
+    def weighted_sum(ds: Dataset) -> jax.Array:
+        per_subject = jax.vmap(lambda v, m: jnp.sum(jnp.where(m, v, 0.0)))(
+            ds.obs_value, ds.obs_mask
+        )
+        return per_subject
+
+    np.testing.assert_allclose(weighted_sum(dataset), [5.1 + 1 + 7.5, 4.8 + 8])
+
+
+# ----------------------------------------------------------------------------------------------
+# Round trips, subsets, summary
+
+
+def test_frame_round_trip_is_exact(dataset):
+    frame = dataset.to_frame()
+    assert ",".join(frame.columns) == HEADER
+    assert_same(read_dataset(frame), dataset)
+    assert read_dataset(frame).excluded == dataset.excluded
+
+
+def test_csv_round_trip_is_exact(dataset, tmp_path):
+    path = tmp_path / "again.csv"
+    dataset.to_frame().to_csv(path, index=False)
+    assert_same(read_dataset(path), dataset)
+
+
+def test_to_frame_keeps_source_row_order(dataset, tmp_path):
+    frame = dataset.to_frame()
+    original = pd.read_csv(write(tmp_path, table()))
+    np.testing.assert_array_equal(frame["TIME"], original["TIME"])
+    np.testing.assert_array_equal(frame["EVID"], original["EVID"])
+    assert pd.isna(frame.loc[4, "DV"])
+    assert frame.loc[4, "MDV"] == 1
+
+
+def test_subset_keeps_order_and_trims_padding(dataset):
+    sub = dataset.subset([2])
+    assert sub.ids == (2,)
+    assert sub.obs_time.shape == (1, 2)
+    assert sub.dose_time.shape == (1, 1)
+    np.testing.assert_array_equal(sub.covariates["ARM"], [1])
+    assert sub.excluded == []
+    swapped = dataset.subset([2, 1])
+    assert swapped.ids == (2, 1)
+    np.testing.assert_array_equal(swapped.obs_row[1], dataset.obs_row[0])
+
+
+def test_subset_rejects_unknown_and_repeated_ids(dataset):
+    with pytest.raises(InputError) as info:
+        dataset.subset([3])
+    assert str(info.value) == (
+        "unknown subject ID 3. Fix: use IDs of the dataset (2 subjects: 1, 2)."
+    )
+    with pytest.raises(InputError, match="subject ID 1 is repeated"):
+        dataset.subset([1, 1])
+    with pytest.raises(InputError, match="got no IDs"):
+        dataset.subset([])
+
+
+def test_summary_lists_arms_observations_doses_and_exclusions(dataset):
+    text = dataset.summary()
+    assert text.splitlines() == [
+        "Subjects: 2; rows: 9 (6 observations, 3 doses)",
+        "Arms (subjects): ILT-101 1, Placebo 1",
+        "Covariates: ARM (text), WT (number)",
+        "Time: 0 to 7 days",
+        "Doses: 3 rows, 1 to 2 per subject, 0 to 1500000 IU per dose",
+        "Observations (used, of which below LLOQ):",
+        "  il2_pM                  1   BLQ 1",
+        "  treg_pct_cd4            3   BLQ 0",
+        "  sledai                  1   BLQ 0",
+        "Excluded rows (MDV=1, kept but not used): 1",
+        "  row 5: MDV=1: treg_pct_cd4 at TIME 7 for ID 1 not used",
+    ]
+
+
+def test_summary_shows_sites_when_present(tmp_path):
+    rows = [r + ("," + ("BG01" if r.startswith("1,") else "FR02")) for r in ROWS]
+    ds = read_dataset(write(tmp_path, table(header=HEADER + ",SITE", rows=rows)))
+    assert "Sites (subjects): BG01 1, FR02 1" in ds.summary().splitlines()
+
+
+def test_check_file_returns_the_summary(tmp_path):
+    path = write(tmp_path, table())
+    text = check_file(path)
+    assert text.splitlines()[0] == f"File: {path} (valid)"
+    assert text.endswith(read_dataset(path).summary())
