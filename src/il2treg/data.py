@@ -300,11 +300,11 @@ def read_dataset(source: str | os.PathLike[str] | pd.DataFrame) -> Dataset:
             message giving cause, place and fix.
     """
     if isinstance(source, pd.DataFrame):
-        header, rows = _frame_cells(source)
         where = "the table"
+        header, rows = _frame_cells(source)
     else:
-        header, rows = _csv_cells(Path(source))
         where = f"file '{source}'"
+        header, rows = _csv_cells(Path(source), where)
     return _build(_columns(header, rows, where))
 
 
@@ -320,9 +320,8 @@ def check_file(path: str | os.PathLike[str]) -> str:
 # Reading raw cells
 
 
-def _csv_cells(path: Path) -> tuple[list[str], list[list[_Cell]]]:
+def _csv_cells(path: Path, where: str) -> tuple[list[str], list[list[_Cell]]]:
     """Header and data rows of a CSV file as strings, after file-level checks."""
-    where = f"file '{path}'"
     if not path.is_file():
         raise DataError(f"{where} not found. Fix: check the path.")
     raw = path.read_bytes()

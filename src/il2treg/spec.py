@@ -267,3 +267,28 @@ def read_spec(name_or_path: str | Path, *, required: tuple[str, ...] = ()) -> Mo
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: not valid TOML ({err}). Fix: correct the syntax.") from err
     return parse_spec(data, where=str(path), required=required)
+
+
+def update_values(path: str | Path, values: dict[str, float]) -> None:
+    """Rewrite the ``value = ...`` line of some parameters in a model file, leaving all else as is.
+
+    Used by the calibration scripts so that what ``models/`` holds is exactly their output.
+    Values are given in the file's declared units. The file is replaced atomically.
+    """
+    path = Path(path)
+    lines = path.read_text().splitlines(keepends=True)
+    pending = dict(values)
+    current = None
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[parameters.") and stripped.endswith("]"):
+            current = stripped[len("[parameters.") : -1]
+        elif stripped.startswith("[") and stripped.endswith("]"):
+            current = None
+        elif current in pending and stripped.startswith("value"):
+            lines[i] = f"value = {float(pending.pop(current))!r}\n"
+    if pending:
+        raise SpecError(f"{path}: no [parameters.{next(iter(pending))}] table with a value line to update.")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(path)
