@@ -37,6 +37,25 @@ if TYPE_CHECKING:
 from il2treg.spec import Structure
 
 
+#: Status code of a patient with more observations in one inter-dose interval than the static
+#: number of save slots (only possible when tlag exceeds the bound the slots were sized for).
+STATUS_SLOTS_EXCEEDED = 100
+
+
+def status_message(code: int) -> str:
+    """Human-readable meaning of a per-patient status code (0 = successful)."""
+    code = int(code)
+    if code == 0:
+        return "successful"
+    if code == STATUS_SLOTS_EXCEEDED:
+        return (
+            "more observations in one inter-dose interval than the save slots sized for the lag bound; "
+            "keep tlag within its bounds in the model file"
+        )
+    messages = dfx.RESULTS._index_to_message  # diffrax's own text for each result code
+    return messages[code] if 0 < code < len(messages) else f"solver result code {code}"
+
+
 class SolverOptions(eqx.Module):
     """How the ODE is solved (a strategy object, as in diffrax).
 
@@ -88,9 +107,7 @@ class Simulation(eqx.Module):
 
     def status_message(self, code: int) -> str:
         """Human-readable meaning of a status code."""
-        if code == 0:
-            return "successful"
-        return str(dfx.RESULTS[int(code)]) if hasattr(dfx.RESULTS, "__getitem__") else f"solver result {code}"
+        return status_message(code)
 
     def to_frame(self) -> pd.DataFrame:
         """Long table ``ID, TIME, DVID, VALUE`` (IDs 1..N; one patient gives ID 1)."""
@@ -130,11 +147,6 @@ class Simulation(eqx.Module):
             ds["obs_time"] = (("patient", "time"), times, {"units": "day"})
         ds["status"] = ("patient", np.asarray(self.status).reshape(-1))
         return ds
-
-
-#: Status code of a patient with more observations in one inter-dose interval than the static
-#: number of save slots (only possible when tlag exceeds the bound the slots were sized for).
-STATUS_SLOTS_EXCEEDED = 100
 
 
 def _solve_one(

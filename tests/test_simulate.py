@@ -1,0 +1,327 @@
+"""Specification of il2treg.simulate: closed forms, dosing features, gradients, batching, calibration."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import il2treg
+from il2treg import regimen as rg
+from il2treg.errors import InputError, PrecisionError, RegimenError
+from il2treg.model import pk
+
+DAY_PER_HOUR = 1.0 / 24.0
+
+
+def _exo_closed_form(model, reg, t):
+    p = model.typical()
+    return np.asarray(
+        pk.closed_form_pM(
+            jnp.asarray(t), reg.times, reg.amounts,
+            ka=p["ka"], ke=p["CL"] / p["V"], V=p["V"], F=p["F"], tlag=p["tlag"],
+        )
+    )  # fmt: skip
+
+
+def _times_around_doses(reg, model, n_grid=1000):
+    tau = np.asarray(reg.times) + float(model.typical()["tlag"])
+    grid = np.linspace(0.0, 84.0, n_grid)
+    near = np.concatenate([tau - 1e-6, tau + 1e-6, np.asarray(reg.times)])
+    return np.sort(np.concatenate([grid, near]))
+
+
+# ----------------------------------------------------------------------------- closed form
+
+
+def test_il2_matches_closed_form_superposition_for_lupil2(model_no_sink, lupil2, tight):
+    t = _times_around_doses(lupil2, model_no_sink)
+    assert t.size >= 1000
+    sim = il2treg.simulate(model_no_sink, lupil2, t, options=tight)
+    expected = _exo_closed_form(model_no_sink, lupil2, t) + float(model_no_sink.typical()["il2_endo"])
+    rel = np.abs(np.asarray(sim["il2_pM"]) - expected) / expected
+    assert rel.max() < 1e-6
+
+
+def test_receptor_sink_lowers_exposure_as_tregs_expand(model, model_no_sink, lupil2):
+    t = np.array([77.0 + 3.5 / 24])  # near the peak of the last weekly dose
+    with_sink = float(il2treg.simulate(model, lupil2, t)["il2_pM"][0])
+    without = float(il2treg.simulate(model_no_sink, lupil2, t)["il2_pM"][0])
+    assert with_sink < without
+
+
+# ----------------------------------------------------------------------------- dosing scenarios
+
+
+def test_single_dose_matches_closed_form(model_no_sink, tight):
+    reg = rg.Regimen(times=np.array([2.0]), amounts=np.array([1.5e6]))
+    t = np.linspace(0.0, 6.0, 301)
+    sim = il2treg.simulate(model_no_sink, reg, t, options=tight)
+    exo = np.asarray(sim["il2_pM"]) - float(model_no_sink.typical()["il2_endo"])
+    np.testing.assert_allclose(exo, _exo_closed_form(model_no_sink, reg, t), rtol=1e-7, atol=1e-9)
+
+
+def test_dose_at_time_zero_with_no_lag_observed_at_zero_is_baseline(model_no_sink, tight):
+    p = model_no_sink.parameters(tlag=0.0)
+    reg = rg.Regimen(times=np.array([0.0]), amounts=np.array([1.5e6]))
+    sim = il2treg.simulate(model_no_sink, reg, np.array([0.0, 0.1]), p, options=tight)
+    assert float(sim["il2_pM"][0]) == pytest.approx(float(p["il2_endo"]), rel=1e-12)
+    assert float(sim["il2_pM"][1]) > 10.0
+
+
+def test_two_doses_at_the_same_time_equal_one_dose_of_their_sum(model, tight):
+    t = np.linspace(0.0, 20.0, 81)
+    two = rg.Regimen(times=np.array([1.0, 1.0]), amounts=np.array([0.5e6, 1.0e6]))
+    one = rg.Regimen(times=np.array([1.0]), amounts=np.array([1.5e6]))
+    a = il2treg.simulate(model, two, t, options=tight).values
+    b = il2treg.simulate(model, one, t, options=tight).values
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_lag_time_shifts_the_concentration_curve(model_no_sink, tight):
+    reg = rg.Regimen(times=np.array([1.0]), amounts=np.array([1.5e6]))
+    lag_h = 1.5
+    t = np.linspace(0.0, 3.0, 121)
+    lagged = il2treg.simulate(model_no_sink, reg, t + lag_h / 24, model_no_sink.parameters(tlag=lag_h), options=tight)
+    unlagged = il2treg.simulate(model_no_sink, reg, t, model_no_sink.parameters(tlag=0.0), options=tight)
+    np.testing.assert_allclose(lagged["il2_pM"], unlagged["il2_pM"], rtol=1e-8)
+    before = il2treg.simulate(model_no_sink, reg, np.array([1.0 + 0.9 * lag_h / 24]), model_no_sink.parameters(tlag=lag_h))
+    assert float(before["il2_pM"][0]) == pytest.approx(float(model_no_sink.typical()["il2_endo"]), rel=1e-12)
+
+
+def test_exposure_scales_with_bioavailability(model_no_sink, tight):
+    reg = rg.Regimen(times=np.array([0.0]), amounts=np.array([1.5e6]))
+    t = np.linspace(0.05, 1.0, 20)
+    endo = float(model_no_sink.typical()["il2_endo"])
+    low = np.asarray(il2treg.simulate(model_no_sink, reg, t, model_no_sink.parameters(F=0.2), options=tight)["il2_pM"]) - endo
+    high = np.asarray(il2treg.simulate(model_no_sink, reg, t, model_no_sink.parameters(F=0.6), options=tight)["il2_pM"]) - endo
+    np.testing.assert_allclose(high, 3.0 * low, rtol=1e-8)
+
+
+def test_addl_ii_rows_simulate_like_explicit_rows(model):
+    compact = pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 7.0], "EVID": [1, 1], "AMT": [1.5e6, 1.5e6], "ADDL": [4, 10], "II": [1.0, 7.0]})
+    explicit = pd.DataFrame({"ID": 1, "TIME": [0, 1, 2, 3, 4, *range(7, 78, 7)], "EVID": 1, "AMT": 1.5e6})
+    a, b = rg.from_nonmem(compact)[1], rg.from_nonmem(explicit)[1]
+    t = np.linspace(0, 84, 169)
+    np.testing.assert_array_equal(il2treg.simulate(model, a, t).values, il2treg.simulate(model, b, t).values)
+
+
+def test_observation_at_a_dose_time_is_the_pre_dose_value(model, tight):
+    p = model.parameters(tlag=0.0)
+    reg = rg.Regimen(times=np.array([0.0, 2.0]), amounts=np.array([1.5e6, 1.5e6]))
+    sim = il2treg.simulate(model, reg, np.array([2.0 - 1e-7, 2.0, 2.0 + 1e-3]), p, options=tight)
+    il2 = np.asarray(sim["il2_pM"])
+    assert il2[1] == pytest.approx(il2[0], rel=1e-6)
+    assert il2[2] > il2[1] + 0.1
+
+
+@pytest.mark.parametrize("reg", [rg.placebo(), rg.Regimen(times=np.array([0.0, 7.0]), amounts=np.zeros(2))], ids=["none", "zero-amounts"])
+def test_no_dose_keeps_every_state_at_baseline(model, reg, daily_grid):
+    sim = il2treg.simulate(model, reg, daily_grid)
+    baseline = il2treg.simulate(model, reg, daily_grid[:1])
+    drug_free = np.asarray(sim.values)
+    # every observable except SLEDAI (which follows the standard-of-care course) stays at baseline
+    idx = [i for i, n in enumerate(sim.names) if n != "sledai"]
+    expected = np.broadcast_to(np.asarray(baseline.values)[:, idx], drug_free[:, idx].shape)
+    np.testing.assert_allclose(drug_free[:, idx], expected, rtol=1e-9, atol=1e-12)
+    p = model.typical()
+    soc = float(p["sledai0"]) - float(p["pmax"]) * (1 - np.exp(-float(p["kpl"]) * daily_grid))
+    np.testing.assert_allclose(sim["sledai"], soc, rtol=1e-9)
+
+
+def test_vector_field_is_exactly_zero_at_baseline(model):
+    from il2treg.model import system
+
+    p = system.prepare(model.typical().as_dict(), model.structure)
+    y0 = system.initial_state(model.structure)
+    for t in (0.0, 10.0, 84.0):
+        assert np.all(np.asarray(system.vector_field(t, y0, (p, model.structure))) == 0.0)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def _objective(model, options):
+    t = jnp.array([0.1, 0.3, 2.0, 5.0, 7.0, 20.0, 50.0, 84.0])
+    weights = jnp.linspace(1.0, 2.0, len(il2treg.OBSERVABLE_NAMES))
+
+    def f(theta, dose_times, amounts):
+        reg = rg.Regimen(times=dose_times, amounts=amounts)
+        sim = il2treg.simulate(model, reg, t, il2treg.Parameters(theta, model.parameter_names), options=options)
+        return jnp.sum(jnp.log(sim.values) * weights)
+
+    return f
+
+
+def test_gradient_wrt_every_parameter_matches_central_differences(model, lupil2, tight):
+    f = _objective(model, tight)
+    theta = model.typical().values
+    grad = np.asarray(jax.grad(f)(theta, lupil2.times, lupil2.amounts))
+    for i, name in enumerate(model.parameter_names):
+        h = 1e-4 * max(abs(float(theta[i])), 1e-3)
+        fd = (f(theta.at[i].add(h), lupil2.times, lupil2.amounts) - f(theta.at[i].add(-h), lupil2.times, lupil2.amounts)) / (2 * h)
+        fd = float(fd)
+        assert abs(grad[i] - fd) <= 1e-5 * abs(fd) + 1e-9, (name, grad[i], fd)
+
+
+def test_gradient_wrt_dose_times_and_amounts_matches_central_differences(model, lupil2, tight):
+    f = _objective(model, tight)
+    theta = model.typical().values
+    g_t, g_a = jax.grad(f, argnums=(1, 2))(theta, lupil2.times, lupil2.amounts)
+    for k in (0, 4, 5, 15):
+        h = 1e-4
+        e = jnp.zeros_like(lupil2.times).at[k].set(h)
+        fd_t = (f(theta, lupil2.times + e, lupil2.amounts) - f(theta, lupil2.times - e, lupil2.amounts)) / (2 * h)
+        assert abs(float(g_t[k]) - float(fd_t)) <= 1e-5 * abs(float(fd_t)) + 1e-9
+        ha = 1e-4 * 1.5e6
+        ea = jnp.zeros_like(lupil2.amounts).at[k].set(ha)
+        fd_a = (f(theta, lupil2.times, lupil2.amounts + ea) - f(theta, lupil2.times, lupil2.amounts - ea)) / (2 * ha)
+        assert abs(float(g_a[k]) - float(fd_a)) <= 1e-5 * abs(float(fd_a)) + 1e-15
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def test_vmap_batch_equals_a_loop_over_patients(model):
+    params = il2treg.sample_population(model, 4, seed=3)
+    regs = [rg.lupil2(), rg.placebo(), rg.every(0.5e6, 3.0, 10), rg.lupil2(n_weekly=4)]
+    t = np.linspace(0.0, 84.0, 57)
+    batch = il2treg.simulate(model, rg.stack(regs), t, params)
+    assert batch.values.shape == (4, 57, len(il2treg.OBSERVABLE_NAMES))
+    for i, reg in enumerate(regs):
+        one = il2treg.simulate(model, reg, t, il2treg.Parameters(params.values[i], params.names))
+        np.testing.assert_allclose(batch.values[i], one.values, rtol=1e-10, atol=1e-12)
+
+
+def test_a_failing_patient_is_flagged_and_the_batch_goes_on(model, lupil2):
+    params = il2treg.sample_population(model, 3, seed=1)
+    params = params.replace(ka=params["ka"].at[1].set(1e7))  # absurdly fast absorption: very stiff
+    options = il2treg.SolverOptions(max_steps=256)
+    t = np.linspace(0.0, 84.0, 29)
+    sim = il2treg.simulate(model, lupil2, t, params, options=options)
+    assert list(np.asarray(sim.ok)) == [True, False, True]
+    assert np.all(np.isnan(sim.values[1]))
+    alone = il2treg.simulate(model, lupil2, t, il2treg.Parameters(params.values[2], params.names), options=options)
+    np.testing.assert_allclose(sim.values[2], alone.values, rtol=1e-10)
+    assert "max" in sim.status_message(int(sim.status[1])).lower()
+
+
+def test_results_convert_to_a_long_table_and_to_xarray(model, lupil2):
+    params = il2treg.sample_population(model, 2, seed=0)
+    sim = il2treg.simulate(model, lupil2, np.array([0.0, 7.0, 84.0]), params)
+    frame = sim.to_frame()
+    assert list(frame.columns) == ["ID", "TIME", "DVID", "VALUE"]
+    assert len(frame) == 2 * 3 * len(il2treg.OBSERVABLE_NAMES)
+    row = frame[(frame.ID == 2) & (frame.TIME == 7.0) & (frame.DVID == "treg_per_uL")]
+    assert float(row.VALUE.iloc[0]) == pytest.approx(float(sim["treg_per_uL"][1, 1]))
+    ds = sim.to_xarray()
+    assert ds["treg_pct_cd4"].dims == ("patient", "time")
+    assert ds["il2_pM"].attrs["units"] == "pM"
+
+
+def test_results_are_float64(model, lupil2):
+    sim = il2treg.simulate(model, lupil2, np.array([0.0, 1.0]))
+    assert sim.values.dtype == jnp.float64
+
+
+def test_float32_mode_is_refused(model, lupil2):
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(PrecisionError, match="float64"):
+            il2treg.simulate(model, lupil2, np.array([0.0, 1.0]))
+    finally:
+        jax.config.update("jax_enable_x64", True)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_unsorted_observation_times_are_rejected_with_their_index(model, lupil2):
+    with pytest.raises(InputError, match=r"times\[2\] is earlier than times\[1\]"):
+        il2treg.simulate(model, lupil2, np.array([0.0, 5.0, 3.0]))
+
+
+def test_nan_observation_times_are_rejected(model, lupil2):
+    with pytest.raises(InputError, match=r"times\[1\] is not finite"):
+        il2treg.simulate(model, lupil2, np.array([0.0, np.nan]))
+
+
+def test_negative_or_nan_doses_are_rejected(model):
+    with pytest.raises(RegimenError, match="amounts"):
+        rg.Regimen(times=np.array([0.0]), amounts=np.array([-1.0]))
+    with pytest.raises(RegimenError, match="times"):
+        rg.Regimen(times=np.array([np.nan]), amounts=np.array([1.0]))
+
+
+def test_batches_of_different_sizes_are_rejected(model):
+    params = il2treg.sample_population(model, 3, seed=0)
+    regs = rg.stack([rg.lupil2(), rg.placebo()])
+    with pytest.raises(InputError, match="number of patients"):
+        il2treg.simulate(model, regs, np.array([0.0, 1.0]), params)
+
+
+# ----------------------------------------------------------------------------- calibration (typical patient)
+
+
+@pytest.fixture(scope="module")
+def single_dose_profile(model):
+    reg = rg.Regimen(times=np.array([0.0]), amounts=np.array([1.5e6]))
+    t_h = np.linspace(0.0, 24.0, 24 * 60 + 1)
+    sim = il2treg.simulate(model, reg, t_h * DAY_PER_HOUR)
+    return t_h, np.asarray(sim["il2_pM"]) - float(model.typical()["il2_endo"])
+
+
+def test_il2_peaks_2_to_6_hours_after_a_1_5_miu_dose(single_dose_profile):
+    t_h, c = single_dose_profile
+    assert 2.0 <= t_h[np.argmax(c)] <= 6.0
+
+
+def test_il2_falls_with_apparent_half_life_of_2_to_6_hours(single_dose_profile):
+    t_h, c = single_dose_profile
+    terminal = (t_h >= 8.0) & (t_h <= 16.0)
+    slope = np.polyfit(t_h[terminal], np.log(c[terminal]), 1)[0]
+    assert 2.0 <= np.log(2) / -slope <= 6.0
+
+
+@pytest.fixture(scope="module")
+def lupil2_typical(model, lupil2):
+    t = np.arange(0.0, 120.0 + 1e-9, 0.25)
+    return t, il2treg.simulate(model, lupil2, t)
+
+
+def test_treg_fold_change_is_1_5_to_2_5_on_days_5_to_8_of_induction(model, lupil2_typical):
+    t, sim = lupil2_typical
+    fold = np.asarray(sim["treg_per_uL"]) / float(model.typical()["treg0"])
+    window = (t >= 5.0) & (t <= 8.0)
+    assert np.all((fold[window] >= 1.5) & (fold[window] <= 2.5))
+
+
+def test_nk_rise_less_than_tregs_and_tconv_change_under_5_percent(model, lupil2_typical):
+    _, sim = lupil2_typical
+    p = model.typical()
+    treg = np.asarray(sim["treg_per_uL"]) / float(p["treg0"])
+    nk = np.asarray(sim["nk56bright_per_uL"]) / float(p["nk0"])
+    tconv = np.asarray(sim["tconv_per_uL"]) / float(p["tconv0"])
+    assert nk.max() > 1.0
+    assert nk.max() - 1 < treg.max() - 1
+    assert np.abs(tconv - 1).max() < 0.05
+
+
+def test_tregs_return_within_10_percent_four_weeks_after_the_last_dose(model, lupil2, lupil2_typical):
+    t, sim = lupil2_typical
+    day = float(lupil2.times[-1]) + 28.0
+    fold = float(np.asarray(sim["treg_per_uL"])[np.searchsorted(t, day)]) / float(model.typical()["treg0"])
+    assert abs(fold - 1.0) < 0.10
+
+
+def test_dilfrequency_regimen_holds_tregs_and_cd25_at_published_steady_state(model):
+    dose = float(il2treg.units.miu_per_m2_to_iu(0.26, 1.8))
+    reg = rg.every(dose, 3.0, 28)
+    t = np.linspace(81.0, 84.0, 61)
+    sim = il2treg.simulate(model, reg, t)
+    treg = float(np.mean(sim["treg_per_uL"])) / float(model.typical()["treg0"])
+    cd25 = float(np.mean(sim["cd25_treg_rel"]))
+    assert 1.20 <= treg <= 1.40
+    assert 1.15 <= cd25 <= 1.35
