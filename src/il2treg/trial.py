@@ -191,6 +191,8 @@ class TrialDesign:
                        "lower n_high_response_sites or raise n_sites")
         for field in ("high_site_share", "bilag_pga_keep", "dropout"):
             _require_number(getattr(self, field), field, 0.0, 1.0)
+        object.__setattr__(self, "n_sites", int(self.n_sites))
+        object.__setattr__(self, "n_high_response_sites", int(self.n_high_response_sites))
         if self.n_high_response_sites == 0 and self.high_site_share > 0:
             raise _fix("high_site_share > 0 but there are no high-response sites.",
                        "set high_site_share = 0 or n_high_response_sites >= 1")
@@ -203,6 +205,9 @@ class TrialDesign:
         for field in ("site_pmax_sd", "sledai_noise_sd", "treg_assay_cv"):
             _require_number(getattr(self, field), field, 0.0)
         _require_number(self.score_step, "score_step", 0.0, open_low=True)
+        for field in ("high_site_share", "high_site_pmax", "site_pmax_sd", "entry_sledai_min", "sledai_noise_sd",
+                      "score_step", "sri4_fall", "bilag_pga_keep", "dropout", "treg_assay_cv", "alpha"):
+            object.__setattr__(self, field, float(getattr(self, field)))
         weeks = self.visit_weeks
         if isinstance(weeks, (str, bytes)) or not hasattr(weeks, "__iter__"):
             raise _fix(f"visit_weeks must be a sequence of weeks, got {weeks!r}.", "pass e.g. visit_weeks=(0, 4, 12)")
@@ -213,7 +218,7 @@ class TrialDesign:
         if any(b <= a for a, b in zip(weeks, weeks[1:])):
             raise _fix(f"visit_weeks must increase strictly, got {list(weeks)}.", "sort them and drop repeats")
         object.__setattr__(self, "visit_weeks", weeks)
-        _require_number(self.assessment_week, "assessment_week")
+        object.__setattr__(self, "assessment_week", _require_number(self.assessment_week, "assessment_week"))
         if float(self.assessment_week) not in weeks[1:]:
             raise _fix(f"assessment_week {self.assessment_week} is not a post-baseline visit of visit_weeks {list(weeks)}.",
                        "add it to visit_weeks or choose one of the visits")

@@ -1,0 +1,145 @@
+"""The ``il2treg`` command: simulate regimens, check data files.
+
+Every error the package raises on purpose is printed as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Low-dose IL-2 in SLE: simulate, fit, trial.")
+data_app = typer.Typer(no_args_is_help=True, help="Biomarker data files.")
+app.add_typer(data_app, name="data")
+console = Console() if sys.stdout.isatty() else Console(width=140)
+
+_SUMMARY_DAYS = (0.0, 7.0, 14.0, 28.0, 84.0)
+_SUMMARY_OBS = ("treg_pct_cd4", "treg_per_uL", "nk56bright_per_uL", "tconv_per_uL", "cd25_treg_rel", "sledai")
+_CHUNK = 1000
+
+
+def _regimen(spec: str):
+    from il2treg import regimen as rg
+
+    if spec.lower().endswith(".csv") or Path(spec).is_file():
+        return rg.read_regimen_csv(spec)
+    return rg.named(spec)
+
+
+def _simulate_chunked(model, reg, times, params, show_progress: bool):
+    """Simulate a large population in equal chunks (one compiled shape), with a progress bar."""
+    import il2treg
+
+    n = params.values.shape[0]
+    size = min(_CHUNK, n)
+    values, status = [], []
+    with Progress(console=console, transient=True, disable=not show_progress) as progress:
+        task = progress.add_task("simulating", total=n)
+        for start in range(0, n, size):
+            rows = np.arange(start, start + size).clip(max=n - 1)  # pad the last chunk
+            chunk = il2treg.Parameters(params.values[rows], params.names)
+            sim = il2treg.simulate(model, reg, times, chunk)
+            keep = min(size, n - start)
+            values.append(np.asarray(sim.values)[:keep])
+            status.append(np.asarray(sim.status)[:keep])
+            progress.advance(task, keep)
+    return il2treg.Simulation(
+        times=np.broadcast_to(times, (n, times.size)), values=np.concatenate(values), status=np.concatenate(status)
+    )
+
+
+def _summary_table(sim, title: str) -> Table:
+    times = np.asarray(sim.times)[0]
+    table = Table(title=title)
+    table.add_column("observable", no_wrap=True)
+    days = [d for d in _SUMMARY_DAYS if np.any(np.isclose(times, d))]
+    for d in days:
+        table.add_column(f"day {d:g}", justify="right")
+    ok = np.asarray(sim.ok)
+    for name in _SUMMARY_OBS:
+        values = np.asarray(sim[name])[ok]
+        cells = []
+        for d in days:
+            col = values[:, int(np.argmin(np.abs(times - d)))]
+            lo, med, hi = np.percentile(col, [5, 50, 95])
+            cells.append(f"{med:.3g}" if lo == hi else f"{med:.3g} [{lo:.3g}-{hi:.3g}]")
+        table.add_row(name, *cells)
+    return table
+
+
+@app.command()
+def simulate(
+    regimen: str = typer.Option("lupil2", help="named regimen (e.g. lupil2, placebo) or a CSV of NONMEM dose rows (TIME days, AMT IU; optional ID, EVID, CMT, ADDL, II)"),
+    n: int = typer.Option(1000, min=1, help="number of virtual patients"),
+    seed: int = typer.Option(0, help="random seed of the population"),
+    out: Path = typer.Option(..., help="output folder (must not exist unless --force)"),
+    dt: float = typer.Option(0.25, min=1e-3, help="output time step (days)"),
+    days: float = typer.Option(84.0, min=0.0, help="simulate up to this day"),
+    typical: bool = typer.Option(False, help="simulate the typical patient only (no variability, one ID)"),
+    model: str = typer.Option("il2_treg_sledai", help="model name in models/ or path to a TOML file"),
+    force: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Simulate a virtual population under a regimen: simulation.csv, treg_dynamics.png, summary."""
+    import il2treg
+    from il2treg._io import atomic_output_dir
+    from il2treg.plots import plot_treg_dynamics
+
+    if out.exists() and not force:  # fail before computing
+        raise il2treg.errors.InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
+    m = il2treg.load_model(model)
+    reg = _regimen(regimen)
+    times = np.round(np.arange(0.0, days + dt / 2, dt), 10)
+    if typical:
+        params = il2treg.Parameters(m.typical().values[None, :], m.parameter_names)
+    else:
+        params = il2treg.sample_population(m, n, seed)
+    sim = _simulate_chunked(m, reg, times, params, show_progress=params.values.shape[0] > _CHUNK)
+    failed = int((~np.asarray(sim.ok)).sum())
+    label = reg.name or regimen
+    with atomic_output_dir(out, force=force) as tmp:
+        sim.to_frame().to_csv(tmp / "simulation.csv", index=False)
+        fig = plot_treg_dynamics(sim, doses=np.asarray(reg.times), title=f"{label}: {params.values.shape[0]} virtual patient(s)")
+        fig.savefig(tmp / "treg_dynamics.png", dpi=120)
+    console.print(_summary_table(sim, f"{label}: median [5%-95%] over {params.values.shape[0]} patient(s)"))
+    if failed:
+        first = int(np.argmax(~np.asarray(sim.ok)))
+        console.print(f"[yellow]{failed} patient(s) failed (NaN in the output), e.g. ID {first + 1}: {sim.status_message(int(sim.status[first]))}[/]")
+    console.print(f"wrote {out / 'simulation.csv'} and {out / 'treg_dynamics.png'}")
+
+
+@data_app.command("check")
+def data_check(file: Path = typer.Argument(..., help="CSV in il2treg's data format")) -> None:
+    """Validate a biomarker data file and print a one-screen summary."""
+    from il2treg.data import check_file
+
+    console.print(check_file(file), highlight=False)
+
+
+def main() -> None:
+    """Entry point: run the app; package errors become one line on stderr and exit status 2."""
+    from il2treg.errors import Il2tregError
+
+    try:
+        app(standalone_mode=False)
+    except Il2tregError as err:
+        print(f"il2treg: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as err:
+        sys.exit(getattr(err, "exit_code", getattr(err, "code", 0)))
+    except Exception as err:
+        if hasattr(err, "format_message"):  # usage errors of typer's (vendored) click
+            print(f"il2treg: error: {err.format_message()}", file=sys.stderr)
+            sys.exit(2)
+        if type(err).__name__ == "Abort":
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()
