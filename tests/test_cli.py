@@ -1,0 +1,92 @@
+"""Specification of the il2treg command: outputs, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+import pytest
+
+from il2treg import cli
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["il2treg", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_simulate_writes_the_long_table_and_the_figure(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "sim"
+    code, stdout, _ = run(monkeypatch, capsys, "simulate", "--regimen", "lupil2", "--n", "3", "--seed", "0", "--out", str(out), "--days", "14", "--dt", "0.5")
+    assert code == 0
+    frame = pd.read_csv(out / "simulation.csv")
+    assert list(frame.columns) == ["ID", "TIME", "DVID", "VALUE"]
+    assert sorted(frame.ID.unique()) == [1, 2, 3]
+    assert frame.TIME.max() == 14.0 and sorted(frame.TIME.unique())[:3] == [0.0, 0.5, 1.0]
+    assert set(frame.DVID) >= {"treg_pct_cd4", "il2_pM", "sledai"}
+    assert (out / "treg_dynamics.png").stat().st_size > 10_000
+    assert "treg_pct_cd4" in stdout
+
+
+def test_simulate_typical_gives_one_id_from_a_regimen_csv(monkeypatch, capsys, tmp_path):
+    rows = tmp_path / "doses.csv"
+    pd.DataFrame({"TIME": [0.0, 7.0], "AMT": [1e6, 1e6], "ADDL": [0, 3], "II": [0, 7]}).to_csv(rows, index=False)
+    out = tmp_path / "sim"
+    code, _, _ = run(monkeypatch, capsys, "simulate", "--regimen", str(rows), "--typical", "--out", str(out), "--days", "7")
+    assert code == 0
+    assert pd.read_csv(out / "simulation.csv").ID.unique().tolist() == [1]
+
+
+def test_existing_output_is_never_overwritten_without_force(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "sim"
+    out.mkdir()
+    (out / "keep.txt").write_text("user results")
+    code, _, err = run(monkeypatch, capsys, "simulate", "--typical", "--out", str(out), "--days", "1")
+    assert code == 2
+    assert err.count("\n") == 1 and "already exists" in err and "--force" in err
+    assert (out / "keep.txt").read_text() == "user results"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("TIME\n0\n", "AMT"), ("TIME,AMT\n0,-5\n", "AMT"), ("TIME,AMT\n3,1\n1,1\n", "TIME")],
+    ids=["missing-column", "negative-amount", "unsorted"],
+)
+def test_bad_regimen_csv_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    code, _, err = run(monkeypatch, capsys, "simulate", "--regimen", str(path), "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert err.startswith("il2treg: error:") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_regimen_name_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    code, _, err = run(monkeypatch, capsys, "simulate", "--regimen", "lupil3", "--out", str(tmp_path / "o"))
+    assert code == 2 and "lupil3" in err and "lupil2" in err and err.count("\n") == 1
+
+
+def test_invalid_option_value_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    code, _, err = run(monkeypatch, capsys, "simulate", "--n", "0", "--out", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1 and "--n" in err
+
+
+def test_data_check_summarises_a_valid_file(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame(
+        {"ID": [1, 1, 1], "TIME": [0.0, 0.0, 7.0], "EVID": [1, 0, 0], "AMT": [1.5e6, None, None],
+         "DVID": [None, "treg_pct_cd4", "treg_pct_cd4"], "DV": [None, 5.0, 8.0]}
+    ).to_csv(path, index=False)  # fmt: skip
+    code, stdout, _ = run(monkeypatch, capsys, "data", "check", str(path))
+    assert code == 0 and "treg_pct_cd4" in stdout
+
+
+def test_data_check_reports_a_bad_file_in_one_line(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("ID,TIME,EVID,AMT,DVID,DV\n1,0,0,,treg_pct_cd4,5\n1,-1,0,,treg_pct_cd4,6\n")
+    code, _, err = run(monkeypatch, capsys, "data", "check", str(path))
+    assert code == 2 and err.count("\n") == 1 and "TIME" in err

@@ -1,0 +1,52 @@
+"""Specification of the model object: parameters, variants, populations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import il2treg
+from il2treg.errors import SpecError
+
+
+def test_parameters_are_given_in_the_units_of_the_model_file(model):
+    p = model.parameters(ka=0.3)  # 1/h in the file
+    assert float(p["ka"]) == pytest.approx(0.3 * 24)
+
+
+def test_parameter_outside_bounds_is_rejected_with_the_bounds(model):
+    with pytest.raises(SpecError, match=r"'ka' = 100 1/h is outside its bounds \[0.05, 1\] 1/h"):
+        model.parameters(ka=100)
+
+
+def test_unknown_parameter_is_rejected(model):
+    with pytest.raises(SpecError, match="no parameter 'kaa'"):
+        model.parameters(kaa=1.0)
+
+
+def test_population_variability_matches_the_declared_cv(model):
+    pop = il2treg.sample_population(model, 20000, seed=0)
+    for name in ("CL", "treg0", "emax_treg"):
+        spec = model.spec[name]
+        log_ratio = np.log(np.asarray(pop[name]) / spec.value)
+        assert np.std(log_ratio) == pytest.approx(spec.omega, rel=0.03)
+    assert np.all(np.asarray(pop["F"]) == model.spec["F"].value)  # no variability declared
+
+
+def test_population_is_reproducible_from_its_seed(model):
+    a = il2treg.sample_population(model, 5, seed=7).values
+    b = il2treg.sample_population(model, 5, seed=7).values
+    np.testing.assert_array_equal(a, b)
+
+
+def test_structural_variant_without_delay_has_fewer_states(model):
+    no_delay = model.with_structure(transit_compartments=0)
+    assert len(no_delay.state_names) == len(model.state_names) - 9
+    with pytest.raises(SpecError):
+        model.with_structure(bogus=True)
+
+
+def test_with_values_changes_the_typical_patient(model):
+    variant = model.with_values(emax_treg=2.0)
+    assert float(variant.typical()["emax_treg"]) == 2.0
+    assert float(model.typical()["emax_treg"]) != 2.0
