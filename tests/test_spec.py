@@ -92,3 +92,14 @@ def test_update_values_changes_only_the_value_lines(tmp_path):
     changed = [(a, b) for a, b in zip(before, after) if a != b]
     assert len(before) == len(after) and changed == [(changed[0][0], "value = 0.5")]
     assert il2treg.load_model(copy).spec["imax"].value == 0.5
+
+
+def test_parameter_table_in_models_readme_is_up_to_date():
+    import subprocess
+    import sys
+
+    from il2treg.spec import MODELS_DIR
+
+    script = MODELS_DIR.parent / "scripts" / "model_table.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True)
+    assert result.returncode == 0, "models/README.md is stale: run python scripts/model_table.py"

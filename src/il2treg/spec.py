@@ -292,3 +292,19 @@ def update_values(path: str | Path, values: dict[str, float]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text("".join(lines))
     tmp.replace(path)
+
+
+def markdown_table(spec: ModelSpec) -> str:
+    """The parameter table of a model as Markdown (name, value, unit, bounds, transform, CV%, source)."""
+    rows = [
+        "| parameter | value | unit | bounds | transform | BSV CV% | description | source |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in spec.params:
+        lo, hi = p.to_declared(p.bounds[0]), p.to_declared(p.bounds[1])
+        cv = f"{p.cv_percent:g}" if p.cv_percent else "-"
+        rows.append(
+            f"| `{p.name}` | {p.declared_value:g} | {p.unit} | {lo:g}-{hi:g} | {p.transform} | {cv} "
+            f"| {p.description} | {p.source} |"
+        )
+    return "\n".join(rows) + "\n"
