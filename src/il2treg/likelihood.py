@@ -1,0 +1,156 @@
+r"""Residual error models and the objective: −2 log-likelihood, as NONMEM reports it (OFV).
+
+Each observation type (DVID) has one error model. With prediction :math:`f`, observation :math:`y`:
+
+=============  ==========================================================  ==================
+kind           model                                                       parameters
+=============  ==========================================================  ==================
+additive       :math:`y = f + \epsilon,\ \epsilon \sim N(0, \sigma_a^2)`   ``sigma_add``
+proportional   :math:`y = f(1 + \epsilon),\ sd = \sigma_p |f|`             ``sigma_prop``
+combined       :math:`sd = \sqrt{\sigma_a^2 + \sigma_p^2 f^2}`             both
+log            :math:`\log y = \log f + \epsilon,\ sd = \sigma_a`          ``sigma_add``
+               (log-transform-both-sides; the log-likelihood is the one
+               of :math:`\log y`, as NONMEM's LTBS reports it)
+ordinal        integer score :math:`y \in \{0, 1, 2, \dots\}`: latent        ``sigma_add``
+               :math:`f + \epsilon` rounded to the nearest integer and
+               floored at 0: :math:`P(y=k) = \Phi(\frac{k+\frac12-f}{\sigma})
+               - \Phi(\frac{k-\frac12-f}{\sigma})`, :math:`P(y=0) =
+               \Phi(\frac{\frac12-f}{\sigma})`
+=============  ==========================================================  ==================
+
+``ordinal`` is the default for SLEDAI: it is a non-negative integer score, so a Gaussian on the
+raw score would put mass on negative and fractional values; the discretised normal is the
+likelihood of exactly the observation process used to simulate scores (round, floor at 0).
+
+**BLQ (M3).** An observation with ``CENS = 1`` carries the LLOQ in ``y``; its likelihood is
+:math:`P(Y < LLOQ) = \Phi((LLOQ - f)/sd)` (in log space for ``log``).
+
+**Objective.** :math:`-2\log L = \sum_j [\log(2\pi) + 2 \log sd_j + ((y_j - f_j)/sd_j)^2]` for
+uncensored continuous observations, :math:`-2 \log P` for censored and ordinal ones.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jax.scipy.special import log_ndtr
+from jaxtyping import Array, Bool, Float, Int
+
+from il2treg.errors import SpecError
+from il2treg.observables import OBSERVABLE_NAMES
+
+KINDS = ("additive", "proportional", "combined", "log", "ordinal")
+_LOG_2PI = float(jnp.log(2 * jnp.pi))
+_FLOOR = 1e-12  # smallest prediction/sd used inside logs: keeps gradients finite
+
+#: Error model per observation type unless a fit says otherwise.
+DEFAULT_KINDS: dict[str, str] = {
+    "il2_pM": "log",
+    "treg_pct_cd4": "proportional",
+    "treg_per_uL": "proportional",
+    "tconv_per_uL": "proportional",
+    "nk56bright_per_uL": "proportional",
+    "cd25_treg_rel": "proportional",
+    "sledai": "ordinal",
+}
+
+
+class ResidualModel(eqx.Module):
+    """Error models for every observation type: kinds (static) and their SD parameters.
+
+    Attributes:
+        kinds: one kind per name in :data:`OBSERVABLE_NAMES`.
+        sigma_add: additive SD (unit of the observation; log units for ``log``; points for
+            ``ordinal``), one per observation type.
+        sigma_prop: proportional SD (fraction), one per observation type.
+    """
+
+    sigma_add: Float[Array, " observables"]
+    sigma_prop: Float[Array, " observables"]
+    kinds: tuple[str, ...] = eqx.field(static=True, default=tuple(DEFAULT_KINDS[n] for n in OBSERVABLE_NAMES))
+
+    def __check_init__(self):
+        if len(self.kinds) != len(OBSERVABLE_NAMES):
+            raise SpecError(f"ResidualModel needs one kind per observable ({len(OBSERVABLE_NAMES)}), got {len(self.kinds)}.")
+        for name, kind in zip(OBSERVABLE_NAMES, self.kinds):
+            if kind not in KINDS:
+                raise SpecError(f"unknown error model {kind!r} for {name!r}. Fix: use one of {', '.join(KINDS)}.")
+
+    @staticmethod
+    def build(kinds: dict[str, str] | None = None, sigmas: dict[str, tuple[float, float]] | None = None) -> ResidualModel:
+        """Build from ``{dvid: kind}`` and ``{dvid: (sigma_add, sigma_prop)}``; missing ones get defaults."""
+        kinds = {**DEFAULT_KINDS, **(kinds or {})}
+        for name, kind in kinds.items():
+            if name not in OBSERVABLE_NAMES:
+                raise SpecError(f"unknown observation type {name!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
+            if kind not in KINDS:
+                raise SpecError(f"unknown error model {kind!r} for {name!r}. Fix: use one of {', '.join(KINDS)}.")
+        default_sd = {"additive": (1.0, 0.0), "proportional": (0.0, 0.15), "combined": (0.1, 0.15), "log": (0.3, 0.0), "ordinal": (2.0, 0.0)}
+        sigmas = sigmas or {}
+        sd = [sigmas.get(n, default_sd[kinds[n]]) for n in OBSERVABLE_NAMES]
+        return ResidualModel(
+            sigma_add=jnp.asarray([s[0] for s in sd], dtype=jnp.float64),
+            sigma_prop=jnp.asarray([s[1] for s in sd], dtype=jnp.float64),
+            kinds=tuple(kinds[n] for n in OBSERVABLE_NAMES),
+        )
+
+
+def _log_diff_ndtr(a: Array, b: Array) -> Array:
+    """log(Φ(b) − Φ(a)) for a < b, stable in both tails."""
+    # In the upper tail use the symmetry Φ(b) − Φ(a) = Φ(−a) − Φ(−b).
+    upper = a > 0
+    hi = jnp.where(upper, -a, b)
+    lo = jnp.where(upper, -b, a)
+    log_hi, log_lo = log_ndtr(hi), log_ndtr(lo)
+    return log_hi + jnp.log1p(-jnp.exp(jnp.minimum(log_lo - log_hi, -1e-16)))
+
+
+def _neg2ll_kind(kind: str, y, f, cens, sigma_add, sigma_prop):
+    """Per-observation −2 log-likelihood of one error-model kind (vectorised over observations)."""
+    if kind == "ordinal":
+        sd = jnp.maximum(sigma_add, _FLOOR)
+        k = jnp.round(y)
+        upper = (k + 0.5 - f) / sd
+        lower = (k - 0.5 - f) / sd
+        log_p = jnp.where(k <= 0, log_ndtr(upper), _log_diff_ndtr(jnp.where(k <= 0, upper - 1.0, lower), upper))
+        return -2.0 * log_p
+    if kind == "log":
+        y_t, f_t = jnp.log(jnp.maximum(y, _FLOOR)), jnp.log(jnp.maximum(f, _FLOOR))
+        sd = jnp.maximum(sigma_add, _FLOOR) * jnp.ones_like(f)
+    else:
+        y_t, f_t = y, f
+        var = {"additive": sigma_add**2 * jnp.ones_like(f), "proportional": (sigma_prop * f) ** 2, "combined": sigma_add**2 + (sigma_prop * f) ** 2}[kind]
+        sd = jnp.sqrt(jnp.maximum(var, _FLOOR**2))
+    z = (y_t - f_t) / sd
+    gaussian = _LOG_2PI + 2.0 * jnp.log(sd) + z**2
+    censored = -2.0 * log_ndtr(z)  # M3: P(Y < LLOQ)
+    return jnp.where(cens, censored, gaussian)
+
+
+def neg2ll_terms(
+    residual: ResidualModel,
+    pred: Float[Array, " obs"],
+    y: Float[Array, " obs"],
+    dvid: Int[Array, " obs"],
+    cens: Bool[Array, " obs"],
+    mask: Bool[Array, " obs"],
+) -> Float[Array, " obs"]:
+    """−2 log-likelihood of each observation (0 where ``mask`` is False)."""
+    total = jnp.zeros_like(pred)
+    for d, kind in enumerate(residual.kinds):
+        sel = dvid == d
+        term = _neg2ll_kind(kind, y, pred, cens, residual.sigma_add[d], residual.sigma_prop[d])
+        total = jnp.where(sel, term, total)
+    return jnp.where(mask, total, 0.0)
+
+
+def residual_sd(residual: ResidualModel, pred: Float[Array, " obs"], dvid: Int[Array, " obs"]) -> Float[Array, " obs"]:
+    """SD of each observation on its modelling scale (log scale for ``log``)."""
+    sa, sp = residual.sigma_add[dvid], residual.sigma_prop[dvid]
+    kinds = jnp.asarray([KINDS.index(k) for k in residual.kinds])[dvid]
+    var = jnp.select(
+        [kinds == KINDS.index("proportional"), kinds == KINDS.index("combined")],
+        [(sp * pred) ** 2, sa**2 + (sp * pred) ** 2],
+        sa**2,
+    )
+    return jnp.sqrt(jnp.maximum(var, _FLOOR**2))
