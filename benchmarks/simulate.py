@@ -233,6 +233,7 @@ def main() -> None:
           f"{r['max_rel_diff_vs_lsoda']:.1e}")
     print("  by observable: " + ", ".join(f"{k} {v:.1e}" for k, v in worst_obs.items()))
     if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as fh:
             json.dump(r, fh, indent=2)
         print(f"\nwrote {args.json}")

@@ -69,6 +69,9 @@ class SolverOptions(eqx.Module):
             ``diffrax.ForwardMode()`` for ``jacfwd``, Gauss-Newton and Hessians.
         pcoeff, icoeff: PID controller coefficients (default: integral controller, measured
             ~10% faster than PI (0.3, 0.4) here).
+        batch_size: patients per vmapped chunk. A vmapped solve steps every patient until the
+            slowest is done, so a batch is ordered by stiffness and run in chunks of this size
+            (``lax.map``); measured 3.8 -> 0.83 ms/patient at N = 10,000 (benchmarks/).
     """
 
     rtol: float = 1e-6
@@ -78,6 +81,7 @@ class SolverOptions(eqx.Module):
     adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint()
     pcoeff: float = 0.0
     icoeff: float = 1.0
+    batch_size: int = eqx.field(static=True, default=128)
 
 
 class Simulation(eqx.Module):
@@ -247,11 +251,33 @@ def _slots_needed(dose_times: np.ndarray, obs_times: np.ndarray, max_lag: float)
 
 @eqx.filter_jit
 def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, axes, slots):
-    """vmap of :func:`_solve_one` with in_axes ``axes`` for (theta, dose times, amounts, obs times)."""
+    """Solve every patient: in_axes ``axes`` for (theta, dose times, amounts, obs times).
+
+    A batch is sorted by the stiffest rate (elimination, ``(CL + CLR) / V``) so that the patients
+    sharing a vmapped chunk need similar step counts, solved chunk by chunk, and put back in order.
+    """
     solve = lambda th, dt, da, ot: _solve_one(model.structure, model.parameter_names, th, dt, da, ot, options, slots)
+    inputs = (theta, dose_times, dose_amounts, obs_times)
     if not any(a == 0 for a in axes):
-        return solve(theta, dose_times, dose_amounts, obs_times)
-    return jax.vmap(solve, in_axes=axes)(theta, dose_times, dose_amounts, obs_times)
+        return solve(*inputs)
+    n = next(x.shape[0] for x, a in zip(inputs, axes) if a == 0)
+    if n <= options.batch_size:
+        return jax.vmap(solve, in_axes=axes)(*inputs)
+    if axes[0] == 0:
+        names = model.parameter_names
+        stiffness = (theta[:, names.index("CL")] + theta[:, names.index("CLR")]) / theta[:, names.index("V")]
+        order = jnp.argsort(stiffness)
+    else:
+        order = jnp.arange(n)
+    batched = tuple(x[order] for x, a in zip(inputs, axes) if a == 0)
+
+    def one(row):
+        it = iter(row)
+        return solve(*(next(it) if a == 0 else x for x, a in zip(inputs, axes)))
+
+    values, status = jax.lax.map(one, batched, batch_size=options.batch_size)
+    inverse = jnp.argsort(order)
+    return values[inverse], status[inverse]
 
 
 def _static_slots(model: Model, theta, dose_times, obs) -> int:
