@@ -1,0 +1,205 @@
+r"""The population fit: L-BFGS (optax) on the FOCE-I objective, then standard errors.
+
+Each outer iteration: an L-BFGS direction (``optax.scale_by_lbfgs``) from the exact gradient, a
+backtracking (Armijo) line search on the objective, where every trial point re-optimises the
+empirical Bayes estimates warm-started from the last ones; convergence when the objective
+changes by less than ``ftol`` and the largest gradient component is below ``gtol``, or when the
+line search finds no decrease with the gradient below ``gtol``. The defaults match the noise
+floor of the objective at the solver's rtol of 1e-6 (OFV changes of ~1e-6 between iterations
+near the optimum were measured on a 30-patient fit).
+
+**Uncertainty.** The covariance of :math:`\hat\psi` is :math:`2 R^{-1}` with :math:`R` the Hessian
+of the OFV (= −2LL), obtained by central differences of the exact gradient (each at re-converged
+EBEs) and symmetrised. Standard errors on the natural scale by the delta method; 95% intervals
+are computed on the estimation scale and transformed back, so they respect bounds.
+
+**Patients.** A patient whose ODE fails or whose EBE does not converge at the start is flagged and
+left out of the objective; the others are unaffected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int
+
+from il2treg.fit.individual import STATUS_CONVERGED, InnerResult
+from il2treg.fit.population import Objective
+from il2treg.fit.problem import FitProblem, unpack
+
+
+class PopulationFit(eqx.Module):
+    """Estimates of a population fit on the estimation scale, with what is needed to report them.
+
+    Attributes:
+        psi: estimates (unconstrained fixed effects, log omega, log sigma).
+        psi_names: their names.
+        ofv: objective function value (−2 log-likelihood, FOCE-I).
+        covariance: covariance of ``psi`` (2 R^-1); NaN if R was singular.
+        eta: empirical Bayes estimates, ``[patients, eta]``.
+        inner_status: per patient (0 converged, 1 max iterations, 2 solver failed).
+        included: patients that contributed to the objective.
+        iterations: outer iterations used.
+        converged: whether the outer convergence criteria were met.
+        history: objective per outer iteration.
+        n_observations: observations used.
+        elapsed_s: wall time of the estimation (s), compilation included.
+    """
+
+    psi: Float[Array, " psi"]
+    psi_names: tuple[str, ...] = eqx.field(static=True)
+    ofv: float = eqx.field(static=True)
+    covariance: Float[Array, "psi psi"] = None
+    eta: Float[Array, "patients eta"] = None
+    inner_status: Int[Array, " patients"] = None
+    included: Array = None
+    iterations: int = eqx.field(static=True, default=0)
+    converged: bool = eqx.field(static=True, default=False)
+    history: tuple[float, ...] = eqx.field(static=True, default=())
+    n_observations: int = eqx.field(static=True, default=0)
+    elapsed_s: float = eqx.field(static=True, default=0.0)
+
+    @property
+    def standard_errors(self) -> Float[Array, " psi"]:
+        return jnp.sqrt(jnp.diag(self.covariance))
+
+    @property
+    def aic(self) -> float:
+        return self.ofv + 2 * len(self.psi)
+
+    @property
+    def bic(self) -> float:
+        return self.ofv + len(self.psi) * float(np.log(max(self.n_observations, 1)))
+
+    @property
+    def condition_number(self) -> float:
+        ev = np.linalg.eigvalsh(np.asarray(self.covariance))
+        return float(ev.max() / ev.min()) if np.all(np.isfinite(ev)) and ev.min() > 0 else float("inf")
+
+
+def fit_population(
+    objective: Objective,
+    psi0: Float[Array, " psi"],
+    *,
+    max_iter: int = 200,
+    ftol: float = 1e-4,
+    gtol: float = 1e-2,
+    covariance: bool = True,
+    callback: Callable[[dict], None] | None = None,
+) -> PopulationFit:
+    """Estimate the population parameters from ``psi0`` (see the module docstring)."""
+    start = time.time()
+    n = objective.patients.obs_time.shape[0]
+    psi = jnp.asarray(psi0, dtype=jnp.float64)
+    inner = objective.inner(psi, jnp.zeros((n, objective.problem.n_eta)))
+    include = inner.status == STATUS_CONVERGED
+    n_obs = int(jnp.sum(jnp.where(include[:, None], objective.patients.obs_mask, False)))
+
+    def value_at(p, warm: InnerResult):
+        inn = objective.inner(p, warm.eta)
+        v = float(objective.value(p, inn, include))
+        return (v if np.isfinite(v) else np.inf), inn
+
+    ofv = float(objective.value(psi, inner, include))
+    grad = objective.gradient(psi, inner.eta, include)
+    opt = optax.scale_by_lbfgs(memory_size=10)
+    state = opt.init(psi)
+    history = [ofv]
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):
+        direction, state = opt.update(grad, state, psi)
+        slope = float(grad @ direction)
+        if not slope > 0:  # not a descent direction: restart from steepest descent
+            state = opt.init(psi)
+            direction, slope = grad, float(grad @ grad)
+        step = 1.0 if it > 1 else min(1.0, 0.1 / float(jnp.max(jnp.abs(direction))))
+        for _ in range(30):
+            trial = psi - step * direction
+            v, inn = value_at(trial, inner)
+            if v <= ofv - 1e-4 * step * slope:
+                break
+            step *= 0.5
+        else:
+            break  # no decrease along the direction: at a minimum up to numerical noise
+        change = ofv - v
+        psi, inner, ofv = trial, inn, v
+        grad = objective.gradient(psi, inner.eta, include)
+        history.append(ofv)
+        gmax = float(jnp.max(jnp.abs(grad)))
+        if callback is not None:
+            callback({"iteration": it, "ofv": ofv, "grad_max": gmax, "elapsed_s": time.time() - start})
+        if change < ftol and gmax < gtol:
+            converged = True
+            break
+    else:
+        it = max_iter
+    if not converged:
+        converged = float(jnp.max(jnp.abs(grad))) < gtol
+    cov = _covariance(objective, psi, inner, include) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
+    return PopulationFit(
+        psi=psi, psi_names=objective.problem.psi_names, ofv=ofv, covariance=cov, eta=inner.eta,
+        inner_status=inner.status, included=include, iterations=it, converged=converged,
+        history=tuple(history), n_observations=n_obs, elapsed_s=time.time() - start,
+    )  # fmt: skip
+
+
+def _covariance(objective: Objective, psi, inner: InnerResult, include, rel_step: float = 1e-4):
+    """2 R^-1, R by central differences of the exact gradient at re-converged EBEs."""
+    k = len(psi)
+    cols = []
+    for j in range(k):
+        h = rel_step * max(1.0, abs(float(psi[j])))
+        e = jnp.zeros(k).at[j].set(h)
+        gp = objective.gradient(psi + e, objective.inner(psi + e, inner.eta).eta, include)
+        gm = objective.gradient(psi - e, objective.inner(psi - e, inner.eta).eta, include)
+        cols.append((gp - gm) / (2 * h))
+    r = jnp.stack(cols, axis=1)
+    r = 0.5 * (r + r.T)
+    try:
+        cov = 2.0 * jnp.linalg.inv(r)
+    except Exception:  # noqa: BLE001 - singular R: report NaN, do not crash a finished fit
+        return jnp.full((k, k), jnp.nan)
+    ok = jnp.all(jnp.isfinite(cov)) & jnp.all(jnp.linalg.eigvalsh(cov) > 0)
+    return jnp.where(ok, cov, jnp.nan)
+
+
+def natural_estimates(problem: FitProblem, fit: PopulationFit, base_residual) -> dict[str, dict[str, float]]:
+    """Estimates on the natural scale: value, SE (delta method), %RSE, 95% CI; CV% for omegas."""
+    psi = fit.psi
+    cov = np.asarray(fit.covariance)
+    names = problem.model.parameter_names
+
+    def natural(p):
+        u = unpack(problem, p, base_residual)
+        fixed = u.theta[jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)] if problem.n_fixed else jnp.zeros(0)
+        return jnp.concatenate([fixed, u.omega, jnp.exp(p[problem.n_fixed + problem.n_eta :])])
+
+    values = np.asarray(natural(psi))
+    jac = np.asarray(jax.jacfwd(natural)(psi))
+    se = np.sqrt(np.clip(np.diag(jac @ cov @ jac.T), 0, None)) if np.all(np.isfinite(cov)) else np.full(len(values), np.nan)
+    z = 1.959963984540054
+    se_psi = np.sqrt(np.clip(np.diag(cov), 0, None))
+    lo = np.asarray(natural(psi - z * se_psi))
+    hi = np.asarray(natural(psi + z * se_psi))
+    out = {}
+    for k, name in enumerate(fit.psi_names):
+        row = {"estimate": float(values[k]), "se": float(se[k]), "rse_percent": float(100 * se[k] / abs(values[k])) if values[k] else float("nan"),
+               "ci_low": float(min(lo[k], hi[k])), "ci_high": float(max(lo[k], hi[k]))}  # fmt: skip
+        if name.startswith("omega_"):
+            row["cv_percent"] = float(100 * np.sqrt(np.expm1(values[k] ** 2)))
+        out[name] = row
+    return out
+
+
+def shrinkage(fit: PopulationFit, problem: FitProblem, base_residual) -> dict[str, float]:
+    """eta-shrinkage (%) per random effect: 1 − SD(eta_hat) / omega, over included patients."""
+    omega = np.asarray(unpack(problem, fit.psi, base_residual).omega)
+    eta = np.asarray(fit.eta)[np.asarray(fit.included)]
+    return {n: float(100 * (1 - eta[:, k].std(ddof=1) / omega[k])) for k, n in enumerate(problem.random)}

@@ -1,0 +1,122 @@
+r"""Population (mixed-effects) fits: FOCE-I / Laplace objective with an exact gradient.
+
+**Objective** (NONMEM's OFV, −2 log-likelihood of the data with random effects integrated out
+by the Laplace approximation at the empirical Bayes estimates :math:`\hat\eta_i`):
+
+.. math::
+    \mathrm{OFV}(\psi) = \sum_i \Big[ g_i(\hat\eta_i) + \log|\Omega|
+        + \log\big|\tfrac12 H_i(\hat\eta_i)\big| \Big], \qquad
+    H_i = J_i^\top \mathrm{diag}((r_{2,i})_+) J_i + 2\Omega^{-1}
+
+with :math:`g_i` and the Gauss-Newton (first-order, interaction) Hessian :math:`H_i` of
+:mod:`il2treg.fit.individual` evaluated at :math:`\hat\eta_i` (FOCE with interaction).
+
+**Exact gradient.** Write :math:`L_i(\psi, \eta)` for the bracket and
+:math:`G_i = \partial g_i / \partial \eta`, zero at :math:`\hat\eta_i`. By the implicit function
+theorem :math:`d\hat\eta_i/d\psi = -(\partial G_i/\partial\eta)^{-1}\,\partial G_i/\partial\psi`, so
+
+.. math::
+    \frac{d\,\mathrm{OFV}}{d\psi} = \sum_i \frac{\partial L_i}{\partial \psi}
+        - \Big(\frac{\partial L_i}{\partial \eta}\Big)^\top
+          \Big(\frac{\partial G_i}{\partial \eta}\Big)^{-1} \frac{\partial G_i}{\partial \psi}.
+
+:math:`L_i` and :math:`G_i` depend on the ODE only through the predictions :math:`f_i` and their
+sensitivities :math:`J_i`; their derivatives with respect to the structural parameters and
+:math:`\eta` (second-order sensitivities) come from nested forward-mode differentiation through
+the ODE solve, the rest by the chain rule on small arrays. The gradient is exact up to the
+convergence of :math:`\hat\eta_i` (tested against finite differences of the objective).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from il2treg.fit.individual import InnerResult, batch_inner_solve, observation_derivatives
+from il2treg.fit.problem import FitProblem, PatientData, data_neg2ll, from_unconstrained, individual_theta, predict, unpack
+from il2treg.likelihood import ResidualModel
+
+
+def _bracket(residual: ResidualModel, omega, pred, jac, eta, patient: PatientData):
+    """L_i and G_i from predictions and sensitivities (the cheap part of the objective)."""
+    inv = 1.0 / omega**2
+    r1, r2 = observation_derivatives(residual, pred, patient)
+    g = data_neg2ll(residual, pred, patient) + jnp.sum(eta**2 * inv)
+    half_h = 0.5 * jac.T @ (jnp.maximum(r2, 0.0)[:, None] * jac) + jnp.diag(inv)
+    L = g + 2.0 * jnp.sum(jnp.log(omega)) + jnp.linalg.slogdet(half_h)[1]
+    G = jac.T @ r1 + 2.0 * eta * inv
+    return L, G
+
+
+def patient_terms(problem: FitProblem, psi, base_residual, inner: InnerResult, patient: PatientData):
+    """OFV contribution of one patient at its (converged) inner result."""
+    up = unpack(problem, psi, base_residual)
+    L, _ = _bracket(up.residual, up.omega, inner.pred, inner.jac, inner.eta, patient)
+    return L
+
+
+def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: PatientData):
+    """d L_i / d psi including the implicit dependence of eta_hat on psi (see module docstring)."""
+    nf, ne = problem.n_fixed, problem.n_eta
+    names = problem.model.parameter_names
+    theta0 = problem.model.typical().values
+    idx = jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)
+
+    def pred_jac(z):
+        theta = theta0.at[idx].set(from_unconstrained(problem, z[:nf])) if nf else theta0
+
+        def fwd(e):
+            p, _ = predict(problem, individual_theta(problem, theta, e), patient)
+            return p, p
+
+        jac, pred = jax.jacfwd(fwd, has_aux=True)(z[nf:])
+        return (pred, jac), (pred, jac)
+
+    z = jnp.concatenate([psi[:nf], eta])
+    (dpred, djac), (pred, jac) = jax.jacfwd(pred_jac, has_aux=True)(z)  # [T, nz], [T, ne, nz]
+
+    def bracket_of(pred, jac, eta_, rest):
+        up = unpack(problem, jnp.concatenate([psi[:nf], rest]), base_residual)
+        return _bracket(up.residual, up.omega, pred, jac, eta_, patient)
+
+    rest = psi[nf:]
+    L_of = lambda *a: bracket_of(*a)[0]
+    G_of = lambda *a: bracket_of(*a)[1]
+    Lp, Lj, Le, Lr = jax.grad(L_of, argnums=(0, 1, 2, 3))(pred, jac, eta, rest)
+    Gp, Gj, Ge, Gr = jax.jacrev(G_of, argnums=(0, 1, 2, 3))(pred, jac, eta, rest)
+    dL_dz = Lp @ dpred + jnp.einsum("te,tez->z", Lj, djac) + jnp.concatenate([jnp.zeros(nf), Le])
+    dG_dz = Gp @ dpred + jnp.einsum("ate,tez->az", Gj, djac) + jnp.concatenate([jnp.zeros((ne, nf)), Ge], axis=1)
+    hess = dG_dz[:, nf:]  # exact d^2 g / d eta^2
+    lam = jnp.linalg.solve(hess.T, dL_dz[nf:])
+    grad_u = dL_dz[:nf] - lam @ dG_dz[:, :nf]
+    grad_rest = Lr - lam @ Gr
+    return jnp.concatenate([grad_u, grad_rest])
+
+
+class Objective(eqx.Module):
+    """The population objective of one problem and dataset: value, exact gradient, EBEs."""
+
+    problem: FitProblem = eqx.field(static=True)
+    patients: PatientData
+    base_residual: ResidualModel
+    batch_size: int = eqx.field(static=True, default=32)
+
+    @eqx.filter_jit
+    def inner(self, psi, eta0) -> InnerResult:
+        up = unpack(self.problem, psi, self.base_residual)
+        return batch_inner_solve(self.problem, up.theta, up.omega, up.residual, self.patients, eta0, batch_size=self.batch_size)
+
+    @eqx.filter_jit
+    def value(self, psi, inner: InnerResult, include) -> Float[Array, ""]:
+        """OFV at the given inner results, summed over the included patients."""
+        terms = jax.vmap(lambda inn, pat: patient_terms(self.problem, psi, self.base_residual, inn, pat))(inner, self.patients)
+        return jnp.sum(jnp.where(include, terms, 0.0))
+
+    @eqx.filter_jit
+    def gradient(self, psi, eta, include) -> Float[Array, " psi"]:
+        """Exact gradient of the OFV at converged EBEs ``eta``, over the included patients."""
+        grad = lambda args: patient_gradient(self.problem, psi, self.base_residual, args[0], args[1])
+        per_patient = jax.lax.map(grad, (eta, self.patients), batch_size=self.batch_size)
+        return jnp.sum(jnp.where(include[:, None], per_patient, 0.0), axis=0)
