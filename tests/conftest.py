@@ -32,3 +32,50 @@ def tight():
 @pytest.fixture(scope="session")
 def daily_grid():
     return np.arange(0.0, 84.0 + 1e-9, 0.25)
+
+
+def simulated_dataset(model, n, seed, *, noise=0.1, days=(0.0, 5.0, 7.0, 14.0, 28.0, 56.0, 84.0),
+                      dvids=("treg_per_uL", "tconv_per_uL", "cd25_treg_rel"), params=None):  # fmt: skip
+    """A small LUPIL-2-dosed dataset with log-normal (≈ proportional) noise, and its true parameters."""
+    import pandas as pd
+
+    from il2treg.data import read_dataset
+
+    params = il2treg.sample_population(model, n, seed) if params is None else params
+    reg = il2treg.regimen.lupil2()
+    t = np.asarray(days)
+    sim = il2treg.simulate(model, reg, t, params)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        rows += [dict(ID=i + 1, TIME=float(tt), EVID=1, AMT=float(a), DVID=None, DV=None) for tt, a in zip(reg.times, reg.amounts)]
+        for j, tt in enumerate(t):
+            for d in dvids:
+                rows.append(dict(ID=i + 1, TIME=float(tt), EVID=0, AMT=None, DVID=d, DV=float(sim[d][i, j]) * float(np.exp(noise * rng.normal()))))
+    frame = pd.DataFrame(rows).sort_values(["ID", "TIME", "EVID"], kind="stable")
+    return read_dataset(frame), params
+
+
+FIT_FIXED = ("emax_treg", "kout_treg", "treg0", "tconv0", "emax_cd25")
+FIT_RANDOM = ("emax_treg", "treg0", "tconv0")
+FIT_SIGMAS = (("treg_per_uL", "prop"), ("tconv_per_uL", "prop"), ("cd25_treg_rel", "prop"))
+
+
+@pytest.fixture(scope="session")
+def fit_case(model):
+    """A 24-patient simulated cohort, its FOCE-I objective and a starting point 30% off the truth."""
+    import jax.numpy as jnp
+
+    from il2treg.fit import Objective, make_problem, patient_arrays, to_unconstrained
+    from il2treg.likelihood import ResidualModel
+
+    data, params = simulated_dataset(model, 24, seed=1)
+    problem = make_problem(model, data, fixed=FIT_FIXED, random=FIT_RANDOM, sigmas=FIT_SIGMAS)
+    residual = ResidualModel.build(sigmas={d: (0.0, 0.15) for d, _ in FIT_SIGMAS})
+    objective = Objective(problem, patient_arrays(data), residual)
+    truth = {n: float(model.typical()[n]) for n in FIT_FIXED}
+    psi0 = jnp.concatenate([
+        to_unconstrained(problem, {n: 1.3 * v for n, v in truth.items()}),
+        jnp.log(jnp.full(len(FIT_RANDOM), 0.3)), jnp.log(jnp.full(len(FIT_SIGMAS), 0.15)),
+    ])  # fmt: skip
+    return dict(data=data, params=params, problem=problem, residual=residual, objective=objective, truth=truth, psi0=psi0)

@@ -154,3 +154,14 @@ def residual_sd(residual: ResidualModel, pred: Float[Array, " obs"], dvid: Int[A
         sa**2,
     )
     return jnp.sqrt(jnp.maximum(var, _FLOOR**2))
+
+
+def standardized_residuals(
+    residual: ResidualModel, pred: Float[Array, " obs"], y: Float[Array, " obs"], dvid: Int[Array, " obs"]
+) -> Float[Array, " obs"]:
+    """(y − f) / sd on each observation's modelling scale (log scale for ``log``): IWRES at the EBEs."""
+    kinds = jnp.asarray([KINDS.index(k) for k in residual.kinds])[dvid]
+    is_log = kinds == KINDS.index("log")
+    y_t = jnp.where(is_log, jnp.log(jnp.maximum(y, _FLOOR)), y)
+    f_t = jnp.where(is_log, jnp.log(jnp.maximum(pred, _FLOOR)), pred)
+    return (y_t - f_t) / residual_sd(residual, pred, dvid)

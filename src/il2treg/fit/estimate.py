@@ -14,7 +14,9 @@ EBEs) and symmetrised. Standard errors on the natural scale by the delta method;
 are computed on the estimation scale and transformed back, so they respect bounds.
 
 **Patients.** A patient whose ODE fails or whose EBE does not converge at the start is flagged and
-left out of the objective; the others are unaffected.
+left out of the objective. After convergence, a patient whose data the model cannot fit with any
+parameters (mean squared IWRES above ``outlier_iwres2``, i.e. residuals beyond 5 SD on average at
+the default) is flagged too and the fit is resumed without it, so the others are unaffected.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from jaxtyping import Array, Float, Int
 from il2treg.fit.individual import STATUS_CONVERGED, InnerResult
 from il2treg.fit.population import Objective
 from il2treg.fit.problem import FitProblem, unpack
+from il2treg.likelihood import standardized_residuals
 
 
 class PopulationFit(eqx.Module):
@@ -91,6 +94,7 @@ def fit_population(
     ftol: float = 1e-4,
     gtol: float = 1e-2,
     covariance: bool = True,
+    outlier_iwres2: float = 25.0,
     callback: Callable[[dict], None] | None = None,
 ) -> PopulationFit:
     """Estimate the population parameters from ``psi0`` (see the module docstring)."""
@@ -99,7 +103,32 @@ def fit_population(
     psi = jnp.asarray(psi0, dtype=jnp.float64)
     inner = objective.inner(psi, jnp.zeros((n, objective.problem.n_eta)))
     include = inner.status == STATUS_CONVERGED
+    for _ in range(3):  # estimate; drop patients no parameters can fit; resume
+        psi, inner, ofv, it, converged, history = _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
+        misfit = _mean_iwres2(objective, psi, inner) > outlier_iwres2
+        if not bool(jnp.any(misfit & include)):
+            break
+        include = include & ~misfit
     n_obs = int(jnp.sum(jnp.where(include[:, None], objective.patients.obs_mask, False)))
+    cov = _covariance(objective, psi, inner, include) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
+    return PopulationFit(
+        psi=psi, psi_names=objective.problem.psi_names, ofv=ofv, covariance=cov, eta=inner.eta,
+        inner_status=inner.status, included=include, iterations=it, converged=converged,
+        history=tuple(history), n_observations=n_obs, elapsed_s=time.time() - start,
+    )  # fmt: skip
+
+
+def _mean_iwres2(objective: Objective, psi, inner: InnerResult):
+    """Mean squared IWRES per patient at its EBEs."""
+    residual = unpack(objective.problem, psi, objective.base_residual).residual
+    pats = objective.patients
+    z = jax.vmap(lambda p, pt: standardized_residuals(residual, p, pt.obs_value, pt.obs_dvid))(inner.pred, pats)
+    z2 = jnp.where(pats.obs_mask & ~pats.obs_cens, z**2, 0.0)
+    return jnp.sum(z2, axis=1) / jnp.maximum(jnp.sum(pats.obs_mask & ~pats.obs_cens, axis=1), 1)
+
+
+def _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, start):
+    """L-BFGS with backtracking from ``psi``; returns (psi, inner, ofv, iterations, converged, history)."""
 
     def value_at(p, warm: InnerResult):
         inn = objective.inner(p, warm.eta)
@@ -142,12 +171,7 @@ def fit_population(
         it = max_iter
     if not converged:
         converged = float(jnp.max(jnp.abs(grad))) < gtol
-    cov = _covariance(objective, psi, inner, include) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
-    return PopulationFit(
-        psi=psi, psi_names=objective.problem.psi_names, ofv=ofv, covariance=cov, eta=inner.eta,
-        inner_status=inner.status, included=include, iterations=it, converged=converged,
-        history=tuple(history), n_observations=n_obs, elapsed_s=time.time() - start,
-    )  # fmt: skip
+    return psi, inner, ofv, it, converged, history
 
 
 def _covariance(objective: Objective, psi, inner: InnerResult, include, rel_step: float = 1e-4):
