@@ -90,3 +90,32 @@ def test_data_check_reports_a_bad_file_in_one_line(monkeypatch, capsys, tmp_path
     path.write_text("ID,TIME,EVID,AMT,DVID,DV\n1,0,0,,treg_pct_cd4,5\n1,-1,0,,treg_pct_cd4,6\n")
     code, _, err = run(monkeypatch, capsys, "data", "check", str(path))
     assert code == 2 and err.count("\n") == 1 and "TIME" in err
+
+
+def test_trial_json_prints_exactly_one_object_with_the_documented_keys(monkeypatch, capsys):
+    import json
+
+    code, stdout, _ = run(monkeypatch, capsys, "trial", "--design", "lupil2", "--replicates", "20", "--seed", "0", "--json")
+    assert code == 0
+    summary = json.loads(stdout)  # the whole output is one JSON object
+    assert set(summary) == {"itt", "per_protocol", "replicates"} and summary["replicates"] == 20
+    for analysis in ("itt", "per_protocol"):
+        assert set(summary[analysis]) == {"il2", "placebo", "difference", "power"}
+        assert 0.0 <= summary[analysis]["il2"] <= 1.0
+        assert summary[analysis]["difference"] == pytest.approx(summary[analysis]["il2"] - summary[analysis]["placebo"])
+
+
+def test_trial_with_a_placebo_regimen_in_the_active_arm_shows_no_effect(monkeypatch, capsys, tmp_path):
+    import json
+
+    rows = tmp_path / "none.csv"
+    pd.DataFrame({"TIME": [0.0], "AMT": [0.0]}).to_csv(rows, index=False)
+    code, stdout, _ = run(monkeypatch, capsys, "trial", "--replicates", "20", "--seed", "0", "--regimen", str(rows), "--json")
+    assert code == 0
+    itt = json.loads(stdout)["itt"]
+    assert abs(itt["difference"]) < 0.05
+
+
+def test_unknown_trial_design_is_one_line_and_exit_2(monkeypatch, capsys):
+    code, _, err = run(monkeypatch, capsys, "trial", "--design", "nope")
+    assert code == 2 and err.count("\n") == 1 and "nope" in err

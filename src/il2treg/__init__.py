@@ -1,7 +1,8 @@
 """il2treg: differentiable models of low-dose IL-2 therapy in SLE.
 
 One entry point per job: :func:`load_model` reads a model definition, :func:`simulate` solves it
-for one patient or a batch under a :class:`Regimen`, :func:`sample_population` draws patients.
+for one patient or a batch under a :class:`Regimen`, :func:`sample_population` draws patients,
+:func:`simulate_trial` runs replicate virtual trials of a :class:`TrialDesign`.
 """
 
 from il2treg import _precision  # noqa: F401  (enables float64 first)
@@ -10,6 +11,7 @@ from il2treg.model import Model, Parameters, load_model, sample_population
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
 from il2treg.regimen import Regimen
 from il2treg.simulate import Simulation, SolverOptions, simulate
+from il2treg.trial import TrialDesign, TrialResult, load_design, simulate_trial
 
 __all__ = [
     "OBSERVABLES",
@@ -19,11 +21,15 @@ __all__ = [
     "Regimen",
     "Simulation",
     "SolverOptions",
+    "TrialDesign",
+    "TrialResult",
     "errors",
+    "load_design",
     "load_model",
     "regimen",
     "sample_population",
     "simulate",
+    "simulate_trial",
     "units",
 ]
 __version__ = "0.1.0"

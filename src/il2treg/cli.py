@@ -113,6 +113,29 @@ def simulate(
     console.print(f"wrote {out / 'simulation.csv'} and {out / 'treg_dynamics.png'}")
 
 
+@app.command()
+def trial(
+    design: str = typer.Option("lupil2", help="design name in models/ (e.g. lupil2) or path to a design TOML"),
+    replicates: int = typer.Option(500, min=1, help="number of replicate trials"),
+    seed: int = typer.Option(0, min=0, help="random seed"),
+    regimen: str = typer.Option(None, help="replace the IL-2 arm's regimen: a named regimen or a CSV of NONMEM dose rows"),
+    json_out: bool = typer.Option(False, "--json", help="print exactly one JSON object and nothing else"),
+) -> None:
+    """Simulate replicate virtual trials: SRI-4 by arm in ITT and per-protocol sets, difference, power."""
+    import json
+
+    from il2treg.trial import format_summary, load_design, simulate_trial
+
+    d = load_design(design)
+    reg = _regimen(regimen) if regimen else None
+    result = simulate_trial(d, replicates, seed, regimen=reg)
+    summary = result.summary()
+    if json_out:
+        print(json.dumps(summary))
+    else:
+        console.print(format_summary(summary), highlight=False)
+
+
 @data_app.command("check")
 def data_check(file: Path = typer.Argument(..., help="CSV in il2treg's data format")) -> None:
     """Validate a biomarker data file and print a one-screen summary."""
