@@ -35,7 +35,7 @@ def daily_grid():
 
 
 def simulated_dataset(model, n, seed, *, noise=0.1, days=(0.0, 5.0, 7.0, 14.0, 28.0, 56.0, 84.0),
-                      dvids=("treg_per_uL", "tconv_per_uL", "cd25_treg_rel"), params=None):  # fmt: skip
+                      dvids=("treg_per_uL", "tconv_per_uL", "cd25_treg_rel"), params=None, weights=False):  # fmt: skip
     """A small LUPIL-2-dosed dataset with log-normal (≈ proportional) noise, and its true parameters."""
     import pandas as pd
 
@@ -53,6 +53,8 @@ def simulated_dataset(model, n, seed, *, noise=0.1, days=(0.0, 5.0, 7.0, 14.0, 2
             for d in dvids:
                 rows.append(dict(ID=i + 1, TIME=float(tt), EVID=0, AMT=None, DVID=d, DV=float(sim[d][i, j]) * float(np.exp(noise * rng.normal()))))
     frame = pd.DataFrame(rows).sort_values(["ID", "TIME", "EVID"], kind="stable")
+    if weights:
+        frame["WT"] = frame["ID"].map(dict(enumerate(rng.uniform(50, 95, n).round(1), start=1)))
     return read_dataset(frame), params
 
 

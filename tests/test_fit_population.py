@@ -8,15 +8,19 @@ import numpy as np
 
 import il2treg
 from il2treg.fit import Objective, make_problem, patient_arrays
+from il2treg.fit.problem import CovariateEffect
 from conftest import FIT_FIXED, FIT_RANDOM, FIT_SIGMAS, simulated_dataset
 
 
 def test_gradient_matches_finite_differences_of_the_objective(model, fit_case):
-    data, _ = simulated_dataset(model, 6, seed=4)
+    """Every component, including a covariate coefficient (weight on tconv0, power model)."""
+    data, _ = simulated_dataset(model, 6, seed=4, weights=True)
     tight = il2treg.SolverOptions(rtol=1e-10, atol=1e-13, adjoint=dfx.ForwardMode(), max_steps=100_000)
-    problem = make_problem(model, data, fixed=FIT_FIXED, random=FIT_RANDOM, sigmas=FIT_SIGMAS, options=tight)
-    objective = Objective(problem, patient_arrays(data), fit_case["residual"])
-    psi = fit_case["psi0"]
+    effects = (CovariateEffect("tconv0", "WT", "power", 70.0),)
+    problem = make_problem(model, data, fixed=FIT_FIXED, random=FIT_RANDOM, sigmas=FIT_SIGMAS, options=tight, covariates=effects)
+    objective = Objective(problem, patient_arrays(data, effects), fit_case["residual"])
+    nf = problem.n_fixed
+    psi = jnp.concatenate([fit_case["psi0"][:nf], jnp.array([0.3]), fit_case["psi0"][nf:]])
     inner = objective.inner(psi, jnp.zeros((6, problem.n_eta)))
     include = inner.status == 0
     assert bool(jnp.all(include))
@@ -26,8 +30,11 @@ def test_gradient_matches_finite_differences_of_the_objective(model, fit_case):
         inn = objective.inner(p, inner.eta)
         return float(objective.value(p, inn, include))
 
+    # Step 1e-3: the objective carries noise of ~1e-8 from the EBE convergence tolerance (log|H|
+    # is not stationary in eta), which dominates central differences below ~1e-4; at 1e-2 and 1e-3
+    # the differences agree with the gradient to 2e-7 and 5e-6 (measured).
     for k, name in enumerate(problem.psi_names):
-        h = 1e-4
+        h = 1e-3
         fd = (ofv(psi.at[k].add(h)) - ofv(psi.at[k].add(-h))) / (2 * h)
         assert abs(grad[k] - fd) <= 1e-4 * abs(fd) + 1e-6, (name, grad[k], fd)
 

@@ -79,3 +79,11 @@ def test_unknown_kind_or_observation_is_rejected():
         ResidualModel.build({"sledai": "poisson"})
     with pytest.raises(SpecError, match="unknown observation type 'tregs'"):
         ResidualModel.build({"tregs": "additive"})
+
+
+def test_ordinal_scores_on_an_even_grid_sum_to_one():
+    res = ResidualModel.build({"sledai": "ordinal"}, {"sledai": (2.5, 0.0)}, score_step=2.0)
+    k = np.arange(0, 80, 2.0)
+    p = np.exp(-0.5 * np.asarray(neg2ll_terms(res, jnp.full(k.shape, 7.3), jnp.asarray(k), jnp.full(k.shape, SLEDAI), jnp.zeros(k.shape, bool), jnp.ones(k.shape, bool))))
+    assert p.sum() == pytest.approx(1.0, abs=1e-12)
+    assert p[3] == pytest.approx(stats.norm.cdf(7.0, 7.3, 2.5) - stats.norm.cdf(5.0, 7.3, 2.5), rel=1e-9)

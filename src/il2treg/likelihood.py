@@ -11,11 +11,13 @@ combined       :math:`sd = \sqrt{\sigma_a^2 + \sigma_p^2 f^2}`             both
 log            :math:`\log y = \log f + \epsilon,\ sd = \sigma_a`          ``sigma_add``
                (log-transform-both-sides; the log-likelihood is the one
                of :math:`\log y`, as NONMEM's LTBS reports it)
-ordinal        integer score :math:`y \in \{0, 1, 2, \dots\}`: latent        ``sigma_add``
-               :math:`f + \epsilon` rounded to the nearest integer and
-               floored at 0: :math:`P(y=k) = \Phi(\frac{k+\frac12-f}{\sigma})
-               - \Phi(\frac{k-\frac12-f}{\sigma})`, :math:`P(y=0) =
-               \Phi(\frac{\frac12-f}{\sigma})`
+ordinal        score on a grid :math:`y \in \{0, h, 2h, \dots\}`: latent     ``sigma_add``
+               :math:`f + \epsilon` rounded to the nearest multiple of the
+               step :math:`h` and floored at 0:
+               :math:`P(y=k) = \Phi(\frac{k+h/2-f}{\sigma})
+               - \Phi(\frac{k-h/2-f}{\sigma})`, :math:`P(y=0) =
+               \Phi(\frac{h/2-f}{\sigma})`; :math:`h` = ``score_step``
+               (1 for integer scores, 2 for SLEDAI reported in even steps)
 =============  ==========================================================  ==================
 
 ``ordinal`` is the default for SLEDAI: it is a non-negative integer score, so a Gaussian on the
@@ -63,21 +65,27 @@ class ResidualModel(eqx.Module):
         sigma_add: additive SD (unit of the observation; log units for ``log``; points for
             ``ordinal``), one per observation type.
         sigma_prop: proportional SD (fraction), one per observation type.
+        score_step: grid of ``ordinal`` scores (1 = integers, 2 = even scores).
     """
 
     sigma_add: Float[Array, " observables"]
     sigma_prop: Float[Array, " observables"]
     kinds: tuple[str, ...] = eqx.field(static=True, default=tuple(DEFAULT_KINDS[n] for n in OBSERVABLE_NAMES))
+    score_step: float = eqx.field(static=True, default=1.0)
 
     def __check_init__(self):
         if len(self.kinds) != len(OBSERVABLE_NAMES):
             raise SpecError(f"ResidualModel needs one kind per observable ({len(OBSERVABLE_NAMES)}), got {len(self.kinds)}.")
+        if not self.score_step > 0:
+            raise SpecError(f"score_step must be positive, got {self.score_step}.")
         for name, kind in zip(OBSERVABLE_NAMES, self.kinds):
             if kind not in KINDS:
                 raise SpecError(f"unknown error model {kind!r} for {name!r}. Fix: use one of {', '.join(KINDS)}.")
 
     @staticmethod
-    def build(kinds: dict[str, str] | None = None, sigmas: dict[str, tuple[float, float]] | None = None) -> ResidualModel:
+    def build(
+        kinds: dict[str, str] | None = None, sigmas: dict[str, tuple[float, float]] | None = None, *, score_step: float = 1.0
+    ) -> ResidualModel:
         """Build from ``{dvid: kind}`` and ``{dvid: (sigma_add, sigma_prop)}``; missing ones get defaults."""
         kinds = {**DEFAULT_KINDS, **(kinds or {})}
         for name, kind in kinds.items():
@@ -92,6 +100,7 @@ class ResidualModel(eqx.Module):
             sigma_add=jnp.asarray([s[0] for s in sd], dtype=jnp.float64),
             sigma_prop=jnp.asarray([s[1] for s in sd], dtype=jnp.float64),
             kinds=tuple(kinds[n] for n in OBSERVABLE_NAMES),
+            score_step=float(score_step),
         )
 
 
@@ -105,13 +114,13 @@ def _log_diff_ndtr(a: Array, b: Array) -> Array:
     return log_hi + jnp.log1p(-jnp.exp(jnp.minimum(log_lo - log_hi, -1e-16)))
 
 
-def _neg2ll_kind(kind: str, y, f, cens, sigma_add, sigma_prop):
+def _neg2ll_kind(kind: str, y, f, cens, sigma_add, sigma_prop, step: float = 1.0):
     """Per-observation −2 log-likelihood of one error-model kind (vectorised over observations)."""
     if kind == "ordinal":
         sd = jnp.maximum(sigma_add, _FLOOR)
-        k = jnp.round(y)
-        upper = (k + 0.5 - f) / sd
-        lower = (k - 0.5 - f) / sd
+        k = step * jnp.round(y / step)
+        upper = (k + 0.5 * step - f) / sd
+        lower = (k - 0.5 * step - f) / sd
         log_p = jnp.where(k <= 0, log_ndtr(upper), _log_diff_ndtr(jnp.where(k <= 0, upper - 1.0, lower), upper))
         return -2.0 * log_p
     if kind == "log":
@@ -139,7 +148,7 @@ def neg2ll_terms(
     total = jnp.zeros_like(pred)
     for d, kind in enumerate(residual.kinds):
         sel = dvid == d
-        term = _neg2ll_kind(kind, y, pred, cens, residual.sigma_add[d], residual.sigma_prop[d])
+        term = _neg2ll_kind(kind, y, pred, cens, residual.sigma_add[d], residual.sigma_prop[d], residual.score_step)
         total = jnp.where(sel, term, total)
     return jnp.where(mask, total, 0.0)
 

@@ -203,7 +203,7 @@ def natural_estimates(problem: FitProblem, fit: PopulationFit, base_residual) ->
     def natural(p):
         u = unpack(problem, p, base_residual)
         fixed = u.theta[jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)] if problem.n_fixed else jnp.zeros(0)
-        return jnp.concatenate([fixed, u.omega, jnp.exp(p[problem.n_fixed + problem.n_eta :])])
+        return jnp.concatenate([fixed, u.beta, u.omega, jnp.exp(p[problem.n_struct + problem.n_eta :])])
 
     values = np.asarray(natural(psi))
     jac = np.asarray(jax.jacfwd(natural)(psi))

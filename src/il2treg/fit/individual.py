@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from il2treg.fit.problem import FitProblem, PatientData, data_neg2ll, individual_theta, predict
+from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, individual_theta, predict
 from il2treg.likelihood import ResidualModel, neg2ll_terms
 
 STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED = 0, 1, 2
@@ -121,7 +121,15 @@ def inner_solve(
     return InnerResult(eta, g, pred, jac, jnp.maximum(r2, 0.0), it, status)
 
 
-def batch_inner_solve(problem, theta, omega, residual, patients: PatientData, eta0, *, batch_size: int = 64, **kw) -> InnerResult:
-    """:func:`inner_solve` for every patient (chunks of ``batch_size`` vmapped patients)."""
-    solve = lambda args: inner_solve(problem, theta, omega, residual, args[0], args[1], **kw)
+def batch_inner_solve(problem, theta, beta, omega, residual, patients: PatientData, eta0, *, batch_size: int = 64, **kw) -> InnerResult:
+    """:func:`inner_solve` for every patient (chunks of ``batch_size`` vmapped patients).
+
+    ``theta`` holds the typical values at the reference covariates; each patient's covariate
+    effects (coefficients ``beta``) are applied first.
+    """
+
+    def solve(args):
+        patient, eta = args
+        return inner_solve(problem, covariate_theta(problem, theta, beta, patient.covariates), omega, residual, patient, eta, **kw)
+
     return jax.lax.map(solve, (patients, eta0), batch_size=batch_size)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from il2treg.fit.individual import InnerResult, batch_inner_solve, observation_derivatives
-from il2treg.fit.problem import FitProblem, PatientData, data_neg2ll, from_unconstrained, individual_theta, predict, unpack
+from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, individual_theta, predict, typical_theta, unpack
 from il2treg.likelihood import ResidualModel
 
 
@@ -59,38 +59,35 @@ def patient_terms(problem: FitProblem, psi, base_residual, inner: InnerResult, p
 
 def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: PatientData):
     """d L_i / d psi including the implicit dependence of eta_hat on psi (see module docstring)."""
-    nf, ne = problem.n_fixed, problem.n_eta
-    names = problem.model.parameter_names
-    theta0 = problem.model.typical().values
-    idx = jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)
+    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
 
     def pred_jac(z):
-        theta = theta0.at[idx].set(from_unconstrained(problem, z[:nf])) if nf else theta0
+        theta = covariate_theta(problem, typical_theta(problem, z[:nf]), z[nf:ns], patient.covariates)
 
         def fwd(e):
             p, _ = predict(problem, individual_theta(problem, theta, e), patient)
             return p, p
 
-        jac, pred = jax.jacfwd(fwd, has_aux=True)(z[nf:])
+        jac, pred = jax.jacfwd(fwd, has_aux=True)(z[ns:])
         return (pred, jac), (pred, jac)
 
-    z = jnp.concatenate([psi[:nf], eta])
+    z = jnp.concatenate([psi[:ns], eta])
     (dpred, djac), (pred, jac) = jax.jacfwd(pred_jac, has_aux=True)(z)  # [T, nz], [T, ne, nz]
 
     def bracket_of(pred, jac, eta_, rest):
-        up = unpack(problem, jnp.concatenate([psi[:nf], rest]), base_residual)
+        up = unpack(problem, jnp.concatenate([psi[:ns], rest]), base_residual)
         return _bracket(up.residual, up.omega, pred, jac, eta_, patient)
 
-    rest = psi[nf:]
+    rest = psi[ns:]
     L_of = lambda *a: bracket_of(*a)[0]
     G_of = lambda *a: bracket_of(*a)[1]
     Lp, Lj, Le, Lr = jax.grad(L_of, argnums=(0, 1, 2, 3))(pred, jac, eta, rest)
     Gp, Gj, Ge, Gr = jax.jacrev(G_of, argnums=(0, 1, 2, 3))(pred, jac, eta, rest)
-    dL_dz = Lp @ dpred + jnp.einsum("te,tez->z", Lj, djac) + jnp.concatenate([jnp.zeros(nf), Le])
-    dG_dz = Gp @ dpred + jnp.einsum("ate,tez->az", Gj, djac) + jnp.concatenate([jnp.zeros((ne, nf)), Ge], axis=1)
-    hess = dG_dz[:, nf:]  # exact d^2 g / d eta^2
-    lam = jnp.linalg.solve(hess.T, dL_dz[nf:])
-    grad_u = dL_dz[:nf] - lam @ dG_dz[:, :nf]
+    dL_dz = Lp @ dpred + jnp.einsum("te,tez->z", Lj, djac) + jnp.concatenate([jnp.zeros(ns), Le])
+    dG_dz = Gp @ dpred + jnp.einsum("ate,tez->az", Gj, djac) + jnp.concatenate([jnp.zeros((ne, ns)), Ge], axis=1)
+    hess = dG_dz[:, ns:]  # exact d^2 g / d eta^2
+    lam = jnp.linalg.solve(hess.T, dL_dz[ns:])
+    grad_u = dL_dz[:ns] - lam @ dG_dz[:, :ns]
     grad_rest = Lr - lam @ Gr
     return jnp.concatenate([grad_u, grad_rest])
 
@@ -106,7 +103,7 @@ class Objective(eqx.Module):
     @eqx.filter_jit
     def inner(self, psi, eta0) -> InnerResult:
         up = unpack(self.problem, psi, self.base_residual)
-        return batch_inner_solve(self.problem, up.theta, up.omega, up.residual, self.patients, eta0, batch_size=self.batch_size)
+        return batch_inner_solve(self.problem, up.theta, up.beta, up.omega, up.residual, self.patients, eta0, batch_size=self.batch_size)
 
     @eqx.filter_jit
     def value(self, psi, inner: InnerResult, include) -> Float[Array, ""]:

@@ -10,10 +10,20 @@ r"""What is estimated, on which scale, and the per-patient prediction.
   :math:`\theta_i = \theta\, e^{\eta_i}`, :math:`\eta_i \sim N(0, \Omega)`; estimated as
   :math:`\log \omega`;
 * residual SDs (``sigma_add``/``sigma_prop`` of the observation types named in
-  ``FitProblem.sigmas``), estimated as :math:`\log \sigma`.
+  ``FitProblem.sigmas``), estimated as :math:`\log \sigma`;
+* covariate coefficients :math:`\beta` (``FitProblem.covariates``), one per effect of a patient
+  covariate :math:`c_i` on a parameter, applied to the typical value before the random effect:
 
-They are packed into one vector :math:`\psi = (u, \log\omega, \log\sigma)` for the optimiser.
-Everything not estimated stays at the model file's value.
+  ======== =========================================================== ======================
+  model    individual typical value                                    e.g.
+  ======== =========================================================== ======================
+  power    :math:`\theta\,(c_i / c_{ref})^{\beta}`                      weight on clearance
+  exp      :math:`\theta\, e^{\beta (c_i - c_{ref})}`                    a 0/1 indicator
+  linear   :math:`\theta + \beta (c_i - c_{ref})`                       a site shift of pmax
+  ======== =========================================================== ======================
+
+They are packed into one vector :math:`\psi = (u, \beta, \log\omega, \log\sigma)` for the
+optimiser. Everything not estimated stays at the model file's value.
 """
 
 from __future__ import annotations
@@ -35,6 +45,23 @@ from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.simulate import SolverOptions, _slots_needed, _solve_one
 
 
+COVARIATE_MODELS = ("power", "exp", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class CovariateEffect:
+    """Effect of a patient covariate on a parameter (see the module docstring)."""
+
+    parameter: str
+    covariate: str
+    model: str
+    reference: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"beta_{self.parameter}_{self.covariate}"
+
+
 @dataclasses.dataclass(frozen=True)
 class FitProblem:
     """The static description of a fit (hashable: jit treats it as configuration).
@@ -47,6 +74,7 @@ class FitProblem:
         residual_kinds: error model kind per observation type (order of OBSERVABLE_NAMES).
         slots: static number of save slots per inter-dose interval (see il2treg.simulate).
         options: solver options (forward-mode adjoint: fits use forward sensitivities).
+        covariates: covariate effects, their coefficients estimated.
     """
 
     model: Model
@@ -56,10 +84,20 @@ class FitProblem:
     residual_kinds: tuple[str, ...]
     slots: int
     options: SolverOptions
+    covariates: tuple[CovariateEffect, ...] = ()
 
     @property
     def n_fixed(self) -> int:
         return len(self.fixed)
+
+    @property
+    def n_beta(self) -> int:
+        return len(self.covariates)
+
+    @property
+    def n_struct(self) -> int:
+        """Entries of psi that enter the predictions: fixed effects and covariate coefficients."""
+        return len(self.fixed) + len(self.covariates)
 
     @property
     def n_eta(self) -> int:
@@ -67,12 +105,13 @@ class FitProblem:
 
     @property
     def n_psi(self) -> int:
-        return len(self.fixed) + len(self.random) + len(self.sigmas)
+        return self.n_struct + len(self.random) + len(self.sigmas)
 
     @property
     def psi_names(self) -> tuple[str, ...]:
         return (
             *self.fixed,
+            *(c.name for c in self.covariates),
             *(f"omega_{n}" for n in self.random),
             *(f"sigma_{kind}_{dvid}" for dvid, kind in self.sigmas),
         )
@@ -87,6 +126,7 @@ def make_problem(
     sigmas: tuple[tuple[str, str], ...],
     residual_kinds: dict[str, str] | None = None,
     options: SolverOptions | None = None,
+    covariates: tuple[CovariateEffect, ...] = (),
 ) -> FitProblem:
     """Validate the choice of estimated quantities against the model and the data."""
     names = model.parameter_names
@@ -104,10 +144,24 @@ def make_problem(
             raise SpecError(f"residual SD ({dvid!r}, {kind!r}) is not (observation type, 'add' | 'prop').")
         if dvid not in observed:
             raise SpecError(f"the fit estimates a residual SD of {dvid!r} but the data have no {dvid!r} observation. Fix: remove it or add data.")
+    for effect in covariates:
+        if effect.parameter not in names:
+            raise SpecError(f"covariate effect on unknown parameter {effect.parameter!r}. Fix: use one of {', '.join(names)}.")
+        if effect.model not in COVARIATE_MODELS:
+            raise SpecError(f"unknown covariate model {effect.model!r}. Fix: use one of {', '.join(COVARIATE_MODELS)}.")
+        if effect.covariate not in data.covariates:
+            raise SpecError(f"covariate {effect.covariate!r} is not a column of the data. Fix: use one of {', '.join(sorted(data.covariates)) or '(none)'}.")
+        if dict(data.covariate_levels).get(effect.covariate) is not None:
+            raise SpecError(f"covariate {effect.covariate!r} is text; covariate effects need a numeric column (e.g. a 0/1 indicator).")
+        values = np.asarray(data.covariates[effect.covariate], dtype=float)
+        if not np.all(np.isfinite(values)):
+            raise SpecError(f"covariate {effect.covariate!r} is missing for subject {data.ids[int(np.argmax(~np.isfinite(values)))]!r}. Fix: fill it in or remove the effect.")
+        if effect.model == "power" and not (np.all(values > 0) and effect.reference > 0):
+            raise SpecError(f"a power effect of {effect.covariate!r} needs positive values and a positive reference.")
     kinds = ResidualModel.build(residual_kinds).kinds
     slots = _slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), model.spec["tlag"].bounds[1])
     options = options or SolverOptions(adjoint=dfx.ForwardMode())
-    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options)
+    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates))
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -147,26 +201,49 @@ def from_unconstrained(problem: FitProblem, u: Float[Array, " fixed"]) -> Float[
 
 
 class Unpacked(eqx.Module):
-    """psi split into its parts: fixed values (internal units), omega (SDs), residual model."""
+    """psi split into its parts: typical values (internal units), covariate coefficients,
+    omega (SDs), residual model."""
 
-    theta: Float[Array, " params"]  # every model parameter, typical patient
+    theta: Float[Array, " params"]  # every model parameter, typical patient (reference covariates)
+    beta: Float[Array, " effects"]
     omega: Float[Array, " eta"]
     residual: ResidualModel
 
 
-def unpack(problem: FitProblem, psi: Float[Array, " psi"], base_residual: ResidualModel) -> Unpacked:
-    nf, ne = problem.n_fixed, problem.n_eta
+def typical_theta(problem: FitProblem, u: Float[Array, " fixed"]) -> Float[Array, " params"]:
+    """Every model parameter with the fixed effects set from unconstrained ``u``."""
     names = problem.model.parameter_names
     theta = problem.model.typical().values
-    if nf:
-        theta = theta.at[jnp.asarray([names.index(n) for n in problem.fixed])].set(from_unconstrained(problem, psi[:nf]))
-    omega = jnp.exp(psi[nf : nf + ne])
+    if problem.n_fixed:
+        theta = theta.at[jnp.asarray([names.index(n) for n in problem.fixed])].set(from_unconstrained(problem, u))
+    return theta
+
+
+def unpack(problem: FitProblem, psi: Float[Array, " psi"], base_residual: ResidualModel) -> Unpacked:
+    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
+    omega = jnp.exp(psi[ns : ns + ne])
     sa, sp = base_residual.sigma_add, base_residual.sigma_prop
     for k, (dvid, kind) in enumerate(problem.sigmas):
         d = OBSERVABLE_NAMES.index(dvid)
-        value = jnp.exp(psi[nf + ne + k])
+        value = jnp.exp(psi[ns + ne + k])
         sa, sp = (sa.at[d].set(value), sp) if kind == "add" else (sa, sp.at[d].set(value))
-    return Unpacked(theta, omega, ResidualModel(sa, sp, problem.residual_kinds))
+    residual = ResidualModel(sa, sp, problem.residual_kinds, base_residual.score_step)
+    return Unpacked(typical_theta(problem, psi[:nf]), psi[nf:ns], omega, residual)
+
+
+def covariate_theta(problem: FitProblem, theta, beta, covariates: Float[Array, " effects"]):
+    """The patient's typical values: covariate effects applied to ``theta``."""
+    names = problem.model.parameter_names
+    for k, effect in enumerate(problem.covariates):
+        i = names.index(effect.parameter)
+        c, b = covariates[k], beta[k]
+        if effect.model == "power":
+            theta = theta.at[i].set(theta[i] * (c / effect.reference) ** b)
+        elif effect.model == "exp":
+            theta = theta.at[i].set(theta[i] * jnp.exp(b * (c - effect.reference)))
+        else:
+            theta = theta.at[i].set(theta[i] + b * (c - effect.reference))
+    return theta
 
 
 # ----------------------------------------------------------------------------- per patient
@@ -182,13 +259,19 @@ class PatientData(eqx.Module):
     obs_value: Float[Array, " obs"]
     obs_cens: Array
     obs_mask: Array
+    covariates: Float[Array, " effects"]
 
 
-def patient_arrays(data: Dataset) -> PatientData:
-    """All patients of a dataset as one stacked :class:`PatientData` (jnp arrays)."""
+def patient_arrays(data: Dataset, effects: tuple[CovariateEffect, ...] = ()) -> PatientData:
+    """All patients of a dataset as one stacked :class:`PatientData` (jnp arrays).
+
+    ``covariates[:, k]`` holds each patient's value of the covariate of ``effects[k]``.
+    """
+    cov = np.stack([np.asarray(data.covariates[e.covariate], dtype=float) for e in effects], axis=1) if effects else np.zeros((data.n_subjects, 0))
     return PatientData(
         jnp.asarray(data.dose_time), jnp.asarray(data.dose_amount), jnp.asarray(data.obs_time),
         jnp.asarray(data.obs_dvid), jnp.asarray(data.obs_value), jnp.asarray(data.obs_cens), jnp.asarray(data.obs_mask),
+        jnp.asarray(cov),
     )  # fmt: skip
 
 
