@@ -20,8 +20,10 @@ NAMES = (
 )
 
 
-def test_package_exports_only_the_reference_api():
-    assert il2treg.datasets.__all__ == ["reference", "reference_names"]
+def test_package_exports_only_the_reference_and_cohort_api():
+    assert il2treg.datasets.__all__ == [
+        "lupil2_virtual", "lupil2_virtual_truth", "reference", "reference_names", "simulate_cohort", "write_cohort",
+    ]  # fmt: skip
 
 
 def test_reference_names_are_the_documented_tables():

@@ -569,11 +569,12 @@ def format_summary(summary: dict) -> str:
 # ----------------------------------------------------------------------------------------- simulation
 
 
-def _draw_entry(model: Model, design: TrialDesign, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_entry(model: Model, design: TrialDesign, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(sledai0, baseline noise) of ``n`` patients admitted by the entry criterion (rejection).
 
-    ``sledai0`` follows the model's own law (log-normal around its value with its CV, clipped to
-    its bounds), as :func:`il2treg.sample_population` draws it.
+    ``sledai0`` (points) follows the model's own law (log-normal around its value with its CV,
+    clipped to its bounds), as :func:`il2treg.sample_population` draws it; the baseline visit
+    noise (points) is the one the patient was admitted with, to be passed to :func:`report_sledai`.
     """
     spec = model.spec["sledai0"]
     lo, hi = spec.bounds
@@ -724,7 +725,7 @@ def _arm_patients(model: Model, design: TrialDesign, arm: str, n_trials: int, po
     n_arm = design.n_per_arm[arm]
     n_draw = pool_size if pool_size is not None else n_trials * n_arm
     params = sample_population(model, n_draw, seed=int(rng.integers(2**31 - 1)))
-    l0, e0 = _draw_entry(model, design, n_draw, rng)
+    l0, e0 = draw_entry(model, design, n_draw, rng)
     params = params.replace(sledai0=jnp.asarray(l0))
     latent, treg, status = _solve_arm(model, design.regimens[arm], design.visit_days, params, options)
     if pool_size is None:
@@ -740,7 +741,25 @@ def _enrol(design: TrialDesign, latent: np.ndarray, kpl: np.ndarray,
 
     The shift b of Pmax enters through the model's closed-form, pmax-linear standard-of-care term.
     """
-    n_trials, n_pat, _ = latent.shape
+    site, effect = draw_sites(design, latent.shape[:2], rng)
+    shift = np.take_along_axis(effect, site, axis=1)
+    site_term = {"pmax": jnp.asarray(shift)[..., None], "kpl": jnp.asarray(kpl)[..., None]}
+    soc = np.asarray(disease.standard_of_care(jnp.asarray(design.visit_days)[None, None, :], site_term))
+    return site, latent + soc
+
+
+def draw_sites(design: TrialDesign, shape: tuple[int, int],
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Sites of ``[trials, patients]`` patients and every site's standard-of-care shift.
+
+    Sites are numbered 0 .. ``n_sites - 1``, the high-response ones first; they take
+    ``high_site_share`` of the patients between them and the others share the rest equally.
+
+    Returns:
+        ``(site, effect)``: the site of each patient, ``shape``, and the shift :math:`b_s` of
+        :math:`P_{max}` (points) of each site, ``[trials, n_sites]``.
+    """
+    n_trials, n_pat = shape
     n_high = design.n_high_response_sites
     weights = np.empty(design.n_sites)
     weights[:n_high] = design.high_site_share / n_high if n_high else 0.0
@@ -748,23 +767,46 @@ def _enrol(design: TrialDesign, latent: np.ndarray, kpl: np.ndarray,
     site = rng.choice(design.n_sites, size=(n_trials, n_pat), p=weights / weights.sum())
     effect = design.site_pmax_sd * rng.standard_normal((n_trials, design.n_sites))
     effect[:, :n_high] += design.high_site_pmax
-    shift = np.take_along_axis(effect, site, axis=1)
-    site_term = {"pmax": jnp.asarray(shift)[..., None], "kpl": jnp.asarray(kpl)[..., None]}
-    soc = np.asarray(disease.standard_of_care(jnp.asarray(design.visit_days)[None, None, :], site_term))
-    return site, latent + soc
+    return site, effect
+
+
+def report_sledai(design: TrialDesign, latent: np.ndarray, e0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Reported SLEDAI at the design's visits (last axis) from the latent score (points).
+
+    Visit noise is drawn independently at every visit, except at the baseline visit (index 0),
+    which keeps the noise ``e0`` the patient was admitted with (from :func:`draw_entry`).
+    """
+    noise = design.sledai_noise_sd * rng.standard_normal(latent.shape)
+    noise[..., 0] = e0
+    return reported_score(latent + noise, design.score_step)
+
+
+def assay_noise(values: np.ndarray, cv_percent: float, rng: np.random.Generator) -> np.ndarray:
+    """``values`` with independent log-normal assay noise of the given CV (%)."""
+    log_sd = math.sqrt(math.log1p((cv_percent / 100.0) ** 2))
+    return values * np.exp(log_sd * rng.standard_normal(np.shape(values)))
+
+
+def draw_dropout(design: TrialDesign, shape: tuple[int, ...],
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Who drops out (probability ``dropout``) and the first visit each would miss.
+
+    Returns:
+        ``(dropped, first_missed)``, both of ``shape``: dropout flags, and the index into
+        ``visit_weeks`` (uniform over the post-baseline visits) from which nothing is observed.
+    """
+    dropped = rng.random(shape) < design.dropout
+    first_missed = rng.integers(1, len(design.visit_weeks), size=shape)
+    return dropped, first_missed
 
 
 def _observe(design: TrialDesign, latent: np.ndarray, treg: np.ndarray, e0: np.ndarray, failed: np.ndarray,
              rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """Reported SLEDAI and Treg %, dropout (missing at the assessment) and SRI-4 responders."""
     n_trials, n_pat, n_visits = latent.shape
-    noise = design.sledai_noise_sd * rng.standard_normal(latent.shape)
-    noise[..., 0] = e0  # the baseline noise the patient was admitted with
-    sledai = reported_score(latent + noise, design.score_step)
-    log_sd = math.sqrt(math.log1p((design.treg_assay_cv / 100.0) ** 2))
-    treg_obs = treg * np.exp(log_sd * rng.standard_normal(treg.shape))
-    dropped = rng.random((n_trials, n_pat)) < design.dropout
-    first_missed = rng.integers(1, n_visits, size=(n_trials, n_pat))
+    sledai = report_sledai(design, latent, e0, rng)
+    treg_obs = assay_noise(treg, design.treg_assay_cv, rng)
+    dropped, first_missed = draw_dropout(design, (n_trials, n_pat), rng)
     missing = (dropped[..., None] & (np.arange(n_visits) >= first_missed[..., None])) | failed[..., None]
     sledai = np.where(missing, np.nan, sledai)
     treg_obs = np.where(missing, np.nan, treg_obs)
@@ -790,8 +832,13 @@ __all__ = [
     "ARMS",
     "TrialDesign",
     "TrialResult",
+    "assay_noise",
+    "draw_dropout",
+    "draw_entry",
+    "draw_sites",
     "format_summary",
     "load_design",
+    "report_sledai",
     "reported_score",
     "response_probability",
     "simulate_trial",

@@ -1,5 +1,14 @@
-"""Data shipped with il2treg: published summary tables with their citations."""
+"""Data shipped with il2treg: published summary tables with their citations, and a simulated
+LUPIL-2-like cohort (simulated, not patient data) with the parameters that generated it."""
 
+from il2treg.datasets.cohort import lupil2_virtual, lupil2_virtual_truth, simulate_cohort, write_cohort
 from il2treg.datasets.reference import reference, reference_names
 
-__all__ = ["reference", "reference_names"]
+__all__ = [
+    "lupil2_virtual",
+    "lupil2_virtual_truth",
+    "reference",
+    "reference_names",
+    "simulate_cohort",
+    "write_cohort",
+]
