@@ -325,3 +325,12 @@ def test_dilfrequency_regimen_holds_tregs_and_cd25_at_published_steady_state(mod
     cd25 = float(np.mean(sim["cd25_treg_rel"]))
     assert 1.20 <= treg <= 1.40
     assert 1.15 <= cd25 <= 1.35
+
+
+def test_threads_sharing_a_large_batch_give_the_same_results(model, lupil2):
+    params = il2treg.sample_population(model, 150, seed=5)
+    t = np.array([0.0, 7.0, 84.0])
+    one = il2treg.simulate(model, lupil2, t, params, options=il2treg.SolverOptions(batch_size=32, workers=1))
+    two = il2treg.simulate(model, lupil2, t, params, options=il2treg.SolverOptions(batch_size=32, workers=2))
+    np.testing.assert_allclose(two.values, one.values, rtol=1e-12)
+    np.testing.assert_array_equal(two.status, one.status)

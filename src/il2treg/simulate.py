@@ -18,6 +18,9 @@ fails (e.g. ``max_steps``) gets ``status != 0`` and NaN values; the others are u
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import diffrax as dfx
 import equinox as eqx
 import jax
@@ -82,6 +85,7 @@ class SolverOptions(eqx.Module):
     pcoeff: float = 0.0
     icoeff: float = 1.0
     batch_size: int = eqx.field(static=True, default=128)
+    workers: int | None = eqx.field(static=True, default=None)
 
 
 class Simulation(eqx.Module):
@@ -280,6 +284,29 @@ def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, 
     return values[inverse], status[inverse]
 
 
+def _threaded(model, inputs, options, axes, slots, n, workers):
+    """Solve interleaved slices of a concrete batch on ``workers`` threads (one core each).
+
+    Slices are padded to equal length so that every thread reuses one compiled solve.
+    """
+    size = -(-n // workers)
+    parts = []
+    for w in range(workers):
+        rows = np.arange(w, n, workers)
+        rows = np.concatenate([rows, np.full(size - rows.size, rows[-1])])
+        parts.append((rows, tuple(x[rows] if a == 0 else x for x, a in zip(inputs, axes))))
+    solve = lambda part: jax.block_until_ready(_simulate_batch(model, *part[1], options, axes, slots))
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(solve, parts))
+    values = np.empty((n, *results[0][0].shape[1:]))
+    status = np.empty(n, dtype=np.asarray(results[0][1]).dtype)
+    for (rows, _), (v, st) in zip(parts, results):
+        keep = np.unique(rows, return_index=True)[1]
+        values[rows[keep]] = np.asarray(v)[keep]
+        status[rows[keep]] = np.asarray(st)[keep]
+    return jnp.asarray(values), jnp.asarray(status)
+
+
 def _static_slots(model: Model, theta, dose_times, obs) -> int:
     """Save slots per interval, from concrete inputs where possible (else every observation)."""
     if any(isinstance(x, jax.core.Tracer) for x in (dose_times, obs)):
@@ -339,7 +366,13 @@ def simulate(
     if len(sizes) > 1:
         raise InputError(f"batched inputs disagree on the number of patients: {sorted(sizes)}. Fix: give every batched input the same leading size.")
     slots = _static_slots(model, theta, dose_times, obs)
-    values, status = _simulate_batch(model, theta, dose_times, dose_amounts, obs, options, axes, slots)
+    inputs = (theta, dose_times, dose_amounts, obs)
+    n = next(iter(sizes)) if sizes else 1
+    workers = min(options.workers or os.cpu_count() or 1, n // options.batch_size)
+    if workers > 1 and not any(isinstance(x, jax.core.Tracer) for x in inputs):
+        values, status = _threaded(model, inputs, options, axes, slots, n, workers)
+    else:
+        values, status = _simulate_batch(model, *inputs, options, axes, slots)
     if sizes:
         obs = jnp.broadcast_to(obs, (sizes.pop(), obs.shape[-1]))
     return Simulation(times=obs, values=values, status=status)

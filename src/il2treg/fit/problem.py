@@ -262,15 +262,25 @@ class PatientData(eqx.Module):
     covariates: Float[Array, " effects"]
 
 
-def patient_arrays(data: Dataset, effects: tuple[CovariateEffect, ...] = ()) -> PatientData:
+def patient_arrays(
+    data: Dataset, effects: tuple[CovariateEffect, ...] = (), use: tuple[str, ...] | None = None
+) -> PatientData:
     """All patients of a dataset as one stacked :class:`PatientData` (jnp arrays).
 
-    ``covariates[:, k]`` holds each patient's value of the covariate of ``effects[k]``.
+    ``covariates[:, k]`` holds each patient's value of the covariate of ``effects[k]``. With
+    ``use``, only observations of those types enter the likelihood (the others are masked), e.g.
+    to fit Treg counts without also fitting the Treg % computed from the same sample.
     """
+    mask = np.asarray(data.obs_mask)
+    if use is not None:
+        unknown = [u for u in use if u not in OBSERVABLE_NAMES]
+        if unknown:
+            raise SpecError(f"unknown observation type {unknown[0]!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
+        mask = mask & np.isin(np.asarray(data.obs_dvid), [OBSERVABLE_NAMES.index(u) for u in use])
     cov = np.stack([np.asarray(data.covariates[e.covariate], dtype=float) for e in effects], axis=1) if effects else np.zeros((data.n_subjects, 0))
     return PatientData(
         jnp.asarray(data.dose_time), jnp.asarray(data.dose_amount), jnp.asarray(data.obs_time),
-        jnp.asarray(data.obs_dvid), jnp.asarray(data.obs_value), jnp.asarray(data.obs_cens), jnp.asarray(data.obs_mask),
+        jnp.asarray(data.obs_dvid), jnp.asarray(data.obs_value), jnp.asarray(data.obs_cens), jnp.asarray(mask),
         jnp.asarray(cov),
     )  # fmt: skip
 
