@@ -11,6 +11,7 @@ from il2treg.model import Model, Parameters, load_model, sample_population
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
 from il2treg.regimen import Regimen
 from il2treg.simulate import Simulation, SolverOptions, simulate
+from il2treg.fit.result import load_fit
 from il2treg.trial import TrialDesign, TrialResult, load_design, simulate_trial
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "TrialResult",
     "errors",
     "load_design",
+    "load_fit",
     "load_model",
     "regimen",
     "sample_population",

@@ -1,4 +1,4 @@
-"""The ``il2treg`` command: simulate regimens, check data files.
+"""The ``il2treg`` command: simulate regimens and trials, fit population models, check data files.
 
 Every error the package raises on purpose is printed as one line on stderr with exit status 2.
 """
@@ -134,6 +134,54 @@ def trial(
         print(json.dumps(summary))
     else:
         console.print(format_summary(summary), highlight=False)
+
+
+def _describe(info: dict) -> str:
+    """One line of fit progress from a :func:`il2treg.fit.run.run_fit` progress event."""
+    stage = info["stage"]
+    if stage == "estimation":
+        return f"iteration {info['iteration']}: OFV {info['ofv']:.4f}, max |gradient| {info['grad_max']:.3g}"
+    return {
+        "start": "compiling and solving the initial EBEs (the first iteration includes compilation)",
+        "covariance": "covariance step (Hessian from differences of the exact gradient)",
+        "predictions": "predictions, individual parameters and the SLEDAI link",
+        "writing": "writing the results folder",
+    }.get(stage, stage)
+
+
+@app.command()
+def fit(
+    spec: Path = typer.Argument(..., help="fit file, e.g. fits/lupil2_virtual/fit.toml"),
+    out: Path = typer.Option(..., help="results folder (must not exist unless --force)"),
+    force: bool = typer.Option(False, help="replace an existing results folder"),
+) -> None:
+    """Population (FOCE-I) fit as a fit file says: report, tables, predictions and posterior in --out."""
+    import time
+
+    from rich.markdown import Markdown
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from il2treg.errors import InputError
+    from il2treg.fit.result import FILES
+    from il2treg.fit.run import run_fit
+    from il2treg.fit.spec import read_fit_spec
+
+    fit_spec = read_fit_spec(spec)  # validates everything before any computation
+    if out.exists() and not force:
+        raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
+    console.print(f"fitting {fit_spec.name}: model {fit_spec.model.name}, data {fit_spec.data_source}, "
+                  f"{fit_spec.dataset.n_subjects} patients; estimating {', '.join(fit_spec.fixed) or 'no fixed effect'}")  # fmt: skip
+    start = time.perf_counter()
+    if console.is_terminal:
+        columns = (SpinnerColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(_describe({"stage": "start"}), total=None)
+            result = run_fit(fit_spec, out, force=force, progress=lambda info: progress.update(task, description=_describe(info)))
+    else:
+        show = lambda info: console.print(f"[{time.perf_counter() - start:7.1f} s] {_describe(info)}", highlight=False)
+        result = run_fit(fit_spec, out, force=force, progress=show)
+    console.print(Markdown(result.summary()))
+    console.print(f"wrote {out}/ ({', '.join(FILES)}); read it with il2treg.fit.load_fit({str(out)!r})", highlight=False)
 
 
 @data_app.command("check")

@@ -2,25 +2,37 @@
 
 :mod:`.problem` says what is estimated, :mod:`.individual` solves each patient's EBE,
 :mod:`.population` holds the objective and its exact gradient, :mod:`.estimate` the outer
-optimisation and the uncertainty.
+optimisation and the uncertainty. :mod:`.spec` reads fit files (``fits/<name>/fit.toml``),
+:mod:`.run` runs them, :mod:`.result` holds, saves and loads a :class:`FitResult`.
 """
 
 from il2treg.fit.estimate import PopulationFit, fit_population, natural_estimates, shrinkage
 from il2treg.fit.individual import InnerResult, batch_inner_solve, inner_solve
 from il2treg.fit.population import Objective
 from il2treg.fit.problem import FitProblem, make_problem, patient_arrays, to_unconstrained
+from il2treg.fit.result import FitResult, load_fit
+from il2treg.fit.result import save as save_fit
+from il2treg.fit.run import compute_fit, run_fit
+from il2treg.fit.spec import FitSpec, read_fit_spec
 
 __all__ = [
     "FitProblem",
+    "FitResult",
+    "FitSpec",
     "InnerResult",
     "Objective",
     "PopulationFit",
     "batch_inner_solve",
+    "compute_fit",
     "fit_population",
     "inner_solve",
+    "load_fit",
     "make_problem",
     "natural_estimates",
     "patient_arrays",
+    "read_fit_spec",
+    "run_fit",
+    "save_fit",
     "shrinkage",
     "to_unconstrained",
 ]

@@ -1,0 +1,431 @@
+r"""Running a fit specification: estimation, uncertainty, predictions and the SLEDAI link.
+
+:func:`run_fit` reads (or takes) a validated :class:`~il2treg.fit.spec.FitSpec`, refuses an
+existing results folder before computing anything, runs the FOCE-I population fit
+(:func:`il2treg.fit.estimate.fit_population`), computes predictions and per-patient results, and
+saves a :class:`~il2treg.fit.result.FitResult` folder.
+
+**Predictions** for every observation row: PRED with :math:`\eta = 0`, IPRED with
+:math:`\eta = \hat\eta_i` (the EBEs), RES = DV − PRED, IRES = DV − IPRED, and
+IWRES = IRES / sd on the error model's scale (:func:`il2treg.likelihood.residual_sd` at IPRED;
+for kind ``log`` IWRES = (log DV − log IPRED) / σ). Residuals are NaN on censored rows (DV is
+the LLOQ), and IWRES also on rows not fitted.
+
+**SLEDAI link.** For each patient, the latent SLEDAI :math:`L` at day 0 and at the assessment
+day (``[sri4] day``, 84 by default) under its individual parameters, and the observed score
+model of :mod:`il2treg.likelihood` (``ordinal``):
+:math:`Y = \max(0, h\,\mathrm{round}((L + \epsilon)/h))` on the score grid of step :math:`h`
+(``score_step``, 1 = integer scores), :math:`\epsilon \sim N(0, \sigma^2)` independent at the two
+visits, σ the fitted SLEDAI SD. Then
+
+.. math::
+    P(\text{SRI-4}) = k \sum_{b} P(Y_0 = b)\, P(Y_{84} \le c(b)), \qquad
+    P(Y \le c) = \Phi\Big(\frac{c + h/2 - L}{\sigma}\Big)\ (c \ge 0)
+
+over the grid values :math:`b`, with :math:`c(b)` the largest grid value :math:`\le b - f`
+(none, probability 0, when :math:`b < f`)
+with the fall :math:`f` = 4 points and :math:`k` = 0.956 the probability that BILAG/PGA does not
+veto a SLEDAI responder; the sum runs over the whole support up to 12 σ beyond the larger
+latent score (the rest is below 1e-32). The expected reported change
+:math:`E[Y_{84}] - E[Y_0]` is given beside the latent change :math:`L_{84} - L_0`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy import special
+
+from il2treg.errors import InputError
+from il2treg.fit.estimate import PopulationFit, _covariance, fit_population, natural_estimates, shrinkage
+from il2treg.fit.individual import STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED
+from il2treg.fit.population import Objective
+from il2treg.fit.problem import (
+    FitProblem, PatientData, covariate_theta, individual_theta, make_problem, patient_arrays, predict, to_unconstrained, unpack,
+)  # fmt: skip
+from il2treg.fit.result import FitResult, save
+from il2treg.fit.spec import SIGMAS_OF_KIND, FitSpec, read_fit_spec
+from il2treg.likelihood import ResidualModel, residual_sd
+from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
+from il2treg.simulate import _slots_needed
+
+#: Inner (EBE) status codes as words.
+STATUS_TEXT = {STATUS_CONVERGED: "converged", STATUS_MAX_ITER: "EBE not converged", STATUS_SOLVER_FAILED: "ODE solve failed"}
+_POSTERIOR_CHAINS, _POSTERIOR_DRAWS, _POSTERIOR_SEED = 4, 500, 0
+_SLEDAI = OBSERVABLE_NAMES.index("sledai")
+
+Progress = Callable[[dict], None]
+
+
+def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = False, progress: Progress | None = None) -> FitResult:
+    """Validate, fit, and write the results folder ``out_dir``.
+
+    Arguments:
+        spec: a :class:`FitSpec` or the path of a fit file.
+        out_dir: results folder; it must not exist unless ``force``.
+        force: replace an existing results folder.
+        progress: called with a dict at each stage (``stage``: ``start``, ``estimation``,
+            ``covariance``, ``predictions``, ``writing``; ``elapsed_s``) and after each outer
+            iteration (``stage`` ``estimation`` with ``iteration``, ``ofv``, ``grad_max``).
+
+    Raises:
+        SpecError: a bad fit file (before any computation).
+        InputError: ``out_dir`` exists and ``force`` is False (before any computation).
+    """
+    spec = spec if isinstance(spec, FitSpec) else read_fit_spec(spec)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise InputError(f"output folder {str(out_dir)!r} already exists. Fix: choose another --out or pass --force to replace it.")
+    start = time.perf_counter()
+    result = compute_fit(spec, progress=progress)
+    if progress is not None:
+        progress({"stage": "writing", "elapsed_s": time.perf_counter() - start})
+    save(result, out_dir, force=force)
+    return result
+
+
+def compute_fit(spec: FitSpec, *, progress: Progress | None = None) -> FitResult:
+    """Run the fit described by ``spec`` and return its :class:`FitResult` (nothing is written)."""
+    start = time.perf_counter()
+    emit = progress or (lambda info: None)
+    timing: dict[str, float] = {}
+    data = spec.dataset
+    residual0 = spec.residual_model()
+    problem = make_problem(
+        spec.model, data, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas,
+        residual_kinds={e.dvid: e.kind for e in spec.errors}, covariates=spec.effects,
+    )  # fmt: skip
+    objective = Objective(problem, patient_arrays(data, problem.covariates), residual0)
+    psi0 = initial_psi(spec, problem, residual0)
+    emit({"stage": "start", "elapsed_s": time.perf_counter() - start})
+
+    first: list[float] = []
+
+    def on_iteration(info: dict) -> None:
+        if not first:
+            first.append(time.perf_counter() - start)
+        emit({"stage": "estimation", **info})
+
+    t = time.perf_counter()
+    opt = spec.optimiser
+    fit = fit_population(objective, psi0, max_iter=opt.max_iter, ftol=opt.ftol, gtol=opt.gtol, covariance=False, callback=on_iteration)
+    timing["estimation_s"] = time.perf_counter() - t
+    timing["first_iteration_s"] = first[0] if first else float("nan")
+    if opt.covariance:
+        emit({"stage": "covariance", "elapsed_s": time.perf_counter() - start})
+        t = time.perf_counter()
+        inner = objective.inner(fit.psi, fit.eta)
+        fit = eqx.tree_at(lambda f: f.covariance, fit, _covariance(objective, fit.psi, inner, fit.included))
+        timing["covariance_s"] = time.perf_counter() - t
+
+    emit({"stage": "predictions", "elapsed_s": time.perf_counter() - start})
+    t = time.perf_counter()
+    up = unpack(problem, fit.psi, residual0)
+    rows = _rows(problem, objective.patients, spec.sri4.day)
+    pred, _ = _solve_rows(rows, up.theta, up.beta, jnp.zeros_like(fit.eta))
+    ipred, latent = _solve_rows(rows, up.theta, up.beta, fit.eta)
+    predictions = _predictions(spec, fit, up.residual, pred, ipred)
+    individual = _individual(spec, problem, fit, up.theta, up.beta, up.residual, objective.patients, latent)
+    estimates = _estimates(spec, problem, fit, residual0)
+    posterior = _posterior(problem, fit, residual0, _declared_factors(problem))
+    timing["results_s"] = time.perf_counter() - t
+    timing["total_s"] = time.perf_counter() - start
+
+    cov = np.asarray(fit.covariance, dtype=np.float64)
+    return FitResult(
+        name=spec.name, spec_text=spec.text, spec_path=str(spec.path), model=spec.model.name, data=spec.data_source,
+        psi_names=tuple(fit.psi_names), psi=np.asarray(fit.psi, dtype=np.float64), covariance=cov,
+        ofv=float(fit.ofv), aic=float(fit.aic), bic=float(fit.bic),
+        condition_number=float(fit.condition_number), condition_number_cor=_condition_cor(cov),
+        converged=bool(fit.converged), iterations=int(fit.iterations), history=np.asarray(fit.history, dtype=np.float64),
+        n_patients=int(data.n_subjects), n_observations=int(fit.n_observations),
+        estimates=estimates, individual=individual, predictions=predictions,
+        posterior=posterior, posterior_seed=_POSTERIOR_SEED,
+        residual={e.dvid: {"kind": e.kind, "sigma_add": float(up.residual.sigma_add[OBSERVABLE_NAMES.index(e.dvid)]),
+                           "sigma_prop": float(up.residual.sigma_prop[OBSERVABLE_NAMES.index(e.dvid)]),
+                           "score_step": float(up.residual.score_step)} for e in spec.errors},
+        settings={**{k: _plain(v) for k, v in dataclasses.asdict(spec.optimiser).items()},
+                  **{f"sri4_{k}": float(v) for k, v in dataclasses.asdict(spec.sri4).items()}},
+        timing={k: float(v) for k, v in timing.items()}, version=_version(),
+    )  # fmt: skip
+
+
+def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) -> jax.Array:
+    """The starting vector: fixed effects at the model's (initial) values, covariate coefficients,
+    omegas from CV%, sigmas (the order of ``problem.psi_names``)."""
+    typical = spec.model.typical()
+    u = to_unconstrained(problem, {n: float(typical[n]) for n in problem.fixed})
+    beta = [c.initial for c in spec.covariates]
+    cv = {p.name: p.cv_percent for p in spec.parameters if p.cv_percent is not None}
+    log_omega = [0.5 * math.log(math.log1p((cv[n] / 100.0) ** 2)) for n in problem.random]
+    log_sigma = []
+    for dvid, kind in problem.sigmas:
+        d = OBSERVABLE_NAMES.index(dvid)
+        log_sigma.append(math.log(float((residual0.sigma_add if kind == "add" else residual0.sigma_prop)[d])))
+    rest = [jnp.asarray(x, dtype=jnp.float64) for x in (beta, log_omega, log_sigma)]
+    return jnp.concatenate([u, *rest])
+
+
+# ----------------------------------------------------------------------------- predictions
+
+
+def _patient_theta(problem: FitProblem, theta, beta, eta, patient: PatientData):
+    """One patient's parameters: covariate effects on the typical values, then its random effects."""
+    return individual_theta(problem, covariate_theta(problem, theta, beta, patient.covariates), eta)
+
+
+@eqx.filter_jit
+def _all_patient_theta(problem: FitProblem, theta, beta, eta, patients: PatientData):
+    return jax.vmap(lambda e, p: _patient_theta(problem, theta, beta, e, p))(eta, patients)
+
+
+@eqx.filter_jit
+def _predict_all(problem: FitProblem, theta, beta, eta, patients: PatientData, batch_size: int = 32):
+    """Predictions and solver status of every patient at its ``eta``."""
+    one = lambda args: predict(problem, _patient_theta(problem, theta, beta, args[0], args[1]), args[1])
+    return jax.lax.map(one, (eta, patients), batch_size=batch_size)
+
+
+class _Rows(eqx.Module):
+    """Every observation row plus latent SLEDAI at day 0 and the SRI-4 day, in one sorted solve."""
+
+    problem: FitProblem = eqx.field(static=True)
+    patients: PatientData
+    inverse: np.ndarray  # [patients, obs + 2]: sorted position of each row (data rows, then day 0, day)
+
+
+def _rows(problem: FitProblem, patients: PatientData, day: float) -> _Rows:
+    n = patients.obs_time.shape[0]
+    extra = np.broadcast_to(np.asarray([0.0, day]), (n, 2))
+    times = np.concatenate([np.asarray(patients.obs_time), extra], axis=1)
+    dvid = np.concatenate([np.asarray(patients.obs_dvid), np.full((n, 2), _SLEDAI)], axis=1)
+    order = np.argsort(times, axis=1, kind="stable")
+    times, dvid = np.take_along_axis(times, order, 1), np.take_along_axis(dvid, order, 1)
+    slots = _slots_needed(np.asarray(patients.dose_time), times, problem.model.spec["tlag"].bounds[1])
+    at = PatientData(
+        patients.dose_time, patients.dose_amount, jnp.asarray(times), jnp.asarray(dvid), jnp.zeros(times.shape),
+        jnp.zeros(times.shape, dtype=bool), jnp.ones(times.shape, dtype=bool), patients.covariates,
+    )  # fmt: skip
+    return _Rows(dataclasses.replace(problem, slots=slots), at, np.argsort(order, axis=1))
+
+
+def _solve_rows(rows: _Rows, theta, beta, eta) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions ``[patients, obs]``, latent SLEDAI ``[patients, 2]`` at day 0 and the SRI-4 day)."""
+    values, _ = _predict_all(rows.problem, theta, beta, jnp.asarray(eta), rows.patients)
+    values = np.take_along_axis(np.asarray(values, dtype=np.float64), rows.inverse, 1)
+    return values[:, :-2], values[:, -2:]
+
+
+def _predictions(spec: FitSpec, fit: PopulationFit, residual: ResidualModel, pred, ipred) -> pd.DataFrame:
+    data = spec.dataset
+    sd = np.asarray(residual_sd(residual, jnp.asarray(ipred), jnp.asarray(data.obs_dvid)), dtype=np.float64)
+    s, j = np.nonzero(data.obs_row > 0)
+    order = np.argsort(data.obs_row[s, j], kind="stable")
+    s, j = s[order], j[order]
+    pred, ipred, sd = pred[s, j], ipred[s, j], sd[s, j]
+    dvid = data.obs_dvid[s, j]
+    dv = np.where(data.obs_dv_missing[s, j], np.nan, data.obs_value[s, j]).astype(np.float64)
+    cens = data.obs_cens[s, j]
+    used = data.obs_mask[s, j]
+    log_kind = np.asarray([residual.kinds[d] == "log" for d in dvid], dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = np.where(log_kind, np.log(dv) - np.log(ipred), dv - ipred)
+        iwres = np.where(used & ~cens, scaled / sd, np.nan)
+    censored = np.where(cens, np.nan, 1.0)
+    return pd.DataFrame({
+        "ID": _ids(data, s), "ROW": data.obs_row[s, j].astype(np.int64), "TIME": data.obs_time[s, j].astype(np.float64),
+        "DVID": [OBSERVABLE_NAMES[d] for d in dvid], "DV": dv, "CENS": cens.astype(np.int64), "USED": used.astype(bool),
+        "PRED": pred, "IPRED": ipred, "RES": (dv - pred) * censored, "IRES": (dv - ipred) * censored, "IWRES": iwres,
+    })  # fmt: skip
+
+
+def _individual(spec: FitSpec, problem, fit: PopulationFit, theta, beta, residual: ResidualModel, patients: PatientData, latent) -> pd.DataFrame:
+    data = spec.dataset
+    n = data.n_subjects
+    eta = np.asarray(fit.eta, dtype=np.float64)
+    status = np.asarray(fit.inner_status)
+    included = np.asarray(fit.included, dtype=bool)
+    columns: dict[str, object] = {
+        "ID": _ids(data, np.arange(n)), "included": included, "inner_status": status.astype(np.int64),
+        "status": [_status_text(int(c), bool(ok)) for c, ok in zip(status, included)],
+    }  # fmt: skip
+    for k, name in enumerate(problem.random):
+        columns[f"ETA_{name}"] = eta[:, k]
+    theta_i = np.asarray(_all_patient_theta(problem, theta, beta, jnp.asarray(eta), patients))
+    names = problem.model.parameter_names
+    for p in spec.parameters:
+        columns[p.name] = theta_i[:, names.index(p.name)] * problem.model.spec[p.name].to_declared(1.0)
+    day = spec.sri4.day
+    l0, l1 = latent[:, 0], latent[:, 1]
+    sd0, sd1 = _score_sd(residual, l0), _score_sd(residual, l1)
+    p_fall, e0, e1 = score_change_probability(l0, l1, sd0, sd1, spec.sri4.fall, step=residual.score_step)
+    columns["sledai_latent_day0"] = l0
+    columns[f"sledai_latent_day{day:g}"] = l1
+    columns[f"sledai_change_day{day:g}"] = l1 - l0
+    columns[f"score_change_day{day:g}"] = e1 - e0
+    columns[f"p_sri4_day{day:g}"] = spec.sri4.bilag_pga_keep * p_fall
+    return pd.DataFrame(columns)
+
+
+def _score_sd(residual: ResidualModel, latent: np.ndarray) -> np.ndarray:
+    """SD of the visit error on the score scale (σ·L for a log error model, by the delta method)."""
+    dvid = jnp.full(latent.shape, _SLEDAI)
+    sd = np.asarray(residual_sd(residual, jnp.asarray(latent), dvid), dtype=np.float64)
+    return sd * latent if residual.kinds[_SLEDAI] == "log" else sd
+
+
+def score_change_probability(l0, l1, sd0, sd1, fall: float = 4.0, *, step: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""P(Y_0 − Y_1 ≥ fall) and E[Y_0], E[Y_1] for reported scores Y = max(0, h·round((L + N(0, sd²)) / h)).
+
+    Exact sums over the discrete score distributions on the grid of step ``h`` (module
+    docstring); vectorised over patients. NaN where a latent score or SD is not usable.
+    """
+    l0, l1, sd0, sd1 = (np.atleast_1d(np.asarray(x, dtype=np.float64)) for x in (l0, l1, sd0, sd1))
+    ok = np.isfinite(l0) & np.isfinite(l1) & (sd0 > 0) & (sd1 > 0)
+    safe = lambda x, fill: np.where(ok, x, fill)
+    l0, l1, sd0, sd1 = safe(l0, 0.0), safe(l1, 0.0), safe(sd0, 1.0), safe(sd1, 1.0)
+    h = float(step)
+    top = float(np.max(np.maximum(l0 + 12 * sd0, l1 + 12 * sd1)))
+    k = h * np.arange(max(int(np.ceil(top / h)), 0) + 2, dtype=np.float64)[None, :]
+
+    def pmf(latent, sd):
+        upper = special.ndtr((k + h / 2 - latent[:, None]) / sd[:, None])
+        lower = np.where(k == 0, 0.0, special.ndtr((k - h / 2 - latent[:, None]) / sd[:, None]))
+        return upper - lower
+
+    p0, p1 = pmf(l0, sd0), pmf(l1, sd1)
+    c = h * np.floor((k - fall) / h + 1e-9)  # the largest score on the grid <= b - fall
+    cdf1 = np.where(c >= 0, special.ndtr((c + h / 2 - l1[:, None]) / sd1[:, None]), 0.0)
+    p_fall = np.sum(p0 * cdf1, axis=1)
+    e0, e1 = np.sum(k * p0, axis=1), np.sum(k * p1, axis=1)
+    return np.where(ok, p_fall, np.nan), np.where(ok, e0, np.nan), np.where(ok, e1, np.nan)
+
+
+# ----------------------------------------------------------------------------- estimates
+
+
+def _declared_factors(problem: FitProblem) -> np.ndarray:
+    """Per psi entry: factor from internal to the model file's unit (1 for omegas and sigmas)."""
+    spec = problem.model.spec
+    fixed = [spec[n].to_declared(1.0) for n in problem.fixed]
+    beta = [spec[c.parameter].to_declared(1.0) if c.model == "linear" else 1.0 for c in problem.covariates]
+    return np.asarray(fixed + beta + [1.0] * (problem.n_eta + len(problem.sigmas)), dtype=np.float64)
+
+
+def _natural(problem: FitProblem, psi, base_residual: ResidualModel):
+    """psi -> (fixed effects in internal units, beta, omega, sigma): as natural_estimates reports them."""
+    up = unpack(problem, psi, base_residual)
+    names = problem.model.parameter_names
+    idx = jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)
+    fixed = up.theta[idx] if problem.n_fixed else jnp.zeros(0)
+    return jnp.concatenate([fixed, up.beta, up.omega, jnp.exp(psi[problem.n_struct + problem.n_eta :])])
+
+
+def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel) -> pd.DataFrame:
+    est = natural_estimates(problem, fit, residual0)
+    shrink = shrinkage(fit, problem, residual0) if int(np.sum(np.asarray(fit.included))) > 1 else {}
+    factor = dict(zip(fit.psi_names, _declared_factors(problem)))
+    initial = dict(zip(fit.psi_names, np.asarray(_natural(problem, initial_psi(spec, problem, residual0), residual0))))
+    typical = spec.model.typical()
+    rows = []
+    nan = float("nan")
+
+    def row(name, kind, unit, estimated, values=None, init=nan, cv=nan, shrinkage_percent=nan):
+        v = values or {}
+        f = factor.get(name, 1.0)
+        rows.append({
+            "parameter": name, "type": kind, "unit": unit, "estimated": estimated,
+            "estimate": v.get("estimate", nan) * f, "se": v.get("se", nan) * f, "rse_percent": v.get("rse_percent", nan),
+            "ci_low": v.get("ci_low", nan) * f, "ci_high": v.get("ci_high", nan) * f,
+            "cv_percent": v.get("cv_percent", cv), "shrinkage_percent": shrinkage_percent, "initial": init * f,
+        })  # fmt: skip
+
+    for p in spec.parameters:
+        ps = spec.model.spec[p.name]
+        if p.estimate:
+            row(p.name, "fixed", ps.unit, True, est[p.name], initial[p.name])
+        else:
+            value = ps.to_declared(float(typical[p.name]))
+            rows.append({**_empty_row(p.name, "fixed", ps.unit), "estimate": value, "initial": value})
+    for c in spec.covariates:
+        e = c.effect
+        unit = f"{spec.model.spec[e.parameter].unit} per unit of {e.covariate}" if e.model == "linear" else \
+            ("1" if e.model == "power" else f"1 per unit of {e.covariate}")
+        row(e.name, "covariate", unit, True, est[e.name], initial[e.name])
+    for p in spec.parameters:
+        if p.cv_percent is not None:
+            name = f"omega_{p.name}"
+            row(name, "omega", "1", True, est[name], initial[name], shrinkage_percent=shrink.get(p.name, nan))
+    for e in spec.errors:
+        for sigma in ("sigma_add", "sigma_prop"):
+            if sigma not in SIGMAS_OF_KIND[e.kind]:
+                continue
+            name = f"sigma_{sigma.removeprefix('sigma_')}_{e.dvid}"
+            unit = "1" if sigma == "sigma_prop" else ("log" if e.kind == "log" else OBSERVABLES[e.dvid][0])
+            if sigma in e.estimate:
+                row(name, "sigma", unit, True, est[name], initial[name])
+            else:
+                value = float(getattr(e, sigma))
+                rows.append({**_empty_row(name, "sigma", unit), "estimate": value, "initial": value})
+    return pd.DataFrame(rows, columns=list(_empty_row("", "", "")))
+
+
+def _empty_row(name: str, kind: str, unit: str) -> dict:
+    nan = float("nan")
+    return {"parameter": name, "type": kind, "unit": unit, "estimated": False, "estimate": nan, "se": nan, "rse_percent": nan,
+            "ci_low": nan, "ci_high": nan, "cv_percent": nan, "shrinkage_percent": nan, "initial": nan}  # fmt: skip
+
+
+def _posterior(problem: FitProblem, fit: PopulationFit, residual0: ResidualModel, factors: np.ndarray) -> np.ndarray:
+    """Draws [chain, draw, psi] of the natural-scale parameters from N(psi_hat, cov) (estimation scale)."""
+    k = len(fit.psi)
+    cov = np.asarray(fit.covariance, dtype=np.float64)
+    shape = (_POSTERIOR_CHAINS, _POSTERIOR_DRAWS, k)
+    try:
+        chol = np.linalg.cholesky(cov) if np.all(np.isfinite(cov)) else None
+    except np.linalg.LinAlgError:
+        chol = None
+    if chol is None:
+        return np.full(shape, np.nan)
+    z = np.random.default_rng(_POSTERIOR_SEED).standard_normal((shape[0] * shape[1], k))
+    psi = np.asarray(fit.psi, dtype=np.float64)[None, :] + z @ chol.T
+    natural = np.asarray(jax.vmap(lambda p: _natural(problem, p, residual0))(jnp.asarray(psi)), dtype=np.float64)
+    return (natural * factors[None, :]).reshape(shape)
+
+
+def _condition_cor(cov: np.ndarray) -> float:
+    if not np.all(np.isfinite(cov)):
+        return float("inf")
+    se = np.sqrt(np.diag(cov))
+    ev = np.linalg.eigvalsh(cov / np.outer(se, se))
+    return float(ev.max() / ev.min()) if ev.min() > 0 else float("inf")
+
+
+def _status_text(code: int, included: bool) -> str:
+    text = STATUS_TEXT.get(code, f"status {code}")
+    if included:
+        return text
+    return "left out: EBE not converged at the start" if code == STATUS_CONVERGED else f"left out: {text}"
+
+
+def _ids(data, rows: np.ndarray) -> list:
+    return [data.ids[int(s)] for s in rows]
+
+
+def _version() -> str:
+    from il2treg import __version__
+
+    return __version__
+
+
+def _plain(v):
+    return v if isinstance(v, (bool, int, str)) else float(v)

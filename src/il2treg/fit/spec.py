@@ -1,0 +1,559 @@
+r"""Fit specifications: ``fits/<name>/fit.toml`` says what to fit, to which data, and how.
+
+A fit file has a few top-level keys and four kinds of tables::
+
+    name = "lupil2_virtual"              # optional, default: the name of the file's folder
+    description = "Treg dynamics and the SLEDAI link on the virtual LUPIL-2 cohort"
+    model = "il2_treg_sledai"            # a model in models/, or a .toml path relative to this file
+    data = "il2treg:lupil2_virtual"      # a packaged dataset, or a CSV path relative to this file
+    ignore_dvids = ["il2_pM"]            # optional: observation types present but not fitted
+
+    [parameters.emax_treg]               # one table per parameter that is not simply the model's
+    initial = 4.0                        # start (units of the model file); default: the model's value
+    cv_percent = 40                      # a log-normal random effect, initial CV%; omit for none
+    [parameters.kout_treg]               # an empty table: estimated from the model's value
+    [parameters.treg0]
+    estimate = false                     # typical value fixed (at `initial`), random effect only
+    cv_percent = 40
+
+    [[covariates]]                       # optional, one per effect of a covariate column
+    parameter = "tconv0"
+    covariate = "WT"                     # a numeric column of the data, constant per patient
+    model = "power"                      # power, exp or linear (il2treg.fit.problem)
+    reference = 70                       # the covariate value of the typical patient
+    initial = 0.0                        # start of the coefficient (default 0: no effect)
+
+    [error.treg_per_uL]                  # one table per fitted observation type
+    kind = "proportional"                # additive, proportional, combined, log or ordinal
+    sigma_prop = 0.15                    # initial SDs; default: il2treg.likelihood's default
+    estimate = ["sigma_prop"]            # which SDs are estimated; default: all the kind uses
+
+    [error.sledai]
+    kind = "ordinal"
+    sigma_add = 1.5
+    score_step = 1                       # ordinal only: grid of the scores (2 = even scores)
+
+    [optimiser]                          # optional; defaults shown
+    max_iter = 200
+    ftol = 1e-4
+    gtol = 1e-2
+    covariance = true
+
+    [sri4]                               # optional: the SLEDAI link reported per patient
+    day = 84                             # assessment day
+    fall = 4                             # SLEDAI points
+    bilag_pga_keep = 0.956               # probability a SLEDAI responder is not vetoed
+
+A parameter is estimated (a fixed effect) when it has a table and ``estimate`` is not false.
+Every observation type the data contain must have an ``[error.<dvid>]`` table or be listed in
+``ignore_dvids``; kinds use ``sigma_add`` (additive, log, ordinal), ``sigma_prop``
+(proportional) or both (combined).
+
+:func:`read_fit_spec` checks everything (the model, the data file and its observation types,
+parameter names, bounds, transforms, error models, settings and every key's spelling) before
+anything is computed, and raises :class:`il2treg.errors.SpecError` with one line naming the
+file, what is wrong and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from pathlib import Path
+
+import equinox as eqx
+import numpy as np
+
+from il2treg import units
+from il2treg.data import Dataset, read_dataset
+from il2treg.errors import DataError, SpecError
+from il2treg.fit.problem import COVARIATE_MODELS, CovariateEffect
+from il2treg.likelihood import KINDS, ResidualModel
+from il2treg.model import Model, load_model
+from il2treg.observables import OBSERVABLE_NAMES
+
+#: Prefix of a packaged dataset in ``data = "il2treg:<name>"``.
+PACKAGED_PREFIX = "il2treg:"
+#: Packaged datasets, each a function of :mod:`il2treg.datasets` returning a Dataset or a table.
+PACKAGED_DATASETS: tuple[str, ...] = ("lupil2_virtual",)
+
+#: The SDs each error-model kind uses.
+SIGMAS_OF_KIND: dict[str, tuple[str, ...]] = {
+    "additive": ("sigma_add",),
+    "proportional": ("sigma_prop",),
+    "combined": ("sigma_add", "sigma_prop"),
+    "log": ("sigma_add",),
+    "ordinal": ("sigma_add",),
+}
+
+#: Parameter groups whose parameters act on one observation type only (nothing feeds back).
+_ACTS_ONLY_ON = {"disease": "sledai"}
+
+_TOP_KEYS = ("name", "description", "model", "data", "ignore_dvids", "parameters", "covariates", "error", "optimiser", "sri4")
+_PARAM_KEYS = ("initial", "estimate", "cv_percent")
+_COVARIATE_KEYS = ("parameter", "covariate", "model", "reference", "initial")
+_ERROR_KEYS = ("kind", "sigma_add", "sigma_prop", "estimate", "score_step")
+_OPTIMISER_DEFAULTS = {"max_iter": 200, "ftol": 1e-4, "gtol": 1e-2, "covariance": True}
+_SRI4_DEFAULTS = {"day": 84.0, "fall": 4.0, "bilag_pga_keep": 0.956}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterEntry:
+    """One ``[parameters.<name>]`` table.
+
+    Attributes:
+        name: model parameter.
+        estimate: whether its typical value is a fixed effect.
+        initial: start (or fixed value) in the model file's unit; ``None`` = the model's value.
+        cv_percent: initial CV% of its log-normal random effect; ``None`` = no random effect.
+    """
+
+    name: str
+    estimate: bool
+    initial: float | None
+    cv_percent: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorEntry:
+    """One ``[error.<dvid>]`` table, with defaults filled in.
+
+    Attributes:
+        dvid: observation type.
+        kind: error model (:data:`il2treg.likelihood.KINDS`).
+        sigma_add: initial additive SD (observation unit; log units for ``log``).
+        sigma_prop: initial proportional SD (fraction).
+        estimate: the SDs estimated, ``("sigma_add", "sigma_prop")`` or a part of it.
+    """
+
+    dvid: str
+    kind: str
+    sigma_add: float
+    sigma_prop: float
+    estimate: tuple[str, ...]
+    score_step: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CovariateEntry:
+    """One ``[[covariates]]`` table: an effect (its coefficient estimated) and its start."""
+
+    effect: CovariateEffect
+    initial: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimiserSettings:
+    """Outer optimiser settings (see :func:`il2treg.fit.estimate.fit_population`)."""
+
+    max_iter: int = 200
+    ftol: float = 1e-4
+    gtol: float = 1e-2
+    covariance: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Sri4Settings:
+    """How the SLEDAI link is reported: SRI-4 at ``day`` needs a fall of ``fall`` points and no veto."""
+
+    day: float = 84.0
+    fall: float = 4.0
+    bilag_pga_keep: float = 0.956
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FitSpec:
+    """A validated fit specification, with its model and data loaded.
+
+    Attributes:
+        path: the fit file.
+        text: its text, as read (saved with the results).
+        name: the fit's name.
+        description: free text.
+        model_source: ``model`` as written.
+        data_source: ``data`` as written.
+        model: the model with every ``initial`` value set (so fixed parameters sit at theirs).
+        dataset: the data; observations of ``ignore_dvids`` have ``obs_mask`` False.
+        parameters: the parameter tables, in file order.
+        covariates: the covariate effects, in file order.
+        errors: the error-model tables, in the order of :data:`OBSERVABLE_NAMES`.
+        ignore_dvids: observation types not fitted.
+        optimiser: outer optimiser settings.
+        sri4: the SLEDAI-link settings.
+    """
+
+    path: Path
+    text: str
+    name: str
+    description: str
+    model_source: str
+    data_source: str
+    model: Model
+    dataset: Dataset
+    parameters: tuple[ParameterEntry, ...]
+    covariates: tuple[CovariateEntry, ...]
+    errors: tuple[ErrorEntry, ...]
+    ignore_dvids: tuple[str, ...]
+    optimiser: OptimiserSettings
+    sri4: Sri4Settings
+
+    @property
+    def fixed(self) -> tuple[str, ...]:
+        """Parameters whose typical value is estimated."""
+        return tuple(p.name for p in self.parameters if p.estimate)
+
+    @property
+    def random(self) -> tuple[str, ...]:
+        """Parameters with a random effect."""
+        return tuple(p.name for p in self.parameters if p.cv_percent is not None)
+
+    @property
+    def effects(self) -> tuple[CovariateEffect, ...]:
+        """Covariate effects (the engine's form)."""
+        return tuple(c.effect for c in self.covariates)
+
+    @property
+    def sigmas(self) -> tuple[tuple[str, str], ...]:
+        """Estimated residual SDs as ``((dvid, "add" | "prop"), ...)`` (the engine's form)."""
+        return tuple((e.dvid, s.removeprefix("sigma_")) for e in self.errors for s in e.estimate)
+
+    def residual_model(self) -> ResidualModel:
+        """Error models with the initial SDs (defaults for observation types not fitted)."""
+        return ResidualModel.build(
+            kinds={e.dvid: e.kind for e in self.errors},
+            sigmas={e.dvid: (e.sigma_add, e.sigma_prop) for e in self.errors},
+            score_step=next((e.score_step for e in self.errors if e.kind == "ordinal"), 1.0),
+        )
+
+
+def read_fit_spec(path: str | Path) -> FitSpec:
+    """Read and validate a fit file (format in the module docstring).
+
+    Raises:
+        SpecError: the first problem found, as one line with the fix; nothing is computed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"fit file {str(path)!r} does not exist. Fix: check the path (a fits/<name>/fit.toml).")
+    text = path.read_text()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: not valid TOML ({err}). Fix: correct the syntax.") from err
+    return parse_fit_spec(doc, path=path, text=text)
+
+
+def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
+    """Validate a parsed fit file; ``path`` locates relative model and data paths."""
+    where = str(path)
+    _known_keys(doc, _TOP_KEYS, where, "top-level key")
+    for key in ("model", "data"):
+        if key not in doc:
+            raise SpecError(f"{where}: no `{key}`. Fix: add `{key} = \"...\"` at the top of the file.")
+        if not isinstance(doc[key], str) or not doc[key].strip():
+            raise SpecError(f"{where}: `{key}` must be a non-empty string, got {doc[key]!r}.")
+    name = _string(doc.get("name", path.resolve().parent.name), where, "name")
+    description = _string(doc.get("description", ""), where, "description")
+    base = _model(doc["model"], path)
+    dataset = _data(doc["data"], path)
+
+    ignore = doc.get("ignore_dvids", [])
+    if not isinstance(ignore, list) or not all(isinstance(d, str) for d in ignore):
+        raise SpecError(f"{where}: `ignore_dvids` must be a list of observation types, got {ignore!r}.")
+    for d in ignore:
+        _known_dvid(d, where, "ignore_dvids")
+    parameters = _parameters(doc.get("parameters", {}), base, where)
+    covariates = _covariates(doc.get("covariates", []), base, dataset, where)
+    errors = _errors(doc.get("error", {}), where)
+    optimiser = OptimiserSettings(**_settings(doc.get("optimiser", {}), _OPTIMISER_DEFAULTS, where, "optimiser"))
+    sri4 = Sri4Settings(**_settings(doc.get("sri4", {}), _SRI4_DEFAULTS, where, "sri4"))
+    if not 0.0 <= sri4.bilag_pga_keep <= 1.0:
+        raise SpecError(f"{where}: [sri4] bilag_pga_keep must be a probability in [0, 1], got {sri4.bilag_pga_keep!r}.")
+
+    dataset = _mask_ignored(dataset, ignore)
+    _check_against_data(dataset, parameters, errors, ignore, base, where, doc["data"])
+    if not any(p.estimate or p.cv_percent is not None for p in parameters) and not covariates and not any(e.estimate for e in errors):
+        raise SpecError(f"{where}: nothing is estimated. Fix: add a [parameters.<name>] table or estimate a residual SD.")
+
+    initial = {p.name: p.initial for p in parameters if p.initial is not None}
+    try:
+        model = base.with_values(**initial) if initial else base
+    except SpecError as err:
+        raise SpecError(f"{where}: {err}") from None
+    return FitSpec(
+        path=path, text=text, name=name, description=description, model_source=doc["model"], data_source=doc["data"],
+        model=model, dataset=dataset, parameters=parameters, covariates=covariates, errors=errors, ignore_dvids=tuple(ignore),
+        optimiser=optimiser, sri4=sri4,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- model and data
+
+
+def _model(source: str, path: Path) -> Model:
+    where = str(path)
+    target = source
+    if source.endswith(".toml") or "/" in source:
+        target = Path(source) if Path(source).is_absolute() else path.parent / source
+        if not Path(target).is_file():
+            raise SpecError(f"{where}: model file {str(target)!r} does not exist. Fix: give a path relative to the fit file, or a model name.")
+    try:
+        return load_model(target)
+    except SpecError as err:
+        raise SpecError(f"{where}: {err}") from None
+
+
+def load_packaged_dataset(name: str) -> Dataset:
+    """A dataset shipped with il2treg by name (``data = "il2treg:<name>"``)."""
+    import il2treg.datasets
+
+    known = ", ".join(PACKAGED_PREFIX + n for n in PACKAGED_DATASETS)
+    if name not in PACKAGED_DATASETS:
+        raise SpecError(f"unknown packaged dataset {PACKAGED_PREFIX + name!r}. Fix: use one of {known}, or a CSV path.")
+    loader = getattr(il2treg.datasets, name, None)
+    if loader is None:
+        raise SpecError(f"packaged dataset {PACKAGED_PREFIX + name!r} is not in this installation of il2treg. Fix: update il2treg or give a CSV path.")
+    data = loader()
+    return data if isinstance(data, Dataset) else read_dataset(data)
+
+
+def _data(source: str, path: Path) -> Dataset:
+    where = str(path)
+    if source.startswith(PACKAGED_PREFIX):
+        try:
+            return load_packaged_dataset(source[len(PACKAGED_PREFIX) :])
+        except SpecError as err:
+            raise SpecError(f"{where}: {err}") from None
+    file = Path(source) if Path(source).is_absolute() else path.parent / source
+    if not file.is_file():
+        raise SpecError(
+            f"{where}: data file {str(file)!r} does not exist. "
+            f"Fix: give a CSV path relative to the fit file, or {PACKAGED_PREFIX}<name> for a packaged dataset."
+        )
+    try:
+        return read_dataset(file)
+    except DataError as err:
+        raise DataError(f"{where}: data file {str(file)!r}: {err}", column=err.column, row=err.row) from None
+
+
+def _mask_ignored(dataset: Dataset, ignore: list[str]) -> Dataset:
+    if not ignore:
+        return dataset
+    ignored = np.isin(dataset.obs_dvid, [OBSERVABLE_NAMES.index(d) for d in ignore])
+    return eqx.tree_at(lambda d: d.obs_mask, dataset, dataset.obs_mask & ~ignored)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _parameters(table, model: Model, where: str) -> tuple[ParameterEntry, ...]:
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: `parameters` must be tables [parameters.<name>].")
+    names = model.parameter_names
+    out = []
+    for name, entry in table.items():
+        here = f"{where}: [parameters.{name}]"
+        if name not in names:
+            raise SpecError(f"{here}: unknown parameter {name!r} of model {model.name!r}. Fix: use one of {', '.join(names)}.")
+        if not isinstance(entry, dict):
+            raise SpecError(f"{here} must be a table. Fix: write [parameters.{name}] with initial / estimate / cv_percent.")
+        _known_keys(entry, _PARAM_KEYS, here, "key")
+        ps = model.spec[name]
+        estimate = entry.get("estimate", True)
+        if not isinstance(estimate, bool):
+            raise SpecError(f"{here}: estimate must be true or false, got {estimate!r}.")
+        initial = entry.get("initial")
+        if initial is not None:
+            initial = _number(initial, here, "initial")
+            lo, hi = ps.to_declared(ps.bounds[0]), ps.to_declared(ps.bounds[1])
+            if not _within(initial, lo, hi):
+                raise SpecError(
+                    f"{here}: initial {initial:g} {ps.unit} is outside the bounds [{lo:g}, {hi:g}] {ps.unit} of {name!r}. "
+                    "Fix: choose an initial value inside the bounds, or widen them in the model file."
+                )
+        value = ps.value if initial is None else float(units.to_internal(initial, ps.unit)[0])
+        if estimate and ps.transform == "logit" and not ps.bounds[0] < value < ps.bounds[1]:
+            shown = ps.to_declared(value)
+            raise SpecError(
+                f"{here}: {name!r} is estimated on the logit scale and needs a start strictly inside its bounds, "
+                f"got {shown:g} {ps.unit}. Fix: set `initial` inside the bounds."
+            )
+        cv = entry.get("cv_percent")
+        if cv is not None:
+            cv = _number(cv, here, "cv_percent")
+            if not cv > 0:
+                raise SpecError(f"{here}: cv_percent must be > 0 (the initial CV% of the random effect), got {cv:g}. Fix: omit it for no random effect.")
+            if ps.transform != "log":
+                raise SpecError(
+                    f"{here}: a random effect is log-normal and needs a parameter with transform \"log\"; "
+                    f"{name!r} has {ps.transform!r}. Fix: remove cv_percent, or set transform = \"log\" in the model file."
+                )
+        out.append(ParameterEntry(name, estimate, initial, cv))
+    return tuple(out)
+
+
+def _errors(table, where: str) -> tuple[ErrorEntry, ...]:
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: `error` must be tables [error.<observation type>].")
+    entries = {}
+    for dvid, entry in table.items():
+        here = f"{where}: [error.{dvid}]"
+        _known_dvid(dvid, where, f"[error.{dvid}]")
+        if not isinstance(entry, dict):
+            raise SpecError(f"{here} must be a table with kind, sigma_add / sigma_prop and estimate.")
+        _known_keys(entry, _ERROR_KEYS, here, "key")
+        kind = entry.get("kind")
+        if kind not in KINDS:
+            raise SpecError(f"{here}: kind must be one of {', '.join(KINDS)}, got {kind!r}.")
+        used = SIGMAS_OF_KIND[kind]
+        default = ResidualModel.build(kinds={dvid: kind})
+        d = OBSERVABLE_NAMES.index(dvid)
+        sd = {"sigma_add": float(default.sigma_add[d]) if "sigma_add" in used else 0.0,
+              "sigma_prop": float(default.sigma_prop[d]) if "sigma_prop" in used else 0.0}  # fmt: skip
+        for key in ("sigma_add", "sigma_prop"):
+            if key in entry:
+                if key not in used:
+                    raise SpecError(f"{here}: kind {kind!r} has no {key}. Fix: remove it, or give only {', '.join(used)}.")
+                sd[key] = _number(entry[key], here, key)
+                if sd[key] < 0:
+                    raise SpecError(f"{here}: {key} must be >= 0, got {sd[key]:g}.")
+        estimate = entry.get("estimate", list(used))
+        if not isinstance(estimate, list) or not all(isinstance(s, str) for s in estimate):
+            raise SpecError(f"{here}: estimate must be a list such as {list(used)!r}, got {estimate!r}.")
+        for s in estimate:
+            if s not in used:
+                raise SpecError(f"{here}: cannot estimate {s!r}: kind {kind!r} uses {', '.join(used)}. Fix: estimate = {list(used)!r} or a part of it.")
+            if not sd[s] > 0:
+                raise SpecError(f"{here}: an estimated {s} needs an initial value > 0, got {sd[s]:g}. Fix: set {s} = <initial SD>.")
+        if len(set(estimate)) != len(estimate):
+            raise SpecError(f"{here}: estimate lists an SD twice. Fix: list each once.")
+        step = entry.get("score_step", 1.0)
+        if "score_step" in entry:
+            if kind != "ordinal":
+                raise SpecError(f"{here}: score_step applies to kind \"ordinal\" only. Fix: remove it.")
+            step = _number(step, here, "score_step")
+            if not step > 0:
+                raise SpecError(f"{here}: score_step must be > 0 (1 for integer scores, 2 for even scores), got {step:g}.")
+        entries[dvid] = ErrorEntry(dvid, kind, sd["sigma_add"], sd["sigma_prop"], tuple(s for s in used if s in estimate), float(step))
+    steps = {e.score_step for e in entries.values() if e.kind == "ordinal"}
+    if len(steps) > 1:
+        raise SpecError(f"{where}: ordinal error models with different score_step ({', '.join(f'{x:g}' for x in sorted(steps))}). Fix: use one score_step.")
+    return tuple(entries[n] for n in OBSERVABLE_NAMES if n in entries)
+
+
+def _covariates(table, model: Model, dataset: Dataset, where: str) -> tuple[CovariateEntry, ...]:
+    if not isinstance(table, list) or not all(isinstance(t, dict) for t in table):
+        raise SpecError(f"{where}: `covariates` must be [[covariates]] tables (parameter, covariate, model, reference).")
+    out = []
+    names = model.parameter_names
+    for k, entry in enumerate(table, start=1):
+        here = f"{where}: [[covariates]] #{k}"
+        _known_keys(entry, _COVARIATE_KEYS, here, "key")
+        for key in ("parameter", "covariate", "model", "reference"):
+            if key not in entry:
+                raise SpecError(f"{here} has no {key!r}. Fix: add `{key} = ...`.")
+        parameter, covariate, form = entry["parameter"], entry["covariate"], entry["model"]
+        if parameter not in names:
+            raise SpecError(f"{here}: unknown parameter {parameter!r} of model {model.name!r}. Fix: use one of {', '.join(names)}.")
+        if form not in COVARIATE_MODELS:
+            raise SpecError(f"{here}: unknown covariate model {form!r}. Fix: use one of {', '.join(COVARIATE_MODELS)}.")
+        if covariate not in dataset.covariates:
+            known = ", ".join(dataset.covariates) or "none"
+            raise SpecError(f"{here}: the data have no covariate column {covariate!r}. Fix: use one of the data's covariates ({known}).")
+        if covariate in dict(dataset.covariate_levels):
+            raise SpecError(f"{here}: covariate {covariate!r} is text; an effect needs a numeric column. Fix: code it as numbers (e.g. 0/1).")
+        reference = _number(entry["reference"], here, "reference")
+        values = np.asarray(dataset.covariates[covariate], dtype=float)
+        if not np.all(np.isfinite(values)):
+            missing = dataset.ids[int(np.argmax(~np.isfinite(values)))]
+            raise SpecError(f"{here}: covariate {covariate!r} is missing for ID {missing!r}. Fix: fill it in or remove the effect.")
+        if form == "power" and not (np.all(values > 0) and reference > 0):
+            raise SpecError(f"{here}: a power effect needs positive values of {covariate!r} and a positive reference. Fix: use model = \"exp\" or \"linear\".")
+        if any(c.effect.parameter == parameter and c.effect.covariate == covariate for c in out):
+            raise SpecError(f"{here}: a second effect of {covariate!r} on {parameter!r}. Fix: keep one.")
+        out.append(CovariateEntry(CovariateEffect(parameter, covariate, form, reference), _number(entry.get("initial", 0.0), here, "initial")))
+    return tuple(out)
+
+
+def _settings(table, defaults: dict, where: str, section: str) -> dict:
+    here = f"{where}: [{section}]"
+    if not isinstance(table, dict):
+        raise SpecError(f"{here} must be a table.")
+    _known_keys(table, tuple(defaults), here, "key")
+    out = dict(defaults)
+    for key, value in table.items():
+        default = defaults[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise SpecError(f"{here}: {key} must be true or false, got {value!r}.")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SpecError(f"{here}: {key} must be an integer >= 0, got {value!r}.")
+        else:
+            value = _number(value, here, key)
+            if not value > 0:
+                raise SpecError(f"{here}: {key} must be > 0, got {value:g}.")
+        out[key] = value
+    return out
+
+
+def _check_against_data(dataset: Dataset, parameters, errors, ignore, model: Model, where: str, source: str) -> None:
+    observed = set(dataset.observed_names())
+    described = {e.dvid for e in errors}
+    if not observed:
+        raise SpecError(f"{where}: the data ({source}) have no observation to fit. Fix: use data with observations, or fit fewer ignore_dvids.")
+    for d in ignore:
+        if d in described:
+            raise SpecError(f"{where}: {d!r} is both in ignore_dvids and has an [error.{d}] table. Fix: keep one of them.")
+    for d in OBSERVABLE_NAMES:
+        if d in observed and d not in described:
+            raise SpecError(
+                f"{where}: the data ({source}) observe {d!r} but the fit has no [error.{d}] table. "
+                f"Fix: add [error.{d}] with its kind, or list {d!r} in ignore_dvids."
+            )
+    for e in errors:
+        if e.estimate and e.dvid not in observed:
+            raise SpecError(
+                f"{where}: [error.{e.dvid}] estimates {', '.join(e.estimate)} but the data ({source}) have no {e.dvid!r} observation. "
+                f"Fix: set estimate = [] or remove [error.{e.dvid}], or add {e.dvid} data."
+            )
+    for p in parameters:
+        target = _ACTS_ONLY_ON.get(model.spec[p.name].group)
+        if (p.estimate or p.cv_percent is not None) and target and target not in observed:
+            raise SpecError(
+                f"{where}: [parameters.{p.name}] is estimated but acts only on {target!r}, which the data ({source}) do not observe. "
+                f"Fix: add {target} data, or set estimate = false and remove cv_percent."
+            )
+
+
+# ----------------------------------------------------------------------------- small checks
+
+
+def _known_keys(table: dict, known: tuple[str, ...], here: str, what: str) -> None:
+    for key in table:
+        if key not in known:
+            raise SpecError(f"{here}: unknown {what} {key!r}. Fix: use only {', '.join(known)}.")
+
+
+def _known_dvid(dvid: str, where: str, field: str) -> None:
+    if dvid not in OBSERVABLE_NAMES:
+        raise SpecError(f"{where}: {field}: unknown observation type {dvid!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
+
+
+def _number(value, here: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"{here}: {key} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def _string(value, where: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{where}: `{key}` must be a string, got {value!r}.")
+    return value
+
+
+def _within(value: float, lo: float, hi: float) -> bool:
+    """lo <= value <= hi, forgiving the rounding of a unit conversion at the bounds."""
+    tol = 1e-12 * max(abs(lo), abs(hi), 1.0)
+    return lo - tol <= value <= hi + tol

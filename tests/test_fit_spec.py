@@ -1,0 +1,285 @@
+"""Specification of fit files: every bad fit.toml is one clear error, raised before any computation."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import il2treg.fit.run
+from il2treg import cli
+from il2treg.errors import InputError, SpecError
+from il2treg.fit.spec import read_fit_spec
+
+DATA = """\
+ID,TIME,EVID,AMT,DVID,DV,WT,ARM
+1,0,0,,treg_per_uL,30.1,64,IL2
+1,0,0,,cd25_treg_rel,1.0,64,IL2
+1,0,1,1500000,,,64,IL2
+1,7,0,,treg_per_uL,60.5,64,IL2
+1,7,0,,cd25_treg_rel,1.3,64,IL2
+2,0,0,,treg_per_uL,25.0,80,IL2
+2,0,0,,cd25_treg_rel,1.0,80,IL2
+2,0,1,1500000,,,80,IL2
+2,7,0,,treg_per_uL,41.2,80,IL2
+2,7,0,,cd25_treg_rel,1.2,80,IL2
+"""
+
+GOOD = """\
+model = "il2_treg_sledai"
+data = "data.csv"
+
+[parameters.emax_treg]
+initial = 4.0
+[parameters.treg0]
+cv_percent = 40
+[parameters.kout_treg]
+estimate = false
+initial = 0.1
+
+[error.treg_per_uL]
+kind = "proportional"
+sigma_prop = 0.12
+[error.cd25_treg_rel]
+kind = "proportional"
+estimate = []
+"""
+
+
+@pytest.fixture()
+def fit_dir(tmp_path):
+    folder = tmp_path / "fits" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "data.csv").write_text(DATA)
+    return folder
+
+
+def write(folder, text: str):
+    path = folder / "fit.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_computation(monkeypatch):
+    """Any attempt to start estimating fails the test: validation must come first."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("computation started")
+
+    monkeypatch.setattr(il2treg.fit.run, "fit_population", forbidden)
+    monkeypatch.setattr(il2treg.fit.run, "make_problem", forbidden)
+
+
+def test_a_good_spec_names_what_is_estimated(fit_dir):
+    spec = read_fit_spec(write(fit_dir, GOOD))
+    assert spec.name == "tiny"  # the folder's name
+    assert spec.fixed == ("emax_treg", "treg0")
+    assert spec.random == ("treg0",)
+    assert spec.sigmas == (("treg_per_uL", "prop"),)
+    assert spec.dataset.n_subjects == 2
+    typical = spec.model.typical()
+    assert float(typical["emax_treg"]) == 4.0
+    assert float(typical["kout_treg"]) == pytest.approx(0.1)  # fixed at its `initial`
+    assert spec.optimiser.max_iter == 200 and spec.sri4.bilag_pga_keep == 0.956
+    residual = spec.residual_model()
+    assert float(residual.sigma_prop[2]) == 0.12 and residual.kinds[2] == "proportional"
+    assert spec.text == (fit_dir / "fit.toml").read_text()
+
+
+def test_units_of_initial_values_are_those_of_the_model_file(fit_dir):
+    spec = read_fit_spec(write(fit_dir, GOOD + "[parameters.ka]\ninitial = 0.3\n"))
+    assert float(spec.model.typical()["ka"]) == pytest.approx(0.3 * 24)  # 1/h in the file, 1/day inside
+
+
+def test_ignored_observation_types_are_masked_not_fitted(fit_dir):
+    text = GOOD.replace('[error.cd25_treg_rel]\nkind = "proportional"\nestimate = []\n', "").replace(
+        'data = "data.csv"', 'data = "data.csv"\nignore_dvids = ["cd25_treg_rel"]'
+    )
+    spec = read_fit_spec(write(fit_dir, text))
+    assert spec.dataset.observed_names() == ("treg_per_uL",)
+    assert int(spec.dataset.obs_mask.sum()) == 4
+
+
+def test_covariate_effects_are_read(fit_dir):
+    spec = read_fit_spec(write(fit_dir, GOOD + '[[covariates]]\nparameter = "treg0"\ncovariate = "WT"\nmodel = "power"\nreference = 70\n'))
+    (entry,) = spec.covariates
+    assert entry.effect.name == "beta_treg0_WT" and entry.effect.reference == 70.0 and entry.initial == 0.0
+
+
+def _replace(old: str, new: str):
+    return lambda text: text.replace(old, new)
+
+
+def _append(extra: str):
+    return lambda text: text + extra
+
+
+BAD = [
+    ("unknown-parameter", _append("[parameters.emax_treggs]\n"),
+     "{path}: [parameters.emax_treggs]: unknown parameter 'emax_treggs' of model 'il2_treg_sledai'. Fix: use one of {names}."),
+    ("unknown-model", _replace('model = "il2_treg_sledai"', 'model = "il2_treg_sledia"'),
+     "{path}: unknown model 'il2_treg_sledia'. Fix: use one of {models} or a path to a .toml file."),
+    ("missing-model-file", _replace('model = "il2_treg_sledai"', 'model = "models/mine.toml"'),
+     "{path}: model file '{folder}/models/mine.toml' does not exist. Fix: give a path relative to the fit file, or a model name."),
+    ("missing-data-file", _replace('data = "data.csv"', 'data = "nodata.csv"'),
+     "{path}: data file '{folder}/nodata.csv' does not exist. Fix: give a CSV path relative to the fit file, or il2treg:<name> for a packaged dataset."),
+    ("unknown-packaged-dataset", _replace('data = "data.csv"', 'data = "il2treg:lupil3"'),
+     "{path}: unknown packaged dataset 'il2treg:lupil3'. Fix: use one of il2treg:lupil2_virtual, or a CSV path."),
+    ("initial-outside-bounds", _replace("initial = 4.0", "initial = 40.0"),
+     "{path}: [parameters.emax_treg]: initial 40 1 is outside the bounds [0.5, 30] 1 of 'emax_treg'. "
+     "Fix: choose an initial value inside the bounds, or widen them in the model file."),
+    ("initial-outside-bounds-in-file-units", _append("[parameters.ka]\ninitial = 2.0\n"),
+     "{path}: [parameters.ka]: initial 2 1/h is outside the bounds [0.05, 1] 1/h of 'ka'. "
+     "Fix: choose an initial value inside the bounds, or widen them in the model file."),
+    ("logit-start-on-a-bound", _append("[parameters.F]\ninitial = 1.0\n"),
+     "{path}: [parameters.F]: 'F' is estimated on the logit scale and needs a start strictly inside its bounds, got 1 1. "
+     "Fix: set `initial` inside the bounds."),
+    ("random-effect-without-log-transform", _append("[parameters.emax_tconv]\ncv_percent = 30\n"),
+     "{path}: [parameters.emax_tconv]: a random effect is log-normal and needs a parameter with transform \"log\"; 'emax_tconv' has "
+     "'identity'. Fix: remove cv_percent, or set transform = \"log\" in the model file."),
+    ("estimated-sigma-without-observations", _append('[error.sledai]\nkind = "ordinal"\nsigma_add = 1.5\n'),
+     "{path}: [error.sledai] estimates sigma_add but the data (data.csv) have no 'sledai' observation. "
+     "Fix: set estimate = [] or remove [error.sledai], or add sledai data."),
+    ("disease-parameter-without-sledai", _append("[parameters.imax]\n"),
+     "{path}: [parameters.imax] is estimated but acts only on 'sledai', which the data (data.csv) do not observe. "
+     "Fix: add sledai data, or set estimate = false and remove cv_percent."),
+    ("observed-type-without-error-model", _replace('[error.cd25_treg_rel]\nkind = "proportional"\nestimate = []\n', ""),
+     "{path}: the data (data.csv) observe 'cd25_treg_rel' but the fit has no [error.cd25_treg_rel] table. "
+     "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids."),
+    ("unknown-top-level-key", lambda t: "algorithm = \"saem\"\n" + t,
+     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, ignore_dvids, parameters, covariates, error, optimiser, sri4."),
+    ("unknown-parameter-key", _replace("initial = 4.0", "inital = 4.0"),
+     "{path}: [parameters.emax_treg]: unknown key 'inital'. Fix: use only initial, estimate, cv_percent."),
+    ("unknown-error-key", _replace("sigma_prop = 0.12", "sigma = 0.12"),
+     "{path}: [error.treg_per_uL]: unknown key 'sigma'. Fix: use only kind, sigma_add, sigma_prop, estimate, score_step."),
+    ("unknown-optimiser-key", _append("[optimiser]\nmaxiter = 5\n"),
+     "{path}: [optimiser]: unknown key 'maxiter'. Fix: use only max_iter, ftol, gtol, covariance."),
+    ("unknown-error-kind", _replace('kind = "proportional"\nsigma_prop = 0.12', 'kind = "poisson"\nsigma_prop = 0.12'),
+     "{path}: [error.treg_per_uL]: kind must be one of additive, proportional, combined, log, ordinal, got 'poisson'."),
+    ("sigma-the-kind-does-not-use", _replace("sigma_prop = 0.12", "sigma_prop = 0.12\nsigma_add = 1.0"),
+     "{path}: [error.treg_per_uL]: kind 'proportional' has no sigma_add. Fix: remove it, or give only sigma_prop."),
+    ("unknown-observation-type", _append('[error.il6_pM]\nkind = "log"\n'),
+     "{path}: [error.il6_pM]: unknown observation type 'il6_pM'. Fix: use one of il2_pM, treg_pct_cd4, treg_per_uL, tconv_per_uL, "
+     "nk56bright_per_uL, cd25_treg_rel, sledai."),
+    ("unknown-covariate-column", _append('[[covariates]]\nparameter = "treg0"\ncovariate = "BMI"\nmodel = "power"\nreference = 25\n'),
+     "{path}: [[covariates]] #1: the data have no covariate column 'BMI'. Fix: use one of the data's covariates (WT, ARM)."),
+    ("text-covariate", _append('[[covariates]]\nparameter = "treg0"\ncovariate = "ARM"\nmodel = "exp"\nreference = 0\n'),
+     "{path}: [[covariates]] #1: covariate 'ARM' is text; an effect needs a numeric column. Fix: code it as numbers (e.g. 0/1)."),
+    ("negative-max-iter", _append("[optimiser]\nmax_iter = -1\n"),
+     "{path}: [optimiser]: max_iter must be an integer >= 0, got -1."),
+]
+
+
+@pytest.mark.parametrize("edit, message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_spec_is_one_clear_error_before_any_computation(fit_dir, edit, message):
+    path = write(fit_dir, edit(GOOD))
+    names = ", ".join(il2treg.load_model().parameter_names)
+    with pytest.raises(SpecError) as info:
+        read_fit_spec(path)
+    models = _known_models(str(info.value))
+    assert str(info.value) == message.format(path=path, folder=fit_dir, names=names, models=models)
+    assert "\n" not in str(info.value)
+
+
+def _known_models(message: str) -> str:
+    """The list of model names an unknown-model message offers (it grows with models/)."""
+    if "unknown model" not in message:
+        return ""
+    known = message.split("Fix: use one of ", 1)[1].removesuffix(" or a path to a .toml file.")
+    assert "il2_treg_sledai" in known.split(", ")
+    return known
+
+
+def test_missing_fit_file_is_named(tmp_path):
+    with pytest.raises(SpecError, match=r"fit file '.*nowhere.toml' does not exist\. Fix: check the path"):
+        read_fit_spec(tmp_path / "nowhere.toml")
+
+
+def test_invalid_toml_is_reported_with_its_file(fit_dir):
+    path = write(fit_dir, GOOD + "[parameters.ka\n")
+    with pytest.raises(SpecError, match=r"fit.toml: not valid TOML .* Fix: correct the syntax\."):
+        read_fit_spec(path)
+
+
+def test_run_fit_refuses_an_existing_folder_before_computing(fit_dir):
+    out = fit_dir / "results"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results")
+    with pytest.raises(InputError, match="already exists. Fix: choose another --out or pass --force"):
+        il2treg.fit.run.run_fit(write(fit_dir, GOOD), out)
+    assert (out / "keep.txt").read_text() == "earlier results"
+
+
+def test_run_fit_validates_a_spec_path_before_computing(fit_dir):
+    with pytest.raises(SpecError, match="unknown parameter 'nope'"):
+        il2treg.fit.run.run_fit(write(fit_dir, GOOD + "[parameters.nope]\n"), fit_dir / "out")
+    assert not (fit_dir / "out").exists()
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["il2treg", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_cli_bad_spec_is_one_line_and_exit_2(monkeypatch, capsys, fit_dir):
+    path = write(fit_dir, GOOD.replace("initial = 4.0", "initial = 40.0"))
+    code, _, err = run_cli(monkeypatch, capsys, "fit", str(path), "--out", str(fit_dir / "out"))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("il2treg: error: ") and "outside the bounds" in err
+    assert not (fit_dir / "out").exists()
+
+
+def test_cli_existing_results_folder_is_one_line_and_exit_2(monkeypatch, capsys, fit_dir):
+    out = fit_dir / "out"
+    out.mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, "fit", str(write(fit_dir, GOOD)), "--out", str(out))
+    assert code == 2
+    assert err.count("\n") == 1 and "already exists" in err and "--force" in err
+
+
+def test_score_change_probability_is_the_exact_sum_of_the_score_model():
+    """Against a Monte Carlo of the score model (round, floor at 0), for steps 1 and 2."""
+    from il2treg.fit.run import score_change_probability
+
+    rng = np.random.default_rng(0)
+    l0, l1, sd = np.array([11.0, 6.0, 2.5]), np.array([4.5, 5.0, 0.3]), np.array([1.5, 2.0, 1.0])
+    for step in (1.0, 2.0):
+        p, e0, e1 = score_change_probability(l0, l1, sd, sd, 4.0, step=step)
+        x0 = l0[:, None] + sd[:, None] * rng.standard_normal((3, 400_000))
+        x1 = l1[:, None] + sd[:, None] * rng.standard_normal((3, 400_000))
+        y0 = np.maximum(step * np.round(x0 / step), 0.0)
+        y1 = np.maximum(step * np.round(x1 / step), 0.0)
+        mc = np.mean(y0 - y1 >= 4.0, axis=1)
+        np.testing.assert_allclose(p, mc, atol=4 * np.sqrt(0.25 / 400_000))
+        np.testing.assert_allclose(e0, y0.mean(axis=1), atol=0.02)
+        np.testing.assert_allclose(e1, y1.mean(axis=1), atol=0.02)
+    assert np.isnan(score_change_probability([np.nan], [1.0], [1.0], [1.0])[0][0])
+
+
+def test_packaged_datasets_are_found_by_name(fit_dir, monkeypatch):
+    import il2treg.datasets
+    from il2treg.data import read_dataset
+
+    monkeypatch.setattr(il2treg.datasets, "lupil2_virtual", lambda: read_dataset(fit_dir / "data.csv"), raising=False)
+    spec = read_fit_spec(write(fit_dir, GOOD.replace('data = "data.csv"', 'data = "il2treg:lupil2_virtual"')))
+    assert spec.dataset.n_subjects == 2 and spec.data_source == "il2treg:lupil2_virtual"
+    monkeypatch.delattr(il2treg.datasets, "lupil2_virtual")
+    with pytest.raises(SpecError, match=r"packaged dataset 'il2treg:lupil2_virtual' is not in this installation of il2treg\. Fix:"):
+        read_fit_spec(fit_dir / "fit.toml")
+
+
+def test_invalid_data_file_names_the_fit_the_file_and_the_row(fit_dir):
+    from il2treg.errors import DataError
+
+    (fit_dir / "data.csv").write_text(DATA.replace("1,7,0,,treg_per_uL,60.5", "1,7,0,,treg_per_uL,-"))
+    with pytest.raises(DataError) as info:
+        read_fit_spec(write(fit_dir, GOOD))
+    assert str(info.value).startswith(f"{fit_dir / 'fit.toml'}: data file '{fit_dir / 'data.csv'}': DV must be a finite number; row 4 has '-'.")
+    assert info.value.row == 4 and info.value.column == "DV"
