@@ -110,7 +110,7 @@ def fit_population(
             break
         include = include & ~misfit
     n_obs = int(jnp.sum(jnp.where(include[:, None], objective.patients.obs_mask, False)))
-    cov = _covariance(objective, psi, inner, include) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
+    cov = estimate_covariance(objective, psi, inner, include) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
     return PopulationFit(
         psi=psi, psi_names=objective.problem.psi_names, ofv=ofv, covariance=cov, eta=inner.eta,
         inner_status=inner.status, included=include, iterations=it, converged=converged,
@@ -174,16 +174,20 @@ def _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, st
     return psi, inner, ofv, it, converged, history
 
 
-def _covariance(objective: Objective, psi, inner: InnerResult, include, rel_step: float = 1e-4):
-    """2 R^-1, R by central differences of the exact gradient at re-converged EBEs."""
+def estimate_covariance(objective: Objective, psi, inner: InnerResult, include, rel_step: float = 1e-4):
+    """2 R^-1, R by forward differences of the exact gradient at re-converged EBEs (k + 1 gradients).
+
+    Forward rather than central differences halve the cost; with a relative step of 1e-4 the
+    truncation error of the SEs is of that order, far below their own sampling error.
+    """
     k = len(psi)
+    g0 = objective.gradient(psi, inner.eta, include)
     cols = []
     for j in range(k):
         h = rel_step * max(1.0, abs(float(psi[j])))
         e = jnp.zeros(k).at[j].set(h)
         gp = objective.gradient(psi + e, objective.inner(psi + e, inner.eta).eta, include)
-        gm = objective.gradient(psi - e, objective.inner(psi - e, inner.eta).eta, include)
-        cols.append((gp - gm) / (2 * h))
+        cols.append((gp - g0) / h)
     r = jnp.stack(cols, axis=1)
     r = 0.5 * (r + r.T)
     try:

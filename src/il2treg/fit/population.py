@@ -32,6 +32,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from il2treg.fit.individual import InnerResult, batch_inner_solve, observation_derivatives
@@ -60,19 +61,33 @@ def patient_terms(problem: FitProblem, psi, base_residual, inner: InnerResult, p
 def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: PatientData):
     """d L_i / d psi including the implicit dependence of eta_hat on psi (see module docstring)."""
     nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
+    # A log-scale fixed effect with its own random effect moves the prediction exactly as that
+    # random effect does (theta_i = exp(u + eta)), so its sensitivity columns are shared rather
+    # than propagated again through the ODE (not with a linear covariate effect in between).
+    additive = {e.parameter for e in problem.covariates if e.model == "linear"}
+    linked = {k: problem.random.index(n) for k, n in enumerate(problem.fixed) if n in problem.random and n not in additive}
+    free = [k for k in range(nf) if k not in linked]
+    n_free = len(free)
+    free_idx = jnp.asarray(free, dtype=jnp.int32)
 
-    def pred_jac(z):
-        theta = covariate_theta(problem, typical_theta(problem, z[:nf]), z[nf:ns], patient.covariates)
+    def pred_jac(zr):
+        u = psi[:nf].at[free_idx].set(zr[:n_free]) if free else psi[:nf]
+        theta = covariate_theta(problem, typical_theta(problem, u), zr[n_free : n_free + ns - nf], patient.covariates)
 
         def fwd(e):
             p, _ = predict(problem, individual_theta(problem, theta, e), patient)
             return p, p
 
-        jac, pred = jax.jacfwd(fwd, has_aux=True)(z[ns:])
+        jac, pred = jax.jacfwd(fwd, has_aux=True)(zr[n_free + ns - nf :])
         return (pred, jac), (pred, jac)
 
-    z = jnp.concatenate([psi[:ns], eta])
-    (dpred, djac), (pred, jac) = jax.jacfwd(pred_jac, has_aux=True)(z)  # [T, nz], [T, ne, nz]
+    zr = jnp.concatenate([psi[:nf][free_idx] if free else jnp.zeros(0), psi[nf:ns], eta])
+    (dpred_r, djac_r), (pred, jac) = jax.jacfwd(pred_jac, has_aux=True)(zr)
+    # Columns in the order z = (u, beta, eta).
+    source = [free.index(k) if k in free else n_free + ns - nf + linked[k] for k in range(nf)]
+    source += list(range(n_free, n_free + ns - nf + ne))
+    order = jnp.asarray(source, dtype=jnp.int32)
+    dpred, djac = dpred_r[:, order], djac_r[:, :, order]  # [T, nz], [T, ne, nz]
 
     def bracket_of(pred, jac, eta_, rest):
         up = unpack(problem, jnp.concatenate([psi[:ns], rest]), base_residual)
@@ -117,3 +132,63 @@ class Objective(eqx.Module):
         grad = lambda args: patient_gradient(self.problem, psi, self.base_residual, args[0], args[1])
         per_patient = jax.lax.map(grad, (eta, self.patients), batch_size=self.batch_size)
         return jnp.sum(jnp.where(include[:, None], per_patient, 0.0), axis=0)
+
+
+class ThreadedObjective:
+    """An :class:`Objective` whose patients are split over threads (one XLA computation each).
+
+    A jitted objective runs on one core; the patients are dealt out in interleaved slices of
+    equal length (the last padded with a repeat that never counts), so every thread reuses one
+    compiled function, and the results are put back in patient order. Same interface as
+    :class:`Objective`.
+    """
+
+    def __init__(self, objective: Objective, workers: int | None = None):
+        import os
+
+        self.problem = objective.problem
+        self.base_residual = objective.base_residual
+        self.patients = objective.patients
+        n = objective.patients.obs_time.shape[0]
+        workers = max(1, min(workers or os.cpu_count() or 1, n // 8))
+        size = -(-n // workers)
+        self._rows, self._real, self._parts = [], [], []
+        for w in range(workers):
+            rows = np.arange(w, n, workers)
+            real = np.ones(size, bool)
+            real[rows.size :] = False
+            rows = np.concatenate([rows, np.full(size - rows.size, rows[-1])])
+            self._rows.append(rows)
+            self._real.append(real)
+            self._parts.append(eqx.tree_at(lambda o: o.patients, objective, jax.tree_util.tree_map(lambda x: x[rows], objective.patients)))
+        self._n = n
+
+    def _map(self, fn):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(self._parts)) as pool:
+            return list(pool.map(lambda k: jax.block_until_ready(fn(k)), range(len(self._parts))))
+
+    def inner(self, psi, eta0) -> InnerResult:
+        parts = self._map(lambda k: self._parts[k].inner(psi, eta0[self._rows[k]]))
+        out = jax.tree_util.tree_map(lambda x: np.empty((self._n, *x.shape[1:]), dtype=x.dtype), parts[0])
+        for rows, real, part in zip(self._rows, self._real, parts):
+            out = jax.tree_util.tree_map(lambda o, x: _assign(o, rows[real], np.asarray(x)[real]), out, part)
+        return jax.tree_util.tree_map(jnp.asarray, out)
+
+    def value(self, psi, inner: InnerResult, include):
+        parts = self._map(lambda k: self._parts[k].value(psi, _take(inner, self._rows[k]), jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))
+        return jnp.sum(jnp.stack(parts))
+
+    def gradient(self, psi, eta, include):
+        parts = self._map(lambda k: self._parts[k].gradient(psi, eta[self._rows[k]], jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))
+        return jnp.sum(jnp.stack(parts), axis=0)
+
+
+def _take(tree, rows):
+    return jax.tree_util.tree_map(lambda x: x[rows], tree)
+
+
+def _assign(out, rows, values):
+    out[rows] = values
+    return out

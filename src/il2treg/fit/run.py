@@ -46,9 +46,9 @@ import pandas as pd
 from scipy import special
 
 from il2treg.errors import InputError
-from il2treg.fit.estimate import PopulationFit, _covariance, fit_population, natural_estimates, shrinkage
+from il2treg.fit.estimate import PopulationFit, estimate_covariance, fit_population, natural_estimates, shrinkage
 from il2treg.fit.individual import STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED
-from il2treg.fit.population import Objective
+from il2treg.fit.population import Objective, ThreadedObjective
 from il2treg.fit.problem import (
     FitProblem, PatientData, covariate_theta, individual_theta, make_problem, patient_arrays, predict, to_unconstrained, unpack,
 )  # fmt: skip
@@ -104,7 +104,7 @@ def compute_fit(spec: FitSpec, *, progress: Progress | None = None) -> FitResult
         spec.model, data, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas,
         residual_kinds={e.dvid: e.kind for e in spec.errors}, covariates=spec.effects,
     )  # fmt: skip
-    objective = Objective(problem, patient_arrays(data, problem.covariates), residual0)
+    objective = ThreadedObjective(Objective(problem, patient_arrays(data, problem.covariates), residual0))
     psi0 = initial_psi(spec, problem, residual0)
     emit({"stage": "start", "elapsed_s": time.perf_counter() - start})
 
@@ -124,7 +124,7 @@ def compute_fit(spec: FitSpec, *, progress: Progress | None = None) -> FitResult
         emit({"stage": "covariance", "elapsed_s": time.perf_counter() - start})
         t = time.perf_counter()
         inner = objective.inner(fit.psi, fit.eta)
-        fit = eqx.tree_at(lambda f: f.covariance, fit, _covariance(objective, fit.psi, inner, fit.included))
+        fit = eqx.tree_at(lambda f: f.covariance, fit, estimate_covariance(objective, fit.psi, inner, fit.included))
         timing["covariance_s"] = time.perf_counter() - t
 
     emit({"stage": "predictions", "elapsed_s": time.perf_counter() - start})
