@@ -81,3 +81,17 @@ def fit_case(model):
         jnp.log(jnp.full(len(FIT_RANDOM), 0.3)), jnp.log(jnp.full(len(FIT_SIGMAS), 0.15)),
     ])  # fmt: skip
     return dict(data=data, params=params, problem=problem, residual=residual, objective=objective, truth=truth, psi0=psi0)
+
+
+def run_cli(monkeypatch, capsys, *args):
+    """Run the il2treg command in-process: (exit code, stdout, stderr)."""
+    import sys
+
+    from il2treg import cli
+
+    monkeypatch.setattr(sys, "argv", ["il2treg", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err

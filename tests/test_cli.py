@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import pandas as pd
 import pytest
 
-from il2treg import cli
-
-
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["il2treg", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+from conftest import run_cli
 
 
 def test_simulate_writes_the_long_table_and_the_figure(monkeypatch, capsys, tmp_path):
     out = tmp_path / "sim"
-    code, stdout, _ = run(monkeypatch, capsys, "simulate", "--regimen", "lupil2", "--n", "3", "--seed", "0", "--out", str(out), "--days", "14", "--dt", "0.5")
+    code, stdout, _ = run_cli(monkeypatch, capsys, "simulate", "--regimen", "lupil2", "--n", "3", "--seed", "0", "--out", str(out), "--days", "14", "--dt", "0.5")
     assert code == 0
     frame = pd.read_csv(out / "simulation.csv")
     assert list(frame.columns) == ["ID", "TIME", "DVID", "VALUE"]
@@ -36,7 +25,7 @@ def test_simulate_typical_gives_one_id_from_a_regimen_csv(monkeypatch, capsys, t
     rows = tmp_path / "doses.csv"
     pd.DataFrame({"TIME": [0.0, 7.0], "AMT": [1e6, 1e6], "ADDL": [0, 3], "II": [0, 7]}).to_csv(rows, index=False)
     out = tmp_path / "sim"
-    code, _, _ = run(monkeypatch, capsys, "simulate", "--regimen", str(rows), "--typical", "--out", str(out), "--days", "7")
+    code, _, _ = run_cli(monkeypatch, capsys, "simulate", "--regimen", str(rows), "--typical", "--out", str(out), "--days", "7")
     assert code == 0
     assert pd.read_csv(out / "simulation.csv").ID.unique().tolist() == [1]
 
@@ -45,7 +34,7 @@ def test_existing_output_is_never_overwritten_without_force(monkeypatch, capsys,
     out = tmp_path / "sim"
     out.mkdir()
     (out / "keep.txt").write_text("user results")
-    code, _, err = run(monkeypatch, capsys, "simulate", "--typical", "--out", str(out), "--days", "1")
+    code, _, err = run_cli(monkeypatch, capsys, "simulate", "--typical", "--out", str(out), "--days", "1")
     assert code == 2
     assert err.count("\n") == 1 and "already exists" in err and "--force" in err
     assert (out / "keep.txt").read_text() == "user results"
@@ -59,19 +48,19 @@ def test_existing_output_is_never_overwritten_without_force(monkeypatch, capsys,
 def test_bad_regimen_csv_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, content, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)
-    code, _, err = run(monkeypatch, capsys, "simulate", "--regimen", str(path), "--out", str(tmp_path / "o"))
+    code, _, err = run_cli(monkeypatch, capsys, "simulate", "--regimen", str(path), "--out", str(tmp_path / "o"))
     assert code == 2
     assert err.startswith("il2treg: error:") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "o").exists()
 
 
 def test_unknown_regimen_name_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
-    code, _, err = run(monkeypatch, capsys, "simulate", "--regimen", "lupil3", "--out", str(tmp_path / "o"))
+    code, _, err = run_cli(monkeypatch, capsys, "simulate", "--regimen", "lupil3", "--out", str(tmp_path / "o"))
     assert code == 2 and "lupil3" in err and "lupil2" in err and err.count("\n") == 1
 
 
 def test_invalid_option_value_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
-    code, _, err = run(monkeypatch, capsys, "simulate", "--n", "0", "--out", str(tmp_path / "o"))
+    code, _, err = run_cli(monkeypatch, capsys, "simulate", "--n", "0", "--out", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and "--n" in err
 
 
@@ -81,21 +70,21 @@ def test_data_check_summarises_a_valid_file(monkeypatch, capsys, tmp_path):
         {"ID": [1, 1, 1], "TIME": [0.0, 0.0, 7.0], "EVID": [1, 0, 0], "AMT": [1.5e6, None, None],
          "DVID": [None, "treg_pct_cd4", "treg_pct_cd4"], "DV": [None, 5.0, 8.0]}
     ).to_csv(path, index=False)  # fmt: skip
-    code, stdout, _ = run(monkeypatch, capsys, "data", "check", str(path))
+    code, stdout, _ = run_cli(monkeypatch, capsys, "data", "check", str(path))
     assert code == 0 and "treg_pct_cd4" in stdout
 
 
 def test_data_check_reports_a_bad_file_in_one_line(monkeypatch, capsys, tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("ID,TIME,EVID,AMT,DVID,DV\n1,0,0,,treg_pct_cd4,5\n1,-1,0,,treg_pct_cd4,6\n")
-    code, _, err = run(monkeypatch, capsys, "data", "check", str(path))
+    code, _, err = run_cli(monkeypatch, capsys, "data", "check", str(path))
     assert code == 2 and err.count("\n") == 1 and "TIME" in err
 
 
 def test_trial_json_prints_exactly_one_object_with_the_documented_keys(monkeypatch, capsys):
     import json
 
-    code, stdout, _ = run(monkeypatch, capsys, "trial", "--design", "lupil2", "--replicates", "20", "--seed", "0", "--json")
+    code, stdout, _ = run_cli(monkeypatch, capsys, "trial", "--design", "lupil2", "--replicates", "20", "--seed", "0", "--json")
     assert code == 0
     summary = json.loads(stdout)  # the whole output is one JSON object
     assert set(summary) == {"itt", "per_protocol", "replicates"} and summary["replicates"] == 20
@@ -110,12 +99,12 @@ def test_trial_with_a_placebo_regimen_in_the_active_arm_shows_no_effect(monkeypa
 
     rows = tmp_path / "none.csv"
     pd.DataFrame({"TIME": [0.0], "AMT": [0.0]}).to_csv(rows, index=False)
-    code, stdout, _ = run(monkeypatch, capsys, "trial", "--replicates", "20", "--seed", "0", "--regimen", str(rows), "--json")
+    code, stdout, _ = run_cli(monkeypatch, capsys, "trial", "--replicates", "20", "--seed", "0", "--regimen", str(rows), "--json")
     assert code == 0
     itt = json.loads(stdout)["itt"]
     assert abs(itt["difference"]) < 0.05
 
 
 def test_unknown_trial_design_is_one_line_and_exit_2(monkeypatch, capsys):
-    code, _, err = run(monkeypatch, capsys, "trial", "--design", "nope")
+    code, _, err = run_cli(monkeypatch, capsys, "trial", "--design", "nope")
     assert code == 2 and err.count("\n") == 1 and "nope" in err

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
 import il2treg.fit.run
-from il2treg import cli
+from conftest import run_cli
 from il2treg.errors import InputError, SpecError
 from il2treg.fit.spec import read_fit_spec
 
@@ -217,15 +216,6 @@ def test_run_fit_validates_a_spec_path_before_computing(fit_dir):
     with pytest.raises(SpecError, match="unknown parameter 'nope'"):
         il2treg.fit.run.run_fit(write(fit_dir, GOOD + "[parameters.nope]\n"), fit_dir / "out")
     assert not (fit_dir / "out").exists()
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["il2treg", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_cli_bad_spec_is_one_line_and_exit_2(monkeypatch, capsys, fit_dir):
