@@ -4,7 +4,9 @@ Each outer iteration: an L-BFGS direction (``optax.scale_by_lbfgs``) from the ex
 backtracking (Armijo) line search on the objective, where every trial point re-optimises the
 empirical Bayes estimates warm-started from the last ones; convergence when the objective
 changes by less than ``ftol`` and the largest gradient component is below ``gtol``, or when the
-line search finds no decrease with the gradient below ``gtol``. The defaults match the noise
+expected decrease of the quasi-Newton step (half of :math:`g^\top d`, the L-BFGS decrement) is
+below ``ftol``: the gradient of a 100-patient objective has a noise floor of a few 1e-2 at the
+solver's rtol of 1e-6 (measured), so a gradient test alone would not end. The defaults match the noise
 floor of the objective at the solver's rtol of 1e-6 (OFV changes of ~1e-6 between iterations
 near the optimum were measured on a 30-patient fit).
 
@@ -148,6 +150,9 @@ def _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, st
         if not slope > 0:  # not a descent direction: restart from steepest descent
             state = opt.init(psi)
             direction, slope = grad, float(grad @ grad)
+        elif it > 1 and 0.5 * slope < ftol:  # quasi-Newton decrement: no meaningful decrease left
+            converged = True
+            break
         step = 1.0 if it > 1 else min(1.0, 0.1 / float(jnp.max(jnp.abs(direction))))
         for _ in range(30):
             trial = psi - step * direction
