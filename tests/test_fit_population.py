@@ -5,6 +5,7 @@ from __future__ import annotations
 import diffrax as dfx
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import il2treg
 from il2treg.fit import Objective, make_problem, patient_arrays
@@ -56,3 +57,18 @@ def test_patient_whose_ode_fails_is_flagged_and_excluded(model, fit_case):
     status = np.asarray(inner.status)
     assert status[data.ids.index(99)] == 2
     assert np.all(np.delete(status, data.ids.index(99)) == 0)
+
+
+def test_patients_split_over_threads_give_the_same_objective(fit_case):
+    from il2treg.fit.population import ThreadedObjective
+
+    objective, psi = fit_case["objective"], fit_case["psi0"]
+    threaded = ThreadedObjective(objective, workers=2)
+    eta0 = jnp.zeros((24, objective.problem.n_eta))
+    one, two = objective.inner(psi, eta0), threaded.inner(psi, eta0)
+    np.testing.assert_allclose(two.eta, one.eta, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(two.status, one.status)
+    include = one.status == 0
+    assert float(threaded.value(psi, two, include)) == pytest.approx(float(objective.value(psi, one, include)), rel=1e-12)
+    np.testing.assert_allclose(threaded.gradient(psi, two.eta, include), objective.gradient(psi, one.eta, include), rtol=1e-9)
+
