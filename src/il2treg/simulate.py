@@ -284,17 +284,28 @@ def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, 
     return values[inverse], status[inverse]
 
 
+def interleaved_rows(n: int, workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Deal ``n`` rows out to ``workers`` in interleaved slices of equal length.
+
+    Returns ``(rows, real)`` per worker: the last slices are padded with a repeat of their last
+    row (``real`` False there), so every worker runs one compiled shape; interleaving gives each
+    a similar mix of easy and hard patients.
+    """
+    size = -(-n // workers)
+    out = []
+    for w in range(workers):
+        rows = np.arange(w, n, workers)
+        real = np.arange(size) < rows.size
+        out.append((np.concatenate([rows, np.full(size - rows.size, rows[-1])]), real))
+    return out
+
+
 def _threaded(model, inputs, options, axes, slots, n, workers):
     """Solve interleaved slices of a concrete batch on ``workers`` threads (one core each).
 
     Slices are padded to equal length so that every thread reuses one compiled solve.
     """
-    size = -(-n // workers)
-    parts = []
-    for w in range(workers):
-        rows = np.arange(w, n, workers)
-        rows = np.concatenate([rows, np.full(size - rows.size, rows[-1])])
-        parts.append((rows, tuple(x[rows] if a == 0 else x for x, a in zip(inputs, axes))))
+    parts = [(rows, tuple(x[rows] if a == 0 else x for x, a in zip(inputs, axes))) for rows, _ in interleaved_rows(n, workers)]
     solve = lambda part: jax.block_until_ready(_simulate_batch(model, *part[1], options, axes, slots))
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(solve, parts))

@@ -38,6 +38,7 @@ from jaxtyping import Array, Float
 from il2treg.fit.individual import InnerResult, batch_inner_solve, observation_derivatives
 from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, individual_theta, predict, typical_theta, unpack
 from il2treg.likelihood import ResidualModel
+from il2treg.simulate import interleaved_rows
 
 
 def _bracket(residual: ResidualModel, omega, pred, jac, eta, patient: PatientData):
@@ -151,16 +152,11 @@ class ThreadedObjective:
         self.patients = objective.patients
         n = objective.patients.obs_time.shape[0]
         workers = max(1, min(workers or os.cpu_count() or 1, n // 8))
-        size = -(-n // workers)
         self._rows, self._real, self._parts = [], [], []
-        for w in range(workers):
-            rows = np.arange(w, n, workers)
-            real = np.ones(size, bool)
-            real[rows.size :] = False
-            rows = np.concatenate([rows, np.full(size - rows.size, rows[-1])])
+        for rows, real in interleaved_rows(n, workers):
             self._rows.append(rows)
             self._real.append(real)
-            self._parts.append(eqx.tree_at(lambda o: o.patients, objective, jax.tree_util.tree_map(lambda x: x[rows], objective.patients)))
+            self._parts.append(eqx.tree_at(lambda o: o.patients, objective, _take(objective.patients, rows)))
         self._n = n
 
     def _map(self, fn):
