@@ -1,14 +1,16 @@
 r"""Latent SELENA-SLEDAI activity: standard-of-care course plus a Treg-driven drug effect.
 
 .. math::
-    L(t) = L_0 - P_{max}\,(1 - e^{-k_{pl} t}) + \Delta(t)
+    L(t) = L_0 - P_{max}\,(1 - e^{-k_{pl} t}) + I_{max} L_0\, E(t)
 
-    \frac{d\Delta}{dt} = k_D\,\left(-I_{max} L_0\, G(R_T) - \Delta\right), \qquad
+    \frac{dE}{dt} = k_D\,\left(-G(R_T) - E\right), \qquad
     G(R) = \frac{(R - 1)_+}{R_{50} + (R - 1)_+}
 
 :math:`L_0` is the baseline score (points), the second term the standard-of-care (placebo) course,
-and :math:`\Delta \le 0` the drug effect, which follows the Treg fold-change :math:`R_T` with rate
-:math:`k_D` (1/day). The link from Treg expansion to SLEDAI is a hypothesis (no published
+and :math:`\Delta = I_{max} L_0 E \le 0` the drug effect (points), with :math:`E \in [-1, 0]` its
+fraction of the maximum, which follows the Treg fold-change :math:`R_T` with rate :math:`k_D`
+(1/day). Keeping :math:`I_{max} L_0` out of the ODE (it only scales the observation) means fits need
+no ODE sensitivities with respect to :math:`I_{max}` or :math:`L_0`. The link from Treg expansion to SLEDAI is a hypothesis (no published
 quantitative model exists); its parameters are calibrated to the LUPIL-2 response rates.
 :math:`L` is the expected (continuous) score; the observed integer score and SRI-4 are
 observation models built on it.
@@ -32,15 +34,14 @@ def treg_effect(r_treg: Float[Array, ""], r50: Float[Array, ""]) -> Float[Array,
 
 
 def effect_derivative(
-    delta: Float[Array, ""], r_treg: Float[Array, ""], p: dict[str, Float[Array, ""]]
+    effect: Float[Array, ""], r_treg: Float[Array, ""], p: dict[str, Float[Array, ""]]
 ) -> Float[Array, ""]:
-    """Derivative (points/day) of the drug effect on SLEDAI."""
-    target = -p["imax"] * p["sledai0"] * treg_effect(r_treg, p["r50"])
-    return p["kd"] * (target - delta)
+    """Derivative (1/day) of the relative drug effect :math:`E` on SLEDAI."""
+    return p["kd"] * (-treg_effect(r_treg, p["r50"]) - effect)
 
 
 def latent_sledai(
-    t: Float[Array, ""], delta: Float[Array, ""], p: dict[str, Float[Array, ""]]
+    t: Float[Array, ""], effect: Float[Array, ""], p: dict[str, Float[Array, ""]]
 ) -> Float[Array, ""]:
-    """Expected SLEDAI (points) at time ``t``."""
-    return p["sledai0"] + standard_of_care(t, p) + delta
+    """Expected SLEDAI (points) at time ``t`` given the relative drug effect ``effect`` (E)."""
+    return p["sledai0"] + standard_of_care(t, p) + p["imax"] * p["sledai0"] * effect

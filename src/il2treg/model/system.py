@@ -10,7 +10,7 @@ index                   state                                          unit
 2 .. 2+3n               delay chains, Treg then NK then Tconv          signal (0-1)
 2+3n, 3+3n, 4+3n        fold-changes :math:`R_T, R_{NK}, R_C`           1
 5+3n                    CD25 on Tregs :math:`M`                         1 (rel.)
-6+3n                    drug effect on SLEDAI :math:`\Delta`            points
+6+3n                    relative drug effect on SLEDAI :math:`E`        1 (-1 to 0)
 ======================  =============================================  ==========
 
 At baseline every derivative is exactly zero (signals are measured relative to the endogenous
@@ -84,7 +84,7 @@ def vector_field(t: Float[Array, ""], y: Float[Array, " states"], args) -> Float
     """dy/dt. ``args = (p, structure)``, ``p`` from :func:`prepare` (internal units)."""
     p, structure = args
     n = structure.transit_compartments
-    a_d, a_c, z, folds, cd25, delta = _split(y, n)
+    a_d, a_c, z, folds, cd25, effect = _split(y, n)
     sink = folds[0] * cd25 if structure.receptor_sink else 0.0
     d_depot, d_central = pk.derivatives(a_d, a_c, sink, p)
     u = cells.signal_increments(concentration_pM(y, p), cd25, p, cd25_feedback=structure.cd25_feedback)
@@ -96,16 +96,16 @@ def vector_field(t: Float[Array, ""], y: Float[Array, " states"], args) -> Float
         drive = u
     d_folds = cells.pool_derivatives(folds, drive, p)
     d_cd25 = cells.cd25_derivative(cd25, u[0], p)
-    d_delta = disease.effect_derivative(delta, folds[0], p)
+    d_effect = disease.effect_derivative(effect, folds[0], p)
     return jnp.concatenate(
-        [jnp.stack([d_depot, d_central]), dz.reshape(-1), d_folds, jnp.stack([d_cd25, d_delta])]
+        [jnp.stack([d_depot, d_central]), dz.reshape(-1), d_folds, jnp.stack([d_cd25, d_effect])]
     )
 
 
 def observables(t: Float[Array, ""], y: Float[Array, " states"], args) -> Float[Array, " observables"]:
     """The observables of :data:`il2treg.observables.OBSERVABLE_NAMES`, in that order."""
     p, structure = args
-    _, _, _, folds, cd25, delta = _split(y, structure.transit_compartments)
+    _, _, _, folds, cd25, effect = _split(y, structure.transit_compartments)
     treg = p["treg0"] * folds[0]
     nk = p["nk0"] * folds[1]
     tconv = p["tconv0"] * folds[2]
@@ -116,6 +116,52 @@ def observables(t: Float[Array, ""], y: Float[Array, " states"], args) -> Float[
         "tconv_per_uL": tconv,
         "nk56bright_per_uL": nk,
         "cd25_treg_rel": cd25,
-        "sledai": disease.latent_sledai(t, delta, p),
+        "sledai": disease.latent_sledai(t, effect, p),
     }
     return jnp.stack([out[name] for name in OBSERVABLE_NAMES])
+
+
+#: Parameters the dosing reads (effective dose time t + tlag, amount F·dose) besides the vector field.
+DOSING_PARAMETERS: tuple[str, ...] = ("tlag", "F")
+
+
+def ode_parameters(structure: Structure) -> tuple[str, ...]:
+    """The parameters the state trajectory depends on, in :data:`PARAMETER_NAMES` order.
+
+    Those the vector field reads (found by following the data flow of its jaxpr, so a change of
+    equations cannot leave this list stale) plus :data:`DOSING_PARAMETERS`. The others (baseline
+    counts, the standard-of-care course, ``imax``) only scale or shift observables, so a fit needs
+    no ODE sensitivities with respect to them.
+    """
+    import jax
+
+    n = len(PARAMETER_NAMES)
+
+    def field(t, y, values):
+        p = prepare(dict(zip(PARAMETER_NAMES, values)), structure)
+        return vector_field(t, y, (p, structure))
+
+    closed = jax.make_jaxpr(field)(0.0, initial_state(structure), [1.0] * n)
+    sources = [frozenset()] * 2 + [frozenset([k]) for k in range(n)]  # t, y carry no parameter
+    read = frozenset().union(*_data_flow(closed.jaxpr, sources))
+    return tuple(name for k, name in enumerate(PARAMETER_NAMES) if k in read or name in DOSING_PARAMETERS)
+
+
+def _data_flow(jaxpr, sources: list[frozenset]) -> list[frozenset]:
+    """For each output of ``jaxpr``, the set of input labels it depends on (sub-jaxprs followed)."""
+    from jax.extend.core import Literal
+
+    deps = dict(zip(jaxpr.invars, sources))
+    for v in jaxpr.constvars:
+        deps[v] = frozenset()
+    of = lambda v: frozenset() if isinstance(v, Literal) else deps.get(v, frozenset())
+    for eqn in jaxpr.eqns:
+        ins = [of(v) for v in eqn.invars]
+        sub = eqn.params.get("jaxpr")
+        sub = getattr(sub, "jaxpr", sub)
+        if sub is not None and hasattr(sub, "eqns") and len(sub.invars) == len(ins) and len(sub.outvars) == len(eqn.outvars):
+            outs = _data_flow(sub, ins)
+        else:  # any other primitive: every output may depend on every input
+            outs = [frozenset().union(*ins)] * len(eqn.outvars)
+        deps.update(zip(eqn.outvars, outs))
+    return [of(v) for v in jaxpr.outvars]
