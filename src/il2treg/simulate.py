@@ -166,8 +166,12 @@ def _solve_one(
     obs_times: Float[Array, " times"],
     options: SolverOptions,
     slots: int,
+    states: bool = False,
 ) -> tuple[Float[Array, "times observables"], Int[Array, ""]]:
     """One patient: segmented solve between effective dose times, observables at ``obs_times``.
+
+    With ``states`` (static) the state vectors at ``obs_times`` are returned instead of the
+    observables (fits apply the observation function outside the solve).
 
     ``slots`` (static) is the most observations any one interval can hold; each interval saves
     only at its own observations, so the cost grows with the number of observations, not with
@@ -199,6 +203,8 @@ def _solve_one(
         rtol=options.rtol, atol=options.atol, pcoeff=options.pcoeff, icoeff=options.icoeff
     )
     offsets = jnp.arange(slots)
+    save = (lambda t, y, args: y) if states else system.observables
+    width = y0.shape[0] if states else len(OBSERVABLE_NAMES)
 
     def interval(carry, inputs):
         y, out, code = carry
@@ -215,7 +221,7 @@ def _solve_one(
             None,
             y,
             args,
-            saveat=dfx.SaveAt(subs=[dfx.SubSaveAt(t1=True), dfx.SubSaveAt(ts=ts, fn=system.observables)]),
+            saveat=dfx.SaveAt(subs=[dfx.SubSaveAt(t1=True), dfx.SubSaveAt(ts=ts, fn=save)]),
             stepsize_controller=controller,
             adjoint=options.adjoint,
             max_steps=options.max_steps,
@@ -228,7 +234,7 @@ def _solve_one(
         code = jnp.where(code == 0, result, code)
         return (y_next, out, code), None
 
-    init = (y0, jnp.zeros((n_obs, len(OBSERVABLE_NAMES))), jnp.asarray(0, dtype=jnp.int32))
+    init = (y0, jnp.zeros((n_obs, width)), jnp.asarray(0, dtype=jnp.int32))
     (_, out, code), _ = jax.lax.scan(interval, init, (starts, ends, first, last, added))
     code = jnp.where(overflow & (code == 0), STATUS_SLOTS_EXCEEDED, code)
     out = jnp.where(code == 0, out, jnp.nan)

@@ -23,7 +23,8 @@ theorem :math:`d\hat\eta_i/d\psi = -(\partial G_i/\partial\eta)^{-1}\,\partial G
 :math:`L_i` and :math:`G_i` depend on the ODE only through the predictions :math:`f_i` and their
 sensitivities :math:`J_i`; their derivatives with respect to the structural parameters and
 :math:`\eta` (second-order sensitivities) come from nested forward-mode differentiation through
-the ODE solve, the rest by the chain rule on small arrays. The gradient is exact up to the
+the ODE solve, taken only in the directions of the varied parameters that the ODE reads
+(:func:`il2treg.fit.problem.expand`); the rest is the chain rule on small arrays. The gradient is exact up to the
 convergence of :math:`\hat\eta_i` (tested against finite differences of the objective).
 """
 
@@ -36,7 +37,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from il2treg.fit.individual import InnerResult, batch_inner_solve, observation_derivatives
-from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, individual_theta, predict, typical_theta, unpack
+from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, expand, expanded_predict, individual_theta, typical_theta, unpack
 from il2treg.likelihood import ResidualModel
 from il2treg.simulate import interleaved_rows
 
@@ -62,33 +63,25 @@ def patient_terms(problem: FitProblem, psi, base_residual, inner: InnerResult, p
 def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: PatientData):
     """d L_i / d psi including the implicit dependence of eta_hat on psi (see module docstring)."""
     nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
-    # A log-scale fixed effect with its own random effect moves the prediction exactly as that
-    # random effect does (theta_i = exp(u + eta)), so its sensitivity columns are shared rather
-    # than propagated again through the ODE (not with a linear covariate effect in between).
-    additive = {e.parameter for e in problem.covariates if e.model == "linear"}
-    linked = {k: problem.random.index(n) for k, n in enumerate(problem.fixed) if n in problem.random and n not in additive}
-    free = [k for k in range(nf) if k not in linked]
-    n_free = len(free)
-    free_idx = jnp.asarray(free, dtype=jnp.int32)
 
-    def pred_jac(zr):
-        u = psi[:nf].at[free_idx].set(zr[:n_free]) if free else psi[:nf]
-        theta = covariate_theta(problem, typical_theta(problem, u), zr[n_free : n_free + ns - nf], patient.covariates)
+    def theta_of(z):
+        theta = covariate_theta(problem, typical_theta(problem, z[:nf]), z[nf:ns], patient.covariates)
+        return individual_theta(problem, theta, z[ns:])
 
+    z0 = jnp.concatenate([psi[:ns], eta])
+    # One solve with second-order sensitivities in the few ODE directions that vary, then the
+    # chain rule through the exact Taylor polynomial (see il2treg.fit.problem.expand).
+    ex = expand(problem, theta_of(z0), patient, problem.ode_varied, problem.ode_random)
+
+    def pred_jac(z):
         def fwd(e):
-            p, _ = predict(problem, individual_theta(problem, theta, e), patient)
-            return p, p
+            pred = expanded_predict(problem, ex, theta_of(jnp.concatenate([z[:ns], e])), patient)
+            return pred, pred
 
-        jac, pred = jax.jacfwd(fwd, has_aux=True)(zr[n_free + ns - nf :])
+        jac, pred = jax.jacfwd(fwd, has_aux=True)(z[ns:])
         return (pred, jac), (pred, jac)
 
-    zr = jnp.concatenate([psi[:nf][free_idx] if free else jnp.zeros(0), psi[nf:ns], eta])
-    (dpred_r, djac_r), (pred, jac) = jax.jacfwd(pred_jac, has_aux=True)(zr)
-    # Columns in the order z = (u, beta, eta).
-    source = [free.index(k) if k in free else n_free + ns - nf + linked[k] for k in range(nf)]
-    source += list(range(n_free, n_free + ns - nf + ne))
-    order = jnp.asarray(source, dtype=jnp.int32)
-    dpred, djac = dpred_r[:, order], djac_r[:, :, order]  # [T, nz], [T, ne, nz]
+    (dpred, djac), (pred, jac) = jax.jacfwd(pred_jac, has_aux=True)(z0)  # [T, nz], [T, ne, nz]
 
     def bracket_of(pred, jac, eta_, rest):
         up = unpack(problem, jnp.concatenate([psi[:ns], rest]), base_residual)
@@ -114,12 +107,15 @@ class Objective(eqx.Module):
     problem: FitProblem = eqx.field(static=True)
     patients: PatientData
     base_residual: ResidualModel
-    batch_size: int = eqx.field(static=True, default=32)
+    batch_size: int = eqx.field(static=True, default=16)
+    inner_tol: float = eqx.field(static=True, default=1e-10)
 
     @eqx.filter_jit
     def inner(self, psi, eta0) -> InnerResult:
         up = unpack(self.problem, psi, self.base_residual)
-        return batch_inner_solve(self.problem, up.theta, up.beta, up.omega, up.residual, self.patients, eta0, batch_size=self.batch_size)
+        return batch_inner_solve(
+            self.problem, up.theta, up.beta, up.omega, up.residual, self.patients, eta0, batch_size=self.batch_size, tol=self.inner_tol
+        )  # fmt: skip
 
     @eqx.filter_jit
     def value(self, psi, inner: InnerResult, include) -> Float[Array, ""]:
@@ -128,11 +124,15 @@ class Objective(eqx.Module):
         return jnp.sum(jnp.where(include, terms, 0.0))
 
     @eqx.filter_jit
-    def gradient(self, psi, eta, include) -> Float[Array, " psi"]:
-        """Exact gradient of the OFV at converged EBEs ``eta``, over the included patients."""
+    def gradients(self, psi, eta, include) -> Float[Array, "patients psi"]:
+        """Each patient's exact gradient of its OFV term at converged EBEs ``eta`` (0 if excluded)."""
         grad = lambda args: patient_gradient(self.problem, psi, self.base_residual, args[0], args[1])
         per_patient = jax.lax.map(grad, (eta, self.patients), batch_size=self.batch_size)
-        return jnp.sum(jnp.where(include[:, None], per_patient, 0.0), axis=0)
+        return jnp.where(include[:, None], per_patient, 0.0)
+
+    def gradient(self, psi, eta, include) -> Float[Array, " psi"]:
+        """Exact gradient of the OFV at converged EBEs ``eta``, over the included patients."""
+        return jnp.sum(self.gradients(psi, eta, include), axis=0)
 
 
 class ThreadedObjective:
@@ -176,9 +176,15 @@ class ThreadedObjective:
         parts = self._map(lambda k: self._parts[k].value(psi, _take(inner, self._rows[k]), jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))
         return jnp.sum(jnp.stack(parts))
 
+    def gradients(self, psi, eta, include):
+        parts = self._map(lambda k: self._parts[k].gradients(psi, eta[self._rows[k]], jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))
+        out = np.zeros((self._n, len(psi)))
+        for rows, real, part in zip(self._rows, self._real, parts):
+            out[rows[real]] = np.asarray(part)[real]
+        return jnp.asarray(out)
+
     def gradient(self, psi, eta, include):
-        parts = self._map(lambda k: self._parts[k].gradient(psi, eta[self._rows[k]], jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))
-        return jnp.sum(jnp.stack(parts), axis=0)
+        return jnp.sum(self.gradients(psi, eta, include), axis=0)
 
 
 def _take(tree, rows):

@@ -29,6 +29,7 @@ optimiser. Everything not estimated stays at the model file's value.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import diffrax as dfx
 import equinox as eqx
@@ -40,12 +41,17 @@ from jaxtyping import Array, Float
 from il2treg.data import Dataset
 from il2treg.errors import SpecError
 from il2treg.likelihood import ResidualModel, neg2ll_terms
-from il2treg.model import Model
+from il2treg.model import Model, system
 from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.simulate import SolverOptions, _slots_needed, _solve_one
 
 
 COVARIATE_MODELS = ("power", "exp", "linear")
+
+
+@functools.lru_cache(maxsize=None)
+def _ode_parameters(structure) -> tuple[str, ...]:
+    return system.ode_parameters(structure)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +112,21 @@ class FitProblem:
     @property
     def n_psi(self) -> int:
         return self.n_struct + len(self.random) + len(self.sigmas)
+
+    @property
+    def ode_varied(self) -> tuple[int, ...]:
+        """Model indices of the parameters that the fit varies (fixed, random or with a covariate)
+        and the ODE reads (:func:`il2treg.model.system.ode_parameters`): the only directions in
+        which predictions need ODE sensitivities."""
+        varied = {*self.fixed, *self.random, *(c.parameter for c in self.covariates)}
+        names = self.model.parameter_names
+        return tuple(names.index(n) for n in _ode_parameters(self.model.structure) if n in varied)
+
+    @property
+    def ode_random(self) -> tuple[int, ...]:
+        """Model indices of the parameters with a random effect that the ODE reads."""
+        names = self.model.parameter_names
+        return tuple(names.index(n) for n in _ode_parameters(self.model.structure) if n in self.random)
 
     @property
     def psi_names(self) -> tuple[str, ...]:
@@ -307,3 +328,90 @@ def predict(problem: FitProblem, theta_i: Float[Array, " params"], patient: Pati
 def data_neg2ll(residual: ResidualModel, pred: Float[Array, " obs"], patient: PatientData) -> Float[Array, ""]:
     """−2 log-likelihood of one patient's observations given predictions."""
     return jnp.sum(neg2ll_terms(residual, pred, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask))
+
+
+# ----------------------------------------------------------------------------- sensitivities
+
+
+class Expansion(eqx.Module):
+    r"""Taylor coefficients of one patient's states at its observation times, about :math:`\theta_i`.
+
+    With :math:`w = \theta_i[\mathrm{first}]` the varied parameters that the ODE reads and
+    :math:`Y(w)` the states at the observation times: ``states`` :math:`= Y`, ``d1``
+    :math:`= \partial Y/\partial w` and, when ``second`` is not empty, ``d2``
+    :math:`= \partial^2 Y / \partial w_{\mathrm{second}}\, \partial w` (forward sensitivities
+    through the solver). Parameters the ODE does not read enter the predictions through the
+    observation function only, so they need no ODE sensitivities at all.
+    """
+
+    w: Float[Array, " first"]
+    states: Float[Array, "obs states"]
+    d1: Float[Array, "obs states first"]
+    d2: Float[Array, "obs states second first"]
+    status: Array
+    first: tuple[int, ...] = eqx.field(static=True)
+    second: tuple[int, ...] = eqx.field(static=True)
+
+
+def expand(problem: FitProblem, theta_i: Float[Array, " params"], patient: PatientData, first: tuple[int, ...], second: tuple[int, ...] = ()) -> Expansion:
+    r"""Solve once and return the :class:`Expansion` of the states in ``first`` (and ``second`` ⊆ ``first``).
+
+    Cost: :math:`(1 + |\mathrm{first}|)(1 + |\mathrm{second}|)` copies of the ODE (primal and
+    tangents), whatever the number of fixed and random effects.
+    """
+    base = jax.lax.stop_gradient(theta_i)  # only the entries in `first` are varied below
+    idx = jnp.asarray(first, dtype=jnp.int32)
+    pos = jnp.asarray([first.index(k) for k in second], dtype=jnp.int32)
+
+    def solve(w):
+        values, status = _solve_one(
+            problem.model.structure, problem.model.parameter_names, base.at[idx].set(w) if first else base,
+            patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots, states=True,
+        )  # fmt: skip
+        return values, status
+
+    w0 = theta_i[idx] if first else jnp.zeros(0)
+    if not first:
+        states, status = solve(w0)
+        zeros = jnp.zeros((*states.shape, 0))
+        return Expansion(w0, states, zeros, jnp.zeros((*states.shape, 0, 0)), status, first, second)
+    if not second:
+        def fwd(w):
+            values, status = solve(w)
+            return values, (values, status)
+
+        d1, (states, status) = jax.jacfwd(fwd, has_aux=True)(w0)
+        return Expansion(w0, states, d1, jnp.zeros((*states.shape, 0, len(first))), status, first, second)
+
+    def outer(w):
+        def inner(ws):
+            values, status = solve(w.at[pos].set(ws))
+            return values, (values, status)
+
+        d_second, (values, status) = jax.jacfwd(inner, has_aux=True)(w[pos])
+        return (d_second, values), (values, status)
+
+    (d2, d1), (states, status) = jax.jacfwd(outer, has_aux=True)(w0)
+    return Expansion(w0, states, d1, d2, status, first, second)
+
+
+def expanded_predict(problem: FitProblem, ex: Expansion, theta_i: Float[Array, " params"], patient: PatientData) -> Float[Array, " obs"]:
+    r"""Predictions at ``theta_i`` from the Taylor polynomial of the states in ``ex``.
+
+    Exact (to rounding) at the expansion point together with its first derivatives and, for
+    the directions in ``ex.second``, its second derivatives :math:`\partial^2/\partial w_s\,\partial w`:
+    the polynomial is :math:`Y + D_1\delta + \delta_s^\top D_2\,\delta - \tfrac12\,\delta_s^\top D_2^{ss}\delta_s`
+    with :math:`\delta = w - w_0`, whose mixed second derivatives are :math:`D_2`. Differentiate
+    it with ``jax.jacfwd`` for the sensitivities of the predictions to any fit parameter.
+    """
+    names = problem.model.parameter_names
+    structure = problem.model.structure
+    delta = theta_i[jnp.asarray(ex.first, dtype=jnp.int32)] - ex.w if ex.first else jnp.zeros(0)
+    states = ex.states + ex.d1 @ delta
+    if ex.second:
+        pos = jnp.asarray([ex.first.index(k) for k in ex.second], dtype=jnp.int32)
+        ds = delta[pos]
+        states = states + jnp.einsum("tsev,e,v->ts", ex.d2, ds, delta) - 0.5 * jnp.einsum("tsef,e,f->ts", ex.d2[..., pos], ds, ds)
+    p = system.prepare({n: theta_i[i] for i, n in enumerate(names)}, structure)
+    values = jax.vmap(lambda t, y: system.observables(t, y, (p, structure)))(patient.obs_time, states)
+    return jnp.take_along_axis(values, patient.obs_dvid[:, None], axis=1)[:, 0]
