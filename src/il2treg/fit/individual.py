@@ -4,19 +4,26 @@ For patient :math:`i` with population parameters fixed, minimise
 
 .. math::  g_i(\eta) = -2\log L_i(\theta\,e^{\eta}) + \eta^\top \Omega^{-1} \eta
 
-by a generalised Gauss-Newton iteration with Levenberg damping. With predictions :math:`f(\eta)`,
-their forward sensitivities :math:`J = \partial f / \partial \eta` (diffrax ``ForwardMode``),
-and the first and second derivatives :math:`r_1, r_2` of each observation's −2 log-likelihood
-with respect to its prediction:
+by a structured quasi-Newton iteration (generalised Gauss-Newton plus a secant correction, as in
+NL2SOL) with Levenberg damping and a trust region. With predictions :math:`f(\eta)`, their forward
+sensitivities :math:`J = \partial f / \partial \eta` (diffrax ``ForwardMode``, see
+:func:`pred_and_jac`), and the first and second derivatives :math:`r_1, r_2` of each
+observation's −2 log-likelihood with respect to its prediction:
 
 .. math::
     \nabla g = J^\top r_1 + 2\Omega^{-1}\eta, \qquad
-    H = J^\top \mathrm{diag}((r_2)_+) J + 2\Omega^{-1}, \qquad
+    H = J^\top \mathrm{diag}((r_2)_+) J + 2\Omega^{-1} + S, \qquad
     \Delta\eta = -(H + \lambda\,\mathrm{diag}\,H)^{-1} \nabla g
 
+:math:`S` estimates the term :math:`\sum_t r_{1,t} \nabla^2 f_t` that Gauss-Newton leaves out from
+the change of :math:`J^\top r_1` between iterates (:func:`_secant_update`); it is dropped whenever
+:math:`H` would not be positive definite. Without it Gauss-Newton converges only linearly where
+residuals are large (measured on benchmarks/fit.py: 90th percentile of iterations 8 without, 7 with it). Steps are
+shortened to at most ``max_step`` in any :math:`\eta` (a factor :math:`e` on the parameter).
 A step is accepted when :math:`g` does not increase (then :math:`\lambda \leftarrow \lambda/3`),
-else rejected (:math:`\lambda \leftarrow 3\lambda`). It stops when the Newton decrement
-:math:`-\nabla g^\top \Delta\eta` falls below ``tol`` or after ``max_iter`` iterations.
+else rejected (:math:`\lambda \leftarrow 10\lambda`). It stops when the undamped Newton decrement
+:math:`\nabla g^\top H^{-1} \nabla g` falls below ``tol`` (tested before solving for the next
+point, so convergence costs no extra ODE solve) or after ``max_iter`` iterations.
 
 Each patient gets a status: 0 converged, 1 not converged within ``max_iter``, 2 the ODE solve
 failed at the start (the patient is flagged and left out of a population objective).
@@ -29,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, individual_theta, predict
+from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, expand, expanded_predict, individual_theta
 from il2treg.likelihood import ResidualModel, neg2ll_terms
 
 STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED = 0, 1, 2
@@ -56,14 +63,14 @@ def observation_derivatives(residual: ResidualModel, pred, patient: PatientData)
 
 
 def pred_and_jac(problem: FitProblem, theta, eta, patient: PatientData):
-    """Predictions, their sensitivities to eta (forward mode) and the solver status."""
+    """Predictions, their sensitivities to eta and the solver status.
 
-    def fwd(e):
-        p, status = predict(problem, individual_theta(problem, theta, e), patient)
-        return p, (p, status)
-
-    jac, (pred, status) = jax.jacfwd(fwd, has_aux=True)(eta)
-    return pred, jac, status
+    The ODE is differentiated (forward mode) only with respect to the random-effect parameters
+    it reads (:func:`il2treg.fit.problem.expand`); the rest of the chain rule is exact and cheap.
+    """
+    ex = expand(problem, individual_theta(problem, theta, eta), patient, problem.ode_random)
+    fwd = lambda e: expanded_predict(problem, ex, individual_theta(problem, theta, e), patient)
+    return fwd(eta), jax.jacfwd(fwd)(eta), ex.status
 
 
 def inner_solve(
@@ -76,6 +83,7 @@ def inner_solve(
     *,
     max_iter: int = 60,
     tol: float = 1e-10,
+    max_step: float = 1.0,
 ) -> InnerResult:
     """Empirical Bayes estimate of eta for one patient (see the module docstring)."""
     inv = 1.0 / omega**2
@@ -86,39 +94,63 @@ def inner_solve(
         ok = (status == 0) & jnp.isfinite(g)
         return jnp.where(ok, g, jnp.inf), pred, jac
 
+    def gradient(eta, pred, jac):
+        r1, r2 = observation_derivatives(residual, pred, patient)
+        return jac.T @ r1 + 2.0 * eta * inv, r1, r2
+
+    def proposal(eta, pred, jac, corr, lam):
+        """Damped structured quasi-Newton step from eta, the gradient there and the decrement."""
+        grad, _, r2 = gradient(eta, pred, jac)
+        gauss_newton = jac.T @ (jnp.maximum(r2, 0.0)[:, None] * jac) + jnp.diag(2.0 * inv)
+        # GN plus a secant estimate of the residual curvature term while the sum stays positive definite.
+        hess = jnp.where(jnp.all(jnp.linalg.eigvalsh(gauss_newton + corr) > 0), gauss_newton + corr, gauss_newton)
+        step = jnp.linalg.solve(hess + lam * jnp.diag(jnp.diag(hess)), -grad)
+        step = step * jnp.minimum(1.0, max_step / jnp.max(jnp.abs(step)))  # trust region on eta
+        return step, grad, grad @ jnp.linalg.solve(hess, grad)  # undamped: damping cannot fake convergence
+
     g0, p0, j0 = evaluate(eta0)
     failed = ~jnp.isfinite(g0)
+    n = eta0.shape[0]
+    corr0, lam0 = jnp.zeros((n, n)), jnp.asarray(1e-3)
+    step0, _, dec0 = proposal(eta0, p0, j0, corr0, lam0)
 
     def cond(state):
-        _, _, _, _, _, it, done = state
-        return (~done) & (it < max_iter)
+        return (~state[-1]) & (state[-2] < max_iter)
 
     def body(state):
-        eta, g, pred, jac, lam, it, _ = state
-        r1, r2 = observation_derivatives(residual, pred, patient)
-        grad = jac.T @ r1 + 2.0 * eta * inv
-        hess = jac.T @ (jnp.maximum(r2, 0.0)[:, None] * jac) + jnp.diag(2.0 * inv)
-        step = jnp.linalg.solve(hess + lam * jnp.diag(jnp.diag(hess)), -grad)
-        decrement = -grad @ step
+        eta, g, pred, jac, corr, lam, step, _, it, _ = state
+        grad, _, _ = gradient(eta, pred, jac)
         g_new, p_new, j_new = evaluate(eta + step)
         accept = g_new <= g
-        converged = decrement < tol
-        eta = jnp.where(accept, eta + step, eta)
-        return (
-            eta,
-            jnp.where(accept, g_new, g),
-            jnp.where(accept, p_new, pred),
-            jnp.where(accept, j_new, jac),
-            jnp.where(accept, lam / 3.0, lam * 3.0),
-            it + 1,
-            converged | (lam > 1e12),
-        )
+        grad_new, r1_new, _ = gradient(eta + step, p_new, j_new)
+        corr_new = _secant_update(corr, step, grad_new - grad, (j_new - jac).T @ r1_new)
+        keep = lambda new, old: jnp.where(accept, new, old)
+        eta, g, pred, jac = keep(eta + step, eta), keep(g_new, g), keep(p_new, pred), keep(j_new, jac)
+        corr = keep(jnp.where(jnp.all(jnp.isfinite(corr_new)), corr_new, corr), corr)
+        lam = jnp.where(accept, lam / 3.0, lam * 10.0)
+        # The next step is proposed now, so a point that is already converged costs no solve.
+        step, _, decrement = proposal(eta, pred, jac, corr, lam)
+        return eta, g, pred, jac, corr, lam, step, decrement, it + 1, (decrement < tol) | (lam > 1e12)
 
-    state = (eta0, g0, p0, j0, jnp.asarray(1e-3), jnp.asarray(0), failed)
-    eta, g, pred, jac, lam, it, done = jax.lax.while_loop(cond, body, state)
+    state = (eta0, g0, p0, j0, corr0, lam0, step0, dec0, jnp.asarray(0), failed | (dec0 < tol))
+    eta, g, pred, jac, _, lam, _, _, it, done = jax.lax.while_loop(cond, body, state)
     _, r2 = observation_derivatives(residual, pred, patient)
     status = jnp.where(failed, STATUS_SOLVER_FAILED, jnp.where(done & (lam <= 1e12), STATUS_CONVERGED, STATUS_MAX_ITER))
     return InnerResult(eta, g, pred, jac, jnp.maximum(r2, 0.0), it, status)
+
+
+def _secant_update(corr, s, y, y_sharp):
+    r"""Dennis-Gay-Welsch update of the residual-curvature estimate :math:`S` (NL2SOL).
+
+    :math:`S_+ = S + \frac{w y^\top + y w^\top}{y^\top s} - \frac{(w^\top s)\, y y^\top}{(y^\top s)^2}`
+    with :math:`w = y^\sharp - S s`, :math:`y^\sharp = (J_+ - J)^\top r_{1,+}` (the change of the
+    gradient that Gauss-Newton does not explain) and :math:`y` the change of the gradient.
+    Skipped (returns ``corr``) when :math:`y^\top s \le 0`.
+    """
+    ys = y @ s
+    w = y_sharp - corr @ s
+    update = (jnp.outer(w, y) + jnp.outer(y, w)) / ys - (w @ s) * jnp.outer(y, y) / ys**2
+    return jnp.where(ys > 1e-12 * jnp.sqrt((y @ y) * (s @ s)), corr + update, corr)
 
 
 def batch_inner_solve(problem, theta, beta, omega, residual, patients: PatientData, eta0, *, batch_size: int = 64, **kw) -> InnerResult:
