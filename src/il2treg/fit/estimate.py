@@ -1,6 +1,7 @@
 r"""The population fit: L-BFGS (optax) on the FOCE-I objective, then standard errors.
 
-Each outer iteration: an L-BFGS direction (``optax.scale_by_lbfgs``) from the exact gradient, a
+Each outer iteration: an L-BFGS direction (``optax.scale_by_lbfgs``) from the exact gradient,
+preconditioned by the outer product of the per-patient gradients (:func:`preconditioner`), a
 backtracking (Armijo) line search on the objective, where every trial point re-optimises the
 empirical Bayes estimates warm-started from the last ones; convergence when the objective
 changes by less than ``ftol`` and the largest gradient component is below ``gtol``, or when the
@@ -129,8 +130,25 @@ def _mean_iwres2(objective: Objective, psi, inner: InnerResult):
     return jnp.sum(z2, axis=1) / jnp.maximum(jnp.sum(pats.obs_mask & ~pats.obs_cens, axis=1), 1)
 
 
+def preconditioner(per_patient: Float[Array, "patients psi"]) -> np.ndarray:
+    r"""Whitening map :math:`T` with :math:`T^\top \tilde R\, T = I` for the outer optimiser.
+
+    :math:`\tilde R = \tfrac12 \sum_i g_i g_i^\top` from the per-patient gradients :math:`g_i` of
+    the OFV (the outer-product, BHHH, approximation of the Hessian of −2LL). Eigenvalues are
+    floored at 1e-10 of the largest so that a parameter the data do not inform cannot blow up
+    the map. Optimising :math:`x` with :math:`\psi = \psi_0 + T x` makes every direction of
+    :math:`\psi` equally curved to first approximation, so L-BFGS starts from a good scaling
+    and correlation structure instead of learning it.
+    """
+    g = np.asarray(per_patient, dtype=np.float64)
+    r = 0.5 * g.T @ g
+    lam, vec = np.linalg.eigh(r)
+    lam = np.maximum(lam, 1e-10 * max(float(lam.max()), 1e-300))
+    return vec / np.sqrt(lam)
+
+
 def _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, start):
-    """L-BFGS with backtracking from ``psi``; returns (psi, inner, ofv, iterations, converged, history)."""
+    """Preconditioned L-BFGS with backtracking from ``psi``; returns (psi, inner, ofv, iterations, converged, history)."""
 
     def value_at(p, warm: InnerResult):
         inn = objective.inner(p, warm.eta)
@@ -138,24 +156,33 @@ def _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, st
         return (v if np.isfinite(v) else np.inf), inn
 
     ofv = float(objective.value(psi, inner, include))
-    grad = objective.gradient(psi, inner.eta, include)
+    per_patient = objective.gradients(psi, inner.eta, include)
+    grad = jnp.sum(per_patient, axis=0)
     opt = optax.scale_by_lbfgs(memory_size=10)
-    state = opt.init(psi)
+
+    def restart(per_patient):
+        t = jnp.asarray(preconditioner(per_patient))
+        return t, jnp.zeros(len(psi)), opt.init(jnp.zeros(len(psi)))
+
+    tmap, x, state = restart(per_patient)
     history = [ofv]
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        direction, state = opt.update(grad, state, psi)
-        slope = float(grad @ direction)
-        if not slope > 0:  # not a descent direction: restart from steepest descent
-            state = opt.init(psi)
-            direction, slope = grad, float(grad @ grad)
+        gx = tmap.T @ grad
+        direction, state = opt.update(gx, state, x)
+        slope = float(gx @ direction)
+        if not slope > 0:  # not a descent direction: re-whiten here, restart from steepest descent
+            tmap, x, state = restart(per_patient)
+            gx = tmap.T @ grad
+            direction, slope = gx, float(gx @ gx)
         elif it > 1 and 0.5 * slope < ftol:  # quasi-Newton decrement: no meaningful decrease left
             converged = True
             break
-        step = 1.0 if it > 1 else min(1.0, 0.1 / float(jnp.max(jnp.abs(direction))))
+        move = tmap @ direction
+        step = min(1.0, 2.0 / max(float(jnp.max(jnp.abs(move))), 1e-300))  # at most 2 units of psi
         for _ in range(30):
-            trial = psi - step * direction
+            trial = psi - step * move
             v, inn = value_at(trial, inner)
             if v <= ofv - 1e-4 * step * slope:
                 break
@@ -163,8 +190,9 @@ def _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, st
         else:
             break  # no decrease along the direction: at a minimum up to numerical noise
         change = ofv - v
-        psi, inner, ofv = trial, inn, v
-        grad = objective.gradient(psi, inner.eta, include)
+        psi, inner, ofv, x = trial, inn, v, x - step * direction
+        per_patient = objective.gradients(psi, inner.eta, include)
+        grad = jnp.sum(per_patient, axis=0)
         history.append(ofv)
         gmax = float(jnp.max(jnp.abs(grad)))
         if callback is not None:
