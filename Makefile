@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick clean
+.PHONY: demo test bench bench-quick bench-fit recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/il2treg simulate --regimen lupil2 --n 500 --seed 0 --out out/demo --force
+	$(VENV)/bin/il2treg fit fits/lupil2_virtual/fit.toml --out out/demo-fit --force
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -23,6 +24,12 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) benchmarks/simulate.py --quick
+
+bench-fit: $(STAMP)
+	$(PY) benchmarks/fit.py
+
+recovery: $(STAMP)
+	$(PY) benchmarks/recovery.py --replicates 20 --json benchmarks/results/recovery.json
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -123,6 +123,43 @@ class FitResult:
         """The one-screen report (Markdown)."""
         return report(self)
 
+    def identifiability(self, *, max_rse: float = 50.0, max_correlation: float = 0.95, min_eigenvalue: float = 1e-3) -> list[str]:
+        """What the data do not determine, as sentences (empty when nothing is flagged).
+
+        From the covariance of the estimates (``2 R^-1``): a covariance step that failed (R
+        singular or not positive definite: some direction of the parameters is not informed at
+        all); parameters with %RSE above ``max_rse``; pairs whose estimates correlate beyond
+        ``max_correlation``; and each eigenvector of the correlation matrix with an eigenvalue
+        below ``min_eigenvalue``, named by the parameters that load on it. A flagged parameter
+        should be fixed (at a literature value) or informed by more data, e.g. another visit.
+        """
+        names = list(self.psi_names)
+        cov = np.asarray(self.covariance)
+        if not self.settings.get("covariance", True):
+            return ["the covariance step was skipped ([optimiser] covariance = false): identifiability was not assessed."]
+        if not np.all(np.isfinite(cov)):
+            return ["the covariance step failed (the Hessian of the objective is singular or not positive definite): "
+                    "at least one parameter is not identifiable from these data; fix the parameters with the least "
+                    "information or fit them with more data."]  # fmt: skip
+        out = []
+        est = self.estimates.set_index("parameter")
+        for name in names:
+            rse = est.loc[name, "rse_percent"] if name in est.index else float("nan")
+            if np.isfinite(rse) and rse > max_rse:
+                out.append(f"{name}: %RSE {rse:.0f} > {max_rse:g}: poorly determined by these data.")
+        sd = np.sqrt(np.diag(cov))
+        cor = cov / np.outer(sd, sd)
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                if abs(cor[i, j]) > max_correlation:
+                    out.append(f"{names[i]} and {names[j]}: correlation {cor[i, j]:+.3f}: the data inform only a combination of the two.")
+        lam, vec = np.linalg.eigh(cor)
+        for k in np.flatnonzero(lam < min_eigenvalue):
+            load = np.abs(vec[:, k])
+            involved = [names[i] for i in np.argsort(load)[::-1] if load[i] > 0.3]
+            out.append(f"correlation eigenvalue {lam[k]:.1e} < {min_eigenvalue:g}: near-redundant direction in {', '.join(involved)}.")
+        return out
+
 
 # ----------------------------------------------------------------------------- save / load
 
@@ -342,8 +379,9 @@ def report(result: FitResult) -> str:
         lines += ["", "## Flagged patients (left out of the objective)", ""]
         for _, row in ind[~ind["included"]].iterrows():
             lines.append(f"- ID {row['ID']}: {row['status']}")
-    if not np.all(np.isfinite(result.covariance)):
-        lines += ["", "Covariance step failed or was skipped: no standard errors (check identifiability; see %RSE)."]
+    warnings = result.identifiability()
+    if warnings:
+        lines += ["", "## Identifiability", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines) + "\n"
 
 
