@@ -16,10 +16,14 @@ of the OFV (= −2LL), obtained by central differences of the exact gradient (ea
 EBEs) and symmetrised. Standard errors on the natural scale by the delta method; 95% intervals
 are computed on the estimation scale and transformed back, so they respect bounds.
 
+**EBEs** are started from several points (:func:`multistart`) at the start and again at the
+end; if a patient finds a lower minimum at the end, the fit resumes from there.
+
 **Patients.** A patient whose ODE fails or whose EBE does not converge at the start is flagged and
-left out of the objective. After convergence, a patient whose data the model cannot fit with any
-parameters (mean squared IWRES above ``outlier_iwres2``, i.e. residuals beyond 5 SD on average at
-the default) is flagged too and the fit is resumed without it, so the others are unaffected.
+left out of the objective. A patient whose data the model cannot fit with any parameters (mean
+squared IWRES above ``outlier_iwres2``, i.e. residuals beyond 5 SD on average at the default, and
+above 10 times the median patient's) is flagged too, at the start and after convergence, and the
+fit goes on without it, so the others are unaffected.
 """
 
 from __future__ import annotations
@@ -104,14 +108,18 @@ def fit_population(
     start = time.time()
     n = objective.patients.obs_time.shape[0]
     psi = jnp.asarray(psi0, dtype=jnp.float64)
-    inner = objective.inner(psi, jnp.zeros((n, objective.problem.n_eta)))
+    inner = multistart(objective, psi, jnp.zeros((n, objective.problem.n_eta)))
     include = inner.status == STATUS_CONVERGED
-    for _ in range(3):  # estimate; drop patients no parameters can fit; resume
+    include = include & ~_misfit(objective, psi, inner, include, outlier_iwres2)
+    for _ in range(3):  # estimate; drop patients no parameters can fit; move EBEs to better minima; resume
         psi, inner, ofv, it, converged, history = _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
-        misfit = _mean_iwres2(objective, psi, inner) > outlier_iwres2
-        if not bool(jnp.any(misfit & include)):
+        misfit = _misfit(objective, psi, inner, include, outlier_iwres2)
+        checked = multistart(objective, psi, inner.eta)
+        moved = np.asarray(include & (checked.g < inner.g - 1e-6))
+        if not bool(jnp.any(misfit & include)) and not moved.any():
             break
         include = include & ~misfit
+        inner = checked
     n_obs = int(jnp.sum(jnp.where(include[:, None], objective.patients.obs_mask, False)))
     cov = estimate_covariance(objective, psi, inner, include) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
     return PopulationFit(
@@ -119,6 +127,31 @@ def fit_population(
         inner_status=inner.status, included=include, iterations=it, converged=converged,
         history=tuple(history), n_observations=n_obs, elapsed_s=time.time() - start,
     )  # fmt: skip
+
+
+def multistart(objective: Objective, psi, eta, spread: float = 1.0) -> InnerResult:
+    r"""EBEs from ``eta`` and from :math:`\pm` ``spread`` SDs (omega) on every random effect at once;
+    per patient the converged result with the lowest :math:`g` (status 0 preferred).
+
+    The inner problem need not be convex in eta (the predictions are nonlinear in the parameters),
+    so one start can end in a local minimum. The starts reuse the one compiled inner solve.
+    """
+    best = objective.inner(psi, eta)
+    omega = unpack(objective.problem, psi, objective.base_residual).omega
+    for sign in (1.0, -1.0):
+        trial = objective.inner(psi, jnp.broadcast_to(sign * spread * omega, eta.shape))
+        better = (trial.status == STATUS_CONVERGED) & ((best.status != STATUS_CONVERGED) | (trial.g < best.g))
+        best = jax.tree_util.tree_map(lambda a, b: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), trial, best)
+    return best
+
+
+def _misfit(objective: Objective, psi, inner: InnerResult, include, outlier_iwres2: float):
+    """Included patients whose mean squared IWRES exceeds ``outlier_iwres2`` and 10 times the median
+    over the included patients (so a poor start, which raises everyone's, flags no one)."""
+    iwres2 = np.asarray(_mean_iwres2(objective, psi, inner))
+    inc = np.asarray(include)
+    median = float(np.median(iwres2[inc])) if inc.any() else 0.0
+    return jnp.asarray(inc & (iwres2 > outlier_iwres2) & (iwres2 > 10.0 * median))
 
 
 def _mean_iwres2(objective: Objective, psi, inner: InnerResult):
@@ -141,6 +174,7 @@ def preconditioner(per_patient: Float[Array, "patients psi"]) -> np.ndarray:
     and correlation structure instead of learning it.
     """
     g = np.asarray(per_patient, dtype=np.float64)
+    g = np.where(np.isfinite(g).all(axis=1, keepdims=True), g, 0.0)  # a patient without a gradient adds nothing
     r = 0.5 * g.T @ g
     lam, vec = np.linalg.eigh(r)
     lam = np.maximum(lam, 1e-10 * max(float(lam.max()), 1e-300))
@@ -194,6 +228,8 @@ def _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, st
         per_patient = objective.gradients(psi, inner.eta, include)
         grad = jnp.sum(per_patient, axis=0)
         history.append(ofv)
+        if not bool(jnp.all(jnp.isfinite(grad))):
+            break  # no usable gradient here: stop, not converged
         gmax = float(jnp.max(jnp.abs(grad)))
         if callback is not None:
             callback({"iteration": it, "ofv": ofv, "grad_max": gmax, "elapsed_s": time.time() - start})

@@ -1,0 +1,48 @@
+"""Specification of the outer optimisation: preconditioning, and a patient no parameters can fit."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from il2treg.fit.estimate import fit_population, preconditioner
+
+
+def test_preconditioner_whitens_the_outer_product_of_patient_gradients():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(40, 5)) @ np.diag([1e3, 1.0, 1e-2, 5.0, 0.1])
+    t = preconditioner(g)
+    np.testing.assert_allclose(t.T @ (0.5 * g.T @ g) @ t, np.eye(5), atol=1e-10)
+
+
+def test_preconditioner_survives_a_parameter_without_information():
+    g = np.zeros((10, 3))
+    g[:, :2] = np.random.default_rng(1).normal(size=(10, 2))
+    t = preconditioner(g)  # third column all zero: R is singular
+    assert np.all(np.isfinite(t))
+
+
+def test_unfittable_patient_is_flagged_and_the_others_fit_as_without_it(fit_case):
+    """One patient's observations alternately x10 and /10: no parameters fit them.
+
+    The fit flags that patient (mean squared IWRES > 25), resumes without it, and ends where a
+    fit of the same cohort with that patient's observations removed ends.
+    """
+    objective, psi0 = fit_case["objective"], fit_case["psi0"]
+    patients = objective.patients
+    bad = 5
+    factor = jnp.where(jnp.arange(patients.obs_value.shape[1]) % 2 == 0, 10.0, 0.1)
+    corrupted = eqx.tree_at(lambda o: o.patients.obs_value, objective, patients.obs_value.at[bad].multiply(factor))
+    without = eqx.tree_at(lambda o: o.patients.obs_mask, objective, patients.obs_mask.at[bad].set(False))
+
+    flagged = fit_population(corrupted, psi0, covariance=False)
+    reference = fit_population(without, psi0, covariance=False)
+
+    included = np.asarray(flagged.included)
+    assert not included[bad]
+    assert np.all(np.delete(included, bad))
+    assert flagged.converged and reference.converged
+    assert abs(flagged.ofv - reference.ofv) < 1e-2
+    np.testing.assert_allclose(flagged.psi, reference.psi, atol=2e-2)
+    np.testing.assert_allclose(np.delete(np.asarray(flagged.eta), bad, 0), np.delete(np.asarray(reference.eta), bad, 0), atol=2e-2)
