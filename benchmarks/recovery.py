@@ -9,8 +9,9 @@ compares the estimates with the values that generated the data:
   ``high_site_pmax``;
 - between-patient CV%: the model file's ``cv_percent``; intervals are checked on omega;
 - residual SDs: the assay CV of the design (10%) for the proportional errors (the data carry
-  log-normal noise, so ``sigma_prop`` is the CV only to first order) and ``sledai_noise_sd`` for
-  SLEDAI.
+  log-normal noise, so ``sigma_prop`` is the CV only to first order), its log-scale SD
+  :math:`\sqrt{\log(1 + CV^2)}` with ``--log-errors`` (the error model the data were made with),
+  and ``sledai_noise_sd`` for SLEDAI.
 
 By default the cohorts come from the LUPIL-2 design as it is, so the fit is misspecified as a
 real analysis would be: the model file gives between-patient variability to ka, CL, V and
@@ -25,7 +26,7 @@ Prints, per parameter: the truth, the mean estimate and its relative bias, the s
 replicates within 15% (fixed effects) or whose CV% is within 30% of the truth (random effects),
 and the coverage of the 95% intervals. Per-replicate numbers go to ``--json``.
 
-Usage: python benchmarks/recovery.py [--replicates 20] [--seed0 1000] [--matched] [--json PATH]
+Usage: python benchmarks/recovery.py [--replicates 20] [--seed0 1000] [--matched] [--log-errors] [--json PATH]
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def truths(spec, design) -> dict[str, float]:
     for e in spec.errors:
         if e.kind == "proportional":
             out[f"sigma_prop_{e.dvid}"] = float(design.treg_assay_cv) / 100.0
+        elif e.kind == "log":
+            out[f"sigma_add_{e.dvid}"] = math.sqrt(math.log1p((float(design.treg_assay_cv) / 100.0) ** 2))
         elif e.kind == "ordinal":
             out[f"sigma_add_{e.dvid}"] = float(design.sledai_noise_sd)
     return out
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--replicates", type=int, default=20)
     parser.add_argument("--seed0", type=int, default=1000)
     parser.add_argument("--matched", action="store_true", help="simulate from the fit's own model (see above)")
+    parser.add_argument("--log-errors", action="store_true", help="fit the biomarkers with the log (LTBS) error model, as the data were made")
     parser.add_argument("--json", type=Path, default=None, help="write every replicate's estimates here")
     args = parser.parse_args()
 
@@ -100,7 +104,10 @@ def main() -> None:
             csv = Path(tmp) / f"cohort_{seed}.csv"
             write_cohort(table, csv)
             fit_file = Path(tmp) / f"fit_{seed}.toml"
-            fit_file.write_text(template.replace('data = "il2treg:lupil2_virtual"', f'data = "{csv.name}"'))
+            text = template.replace('data = "il2treg:lupil2_virtual"', f'data = "{csv.name}"')
+            if args.log_errors:  # the cohort's assay noise is log-normal: fit it on the log scale
+                text = text.replace('kind = "proportional"\nsigma_prop = 0.1', 'kind = "log"\nsigma_add = 0.1')
+            fit_file.write_text(text)
             spec = read_fit_spec(fit_file)
             truth = truth or truths(spec, design)
             t = time.perf_counter()
@@ -118,6 +125,7 @@ def main() -> None:
     print()
     print(f"il2treg parameter recovery ({datetime.datetime.now().isoformat(timespec='seconds')}, {platform.machine()}, jax {jax.__version__})")
     setting = "matched (fit model = generating model)" if args.matched else "LUPIL-2 design as is (misspecified, see docstring)"
+    setting += ", log error model for the biomarkers" if args.log_errors else ""
     print(f"{len(rows)} replicate cohorts of 100 patients, {setting}, fit {SPEC.relative_to(ROOT)}; converged: {sum(r['converged'] for r in rows)}/{len(rows)}")
     print()
     print(f"{'parameter':34s}{'truth':>10s}{'mean est':>10s}{'bias %':>8s}{'within':>8s}{'CI cover':>10s}")
@@ -146,7 +154,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"date": datetime.datetime.now().isoformat(timespec="seconds"), "jax": jax.__version__,
-                                         "spec": str(SPEC.relative_to(ROOT)), "matched": args.matched, "summary": summary, "replicates": rows}, indent=1))  # fmt: skip
+                                         "spec": str(SPEC.relative_to(ROOT)), "matched": args.matched, "log_errors": args.log_errors, "summary": summary, "replicates": rows}, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":
