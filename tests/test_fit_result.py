@@ -241,3 +241,28 @@ def test_cli_fit_shows_progress_and_where_the_results_are(fitted, monkeypatch, c
     assert "iteration 3: OFV" in stdout and "max |gradient|" in stdout
     assert str(out) in stdout and "OFV" in stdout
     assert isinstance(load_fit(out), FitResult)
+
+
+# ----------------------------------------------------------------------------- identifiability
+
+_FITS = __import__("pathlib").Path(__file__).resolve().parent.parent / "fits"
+
+
+def test_identifiability_flags_r50_in_the_committed_fit_that_estimates_it():
+    """LUPIL-2's three SLEDAI visits do not separate imax, r50 and kd (fits/lupil2_identifiability)."""
+    warnings_ = load_fit(_FITS / "lupil2_identifiability" / "results").identifiability()
+    assert any(w.startswith("r50: %RSE") for w in warnings_)
+    assert load_fit(_FITS / "lupil2_virtual" / "results").identifiability() == []
+
+
+def test_identifiability_names_strongly_correlated_pairs_and_a_failed_covariance():
+    import dataclasses
+
+    base = load_fit(_FITS / "lupil2_virtual" / "results")
+    cov = np.array(base.covariance)
+    i, j = base.psi_names.index("imax"), base.psi_names.index("pmax")
+    cov[i, j] = cov[j, i] = 0.99 * np.sqrt(cov[i, i] * cov[j, j])
+    said = dataclasses.replace(base, covariance=cov).identifiability()
+    assert any(w.startswith("imax and pmax: correlation +0.990") for w in said)
+    failed = dataclasses.replace(base, covariance=np.full_like(cov, np.nan)).identifiability()
+    assert len(failed) == 1 and failed[0].startswith("the covariance step failed")
