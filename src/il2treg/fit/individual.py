@@ -105,7 +105,7 @@ def inner_solve(
         # GN plus a secant estimate of the residual curvature term while the sum stays positive definite.
         hess = jnp.where(jnp.all(jnp.linalg.eigvalsh(gauss_newton + corr) > 0), gauss_newton + corr, gauss_newton)
         step = jnp.linalg.solve(hess + lam * jnp.diag(jnp.diag(hess)), -grad)
-        step = step * jnp.minimum(1.0, max_step / jnp.max(jnp.abs(step)))  # trust region on eta
+        step = step * jnp.minimum(1.0, max_step / jnp.max(jnp.abs(step), initial=0.0))  # trust region on eta
         return step, grad, grad @ jnp.linalg.solve(hess, grad)  # undamped: damping cannot fake convergence
 
     g0, p0, j0 = evaluate(eta0)
