@@ -83,6 +83,10 @@ def main() -> None:
     parser.add_argument("--log-errors", action="store_true", help="fit the biomarkers with the log (LTBS) error model, as the data were made")
     parser.add_argument("--json", type=Path, default=None, help="write every replicate's estimates here")
     args = parser.parse_args()
+    if args.replicates < 1:
+        parser.error(f"--replicates must be at least 1, got {args.replicates}")
+    if args.seed0 < 0:
+        parser.error(f"--seed0 must be a non-negative integer, got {args.seed0}")
 
     design = load_design("lupil2")
     model = None

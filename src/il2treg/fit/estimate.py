@@ -108,13 +108,13 @@ def fit_population(
     start = time.time()
     n = objective.patients.obs_time.shape[0]
     psi = jnp.asarray(psi0, dtype=jnp.float64)
-    inner = multistart(objective, psi, jnp.zeros((n, objective.problem.n_eta)))
+    inner = multistart(objective, psi, objective.inner(psi, jnp.zeros((n, objective.problem.n_eta))))
     include = inner.status == STATUS_CONVERGED
     include = include & ~_misfit(objective, psi, inner, include, outlier_iwres2)
     for _ in range(3):  # estimate; drop patients no parameters can fit; move EBEs to better minima; resume
         psi, inner, ofv, it, converged, history = _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
         misfit = _misfit(objective, psi, inner, include, outlier_iwres2)
-        checked = multistart(objective, psi, inner.eta)
+        checked = multistart(objective, psi, inner)  # inner is already converged at psi: no re-solve
         moved = np.asarray(include & (checked.g < inner.g - 1e-6))
         if not bool(jnp.any(misfit & include)) and not moved.any():
             break
@@ -129,17 +129,17 @@ def fit_population(
     )  # fmt: skip
 
 
-def multistart(objective: Objective, psi, eta, spread: float = 1.0) -> InnerResult:
-    r"""EBEs from ``eta`` and from :math:`\pm` ``spread`` SDs (omega) on every random effect at once;
-    per patient the converged result with the lowest :math:`g` (status 0 preferred).
+def multistart(objective: Objective, psi, best: InnerResult, spread: float = 1.0) -> InnerResult:
+    r"""``best`` (EBEs already solved at ``psi``) against solves from :math:`\pm` ``spread`` SDs
+    (omega) on every random effect at once; per patient the converged result with the lowest
+    :math:`g` (status 0 preferred).
 
     The inner problem need not be convex in eta (the predictions are nonlinear in the parameters),
     so one start can end in a local minimum. The starts reuse the one compiled inner solve.
     """
-    best = objective.inner(psi, eta)
     omega = unpack(objective.problem, psi, objective.base_residual).omega
     for sign in (1.0, -1.0):
-        trial = objective.inner(psi, jnp.broadcast_to(sign * spread * omega, eta.shape))
+        trial = objective.inner(psi, jnp.broadcast_to(sign * spread * omega, best.eta.shape))
         better = (trial.status == STATUS_CONVERGED) & ((best.status != STATUS_CONVERGED) | (trial.g < best.g))
         best = jax.tree_util.tree_map(lambda a, b: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), trial, best)
     return best

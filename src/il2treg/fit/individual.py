@@ -18,7 +18,7 @@ observation's −2 log-likelihood with respect to its prediction:
 :math:`S` estimates the term :math:`\sum_t r_{1,t} \nabla^2 f_t` that Gauss-Newton leaves out from
 the change of :math:`J^\top r_1` between iterates (:func:`_secant_update`); it is dropped whenever
 :math:`H` would not be positive definite. Without it Gauss-Newton converges only linearly where
-residuals are large (measured on benchmarks/fit.py: 90th percentile of iterations 8 without, 7 with it). Steps are
+residuals are large. Steps are
 shortened to at most ``max_step`` in any :math:`\eta` (a factor :math:`e` on the parameter).
 A step is accepted when :math:`g` does not increase (then :math:`\lambda \leftarrow \lambda/3`),
 else rejected (:math:`\lambda \leftarrow 10\lambda`). It stops when the undamped Newton decrement
@@ -112,14 +112,13 @@ def inner_solve(
     failed = ~jnp.isfinite(g0)
     n = eta0.shape[0]
     corr0, lam0 = jnp.zeros((n, n)), jnp.asarray(1e-3)
-    step0, _, dec0 = proposal(eta0, p0, j0, corr0, lam0)
+    step0, grad0, dec0 = proposal(eta0, p0, j0, corr0, lam0)
 
     def cond(state):
         return (~state[-1]) & (state[-2] < max_iter)
 
     def body(state):
-        eta, g, pred, jac, corr, lam, step, _, it, _ = state
-        grad, _, _ = gradient(eta, pred, jac)
+        eta, g, pred, jac, corr, lam, step, grad, it, _ = state
         g_new, p_new, j_new = evaluate(eta + step)
         accept = g_new <= g
         grad_new, r1_new, _ = gradient(eta + step, p_new, j_new)
@@ -129,10 +128,10 @@ def inner_solve(
         corr = keep(jnp.where(jnp.all(jnp.isfinite(corr_new)), corr_new, corr), corr)
         lam = jnp.where(accept, lam / 3.0, lam * 10.0)
         # The next step is proposed now, so a point that is already converged costs no solve.
-        step, _, decrement = proposal(eta, pred, jac, corr, lam)
-        return eta, g, pred, jac, corr, lam, step, decrement, it + 1, (decrement < tol) | (lam > 1e12)
+        step, grad, decrement = proposal(eta, pred, jac, corr, lam)
+        return eta, g, pred, jac, corr, lam, step, grad, it + 1, (decrement < tol) | (lam > 1e12)
 
-    state = (eta0, g0, p0, j0, corr0, lam0, step0, dec0, jnp.asarray(0), failed | (dec0 < tol))
+    state = (eta0, g0, p0, j0, corr0, lam0, step0, grad0, jnp.asarray(0), failed | (dec0 < tol))
     eta, g, pred, jac, _, lam, _, _, it, done = jax.lax.while_loop(cond, body, state)
     _, r2 = observation_derivatives(residual, pred, patient)
     status = jnp.where(failed, STATUS_SOLVER_FAILED, jnp.where(done & (lam <= 1e12), STATUS_CONVERGED, STATUS_MAX_ITER))
