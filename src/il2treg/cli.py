@@ -146,6 +146,7 @@ def _describe(info: dict) -> str:
         "covariance": "covariance step (Hessian from differences of the exact gradient)",
         "predictions": "predictions, individual parameters and the SLEDAI link",
         "writing": "writing the results folder",
+        "nuts": "NUTS: compiling, warm-up and sampling (then pointwise log-likelihood and predictive draws)",
     }.get(stage, stage)
 
 
@@ -154,8 +155,9 @@ def fit(
     spec: Path = typer.Argument(..., help="fit file, e.g. fits/lupil2_virtual/fit.toml"),
     out: Path = typer.Option(..., help="results folder (must not exist unless --force)"),
     force: bool = typer.Option(False, help="replace an existing results folder"),
+    method: str = typer.Option("foce", help="foce (FOCE-I / Laplace) or nuts (Laplace, then NUTS from it; settings in [nuts])"),
 ) -> None:
-    """Population (FOCE-I) fit as a fit file says: report, tables, predictions and posterior in --out."""
+    """Population fit as a fit file says: report, tables, predictions and posterior in --out."""
     import time
 
     from rich.markdown import Markdown
@@ -166,6 +168,10 @@ def fit(
     from il2treg.fit.run import run_fit
     from il2treg.fit.spec import read_fit_spec
 
+    from il2treg.fit.run import METHODS
+
+    if method not in METHODS:
+        raise InputError(f"unknown --method {method!r}. Fix: use one of {', '.join(METHODS)}.")
     fit_spec = read_fit_spec(spec)  # validates everything before any computation
     if out.exists() and not force:
         raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
@@ -176,12 +182,59 @@ def fit(
         columns = (SpinnerColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(_describe({"stage": "start"}), total=None)
-            result = run_fit(fit_spec, out, force=force, progress=lambda info: progress.update(task, description=_describe(info)))
+            result = run_fit(fit_spec, out, force=force, method=method, progress=lambda info: progress.update(task, description=_describe(info)))
     else:
         show = lambda info: console.print(f"[{time.perf_counter() - start:7.1f} s] {_describe(info)}", highlight=False)
-        result = run_fit(fit_spec, out, force=force, progress=show)
+        result = run_fit(fit_spec, out, force=force, method=method, progress=show)
     console.print(Markdown(result.summary()))
     console.print(f"wrote {out}/ ({', '.join(FILES)}); read it with il2treg.fit.load_fit({str(out)!r})", highlight=False)
+
+
+@app.command()
+def profile(
+    spec: Path = typer.Argument(..., help="fit file, e.g. fits/lupil2_identifiability/fit.toml"),
+    parameter: list[str] = typer.Option(..., help="population parameter to profile (repeat the option for more)"),
+    out: Path = typer.Option(..., help="folder for profiles.csv and profiles.png (must not exist unless --force)"),
+    points: int = typer.Option(6, help="grid points on each side of the estimate"),
+    force: bool = typer.Option(False, help="replace an existing folder"),
+) -> None:
+    """Profile likelihood of chosen parameters (the others re-optimised): intervals and which are not identifiable."""
+    import pandas as pd
+
+    from il2treg._io import atomic_output_dir
+    from il2treg.errors import InputError
+    from il2treg.fit.estimate import fit_population
+    from il2treg.fit.population import Objective, ThreadedObjective
+    from il2treg.fit.priors import model_priors
+    from il2treg.fit.problem import make_problem, patient_arrays
+    from il2treg.fit.profile import profile as profile_of
+    from il2treg.fit.run import initial_psi
+    from il2treg.fit.spec import read_fit_spec
+    from il2treg.plots import plot_profiles
+
+    fit_spec = read_fit_spec(spec)
+    if out.exists() and not force:
+        raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
+    residual = fit_spec.residual_model()
+    problem = make_problem(fit_spec.model, fit_spec.dataset, fixed=fit_spec.fixed, random=fit_spec.random, sigmas=fit_spec.sigmas,
+                           residual_kinds={e.dvid: e.kind for e in fit_spec.errors}, covariates=fit_spec.effects)  # fmt: skip
+    unknown = [p for p in parameter if p not in problem.psi_names]
+    if unknown:
+        raise InputError(f"cannot profile {unknown[0]!r}: not a population parameter of this fit. Fix: use one of {', '.join(problem.psi_names)}.")
+    prior = model_priors(problem) if fit_spec.priors == "model" else None
+    objective = ThreadedObjective(Objective(problem, patient_arrays(fit_spec.dataset, problem.covariates), residual, prior=prior))
+    console.print(f"fitting {fit_spec.name}, then profiling {', '.join(parameter)}")
+    fit = fit_population(objective, initial_psi(fit_spec, problem, residual))
+    profiles = [profile_of(objective, fit, p, points=points) for p in parameter]
+    rows = [{"parameter": p.name, "value": v, "delta_ofv": d, "converged": bool(c), "estimate": p.estimate, "se": p.se,
+             "ci_low": p.ci_low, "ci_high": p.ci_high, "identifiable": p.identifiable}
+            for p in profiles for v, d, c in zip(p.values, p.delta, p.converged)]  # fmt: skip
+    with atomic_output_dir(out, force=force) as tmp:
+        pd.DataFrame(rows).to_csv(tmp / "profiles.csv", index=False)
+        plot_profiles(profiles, title=f"{fit_spec.name}: profile likelihood").savefig(tmp / "profiles.png", dpi=120)
+    for p in profiles:
+        console.print(p.verdict(), highlight=False)
+    console.print(f"wrote {out}/ (profiles.csv, profiles.png)", highlight=False)
 
 
 @data_app.command("check")

@@ -174,3 +174,23 @@ def standardized_residuals(
     y_t = jnp.where(is_log, jnp.log(jnp.maximum(y, _FLOOR)), y)
     f_t = jnp.where(is_log, jnp.log(jnp.maximum(pred, _FLOOR)), pred)
     return (y_t - f_t) / residual_sd(residual, pred, dvid)
+
+
+def sample_observations(
+    residual: ResidualModel, pred: Float[Array, " obs"], dvid: Int[Array, " obs"], z: Float[Array, " obs"]
+) -> Float[Array, " obs"]:
+    r"""Observations drawn from each row's error model given standard normal draws ``z``.
+
+    additive/proportional/combined: :math:`f + sd\,z`; log: :math:`f e^{\sigma z}`; ordinal:
+    :math:`\max(0, h\,\mathrm{round}((f + \sigma z)/h))`. Censoring is not applied (a draw below an
+    LLOQ is returned as drawn).
+    """
+    kinds = jnp.asarray([KINDS.index(k) for k in residual.kinds])[dvid]
+    sd = residual_sd(residual, pred, dvid)
+    h = residual.score_step
+    ordinal = jnp.maximum(0.0, h * jnp.round((pred + sd * z) / h))
+    return jnp.select(
+        [kinds == KINDS.index("log"), kinds == KINDS.index("ordinal")],
+        [jnp.maximum(pred, _FLOOR) * jnp.exp(sd * z), ordinal],
+        pred + sd * z,
+    )

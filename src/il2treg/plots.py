@@ -46,3 +46,31 @@ def plot_treg_dynamics(sim, *, doses=None, title: str = "") -> Figure:
     if title:
         fig.suptitle(title)
     return fig
+
+
+def plot_profiles(profiles, *, title: str = "") -> Figure:
+    """One panel per :class:`il2treg.fit.profile.Profile`: ΔOFV against the parameter (estimation
+    scale), the 95% threshold (χ²₁ = 3.84), the Hessian's quadratic approximation and both intervals.
+    """
+    from il2treg.fit.profile import CHI2_95
+
+    profiles = list(profiles)
+    fig, axes = plt.subplots(1, len(profiles), figsize=(4.2 * len(profiles), 3.6), squeeze=False, constrained_layout=True)
+    for ax, prof in zip(axes[0], profiles):
+        ax.plot(prof.values, prof.delta, "o-", color="C0", ms=4, label="profile")
+        if np.isfinite(prof.se) and prof.se > 0:
+            x = np.linspace(prof.values.min(), prof.values.max(), 200)
+            ax.plot(x, ((x - prof.estimate) / prof.se) ** 2, "--", color="C1", lw=1, label="Hessian (quadratic)")
+        ax.axhline(CHI2_95, color="0.3", lw=0.8, ls=":", label="95% threshold (3.84)")
+        for v in (prof.ci_low, prof.ci_high):
+            if np.isfinite(v):
+                ax.axvline(v, color="C0", lw=0.8, alpha=0.7)
+        ax.set_ylim(bottom=min(-0.2, float(np.nanmin(prof.delta))), top=max(2 * CHI2_95, 1.1 * float(np.nanmax(prof.delta))))
+        ax.set_xlabel(f"{prof.name} (estimation scale)")
+        ax.set_ylabel("ΔOFV")
+        ax.set_title(prof.name + ("" if prof.identifiable else ": not identifiable"), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="upper center")
+    if title:
+        fig.suptitle(title)
+    return fig

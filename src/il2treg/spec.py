@@ -12,6 +12,9 @@ A model file has three tables:
     ``value``), ``transform`` (``log``, ``logit`` or ``identity``: the scale on which it is
     estimated), ``cv_percent`` (between-patient variability, log-normal; 0 = none), ``group``,
     ``description`` and ``source`` (a citation, or "ASSUMPTION ..." with what it was calibrated to).
+    Optionally a prior: ``prior_sd`` (SD on the estimation scale of ``transform``, centred on
+    ``value``: a log-normal prior with median ``value`` for ``log``, a logit-normal one for
+    ``logit``, a normal one for ``identity``) and ``prior_source`` (why that width).
 
 On load, values and bounds are converted to il2treg's internal units (days, L, pM, cells/uL;
 see :mod:`il2treg.units`). Problems raise :class:`il2treg.errors.SpecError` naming the parameter,
@@ -33,7 +36,7 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 TRANSFORMS = ("log", "logit", "identity")
 _REQUIRED_FIELDS = ("value", "unit", "bounds", "transform", "cv_percent", "source")
-_OPTIONAL_FIELDS = ("group", "description")
+_OPTIONAL_FIELDS = ("group", "description", "prior_sd", "prior_source")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +70,10 @@ class ParamSpec:
         description: what it is.
         source: citation or assumption.
         declared_value: the value as written in the file (in ``unit``).
+        prior_sd: SD of the prior on the estimation scale; None = no prior.
+        prior_center: its centre in internal units: the declared value (kept when a fit
+            changes ``value`` to start elsewhere).
+        prior_source: the justification of that width.
     """
 
     name: str
@@ -80,6 +87,9 @@ class ParamSpec:
     description: str
     source: str
     declared_value: float
+    prior_sd: float | None = None
+    prior_center: float | None = None
+    prior_source: str = ""
 
     @property
     def omega(self) -> float:
@@ -180,6 +190,17 @@ def _param(name: str, table: dict, where: str) -> ParamSpec:
     source = table["source"]
     if not isinstance(source, str) or not source.strip():
         raise SpecError(f"{here}: source must name a citation or an assumption.")
+    prior_sd = table.get("prior_sd")
+    prior_source = table.get("prior_source", "")
+    if prior_sd is not None:
+        if isinstance(prior_sd, bool) or not isinstance(prior_sd, (int, float)) or not (math.isfinite(prior_sd) and prior_sd > 0):
+            raise SpecError(f"{here}: prior_sd must be a positive number (SD on the {transform} scale), got {prior_sd!r}.")
+        if not isinstance(prior_source, str) or not prior_source.strip():
+            raise SpecError(f"{here}: a prior needs `prior_source`: why its width. Fix: add prior_source = \"...\".")
+        if transform == "logit" and not bounds[0] < value < bounds[1]:
+            raise SpecError(f"{here}: a logit prior needs a value strictly inside the bounds, got {value}.")
+    elif "prior_source" in table:
+        raise SpecError(f"{here}: prior_source without prior_sd. Fix: add prior_sd or remove prior_source.")
     unit = table["unit"]
     try:
         internal, internal_unit = units.to_internal(float(value), unit)
@@ -199,6 +220,9 @@ def _param(name: str, table: dict, where: str) -> ParamSpec:
         description=str(table.get("description", "")),
         source=source,
         declared_value=float(value),
+        prior_sd=None if prior_sd is None else float(prior_sd),
+        prior_center=None if prior_sd is None else float(internal),
+        prior_source=str(prior_source),
     )
 
 

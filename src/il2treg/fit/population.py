@@ -37,6 +37,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from il2treg.fit.individual import InnerResult, batch_inner_solve, observation_derivatives
+from il2treg.fit.priors import Prior
 from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, expand, expanded_predict, individual_theta, typical_theta, unpack
 from il2treg.likelihood import ResidualModel
 from il2treg.simulate import interleaved_rows
@@ -109,6 +110,7 @@ class Objective(eqx.Module):
     base_residual: ResidualModel
     batch_size: int = eqx.field(static=True, default=16)
     inner_tol: float = eqx.field(static=True, default=1e-10)
+    prior: Prior | None = None  # a penalty -2 log p(psi) added to the OFV (il2treg.fit.priors)
 
     @eqx.filter_jit
     def inner(self, psi, eta0) -> InnerResult:
@@ -121,7 +123,14 @@ class Objective(eqx.Module):
     def value(self, psi, inner: InnerResult, include) -> Float[Array, ""]:
         """OFV at the given inner results, summed over the included patients."""
         terms = jax.vmap(lambda inn, pat: patient_terms(self.problem, psi, self.base_residual, inn, pat))(inner, self.patients)
-        return jnp.sum(jnp.where(include, terms, 0.0))
+        return jnp.sum(jnp.where(include, terms, 0.0)) + self.penalty(psi)
+
+    def penalty(self, psi) -> Float[Array, ""]:
+        """−2 log prior of ``psi`` (0 without priors)."""
+        return jnp.zeros(()) if self.prior is None else self.prior.neg2log(psi)
+
+    def penalty_gradient(self, psi) -> Float[Array, " psi"]:
+        return jnp.zeros_like(psi) if self.prior is None else self.prior.neg2log_gradient(psi)
 
     @eqx.filter_jit
     def gradients(self, psi, eta, include) -> Float[Array, "patients psi"]:
@@ -131,8 +140,9 @@ class Objective(eqx.Module):
         return jnp.where(include[:, None], per_patient, 0.0)
 
     def gradient(self, psi, eta, include) -> Float[Array, " psi"]:
-        """Exact gradient of the OFV at converged EBEs ``eta``, over the included patients."""
-        return jnp.sum(self.gradients(psi, eta, include), axis=0)
+        """Exact gradient of the OFV (with the prior penalty) at converged EBEs ``eta``, over the
+        included patients; :meth:`gradients` holds the data terms only, per patient."""
+        return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
 
 
 class ThreadedObjective:
@@ -150,6 +160,9 @@ class ThreadedObjective:
         self.problem = objective.problem
         self.base_residual = objective.base_residual
         self.patients = objective.patients
+        self.prior = objective.prior
+        self._whole = objective
+        objective = Objective(objective.problem, objective.patients, objective.base_residual, objective.batch_size, objective.inner_tol)
         n = objective.patients.obs_time.shape[0]
         workers = max(1, min(workers or os.cpu_count() or 1, n // 8))
         self._rows, self._real, self._parts = [], [], []
@@ -174,7 +187,13 @@ class ThreadedObjective:
 
     def value(self, psi, inner: InnerResult, include):
         parts = self._map(lambda k: self._parts[k].value(psi, _take(inner, self._rows[k]), jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))
-        return jnp.sum(jnp.stack(parts))
+        return jnp.sum(jnp.stack(parts)) + self.penalty(psi)
+
+    def penalty(self, psi):
+        return self._whole.penalty(psi)
+
+    def penalty_gradient(self, psi):
+        return self._whole.penalty_gradient(psi)
 
     def gradients(self, psi, eta, include):
         parts = self._map(lambda k: self._parts[k].gradients(psi, eta[self._rows[k]], jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))
@@ -184,7 +203,7 @@ class ThreadedObjective:
         return jnp.asarray(out)
 
     def gradient(self, psi, eta, include):
-        return jnp.sum(self.gradients(psi, eta, include), axis=0)
+        return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
 
 
 def _take(tree, rows):

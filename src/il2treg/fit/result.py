@@ -14,7 +14,11 @@ file               content
                    predicted SLEDAI change and SRI-4 probability
 ``predictions.csv``one row per observation row: DV, PRED, IPRED, RES, IRES, IWRES
 ``posterior.nc``   ArviZ InferenceData (netCDF): ``posterior`` draws of the population
-                   parameters from the asymptotic normal approximation, ``observed_data``
+                   parameters from the asymptotic normal approximation, ``observed_data``;
+                   after ``--method nuts`` the NUTS posterior (population parameters and
+                   ``eta`` [patient, parameter]), ``sample_stats``, ``log_likelihood``,
+                   ``posterior_predictive``, ``observed_data`` and ``constant_data`` on a
+                   [patient, time] grid of observation slots
 ``report.md``      the one-screen summary (:func:`report`)
 =================  ==========================================================================
 
@@ -73,6 +77,8 @@ class FitResult:
         settings: optimiser and SRI-4 settings used.
         timing: seconds per stage (``estimation_s`` includes compilation).
         version: il2treg version that made it.
+        method: ``"foce"`` or ``"nuts"`` (then ``posterior`` holds the NUTS draws).
+        inference: the NUTS posterior as ArviZ InferenceData (None for ``"foce"``).
     """
 
     name: str
@@ -102,6 +108,8 @@ class FitResult:
     settings: dict
     timing: dict
     version: str
+    method: str = "foce"
+    inference: object = None
 
     @property
     def flagged(self) -> list:
@@ -208,7 +216,8 @@ def load_fit(path: str | Path) -> FitResult:
         estimates=_read_csv(path / PARAMETERS), individual=_read_csv(path / INDIVIDUAL, id_type),
         predictions=_read_csv(path / PREDICTIONS, id_type), posterior=_read_posterior(path / POSTERIOR, psi_names),
         posterior_seed=int(s["posterior_seed"]), residual=_decode(s["residual"]), settings=_decode(s["settings"]),
-        timing=_decode(s["timing"]), version=s["version"],
+        timing=_decode(s["timing"]), version=s["version"], method=s.get("method", "foce"),
+        inference=_read_inference(path / POSTERIOR) if s.get("method") == "nuts" else None,
     )  # fmt: skip
 
 
@@ -223,7 +232,8 @@ def _write_summary(result: FitResult, file: Path) -> None:
         "n_patients": result.n_patients, "n_observations": result.n_observations, "flagged": result.flagged,
         "psi_names": list(result.psi_names), "psi": result.psi, "covariance": result.covariance, "history": result.history,
         "residual": result.residual, "settings": result.settings, "timing": result.timing,
-        "posterior_seed": result.posterior_seed, "posterior_method": POSTERIOR_METHOD, "id_type": id_type,
+        "posterior_seed": result.posterior_seed, "id_type": id_type, "method": result.method,
+        "posterior_method": POSTERIOR_METHOD if result.inference is None else "nuts",
         "spec_path": result.spec_path, "spec_text": result.spec_text,
     }  # fmt: skip
     file.write_text(json.dumps(_encode(summary), indent=1, allow_nan=False) + "\n")
@@ -273,6 +283,9 @@ def _read_csv(file: Path, id_type: str | None = None) -> pd.DataFrame:
 def _write_posterior(result: FitResult, file: Path) -> None:
     import arviz as az
 
+    if result.inference is not None:
+        result.inference.to_netcdf(str(file))
+        return
     draws = result.posterior
     posterior = {n: draws[..., k] for k, n in enumerate(result.psi_names)}
     observed, constant, dims = {}, {}, {}
@@ -310,7 +323,18 @@ def _read_posterior(file: Path, psi_names: tuple[str, ...]) -> np.ndarray:
         return np.stack([post[n].to_numpy() for n in psi_names], axis=-1).astype(np.float64)
 
 
+def _read_inference(file: Path):
+    import arviz as az
+
+    idata = az.from_netcdf(str(file), engine="h5netcdf")
+    for group in idata.groups():
+        idata[group].load()
+    return idata
+
+
 def _same(a, b) -> bool:
+    if hasattr(a, "groups") and hasattr(b, "groups"):  # InferenceData: every group identical (values, dims, attrs)
+        return a.groups() == b.groups() and all(a[g].identical(b[g]) for g in a.groups())
     if isinstance(a, pd.DataFrame):
         return isinstance(b, pd.DataFrame) and list(a.columns) == list(b.columns) and a.dtypes.equals(b.dtypes) and a.equals(b)
     if isinstance(a, np.ndarray):
@@ -379,10 +403,33 @@ def report(result: FitResult) -> str:
         lines += ["", "## Flagged patients (left out of the objective)", ""]
         for _, row in ind[~ind["included"]].iterrows():
             lines.append(f"- ID {row['ID']}: {row['status']}")
+    if result.inference is not None:
+        lines += _nuts_report(result)
     warnings = result.identifiability()
     if warnings:
         lines += ["", "## Identifiability", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines) + "\n"
+
+
+def _nuts_report(result: FitResult) -> list[str]:
+    est = result.estimates[result.estimates["estimated"]]
+    stats = result.inference.sample_stats
+    t = result.timing
+    n_div = int(stats["diverging"].sum())
+    worst_rhat, least_ess = float(est["r_hat"].max()), float(est["ess_bulk"].min())
+    lines = [
+        "", "## NUTS posterior (warm-started from the fit above)", "",
+        f"{stats.sizes['chain']} chains x {stats.sizes['draw']} draws; {n_div} divergences after warm-up; "
+        f"largest R-hat {worst_rhat:.4f}, smallest bulk ESS {least_ess:.0f}; compilation {t.get('nuts_compile_s', float('nan')):.1f} s, "
+        f"sampling {t.get('nuts_sampling_s', float('nan')):.1f} s (smallest bulk ESS per second of sampling: {least_ess / t.get('nuts_sampling_s', float('nan')):.2f}).",
+        "", "| parameter | posterior mean | SD | 95% interval | R-hat | bulk ESS | Laplace estimate |", "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for _, row in est.iterrows():
+        lines.append(
+            f"| {row['parameter']} | {_g(row['posterior_mean'])} | {_g(row['posterior_sd'])} | {_g(row['posterior_q2.5'])} - {_g(row['posterior_q97.5'])} "
+            f"| {row['r_hat']:.4f} | {row['ess_bulk']:.0f} | {_g(row['estimate'])} |"
+        )
+    return lines
 
 
 def _g(x, fmt: str = ".4g") -> str:

@@ -52,6 +52,8 @@ from il2treg.fit.population import Objective, ThreadedObjective
 from il2treg.fit.problem import (
     FitProblem, PatientData, covariate_theta, individual_theta, make_problem, patient_arrays, predict, to_unconstrained, unpack,
 )  # fmt: skip
+from il2treg.fit.bayes import eta_variances, make_target, pointwise, sample_nuts
+from il2treg.fit.priors import model_priors, sampling_priors
 from il2treg.fit.result import FitResult, save
 from il2treg.fit.spec import SIGMAS_OF_KIND, FitSpec, read_fit_spec
 from il2treg.likelihood import ResidualModel, residual_sd
@@ -61,18 +63,21 @@ from il2treg.simulate import _slots_needed
 #: Inner (EBE) status codes as words.
 STATUS_TEXT = {STATUS_CONVERGED: "converged", STATUS_MAX_ITER: "EBE not converged", STATUS_SOLVER_FAILED: "ODE solve failed"}
 _POSTERIOR_CHAINS, _POSTERIOR_DRAWS, _POSTERIOR_SEED = 4, 500, 0
+#: Estimation methods of :func:`compute_fit`.
+METHODS = ("foce", "nuts")
 _SLEDAI = OBSERVABLE_NAMES.index("sledai")
 
 Progress = Callable[[dict], None]
 
 
-def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = False, progress: Progress | None = None) -> FitResult:
+def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = False, method: str = "foce", progress: Progress | None = None) -> FitResult:
     """Validate, fit, and write the results folder ``out_dir``.
 
     Arguments:
         spec: a :class:`FitSpec` or the path of a fit file.
         out_dir: results folder; it must not exist unless ``force``.
         force: replace an existing results folder.
+        method: ``"foce"`` or ``"nuts"`` (:func:`compute_fit`).
         progress: called with a dict at each stage (``stage``: ``start``, ``estimation``,
             ``covariance``, ``predictions``, ``writing``; ``elapsed_s``) and after each outer
             iteration (``stage`` ``estimation`` with ``iteration``, ``ofv``, ``grad_max``).
@@ -86,15 +91,23 @@ def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = Fa
     if out_dir.exists() and not force:
         raise InputError(f"output folder {str(out_dir)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     start = time.perf_counter()
-    result = compute_fit(spec, progress=progress)
+    result = compute_fit(spec, method=method, progress=progress)
     if progress is not None:
         progress({"stage": "writing", "elapsed_s": time.perf_counter() - start})
     save(result, out_dir, force=force)
     return result
 
 
-def compute_fit(spec: FitSpec, *, progress: Progress | None = None) -> FitResult:
-    """Run the fit described by ``spec`` and return its :class:`FitResult` (nothing is written)."""
+def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | None = None) -> FitResult:
+    """Run the fit described by ``spec`` and return its :class:`FitResult` (nothing is written).
+
+    ``method``: ``"foce"`` (FOCE-I / Laplace; the posterior file holds draws from the normal
+    approximation) or ``"nuts"`` (the Laplace fit, then NUTS warm-started from it,
+    :mod:`il2treg.fit.bayes`; the posterior file holds the NUTS posterior with its sample
+    statistics, pointwise log-likelihood and posterior predictive draws).
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}. Fix: use one of {', '.join(METHODS)}.")
     start = time.perf_counter()
     emit = progress or (lambda info: None)
     timing: dict[str, float] = {}
@@ -104,7 +117,8 @@ def compute_fit(spec: FitSpec, *, progress: Progress | None = None) -> FitResult
         spec.model, data, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas,
         residual_kinds={e.dvid: e.kind for e in spec.errors}, covariates=spec.effects,
     )  # fmt: skip
-    objective = ThreadedObjective(Objective(problem, patient_arrays(data, problem.covariates), residual0))
+    prior = model_priors(problem) if spec.priors == "model" else None
+    objective = ThreadedObjective(Objective(problem, patient_arrays(data, problem.covariates), residual0, prior=prior))
     psi0 = initial_psi(spec, problem, residual0)
     emit({"stage": "start", "elapsed_s": time.perf_counter() - start})
 
@@ -120,7 +134,7 @@ def compute_fit(spec: FitSpec, *, progress: Progress | None = None) -> FitResult
     fit = fit_population(objective, psi0, max_iter=opt.max_iter, ftol=opt.ftol, gtol=opt.gtol, covariance=False, callback=on_iteration)
     timing["estimation_s"] = time.perf_counter() - t
     timing["first_iteration_s"] = first[0] if first else float("nan")
-    if opt.covariance:
+    if opt.covariance or method == "nuts":
         emit({"stage": "covariance", "elapsed_s": time.perf_counter() - start})
         t = time.perf_counter()
         inner = objective.inner(fit.psi, fit.eta)
@@ -138,6 +152,10 @@ def compute_fit(spec: FitSpec, *, progress: Progress | None = None) -> FitResult
     estimates = _estimates(spec, problem, fit, residual0)
     posterior = _posterior(problem, fit, residual0, _declared_factors(problem))
     timing["results_s"] = time.perf_counter() - t
+    inference = None
+    if method == "nuts":
+        emit({"stage": "nuts", "elapsed_s": time.perf_counter() - start})
+        posterior, inference, estimates = _nuts(spec, problem, fit, residual0, objective.patients, estimates, timing)
     timing["total_s"] = time.perf_counter() - start
 
     cov = np.asarray(fit.covariance, dtype=np.float64)
@@ -155,7 +173,7 @@ def compute_fit(spec: FitSpec, *, progress: Progress | None = None) -> FitResult
                            "score_step": float(up.residual.score_step)} for e in spec.errors},
         settings={**{k: _plain(v) for k, v in dataclasses.asdict(spec.optimiser).items()},
                   **{f"sri4_{k}": float(v) for k, v in dataclasses.asdict(spec.sri4).items()}},
-        timing={k: float(v) for k, v in timing.items()}, version=_version(),
+        timing={k: float(v) for k, v in timing.items()}, version=_version(), method=method, inference=inference,
     )  # fmt: skip
 
 
@@ -429,3 +447,77 @@ def _version() -> str:
 
 def _plain(v):
     return v if isinstance(v, (bool, int, str)) else float(v)
+
+
+# ----------------------------------------------------------------------------- NUTS
+
+
+def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel, patients: PatientData, estimates: pd.DataFrame, timing: dict):
+    """NUTS from the Laplace fit: (natural-scale draws [chain, draw, psi], InferenceData, estimates with posterior columns)."""
+    import arviz as az
+
+    settings = spec.nuts
+    prior = sampling_priors(problem, initial_psi(spec, problem, residual0), settings.priors)
+    inner = Objective(problem, patients, residual0).inner(fit.psi, fit.eta)
+    omega = unpack(problem, fit.psi, residual0).omega
+    eta_var = eta_variances(inner, omega)
+    target = make_target(problem, patients, residual0, prior, fit.included, eta_var, omega)
+    samples = sample_nuts(target, fit.psi, fit.eta, eta_var, fit.covariance, settings)
+    timing["nuts_compile_s"], timing["nuts_sampling_s"] = samples.compile_s, samples.sampling_s
+    t = time.perf_counter()
+    loglik, replicate, status = pointwise(target, samples, seed=settings.seed + 1)
+    timing["nuts_pointwise_s"] = time.perf_counter() - t
+    c, d, k = samples.psi.shape
+    factors = _declared_factors(problem)
+    natural = jax.vmap(lambda p: _natural(problem, p, residual0))(samples.psi.reshape(c * d, k))
+    draws = (np.asarray(natural, dtype=np.float64) * factors[None, :]).reshape(c, d, k)
+    data = spec.dataset
+    ids = _ids(data, np.arange(data.n_subjects))
+    mask = np.asarray(patients.obs_mask)
+    obs = np.where(mask, np.asarray(patients.obs_value, dtype=np.float64), np.nan)
+    eta = np.asarray(samples.eta(target), dtype=np.float64)
+    posterior = {n: draws[..., j] for j, n in enumerate(problem.psi_names)}
+    posterior["eta"] = eta
+    stats = {
+        "lp": np.asarray(samples.log_density), "acceptance_rate": np.asarray(samples.acceptance_rate),
+        "diverging": np.asarray(samples.diverging, dtype=bool), "tree_depth": np.asarray(samples.tree_depth, dtype=np.int64),
+        "n_steps": np.asarray(samples.n_steps, dtype=np.int64), "energy": np.asarray(samples.energy),
+        "step_size": np.broadcast_to(np.asarray(samples.step_size)[:, None], (c, d)).copy(),
+        "solver_failed": np.asarray(status != 0).sum(axis=-1).astype(np.int64),
+    }  # fmt: skip
+    dims = {"eta": ["patient", "parameter"], "y": ["patient", "time"], "obs_time": ["patient", "time"],
+            "obs_dvid": ["patient", "time"], "obs_used": ["patient", "time"]}  # fmt: skip
+    coords = {"patient": [str(i) for i in ids], "time": np.arange(obs.shape[1]), "parameter": list(problem.random)}
+    attrs = {
+        "method": "nuts", "inference_library": "blackjax", "fit": spec.name, "seed": settings.seed,
+        "chains": settings.chains, "warmup": settings.warmup, "samples": settings.samples,
+        "centred": int(np.asarray(target.centred).sum()),
+        "target_accept": settings.target_accept, "max_tree_depth": settings.max_tree_depth,
+        "description": "NUTS posterior of the population parameters (units of parameters.csv) and of the random "
+        "effects eta [patient, parameter]; observations on a [patient, time] grid of observation slots "
+        "(constant_data obs_time in days, obs_dvid names in the attribute dvid_names; slots not used are NaN "
+        "in observed_data and 0 in log_likelihood)",
+        "dvid_names": list(OBSERVABLE_NAMES),
+        "compile_s": samples.compile_s, "sampling_s": samples.sampling_s,
+    }  # fmt: skip
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        inference = az.from_dict(
+            posterior=posterior, sample_stats=stats, log_likelihood={"y": loglik}, posterior_predictive={"y": replicate},
+            observed_data={"y": obs},
+            constant_data={"obs_time": np.asarray(patients.obs_time, dtype=np.float64), "obs_dvid": np.asarray(patients.obs_dvid, dtype=np.int64),
+                           "obs_used": mask.astype(np.int64)},
+            coords=coords, dims=dims, attrs=attrs,
+        )  # fmt: skip
+    for group in inference.groups():
+        inference[group].attrs.update(attrs)
+    summary = az.summary(inference, var_names=list(problem.psi_names), stat_focus="mean", round_to="none")
+    estimates = estimates.copy()
+    for col, src in (("posterior_mean", "mean"), ("posterior_sd", "sd"), ("r_hat", "r_hat"), ("ess_bulk", "ess_bulk"), ("ess_tail", "ess_tail")):
+        estimates[col] = [float(summary.loc[n, src]) if n in summary.index else float("nan") for n in estimates["parameter"]]
+    q = {n: np.quantile(draws[..., j], [0.025, 0.975]) for j, n in enumerate(problem.psi_names)}
+    estimates["posterior_q2.5"] = [float(q[n][0]) if n in q else float("nan") for n in estimates["parameter"]]
+    estimates["posterior_q97.5"] = [float(q[n][1]) if n in q else float("nan") for n in estimates["parameter"]]
+    return draws, inference, estimates

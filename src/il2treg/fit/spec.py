@@ -39,6 +39,22 @@ A fit file has a few top-level keys and four kinds of tables::
     gtol = 1e-2
     covariance = true
 
+    priors = "none"                      # optional: "model" adds the model file's priors on the
+                                         # estimated fixed effects to the OFV (penalised fit)
+
+    [nuts]                               # optional: `il2treg fit --method nuts` settings
+    chains = 4                           # (il2treg.fit.bayes.NutsSettings; defaults shown)
+    warmup = 500
+    samples = 500
+    seed = 0
+    target_accept = 0.8
+    max_tree_depth = 8
+    init_spread = 1.0
+    fixed_sd = 2.0                       # default priors where the model declares none
+    beta_sd = 10.0                       # (il2treg.fit.priors.PriorDefaults)
+    omega_sd = 1.0
+    sigma_sd = 1.0
+
     [sri4]                               # optional: the SLEDAI link reported per patient
     day = 84                             # assessment day
     fall = 4                             # SLEDAI points
@@ -68,6 +84,8 @@ import numpy as np
 from il2treg import units
 from il2treg.data import Dataset, read_dataset
 from il2treg.errors import DataError, SpecError
+from il2treg.fit.bayes import NutsSettings
+from il2treg.fit.priors import PriorDefaults
 from il2treg.fit.problem import COVARIATE_MODELS, CovariateEffect
 from il2treg.likelihood import KINDS, ResidualModel
 from il2treg.model import Model, load_model
@@ -90,7 +108,10 @@ SIGMAS_OF_KIND: dict[str, tuple[str, ...]] = {
 #: Parameter groups whose parameters act on one observation type only (nothing feeds back).
 _ACTS_ONLY_ON = {"disease": "sledai"}
 
-_TOP_KEYS = ("name", "description", "model", "data", "ignore_dvids", "parameters", "covariates", "error", "optimiser", "sri4")
+_TOP_KEYS = ("name", "description", "model", "data", "ignore_dvids", "priors", "parameters", "covariates", "error", "optimiser", "nuts", "sri4")
+PRIOR_CHOICES = ("none", "model")
+_NUTS_DEFAULTS = {"chains": 4, "warmup": 500, "samples": 500, "seed": 0, "target_accept": 0.8, "max_tree_depth": 8, "init_spread": 1.0,
+                  "fixed_sd": 2.0, "beta_sd": 10.0, "omega_sd": 1.0, "sigma_sd": 1.0}  # fmt: skip
 _PARAM_KEYS = ("initial", "estimate", "cv_percent")
 _COVARIATE_KEYS = ("parameter", "covariate", "model", "reference", "initial")
 _ERROR_KEYS = ("kind", "sigma_add", "sigma_prop", "estimate", "score_step")
@@ -181,6 +202,8 @@ class FitSpec:
         ignore_dvids: observation types not fitted.
         optimiser: outer optimiser settings.
         sri4: the SLEDAI-link settings.
+        priors: ``"none"`` or ``"model"`` (the model's priors as a penalty on the OFV).
+        nuts: NUTS settings (:class:`il2treg.fit.bayes.NutsSettings`).
     """
 
     path: Path
@@ -197,6 +220,8 @@ class FitSpec:
     ignore_dvids: tuple[str, ...]
     optimiser: OptimiserSettings
     sri4: Sri4Settings
+    priors: str = "none"
+    nuts: NutsSettings = NutsSettings()
 
     @property
     def fixed(self) -> tuple[str, ...]:
@@ -268,6 +293,16 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     errors = _errors(doc.get("error", {}), where)
     optimiser = OptimiserSettings(**_settings(doc.get("optimiser", {}), _OPTIMISER_DEFAULTS, where, "optimiser"))
     sri4 = Sri4Settings(**_settings(doc.get("sri4", {}), _SRI4_DEFAULTS, where, "sri4"))
+    priors = doc.get("priors", "none")
+    if priors not in PRIOR_CHOICES:
+        raise SpecError(f"{where}: priors must be one of {', '.join(repr(c) for c in PRIOR_CHOICES)}, got {priors!r}.")
+    nuts_table = _settings(doc.get("nuts", {}), _NUTS_DEFAULTS, where, "nuts")
+    prior_keys = ("fixed_sd", "beta_sd", "omega_sd", "sigma_sd")
+    try:
+        nuts = NutsSettings(**{k: v for k, v in nuts_table.items() if k not in prior_keys},
+                            priors=PriorDefaults(**{k: float(nuts_table[k]) for k in prior_keys}))  # fmt: skip
+    except SpecError as err:
+        raise SpecError(f"{where}: {err}") from None
     if not 0.0 <= sri4.bilag_pga_keep <= 1.0:
         raise SpecError(f"{where}: [sri4] bilag_pga_keep must be a probability in [0, 1], got {sri4.bilag_pga_keep!r}.")
 
@@ -284,7 +319,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     return FitSpec(
         path=path, text=text, name=name, description=description, model_source=doc["model"], data_source=doc["data"],
         model=model, dataset=dataset, parameters=parameters, covariates=covariates, errors=errors, ignore_dvids=tuple(ignore),
-        optimiser=optimiser, sri4=sri4,
+        optimiser=optimiser, sri4=sri4, priors=priors, nuts=nuts,
     )  # fmt: skip
 
 

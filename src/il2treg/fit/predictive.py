@@ -1,0 +1,131 @@
+r"""Posterior predictive simulation of new patients under any regimen, from a fit's posterior.
+
+For each of ``n_draws`` posterior draws :math:`(\theta, \beta, \omega, \sigma)^{(d)}` of the population
+parameters (the NUTS posterior after ``--method nuts``, else the Laplace normal approximation), draw
+``n_patients`` new patients :math:`\eta \sim N(0, \mathrm{diag}(\omega^{(d)})^2)` at the reference
+covariates, simulate them under ``regimen``, and report per draw and patient
+
+* every observable at ``times`` (``treg_per_uL``, ``tconv_per_uL``, ...), and the Treg fold change
+  :math:`T(t)/T(0)`;
+* the latent SLEDAI change at ``day`` and the probability of an SRI-4 response there
+  (:func:`il2treg.fit.run.score_change_probability` with the fit's SLEDAI error model), times the
+  probability that BILAG/PGA does not veto it.
+
+The spread over ``draw`` is parameter uncertainty; the spread over ``patient`` is between-patient
+variability.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from il2treg.errors import InputError
+from il2treg.fit.problem import individual_theta, make_problem, to_unconstrained, typical_theta
+from il2treg.fit.result import FitResult
+from il2treg.fit.run import _SLEDAI, _declared_factors, _score_sd, score_change_probability
+from il2treg.fit.spec import FitSpec, parse_fit_spec
+from il2treg.likelihood import ResidualModel
+from il2treg.model import Parameters
+from il2treg.observables import OBSERVABLE_NAMES
+from il2treg.regimen import Regimen
+from il2treg.simulate import simulate
+
+
+def posterior_predictive(
+    result: FitResult,
+    regimen: Regimen,
+    times,
+    *,
+    spec: FitSpec | None = None,
+    n_draws: int = 200,
+    n_patients: int = 100,
+    day: float | None = None,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Simulate new patients from the posterior of ``result`` under ``regimen`` (module docstring).
+
+    Arguments:
+        result: a fit (:func:`il2treg.fit.load_fit`).
+        regimen: the regimen to simulate (:mod:`il2treg.regimen`).
+        times: observation days (sorted, non-negative).
+        spec: the fit's specification; default: read from ``result.spec_path``.
+        n_draws: posterior draws used (spread evenly over the chains' draws).
+        n_patients: new patients per draw.
+        day: SLEDAI assessment day; default the fit's ``[sri4] day``.
+
+    Returns:
+        ``xarray.Dataset`` with dims ``draw``, ``patient``, ``time``: one variable per observable
+        (``[draw, patient, time]``), ``treg_fold``, ``sledai_change`` and ``p_sri4``
+        (``[draw, patient]``), and the population parameters used (``[draw]``).
+
+    Raises:
+        InputError: a fit without a usable posterior, or bad ``times`` / sizes.
+    """
+    if n_draws < 1 or n_patients < 1:
+        raise InputError(f"n_draws and n_patients must be >= 1, got {n_draws} and {n_patients}.")
+    times = np.asarray(times, dtype=np.float64)
+    if times.ndim != 1 or times.size == 0 or np.any(np.diff(times) < 0) or np.any(times < 0) or not np.all(np.isfinite(times)):
+        raise InputError("times must be a non-empty sorted 1-D array of days >= 0. Fix: e.g. numpy.arange(0, 85, 1.0).")
+    draws = np.asarray(result.posterior, dtype=np.float64).reshape(-1, len(result.psi_names))
+    if not np.all(np.isfinite(draws)):
+        raise InputError(f"fit {result.name!r} has no posterior draws (its covariance step failed). Fix: refit, or run --method nuts.")
+    spec = spec or _spec_of(result)
+    day = float(spec.sri4.day if day is None else day)
+    problem = make_problem(
+        spec.model, spec.dataset, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas,
+        residual_kinds={e.dvid: e.kind for e in spec.errors}, covariates=spec.effects,
+    )  # fmt: skip
+    pick = np.linspace(0, len(draws) - 1, n_draws).round().astype(int)
+    natural = draws[pick] / _declared_factors(problem)[None, :]  # internal units
+    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
+    u = jnp.stack([to_unconstrained(problem, dict(zip(problem.fixed, row[:nf]))) for row in natural]) if nf else jnp.zeros((n_draws, 0))
+    theta = jax.vmap(lambda uu: typical_theta(problem, uu))(u)  # reference covariates: beta does not act
+    omega = jnp.asarray(natural[:, ns : ns + ne])
+    z = jax.random.normal(jax.random.PRNGKey(seed), (n_draws, n_patients, ne))
+    theta_i = jax.vmap(lambda th, om, zz: jax.vmap(lambda zi: individual_theta(problem, th, om * zi))(zz))(theta, omega, z)
+    flat = theta_i.reshape(n_draws * n_patients, -1)
+    grid = np.union1d(times, [0.0, day])
+    sim = simulate(spec.model, regimen, jnp.asarray(grid), Parameters(flat, spec.model.parameter_names))
+    values = np.asarray(sim.values, dtype=np.float64).reshape(n_draws, n_patients, len(grid), -1)
+    at = np.searchsorted(grid, times)
+    residual = _residual(spec, problem, natural)
+    l0, l1 = values[:, :, np.searchsorted(grid, 0.0), _SLEDAI], values[:, :, np.searchsorted(grid, day), _SLEDAI]
+    p_sri4 = np.empty((n_draws, n_patients))
+    for d in range(n_draws):
+        res = residual(d)
+        p_fall, _, _ = score_change_probability(l0[d], l1[d], _score_sd(res, l0[d]), _score_sd(res, l1[d]), spec.sri4.fall, step=res.score_step)
+        p_sri4[d] = spec.sri4.bilag_pga_keep * p_fall
+    treg = OBSERVABLE_NAMES.index("treg_per_uL")
+    out = {name: (("draw", "patient", "time"), values[:, :, at, k]) for k, name in enumerate(OBSERVABLE_NAMES)}
+    out["treg_fold"] = (("draw", "patient", "time"), values[:, :, at, treg] / values[:, :, np.searchsorted(grid, 0.0), treg][..., None])
+    out["sledai_change"] = (("draw", "patient"), l1 - l0)
+    out["p_sri4"] = (("draw", "patient"), p_sri4)
+    for j, name in enumerate(result.psi_names):
+        out[name] = (("draw",), draws[pick, j])
+    attrs = {"fit": result.name, "method": result.method, "day": day, "seed": seed, "regimen_doses": int(np.asarray(regimen.times).shape[-1])}
+    return xr.Dataset(out, coords={"draw": pick, "patient": np.arange(n_patients), "time": times}, attrs=attrs)
+
+
+def _spec_of(result: FitResult) -> FitSpec:
+    path = Path(result.spec_path)
+    return parse_fit_spec(tomllib.loads(result.spec_text), path=path, text=result.spec_text)
+
+
+def _residual(spec: FitSpec, problem, natural: np.ndarray):
+    """The error model of draw d (sigmas from the draw, the rest from the fit file)."""
+    base = spec.residual_model()
+    start = problem.n_struct + problem.n_eta
+
+    def of(d: int) -> ResidualModel:
+        sa, sp = np.asarray(base.sigma_add).copy(), np.asarray(base.sigma_prop).copy()
+        for k, (dvid, kind) in enumerate(problem.sigmas):
+            (sa if kind == "add" else sp)[OBSERVABLE_NAMES.index(dvid)] = natural[d, start + k]
+        return ResidualModel(jnp.asarray(sa), jnp.asarray(sp), base.kinds, base.score_step)
+
+    return of

@@ -1,0 +1,142 @@
+"""NUTS: the log density and its gradient, the two parametrisations, a short run written as
+ArviZ netCDF that round-trips through load_fit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from il2treg.errors import InputError, SpecError
+from il2treg.fit import load_fit
+from il2treg.fit.bayes import NutsSettings, Target, make_target
+from il2treg.fit.priors import sampling_priors
+from il2treg.fit.problem import make_problem, patient_arrays
+from il2treg.fit.result import save
+from il2treg.fit.run import compute_fit, initial_psi
+from il2treg.fit.spec import read_fit_spec
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return read_fit_spec("fits/lupil2_nuts/fit.toml")
+
+
+@pytest.fixture(scope="module")
+def target(spec):
+    problem = make_problem(spec.model, spec.dataset, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas,
+                           residual_kinds={e.dvid: e.kind for e in spec.errors})  # fmt: skip
+    patients = patient_arrays(spec.dataset)
+    res = spec.residual_model()
+    psi0 = initial_psi(spec, problem, res)
+    n = patients.obs_time.shape[0]
+    centred = jnp.zeros((n, problem.n_eta), bool).at[::2, 1].set(True)  # a mix of both forms
+    return Target(problem, patients, res, sampling_priors(problem, psi0), jnp.ones(n, bool), centred), psi0
+
+
+def test_log_density_gradient_matches_finite_differences(target):
+    tgt, psi0 = target
+    n, ne = tgt.centred.shape
+    pos = {"psi": psi0 + 0.05, "z": tgt.to_coordinates(psi0 + 0.05, 0.2 * jnp.sin(jnp.arange(n * ne).reshape(n, ne)))}
+    flat, unravel = ravel_pytree(pos)
+    f = jax.jit(lambda x: tgt.log_density(unravel(x)))
+    grad = jax.grad(f)(flat)
+    h = 1e-5
+    for k in range(flat.size):
+        e = jnp.zeros_like(flat).at[k].set(h)
+        fd = (f(flat + e) - f(flat - e)) / (2 * h)
+        assert float(grad[k]) == pytest.approx(float(fd), rel=1e-5, abs=1e-6), k
+
+
+def test_centred_and_non_centred_coordinates_describe_the_same_distribution(target):
+    tgt, psi0 = target
+    n, ne = tgt.centred.shape
+    eta = 0.1 * jnp.cos(jnp.arange(n * ne).reshape(n, ne))
+    other = dataclasses.replace(tgt, centred=~tgt.centred)
+    a = tgt.log_density({"psi": psi0, "z": tgt.to_coordinates(psi0, eta)})
+    b = other.log_density({"psi": psi0, "z": other.to_coordinates(psi0, eta)})
+    # same distribution of eta: the densities differ by the Jacobian of z = eta / omega only
+    from il2treg.fit.problem import unpack
+
+    log_omega = jnp.log(unpack(tgt.problem, psi0, tgt.base_residual).omega)
+    jacobian = jnp.sum(jnp.where(other.centred, log_omega, 0.0)) - jnp.sum(jnp.where(tgt.centred, log_omega, 0.0))
+    assert float(a - b) == pytest.approx(float(jacobian), rel=1e-9, abs=1e-9)
+    np.testing.assert_allclose(np.asarray(tgt.eta(psi0, tgt.to_coordinates(psi0, eta))), np.asarray(eta), atol=1e-14)
+
+
+def test_make_target_centres_the_well_informed_effects(target):
+    tgt, _ = target
+    omega = jnp.asarray([0.4, 0.3])
+    var = jnp.asarray([[0.01, 0.09], [0.1, 0.001]])
+    t = make_target(tgt.problem, tgt.patients, tgt.base_residual, tgt.prior, tgt.include, var[:, : tgt.problem.n_eta] if tgt.problem.n_eta == 2 else jnp.tile(var[:, :1], (1, tgt.problem.n_eta)), omega[: tgt.problem.n_eta] if tgt.problem.n_eta == 2 else jnp.full(tgt.problem.n_eta, 0.4))
+    assert bool(t.centred[0, 0]) and not bool(t.centred[1, 0])
+
+
+@pytest.mark.parametrize("kw, message", [({"chains": 0}, "chains"), ({"target_accept": 0.3}, "target_accept"), ({"warmup": 1.5}, "warmup")])
+def test_bad_nuts_settings_are_named(kw, message):
+    with pytest.raises(SpecError, match=message):
+        NutsSettings(**kw)
+
+
+@pytest.fixture(scope="module")
+def nuts_result(spec, tmp_path_factory):
+    small = dataclasses.replace(spec, nuts=NutsSettings(chains=2, warmup=40, samples=40, seed=3))
+    result = compute_fit(small, method="nuts")
+    out = tmp_path_factory.mktemp("nuts") / "results"
+    save(result, out)
+    return result, out
+
+
+def test_nuts_results_round_trip_exactly_through_load_fit(nuts_result):
+    result, out = nuts_result
+    back = load_fit(out)
+    assert back.method == "nuts"
+    assert back.equals(result)
+    assert set(back.inference.groups()) >= {"posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data", "constant_data"}
+
+
+def test_nuts_posterior_file_has_named_dims_and_works_with_arviz(nuts_result):
+    import arviz as az
+
+    result, out = nuts_result
+    idata = az.from_netcdf(str(out / "posterior.nc"))
+    post = idata.posterior
+    assert dict(post.sizes) == {"chain": 2, "draw": 40, "patient": 8, "parameter": 3}
+    assert post["eta"].dims == ("chain", "draw", "patient", "parameter")
+    assert idata.log_likelihood["y"].dims == ("chain", "draw", "patient", "time")
+    assert idata.posterior_predictive["y"].dims == ("chain", "draw", "patient", "time")
+    assert list(post["parameter"].values) == ["emax_treg", "treg0", "tconv0"]
+    summary = az.summary(idata, var_names=list(result.psi_names))
+    assert list(summary.index) == list(result.psi_names)
+    assert np.all(np.isfinite(summary["r_hat"]))
+    loo = az.loo(idata)
+    assert np.isfinite(loo["elpd_loo"])
+    # the draws are the FitResult's posterior, natural scale
+    np.testing.assert_array_equal(post["kout_treg"].values, result.posterior[..., result.psi_names.index("kout_treg")])
+    # padded or unused slots carry no likelihood and no observation
+    used = idata.constant_data["obs_used"].values.astype(bool)
+    assert np.all(idata.log_likelihood["y"].values[..., ~used] == 0.0)
+    assert np.all(np.isnan(idata.observed_data["y"].values[~used]))
+    stats = idata.sample_stats
+    assert {"diverging", "tree_depth", "acceptance_rate", "energy", "lp", "step_size", "solver_failed"} <= set(stats.data_vars)
+
+
+def test_nuts_report_and_estimates_carry_the_posterior_summary(nuts_result):
+    result, _ = nuts_result
+    est = result.estimates[result.estimates["estimated"]]
+    for col in ("posterior_mean", "posterior_sd", "posterior_q2.5", "posterior_q97.5", "r_hat", "ess_bulk"):
+        assert np.all(np.isfinite(est[col])), col
+    assert np.all(est["posterior_q2.5"] < est["posterior_q97.5"])
+    assert "## NUTS posterior" in result.summary()
+
+
+def test_unknown_method_is_refused_before_computing(spec, tmp_path):
+    from il2treg.fit.run import run_fit
+
+    with pytest.raises(InputError, match="unknown method"):
+        run_fit(spec, tmp_path / "x", method="mcmc")
+    assert not (tmp_path / "x").exists()

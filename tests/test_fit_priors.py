@@ -1,0 +1,122 @@
+"""Priors: declared in models/ with a width and its justification; a penalty on the OFV; proper for NUTS."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from il2treg.errors import SpecError
+from il2treg.fit.population import Objective
+from il2treg.fit.priors import PriorDefaults, model_priors, sampling_priors
+from il2treg.fit.problem import make_problem, patient_arrays
+from il2treg.fit.spec import read_fit_spec
+from il2treg.spec import parse_spec
+
+
+def _problem(spec):
+    return make_problem(spec.model, spec.dataset, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas,
+                        residual_kinds={e.dvid: e.kind for e in spec.errors}, covariates=spec.effects)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return read_fit_spec("fits/lupil2_nuts/fit.toml")
+
+
+def test_every_fitted_parameter_of_the_reference_fits_has_a_justified_prior(model):
+    for name in ("emax_treg", "kout_treg", "treg0", "tconv0", "emax_cd25", "sledai0", "imax", "pmax", "r50", "kd"):
+        ps = model.spec[name]
+        assert ps.prior_sd is not None and ps.prior_sd > 0, name
+        assert len(ps.prior_source) > 20, name
+        assert ps.prior_center == ps.value
+
+
+def test_prior_centre_stays_at_the_declared_value_when_a_fit_starts_elsewhere(model):
+    moved = model.with_values(kout_treg=0.2)
+    assert moved.spec["kout_treg"].prior_center == pytest.approx(0.12)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [("prior_sd = -1\nprior_source = 'x'", "prior_sd must be a positive number"),
+     ("prior_sd = 0.5", "needs `prior_source`"),
+     ("prior_source = 'why'", "prior_source without prior_sd")],
+)  # fmt: skip
+def test_bad_prior_declarations_are_named(extra, message):
+    import tomllib
+
+    doc = tomllib.loads(textwrap.dedent(f"""
+        [model]
+        name = "m"
+        [parameters.k]
+        value = 1.0
+        unit = "1/day"
+        bounds = [0.1, 10.0]
+        transform = "log"
+        cv_percent = 0
+        source = "test"
+        {extra}
+    """))  # fmt: skip
+    with pytest.raises(SpecError, match=message):
+        parse_spec(doc, where="m.toml")
+
+
+def test_model_priors_are_lognormal_about_the_declared_value(spec):
+    problem = _problem(spec)
+    prior = model_priors(problem)
+    k = problem.fixed.index("kout_treg")
+    assert float(prior.mean[k]) == pytest.approx(math.log(0.12))
+    assert float(prior.sd[k]) == 0.18
+    assert not prior.declared[problem.n_fixed:].any()  # omegas and sigmas: no model prior
+
+
+def test_penalty_and_its_gradient(spec):
+    problem = _problem(spec)
+    prior = model_priors(problem)
+    psi = jnp.asarray(prior.mean) + 0.1
+    psi = jnp.where(prior.declared, psi, 0.3)
+    expected = sum((0.1 / float(s)) ** 2 for s in np.asarray(prior.sd) if np.isfinite(s))
+    assert float(prior.neg2log(psi)) == pytest.approx(expected)
+    h = 1e-6
+    for k in range(problem.n_psi):
+        e = jnp.zeros(problem.n_psi).at[k].set(h)
+        fd = (prior.neg2log(psi + e) - prior.neg2log(psi - e)) / (2 * h)
+        assert float(prior.neg2log_gradient(psi)[k]) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
+
+
+def test_sampling_priors_are_proper_everywhere(spec):
+    problem = _problem(spec)
+    psi0 = jnp.linspace(-1, 1, problem.n_psi)
+    prior = sampling_priors(problem, psi0, PriorDefaults(omega_sd=0.7))
+    assert prior.declared.all()
+    k = problem.psi_names.index("omega_treg0")
+    assert float(prior.mean[k]) == pytest.approx(float(psi0[k])) and float(prior.sd[k]) == 0.7
+
+
+def test_objective_with_prior_adds_exactly_the_penalty(spec):
+    problem = _problem(spec)
+    patients = patient_arrays(spec.dataset, problem.covariates)
+    res = spec.residual_model()
+    plain = Objective(problem, patients, res)
+    penalised = Objective(problem, patients, res, prior=model_priors(problem))
+    from il2treg.fit.run import initial_psi
+
+    psi = initial_psi(spec, problem, res) + 0.05
+    inner = plain.inner(psi, jnp.zeros((patients.obs_time.shape[0], problem.n_eta)))
+    include = inner.status == 0
+    diff = float(penalised.value(psi, inner, include) - plain.value(psi, inner, include))
+    assert diff == pytest.approx(float(model_priors(problem).neg2log(psi)), rel=1e-12)
+    gdiff = penalised.gradient(psi, inner.eta, include) - plain.gradient(psi, inner.eta, include)
+    np.testing.assert_allclose(np.asarray(gdiff), np.asarray(model_priors(problem).neg2log_gradient(psi)), rtol=1e-9, atol=1e-9)
+
+
+def test_fit_file_priors_key_is_validated(tmp_path):
+    text = open("fits/lupil2_nuts/fit.toml").read().replace('data = "cohort.csv"', 'data = "cohort.csv"\npriors = "literature"')
+    (tmp_path / "fit.toml").write_text(text)
+    (tmp_path / "cohort.csv").write_text(open("fits/lupil2_nuts/cohort.csv").read())
+    with pytest.raises(SpecError, match="priors must be one of"):
+        read_fit_spec(tmp_path / "fit.toml")
