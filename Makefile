@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick bench-fit recovery clean
+.PHONY: demo test bench bench-quick bench-fit bench-bayes sbc recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ bench-quick: $(STAMP)
 
 bench-fit: $(STAMP)
 	$(PY) benchmarks/fit.py
+
+bench-bayes: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/bayes.py --baseline --baseline-chains 2 --baseline-warmup 200 --baseline-samples 200 --json benchmarks/results/bayes.json
+
+sbc: $(STAMP)
+	$(PY) benchmarks/sbc.py --replicates 50 --json benchmarks/results/sbc.json
 
 recovery: $(STAMP)
 	$(PY) benchmarks/recovery.py --replicates 20 --json benchmarks/results/recovery.json
