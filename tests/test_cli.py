@@ -108,3 +108,15 @@ def test_trial_with_a_placebo_regimen_in_the_active_arm_shows_no_effect(monkeypa
 def test_unknown_trial_design_is_one_line_and_exit_2(monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "trial", "--design", "nope")
     assert code == 2 and err.count("\n") == 1 and "nope" in err
+
+
+def test_fit_with_an_unknown_method_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "fit", "fits/lupil2_nuts/fit.toml", "--method", "mcmc", "--out", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1 and "mcmc" in err and "nuts" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_profile_of_an_unknown_parameter_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "profile", "fits/lupil2_nuts/fit.toml", "--parameter", "ka", "--out", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1 and "'ka'" in err and "kout_treg" in err
+    assert not (tmp_path / "o").exists()
