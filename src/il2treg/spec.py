@@ -319,16 +319,17 @@ def update_values(path: str | Path, values: dict[str, float]) -> None:
 
 
 def markdown_table(spec: ModelSpec) -> str:
-    """The parameter table of a model as Markdown (name, value, unit, bounds, transform, CV%, source)."""
+    """The parameter table of a model as Markdown (name, value, unit, bounds, transform, CV%, prior, source)."""
     rows = [
-        "| parameter | value | unit | bounds | transform | BSV CV% | description | source |",
-        "|---|---|---|---|---|---|---|---|",
+        "| parameter | value | unit | bounds | transform | BSV CV% | prior SD (transform scale) | description | source |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in spec.params:
         lo, hi = p.to_declared(p.bounds[0]), p.to_declared(p.bounds[1])
         cv = f"{p.cv_percent:g}" if p.cv_percent else "-"
+        prior = "-" if p.prior_sd is None else f"{p.prior_sd:g}: {p.prior_source}"
         rows.append(
             f"| `{p.name}` | {p.declared_value:g} | {p.unit} | {lo:g}-{hi:g} | {p.transform} | {cv} "
-            f"| {p.description} | {p.source} |"
+            f"| {prior} | {p.description} | {p.source} |"
         )
     return "\n".join(rows) + "\n"
