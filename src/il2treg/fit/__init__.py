@@ -1,14 +1,20 @@
-"""Fitting: individual (empirical Bayes) and population (FOCE-I) estimation.
+"""Fitting: individual (empirical Bayes), population (FOCE-I) and Bayesian (NUTS) estimation.
 
 :mod:`.problem` says what is estimated, :mod:`.individual` solves each patient's EBE,
 :mod:`.population` holds the objective and its exact gradient, :mod:`.estimate` the outer
-optimisation and the uncertainty. :mod:`.spec` reads fit files (``fits/<name>/fit.toml``),
-:mod:`.run` runs them, :mod:`.result` holds, saves and loads a :class:`FitResult`.
+optimisation and the uncertainty, :mod:`.priors` the priors, :mod:`.bayes` the NUTS posterior,
+:mod:`.profile` profile likelihoods, :mod:`.predictive` posterior predictive simulation.
+:mod:`.spec` reads fit files (``fits/<name>/fit.toml``), :mod:`.run` runs them, :mod:`.result`
+holds, saves and loads a :class:`FitResult`.
 """
 
+from il2treg.fit.bayes import NutsSettings, sample_nuts
 from il2treg.fit.estimate import PopulationFit, fit_population, natural_estimates, shrinkage
 from il2treg.fit.individual import InnerResult, batch_inner_solve, inner_solve
 from il2treg.fit.population import Objective
+from il2treg.fit.predictive import posterior_predictive
+from il2treg.fit.priors import Prior, PriorDefaults, model_priors, sampling_priors
+from il2treg.fit.profile import Profile, profile
 from il2treg.fit.problem import FitProblem, make_problem, patient_arrays, to_unconstrained
 from il2treg.fit.result import FitResult, load_fit
 from il2treg.fit.result import save as save_fit
@@ -20,18 +26,27 @@ __all__ = [
     "FitResult",
     "FitSpec",
     "InnerResult",
+    "NutsSettings",
     "Objective",
     "PopulationFit",
+    "Prior",
+    "PriorDefaults",
+    "Profile",
     "batch_inner_solve",
     "compute_fit",
     "fit_population",
     "inner_solve",
     "load_fit",
     "make_problem",
+    "model_priors",
     "natural_estimates",
     "patient_arrays",
+    "posterior_predictive",
+    "profile",
     "read_fit_spec",
     "run_fit",
+    "sample_nuts",
+    "sampling_priors",
     "save_fit",
     "shrinkage",
     "to_unconstrained",
