@@ -30,7 +30,7 @@ bench-fit: $(STAMP)
 
 bench-bayes: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
-	$(PY) benchmarks/bayes.py --baseline --baseline-chains 2 --baseline-warmup 200 --baseline-samples 200 --json benchmarks/results/bayes.json
+	$(PY) benchmarks/bayes.py --baseline --baseline-chains 2 --baseline-warmup 150 --baseline-samples 150 --json benchmarks/results/bayes.json
 
 sbc: $(STAMP)
 	$(PY) benchmarks/sbc.py --replicates 50 --json benchmarks/results/sbc.json

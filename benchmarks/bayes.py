@@ -101,8 +101,11 @@ def numpyro_obvious(spec, chains: int, warmup: int, samples: int, seed: int) -> 
         with numpyro.plate("patient", n):
             eta = numpyro.sample("eta", dist.Normal(jnp.zeros(ne), up.omega).to_event(1))
         theta = typical_theta(problem, psi[:nf])
-        pred = jax.vmap(lambda e, p: predict(problem, individual_theta(problem, theta, e), p)[0])(eta, patients)
-        sd = up.residual.sigma_prop[patients.obs_dvid] * pred
+        pred, status = jax.vmap(lambda e, p: predict(problem, individual_theta(problem, theta, e), p))(eta, patients)
+        ok = jnp.all(status == 0) & jnp.all(jnp.isfinite(pred))  # a failed solve rejects the proposal
+        pred = jnp.where(ok, pred, 1.0)
+        numpyro.factor("solver_failed", jnp.where(ok, 0.0, -jnp.inf))
+        sd = jnp.maximum(up.residual.sigma_prop[patients.obs_dvid] * jnp.abs(pred), 1e-12)
         numpyro.sample("y", dist.Normal(pred, sd).mask(patients.obs_mask), obs=patients.obs_value)
 
     mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=samples, num_chains=chains, progress_bar=False)
