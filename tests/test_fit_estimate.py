@@ -9,11 +9,21 @@ import numpy as np
 from il2treg.fit.estimate import fit_population, preconditioner
 
 
-def test_preconditioner_whitens_the_outer_product_of_patient_gradients():
+def test_preconditioner_whitens_the_outer_product_shrunk_towards_its_diagonal():
     rng = np.random.default_rng(0)
-    g = rng.normal(size=(40, 5)) @ np.diag([1e3, 1.0, 1e-2, 5.0, 0.1])
+    g = rng.normal(size=(40, 5)) @ np.diag([10.0, 1.0, 1e-1, 5.0, 0.3])  # curvatures within the 1e6 floor
     t = preconditioner(g)
-    np.testing.assert_allclose(t.T @ (0.5 * g.T @ g) @ t, np.eye(5), atol=1e-10)
+    r = 0.5 * g.T @ g
+    r_shrunk = r + np.diag(np.diag(r)) * 5 / 40  # k parameters / n patients
+    np.testing.assert_allclose(t.T @ r_shrunk @ t, np.eye(5), atol=1e-10)
+
+
+def test_preconditioner_is_full_rank_with_fewer_patients_than_parameters():
+    g = np.random.default_rng(2).normal(size=(3, 6))  # 3 patients, 6 parameters: BHHH has rank 3
+    t = preconditioner(g)
+    assert np.linalg.matrix_rank(t) == 6
+    s = np.linalg.svd(t, compute_uv=False)
+    assert s.max() / s.min() < 1e3  # no near-null direction blown up
 
 
 def test_preconditioner_survives_a_parameter_without_information():
