@@ -96,6 +96,7 @@ def main() -> None:
         out = jax.block_until_ready(compiled(data, k_run))
         draws = np.asarray(out[0])[:: args.thin]  # psi draws [samples/thin, psi]
         ranks = np.sum(draws < np.asarray(psi)[None, :], axis=0)
+        print(f"replicate {r}: {time.perf_counter() - t:.0f} s since start, mean leapfrog steps {float(np.mean(out[6])):.1f}", flush=True)
         return r, {"ranks": ranks.tolist(), "divergences": int(np.sum(out[4])), "mean_steps": float(np.mean(out[6]))}, "ok"
 
     t = time.perf_counter()
