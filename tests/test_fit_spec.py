@@ -149,7 +149,7 @@ BAD = [
      "{path}: the data (data.csv) observe 'cd25_treg_rel' but the fit has no [error.cd25_treg_rel] table. "
      "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids."),
     ("unknown-top-level-key", lambda t: "algorithm = \"saem\"\n" + t,
-     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, ignore_dvids, parameters, covariates, error, optimiser, sri4."),
+     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, ignore_dvids, priors, parameters, covariates, error, optimiser, nuts, sri4."),
     ("unknown-parameter-key", _replace("initial = 4.0", "inital = 4.0"),
      "{path}: [parameters.emax_treg]: unknown key 'inital'. Fix: use only initial, estimate, cv_percent."),
     ("unknown-error-key", _replace("sigma_prop = 0.12", "sigma = 0.12"),
@@ -273,3 +273,14 @@ def test_invalid_data_file_names_the_fit_the_file_and_the_row(fit_dir):
         read_fit_spec(write(fit_dir, GOOD))
     assert str(info.value).startswith(f"{fit_dir / 'fit.toml'}: data file '{fit_dir / 'data.csv'}': DV must be a finite number; row 4 has '-'.")
     assert info.value.row == 4 and info.value.column == "DV"
+
+
+def test_nuts_table_is_validated_like_the_others(tmp_path):
+    text = open("fits/lupil2_nuts/fit.toml").read().replace("chains = 4", "chains = 0")
+    (tmp_path / "fit.toml").write_text(text)
+    (tmp_path / "cohort.csv").write_text(open("fits/lupil2_nuts/cohort.csv").read())
+    with pytest.raises(SpecError, match=r"\[nuts\] chains must be a whole number >= 1"):
+        read_fit_spec(tmp_path / "fit.toml")
+    (tmp_path / "fit.toml").write_text(open("fits/lupil2_nuts/fit.toml").read().replace("chains = 4", "chians = 4"))
+    with pytest.raises(SpecError, match="chians"):
+        read_fit_spec(tmp_path / "fit.toml")
