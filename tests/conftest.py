@@ -95,3 +95,17 @@ def run_cli(monkeypatch, capsys, *args):
         raise SystemExit(0)
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Free compiled XLA programs after each test module.
+
+    Without this the full suite segfaulted inside XLA compilation late in the run (tests/test_trial.py,
+    reproducibly, after the NUTS and profile tests were added), while every module passed alone: the
+    process accumulates compiled code. Shared fixtures recompile in the next module if needed.
+    """
+    yield
+    import jax
+
+    jax.clear_caches()
