@@ -41,7 +41,7 @@ import numpy as np
 from il2treg.fit.bayes import eta_variances, make_target
 from il2treg.fit.population import Objective
 from il2treg.fit.priors import sampling_priors
-from il2treg.fit.problem import individual_theta, make_problem, patient_arrays, predict, typical_theta, unpack
+from il2treg.fit.problem import individual_theta, patient_arrays, predict, typical_theta, unpack
 from il2treg.fit.run import compute_fit, initial_psi
 from il2treg.fit.spec import read_fit_spec
 from il2treg.simulate import SolverOptions
@@ -87,8 +87,7 @@ def numpyro_obvious(spec, chains: int, warmup: int, samples: int, seed: int) -> 
     import numpyro.distributions as dist
     from numpyro.infer import MCMC, NUTS
 
-    problem = make_problem(spec.model, spec.dataset, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas,
-                           residual_kinds={e.dvid: e.kind for e in spec.errors}, options=SolverOptions())  # fmt: skip
+    problem = spec.problem(SolverOptions())  # reverse mode (RecursiveCheckpointAdjoint) through the solve
     patients = patient_arrays(spec.dataset)
     res0 = spec.residual_model()
     prior = sampling_priors(problem, initial_psi(spec, problem, res0), spec.nuts.priors)
@@ -123,8 +122,7 @@ def numpyro_same_density(spec, chains: int, warmup: int, samples: int, seed: int
     """numpyro NUTS on il2treg's log density, started as il2treg starts blackjax."""
     from numpyro.infer import MCMC, NUTS
 
-    problem = make_problem(spec.model, spec.dataset, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas,
-                           residual_kinds={e.dvid: e.kind for e in spec.errors})  # fmt: skip
+    problem = spec.problem()
     patients = patient_arrays(spec.dataset)
     res0 = spec.residual_model()
     obj = Objective(problem, patients, res0)

@@ -23,7 +23,6 @@ Usage: python benchmarks/sbc.py [--replicates 50] [--patients 4] [--warmup 100] 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -39,7 +38,7 @@ from scipy import stats
 
 from il2treg.fit.bayes import NutsSettings, Target, _chain
 from il2treg.fit.priors import PriorDefaults, sampling_priors
-from il2treg.fit.problem import make_problem, patient_arrays
+from il2treg.fit.problem import patient_arrays
 from il2treg.fit.run import initial_psi
 from il2treg.fit.spec import read_fit_spec
 
@@ -61,8 +60,7 @@ def main() -> None:
             ap.error(f"--{name} must be >= 1")
     jax.config.update("jax_enable_x64", True)
     spec = read_fit_spec(SPEC)
-    problem = make_problem(spec.model, spec.dataset, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas,
-                           residual_kinds={e.dvid: e.kind for e in spec.errors})  # fmt: skip
+    problem = spec.problem()
     res0 = spec.residual_model()
     all_patients = patient_arrays(spec.dataset)
     half = args.patients // 2

@@ -69,7 +69,7 @@ def no_computation(monkeypatch):
         raise AssertionError("computation started")
 
     monkeypatch.setattr(il2treg.fit.run, "fit_population", forbidden)
-    monkeypatch.setattr(il2treg.fit.run, "make_problem", forbidden)
+    monkeypatch.setattr(il2treg.fit.spec.FitSpec, "problem", forbidden)  # the first step of compute_fit
 
 
 def test_a_good_spec_names_what_is_estimated(fit_dir):

@@ -204,27 +204,21 @@ def profile(
     from il2treg._io import atomic_output_dir
     from il2treg.errors import InputError
     from il2treg.fit.estimate import fit_population
-    from il2treg.fit.population import Objective, ThreadedObjective
-    from il2treg.fit.priors import model_priors
-    from il2treg.fit.problem import make_problem, patient_arrays
     from il2treg.fit.profile import profile as profile_of
-    from il2treg.fit.run import initial_psi
+    from il2treg.fit.run import initial_psi, make_objective
     from il2treg.fit.spec import read_fit_spec
     from il2treg.plots import plot_profiles
 
     fit_spec = read_fit_spec(spec)
     if out.exists() and not force:
         raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
-    residual = fit_spec.residual_model()
-    problem = make_problem(fit_spec.model, fit_spec.dataset, fixed=fit_spec.fixed, random=fit_spec.random, sigmas=fit_spec.sigmas,
-                           residual_kinds={e.dvid: e.kind for e in fit_spec.errors}, covariates=fit_spec.effects)  # fmt: skip
+    problem = fit_spec.problem()
     unknown = [p for p in parameter if p not in problem.psi_names]
     if unknown:
         raise InputError(f"cannot profile {unknown[0]!r}: not a population parameter of this fit. Fix: use one of {', '.join(problem.psi_names)}.")
-    prior = model_priors(problem) if fit_spec.priors == "model" else None
-    objective = ThreadedObjective(Objective(problem, patient_arrays(fit_spec.dataset, problem.covariates), residual, prior=prior))
+    objective = make_objective(fit_spec, problem)
     console.print(f"fitting {fit_spec.name}, then profiling {', '.join(parameter)}")
-    fit = fit_population(objective, initial_psi(fit_spec, problem, residual))
+    fit = fit_population(objective, initial_psi(fit_spec, problem, fit_spec.residual_model()))
     profiles = [profile_of(objective, fit, p, points=points) for p in parameter]
     rows = [{"parameter": p.name, "value": v, "delta_ofv": d, "converged": bool(c), "estimate": p.estimate, "se": p.se,
              "ci_low": p.ci_low, "ci_high": p.ci_high, "identifiable": p.identifiable}

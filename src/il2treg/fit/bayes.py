@@ -28,9 +28,13 @@ the small algebra, never through the solver.
 diagonal mass matrix); chains run in parallel threads (one compiled chain, no lock-step between chains). Chains start from :math:`N(\hat\psi, s^2\hat\Sigma)`
 with :math:`\hat\psi, \hat\Sigma` the Laplace estimates and their covariance (:math:`s` =
 ``init_spread``) and the random effects at the EBEs; the mass matrix starts from the Laplace
-variances of :math:`\psi` and of the EBEs (:func:`eta_variances`). A proposal whose ODE solve fails has log density :math:`-\infty`: it is rejected, and
-counted as a divergence. numpyro's NUTS was measured against blackjax on the same log density in
-``benchmarks/bayes.py``.
+variances of :math:`\psi` and of the EBEs (:func:`eta_variances`). A proposal whose ODE solve
+fails has log density :math:`-\infty`: it is rejected, and counted as a divergence.
+
+blackjax was chosen because its kernels are pure functions: one compiled chain serves every
+chain thread and every data set of the same shape (simulation-based calibration reuses it). The
+measurement against numpyro's NUTS on the same log density is ``benchmarks/bayes.py
+--numpyro-same``; it has not been run yet.
 """
 
 from __future__ import annotations
@@ -41,18 +45,15 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import blackjax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.adaptation.base import get_filter_adapt_info_fn
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
 from il2treg.errors import SpecError
 from il2treg.fit.priors import Prior, PriorDefaults
-from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, expand, expanded_predict, individual_theta, predict, unpack
+from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, expand, expanded_predict, individual_theta, predict, unpack
 from il2treg.likelihood import ResidualModel, neg2ll_terms, sample_observations
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -103,34 +104,40 @@ class Target(eqx.Module):
     include: Array  # patients whose data enter the likelihood
     centred: Array  # [patients, eta]: sample log theta_i (True) or z = eta / omega (False)
 
-    def log_typical(self, psi) -> Float[Array, "patients eta"]:
-        """log of each patient's typical value (covariates applied) of the parameters with random effects."""
-        up = unpack(self.problem, psi, self.base_residual)
+    def _typical(self, up) -> Float[Array, "patients params"]:
+        """Each patient's typical values (covariate effects applied)."""
+        return jax.vmap(lambda cov: covariate_theta(self.problem, up.theta, up.beta, cov))(self.patients.covariates)
+
+    def _log_typical(self, typical) -> Float[Array, "patients eta"]:
         idx = jnp.asarray([self.problem.model.parameter_names.index(n) for n in self.problem.random], dtype=jnp.int32)
-        return jax.vmap(lambda cov: jnp.log(covariate_theta(self.problem, up.theta, up.beta, cov)[idx]))(self.patients.covariates)
+        return jnp.log(typical[:, idx])
+
+    def _unpacked(self, psi, z):
+        """(unpacked psi, eta, individual parameters): everything the density needs, computed once."""
+        up = unpack(self.problem, psi, self.base_residual)
+        typical = self._typical(up)
+        eta = jnp.where(self.centred, z - self._log_typical(typical), up.omega * z)
+        return up, eta, jax.vmap(lambda th, e: individual_theta(self.problem, th, e))(typical, eta)
 
     def eta(self, psi, z) -> Float[Array, "patients eta"]:
-        omega = unpack(self.problem, psi, self.base_residual).omega
-        return jnp.where(self.centred, z - self.log_typical(psi), omega * z)
+        """The random effects at the sampler's coordinates ``z``."""
+        return self._unpacked(psi, z)[1]
 
     def to_coordinates(self, psi, eta) -> Float[Array, "patients eta"]:
         """Inverse of :meth:`eta`: the sampler's coordinates of ``eta``."""
-        omega = unpack(self.problem, psi, self.base_residual).omega
-        return jnp.where(self.centred, eta + self.log_typical(psi), eta / omega)
+        up = unpack(self.problem, psi, self.base_residual)
+        return jnp.where(self.centred, eta + self._log_typical(self._typical(up)), eta / up.omega)
 
     def patient_theta(self, psi, z) -> Float[Array, "patients params"]:
-        up = unpack(self.problem, psi, self.base_residual)
-        theta = lambda cov, eta: individual_theta(self.problem, covariate_theta(self.problem, up.theta, up.beta, cov), eta)
-        return jax.vmap(theta)(self.patients.covariates, self.eta(psi, z))
+        return self._unpacked(psi, z)[2]
 
     def log_density(self, position: dict) -> Float[Array, ""]:
         """:math:`\\log p(\\psi, z, y)` up to a constant; :math:`-\\infty` where an ODE solve fails."""
         psi, z = position["psi"], position["z"]
-        up = unpack(self.problem, psi, self.base_residual)
-        loglik = jax.vmap(lambda th, pat: _patient_loglik(self.problem, th, up.residual, pat))(self.patient_theta(psi, z), self.patients)
+        up, eta, theta = self._unpacked(psi, z)
+        loglik = jax.vmap(lambda th, pat: _patient_loglik(self.problem, th, up.residual, pat))(theta, self.patients)
         loglik = jnp.sum(jnp.where(self.include, loglik, 0.0))
         # eta_i ~ N(0, omega^2): density of log theta_i = log typical + eta (centred) or of z = eta / omega
-        eta = self.eta(psi, z)
         log_random = jnp.where(self.centred, -0.5 * (eta / up.omega) ** 2 - jnp.log(up.omega), -0.5 * z**2) - _HALF_LOG_2PI
         return loglik + jnp.sum(log_random) + self.prior.log_density(psi)
 
@@ -151,7 +158,7 @@ class Target(eqx.Module):
 def _patient_loglik(problem: FitProblem, theta_i, residual: ResidualModel, patient: PatientData):
     ex = expand(problem, jax.lax.stop_gradient(theta_i), patient, problem.ode_varied)  # derivatives come from the polynomial
     pred = expanded_predict(problem, ex, theta_i, patient)
-    ll = -0.5 * jnp.sum(neg2ll_terms(residual, pred, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask))
+    ll = -0.5 * data_neg2ll(residual, pred, patient)
     return jnp.where((ex.status == 0) & jnp.isfinite(ll), ll, -jnp.inf)
 
 
@@ -209,15 +216,14 @@ def sample_nuts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings:
     z_hat = target.to_coordinates(psi_hat, jnp.asarray(eta_hat))
     z_var = jnp.where(target.centred, jnp.asarray(eta_var), jnp.asarray(eta_var) / omega**2)
     cov = np.asarray(covariance, dtype=np.float64)
-    usable = bool(np.all(np.isfinite(cov))) and bool(np.all(np.linalg.eigvalsh(cov) > 0)) if cov.size else True
-    chol = jnp.asarray(np.linalg.cholesky(cov) if usable and cov.size else np.eye(len(psi_hat)) * 0.1)
-    var_psi = jnp.diag(chol @ chol.T)
+    if not (np.all(np.isfinite(cov)) and np.all(np.linalg.eigvalsh(cov) > 0)):
+        cov = np.eye(len(psi_hat)) * 0.01
+    chol = jnp.asarray(np.linalg.cholesky(cov))
     key = jax.random.PRNGKey(settings.seed)
     k_init, k_run = jax.random.split(key)
     noise = jax.random.normal(k_init, (settings.chains, len(psi_hat)))
     starts = {"psi": psi_hat[None] + settings.init_spread * noise @ chol.T, "z": jnp.broadcast_to(z_hat, (settings.chains, *z_hat.shape))}
-    flat0, _ = ravel_pytree({"psi": psi_hat, "z": z_hat})
-    imm0 = jnp.concatenate([var_psi, z_var.ravel()])  # ravel order: psi, then z
+    imm0 = jnp.concatenate([jnp.asarray(np.diag(cov)), z_var.ravel()])  # blackjax ravels the position: psi, then z
 
     keys = jax.random.split(k_run, settings.chains)
     t = time.perf_counter()
@@ -235,6 +241,9 @@ def sample_nuts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings:
 
 def _chain(target: Target, start, imm0, key, settings: NutsSettings):
     """One chain: windowed adaptation, then ``settings.samples`` NUTS draws."""
+    import blackjax  # imported here: reading fit files (NutsSettings) should not load the sampler
+    from blackjax.adaptation.base import get_filter_adapt_info_fn
+
     warm_key, sample_key = jax.random.split(key)
     warmup = blackjax.window_adaptation(
         blackjax.nuts, target.log_density, initial_inverse_mass_matrix=imm0,

@@ -6,9 +6,10 @@ backtracking (Armijo) line search on the objective, where every trial point re-o
 empirical Bayes estimates warm-started from the last ones; convergence when the objective
 changes by less than ``ftol`` and the largest gradient component is below ``gtol``, or when the
 expected decrease of the quasi-Newton step (half of :math:`g^\top d`, the L-BFGS decrement) is
-below ``ftol`` while the largest gradient component is below ``100 gtol`` (a small decrement with a
-large gradient means a stale scaling: the map is rebuilt at the current point, at most 5 times): the gradient of a 100-patient objective has a noise floor of a few 1e-2 at the
-solver's rtol of 1e-6 (measured), so a gradient test alone would not end. The defaults match the noise
+below ``ftol`` while the largest gradient component is below ``100 gtol`` (a small decrement with
+a large gradient means a stale scaling: the map is rebuilt at the current point, at most 5
+times): the gradient of a 100-patient objective has a noise floor of a few 1e-2 at the solver's
+rtol of 1e-6 (measured), so a gradient test alone would not end. The defaults match the noise
 floor of the objective at the solver's rtol of 1e-6 (OFV changes of ~1e-6 between iterations
 near the optimum were measured on a 30-patient fit).
 
@@ -173,8 +174,8 @@ def preconditioner(per_patient: Float[Array, "patients psi"]) -> np.ndarray:
     number of patients :math:`n`: with 8 patients and 9 parameters the plain BHHH matrix is
     singular and L-BFGS stalled 4 OFV points above the minimum (fits/lupil2_nuts). Eigenvalues are
     floored at 1e-6 of the largest so that a parameter the data do not inform (or, with fewer
-    patients than parameters, a direction no gradient spans) cannot blow up the map. Optimising :math:`x` with :math:`\psi = \psi_0 + T x` makes every direction of
-    :math:`\psi` equally curved to first approximation, so L-BFGS starts from a good scaling
+    patients than parameters, a direction no gradient spans) cannot blow up the map. Optimising
+    :math:`x` with :math:`\psi = \psi_0 + T x` makes every direction of :math:`\psi` equally curved to first approximation, so L-BFGS starts from a good scaling
     and correlation structure instead of learning it.
     """
     g = np.asarray(per_patient, dtype=np.float64)
@@ -213,18 +214,17 @@ def _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, st
         gx = tmap.T @ grad
         direction, state = opt.update(gx, state, x)
         slope = float(gx @ direction)
-        if not slope > 0:  # not a descent direction: re-whiten here, restart from steepest descent
-            tmap, x, state = restart(per_patient)
-            gx = tmap.T @ grad
-            direction, slope = gx, float(gx @ gx)
-        elif it > 1 and 0.5 * slope < ftol:  # quasi-Newton decrement: no meaningful decrease left ...
-            if float(jnp.max(jnp.abs(grad))) < 100 * gtol:
-                converged = True
-                break
-            # ... unless the gradient says otherwise: the scaling is stale (few patients, a moved optimum)
+        # A small quasi-Newton decrement means no meaningful decrease is left, unless the gradient
+        # says otherwise: then the scaling is stale (few patients, a moved optimum) and is rebuilt.
+        small = it > 1 and slope > 0 and 0.5 * slope < ftol
+        if small and float(jnp.max(jnp.abs(grad))) < 100 * gtol:
+            converged = True
+            break
+        if small:
             restarts += 1
             if restarts > 5:
                 break
+        if small or not slope > 0:  # re-whiten here, restart from steepest descent
             tmap, x, state = restart(per_patient)
             gx = tmap.T @ grad
             direction, slope = gx, float(gx @ gx)

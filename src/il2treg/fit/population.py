@@ -30,6 +30,8 @@ convergence of :math:`\hat\eta_i` (tested against finite differences of the obje
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -37,7 +39,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from il2treg.fit.individual import InnerResult, batch_inner_solve, observation_derivatives
-from il2treg.fit.priors import Prior
+from il2treg.fit.priors import Prior, penalty, penalty_gradient
 from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, expand, expanded_predict, individual_theta, typical_theta, unpack
 from il2treg.likelihood import ResidualModel
 from il2treg.simulate import interleaved_rows
@@ -127,10 +129,10 @@ class Objective(eqx.Module):
 
     def penalty(self, psi) -> Float[Array, ""]:
         """−2 log prior of ``psi`` (0 without priors)."""
-        return jnp.zeros(()) if self.prior is None else self.prior.neg2log(psi)
+        return penalty(self.prior, psi)
 
     def penalty_gradient(self, psi) -> Float[Array, " psi"]:
-        return jnp.zeros_like(psi) if self.prior is None else self.prior.neg2log_gradient(psi)
+        return penalty_gradient(self.prior, psi)
 
     @eqx.filter_jit
     def gradients(self, psi, eta, include) -> Float[Array, "patients psi"]:
@@ -161,8 +163,7 @@ class ThreadedObjective:
         self.base_residual = objective.base_residual
         self.patients = objective.patients
         self.prior = objective.prior
-        self._whole = objective
-        objective = Objective(objective.problem, objective.patients, objective.base_residual, objective.batch_size, objective.inner_tol)
+        objective = dataclasses.replace(objective, prior=None)  # the parts hold data terms; the prior is added once
         n = objective.patients.obs_time.shape[0]
         workers = max(1, min(workers or os.cpu_count() or 1, n // 8))
         self._rows, self._real, self._parts = [], [], []
@@ -190,10 +191,10 @@ class ThreadedObjective:
         return jnp.sum(jnp.stack(parts)) + self.penalty(psi)
 
     def penalty(self, psi):
-        return self._whole.penalty(psi)
+        return penalty(self.prior, psi)
 
     def penalty_gradient(self, psi):
-        return self._whole.penalty_gradient(psi)
+        return penalty_gradient(self.prior, psi)
 
     def gradients(self, psi, eta, include):
         parts = self._map(lambda k: self._parts[k].gradients(psi, eta[self._rows[k]], jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))

@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from il2treg.errors import InputError
-from il2treg.fit.problem import individual_theta, make_problem, to_unconstrained, typical_theta
+from il2treg.fit.problem import individual_theta, to_unconstrained, typical_theta
 from il2treg.fit.result import FitResult
 from il2treg.fit.run import _SLEDAI, _declared_factors, _score_sd, score_change_probability
 from il2treg.fit.spec import FitSpec, parse_fit_spec
@@ -77,10 +77,7 @@ def posterior_predictive(
         raise InputError(f"fit {result.name!r} has no posterior draws (its covariance step failed). Fix: refit, or run --method nuts.")
     spec = spec or _spec_of(result)
     day = float(spec.sri4.day if day is None else day)
-    problem = make_problem(
-        spec.model, spec.dataset, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas,
-        residual_kinds={e.dvid: e.kind for e in spec.errors}, covariates=spec.effects,
-    )  # fmt: skip
+    problem = spec.problem()
     pick = np.linspace(0, len(draws) - 1, n_draws).round().astype(int)
     natural = draws[pick] / _declared_factors(problem)[None, :]  # internal units
     nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta

@@ -56,6 +56,15 @@ class Prior(eqx.Module):
         return np.isfinite(np.asarray(self.sd))
 
 
+def penalty(prior: Prior | None, psi: Float[Array, " psi"]) -> Float[Array, ""]:
+    """The OFV penalty :math:`-2\\log p(\\psi)` (0 without a prior)."""
+    return jnp.zeros(()) if prior is None else prior.neg2log(psi)
+
+
+def penalty_gradient(prior: Prior | None, psi: Float[Array, " psi"]) -> Float[Array, " psi"]:
+    return jnp.zeros_like(psi) if prior is None else prior.neg2log_gradient(psi)
+
+
 @dataclasses.dataclass(frozen=True)
 class PriorDefaults:
     """Weakly informative priors for the entries of :math:`\\psi` the model declares none for.

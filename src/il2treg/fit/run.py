@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,7 +51,7 @@ from il2treg.fit.estimate import PopulationFit, estimate_covariance, fit_populat
 from il2treg.fit.individual import STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED
 from il2treg.fit.population import Objective, ThreadedObjective
 from il2treg.fit.problem import (
-    FitProblem, PatientData, covariate_theta, individual_theta, make_problem, patient_arrays, predict, to_unconstrained, unpack,
+    FitProblem, PatientData, covariate_theta, individual_theta, patient_arrays, predict, to_unconstrained, unpack,
 )  # fmt: skip
 from il2treg.fit.bayes import eta_variances, make_target, pointwise, sample_nuts
 from il2treg.fit.priors import model_priors, sampling_priors
@@ -113,12 +114,8 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
     timing: dict[str, float] = {}
     data = spec.dataset
     residual0 = spec.residual_model()
-    problem = make_problem(
-        spec.model, data, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas,
-        residual_kinds={e.dvid: e.kind for e in spec.errors}, covariates=spec.effects,
-    )  # fmt: skip
-    prior = model_priors(problem) if spec.priors == "model" else None
-    objective = ThreadedObjective(Objective(problem, patient_arrays(data, problem.covariates), residual0, prior=prior))
+    problem = spec.problem()
+    objective = make_objective(spec, problem)
     psi0 = initial_psi(spec, problem, residual0)
     emit({"stage": "start", "elapsed_s": time.perf_counter() - start})
 
@@ -155,7 +152,7 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
     inference = None
     if method == "nuts":
         emit({"stage": "nuts", "elapsed_s": time.perf_counter() - start})
-        posterior, inference, estimates = _nuts(spec, problem, fit, residual0, objective.patients, estimates, timing)
+        posterior, inference, estimates = _nuts(spec, problem, fit, residual0, objective, estimates, timing)
     timing["total_s"] = time.perf_counter() - start
 
     cov = np.asarray(fit.covariance, dtype=np.float64)
@@ -175,6 +172,12 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
                   **{f"sri4_{k}": float(v) for k, v in dataclasses.asdict(spec.sri4).items()}},
         timing={k: float(v) for k, v in timing.items()}, version=_version(), method=method, inference=inference,
     )  # fmt: skip
+
+
+def make_objective(spec: FitSpec, problem: FitProblem) -> ThreadedObjective:
+    """The population objective of a fit file: its data, error models and (``priors = "model"``) penalty."""
+    prior = model_priors(problem) if spec.priors == "model" else None
+    return ThreadedObjective(Objective(problem, patient_arrays(spec.dataset, problem.covariates), spec.residual_model(), prior=prior))
 
 
 def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) -> jax.Array:
@@ -452,13 +455,14 @@ def _plain(v):
 # ----------------------------------------------------------------------------- NUTS
 
 
-def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel, patients: PatientData, estimates: pd.DataFrame, timing: dict):
+def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel, objective: ThreadedObjective, estimates: pd.DataFrame, timing: dict):
     """NUTS from the Laplace fit: (natural-scale draws [chain, draw, psi], InferenceData, estimates with posterior columns)."""
     import arviz as az
 
     settings = spec.nuts
     prior = sampling_priors(problem, initial_psi(spec, problem, residual0), settings.priors)
-    inner = Objective(problem, patients, residual0).inner(fit.psi, fit.eta)
+    patients = objective.patients
+    inner = objective.inner(fit.psi, fit.eta)  # converged there: no iterations, the compiled solve is reused
     omega = unpack(problem, fit.psi, residual0).omega
     eta_var = eta_variances(inner, omega)
     target = make_target(problem, patients, residual0, prior, fit.included, eta_var, omega)
@@ -500,8 +504,6 @@ def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: Res
         "dvid_names": list(OBSERVABLE_NAMES),
         "compile_s": samples.compile_s, "sampling_s": samples.sampling_s,
     }  # fmt: skip
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         inference = az.from_dict(

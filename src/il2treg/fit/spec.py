@@ -86,7 +86,7 @@ from il2treg.data import Dataset, read_dataset
 from il2treg.errors import DataError, SpecError
 from il2treg.fit.bayes import NutsSettings
 from il2treg.fit.priors import PriorDefaults
-from il2treg.fit.problem import COVARIATE_MODELS, CovariateEffect
+from il2treg.fit.problem import COVARIATE_MODELS, CovariateEffect, FitProblem, make_problem
 from il2treg.likelihood import KINDS, ResidualModel
 from il2treg.model import Model, load_model
 from il2treg.observables import OBSERVABLE_NAMES
@@ -242,6 +242,13 @@ class FitSpec:
     def sigmas(self) -> tuple[tuple[str, str], ...]:
         """Estimated residual SDs as ``((dvid, "add" | "prop"), ...)`` (the engine's form)."""
         return tuple((e.dvid, s.removeprefix("sigma_")) for e in self.errors for s in e.estimate)
+
+    def problem(self, options=None) -> FitProblem:
+        """What this file estimates, as the engine's :class:`~il2treg.fit.problem.FitProblem`."""
+        return make_problem(
+            self.model, self.dataset, fixed=self.fixed, random=self.random, sigmas=self.sigmas,
+            residual_kinds={e.dvid: e.kind for e in self.errors}, covariates=self.effects, options=options,
+        )  # fmt: skip
 
     def residual_model(self) -> ResidualModel:
         """Error models with the initial SDs (defaults for observation types not fitted)."""
