@@ -109,3 +109,45 @@ def _release_compiled_code():
     import jax
 
     jax.clear_caches()
+
+
+#: Dense early sampling, so that the timing of the Treg rise is seen.
+DENSE_DAYS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 14.0, 21.0, 28.0)
+SMALL_FIT_TOML = """name = "{name}"
+model = "il2_treg_sledai"
+data = "data.csv"
+[parameters.emax_treg]
+cv_percent = 40
+[parameters.kout_treg]
+[parameters.treg0]
+cv_percent = 40
+[parameters.tconv0]
+cv_percent = 30
+[error.treg_per_uL]
+kind = "proportional"
+sigma_prop = 0.1
+[error.tconv_per_uL]
+kind = "proportional"
+sigma_prop = 0.1
+"""
+
+
+@pytest.fixture(scope="session")
+def misspecified_fit(model, tmp_path_factory):
+    """il2treg's model (3-compartment proliferation delay) fitted by FOCE-I to 16 IL-2 patients
+    simulated WITHOUT the delay (transit_compartments = 0): Treg and Tconv counts over 4 weeks."""
+    from il2treg.fit import compute_fit, read_fit_spec
+
+    folder = tmp_path_factory.mktemp("misspecified")
+    data, _ = simulated_dataset(model.with_structure(transit_compartments=0), 16, 7, days=DENSE_DAYS, dvids=("treg_per_uL", "tconv_per_uL"))
+    frame = data.to_frame()
+    frame[frame["TIME"] <= 28].to_csv(folder / "data.csv", index=False)
+    (folder / "fit.toml").write_text(SMALL_FIT_TOML.format(name="no_delay_data"))
+    return compute_fit(read_fit_spec(folder / "fit.toml"))
+
+
+@pytest.fixture(scope="session")
+def misspecified_diagnostics(misspecified_fit):
+    from il2treg.diagnostics import diagnose
+
+    return diagnose(misspecified_fit, n_sim=1000, seed=0)

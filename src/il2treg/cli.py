@@ -145,6 +145,7 @@ def _describe(info: dict) -> str:
         "start": "compiling and solving the initial EBEs (the first iteration includes compilation)",
         "covariance": "covariance step (Hessian from differences of the exact gradient)",
         "predictions": "predictions, individual parameters and the SLEDAI link",
+        "figures": "diagnostics and figures (simulated replicates for the VPC and NPDE)",
         "writing": "writing the results folder",
         "nuts": "NUTS: compiling, warm-up and sampling (then pointwise log-likelihood and predictive draws)",
     }.get(stage, stage)
@@ -156,6 +157,8 @@ def fit(
     out: Path = typer.Option(..., help="results folder (must not exist unless --force)"),
     force: bool = typer.Option(False, help="replace an existing results folder"),
     method: str = typer.Option("foce", help="foce (FOCE-I / Laplace) or nuts (Laplace, then NUTS from it; settings in [nuts])"),
+    figures: bool = typer.Option(True, help="also write diagnostics.csv and figures/ (individual fits, GOF, VPC, time course)"),
+    n_sim: int = typer.Option(500, help="simulated replicates for the VPC and NPDE of the figures"),
 ) -> None:
     """Population fit as a fit file says: report, tables, predictions and posterior in --out."""
     import time
@@ -182,12 +185,13 @@ def fit(
         columns = (SpinnerColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(_describe({"stage": "start"}), total=None)
-            result = run_fit(fit_spec, out, force=force, method=method, progress=lambda info: progress.update(task, description=_describe(info)))
+            result = run_fit(fit_spec, out, force=force, method=method, figures=figures, n_sim=n_sim,
+                             progress=lambda info: progress.update(task, description=_describe(info)))
     else:
         show = lambda info: console.print(f"[{time.perf_counter() - start:7.1f} s] {_describe(info)}", highlight=False)
-        result = run_fit(fit_spec, out, force=force, method=method, progress=show)
+        result = run_fit(fit_spec, out, force=force, method=method, figures=figures, n_sim=n_sim, progress=show)
     console.print(Markdown(result.summary()))
-    console.print(f"wrote {out}/ ({', '.join(FILES)}); read it with il2treg.fit.load_fit({str(out)!r})", highlight=False)
+    console.print(f"wrote {out}/ ({', '.join(FILES)}{', diagnostics.csv, figures/' if figures else ''}); read it with il2treg.fit.load_fit({str(out)!r})", highlight=False)
 
 
 @app.command()

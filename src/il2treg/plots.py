@@ -1,4 +1,10 @@
-"""Matplotlib figures. Each function returns a Figure; none calls ``plt.show``."""
+"""Matplotlib figures. Each function returns a Figure; none calls ``plt.show``.
+
+Simulation: :func:`plot_treg_dynamics`, :func:`plot_regimens`. Fit diagnostics (from
+:func:`il2treg.diagnostics.diagnose`): :func:`plot_individual_fits`, :func:`plot_population_course`,
+:func:`plot_gof`, :func:`plot_vpc`. Uncertainty: :func:`plot_profiles`. Disease link:
+:func:`plot_treg_sledai_link`. Axes carry units (the model's, ``il2treg.OBSERVABLES``).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from il2treg.observables import OBSERVABLES  # noqa: E402
 
 _PANELS = ("treg_pct_cd4", "il2_pM", "cd25_treg_rel", "sledai")
+_DAY = "time since first dose [day]"
+
+
+def _label(name: str) -> str:
+    unit = OBSERVABLES[name][0] if name in OBSERVABLES else ""
+    return f"{name} [{unit}]" if unit else name
+
+
+def _log_scale(name: str) -> bool:
+    return name in ("il2_pM", "treg_per_uL", "tconv_per_uL", "nk56bright_per_uL")
 
 
 def plot_treg_dynamics(sim, *, doses=None, title: str = "") -> Figure:
@@ -73,4 +90,220 @@ def plot_profiles(profiles, *, title: str = "") -> Figure:
     axes[0, 0].legend(fontsize=7, loc="upper center")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_regimens(sims: dict, *, observables=("il2_pM", "treg_per_uL", "tconv_per_uL", "nk56bright_per_uL"), fold: bool = True, title: str = "") -> Figure:
+    """Regimens side by side: median and 90% band over patients of each observable, one panel each.
+
+    Arguments:
+        sims: regimen name -> batched :class:`il2treg.Simulation` (patients x times), all on one
+            time grid starting at day 0.
+        observables: panels; cell counts are shown as fold change from day 0 when ``fold``.
+    """
+    if not sims:
+        raise ValueError("plot_regimens needs at least one simulation.")
+    observables = tuple(observables)
+    fig, axes = plt.subplots(1, len(observables), figsize=(4.2 * len(observables), 3.8), squeeze=False, constrained_layout=True)
+    for c, (name, sim) in enumerate(sims.items()):
+        times = np.asarray(sim.times)
+        times = times[0] if times.ndim == 2 else times
+        for ax, obs in zip(axes[0], observables):
+            v = np.atleast_2d(np.asarray(sim[obs], dtype=float))
+            relative = fold and obs.endswith("_per_uL")
+            if relative:
+                v = v / v[:, :1]
+            v = v[np.all(np.isfinite(v), axis=1)]
+            lo, med, hi = np.percentile(v, [5, 50, 95], axis=0)
+            ax.fill_between(times, lo, hi, color=f"C{c}", alpha=0.15, lw=0)
+            ax.plot(times, med, color=f"C{c}", lw=1.5, label=name)
+            ax.set_ylabel(f"{obs}: fold change from day 0" if relative else _label(obs))
+    for ax, obs in zip(axes[0], observables):
+        if obs == "il2_pM":
+            ax.set_yscale("log")
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)
+        ax.set_xlabel(_DAY)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8, title="median, 90% band", title_fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_individual_fits(diag, *, dvid: str = "treg_per_uL", ids=None, ncols: int = 4, max_patients: int = 16) -> Figure:
+    """One panel per patient: observations (open: below the LLOQ), IPRED and PRED, doses as ticks.
+
+    Arguments:
+        diag: :class:`il2treg.diagnostics.Diagnostics`.
+        dvid: observation type.
+        ids: patients to show (default the first ``max_patients`` with ``dvid`` data).
+    """
+    t = diag.table
+    t = t[(t["DVID"] == dvid) & t["USED"]]
+    if t.empty:
+        raise ValueError(f"no fitted {dvid!r} observations to plot.")
+    all_ids = list(dict.fromkeys(t["ID"]))
+    ids = all_ids[:max_patients] if ids is None else list(ids)
+    unknown = [i for i in ids if i not in all_ids]
+    if unknown:
+        raise ValueError(f"patient {unknown[0]!r} has no {dvid!r} observations.")
+    nrows = -(-len(ids) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), sharex=True, squeeze=False, constrained_layout=True)
+    data = diag.data
+    for ax, pid in zip(axes.flat, ids):
+        g = t[t["ID"] == pid].sort_values("TIME")
+        ok = g["CENS"] == 0
+        ax.plot(g["TIME"][ok], g["DV"][ok], "o", color="k", ms=3.5, label="observed")
+        if (~ok).any():
+            ax.plot(g["TIME"][~ok], g["DV"][~ok], "o", mfc="none", color="k", ms=3.5, label="< LLOQ")
+        ax.plot(g["TIME"], g["IPRED"], "-", color="C0", lw=1.4, label="IPRED")
+        ax.plot(g["TIME"], g["PRED"], "--", color="C1", lw=1.1, label="PRED")
+        s = data.ids.index(pid)
+        doses = np.asarray(data.dose_time[s])[(np.asarray(data.dose_row[s]) > 0) & (np.asarray(data.dose_amount[s]) > 0)]
+        ax.plot(doses, np.zeros_like(doses), "|", color="C3", ms=6, transform=ax.get_xaxis_transform(), label="dose")
+        ax.set_title(f"ID {pid}", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(ids):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(_label(dvid))
+    for ax in axes[-1]:
+        ax.set_xlabel("day")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"Individual fits: {dvid} (fit {diag.fit})")
+    return fig
+
+
+def plot_population_course(diag, *, dvid: str = "treg_per_uL", interval: float = 0.9) -> Figure:
+    """Observations over time with the model's median and ``interval`` prediction band of new
+    observations (percentiles of the simulated replicates at each nominal time)."""
+    t = diag.table
+    rows = np.flatnonzero((t["DVID"] == dvid).to_numpy() & t["USED"].to_numpy())
+    if rows.size == 0:
+        raise ValueError(f"no fitted {dvid!r} observations to plot.")
+    time = t["TIME"].to_numpy()[rows]
+    grid = np.unique(time)
+    sim = np.where(diag.simulated_cens[:, rows], np.nan, diag.simulated[:, rows])
+    tail = 100 * (1 - interval) / 2
+    band = np.asarray([np.nanpercentile(sim[:, time == g], [tail, 50, 100 - tail]) for g in grid])
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    ax.fill_between(grid, band[:, 0], band[:, 2], color="C0", alpha=0.25, lw=0, label=f"{interval:.0%} prediction interval")
+    ax.plot(grid, band[:, 1], color="C0", lw=1.6, label="simulated median")
+    ok = t["CENS"].to_numpy()[rows] == 0
+    ax.plot(time[ok], t["DV"].to_numpy()[rows][ok], "o", color="k", ms=3, alpha=0.6, label="observed")
+    if _log_scale(dvid):
+        ax.set_yscale("log")
+    ax.set_xlabel(_DAY)
+    ax.set_ylabel(_label(dvid))
+    ax.set_title(f"Population time course: {dvid} ({diag.n_sim} simulated replicates)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_gof(diag, *, dvid: str | None = None) -> Figure:
+    """Goodness of fit of one observation type, 2 x 2: DV vs PRED, DV vs IPRED (identity line),
+    CWRES vs time and vs PRED (zero, ±2 and the binned mean). ``dvid``: default the first fitted."""
+    t = diag.table
+    t = t[t["USED"] & (t["CENS"] == 0) & t["DV"].notna()]
+    if t.empty:
+        raise ValueError("no fitted observations to plot.")
+    dvid = dvid or t["DVID"].iloc[0]
+    t = t[t["DVID"] == dvid]
+    if t.empty:
+        raise ValueError(f"no fitted {dvid!r} observations to plot.")
+    fig, axes = plt.subplots(2, 2, figsize=(9, 8), constrained_layout=True)
+    unit = OBSERVABLES[dvid][0]
+    for ax, x in ((axes[0, 0], "PRED"), (axes[0, 1], "IPRED")):
+        ax.plot(t[x], t["DV"], "o", ms=3, alpha=0.5, color="C0")
+        lo, hi = np.nanmin(t[[x, "DV"]].to_numpy()), np.nanmax(t[[x, "DV"]].to_numpy())
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="identity")
+        if lo > 0 and _log_scale(dvid):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel(f"{x} [{unit}]")
+        ax.set_ylabel(f"DV [{unit}]")
+    for ax, x, label in ((axes[1, 0], "TIME", _DAY), (axes[1, 1], "PRED", f"PRED [{unit}]")):
+        v = t[x].to_numpy()
+        ax.plot(v, t["CWRES"], "o", ms=3, alpha=0.5, color="C0")
+        for y in (-2, 0, 2):
+            ax.axhline(y, color="0.4", lw=0.8, ls="-" if y == 0 else ":")
+        edges = np.unique(np.quantile(v, np.linspace(0, 1, 9)))
+        which = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+        means = [(np.median(v[which == b]), np.mean(t["CWRES"].to_numpy()[which == b])) for b in np.unique(which)]
+        ax.plot(*zip(*means), "-", color="C3", lw=1.6, label="binned mean")
+        ax.set_xlabel(label)
+        ax.set_ylabel("CWRES")
+    axes[0, 0].legend(fontsize=8)
+    axes[1, 0].legend(fontsize=8)
+    for ax in axes.flat:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Goodness of fit: {dvid} (fit {diag.fit})")
+    return fig
+
+
+def plot_vpc(v) -> Figure:
+    """A visual predictive check (:func:`il2treg.diagnostics.vpc`): observations, their 5th, 50th
+    and 95th percentiles per bin (lines), and the simulated interval of each percentile (bands);
+    with an LLOQ, a second panel compares the fraction below it."""
+    from il2treg.diagnostics import VPC_PERCENTILES
+
+    has_blq = np.isfinite(v.lloq)
+    fig, axes = plt.subplots(2 if has_blq else 1, 1, figsize=(7, 6.5 if has_blq else 4.5), squeeze=False, sharex=True,
+                             gridspec_kw={"height_ratios": [3, 1] if has_blq else [1]}, constrained_layout=True)  # fmt: skip
+    ax = axes[0, 0]
+    b = v.bins
+    ok = v.observations["CENS"] == 0
+    ax.plot(v.observations["TIME"][ok], v.observations["DV"][ok], "o", color="0.35", ms=2.5, alpha=0.5, label="observed")
+    for q in VPC_PERCENTILES:
+        colour = "C3" if q == 50 else "C0"
+        ax.fill_between(b["time"], b[f"sim_p{q:g}_lo"], b[f"sim_p{q:g}_hi"], color=colour, alpha=0.2, lw=0,
+                        label=f"simulated {v.interval:.0%} CI of the percentile" if q == 50 else None)  # fmt: skip
+        ax.plot(b["time"], b[f"observed_p{q:g}"], "-" if q == 50 else "--", color=colour, lw=1.5, label={5.0: "observed 5th, 95th percentiles", 50.0: "observed median"}.get(q))
+    if has_blq:
+        ax.axhline(v.lloq, color="k", lw=0.8, ls=":", label="LLOQ")
+        lower = axes[1, 0]
+        lower.fill_between(b["time"], b["sim_blq_lo"], b["sim_blq_hi"], color="C0", alpha=0.25, lw=0, label="simulated")
+        lower.plot(b["time"], b["observed_blq"], "o-", color="k", ms=3, label="observed")
+        lower.set_ylabel("fraction < LLOQ")
+        lower.legend(fontsize=8)
+        lower.grid(alpha=0.3)
+    if _log_scale(v.dvid):
+        ax.set_yscale("log")
+    ax.set_ylabel(("prediction-corrected " if v.pred_corrected else "") + _label(v.dvid))
+    axes[-1, 0].set_xlabel(_DAY)
+    ax.set_title(f"{'pc' if v.pred_corrected else ''}VPC of {v.dvid}: {v.coverage():.0%} of observed percentiles inside", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_treg_sledai_link(treg_fold, sledai_change, p_sri4, *, groups=None, title: str = "") -> Figure:
+    """Treg fold change against the change in SLEDAI, each patient coloured by its SRI-4 probability.
+
+    Arguments:
+        treg_fold: Treg fold change from day 0 per patient (e.g. time-averaged, or at a visit).
+        sledai_change: change in (latent) SLEDAI at the assessment visit [points].
+        p_sri4: probability of an SRI-4 response.
+        groups: optional label per patient (e.g. arm), drawn with different markers.
+    """
+    x, y, p = (np.ravel(np.asarray(a, dtype=float)) for a in (treg_fold, sledai_change, p_sri4))
+    if not (x.shape == y.shape == p.shape):
+        raise ValueError(f"treg_fold, sledai_change and p_sri4 need one value per patient, got {x.shape}, {y.shape}, {p.shape}.")
+    groups = np.full(x.shape, "", dtype=object) if groups is None else np.ravel(np.asarray(groups, dtype=object))
+    fig, ax = plt.subplots(figsize=(6.5, 4.8), constrained_layout=True)
+    for k, g in enumerate(dict.fromkeys(groups)):
+        sel = groups == g
+        sc = ax.scatter(x[sel], y[sel], c=p[sel], cmap="viridis", vmin=0, vmax=1, s=18, marker="osD^v"[k % 5], label=str(g) or None, edgecolors="none")
+    ax.axhline(-4, color="0.4", lw=0.8, ls=":", label="4-point fall (SRI-4 SLEDAI part)")
+    fig.colorbar(sc, ax=ax, label="P(SRI-4 response)")
+    ax.set_xlabel("Treg fold change from day 0")
+    ax.set_ylabel("change in SLEDAI [points]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
     return fig

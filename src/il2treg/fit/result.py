@@ -172,8 +172,11 @@ class FitResult:
 # ----------------------------------------------------------------------------- save / load
 
 
-def save(result: FitResult, out_dir: str | Path, *, force: bool = False) -> Path:
+def save(result: FitResult, out_dir: str | Path, *, force: bool = False, extra=None) -> Path:
     """Write ``result`` as a results folder (see the module docstring), atomically.
+
+    ``extra``: optional ``callable(folder)`` writing more files (figures) into the folder before it
+    is moved into place, so that they are part of the same atomic write.
 
     Raises:
         InputError: ``out_dir`` exists and ``force`` is False (nothing is written).
@@ -186,6 +189,8 @@ def save(result: FitResult, out_dir: str | Path, *, force: bool = False) -> Path
         result.predictions.to_csv(tmp / PREDICTIONS, index=False)
         _write_posterior(result, tmp / POSTERIOR)
         (tmp / REPORT).write_text(report(result))
+        if extra is not None:
+            extra(tmp)
     return out_dir
 
 

@@ -71,7 +71,8 @@ _SLEDAI = OBSERVABLE_NAMES.index("sledai")
 Progress = Callable[[dict], None]
 
 
-def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = False, method: str = "foce", progress: Progress | None = None) -> FitResult:
+def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = False, method: str = "foce", progress: Progress | None = None,
+            figures: bool = True, n_sim: int = 500) -> FitResult:
     """Validate, fit, and write the results folder ``out_dir``.
 
     Arguments:
@@ -82,6 +83,8 @@ def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = Fa
         progress: called with a dict at each stage (``stage``: ``start``, ``estimation``,
             ``covariance``, ``predictions``, ``writing``; ``elapsed_s``) and after each outer
             iteration (``stage`` ``estimation`` with ``iteration``, ``ofv``, ``grad_max``).
+        figures: also write ``figures/`` (:func:`write_figures`, ``n_sim`` simulated replicates)
+            and ``diagnostics.csv`` (stage ``figures``).
 
     Raises:
         SpecError: a bad fit file (before any computation).
@@ -93,10 +96,41 @@ def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = Fa
         raise InputError(f"output folder {str(out_dir)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     start = time.perf_counter()
     result = compute_fit(spec, method=method, progress=progress)
+    extra = None
+    if figures:
+        if progress is not None:
+            progress({"stage": "figures", "elapsed_s": time.perf_counter() - start})
+        from il2treg.diagnostics import diagnose
+
+        diag = diagnose(result, spec=spec, n_sim=n_sim)
+        extra = lambda folder: write_figures(diag, folder)
     if progress is not None:
         progress({"stage": "writing", "elapsed_s": time.perf_counter() - start})
-    save(result, out_dir, force=force)
+    save(result, out_dir, force=force, extra=extra)
     return result
+
+
+def write_figures(diag, folder: str | Path) -> list[Path]:
+    """The standard diagnostics of a fit: ``diagnostics.csv`` (the per-observation table of
+    :func:`il2treg.diagnostics.diagnose`) and, in ``figures/``, per fitted observation type the
+    individual fits, goodness of fit, VPC and population time course (PNG, 120 dpi)."""
+    import matplotlib.pyplot as plt
+
+    from il2treg import plots
+    from il2treg.diagnostics import vpc
+
+    folder = Path(folder)
+    (folder / "figures").mkdir(exist_ok=True)
+    diag.table.to_csv(folder / "diagnostics.csv", index=False)
+    written = [folder / "diagnostics.csv"]
+    for dvid in diag.summary.index:
+        for kind, fig in (("individual", plots.plot_individual_fits(diag, dvid=dvid)), ("gof", plots.plot_gof(diag, dvid=dvid)),
+                          ("vpc", plots.plot_vpc(vpc(diag, dvid))), ("course", plots.plot_population_course(diag, dvid=dvid))):  # fmt: skip
+            path = folder / "figures" / f"{kind}_{dvid}.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            written.append(path)
+    return written
 
 
 def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | None = None) -> FitResult:

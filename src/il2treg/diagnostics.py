@@ -1,0 +1,415 @@
+r"""Goodness-of-fit diagnostics of a population fit: residuals, NPDE, shrinkage, VPC.
+
+:func:`diagnose` evaluates a :class:`~il2treg.fit.FitResult` on its data (or on other data, at the
+fit's population parameters, like a NONMEM run with ``MAXEVAL=0``) and returns a
+:class:`Diagnostics` with one row per observation:
+
+* **PRED** :math:`f(\theta, \eta=0)`, **IPRED** :math:`f(\theta, \hat\eta_i)` at the empirical Bayes
+  estimates, **IWRES** :math:`(y - \mathrm{IPRED})/\mathrm{sd}(\mathrm{IPRED})` on the error model's
+  scale (log scale for ``log``; ordinal SLEDAI as continuous with SD :math:`\sigma`).
+* **CWRES** (Hooker et al., Pharm Res 2007), the FOCE linearisation about :math:`\hat\eta_i`: with
+  :math:`G_i = \partial f/\partial\eta` at :math:`\hat\eta_i` and
+  :math:`R_i = \mathrm{diag}\,\mathrm{sd}^2(\mathrm{IPRED})`,
+
+  .. math:: E_i = f(\hat\eta_i) - G_i\hat\eta_i,\quad C_i = G_i\Omega G_i^\top + R_i,\quad
+            \mathrm{CWRES}_i = C_i^{-1/2}(y_i - E_i)
+
+  over the patient's fitted, uncensored observations (:math:`C^{-1/2}` the symmetric square root).
+* **NPDE** (Brendel et al., Pharm Res 2006; Comets et al. 2008) by simulation: ``n_sim``
+  replicates of the data set from the fitted model (:math:`\eta \sim N(0,\Omega)` at each
+  patient's covariates, residual error from the error model). Per patient, observations and
+  simulations are decorrelated with the simulations' mean and covariance,
+  :math:`y^* = V^{-1/2}(y - \bar y)`; :math:`\mathrm{pde}` is the fraction of decorrelated
+  simulations below :math:`y^*` (ties broken uniformly at random: SLEDAI is discrete), clipped to
+  :math:`[1/(2K), 1 - 1/(2K)]`, and :math:`\mathrm{NPDE} = \Phi^{-1}(\mathrm{pde})`. Censored
+  (BLQ) observations get no NPDE.
+
+Checks (:meth:`Diagnostics.flags`), each at level 0.05 with a Bonferroni correction inside its family:
+
+* NPDE per observation type: mean 0 and variance 1. A patient's NPDE are uncorrelated but not
+  independent (the random effects are log-normal), so the tests treat patients, not
+  observations, as the independent units: a t-test of the per-patient mean NPDE against 0 and of
+  the per-patient mean of NPDE² against 1; global p = min(1, 2 min p). (The R package ``npde``
+  tests pooled NPDE as if independent, which rejected data simulated from the fitted model
+  itself here; Shapiro–Wilk normality of the pooled NPDE is reported, not used as a flag, for
+  the same reason.)
+* CWRES trend per observation type: in each time bin of :func:`time_bins` the mean CWRES times
+  :math:`\sqrt n` is N(0, 1) under the model; a bin with two-sided p < 0.05/bins flags a misfit
+  in time (e.g. a missing delay).
+
+:func:`vpc` builds a visual predictive check from the same simulations (BLQ-aware; optionally
+prediction-corrected).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from il2treg.data import Dataset, read_dataset
+from il2treg.errors import InputError
+from il2treg.fit.problem import patient_arrays, unpack
+from il2treg.fit.result import FitResult
+from il2treg.fit.run import _all_patient_theta, _predict_all, make_objective
+from il2treg.fit.spec import FitSpec, parse_fit_spec
+from il2treg.likelihood import KINDS, residual_sd, sample_observations
+from il2treg.observables import OBSERVABLE_NAMES
+
+#: Percentiles a VPC summarises (%).
+VPC_PERCENTILES = (5.0, 50.0, 95.0)
+_BLQ = -1e30  # a censored value in percentile arithmetic: any percentile touching it is below the LLOQ
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnostics:
+    r"""Residuals, NPDE and simulations of one fit on one data set (:func:`diagnose`).
+
+    Attributes:
+        fit: the fit's name.
+        table: one row per observation row: ID, ROW, TIME, DVID, DV, CENS, USED, PRED, IPRED,
+            IWRES, CWRES, PDE, NPDE (NaN where not defined: unused or censored rows).
+        shrinkage: η-shrinkage (%) per random effect, :math:`1 - SD(\hat\eta)/\omega`.
+        summary: one row per fitted observation type: counts, mean and SD of IWRES, CWRES and
+            NPDE, ε-shrinkage (%) :math:`1 - SD(IWRES)`, and the NPDE test p-values.
+        cwres_bins: per fitted observation type and time bin: n, mean CWRES, p-value.
+        simulated: ``[n_sim, rows]`` simulated observations of the table's rows (NaN where the
+            simulation failed), and ``simulated_cens`` where they fall below the LLOQ.
+        lloq: LLOQ per observation type (from the data's censored rows; absent: none).
+        ebe_status: inner-solve status per patient (0 = converged).
+        seed: seed of the simulations.
+        data: the data set evaluated.
+    """
+
+    fit: str
+    table: pd.DataFrame
+    shrinkage: dict
+    summary: pd.DataFrame
+    cwres_bins: pd.DataFrame
+    simulated: np.ndarray
+    simulated_cens: np.ndarray
+    lloq: dict
+    ebe_status: np.ndarray
+    seed: int
+    data: Dataset
+
+    @property
+    def n_sim(self) -> int:
+        return int(self.simulated.shape[0])
+
+    def simulated_data(self, k: int = 0) -> pd.DataFrame:
+        """The data set with every observation replaced by replicate ``k`` of the simulations (a
+        value below the LLOQ becomes the LLOQ with ``CENS=1``; a row whose patient failed to solve
+        gets ``MDV=1``), in the format of :mod:`il2treg.data`."""
+        if not 0 <= k < self.n_sim:
+            raise InputError(f"replicate {k} does not exist: there are {self.n_sim}. Fix: 0 <= k < {self.n_sim}.")
+        frame = self.data.to_frame()
+        rows = np.sort(np.concatenate([self.data.obs_row[self.data.obs_row > 0], self.data.dose_row[self.data.dose_row > 0]]))
+        at = np.searchsorted(rows, self.table["ROW"].to_numpy())
+        lloq = self.table["DVID"].map(self.lloq).to_numpy(dtype=np.float64)
+        value, cens = self.simulated[k], self.simulated_cens[k]
+        missing = np.isnan(frame["DV"].to_numpy()[at])
+        frame.loc[at, "DV"] = np.where(missing, np.nan, np.where(cens, lloq, value))
+        frame.loc[at, "CENS"] = np.where(missing, frame["CENS"].to_numpy()[at], cens.astype(int))
+        failed = ~missing & np.isnan(value)
+        frame.loc[at[failed], "DV"] = np.nan
+        frame.loc[at[failed], "MDV"] = 1
+        return frame
+
+    def flags(self, alpha: float = 0.05) -> list[str]:
+        """The checks that fail at level ``alpha`` (module docstring), as sentences; empty if none."""
+        out = []
+        for dvid, row in self.summary.iterrows():
+            if row["npde_global_p"] < alpha:
+                out.append(f"{dvid}: NPDE not N(0, 1) (mean {row['npde_mean']:.2f}, variance {row['npde_sd'] ** 2:.2f}, global p = {row['npde_global_p']:.2g}).")
+        for dvid, bins in self.cwres_bins.groupby("DVID", sort=False):
+            worst = bins.loc[bins["p"].idxmin()]
+            if worst["p"] < alpha / len(bins):
+                out.append(f"{dvid}: mean CWRES {worst['mean']:+.2f} (n = {int(worst['n'])}) at day {worst['time']:g} (p = {worst['p']:.2g} < {alpha}/{len(bins)}): a trend in time the model misses.")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class VPC:
+    """A visual predictive check of one observation type (:func:`vpc`).
+
+    Attributes:
+        dvid: observation type; ``pred_corrected``: prediction-corrected (Bergstrand et al. 2011).
+        bins: one row per time bin: ``time`` (median), ``n``, ``observed_p<q>`` the observed
+            percentiles, ``sim_p<q>_lo|med|hi`` the simulated interval of each percentile, the
+            observed fraction below the LLOQ and its simulated interval. A percentile below the
+            LLOQ is NaN.
+        observations: the observations (TIME, DV, CENS; DV prediction-corrected when asked).
+        interval: the simulated intervals' coverage (0.9: 5th to 95th percentile).
+        lloq: the LLOQ (NaN: none).
+    """
+
+    dvid: str
+    pred_corrected: bool
+    bins: pd.DataFrame
+    observations: pd.DataFrame
+    interval: float
+    lloq: float
+
+    def coverage(self) -> float:
+        """Fraction of (bin, percentile) pairs whose observed value lies in the simulated interval
+        (pairs with the observed or simulated percentile below the LLOQ are left out)."""
+        inside, total = 0, 0
+        for q in VPC_PERCENTILES:
+            obs = self.bins[f"observed_p{q:g}"].to_numpy()
+            lo, hi = self.bins[f"sim_p{q:g}_lo"].to_numpy(), self.bins[f"sim_p{q:g}_hi"].to_numpy()
+            ok = np.isfinite(obs) & np.isfinite(lo) & np.isfinite(hi)
+            inside += int(np.sum((obs[ok] >= lo[ok]) & (obs[ok] <= hi[ok])))
+            total += int(np.sum(ok))
+        return inside / total if total else float("nan")
+
+
+def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim: int = 1000, seed: int = 0, batch_size: int = 32) -> Diagnostics:
+    """Diagnostics of ``result`` (module docstring).
+
+    Arguments:
+        result: a population fit (:func:`il2treg.load_fit`, :func:`il2treg.fit.compute_fit`).
+        data: evaluate on these data instead of the fit's (a :class:`~il2treg.data.Dataset`, a
+            DataFrame or a CSV path in the format of :mod:`il2treg.data`); the EBEs are then
+            re-estimated at the fit's population parameters.
+        spec: the fit's specification; default: the one stored in ``result``.
+        n_sim: replicates for NPDE and VPC. The decorrelation uses the simulations' own
+            covariance, which inflates the NPDE variance by about :math:`K/(K-d-1)` for a patient
+            with :math:`d` observations: keep :math:`K = ` ``n_sim`` in the hundreds per
+            observation (a VPC alone is fine with 200).
+        seed: seed of the simulations.
+        batch_size: patients solved together.
+
+    Raises:
+        InputError: ``n_sim`` too small, or data the fit cannot evaluate (other observation types
+        or covariates).
+    """
+    spec = spec or spec_of(result)
+    if data is not None:
+        dataset = data if isinstance(data, Dataset) else read_dataset(data)
+        spec = dataclasses.replace(spec, dataset=dataset)
+    problem = spec.problem()
+    objective = make_objective(spec, problem)
+    patients = patient_arrays(spec.dataset, problem.covariates)
+    dataset = spec.dataset
+    used_per_patient = np.asarray(patients.obs_mask).sum(axis=1)
+    if n_sim < 20 or n_sim <= 2 * int(used_per_patient.max(initial=0)):
+        raise InputError(f"n_sim = {n_sim} is too small: NPDE needs well over twice as many replicates as any patient's {int(used_per_patient.max(initial=0))} observations (and >= 20). Fix: n_sim=1000.")
+    psi = jnp.asarray(result.psi)
+    up = unpack(problem, psi, spec.residual_model())
+    eta0 = _ebes(result, problem, dataset) if data is None else jnp.zeros((dataset.n_subjects, problem.n_eta))
+    inner = objective.inner(psi, eta0)
+    eta, ipred, jac, status = (np.asarray(x) for x in (inner.eta, inner.pred, inner.jac, inner.status))
+    pred = np.asarray(_predict_all(problem, up.theta, up.beta, jnp.zeros_like(inner.eta), patients, batch_size=batch_size)[0])
+    residual = up.residual
+    dvid, y = np.asarray(patients.obs_dvid), np.asarray(patients.obs_value, dtype=np.float64)
+    cens, mask = np.asarray(patients.obs_cens, dtype=bool), np.asarray(patients.obs_mask, dtype=bool)
+    sd = np.asarray(residual_sd(residual, jnp.asarray(ipred), jnp.asarray(dvid)))
+    is_log = np.isin(dvid, [k for k, kind in enumerate(residual.kinds) if kind == "log"])
+    scale = lambda v: np.where(is_log, np.log(np.maximum(v, 1e-300)), v)  # to the modelling scale ([..., patients, obs])
+    y_s, ipred_s = scale(y), scale(ipred)
+    fit_rows = mask & ~cens
+    ok = status == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iwres = np.where(fit_rows & ok[:, None], (y_s - ipred_s) / sd, np.nan)
+    omega = np.asarray(up.omega)
+    cwres = np.full(y.shape, np.nan)
+    for i in np.flatnonzero(ok):
+        rows = fit_rows[i]
+        if not rows.any():
+            continue
+        g = jac[i][rows] / np.where(is_log[i][rows], ipred[i][rows], 1.0)[:, None]  # on the modelling scale
+        expected = ipred_s[i][rows] - g @ eta[i]
+        c = (g * omega**2) @ g.T + np.diag(sd[i][rows] ** 2)
+        cwres[i, rows] = _inv_sqrt(c) @ (y_s[i][rows] - expected)
+
+    key = jax.random.PRNGKey(seed)
+    k_eta, k_eps = jax.random.split(key)
+    z_eta = np.asarray(jax.random.normal(k_eta, (n_sim, *eta.shape))) * omega
+    z_eps = jax.random.normal(k_eps, (n_sim, *y.shape))
+    def replicate(k: int) -> np.ndarray:
+        f, st = _predict_all(problem, up.theta, up.beta, jnp.asarray(z_eta[k]), patients, batch_size=batch_size)
+        draw = np.asarray(sample_observations(residual, f, jnp.asarray(dvid), z_eps[k]))
+        return np.where(np.asarray(st)[:, None] == 0, draw, np.nan)
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # one compiled solve, replicates spread over the cores
+        sims = np.stack(list(pool.map(replicate, range(n_sim))))
+    lloq = _lloq(y, dvid, cens)
+    limit = np.asarray([lloq.get(OBSERVABLE_NAMES[d], -np.inf) for d in dvid.ravel()]).reshape(dvid.shape)
+    sim_cens = sims < limit[None]
+    pde = _pde(y_s, scale(sims), fit_rows & ok[:, None], np.random.default_rng(seed))
+    npde = stats.norm.ppf(pde)
+
+    s, j = np.nonzero(dataset.obs_row > 0)
+    order = np.argsort(dataset.obs_row[s, j], kind="stable")
+    s, j = s[order], j[order]
+    dv = np.where(dataset.obs_dv_missing[s, j], np.nan, y[s, j])
+    table = pd.DataFrame({
+        "ID": [dataset.ids[i] for i in s], "ROW": dataset.obs_row[s, j].astype(np.int64), "TIME": np.asarray(dataset.obs_time)[s, j].astype(np.float64),
+        "DVID": [OBSERVABLE_NAMES[d] for d in dvid[s, j]], "DV": dv, "CENS": cens[s, j].astype(np.int64), "USED": mask[s, j],
+        "PRED": pred[s, j], "IPRED": ipred[s, j], "IWRES": iwres[s, j], "CWRES": cwres[s, j], "PDE": pde[s, j], "NPDE": npde[s, j],
+    })  # fmt: skip
+    shrink = {name: float(100 * (1 - eta[ok, k].std(ddof=1) / omega[k])) if ok.sum() > 1 else float("nan") for k, name in enumerate(problem.random)}
+    return Diagnostics(
+        fit=result.name, table=table, shrinkage=shrink, summary=_summary(table), cwres_bins=_cwres_bins(table),
+        simulated=sims[:, s, j], simulated_cens=sim_cens[:, s, j], lloq=lloq, ebe_status=status, seed=seed, data=dataset,
+    )  # fmt: skip
+
+
+def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, bins=None, interval: float = 0.9) -> VPC:
+    r"""Visual predictive check of observation type ``dvid`` from ``diag``'s simulations.
+
+    In each time bin (:func:`time_bins` unless ``bins`` gives edges in days) the 5th, 50th and 95th
+    percentiles of the observations are set against the ``interval`` band of the same percentiles
+    over the simulated replicates. BLQ-aware: a censored value (observed, or simulated below the
+    LLOQ) counts as below the LLOQ, and a percentile that depends on one is reported as NaN
+    (below the LLOQ) instead of being invented; the fraction below the LLOQ is checked instead.
+    Prediction-corrected (Bergstrand et al., AAPS J 2011): every value is multiplied by
+    :math:`\mathrm{PRED}_{bin}/\mathrm{PRED}_{ij}`, the bin's median PRED over the row's PRED.
+    """
+    if dvid not in OBSERVABLE_NAMES:
+        raise InputError(f"unknown observation type {dvid!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
+    if not 0 < interval < 1:
+        raise InputError(f"interval must be in (0, 1), got {interval!r}.")
+    t = diag.table
+    rows = np.flatnonzero((t["DVID"] == dvid).to_numpy() & t["USED"].to_numpy() & np.isfinite(t["DV"].to_numpy()))
+    if rows.size == 0:
+        raise InputError(f"no fitted {dvid!r} observations to check. Fix: choose one of {', '.join(sorted(set(t.loc[t['USED'], 'DVID'])))}.")
+    time = t["TIME"].to_numpy()[rows]
+    edges = time_bins(time) if bins is None else np.asarray(bins, dtype=np.float64)
+    which = np.clip(np.searchsorted(edges, time, side="right") - 1, 0, len(edges) - 2)
+    lloq = diag.lloq.get(dvid, float("nan"))
+    obs = np.where(t["CENS"].to_numpy()[rows] == 1, _BLQ, t["DV"].to_numpy()[rows])
+    sim = np.where(diag.simulated_cens[:, rows], _BLQ, diag.simulated[:, rows])
+    obs_blq, sim_blq = obs == _BLQ, sim == _BLQ
+    if pred_corrected:
+        pred = t["PRED"].to_numpy()[rows]
+        factor = np.empty_like(pred)
+        for b in np.unique(which):
+            factor[which == b] = np.median(pred[which == b]) / pred[which == b]
+        obs = np.where(obs_blq, _BLQ, obs * factor)
+        sim = np.where(sim_blq, _BLQ, sim * factor[None])
+    tail = 100 * (1 - interval) / 2
+    out = []
+    for b in np.unique(which):
+        sel = which == b
+        row = {"bin": int(b), "time": float(np.median(time[sel])), "n": int(sel.sum()),
+               "observed_blq": float(obs_blq[sel].mean())}  # fmt: skip
+        frac = np.nanmean(np.where(np.isnan(sim[:, sel]), np.nan, sim_blq[:, sel]), axis=1)
+        row["sim_blq_lo"], row["sim_blq_hi"] = np.nanpercentile(frac, [tail, 100 - tail])
+        for q in VPC_PERCENTILES:
+            row[f"observed_p{q:g}"] = _below_lloq(np.percentile(obs[sel], q))
+            per_rep = np.asarray([np.percentile(r[np.isfinite(r)], q) if np.isfinite(r).any() else np.nan for r in sim[:, sel]])
+            lo, med, hi = np.nanpercentile(per_rep, [tail, 50, 100 - tail])
+            row[f"sim_p{q:g}_lo"], row[f"sim_p{q:g}_med"], row[f"sim_p{q:g}_hi"] = _below_lloq(lo), _below_lloq(med), _below_lloq(hi)
+        out.append(row)
+    observations = pd.DataFrame({"TIME": time, "DV": np.where(obs_blq, np.nan, obs), "CENS": obs_blq.astype(np.int64)})
+    return VPC(dvid, pred_corrected, pd.DataFrame(out), observations, interval, float(lloq))
+
+
+def time_bins(times, max_bins: int = 12) -> np.ndarray:
+    """Bin edges (days): one bin per distinct nominal time when there are at most ``max_bins``,
+    else ``max_bins`` bins with equal numbers of observations."""
+    times = np.asarray(times, dtype=np.float64)
+    distinct = np.unique(times)
+    if distinct.size <= max_bins:
+        mids = (distinct[1:] + distinct[:-1]) / 2
+        return np.concatenate([[distinct[0] - 0.5], mids, [distinct[-1] + 0.5]])
+    edges = np.unique(np.quantile(times, np.linspace(0, 1, max_bins + 1)))
+    edges[-1] += 1e-9
+    return edges
+
+
+def spec_of(result: FitResult) -> FitSpec:
+    """The fit specification stored in a result (its data read again from where the file points)."""
+    return parse_fit_spec(tomllib.loads(result.spec_text), path=Path(result.spec_path), text=result.spec_text)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _ebes(result: FitResult, problem, dataset: Dataset) -> jnp.ndarray:
+    ind = result.individual
+    if len(ind) != dataset.n_subjects:
+        raise InputError(f"the fit has {len(ind)} patients but its data now have {dataset.n_subjects}. Fix: pass data=... to re-estimate the EBEs.")
+    return jnp.asarray(np.stack([ind[f"ETA_{n}"].to_numpy(dtype=np.float64) for n in problem.random], axis=1) if problem.n_eta else np.zeros((len(ind), 0)))
+
+
+def _inv_sqrt(c: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(c)
+    return (v / np.sqrt(np.maximum(w, 1e-300))) @ v.T
+
+
+def _lloq(y, dvid, cens) -> dict:
+    """LLOQ per observation type: the smallest DV of its censored rows."""
+    return {OBSERVABLE_NAMES[d]: float(y[(dvid == d) & cens].min()) for d in np.unique(dvid[cens])}
+
+
+def _pde(y, sims, rows, rng) -> np.ndarray:
+    """Decorrelated prediction discrepancies per patient (module docstring), from observations
+    ``y`` and simulations ``sims`` on the modelling scale; NaN off ``rows``."""
+    k = sims.shape[0]
+    pde = np.full(y.shape, np.nan)
+    for i in range(y.shape[0]):
+        sel = rows[i]
+        s = sims[:, i, sel]
+        s = s[np.all(np.isfinite(s), axis=1)]
+        if not sel.any() or len(s) <= sel.sum():
+            continue
+        mean = s.mean(axis=0)
+        cov = np.cov(s, rowvar=False).reshape(sel.sum(), sel.sum())
+        w = _inv_sqrt(cov + np.eye(len(mean)) * 1e-12 * np.trace(cov))
+        ys = w @ (y[i, sel] - mean)
+        ss = (s - mean) @ w.T
+        below = np.sum(ss < ys, axis=0) + rng.uniform(size=ys.shape) * np.sum(ss == ys, axis=0)
+        pde[i, sel] = np.clip(below / len(s), 1 / (2 * k), 1 - 1 / (2 * k))
+    return pde
+
+
+def _summary(table: pd.DataFrame) -> pd.DataFrame:
+    out = {}
+    for dvid, g in table[table["USED"]].groupby("DVID", sort=False):
+        npde = g["NPDE"].dropna().to_numpy()
+        n = len(npde)
+        row = {"n": len(g), "n_blq": int(g["CENS"].sum())}
+        for col in ("IWRES", "CWRES", "NPDE"):
+            v = g[col].dropna()
+            row[f"{col.lower()}_mean"], row[f"{col.lower()}_sd"] = float(v.mean()), float(v.std(ddof=1))
+        row["eps_shrinkage_percent"] = 100 * (1 - row["iwres_sd"])
+        per_patient = g.dropna(subset=["NPDE"]).groupby("ID", sort=False)["NPDE"]
+        means, squares = per_patient.mean().to_numpy(), per_patient.apply(lambda v: np.mean(v**2)).to_numpy()
+        if len(means) >= 3 and n >= 3:
+            p_mean = float(stats.ttest_1samp(means, 0.0).pvalue)
+            p_var = float(stats.ttest_1samp(squares, 1.0).pvalue)
+            p_norm = float(stats.shapiro(npde[:5000]).pvalue)
+        else:
+            p_mean = p_var = p_norm = float("nan")
+        row.update(npde_mean_p=p_mean, npde_variance_p=p_var, npde_normality_p=p_norm, npde_global_p=min(1.0, 2 * min(p_mean, p_var)))
+        out[dvid] = row
+    return pd.DataFrame.from_dict(out, orient="index").rename_axis("DVID")
+
+
+def _cwres_bins(table: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for dvid, g in table[table["USED"] & table["CWRES"].notna()].groupby("DVID", sort=False):
+        time = g["TIME"].to_numpy()
+        edges = time_bins(time)
+        which = np.clip(np.searchsorted(edges, time, side="right") - 1, 0, len(edges) - 2)
+        for b in np.unique(which):
+            v = g["CWRES"].to_numpy()[which == b]
+            z = v.mean() * math.sqrt(len(v))
+            out.append({"DVID": dvid, "bin": int(b), "time": float(np.median(time[which == b])), "n": len(v), "mean": float(v.mean()), "p": float(2 * stats.norm.sf(abs(z)))})
+    return pd.DataFrame(out, columns=["DVID", "bin", "time", "n", "mean", "p"])
+
+
+def _below_lloq(value: float) -> float:
+    return float("nan") if not np.isfinite(value) or value < -1e20 else float(value)  # touched a censored value

@@ -1,0 +1,155 @@
+"""Diagnostics: residuals against independent computations, NPDE and VPC calibration on data from
+the fitted model itself, and detection of a deliberately wrong model (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from il2treg.data import read_dataset
+from il2treg.diagnostics import VPC_PERCENTILES, diagnose, spec_of, time_bins, vpc
+from il2treg.errors import InputError
+from il2treg.fit.problem import patient_arrays, unpack
+from il2treg.fit.run import _predict_all
+
+
+@pytest.fixture(scope="module")
+def self_simulated(misspecified_fit, misspecified_diagnostics):
+    """Diagnostics of data simulated from the fitted model itself (replicate 1), EBEs re-estimated."""
+    return diagnose(misspecified_fit, data=misspecified_diagnostics.simulated_data(1), n_sim=1000, seed=11)
+
+
+def test_pred_and_ipred_reproduce_the_fit(misspecified_fit, misspecified_diagnostics):
+    mine, theirs = misspecified_diagnostics.table, misspecified_fit.predictions
+    assert list(mine["ROW"]) == list(theirs["ROW"])
+    np.testing.assert_allclose(mine["PRED"], theirs["PRED"], rtol=1e-8)
+    np.testing.assert_allclose(mine["IPRED"], theirs["IPRED"], rtol=1e-6)
+    np.testing.assert_allclose(mine["IWRES"], theirs["IWRES"], rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_cwres_matches_a_finite_difference_linearisation(misspecified_fit, misspecified_diagnostics):
+    """CWRES of one patient recomputed from G by central differences of the predictions."""
+    spec = spec_of(misspecified_fit)
+    problem = spec.problem()
+    patients = patient_arrays(spec.dataset, problem.covariates)
+    up = unpack(problem, jnp.asarray(misspecified_fit.psi), spec.residual_model())
+    eta = np.stack([misspecified_fit.individual[f"ETA_{n}"].to_numpy() for n in problem.random], axis=1)
+    i, h = 3, 1e-5
+    f = lambda e: np.asarray(_predict_all(problem, up.theta, up.beta, jnp.asarray(e), patients)[0])[i]
+    g = np.empty((patients.obs_time.shape[1], problem.n_eta))
+    for k in range(problem.n_eta):
+        step = np.zeros_like(eta)
+        step[i, k] = h
+        g[:, k] = (f(eta + step) - f(eta - step)) / (2 * h)
+    ipred, y = f(eta), np.asarray(patients.obs_value[i])
+    rows = np.asarray(patients.obs_mask[i]) & ~np.asarray(patients.obs_cens[i])
+    sd = np.asarray(up.residual.sigma_prop)[np.asarray(patients.obs_dvid[i])] * ipred
+    g, ipred, y, sd = g[rows], ipred[rows], y[rows], sd[rows]
+    c = (g * np.asarray(up.omega) ** 2) @ g.T + np.diag(sd**2)
+    w, v = np.linalg.eigh(c)
+    expected = (v / np.sqrt(w)) @ v.T @ (y - ipred + g @ eta[i])
+    table = misspecified_diagnostics.table
+    mine = table.loc[table["ID"] == spec.dataset.ids[i], "CWRES"].to_numpy()
+    np.testing.assert_allclose(mine[np.isfinite(mine)], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_shrinkage_matches_the_fit_report(misspecified_fit, misspecified_diagnostics):
+    est = misspecified_fit.estimates.set_index("parameter")
+    for name, value in misspecified_diagnostics.shrinkage.items():
+        assert value == pytest.approx(float(est.loc[f"omega_{name}", "shrinkage_percent"]), abs=1e-6)
+
+
+def test_data_from_the_fitted_model_pass_npde_and_cwres_checks(self_simulated):
+    """NPDE per observation type, patients as the independent units: t-tests of the per-patient
+    mean NPDE against 0 and of the per-patient mean NPDE^2 against 1, global p = min(1, 2 min p)
+    >= 0.05; and no time bin with a mean CWRES beyond the Bonferroni bound 0.05/bins."""
+    assert self_simulated.flags() == []
+    summary = self_simulated.summary
+    assert set(summary.index) == {"treg_per_uL", "tconv_per_uL"}
+    assert np.all(summary["npde_global_p"] >= 0.05)
+    assert np.all(np.abs(summary["npde_mean"]) < 0.15)
+    assert np.all(np.abs(summary["cwres_mean"]) < 0.15)
+
+
+def test_vpc_of_data_from_the_fitted_model_covers_its_intervals(misspecified_diagnostics):
+    """Each of 20 simulated replicates in turn plays the observations against the other 999: the
+    observed percentiles lie inside the simulated 90% intervals in 90% of (bin, percentile) pairs
+    on average (mean over replicates >= 0.9 - 2 SE)."""
+    diag = misspecified_diagnostics
+    for dvid in ("treg_per_uL", "tconv_per_uL"):
+        coverage = []
+        for k in range(20):
+            table = diag.table.assign(DV=diag.simulated[k], CENS=diag.simulated_cens[k].astype(int))
+            others = np.delete(np.arange(diag.n_sim), k)
+            held_out = dataclasses.replace(diag, table=table, simulated=diag.simulated[others], simulated_cens=diag.simulated_cens[others])
+            coverage.append(vpc(held_out, dvid).coverage())
+        coverage = np.asarray(coverage)
+        assert coverage.mean() >= 0.9 - 2 * coverage.std(ddof=1) / np.sqrt(len(coverage)), (dvid, coverage)
+
+
+def test_a_model_without_the_proliferation_delay_is_flagged(misspecified_diagnostics):
+    """Data made without the delay, fitted with it: the CWRES time trend test flags Tregs."""
+    flags = misspecified_diagnostics.flags()
+    assert any(f.startswith("treg_per_uL: mean CWRES") for f in flags), flags
+    bins = misspecified_diagnostics.cwres_bins
+    treg = bins[bins["DVID"] == "treg_per_uL"]
+    assert treg["p"].min() < 0.05 / len(treg)
+
+
+def test_simulated_data_are_a_valid_dataset(misspecified_diagnostics):
+    frame = misspecified_diagnostics.simulated_data(2)
+    data = read_dataset(frame)
+    assert data.n_subjects == misspecified_diagnostics.data.n_subjects
+    dv = frame.loc[frame["EVID"] == 0, "DV"].to_numpy()
+    np.testing.assert_allclose(dv, misspecified_diagnostics.simulated[2])
+    with pytest.raises(InputError, match="replicate 1000 does not exist"):
+        misspecified_diagnostics.simulated_data(1000)
+
+
+def test_vpc_treats_values_below_the_lloq_as_censored(misspecified_diagnostics):
+    """With an LLOQ at the median, the 5th percentiles are below it (NaN), the 95th are not, and
+    the observed and simulated fractions below it are reported."""
+    diag = misspecified_diagnostics
+    table = diag.table
+    lloq = float(np.median(table.loc[table["DVID"] == "treg_per_uL", "DV"]))
+    is_treg = (table["DVID"] == "treg_per_uL").to_numpy()
+    cens = is_treg & (table["DV"].to_numpy() < lloq)
+    censored = dataclasses.replace(
+        diag, table=table.assign(CENS=cens.astype(int), DV=np.where(cens, lloq, table["DV"])),
+        simulated_cens=diag.simulated_cens | (is_treg[None] & (diag.simulated < lloq)), lloq={"treg_per_uL": lloq},
+    )  # fmt: skip
+    v = vpc(censored, "treg_per_uL")
+    assert v.lloq == lloq
+    assert v.bins["observed_p5"].isna().all() and v.bins["sim_p5_hi"].isna().all()
+    assert v.bins["observed_p95"].notna().all()
+    assert 0.2 < v.bins["observed_blq"].mean() < 0.8
+    assert np.all(v.bins["sim_blq_lo"] <= v.bins["sim_blq_hi"])
+
+
+def test_prediction_correction_rescales_by_the_bin_median_pred(misspecified_diagnostics):
+    """No covariates: every patient's PRED at a nominal time is the same, so pcVPC = VPC."""
+    plain = vpc(misspecified_diagnostics, "treg_per_uL")
+    corrected = vpc(misspecified_diagnostics, "treg_per_uL", pred_corrected=True)
+    for q in VPC_PERCENTILES:
+        np.testing.assert_allclose(corrected.bins[f"observed_p{q:g}"], plain.bins[f"observed_p{q:g}"], rtol=1e-10)
+    assert corrected.pred_corrected and not plain.pred_corrected
+
+
+def test_time_bins_follow_nominal_times():
+    edges = time_bins([0, 0, 4, 7, 7, 14])
+    assert np.all(np.diff(np.searchsorted(edges, [0, 4, 7, 14])) == 1)
+    assert len(time_bins(np.linspace(0, 84, 200), max_bins=8)) == 9
+
+
+def test_bad_requests_are_clear_errors(misspecified_fit, misspecified_diagnostics):
+    with pytest.raises(InputError, match="n_sim = 30 is too small"):
+        diagnose(misspecified_fit, n_sim=30)
+    with pytest.raises(InputError, match="unknown observation type"):
+        vpc(misspecified_diagnostics, "tregs")
+    with pytest.raises(InputError, match="no fitted 'il2_pM' observations"):
+        vpc(misspecified_diagnostics, "il2_pM")
+    with pytest.raises(InputError, match="interval must be in"):
+        vpc(misspecified_diagnostics, "treg_per_uL", interval=1.5)

@@ -1,0 +1,99 @@
+"""Every figure renders from a small fit and shows what it says: panels, axes with units, the data."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+import il2treg
+from il2treg import plots
+from il2treg.diagnostics import vpc
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _points(ax) -> int:
+    return sum(len(line.get_xdata()) for line in ax.get_lines() if line.get_linestyle() in ("None", "") and line.get_marker() == "o")
+
+
+def test_individual_fits_show_each_patients_data_ipred_pred_and_doses(misspecified_diagnostics):
+    diag = misspecified_diagnostics
+    fig = plots.plot_individual_fits(diag, max_patients=6, ncols=3)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 6
+    first = visible[0]
+    assert first.get_title() == f"ID {diag.data.ids[0]}"
+    labels = [line.get_label() for line in first.get_lines()]
+    assert {"observed", "IPRED", "PRED", "dose"} <= set(labels)
+    n_obs = int(((diag.table["ID"] == diag.data.ids[0]) & (diag.table["DVID"] == "treg_per_uL")).sum())
+    assert _points(first) == n_obs
+    dose_line = first.get_lines()[labels.index("dose")]
+    assert len(dose_line.get_xdata()) == int((np.asarray(diag.data.dose_amount[0]) > 0).sum())
+    assert "cells/uL" in first.get_ylabel()
+    with pytest.raises(ValueError, match="no 'treg_per_uL' observations"):
+        plots.plot_individual_fits(diag, ids=["nobody"])
+
+
+def test_population_course_has_band_median_and_every_observation(misspecified_diagnostics):
+    fig = plots.plot_population_course(misspecified_diagnostics, dvid="tconv_per_uL")
+    (ax,) = fig.axes
+    assert len(ax.collections) == 1  # the prediction band
+    n = int(((misspecified_diagnostics.table["DVID"] == "tconv_per_uL")).sum())
+    assert _points(ax) == n
+    assert ax.get_yscale() == "log" and "[cells/uL]" in ax.get_ylabel() and "[day]" in ax.get_xlabel()
+
+
+def test_gof_has_four_panels_with_identity_and_cwres_references(misspecified_diagnostics):
+    fig = plots.plot_gof(misspecified_diagnostics, dvid="treg_per_uL")
+    assert len(fig.axes) == 4
+    (pred, ipred), (vs_time, vs_pred) = np.asarray(fig.axes).reshape(2, 2)
+    assert pred.get_xlabel() == "PRED [cells/uL]" and ipred.get_xlabel() == "IPRED [cells/uL]"
+    assert vs_time.get_ylabel() == "CWRES" and "[day]" in vs_time.get_xlabel()
+    n = int((misspecified_diagnostics.table["DVID"] == "treg_per_uL").sum())
+    assert _points(pred) == n and _points(vs_time) == n
+    assert [line.get_label() for line in vs_time.get_lines()][-1] == "binned mean"
+    assert "treg_per_uL" in fig._suptitle.get_text()
+
+
+def test_vpc_draws_three_percentile_bands_and_the_blq_panel_only_with_an_lloq(misspecified_diagnostics):
+    v = vpc(misspecified_diagnostics, "treg_per_uL")
+    fig = plots.plot_vpc(v)
+    assert len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert len(ax.collections) == 3  # 5th, 50th and 95th percentile intervals
+    assert _points(ax) == len(v.observations)
+    assert f"{v.coverage():.0%}" in ax.get_title()
+    with_lloq = type(v)(v.dvid, False, v.bins, v.observations, v.interval, lloq=20.0)
+    assert len(plots.plot_vpc(with_lloq).axes) == 2
+
+
+def test_treg_sledai_link_colours_patients_by_sri4_probability():
+    rng = np.random.default_rng(0)
+    fold = rng.uniform(1, 3, 40)
+    change = -2 * fold + rng.normal(0, 1, 40)
+    p = 1 / (1 + np.exp(change + 4))
+    fig = plots.plot_treg_sledai_link(fold, change, p, groups=["IL-2"] * 20 + ["placebo"] * 20)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 2
+    np.testing.assert_allclose(ax.collections[0].get_array(), p[:20])
+    assert fig.axes[1].get_ylabel() == "P(SRI-4 response)"
+    with pytest.raises(ValueError, match="one value per patient"):
+        plots.plot_treg_sledai_link(fold, change[:3], p)
+
+
+def test_regimen_comparison_has_a_median_line_per_regimen_in_every_panel(model):
+    times = np.linspace(0, 28, 57)
+    params = il2treg.sample_population(model, 6, 0)
+    sims = {"LUPIL-2": il2treg.simulate(model, il2treg.regimen.lupil2(3), times, params),
+            "weekly": il2treg.simulate(model, il2treg.regimen.weekly(1.5e6, 4), times, params)}  # fmt: skip
+    fig = plots.plot_regimens(sims, observables=("il2_pM", "treg_per_uL"))
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        assert [line.get_label() for line in ax.get_lines()] == ["LUPIL-2", "weekly"]
+    assert fig.axes[1].get_ylabel() == "treg_per_uL: fold change from day 0"
+    np.testing.assert_allclose(fig.axes[1].get_lines()[0].get_ydata()[0], 1.0)
