@@ -91,7 +91,10 @@ class PopulationFit(eqx.Module):
 
     @property
     def condition_number(self) -> float:
-        ev = np.linalg.eigvalsh(np.asarray(self.covariance))
+        cov = np.asarray(self.covariance)
+        if not np.all(np.isfinite(cov)):  # the covariance step failed: no condition number
+            return float("inf")
+        ev = np.linalg.eigvalsh(cov)
         return float(ev.max() / ev.min()) if np.all(np.isfinite(ev)) and ev.min() > 0 else float("inf")
 
 
