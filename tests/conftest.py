@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures are rendered, never shown
+
 import numpy as np
 import pytest
 

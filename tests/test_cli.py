@@ -120,3 +120,17 @@ def test_profile_of_an_unknown_parameter_is_one_line_and_exit_2(monkeypatch, cap
     code, _, err = run_cli(monkeypatch, capsys, "profile", "fits/lupil2_nuts/fit.toml", "--parameter", "ka", "--out", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and "'ka'" in err and "kout_treg" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_diagnose_writes_tables_and_figures_and_names_the_failed_check(monkeypatch, capsys, tmp_path, misspecified_fit):
+    from il2treg.fit import save_fit
+
+    save_fit(misspecified_fit, tmp_path / "fit")
+    code, out, _ = run_cli(monkeypatch, capsys, "diagnose", str(tmp_path / "fit"), "--out", str(tmp_path / "diag"), "--n-sim", "200")
+    assert code == 0
+    assert "treg_per_uL: mean CWRES" in out
+    written = {p.name for p in (tmp_path / "diag" / "figures").iterdir()}
+    assert written == {f"{kind}_{dvid}.png" for kind in ("individual", "gof", "vpc", "course") for dvid in ("treg_per_uL", "tconv_per_uL")}
+    assert (tmp_path / "diag" / "diagnostics.csv").is_file() and (tmp_path / "diag" / "summary.csv").is_file()
+    code, _, err = run_cli(monkeypatch, capsys, "diagnose", str(tmp_path / "fit"), "--out", str(tmp_path / "diag"))
+    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1

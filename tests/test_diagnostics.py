@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from il2treg.data import read_dataset
-from il2treg.diagnostics import VPC_PERCENTILES, diagnose, spec_of, time_bins, vpc
+from il2treg.diagnostics import VPC_PERCENTILES, diagnose, time_bins, vpc
+from il2treg.fit.spec import stored_spec
 from il2treg.errors import InputError
 from il2treg.fit.problem import patient_arrays, unpack
 from il2treg.fit.run import _predict_all
@@ -32,7 +33,7 @@ def test_pred_and_ipred_reproduce_the_fit(misspecified_fit, misspecified_diagnos
 
 def test_cwres_matches_a_finite_difference_linearisation(misspecified_fit, misspecified_diagnostics):
     """CWRES of one patient recomputed from G by central differences of the predictions."""
-    spec = spec_of(misspecified_fit)
+    spec = stored_spec(misspecified_fit)
     problem = spec.problem()
     patients = patient_arrays(spec.dataset, problem.covariates)
     up = unpack(problem, jnp.asarray(misspecified_fit.psi), spec.residual_model())

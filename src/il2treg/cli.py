@@ -235,6 +235,34 @@ def profile(
     console.print(f"wrote {out}/ (profiles.csv, profiles.png)", highlight=False)
 
 
+@app.command()
+def diagnose(
+    results: Path = typer.Argument(..., help="results folder of `il2treg fit`, e.g. fits/lupil2_virtual/results"),
+    out: Path = typer.Option(..., help="folder for diagnostics.csv, summary.csv and figures/ (must not exist unless --force)"),
+    n_sim: int = typer.Option(1000, help="simulated replicates for NPDE and the VPC"),
+    seed: int = typer.Option(0, help="seed of the simulations"),
+    force: bool = typer.Option(False, help="replace an existing folder"),
+) -> None:
+    """Diagnostics of a saved fit: CWRES, NPDE, shrinkage, the checks that fail, and the standard figures."""
+    from il2treg._io import atomic_output_dir
+    from il2treg.diagnostics import diagnose as diagnose_fit
+    from il2treg.errors import InputError
+    from il2treg.fit.result import load_fit
+    from il2treg.fit.run import write_figures
+
+    if out.exists() and not force:
+        raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
+    diag = diagnose_fit(load_fit(results), n_sim=n_sim, seed=seed)
+    with atomic_output_dir(out, force=force) as tmp:
+        write_figures(diag, tmp)
+        diag.summary.to_csv(tmp / "summary.csv")
+    console.print(diag.summary[["n", "cwres_mean", "cwres_sd", "npde_mean", "npde_sd", "npde_global_p"]].round(3).to_string(), highlight=False)
+    console.print("eta-shrinkage %: " + ", ".join(f"{k} {v:.1f}" for k, v in diag.shrinkage.items()), highlight=False)
+    for line in diag.flags() or ["no check fails (NPDE tests, CWRES time trend; il2treg.diagnostics)"]:
+        console.print(line, highlight=False)
+    console.print(f"wrote {out}/ (diagnostics.csv, summary.csv, figures/)", highlight=False)
+
+
 @data_app.command("check")
 def data_check(file: Path = typer.Argument(..., help="CSV in il2treg's data format")) -> None:
     """Validate a biomarker data file and print a one-screen summary."""
@@ -245,8 +273,11 @@ def data_check(file: Path = typer.Argument(..., help="CSV in il2treg's data form
 
 def main() -> None:
     """Entry point: run the app; package errors become one line on stderr and exit status 2."""
+    import matplotlib
+
     from il2treg.errors import Il2tregError
 
+    matplotlib.use("Agg")  # the CLI only writes image files
     try:
         app(standalone_mode=False)
     except Il2tregError as err:

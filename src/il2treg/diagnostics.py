@@ -46,9 +46,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -60,9 +58,9 @@ from il2treg.data import Dataset, read_dataset
 from il2treg.errors import InputError
 from il2treg.fit.problem import patient_arrays, unpack
 from il2treg.fit.result import FitResult
-from il2treg.fit.run import _all_patient_theta, _predict_all, make_objective
-from il2treg.fit.spec import FitSpec, parse_fit_spec
-from il2treg.likelihood import KINDS, residual_sd, sample_observations
+from il2treg.fit.run import _predict_all, make_objective
+from il2treg.fit.spec import FitSpec, stored_spec
+from il2treg.likelihood import residual_sd, sample_observations
 from il2treg.observables import OBSERVABLE_NAMES
 
 #: Percentiles a VPC summarises (%).
@@ -193,7 +191,7 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
         InputError: ``n_sim`` too small, or data the fit cannot evaluate (other observation types
         or covariates).
     """
-    spec = spec or spec_of(result)
+    spec = spec or stored_spec(result)
     if data is not None:
         dataset = data if isinstance(data, Dataset) else read_dataset(data)
         spec = dataclasses.replace(spec, dataset=dataset)
@@ -327,11 +325,6 @@ def time_bins(times, max_bins: int = 12) -> np.ndarray:
     edges = np.unique(np.quantile(times, np.linspace(0, 1, max_bins + 1)))
     edges[-1] += 1e-9
     return edges
-
-
-def spec_of(result: FitResult) -> FitSpec:
-    """The fit specification stored in a result (its data read again from where the file points)."""
-    return parse_fit_spec(tomllib.loads(result.spec_text), path=Path(result.spec_path), text=result.spec_text)
 
 
 # ----------------------------------------------------------------------------- helpers

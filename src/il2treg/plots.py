@@ -8,15 +8,12 @@ Simulation: :func:`plot_treg_dynamics`, :func:`plot_regimens`. Fit diagnostics (
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-
-from il2treg.observables import OBSERVABLES  # noqa: E402
+from il2treg.observables import OBSERVABLES
 
 _PANELS = ("treg_pct_cd4", "il2_pM", "cd25_treg_rel", "sledai")
 _DAY = "time since first dose [day]"
@@ -104,7 +101,7 @@ def plot_regimens(sims: dict, *, observables=("il2_pM", "treg_per_uL", "tconv_pe
     if not sims:
         raise ValueError("plot_regimens needs at least one simulation.")
     observables = tuple(observables)
-    fig, axes = plt.subplots(1, len(observables), figsize=(4.2 * len(observables), 3.8), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, len(observables), figsize=(4.2 * len(observables), 4.4), squeeze=False, layout="constrained")
     for c, (name, sim) in enumerate(sims.items()):
         times = np.asarray(sim.times)
         times = times[0] if times.ndim == 2 else times
@@ -125,7 +122,8 @@ def plot_regimens(sims: dict, *, observables=("il2_pM", "treg_per_uL", "tconv_pe
             ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_xlabel(_DAY)
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8, title="median, 90% band", title_fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=8, title="median and 90% band over patients", title_fontsize=8)
     if title:
         fig.suptitle(title)
     return fig

@@ -17,8 +17,6 @@ variability.
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +27,7 @@ from il2treg.errors import InputError
 from il2treg.fit.problem import individual_theta, to_unconstrained, typical_theta
 from il2treg.fit.result import FitResult
 from il2treg.fit.run import _SLEDAI, _declared_factors, _score_sd, score_change_probability
-from il2treg.fit.spec import FitSpec, parse_fit_spec
+from il2treg.fit.spec import FitSpec, stored_spec
 from il2treg.likelihood import ResidualModel
 from il2treg.model import Parameters
 from il2treg.observables import OBSERVABLE_NAMES
@@ -75,7 +73,7 @@ def posterior_predictive(
     draws = np.asarray(result.posterior, dtype=np.float64).reshape(-1, len(result.psi_names))
     if not np.all(np.isfinite(draws)):
         raise InputError(f"fit {result.name!r} has no posterior draws (its covariance step failed). Fix: refit, or run --method nuts.")
-    spec = spec or _spec_of(result)
+    spec = spec or stored_spec(result)
     day = float(spec.sri4.day if day is None else day)
     problem = spec.problem()
     pick = np.linspace(0, len(draws) - 1, n_draws).round().astype(int)
@@ -107,11 +105,6 @@ def posterior_predictive(
         out[name] = (("draw",), draws[pick, j])
     attrs = {"fit": result.name, "method": result.method, "day": day, "seed": seed, "regimen_doses": int(np.asarray(regimen.times).shape[-1])}
     return xr.Dataset(out, coords={"draw": pick, "patient": np.arange(n_patients), "time": times}, attrs=attrs)
-
-
-def _spec_of(result: FitResult) -> FitSpec:
-    path = Path(result.spec_path)
-    return parse_fit_spec(tomllib.loads(result.spec_text), path=path, text=result.spec_text)
 
 
 def _residual(spec: FitSpec, problem, natural: np.ndarray):

@@ -599,3 +599,9 @@ def _within(value: float, lo: float, hi: float) -> bool:
     """lo <= value <= hi, forgiving the rounding of a unit conversion at the bounds."""
     tol = 1e-12 * max(abs(lo), abs(hi), 1.0)
     return lo - tol <= value <= hi + tol
+
+
+def stored_spec(result) -> FitSpec:
+    """The fit specification stored in a :class:`~il2treg.fit.FitResult` (its text, parsed again;
+    the data are read again from where the file points)."""
+    return parse_fit_spec(tomllib.loads(result.spec_text), path=Path(result.spec_path), text=result.spec_text)
