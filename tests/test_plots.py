@@ -48,6 +48,31 @@ def test_population_course_has_band_median_and_every_observation(misspecified_di
     assert ax.get_yscale() == "log" and "[cells/uL]" in ax.get_ylabel() and "[day]" in ax.get_xlabel()
 
 
+def test_population_course_by_a_covariate_has_a_panel_per_level(misspecified_diagnostics):
+    diag = misspecified_diagnostics
+    half = {pid: ("A" if k % 2 else "B") for k, pid in enumerate(diag.data.ids)}
+    frame = diag.data.to_frame()
+    frame["GROUP"] = frame["ID"].map(half)
+    from il2treg.data import read_dataset
+
+    grouped = __import__("dataclasses").replace(diag, data=read_dataset(frame))
+    fig = plots.plot_population_course(grouped, dvid="treg_per_uL", by="GROUP")
+    assert [ax.get_title() for ax in fig.axes] == ["GROUP = B", "GROUP = A"]
+    assert sum(_points(ax) for ax in fig.axes) == int((diag.table["DVID"] == "treg_per_uL").sum())
+
+
+def test_treg_dynamics_has_four_panels_with_units_and_dose_marks(model):
+    params = il2treg.sample_population(model, 5, 0)
+    reg = il2treg.regimen.lupil2(2)
+    sim = il2treg.simulate(model, reg, np.linspace(0, 21, 43), params)
+    fig = plots.plot_treg_dynamics(sim, doses=np.asarray(reg.times), title="t")
+    assert len(fig.axes) == 4
+    assert [ax.get_ylabel().split(" ")[0] for ax in fig.axes] == ["treg_pct_cd4", "il2_pM", "cd25_treg_rel", "sledai"]
+    assert fig.axes[1].get_yscale() == "log"
+    n_doses = len(np.asarray(reg.times))
+    assert all(sum(line.get_xdata()[0] == line.get_xdata()[-1] for line in ax.get_lines()) >= n_doses for ax in fig.axes)
+
+
 def test_gof_has_four_panels_with_identity_and_cwres_references(misspecified_diagnostics):
     fig = plots.plot_gof(misspecified_diagnostics, dvid="treg_per_uL")
     assert len(fig.axes) == 4

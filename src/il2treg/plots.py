@@ -173,30 +173,40 @@ def plot_individual_fits(diag, *, dvid: str = "treg_per_uL", ids=None, ncols: in
     return fig
 
 
-def plot_population_course(diag, *, dvid: str = "treg_per_uL", interval: float = 0.9) -> Figure:
+def plot_population_course(diag, *, dvid: str = "treg_per_uL", by: str | None = None, interval: float = 0.9) -> Figure:
     """Observations over time with the model's median and ``interval`` prediction band of new
-    observations (percentiles of the simulated replicates at each nominal time)."""
+    observations (percentiles of the simulated replicates at each nominal time); with ``by`` (a
+    covariate of the data, e.g. ``"ARM"``) one panel per level."""
     t = diag.table
     rows = np.flatnonzero((t["DVID"] == dvid).to_numpy() & t["USED"].to_numpy())
     if rows.size == 0:
         raise ValueError(f"no fitted {dvid!r} observations to plot.")
-    time = t["TIME"].to_numpy()[rows]
-    grid = np.unique(time)
-    sim = np.where(diag.simulated_cens[:, rows], np.nan, diag.simulated[:, rows])
+    if by is None:
+        level = np.full(rows.size, "", dtype=object)
+    else:
+        per_id = dict(zip(diag.data.ids, diag.data.covariate_values(by)))
+        level = np.asarray([per_id[i] for i in t["ID"].to_numpy()[rows]], dtype=object)
+    levels = list(dict.fromkeys(level))
+    fig, axes = plt.subplots(1, len(levels), figsize=(6.5 * len(levels), 4.2), squeeze=False, sharey=True, constrained_layout=True)
     tail = 100 * (1 - interval) / 2
-    band = np.asarray([np.nanpercentile(sim[:, time == g], [tail, 50, 100 - tail]) for g in grid])
-    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
-    ax.fill_between(grid, band[:, 0], band[:, 2], color="C0", alpha=0.25, lw=0, label=f"{interval:.0%} prediction interval")
-    ax.plot(grid, band[:, 1], color="C0", lw=1.6, label="simulated median")
-    ok = t["CENS"].to_numpy()[rows] == 0
-    ax.plot(time[ok], t["DV"].to_numpy()[rows][ok], "o", color="k", ms=3, alpha=0.6, label="observed")
-    if _log_scale(dvid):
-        ax.set_yscale("log")
-    ax.set_xlabel(_DAY)
-    ax.set_ylabel(_label(dvid))
-    ax.set_title(f"Population time course: {dvid} ({diag.n_sim} simulated replicates)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, lev in zip(axes[0], levels):
+        sel = rows[level == lev]
+        time = t["TIME"].to_numpy()[sel]
+        grid = np.unique(time)
+        sim = np.where(diag.simulated_cens[:, sel], np.nan, diag.simulated[:, sel])
+        band = np.asarray([np.nanpercentile(sim[:, time == g], [tail, 50, 100 - tail]) for g in grid])
+        ax.fill_between(grid, band[:, 0], band[:, 2], color="C0", alpha=0.25, lw=0, label=f"{interval:.0%} prediction interval")
+        ax.plot(grid, band[:, 1], color="C0", lw=1.6, label="simulated median")
+        ok = t["CENS"].to_numpy()[sel] == 0
+        ax.plot(time[ok], t["DV"].to_numpy()[sel][ok], "o", color="k", ms=3, alpha=0.6, label="observed")
+        if _log_scale(dvid):
+            ax.set_yscale("log")
+        ax.set_xlabel(_DAY)
+        ax.set_title(f"{by} = {lev}" if by else dvid, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(_label(dvid))
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"Population time course: {dvid} ({diag.n_sim} simulated replicates)", fontsize=11)
     return fig
 
 

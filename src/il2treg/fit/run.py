@@ -113,7 +113,9 @@ def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = Fa
 def write_figures(diag, folder: str | Path) -> list[Path]:
     """The standard diagnostics of a fit: ``diagnostics.csv`` (the per-observation table of
     :func:`il2treg.diagnostics.diagnose`) and, in ``figures/``, per fitted observation type the
-    individual fits, goodness of fit, VPC and population time course (PNG, 120 dpi)."""
+    individual fits, goodness of fit, VPC and population time course (PNG, 120 dpi). Data with an
+    ``ARM`` covariate get the time course per arm and a prediction-corrected VPC (arms on different
+    regimens share visits)."""
     import matplotlib.pyplot as plt
 
     from il2treg import plots
@@ -123,9 +125,11 @@ def write_figures(diag, folder: str | Path) -> list[Path]:
     (folder / "figures").mkdir(exist_ok=True)
     diag.table.to_csv(folder / "diagnostics.csv", index=False)
     written = [folder / "diagnostics.csv"]
+    by = "ARM" if "ARM" in diag.data.covariates else None  # arms differ by design: split the course, prediction-correct the VPC
     for dvid in diag.summary.index:
         for kind, fig in (("individual", plots.plot_individual_fits(diag, dvid=dvid)), ("gof", plots.plot_gof(diag, dvid=dvid)),
-                          ("vpc", plots.plot_vpc(vpc(diag, dvid))), ("course", plots.plot_population_course(diag, dvid=dvid))):  # fmt: skip
+                          ("vpc", plots.plot_vpc(vpc(diag, dvid, pred_corrected=by is not None))),
+                          ("course", plots.plot_population_course(diag, dvid=dvid, by=by))):  # fmt: skip
             path = folder / "figures" / f"{kind}_{dvid}.png"
             fig.savefig(path, dpi=120)
             plt.close(fig)
