@@ -154,3 +154,17 @@ def test_bad_requests_are_clear_errors(misspecified_fit, misspecified_diagnostic
         vpc(misspecified_diagnostics, "il2_pM")
     with pytest.raises(InputError, match="interval must be in"):
         vpc(misspecified_diagnostics, "treg_per_uL", interval=1.5)
+
+
+def test_prediction_correction_scales_proportional_types_and_shifts_additive_ones(misspecified_diagnostics):
+    diag = misspecified_diagnostics
+    t = diag.table
+    pred = t["PRED"].to_numpy() * np.random.default_rng(0).uniform(0.5, 1.5, len(t))  # PRED now differs between patients
+    varied = dataclasses.replace(diag, table=t.assign(PRED=pred))
+    rows = (t["DVID"] == "treg_per_uL").to_numpy() & (t["TIME"] == 7.0).to_numpy()
+    dv, p = t["DV"].to_numpy()[rows], pred[rows]
+    scaled = vpc(varied, "treg_per_uL", pred_corrected=True).bins.set_index("time")
+    assert scaled.loc[7.0, "observed_p50"] == pytest.approx(np.percentile(dv * np.median(p) / p, 50), rel=1e-12)
+    additive = dataclasses.replace(varied, error_kinds={**diag.error_kinds, "treg_per_uL": "additive"})
+    shifted = vpc(additive, "treg_per_uL", pred_corrected=True).bins.set_index("time")
+    assert shifted.loc[7.0, "observed_p50"] == pytest.approx(np.percentile(dv + np.median(p) - p, 50), rel=1e-12)

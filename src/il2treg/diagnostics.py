@@ -86,6 +86,7 @@ class Diagnostics:
         ebe_status: inner-solve status per patient (0 = converged).
         seed: seed of the simulations.
         data: the data set evaluated.
+        error_kinds: the error model kind of each observation type.
     """
 
     fit: str
@@ -99,6 +100,7 @@ class Diagnostics:
     ebe_status: np.ndarray
     seed: int
     data: Dataset
+    error_kinds: dict
 
     @property
     def n_sim(self) -> int:
@@ -260,6 +262,7 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
     return Diagnostics(
         fit=result.name, table=table, shrinkage=shrink, summary=_summary(table), cwres_bins=_cwres_bins(table),
         simulated=sims[:, s, j], simulated_cens=sim_cens[:, s, j], lloq=lloq, ebe_status=status, seed=seed, data=dataset,
+        error_kinds=dict(zip(OBSERVABLE_NAMES, residual.kinds)),
     )  # fmt: skip
 
 
@@ -272,7 +275,9 @@ def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, bins=None
     LLOQ) counts as below the LLOQ, and a percentile that depends on one is reported as NaN
     (below the LLOQ) instead of being invented; the fraction below the LLOQ is checked instead.
     Prediction-corrected (Bergstrand et al., AAPS J 2011): every value is multiplied by
-    :math:`\mathrm{PRED}_{bin}/\mathrm{PRED}_{ij}`, the bin's median PRED over the row's PRED.
+    :math:`\mathrm{PRED}_{bin}/\mathrm{PRED}_{ij}`, the bin's median PRED over the row's PRED;
+    for additive and ordinal error models (SLEDAI, near 0) shifted by
+    :math:`\mathrm{PRED}_{bin} - \mathrm{PRED}_{ij}` instead.
     """
     if dvid not in OBSERVABLE_NAMES:
         raise InputError(f"unknown observation type {dvid!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
@@ -291,11 +296,15 @@ def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, bins=None
     obs_blq, sim_blq = obs == _BLQ, sim == _BLQ
     if pred_corrected:
         pred = t["PRED"].to_numpy()[rows]
-        factor = np.empty_like(pred)
+        typical = np.empty_like(pred)
         for b in np.unique(which):
-            factor[which == b] = np.median(pred[which == b]) / pred[which == b]
-        obs = np.where(obs_blq, _BLQ, obs * factor)
-        sim = np.where(sim_blq, _BLQ, sim * factor[None])
+            typical[which == b] = np.median(pred[which == b])
+        if diag.error_kinds.get(dvid) in ("additive", "ordinal"):  # scores near 0: shift, do not scale
+            obs = np.where(obs_blq, _BLQ, obs + (typical - pred))
+            sim = np.where(sim_blq, _BLQ, sim + (typical - pred)[None])
+        else:
+            obs = np.where(obs_blq, _BLQ, obs * typical / pred)
+            sim = np.where(sim_blq, _BLQ, sim * (typical / pred)[None])
     tail = 100 * (1 - interval) / 2
     out = []
     for b in np.unique(which):
