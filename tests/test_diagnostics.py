@@ -67,8 +67,9 @@ def test_data_from_the_fitted_model_pass_npde_and_cwres_checks(self_simulated):
     """NPDE per observation type, patients as the independent units: t-tests of the per-patient
     mean NPDE against 0 and of the per-patient mean NPDE^2 against 1, global p = min(1, 2 min p)
     >= 0.05; and no time bin with a mean CWRES beyond the Bonferroni bound 0.05/bins."""
-    assert self_simulated.flags() == []
     summary = self_simulated.summary
+    print(summary[["npde_mean", "npde_sd", "npde_mean_p", "npde_variance_p", "npde_global_p", "cwres_mean"]].to_string())
+    assert self_simulated.flags() == []
     assert set(summary.index) == {"treg_per_uL", "tconv_per_uL"}
     assert np.all(summary["npde_global_p"] >= 0.05)
     assert np.all(np.abs(summary["npde_mean"]) < 0.15)
@@ -88,12 +89,14 @@ def test_vpc_of_data_from_the_fitted_model_covers_its_intervals(misspecified_dia
             held_out = dataclasses.replace(diag, table=table, simulated=diag.simulated[others], simulated_cens=diag.simulated_cens[others])
             coverage.append(vpc(held_out, dvid).coverage())
         coverage = np.asarray(coverage)
+        print(f"{dvid}: VPC coverage {coverage.mean():.3f} (SD {coverage.std(ddof=1):.3f}) over {len(coverage)} replicates")
         assert coverage.mean() >= 0.9 - 2 * coverage.std(ddof=1) / np.sqrt(len(coverage)), (dvid, coverage)
 
 
 def test_a_model_without_the_proliferation_delay_is_flagged(misspecified_diagnostics):
     """Data made without the delay, fitted with it: the CWRES time trend test flags Tregs."""
     flags = misspecified_diagnostics.flags()
+    print(flags)
     assert any(f.startswith("treg_per_uL: mean CWRES") for f in flags), flags
     bins = misspecified_diagnostics.cwres_bins
     treg = bins[bins["DVID"] == "treg_per_uL"]
