@@ -101,5 +101,5 @@ def test_parameter_table_in_models_readme_is_up_to_date():
     from il2treg.spec import MODELS_DIR
 
     script = MODELS_DIR.parent / "scripts" / "model_table.py"
-    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True)
+    result = subprocess.run([sys.executable, str(script), "--check"], check=False, capture_output=True)
     assert result.returncode == 0, "models/README.md is stale: run python scripts/model_table.py"

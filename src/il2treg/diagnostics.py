@@ -58,7 +58,7 @@ from il2treg.data import Dataset, read_dataset
 from il2treg.errors import InputError
 from il2treg.fit.problem import patient_arrays, unpack
 from il2treg.fit.result import FitResult
-from il2treg.fit.run import _predict_all, make_objective
+from il2treg.fit.run import _predict_all, make_objective, observation_rows
 from il2treg.fit.spec import FitSpec, stored_spec
 from il2treg.likelihood import residual_sd, sample_observations
 from il2treg.observables import OBSERVABLE_NAMES
@@ -249,9 +249,7 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
     pde = _pde(y_s, scale(sims), fit_rows & ok[:, None], np.random.default_rng(seed))
     npde = stats.norm.ppf(pde)
 
-    s, j = np.nonzero(dataset.obs_row > 0)
-    order = np.argsort(dataset.obs_row[s, j], kind="stable")
-    s, j = s[order], j[order]
+    s, j = observation_rows(dataset)
     dv = np.where(dataset.obs_dv_missing[s, j], np.nan, y[s, j])
     table = pd.DataFrame({
         "ID": [dataset.ids[i] for i in s], "ROW": dataset.obs_row[s, j].astype(np.int64), "TIME": np.asarray(dataset.obs_time)[s, j].astype(np.float64),
@@ -289,7 +287,7 @@ def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, bins=None
         raise InputError(f"no fitted {dvid!r} observations to check. Fix: choose one of {', '.join(sorted(set(t.loc[t['USED'], 'DVID'])))}.")
     time = t["TIME"].to_numpy()[rows]
     edges = time_bins(time) if bins is None else np.asarray(bins, dtype=np.float64)
-    which = np.clip(np.searchsorted(edges, time, side="right") - 1, 0, len(edges) - 2)
+    which = bin_index(edges, time)
     lloq = diag.lloq.get(dvid, float("nan"))
     obs = np.where(t["CENS"].to_numpy()[rows] == 1, _BLQ, t["DV"].to_numpy()[rows])
     sim = np.where(diag.simulated_cens[:, rows], _BLQ, diag.simulated[:, rows])
@@ -334,6 +332,11 @@ def time_bins(times, max_bins: int = 12) -> np.ndarray:
     edges = np.unique(np.quantile(times, np.linspace(0, 1, max_bins + 1)))
     edges[-1] += 1e-9
     return edges
+
+
+def bin_index(edges, values) -> np.ndarray:
+    """The bin of each value for bin ``edges`` (values beyond the ends go to the end bins)."""
+    return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -405,7 +408,7 @@ def _cwres_bins(table: pd.DataFrame) -> pd.DataFrame:
     for dvid, g in table[table["USED"] & table["CWRES"].notna()].groupby("DVID", sort=False):
         time = g["TIME"].to_numpy()
         edges = time_bins(time)
-        which = np.clip(np.searchsorted(edges, time, side="right") - 1, 0, len(edges) - 2)
+        which = bin_index(edges, time)
         for b in np.unique(which):
             v = g["CWRES"].to_numpy()[which == b]
             z = v.mean() * math.sqrt(len(v))

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from il2treg.errors import InputError
 from il2treg.observables import OBSERVABLES
 
 _PANELS = ("treg_pct_cd4", "il2_pM", "cd25_treg_rel", "sledai")
@@ -99,7 +100,7 @@ def plot_regimens(sims: dict, *, observables=("il2_pM", "treg_per_uL", "tconv_pe
         observables: panels; cell counts are shown as fold change from day 0 when ``fold``.
     """
     if not sims:
-        raise ValueError("plot_regimens needs at least one simulation.")
+        raise InputError("plot_regimens needs at least one simulation. Fix: pass {name: il2treg.simulate(...)}.")
     observables = tuple(observables)
     fig, axes = plt.subplots(1, len(observables), figsize=(4.2 * len(observables), 4.4), squeeze=False, layout="constrained")
     for c, (name, sim) in enumerate(sims.items()):
@@ -140,12 +141,12 @@ def plot_individual_fits(diag, *, dvid: str = "treg_per_uL", ids=None, ncols: in
     t = diag.table
     t = t[(t["DVID"] == dvid) & t["USED"]]
     if t.empty:
-        raise ValueError(f"no fitted {dvid!r} observations to plot.")
+        raise InputError(f"no fitted {dvid!r} observations to plot. Fix: choose a type in diag.summary.index ({', '.join(diag.summary.index)}).")
     all_ids = list(dict.fromkeys(t["ID"]))
     ids = all_ids[:max_patients] if ids is None else list(ids)
     unknown = [i for i in ids if i not in all_ids]
     if unknown:
-        raise ValueError(f"patient {unknown[0]!r} has no {dvid!r} observations.")
+        raise InputError(f"patient {unknown[0]!r} has no {dvid!r} observations. Fix: choose IDs from {all_ids[:5]}...")
     nrows = -(-len(ids) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), sharex=True, squeeze=False, constrained_layout=True)
     data = diag.data
@@ -180,7 +181,7 @@ def plot_population_course(diag, *, dvid: str = "treg_per_uL", by: str | None = 
     t = diag.table
     rows = np.flatnonzero((t["DVID"] == dvid).to_numpy() & t["USED"].to_numpy())
     if rows.size == 0:
-        raise ValueError(f"no fitted {dvid!r} observations to plot.")
+        raise InputError(f"no fitted {dvid!r} observations to plot. Fix: choose a type in diag.summary.index ({', '.join(diag.summary.index)}).")
     if by is None:
         level = np.full(rows.size, "", dtype=object)
     else:
@@ -213,14 +214,16 @@ def plot_population_course(diag, *, dvid: str = "treg_per_uL", by: str | None = 
 def plot_gof(diag, *, dvid: str | None = None) -> Figure:
     """Goodness of fit of one observation type, 2 x 2: DV vs PRED, DV vs IPRED (identity line),
     CWRES vs time and vs PRED (zero, ±2 and the binned mean). ``dvid``: default the first fitted."""
+    from il2treg.diagnostics import bin_index
+
     t = diag.table
     t = t[t["USED"] & (t["CENS"] == 0) & t["DV"].notna()]
     if t.empty:
-        raise ValueError("no fitted observations to plot.")
+        raise InputError("no fitted observations to plot. Fix: diagnose a fit with at least one fitted, uncensored observation.")
     dvid = dvid or t["DVID"].iloc[0]
     t = t[t["DVID"] == dvid]
     if t.empty:
-        raise ValueError(f"no fitted {dvid!r} observations to plot.")
+        raise InputError(f"no fitted {dvid!r} observations to plot. Fix: choose a type in diag.summary.index ({', '.join(diag.summary.index)}).")
     fig, axes = plt.subplots(2, 2, figsize=(9, 8), constrained_layout=True)
     unit = OBSERVABLES[dvid][0]
     for ax, x in ((axes[0, 0], "PRED"), (axes[0, 1], "IPRED")):
@@ -238,7 +241,7 @@ def plot_gof(diag, *, dvid: str | None = None) -> Figure:
         for y in (-2, 0, 2):
             ax.axhline(y, color="0.4", lw=0.8, ls="-" if y == 0 else ":")
         edges = np.unique(np.quantile(v, np.linspace(0, 1, 9)))
-        which = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+        which = bin_index(edges, v)
         means = [(np.median(v[which == b]), np.mean(t["CWRES"].to_numpy()[which == b])) for b in np.unique(which)]
         ax.plot(*zip(*means), "-", color="C3", lw=1.6, label="binned mean")
         ax.set_xlabel(label)
@@ -300,7 +303,7 @@ def plot_treg_sledai_link(treg_fold, sledai_change, p_sri4, *, groups=None, titl
     """
     x, y, p = (np.ravel(np.asarray(a, dtype=float)) for a in (treg_fold, sledai_change, p_sri4))
     if not (x.shape == y.shape == p.shape):
-        raise ValueError(f"treg_fold, sledai_change and p_sri4 need one value per patient, got {x.shape}, {y.shape}, {p.shape}.")
+        raise InputError(f"treg_fold, sledai_change and p_sri4 need one value per patient, got {x.shape}, {y.shape}, {p.shape}. Fix: pass three arrays of the same length.")
     groups = np.full(x.shape, "", dtype=object) if groups is None else np.ravel(np.asarray(groups, dtype=object))
     fig, ax = plt.subplots(figsize=(6.5, 4.8), constrained_layout=True)
     for k, g in enumerate(dict.fromkeys(groups)):

@@ -287,9 +287,7 @@ def _solve_rows(rows: _Rows, theta, beta, eta) -> tuple[np.ndarray, np.ndarray]:
 def _predictions(spec: FitSpec, fit: PopulationFit, residual: ResidualModel, pred, ipred) -> pd.DataFrame:
     data = spec.dataset
     sd = np.asarray(residual_sd(residual, jnp.asarray(ipred), jnp.asarray(data.obs_dvid)), dtype=np.float64)
-    s, j = np.nonzero(data.obs_row > 0)
-    order = np.argsort(data.obs_row[s, j], kind="stable")
-    s, j = s[order], j[order]
+    s, j = observation_rows(data)
     pred, ipred, sd = pred[s, j], ipred[s, j], sd[s, j]
     dvid = data.obs_dvid[s, j]
     dv = np.where(data.obs_dv_missing[s, j], np.nan, data.obs_value[s, j]).astype(np.float64)
@@ -305,6 +303,13 @@ def _predictions(spec: FitSpec, fit: PopulationFit, residual: ResidualModel, pre
         "DVID": [OBSERVABLE_NAMES[d] for d in dvid], "DV": dv, "CENS": cens.astype(np.int64), "USED": used.astype(bool),
         "PRED": pred, "IPRED": ipred, "RES": (dv - pred) * censored, "IRES": (dv - ipred) * censored, "IWRES": iwres,
     })  # fmt: skip
+
+
+def observation_rows(data) -> tuple[np.ndarray, np.ndarray]:
+    """(patient, slot) of every observation row of ``data``, in the order of the source file."""
+    s, j = np.nonzero(data.obs_row > 0)
+    order = np.argsort(data.obs_row[s, j], kind="stable")
+    return s[order], j[order]
 
 
 def _individual(spec: FitSpec, problem, fit: PopulationFit, theta, beta, residual: ResidualModel, patients: PatientData, latent) -> pd.DataFrame:
