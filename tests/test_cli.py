@@ -130,7 +130,7 @@ def test_diagnose_writes_tables_and_figures_and_names_the_failed_check(monkeypat
     assert code == 0
     assert "treg_per_uL: mean CWRES" in out
     written = {p.name for p in (tmp_path / "diag" / "figures").iterdir()}
-    assert written == {f"{kind}_{dvid}.png" for kind in ("individual", "gof", "vpc", "course") for dvid in ("treg_per_uL", "tconv_per_uL")}
+    assert written == {f"{kind}_{dvid}.png" for kind in ("individual", "gof", "vpc", "vpc_change", "course") for dvid in ("treg_per_uL", "tconv_per_uL")}
     assert (tmp_path / "diag" / "diagnostics.csv").is_file() and (tmp_path / "diag" / "summary.csv").is_file()
     code, _, err = run_cli(monkeypatch, capsys, "diagnose", str(tmp_path / "fit"), "--out", str(tmp_path / "diag"))
     assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1

@@ -79,18 +79,25 @@ def test_data_from_the_fitted_model_pass_npde_and_cwres_checks(self_simulated):
 def test_vpc_of_data_from_the_fitted_model_covers_its_intervals(misspecified_diagnostics):
     """Each of 20 simulated replicates in turn plays the observations against the other 999: the
     observed percentiles lie inside the simulated 90% intervals in 90% of (bin, percentile) pairs
-    on average (mean over replicates >= 0.9 - 2 SE)."""
+    on average (mean over replicates >= 0.9 - 2 SE), plain and as change from baseline, and the
+    VPC test rejects at 0.05 no more often than chance allows (at most 4 of 20; P(>= 5) = 0.016
+    for a uniform p)."""
     diag = misspecified_diagnostics
     for dvid in ("treg_per_uL", "tconv_per_uL"):
-        coverage = []
-        for k in range(20):
-            table = diag.table.assign(DV=diag.simulated[k], CENS=diag.simulated_cens[k].astype(int))
-            others = np.delete(np.arange(diag.n_sim), k)
-            held_out = dataclasses.replace(diag, table=table, simulated=diag.simulated[others], simulated_cens=diag.simulated_cens[others])
-            coverage.append(vpc(held_out, dvid).coverage())
-        coverage = np.asarray(coverage)
-        print(f"{dvid}: VPC coverage {coverage.mean():.3f} (SD {coverage.std(ddof=1):.3f}) over {len(coverage)} replicates")
-        assert coverage.mean() >= 0.9 - 2 * coverage.std(ddof=1) / np.sqrt(len(coverage)), (dvid, coverage)
+        for change in (False, True):
+            coverage, p = [], []
+            for k in range(20):
+                table = diag.table.assign(DV=diag.simulated[k], CENS=diag.simulated_cens[k].astype(int))
+                others = np.delete(np.arange(diag.n_sim), k)
+                held_out = dataclasses.replace(diag, table=table, simulated=diag.simulated[others], simulated_cens=diag.simulated_cens[others])
+                v = vpc(held_out, dvid, change_from_baseline=change)
+                coverage.append(v.coverage())
+                p.append(v.test()[1])
+            coverage, p = np.asarray(coverage), np.asarray(p)
+            what = "change from baseline" if change else "plain"
+            print(f"{dvid} ({what}): VPC coverage {coverage.mean():.3f} (SD {coverage.std(ddof=1):.3f}), test p < 0.05 in {np.sum(p < 0.05)} of {len(p)}, mean p {p.mean():.2f}")
+            assert coverage.mean() >= 0.9 - 2 * coverage.std(ddof=1) / np.sqrt(len(coverage)), (dvid, change, coverage)
+            assert np.sum(p < 0.05) <= 4, (dvid, change, p)
 
 
 def test_a_model_without_the_proliferation_delay_is_flagged(misspecified_diagnostics):
@@ -101,6 +108,52 @@ def test_a_model_without_the_proliferation_delay_is_flagged(misspecified_diagnos
     bins = misspecified_diagnostics.cwres_bins
     treg = bins[bins["DVID"] == "treg_per_uL"]
     assert treg["p"].min() < 0.05 / len(treg)
+
+
+def test_the_vpc_of_the_change_from_baseline_shows_the_missing_delay(misspecified_diagnostics):
+    """Same misfit: the VPC of the Treg change from baseline puts the observed percentiles outside
+    their simulated intervals and its test rejects (p < 0.05/2, the level of the flag); Tconv,
+    which barely responds and so is not misspecified, passes. The plain VPC is printed for
+    comparison: the spread of baselines between patients hides the misfit there."""
+    diag = misspecified_diagnostics
+    treg = vpc(diag, "treg_per_uL", change_from_baseline=True)
+    tconv = vpc(diag, "tconv_per_uL", change_from_baseline=True)
+    plain = vpc(diag, "treg_per_uL")
+    print(f"Treg change from baseline: coverage {treg.coverage():.2f}, S = {treg.test()[0]:.1f}, p = {treg.test()[1]:.4f}; "
+          f"median z by day {dict(zip(treg.bins['time'], treg.bins['z_p50'].round(1)))}")  # fmt: skip
+    print(f"Tconv change from baseline: coverage {tconv.coverage():.2f}, p = {tconv.test()[1]:.3f}; plain Treg VPC: coverage {plain.coverage():.2f}, p = {plain.test()[1]:.3f}")
+    assert treg.test()[1] < 0.025 and treg.coverage() < 0.9
+    assert tconv.test()[1] >= 0.025
+    assert diag.summary.loc["treg_per_uL", "vpc_change_p"] == pytest.approx(treg.test()[1])
+    assert any(f.startswith("treg_per_uL: VPC of the change from baseline") for f in diag.flags())
+
+
+def test_change_from_baseline_divides_by_each_patients_first_observation(misspecified_diagnostics):
+    diag = misspecified_diagnostics
+    t = diag.table[diag.table["DVID"] == "treg_per_uL"]
+    base = t[t["TIME"] == 0.0].set_index("ID")["DV"]
+    day7 = t[t["TIME"] == 7.0]
+    ratio = day7["DV"].to_numpy() / base.loc[day7["ID"]].to_numpy()
+    v = vpc(diag, "treg_per_uL", change_from_baseline=True)
+    row = v.bins.set_index("time").loc[7.0]
+    assert v.change == "ratio" and 0.0 not in v.bins["time"].to_numpy()
+    assert row["observed_p50"] == pytest.approx(np.percentile(ratio, 50), rel=1e-12)
+    additive = dataclasses.replace(diag, error_kinds={**diag.error_kinds, "treg_per_uL": "additive"})
+    shifted = vpc(additive, "treg_per_uL", change_from_baseline=True).bins.set_index("time")
+    assert shifted.loc[7.0, "observed_p50"] == pytest.approx(np.percentile(day7["DV"].to_numpy() - base.loc[day7["ID"]].to_numpy(), 50), rel=1e-12)
+
+
+def test_vpc_test_is_a_leave_one_out_monte_carlo_test(misspecified_diagnostics):
+    """Observed percentiles far from every replicate give the smallest p, 1/(K+1); observed at the
+    replicates' mean gives p near 1; S is the sum of the squared z-scores in the bins table."""
+    v = vpc(misspecified_diagnostics, "treg_per_uL")
+    k = v.simulated_percentiles.shape[0]
+    z = v.bins[[f"z_p{q:g}" for q in VPC_PERCENTILES]].to_numpy()
+    assert v.test()[0] == pytest.approx(np.sum(z**2), rel=1e-9)
+    far = dataclasses.replace(v, observed_percentiles=v.observed_percentiles + 10.0)
+    assert far.test()[1] == pytest.approx(1 / (k + 1))
+    central = dataclasses.replace(v, observed_percentiles=v.simulated_percentiles.mean(axis=0))
+    assert central.test()[1] > 0.99
 
 
 def test_simulated_data_are_a_valid_dataset(misspecified_diagnostics):

@@ -83,7 +83,7 @@ def test_run_fit_writes_every_file_and_reports_progress(fitted):
     assert sorted(p.name for p in fitted["out"].iterdir()) == sorted([*FILES, "diagnostics.csv", "figures"])
     figures = {p.name for p in (fitted["out"] / "figures").iterdir()}
     fitted_types = set(fitted["result"].predictions.loc[fitted["result"].predictions["USED"], "DVID"])
-    assert figures == {f"{kind}_{dvid}.png" for kind in ("individual", "gof", "vpc", "course") for dvid in fitted_types}
+    assert figures == {f"{kind}_{dvid}.png" for kind in ("individual", "gof", "vpc", "vpc_change", "course") for dvid in fitted_types}
     stages = [e["stage"] for e in fitted["events"]]
     assert stages[0] == "start" and stages[-2:] == ["figures", "writing"]
     iterations = [e for e in fitted["events"] if e["stage"] == "estimation"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -92,9 +94,13 @@ def test_vpc_draws_three_percentile_bands_and_the_blq_panel_only_with_an_lloq(mi
     ax = fig.axes[0]
     assert len(ax.collections) == 3  # 5th, 50th and 95th percentile intervals
     assert _points(ax) == len(v.observations)
-    assert f"{v.coverage():.0%}" in ax.get_title()
-    with_lloq = type(v)(v.dvid, False, v.bins, v.observations, v.interval, lloq=20.0)
+    assert f"{v.coverage():.0%}" in ax.get_title() and f"p = {v.test()[1]:.2g}" in ax.get_title()
+    with_lloq = dataclasses.replace(v, lloq=20.0)
     assert len(plots.plot_vpc(with_lloq).axes) == 2
+    change = vpc(misspecified_diagnostics, "treg_per_uL", change_from_baseline=True)
+    ax = plots.plot_vpc(change).axes[0]
+    assert "fold change from baseline" in ax.get_ylabel() and "change from baseline" in ax.get_title()
+    assert _points(ax) == len(change.observations) == len(v.observations) - v.bins.loc[v.bins["time"] == 0, "n"].sum()
 
 
 def test_treg_sledai_link_colours_patients_by_sri4_probability():

@@ -36,6 +36,10 @@ Checks (:meth:`Diagnostics.flags`), each at level 0.05 with a Bonferroni correct
 * CWRES trend per observation type: in each time bin of :func:`time_bins` the mean CWRES times
   :math:`\sqrt n` is N(0, 1) under the model; a bin with two-sided p < 0.05/bins flags a misfit
   in time (e.g. a missing delay).
+* VPC per observation type (:meth:`VPC.test`, level 0.05/2 for its two forms): the observed 5th,
+  50th and 95th percentiles against the replicates', plain (``vpc_p``) and as change from each
+  patient's baseline (``vpc_change_p``), which removes the baseline's between-patient spread
+  and so sees a misplaced time course that the plain VPC averages away.
 
 :func:`vpc` builds a visual predictive check from the same simulations (BLQ-aware; optionally
 prediction-corrected).
@@ -46,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -78,7 +83,8 @@ class Diagnostics:
             IWRES, CWRES, PDE, NPDE (NaN where not defined: unused or censored rows).
         shrinkage: η-shrinkage (%) per random effect, :math:`1 - SD(\hat\eta)/\omega`.
         summary: one row per fitted observation type: counts, mean and SD of IWRES, CWRES and
-            NPDE, ε-shrinkage (%) :math:`1 - SD(IWRES)`, and the NPDE test p-values.
+            NPDE, ε-shrinkage (%) :math:`1 - SD(IWRES)`, the NPDE test p-values and the VPC
+            tests' p-values (``vpc_p``, ``vpc_change_p``).
         cwres_bins: per fitted observation type and time bin: n, mean CWRES, p-value.
         simulated: ``[n_sim, rows]`` simulated observations of the table's rows (NaN where the
             simulation failed), and ``simulated_cens`` where they fall below the LLOQ.
@@ -135,6 +141,10 @@ class Diagnostics:
             worst = bins.loc[bins["p"].idxmin()]
             if worst["p"] < alpha / len(bins):
                 out.append(f"{dvid}: mean CWRES {worst['mean']:+.2f} (n = {int(worst['n'])}) at day {worst['time']:g} (p = {worst['p']:.2g} < {alpha}/{len(bins)}): a trend in time the model misses.")
+        for dvid, row in self.summary.iterrows():
+            for column, what in (("vpc_p", "VPC"), ("vpc_change_p", "VPC of the change from baseline")):
+                if row.get(column, np.nan) < alpha / 2:
+                    out.append(f"{dvid}: {what}: observed percentiles further from the simulated ones than the model's replicates (p = {row[column]:.2g} < {alpha}/2).")
         return out
 
 
@@ -143,22 +153,31 @@ class VPC:
     """A visual predictive check of one observation type (:func:`vpc`).
 
     Attributes:
-        dvid: observation type; ``pred_corrected``: prediction-corrected (Bergstrand et al. 2011).
+        dvid: observation type; ``pred_corrected``: prediction-corrected (Bergstrand et al. 2011);
+            ``change``: values are changes from each patient's baseline (``"ratio"`` or
+            ``"difference"``) or ``None``.
         bins: one row per time bin: ``time`` (median), ``n``, ``observed_p<q>`` the observed
-            percentiles, ``sim_p<q>_lo|med|hi`` the simulated interval of each percentile, the
-            observed fraction below the LLOQ and its simulated interval. A percentile below the
-            LLOQ is NaN.
+            percentiles, ``sim_p<q>_lo|med|hi`` the simulated interval of each percentile,
+            ``z_p<q>`` the observed percentile's z-score among the simulated ones (on the log
+            scale for positive quantities), the observed fraction below the LLOQ and its
+            simulated interval. A percentile below the LLOQ is NaN.
         observations: the observations (TIME, DV, CENS; DV prediction-corrected when asked).
         interval: the simulated intervals' coverage (0.9: 5th to 95th percentile).
         lloq: the LLOQ (NaN: none).
+        simulated_percentiles: ``[n_sim, bins, 3]`` each replicate's 5th, 50th and 95th
+            percentiles (NaN below the LLOQ), on the scale of ``z_p<q>``.
+        observed_percentiles: ``[bins, 3]`` the observed ones on the same scale.
     """
 
     dvid: str
     pred_corrected: bool
+    change: str | None
     bins: pd.DataFrame
     observations: pd.DataFrame
     interval: float
     lloq: float
+    simulated_percentiles: np.ndarray
+    observed_percentiles: np.ndarray
 
     def coverage(self) -> float:
         """Fraction of (bin, percentile) pairs whose observed value lies in the simulated interval
@@ -171,6 +190,36 @@ class VPC:
             inside += int(np.sum((obs[ok] >= lo[ok]) & (obs[ok] <= hi[ok])))
             total += int(np.sum(ok))
         return inside / total if total else float("nan")
+
+    def test(self, percentiles=VPC_PERCENTILES) -> tuple[float, float]:
+        r"""A global test of the VPC: ``(S, p)``.
+
+        :math:`S = \sum z^2` over the (bin, percentile) pairs, :math:`z` the observed percentile's
+        distance from the mean of the simulated ones in simulated SDs (``z_p<q>`` of
+        :attr:`bins`). The bins share patients, so :math:`S` has no textbook law; its law under
+        the model is taken from the replicates themselves: each replicate in turn is scored like
+        the observations against the others (leave one out), and
+        :math:`p = (1 + \#\{S_k \ge S\}) / (1 + K)`. Pairs with a percentile below the LLOQ
+        in the observations or in any replicate, or constant over the replicates, are left out. Small ``p``: the observed
+        percentiles sit further from the simulated ones than replicates of the model do.
+        """
+        cols = [VPC_PERCENTILES.index(float(q)) for q in percentiles]
+        sims = self.simulated_percentiles[:, :, cols].reshape(self.simulated_percentiles.shape[0], -1)
+        obs = self.observed_percentiles[:, cols].reshape(-1)
+        ok = np.isfinite(obs) & np.all(np.isfinite(sims), axis=0) & (np.ptp(sims, axis=0) > 0)  # a constant percentile (e.g. a relative value at baseline) says nothing
+        if not ok.any():
+            return float("nan"), float("nan")
+        sims, obs = sims[:, ok], obs[ok]
+        k = sims.shape[0]
+        mean, var = sims.mean(axis=0), sims.var(axis=0, ddof=1)
+        statistic = float(np.sum((obs - mean) ** 2 / var))
+        total, squares = sims.sum(axis=0), (sims**2).sum(axis=0)
+        loo_mean = (total - sims) / (k - 1)  # replicate k against the other k - 1
+        loo_var = np.maximum((squares - sims**2 - (k - 1) * loo_mean**2) / (k - 2), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):  # the others all equal: infinitely far, unless equal too
+            ratio = (sims - loo_mean) ** 2 / loo_var
+        null = np.sum(np.where(np.isnan(ratio), 0.0, ratio), axis=1)
+        return statistic, float((1 + np.sum(null >= statistic)) / (1 + k))
 
 
 def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim: int = 1000, seed: int = 0, batch_size: int = 32) -> Diagnostics:
@@ -257,25 +306,36 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
         "PRED": pred[s, j], "IPRED": ipred[s, j], "IWRES": iwres[s, j], "CWRES": cwres[s, j], "PDE": pde[s, j], "NPDE": npde[s, j],
     })  # fmt: skip
     shrink = {name: float(100 * (1 - eta[ok, k].std(ddof=1) / omega[k])) if ok.sum() > 1 else float("nan") for k, name in enumerate(problem.random)}
-    return Diagnostics(
+    diag = Diagnostics(
         fit=result.name, table=table, shrinkage=shrink, summary=_summary(table), cwres_bins=_cwres_bins(table),
         simulated=sims[:, s, j], simulated_cens=sim_cens[:, s, j], lloq=lloq, ebe_status=status, seed=seed, data=dataset,
         error_kinds=dict(zip(OBSERVABLE_NAMES, residual.kinds)),
     )  # fmt: skip
+    return dataclasses.replace(diag, summary=_with_vpc_tests(diag))
 
 
-def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, bins=None, interval: float = 0.9) -> VPC:
+def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, change_from_baseline: bool = False, bins=None, interval: float = 0.9) -> VPC:
     r"""Visual predictive check of observation type ``dvid`` from ``diag``'s simulations.
 
     In each time bin (:func:`time_bins` unless ``bins`` gives edges in days) the 5th, 50th and 95th
     percentiles of the observations are set against the ``interval`` band of the same percentiles
-    over the simulated replicates. BLQ-aware: a censored value (observed, or simulated below the
-    LLOQ) counts as below the LLOQ, and a percentile that depends on one is reported as NaN
-    (below the LLOQ) instead of being invented; the fraction below the LLOQ is checked instead.
+    over the simulated replicates; :meth:`VPC.test` turns the distances into one p-value.
+    BLQ-aware: a censored value (observed, or simulated below the LLOQ) counts as below the LLOQ,
+    and a percentile that depends on one is reported as NaN (below the LLOQ) instead of being
+    invented; the fraction below the LLOQ is checked instead.
+
     Prediction-corrected (Bergstrand et al., AAPS J 2011): every value is multiplied by
     :math:`\mathrm{PRED}_{bin}/\mathrm{PRED}_{ij}`, the bin's median PRED over the row's PRED;
     for additive and ordinal error models (SLEDAI, near 0) shifted by
     :math:`\mathrm{PRED}_{bin} - \mathrm{PRED}_{ij}` instead.
+
+    Change from baseline (``change_from_baseline``): each observation after a patient's baseline
+    is divided by that baseline (minus it for additive and ordinal types), in the data and in
+    every replicate alike (each replicate with its own simulated baseline). The baseline is the
+    patient's first observation of ``dvid``, taken at or before the first dose; patients without
+    one, or whose baseline is censored, are left out. Between-patient variability of the
+    baseline then no longer hides the shape of the response: a misplaced time course (e.g. a
+    missing proliferation delay) shows here when the plain VPC cannot see it.
     """
     if dvid not in OBSERVABLE_NAMES:
         raise InputError(f"unknown observation type {dvid!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
@@ -285,40 +345,88 @@ def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, bins=None
     rows = np.flatnonzero((t["DVID"] == dvid).to_numpy() & t["USED"].to_numpy() & np.isfinite(t["DV"].to_numpy()))
     if rows.size == 0:
         raise InputError(f"no fitted {dvid!r} observations to check. Fix: choose one of {', '.join(sorted(set(t.loc[t['USED'], 'DVID'])))}.")
+    additive = diag.error_kinds.get(dvid) in ("additive", "ordinal")
+    obs = np.where(t["CENS"].to_numpy()[rows] == 1, _BLQ, t["DV"].to_numpy()[rows])
+    sim = np.where(diag.simulated_cens[:, rows], _BLQ, diag.simulated[:, rows])
+    pred = t["PRED"].to_numpy()[rows]
+    change = None
+    if change_from_baseline:
+        change = "difference" if additive else "ratio"
+        later, base = _baseline_rows(diag, rows)
+        if later.size == 0:
+            raise InputError(f"no patient has a {dvid!r} baseline (an observation at or before the first dose) with later observations. Fix: use change_from_baseline=False.")
+        obs, pred = _from_baseline(obs[later], obs[base], change), _from_baseline(pred[later], pred[base], change)
+        sim = _from_baseline(sim[:, later], sim[:, base], change)
+        rows = rows[later]
     time = t["TIME"].to_numpy()[rows]
     edges = time_bins(time) if bins is None else np.asarray(bins, dtype=np.float64)
     which = bin_index(edges, time)
-    lloq = diag.lloq.get(dvid, float("nan"))
-    obs = np.where(t["CENS"].to_numpy()[rows] == 1, _BLQ, t["DV"].to_numpy()[rows])
-    sim = np.where(diag.simulated_cens[:, rows], _BLQ, diag.simulated[:, rows])
+    lloq = diag.lloq.get(dvid, float("nan")) if change is None else float("nan")
     obs_blq, sim_blq = obs == _BLQ, sim == _BLQ
     if pred_corrected:
-        pred = t["PRED"].to_numpy()[rows]
         typical = np.empty_like(pred)
         for b in np.unique(which):
             typical[which == b] = np.median(pred[which == b])
-        if diag.error_kinds.get(dvid) in ("additive", "ordinal"):  # scores near 0: shift, do not scale
+        if additive:  # scores near 0: shift, do not scale
             obs = np.where(obs_blq, _BLQ, obs + (typical - pred))
             sim = np.where(sim_blq, _BLQ, sim + (typical - pred)[None])
         else:
             obs = np.where(obs_blq, _BLQ, obs * typical / pred)
             sim = np.where(sim_blq, _BLQ, sim * (typical / pred)[None])
+    to_scale = (lambda v: v) if additive else (lambda v: np.log(np.where(v > 0, v, np.nan)))
     tail = 100 * (1 - interval) / 2
-    out = []
+    out, sim_pct, obs_pct = [], [], []
     for b in np.unique(which):
         sel = which == b
         row = {"bin": int(b), "time": float(np.median(time[sel])), "n": int(sel.sum()),
                "observed_blq": float(obs_blq[sel].mean())}  # fmt: skip
         frac = np.nanmean(np.where(np.isnan(sim[:, sel]), np.nan, sim_blq[:, sel]), axis=1)
         row["sim_blq_lo"], row["sim_blq_hi"] = np.nanpercentile(frac, [tail, 100 - tail])
-        for q in VPC_PERCENTILES:
-            row[f"observed_p{q:g}"] = _below_lloq(np.percentile(obs[sel], q))
-            per_rep = np.asarray([np.percentile(r[np.isfinite(r)], q) if np.isfinite(r).any() else np.nan for r in sim[:, sel]])
-            lo, med, hi = np.nanpercentile(per_rep, [tail, 50, 100 - tail])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a replicate whose patients all failed
+            per_rep = np.nanpercentile(sim[:, sel], VPC_PERCENTILES, axis=1).T  # [n_sim, 3]; failed solves are NaN
+        observed = np.asarray([_below_lloq(np.percentile(obs[sel], q)) for q in VPC_PERCENTILES])
+        sim_pct.append(to_scale(np.where(per_rep < -1e20, np.nan, per_rep)))
+        obs_pct.append(to_scale(observed))
+        for k, q in enumerate(VPC_PERCENTILES):
+            row[f"observed_p{q:g}"] = observed[k]
+            lo, med, hi = np.nanpercentile(per_rep[:, k], [tail, 50, 100 - tail])
             row[f"sim_p{q:g}_lo"], row[f"sim_p{q:g}_med"], row[f"sim_p{q:g}_hi"] = _below_lloq(lo), _below_lloq(med), _below_lloq(hi)
+            s = sim_pct[-1][:, k]
+            row[f"z_p{q:g}"] = float((obs_pct[-1][k] - s.mean()) / s.std(ddof=1)) if np.isfinite(s).all() and np.ptp(s) > 0 else float("nan")
         out.append(row)
     observations = pd.DataFrame({"TIME": time, "DV": np.where(obs_blq, np.nan, obs), "CENS": obs_blq.astype(np.int64)})
-    return VPC(dvid, pred_corrected, pd.DataFrame(out), observations, interval, float(lloq))
+    return VPC(dvid, pred_corrected, change, pd.DataFrame(out), observations, interval, float(lloq),
+               np.stack(sim_pct, axis=1), np.stack(obs_pct))  # fmt: skip
+
+
+def _baseline_rows(diag: Diagnostics, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (into ``rows``) of the observations after a usable baseline, and of their baselines."""
+    t = diag.table
+    ids, time, cens = t["ID"].to_numpy()[rows], t["TIME"].to_numpy()[rows], t["CENS"].to_numpy()[rows]
+    data = diag.data
+    first_dose = {}
+    for i, sid in enumerate(data.ids):
+        given = data.dose_amount[i] > 0
+        first_dose[sid] = float(data.dose_time[i][given].min()) if given.any() else np.inf
+    keep, base = [], []
+    for sid in dict.fromkeys(ids):
+        mine = np.flatnonzero(ids == sid)
+        b = mine[np.argmin(time[mine])]
+        if time[b] > first_dose[sid] or cens[b] == 1:
+            continue
+        later = mine[mine != b]
+        keep.extend(later)
+        base.extend([b] * len(later))
+    return np.asarray(keep, dtype=np.int64), np.asarray(base, dtype=np.int64)
+
+
+def _from_baseline(value: np.ndarray, baseline: np.ndarray, change: str) -> np.ndarray:
+    """``value`` relative to ``baseline``: a censored value stays censored, a censored baseline
+    gives NaN (that replicate's patient is left out)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = value / baseline if change == "ratio" else value - baseline
+    return np.where(baseline == _BLQ, np.nan, np.where(value == _BLQ, _BLQ, out))
 
 
 def time_bins(times, max_bins: int = 12) -> np.ndarray:
@@ -401,6 +509,19 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
         row.update(npde_mean_p=p_mean, npde_variance_p=p_var, npde_normality_p=p_norm, npde_global_p=min(1.0, 2 * min(p_mean, p_var)))
         out[dvid] = row
     return pd.DataFrame.from_dict(out, orient="index").rename_axis("DVID")
+
+
+def _with_vpc_tests(diag: Diagnostics) -> pd.DataFrame:
+    """The summary with the global VPC test (:meth:`VPC.test`) of each type, plain (``vpc_p``) and of
+    the change from baseline (``vpc_change_p``; NaN without baselines)."""
+    summary = diag.summary.copy()
+    for dvid in summary.index:
+        summary.loc[dvid, "vpc_p"] = vpc(diag, dvid).test()[1]
+        try:
+            summary.loc[dvid, "vpc_change_p"] = vpc(diag, dvid, change_from_baseline=True).test()[1]
+        except InputError:  # no patient has a baseline of this type
+            summary.loc[dvid, "vpc_change_p"] = np.nan
+    return summary
 
 
 def _cwres_bins(table: pd.DataFrame) -> pd.DataFrame:

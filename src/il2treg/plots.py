@@ -9,6 +9,7 @@ Simulation: :func:`plot_treg_dynamics`, :func:`plot_regimens`. Fit diagnostics (
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
@@ -259,7 +260,8 @@ def plot_gof(diag, *, dvid: str | None = None) -> Figure:
 def plot_vpc(v) -> Figure:
     """A visual predictive check (:func:`il2treg.diagnostics.vpc`): observations, their 5th, 50th
     and 95th percentiles per bin (lines), and the simulated interval of each percentile (bands);
-    with an LLOQ, a second panel compares the fraction below it."""
+    with an LLOQ, a second panel compares the fraction below it. The title gives the coverage and
+    the p-value of :meth:`~il2treg.diagnostics.VPC.test`."""
     from il2treg.diagnostics import VPC_PERCENTILES
 
     has_blq = np.isfinite(v.lloq)
@@ -284,9 +286,19 @@ def plot_vpc(v) -> Figure:
         lower.grid(alpha=0.3)
     if _log_scale(v.dvid):
         ax.set_yscale("log")
-    ax.set_ylabel(("prediction-corrected " if v.pred_corrected else "") + _label(v.dvid))
+        ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+        ax.yaxis.set_major_formatter(mticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+    if v.change == "ratio":
+        quantity = f"{v.dvid}: fold change from baseline"
+    elif v.change == "difference":
+        quantity = f"{v.dvid}: change from baseline [{OBSERVABLES[v.dvid][0]}]"
+    else:
+        quantity = _label(v.dvid)
+    ax.set_ylabel(("prediction-corrected " if v.pred_corrected else "") + quantity)
     axes[-1, 0].set_xlabel(_DAY)
-    ax.set_title(f"{'pc' if v.pred_corrected else ''}VPC of {v.dvid}: {v.coverage():.0%} of observed percentiles inside", fontsize=10)
+    kind = ("pc" if v.pred_corrected else "") + "VPC" + (" of the change from baseline" if v.change else "")
+    ax.set_title(f"{kind}: {v.dvid}\n{v.coverage():.0%} of observed percentiles inside their intervals, test p = {v.test()[1]:.2g}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return fig

@@ -113,7 +113,8 @@ def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = Fa
 def write_figures(diag, folder: str | Path) -> list[Path]:
     """The standard diagnostics of a fit: ``diagnostics.csv`` (the per-observation table of
     :func:`il2treg.diagnostics.diagnose`) and, in ``figures/``, per fitted observation type the
-    individual fits, goodness of fit, VPC and population time course (PNG, 120 dpi). Data with an
+    individual fits, goodness of fit, VPC (and VPC of the change from baseline where patients have a
+    baseline) and population time course (PNG, 120 dpi). Data with an
     ``ARM`` covariate get the time course per arm and a prediction-corrected VPC (arms on different
     regimens share visits)."""
     import matplotlib.pyplot as plt
@@ -131,6 +132,12 @@ def write_figures(diag, folder: str | Path) -> list[Path]:
                           ("vpc", plots.plot_vpc(vpc(diag, dvid, pred_corrected=by is not None))),
                           ("course", plots.plot_population_course(diag, dvid=dvid, by=by))):  # fmt: skip
             path = folder / "figures" / f"{kind}_{dvid}.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            written.append(path)
+        if np.isfinite(diag.summary.loc[dvid, "vpc_change_p"]):  # patients with a baseline: the VPC that sees the shape of the response
+            fig = plots.plot_vpc(vpc(diag, dvid, change_from_baseline=True, pred_corrected=by is not None))
+            path = folder / "figures" / f"vpc_change_{dvid}.png"
             fig.savefig(path, dpi=120)
             plt.close(fig)
             written.append(path)
