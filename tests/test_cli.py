@@ -134,3 +134,25 @@ def test_diagnose_writes_tables_and_figures_and_names_the_failed_check(monkeypat
     assert (tmp_path / "diag" / "diagnostics.csv").is_file() and (tmp_path / "diag" / "summary.csv").is_file()
     code, _, err = run_cli(monkeypatch, capsys, "diagnose", str(tmp_path / "fit"), "--out", str(tmp_path / "diag"))
     assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+
+
+def test_regimens_compare_writes_the_table_and_figure(monkeypatch, capsys, tmp_path):
+    code, out, _ = run_cli(monkeypatch, capsys, "regimens", "compare", "--regimens", "lupil2,weekly_only", "--n", "20", "--out", str(tmp_path / "c"))
+    assert code == 0 and "treg_mean_fold" in out and "failed solves: 0" in out
+    assert {p.name for p in (tmp_path / "c").iterdir()} == {"table.csv", "per_patient.csv", "comparison.png"}
+    table = pd.read_csv(tmp_path / "c" / "table.csv")
+    assert set(table["regimen"]) == {"lupil2", "weekly_only"}
+    code, _, err = run_cli(monkeypatch, capsys, "regimens", "compare", "--regimens", "lupil2,nope", "--out", str(tmp_path / "d"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "'nope'" in err and not (tmp_path / "d").exists()
+
+
+def test_regimens_optimise_reports_an_infeasible_set_in_one_line(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "regimens", "optimise", "--out", str(tmp_path / "o"), "--nk-max", "-5")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "infeasible" in err and not (tmp_path / "o").exists()
+
+
+def test_regimens_list_names_every_library_regimen(monkeypatch, capsys):
+    from il2treg.regimen import NAMED_REGIMENS
+
+    code, out, _ = run_cli(monkeypatch, capsys, "regimens", "list")
+    assert code == 0 and all(name in out for name in NAMED_REGIMENS)

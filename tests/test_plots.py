@@ -128,3 +128,20 @@ def test_regimen_comparison_has_a_median_line_per_regimen_in_every_panel(model):
         assert [line.get_label() for line in ax.get_lines()] == ["LUPIL-2", "weekly"]
     assert fig.axes[1].get_ylabel() == "treg_per_uL: fold change from day 0"
     np.testing.assert_allclose(fig.axes[1].get_lines()[0].get_ydata()[0], 1.0)
+
+
+def test_regimen_comparison_has_one_panel_per_metric_and_one_bar_per_regimen(model):
+    from il2treg.design import compare, virtual_population
+
+    _, params = virtual_population(model, 12, seed=0)
+    c = compare(["lupil2", "placebo"], model=model, params=params)
+    fig = plots.plot_regimen_comparison(c, metrics=["treg_mean_fold", "nk_change_pct", "p_sri4_w12"])
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 3
+    assert visible[1].get_xlabel() == "nk_change_pct [%]"
+    assert [t.get_text() for t in visible[0].get_yticklabels()] == ["lupil2", "placebo"]
+    assert len(visible[0].containers) == 2  # one median and interval per regimen
+    medians = c.table.set_index(["regimen", "metric"])["median"]
+    assert visible[0].containers[0][0].get_xdata()[0] == pytest.approx(medians["lupil2", "treg_mean_fold"])
+    with pytest.raises(il2treg.errors.InputError, match="unknown metric"):
+        plots.plot_regimen_comparison(c, metrics=["treg_auc"])

@@ -53,7 +53,7 @@ def test_named_builds_registered_regimens_case_insensitively():
 
 
 def test_unknown_regimen_name_lists_the_known_names():
-    with pytest.raises(RegimenError, match="Known regimens: lupil2, placebo"):
+    with pytest.raises(RegimenError, match="Known regimens: lupil2, charact_cycles, he2020, dilfrequency, transreg, weekly_only, daily_low_dose, placebo"):
         rg.named("lupil3")
 
 
@@ -368,3 +368,22 @@ def test_missing_file_and_non_table_objects_are_rejected(tmp_path):
         rg.from_nonmem(tmp_path / "nope.csv")
     with pytest.raises(RegimenError, match="DataFrame"):
         rg.from_nonmem([[0.0, 1.5e6]])
+
+
+def test_literature_regimens_follow_their_sources():
+    """Doses and timing as the builders' docstrings cite them (../shared/literature.md)."""
+    he = rg.named("he2020")  # 1 MIU every other day for 2 weeks, 2 weeks off, 3 cycles
+    np.testing.assert_allclose(np.asarray(he.times)[:8], [0, 2, 4, 6, 8, 10, 12, 28])
+    assert he.n_doses == 21 and float(he.total_iu) == pytest.approx(21e6)
+    dil = rg.named("dilfrequency", bsa_m2=2.0)  # 0.26 MIU/m2 every 3 days
+    np.testing.assert_allclose(np.asarray(dil.amounts), 0.52e6)
+    assert np.all(np.diff(np.asarray(dil.times)) == 3.0) and float(dil.times[-1]) < 84
+    charact = rg.named("charact_cycles")  # four 5-day courses of 1.5 MIU/day
+    assert charact.n_doses == 20 and set(np.diff(np.asarray(charact.times))) == {1.0, 17.0}
+    transreg = rg.named("transreg")  # 1 MIU/day x 5, then every 2 weeks
+    np.testing.assert_allclose(np.asarray(transreg.times)[4:7], [4, 14, 28])
+    assert rg.named("weekly_only").n_doses == 12 and rg.named("daily_low_dose").n_doses == 56
+    for name in rg.NAMED_REGIMENS:
+        assert rg.named(name).name == name
+    with pytest.raises(RegimenError, match="bsa_m2"):
+        rg.named("dilfrequency", bsa_m2=-1.0)

@@ -17,6 +17,8 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Low-dose IL-2 in SLE: simulate, fit, trial.")
 data_app = typer.Typer(no_args_is_help=True, help="Biomarker data files.")
 app.add_typer(data_app, name="data")
+regimens_app = typer.Typer(no_args_is_help=True, help="Dosing regimens: the library, comparison, design.")
+app.add_typer(regimens_app, name="regimens")
 console = Console() if sys.stdout.isatty() else Console(width=140)
 
 _SUMMARY_DAYS = (0.0, 7.0, 14.0, 28.0, 84.0)
@@ -269,6 +271,122 @@ def data_check(file: Path = typer.Argument(..., help="CSV in il2treg's data form
     from il2treg.data import check_file
 
     console.print(check_file(file), highlight=False)
+
+
+@regimens_app.command("list")
+def regimens_list() -> None:
+    """The named regimens of the library, with their doses and sources."""
+    import inspect
+
+    from il2treg import regimen as rg
+
+    table = Table(title="named regimens (il2treg.regimen.named)")
+    for col in ("name", "injections", "total MIU", "last dose day", "description and source (see the builder)"):
+        table.add_column(col)
+    for name, factory in rg.NAMED_REGIMENS.items():
+        r = factory()
+        doc = " ".join((inspect.getdoc(factory) or "").split())
+        table.add_row(name, str(r.n_doses), f"{float(r.total_iu) / 1e6:.3g}", f"{float(r.times[-1]):g}" if r.n_doses else "-", doc.split(". ")[0])
+    console.print(table)
+
+
+def _regimens(spec: str) -> dict:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    return {Path(n).stem if n.lower().endswith(".csv") else n: _regimen(n) for n in names}
+
+
+@regimens_app.command("compare")
+def regimens_compare(
+    regimens: str = typer.Option(..., help="comma-separated names (il2treg regimens list) or regimen CSV files"),
+    out: Path = typer.Option(..., help="folder for table.csv, per_patient.csv, comparison.png (must not exist unless --force)"),
+    n: int = typer.Option(1000, help="virtual patients (each with its own draw of the population parameters)"),
+    seed: int = typer.Option(0, help="seed of the virtual population"),
+    fit: Path | None = typer.Option(None, help="results folder of a fit: draw the population from its posterior (default: the model's priors)"),
+    force: bool = typer.Option(False, help="replace an existing folder"),
+) -> None:
+    """Compare regimens over one virtual population with parameter uncertainty."""
+    import matplotlib.pyplot as plt
+
+    from il2treg import plots
+    from il2treg._io import atomic_output_dir
+    from il2treg.design import compare
+    from il2treg.errors import InputError
+
+    if out.exists() and not force:
+        raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
+    result = None
+    if fit is not None:
+        from il2treg.fit.result import load_fit
+
+        result = load_fit(fit)
+    comparison = compare(_regimens(regimens), n=n, seed=seed, fit=result)
+    with atomic_output_dir(out, force=force) as tmp:
+        comparison.table.to_csv(tmp / "table.csv", index=False)
+        comparison.per_patient.to_csv(tmp / "per_patient.csv", index=False)
+        fig = plots.plot_regimen_comparison(comparison)
+        fig.savefig(tmp / "comparison.png", dpi=120)
+        plt.close(fig)
+    console.print(comparison.wide().T.to_string(), highlight=False)
+    failed = int((comparison.per_patient["status"] != 0).sum())
+    console.print(f"{n} virtual patients x {len(comparison.regimens)} regimens in {comparison.run_s:.1f} s; failed solves: {failed}", highlight=False)
+    console.print(f"wrote {out}/ (table.csv, per_patient.csv, comparison.png)", highlight=False)
+
+
+@regimens_app.command("optimise")
+def regimens_optimise(
+    out: Path = typer.Option(..., help="folder for regimen.csv, checks.csv, design.json, design.png (must not exist unless --force)"),
+    start: str = typer.Option("lupil2", help="template regimen: a name or a regimen CSV (its number of injections; its times unless --optimise-times)"),
+    objective: str = typer.Option("treg_mean_fold", help="treg_mean_fold, sledai_fall_w12 or p_sri4_w12 (maximised)"),
+    tconv_max: float | None = typer.Option(None, help="largest Tconv change over weeks 0-12 [%]"),
+    nk_max: float | None = typer.Option(None, help="largest CD56bright NK change over weeks 0-12 [%]"),
+    cmax_max: float | None = typer.Option(None, help="largest serum IL-2 peak [pM]"),
+    quantile: float = typer.Option(0.5, help="population quantile at which the Tconv, NK and Cmax limits hold"),
+    dose_max: float | None = typer.Option(None, help="largest injection [IU]"),
+    total_dose_max: float | None = typer.Option(None, help="largest total dose [IU]"),
+    total_dose_min: float | None = typer.Option(None, help="smallest total dose [IU]"),
+    optimise_times: bool = typer.Option(False, help="also move the injections (first stays at day 0)"),
+    min_interval: float = typer.Option(1.0, help="smallest time between injections with --optimise-times [day]"),
+    n: int = typer.Option(1, help="design population: 1 = the typical patient, else virtual patients from the model's priors"),
+    starts: int = typer.Option(5, help="starts (the template plus random ones)"),
+    steps: int = typer.Option(150, help="gradient steps"),
+    seed: int = typer.Option(0, help="seed of the random starts and of the design population"),
+    force: bool = typer.Option(False, help="replace an existing folder"),
+) -> None:
+    """Design a regimen by gradient ascent through the model, under stated constraints."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    import il2treg
+    from il2treg import plots
+    from il2treg._io import atomic_output_dir
+    from il2treg.design import Constraints, optimise, virtual_population
+    from il2treg.errors import InputError
+    from il2treg.regimen import to_nonmem
+
+    if out.exists() and not force:
+        raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
+    model = il2treg.load_model()
+    params = model.typical() if n == 1 else virtual_population(model, n, seed=seed)[1]
+    constraints = Constraints(tconv_change_max_pct=tconv_max, nk_change_max_pct=nk_max, cmax_max_pM=cmax_max, quantile=quantile,
+                              dose_max_iu=dose_max, total_dose_max_iu=total_dose_max, total_dose_min_iu=total_dose_min, min_interval_days=min_interval)  # fmt: skip
+    design = optimise(_regimen(start), objective=objective, constraints=constraints, model=model, params=params,
+                      optimise_times=optimise_times, n_starts=starts, steps=steps, seed=seed)  # fmt: skip
+    days = np.arange(0.0, 84.0 + 1e-9, 0.25)
+    sims = {"start": il2treg.simulate(model, design.start, days, params), "designed": il2treg.simulate(model, design.regimen, days, params)}
+    with atomic_output_dir(out, force=force) as tmp:
+        to_nonmem(design.regimen).to_csv(tmp / "regimen.csv", index=False)
+        design.checks.to_csv(tmp / "checks.csv", index=False)
+        summary = {"objective": design.objective, "value": design.value, "start_value": design.start_value, "start_values": design.start_values.tolist(),
+                   "spread": design.spread, "scaled_back": design.scaled_back, "run_s": design.run_s,
+                   "times_day": np.asarray(design.regimen.times).tolist(), "amounts_iu": np.asarray(design.regimen.amounts).tolist()}  # fmt: skip
+        (tmp / "design.json").write_text(json.dumps(summary, indent=2))
+        fig = plots.plot_regimens(sims, title=f"{design.objective}: {design.start_value:.4g} -> {design.value:.4g}")
+        fig.savefig(tmp / "design.png", dpi=120)
+        plt.close(fig)
+    console.print(design.checks.to_string(index=False), highlight=False)
+    console.print(f"{design.objective}: start {design.start_value:.5g} -> designed {design.value:.5g}; {len(design.start_values)} starts within {100 * design.spread:.3g}% of each other; {design.run_s:.1f} s", highlight=False)
+    console.print(f"wrote {out}/ (regimen.csv, checks.csv, design.json, design.png)", highlight=False)
 
 
 def main() -> None:

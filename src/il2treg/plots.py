@@ -330,3 +330,31 @@ def plot_treg_sledai_link(treg_fold, sledai_change, p_sri4, *, groups=None, titl
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def plot_regimen_comparison(comparison, *, metrics=None, title: str = "") -> Figure:
+    """Regimens side by side (:func:`il2treg.design.compare`): per metric one panel with the median
+    (dot) and 90% interval (bar) of each regimen over the virtual patients."""
+    table = comparison.table
+    metrics = list(dict.fromkeys(table["metric"])) if metrics is None else list(metrics)
+    unknown = sorted(set(metrics) - set(table["metric"]))
+    if unknown:
+        raise InputError(f"unknown metric(s) {unknown}. Fix: use some of {', '.join(dict.fromkeys(table['metric']))}.")
+    names = list(comparison.regimens)
+    cols = min(4, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 0.32 * len(names) * rows + 1.4 * rows), squeeze=False, layout="constrained", sharey=True)
+    y = np.arange(len(names))[::-1]
+    for ax, metric in zip(axes.ravel(), metrics):
+        m = table[table["metric"] == metric].set_index("regimen").loc[names]
+        for k, name in enumerate(names):
+            r = m.loc[name]
+            ax.errorbar([r["median"]], [y[k]], xerr=[[r["median"] - r["p5"]], [r["p95"] - r["median"]]], fmt="o", color=f"C{k}", ms=4, capsize=2, lw=1.2)
+        unit = m["unit"].iloc[0]
+        ax.set_xlabel(f"{metric} [{unit}]" if unit != "1" else metric, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+        ax.set_yticks(y, names, fontsize=8)
+    for ax in axes.ravel()[len(metrics):]:
+        ax.set_visible(False)
+    fig.suptitle(title or f"Regimens compared: median and 90% interval over {int(table['n'].max())} virtual patients", fontsize=10)
+    return fig

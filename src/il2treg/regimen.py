@@ -281,8 +281,76 @@ def placebo() -> Regimen:
     return Regimen(jnp.zeros((0,)), jnp.zeros((0,)), name="placebo")
 
 
-#: Regimens from the literature by name; :func:`named` builds one.
-NAMED_REGIMENS: dict[str, Callable[..., Regimen]] = {"lupil2": lupil2, "placebo": placebo}
+#: Median body-surface area (m²) of 40 Chinese SLE patients (He et al., Nat Med 2016, Supplementary
+#: Table S1; ../shared/literature.md 2.1, READ): the default for regimens dosed per m².
+DEFAULT_BSA_M2: float = 1.61
+
+
+def _named(r: Regimen, name: str) -> Regimen:
+    return Regimen(r.times, r.amounts, route=r.route, name=name)
+
+
+def charact_cycles(n_cycles: int = 4, dose_iu: float = 1.5e6, period_days: float = 21.0) -> Regimen:
+    """Charact-IL-2 (Humrich et al., Lancet Rheumatol 2019): 5-day courses of 1.5 MIU/day SC with
+    washouts, up to four courses.
+
+    A course is 5 daily doses; courses start every ``period_days`` (21: 16 days of washout, inside
+    the 9-16 days the literature notes give). Source: ../shared/literature.md 2.1 (the regimen is
+    UNVERIFIED there; the period is an assumption within the stated washout range).
+    """
+    return _named(cycles(daily(dose_iu, 5), period_days, n_cycles), "charact_cycles")
+
+
+def he2020(n_cycles: int = 3, dose_iu: float = 1.0e6) -> Regimen:
+    """He et al., Ann Rheum Dis 2020 (RCT in SLE): 1 MIU SC every other day for 2 weeks, then a
+    2-week break (4-week cycle), three cycles over 12 weeks: doses on days 0, 2, ..., 12 of each
+    cycle. Source: ../shared/literature.md 2.1 (READ)."""
+    return _named(cycles(every(dose_iu, 2.0, 7), 28.0, n_cycles), "he2020")
+
+
+def dilfrequency(dose_iu_per_m2: float = 0.26e6, bsa_m2: float = DEFAULT_BSA_M2, interval_days: float = 3.0, weeks: int = 12) -> Regimen:
+    """DILfrequency (Seelig et al., JCI Insight 2018): the optimal regimen 0.26 MIU/m² every 3 days
+    (READ, ../shared/literature.md 2.2), for ``bsa_m2`` (default :data:`DEFAULT_BSA_M2`) and
+    ``weeks`` of dosing (12: the LUPIL-2 treatment period, an assumption)."""
+    if not (np.isfinite(bsa_m2) and bsa_m2 > 0):
+        raise RegimenError(f"bsa_m2 must be a body-surface area > 0 m², got {bsa_m2!r}. Fix: e.g. bsa_m2=1.8.")
+    n = int(np.floor(7 * _count(weeks, "weeks") / interval_days - 1e-9)) + 1
+    return _named(every(dose_iu_per_m2 * bsa_m2, interval_days, n), "dilfrequency")
+
+
+def transreg(dose_iu: float = 1.0e6, n_fortnightly: int = 11) -> Regimen:
+    """TRANSREG (Rosenzwajg et al., Ann Rheum Dis 2019): 1 MIU/day SC for 5 days, then every 2
+    weeks from day 14 (``n_fortnightly`` = 11: the last on day 154, inside 24 weeks). Source:
+    ../shared/literature.md 2.2 (the regimen is UNVERIFIED there)."""
+    return _named(daily(dose_iu, 5) + every(dose_iu, 14.0, _count(n_fortnightly, "n_fortnightly"), start=14.0), "transreg")
+
+
+def weekly_only(dose_iu: float = 1.5e6, n: int = 12) -> Regimen:
+    """LUPIL-2's maintenance dose without its 5-day induction: 1.5 MIU weekly from day 0, 12 doses
+    (an assumption: the comparator that isolates the induction course)."""
+    return _named(weekly(dose_iu, n), "weekly_only")
+
+
+def daily_low_dose(dose_iu_per_m2: float = 1.0e6, bsa_m2: float = DEFAULT_BSA_M2, weeks: int = 8) -> Regimen:
+    """Daily low-dose IL-2 (Koreth et al., NEJM 2011, chronic GVHD): 1 MIU/m² SC daily (the maximum
+    tolerated of 0.3, 1 and 3 MIU/m²) for 8 weeks. Source: ../shared/literature.md 2.2 (READ)."""
+    if not (np.isfinite(bsa_m2) and bsa_m2 > 0):
+        raise RegimenError(f"bsa_m2 must be a body-surface area > 0 m², got {bsa_m2!r}. Fix: e.g. bsa_m2=1.8.")
+    return _named(daily(dose_iu_per_m2 * bsa_m2, 7 * _count(weeks, "weeks")), "daily_low_dose")
+
+
+#: Regimens from the literature by name; :func:`named` builds one (each builder's docstring gives
+#: its source).
+NAMED_REGIMENS: dict[str, Callable[..., Regimen]] = {
+    "lupil2": lupil2,
+    "charact_cycles": charact_cycles,
+    "he2020": he2020,
+    "dilfrequency": dilfrequency,
+    "transreg": transreg,
+    "weekly_only": weekly_only,
+    "daily_low_dose": daily_low_dose,
+    "placebo": placebo,
+}
 
 
 def named(name: str, **kwargs: object) -> Regimen:

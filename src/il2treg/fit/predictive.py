@@ -70,23 +70,12 @@ def posterior_predictive(
     times = np.asarray(times, dtype=np.float64)
     if times.ndim != 1 or times.size == 0 or np.any(np.diff(times) < 0) or np.any(times < 0) or not np.all(np.isfinite(times)):
         raise InputError("times must be a non-empty sorted 1-D array of days >= 0. Fix: e.g. numpy.arange(0, 85, 1.0).")
-    draws = np.asarray(result.posterior, dtype=np.float64).reshape(-1, len(result.psi_names))
-    if not np.all(np.isfinite(draws)):
-        raise InputError(f"fit {result.name!r} has no posterior draws (its covariance step failed). Fix: refit, or run --method nuts.")
     spec = spec or stored_spec(result)
     day = float(spec.sri4.day if day is None else day)
     problem = spec.problem()
-    pick = np.linspace(0, len(draws) - 1, n_draws).round().astype(int)
-    natural = draws[pick] / _declared_factors(problem)[None, :]  # internal units
-    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
-    u = jnp.stack([to_unconstrained(problem, dict(zip(problem.fixed, row[:nf]))) for row in natural]) if nf else jnp.zeros((n_draws, 0))
-    theta = jax.vmap(lambda uu: typical_theta(problem, uu))(u)  # reference covariates: beta does not act
-    omega = jnp.asarray(natural[:, ns : ns + ne])
-    z = jax.random.normal(jax.random.PRNGKey(seed), (n_draws, n_patients, ne))
-    theta_i = jax.vmap(lambda th, om, zz: jax.vmap(lambda zi: individual_theta(problem, th, om * zi))(zz))(theta, omega, z)
-    flat = theta_i.reshape(n_draws * n_patients, -1)
+    draws, pick, natural, params = _draw(result, spec, n_draws, n_patients, seed)
     grid = np.union1d(times, [0.0, day])
-    sim = simulate(spec.model, regimen, jnp.asarray(grid), Parameters(flat, spec.model.parameter_names))
+    sim = simulate(spec.model, regimen, jnp.asarray(grid), params)
     values = np.asarray(sim.values, dtype=np.float64).reshape(n_draws, n_patients, len(grid), -1)
     at = np.searchsorted(grid, times)
     residual = _residual(spec, problem, natural)
@@ -105,6 +94,33 @@ def posterior_predictive(
         out[name] = (("draw",), draws[pick, j])
     attrs = {"fit": result.name, "method": result.method, "day": day, "seed": seed, "regimen_doses": int(np.asarray(regimen.times).shape[-1])}
     return xr.Dataset(out, coords={"draw": pick, "patient": np.arange(n_patients), "time": times}, attrs=attrs)
+
+
+def draw_patients(result: FitResult, *, n_draws: int, n_patients: int = 1, seed: int = 0, spec: FitSpec | None = None) -> tuple[FitSpec, Parameters]:
+    """New patients from the posterior of ``result``: ``n_patients`` per each of ``n_draws``
+    population draws (draw-major), at the reference covariates. Returns the fit's specification
+    (its ``model`` simulates them) and the :class:`Parameters` ``[n_draws * n_patients, params]``."""
+    if n_draws < 1 or n_patients < 1:
+        raise InputError(f"n_draws and n_patients must be >= 1, got {n_draws} and {n_patients}.")
+    spec = spec or stored_spec(result)
+    return spec, _draw(result, spec, n_draws, n_patients, seed)[3]
+
+
+def _draw(result: FitResult, spec: FitSpec, n_draws: int, n_patients: int, seed: int):
+    draws = np.asarray(result.posterior, dtype=np.float64).reshape(-1, len(result.psi_names))
+    if not np.all(np.isfinite(draws)):
+        raise InputError(f"fit {result.name!r} has no posterior draws (its covariance step failed). Fix: refit, or run --method nuts.")
+    problem = spec.problem()
+    pick = np.linspace(0, len(draws) - 1, n_draws).round().astype(int)
+    natural = draws[pick] / _declared_factors(problem)[None, :]  # internal units
+    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
+    u = jnp.stack([to_unconstrained(problem, dict(zip(problem.fixed, row[:nf]))) for row in natural]) if nf else jnp.zeros((n_draws, 0))
+    theta = jax.vmap(lambda uu: typical_theta(problem, uu))(u)  # reference covariates: beta does not act
+    omega = jnp.asarray(natural[:, ns : ns + ne])
+    z = jax.random.normal(jax.random.PRNGKey(seed), (n_draws, n_patients, ne))
+    theta_i = jax.vmap(lambda th, om, zz: jax.vmap(lambda zi: individual_theta(problem, th, om * zi))(zz))(theta, omega, z)
+    params = Parameters(theta_i.reshape(n_draws * n_patients, -1), spec.model.parameter_names)
+    return draws, pick, natural, params
 
 
 def _residual(spec: FitSpec, problem, natural: np.ndarray):

@@ -1,0 +1,620 @@
+r"""Regimen comparison and gradient-based regimen design.
+
+**Comparison** (:func:`compare`). Each regimen is simulated over one virtual population
+(:func:`virtual_population`: every virtual patient carries its own draw of the population
+parameters, so the spread is the predictive distribution of a new patient, between-patient
+variability and parameter uncertainty together; all regimens share the same patients). Per
+patient (:data:`METRICS`, each with its unit):
+
+* IL-2 exposure over the whole horizon: :math:`C_{max}` and the time above the Tconv and the
+  CD56bright NK signalling thresholds, the patient's ``ec50_tconv`` and ``ec50_nk`` (hours, linear
+  interpolation between grid points; the grid has 30-minute steps for 36 h after every dose);
+* Treg fold change :math:`R_T(t) = T(t)/T(0)` over the treatment period (weeks 0-12): peak,
+  trough (the lowest value from day 7 to week 12: how well the regimen keeps Tregs up between
+  doses) and time average :math:`\frac1{84}\int_0^{84} R_T\,dt`;
+* Tconv and NK: largest change from baseline (%), and the peak relative CD25 on Tregs, over the
+  horizon;
+* latent SELENA-SLEDAI change from day 0 and the probability of an SRI-4 response at each
+  assessment week (12 and 24): the exact probability of :func:`il2treg.trial.response_probability`
+  under the LUPIL-2 design's scoring (visit noise, 2-point grid, entry SLEDAI >= 6), conditional on
+  entry, times the BILAG/PGA keep probability.
+
+The table gives the median and the 90% interval of each metric per regimen. A patient whose solve
+fails is flagged (``status``) and left out of the table's statistics; it does not stop the run.
+
+**Design** (:func:`optimise`). Dose amounts (and, with ``optimise_times``, dose times) of a
+template regimen are chosen to maximise an objective (:data:`OBJECTIVES`; the mean over the
+design population) under :class:`Constraints`, by projected gradient ascent through the ODE solve (optax SGD on the normalised gradient).
+Bounds on each dose and on the total dose are kept by Euclidean projection after every step;
+Tconv, NK and :math:`C_{max}` limits (at a stated quantile of the population) by a quadratic
+penalty. At the end every constraint is checked by a fresh simulation on a finer grid with the
+comparison's code; if one is exceeded, the doses are scaled back (all constraints but the minimum
+total dose grow with dose) until all hold. A constraint set that no regimen of the template's form
+can meet is an :class:`InfeasibleDesignError`, never a silent best effort.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+from jax.scipy.special import ndtr
+
+from il2treg.errors import InputError
+from il2treg.model import Model, Parameters, sample_population
+from il2treg.observables import OBSERVABLE_NAMES
+from il2treg.regimen import Regimen, named
+from il2treg.simulate import SolverOptions, simulate
+from il2treg.trial import TrialDesign, load_design, response_probability
+
+
+class InfeasibleDesignError(InputError):
+    """No regimen of the requested form meets the constraints."""
+
+
+#: Per-patient metrics of :func:`compare` -> unit.
+METRICS: dict[str, str] = {
+    "cmax_pM": "pM",
+    "hours_above_tconv": "h",
+    "hours_above_nk": "h",
+    "treg_peak_fold": "1",
+    "treg_trough_fold": "1",
+    "treg_mean_fold": "1",
+    "tconv_change_pct": "%",
+    "nk_change_pct": "%",
+    "cd25_peak_rel": "1",
+}
+#: Treatment period (days) over which the Treg fold-change metrics and design objectives are taken.
+TREATMENT_DAYS: float = 84.0
+#: Trough window start (day): from here to :data:`TREATMENT_DAYS`.
+TROUGH_FROM_DAY: float = 7.0
+_WINDOW_DAYS, _WINDOW_STEP = 1.5, 1.0 / 48.0  # IL-2 exposure grid after each dose (36 h, 30 min)
+_IDX = {name: k for k, name in enumerate(OBSERVABLE_NAMES)}
+
+
+def virtual_population(model: Model, n: int, *, seed: int = 0, fit=None, uncertainty: bool = True) -> tuple[Model, Parameters]:
+    r"""``n`` virtual patients, each with its own draw of the population parameters.
+
+    * ``fit`` (a :class:`~il2treg.fit.FitResult`): population parameters drawn from the fit's
+      posterior (NUTS draws, or the Laplace normal approximation), random effects from its
+      :math:`\omega` (:func:`il2treg.fit.predictive.draw_patients`); the fit's model is returned.
+    * otherwise ``model``'s defaults: each parameter with a declared prior (``prior_sd`` in
+      ``models/``) gets its typical value drawn from that prior (``uncertainty``), then the
+      between-patient variability of :func:`il2treg.sample_population`. Draws are clipped to the
+      parameter's bounds.
+
+    Returns:
+        ``(model, params)`` with ``params.values`` of shape ``[n, n_params]``.
+    """
+    if int(n) < 1:
+        raise InputError(f"n must be a positive number of virtual patients, got {n!r}.")
+    if fit is not None:
+        from il2treg.fit.predictive import draw_patients
+
+        spec, params = draw_patients(fit, n_draws=int(n), n_patients=1, seed=seed)
+        return spec.model, params
+    base = model.typical()
+    if not uncertainty:
+        return model, sample_population(model, int(n), seed)
+    rng = np.random.default_rng(seed)
+    typical = np.tile(np.asarray(base.values), (int(n), 1))
+    for k, p in enumerate(model.spec.params):
+        if p.prior_sd is None:
+            continue
+        z = p.prior_sd * rng.standard_normal(int(n))
+        v = typical[:, k]
+        if p.transform == "log":
+            v = v * np.exp(z)
+        elif p.transform == "logit":
+            v = 1.0 / (1.0 + np.exp(-(np.log(v / (1 - v)) + z)))
+        else:
+            v = v + z
+        typical[:, k] = np.clip(v, *p.bounds)
+    omega = np.asarray([p.omega for p in model.spec.params])
+    eta = jax.random.normal(jax.random.PRNGKey(seed), typical.shape, dtype=jnp.float64) * omega
+    lo, hi = (np.asarray([p.bounds[i] for p in model.spec.params]) for i in (0, 1))
+    return model, Parameters(jnp.asarray(np.clip(typical * np.exp(np.asarray(eta)), lo, hi)), base.names)
+
+
+# ------------------------------------------------------------------------------------ comparison
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Result of :func:`compare`.
+
+    Attributes:
+        per_patient: one row per (regimen, patient): the :data:`METRICS`, ``sledai_change_w<k>``
+            (points) and ``p_sri4_w<k>`` for each assessment week, and the solver ``status``
+            (0 = solved; failed patients have NaN metrics).
+        table: one row per (regimen, metric): ``median``, ``p5``, ``p95`` over the solved
+            patients, ``unit``, ``n`` solved and ``failed``.
+        regimens: the regimens compared, by name.
+        weeks: the assessment weeks.
+        run_s: wall time of the simulations and metrics (s), compilation included on a first call.
+    """
+
+    per_patient: pd.DataFrame
+    table: pd.DataFrame
+    regimens: dict
+    weeks: tuple
+    run_s: float
+
+    def wide(self) -> pd.DataFrame:
+        """Regimens as rows, metrics as columns, each ``median [p5, p95]``."""
+        t = self.table
+        text = t.apply(lambda r: f"{r['median']:.3g} [{r['p5']:.3g}, {r['p95']:.3g}]", axis=1)
+        return pd.DataFrame({"regimen": t["regimen"], "metric": t["metric"], "value": text}).pivot(index="regimen", columns="metric", values="value").loc[list(self.regimens)]
+
+
+def resolve_regimens(regimens) -> dict[str, Regimen]:
+    """Names (:data:`il2treg.regimen.NAMED_REGIMENS`), a comma-separated string, or a mapping
+    name -> :class:`Regimen` -> an ordered dict of regimens."""
+    if isinstance(regimens, str):
+        regimens = [r.strip() for r in regimens.split(",") if r.strip()]
+    if isinstance(regimens, dict):
+        out = dict(regimens)
+    else:
+        out = {}
+        for r in regimens:
+            if isinstance(r, Regimen):
+                out[r.name or f"regimen_{len(out) + 1}"] = r
+            else:
+                out[str(r)] = named(str(r))
+    if not out:
+        raise InputError("no regimens to compare. Fix: name at least one, e.g. 'lupil2,he2020'.")
+    for name, r in out.items():
+        if not isinstance(r, Regimen):
+            raise InputError(f"regimen {name!r} is a {type(r).__name__}, not a Regimen. Fix: build it with il2treg.regimen.")
+        if np.asarray(r.times).ndim != 1:
+            raise InputError(f"regimen {name!r} is batched; compare needs one regimen shared by all patients.")
+    return out
+
+
+def exposure_grid(regimen: Regimen, horizon_days: float, *, coarse_step: float = 0.5, window_step: float = _WINDOW_STEP) -> np.ndarray:
+    """Observation days: every ``coarse_step`` over the horizon, plus ``window_step`` steps for 36 h
+    after every dose (where IL-2 is above baseline)."""
+    coarse = np.arange(0.0, horizon_days + 1e-9, coarse_step)
+    doses = np.asarray(regimen.times, dtype=np.float64)
+    offsets = np.arange(0.0, _WINDOW_DAYS + 1e-9, window_step)
+    fine = (doses[:, None] + offsets[None, :]).ravel() if doses.size else np.zeros(0)
+    return np.union1d(coarse, fine[fine <= horizon_days])
+
+
+def hours_above(t: np.ndarray, c: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    r"""Hours with ``c > threshold`` (per row), ``c`` linear between the days ``t``:
+    :math:`24\sum_j \Delta t_j\,\phi_j`, :math:`\phi_j` the fraction of interval :math:`j` above."""
+    a, b = c[:, :-1] - threshold[:, None], c[:, 1:] - threshold[:, None]
+    dt = np.diff(t)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cross = np.where(a > 0, a / (a - b), b / (b - a))  # fraction above when the sign changes
+    frac = np.where((a > 0) & (b > 0), 1.0, np.where((a > 0) != (b > 0), cross, 0.0))
+    return 24.0 * np.sum(frac * dt, axis=1)
+
+
+def regimen_metrics(model: Model, regimen: Regimen, params: Parameters, *, weeks=(12, 24), design: TrialDesign | None = None,
+                    options: SolverOptions = SolverOptions(), window_step: float = _WINDOW_STEP) -> pd.DataFrame:  # fmt: skip
+    """Per-patient metrics of one regimen (module docstring); one row per patient of ``params``."""
+    weeks = tuple(float(w) for w in weeks)
+    horizon = max(7.0 * max(weeks), TREATMENT_DAYS)
+    design = design or load_design("lupil2")
+    t = exposure_grid(regimen, horizon, window_step=window_step)
+    theta = np.atleast_2d(np.asarray(params.values))
+    sim = simulate(model, regimen, jnp.asarray(t), Parameters(jnp.asarray(theta), params.names), options=options)
+    v = np.asarray(sim.values, dtype=np.float64).reshape(theta.shape[0], len(t), -1)
+    status = np.asarray(sim.status).reshape(-1)
+    names = list(params.names)
+    c = v[:, :, _IDX["il2_pM"]]
+    fold = lambda name: v[:, :, _IDX[name]] / v[:, :1, _IDX[name]]
+    treg = fold("treg_per_uL")
+    treat = t <= TREATMENT_DAYS + 1e-9
+    trough = (t >= TROUGH_FROM_DAY) & treat
+    out = {
+        "patient": np.arange(1, theta.shape[0] + 1),
+        "cmax_pM": c.max(axis=1),
+        "hours_above_tconv": hours_above(t, c, theta[:, names.index("ec50_tconv")]),
+        "hours_above_nk": hours_above(t, c, theta[:, names.index("ec50_nk")]),
+        "treg_peak_fold": treg[:, treat].max(axis=1),
+        "treg_trough_fold": treg[:, trough].min(axis=1),
+        "treg_mean_fold": np.trapezoid(treg[:, treat], t[treat], axis=1) / TREATMENT_DAYS,
+        "tconv_change_pct": 100.0 * (fold("tconv_per_uL").max(axis=1) - 1.0),
+        "nk_change_pct": 100.0 * (fold("nk56bright_per_uL").max(axis=1) - 1.0),
+        "cd25_peak_rel": v[:, :, _IDX["cd25_treg_rel"]].max(axis=1),
+    }
+    l0 = v[:, 0, _IDX["sledai"]]
+    solved = status == 0
+    for w in weeks:
+        lw = v[:, int(np.searchsorted(t, 7.0 * w)), _IDX["sledai"]]
+        entry, both = np.full(l0.shape, np.nan), np.full(l0.shape, np.nan)
+        if solved.any():
+            entry[solved], both[solved] = response_probability(l0[solved], lw[solved], design)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"sledai_change_w{w:g}"] = lw - l0
+            out[f"p_sri4_w{w:g}"] = np.where(entry > 1e-12, both / entry, np.nan) * design.bilag_pga_keep
+    frame = pd.DataFrame(out)
+    frame.loc[status != 0, frame.columns[1:]] = np.nan
+    frame["status"] = status
+    return frame
+
+
+def compare(regimens, *, model: Model | None = None, params: Parameters | None = None, n: int = 1000, seed: int = 0, fit=None,
+            weeks=(12, 24), options: SolverOptions = SolverOptions()) -> Comparison:  # fmt: skip
+    """Compare regimens over one virtual population (module docstring).
+
+    Arguments:
+        regimens: names, a comma-separated string or a mapping name -> :class:`Regimen`.
+        model: default :func:`il2treg.load_model`; ignored with ``fit`` (the fit's model is used).
+        params: the virtual patients; default :func:`virtual_population` with ``n``, ``seed``, ``fit``.
+        weeks: assessment weeks for SLEDAI and SRI-4.
+    """
+    from il2treg.model import load_model
+
+    regs = resolve_regimens(regimens)
+    weeks = tuple(weeks)
+    if not weeks or min(weeks) <= 0:
+        raise InputError(f"weeks must be positive assessment weeks, got {weeks!r}. Fix: e.g. weeks=(12, 24).")
+    model = model or load_model()
+    if params is None:
+        model, params = virtual_population(model, n, seed=seed, fit=fit)
+    start = time.perf_counter()
+    design = load_design("lupil2")
+    frames = [regimen_metrics(model, r, params, weeks=weeks, design=design, options=options).assign(regimen=name) for name, r in regs.items()]
+    run_s = time.perf_counter() - start
+    per_patient = pd.concat(frames, ignore_index=True)
+    per_patient = per_patient[["regimen", *[c for c in per_patient.columns if c != "regimen"]]]
+    units = {**METRICS, **{f"sledai_change_w{w:g}": "points" for w in weeks}, **{f"p_sri4_w{w:g}": "1" for w in weeks}}
+    rows = []
+    for name, g in per_patient.groupby("regimen", sort=False):
+        ok = g["status"] == 0
+        for metric, unit in units.items():
+            x = g.loc[ok, metric].to_numpy()
+            x = x[np.isfinite(x)]
+            lo, med, hi = np.percentile(x, [5, 50, 95]) if x.size else (np.nan,) * 3
+            rows.append({"regimen": name, "metric": metric, "unit": unit, "median": med, "p5": lo, "p95": hi, "n": int(x.size), "failed": int((~ok).sum())})
+    return Comparison(per_patient, pd.DataFrame(rows), regs, weeks, run_s)
+
+
+# ---------------------------------------------------------------------------------------- design
+
+#: Design objectives (maximised; the mean over the design population).
+OBJECTIVES: dict[str, str] = {
+    "treg_mean_fold": "time-averaged Treg fold change over weeks 0-12",
+    "sledai_fall_w12": "fall of the latent SLEDAI from day 0 to week 12 (points)",
+    "p_sri4_w12": "probability of an SRI-4 response at week 12 (LUPIL-2 scoring)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraints:
+    """Limits a designed regimen must meet (``None``: no limit).
+
+    Attributes:
+        tconv_change_max_pct: largest Tconv change from baseline over weeks 0-12 (%).
+        nk_change_max_pct: largest CD56bright NK change from baseline over weeks 0-12 (%).
+        cmax_max_pM: serum IL-2 peak (pM).
+        quantile: the population quantile at which those three are checked (0.5: the median
+            patient; 0.9: nine patients in ten).
+        dose_max_iu: largest single injection (IU).
+        total_dose_max_iu, total_dose_min_iu: total IL-2 over the regimen (IU).
+        min_interval_days: smallest time between injections when times are optimised (days).
+    """
+
+    tconv_change_max_pct: float | None = None
+    nk_change_max_pct: float | None = None
+    cmax_max_pM: float | None = None
+    quantile: float = 0.5
+    dose_max_iu: float | None = None
+    total_dose_max_iu: float | None = None
+    total_dose_min_iu: float | None = None
+    min_interval_days: float = 1.0
+
+    def limits(self) -> dict[str, float]:
+        """The population-quantile limits by metric name of :data:`METRICS`."""
+        pairs = (("tconv_change_pct", self.tconv_change_max_pct), ("nk_change_pct", self.nk_change_max_pct), ("cmax_pM", self.cmax_max_pM))
+        return {k: float(v) for k, v in pairs if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+    """Result of :func:`optimise`.
+
+    Attributes:
+        regimen: the designed regimen; ``start``: the template it was started from.
+        objective: the objective's name; ``value`` / ``start_value``: its value for the designed and
+            the starting regimen (fresh simulations).
+        checks: one row per constraint: ``value`` (fresh simulation, finer grid), ``limit``, ``met``.
+        start_values: the objective reached from each start (before the final check), in order
+            (the first from ``start``); ``spread``: their range relative to the best.
+        scaled_back: factor applied to all doses at the end to meet the constraints (1: none).
+        history: penalised objective per step of the best start.
+        run_s: wall time (s), compilation included.
+    """
+
+    regimen: Regimen
+    start: Regimen
+    objective: str
+    value: float
+    start_value: float
+    checks: pd.DataFrame
+    start_values: np.ndarray
+    spread: float
+    scaled_back: float
+    history: np.ndarray
+    run_s: float
+
+
+def _response_probability_jax(l0, l1, design: TrialDesign, top: float):
+    """JAX twin of :func:`il2treg.trial.response_probability` (P(entry and fall) / P(entry))."""
+    h, sd = float(design.score_step), float(design.sledai_noise_sd)
+    grid = h * jnp.arange(0, int(math.ceil((top + 10 * sd + h) / h)) + 1)
+    upper = ndtr((grid[:, None] + h / 2 - l0[None]) / sd)
+    lower = jnp.where(grid[:, None] == 0, 0.0, ndtr((grid[:, None] - h / 2 - l0[None]) / sd))
+    p_b = (upper - lower) * (grid >= design.entry_sledai_min - 1e-9)[:, None]
+    c = h * jnp.floor((grid - design.sri4_fall) / h + 1e-9)
+    p_fall = jnp.where(c[:, None] >= 0, ndtr((c[:, None] + h / 2 - l1[None]) / sd), 0.0)
+    return jnp.sum(p_b * p_fall, axis=0) / jnp.sum(p_b, axis=0) * design.bilag_pga_keep
+
+
+def design_function(model: Model, params: Parameters, objective: str, constraints: Constraints, *,
+                    options: SolverOptions = SolverOptions(), grid_step: float = 0.25):  # fmt: skip
+    """``f(amounts_iu, times) -> (objective, {metric: quantile value})``, differentiable in both.
+
+    The objective and the Tconv/NK changes are read on a fixed grid (every ``grid_step`` days over
+    weeks 0-12); :math:`C_{max}` on hourly points over the 24 h after each dose, which move with
+    the doses. All points go through one solve (sorted, then put back in order), so the
+    gradient with respect to a dose time is exact also when the dose moves across grid points.
+    """
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective {objective!r}; the model computes: {', '.join(OBJECTIVES)}. Fix: choose one of these.")
+    fixed = jnp.asarray(np.arange(0.0, TREATMENT_DAYS + 1e-9, grid_step))
+    offsets = jnp.asarray(np.arange(0.0, 1.0 + 1e-9, 1.0 / 24.0))
+    theta = jnp.atleast_2d(jnp.asarray(params.values))
+    names = list(params.names)
+    design = load_design("lupil2")
+    top = float(np.max(np.asarray(theta)[:, names.index("sledai0")]))
+    q = float(constraints.quantile)
+    limits = constraints.limits()
+    end = int(np.searchsorted(np.asarray(fixed), TREATMENT_DAYS - 1e-9))
+
+    def f(amounts, times):
+        window = (times[:, None] + offsets[None, :]).ravel()
+        every = jnp.concatenate([fixed, window])
+        order = jnp.argsort(every)
+        sim = simulate(model, Regimen(times, amounts), every[order], Parameters(theta, params.names), options=options)
+        v = jnp.reshape(sim.values, (theta.shape[0], every.shape[0], -1))[:, jnp.argsort(order)]
+        grid_v, win_v = v[:, : fixed.shape[0]], v[:, fixed.shape[0] :]
+        fold = lambda name: grid_v[:, :, _IDX[name]] / grid_v[:, :1, _IDX[name]]
+        if objective == "treg_mean_fold":
+            value = jnp.trapezoid(fold("treg_per_uL"), fixed, axis=1) / TREATMENT_DAYS
+        elif objective == "sledai_fall_w12":
+            value = grid_v[:, 0, _IDX["sledai"]] - grid_v[:, end, _IDX["sledai"]]
+        else:
+            value = _response_probability_jax(grid_v[:, 0, _IDX["sledai"]], grid_v[:, end, _IDX["sledai"]], design, top)
+        metrics = {
+            "tconv_change_pct": 100.0 * (jnp.max(fold("tconv_per_uL"), axis=1) - 1.0),
+            "nk_change_pct": 100.0 * (jnp.max(fold("nk56bright_per_uL"), axis=1) - 1.0),
+            "cmax_pM": jnp.max(win_v[:, :, _IDX["il2_pM"]], axis=1),
+        }
+        return jnp.mean(value), {k: jnp.quantile(metrics[k], q) for k in limits}
+
+    return f
+
+
+def _project_amounts(x: jnp.ndarray, upper: float, total_max: float) -> jnp.ndarray:
+    """Euclidean projection of ``x`` onto ``{0 <= x <= upper, sum(x) <= total_max}`` (bisection on
+    the multiplier of the sum constraint)."""
+    clipped = jnp.clip(x, 0.0, upper)
+
+    def over(lam):
+        return jnp.sum(jnp.clip(x - lam, 0.0, upper)) - total_max
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        return jnp.where(over(mid) > 0, mid, lo), jnp.where(over(mid) > 0, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 60, body, (jnp.asarray(0.0), jnp.max(jnp.abs(x)) + upper))
+    return jnp.where(jnp.sum(clipped) <= total_max, clipped, jnp.clip(x - hi, 0.0, upper))
+
+
+def _order_times(t: jnp.ndarray, gap: float, horizon: float) -> jnp.ndarray:
+    """First dose at day 0, the others sorted and at least ``gap`` apart, none after ``horizon``."""
+    t = jnp.sort(t).at[0].set(0.0)
+    k = jnp.arange(t.shape[0])
+    t = jax.lax.cummax(t - gap * k) + gap * k  # at least ``gap`` after the previous dose
+    return jnp.minimum(t, horizon - gap * (t.shape[0] - 1 - k))
+
+
+def _check_feasible(template: Regimen, constraints: Constraints, params: Parameters, optimise_times: bool) -> None:
+    c = constraints
+    n = template.n_doses
+    if n == 0:
+        raise InputError("the template regimen has no doses. Fix: start from a regimen with injections, e.g. lupil2.")
+    if not 0 < c.quantile < 1:
+        raise InputError(f"quantile must be in (0, 1), got {c.quantile!r}.")
+    for name, v in (("dose_max_iu", c.dose_max_iu), ("total_dose_max_iu", c.total_dose_max_iu), ("total_dose_min_iu", c.total_dose_min_iu)):
+        if v is not None and not (np.isfinite(v) and v >= 0):
+            raise InputError(f"{name} must be a dose >= 0 IU, got {v!r}.")
+    why = []
+    for name, v in (("tconv_change_max_pct", c.tconv_change_max_pct), ("nk_change_max_pct", c.nk_change_max_pct)):
+        if v is not None and v < 0:
+            why.append(f"{name} = {v:g}% < 0, but no dose leaves the cells below baseline")
+    endo = float(np.quantile(np.atleast_2d(np.asarray(params.values))[:, list(params.names).index("il2_endo")], c.quantile))
+    if c.cmax_max_pM is not None and c.cmax_max_pM <= endo:
+        why.append(f"cmax_max_pM = {c.cmax_max_pM:g} pM is not above the endogenous IL-2 level ({endo:.3g} pM) that every regimen starts from")
+    dose_cap = n * (c.dose_max_iu if c.dose_max_iu is not None else np.inf)
+    total_cap = min(dose_cap, c.total_dose_max_iu if c.total_dose_max_iu is not None else np.inf)
+    if c.total_dose_min_iu is not None and c.total_dose_min_iu > total_cap:
+        why.append(f"total_dose_min_iu = {c.total_dose_min_iu:g} IU exceeds what {n} injections may give ({total_cap:g} IU)")
+    if optimise_times and c.min_interval_days * (n - 1) > TREATMENT_DAYS:
+        why.append(f"{n} injections at least {c.min_interval_days:g} days apart do not fit in {TREATMENT_DAYS:g} days")
+    if why:
+        raise InfeasibleDesignError("infeasible constraints: " + "; ".join(why) + ". Fix: relax these limits.")
+
+
+def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fold", constraints: Constraints = Constraints(),
+             model: Model | None = None, params: Parameters | None = None, optimise_times: bool = False, n_starts: int = 5,
+             steps: int = 150, learning_rate: float = 0.5, penalty: float = 1e3, seed: int = 0,
+             options: SolverOptions = SolverOptions()) -> Design:  # fmt: skip
+    """Design a regimen by gradient ascent from ``start`` (module docstring).
+
+    Arguments:
+        start: the template (its number of injections, and its times unless ``optimise_times``).
+        objective: one of :data:`OBJECTIVES`.
+        constraints: :class:`Constraints`.
+        params: the design population (default: the typical patient).
+        n_starts: ``start`` plus ``n_starts - 1`` random starts (amounts uniform, scaled to the
+            start's total dose; times jittered), run together; the best feasible result is kept
+            and :attr:`Design.spread` says how far the others ended from it.
+        steps, learning_rate: gradient steps, and the length of the first (MIU, and days for
+            times), decaying to 1% of it.
+        penalty: weight of the squared relative excess over a Tconv/NK/Cmax limit.
+
+    Raises:
+        InfeasibleDesignError: the constraints exclude every regimen of this form.
+        InputError: unknown objective, bad limits, a template without doses.
+    """
+    from il2treg.model import load_model
+
+    begin = time.perf_counter()
+    model = model or load_model()
+    template = named(start) if isinstance(start, str) else start
+    params = params if params is not None else model.typical()
+    params = Parameters(jnp.atleast_2d(jnp.asarray(params.values)), params.names)
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective {objective!r}; the model computes: {', '.join(OBJECTIVES)}. Fix: choose one of these.")
+    if n_starts < 1 or steps < 1:
+        raise InputError(f"n_starts and steps must be >= 1, got {n_starts} and {steps}.")
+    _check_feasible(template, constraints, params, optimise_times)
+    c = constraints
+    f = design_function(model, params, objective, c, options=options)
+    limits = c.limits()
+    upper = (c.dose_max_iu if c.dose_max_iu is not None else np.inf) / 1e6
+    total_max = (c.total_dose_max_iu if c.total_dose_max_iu is not None else np.inf) / 1e6
+    total_min = (c.total_dose_min_iu or 0.0) / 1e6
+    upper_j = jnp.asarray(min(upper, 1e6))
+    horizon = TREATMENT_DAYS
+
+    def project(x):
+        a = _project_amounts(x["a"], upper_j, jnp.asarray(min(total_max, 1e9)))
+        t = _order_times(x["t"], c.min_interval_days, horizon) if optimise_times else x["t"]
+        return {"a": a, "t": t}
+
+    def loss(x):
+        value, metrics = f(x["a"] * 1e6, x["t"])
+        excess = sum(jnp.maximum(metrics[k] / limits[k] - 1.0, 0.0) ** 2 for k in limits) if limits else 0.0
+        short = jnp.maximum(total_min - jnp.sum(x["a"]), 0.0) ** 2
+        return -value + penalty * (excess + short), value
+
+    n = template.n_doses
+    rng = np.random.default_rng(seed)
+    a0 = np.asarray(template.amounts, dtype=np.float64) / 1e6
+    t0 = np.asarray(template.times, dtype=np.float64)
+    starts_a, starts_t = [a0], [t0]
+    for _ in range(n_starts - 1):
+        a = rng.uniform(0.2, 1.0, n)
+        starts_a.append(a / a.sum() * a0.sum())
+        starts_t.append(np.sort(t0 + (rng.uniform(-0.5, 0.5, n) if optimise_times else 0.0)))
+    x = jax.vmap(project)({"a": jnp.asarray(np.stack(starts_a)), "t": jnp.asarray(np.stack(starts_t))})
+    if not optimise_times:
+        x = {"a": x["a"], "t": jnp.broadcast_to(jnp.asarray(t0), x["a"].shape)}
+    # Projected gradient steps of fixed length along the normalised gradient, the length decaying
+    # (cosine) from ``learning_rate`` to 1% of it. Per-coordinate scaling (Adam) would erase the
+    # differences between doses that the projection onto a total-dose budget acts on.
+    opt = optax.sgd(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
+    state = jax.vmap(opt.init)(x)
+
+    @jax.jit
+    def step(x, state):
+        (l, v), g = jax.vmap(jax.value_and_grad(loss, has_aux=True))(x)
+        if not optimise_times:
+            g = {"a": g["a"], "t": jnp.zeros_like(g["t"])}
+        norm = jnp.sqrt(jnp.sum(g["a"] ** 2, axis=1) + jnp.sum(g["t"] ** 2, axis=1))[:, None]
+        g = jax.tree_util.tree_map(lambda v: v / jnp.maximum(norm, 1e-30), g)
+        updates, state = jax.vmap(opt.update)(g, state, x)
+        x = jax.vmap(project)(optax.apply_updates(x, updates))
+        return x, state, l, v
+
+    history, values = [], None
+    for _ in range(steps):
+        x, state, l, values = step(x, state)
+        history.append(np.asarray(l))
+    history = np.asarray(history)
+    final_loss, final_values = jax.vmap(loss)(x)
+    final_loss, final_values = np.asarray(final_loss), np.asarray(final_values)
+    best = int(np.argmin(final_loss))
+    regimen = Regimen(np.asarray(x["t"][best]), np.asarray(x["a"][best]) * 1e6, name=f"designed_{objective}")
+    regimen, scaled, checks = _verify_and_restore(model, regimen, params, c, total_min * 1e6, options)
+    value = _objective_fresh(model, regimen, params, objective, options)
+    start_value = _objective_fresh(model, template, params, objective, options)
+    spread = float((final_values.max() - final_values.min()) / abs(final_values[best])) if final_values[best] else float("nan")
+    return Design(regimen, template, objective, value, start_value, checks, final_values, spread, scaled, history[:, best], time.perf_counter() - begin)
+
+
+def _fresh_metrics(model, regimen, params, options) -> pd.DataFrame:
+    return regimen_metrics(model, regimen, params, weeks=(12,), options=options, window_step=1.0 / 144.0)
+
+
+def _constraint_checks(frame: pd.DataFrame, regimen: Regimen, c: Constraints, total_min: float) -> pd.DataFrame:
+    rows = []
+    for k, limit in c.limits().items():
+        rows.append({"constraint": f"{k} (quantile {c.quantile:g})", "value": float(np.quantile(frame[k], c.quantile)), "limit": limit, "kind": "max"})
+    total = float(np.sum(np.asarray(regimen.amounts)))
+    biggest = float(np.max(np.asarray(regimen.amounts)))
+    if c.total_dose_max_iu is not None:
+        rows.append({"constraint": "total_dose_iu", "value": total, "limit": c.total_dose_max_iu, "kind": "max"})
+    if total_min > 0:
+        rows.append({"constraint": "total_dose_iu (min)", "value": total, "limit": total_min, "kind": "min"})
+    if c.dose_max_iu is not None:
+        rows.append({"constraint": "dose_iu", "value": biggest, "limit": c.dose_max_iu, "kind": "max"})
+    rows.append({"constraint": "injections", "value": float(regimen.n_doses), "limit": float(regimen.n_doses), "kind": "max"})
+    out = pd.DataFrame(rows)
+    slack = 1e-9 * np.maximum(np.abs(out["limit"]), 1.0)
+    out["met"] = np.where(out["kind"] == "max", out["value"] <= out["limit"] + slack, out["value"] >= out["limit"] - slack)
+    return out
+
+
+def _verify_and_restore(model, regimen, params, c: Constraints, total_min: float, options):
+    """Check every constraint by a fresh simulation; scale the doses back if needed (bisection)."""
+    def checks_at(scale):
+        r = Regimen(regimen.times, np.asarray(regimen.amounts) * scale, name=regimen.name)
+        frame = _fresh_metrics(model, r, params, options)
+        if (frame["status"] != 0).any():
+            raise InfeasibleDesignError("the designed regimen fails to solve for some patients of the design population. Fix: tighten the dose limits.")
+        return r, _constraint_checks(frame, r, c, total_min)
+
+    r, checks = checks_at(1.0)
+    if checks["met"].all():
+        return r, 1.0, checks
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        if checks_at(mid)[1]["met"].all():
+            lo = mid
+        else:
+            hi = mid
+    r, checks = checks_at(lo)
+    if not checks["met"].all():
+        bad = checks.loc[~checks["met"]]
+        raise InfeasibleDesignError("infeasible constraints: no regimen of this form was found that meets " + "; ".join(
+            f"{row.constraint} {'<=' if row.kind == 'max' else '>='} {row.limit:g} (closest {row.value:.4g})" for row in bad.itertuples()) + ". Fix: relax these limits.")
+    return r, lo, checks
+
+
+def _objective_fresh(model, regimen, params, objective, options) -> float:
+    frame = _fresh_metrics(model, regimen, params, options)
+    if objective == "treg_mean_fold":
+        return float(frame["treg_mean_fold"].mean())
+    if objective == "sledai_fall_w12":
+        return float(-frame["sledai_change_w12"].mean())
+    return float(frame["p_sri4_w12"].mean())
+
+
+__all__ = ["Comparison", "Constraints", "Design", "InfeasibleDesignError", "METRICS", "OBJECTIVES", "compare", "design_function",
+           "exposure_grid", "hours_above", "optimise", "regimen_metrics", "resolve_regimens", "virtual_population"]  # fmt: skip

@@ -1,0 +1,200 @@
+"""Regimen comparison and design: metrics against closed forms, gradients against finite
+differences, the optimiser's result checked by fresh simulations, and bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import il2treg
+from il2treg import regimen as rg
+from il2treg.design import (
+    METRICS,
+    Constraints,
+    InfeasibleDesignError,
+    _project_amounts,
+    compare,
+    design_function,
+    hours_above,
+    optimise,
+    regimen_metrics,
+    virtual_population,
+)
+from il2treg.errors import InputError, RegimenError
+from il2treg.model import pk
+
+#: The design used by the optimiser tests: LUPIL-2's 16 injections at its times, no more IL-2 in
+#: total than LUPIL-2 (24 MIU), NK change and IL-2 peak of the typical patient below these limits.
+CONSTRAINTS = Constraints(nk_change_max_pct=30.0, cmax_max_pM=25.0, total_dose_max_iu=24e6, dose_max_iu=3e6)
+
+
+@pytest.fixture(scope="module")
+def designed(model):
+    return optimise("lupil2", objective="treg_mean_fold", constraints=CONSTRAINTS, model=model, n_starts=5, steps=100)
+
+
+@pytest.fixture(scope="module")
+def comparison(model):
+    _, params = virtual_population(model, 40, seed=3)
+    return compare(["lupil2", "he2020", "placebo"], model=model, params=params)
+
+
+def test_hours_above_integrates_a_piecewise_linear_curve_exactly():
+    """A triangle rising from 0 to 1 over [0, 1] day and back over [1, 3]: above 0.5 for
+    0.5 + 1 = 1.5 days = 36 h, whatever the (irregular) grid through its corners."""
+    t = np.array([0.0, 0.3, 1.0, 1.7, 2.2, 3.0, 4.0])
+    c = np.interp(t, [0, 1, 3, 4], [0, 1, 0, 0])
+    assert hours_above(t, c[None], np.array([0.5]))[0] == pytest.approx(36.0, rel=1e-12)
+    assert hours_above(t, c[None], np.array([2.0]))[0] == 0.0
+
+
+def test_cmax_matches_the_closed_form_pk_without_the_receptor_sink(model_no_sink):
+    """Without the sink the PK is linear: Cmax of LUPIL-2 from the comparison's grid (30 min) lies
+    within 0.5% below the closed-form superposition's maximum on a 1-minute grid."""
+    p = model_no_sink.typical()
+    frame = regimen_metrics(model_no_sink, rg.lupil2(), p)
+    q = dict(zip(p.names, np.asarray(p.values)))
+    reg = rg.lupil2()
+    t = np.arange(0.0, 84.0, 1.0 / 1440.0)
+    c = np.asarray(pk.closed_form_pM(jnp.asarray(t), reg.times, reg.amounts, ka=q["ka"], ke=q["CL"] / q["V"], V=q["V"], F=q["F"], tlag=q["tlag"])) + q["il2_endo"]
+    assert frame["cmax_pM"].iloc[0] <= c.max() * (1 + 1e-9)
+    assert frame["cmax_pM"].iloc[0] == pytest.approx(c.max(), rel=5e-3)
+
+
+def test_comparison_reports_every_metric_for_every_regimen_on_shared_patients(comparison, model):
+    table = comparison.table
+    weeks = [f"{k}_w{w}" for w in (12, 24) for k in ("sledai_change", "p_sri4")]
+    assert set(table["metric"]) == set(METRICS) | set(weeks)
+    assert len(table) == 3 * (len(METRICS) + 4) and (table["n"] == 40).all() and (table["failed"] == 0).all()
+    assert np.all(table["p5"] <= table["median"]) and np.all(table["median"] <= table["p95"])
+    placebo = comparison.per_patient[comparison.per_patient["regimen"] == "placebo"]
+    endo = np.asarray(virtual_population(model, 40, seed=3)[1].values)[:, list(model.parameter_names).index("il2_endo")]
+    np.testing.assert_allclose(placebo["cmax_pM"], endo, rtol=1e-9)
+    np.testing.assert_allclose(placebo[["treg_peak_fold", "treg_mean_fold", "treg_trough_fold"]], 1.0, atol=1e-9)
+    assert (placebo["hours_above_nk"] == 0).all()
+    wide = comparison.wide()
+    assert list(wide.index) == ["lupil2", "he2020", "placebo"]
+    med = table.set_index(["regimen", "metric"])["median"]
+    assert med["lupil2", "treg_mean_fold"] > 1.1 and med["lupil2", "p_sri4_w12"] > med["placebo", "p_sri4_w12"]
+
+
+def test_a_failed_solve_is_flagged_and_does_not_stop_the_comparison(model):
+    tiny = il2treg.SolverOptions(max_steps=4)
+    c = compare(["lupil2"], model=model, params=model.typical(), options=tiny)
+    assert (c.per_patient["status"] != 0).all() and c.per_patient["treg_mean_fold"].isna().all()
+    assert (c.table["failed"] == 1).all() and (c.table["n"] == 0).all()
+
+
+@pytest.mark.parametrize("objective", ["treg_mean_fold", "p_sri4_w12"])
+def test_design_gradients_match_finite_differences(model, tight, objective):
+    """d objective / d amount and d objective / d time by reverse mode against central differences
+    (relative error < 1e-4), at doses off the grid and at one whose effective time (t + tlag) sits
+    1e-6 day after a grid point, so that the finite-difference step moves it across that point.
+    Also the constraint metrics (NK change, Cmax) with respect to the amounts."""
+    p = model.typical()
+    tlag = float(np.asarray(p.values)[list(p.names).index("tlag")])
+    f = design_function(model, p, objective, Constraints(nk_change_max_pct=30.0, cmax_max_pM=25.0), options=tight)
+    a = jnp.asarray([1.5e6, 1.2e6, 1.5e6, 1.0e6, 2.0e6])
+    t = jnp.asarray([0.0, 1.3, 2.25 - tlag + 1e-6, 4.6, 10.1])
+    value = lambda a, t: f(a, t)[0]
+    ga, gt = jax.jit(jax.grad(value, argnums=(0, 1)))(a, t)
+    for k in range(5):
+        fd_a = (value(a.at[k].add(1e3), t) - value(a.at[k].add(-1e3), t)) / 2e3
+        fd_t = (value(a, t.at[k].add(1e-5)) - value(a, t.at[k].add(-1e-5))) / 2e-5
+        assert float(ga[k]) == pytest.approx(float(fd_a), rel=1e-4), ("amount", k)
+        assert float(gt[k]) == pytest.approx(float(fd_t), rel=1e-4), ("time", k)
+    if objective == "treg_mean_fold":
+        for name in ("nk_change_pct", "cmax_pM"):
+            metric = lambda a: f(a, t)[1][name]
+            g = jax.grad(metric)(a)
+            for k in range(5):
+                fd = (metric(a.at[k].add(1e3)) - metric(a.at[k].add(-1e3))) / 2e3
+                assert float(g[k]) == pytest.approx(float(fd), rel=1e-4, abs=1e-12), (name, k)
+
+
+def test_the_designed_regimen_beats_lupil2_and_meets_every_constraint(designed, model):
+    """Started from LUPIL-2 and 4 random starts: the time-averaged Treg fold change improves, and a
+    fresh simulation of the designed regimen (the comparison's code, finer grid) meets every limit."""
+    print(f"treg_mean_fold: LUPIL-2 {designed.start_value:.5f} -> designed {designed.value:.5f}; starts {np.round(designed.start_values, 5)}; {designed.run_s:.1f} s")
+    print(designed.checks.to_string(index=False))
+    assert designed.value > designed.start_value + 1e-3
+    assert designed.checks["met"].all() and designed.scaled_back == 1.0
+    fresh = regimen_metrics(model, designed.regimen, model.typical(), weeks=(12,))
+    assert fresh["nk_change_pct"].iloc[0] <= CONSTRAINTS.nk_change_max_pct
+    assert fresh["cmax_pM"].iloc[0] <= CONSTRAINTS.cmax_max_pM
+    amounts = np.asarray(designed.regimen.amounts)
+    assert amounts.sum() <= CONSTRAINTS.total_dose_max_iu * (1 + 1e-12) and amounts.max() <= CONSTRAINTS.dose_max_iu and amounts.min() >= 0
+    np.testing.assert_array_equal(designed.regimen.times, rg.lupil2().times)
+    assert fresh["treg_mean_fold"].iloc[0] == pytest.approx(designed.value, rel=1e-5)  # the check's grid is 3x finer after doses
+
+
+def test_the_design_does_not_depend_on_the_start(designed):
+    """Stated tolerance: the objective reached from each of the 5 starts is within 0.1% of the best."""
+    assert len(designed.start_values) == 5
+    assert designed.spread < 1e-3, designed.start_values
+
+
+def test_projection_onto_the_dose_limits_is_the_euclidean_one():
+    """The projection p of x onto {0 <= x <= u, sum x <= B} satisfies (x - p).(q - p) <= 0 for
+    every feasible q (the variational characterisation of a Euclidean projection)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(1.0, 1.5, 12))
+    p = np.asarray(_project_amounts(x, jnp.asarray(2.0), jnp.asarray(6.0)))
+    assert p.min() >= 0 and p.max() <= 2.0 and p.sum() <= 6.0 + 1e-9
+    for _ in range(200):
+        q = rng.uniform(0, 2.0, 12)
+        q = q * min(1.0, 6.0 / q.sum())
+        assert np.dot(np.asarray(x) - p, q - p) <= 1e-9
+
+
+@pytest.mark.parametrize(
+    ("constraints", "message"),
+    [
+        (Constraints(tconv_change_max_pct=-1.0), "tconv_change_max_pct = -1% < 0"),
+        (Constraints(cmax_max_pM=0.05), "not above the endogenous IL-2 level"),
+        (Constraints(total_dose_min_iu=30e6, total_dose_max_iu=20e6), "exceeds what 16 injections may give"),
+        (Constraints(total_dose_min_iu=60e6, dose_max_iu=3e6), "exceeds what 16 injections may give"),
+    ],
+)
+def test_constraint_sets_without_any_regimen_are_reported_infeasible(model, constraints, message):
+    with pytest.raises(InfeasibleDesignError, match=message):
+        optimise("lupil2", constraints=constraints, model=model, steps=1, n_starts=1)
+
+
+def test_constraints_the_optimiser_cannot_meet_are_reported_infeasible_not_best_effort(model):
+    """At least 24 MIU in 16 injections with the NK change below 5%: no such regimen (even 24 MIU
+    spread evenly raises NK by about 27%), so the design ends in InfeasibleDesignError."""
+    c = Constraints(nk_change_max_pct=5.0, total_dose_min_iu=24e6)
+    with pytest.raises(InfeasibleDesignError, match="nk_change_pct|total_dose_iu"):
+        optimise("lupil2", constraints=c, model=model, steps=20, n_starts=1)
+
+
+def test_bad_requests_are_clear_errors(model):
+    with pytest.raises(RegimenError, match="Unknown regimen name 'lupil3'"):
+        compare("lupil2,lupil3", model=model, n=2)
+    with pytest.raises(RegimenError, match="is negative"):
+        rg.Regimen([0.0, 7.0], [1.5e6, -1.0])
+    with pytest.raises(RegimenError, match="interval_days"):
+        rg.every(1e6, -2.0, 3)
+    with pytest.raises(InputError, match="unknown objective 'treg_auc'"):
+        optimise("lupil2", objective="treg_auc", model=model)
+    with pytest.raises(InputError, match="weeks must be positive"):
+        compare(["lupil2"], model=model, n=2, weeks=(0,))
+    with pytest.raises(InputError, match="quantile must be in"):
+        optimise("lupil2", constraints=Constraints(quantile=1.0), model=model)
+    with pytest.raises(InputError, match="no doses"):
+        optimise("placebo", model=model)
+
+
+def test_virtual_population_draws_typical_values_from_the_priors(model):
+    _, params = virtual_population(model, 2000, seed=1)
+    values = np.asarray(params.values)
+    names = list(params.names)
+    ec50 = np.log(values[:, names.index("ec50_treg")])
+    spec = model.spec["ec50_treg"]
+    expected_sd = np.sqrt(spec.prior_sd**2 + spec.omega**2)  # prior on the typical value, then between-patient variability
+    assert np.std(ec50) == pytest.approx(expected_sd, rel=0.08)
+    ka = values[:, names.index("ka")]
+    assert model.spec["ka"].prior_sd is None and np.std(np.log(ka)) == pytest.approx(model.spec["ka"].omega, rel=0.08)
