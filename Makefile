@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick bench-fit bench-bayes sbc recovery clean
+.PHONY: demo test bench bench-quick bench-fit bench-bayes bench-regimens sbc recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) benchmarks/simulate.py --quick
+
+bench-regimens: $(STAMP)
+	$(PY) benchmarks/regimens.py --json benchmarks/results/regimens.json
 
 bench-fit: $(STAMP)
 	$(PY) benchmarks/fit.py

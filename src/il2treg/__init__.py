@@ -2,7 +2,8 @@
 
 One entry point per job: :func:`load_model` reads a model definition, :func:`simulate` solves it
 for one patient or a batch under a :class:`Regimen`, :func:`sample_population` draws patients,
-:func:`simulate_trial` runs replicate virtual trials of a :class:`TrialDesign`.
+:func:`simulate_trial` runs replicate virtual trials of a :class:`TrialDesign`; :mod:`il2treg.design`
+compares regimens (:func:`compare`) and designs them by gradients (:func:`optimise`).
 """
 
 from il2treg import _precision  # noqa: F401  (enables float64 first)
@@ -13,8 +14,11 @@ from il2treg.regimen import Regimen
 from il2treg.simulate import Simulation, SolverOptions, simulate
 from il2treg.fit.result import load_fit
 from il2treg.trial import TrialDesign, TrialResult, load_design, simulate_trial
+from il2treg import design
+from il2treg.design import Constraints, compare, optimise
 
 __all__ = [
+    "Constraints",
     "OBSERVABLES",
     "OBSERVABLE_NAMES",
     "Model",
@@ -24,10 +28,13 @@ __all__ = [
     "SolverOptions",
     "TrialDesign",
     "TrialResult",
+    "compare",
+    "design",
     "errors",
     "load_design",
     "load_fit",
     "load_model",
+    "optimise",
     "regimen",
     "sample_population",
     "simulate",
