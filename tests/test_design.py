@@ -100,11 +100,14 @@ def test_design_gradients_match_finite_differences(model, tight, objective):
     t = jnp.asarray([0.0, 1.3, 2.25 - tlag + 1e-6, 4.6, 10.1])
     value = lambda a, t: f(a, t)[0]
     ga, gt = jax.jit(jax.grad(value, argnums=(0, 1)))(a, t)
+    worst = 0.0
     for k in range(5):
         fd_a = (value(a.at[k].add(1e3), t) - value(a.at[k].add(-1e3), t)) / 2e3
         fd_t = (value(a, t.at[k].add(1e-5)) - value(a, t.at[k].add(-1e-5))) / 2e-5
         assert float(ga[k]) == pytest.approx(float(fd_a), rel=1e-4), ("amount", k)
         assert float(gt[k]) == pytest.approx(float(fd_t), rel=1e-4), ("time", k)
+        worst = max(worst, abs(float(ga[k] / fd_a) - 1), abs(float(gt[k] / fd_t) - 1))
+    print(f"{objective}: largest relative difference reverse mode vs finite differences {worst:.1e}")
     if objective == "treg_mean_fold":
         for name in ("nk_change_pct", "cmax_pM"):
             metric = lambda a: f(a, t)[1][name]
@@ -198,3 +201,26 @@ def test_virtual_population_draws_typical_values_from_the_priors(model):
     assert np.std(ec50) == pytest.approx(expected_sd, rel=0.08)
     ka = values[:, names.index("ka")]
     assert model.spec["ka"].prior_sd is None and np.std(np.log(ka)) == pytest.approx(model.spec["ka"].omega, rel=0.08)
+
+
+def test_a_population_from_a_fit_carries_its_estimates_and_their_uncertainty(misspecified_fit, model):
+    """Virtual patients drawn from a fit: the fit's model, typical values near its estimates (the
+    median of emax_treg within 10% of the estimate), and a comparison runs on them."""
+    fit_model, params = virtual_population(model, 400, seed=2, fit=misspecified_fit)
+    emax = np.asarray(params.values)[:, list(params.names).index("emax_treg")]
+    estimate = misspecified_fit.estimates.set_index("parameter").loc["emax_treg", "estimate"]
+    assert np.median(emax) == pytest.approx(estimate, rel=0.1)
+    c = compare(["lupil2"], model=fit_model, params=il2treg.Parameters(params.values[:10], params.names))
+    assert (c.table["n"] == 10).all()
+
+
+def test_the_comparison_script_runs_on_the_public_api(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "compare_regimens.py"
+    done = subprocess.run([sys.executable, str(script), "--n", "10", "--regimens", "lupil2,placebo", "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r" / "table.csv").is_file() and (tmp_path / "r" / "comparison.png").is_file()
+    assert "twice_weekly" in done.stdout
