@@ -159,6 +159,7 @@ def test_projection_onto_the_dose_limits_is_the_euclidean_one():
         (Constraints(cmax_max_pM=0.05), "not above the endogenous IL-2 level"),
         (Constraints(total_dose_min_iu=30e6, total_dose_max_iu=20e6), "exceeds what 16 injections may give"),
         (Constraints(total_dose_min_iu=60e6, dose_max_iu=3e6), "exceeds what 16 injections may give"),
+        (Constraints(max_injections=12), "max_injections = 12 but the template has 16"),
     ],
 )
 def test_constraint_sets_without_any_regimen_are_reported_infeasible(model, constraints, message):

@@ -344,6 +344,7 @@ def regimens_optimise(
     dose_max: float | None = typer.Option(None, help="largest injection [IU]"),
     total_dose_max: float | None = typer.Option(None, help="largest total dose [IU]"),
     total_dose_min: float | None = typer.Option(None, help="smallest total dose [IU]"),
+    max_injections: int | None = typer.Option(None, help="most injections (the template's number must not exceed it)"),
     optimise_times: bool = typer.Option(False, help="also move the injections (first stays at day 0)"),
     min_interval: float = typer.Option(1.0, help="smallest time between injections with --optimise-times [day]"),
     n: int = typer.Option(1, help="design population: 1 = the typical patient, else virtual patients from the model's priors"),
@@ -369,7 +370,8 @@ def regimens_optimise(
     model = il2treg.load_model()
     params = model.typical() if n == 1 else virtual_population(model, n, seed=seed)[1]
     constraints = Constraints(tconv_change_max_pct=tconv_max, nk_change_max_pct=nk_max, cmax_max_pM=cmax_max, quantile=quantile,
-                              dose_max_iu=dose_max, total_dose_max_iu=total_dose_max, total_dose_min_iu=total_dose_min, min_interval_days=min_interval)  # fmt: skip
+                              dose_max_iu=dose_max, total_dose_max_iu=total_dose_max, total_dose_min_iu=total_dose_min, min_interval_days=min_interval,
+                              max_injections=max_injections)  # fmt: skip
     design = optimise(_regimen(start), objective=objective, constraints=constraints, model=model, params=params,
                       optimise_times=optimise_times, n_starts=starts, steps=steps, seed=seed)  # fmt: skip
     days = np.arange(0.0, 84.0 + 1e-9, 0.25)

@@ -303,6 +303,8 @@ class Constraints:
         dose_max_iu: largest single injection (IU).
         total_dose_max_iu, total_dose_min_iu: total IL-2 over the regimen (IU).
         min_interval_days: smallest time between injections when times are optimised (days).
+        max_injections: most injections; the design keeps the template's number, which must not
+            exceed it (start from a template with fewer, e.g. ``il2treg.regimen.every``).
     """
 
     tconv_change_max_pct: float | None = None
@@ -313,6 +315,7 @@ class Constraints:
     total_dose_max_iu: float | None = None
     total_dose_min_iu: float | None = None
     min_interval_days: float = 1.0
+    max_injections: int | None = None
 
     def limits(self) -> dict[str, float]:
         """The population-quantile limits by metric name of :data:`METRICS`."""
@@ -452,6 +455,8 @@ def _check_feasible(template: Regimen, constraints: Constraints, params: Paramet
     total_cap = min(dose_cap, c.total_dose_max_iu if c.total_dose_max_iu is not None else np.inf)
     if c.total_dose_min_iu is not None and c.total_dose_min_iu > total_cap:
         why.append(f"total_dose_min_iu = {c.total_dose_min_iu:g} IU exceeds what {n} injections may give ({total_cap:g} IU)")
+    if c.max_injections is not None and n > c.max_injections:
+        why.append(f"max_injections = {c.max_injections} but the template has {n} (start from a template with at most {c.max_injections})")
     if optimise_times and c.min_interval_days * (n - 1) > TREATMENT_DAYS:
         why.append(f"{n} injections at least {c.min_interval_days:g} days apart do not fit in {TREATMENT_DAYS:g} days")
     if why:
@@ -573,7 +578,8 @@ def _constraint_checks(frame: pd.DataFrame, regimen: Regimen, c: Constraints, to
         rows.append({"constraint": "total_dose_iu (min)", "value": total, "limit": total_min, "kind": "min"})
     if c.dose_max_iu is not None:
         rows.append({"constraint": "dose_iu", "value": biggest, "limit": c.dose_max_iu, "kind": "max"})
-    rows.append({"constraint": "injections", "value": float(regimen.n_doses), "limit": float(regimen.n_doses), "kind": "max"})
+    if c.max_injections is not None:
+        rows.append({"constraint": "injections", "value": float(regimen.n_doses), "limit": float(c.max_injections), "kind": "max"})
     out = pd.DataFrame(rows)
     slack = 1e-9 * np.maximum(np.abs(out["limit"]), 1.0)
     out["met"] = np.where(out["kind"] == "max", out["value"] <= out["limit"] + slack, out["value"] >= out["limit"] - slack)
