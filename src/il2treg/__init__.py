@@ -16,6 +16,7 @@ from il2treg.fit.result import load_fit
 from il2treg.trial import TrialDesign, TrialResult, load_design, simulate_trial
 from il2treg import design
 from il2treg.design import Constraints, compare, optimise
+from il2treg.sbml import export_sbml
 
 __all__ = [
     "Constraints",
@@ -31,6 +32,7 @@ __all__ = [
     "compare",
     "design",
     "errors",
+    "export_sbml",
     "load_design",
     "load_fit",
     "load_model",

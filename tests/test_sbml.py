@@ -1,0 +1,81 @@
+"""SBML export: a valid SBML L3V2 document with units and sources, and the same trajectories in
+libroadrunner as in il2treg (the cross-engine check of the issue)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import il2treg
+from il2treg.errors import InputError
+
+libsbml = pytest.importorskip("libsbml", reason="python-libsbml is not installed (pip install 'il2treg[sbml]'); CI installs it")
+roadrunner = pytest.importorskip("roadrunner", reason="libroadrunner is not installed (pip install 'il2treg[sbml]'); CI installs it")
+roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
+
+from il2treg.sbml import export_sbml  # noqa: E402
+
+TIMES = np.linspace(0.0, 84.0, 337)
+
+
+def roadrunner_run(text: str, times=TIMES, rtol: float = 1e-6, atol: float = 1e-9) -> np.ndarray:
+    rr = roadrunner.RoadRunner(text)
+    rr.integrator.relative_tolerance = rtol
+    rr.integrator.absolute_tolerance = atol
+    rr.integrator.maximum_num_steps = 100_000
+    return np.asarray(rr.simulate(times=list(times), selections=["time", *il2treg.OBSERVABLE_NAMES]))[:, 1:]
+
+
+def test_the_export_is_valid_sbml_with_units_and_sources(model, lupil2, tmp_path):
+    text = export_sbml(model, regimen=lupil2, path=tmp_path / "m.xml")
+    assert (tmp_path / "m.xml").read_text() == text
+    doc = libsbml.readSBMLFromString(text)
+    assert (doc.getLevel(), doc.getVersion()) == (3, 2)
+    doc.checkConsistency()  # identifiers, MathML, units, ...: warnings only (literal numbers carry no units)
+    assert doc.getNumErrors(libsbml.LIBSBML_SEV_ERROR) + doc.getNumErrors(libsbml.LIBSBML_SEV_FATAL) == 0, doc.getErrorLog().toString()
+    m = doc.getModel()
+    assert m.getNumEvents() == lupil2.n_doses and m.getTimeUnits() == "day"
+    ka = m.getParameter("ka")
+    assert ka.getUnits() == "per_day" and "Piscitelli" in ka.getNotesString()
+    assert m.getParameter("il2_pM").getUnits() == "picomolar"
+    for name in il2treg.OBSERVABLE_NAMES:
+        assert m.getAssignmentRuleByVariable(name) is not None
+
+
+def test_roadrunner_reproduces_il2treg_for_20_virtual_patients(model, lupil2):
+    """Every observable of 20 patients under LUPIL-2, 0-84 days every 6 h: il2treg (default
+    SolverOptions: Tsit5, rtol 1e-6, atol 1e-9) against libroadrunner (CVODE, same tolerances) on
+    the exported model: maximum relative difference < 1e-4."""
+    params = il2treg.sample_population(model, 20, seed=4)
+    mine = np.asarray(il2treg.simulate(model, lupil2, TIMES, params).values)
+    worst = np.zeros(len(il2treg.OBSERVABLE_NAMES))
+    for i in range(20):
+        theirs = roadrunner_run(export_sbml(model, il2treg.Parameters(params.values[i], params.names), lupil2))
+        worst = np.maximum(worst, np.max(np.abs(theirs - mine[i]) / np.abs(mine[i]), axis=0))
+    print(dict(zip(il2treg.OBSERVABLE_NAMES, np.round(worst * 1e6, 2))), "(x 1e-6)")
+    assert worst.max() < 1e-4
+
+
+@pytest.mark.parametrize("structure", [dict(transit_compartments=0), dict(receptor_sink=False), dict(cd25_feedback=False), dict(transit_compartments=5)])
+def test_every_structure_exports_the_same_equations(model, lupil2, tight, structure):
+    """Other structures (no delay, no sink, no CD25 feedback, a longer chain): the typical patient
+    agrees to 1e-7 at tight tolerances on both sides."""
+    other = model.with_structure(**structure)
+    mine = np.asarray(il2treg.simulate(other, lupil2, TIMES, options=tight).values)
+    theirs = roadrunner_run(export_sbml(other, regimen=lupil2), rtol=1e-11, atol=1e-14)
+    assert np.max(np.abs(theirs - mine) / np.abs(mine)) < 1e-7
+
+
+def test_without_doses_the_exported_model_stays_at_baseline(model):
+    out = roadrunner_run(export_sbml(model, regimen=il2treg.regimen.placebo()))
+    base = np.asarray(il2treg.simulate(model, il2treg.regimen.placebo(), TIMES).values)
+    np.testing.assert_allclose(out, base, rtol=1e-9)
+
+
+def test_bad_requests_are_clear_errors(model, lupil2):
+    params = il2treg.sample_population(model, 2, seed=0)
+    with pytest.raises(InputError, match="writes one patient"):
+        export_sbml(model, params, lupil2)
+    batched = il2treg.regimen.stack([lupil2, lupil2])
+    with pytest.raises(InputError, match="one regimen"):
+        export_sbml(model, regimen=batched)
