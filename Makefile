@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick bench-fit bench-bayes bench-regimens sbc recovery clean
+.PHONY: demo test bench bench-quick bench-simulate bench-fit bench-bayes bench-regimens sbc recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,13 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) benchmarks/simulate.py
+	$(PY) benchmarks/run.py --json benchmarks/results/run.json
 
 bench-quick: $(STAMP)
-	$(PY) benchmarks/simulate.py --quick
+	$(PY) benchmarks/run.py --quick
+
+bench-simulate: $(STAMP)
+	$(PY) benchmarks/simulate.py
 
 bench-regimens: $(STAMP)
 	$(PY) benchmarks/regimens.py --json benchmarks/results/regimens.json
