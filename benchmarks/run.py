@@ -4,7 +4,7 @@ objective, compile times; a table of ratios and a JSON file.
     .venv/bin/python benchmarks/run.py [--quick] [--json PATH]      # or: make bench (make bench-quick)
 
 - **Simulation** of N virtual patients (``sample_population(seed=0)``) through LUPIL-2, 337 output
-  times over 84 days, rtol 1e-6 / atol 1e-9 everywhere:
+  times over 84 days, the same tolerances everywhere (``--rtol``/``--atol``, default il2treg's 1e-6 / 1e-9):
   il2treg ``simulate`` (Tsit5, vmapped, chunks, both cores; compile reported apart, run time from
   a second call); libroadrunner (CVODE) on the model exported by ``il2treg.export_sbml``, loaded
   once, then per patient: set its parameters, reset, simulate (single process, one core);
@@ -43,7 +43,7 @@ import il2treg  # noqa: E402
 TIMES = np.linspace(0.0, 84.0, 337)
 
 
-def roadrunner_per_patient(model, params, regimen, k: int):
+def roadrunner_per_patient(model, params, regimen, k: int, rtol: float = 1e-6, atol: float = 1e-9):
     """(seconds per patient, load seconds, outputs [k, times, observables]) with libroadrunner."""
     import roadrunner
 
@@ -51,8 +51,8 @@ def roadrunner_per_patient(model, params, regimen, k: int):
     start = time.perf_counter()
     rr = roadrunner.RoadRunner(il2treg.export_sbml(model, il2treg.Parameters(params.values[0], params.names), regimen))
     load_s = time.perf_counter() - start
-    rr.integrator.relative_tolerance = 1e-6
-    rr.integrator.absolute_tolerance = 1e-9
+    rr.integrator.relative_tolerance = rtol
+    rr.integrator.absolute_tolerance = atol
     rr.integrator.maximum_num_steps = 100_000
     names = list(params.names)
     values = np.asarray(params.values)
@@ -67,12 +67,12 @@ def roadrunner_per_patient(model, params, regimen, k: int):
     return (time.perf_counter() - start) / k, load_s, out
 
 
-def scipy_per_patient(model, params, regimen, k: int):
+def scipy_per_patient(model, params, regimen, k: int, rtol: float = 1e-6, atol: float = 1e-9):
     values = np.asarray(params.values)
     out = np.empty((k, len(TIMES), len(il2treg.OBSERVABLE_NAMES)))
     start = time.perf_counter()
     for i in range(k):
-        out[i], _ = solve_lsoda(values[i], model.parameter_names, model.structure, np.asarray(regimen.times), np.asarray(regimen.amounts), TIMES)
+        out[i], _ = solve_lsoda(values[i], model.parameter_names, model.structure, np.asarray(regimen.times), np.asarray(regimen.amounts), TIMES, rtol=rtol, atol=atol)
     return (time.perf_counter() - start) / k, out
 
 
@@ -131,23 +131,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="N = 1,000 only, fewer baseline patients (under 3 minutes)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance of every engine")
+    ap.add_argument("--atol", type=float, default=1e-9, help="absolute tolerance of every engine")
     args = ap.parse_args()
     model = il2treg.load_model()
+    options = il2treg.SolverOptions(rtol=args.rtol, atol=args.atol)
     regimen = il2treg.regimen.lupil2()
     sizes = (1000,) if args.quick else (1000, 10_000)
     k_rr, k_scipy = (20, 5) if args.quick else (200, 20)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}", "jax": jax.__version__, "simulation": {}}  # fmt: skip
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}", "jax": jax.__version__,
+              "rtol": args.rtol, "atol": args.atol, "simulation": {}}  # fmt: skip
     population = il2treg.sample_population(model, max(sizes), seed=0)
-    rr_s, rr_load, rr_out = roadrunner_per_patient(model, population, regimen, k_rr)
-    sp_s, sp_out = scipy_per_patient(model, population, regimen, k_scipy)
+    rr_s, rr_load, rr_out = roadrunner_per_patient(model, population, regimen, k_rr, args.rtol, args.atol)
+    sp_s, sp_out = scipy_per_patient(model, population, regimen, k_scipy, args.rtol, args.atol)
     reference = np.asarray(il2treg.simulate(model, regimen, TIMES, il2treg.Parameters(population.values[:k_rr], population.names),
                                             options=il2treg.SolverOptions(rtol=1e-10, atol=1e-13, max_steps=100_000)).values)  # fmt: skip
     report["error_vs_rtol_1e-10_reference"] = {"roadrunner": worst_difference(reference, rr_out)}
     for n in sizes:
         params = il2treg.Parameters(population.values[:n], population.names)
-        sim, first, comp = timed(lambda: il2treg.simulate(model, regimen, TIMES, params))
-        sim, second, _ = timed(lambda: il2treg.simulate(model, regimen, TIMES, params))
+        sim, first, comp = timed(lambda: il2treg.simulate(model, regimen, TIMES, params, options=options))
+        sim, second, _ = timed(lambda: il2treg.simulate(model, regimen, TIMES, params, options=options))
         mine = np.asarray(sim.values)
         row = {"il2treg_ms_per_patient": 1e3 * second / n, "il2treg_compile_s": comp, "il2treg_first_call_s": first,
                "roadrunner_ms_per_patient": 1e3 * rr_s, "roadrunner_load_s": rr_load, "roadrunner_patients": k_rr,
