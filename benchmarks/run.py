@@ -23,6 +23,7 @@ objective, compile times; a table of ratios and a JSON file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -86,6 +87,7 @@ def worst_difference(mine, theirs) -> float:
 
 def objective_gradient(n_patients: int = 100) -> dict:
     """Times of the forward simulation, the objective (with its EBE search) and its exact gradient."""
+    from il2treg.data import read_dataset
     from il2treg.fit import read_fit_spec
     from il2treg.fit.population import Objective
     from il2treg.fit.problem import patient_arrays, unpack
@@ -95,10 +97,6 @@ def objective_gradient(n_patients: int = 100) -> dict:
     spec = read_fit_spec("fits/lupil2_virtual/fit.toml")
     ids = list(spec.dataset.ids)[:n_patients]
     frame = spec.dataset.to_frame()
-    import dataclasses
-
-    from il2treg.data import read_dataset
-
     spec = dataclasses.replace(spec, dataset=read_dataset(frame[frame["ID"].isin(ids)].reset_index(drop=True)))
     problem = spec.problem()
     patients = patient_arrays(spec.dataset, problem.covariates)

@@ -110,7 +110,7 @@ def test_design_gradients_match_finite_differences(model, tight, objective):
     print(f"{objective}: largest relative difference reverse mode vs finite differences {worst:.1e}")
     if objective == "treg_mean_fold":
         for name in ("nk_change_pct", "cmax_pM"):
-            metric = lambda a: f(a, t)[1][name]
+            metric = lambda a, name=name: f(a, t)[1][name]
             g = jax.grad(metric)(a)
             for k in range(5):
                 fd = (metric(a.at[k].add(1e3)) - metric(a.at[k].add(-1e3))) / 2e3
@@ -221,7 +221,7 @@ def test_the_comparison_script_runs_on_the_public_api(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).parents[1] / "scripts" / "compare_regimens.py"
-    done = subprocess.run([sys.executable, str(script), "--n", "10", "--regimens", "lupil2,placebo", "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(script), "--n", "10", "--regimens", "lupil2,placebo", "--out", str(tmp_path / "r")], check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "r" / "table.csv").is_file() and (tmp_path / "r" / "comparison.png").is_file()
     assert "twice_weekly" in done.stdout

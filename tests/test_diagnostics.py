@@ -11,10 +11,10 @@ import pytest
 
 from il2treg.data import read_dataset
 from il2treg.diagnostics import VPC_PERCENTILES, diagnose, time_bins, vpc
-from il2treg.fit.spec import stored_spec
 from il2treg.errors import InputError
 from il2treg.fit.problem import patient_arrays, unpack
 from il2treg.fit.run import _predict_all
+from il2treg.fit.spec import stored_spec
 
 
 @pytest.fixture(scope="module")

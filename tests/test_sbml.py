@@ -13,7 +13,7 @@ libsbml = pytest.importorskip("libsbml", reason="python-libsbml is not installed
 roadrunner = pytest.importorskip("roadrunner", reason="libroadrunner is not installed (pip install 'il2treg[sbml]'); CI installs it")
 roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
 
-from il2treg.sbml import export_sbml  # noqa: E402
+from il2treg.sbml import export_sbml
 
 TIMES = np.linspace(0.0, 84.0, 337)
 
@@ -56,7 +56,7 @@ def test_roadrunner_reproduces_il2treg_for_20_virtual_patients(model, lupil2):
     assert worst.max() < 1e-4
 
 
-@pytest.mark.parametrize("structure", [dict(transit_compartments=0), dict(receptor_sink=False), dict(cd25_feedback=False), dict(transit_compartments=5)])
+@pytest.mark.parametrize("structure", [{"transit_compartments": 0}, {"receptor_sink": False}, {"cd25_feedback": False}, {"transit_compartments": 5}])
 def test_every_structure_exports_the_same_equations(model, lupil2, tight, structure):
     """Other structures (no delay, no sink, no CD25 feedback, a longer chain): the typical patient
     agrees to 1e-7 at tight tolerances on both sides."""

@@ -363,6 +363,6 @@ def test_a_batch_sharded_over_two_devices_gives_identical_results():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _SHARDING_CHECK], capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, "-c", _SHARDING_CHECK], check=False, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "identical" in done.stdout

@@ -36,7 +36,6 @@ can meet is an :class:`InfeasibleDesignError`, never a silent best effort.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import jax
@@ -44,14 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
-from jax.scipy.special import ndtr
 
 from il2treg.errors import InputError
-from il2treg.model import Model, Parameters, sample_population
+from il2treg.model import Model, Parameters, load_model, sample_population
 from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.regimen import Regimen, named
 from il2treg.simulate import SolverOptions, simulate
-from il2treg.trial import TrialDesign, load_design, response_probability
+from il2treg.trial import TrialDesign, entry_and_fall, load_design, response_probability
 
 
 class InfeasibleDesignError(InputError):
@@ -253,8 +251,6 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
         params: the virtual patients; default :func:`virtual_population` with ``n``, ``seed``, ``fit``.
         weeks: assessment weeks for SLEDAI and SRI-4.
     """
-    from il2treg.model import load_model
-
     regs = resolve_regimens(regimens)
     weeks = tuple(weeks)
     if not weeks or min(weeks) <= 0:
@@ -352,18 +348,6 @@ class Design:
     run_s: float
 
 
-def _response_probability_jax(l0, l1, design: TrialDesign, top: float):
-    """JAX twin of :func:`il2treg.trial.response_probability` (P(entry and fall) / P(entry))."""
-    h, sd = float(design.score_step), float(design.sledai_noise_sd)
-    grid = h * jnp.arange(0, int(math.ceil((top + 10 * sd + h) / h)) + 1)
-    upper = ndtr((grid[:, None] + h / 2 - l0[None]) / sd)
-    lower = jnp.where(grid[:, None] == 0, 0.0, ndtr((grid[:, None] - h / 2 - l0[None]) / sd))
-    p_b = (upper - lower) * (grid >= design.entry_sledai_min - 1e-9)[:, None]
-    c = h * jnp.floor((grid - design.sri4_fall) / h + 1e-9)
-    p_fall = jnp.where(c[:, None] >= 0, ndtr((c[:, None] + h / 2 - l1[None]) / sd), 0.0)
-    return jnp.sum(p_b * p_fall, axis=0) / jnp.sum(p_b, axis=0) * design.bilag_pga_keep
-
-
 def design_function(model: Model, params: Parameters, objective: str, constraints: Constraints, *,
                     options: SolverOptions = SolverOptions(), grid_step: float = 0.25):  # fmt: skip
     """``f(amounts_iu, times) -> (objective, {metric: quantile value})``, differentiable in both.
@@ -398,7 +382,8 @@ def design_function(model: Model, params: Parameters, objective: str, constraint
         elif objective == "sledai_fall_w12":
             value = grid_v[:, 0, _IDX["sledai"]] - grid_v[:, end, _IDX["sledai"]]
         else:
-            value = _response_probability_jax(grid_v[:, 0, _IDX["sledai"]], grid_v[:, end, _IDX["sledai"]], design, top)
+            entry, both = entry_and_fall(grid_v[:, 0, _IDX["sledai"]], grid_v[:, end, _IDX["sledai"]], design, top, xp=jnp)
+            value = both / entry * design.bilag_pga_keep
         metrics = {
             "tconv_change_pct": 100.0 * (jnp.max(fold("tconv_per_uL"), axis=1) - 1.0),
             "nk_change_pct": 100.0 * (jnp.max(fold("nk56bright_per_uL"), axis=1) - 1.0),
@@ -422,7 +407,7 @@ def _project_amounts(x: jnp.ndarray, upper: float, total_max: float) -> jnp.ndar
         mid = 0.5 * (lo + hi)
         return jnp.where(over(mid) > 0, mid, lo), jnp.where(over(mid) > 0, hi, mid)
 
-    lo, hi = jax.lax.fori_loop(0, 60, body, (jnp.asarray(0.0), jnp.max(jnp.abs(x)) + upper))
+    _, hi = jax.lax.fori_loop(0, 60, body, (jnp.asarray(0.0), jnp.max(jnp.abs(x)) + upper))
     return jnp.where(jnp.sum(clipped) <= total_max, clipped, jnp.clip(x - hi, 0.0, upper))
 
 
@@ -485,8 +470,6 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
         InfeasibleDesignError: the constraints exclude every regimen of this form.
         InputError: unknown objective, bad limits, a template without doses.
     """
-    from il2treg.model import load_model
-
     begin = time.perf_counter()
     model = model or load_model()
     template = named(start) if isinstance(start, str) else start
@@ -537,19 +520,19 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
 
     @jax.jit
     def step(x, state):
-        (l, v), g = jax.vmap(jax.value_and_grad(loss, has_aux=True))(x)
+        (penalised, _), g = jax.vmap(jax.value_and_grad(loss, has_aux=True))(x)
         if not optimise_times:
             g = {"a": g["a"], "t": jnp.zeros_like(g["t"])}
         norm = jnp.sqrt(jnp.sum(g["a"] ** 2, axis=1) + jnp.sum(g["t"] ** 2, axis=1))[:, None]
         g = jax.tree_util.tree_map(lambda v: v / jnp.maximum(norm, 1e-30), g)
         updates, state = jax.vmap(opt.update)(g, state, x)
         x = jax.vmap(project)(optax.apply_updates(x, updates))
-        return x, state, l, v
+        return x, state, penalised
 
-    history, values = [], None
+    history = []
     for _ in range(steps):
-        x, state, l, values = step(x, state)
-        history.append(np.asarray(l))
+        x, state, penalised = step(x, state)
+        history.append(np.asarray(penalised))
     history = np.asarray(history)
     final_loss, final_values = jax.vmap(loss)(x)
     final_loss, final_values = np.asarray(final_loss), np.asarray(final_values)
@@ -622,5 +605,19 @@ def _objective_fresh(model, regimen, params, objective, options) -> float:
     return float(frame["p_sri4_w12"].mean())
 
 
-__all__ = ["Comparison", "Constraints", "Design", "InfeasibleDesignError", "METRICS", "OBJECTIVES", "compare", "design_function",
-           "exposure_grid", "hours_above", "optimise", "regimen_metrics", "resolve_regimens", "virtual_population"]  # fmt: skip
+__all__ = [
+    "METRICS",
+    "OBJECTIVES",
+    "Comparison",
+    "Constraints",
+    "Design",
+    "InfeasibleDesignError",
+    "compare",
+    "design_function",
+    "exposure_grid",
+    "hours_above",
+    "optimise",
+    "regimen_metrics",
+    "resolve_regimens",
+    "virtual_population",
+]  # fmt: skip

@@ -104,7 +104,7 @@ def export_sbml(model: Model, params: Parameters | None = None, regimen: Regimen
     sbml.setExtentUnits("dimensionless")
     sbml.setSubstanceUnits("dimensionless")
     made = set()
-    for internal, (uid, parts) in _UNITS.items():
+    for uid, parts in _UNITS.values():
         if uid in made:
             continue
         made.add(uid)

@@ -340,16 +340,23 @@ def _sharded(model, inputs, options, axes, slots, n, devices):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     d = len(devices)
-    size = -(-n // d) * d
-    rows = np.minimum(np.arange(size), n - 1)
+    rows = np.minimum(np.arange(-(-n // d) * d), n - 1)
     mesh = Mesh(np.asarray(devices), ("patients",))
+    padded = tuple(jax.device_put(jnp.asarray(x)[rows], NamedSharding(mesh, PartitionSpec("patients"))) if a == 0 else x for x, a in zip(inputs, axes))
+    values, status = _sharded_batch(model, *padded, options, axes, slots, mesh)
+    return values[:n], status[:n]
+
+
+@eqx.filter_jit
+def _sharded_batch(model, theta, dose_times, dose_amounts, obs_times, options, axes, slots, mesh):
+    """:func:`_simulate_batch` on every device's rows (compiled once per shapes and mesh)."""
+    from jax.sharding import PartitionSpec
+
     batched = PartitionSpec("patients")
-    padded = tuple(jax.device_put(jnp.asarray(x)[rows], NamedSharding(mesh, batched)) if a == 0 else x for x, a in zip(inputs, axes))
     specs = tuple(batched if a == 0 else PartitionSpec() for a in axes)
     solve = jax.shard_map(lambda *xs: _simulate_batch(model, *xs, options, axes, slots), mesh=mesh, in_specs=specs,
                           out_specs=(batched, batched), check_vma=False)  # fmt: skip
-    values, status = jax.jit(solve)(*padded)
-    return values[:n], status[:n]
+    return solve(theta, dose_times, dose_amounts, obs_times)
 
 
 def _static_slots(model: Model, theta, dose_times, obs) -> int:

@@ -68,6 +68,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.scipy.special import ndtr as jax_ndtr
 from scipy import special, stats
 
 from il2treg.errors import InputError, RegimenError, SpecError
@@ -416,24 +417,28 @@ def response_probability(l0, l_assess, design: TrialDesign) -> tuple[np.ndarray,
     """
     l0 = np.asarray(l0, dtype=np.float64)
     l_assess = np.asarray(l_assess, dtype=np.float64)
-    h, sd = float(design.score_step), float(design.sledai_noise_sd)
-    if sd == 0.0:
+    if float(design.sledai_noise_sd) == 0.0:
         raise _fix("response_probability needs sledai_noise_sd > 0 (the scores are otherwise not random).",
                    "simulate with simulate_trial instead")
-    top = float(np.nanmax(l0)) + 10.0 * sd + h
-    grid = h * np.arange(0, int(np.ceil(top / h)) + 1)
+    p_entry, p_both = entry_and_fall(l0.reshape(-1), np.broadcast_to(l_assess, l0.shape).reshape(-1), design, float(np.nanmax(l0)))
+    return p_entry.reshape(l0.shape), p_both.reshape(l0.shape)
+
+
+def entry_and_fall(l0, l_assess, design: TrialDesign, top: float, xp=np):
+    """The sums of :func:`response_probability` for 1-D ``l0``, ``l_assess`` (no checks), with the
+    score grid up to ``top + 10 sd``; ``top`` bounds ``l0`` and is static. ``xp``: ``numpy``, or
+    ``jax.numpy`` for a differentiable version (:func:`il2treg.design.design_function`)."""
+    ndtr = jax_ndtr if xp is jnp else special.ndtr
+    h, sd = float(design.score_step), float(design.sledai_noise_sd)
+    grid = h * np.arange(0, int(np.ceil((top + 10.0 * sd + h) / h)) + 1)
     # Y = b  <=>  x in [b - h/2, b + h/2), except Y = 0 collects everything below h/2.
-    upper = special.ndtr((grid[:, None] + h / 2 - l0.reshape(-1)) / sd)
-    lower = np.where(grid[:, None] == 0, 0.0, special.ndtr((grid[:, None] - h / 2 - l0.reshape(-1)) / sd))
-    p_b = upper - lower
-    admitted = grid >= design.entry_sledai_min - 1e-9
+    upper = ndtr((grid[:, None] + h / 2 - l0[None]) / sd)
+    lower = xp.where(grid[:, None] == 0, 0.0, ndtr((grid[:, None] - h / 2 - l0[None]) / sd))
+    p_b = (upper - lower) * (grid >= design.entry_sledai_min - 1e-9)[:, None]
     # Y_12 <= c  <=>  x < c + h/2 for c >= 0 on the grid; c = largest grid value <= b - fall.
     c = h * np.floor((grid - design.sri4_fall) / h + 1e-9)
-    la = np.broadcast_to(l_assess, l0.shape).reshape(-1)
-    p_fall = np.where(c[:, None] >= 0, special.ndtr((c[:, None] + h / 2 - la) / sd), 0.0)
-    p_entry = (p_b * admitted[:, None]).sum(axis=0)
-    p_both = (p_b * p_fall * admitted[:, None]).sum(axis=0)
-    return p_entry.reshape(l0.shape), p_both.reshape(l0.shape)
+    p_fall = xp.where(c[:, None] >= 0, ndtr((c[:, None] + h / 2 - l_assess[None]) / sd), 0.0)
+    return p_b.sum(axis=0), (p_b * p_fall).sum(axis=0)
 
 
 # ------------------------------------------------------------------------------------------- result
