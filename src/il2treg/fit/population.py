@@ -122,10 +122,15 @@ class Objective(eqx.Module):
         )  # fmt: skip
 
     @eqx.filter_jit
+    def terms(self, psi, inner: InnerResult, include) -> Float[Array, " patients"]:
+        """Each patient's OFV term at the given inner results (0 if excluded)."""
+        terms = jax.vmap(lambda inn, pat: patient_terms(self.problem, psi, self.base_residual, inn, pat))(inner, self.patients)
+        return jnp.where(include, terms, 0.0)
+
+    @eqx.filter_jit
     def value(self, psi, inner: InnerResult, include) -> Float[Array, ""]:
         """OFV at the given inner results, summed over the included patients."""
-        terms = jax.vmap(lambda inn, pat: patient_terms(self.problem, psi, self.base_residual, inn, pat))(inner, self.patients)
-        return jnp.sum(jnp.where(include, terms, 0.0)) + self.penalty(psi)
+        return jnp.sum(self.terms(psi, inner, include)) + self.penalty(psi)
 
     def penalty(self, psi) -> Float[Array, ""]:
         """−2 log prior of ``psi`` (0 without priors)."""
@@ -187,8 +192,11 @@ class ThreadedObjective:
         return jax.tree_util.tree_map(jnp.asarray, out)
 
     def value(self, psi, inner: InnerResult, include):
-        parts = self._map(lambda k: self._parts[k].value(psi, _take(inner, self._rows[k]), jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))
-        return jnp.sum(jnp.stack(parts)) + self.penalty(psi)
+        parts = self._map(lambda k: self._parts[k].terms(psi, _take(inner, self._rows[k]), jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))
+        out = np.zeros(self._n)
+        for rows, real, part in zip(self._rows, self._real, parts):
+            out[rows[real]] = np.asarray(part)[real]
+        return _sum(out) + self.penalty(psi)
 
     def penalty(self, psi):
         return penalty(self.prior, psi)
@@ -205,6 +213,94 @@ class ThreadedObjective:
 
     def gradient(self, psi, eta, include):
         return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
+
+
+class ShardedObjective:
+    """An :class:`Objective` whose patients are split over several devices (``jax.shard_map``).
+
+    The patients are padded (repeating the last one, which never counts) to a multiple of the
+    number of devices and laid out along a 1-D ``patients`` mesh; every device runs the
+    single-device code on its rows, so each patient's EBE, OFV term and gradient are identical to
+    :class:`Objective`'s, and the sum is taken on the host in patient order. Used by
+    :func:`make_parallel` when more than one local device exists (GPUs, or CPU devices forced
+    with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``). Same interface as
+    :class:`Objective`.
+    """
+
+    def __init__(self, objective: Objective, devices=None):
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        devices = list(devices or jax.local_devices())
+        self.problem = objective.problem
+        self.base_residual = objective.base_residual
+        self.patients = objective.patients
+        self.prior = objective.prior
+        n = objective.patients.obs_time.shape[0]
+        d = len(devices)
+        self._n = n
+        self._rows = np.minimum(np.arange(-(-n // d) * d), n - 1)
+        self._real = np.arange(self._rows.size) < n
+        self._mesh = Mesh(np.asarray(devices), ("patients",))
+        self._sharding = NamedSharding(self._mesh, PartitionSpec("patients"))
+        patients = jax.device_put(_take(objective.patients, self._rows), self._sharding)
+        self._objective = eqx.tree_at(lambda o: o.patients, dataclasses.replace(objective, prior=None), patients)
+
+    def _shard(self, x):
+        return jax.device_put(jnp.asarray(x)[self._rows], self._sharding)
+
+    def _include(self, include):
+        return jax.device_put(np.asarray(include, dtype=bool)[self._rows] & self._real, self._sharding)
+
+    def inner(self, psi, eta0) -> InnerResult:
+        out = _sharded_call(self._objective, "inner", self._mesh, psi, self._shard(eta0))
+        return jax.tree_util.tree_map(lambda x: x[: self._n], out)
+
+    def value(self, psi, inner: InnerResult, include):
+        inner = jax.tree_util.tree_map(self._shard, inner)
+        terms = _sharded_call(self._objective, "terms", self._mesh, psi, inner, self._include(include))
+        return _sum(np.asarray(terms)[: self._n]) + self.penalty(psi)
+
+    def penalty(self, psi):
+        return penalty(self.prior, psi)
+
+    def penalty_gradient(self, psi):
+        return penalty_gradient(self.prior, psi)
+
+    def gradients(self, psi, eta, include):
+        out = _sharded_call(self._objective, "gradients", self._mesh, psi, self._shard(eta), self._include(include))
+        return out[: self._n]
+
+    def gradient(self, psi, eta, include):
+        return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
+
+
+@eqx.filter_jit
+def _sharded_call(objective: Objective, method: str, mesh, psi, *batched):
+    """``objective.<method>(psi, *batched)`` with the patients and ``batched`` split over ``mesh``."""
+    from jax.sharding import PartitionSpec
+
+    rows = PartitionSpec("patients")
+
+    def local(patients, *xs):
+        return getattr(eqx.tree_at(lambda o: o.patients, objective, patients), method)(psi, *xs)
+
+    specs = (rows,) * (1 + len(batched))
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rows, check_vma=False)(objective.patients, *batched)
+
+
+def make_parallel(objective: Objective, *, shard: bool = True, workers: int | None = None) -> ShardedObjective | ThreadedObjective:
+    """``objective`` spread over the machine: over all local devices when there are several
+    (and ``shard``), else over threads on the one device."""
+    n = objective.patients.obs_time.shape[0]
+    devices = jax.local_devices()
+    if shard and len(devices) > 1 and n >= len(devices):
+        return ShardedObjective(objective, devices)
+    return ThreadedObjective(objective, workers)
+
+
+def _sum(terms) -> Float[Array, ""]:
+    """Sum of per-patient terms gathered on the host."""
+    return jnp.sum(jnp.asarray(terms))
 
 
 def _take(tree, rows):

@@ -49,7 +49,7 @@ from scipy import special
 from il2treg.errors import InputError
 from il2treg.fit.estimate import PopulationFit, estimate_covariance, fit_population, natural_estimates, shrinkage
 from il2treg.fit.individual import STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED
-from il2treg.fit.population import Objective, ThreadedObjective
+from il2treg.fit.population import Objective, ShardedObjective, ThreadedObjective, make_parallel
 from il2treg.fit.problem import (
     FitProblem, PatientData, covariate_theta, individual_theta, patient_arrays, predict, to_unconstrained, unpack,
 )  # fmt: skip
@@ -219,10 +219,12 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
     )  # fmt: skip
 
 
-def make_objective(spec: FitSpec, problem: FitProblem) -> ThreadedObjective:
-    """The population objective of a fit file: its data, error models and (``priors = "model"``) penalty."""
+def make_objective(spec: FitSpec, problem: FitProblem) -> ShardedObjective | ThreadedObjective:
+    """The population objective of a fit file: its data, error models and (``priors = "model"``)
+    penalty, its patients spread over all local devices (several GPUs, or forced CPU devices) or,
+    on one device, over threads (:func:`il2treg.fit.population.make_parallel`)."""
     prior = model_priors(problem) if spec.priors == "model" else None
-    return ThreadedObjective(Objective(problem, patient_arrays(spec.dataset, problem.covariates), spec.residual_model(), prior=prior))
+    return make_parallel(Objective(problem, patient_arrays(spec.dataset, problem.covariates), spec.residual_model(), prior=prior))
 
 
 def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) -> jax.Array:
@@ -505,7 +507,7 @@ def _plain(v):
 # ----------------------------------------------------------------------------- NUTS
 
 
-def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel, objective: ThreadedObjective, estimates: pd.DataFrame, timing: dict):
+def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel, objective: ShardedObjective | ThreadedObjective, estimates: pd.DataFrame, timing: dict):
     """NUTS from the Laplace fit: (natural-scale draws [chain, draw, psi], InferenceData, estimates with posterior columns)."""
     import arviz as az
 
