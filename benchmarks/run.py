@@ -1,5 +1,5 @@
-"""il2treg against libroadrunner and scipy in one run: simulation, gradient of the population
-objective, compile times; a table of ratios and a JSON file.
+"""il2treg against libroadrunner and scipy in one run: simulation, individual fits, the population
+fit, the gradient of the population objective, compile times; ratios and a JSON file.
 
     .venv/bin/python benchmarks/run.py [--quick] [--json PATH]      # or: make bench (make bench-quick)
 
@@ -12,6 +12,18 @@ objective, compile times; a table of ratios and a JSON file.
   baselines run a sample of patients, timed per patient; every sampled patient is compared with
   il2treg (largest relative difference over all observables and times, see
   :func:`worst_difference`).
+- **Individual fits**: MAP estimates of three random effects (``benchmarks/fit.py``'s problem)
+  for N simulated trial patients (``simulate_cohort``; 1,000, quick 200): il2treg's batched EBE
+  solver for all of them; ``scipy.optimize.least_squares`` around libroadrunner and around scipy
+  LSODA (finite-difference Jacobians) for samples of the patients who received every LUPIL-2
+  dose; per-patient times, their ratios and the largest difference of the estimates.
+- **Population fit** (FOCE-I): il2treg's fit of ``fits/lupil2_virtual`` (quick:
+  ``fits/lupil2_nuts``), compile apart. The baselines evaluate the same objective (il2treg's
+  likelihood formulas, the ODE solved by libroadrunner or LSODA) the way a tool without
+  automatic differentiation must: EBEs by scipy BFGS, sensitivities and the outer gradient by
+  finite differences. One objective evaluation and one gradient are measured on a few patients
+  and scaled to the cohort and to il2treg's number of iterations: an **estimate** of their fit
+  time, printed as such, with the agreement of the per-patient OFV terms at il2treg's optimum.
 - **Gradient of the population objective** (FOCE-I, ``il2treg.fit``) for 100 patients of the
   simulated LUPIL-2 cohort at the reference fit's estimates: the exact gradient at converged
   EBEs against the forward simulation of the same 100 patients, and against the objective value
@@ -77,6 +89,12 @@ def scipy_per_patient(model, params, regimen, k: int, rtol: float = 1e-6, atol: 
     return (time.perf_counter() - start) / k, out
 
 
+def fits_random() -> tuple[str, ...]:
+    from fit import RANDOM
+
+    return RANDOM
+
+
 def worst_difference(mine, theirs) -> float:
     """Largest relative difference, each value measured against max(|value|, 1e-3 x the largest
     |value| of that observable in that patient): latent SLEDAI can pass through 0, where a plain
@@ -125,6 +143,192 @@ def objective_gradient(n_patients: int = 100) -> dict:
     return out
 
 
+def individual_fits(n: int, k_rr: int, k_scipy: int, seed: int = 11) -> dict:
+    """MAP estimates of three random effects for ``n`` simulated trial patients: il2treg (all)
+    against least_squares around libroadrunner and around scipy LSODA (samples of patients)."""
+    from fit import RANDOM, SIGMA, USE, scipy_map
+
+    from il2treg.data import read_dataset
+    from il2treg.datasets import simulate_cohort
+    from il2treg.fit import Objective, make_problem, patient_arrays
+    from il2treg.fit.population import make_parallel
+    from il2treg.likelihood import ResidualModel
+    from scipy.optimize import least_squares
+
+    model = il2treg.load_model()
+    data = read_dataset(simulate_cohort(n, seed))
+    problem = make_problem(model, data, fixed=(), random=RANDOM, sigmas=(), residual_kinds={d: "log" for d in USE})
+    residual = ResidualModel.build({d: "log" for d in USE}, {d: (SIGMA, 0.0) for d in USE})
+    objective = make_parallel(Objective(problem, patient_arrays(data, use=USE), residual))
+    omega = np.array([model.spec[name].omega for name in RANDOM])
+    psi, eta0 = jnp.asarray(np.log(omega)), jnp.zeros((n, len(RANDOM)))
+    inner, first, comp = timed(lambda: objective.inner(psi, eta0))
+    inner, second, _ = timed(lambda: objective.inner(psi, eta0))
+    mine = np.asarray(inner.eta)
+
+    # Baselines on patients who received every LUPIL-2 dose (one exported SBML serves them all).
+    regimen = il2treg.regimen.lupil2()
+    full = [i for i in range(n) if np.array_equal(np.asarray(data.dose_time[i]), np.asarray(regimen.times))
+            and np.array_equal(np.asarray(data.dose_amount[i]), np.asarray(regimen.amounts))]  # fmt: skip
+    use = np.isin(np.asarray(data.obs_dvid), [il2treg.OBSERVABLE_NAMES.index(d) for d in USE]) & np.asarray(data.obs_mask)
+    names = list(model.parameter_names)
+    theta0 = np.asarray(model.typical().values)
+    idx = [names.index(name) for name in RANDOM]
+
+    import roadrunner
+
+    roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
+    rr = roadrunner.RoadRunner(il2treg.export_sbml(model, model.typical(), regimen))
+    rr.integrator.relative_tolerance, rr.integrator.absolute_tolerance, rr.integrator.maximum_num_steps = 1e-6, 1e-9, 100_000
+
+    def rr_map(i):
+        m = use[i]
+        times, where = np.unique(np.asarray(data.obs_time[i])[m], return_inverse=True)
+        grid = np.concatenate([[0.0], times]) if times[0] > 0 else times
+        shift = grid.size - times.size
+        dvid, obs = np.asarray(data.obs_dvid[i])[m], np.asarray(data.obs_value[i])[m]
+        selections = ["time", *il2treg.OBSERVABLE_NAMES]
+
+        def residuals(eta):
+            theta = theta0.copy()
+            theta[idx] *= np.exp(eta)
+            for name, v in zip(names, theta):
+                rr.setValue(name, float(v))
+            rr.reset()
+            values = np.asarray(rr.simulate(times=list(grid), selections=selections))[shift:, 1:]
+            return np.concatenate([(np.log(obs) - np.log(values[where, dvid])) / SIGMA, eta / omega])
+
+        start = time.perf_counter()
+        sol = least_squares(residuals, np.zeros(len(RANDOM)), method="trf", diff_step=1e-4, xtol=1e-10, ftol=1e-10)
+        return sol.x, time.perf_counter() - start
+
+    rr_runs = [rr_map(i) for i in full[:k_rr]]
+    sp_runs = []
+    for i in full[:k_scipy]:
+        m = use[i]
+        eta, secs, _ = scipy_map(model, omega, np.asarray(data.dose_time[i]), np.asarray(data.dose_amount[i]),
+                                 np.asarray(data.obs_time[i])[m], np.asarray(data.obs_dvid[i])[m], np.asarray(data.obs_value[i])[m])  # fmt: skip
+        sp_runs.append((eta, secs))
+    out = {"n_patients": n, "il2treg_ms_per_patient": 1e3 * second / n, "il2treg_compile_s": comp, "il2treg_first_call_s": first,
+           "il2treg_converged": int(np.sum(np.asarray(inner.status) == 0)),
+           "roadrunner_patients": len(rr_runs), "roadrunner_ms_per_patient": 1e3 * float(np.mean([r[1] for r in rr_runs])),
+           "scipy_patients": len(sp_runs), "scipy_ms_per_patient": 1e3 * float(np.mean([r[1] for r in sp_runs])),
+           "max_abs_eta_diff_roadrunner": float(max(np.max(np.abs(r[0] - mine[i])) for r, i in zip(rr_runs, full))),
+           "max_abs_eta_diff_scipy": float(max(np.max(np.abs(r[0] - mine[i])) for r, i in zip(sp_runs, full)))}  # fmt: skip
+    out["ratio_roadrunner"] = out["roadrunner_ms_per_patient"] / out["il2treg_ms_per_patient"]
+    out["ratio_scipy"] = out["scipy_ms_per_patient"] / out["il2treg_ms_per_patient"]
+    return out
+
+
+class _Engine:
+    """Predictions of one patient's observation rows by libroadrunner or scipy LSODA."""
+
+    def __init__(self, kind: str, model):
+        self.kind, self.model, self._rr = kind, model, {}
+        self.names = list(model.parameter_names)
+
+    def _runner(self, dose_time, dose_amount):
+        import roadrunner
+
+        key = (tuple(dose_time), tuple(dose_amount))
+        if key not in self._rr:
+            roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
+            rr = roadrunner.RoadRunner(il2treg.export_sbml(self.model, self.model.typical(), il2treg.Regimen(np.asarray(dose_time), np.asarray(dose_amount))))
+            rr.integrator.relative_tolerance, rr.integrator.absolute_tolerance, rr.integrator.maximum_num_steps = 1e-6, 1e-9, 100_000
+            self._rr[key] = rr
+        return self._rr[key]
+
+    def prepare(self, patient) -> None:
+        """Load what a patient needs (libroadrunner compiles a model per regimen): not timed."""
+        if self.kind == "roadrunner":
+            self._runner(patient["dose_time"], patient["dose_amount"])
+
+    def predict(self, theta, patient) -> np.ndarray:
+        times, where, dvid = patient["times"], patient["where"], patient["dvid"]
+        if self.kind == "roadrunner":
+            rr = self._runner(patient["dose_time"], patient["dose_amount"])
+            for name, v in zip(self.names, theta):
+                rr.setValue(name, float(v))
+            rr.reset()
+            grid = np.concatenate([[0.0], times]) if times[0] > 0 else times
+            values = np.asarray(rr.simulate(times=list(grid), selections=["time", *il2treg.OBSERVABLE_NAMES]))[grid.size - times.size :, 1:]
+        else:
+            values, _ = solve_lsoda(theta, self.model.parameter_names, self.model.structure, patient["dose_time"], patient["dose_amount"], times)
+        return values[where, dvid]
+
+
+def population_fit(spec_path: str, k_baseline: int) -> dict:
+    """A population (FOCE-I) fit with il2treg, timed; the same objective with the ODE solved by
+    libroadrunner or scipy LSODA (EBEs by scipy BFGS, sensitivities and the outer gradient by
+    finite differences, the standard way without AD): one objective evaluation and one
+    finite-difference gradient measured on ``k_baseline`` patients, scaled to the cohort and to
+    il2treg's number of iterations (an estimate, said so in the output)."""
+    from scipy.optimize import minimize
+
+    from il2treg.fit import read_fit_spec
+    from il2treg.fit.estimate import fit_population
+    from il2treg.fit.population import _bracket
+    from il2treg.fit.problem import covariate_theta, data_neg2ll, individual_theta, unpack
+    from il2treg.fit.run import initial_psi, make_objective
+
+    spec = read_fit_spec(spec_path)
+    problem = spec.problem()
+    res0 = spec.residual_model()
+    objective = make_objective(spec, problem)
+    psi0 = initial_psi(spec, problem, res0)
+    fit, first, comp = timed(lambda: fit_population(objective, psi0, max_iter=spec.optimiser.max_iter, ftol=spec.optimiser.ftol, gtol=spec.optimiser.gtol, covariance=False))
+    fit, second, _ = timed(lambda: fit_population(objective, psi0, max_iter=spec.optimiser.max_iter, ftol=spec.optimiser.ftol, gtol=spec.optimiser.gtol, covariance=False))
+    n, n_psi = spec.dataset.n_subjects, len(psi0)
+    out = {"spec": spec_path, "n_patients": n, "n_psi": n_psi, "il2treg_s": second, "il2treg_compile_s": comp, "il2treg_first_call_s": first,
+           "iterations": int(fit.iterations), "ofv": float(fit.ofv), "converged": bool(fit.converged)}  # fmt: skip
+
+    pats = objective.patients
+    one = lambda i: jax.tree_util.tree_map(lambda x: x[i], pats)
+    L_fn = jax.jit(lambda psi, pred, jac, eta, pat: _bracket(unpack(problem, psi, res0).residual, unpack(problem, psi, res0).omega, pred, jac, eta, pat)[0])
+    g_fn = jax.jit(lambda psi, pred, eta, pat: data_neg2ll(unpack(problem, psi, res0).residual, pred, pat) + jnp.sum(eta**2 / unpack(problem, psi, res0).omega ** 2))
+    model = problem.model
+
+    def rows(i):
+        pat = one(i)
+        times, where = np.unique(np.asarray(pat.obs_time), return_inverse=True)
+        return {"times": times, "where": where, "dvid": np.asarray(pat.obs_dvid), "pat": pat,
+                "dose_time": np.asarray(pat.dose_time), "dose_amount": np.asarray(pat.dose_amount)}  # fmt: skip
+
+    def patient_term(engine, psi, patient, eta_start):
+        up = unpack(problem, psi, res0)
+        base = covariate_theta(problem, up.theta, up.beta, patient["pat"].covariates)
+        pred_of = lambda e: engine.predict(np.asarray(individual_theta(problem, base, jnp.asarray(e))), patient)
+        g = lambda e: float(g_fn(psi, pred_of(e), jnp.asarray(e), patient["pat"]))
+        eta = minimize(g, eta_start, method="BFGS", options={"gtol": 1e-6}).x
+        h = 1e-4
+        jac = np.stack([(pred_of(eta + h * e) - pred_of(eta - h * e)) / (2 * h) for e in np.eye(len(eta))], axis=1)
+        return float(L_fn(psi, jnp.asarray(pred_of(eta)), jnp.asarray(jac), jnp.asarray(eta), patient["pat"])), eta
+
+    eta_hat = np.asarray(fit.eta)
+    inner_hat = objective.inner(fit.psi, fit.eta)
+    for kind in ("roadrunner", "scipy"):
+        engine = _Engine(kind, model)
+        sample = [rows(i) for i in range(min(k_baseline, n))]
+        for patient in sample:
+            engine.prepare(patient)
+        start = time.perf_counter()
+        terms = [patient_term(engine, fit.psi, p, np.zeros(problem.n_eta)) for p in sample]
+        evaluation = (time.perf_counter() - start) / len(sample)
+        start = time.perf_counter()
+        step = 1e-4
+        for k in range(n_psi):
+            for i, p in enumerate(sample):
+                patient_term(engine, fit.psi.at[k].add(step), p, eta_hat[i])
+        gradient = (time.perf_counter() - start) / len(sample)
+        mine = [float(L_fn(fit.psi, inner_hat.pred[i], inner_hat.jac[i], inner_hat.eta[i], one(i))) for i in range(len(sample))]
+        per_iteration = n * (evaluation + gradient)
+        out[kind] = {"patients": len(sample), "objective_s_per_patient": evaluation, "fd_gradient_s_per_patient": gradient,
+                     "estimated_fit_s": per_iteration * max(out["iterations"], 1),
+                     "max_abs_ofv_term_diff": float(np.max(np.abs(np.asarray([t[0] for t in terms]) - np.asarray(mine))))}  # fmt: skip
+        out[kind]["ratio"] = out[kind]["estimated_fit_s"] / second
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="N = 1,000 only, fewer baseline patients (under 3 minutes)")
@@ -165,6 +369,22 @@ def main() -> None:
               f"scipy LSODA {row['scipy_ms_per_patient']:.1f} ms/patient, ratio {row['ratio_scipy']:.0f} (max rel. diff {row['max_rel_diff_scipy']:.1e})", flush=True)  # fmt: skip
     err = report["error_vs_rtol_1e-10_reference"]
     print(f"error against an il2treg solve at rtol 1e-10 (first {k_rr} patients): libroadrunner {err['roadrunner']:.1e}, il2treg {err['il2treg']:.1e}")
+    fits = individual_fits(200 if args.quick else 1000, 3 if args.quick else 20, 2 if args.quick else 10)
+    report["individual_fits"] = fits
+    print(f"individual fits (MAP of {', '.join(fits_random())}), {fits['n_patients']} patients: il2treg {fits['il2treg_ms_per_patient']:.2f} ms/patient "
+          f"(compile {fits['il2treg_compile_s']:.1f} s, {fits['il2treg_converged']} converged) | libroadrunner + least_squares "
+          f"{fits['roadrunner_ms_per_patient']:.0f} ms/patient, ratio {fits['ratio_roadrunner']:.0f} (max |eta diff| {fits['max_abs_eta_diff_roadrunner']:.1e}, "
+          f"{fits['roadrunner_patients']} patients) | scipy LSODA + least_squares {fits['scipy_ms_per_patient']:.0f} ms/patient, ratio {fits['ratio_scipy']:.0f} "
+          f"(max |eta diff| {fits['max_abs_eta_diff_scipy']:.1e}, {fits['scipy_patients']} patients)", flush=True)  # fmt: skip
+    pop = population_fit("fits/lupil2_nuts/fit.toml" if args.quick else "fits/lupil2_virtual/fit.toml", 1 if args.quick else 3)
+    report["population_fit"] = pop
+    print(f"population fit (FOCE-I) {pop['spec']}: {pop['n_patients']} patients, {pop['n_psi']} parameters: il2treg {pop['il2treg_s']:.1f} s "
+          f"({pop['iterations']} iterations, compile {pop['il2treg_compile_s']:.1f} s)", flush=True)  # fmt: skip
+    for kind, label in (("roadrunner", "libroadrunner"), ("scipy", "scipy LSODA")):
+        b = pop[kind]
+        print(f"  {label} + scipy BFGS EBEs + finite differences: objective {b['objective_s_per_patient']:.2f} s/patient, FD gradient "
+              f"{b['fd_gradient_s_per_patient']:.2f} s/patient (measured on {b['patients']}), estimated fit {b['estimated_fit_s']:.0f} s = "
+              f"{b['ratio']:.0f}x il2treg; OFV terms agree to {b['max_abs_ofv_term_diff']:.1e}", flush=True)  # fmt: skip
     g = objective_gradient(100)
     report["objective_gradient"] = g
     print(f"population objective, {g['n_patients']} patients: forward simulation {g['forward']['run_s']:.3f} s, EBE search {g['inner']['run_s']:.2f} s, "
