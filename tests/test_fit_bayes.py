@@ -115,6 +115,14 @@ def test_nuts_posterior_file_has_named_dims_and_works_with_arviz(nuts_result):
     assert np.all(np.isfinite(summary["r_hat"]))
     loo = az.loo(idata)
     assert np.isfinite(loo["elpd_loo"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes = az.plot_trace(idata, var_names=["kout_treg", "eta"])
+    assert axes.shape == (2, 2)
+    plt.close("all")
     # the draws are the FitResult's posterior, natural scale
     np.testing.assert_array_equal(post["kout_treg"].values, result.posterior[..., result.psi_names.index("kout_treg")])
     # padded or unused slots carry no likelihood and no observation
