@@ -29,7 +29,9 @@ fit, the gradient of the population objective, compile times; ratios and a JSON 
   EBEs against the forward simulation of the same 100 patients, and against the objective value
   (EBE search included).
 
-``--quick`` (N = 1,000, fewer baseline patients) finishes in under 3 minutes on 2 cores.
+``--quick`` (N = 1,000, 200 individual fits, the small population fit of ``fits/lupil2_nuts``
+whose 8 patients also serve the gradient timing, fewer baseline patients) finishes in under 3
+minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -103,28 +105,34 @@ def worst_difference(mine, theirs) -> float:
     return float(np.max(np.abs(theirs - mine) / np.maximum(np.abs(mine), floor)))
 
 
-def objective_gradient(n_patients: int = 100) -> dict:
-    """Times of the forward simulation, the objective (with its EBE search) and its exact gradient."""
+def objective_gradient(n_patients: int = 100, fitted=None) -> dict:
+    """Times of the forward simulation, the objective (with its EBE search) and its exact gradient:
+    100 patients of the reference cohort at the reference fit's estimates, or (``fitted``, quick
+    mode) the objective and estimates of :func:`population_fit`, whose compiled code it reuses."""
     from il2treg.data import read_dataset
     from il2treg.fit import read_fit_spec
     from il2treg.fit.population import Objective
     from il2treg.fit.problem import patient_arrays, unpack
     from il2treg.fit.run import _predict_all
 
-    result = il2treg.load_fit("fits/lupil2_virtual/results")
-    spec = read_fit_spec("fits/lupil2_virtual/fit.toml")
-    ids = list(spec.dataset.ids)[:n_patients]
-    frame = spec.dataset.to_frame()
-    spec = dataclasses.replace(spec, dataset=read_dataset(frame[frame["ID"].isin(ids)].reset_index(drop=True)))
-    problem = spec.problem()
-    patients = patient_arrays(spec.dataset, problem.covariates)
-    objective = Objective(problem, patients, spec.residual_model())
-    psi = jnp.asarray(result.psi)
+    if fitted is None:
+        result = il2treg.load_fit("fits/lupil2_virtual/results")
+        spec = read_fit_spec("fits/lupil2_virtual/fit.toml")
+        ids = list(spec.dataset.ids)[:n_patients]
+        frame = spec.dataset.to_frame()
+        spec = dataclasses.replace(spec, dataset=read_dataset(frame[frame["ID"].isin(ids)].reset_index(drop=True)))
+        problem = spec.problem()
+        objective = Objective(problem, patient_arrays(spec.dataset, problem.covariates), spec.residual_model())
+        psi = jnp.asarray(result.psi)
+    else:
+        spec, objective, psi = fitted
+        problem = objective.problem
+    patients = objective.patients
     up = unpack(problem, psi, spec.residual_model())
     eta0 = jnp.zeros((spec.dataset.n_subjects, problem.n_eta))
     include = jnp.ones(spec.dataset.n_subjects, dtype=bool)
     forward = lambda: _predict_all(problem, up.theta, up.beta, eta0, patients)[0]
-    inner_fn, value_fn, grad_fn = objective.inner, objective.value, objective.gradient  # each an equinox filter_jit
+    inner_fn, value_fn, grad_fn = objective.inner, objective.value, objective.gradient
     out = {}
     for label, fn in (("forward", forward), ("inner", lambda: inner_fn(psi, eta0))):
         _, first, comp = timed(fn)
@@ -326,7 +334,7 @@ def population_fit(spec_path: str, k_baseline: int) -> dict:
                      "estimated_fit_s": per_iteration * max(out["iterations"], 1),
                      "max_abs_ofv_term_diff": float(np.max(np.abs(np.asarray([t[0] for t in terms]) - np.asarray(mine))))}  # fmt: skip
         out[kind]["ratio"] = out[kind]["estimated_fit_s"] / second
-    return out
+    return out, (spec, objective, fit.psi)
 
 
 def main() -> None:
@@ -376,7 +384,7 @@ def main() -> None:
           f"{fits['roadrunner_ms_per_patient']:.0f} ms/patient, ratio {fits['ratio_roadrunner']:.0f} (max |eta diff| {fits['max_abs_eta_diff_roadrunner']:.1e}, "
           f"{fits['roadrunner_patients']} patients) | scipy LSODA + least_squares {fits['scipy_ms_per_patient']:.0f} ms/patient, ratio {fits['ratio_scipy']:.0f} "
           f"(max |eta diff| {fits['max_abs_eta_diff_scipy']:.1e}, {fits['scipy_patients']} patients)", flush=True)  # fmt: skip
-    pop = population_fit("fits/lupil2_nuts/fit.toml" if args.quick else "fits/lupil2_virtual/fit.toml", 1 if args.quick else 3)
+    pop, fitted = population_fit("fits/lupil2_nuts/fit.toml" if args.quick else "fits/lupil2_virtual/fit.toml", 1 if args.quick else 3)
     report["population_fit"] = pop
     print(f"population fit (FOCE-I) {pop['spec']}: {pop['n_patients']} patients, {pop['n_psi']} parameters: il2treg {pop['il2treg_s']:.1f} s "
           f"({pop['iterations']} iterations, compile {pop['il2treg_compile_s']:.1f} s)", flush=True)  # fmt: skip
@@ -385,7 +393,7 @@ def main() -> None:
         print(f"  {label} + scipy BFGS EBEs + finite differences: objective {b['objective_s_per_patient']:.2f} s/patient, FD gradient "
               f"{b['fd_gradient_s_per_patient']:.2f} s/patient (measured on {b['patients']}), estimated fit {b['estimated_fit_s']:.0f} s = "
               f"{b['ratio']:.0f}x il2treg; OFV terms agree to {b['max_abs_ofv_term_diff']:.1e}", flush=True)  # fmt: skip
-    g = objective_gradient(100)
+    g = objective_gradient(100, fitted if args.quick else None)
     report["objective_gradient"] = g
     print(f"population objective, {g['n_patients']} patients: forward simulation {g['forward']['run_s']:.3f} s, EBE search {g['inner']['run_s']:.2f} s, "
           f"objective at EBEs {g['value_at_ebes']['run_s']:.3f} s, exact gradient {g['gradient']['run_s']:.3f} s "
