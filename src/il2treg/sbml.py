@@ -2,7 +2,8 @@ r"""Export a model, one patient's parameters and a regimen as SBML Level 3 Versi
 
 :func:`export_sbml` writes the equations of :mod:`il2treg.model.system` (PK with receptor sink,
 signal, transit delay, cell pools, CD25, SLEDAI effect) for the model's structure as an SBML model
-that COPASI, libroadrunner and AMICI can load:
+for other engines (tested with libroadrunner and COPASI in ``tests/test_sbml.py``; AMICI reads
+the same constructs but is not tested):
 
 * every state is a non-constant global parameter with a ``rateRule`` (no compartments or species:
   the states are amounts in MIU, fold changes and relative levels, not concentrations);
