@@ -111,9 +111,12 @@ def copasi_run(text: str, times=TIMES, rtol: float = 1e-10, atol: float = 1e-13)
 def test_copasi_reproduces_il2treg_for_5_virtual_patients(model, lupil2, tight):
     """COPASI imports the exported model (events, assignment rules, units) and its time course of
     every observable for 5 patients under LUPIL-2 matches il2treg's to 1e-7 at tight tolerances
-    on both sides (measured: below 5e-10)."""
+    on both sides (measured: 4.5e-10)."""
     params = il2treg.sample_population(model, 5, seed=1)
     mine = np.asarray(il2treg.simulate(model, lupil2, TIMES, params, options=tight).values)
+    worst = 0.0
     for i in range(5):
         theirs = copasi_run(export_sbml(model, il2treg.Parameters(params.values[i], params.names), lupil2))
-        assert np.max(np.abs(theirs - mine[i]) / np.abs(mine[i])) < 1e-7, i
+        worst = max(worst, float(np.max(np.abs(theirs - mine[i]) / np.abs(mine[i]))))
+    print(f"COPASI vs il2treg, largest relative difference: {worst:.1e}")
+    assert worst < 1e-7
