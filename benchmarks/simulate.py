@@ -57,7 +57,7 @@ def make_rhs(q: dict[str, float], structure) -> callable:
     def rhs(t, y):
         y = y.tolist()  # Python floats: faster than NumPy ops on 16-element arrays
         a_d, a_c = y[0], y[1]
-        folds, cd25, delta = y[2 + 3 * n : 5 + 3 * n], y[5 + 3 * n], y[6 + 3 * n]
+        folds, cd25, effect = y[2 + 3 * n : 5 + 3 * n], y[5 + 3 * n], y[6 + 3 * n]
         # PK with receptor sink: clearance CL + CLR * R_T * M
         sink = folds[0] * cd25 if structure.receptor_sink else 0.0
         absorption = ka * a_d
@@ -76,7 +76,7 @@ def make_rhs(q: dict[str, float], structure) -> callable:
         out += [kout[i] * (1.0 + emax[i] * drive[i]) - kout[i] * folds[i] for i in range(3)]
         out.append(q["kin_cd25"] * (1.0 + q["emax_cd25"] * u[0]) - q["kin_cd25"] * cd25)
         excess = max(folds[0] - 1.0, 0.0)
-        out.append(q["kd"] * (-q["imax"] * q["sledai0"] * (excess / (q["r50"] + excess)) - delta))
+        out.append(q["kd"] * (-(excess / (q["r50"] + excess)) - effect))  # relative drug effect E on SLEDAI
         return np.array(out)
 
     return rhs
@@ -86,7 +86,7 @@ def observables(t: np.ndarray, y: np.ndarray, q: dict[str, float], n: int) -> np
     """``system.observables`` for states ``y [states, times]``; returns ``[times, observables]``."""
     treg, nk, tconv = q["treg0"] * y[2 + 3 * n], q["nk0"] * y[3 + 3 * n], q["tconv0"] * y[4 + 3 * n]
     il2 = y[1] * 1e6 / (q["V"] * 1e3) * PM_PER_IU_PER_ML + q["il2_endo"]
-    sledai = q["sledai0"] - q["pmax"] * (1.0 - np.exp(-q["kpl"] * np.maximum(t, 0.0))) + y[6 + 3 * n]
+    sledai = q["sledai0"] - q["pmax"] * (1.0 - np.exp(-q["kpl"] * np.maximum(t, 0.0))) + q["imax"] * q["sledai0"] * y[6 + 3 * n]
     return np.stack([il2, 100.0 * treg / (treg + tconv), treg, tconv, nk, y[5 + 3 * n], sledai], axis=1)
 
 
