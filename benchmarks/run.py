@@ -292,8 +292,15 @@ def population_fit(spec_path: str, k_baseline: int) -> dict:
 
     pats = objective.patients
     one = lambda i: jax.tree_util.tree_map(lambda x: x[i], pats)
-    L_fn = jax.jit(lambda psi, pred, jac, eta, pat: _bracket(unpack(problem, psi, res0).residual, unpack(problem, psi, res0).omega, pred, jac, eta, pat)[0])
-    g_fn = jax.jit(lambda psi, pred, eta, pat: data_neg2ll(unpack(problem, psi, res0).residual, pred, pat) + jnp.sum(eta**2 / unpack(problem, psi, res0).omega ** 2))
+    @jax.jit
+    def L_fn(psi, pred, jac, eta, pat):  # the patient's OFV term (il2treg's formula)
+        up = unpack(problem, psi, res0)
+        return _bracket(up.residual, up.omega, pred, jac, eta, pat)[0]
+
+    @jax.jit
+    def g_fn(psi, pred, eta, pat):  # the EBE objective
+        up = unpack(problem, psi, res0)
+        return data_neg2ll(up.residual, pred, pat) + jnp.sum(eta**2 / up.omega**2)
     model = problem.model
 
     def rows(i):
@@ -360,8 +367,9 @@ def main() -> None:
     report["error_vs_rtol_1e-10_reference"] = {"roadrunner": worst_difference(reference, rr_out)}
     for n in sizes:
         params = il2treg.Parameters(population.values[:n], population.names)
-        sim, first, comp = timed(lambda: il2treg.simulate(model, regimen, TIMES, params, options=options))
-        sim, second, _ = timed(lambda: il2treg.simulate(model, regimen, TIMES, params, options=options))
+        run = lambda params=params: il2treg.simulate(model, regimen, TIMES, params, options=options)
+        sim, first, comp = timed(run)
+        sim, second, _ = timed(run)
         mine = np.asarray(sim.values)
         row = {"il2treg_ms_per_patient": 1e3 * second / n, "il2treg_compile_s": comp, "il2treg_first_call_s": first,
                "roadrunner_ms_per_patient": 1e3 * rr_s, "roadrunner_load_s": rr_load, "roadrunner_patients": k_rr,

@@ -81,8 +81,9 @@ def test_gof_has_four_panels_with_identity_and_cwres_references(misspecified_dia
     (pred, ipred), (vs_time, vs_pred) = np.asarray(fig.axes).reshape(2, 2)
     assert pred.get_xlabel() == "PRED [cells/uL]" and ipred.get_xlabel() == "IPRED [cells/uL]"
     assert vs_time.get_ylabel() == "CWRES" and "[day]" in vs_time.get_xlabel()
+    assert vs_pred.get_ylabel() == "CWRES" and vs_pred.get_xlabel() != vs_time.get_xlabel()
     n = int((misspecified_diagnostics.table["DVID"] == "treg_per_uL").sum())
-    assert _points(pred) == n and _points(vs_time) == n
+    assert _points(pred) == n and _points(vs_time) == n and _points(vs_pred) == n
     assert [line.get_label() for line in vs_time.get_lines()][-1] == "binned mean"
     assert "treg_per_uL" in fig._suptitle.get_text()
 

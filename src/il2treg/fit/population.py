@@ -152,7 +152,23 @@ class Objective(eqx.Module):
         return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
 
 
-class ThreadedObjective:
+class _SplitObjective:
+    """What the split objectives share: the prior penalty (added once, not per part) and the
+    total gradient from the per-patient ones."""
+
+    prior: Prior | None
+
+    def penalty(self, psi):
+        return penalty(self.prior, psi)
+
+    def penalty_gradient(self, psi):
+        return penalty_gradient(self.prior, psi)
+
+    def gradient(self, psi, eta, include):
+        return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
+
+
+class ThreadedObjective(_SplitObjective):
     """An :class:`Objective` whose patients are split over threads (one XLA computation each).
 
     A jitted objective runs on one core; the patients are dealt out in interleaved slices of
@@ -184,38 +200,32 @@ class ThreadedObjective:
         with ThreadPoolExecutor(len(self._parts)) as pool:
             return list(pool.map(lambda k: jax.block_until_ready(fn(k)), range(len(self._parts))))
 
+    def _gather(self, parts):
+        """Per-part results (a pytree with a leading patient axis) back in patient order."""
+
+        def one(*leaves):
+            out = np.empty((self._n, *leaves[0].shape[1:]), dtype=leaves[0].dtype)
+            for rows, real, leaf in zip(self._rows, self._real, leaves):
+                out[rows[real]] = np.asarray(leaf)[real]
+            return jnp.asarray(out)
+
+        return jax.tree_util.tree_map(one, *parts)
+
+    def _include(self, k, include):
+        return jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])
+
     def inner(self, psi, eta0) -> InnerResult:
-        parts = self._map(lambda k: self._parts[k].inner(psi, eta0[self._rows[k]]))
-        out = jax.tree_util.tree_map(lambda x: np.empty((self._n, *x.shape[1:]), dtype=x.dtype), parts[0])
-        for rows, real, part in zip(self._rows, self._real, parts):
-            out = jax.tree_util.tree_map(lambda o, x: _assign(o, rows[real], np.asarray(x)[real]), out, part)
-        return jax.tree_util.tree_map(jnp.asarray, out)
+        return self._gather(self._map(lambda k: self._parts[k].inner(psi, eta0[self._rows[k]])))
 
     def value(self, psi, inner: InnerResult, include):
-        parts = self._map(lambda k: self._parts[k].terms(psi, _take(inner, self._rows[k]), jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))
-        out = np.zeros(self._n)
-        for rows, real, part in zip(self._rows, self._real, parts):
-            out[rows[real]] = np.asarray(part)[real]
-        return _sum(out) + self.penalty(psi)
-
-    def penalty(self, psi):
-        return penalty(self.prior, psi)
-
-    def penalty_gradient(self, psi):
-        return penalty_gradient(self.prior, psi)
+        terms = self._gather(self._map(lambda k: self._parts[k].terms(psi, _take(inner, self._rows[k]), self._include(k, include))))
+        return jnp.sum(terms) + self.penalty(psi)
 
     def gradients(self, psi, eta, include):
-        parts = self._map(lambda k: self._parts[k].gradients(psi, eta[self._rows[k]], jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])))
-        out = np.zeros((self._n, len(psi)))
-        for rows, real, part in zip(self._rows, self._real, parts):
-            out[rows[real]] = np.asarray(part)[real]
-        return jnp.asarray(out)
-
-    def gradient(self, psi, eta, include):
-        return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
+        return self._gather(self._map(lambda k: self._parts[k].gradients(psi, eta[self._rows[k]], self._include(k, include))))
 
 
-class ShardedObjective:
+class ShardedObjective(_SplitObjective):
     """An :class:`Objective` whose patients are split over several devices (``jax.shard_map``).
 
     The patients are padded (repeating the last one, which never counts) to a multiple of the
@@ -258,20 +268,11 @@ class ShardedObjective:
     def value(self, psi, inner: InnerResult, include):
         inner = jax.tree_util.tree_map(self._shard, inner)
         terms = _sharded_call(self._objective, "terms", self._mesh, psi, inner, self._include(include))
-        return _sum(np.asarray(terms)[: self._n]) + self.penalty(psi)
-
-    def penalty(self, psi):
-        return penalty(self.prior, psi)
-
-    def penalty_gradient(self, psi):
-        return penalty_gradient(self.prior, psi)
+        return jnp.sum(terms[: self._n]) + self.penalty(psi)
 
     def gradients(self, psi, eta, include):
         out = _sharded_call(self._objective, "gradients", self._mesh, psi, self._shard(eta), self._include(include))
         return out[: self._n]
-
-    def gradient(self, psi, eta, include):
-        return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
 
 
 @eqx.filter_jit
@@ -298,15 +299,6 @@ def make_parallel(objective: Objective, *, shard: bool = True, workers: int | No
     return ThreadedObjective(objective, workers)
 
 
-def _sum(terms) -> Float[Array, ""]:
-    """Sum of per-patient terms gathered on the host."""
-    return jnp.sum(jnp.asarray(terms))
-
-
 def _take(tree, rows):
     return jax.tree_util.tree_map(lambda x: x[rows], tree)
 
-
-def _assign(out, rows, values):
-    out[rows] = values
-    return out
