@@ -117,6 +117,22 @@ def test_observation_at_a_dose_time_is_the_pre_dose_value(model, tight):
     assert il2[2] > il2[1] + 0.1
 
 
+@pytest.mark.parametrize("reg", [rg.lupil2(), rg.placebo()], ids=["lupil2", "no-dose"])
+def test_repeated_observation_times_share_one_save_and_give_the_same_values(model, reg):
+    # Several observation types of one sample share a time: the solve saves once per distinct
+    # time (fewer save slots), and every row gets exactly the value of its time.
+    from il2treg.simulate import _slots_needed
+
+    distinct = np.array([0.0, 0.25, 4.0, 7.0, 14.0, 28.0, 84.0])
+    rows = np.repeat(distinct, [3, 1, 4, 2, 5, 1, 6])
+    once = il2treg.simulate(model, reg, distinct).values
+    repeated = il2treg.simulate(model, reg, rows).values
+    np.testing.assert_array_equal(np.asarray(repeated), np.asarray(once)[np.searchsorted(distinct, rows)])
+    dose_times = np.asarray(reg.times)
+    assert _slots_needed(dose_times, rows, 0.1) == _slots_needed(dose_times, distinct, 0.1)
+    assert _slots_needed(dose_times, rows, 0.1) == (len(distinct) if reg.times.size == 0 else 2)
+
+
 @pytest.mark.parametrize("reg", [rg.placebo(), rg.Regimen(times=np.array([0.0, 7.0]), amounts=np.zeros(2))], ids=["none", "zero-amounts"])
 def test_no_dose_keeps_every_state_at_baseline(model, reg, daily_grid):
     sim = il2treg.simulate(model, reg, daily_grid)
