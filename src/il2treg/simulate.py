@@ -166,7 +166,7 @@ class Simulation(eqx.Module):
 def _solve_one(
     structure: Structure,
     names: tuple[str, ...],
-    theta: Float[Array, " params"],
+    theta: Float[Array, " params"] | tuple[Float[Array, ""], ...],
     dose_times: Float[Array, " doses"],
     dose_amounts: Float[Array, " doses"],
     obs_times: Float[Array, " times"],

@@ -357,15 +357,20 @@ def expand(problem: FitProblem, theta_i: Float[Array, " params"], patient: Patie
     r"""Solve once and return the :class:`Expansion` of the states in ``first`` (and ``second`` ⊆ ``first``).
 
     Cost: :math:`(1 + |\mathrm{first}|)(1 + |\mathrm{second}|)` copies of the ODE (primal and
-    tangents), whatever the number of fixed and random effects.
+    tangents), whatever the number of fixed and random effects. The parameters reach the solve as
+    a tuple of scalars in which only the entries in ``first`` depend on ``w``: the others carry
+    no tangent at all (not a tangent of zeros, as one array would), so forward mode skips every
+    derivative of the vector field with respect to them.
     """
     base = jax.lax.stop_gradient(theta_i)  # only the entries in `first` are varied below
     idx = jnp.asarray(first, dtype=jnp.int32)
     pos = jnp.asarray([first.index(k) for k in second], dtype=jnp.int32)
+    where = {k: j for j, k in enumerate(first)}
 
     def solve(w):
+        theta = tuple(w[where[k]] if k in where else base[k] for k in range(base.shape[0]))
         values, status = _solve_one(
-            problem.model.structure, problem.model.parameter_names, base.at[idx].set(w) if first else base,
+            problem.model.structure, problem.model.parameter_names, theta,
             patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots, states=True,
         )  # fmt: skip
         return values, status

@@ -33,9 +33,18 @@ from jaxtyping import Array, Float
 
 
 def hill(c: Float[Array, ""], ec50: Float[Array, "*k"], n: Float[Array, ""]) -> Float[Array, "*k"]:
-    """Fractional receptor signal C^n / (EC50^n + C^n), computed stably as 1 / (1 + (EC50/C)^n)."""
-    c = jnp.maximum(c, 1e-300)
-    return 1.0 / (1.0 + (ec50 / c) ** n)
+    """Fractional receptor signal C^n / (EC50^n + C^n); see :func:`hill_log`."""
+    return hill_log(jnp.log(jnp.maximum(c, 1e-300)), jnp.log(ec50), n)
+
+
+def hill_log(log_c: Float[Array, ""], log_ec50: Float[Array, "*k"], n: Float[Array, ""]) -> Float[Array, "*k"]:
+    r"""The Hill signal from logarithms: :math:`1 / (1 + e^{n(\log EC_{50} - \log C)})`.
+
+    Stable for any C > 0, and cheap to differentiate: the derivatives reuse the exponential and
+    :math:`1/C` (a power :math:`(EC_{50}/C)^n` would need new powers and logarithms in every
+    derivative, which forward-mode sensitivities pay at every solver stage).
+    """
+    return 1.0 / (1.0 + jnp.exp(n * (log_ec50 - log_c)))
 
 
 def signal_increments(
@@ -49,10 +58,10 @@ def signal_increments(
 
     ``p["s0"]`` holds the baseline signals (Treg, NK, Tconv) at the endogenous level and baseline CD25.
     """
-    n = p["hill"]
-    ec50_treg = p["ec50_treg"] / cd25 ** p["gamma_cd25"] if cd25_feedback else p["ec50_treg"]
-    ec50 = jnp.stack([ec50_treg, p["ec50_nk"], p["ec50_tconv"]])
-    return hill(c_pM, ec50, n) - p["s0"]
+    # log of EC50_treg / cd25^gamma (the CD25 feedback), then the three signals from one log C.
+    log_treg = jnp.log(p["ec50_treg"]) - p["gamma_cd25"] * jnp.log(cd25) if cd25_feedback else jnp.log(p["ec50_treg"])
+    log_ec50 = jnp.stack([log_treg, jnp.log(p["ec50_nk"]), jnp.log(p["ec50_tconv"])])
+    return hill_log(jnp.log(jnp.maximum(c_pM, 1e-300)), log_ec50, p["hill"]) - p["s0"]
 
 
 def transit_derivatives(
