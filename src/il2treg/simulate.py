@@ -184,7 +184,8 @@ def _solve_one(
     distinct times, not with their product with the number of doses. Rows sharing a time (several
     observation types of one sample) share one save: the solve runs on the sorted distinct times
     (the rest of the static-size list filled with +inf, which no interval holds) and the rows are
-    gathered back, which halved the cost of a fit's sensitivities (benchmarks/README.md).
+    gathered back (the reference cohort's fit: 3 save slots per interval instead of 27; timings in
+    benchmarks/README.md).
     """
     p = system.prepare({n: theta[i] for i, n in enumerate(names)}, structure)
     args = (p, structure)
