@@ -50,3 +50,19 @@ def test_with_values_changes_the_typical_patient(model):
     variant = model.with_values(emax_treg=2.0)
     assert float(variant.typical()["emax_treg"]) == 2.0
     assert float(model.typical()["emax_treg"]) != 2.0
+
+
+def test_hill_signal_equals_the_power_formula_over_the_whole_range():
+    # hill_log computes C^n / (EC50^n + C^n) from logarithms (cheaper derivatives); it must be the
+    # same function, including where a power would under- or overflow.
+    import jax.numpy as jnp
+
+    from il2treg.model import cells
+
+    c = np.geomspace(1e-6, 1e6, 61)
+    for ec50, n in ((0.5, 1.0), (3.0, 1.7), (40.0, 0.6)):
+        expected = c**n / (ec50**n + c**n)
+        got = np.asarray(cells.hill(jnp.asarray(c), ec50, n))
+        np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-300)
+    assert float(cells.hill(jnp.asarray(0.0), 1.0, 1.5)) == 0.0
+    assert float(cells.hill(jnp.asarray(1e300), 1.0, 1.5)) == 1.0
