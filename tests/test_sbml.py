@@ -1,5 +1,5 @@
 """SBML export: a valid SBML L3V2 document with units and sources, and the same trajectories in
-libroadrunner and in COPASI as in il2treg (the cross-engine checks of the issue)."""
+libroadrunner, COPASI and AMICI as in il2treg (the cross-engine checks of the issue)."""
 
 from __future__ import annotations
 
@@ -120,3 +120,41 @@ def test_copasi_reproduces_il2treg_for_5_virtual_patients(model, lupil2, tight):
         worst = max(worst, float(np.max(np.abs(theirs - mine[i]) / np.abs(mine[i]))))
     print(f"COPASI vs il2treg, largest relative difference: {worst:.1e}")
     assert worst < 1e-7
+
+
+def test_amici_reproduces_il2treg_for_20_virtual_patients(model, lupil2, tight, tmp_path):
+    """AMICI imports and compiles the exported model once, then simulates 20 patients under
+    LUPIL-2 (each patient's parameter values read from that patient's exported file) at the
+    default and at tight tolerances; every observable against il2treg: < 1e-4 and < 1e-7."""
+    pytest.importorskip(
+        "amici",
+        reason="AMICI is not installed: PyPI has no wheel for it, and its source build needs a C++ "
+        "compiler, CMake, SWIG and CBLAS (recipe in benchmarks/README.md, 'AMICI'); CI does not build it",
+    )
+    import amici.sim.sundials as amici_sim
+    from amici.importers.sbml import SbmlImporter
+
+    (tmp_path / "m.xml").write_text(export_sbml(model, regimen=lupil2))
+    compiled = SbmlImporter(str(tmp_path / "m.xml")).sbml2amici("il2treg_lupil2_test", str(tmp_path / "build"), verbose=False)
+    compiled.set_timepoints(TIMES)
+    columns = [compiled.get_observable_ids().index("y" + name) for name in il2treg.OBSERVABLE_NAMES]
+    free = set(compiled.get_free_parameter_ids())
+    params = il2treg.sample_population(model, 20, seed=4)
+    for options, limit in ((il2treg.SolverOptions(), 1e-4), (tight, 1e-7)):
+        mine = np.asarray(il2treg.simulate(model, lupil2, TIMES, params, options=options).values)
+        solver = compiled.create_solver()
+        solver.set_relative_tolerance(options.rtol)
+        solver.set_absolute_tolerance(options.atol)
+        solver.set_max_steps(100_000)
+        worst = 0.0
+        for i in range(20):
+            exported = libsbml.readSBMLFromString(export_sbml(model, il2treg.Parameters(params.values[i], params.names), lupil2))
+            for p in exported.getModel().getListOfParameters():
+                if p.getId() in free:
+                    compiled.set_free_parameter_by_id(p.getId(), p.getValue())
+            result = amici_sim.run_simulation(compiled, solver)
+            assert result.status == 0, f"AMICI failed on patient {i}: status {result.status}"
+            theirs = np.asarray(result.y)[:, columns]
+            worst = max(worst, float(np.max(np.abs(theirs - mine[i]) / np.abs(mine[i]))))
+        print(f"AMICI vs il2treg at rtol {options.rtol:g}, atol {options.atol:g}: largest relative difference {worst:.1e}")
+        assert worst < limit
