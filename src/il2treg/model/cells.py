@@ -34,7 +34,12 @@ from jaxtyping import Array, Float
 
 def hill(c: Float[Array, ""], ec50: Float[Array, "*k"], n: Float[Array, ""]) -> Float[Array, "*k"]:
     """Fractional receptor signal C^n / (EC50^n + C^n); see :func:`hill_log`."""
-    return hill_log(jnp.log(jnp.maximum(c, 1e-300)), jnp.log(ec50), n)
+    return hill_log(log_concentration(c), jnp.log(ec50), n)
+
+
+def log_concentration(c: Float[Array, ""]) -> Float[Array, ""]:
+    """log C, with C floored at 1e-300 pM (the signal is 0 there, and the log stays finite)."""
+    return jnp.log(jnp.maximum(c, 1e-300))
 
 
 def hill_log(log_c: Float[Array, ""], log_ec50: Float[Array, "*k"], n: Float[Array, ""]) -> Float[Array, "*k"]:
@@ -56,12 +61,13 @@ def signal_increments(
 ) -> Float[Array, "3"]:
     """Signal above baseline for (Treg, NK, Tconv) at concentration ``c_pM`` and CD25 level ``cd25``.
 
-    ``p["s0"]`` holds the baseline signals (Treg, NK, Tconv) at the endogenous level and baseline CD25.
+    ``p["s0"]`` holds the baseline signals (Treg, NK, Tconv) at the endogenous level and baseline
+    CD25, ``p["log_ec50"]`` the logarithms of their EC50s (both from ``system.prepare``, once per solve).
     """
-    # log of EC50_treg / cd25^gamma (the CD25 feedback), then the three signals from one log C.
-    log_treg = jnp.log(p["ec50_treg"]) - p["gamma_cd25"] * jnp.log(cd25) if cd25_feedback else jnp.log(p["ec50_treg"])
-    log_ec50 = jnp.stack([log_treg, jnp.log(p["ec50_nk"]), jnp.log(p["ec50_tconv"])])
-    return hill_log(jnp.log(jnp.maximum(c_pM, 1e-300)), log_ec50, p["hill"]) - p["s0"]
+    log_ec50 = p["log_ec50"]
+    if cd25_feedback:  # EC50_treg / cd25^gamma
+        log_ec50 = log_ec50.at[0].add(-p["gamma_cd25"] * jnp.log(cd25))
+    return hill_log(log_concentration(c_pM), log_ec50, p["hill"]) - p["s0"]
 
 
 def transit_derivatives(

@@ -66,10 +66,11 @@ def _split(y: Float[Array, " states"], n: int):
 
 def prepare(p: dict, structure: Structure) -> dict:
     """Add the constants the vector field needs to ``p`` (computed once per solve, not per step)."""
-    c0, n = p["il2_endo"], p["hill"]
+    log_ec50 = jnp.log(jnp.stack([p["ec50_treg"], p["ec50_nk"], p["ec50_tconv"]]))
     return {
         **p,
-        "s0": jnp.stack([cells.hill(c0, p[k], n) for k in ("ec50_treg", "ec50_nk", "ec50_tconv")]),
+        "log_ec50": log_ec50,
+        "s0": cells.hill_log(cells.log_concentration(p["il2_endo"]), log_ec50, p["hill"]),
         "kout": jnp.stack([p["kout_treg"], p["kout_nk"], p["kout_tconv"]]),
         "emax": jnp.stack([p["emax_treg"], p["emax_nk"], p["emax_tconv"]]),
     }
