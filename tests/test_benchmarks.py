@@ -16,7 +16,7 @@ import numpy as np
 import il2treg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from simulate import check_rhs, solve_lsoda  # noqa: E402
+from simulate import check_rhs, solve_lsoda
 
 
 def test_numpy_right_hand_side_equals_the_model_at_random_states(model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -115,8 +116,8 @@ def test_objective_with_prior_adds_exactly_the_penalty(spec):
 
 
 def test_fit_file_priors_key_is_validated(tmp_path):
-    text = open("fits/lupil2_nuts/fit.toml").read().replace('data = "cohort.csv"', 'data = "cohort.csv"\npriors = "literature"')
+    text = Path("fits/lupil2_nuts/fit.toml").read_text().replace('data = "cohort.csv"', 'data = "cohort.csv"\npriors = "literature"')
     (tmp_path / "fit.toml").write_text(text)
-    (tmp_path / "cohort.csv").write_text(open("fits/lupil2_nuts/cohort.csv").read())
+    (tmp_path / "cohort.csv").write_text(Path("fits/lupil2_nuts/cohort.csv").read_text())
     with pytest.raises(SpecError, match="priors must be one of"):
         read_fit_spec(tmp_path / "fit.toml")

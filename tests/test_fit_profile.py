@@ -3,6 +3,8 @@ does not inform is flat and reported as non-identifiable."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -34,8 +36,8 @@ def informed():
 def fitted(tmp_path_factory):
     """The same, also estimating ec50_nk: NK cells are not fitted, so nothing informs it."""
     folder = tmp_path_factory.mktemp("profile")
-    (folder / "fit.toml").write_text(open("fits/lupil2_nuts/fit.toml").read() + "\n[parameters.ec50_nk]\n")
-    (folder / "cohort.csv").write_text(open("fits/lupil2_nuts/cohort.csv").read())
+    (folder / "fit.toml").write_text(Path("fits/lupil2_nuts/fit.toml").read_text() + "\n[parameters.ec50_nk]\n")
+    (folder / "cohort.csv").write_text(Path("fits/lupil2_nuts/cohort.csv").read_text())
     return _fit(read_fit_spec(folder / "fit.toml"))
 
 

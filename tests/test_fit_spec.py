@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import il2treg.fit.run
-from conftest import run_cli
 from il2treg.errors import InputError, SpecError
 from il2treg.fit.spec import read_fit_spec
 
@@ -128,26 +129,26 @@ BAD = [
     ("unknown-packaged-dataset", _replace('data = "data.csv"', 'data = "il2treg:lupil3"'),
      "{path}: unknown packaged dataset 'il2treg:lupil3'. Fix: use one of il2treg:lupil2_virtual, or a CSV path."),
     ("initial-outside-bounds", _replace("initial = 4.0", "initial = 40.0"),
-     "{path}: [parameters.emax_treg]: initial 40 1 is outside the bounds [0.5, 30] 1 of 'emax_treg'. "
-     "Fix: choose an initial value inside the bounds, or widen them in the model file."),
+     ("{path}: [parameters.emax_treg]: initial 40 1 is outside the bounds [0.5, 30] 1 of 'emax_treg'. "
+     "Fix: choose an initial value inside the bounds, or widen them in the model file.")),
     ("initial-outside-bounds-in-file-units", _append("[parameters.ka]\ninitial = 2.0\n"),
-     "{path}: [parameters.ka]: initial 2 1/h is outside the bounds [0.05, 1] 1/h of 'ka'. "
-     "Fix: choose an initial value inside the bounds, or widen them in the model file."),
+     ("{path}: [parameters.ka]: initial 2 1/h is outside the bounds [0.05, 1] 1/h of 'ka'. "
+     "Fix: choose an initial value inside the bounds, or widen them in the model file.")),
     ("logit-start-on-a-bound", _append("[parameters.F]\ninitial = 1.0\n"),
-     "{path}: [parameters.F]: 'F' is estimated on the logit scale and needs a start strictly inside its bounds, got 1 1. "
-     "Fix: set `initial` inside the bounds."),
+     ("{path}: [parameters.F]: 'F' is estimated on the logit scale and needs a start strictly inside its bounds, got 1 1. "
+     "Fix: set `initial` inside the bounds.")),
     ("random-effect-without-log-transform", _append("[parameters.emax_tconv]\ncv_percent = 30\n"),
-     "{path}: [parameters.emax_tconv]: a random effect is log-normal and needs a parameter with transform \"log\"; 'emax_tconv' has "
-     "'identity'. Fix: remove cv_percent, or set transform = \"log\" in the model file."),
+     ("{path}: [parameters.emax_tconv]: a random effect is log-normal and needs a parameter with transform \"log\"; 'emax_tconv' has "
+     "'identity'. Fix: remove cv_percent, or set transform = \"log\" in the model file.")),
     ("estimated-sigma-without-observations", _append('[error.sledai]\nkind = "ordinal"\nsigma_add = 1.5\n'),
-     "{path}: [error.sledai] estimates sigma_add but the data (data.csv) have no 'sledai' observation. "
-     "Fix: set estimate = [] or remove [error.sledai], or add sledai data."),
+     ("{path}: [error.sledai] estimates sigma_add but the data (data.csv) have no 'sledai' observation. "
+     "Fix: set estimate = [] or remove [error.sledai], or add sledai data.")),
     ("disease-parameter-without-sledai", _append("[parameters.imax]\n"),
-     "{path}: [parameters.imax] is estimated but acts only on 'sledai', which the data (data.csv) do not observe. "
-     "Fix: add sledai data, or set estimate = false and remove cv_percent."),
+     ("{path}: [parameters.imax] is estimated but acts only on 'sledai', which the data (data.csv) do not observe. "
+     "Fix: add sledai data, or set estimate = false and remove cv_percent.")),
     ("observed-type-without-error-model", _replace('[error.cd25_treg_rel]\nkind = "proportional"\nestimate = []\n', ""),
-     "{path}: the data (data.csv) observe 'cd25_treg_rel' but the fit has no [error.cd25_treg_rel] table. "
-     "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids."),
+     ("{path}: the data (data.csv) observe 'cd25_treg_rel' but the fit has no [error.cd25_treg_rel] table. "
+     "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids.")),
     ("unknown-top-level-key", lambda t: "algorithm = \"saem\"\n" + t,
      "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, ignore_dvids, priors, parameters, covariates, error, optimiser, nuts, sri4."),
     ("unknown-parameter-key", _replace("initial = 4.0", "inital = 4.0"),
@@ -161,8 +162,8 @@ BAD = [
     ("sigma-the-kind-does-not-use", _replace("sigma_prop = 0.12", "sigma_prop = 0.12\nsigma_add = 1.0"),
      "{path}: [error.treg_per_uL]: kind 'proportional' has no sigma_add. Fix: remove it, or give only sigma_prop."),
     ("unknown-observation-type", _append('[error.il6_pM]\nkind = "log"\n'),
-     "{path}: [error.il6_pM]: unknown observation type 'il6_pM'. Fix: use one of il2_pM, treg_pct_cd4, treg_per_uL, tconv_per_uL, "
-     "nk56bright_per_uL, cd25_treg_rel, sledai."),
+     ("{path}: [error.il6_pM]: unknown observation type 'il6_pM'. Fix: use one of il2_pM, treg_pct_cd4, treg_per_uL, tconv_per_uL, "
+     "nk56bright_per_uL, cd25_treg_rel, sledai.")),
     ("unknown-covariate-column", _append('[[covariates]]\nparameter = "treg0"\ncovariate = "BMI"\nmodel = "power"\nreference = 25\n'),
      "{path}: [[covariates]] #1: the data have no covariate column 'BMI'. Fix: use one of the data's covariates (WT, ARM)."),
     ("text-covariate", _append('[[covariates]]\nparameter = "treg0"\ncovariate = "ARM"\nmodel = "exp"\nreference = 0\n'),
@@ -276,11 +277,11 @@ def test_invalid_data_file_names_the_fit_the_file_and_the_row(fit_dir):
 
 
 def test_nuts_table_is_validated_like_the_others(tmp_path):
-    text = open("fits/lupil2_nuts/fit.toml").read().replace("chains = 4", "chains = 0")
+    text = Path("fits/lupil2_nuts/fit.toml").read_text().replace("chains = 4", "chains = 0")
     (tmp_path / "fit.toml").write_text(text)
-    (tmp_path / "cohort.csv").write_text(open("fits/lupil2_nuts/cohort.csv").read())
+    (tmp_path / "cohort.csv").write_text(Path("fits/lupil2_nuts/cohort.csv").read_text())
     with pytest.raises(SpecError, match=r"\[nuts\] chains must be a whole number >= 1"):
         read_fit_spec(tmp_path / "fit.toml")
-    (tmp_path / "fit.toml").write_text(open("fits/lupil2_nuts/fit.toml").read().replace("chains = 4", "chians = 4"))
+    (tmp_path / "fit.toml").write_text(Path("fits/lupil2_nuts/fit.toml").read_text().replace("chains = 4", "chians = 4"))
     with pytest.raises(SpecError, match="chians"):
         read_fit_spec(tmp_path / "fit.toml")
