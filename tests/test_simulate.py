@@ -12,6 +12,7 @@ import il2treg
 from il2treg import regimen as rg
 from il2treg.errors import InputError, PrecisionError, RegimenError
 from il2treg.model import pk
+from il2treg.simulate import ordered_map, work_order
 
 DAY_PER_HOUR = 1.0 / 24.0
 
@@ -209,6 +210,26 @@ def test_vmap_batch_equals_a_loop_over_patients(model):
     for i, reg in enumerate(regs):
         one = il2treg.simulate(model, reg, t, il2treg.Parameters(params.values[i], params.names))
         np.testing.assert_allclose(batch.values[i], one.values, rtol=1e-10, atol=1e-12)
+
+
+def test_work_order_puts_patients_without_doses_first_then_orders_by_stiffness():
+    amounts = jnp.asarray([[1.5e6, 1.5e6], [0.0, 0.0], [1.5e6, 0.0], [1.5e6, 1.5e6], [0.0, 0.0]])
+    stiffness = jnp.asarray([3.0, 9.0, 1.0, 2.0, 4.0])
+    assert list(np.asarray(work_order(amounts))) == [1, 4, 2, 0, 3]  # stable within a dose count
+    assert list(np.asarray(work_order(amounts, stiffness))) == [4, 1, 2, 3, 0]
+    xs = (jnp.arange(5.0), jnp.arange(10.0).reshape(5, 2))
+    out = ordered_map(lambda x: x[0] + x[1].sum(), xs, work_order(amounts, stiffness), batch_size=2)
+    np.testing.assert_array_equal(out, xs[0] + xs[1].sum(axis=1))
+
+
+def test_chunked_mixed_placebo_and_treated_batch_equals_one_vmapped_batch(model):
+    regs = [rg.placebo() if i % 3 == 0 else rg.lupil2(n_weekly=2) for i in range(9)]
+    params = il2treg.sample_population(model, len(regs), seed=8)
+    t = np.linspace(0.0, 28.0, 8)
+    whole = il2treg.simulate(model, rg.stack(regs), t, params, options=il2treg.SolverOptions(batch_size=9, workers=1))
+    chunks = il2treg.simulate(model, rg.stack(regs), t, params, options=il2treg.SolverOptions(batch_size=2, workers=1))
+    np.testing.assert_allclose(chunks.values, whole.values, rtol=1e-12, atol=0)
+    assert np.all(np.asarray(chunks.values)[::3, :, 2] == np.asarray(params["treg0"])[::3, None])  # placebo: baseline
 
 
 def test_a_failing_patient_is_flagged_and_the_batch_goes_on(model, lupil2):

@@ -275,12 +275,37 @@ def _slots_needed(dose_times: np.ndarray, obs_times: np.ndarray, max_lag: float)
     return int(max(1, np.max(counts)))
 
 
+def work_order(dose_amounts: Float[Array, "patients doses"], stiffness: Float[Array, " patients"] | None = None) -> Int[Array, " patients"]:
+    """An order of the patients in which those sharing a vmapped chunk need similar step counts.
+
+    A vmapped solve steps every patient of a chunk until the slowest one is done. A patient
+    without doses stays exactly at the baseline state (every derivative is zero there), so the
+    solver's error estimates vanish and it crosses the whole time span in a few long steps,
+    while a treated patient's steps are bounded by the stiffness of the IL-2 elimination
+    (:math:`(CL + CLR)/V`) for as long as drug is present. Patients are therefore ordered by
+    their number of (non-zero) doses, then by ``stiffness`` where given; placebo and treated
+    patients of a 1:1 trial then fill separate chunks (timings in benchmarks/README.md).
+    """
+    doses = jnp.sum(dose_amounts > 0, axis=-1)
+    keys = (doses,) if stiffness is None else (stiffness, doses)  # lexsort: last key first
+    return jnp.lexsort(keys)
+
+
+def ordered_map(fn, xs, order: Int[Array, " patients"], batch_size: int):
+    """``jax.lax.map(fn, xs, batch_size=batch_size)`` with the leading axis taken in ``order``
+    (see :func:`work_order`) and the results put back in the original order. Each patient's
+    result does not depend on its chunk-mates, so only the time changes."""
+    ys = jax.lax.map(fn, jax.tree.map(lambda x: x[order], xs), batch_size=batch_size)
+    inverse = jnp.argsort(order)
+    return jax.tree.map(lambda y: y[inverse], ys)
+
+
 @eqx.filter_jit
 def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, axes, slots):
     """Solve every patient: in_axes ``axes`` for (theta, dose times, amounts, obs times).
 
-    A batch is sorted by the stiffest rate (elimination, ``(CL + CLR) / V``) so that the patients
-    sharing a vmapped chunk need similar step counts, solved chunk by chunk, and put back in order.
+    A batch is put in :func:`work_order` (number of doses, then the stiffest rate, elimination
+    ``(CL + CLR) / V``), solved chunk by chunk, and put back in order.
     """
     solve = lambda th, dt, da, ot: _solve_one(model.structure, model.parameter_names, th, dt, da, ot, options, slots)
     inputs = (theta, dose_times, dose_amounts, obs_times)
@@ -289,21 +314,18 @@ def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, 
     n = next(x.shape[0] for x, a in zip(inputs, axes) if a == 0)
     if n <= options.batch_size:
         return jax.vmap(solve, in_axes=axes)(*inputs)
+    stiffness = None
     if axes[0] == 0:
         names = model.parameter_names
         stiffness = (theta[:, names.index("CL")] + theta[:, names.index("CLR")]) / theta[:, names.index("V")]
-        order = jnp.argsort(stiffness)
-    else:
-        order = jnp.arange(n)
-    batched = tuple(x[order] for x, a in zip(inputs, axes) if a == 0)
+    amounts = dose_amounts if axes[2] == 0 else jnp.broadcast_to(dose_amounts, (n, *dose_amounts.shape))
+    batched = tuple(x for x, a in zip(inputs, axes) if a == 0)
 
     def one(row):
         it = iter(row)
         return solve(*(next(it) if a == 0 else x for x, a in zip(inputs, axes)))
 
-    values, status = jax.lax.map(one, batched, batch_size=options.batch_size)
-    inverse = jnp.argsort(order)
-    return values[inverse], status[inverse]
+    return ordered_map(one, batched, work_order(amounts, stiffness), options.batch_size)
 
 
 def interleaved_rows(n: int, workers: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -38,6 +38,7 @@ from jaxtyping import Array, Float, Int
 
 from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, expand, expanded_predict, individual_theta
 from il2treg.likelihood import ResidualModel, neg2ll_terms
+from il2treg.simulate import ordered_map, work_order
 
 STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED = 0, 1, 2
 
@@ -153,7 +154,8 @@ def _secant_update(corr, s, y, y_sharp):
 
 
 def batch_inner_solve(problem, theta, beta, omega, residual, patients: PatientData, eta0, *, batch_size: int = 64, **kw) -> InnerResult:
-    """:func:`inner_solve` for every patient (chunks of ``batch_size`` vmapped patients).
+    """:func:`inner_solve` for every patient (chunks of ``batch_size`` vmapped patients, in
+    :func:`il2treg.simulate.work_order`).
 
     ``theta`` holds the typical values at the reference covariates; each patient's covariate
     effects (coefficients ``beta``) are applied first.
@@ -163,4 +165,4 @@ def batch_inner_solve(problem, theta, beta, omega, residual, patients: PatientDa
         patient, eta = args
         return inner_solve(problem, covariate_theta(problem, theta, beta, patient.covariates), omega, residual, patient, eta, **kw)
 
-    return jax.lax.map(solve, (patients, eta0), batch_size=batch_size)
+    return ordered_map(solve, (patients, eta0), work_order(patients.dose_amount), batch_size)

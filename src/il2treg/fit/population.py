@@ -42,7 +42,7 @@ from il2treg.fit.individual import InnerResult, batch_inner_solve, observation_d
 from il2treg.fit.priors import Prior, penalty, penalty_gradient
 from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, expand, expanded_predict, individual_theta, typical_theta, unpack
 from il2treg.likelihood import ResidualModel
-from il2treg.simulate import interleaved_rows
+from il2treg.simulate import interleaved_rows, ordered_map, work_order
 
 
 def _bracket(residual: ResidualModel, omega, pred, jac, eta, patient: PatientData):
@@ -143,7 +143,7 @@ class Objective(eqx.Module):
     def gradients(self, psi, eta, include) -> Float[Array, "patients psi"]:
         """Each patient's exact gradient of its OFV term at converged EBEs ``eta`` (0 if excluded)."""
         grad = lambda args: patient_gradient(self.problem, psi, self.base_residual, args[0], args[1])
-        per_patient = jax.lax.map(grad, (eta, self.patients), batch_size=self.batch_size)
+        per_patient = ordered_map(grad, (eta, self.patients), work_order(self.patients.dose_amount), self.batch_size)
         return jnp.where(include[:, None], per_patient, 0.0)
 
     def gradient(self, psi, eta, include) -> Float[Array, " psi"]:

@@ -59,7 +59,7 @@ from il2treg.fit.result import FitResult, save
 from il2treg.fit.spec import SIGMAS_OF_KIND, FitSpec, read_fit_spec
 from il2treg.likelihood import ResidualModel, residual_sd
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
-from il2treg.simulate import _slots_needed
+from il2treg.simulate import _slots_needed, ordered_map, work_order
 
 #: Inner (EBE) status codes as words.
 STATUS_TEXT = {STATUS_CONVERGED: "converged", STATUS_MAX_ITER: "EBE not converged", STATUS_SOLVER_FAILED: "ODE solve failed"}
@@ -260,7 +260,7 @@ def _all_patient_theta(problem: FitProblem, theta, beta, eta, patients: PatientD
 def _predict_all(problem: FitProblem, theta, beta, eta, patients: PatientData, batch_size: int = 32):
     """Predictions and solver status of every patient at its ``eta``."""
     one = lambda args: predict(problem, _patient_theta(problem, theta, beta, args[0], args[1]), args[1])
-    return jax.lax.map(one, (eta, patients), batch_size=batch_size)
+    return ordered_map(one, (eta, patients), work_order(patients.dose_amount), batch_size)
 
 
 class _Rows(eqx.Module):
