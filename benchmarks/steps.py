@@ -1,0 +1,75 @@
+"""Solver steps per patient of the reference cohort, by arm: why chunks are put in work order.
+
+    .venv/bin/python benchmarks/steps.py
+
+Solves each patient of the simulated LUPIL-2 cohort (``fits/lupil2_virtual``, at the reference
+fit's typical values) as ``il2treg.simulate`` does (Tsit5, integral controller, rtol 1e-6, atol
+1e-9, restarted at every effective dose time, placebo records included) and counts the accepted and rejected steps. A
+vmapped chunk steps until its slowest patient is done (``il2treg.simulate.work_order``). It also
+counts one treated patient's steps at looser tolerances: steps that barely fall with the
+tolerance are bounded by stability (the IL-2 elimination rate, (CL + CLR)/V), not accuracy.
+"""
+
+from __future__ import annotations
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import numpy as np
+
+import il2treg
+from il2treg.fit import read_fit_spec
+from il2treg.fit.problem import patient_arrays, unpack
+from il2treg.fit.run import _patient_theta
+from il2treg.model import system
+
+
+def steps(structure, names, theta, dose_time, dose_amount, t_end, rtol=1e-6, atol=1e-9) -> int:
+    p = system.prepare({n: theta[i] for i, n in enumerate(names)}, structure)
+    controller = dfx.PIDController(rtol=rtol, atol=atol, pcoeff=0.0, icoeff=1.0)
+    y = system.initial_state(structure)
+    doses = [(t + float(p["tlag"]), float(p["F"]) * a * 1e-6) for t, a in zip(dose_time, dose_amount)]
+    edges = [0.0] + [t for t, _ in doses] + [t_end]
+    total = 0
+    for k in range(len(edges) - 1):
+        if edges[k + 1] > edges[k]:
+            sol = _solve(edges[k], edges[k + 1], y, p, structure, controller)
+            y = sol.ys[-1]
+            total += int(sol.stats["num_steps"])
+        if k < len(doses):
+            y = y.at[system.DEPOT].add(doses[k][1])
+    return total
+
+
+@eqx.filter_jit
+def _solve(t0, t1, y, p, structure, controller):
+    return dfx.diffeqsolve(dfx.ODETerm(system.vector_field), dfx.Tsit5(), t0, t1, None, y, (p, structure),
+                           saveat=dfx.SaveAt(t1=True), stepsize_controller=controller, max_steps=100_000)  # fmt: skip
+
+
+def main() -> None:
+    result = il2treg.load_fit("fits/lupil2_virtual/results")
+    spec = read_fit_spec("fits/lupil2_virtual/fit.toml")
+    problem = spec.problem()
+    patients = patient_arrays(spec.dataset, problem.covariates)
+    up = unpack(problem, result.psi, spec.residual_model())
+    structure, names = problem.model.structure, problem.model.parameter_names
+    t_end = float(np.max(patients.obs_time))
+    counts = {"placebo": [], "IL-2": []}
+    treated = None
+    for i in range(spec.dataset.n_subjects):
+        patient = jax.tree.map(lambda x, i=i: x[i], patients)
+        theta = np.asarray(_patient_theta(problem, up.theta, up.beta, np.zeros(problem.n_eta), patient))
+        dt, da = np.asarray(patient.dose_time), np.asarray(patient.dose_amount)
+        arm = "IL-2" if np.any(da > 0) else "placebo"
+        counts[arm].append(steps(structure, names, theta, dt, da, t_end))
+        if arm == "IL-2" and treated is None:
+            treated = (theta, dt, da)
+    for arm, c in counts.items():
+        print(f"{arm:>8}: {len(c)} patients, Tsit5 steps over {t_end:.0f} days: min {min(c)}, median {int(np.median(c))}, max {max(c)}")
+    for rtol, atol in ((1e-6, 1e-9), (1e-4, 1e-7), (1e-3, 1e-6)):
+        print(f"first IL-2 patient at rtol {rtol:g}, atol {atol:g}: {steps(structure, names, *treated, t_end, rtol, atol)} steps")
+
+
+if __name__ == "__main__":
+    main()
