@@ -4,10 +4,11 @@
 
 Solves each patient of the simulated LUPIL-2 cohort (``fits/lupil2_virtual``, at the reference
 fit's typical values) as ``il2treg.simulate`` does (Tsit5, integral controller, rtol 1e-6, atol
-1e-9, restarted at every effective dose time, placebo records included) and counts the accepted and rejected steps. A
-vmapped chunk steps until its slowest patient is done (``il2treg.simulate.work_order``). It also
-counts one treated patient's steps at looser tolerances: steps that barely fall with the
-tolerance are bounded by stability (the IL-2 elimination rate, (CL + CLR)/V), not accuracy.
+1e-9, restarted at every effective dose time, placebo records included) and counts the steps
+(accepted and rejected). A vmapped chunk steps until its slowest patient is done
+(``il2treg.simulate.work_order``). It also counts one treated patient's steps at looser
+tolerances, and prints that patient's elimination rate (CL + CLR)/V: steps that barely fall with
+the tolerance are bounded by stability (that rate), not accuracy.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def main() -> None:
             treated = (theta, dt, da)
     for arm, c in counts.items():
         print(f"{arm:>8}: {len(c)} patients, Tsit5 steps over {t_end:.0f} days: min {min(c)}, median {int(np.median(c))}, max {max(c)}")
+    theta = dict(zip(names, treated[0]))
+    print(f"first IL-2 patient: elimination rate (CL + CLR)/V = {(theta['CL'] + theta['CLR']) / theta['V']:.1f} per day")
     for rtol, atol in ((1e-6, 1e-9), (1e-4, 1e-7), (1e-3, 1e-6)):
         print(f"first IL-2 patient at rtol {rtol:g}, atol {atol:g}: {steps(structure, names, *treated, t_end, rtol, atol)} steps")
 

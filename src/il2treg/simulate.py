@@ -318,7 +318,7 @@ def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, 
     if axes[0] == 0:
         names = model.parameter_names
         stiffness = (theta[:, names.index("CL")] + theta[:, names.index("CLR")]) / theta[:, names.index("V")]
-    amounts = dose_amounts if axes[2] == 0 else jnp.broadcast_to(dose_amounts, (n, *dose_amounts.shape))
+    amounts = dose_amounts if axes[2] == 0 else jnp.zeros((n, 0))  # shared doses: no dose key
     batched = tuple(x for x, a in zip(inputs, axes) if a == 0)
 
     def one(row):
