@@ -57,13 +57,13 @@ def _write_data(path):
     rng = np.random.default_rng(3)
     rows = []
     for i in range(N_PATIENTS):
-        rows += [dict(ID=i + 1, TIME=float(t), EVID=1, AMT=float(a), DVID=None, DV=None) for t, a in zip(reg.times, reg.amounts)]
+        rows += [{"ID": i + 1, "TIME": float(t), "EVID": 1, "AMT": float(a), "DVID": None, "DV": None} for t, a in zip(reg.times, reg.amounts)]
         for j, t in enumerate(TIMES):
             for d in ("treg_per_uL", "cd25_treg_rel"):
-                rows.append(dict(ID=i + 1, TIME=t, EVID=0, AMT=None, DVID=d, DV=float(sim[d][i, j]) * float(np.exp(0.1 * rng.normal()))))
+                rows.append({"ID": i + 1, "TIME": t, "EVID": 0, "AMT": None, "DVID": d, "DV": float(sim[d][i, j]) * float(np.exp(0.1 * rng.normal()))})
             if t in SLEDAI_TIMES:
                 score = max(0.0, float(np.round(float(sim["sledai"][i, j]) + 1.5 * rng.normal())))
-                rows.append(dict(ID=i + 1, TIME=t, EVID=0, AMT=None, DVID="sledai", DV=score))
+                rows.append({"ID": i + 1, "TIME": t, "EVID": 0, "AMT": None, "DVID": "sledai", "DV": score})
     pd.DataFrame(rows).sort_values(["ID", "TIME", "EVID"], kind="stable").to_csv(path, index=False)
 
 
@@ -76,7 +76,7 @@ def fitted(tmp_path_factory):
     events = []
     out = folder / "results"
     result = run_fit(folder / "fit.toml", out, progress=events.append)
-    return dict(folder=folder, out=out, result=result, events=events)
+    return {"folder": folder, "out": out, "result": result, "events": events}
 
 
 def test_run_fit_writes_every_file_and_reports_progress(fitted):
