@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick bench-simulate bench-fit bench-bayes bench-regimens sbc recovery clean
+.PHONY: demo test bench bench-quick bench-scaling bench-simulate bench-fit bench-bayes bench-regimens sbc recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench-quick: $(STAMP)
 
 bench-simulate: $(STAMP)
 	$(PY) benchmarks/simulate.py
+
+bench-scaling: $(STAMP)
+	$(PY) benchmarks/scaling.py --json benchmarks/results/scaling_$$($(PY) -c 'import jax; print(jax.devices()[0].platform)').json --report benchmarks/RESULTS.md
 
 bench-regimens: $(STAMP)
 	$(PY) benchmarks/regimens.py --json benchmarks/results/regimens.json
