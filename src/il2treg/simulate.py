@@ -347,10 +347,16 @@ def interleaved_rows(n: int, workers: int) -> list[tuple[np.ndarray, np.ndarray]
 def _threaded(model, inputs, options, axes, slots, n, workers):
     """Solve interleaved slices of a concrete batch on ``workers`` threads (one core each).
 
-    Slices are padded to equal length so that every thread reuses one compiled solve.
+    Slices are padded to equal length so that every thread reuses one compiled solve. That solve
+    is compiled here, ahead of time (``lower().compile()``, cached by JAX after the first time),
+    and the threads call it directly: through ``jit``'s dispatch, the first call of a new shape
+    holds up every other thread until it has compiled *and run*, which made a one-off call run
+    its slices one after the other (``benchmarks/scaling.py`` records a first call's run time
+    beside a second call's).
     """
     parts = [(rows, tuple(x[rows] if a == 0 else x for x, a in zip(inputs, axes))) for rows, _ in interleaved_rows(n, workers)]
-    solve = lambda part: jax.block_until_ready(_simulate_batch(model, *part[1], options, axes, slots))
+    compiled = _simulate_batch.lower(model, *parts[0][1], options, axes, slots).compile()
+    solve = lambda part: jax.block_until_ready(compiled(model, *part[1], options, axes, slots))
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(solve, parts))
     values = np.empty((n, *results[0][0].shape[1:]))
