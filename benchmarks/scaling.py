@@ -116,15 +116,23 @@ def report(paths: list[str]) -> str:
             by_n[r["n"]] = min(by_n.get(r["n"], float("inf")), r["ms_per_patient"])
         out.append("")
     labels = list(best)
+    if all(run["machine"]["platform"] == "cpu" for run in runs):
+        out += ["No accelerator measured yet. On a GPU machine: `make bench-scaling` (the GPU, chunks of 4,096 and",
+                "32,768), `benchmarks/scaling.py --platform cpu --json benchmarks/results/scaling_cpu_<cores>.json`",
+                "(that host's CPU), then `benchmarks/scaling.py --report benchmarks/RESULTS.md`.", ""]  # fmt: skip
     if len(labels) > 1:
+        # reference column: the CPU run with the most cores (else the first run)
+        cpus = [(run["machine"]["cpu_count"], _label(run)) for run in runs if run["machine"]["platform"] == "cpu"]
+        ref = max(cpus)[1] if cpus else labels[0]
+        others = [k for k in labels if k != ref]
         ns = sorted({n for b in best.values() for n in b})
-        out += ["## Side by side (best batch size per N, ms/patient)", "",
-                "| N | " + " | ".join(labels) + f" | {labels[0]} / {labels[1]} |",
-                "|---:|" + "---:|" * (len(labels) + 1)]  # fmt: skip
+        out += ["## Side by side (best batch size per N, ms/patient; speed-up over the first column)", "",
+                "| N | " + " | ".join([ref, *others]) + " | " + " | ".join(f"{ref} / {k}" for k in others) + " |",
+                "|---:|" + "---:|" * (1 + 2 * len(others))]  # fmt: skip
         for n in ns:
-            cells = [f"{best[k][n]:.4f}" if n in best[k] else "" for k in labels]
-            ratio = f"{best[labels[0]][n] / best[labels[1]][n]:.1f}" if all(n in best[k] for k in labels[:2]) else ""
-            out.append(f"| {n:,} | " + " | ".join(cells) + f" | {ratio} |")
+            cells = [f"{best[k][n]:.4f}" if n in best[k] else "" for k in [ref, *others]]
+            ratios = [f"{best[ref][n] / best[k][n]:.1f}" if n in best[ref] and n in best[k] else "" for k in others]
+            out.append(f"| {n:,} | " + " | ".join(cells + ratios) + " |")
         out.append("")
     return "\n".join(out)
 
