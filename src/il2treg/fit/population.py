@@ -194,11 +194,19 @@ class ThreadedObjective(_SplitObjective):
             self._parts.append(eqx.tree_at(lambda o: o.patients, objective, _take(objective.patients, rows)))
         self._n = n
 
-    def _map(self, fn):
+    def _map(self, method: str, args):
+        """``Objective.<method>(part, *args(k))`` for every part ``k``, one thread each.
+
+        Compiled ahead of time and called directly: through ``jit``'s dispatch the first call of
+        a new shape holds the other threads until it has compiled and run (as in
+        :func:`il2treg.simulate`), so a fit's first evaluation ran its parts one after another.
+        """
         from concurrent.futures import ThreadPoolExecutor
 
+        jitted = getattr(Objective, method)
+        compiled = jitted.lower(self._parts[0], *args(0)).compile()
         with ThreadPoolExecutor(len(self._parts)) as pool:
-            return list(pool.map(lambda k: jax.block_until_ready(fn(k)), range(len(self._parts))))
+            return list(pool.map(lambda k: jax.block_until_ready(compiled(self._parts[k], *args(k))), range(len(self._parts))))
 
     def _gather(self, parts):
         """Per-part results (a pytree with a leading patient axis) back in patient order."""
@@ -215,14 +223,14 @@ class ThreadedObjective(_SplitObjective):
         return jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])
 
     def inner(self, psi, eta0) -> InnerResult:
-        return self._gather(self._map(lambda k: self._parts[k].inner(psi, eta0[self._rows[k]])))
+        return self._gather(self._map("inner", lambda k: (psi, eta0[self._rows[k]])))
 
     def value(self, psi, inner: InnerResult, include):
-        terms = self._gather(self._map(lambda k: self._parts[k].terms(psi, _take(inner, self._rows[k]), self._include(k, include))))
+        terms = self._gather(self._map("terms", lambda k: (psi, _take(inner, self._rows[k]), self._include(k, include))))
         return jnp.sum(terms) + self.penalty(psi)
 
     def gradients(self, psi, eta, include):
-        return self._gather(self._map(lambda k: self._parts[k].gradients(psi, eta[self._rows[k]], self._include(k, include))))
+        return self._gather(self._map("gradients", lambda k: (psi, eta[self._rows[k]], self._include(k, include))))
 
 
 class ShardedObjective(_SplitObjective):
