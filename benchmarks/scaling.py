@@ -77,12 +77,12 @@ def _measure(args) -> dict:
                   f"compile {compile_s:6.1f} s  failed {failed}", flush=True)  # fmt: skip
             del sim, params
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "platform": device.platform, "device_kind": device.device_kind, "devices": len(jax.devices())},  # fmt: skip
+                    "platform": device.platform, "device_kind": device.device_kind, "devices": len(jax.devices())},
         "jax": jax.__version__, "diffrax": diffrax.__version__, "regimen": "lupil2", "n_obs": len(VISITS),
         "rtol": 1e-6, "atol": 1e-9, "rows": rows,
-    }  # fmt: skip
+    }
 
 
 def _label(run: dict) -> str:
