@@ -373,6 +373,18 @@ def test_threads_sharing_a_large_batch_give_the_same_results(model, lupil2):
     np.testing.assert_array_equal(two.status, one.status)
 
 
+
+def test_threads_by_default_one_per_core_on_a_cpu_and_one_on_an_accelerator(monkeypatch):
+    import os
+
+    from il2treg.simulate import default_workers
+
+    assert jax.default_backend() == "cpu"
+    assert default_workers() == (os.cpu_count() or 1)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert default_workers() == 1
+
+
 _SHARDING_CHECK = """
 import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"

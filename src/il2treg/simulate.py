@@ -75,7 +75,8 @@ class SolverOptions(eqx.Module):
         batch_size: patients per vmapped chunk. A vmapped solve steps every patient until the
             slowest is done, so a batch is ordered by stiffness and run in chunks of this size
             (``lax.map``); measured 3.8 -> 0.83 ms/patient at N = 10,000 (benchmarks/).
-        workers: threads sharing a concrete batch on one device (default: one per CPU core).
+        workers: threads sharing a concrete batch on one device (default: :func:`default_workers`,
+            one per CPU core on a CPU, one on an accelerator).
         shard: with more than one local device (GPUs, or CPU devices forced with
             ``XLA_FLAGS=--xla_force_host_platform_device_count=N``), split a concrete batch over
             all of them (``jax.shard_map`` over a 1-D ``patients`` mesh); results are identical
@@ -328,6 +329,13 @@ def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, 
     return ordered_map(one, batched, work_order(amounts, stiffness), options.batch_size)
 
 
+def default_workers() -> int:
+    """Threads to share a batch over when none are asked for: one per core where JAX computes on
+    the CPU (one XLA computation runs on one core), one where it computes on an accelerator (a
+    GPU is filled by the vmapped chunks of one computation; threads would only split them)."""
+    return (os.cpu_count() or 1) if jax.default_backend() == "cpu" else 1
+
+
 def interleaved_rows(n: int, workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Deal ``n`` rows out to ``workers`` in interleaved slices of equal length.
 
@@ -458,7 +466,7 @@ def simulate(
     slots = _static_slots(model, theta, dose_times, obs)
     inputs = (theta, dose_times, dose_amounts, obs)
     n = next(iter(sizes)) if sizes else 1
-    workers = min(options.workers or os.cpu_count() or 1, n // options.batch_size)
+    workers = min(options.workers or default_workers(), n // options.batch_size)
     concrete = not any(isinstance(x, jax.core.Tracer) for x in inputs)
     devices = jax.local_devices()
     if options.shard and len(devices) > 1 and concrete and n >= len(devices):

@@ -42,7 +42,7 @@ from il2treg.fit.individual import InnerResult, batch_inner_solve, observation_d
 from il2treg.fit.priors import Prior, penalty, penalty_gradient
 from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, expand, expanded_predict, individual_theta, typical_theta, unpack
 from il2treg.likelihood import ResidualModel
-from il2treg.simulate import interleaved_rows, ordered_map, work_order
+from il2treg.simulate import default_workers, interleaved_rows, ordered_map, work_order
 
 
 def _bracket(residual: ResidualModel, omega, pred, jac, eta, patient: PatientData):
@@ -178,15 +178,13 @@ class ThreadedObjective(_SplitObjective):
     """
 
     def __init__(self, objective: Objective, workers: int | None = None):
-        import os
-
         self.problem = objective.problem
         self.base_residual = objective.base_residual
         self.patients = objective.patients
         self.prior = objective.prior
         objective = dataclasses.replace(objective, prior=None)  # the parts hold data terms; the prior is added once
         n = objective.patients.obs_time.shape[0]
-        workers = max(1, min(workers or os.cpu_count() or 1, n // 8))
+        workers = max(1, min(workers or default_workers(), n // 8))
         self._rows, self._real, self._parts = [], [], []
         for rows, real in interleaved_rows(n, workers):
             self._rows.append(rows)
