@@ -332,7 +332,7 @@ def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, 
 def default_workers() -> int:
     """Threads to share a batch over when none are asked for: one per core where JAX computes on
     the CPU (one XLA computation runs on one core), one where it computes on an accelerator (a
-    GPU is filled by the vmapped chunks of one computation; threads would only split them)."""
+    GPU runs the vmapped chunks of one computation; threads would only split them)."""
     return (os.cpu_count() or 1) if jax.default_backend() == "cpu" else 1
 
 
