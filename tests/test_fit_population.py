@@ -6,11 +6,11 @@ import diffrax as dfx
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FIT_FIXED, FIT_RANDOM, FIT_SIGMAS, simulated_dataset
 
 import il2treg
 from il2treg.fit import Objective, make_problem, patient_arrays
 from il2treg.fit.problem import CovariateEffect
-from conftest import FIT_FIXED, FIT_RANDOM, FIT_SIGMAS, simulated_dataset
 
 
 def test_gradient_matches_finite_differences_of_the_objective(model, fit_case):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import diffrax as dfx
 import equinox as eqx
@@ -33,12 +34,10 @@ from il2treg._precision import require_float64
 from il2treg.errors import InputError
 from il2treg.model import Model, Parameters, system
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
-from typing import TYPE_CHECKING
+from il2treg.spec import Structure
 
 if TYPE_CHECKING:
     from il2treg.regimen import Regimen
-from il2treg.spec import Structure
-
 
 #: Status code of a patient with more observations in one inter-dose interval than the static
 #: number of save slots (only possible when tlag exceeds the bound the slots were sized for).
@@ -352,21 +351,29 @@ def interleaved_rows(n: int, workers: int) -> list[tuple[np.ndarray, np.ndarray]
     return out
 
 
+def run_on_threads(jitted, calls: list[tuple]) -> list:
+    """``jitted(*args)`` for every ``args`` in ``calls`` (all of one shape), one thread each.
+
+    ``jitted`` (an ``eqx.filter_jit`` function) is compiled here, ahead of time, for the first
+    call's shapes (``lower().compile()``, which JAX caches: a repeat does not compile again) and
+    the threads call the compiled function directly: through ``jit``'s dispatch, the first call
+    of a new shape holds up every other thread until it has compiled *and run*, which made a
+    one-off call run its parts one after the other (``benchmarks/scaling.py`` records a first
+    call's run time beside a second call's).
+    """
+    compiled = jitted.lower(*calls[0]).compile()
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda args: jax.block_until_ready(compiled(*args)), calls))
+
+
 def _threaded(model, inputs, options, axes, slots, n, workers):
     """Solve interleaved slices of a concrete batch on ``workers`` threads (one core each).
 
-    Slices are padded to equal length so that every thread reuses one compiled solve. That solve
-    is compiled here, ahead of time (``lower().compile()``, cached by JAX after the first time),
-    and the threads call it directly: through ``jit``'s dispatch, the first call of a new shape
-    holds up every other thread until it has compiled *and run*, which made a one-off call run
-    its slices one after the other (``benchmarks/scaling.py`` records a first call's run time
-    beside a second call's).
+    Slices are padded to equal length so that every thread reuses one compiled solve
+    (:func:`run_on_threads`).
     """
     parts = [(rows, tuple(x[rows] if a == 0 else x for x, a in zip(inputs, axes))) for rows, _ in interleaved_rows(n, workers)]
-    compiled = _simulate_batch.lower(model, *parts[0][1], options, axes, slots).compile()
-    solve = lambda part: jax.block_until_ready(compiled(model, *part[1], options, axes, slots))
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(solve, parts))
+    results = run_on_threads(_simulate_batch, [(model, *part, options, axes, slots) for _, part in parts])
     values = np.empty((n, *results[0][0].shape[1:]))
     status = np.empty(n, dtype=np.asarray(results[0][1]).dtype)
     for (rows, _), (v, st) in zip(parts, results):

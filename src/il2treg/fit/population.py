@@ -38,11 +38,31 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from il2treg.fit.individual import InnerResult, batch_inner_solve, observation_derivatives
+from il2treg.fit.individual import (
+    InnerResult,
+    batch_inner_solve,
+    observation_derivatives,
+)
 from il2treg.fit.priors import Prior, penalty, penalty_gradient
-from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, expand, expanded_predict, individual_theta, typical_theta, unpack
+from il2treg.fit.problem import (
+    FitProblem,
+    PatientData,
+    covariate_theta,
+    data_neg2ll,
+    expand,
+    expanded_predict,
+    individual_theta,
+    typical_theta,
+    unpack,
+)
 from il2treg.likelihood import ResidualModel
-from il2treg.simulate import default_workers, interleaved_rows, ordered_map, work_order
+from il2treg.simulate import (
+    default_workers,
+    interleaved_rows,
+    ordered_map,
+    run_on_threads,
+    work_order,
+)
 
 
 def _bracket(residual: ResidualModel, omega, pred, jac, eta, patient: PatientData):
@@ -193,18 +213,9 @@ class ThreadedObjective(_SplitObjective):
         self._n = n
 
     def _map(self, method: str, args):
-        """``Objective.<method>(part, *args(k))`` for every part ``k``, one thread each.
-
-        Compiled ahead of time and called directly: through ``jit``'s dispatch the first call of
-        a new shape holds the other threads until it has compiled and run (as in
-        :func:`il2treg.simulate`), so a fit's first evaluation ran its parts one after another.
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
-        jitted = getattr(Objective, method)
-        compiled = jitted.lower(self._parts[0], *args(0)).compile()
-        with ThreadPoolExecutor(len(self._parts)) as pool:
-            return list(pool.map(lambda k: jax.block_until_ready(compiled(self._parts[k], *args(k))), range(len(self._parts))))
+        """``Objective.<method>(part, *args(k))`` for every part ``k``, one thread each
+        (:func:`il2treg.simulate.run_on_threads`: compiled once, ahead of time)."""
+        return run_on_threads(getattr(Objective, method), [(part, *args(k)) for k, part in enumerate(self._parts)])
 
     def _gather(self, parts):
         """Per-part results (a pytree with a leading patient axis) back in patient order."""
