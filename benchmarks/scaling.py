@@ -94,7 +94,12 @@ def _label(run: dict) -> str:
 
 def report(paths: list[str]) -> str:
     """Markdown: one table per result file, then the best ms/patient per N for each device."""
-    runs = [json.loads(Path(p).read_text()) for p in sorted(paths)]
+    runs = []
+    for p in sorted(paths):
+        try:
+            runs.append(json.loads(Path(p).read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p} is not JSON ({e})") from None
     out = [
         "# Scaling of `il2treg.simulate` with the number of virtual patients",
         "",
@@ -150,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.json and not args.report:
         ap.error("nothing to do: give --json PATH to measure, --report PATH to write the table, or both")
+    for flag, values in (("--max-n", [args.max_n]), ("--n", args.n or []), ("--batch-size", args.batch_size or [])):
+        bad = [v for v in values if v < 1]
+        if bad:
+            ap.error(f"{flag} {bad[0]}: patients and chunk sizes must be positive integers")
     if args.json:
         if args.platform:
             os.environ["JAX_PLATFORMS"] = args.platform
@@ -157,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         result = _measure(args)
         from il2treg._io import atomic_write_text
 
+        replacing = " (replacing the previous file)" if Path(args.json).exists() else ""
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json} ({time.perf_counter() - start:.0f} s)")
+        print(f"wrote {args.json}{replacing} ({time.perf_counter() - start:.0f} s)")
     if args.report:
         from il2treg._io import atomic_write_text
 
@@ -166,7 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         if not paths:
             print(f"error: no scaling_*.json in {args.results}. Fix: measure first (--json {args.results}/scaling_cpu.json).", file=sys.stderr)
             return 1
-        atomic_write_text(args.report, report(paths) + "\n")
+        try:
+            text = report(paths)
+        except (ValueError, KeyError, TypeError) as e:
+            print(f"error: a file in {args.results} is not a scaling result ({type(e).__name__}: {e}). "
+                  "Fix: remove it or measure again with --json.", file=sys.stderr)  # fmt: skip
+            return 1
+        atomic_write_text(args.report, text + "\n")
         print(f"wrote {args.report} from {len(paths)} result file(s)")
     return 0
 

@@ -75,3 +75,17 @@ def test_scaling_without_a_task_or_without_results_fails_with_a_reason(tmp_path,
     assert main(["--report", str(tmp_path / "R.md"), "--results", str(tmp_path)]) == 1
     assert "no scaling_*.json" in capsys.readouterr().err
     assert not (tmp_path / "R.md").exists()
+
+
+def test_scaling_rejects_bad_sizes_and_files_that_are_not_results(tmp_path, capsys):
+    from scaling import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--json", str(tmp_path / "s.json"), "--batch-size", "0"])
+    assert stop.value.code == 2
+    assert "--batch-size 0" in capsys.readouterr().err
+    (tmp_path / "scaling_cpu.json").write_text("{not json")
+    assert main(["--report", str(tmp_path / "R.md"), "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "scaling_cpu.json" in err and "Fix:" in err
+    assert not (tmp_path / "R.md").exists()
