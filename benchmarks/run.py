@@ -26,8 +26,11 @@ fit, the gradient of the population objective, compile times; ratios and a JSON 
   time, printed as such, with the agreement of the per-patient OFV terms at il2treg's optimum.
 - **Gradient of the population objective** (FOCE-I, ``il2treg.fit``) for 100 patients of the
   simulated LUPIL-2 cohort at the reference fit's estimates: the exact gradient at converged
-  EBEs against the forward simulation of the same 100 patients, and against the objective value
-  (EBE search included).
+  EBEs against the forward simulation of the same 100 patients (same work order and chunks),
+  and against the objective value (EBE search included); the gradient of the Bayesian fit's
+  joint log density (psi and every eta) at the same point; and (not in ``--quick``) the cost of
+  one solve with forward sensitivities against the number of ODE copies it carries, which is
+  what bounds the FOCE-I gradient (:func:`sensitivity_copies`).
 
 ``--quick`` (N = 1,000, 200 individual fits, the small population fit of ``fits/lupil2_nuts``
 whose 8 patients also serve the gradient timing, fewer baseline patients) finishes in under 3
@@ -105,13 +108,21 @@ def worst_difference(mine, theirs) -> float:
     return float(np.max(np.abs(theirs - mine) / np.maximum(np.abs(mine), floor)))
 
 
-def objective_gradient(n_patients: int = 100, fitted=None) -> dict:
+def objective_gradient(n_patients: int = 100, fitted=None, copies: bool = True) -> dict:
     """Times of the forward simulation, the objective (with its EBE search) and its exact gradient:
     100 patients of the reference cohort at the reference fit's estimates, or (``fitted``, quick
-    mode) the objective and estimates of :func:`population_fit`, whose compiled code it reuses."""
+    mode) the objective and estimates of :func:`population_fit`, whose compiled code it reuses.
+
+    Also, at the same point: the gradient of the joint log density of the Bayesian fit (every
+    entry of psi and every patient's eta; first-order sensitivities only), and (``copies``) what
+    the exact FOCE-I gradient is made of: the cost of one solve with forward sensitivities as a
+    function of the number of ODE copies it carries (:func:`sensitivity_copies`).
+    """
     from il2treg.data import read_dataset
     from il2treg.fit import read_fit_spec
+    from il2treg.fit.bayes import eta_variances, make_target
     from il2treg.fit.population import Objective
+    from il2treg.fit.priors import sampling_priors
     from il2treg.fit.problem import patient_arrays, predict, unpack
     from il2treg.fit.run import _patient_theta, _predict_all
 
@@ -128,6 +139,7 @@ def objective_gradient(n_patients: int = 100, fitted=None) -> dict:
         spec, objective, psi = fitted
         problem = objective.problem
     patients = objective.patients
+    batch = next(f.default for f in dataclasses.fields(Objective) if f.name == "batch_size")
     up = unpack(problem, psi, spec.residual_model())
     eta0 = jnp.zeros((spec.dataset.n_subjects, problem.n_eta))
     include = jnp.ones(spec.dataset.n_subjects, dtype=bool)
@@ -136,15 +148,16 @@ def objective_gradient(n_patients: int = 100, fitted=None) -> dict:
     inner, first, comp = timed(lambda: inner_fn(psi, eta0))
     _, second, _ = timed(lambda: inner_fn(psi, eta0))
     out["inner"] = {"compile_s": comp, "first_s": first, "run_s": second}
-    # The forward simulation of the same patients at the same (individual) parameters as the gradient.
-    forward = lambda: _predict_all(problem, up.theta, up.beta, inner.eta, patients)[0]
-    _, first, comp = timed(forward)
-    _, second, _ = timed(forward)
-    out["forward"] = {"compile_s": comp, "first_s": first, "run_s": second}
+    # The forward simulation of the same patients at the same (individual) parameters as the
+    # gradient, in the same work order and chunks as the objective.
+    forward = jax.jit(lambda eta: _predict_all(problem, up.theta, up.beta, eta, patients, batch_size=batch)[0])
+    _, first, comp = timed(lambda: forward(inner.eta))
+    _, second, _ = timed(lambda: forward(inner.eta))
+    out["forward"] = {"compile_s": comp, "first_s": first, "run_s": second, "batch_size": batch}
     # The same forward simulation chunked in data order (no il2treg.simulate.work_order): what
     # putting placebo and treated patients in separate chunks saves.
     one = lambda args: predict(problem, _patient_theta(problem, up.theta, up.beta, args[0], args[1]), args[1])[0]
-    data_order = jax.jit(lambda eta: jax.lax.map(one, (eta, patients), batch_size=32))
+    data_order = jax.jit(lambda eta: jax.lax.map(one, (eta, patients), batch_size=batch))
     _, first, comp = timed(lambda: data_order(inner.eta))
     _, second, _ = timed(lambda: data_order(inner.eta))
     out["forward_data_order"] = {"compile_s": comp, "first_s": first, "run_s": second}
@@ -157,7 +170,54 @@ def objective_gradient(n_patients: int = 100, fitted=None) -> dict:
     out["n_patients"] = spec.dataset.n_subjects
     out["gradient_over_forward"] = out["gradient"]["run_s"] / out["forward"]["run_s"]
     out["gradient_over_objective"] = out["gradient"]["run_s"] / (out["inner"]["run_s"] + out["value_at_ebes"]["run_s"])
+    # The Bayesian fit's target at the same point: log p(psi, eta, y) and its gradient.
+    target = make_target(problem, patients, spec.residual_model(), sampling_priors(problem, psi), include,
+                         eta_variances(inner, up.omega), up.omega, threshold=0.5)  # fmt: skip
+    position = {"psi": psi, "z": target.to_coordinates(psi, inner.eta)}
+    joint = jax.jit(jax.value_and_grad(lambda pos, tgt: tgt.log_density(pos)))
+    _, first, comp = timed(lambda: joint(position, target))
+    _, second, _ = timed(lambda: joint(position, target))
+    n_joint = psi.size + inner.eta.size
+    out["joint_gradient"] = {"compile_s": comp, "first_s": first, "run_s": second, "n_parameters": int(n_joint),
+                             "over_forward": second / out["forward"]["run_s"]}  # fmt: skip
+    if copies:
+        out["copies"] = sensitivity_copies(problem, up, inner.eta, patients, batch)
+        out["copies"]["over_forward_at_distinct"] = out["copies"]["cost_at_distinct_s"] / out["forward"]["run_s"]
     return out
+
+
+def sensitivity_copies(problem, up, eta, patients, batch: int) -> dict:
+    r"""Seconds of one solve of every patient (work order, chunks of ``batch``) with forward
+    sensitivities in the fit's directions, against the number of ODE copies (primal and tangents)
+    it carries: :func:`il2treg.fit.problem.expand` with first-order directions ``F`` (none, the
+    random effects the ODE reads, all varied parameters it reads) and second-order ones ``S``
+    (none or those random effects), :math:`(1 + |F|)(1 + |S|)` copies. A least-squares line
+    gives the cost per copy; the exact FOCE-I gradient needs
+    :math:`1 + |F| + |S||F| - |S|(|S|-1)/2` distinct copies (the nested forward mode computes
+    :math:`|S|(|S|+1)/2` of them twice)."""
+    from il2treg.fit.problem import expand
+    from il2treg.fit.run import _patient_theta
+    from il2treg.simulate import ordered_map, work_order
+
+    varied, random = problem.ode_varied, problem.ode_random
+    order = work_order(patients.dose_amount)
+    rows = []
+    for first, second in (((), ()), (random, ()), (varied, ()), (random, random), (varied, random)):
+        def one(args, first=first, second=second):
+            ex = expand(problem, _patient_theta(problem, up.theta, up.beta, args[0], args[1]), args[1], first, second)
+            return tuple(x for x in (ex.states, ex.d1, ex.d2) if x.size)  # lax.map cannot batch empty arrays
+
+        solve = jax.jit(lambda eta, one=one: ordered_map(one, (eta, patients), order, batch))
+        _, _, comp = timed(lambda solve=solve: solve(eta))
+        _, second_s, _ = timed(lambda solve=solve: solve(eta))
+        rows.append({"first": len(first), "second": len(second), "copies": (1 + len(first)) * (1 + len(second)), "run_s": second_s, "compile_s": comp})
+    n_copies = np.asarray([r["copies"] for r in rows], dtype=float)
+    seconds = np.asarray([r["run_s"] for r in rows])
+    per_copy, base = np.polyfit(n_copies, seconds, 1)
+    f, s = len(varied), len(random)
+    distinct = 1 + f + s * f - s * (s - 1) // 2
+    return {"solves": rows, "per_copy_s": float(per_copy), "base_s": float(base), "distinct_copies": distinct,
+            "computed_copies": (1 + f) * (1 + s), "cost_at_distinct_s": float(base + per_copy * distinct)}  # fmt: skip
 
 
 def individual_fits(n: int, k_rr: int, k_scipy: int, seed: int = 11) -> dict:
@@ -410,13 +470,22 @@ def main() -> None:
         print(f"  {label} + scipy BFGS EBEs + finite differences: objective {b['objective_s_per_patient']:.2f} s/patient, FD gradient "
               f"{b['fd_gradient_s_per_patient']:.2f} s/patient (measured on {b['patients']}), estimated fit {b['estimated_fit_s']:.0f} s = "
               f"{b['ratio']:.0f}x il2treg; OFV terms agree to {b['max_abs_ofv_term_diff']:.1e}", flush=True)  # fmt: skip
-    g = objective_gradient(100, fitted if args.quick else None)
+    g = objective_gradient(100, fitted if args.quick else None, copies=not args.quick)
     report["objective_gradient"] = g
     print(f"population objective, {g['n_patients']} patients: forward simulation {g['forward']['run_s']:.3f} s "
           f"({g['forward_data_order']['run_s']:.3f} s in data order), EBE search {g['inner']['run_s']:.2f} s, "
           f"objective at EBEs {g['value_at_ebes']['run_s']:.3f} s, exact gradient {g['gradient']['run_s']:.3f} s "
           f"(compile {g['gradient']['compile_s']:.1f} s): gradient / forward simulation = {g['gradient_over_forward']:.1f}, "
           f"gradient / objective = {g['gradient_over_objective']:.2f}")  # fmt: skip
+    j = g["joint_gradient"]
+    print(f"  joint log density of the Bayesian fit ({j['n_parameters']} parameters: psi and every eta) with its gradient "
+          f"{j['run_s']:.3f} s (compile {j['compile_s']:.1f} s) = {j['over_forward']:.1f}x the forward simulation")  # fmt: skip
+    if "copies" in g:
+        c = g["copies"]
+        table = ", ".join(f"{r['copies']} copies {r['run_s']:.3f} s" for r in c["solves"])
+        print(f"  one solve with forward sensitivities: {table}; line {c['base_s']:.3f} s + {c['per_copy_s']:.4f} s per copy; "
+              f"the exact FOCE-I gradient needs {c['distinct_copies']} distinct copies ({c['computed_copies']} computed), "
+              f"{c['over_forward_at_distinct']:.1f}x the forward simulation at that cost per copy")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
