@@ -54,9 +54,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from simulate import solve_lsoda, timed  # noqa: E402
+from simulate import solve_lsoda, timed
 
-import il2treg  # noqa: E402
+import il2treg
 
 TIMES = np.linspace(0.0, 84.0, 337)
 
@@ -139,7 +139,7 @@ def objective_gradient(n_patients: int = 100, fitted=None, copies: bool = True) 
         spec, objective, psi = fitted
         problem = objective.problem
     patients = objective.patients
-    batch = next(f.default for f in dataclasses.fields(Objective) if f.name == "batch_size")
+    batch = Objective.batch_size  # the objective's chunk of patients
     up = unpack(problem, psi, spec.residual_model())
     eta0 = jnp.zeros((spec.dataset.n_subjects, problem.n_eta))
     include = jnp.ones(spec.dataset.n_subjects, dtype=bool)
@@ -224,13 +224,13 @@ def individual_fits(n: int, k_rr: int, k_scipy: int, seed: int = 11) -> dict:
     """MAP estimates of three random effects for ``n`` simulated trial patients: il2treg (all)
     against least_squares around libroadrunner and around scipy LSODA (samples of patients)."""
     from fit import RANDOM, SIGMA, USE, scipy_map
+    from scipy.optimize import least_squares
 
     from il2treg.data import read_dataset
     from il2treg.datasets import simulate_cohort
     from il2treg.fit import Objective, make_problem, patient_arrays
     from il2treg.fit.population import make_parallel
     from il2treg.likelihood import ResidualModel
-    from scipy.optimize import least_squares
 
     model = il2treg.load_model()
     data = read_dataset(simulate_cohort(n, seed))
@@ -345,7 +345,12 @@ def population_fit(spec_path: str, k_baseline: int) -> dict:
     from il2treg.fit import read_fit_spec
     from il2treg.fit.estimate import fit_population
     from il2treg.fit.population import _bracket
-    from il2treg.fit.problem import covariate_theta, data_neg2ll, individual_theta, unpack
+    from il2treg.fit.problem import (
+        covariate_theta,
+        data_neg2ll,
+        individual_theta,
+        unpack,
+    )
     from il2treg.fit.run import initial_psi, make_objective
 
     spec = read_fit_spec(spec_path)
@@ -425,7 +430,7 @@ def main() -> None:
     regimen = il2treg.regimen.lupil2()
     sizes = (1000,) if args.quick else (1000, 10_000)
     k_rr, k_scipy = (20, 5) if args.quick else (200, 20)
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+    report = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}", "jax": jax.__version__,
               "rtol": args.rtol, "atol": args.atol, "simulation": {}}  # fmt: skip
     population = il2treg.sample_population(model, max(sizes), seed=0)

@@ -15,7 +15,12 @@ import il2treg
 import il2treg.datasets
 from il2treg import trial, units
 from il2treg.data import read_dataset
-from il2treg.datasets import cohort, lupil2_virtual, lupil2_virtual_truth, simulate_cohort
+from il2treg.datasets import (
+    cohort,
+    lupil2_virtual,
+    lupil2_virtual_truth,
+    simulate_cohort,
+)
 from il2treg.errors import InputError, SpecError
 from il2treg.model import Parameters
 from il2treg.regimen import Regimen, stack

@@ -373,7 +373,6 @@ def test_threads_sharing_a_large_batch_give_the_same_results(model, lupil2):
     np.testing.assert_array_equal(two.status, one.status)
 
 
-
 def test_threads_by_default_one_per_core_on_a_cpu_and_one_on_an_accelerator(monkeypatch):
     import os
 
