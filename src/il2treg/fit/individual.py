@@ -109,14 +109,13 @@ def inner_solve(
         step = step * jnp.minimum(1.0, max_step / jnp.max(jnp.abs(step), initial=0.0))  # trust region on eta
         return step, grad, grad @ jnp.linalg.solve(hess, grad)  # undamped: damping cannot fake convergence
 
-    g0, p0, j0 = evaluate(eta0)
-    failed = ~jnp.isfinite(g0)
+    # The first pass of the loop evaluates eta0 itself (a zero step from g = +inf, always
+    # accepted), so the ODE solve is traced and compiled once, not once more before the loop.
     n = eta0.shape[0]
-    corr0, lam0 = jnp.zeros((n, n)), jnp.asarray(1e-3)
-    step0, grad0, dec0 = proposal(eta0, p0, j0, corr0, lam0)
+    m = patient.obs_time.shape[0]
 
     def cond(state):
-        return (~state[-1]) & (state[-2] < max_iter)
+        return (~state[-1]) & (state[-2] <= max_iter)
 
     def body(state):
         eta, g, pred, jac, corr, lam, step, grad, it, _ = state
@@ -130,10 +129,15 @@ def inner_solve(
         lam = jnp.where(accept, lam / 3.0, lam * 10.0)
         # The next step is proposed now, so a point that is already converged costs no solve.
         step, grad, decrement = proposal(eta, pred, jac, corr, lam)
-        return eta, g, pred, jac, corr, lam, step, grad, it + 1, (decrement < tol) | (lam > 1e12)
+        failed = ~jnp.isfinite(g)  # only the first pass can accept g = inf
+        return eta, g, pred, jac, corr, lam, step, grad, it + 1, failed | (decrement < tol) | (lam > 1e12)
 
-    state = (eta0, g0, p0, j0, corr0, lam0, step0, grad0, jnp.asarray(0), failed | (dec0 < tol))
+    zeros = jnp.zeros(n, dtype=eta0.dtype)
+    state = (eta0, jnp.asarray(jnp.inf, eta0.dtype), jnp.zeros(m, eta0.dtype), jnp.zeros((m, n), eta0.dtype),
+             jnp.zeros((n, n), eta0.dtype), jnp.asarray(3e-3), zeros, zeros, jnp.asarray(0), jnp.asarray(False))  # fmt: skip
     eta, g, pred, jac, _, lam, _, _, it, done = jax.lax.while_loop(cond, body, state)
+    failed = ~jnp.isfinite(g)
+    it = it - 1  # iterations after the evaluation at eta0
     _, r2 = observation_derivatives(residual, pred, patient)
     status = jnp.where(failed, STATUS_SOLVER_FAILED, jnp.where(done & (lam <= 1e12), STATUS_CONVERGED, STATUS_MAX_ITER))
     return InnerResult(eta, g, pred, jac, jnp.maximum(r2, 0.0), it, status)
