@@ -132,6 +132,7 @@ def inner_solve(
         failed = ~jnp.isfinite(g)  # only the first pass can accept g = inf
         return eta, g, pred, jac, corr, lam, step, grad, it + 1, failed | (decrement < tol) | (lam > 1e12)
 
+    # Damping starts at 3e-3 so that the first (always accepted) pass leaves the usual 1e-3.
     zeros = jnp.zeros(n, dtype=eta0.dtype)
     state = (eta0, jnp.asarray(jnp.inf, eta0.dtype), jnp.zeros(m, eta0.dtype), jnp.zeros((m, n), eta0.dtype),
              jnp.zeros((n, n), eta0.dtype), jnp.asarray(3e-3), zeros, zeros, jnp.asarray(0), jnp.asarray(False))  # fmt: skip
