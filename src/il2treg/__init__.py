@@ -17,6 +17,7 @@ from il2treg.trial import TrialDesign, TrialResult, load_design, simulate_trial
 from il2treg import design
 from il2treg.design import Constraints, compare, optimise
 from il2treg.sbml import export_sbml
+from il2treg.cache import enable_compilation_cache
 
 __all__ = [
     "Constraints",
@@ -31,6 +32,7 @@ __all__ = [
     "TrialResult",
     "compare",
     "design",
+    "enable_compilation_cache",
     "errors",
     "export_sbml",
     "load_design",

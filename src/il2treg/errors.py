@@ -48,3 +48,7 @@ class PrecisionError(Il2tregError, RuntimeError):
 
 class SolverError(Il2tregError, RuntimeError):
     """The ODE solver failed for every patient (a single failed patient is flagged, not raised)."""
+
+
+class CacheError(Il2tregError, OSError):
+    """The compilation cache folder cannot be used (:mod:`il2treg.cache`)."""
