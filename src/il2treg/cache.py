@@ -64,13 +64,15 @@ def callbacks_disabled() -> bool:
     return equinox._config.EQX_ON_ERROR != "raise"
 
 
-def enable_compilation_cache(directory: str | Path | None = None, min_compile_seconds: float = 0.5) -> Path:
+def enable_compilation_cache(directory: str | Path | None = None, min_compile_seconds: float = 0.5, max_bytes: int = 1 << 30) -> Path:
     """Keep compiled XLA programs in ``directory`` (default :func:`default_directory`) and load
     them in later processes.
 
     Args:
         directory: the cache folder; created if missing.
         min_compile_seconds: programs that compile faster than this are not written.
+        max_bytes: the folder's size limit; the least recently used programs are deleted beyond it
+            (the reference fit writes about 4 MB).
 
     Returns:
         The folder used.
@@ -87,4 +89,5 @@ def enable_compilation_cache(directory: str | Path | None = None, min_compile_se
         raise CacheError(f"cannot create the compilation cache folder {path}: {err.strerror}. Fix: set {ENV} to a writable folder, or to off.") from err
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
+    jax.config.update("jax_compilation_cache_max_size", int(max_bytes))
     return path
