@@ -8,7 +8,9 @@ fit's typical values) as ``il2treg.simulate`` does (Tsit5, integral controller, 
 (accepted and rejected). A vmapped chunk steps until its slowest patient is done
 (``il2treg.simulate.work_order``). It also counts one treated patient's steps at looser
 tolerances, and prints that patient's elimination rate (CL + CLR)/V: steps that barely fall with
-the tolerance are bounded by stability (that rate), not accuracy.
+the tolerance are bounded by stability (that rate), not accuracy. Last, that patient's steps at
+rtol 1e-6 with other diffrax solvers under the same controller: an integrator that needs far
+fewer steps would change what a solve (and each of its sensitivity copies) costs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from il2treg.fit.run import _patient_theta
 from il2treg.model import system
 
 
-def steps(structure, names, theta, dose_time, dose_amount, t_end, rtol=1e-6, atol=1e-9) -> int:
+def steps(structure, names, theta, dose_time, dose_amount, t_end, rtol=1e-6, atol=1e-9, solver=None) -> int:
     p = system.prepare({n: theta[i] for i, n in enumerate(names)}, structure)
     controller = dfx.PIDController(rtol=rtol, atol=atol, pcoeff=0.0, icoeff=1.0)
     y = system.initial_state(structure)
@@ -34,7 +36,7 @@ def steps(structure, names, theta, dose_time, dose_amount, t_end, rtol=1e-6, ato
     total = 0
     for k in range(len(edges) - 1):
         if edges[k + 1] > edges[k]:
-            sol = _solve(edges[k], edges[k + 1], y, p, structure, controller)
+            sol = _solve(edges[k], edges[k + 1], y, p, structure, controller, solver or dfx.Tsit5())
             y = sol.ys[-1]
             total += int(sol.stats["num_steps"])
         if k < len(doses):
@@ -43,8 +45,8 @@ def steps(structure, names, theta, dose_time, dose_amount, t_end, rtol=1e-6, ato
 
 
 @eqx.filter_jit
-def _solve(t0, t1, y, p, structure, controller):
-    return dfx.diffeqsolve(dfx.ODETerm(system.vector_field), dfx.Tsit5(), t0, t1, None, y, (p, structure),
+def _solve(t0, t1, y, p, structure, controller, solver):
+    return dfx.diffeqsolve(dfx.ODETerm(system.vector_field), solver, t0, t1, None, y, (p, structure),
                            saveat=dfx.SaveAt(t1=True), stepsize_controller=controller, max_steps=100_000)  # fmt: skip
 
 
@@ -72,6 +74,9 @@ def main() -> None:
     print(f"first IL-2 patient: elimination rate (CL + CLR)/V = {(theta['CL'] + theta['CLR']) / theta['V']:.1f} per day")
     for rtol, atol in ((1e-6, 1e-9), (1e-4, 1e-7), (1e-3, 1e-6)):
         print(f"first IL-2 patient at rtol {rtol:g}, atol {atol:g}: {steps(structure, names, *treated, t_end, rtol, atol)} steps")
+    for solver in (dfx.Dopri8(), dfx.Kvaerno5(), dfx.Kvaerno3()):
+        n = steps(structure, names, *treated, t_end, solver=solver)
+        print(f"first IL-2 patient, {type(solver).__name__} ({'implicit' if isinstance(solver, dfx.AbstractImplicitSolver) else 'explicit'}), rtol 1e-6: {n} steps")
 
 
 if __name__ == "__main__":
