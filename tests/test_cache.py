@@ -38,7 +38,7 @@ def _simulate(cache: Path, eqx_on_error: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "EQX_ON_ERROR"}
     if eqx_on_error is not None:
         env["EQX_ON_ERROR"] = eqx_on_error
-    done = subprocess.run([sys.executable, "-c", _SIMULATE, str(cache)], env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run([sys.executable, "-c", _SIMULATE, str(cache)], env=env, capture_output=True, encoding="utf-8", timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -99,12 +99,12 @@ def test_the_command_turns_the_cache_on_and_runs_without_one_it_cannot_create(tm
     command = [sys.executable, "-c", "import il2treg_cli; il2treg_cli.main()", "simulate", "--typical", "--days", "7"]
     env = {k: v for k, v in os.environ.items() if k != "EQX_ON_ERROR"}
     done = subprocess.run([*command, "--out", str(tmp_path / "a")], env={**env, "IL2TREG_CACHE": str(tmp_path / "xla")},
-                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+                          capture_output=True, encoding="utf-8", timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert any((tmp_path / "xla").iterdir())
     (tmp_path / "a_file").write_text("")
     done = subprocess.run([*command, "--out", str(tmp_path / "b")], env={**env, "IL2TREG_CACHE": str(tmp_path / "a_file" / "xla")},
-                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+                          capture_output=True, encoding="utf-8", timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     warnings = [line for line in done.stderr.splitlines() if line.startswith("il2treg: warning:")]
     assert len(warnings) == 1 and "cannot create the compilation cache folder" in warnings[0]

@@ -431,13 +431,13 @@ def test_the_multi_host_example_equals_one_process_bit_for_bit(model, tmp_path):
         port = s.getsockname()[1]
     out = tmp_path / "dist"
     common = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--n", "25", "--seed", "3", "--days", "28", "--dt", "3.5", "--out", str(out)]
-    procs = [subprocess.Popen([sys.executable, str(script), "run", *common, "--process-id", str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, str(script), "run", *common, "--process-id", str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
              for rank in range(2)]  # fmt: skip
     results = [p.communicate(timeout=600) for p in procs]
     for p, (stdout, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr[-3000:]
     assert "patients 0..12" in results[0][0] and "patients 13..24" in results[1][0]
-    done = subprocess.run([sys.executable, str(script), "gather", "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run([sys.executable, str(script), "gather", "--out", str(out)], capture_output=True, encoding="utf-8", timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     gathered = np.load(out / "simulation.npz")
     times = np.arange(0.0, 28.0 + 1.75, 3.5)
@@ -445,5 +445,5 @@ def test_the_multi_host_example_equals_one_process_bit_for_bit(model, tmp_path):
     np.testing.assert_array_equal(gathered["times"], times)
     np.testing.assert_array_equal(gathered["values"], np.asarray(reference.values))
     np.testing.assert_array_equal(gathered["status"], np.asarray(reference.status))
-    again = subprocess.run([sys.executable, str(script), "gather", "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    again = subprocess.run([sys.executable, str(script), "gather", "--out", str(out)], capture_output=True, encoding="utf-8", timeout=120, check=False)
     assert again.returncode != 0 and "exists" in again.stderr and "--force" in again.stderr
