@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -32,10 +33,14 @@ from pathlib import Path
 import numpy as np
 
 
-def _save_npz(path: Path, force: bool, **arrays) -> None:
-    """Write ``arrays`` to ``path`` atomically (a temporary file beside it, then one rename)."""
+def _refuse_existing(path: Path, force: bool) -> None:
+    """Stop before any work if ``path`` exists and ``--force`` was not given."""
     if path.exists() and not force:
         sys.exit(f"simulate_distributed: error: {path} exists. Fix: choose another --out or pass --force to replace it.")
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    """Write ``arrays`` to ``path`` atomically (a temporary file beside it, then one rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -51,6 +56,8 @@ def run(args: argparse.Namespace) -> None:
         sys.exit(f"simulate_distributed: error: --process-id {args.process_id} is not in 0..{args.num_processes - 1}. Fix: number the processes from 0.")
     if args.n < args.num_processes:
         sys.exit(f"simulate_distributed: error: --n {args.n} patients cannot be split over {args.num_processes} processes. Fix: use at least one patient per process.")
+    part = args.out / f"part-{args.process_id:04d}-of-{args.num_processes:04d}.npz"
+    _refuse_existing(part, args.force)  # before the simulation, not after it
     import jax
 
     jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
@@ -63,17 +70,18 @@ def run(args: argparse.Namespace) -> None:
     times = np.arange(0.0, args.days + 0.5 * args.dt, args.dt)
     sim = il2treg.simulate(model, il2treg.regimen.named(args.regimen), times, il2treg.Parameters(population.values[mine], population.names))
     args.out.mkdir(parents=True, exist_ok=True)
-    part = args.out / f"part-{rank:04d}-of-{size:04d}.npz"
-    _save_npz(part, args.force, rows=mine, values=np.asarray(sim.values), status=np.asarray(sim.status), times=times,
+    _save_npz(part, rows=mine, values=np.asarray(sim.values), status=np.asarray(sim.status), times=times,
               names=np.asarray(sim.names), n=args.n)  # fmt: skip
     print(f"process {rank} of {size}: patients {mine[0]}..{mine[-1]} on {len(jax.local_devices())} local device(s), "
           f"{int(np.sum(np.asarray(sim.status) != 0))} failed; wrote {part}")  # fmt: skip
 
 
 def gather(args: argparse.Namespace) -> None:
-    parts = sorted(args.out.glob("part-*-of-*.npz"))
+    parts = sorted(p for p in args.out.glob("part-*-of-*.npz") if re.fullmatch(r"part-\d{4}-of-\d{4}", p.stem))
     if not parts:
-        sys.exit(f"simulate_distributed: error: no part-*-of-*.npz in {args.out}. Fix: run every process first.")
+        sys.exit(f"simulate_distributed: error: no part-RANK-of-N.npz in {args.out}. Fix: run every process first.")
+    out = args.out / "simulation.npz"
+    _refuse_existing(out, args.force)
     size = int(parts[0].stem.split("-of-")[1])
     expected = [args.out / f"part-{rank:04d}-of-{size:04d}.npz" for rank in range(size)]
     missing = [p.name for p in expected if not p.exists()]
@@ -84,10 +92,9 @@ def gather(args: argparse.Namespace) -> None:
     rows = np.concatenate([d["rows"] for d in loaded])
     if not np.array_equal(rows, np.arange(n)):
         sys.exit(f"simulate_distributed: error: the parts in {args.out} do not cover patients 0..{n - 1} once each. Fix: remove parts of other runs.")
-    out = args.out / "simulation.npz"
     values = np.concatenate([d["values"] for d in loaded])
     status = np.concatenate([d["status"] for d in loaded])
-    _save_npz(out, args.force, values=values, status=status, times=loaded[0]["times"], names=loaded[0]["names"])
+    _save_npz(out, values=values, status=status, times=loaded[0]["times"], names=loaded[0]["names"])
     print(f"{n} patients from {size} processes, {int(np.sum(status != 0))} failed; wrote {out}")
 
 

@@ -419,7 +419,7 @@ def test_a_batch_sharded_over_two_devices_gives_identical_results():
 def test_the_multi_host_example_equals_one_process_bit_for_bit(model, tmp_path):
     """scripts/simulate_distributed.py (the README's jax.distributed example) with two processes
     on this machine: each simulates its slice, `gather` joins them, and the result equals one
-    process simulating the whole population; a second run refuses to overwrite the parts."""
+    process simulating the whole population; a second gather or run refuses to overwrite."""
     import socket
     import subprocess
     import sys
@@ -447,3 +447,5 @@ def test_the_multi_host_example_equals_one_process_bit_for_bit(model, tmp_path):
     np.testing.assert_array_equal(gathered["status"], np.asarray(reference.status))
     again = subprocess.run([sys.executable, str(script), "gather", "--out", str(out)], capture_output=True, encoding="utf-8", timeout=120, check=False)
     assert again.returncode != 0 and "exists" in again.stderr and "--force" in again.stderr
+    rerun = subprocess.run([sys.executable, str(script), "run", *common, "--process-id", "0"], capture_output=True, encoding="utf-8", timeout=120, check=False)
+    assert rerun.returncode != 0 and "part-0000-of-0002.npz exists" in rerun.stderr  # refused before any simulation
