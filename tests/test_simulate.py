@@ -12,7 +12,7 @@ import il2treg
 from il2treg import regimen as rg
 from il2treg.errors import InputError, PrecisionError, RegimenError
 from il2treg.model import pk
-from il2treg.simulate import ordered_map, work_order
+from il2treg.simulate import chunk_shape, chunked_map, ordered_map, work_order
 
 DAY_PER_HOUR = 1.0 / 24.0
 
@@ -220,6 +220,32 @@ def test_work_order_puts_patients_without_doses_first_then_orders_by_stiffness()
     xs = (jnp.arange(5.0), jnp.arange(10.0).reshape(5, 2))
     out = ordered_map(lambda x: x[0] + x[1].sum(), xs, work_order(amounts, stiffness), batch_size=2)
     np.testing.assert_array_equal(out, xs[0] + xs[1].sum(axis=1))
+
+
+@pytest.mark.parametrize(("n", "batch_size", "shape"), [(24, 16, (2, 12)), (100, 16, (7, 15)), (10_000, 128, (79, 127)), (5, 16, (1, 5)), (32, 16, (2, 16))])
+def test_chunks_are_equal_and_as_few_as_the_batch_size_allows(n, batch_size, shape):
+    chunks, size = chunk_shape(n, batch_size)
+    assert (chunks, size) == shape
+    assert size <= batch_size and chunks * size >= n and chunks * size - n < chunks
+    assert (chunks - 1) * batch_size < n  # no fewer chunks of at most batch_size rows hold n
+
+
+def test_chunked_map_traces_the_function_once_and_keeps_every_row():
+    """lax.map with a batch size that does not divide the rows traces (and compiles) the
+    function twice, once for the remainder; equal chunks trace it once."""
+    traces = []
+
+    def fn(x):
+        traces.append(1)
+        return x[0] * 2.0 + x[1].sum()
+
+    xs = (jnp.arange(23.0), jnp.arange(46.0).reshape(23, 2))
+    jax.lax.map(fn, xs, batch_size=16)
+    assert len(traces) == 2
+    traces.clear()
+    out = jax.jit(lambda xs: chunked_map(fn, xs, 16))(xs)
+    assert len(traces) == 1
+    np.testing.assert_array_equal(out, xs[0] * 2.0 + xs[1].sum(axis=1))
 
 
 def test_chunked_mixed_placebo_and_treated_batch_equals_one_vmapped_batch(model):

@@ -65,7 +65,7 @@ from il2treg.fit.problem import (
     unpack,
 )
 from il2treg.likelihood import ResidualModel, neg2ll_terms, sample_observations
-from il2treg.simulate import ordered_map, work_order
+from il2treg.simulate import chunked_map, ordered_map, work_order
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -287,7 +287,7 @@ def pointwise(target: Target, samples: Samples, seed: int = 0, batch_size: int =
     psi = samples.psi.reshape(c * d, -1)
     z = samples.z.reshape(c * d, *samples.z.shape[2:])
     keys = jax.random.split(jax.random.PRNGKey(seed), c * d)
-    fn = eqx.filter_jit(lambda tgt, args: jax.lax.map(lambda a: tgt.pointwise(*a), args, batch_size=batch_size))
+    fn = eqx.filter_jit(lambda tgt, args: chunked_map(lambda a: tgt.pointwise(*a), args, batch_size))
     ll, rep, status = fn(target, (psi, z, keys))
     shape = lambda x: np.asarray(x).reshape(c, d, *x.shape[1:])
     return shape(ll), shape(rep), shape(status)
