@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/il2treg fit fits/lupil2_virtual/fit.toml --out out/demo-fit --force
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder  # a file per worker at a time, longest first: tests/conftest.py
+	$(PY) -m pytest -n 2 --dist loadfile  # one file per worker: module fixtures stay together
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --json benchmarks/results/run.json

@@ -12,36 +12,6 @@ import pytest
 import il2treg
 
 
-#: The test files that took longest with two workers (seconds at 1c3923a on this 2-core machine),
-#: handed out first so that no long file is left for the end of a parallel run: `make test` runs
-#: ``--dist loadfile --no-loadscope-reorder`` (a file's tests, and so its module fixtures, stay on
-#: one worker; files are handed out in the order of the collection, which this list sorts, instead
-#: of by their number of tests, which put the few long fit tests last). Only the order of the run
-#: depends on it; files left out of it run after those named, in their usual order.
-LONGEST_FIRST = (
-    "tests/test_fit_population.py",  # 489
-    "tests/test_notebooks.py",  # 406
-    "tests/test_simulate.py",  # 247
-    "tests/test_design.py",  # 210
-    "tests/test_fit_bayes.py",  # 199
-    "tests/test_diagnostics.py",  # 179
-    "tests/test_cli.py",  # 158
-    "tests/test_fit_profile.py",  # 116
-    "tests/test_fit_estimate.py",  # 94
-    "tests/test_fit_priors.py",  # 94
-    "tests/test_fit_result.py",  # 93
-    "tests/test_fit_individual.py",  # 66
-    "tests/test_cache.py",  # 47
-    "tests/test_trial.py",  # 43
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Put the files in LONGEST_FIRST first (a stable sort: each file's tests keep their order)."""
-    rank = {path: k for k, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
-
-
 @pytest.fixture(scope="session")
 def model():
     return il2treg.load_model()
