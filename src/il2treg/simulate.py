@@ -312,9 +312,9 @@ def chunked_map(fn, xs, batch_size: int):
     (:func:`chunk_shape`), so ``fn`` is compiled once: the rows are padded with repeats of the
     last one, whose results are dropped."""
     n = jax.tree.leaves(xs)[0].shape[0]
-    chunks, size = chunk_shape(n, batch_size)
-    if chunks == 1:
+    if n <= batch_size:  # one chunk (or none)
         return jax.vmap(fn)(xs)
+    chunks, size = chunk_shape(n, batch_size)
     rows = jnp.minimum(jnp.arange(chunks * size), n - 1)
     ys = jax.lax.map(fn, jax.tree.map(lambda x: x[rows], xs), batch_size=size)
     return jax.tree.map(lambda y: y[:n], ys)
