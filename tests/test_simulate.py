@@ -248,6 +248,14 @@ def test_chunked_map_traces_the_function_once_and_keeps_every_row():
     np.testing.assert_array_equal(out, xs[0] * 2.0 + xs[1].sum(axis=1))
 
 
+@pytest.mark.parametrize(("kwargs", "says"), [({"batch_size": 0}, "batch_size=0"), ({"batch_size": 2.5}, "batch_size=2.5"),
+                                            ({"max_steps": -1}, "max_steps=-1"), ({"workers": 0}, "workers=0")])  # fmt: skip
+def test_bad_solver_options_are_one_clear_error(kwargs, says):
+    with pytest.raises(InputError, match="Fix:") as info:
+        il2treg.SolverOptions(**kwargs)
+    assert says in str(info.value)
+
+
 def test_chunked_mixed_placebo_and_treated_batch_equals_one_vmapped_batch(model):
     regs = [rg.placebo() if i % 3 == 0 else rg.lupil2(n_weekly=2) for i in range(9)]
     params = il2treg.sample_population(model, len(regs), seed=8)

@@ -18,6 +18,7 @@ fails (e.g. ``max_steps``) gets ``status != 0`` and NaN values; the others are u
 
 from __future__ import annotations
 
+import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -93,6 +94,14 @@ class SolverOptions(eqx.Module):
     batch_size: int = eqx.field(static=True, default=128)
     workers: int | None = eqx.field(static=True, default=None)
     shard: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        for name, low in (("max_steps", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise InputError(f"SolverOptions({name}={value!r}): must be an integer >= {low}. Fix: pass e.g. {name}={type(self).__dataclass_fields__[name].default}.")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, numbers.Integral) or self.workers < 1):
+            raise InputError(f"SolverOptions(workers={self.workers!r}): must be an integer >= 1 or None. Fix: pass workers=None for one thread per CPU core.")
 
 
 class Simulation(eqx.Module):
