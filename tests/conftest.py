@@ -5,31 +5,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are rendered, never shown
-# Solver programs without host callbacks, so that the run's compilation cache can hold them
-# (il2treg.cache; the il2treg command runs this way too).
-os.environ.setdefault("EQX_ON_ERROR", "nan")
 
 import numpy as np
 import pytest
 
 import il2treg
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _compilation_cache(tmp_path_factory, worker_id):
-    """One compilation cache per test run, shared by its workers and the processes they start.
-
-    Each module frees its compiled programs (``_release_compiled_code``), and the workers and the
-    commands the tests run are separate processes, so the same objective or solver was compiled
-    again and again; from this folder each later compile of an identical program is a load. The
-    folder lies in pytest's temporary folder of this run (a fresh one every run, the oldest
-    removed by pytest), so nothing carries over between runs.
-    """
-    base = tmp_path_factory.getbasetemp()
-    folder = (base.parent if worker_id != "master" else base) / "xla-cache"
-    os.environ["IL2TREG_CACHE"] = str(folder)  # the il2treg commands that tests start
-    il2treg.enable_compilation_cache(folder)
-    yield folder
 
 
 @pytest.fixture(scope="session")
