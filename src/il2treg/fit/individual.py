@@ -22,8 +22,17 @@ residuals are large. Steps are
 shortened to at most ``max_step`` in any :math:`\eta` (a factor :math:`e` on the parameter).
 A step is accepted when :math:`g` does not increase (then :math:`\lambda \leftarrow \lambda/3`),
 else rejected (:math:`\lambda \leftarrow 10\lambda`). It stops when the undamped Newton decrement
-:math:`\nabla g^\top H^{-1} \nabla g` falls below ``tol`` (tested before solving for the next
-point, so convergence costs no extra ODE solve) or after ``max_iter`` iterations.
+:math:`\delta = \nabla g^\top H^{-1} \nabla g` falls below ``tol`` (tested before solving for the
+next point, so convergence costs no extra ODE solve), or after ``max_iter`` iterations.
+
+It also stops, converged, at the resolution of float64: when a step failed to lower :math:`g` by
+more than :math:`r = 16\epsilon|g|` (:math:`\epsilon` the machine epsilon; :math:`g` is a sum of
+tens of rounded terms, so its rounding error is several :math:`\epsilon|g|`) and
+:math:`\delta < r`, i.e. the decrease the quadratic model still promises (about :math:`\delta/2`)
+is within the rounding of :math:`g`. This matters only for a ``tol`` under :math:`r` (about 4e-13
+for :math:`g \approx 120`, e.g. the 1e-16 of the gradient test): before it, such a patient kept
+taking steps of no effect until ``max_iter`` and was reported as not converged (measured: 60
+iterations at decrements of 1.6-4 :math:`\epsilon|g|`, 5.3 s for 6 patients instead of 0.6 s).
 
 Each patient gets a status: 0 converged, 1 not converged within ``max_iter``, 2 the ODE solve
 failed at the start (the patient is flagged and left out of a population objective).
@@ -41,6 +50,8 @@ from il2treg.likelihood import ResidualModel, neg2ll_terms
 from il2treg.simulate import ordered_map, work_order
 
 STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED = 0, 1, 2
+#: Relative rounding of g taken as its resolution: 16 machine epsilons (see the module docstring).
+_RESOLUTION = 16.0 * float(jnp.finfo(jnp.float64).eps)
 
 
 class InnerResult(eqx.Module):
@@ -121,6 +132,7 @@ def inner_solve(
         eta, g, pred, jac, corr, lam, step, grad, it, _ = state
         g_new, p_new, j_new = evaluate(eta + step)
         accept = g_new <= g
+        stalled = g - g_new <= _RESOLUTION * jnp.abs(g)  # no decrease beyond the rounding of g
         grad_new, r1_new, _ = gradient(eta + step, p_new, j_new)
         corr_new = _secant_update(corr, step, grad_new - grad, (j_new - jac).T @ r1_new)
         keep = lambda new, old: jnp.where(accept, new, old)
@@ -130,7 +142,8 @@ def inner_solve(
         # The next step is proposed now, so a point that is already converged costs no solve.
         step, grad, decrement = proposal(eta, pred, jac, corr, lam)
         failed = ~jnp.isfinite(g)  # only the first pass can accept g = inf
-        return eta, g, pred, jac, corr, lam, step, grad, it + 1, failed | (decrement < tol) | (lam > 1e12)
+        at_precision = stalled & (decrement < _RESOLUTION * jnp.abs(g))  # see the module docstring
+        return eta, g, pred, jac, corr, lam, step, grad, it + 1, failed | (decrement < tol) | at_precision | (lam > 1e12)
 
     # Damping starts at 3e-3 so that the first (always accepted) pass leaves the usual 1e-3.
     zeros = jnp.zeros(n, dtype=eta0.dtype)
