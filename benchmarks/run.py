@@ -28,7 +28,8 @@ fit, the gradient of the population objective, compile times; ratios and a JSON 
   simulated LUPIL-2 cohort at the reference fit's estimates: the exact gradient at converged
   EBEs against the forward simulation of the same 100 patients (same work order and chunks),
   and against the objective value (EBE search included); the gradient of the Bayesian fit's
-  joint log density (psi and every eta) at the same point; and (not in ``--quick``) the cost of
+  joint log density (psi and every eta) at the same point; the gradient (with the information)
+  of SAEM's complete-data objective at the same point (``il2treg.fit.saem``); and (not in ``--quick``) the cost of
   one solve with forward sensitivities against the number of ODE copies it carries, which is
   what bounds the FOCE-I gradient (:func:`sensitivity_copies`).
 
@@ -180,6 +181,19 @@ def objective_gradient(n_patients: int = 100, fitted=None, copies: bool = True) 
     n_joint = psi.size + inner.eta.size
     out["joint_gradient"] = {"compile_s": comp, "first_s": first, "run_s": second, "n_parameters": int(n_joint),
                              "over_forward": second / out["forward"]["run_s"]}  # fmt: skip
+    # SAEM's population objective, the complete-data -2 log p(y, phi; psi), at the same point
+    # (phi = log individual parameters at the EBEs): its gradient with the information
+    # (il2treg.fit.saem.complete_score), and the forward solve of its E-step in the same chunks.
+    from il2treg.fit.saem import log_typical
+
+    phi = log_typical(problem, psi, patients) + inner.eta
+    _, first, comp = timed(lambda: objective.data_terms(psi, phi))
+    _, second, _ = timed(lambda: objective.data_terms(psi, phi))
+    out["saem_forward"] = {"compile_s": comp, "first_s": first, "run_s": second}
+    _, first, comp = timed(lambda: objective.complete_scores(psi, phi))
+    _, second, _ = timed(lambda: objective.complete_scores(psi, phi))
+    out["saem_gradient"] = {"compile_s": comp, "first_s": first, "run_s": second, "over_forward": second / out["forward"]["run_s"],
+                            "over_saem_forward": second / out["saem_forward"]["run_s"]}  # fmt: skip
     if copies:
         out["copies"] = sensitivity_copies(problem, up, inner.eta, patients, batch)
         out["copies"]["over_forward_at_distinct"] = out["copies"]["cost_at_distinct_s"] / out["forward"]["run_s"]
@@ -485,6 +499,10 @@ def main() -> None:
     j = g["joint_gradient"]
     print(f"  joint log density of the Bayesian fit ({j['n_parameters']} parameters: psi and every eta) with its gradient "
           f"{j['run_s']:.3f} s (compile {j['compile_s']:.1f} s) = {j['over_forward']:.1f}x the forward simulation")  # fmt: skip
+    sg = g["saem_gradient"]
+    print(f"  SAEM complete-data objective: gradient and information {sg['run_s']:.3f} s (compile {sg['compile_s']:.1f} s) = "
+          f"{sg['over_forward']:.1f}x the forward simulation ({sg['over_saem_forward']:.1f}x SAEM's own forward solve, "
+          f"{g['saem_forward']['run_s']:.3f} s)")  # fmt: skip
     if "copies" in g:
         c = g["copies"]
         table = ", ".join(f"{r['copies']} copies {r['run_s']:.3f} s" for r in c["solves"])

@@ -141,6 +141,8 @@ def trial(
 def _describe(info: dict) -> str:
     """One line of fit progress from a :func:`il2treg.fit.run.run_fit` progress event."""
     stage = info["stage"]
+    if stage == "estimation" and "gamma" in info:  # SAEM: its objective is the complete-data one, not the OFV
+        return f"SAEM iteration {info['iteration']}: complete-data objective {info['ofv']:.2f}, step {info['gamma']:.3g}"
     if stage == "estimation":
         return f"iteration {info['iteration']}: OFV {info['ofv']:.4f}, max |gradient| {info['grad_max']:.3g}"
     return {
@@ -158,7 +160,7 @@ def fit(
     spec: Path = typer.Argument(..., help="fit file, e.g. fits/lupil2_virtual/fit.toml"),
     out: Path = typer.Option(..., help="results folder (must not exist unless --force)"),
     force: bool = typer.Option(False, help="replace an existing results folder"),
-    method: str = typer.Option("foce", help="foce (FOCE-I / Laplace) or nuts (Laplace, then NUTS from it; settings in [nuts])"),
+    method: str = typer.Option("foce", help="foce (FOCE-I / Laplace), saem (stochastic approximation EM; settings in [saem]) or nuts (Laplace, then NUTS from it; settings in [nuts])"),
     figures: bool = typer.Option(True, help="also write diagnostics.csv and figures/ (individual fits, GOF, VPC, time course)"),
     n_sim: int = typer.Option(500, help="simulated replicates for the VPC and NPDE of the figures"),
 ) -> None:

@@ -62,6 +62,10 @@ class PopulationFit(eqx.Module):
         history: objective per outer iteration.
         n_observations: observations used.
         elapsed_s: wall time of the estimation (s), compilation included.
+        trace: SAEM only: the estimates before and after each iteration, ``[iterations + 1, psi]``
+            (:mod:`il2treg.fit.saem`; the burn-in leaves them unchanged).
+        acceptance: SAEM only: the Metropolis-Hastings acceptance rates (population proposals,
+            random walk).
     """
 
     psi: Float[Array, " psi"]
@@ -76,6 +80,8 @@ class PopulationFit(eqx.Module):
     history: tuple[float, ...] = eqx.field(static=True, default=())
     n_observations: int = eqx.field(static=True, default=0)
     elapsed_s: float = eqx.field(static=True, default=0.0)
+    trace: Float[Array, "iterations psi"] | None = None
+    acceptance: tuple[float, ...] = eqx.field(static=True, default=())
 
     @property
     def standard_errors(self) -> Float[Array, " psi"]:

@@ -55,6 +55,7 @@ from il2treg.fit.problem import (
     typical_theta,
     unpack,
 )
+from il2treg.fit.saem import complete_score, data_term
 from il2treg.likelihood import ResidualModel
 from il2treg.simulate import (
     default_workers,
@@ -171,6 +172,20 @@ class Objective(eqx.Module):
         included patients; :meth:`gradients` holds the data terms only, per patient."""
         return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
 
+    @eqx.filter_jit
+    def data_terms(self, psi, phi) -> tuple[Float[Array, " patients"], Array]:
+        """SAEM: each patient's −2 log p(y_i | phi_i, psi) (inf where the solve fails) and solver
+        status, at log individual parameters ``phi`` (:func:`il2treg.fit.saem.data_term`)."""
+        term = lambda args: data_term(self.problem, psi, self.base_residual, args[0], args[1])
+        return ordered_map(term, (phi, self.patients), work_order(self.patients.dose_amount), self.batch_size)
+
+    @eqx.filter_jit
+    def complete_scores(self, psi, phi):
+        """SAEM: each patient's complete-data objective, its gradient in psi, its information and
+        whether they are finite (:func:`il2treg.fit.saem.complete_score`)."""
+        score = lambda args: complete_score(self.problem, psi, self.base_residual, args[0], args[1])
+        return ordered_map(score, (phi, self.patients), work_order(self.patients.dose_amount), self.batch_size)
+
 
 class _SplitObjective:
     """What the split objectives share: the prior penalty (added once, not per part) and the
@@ -241,6 +256,12 @@ class ThreadedObjective(_SplitObjective):
     def gradients(self, psi, eta, include):
         return self._gather(self._map("gradients", lambda k: (psi, eta[self._rows[k]], self._include(k, include))))
 
+    def data_terms(self, psi, phi):
+        return self._gather(self._map("data_terms", lambda k: (psi, phi[self._rows[k]])))
+
+    def complete_scores(self, psi, phi):
+        return self._gather(self._map("complete_scores", lambda k: (psi, phi[self._rows[k]])))
+
 
 class ShardedObjective(_SplitObjective):
     """An :class:`Objective` whose patients are split over several devices (``jax.shard_map``).
@@ -290,6 +311,14 @@ class ShardedObjective(_SplitObjective):
     def gradients(self, psi, eta, include):
         out = _sharded_call(self._objective, "gradients", self._mesh, psi, self._shard(eta), self._include(include))
         return out[: self._n]
+
+    def data_terms(self, psi, phi):
+        out = _sharded_call(self._objective, "data_terms", self._mesh, psi, self._shard(phi))
+        return jax.tree_util.tree_map(lambda x: x[: self._n], out)
+
+    def complete_scores(self, psi, phi):
+        out = _sharded_call(self._objective, "complete_scores", self._mesh, psi, self._shard(phi))
+        return jax.tree_util.tree_map(lambda x: x[: self._n], out)
 
 
 @eqx.filter_jit

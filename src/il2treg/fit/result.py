@@ -66,7 +66,8 @@ class FitResult:
         covariance: covariance of ``psi`` (NaN when it could not be computed).
         ofv, aic, bic: −2 log-likelihood (FOCE-I) and the information criteria.
         condition_number: of the covariance; ``condition_number_cor``: of the correlation.
-        converged, iterations: outer convergence; ``history``: OFV per iteration.
+        converged, iterations: outer convergence; ``history``: OFV per iteration (``saem``: the
+            complete-data objective per iteration after the burn-in, :mod:`il2treg.fit.saem`).
         n_patients, n_observations: patients in the data; observations used.
         estimates: ``parameters.csv`` (natural scale).
         individual: ``individual.csv``.
@@ -365,8 +366,9 @@ def report(result: FitResult) -> str:
     lines = [
         f"# Fit {result.name}: model {result.model}, data {result.data}",
         "",
-        f"FOCE-I (Laplace) population fit, L-BFGS: {status} after {result.iterations} iterations; "
-        f"estimation {t.get('estimation_s', float('nan')):.1f} s (compilation included), total {t.get('total_s', float('nan')):.1f} s.",
+        (f"SAEM population fit: {result.iterations} iterations (OFV, %RSE and shrinkage: FOCE-I at the SAEM estimates); "
+         if result.method == "saem" else f"FOCE-I (Laplace) population fit, L-BFGS: {status} after {result.iterations} iterations; ")
+        + f"estimation {t.get('estimation_s', float('nan')):.1f} s (compilation included), total {t.get('total_s', float('nan')):.1f} s.",
         "",
         "| OFV | AIC | BIC | condition number (cov / cor) | patients (flagged) | observations |",
         "|---|---|---|---|---|---|",

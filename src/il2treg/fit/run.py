@@ -53,6 +53,7 @@ from il2treg.fit.population import Objective, ShardedObjective, ThreadedObjectiv
 from il2treg.fit.problem import (
     FitProblem, PatientData, covariate_theta, individual_theta, patient_arrays, predict, to_unconstrained, unpack,
 )  # fmt: skip
+from il2treg.fit.saem import fit_saem
 from il2treg.fit.bayes import eta_variances, make_target, pointwise, sample_nuts
 from il2treg.fit.priors import model_priors, sampling_priors
 from il2treg.fit.result import FitResult, save
@@ -65,7 +66,7 @@ from il2treg.simulate import _slots_needed, ordered_map, work_order
 STATUS_TEXT = {STATUS_CONVERGED: "converged", STATUS_MAX_ITER: "EBE not converged", STATUS_SOLVER_FAILED: "ODE solve failed"}
 _POSTERIOR_CHAINS, _POSTERIOR_DRAWS, _POSTERIOR_SEED = 4, 500, 0
 #: Estimation methods of :func:`compute_fit`.
-METHODS = ("foce", "nuts")
+METHODS = ("foce", "saem", "nuts")
 _SLEDAI = OBSERVABLE_NAMES.index("sledai")
 
 Progress = Callable[[dict], None]
@@ -79,7 +80,7 @@ def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = Fa
         spec: a :class:`FitSpec` or the path of a fit file.
         out_dir: results folder; it must not exist unless ``force``.
         force: replace an existing results folder.
-        method: ``"foce"`` or ``"nuts"`` (:func:`compute_fit`).
+        method: ``"foce"``, ``"saem"`` or ``"nuts"`` (:func:`compute_fit`).
         progress: called with a dict at each stage (``stage``: ``start``, ``estimation``,
             ``covariance``, ``predictions``, ``writing``; ``elapsed_s``) and after each outer
             iteration (``stage`` ``estimation`` with ``iteration``, ``ofv``, ``grad_max``).
@@ -148,7 +149,8 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
     """Run the fit described by ``spec`` and return its :class:`FitResult` (nothing is written).
 
     ``method``: ``"foce"`` (FOCE-I / Laplace; the posterior file holds draws from the normal
-    approximation) or ``"nuts"`` (the Laplace fit, then NUTS warm-started from it,
+    approximation), ``"saem"`` (:mod:`il2treg.fit.saem`, settings in ``[saem]``; the OFV, the
+    covariance and the posterior file are those of the FOCE-I objective at the SAEM estimates) or ``"nuts"`` (the Laplace fit, then NUTS warm-started from it,
     :mod:`il2treg.fit.bayes`; the posterior file holds the NUTS posterior with its sample
     statistics, pointwise log-likelihood and posterior predictive draws).
     """
@@ -173,7 +175,10 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
 
     t = time.perf_counter()
     opt = spec.optimiser
-    fit = fit_population(objective, psi0, max_iter=opt.max_iter, ftol=opt.ftol, gtol=opt.gtol, covariance=False, callback=on_iteration)
+    if method == "saem":
+        fit = fit_saem(objective, psi0, spec.saem, covariance=False, callback=on_iteration)
+    else:
+        fit = fit_population(objective, psi0, max_iter=opt.max_iter, ftol=opt.ftol, gtol=opt.gtol, covariance=False, callback=on_iteration)
     timing["estimation_s"] = time.perf_counter() - t
     timing["first_iteration_s"] = first[0] if first else float("nan")
     if opt.covariance or method == "nuts":

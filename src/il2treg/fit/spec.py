@@ -55,6 +55,15 @@ A fit file has a few top-level keys and four kinds of tables::
     omega_sd = 1.0
     sigma_sd = 1.0
 
+    [saem]                               # optional: `il2treg fit --method saem` settings
+    burn_in = 5                          # (il2treg.fit.saem.SaemSettings; defaults shown)
+    explore = 250
+    smooth = 100
+    prior_draws = 2
+    walk_steps = 2
+    annealing = 0.95
+    seed = 0
+
     [sri4]                               # optional: the SLEDAI link reported per patient
     day = 84                             # assessment day
     fall = 4                             # SLEDAI points
@@ -86,6 +95,7 @@ from il2treg.data import Dataset, read_dataset
 from il2treg.errors import DataError, SpecError
 from il2treg.fit.bayes import NutsSettings
 from il2treg.fit.priors import PriorDefaults
+from il2treg.fit.saem import SaemSettings
 from il2treg.fit.problem import COVARIATE_MODELS, CovariateEffect, FitProblem, make_problem
 from il2treg.likelihood import KINDS, ResidualModel
 from il2treg.model import Model, load_model
@@ -108,10 +118,11 @@ SIGMAS_OF_KIND: dict[str, tuple[str, ...]] = {
 #: Parameter groups whose parameters act on one observation type only (nothing feeds back).
 _ACTS_ONLY_ON = {"disease": "sledai"}
 
-_TOP_KEYS = ("name", "description", "model", "data", "ignore_dvids", "priors", "parameters", "covariates", "error", "optimiser", "nuts", "sri4")
+_TOP_KEYS = ("name", "description", "model", "data", "ignore_dvids", "priors", "parameters", "covariates", "error", "optimiser", "nuts", "saem", "sri4")
 PRIOR_CHOICES = ("none", "model")
 _NUTS_DEFAULTS = {"chains": 4, "warmup": 500, "samples": 500, "seed": 0, "target_accept": 0.8, "max_tree_depth": 8, "init_spread": 1.0,
                   "fixed_sd": 2.0, "beta_sd": 10.0, "omega_sd": 1.0, "sigma_sd": 1.0}  # fmt: skip
+_SAEM_DEFAULTS = {"burn_in": 5, "explore": 250, "smooth": 100, "prior_draws": 2, "walk_steps": 2, "annealing": 0.95, "seed": 0}
 _PARAM_KEYS = ("initial", "estimate", "cv_percent")
 _COVARIATE_KEYS = ("parameter", "covariate", "model", "reference", "initial")
 _ERROR_KEYS = ("kind", "sigma_add", "sigma_prop", "estimate", "score_step")
@@ -204,6 +215,7 @@ class FitSpec:
         sri4: the SLEDAI-link settings.
         priors: ``"none"`` or ``"model"`` (the model's priors as a penalty on the OFV).
         nuts: NUTS settings (:class:`il2treg.fit.bayes.NutsSettings`).
+        saem: SAEM settings (:class:`il2treg.fit.saem.SaemSettings`).
     """
 
     path: Path
@@ -222,6 +234,7 @@ class FitSpec:
     sri4: Sri4Settings
     priors: str = "none"
     nuts: NutsSettings = NutsSettings()
+    saem: SaemSettings = SaemSettings()
 
     @property
     def fixed(self) -> tuple[str, ...]:
@@ -310,6 +323,10 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
                             priors=PriorDefaults(**{k: float(nuts_table[k]) for k in prior_keys}))  # fmt: skip
     except SpecError as err:
         raise SpecError(f"{where}: {err}") from None
+    try:
+        saem = SaemSettings(**_settings(doc.get("saem", {}), _SAEM_DEFAULTS, where, "saem"))
+    except SpecError as err:
+        raise SpecError(f"{where}: {err}") from None
     if not 0.0 <= sri4.bilag_pga_keep <= 1.0:
         raise SpecError(f"{where}: [sri4] bilag_pga_keep must be a probability in [0, 1], got {sri4.bilag_pga_keep!r}.")
 
@@ -326,7 +343,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     return FitSpec(
         path=path, text=text, name=name, description=description, model_source=doc["model"], data_source=doc["data"],
         model=model, dataset=dataset, parameters=parameters, covariates=covariates, errors=errors, ignore_dvids=tuple(ignore),
-        optimiser=optimiser, sri4=sri4, priors=priors, nuts=nuts,
+        optimiser=optimiser, sri4=sri4, priors=priors, nuts=nuts, saem=saem,
     )  # fmt: skip
 
 
