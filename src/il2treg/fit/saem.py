@@ -246,6 +246,9 @@ def fit_saem(objective, psi0: Float[Array, " psi"], settings: SaemSettings = Sae
     ``value`` give the EBEs and OFV at the end. Returns a
     :class:`~il2treg.fit.estimate.PopulationFit` whose ``history`` is the complete-data objective
     :math:`c(\\psi_k; \\phi^{(k)})` per iteration after the burn-in and ``trace`` the estimates.
+    SAEM runs its fixed number of iterations (there is no stopping test, as in Monolix): its
+    ``converged`` says only that the estimates and the OFV are finite; read the trace to judge
+    whether the exploration phase reached a stationary state before the smoothing phase.
     """
     from il2treg.fit.estimate import PopulationFit, estimate_covariance, multistart
 
