@@ -269,3 +269,33 @@ def test_identifiability_names_strongly_correlated_pairs_and_a_failed_covariance
     assert any(w.startswith("imax and pmax: correlation +0.990") for w in said)
     failed = dataclasses.replace(base, covariance=np.full_like(cov, np.nan)).identifiability()
     assert len(failed) == 1 and failed[0].startswith("the covariance step failed")
+
+
+def test_an_saem_trace_and_settings_round_trip_exactly(fitted, tmp_path):
+    import dataclasses
+
+    r = fitted["result"]
+    trace = np.random.default_rng(0).normal(size=(9, len(r.psi_names)))
+    saem = dataclasses.replace(r, method="saem", trace=trace, settings={**r.settings, "saem_burn_in": 2, "saem_explore": 4, "saem_acceptance_walk": 0.31})
+    save(saem, tmp_path / "saem")
+    back = load_fit(tmp_path / "saem")
+    assert back.equals(saem) and not back.equals(r)
+    np.testing.assert_array_equal(back.trace, trace)
+    assert back.summary().startswith(f"# Fit {r.name}") and "SAEM population fit" in back.summary()
+    assert load_fit(fitted["out"]).trace is None  # FOCE-I: no trace
+
+
+def test_run_fit_with_saem_writes_its_trace_and_settings(fitted, tmp_path):
+    """The same small problem by SAEM (1 + 4 + 2 iterations): the FOCE-I objective's compiled
+    EBE search, OFV and covariance step are reused; the trace, the [saem] settings and the
+    acceptance rates land in the folder and read back exactly."""
+    folder = fitted["folder"]
+    (folder / "saem.toml").write_text(FIT_TOML + "\n[saem]\nburn_in = 1\nexplore = 4\nsmooth = 2\nprior_draws = 1\nwalk_steps = 1\n")
+    events = []
+    out = tmp_path / "saem"
+    result = run_fit(folder / "saem.toml", out, method="saem", progress=events.append, figures=False)  # the figure: test_plots
+    assert result.method == "saem" and result.iterations == 7 and result.trace.shape == (8, len(result.psi_names))
+    assert [e["iteration"] for e in events if e["stage"] == "estimation"] == [2, 3, 4, 5, 6, 7]  # none in the burn-in
+    assert result.settings["saem_explore"] == 4 and 0.0 <= result.settings["saem_acceptance_walk"] <= 1.0
+    assert np.isfinite(result.ofv) and np.all(np.isfinite(result.covariance))
+    assert load_fit(out).equals(result)

@@ -146,3 +146,21 @@ def test_regimen_comparison_has_one_panel_per_metric_and_one_bar_per_regimen(mod
     assert visible[0].containers[0][0].get_xdata()[0] == pytest.approx(medians["lupil2", "treg_mean_fold"])
     with pytest.raises(il2treg.errors.InputError, match="unknown metric"):
         plots.plot_regimen_comparison(c, metrics=["treg_auc"])
+
+
+def test_saem_trace_has_a_panel_per_parameter_and_marks_the_phases():
+    from types import SimpleNamespace
+
+    from il2treg.errors import InputError
+
+    names = ("emax_treg", "kout_treg", "omega_emax_treg", "sigma_prop_treg_per_uL", "sigma_add_sledai")
+    trace = np.cumsum(np.random.default_rng(1).normal(size=(31, len(names))), axis=0)
+    fig = plots.plot_saem_trace(SimpleNamespace(trace=trace, psi_names=names, settings={"saem_burn_in": 3, "saem_explore": 20}), ncols=3)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == list(names)
+    for k, ax in enumerate(panels):
+        line, *marks = ax.get_lines()
+        np.testing.assert_array_equal(line.get_ydata(), trace[:, k])
+        assert sorted(m.get_xdata()[0] for m in marks) == [3, 23]
+    with pytest.raises(InputError, match="no SAEM trace"):
+        plots.plot_saem_trace(SimpleNamespace(trace=None, psi_names=names))

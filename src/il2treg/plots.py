@@ -2,7 +2,7 @@
 
 Simulation: :func:`plot_treg_dynamics`, :func:`plot_regimens`. Fit diagnostics (from
 :func:`il2treg.diagnostics.diagnose`): :func:`plot_individual_fits`, :func:`plot_population_course`,
-:func:`plot_gof`, :func:`plot_vpc`. Uncertainty: :func:`plot_profiles`. Disease link:
+:func:`plot_gof`, :func:`plot_vpc`, :func:`plot_saem_trace`. Uncertainty: :func:`plot_profiles`. Disease link:
 :func:`plot_treg_sledai_link`. Axes carry units (the model's, ``il2treg.OBSERVABLES``).
 """
 
@@ -89,6 +89,48 @@ def plot_profiles(profiles, *, title: str = "") -> Figure:
     axes[0, 0].legend(fontsize=7, loc="upper center")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_saem_trace(fit, *, phases: tuple[int, int] | None = None, ncols: int = 4, title: str = "") -> Figure:
+    """One panel per population parameter: its SAEM estimate against the iteration (estimation
+    scale: log for log-transformed parameters, omegas and sigmas), with the ends of the burn-in
+    and of the exploration phase marked. The exploration phase should end on a plateau; if a
+    parameter still drifts there, rerun with a longer ``[saem] explore``.
+
+    Arguments:
+        fit: a :class:`~il2treg.fit.FitResult` of ``--method saem`` (phases from its settings) or
+            a :class:`~il2treg.fit.estimate.PopulationFit` from :func:`il2treg.fit.saem.fit_saem`.
+        phases: (burn_in, explore) iterations, for a PopulationFit.
+
+    Raises:
+        InputError: the fit has no SAEM trace.
+    """
+    trace = getattr(fit, "trace", None)
+    if trace is None:
+        raise InputError("this fit has no SAEM trace (it was not fitted with --method saem). Fix: fit it with method saem.")
+    trace = np.asarray(trace)
+    settings = getattr(fit, "settings", None) or {}
+    if phases is None and "saem_burn_in" in settings:
+        phases = (int(settings["saem_burn_in"]), int(settings["saem_explore"]))
+    names = list(fit.psi_names)
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.3 * nrows), squeeze=False, constrained_layout=True)
+    it = np.arange(trace.shape[0])
+    for k, ax in enumerate(axes.flat):
+        if k >= len(names):
+            ax.set_visible(False)
+            continue
+        ax.plot(it, trace[:, k], color="C0", lw=0.9)
+        if phases is not None:
+            for x in (phases[0], phases[0] + phases[1]):
+                ax.axvline(x, color="0.4", lw=0.8, ls=":")
+        ax.set_title(names[k], fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("SAEM iteration", fontsize=8)
+    fig.suptitle(title or "SAEM estimates per iteration (estimation scale; dotted: end of burn-in, end of exploration)", fontsize=10)
     return fig
 
 

@@ -67,7 +67,9 @@ class FitResult:
         ofv, aic, bic: −2 log-likelihood (FOCE-I) and the information criteria.
         condition_number: of the covariance; ``condition_number_cor``: of the correlation.
         converged, iterations: outer convergence; ``history``: OFV per iteration (``saem``: the
-            complete-data objective per iteration after the burn-in, :mod:`il2treg.fit.saem`).
+            complete-data objective per iteration after the burn-in, :mod:`il2treg.fit.saem`);
+            ``trace`` (``saem`` only, else None): ``psi`` before and after each iteration,
+            ``[iterations + 1, psi]`` (:func:`il2treg.plots.plot_saem_trace`).
         n_patients, n_observations: patients in the data; observations used.
         estimates: ``parameters.csv`` (natural scale).
         individual: ``individual.csv``.
@@ -111,6 +113,7 @@ class FitResult:
     version: str
     method: str = "foce"
     inference: object = None
+    trace: np.ndarray | None = None
 
     @property
     def flagged(self) -> list:
@@ -224,6 +227,7 @@ def load_fit(path: str | Path) -> FitResult:
         posterior_seed=int(s["posterior_seed"]), residual=_decode(s["residual"]), settings=_decode(s["settings"]),
         timing=_decode(s["timing"]), version=s["version"], method=s.get("method", "foce"),
         inference=_read_inference(path / POSTERIOR) if s.get("method") == "nuts" else None,
+        trace=_array(s["trace"]).reshape(-1, len(psi_names)) if "trace" in s else None,
     )  # fmt: skip
 
 
@@ -241,6 +245,7 @@ def _write_summary(result: FitResult, file: Path) -> None:
         "posterior_seed": result.posterior_seed, "id_type": id_type, "method": result.method,
         "posterior_method": POSTERIOR_METHOD if result.inference is None else "nuts",
         "spec_path": result.spec_path, "spec_text": result.spec_text,
+        **({"trace": result.trace} if result.trace is not None else {}),
     }  # fmt: skip
     file.write_text(json.dumps(_encode(summary), indent=1, allow_nan=False) + "\n")
 

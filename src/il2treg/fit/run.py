@@ -53,10 +53,10 @@ from il2treg.fit.population import Objective, ShardedObjective, ThreadedObjectiv
 from il2treg.fit.problem import (
     FitProblem, PatientData, covariate_theta, individual_theta, patient_arrays, predict, to_unconstrained, unpack,
 )  # fmt: skip
-from il2treg.fit.saem import fit_saem
 from il2treg.fit.bayes import eta_variances, make_target, pointwise, sample_nuts
 from il2treg.fit.priors import model_priors, sampling_priors
 from il2treg.fit.result import FitResult, save
+from il2treg.fit.saem import fit_saem
 from il2treg.fit.spec import SIGMAS_OF_KIND, FitSpec, read_fit_spec
 from il2treg.likelihood import ResidualModel, residual_sd
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
@@ -104,18 +104,19 @@ def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = Fa
         from il2treg.diagnostics import diagnose
 
         diag = diagnose(result, spec=spec, n_sim=n_sim)
-        extra = lambda folder: write_figures(diag, folder)
+        extra = lambda folder: write_figures(diag, folder, trace_of=result)
     if progress is not None:
         progress({"stage": "writing", "elapsed_s": time.perf_counter() - start})
     save(result, out_dir, force=force, extra=extra)
     return result
 
 
-def write_figures(diag, folder: str | Path) -> list[Path]:
+def write_figures(diag, folder: str | Path, *, trace_of: FitResult | None = None) -> list[Path]:
     """The standard diagnostics of a fit: ``diagnostics.csv`` (the per-observation table of
     :func:`il2treg.diagnostics.diagnose`) and, in ``figures/``, per fitted observation type the
     individual fits, goodness of fit, VPC (and VPC of the change from baseline where patients have a
-    baseline) and population time course (PNG, 120 dpi). Data with an
+    baseline) and population time course (PNG, 120 dpi); with ``trace_of`` an SAEM fit, also
+    ``saem_trace.png`` (:func:`il2treg.plots.plot_saem_trace`). Data with an
     ``ARM`` covariate get the time course per arm and a prediction-corrected VPC (arms on different
     regimens share visits)."""
     import matplotlib.pyplot as plt
@@ -142,6 +143,12 @@ def write_figures(diag, folder: str | Path) -> list[Path]:
             fig.savefig(path, dpi=120)
             plt.close(fig)
             written.append(path)
+    if trace_of is not None and trace_of.trace is not None:
+        fig = plots.plot_saem_trace(trace_of)
+        path = folder / "figures" / "saem_trace.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
     return written
 
 
@@ -219,8 +226,11 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
                            "sigma_prop": float(up.residual.sigma_prop[OBSERVABLE_NAMES.index(e.dvid)]),
                            "score_step": float(up.residual.score_step)} for e in spec.errors},
         settings={**{k: _plain(v) for k, v in dataclasses.asdict(spec.optimiser).items()},
-                  **{f"sri4_{k}": float(v) for k, v in dataclasses.asdict(spec.sri4).items()}},
+                  **{f"sri4_{k}": float(v) for k, v in dataclasses.asdict(spec.sri4).items()},
+                  **({f"saem_{k}": _plain(v) for k, v in dataclasses.asdict(spec.saem).items()} if method == "saem" else {}),
+                  **({f"saem_acceptance_{k}": float(a) for k, a in zip(("population", "walk"), fit.acceptance)} if method == "saem" else {})},
         timing={k: float(v) for k, v in timing.items()}, version=_version(), method=method, inference=inference,
+        trace=None if fit.trace is None else np.asarray(fit.trace, dtype=np.float64),
     )  # fmt: skip
 
 

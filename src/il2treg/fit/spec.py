@@ -95,8 +95,8 @@ from il2treg.data import Dataset, read_dataset
 from il2treg.errors import DataError, SpecError
 from il2treg.fit.bayes import NutsSettings
 from il2treg.fit.priors import PriorDefaults
-from il2treg.fit.saem import SaemSettings
 from il2treg.fit.problem import COVARIATE_MODELS, CovariateEffect, FitProblem, make_problem
+from il2treg.fit.saem import SaemSettings
 from il2treg.likelihood import KINDS, ResidualModel
 from il2treg.model import Model, load_model
 from il2treg.observables import OBSERVABLE_NAMES
