@@ -139,6 +139,10 @@ def test_saem_settings_come_from_the_fit_file(tmp_path):
     path.write_text(text + "\n[saem]\nexplore = 0\n")
     with pytest.raises(SpecError, match=r"\[saem\] explore"):
         read_fit_spec(path)
+    path.write_text(text + "\n[saem]\nexplore = 2.5\n")
+    with pytest.raises(SpecError, match="explore must be an integer") as info:
+        read_fit_spec(path)
+    assert str(info.value).count(str(path)) == 1  # the file named once
     path.write_text(text + "\n[saem]\nsmoothing = 10\n")
     with pytest.raises(SpecError, match="smoothing"):
         read_fit_spec(path)

@@ -323,8 +323,9 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
                             priors=PriorDefaults(**{k: float(nuts_table[k]) for k in prior_keys}))  # fmt: skip
     except SpecError as err:
         raise SpecError(f"{where}: {err}") from None
+    saem_table = _settings(doc.get("saem", {}), _SAEM_DEFAULTS, where, "saem")
     try:
-        saem = SaemSettings(**_settings(doc.get("saem", {}), _SAEM_DEFAULTS, where, "saem"))
+        saem = SaemSettings(**saem_table)
     except SpecError as err:
         raise SpecError(f"{where}: {err}") from None
     if not 0.0 <= sri4.bilag_pga_keep <= 1.0:
