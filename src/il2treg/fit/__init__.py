@@ -1,8 +1,8 @@
-"""Fitting: individual (empirical Bayes), population (FOCE-I) and Bayesian (NUTS) estimation.
+"""Fitting: individual (empirical Bayes), population (FOCE-I, SAEM) and Bayesian (NUTS) estimation.
 
 :mod:`.problem` says what is estimated, :mod:`.individual` solves each patient's EBE,
 :mod:`.population` holds the objective and its exact gradient, :mod:`.estimate` the outer
-optimisation and the uncertainty, :mod:`.priors` the priors, :mod:`.bayes` the NUTS posterior,
+optimisation and the uncertainty, :mod:`.saem` the SAEM estimator, :mod:`.priors` the priors, :mod:`.bayes` the NUTS posterior,
 :mod:`.profile` profile likelihoods, :mod:`.predictive` posterior predictive simulation.
 :mod:`.spec` reads fit files (``fits/<name>/fit.toml``), :mod:`.run` runs them, :mod:`.result`
 holds, saves and loads a :class:`FitResult`.
@@ -19,6 +19,7 @@ from il2treg.fit.problem import FitProblem, make_problem, patient_arrays, to_unc
 from il2treg.fit.result import FitResult, load_fit
 from il2treg.fit.result import save as save_fit
 from il2treg.fit.run import compute_fit, run_fit
+from il2treg.fit.saem import SaemSettings, fit_saem
 from il2treg.fit.spec import FitSpec, read_fit_spec
 
 __all__ = [
@@ -32,9 +33,11 @@ __all__ = [
     "Prior",
     "PriorDefaults",
     "Profile",
+    "SaemSettings",
     "batch_inner_solve",
     "compute_fit",
     "fit_population",
+    "fit_saem",
     "inner_solve",
     "load_fit",
     "make_problem",
