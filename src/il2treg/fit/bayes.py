@@ -52,6 +52,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from il2treg.errors import SpecError
+from il2treg.fit.individual import laplace_covariance
 from il2treg.fit.priors import Prior, PriorDefaults
 from il2treg.fit.problem import (
     FitProblem,
@@ -213,12 +214,9 @@ def make_target(problem: FitProblem, patients: PatientData, base_residual: Resid
 
 
 def eta_variances(inner, omega) -> Float[Array, "patients eta"]:
-    """Laplace posterior variances of the EBEs: diag of :math:`(\\tfrac12 J^\\top \\mathrm{diag}(r_2)_+ J + \\Omega^{-1})^{-1}`."""
-    def one(jac, curv):
-        h = 0.5 * jac.T @ (curv[:, None] * jac) + jnp.diag(1.0 / omega**2)
-        return jnp.diag(jnp.linalg.inv(h))
-
-    return jax.vmap(one)(inner.jac, inner.curvature)
+    """Laplace posterior variances of the EBEs: the diagonal of
+    :func:`il2treg.fit.individual.laplace_covariance`."""
+    return jnp.diagonal(laplace_covariance(inner, omega), axis1=1, axis2=2)
 
 
 def sample_nuts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings: NutsSettings = NutsSettings()) -> Samples:

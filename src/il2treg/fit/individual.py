@@ -162,6 +162,16 @@ def inner_solve(
     return InnerResult(eta, g, pred, jac, jnp.maximum(r2, 0.0), it, status)
 
 
+def laplace_covariance(inner: InnerResult, omega: Float[Array, " eta"]) -> Float[Array, "patients eta eta"]:
+    """Laplace covariance of each patient's random effects at its EBE:
+    :math:`(\\tfrac12 J^\\top \\mathrm{diag}(r_2)_+ J + \\Omega^{-1})^{-1}` (``inner`` stacked over patients)."""
+
+    def one(jac, curv):
+        return jnp.linalg.inv(0.5 * jac.T @ (curv[:, None] * jac) + jnp.diag(1.0 / omega**2))
+
+    return jax.vmap(one)(inner.jac, inner.curvature)
+
+
 def _secant_update(corr, s, y, y_sharp):
     r"""Dennis-Gay-Welsch update of the residual-curvature estimate :math:`S` (NL2SOL).
 

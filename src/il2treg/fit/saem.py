@@ -72,7 +72,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from il2treg.errors import SpecError
-from il2treg.fit.individual import STATUS_CONVERGED, STATUS_SOLVER_FAILED
+from il2treg.fit.individual import STATUS_CONVERGED, STATUS_SOLVER_FAILED, laplace_covariance
 from il2treg.fit.problem import (
     FitProblem,
     PatientData,
@@ -217,13 +217,12 @@ def walk_shapes(objective, psi, phi, mu) -> np.ndarray:
     :math:`2 H_i^{-1}` of each patient's random effects at its EBE for ``psi`` (searched from
     ``phi - mu``); :math:`\\mathrm{diag}(\\omega)` where the search fails."""
     inner = objective.inner(psi, jnp.asarray(phi - mu))
-    omega = np.asarray(unpack(objective.problem, psi, objective.base_residual).omega)
-    jac, curv = np.asarray(inner.jac), np.asarray(inner.curvature)
-    hess = np.einsum("nte,nt,ntf->nef", jac, curv, jac) + 2.0 * np.diag(1.0 / omega**2)
-    shapes = np.broadcast_to(np.diag(omega), hess.shape).copy()
-    for i in np.flatnonzero((np.asarray(inner.status) == STATUS_CONVERGED) & np.all(np.isfinite(hess), axis=(1, 2))):
+    omega = unpack(objective.problem, psi, objective.base_residual).omega
+    cov = np.asarray(laplace_covariance(inner, omega))
+    shapes = np.broadcast_to(np.diag(np.asarray(omega)), cov.shape).copy()
+    for i in np.flatnonzero((np.asarray(inner.status) == STATUS_CONVERGED) & np.all(np.isfinite(cov), axis=(1, 2))):
         try:
-            shapes[i] = np.linalg.cholesky(2.0 * np.linalg.inv(hess[i]))
+            shapes[i] = np.linalg.cholesky(cov[i])
         except np.linalg.LinAlgError:
             pass  # not positive definite: keep omega
     return shapes
