@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick bench-scaling bench-simulate bench-fit bench-bayes bench-regimens sbc recovery clean
+.PHONY: demo test lint bench bench-quick bench-scaling bench-simulate bench-fit bench-bayes bench-regimens sbc recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile  # one file per worker: module fixtures stay together
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --json benchmarks/results/run.json

@@ -167,7 +167,7 @@ def main() -> None:
     nuts = spec.nuts
     report = {"date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "jax": jax.__version__, "settings": {k: v for k, v in dataclasses.asdict(nuts).items() if k != "priors"}}  # fmt: skip
-    ours, result = run_il2treg(spec)
+    ours, _ = run_il2treg(spec)
     report["il2treg"] = ours
     print(f"il2treg (blackjax): {ours['seconds']:.1f} s sampling + {ours['compile_s']:.1f} s compile; {ours['divergences']} divergences; "
           f"max R-hat {ours['max_rhat']:.4f}; min bulk ESS {ours['min_ess_bulk']:.0f}; {ours['ess_per_s']:.2f} ESS/s; mean leapfrog steps {ours['mean_steps']:.1f}")  # fmt: skip

@@ -33,14 +33,15 @@ import numpy as np
 from scipy.optimize import least_squares
 
 sys.path.insert(0, str(Path(__file__).parent))
-import il2treg  # noqa: E402
-from il2treg.data import read_dataset  # noqa: E402
-from il2treg.datasets import lupil2_virtual  # noqa: E402
-from il2treg.fit import Objective, make_problem, patient_arrays  # noqa: E402
-from il2treg.fit.population import ThreadedObjective  # noqa: E402
-from il2treg.likelihood import ResidualModel  # noqa: E402
-from il2treg.observables import OBSERVABLE_NAMES  # noqa: E402
-from simulate import solve_lsoda  # noqa: E402  (benchmarks/simulate.py: the checked NumPy RHS)
+from simulate import solve_lsoda  # benchmarks/simulate.py: the checked NumPy RHS
+
+import il2treg
+from il2treg.data import read_dataset
+from il2treg.datasets import lupil2_virtual
+from il2treg.fit import Objective, make_problem, patient_arrays
+from il2treg.fit.population import ThreadedObjective
+from il2treg.likelihood import ResidualModel
+from il2treg.observables import OBSERVABLE_NAMES
 
 RANDOM = ("emax_treg", "treg0", "tconv0")
 USE = ("treg_per_uL", "tconv_per_uL", "cd25_treg_rel")
@@ -77,8 +78,8 @@ def main() -> None:
 
     model = il2treg.load_model()
     data = read_dataset(lupil2_virtual())
-    problem = make_problem(model, data, fixed=(), random=RANDOM, sigmas=(), residual_kinds={d: "log" for d in USE})
-    residual = ResidualModel.build({d: "log" for d in USE}, {d: (SIGMA, 0.0) for d in USE})
+    problem = make_problem(model, data, fixed=(), random=RANDOM, sigmas=(), residual_kinds=dict.fromkeys(USE, "log"))
+    residual = ResidualModel.build(dict.fromkeys(USE, "log"), dict.fromkeys(USE, (SIGMA, 0.0)))
     objective = ThreadedObjective(Objective(problem, patient_arrays(data, use=USE), residual))
     omega = np.array([model.spec[n].omega for n in RANDOM])
     psi = jnp.asarray(np.log(omega))

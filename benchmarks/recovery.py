@@ -1,4 +1,4 @@
-"""Parameter recovery and confidence-interval coverage of the population fit (FOCE-I).
+r"""Parameter recovery and confidence-interval coverage of the population fit (FOCE-I).
 
 Simulates replicate 100-patient LUPIL-2-like cohorts with known parameters
 (``il2treg.datasets.simulate_cohort``, seeds ``--seed0`` .. ``--seed0 + R - 1``), fits each with

@@ -29,11 +29,11 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from simulate import _compile_s, solve_lsoda  # noqa: E402  (the NumPy model copy and JAX compile counter)
+from simulate import _compile_s, solve_lsoda  # the NumPy model copy and JAX compile counter
 
-import il2treg  # noqa: E402
-from il2treg.design import compare, exposure_grid, virtual_population  # noqa: E402
-from il2treg.regimen import NAMED_REGIMENS, named  # noqa: E402
+import il2treg
+from il2treg.design import compare, exposure_grid, virtual_population
+from il2treg.regimen import NAMED_REGIMENS, named
 
 
 def main() -> None:
@@ -76,7 +76,7 @@ def main() -> None:
     print(f"target: {len(names)} regimens x {args.n} patients in < 60 s after compilation: {run_s:.1f} s -> {'met' if run_s < 60 else 'NOT met'}")
     if args.json:
         out = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
             "regimens": names, "n": args.n, "runs": runs, "run_s": run_s,
             "il2treg_ms_per_patient_regimen": il2treg_ms, "scipy_ms_per_patient_regimen": scipy_ms, "ratio": scipy_ms / il2treg_ms,

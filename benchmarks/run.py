@@ -254,8 +254,8 @@ def individual_fits(n: int, k_rr: int, k_scipy: int, seed: int = 11) -> dict:
 
     model = il2treg.load_model()
     data = read_dataset(simulate_cohort(n, seed))
-    problem = make_problem(model, data, fixed=(), random=RANDOM, sigmas=(), residual_kinds={d: "log" for d in USE})
-    residual = ResidualModel.build({d: "log" for d in USE}, {d: (SIGMA, 0.0) for d in USE})
+    problem = make_problem(model, data, fixed=(), random=RANDOM, sigmas=(), residual_kinds=dict.fromkeys(USE, "log"))
+    residual = ResidualModel.build(dict.fromkeys(USE, "log"), dict.fromkeys(USE, (SIGMA, 0.0)))
     objective = make_parallel(Objective(problem, patient_arrays(data, use=USE), residual))
     omega = np.array([model.spec[name].omega for name in RANDOM])
     psi, eta0 = jnp.asarray(np.log(omega)), jnp.zeros((n, len(RANDOM)))

@@ -71,7 +71,7 @@ def make_rhs(q: dict[str, float], structure) -> callable:
         if n:
             for i in range(3):
                 z = y[2 + i * n : 2 + (i + 1) * n]
-                out += [ktr * (up - zj) for up, zj in zip([u[i]] + z[:-1], z)]
+                out += [ktr * (up - zj) for up, zj in zip([u[i], *z[:-1]], z)]
             drive = [y[2 + i * n + n - 1] for i in range(3)]
         out += [kout[i] * (1.0 + emax[i] * drive[i]) - kout[i] * folds[i] for i in range(3)]
         out.append(q["kin_cd25"] * (1.0 + q["emax_cd25"] * u[0]) - q["kin_cd25"] * cd25)

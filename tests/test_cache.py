@@ -88,7 +88,7 @@ def test_an_unusable_cache_folder_is_a_clear_error(monkeypatch, tmp_path):
         enable_compilation_cache()
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(CacheError, match="cannot create the compilation cache folder.*Fix"):
+    with pytest.raises(CacheError, match=r"cannot create the compilation cache folder.*Fix"):
         enable_compilation_cache(blocker / "xla")
     assert jax.config.jax_compilation_cache_dir == before  # nothing changed
 

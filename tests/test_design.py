@@ -171,7 +171,7 @@ def test_constraints_the_optimiser_cannot_meet_are_reported_infeasible_not_best_
     """At least 24 MIU in 16 injections with the NK change below 5%: no such regimen (even 24 MIU
     spread evenly raises NK by about 27%), so the design ends in InfeasibleDesignError."""
     c = Constraints(nk_change_max_pct=5.0, total_dose_min_iu=24e6)
-    with pytest.raises(InfeasibleDesignError, match="nk_change_pct|total_dose_iu"):
+    with pytest.raises(InfeasibleDesignError, match=r"nk_change_pct|total_dose_iu"):
         optimise("lupil2", constraints=c, model=model, steps=20, n_starts=1)
 
 

@@ -6,9 +6,9 @@ import diffrax as dfx
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FIT_FIXED, FIT_RANDOM, FIT_SIGMAS, simulated_dataset
 
 import il2treg
+from conftest import FIT_FIXED, FIT_RANDOM, FIT_SIGMAS, simulated_dataset
 from il2treg.fit import Objective, make_problem, patient_arrays
 from il2treg.fit.problem import CovariateEffect
 

@@ -133,7 +133,7 @@ def test_existing_folder_is_not_overwritten_without_force(fitted, tmp_path):
     out = tmp_path / "res"
     out.mkdir()
     (out / "keep.txt").write_text("earlier")
-    with pytest.raises(InputError, match="already exists. Fix: choose another --out or pass --force"):
+    with pytest.raises(InputError, match=r"already exists. Fix: choose another --out or pass --force"):
         save(fitted["result"], out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     save(fitted["result"], out, force=True)
@@ -170,7 +170,7 @@ def test_load_fit_names_a_missing_file(fitted, tmp_path):
     out = tmp_path / "res"
     save(fitted["result"], out)
     (out / "posterior.nc").unlink()
-    with pytest.raises(InputError, match="has no posterior.nc"):
+    with pytest.raises(InputError, match=r"has no posterior.nc"):
         load_fit(out)
     with pytest.raises(InputError, match="does not exist"):
         load_fit(tmp_path / "nowhere")

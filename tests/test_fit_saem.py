@@ -127,9 +127,9 @@ def test_a_patient_without_a_finite_likelihood_is_flagged_and_the_fit_goes_on(fi
 
 
 def test_saem_settings_come_from_the_fit_file(tmp_path):
-    from il2treg.fit.spec import read_fit_spec
-
     from pathlib import Path
+
+    from il2treg.fit.spec import read_fit_spec
 
     text = Path("fits/lupil2_nuts/fit.toml").read_text().replace('data = "cohort.csv"', f'data = "{Path("fits/lupil2_nuts/cohort.csv").resolve()}"')
     path = tmp_path / "fit.toml"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
 import il2treg.fit.run
+from conftest import run_cli
 from il2treg.errors import InputError, SpecError
 from il2treg.fit.spec import read_fit_spec
 
@@ -208,7 +208,7 @@ def test_run_fit_refuses_an_existing_folder_before_computing(fit_dir):
     out = fit_dir / "results"
     out.mkdir()
     (out / "keep.txt").write_text("earlier results")
-    with pytest.raises(InputError, match="already exists. Fix: choose another --out or pass --force"):
+    with pytest.raises(InputError, match=r"already exists. Fix: choose another --out or pass --force"):
         il2treg.fit.run.run_fit(write(fit_dir, GOOD), out)
     assert (out / "keep.txt").read_text() == "earlier results"
 

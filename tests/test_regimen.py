@@ -86,7 +86,7 @@ def test_cycles_repeat_a_block_every_period():
 
 
 def test_cycles_that_would_overlap_are_rejected():
-    with pytest.raises(RegimenError, match="span of 4.0 days"):
+    with pytest.raises(RegimenError, match=r"span of 4.0 days"):
         rg.cycles(rg.daily(1e6, 5), period_days=4.0, n_cycles=2)
 
 

@@ -13,7 +13,7 @@ libsbml = pytest.importorskip("libsbml", reason="python-libsbml is not installed
 roadrunner = pytest.importorskip("roadrunner", reason="libroadrunner is not installed (pip install 'il2treg[sbml]'); CI installs it")
 roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
 
-from il2treg.sbml import export_sbml
+from il2treg.sbml import export_sbml  # noqa: E402 - after the importorskips, with what it needs
 
 TIMES = np.linspace(0.0, 84.0, 337)
 

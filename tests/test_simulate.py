@@ -468,7 +468,7 @@ def test_the_multi_host_example_equals_one_process_bit_for_bit(model, tmp_path):
     procs = [subprocess.Popen([sys.executable, str(script), "run", *common, "--process-id", str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
              for rank in range(2)]  # fmt: skip
     results = [p.communicate(timeout=600) for p in procs]
-    for p, (stdout, stderr) in zip(procs, results):
+    for p, (_stdout, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr[-3000:]
     assert "patients 0..12" in results[0][0] and "patients 13..24" in results[1][0]
     done = subprocess.run([sys.executable, str(script), "gather", "--out", str(out)], capture_output=True, encoding="utf-8", timeout=120, check=False)

@@ -7,22 +7,23 @@ compares regimens (:func:`compare`) and designs them by gradients (:func:`optimi
 """
 
 from il2treg import _precision  # noqa: F401  (enables float64 first)
-from il2treg import errors, regimen, units
+
+# isort: split
+from il2treg import design, errors, regimen, units
+from il2treg.cache import enable_compilation_cache
+from il2treg.design import Constraints, compare, optimise
+from il2treg.fit.result import load_fit
 from il2treg.model import Model, Parameters, load_model, sample_population
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
 from il2treg.regimen import Regimen
-from il2treg.simulate import Simulation, SolverOptions, simulate
-from il2treg.fit.result import load_fit
-from il2treg.trial import TrialDesign, TrialResult, load_design, simulate_trial
-from il2treg import design
-from il2treg.design import Constraints, compare, optimise
 from il2treg.sbml import export_sbml
-from il2treg.cache import enable_compilation_cache
+from il2treg.simulate import Simulation, SolverOptions, simulate
+from il2treg.trial import TrialDesign, TrialResult, load_design, simulate_trial
 
 __all__ = [
-    "Constraints",
     "OBSERVABLES",
     "OBSERVABLE_NAMES",
+    "Constraints",
     "Model",
     "Parameters",
     "Regimen",

@@ -172,10 +172,8 @@ def fit(
 
     from il2treg.errors import InputError
     from il2treg.fit.result import FILES
-    from il2treg.fit.run import run_fit
+    from il2treg.fit.run import METHODS, run_fit
     from il2treg.fit.spec import read_fit_spec
-
-    from il2treg.fit.run import METHODS
 
     if method not in METHODS:
         raise InputError(f"unknown --method {method!r}. Fix: use one of {', '.join(METHODS)}.")

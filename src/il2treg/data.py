@@ -50,6 +50,7 @@ from __future__ import annotations
 import csv
 import difflib
 import io
+import itertools
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -63,7 +64,7 @@ from jaxtyping import Bool, Float, Int
 from il2treg.errors import DataError, InputError
 from il2treg.observables import OBSERVABLE_NAMES
 
-__all__ = ["Dataset", "read_dataset", "check_file", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]
+__all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "Dataset", "check_file", "read_dataset"]
 
 #: Columns every dataset must have.
 REQUIRED_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "DVID", "DV")
@@ -684,7 +685,7 @@ def _build(cells: dict[str, list[_Cell]]) -> Dataset:
     for k, s in enumerate(subject):
         rows_of.setdefault(s, []).append(k)
     for s, rows in rows_of.items():
-        for previous, k in zip(rows, rows[1:], strict=False):
+        for previous, k in itertools.pairwise(rows):
             if time[k] < time[previous]:
                 raise DataError(
                     f"TIME decreases within ID {_id_text(s)} at row {k + 1} "

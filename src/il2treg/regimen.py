@@ -15,6 +15,7 @@ Example, the LUPIL-2 schedule (1.5 MIU daily for 5 days, then weekly from day 8)
 from __future__ import annotations
 
 import inspect
+import itertools
 import operator
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -591,7 +592,7 @@ def from_nonmem(frame_or_path: pd.DataFrame | str | os.PathLike) -> dict[int | s
     regimens: dict[int | str, Regimen] = {}
     for patient, positions in seen.items():
         doses = [p for p in positions if dose[p]]
-        late = [b for a, b in zip(doses, doses[1:]) if time[b] < time[a]]
+        late = [b for a, b in itertools.pairwise(doses) if time[b] < time[a]]
         if late:
             raise rows.fail("TIME", late[0], f"earlier than the dose row before it (ID {patient})",
                             "sort the dose rows by TIME within each ID")

@@ -144,7 +144,7 @@ def export_sbml(model: Model, params: Parameters | None = None, regimen: Regimen
     parameter("pM_per_IU_per_mL", PM_PER_IU_PER_ML, "1", True, "pM per IU/mL of aldesleukin (il2treg.units.PM_PER_IU_PER_ML)")
 
     states = state_ids(model)
-    initial = {s: 0.0 for s in states}
+    initial = dict.fromkeys(states, 0.0)
     initial.update(treg_fold=1.0, nk_fold=1.0, tconv_fold=1.0, cd25_rel=1.0)
     state_unit = {"depot": "MIU", "central": "MIU"}
     for s in states:

@@ -279,8 +279,8 @@ def _slots_needed(dose_times: np.ndarray, obs_times: np.ndarray, max_lag: float)
     lo = np.concatenate([np.full((n, 1), -np.inf), dose_times], axis=1)
     hi = np.concatenate([dose_times + max_lag, np.full((n, 1), np.finfo(float).max)], axis=1)
     counts = [
-        np.searchsorted(o, h, side="right") - np.searchsorted(o, l, side="left")
-        for o, l, h in zip(obs_times, lo, hi)
+        np.searchsorted(o, high, side="right") - np.searchsorted(o, low, side="left")
+        for o, low, high in zip(obs_times, lo, hi)
     ]
     return int(max(1, np.max(counts)))
 

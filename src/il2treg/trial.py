@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import tomllib
@@ -266,7 +267,7 @@ def _visits(weeks) -> tuple[float, ...]:
     if len(weeks) < 2 or weeks[0] != 0.0:
         raise _fix(f"visit_weeks must start with the baseline visit 0 and have a later visit, got [{shown}].",
                    "pass e.g. visit_weeks=(0, 4, 12)")
-    if any(b <= a for a, b in zip(weeks, weeks[1:])):
+    if any(b <= a for a, b in itertools.pairwise(weeks)):
         raise _fix(f"visit_weeks must increase strictly, got [{shown}].", "sort them and drop repeats")
     return weeks
 

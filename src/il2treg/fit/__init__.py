@@ -14,8 +14,8 @@ from il2treg.fit.individual import InnerResult, batch_inner_solve, inner_solve
 from il2treg.fit.population import Objective
 from il2treg.fit.predictive import posterior_predictive
 from il2treg.fit.priors import Prior, PriorDefaults, model_priors, sampling_priors
-from il2treg.fit.profile import Profile, profile
 from il2treg.fit.problem import FitProblem, make_problem, patient_arrays, to_unconstrained
+from il2treg.fit.profile import Profile, profile
 from il2treg.fit.result import FitResult, load_fit
 from il2treg.fit.result import save as save_fit
 from il2treg.fit.run import compute_fit, run_fit

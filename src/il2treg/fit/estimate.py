@@ -152,7 +152,7 @@ def multistart(objective: Objective, psi, best: InnerResult, spread: float = 1.0
     for sign in (1.0, -1.0):
         trial = objective.inner(psi, jnp.broadcast_to(sign * spread * omega, best.eta.shape))
         better = (trial.status == STATUS_CONVERGED) & ((best.status != STATUS_CONVERGED) | (trial.g < best.g))
-        best = jax.tree_util.tree_map(lambda a, b: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), trial, best)
+        best = jax.tree_util.tree_map(lambda a, b: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), trial, best)  # noqa: B023 - tree_map calls it at once
     return best
 
 

@@ -45,7 +45,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from il2treg.fit.problem import FitProblem, PatientData, covariate_theta, data_neg2ll, expand, expanded_predict, individual_theta
+from il2treg.fit.problem import (
+    FitProblem,
+    PatientData,
+    covariate_theta,
+    data_neg2ll,
+    expand,
+    expanded_predict,
+    individual_theta,
+)
 from il2treg.likelihood import ResidualModel, neg2ll_terms
 from il2treg.simulate import ordered_map, work_order
 

@@ -45,11 +45,10 @@ from il2treg.model import Model, system
 from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.simulate import SolverOptions, _slots_needed, _solve_one
 
-
 COVARIATE_MODELS = ("power", "exp", "linear")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ode_parameters(structure) -> tuple[str, ...]:
     return system.ode_parameters(structure)
 

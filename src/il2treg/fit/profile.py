@@ -74,7 +74,7 @@ class Profile:
         if self.identifiable:
             return f"{self.name}: profile 95% CI [{self.ci_low:.4g}, {self.ci_high:.4g}] (estimation scale)."
         open_sides = [s for s, v in (("below", self.ci_low), ("above", self.ci_high)) if not np.isfinite(v)]
-        flat = " (flat: max ΔOFV {:.2f} < 3.84)".format(np.nanmax(self.delta)) if len(open_sides) == 2 else ""
+        flat = f" (flat: max ΔOFV {np.nanmax(self.delta):.2f} < 3.84)" if len(open_sides) == 2 else ""
         return f"{self.name}: practically non-identifiable, the profile does not rise by 3.84 {' or '.join(open_sides)} the estimate within the grid{flat}."
 
 

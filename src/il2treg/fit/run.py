@@ -47,14 +47,21 @@ import pandas as pd
 from scipy import special
 
 from il2treg.errors import InputError
+from il2treg.fit.bayes import eta_variances, make_target, pointwise, sample_nuts
 from il2treg.fit.estimate import PopulationFit, estimate_covariance, fit_population, natural_estimates, shrinkage
 from il2treg.fit.individual import STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED
 from il2treg.fit.population import Objective, ShardedObjective, ThreadedObjective, make_parallel
-from il2treg.fit.problem import (
-    FitProblem, PatientData, covariate_theta, individual_theta, patient_arrays, predict, to_unconstrained, unpack,
-)  # fmt: skip
-from il2treg.fit.bayes import eta_variances, make_target, pointwise, sample_nuts
 from il2treg.fit.priors import model_priors, sampling_priors
+from il2treg.fit.problem import (
+    FitProblem,
+    PatientData,
+    covariate_theta,
+    individual_theta,
+    patient_arrays,
+    predict,
+    to_unconstrained,
+    unpack,
+)  # fmt: skip
 from il2treg.fit.result import FitResult, save
 from il2treg.fit.saem import fit_saem
 from il2treg.fit.spec import SIGMAS_OF_KIND, FitSpec, read_fit_spec

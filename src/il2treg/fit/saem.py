@@ -62,6 +62,7 @@ whose solve fails at the start is flagged (status 2) and left out, as in the FOC
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -221,10 +222,8 @@ def walk_shapes(objective, psi, phi, mu) -> np.ndarray:
     cov = np.asarray(laplace_covariance(inner, omega))
     shapes = np.broadcast_to(np.diag(np.asarray(omega)), cov.shape).copy()
     for i in np.flatnonzero((np.asarray(inner.status) == STATUS_CONVERGED) & np.all(np.isfinite(cov), axis=(1, 2))):
-        try:
+        with contextlib.suppress(np.linalg.LinAlgError):  # not positive definite: keep omega
             shapes[i] = np.linalg.cholesky(cov[i])
-        except np.linalg.LinAlgError:
-            pass  # not positive definite: keep omega
     return shapes
 
 

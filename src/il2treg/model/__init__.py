@@ -153,4 +153,4 @@ def sample_population(
     return Parameters(values, base.names)
 
 
-__all__ = ["Model", "Parameters", "load_model", "sample_population", "PARAMETER_NAMES"]
+__all__ = ["PARAMETER_NAMES", "Model", "Parameters", "load_model", "sample_population"]
