@@ -77,9 +77,7 @@ class InnerResult(eqx.Module):
 def observation_derivatives(residual: ResidualModel, pred, patient: PatientData):
     """First and second derivatives of each observation's −2LL with respect to its prediction."""
     total = lambda p: jnp.sum(neg2ll_terms(residual, p, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask))
-    r1 = jax.grad(total)(pred)
-    r2 = jax.jvp(jax.grad(total), (pred,), (jnp.ones_like(pred),))[1]  # Hessian is diagonal
-    return r1, r2
+    return jax.jvp(jax.grad(total), (pred,), (jnp.ones_like(pred),))  # the Hessian is diagonal: one jvp gives r1 and r2
 
 
 def pred_and_jac(problem: FitProblem, theta, eta, patient: PatientData):
@@ -118,15 +116,15 @@ def inner_solve(
         r1, r2 = observation_derivatives(residual, pred, patient)
         return jac.T @ r1 + 2.0 * eta * inv, r1, r2
 
-    def proposal(eta, pred, jac, corr, lam):
-        """Damped structured quasi-Newton step from eta, the gradient there and the decrement."""
-        grad, _, r2 = gradient(eta, pred, jac)
+    def proposal(grad, r2, jac, corr, lam):
+        """Damped structured quasi-Newton step from the current point (its gradient ``grad`` and
+        observation curvatures ``r2``) and the decrement."""
         gauss_newton = jac.T @ (jnp.maximum(r2, 0.0)[:, None] * jac) + jnp.diag(2.0 * inv)
         # GN plus a secant estimate of the residual curvature term while the sum stays positive definite.
         hess = jnp.where(jnp.all(jnp.linalg.eigvalsh(gauss_newton + corr) > 0), gauss_newton + corr, gauss_newton)
         step = jnp.linalg.solve(hess + lam * jnp.diag(jnp.diag(hess)), -grad)
         step = step * jnp.minimum(1.0, max_step / jnp.max(jnp.abs(step), initial=0.0))  # trust region on eta
-        return step, grad, grad @ jnp.linalg.solve(hess, grad)  # undamped: damping cannot fake convergence
+        return step, grad @ jnp.linalg.solve(hess, grad)  # undamped: damping cannot fake convergence
 
     # The first pass of the loop evaluates eta0 itself (a zero step from g = +inf, always
     # accepted), so the ODE solve is traced and compiled once, not once more before the loop.
@@ -137,18 +135,22 @@ def inner_solve(
         return (~state[-1]) & (state[-2] <= max_iter)
 
     def body(state):
-        eta, g, pred, jac, corr, lam, step, grad, it, _ = state
+        eta, g, pred, jac, r2, corr, lam, step, grad, it, _ = state
         g_new, p_new, j_new = evaluate(eta + step)
         accept = g_new <= g
         stalled = g - g_new <= _RESOLUTION * jnp.abs(g)  # no decrease beyond the rounding of g
-        grad_new, r1_new, _ = gradient(eta + step, p_new, j_new)
+        grad_new, r1_new, r2_new = gradient(eta + step, p_new, j_new)
         corr_new = _secant_update(corr, step, grad_new - grad, (j_new - jac).T @ r1_new)
         keep = lambda new, old: jnp.where(accept, new, old)
         eta, g, pred, jac = keep(eta + step, eta), keep(g_new, g), keep(p_new, pred), keep(j_new, jac)
+        # The gradient and curvatures at the kept point: those just computed, or those carried
+        # from when it was accepted (the same values: one evaluation of the likelihood's
+        # derivatives per pass, not two).
+        grad, r2 = keep(grad_new, grad), keep(r2_new, r2)
         corr = keep(jnp.where(jnp.all(jnp.isfinite(corr_new)), corr_new, corr), corr)
         lam = jnp.where(accept, lam / 3.0, lam * 10.0)
         # The next step is proposed now, so a point that is already converged costs no solve.
-        step, grad, decrement = proposal(eta, pred, jac, corr, lam)
+        step, decrement = proposal(grad, r2, jac, corr, lam)
         failed = ~jnp.isfinite(g)  # only the first pass can accept g = inf
         at_precision = stalled & (decrement < _RESOLUTION * jnp.abs(g))  # see the module docstring
         done = failed | (decrement < tol) | at_precision | (lam > 1e12)
@@ -156,16 +158,15 @@ def inner_solve(
         # chunk-mates go on: a zero step keeps that solve at a point already solved, not at a
         # NaN step (a patient with a NaN likelihood made the search of 24 patients take 31 s, not 1 s).
         step = jnp.where(done, 0.0, step)
-        return eta, g, pred, jac, corr, lam, step, grad, it + 1, done
+        return eta, g, pred, jac, r2, corr, lam, step, grad, it + 1, done
 
     # Damping starts at 3e-3 so that the first (always accepted) pass leaves the usual 1e-3.
     zeros = jnp.zeros(n, dtype=eta0.dtype)
-    state = (eta0, jnp.asarray(jnp.inf, eta0.dtype), jnp.zeros(m, eta0.dtype), jnp.zeros((m, n), eta0.dtype),
+    state = (eta0, jnp.asarray(jnp.inf, eta0.dtype), jnp.zeros(m, eta0.dtype), jnp.zeros((m, n), eta0.dtype), jnp.zeros(m, eta0.dtype),
              jnp.zeros((n, n), eta0.dtype), jnp.asarray(3e-3), zeros, zeros, jnp.asarray(0), jnp.asarray(False))  # fmt: skip
-    eta, g, pred, jac, _, lam, _, _, it, done = jax.lax.while_loop(cond, body, state)
+    eta, g, pred, jac, r2, _, lam, _, _, it, done = jax.lax.while_loop(cond, body, state)
     failed = ~jnp.isfinite(g)
     it = it - 1  # iterations after the evaluation at eta0
-    _, r2 = observation_derivatives(residual, pred, patient)
     status = jnp.where(failed, STATUS_SOLVER_FAILED, jnp.where(done & (lam <= 1e12), STATUS_CONVERGED, STATUS_MAX_ITER))
     return InnerResult(eta, g, pred, jac, jnp.maximum(r2, 0.0), it, status)
 
