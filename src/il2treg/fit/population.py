@@ -31,6 +31,7 @@ convergence of :math:`\hat\eta_i` (tested against finite differences of the obje
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import equinox as eqx
 import jax
@@ -112,10 +113,8 @@ def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: Pati
         return _bracket(up.residual, up.omega, pred, jac, eta_, patient)
 
     rest = psi[ns:]
-    L_of = lambda *a: bracket_of(*a)[0]
-    G_of = lambda *a: bracket_of(*a)[1]
-    Lp, Lj, Le, Lr = jax.grad(L_of, argnums=(0, 1, 2, 3))(pred, jac, eta, rest)
-    Gp, Gj, Ge, Gr = jax.jacrev(G_of, argnums=(0, 1, 2, 3))(pred, jac, eta, rest)
+    # L and G together: one reverse pass over the bracket (and the likelihood's derivatives in it).
+    (Lp, Lj, Le, Lr), (Gp, Gj, Ge, Gr) = jax.jacrev(bracket_of, argnums=(0, 1, 2, 3))(pred, jac, eta, rest)
     dL_dz = Lp @ dpred + jnp.einsum("te,tez->z", Lj, djac) + jnp.concatenate([jnp.zeros(ns), Le])
     dG_dz = Gp @ dpred + jnp.einsum("ate,tez->az", Gj, djac) + jnp.concatenate([jnp.zeros((ne, ns)), Ge], axis=1)
     hess = dG_dz[:, ns:]  # exact d^2 g / d eta^2
@@ -172,6 +171,10 @@ class Objective(eqx.Module):
         included patients; :meth:`gradients` holds the data terms only, per patient."""
         return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
 
+    def compile_ahead(self, psi, eta, include) -> None:
+        """Nothing: a single objective compiles each program at its first call (see
+        :meth:`ThreadedObjective.compile_ahead`)."""
+
     @eqx.filter_jit
     def data_terms(self, psi, phi) -> tuple[Float[Array, " patients"], Array]:
         """SAEM: each patient's −2 log p(y_i | phi_i, psi) (inf where the solve fails) and solver
@@ -226,10 +229,25 @@ class ThreadedObjective(_SplitObjective):
             self._real.append(real)
             self._parts.append(eqx.tree_at(lambda o: o.patients, objective, _take(objective.patients, rows)))
         self._n = n
+        self._ahead: dict[str, Future] = {}
+
+    def compile_ahead(self, psi, eta, include) -> None:
+        """Start compiling the exact-gradient program for these shapes on a background thread.
+
+        XLA compiles a program on one core, and a fit's first call of the EBE search compiles
+        (tens of seconds) before it runs; the gradient program, the other large one, compiles on
+        the second core meanwhile. Its first :meth:`gradients` call waits for it; the result is
+        the program that call would have compiled.
+        """
+        args = (self._parts[0], psi, eta[self._rows[0]], self._include(0, include))
+        self._ahead["gradients"] = _BACKGROUND.submit(lambda: Objective.gradients.lower(*args).compile())
 
     def _map(self, method: str, args):
         """``Objective.<method>(part, *args(k))`` for every part ``k``, one thread each
         (:func:`il2treg.simulate.run_on_threads`: compiled once, ahead of time)."""
+        pending = self._ahead.pop(method, None)
+        if pending is not None:
+            pending.result()  # compiled in the background (compile_ahead): wait for it, do not compile twice
         return run_on_threads(getattr(Objective, method), [(part, *args(k)) for k, part in enumerate(self._parts)])
 
     def _gather(self, parts):
@@ -263,6 +281,10 @@ class ThreadedObjective(_SplitObjective):
         return self._gather(self._map("complete_scores", lambda k: (psi, phi[self._rows[k]])))
 
 
+#: One thread for programs compiled ahead of their first call (ThreadedObjective.compile_ahead).
+_BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="il2treg-compile")
+
+
 class ShardedObjective(_SplitObjective):
     """An :class:`Objective` whose patients are split over several devices (``jax.shard_map``).
 
@@ -292,6 +314,9 @@ class ShardedObjective(_SplitObjective):
         self._sharding = NamedSharding(self._mesh, PartitionSpec("patients"))
         patients = jax.device_put(_take(objective.patients, self._rows), self._sharding)
         self._objective = eqx.tree_at(lambda o: o.patients, dataclasses.replace(objective, prior=None), patients)
+
+    def compile_ahead(self, psi, eta, include) -> None:
+        """Nothing: each device's program compiles at its first call."""
 
     def _shard(self, x):
         return jax.device_put(jnp.asarray(x)[self._rows], self._sharding)
