@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick bench-scaling bench-simulate bench-fit bench-bayes bench-regimens sbc recovery clean
+.PHONY: demo test test-all lint bench bench-quick bench-scaling bench-simulate bench-fit bench-bayes bench-regimens sbc recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ demo: $(STAMP)
 	$(VENV)/bin/il2treg simulate --regimen lupil2 --n 500 --seed 0 --out out/demo --force
 	$(VENV)/bin/il2treg fit fits/lupil2_virtual/fit.toml --out out/demo-fit --force
 
-test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile  # one file per worker: module fixtures stay together
+# One file per worker (--dist loadfile): a module's fixtures and compiled programs stay together.
+test: $(STAMP)  ## the fast tier: everything not marked slow
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow"
+
+test-all: $(STAMP)  ## every test: the fast tier, the long fits and the notebooks (what CI runs)
+	$(PY) -m pytest -n 2 --dist loadfile --durations=20
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

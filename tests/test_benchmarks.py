@@ -37,6 +37,7 @@ def test_lsoda_baseline_reproduces_il2treg_under_lupil2(model, lupil2, tight):
         assert np.max(np.abs(theirs - mine[i]) / np.abs(mine[i])) < 1e-6
 
 
+@pytest.mark.slow
 def test_scaling_measures_every_n_and_reports_them(tmp_path):
     from scaling import main
 

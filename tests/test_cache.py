@@ -55,6 +55,7 @@ def test_a_second_process_loads_the_solver_from_the_cache_and_gets_the_same_valu
     assert second["values"] == first["values"]
 
 
+@pytest.mark.slow
 def test_with_equinox_raising_errors_the_solver_is_not_cached(tmp_path):
     """Why il2treg_cli sets EQX_ON_ERROR=nan (il2treg.cache): in equinox's default mode diffrax's
     run-time checks are host callbacks, and JAX writes no program holding one. If this starts to
@@ -93,6 +94,7 @@ def test_an_unusable_cache_folder_is_a_clear_error(monkeypatch, tmp_path):
     assert jax.config.jax_compilation_cache_dir == before  # nothing changed
 
 
+@pytest.mark.slow
 def test_the_command_turns_the_cache_on_and_runs_without_one_it_cannot_create(tmp_path):
     """`il2treg` (il2treg_cli.main) sets EQX_ON_ERROR=nan and caches in IL2TREG_CACHE; a folder it
     cannot create gives a one-line warning and the command still succeeds."""

@@ -21,6 +21,7 @@ def test_simulate_writes_the_long_table_and_the_figure(monkeypatch, capsys, tmp_
     assert "treg_pct_cd4" in stdout
 
 
+@pytest.mark.slow
 def test_simulate_typical_gives_one_id_from_a_regimen_csv(monkeypatch, capsys, tmp_path):
     rows = tmp_path / "doses.csv"
     pd.DataFrame({"TIME": [0.0, 7.0], "AMT": [1e6, 1e6], "ADDL": [0, 3], "II": [0, 7]}).to_csv(rows, index=False)
@@ -81,6 +82,7 @@ def test_data_check_reports_a_bad_file_in_one_line(monkeypatch, capsys, tmp_path
     assert code == 2 and err.count("\n") == 1 and "TIME" in err
 
 
+@pytest.mark.slow
 def test_trial_json_prints_exactly_one_object_with_the_documented_keys(monkeypatch, capsys):
     import json
 
@@ -122,6 +124,7 @@ def test_profile_of_an_unknown_parameter_is_one_line_and_exit_2(monkeypatch, cap
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_diagnose_writes_tables_and_figures_and_names_the_failed_check(monkeypatch, capsys, tmp_path, misspecified_fit):
     from il2treg.fit import save_fit
 
@@ -136,6 +139,7 @@ def test_diagnose_writes_tables_and_figures_and_names_the_failed_check(monkeypat
     assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_regimens_compare_writes_the_table_and_figure(monkeypatch, capsys, tmp_path):
     code, out, _ = run_cli(monkeypatch, capsys, "regimens", "compare", "--regimens", "lupil2,weekly_only", "--n", "20", "--out", str(tmp_path / "c"))
     assert code == 0 and "treg_mean_fold" in out and "failed solves: 0" in out

@@ -72,6 +72,7 @@ def test_shipped_csv_file_validates_with_read_dataset():
         assert read_dataset(csv_path).n_subjects == 100
 
 
+@pytest.mark.slow
 def test_script_regenerates_the_shipped_files_byte_for_byte(tmp_path):
     runpy.run_path(str(SCRIPT))["main"](["--out", str(tmp_path)])
     for name in FILES:

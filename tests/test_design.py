@@ -63,6 +63,7 @@ def test_cmax_matches_the_closed_form_pk_without_the_receptor_sink(model_no_sink
     assert frame["cmax_pM"].iloc[0] == pytest.approx(c.max(), rel=5e-3)
 
 
+@pytest.mark.slow
 def test_comparison_reports_every_metric_for_every_regimen_on_shared_patients(comparison, model):
     table = comparison.table
     weeks = [f"{k}_w{w}" for w in (12, 24) for k in ("sledai_change", "p_sri4")]
@@ -87,6 +88,7 @@ def test_a_failed_solve_is_flagged_and_does_not_stop_the_comparison(model):
     assert (c.table["failed"] == 1).all() and (c.table["n"] == 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["treg_mean_fold", "p_sri4_w12"])
 def test_design_gradients_match_finite_differences(model, tight, objective):
     """d objective / d amount and d objective / d time by reverse mode against central differences
@@ -117,6 +119,7 @@ def test_design_gradients_match_finite_differences(model, tight, objective):
                 assert float(g[k]) == pytest.approx(float(fd), rel=1e-4, abs=1e-12), (name, k)
 
 
+@pytest.mark.slow
 def test_the_designed_regimen_beats_lupil2_and_meets_every_constraint(designed, model):
     """Started from LUPIL-2 and 4 random starts: the time-averaged Treg fold change improves, and a
     fresh simulation of the designed regimen (the comparison's code, finer grid) meets every limit."""
@@ -133,6 +136,7 @@ def test_the_designed_regimen_beats_lupil2_and_meets_every_constraint(designed, 
     assert fresh["treg_mean_fold"].iloc[0] == pytest.approx(designed.value, rel=1e-5)  # the check's grid is 3x finer after doses
 
 
+@pytest.mark.slow
 def test_the_design_does_not_depend_on_the_start(designed):
     """Stated tolerance: the objective reached from each of the 5 starts is within 0.1% of the best."""
     assert len(designed.start_values) == 5
@@ -167,6 +171,7 @@ def test_constraint_sets_without_any_regimen_are_reported_infeasible(model, cons
         optimise("lupil2", constraints=constraints, model=model, steps=1, n_starts=1)
 
 
+@pytest.mark.slow
 def test_constraints_the_optimiser_cannot_meet_are_reported_infeasible_not_best_effort(model):
     """At least 24 MIU in 16 injections with the NK change below 5%: no such regimen (even 24 MIU
     spread evenly raises NK by about 27%), so the design ends in InfeasibleDesignError."""
@@ -204,6 +209,7 @@ def test_virtual_population_draws_typical_values_from_the_priors(model):
     assert model.spec["ka"].prior_sd is None and np.std(np.log(ka)) == pytest.approx(model.spec["ka"].omega, rel=0.08)
 
 
+@pytest.mark.slow
 def test_a_population_from_a_fit_carries_its_estimates_and_their_uncertainty(misspecified_fit, model):
     """Virtual patients drawn from a fit: the fit's model, typical values near its estimates (the
     median of emax_treg within 10% of the estimate), and a comparison runs on them."""
@@ -215,6 +221,7 @@ def test_a_population_from_a_fit_carries_its_estimates_and_their_uncertainty(mis
     assert (c.table["n"] == 10).all()
 
 
+@pytest.mark.slow
 def test_the_comparison_script_runs_on_the_public_api(tmp_path):
     import subprocess
     import sys

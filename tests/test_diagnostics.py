@@ -16,6 +16,8 @@ from il2treg.fit.problem import patient_arrays, unpack
 from il2treg.fit.run import _predict_all
 from il2treg.fit.spec import stored_spec
 
+pytestmark = pytest.mark.slow  # `make test-all` and CI run these; `make test` leaves them out
+
 
 @pytest.fixture(scope="module")
 def self_simulated(misspecified_fit, misspecified_diagnostics):

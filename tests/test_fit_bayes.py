@@ -38,6 +38,7 @@ def target(spec):
     return Target(problem, patients, res, sampling_priors(problem, psi0), jnp.ones(n, bool), centred), psi0
 
 
+@pytest.mark.slow
 def test_log_density_gradient_matches_finite_differences(target):
     tgt, psi0 = target
     n, ne = tgt.centred.shape
@@ -52,6 +53,7 @@ def test_log_density_gradient_matches_finite_differences(target):
         assert float(grad[k]) == pytest.approx(float(fd), rel=1e-5, abs=1e-6), k
 
 
+@pytest.mark.slow
 def test_log_density_does_not_depend_on_the_chunking(target):
     """Patients are solved in work order in chunks and put back: with some patients excluded, a
     wrong inverse permutation would count the wrong ones."""
@@ -74,6 +76,7 @@ def test_log_density_does_not_depend_on_the_chunking(target):
     assert float(chunked) == pytest.approx(float(direct(tgt, pos)), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_centred_and_non_centred_coordinates_describe_the_same_distribution(target):
     tgt, psi0 = target
     n, ne = tgt.centred.shape
@@ -90,6 +93,7 @@ def test_centred_and_non_centred_coordinates_describe_the_same_distribution(targ
     np.testing.assert_allclose(np.asarray(tgt.eta(psi0, tgt.to_coordinates(psi0, eta))), np.asarray(eta), atol=1e-14)
 
 
+@pytest.mark.slow
 def test_make_target_centres_the_well_informed_effects(target):
     tgt, _ = target
     omega = jnp.asarray([0.4, 0.3])
@@ -113,6 +117,7 @@ def nuts_result(spec, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow
 def test_nuts_results_round_trip_exactly_through_load_fit(nuts_result):
     result, out = nuts_result
     back = load_fit(out)
@@ -121,6 +126,7 @@ def test_nuts_results_round_trip_exactly_through_load_fit(nuts_result):
     assert set(back.inference.groups()) >= {"posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data", "constant_data"}
 
 
+@pytest.mark.slow
 def test_nuts_posterior_file_has_named_dims_and_works_with_arviz(nuts_result):
     import arviz as az
 
@@ -155,6 +161,7 @@ def test_nuts_posterior_file_has_named_dims_and_works_with_arviz(nuts_result):
     assert {"diverging", "tree_depth", "acceptance_rate", "energy", "lp", "step_size", "solver_failed"} <= set(stats.data_vars)
 
 
+@pytest.mark.slow
 def test_nuts_report_and_estimates_carry_the_posterior_summary(nuts_result):
     result, _ = nuts_result
     est = result.estimates[result.estimates["estimated"]]

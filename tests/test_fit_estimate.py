@@ -5,6 +5,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from il2treg.fit.estimate import fit_population, preconditioner
 
@@ -33,6 +34,7 @@ def test_preconditioner_survives_a_parameter_without_information():
     assert np.all(np.isfinite(t))
 
 
+@pytest.mark.slow
 def test_unfittable_patient_is_flagged_and_the_others_fit_as_without_it(fit_case):
     """One patient's observations alternately x10 and /10: no parameters fit them.
 

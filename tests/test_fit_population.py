@@ -12,6 +12,8 @@ from conftest import FIT_FIXED, FIT_RANDOM, FIT_SIGMAS, simulated_dataset
 from il2treg.fit import Objective, make_problem, patient_arrays
 from il2treg.fit.problem import CovariateEffect
 
+pytestmark = pytest.mark.slow  # `make test-all` and CI run these; `make test` leaves them out
+
 
 def test_gradient_matches_finite_differences_of_the_objective(model, fit_case):
     """Every component, including a covariate coefficient (weight on tconv0, power model)."""

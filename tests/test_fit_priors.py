@@ -98,6 +98,7 @@ def test_sampling_priors_are_proper_everywhere(spec):
     assert float(prior.mean[k]) == pytest.approx(float(psi0[k])) and float(prior.sd[k]) == 0.7
 
 
+@pytest.mark.slow
 def test_objective_with_prior_adds_exactly_the_penalty(spec):
     problem = _problem(spec)
     patients = patient_arrays(spec.dataset, problem.covariates)

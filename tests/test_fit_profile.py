@@ -16,6 +16,8 @@ from il2treg.fit.profile import CHI2_95, profile
 from il2treg.fit.run import initial_psi
 from il2treg.fit.spec import read_fit_spec
 
+pytestmark = pytest.mark.slow  # `make test-all` and CI run these; `make test` leaves them out
+
 
 def _fit(spec):
     res = spec.residual_model()

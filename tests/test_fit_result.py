@@ -233,6 +233,7 @@ def test_report_fits_one_screen(fitted):
     assert len(text.splitlines()) < 40
 
 
+@pytest.mark.slow
 def test_cli_fit_shows_progress_and_where_the_results_are(fitted, monkeypatch, capsys):
     out = fitted["folder"] / "cli_results"
     monkeypatch.setattr(sys, "argv", ["il2treg", "fit", str(fitted["folder"] / "fit.toml"), "--out", str(out)])
@@ -285,6 +286,7 @@ def test_an_saem_trace_and_settings_round_trip_exactly(fitted, tmp_path):
     assert load_fit(fitted["out"]).trace is None  # FOCE-I: no trace
 
 
+@pytest.mark.slow
 def test_run_fit_with_saem_writes_its_trace_and_settings(fitted, tmp_path):
     """The same small problem by SAEM (1 + 4 + 2 iterations): the FOCE-I objective's compiled
     EBE search, OFV and covariance step are reused; the trace, the [saem] settings and the

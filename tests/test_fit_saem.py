@@ -29,6 +29,7 @@ def saem_fit(fit_case):
     return fit_saem(fit_case["objective"], fit_case["psi0"], SHORT, covariance=False)
 
 
+@pytest.mark.slow
 def test_complete_score_matches_finite_differences_of_the_complete_data_objective(fit_case):
     """Gradient of c_i(psi; phi) from the first-order Taylor polynomial of the states against
     central differences of full solves, for every patient and every entry of psi: fixed effects
@@ -70,6 +71,7 @@ def test_bad_saem_settings_are_named(kw, message):
         SaemSettings(**kw)
 
 
+@pytest.mark.slow
 def test_saem_moves_every_estimate_from_a_start_30_percent_off_to_the_truth(fit_case, saem_fit):
     """The 24 simulated patients' fixed effects start 30% above the values they were simulated
     with, sigmas 50% above; after 62 iterations every fixed effect is within 12% of its true
@@ -89,6 +91,7 @@ def test_saem_moves_every_estimate_from_a_start_30_percent_off_to_the_truth(fit_
     assert 0.0 < saem_fit.acceptance[1] < 1.0
 
 
+@pytest.mark.slow
 def test_saem_ends_with_converged_ebes_and_the_foce_objective_there(fit_case, saem_fit):
     objective = fit_case["objective"]
     assert np.all(np.asarray(saem_fit.inner_status) == 0) and bool(np.all(saem_fit.included))
@@ -97,6 +100,7 @@ def test_saem_ends_with_converged_ebes_and_the_foce_objective_there(fit_case, sa
     assert saem_fit.ofv == pytest.approx(float(objective.value(saem_fit.psi, inner, saem_fit.included)), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_saem_is_reproducible_for_a_seed_and_moves_with_it(fit_case):
     tiny = SaemSettings(burn_in=1, explore=2, smooth=1, prior_draws=1, walk_steps=1, seed=4)
     objective, psi0 = fit_case["objective"], fit_case["psi0"]

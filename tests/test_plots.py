@@ -131,6 +131,7 @@ def test_regimen_comparison_has_a_median_line_per_regimen_in_every_panel(model):
     np.testing.assert_allclose(fig.axes[1].get_lines()[0].get_ydata()[0], 1.0)
 
 
+@pytest.mark.slow
 def test_regimen_comparison_has_one_panel_per_metric_and_one_bar_per_regimen(model):
     from il2treg.design import compare, virtual_population
 

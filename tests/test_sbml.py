@@ -56,6 +56,7 @@ def test_roadrunner_reproduces_il2treg_for_20_virtual_patients(model, lupil2):
     assert worst.max() < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("structure", [{"transit_compartments": 0}, {"receptor_sink": False}, {"cd25_feedback": False}, {"transit_compartments": 5}])
 def test_every_structure_exports_the_same_equations(model, lupil2, tight, structure):
     """Other structures (no delay, no sink, no CD25 feedback, a longer chain): the typical patient
@@ -108,6 +109,7 @@ def copasi_run(text: str, times=TIMES, rtol: float = 1e-10, atol: float = 1e-13)
     return out[:, 1:]
 
 
+@pytest.mark.slow
 def test_copasi_reproduces_il2treg_for_5_virtual_patients(model, lupil2, tight):
     """COPASI imports the exported model (events, assignment rules, units) and its time course of
     every observable for 5 patients under LUPIL-2 matches il2treg's to 1e-7 at tight tolerances

@@ -46,6 +46,7 @@ def test_il2_matches_closed_form_superposition_for_lupil2(model_no_sink, lupil2,
     assert rel.max() < 1e-6
 
 
+@pytest.mark.slow
 def test_receptor_sink_lowers_exposure_as_tregs_expand(model, model_no_sink, lupil2):
     t = np.array([77.0 + 3.5 / 24])  # near the peak of the last weekly dose
     with_sink = float(il2treg.simulate(model, lupil2, t)["il2_pM"][0])
@@ -72,6 +73,7 @@ def test_dose_at_time_zero_with_no_lag_observed_at_zero_is_baseline(model_no_sin
     assert float(sim["il2_pM"][1]) > 10.0
 
 
+@pytest.mark.slow
 def test_two_doses_at_the_same_time_equal_one_dose_of_their_sum(model, tight):
     t = np.linspace(0.0, 20.0, 81)
     two = rg.Regimen(times=np.array([1.0, 1.0]), amounts=np.array([0.5e6, 1.0e6]))
@@ -81,6 +83,7 @@ def test_two_doses_at_the_same_time_equal_one_dose_of_their_sum(model, tight):
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_lag_time_shifts_the_concentration_curve(model_no_sink, tight):
     reg = rg.Regimen(times=np.array([1.0]), amounts=np.array([1.5e6]))
     lag_h = 1.5
@@ -92,6 +95,7 @@ def test_lag_time_shifts_the_concentration_curve(model_no_sink, tight):
     assert float(before["il2_pM"][0]) == pytest.approx(float(model_no_sink.typical()["il2_endo"]), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_exposure_scales_with_bioavailability(model_no_sink, tight):
     reg = rg.Regimen(times=np.array([0.0]), amounts=np.array([1.5e6]))
     t = np.linspace(0.05, 1.0, 20)
@@ -101,6 +105,7 @@ def test_exposure_scales_with_bioavailability(model_no_sink, tight):
     np.testing.assert_allclose(high, 3.0 * low, rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_addl_ii_rows_simulate_like_explicit_rows(model):
     compact = pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 7.0], "EVID": [1, 1], "AMT": [1.5e6, 1.5e6], "ADDL": [4, 10], "II": [1.0, 7.0]})
     explicit = pd.DataFrame({"ID": 1, "TIME": [0, 1, 2, 3, 4, *range(7, 78, 7)], "EVID": 1, "AMT": 1.5e6})
@@ -118,6 +123,7 @@ def test_observation_at_a_dose_time_is_the_pre_dose_value(model, tight):
     assert il2[2] > il2[1] + 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reg", [rg.lupil2(), rg.placebo()], ids=["lupil2", "no-dose"])
 def test_repeated_observation_times_share_one_save_and_give_the_same_values(model, reg):
     # Several observation types of one sample share a time: the solve saves once per distinct
@@ -134,6 +140,7 @@ def test_repeated_observation_times_share_one_save_and_give_the_same_values(mode
     assert _slots_needed(dose_times, rows, 0.1) == (len(distinct) if reg.times.size == 0 else 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reg", [rg.placebo(), rg.Regimen(times=np.array([0.0, 7.0]), amounts=np.zeros(2))], ids=["none", "zero-amounts"])
 def test_no_dose_keeps_every_state_at_baseline(model, reg, daily_grid):
     sim = il2treg.simulate(model, reg, daily_grid)
@@ -172,6 +179,7 @@ def _objective(model, options):
     return f
 
 
+@pytest.mark.slow
 def test_gradient_wrt_every_parameter_matches_central_differences(model, lupil2, tight):
     f = _objective(model, tight)
     theta = model.typical().values
@@ -183,6 +191,7 @@ def test_gradient_wrt_every_parameter_matches_central_differences(model, lupil2,
         assert abs(grad[i] - fd) <= 1e-5 * abs(fd) + 1e-9, (name, grad[i], fd)
 
 
+@pytest.mark.slow
 def test_gradient_wrt_dose_times_and_amounts_matches_central_differences(model, lupil2, tight):
     f = _objective(model, tight)
     theta = model.typical().values
@@ -201,6 +210,7 @@ def test_gradient_wrt_dose_times_and_amounts_matches_central_differences(model, 
 # ----------------------------------------------------------------------------- batches
 
 
+@pytest.mark.slow
 def test_vmap_batch_equals_a_loop_over_patients(model):
     params = il2treg.sample_population(model, 4, seed=3)
     regs = [rg.lupil2(), rg.placebo(), rg.every(0.5e6, 3.0, 10), rg.lupil2(n_weekly=4)]
@@ -256,6 +266,7 @@ def test_bad_solver_options_are_one_clear_error(kwargs, says):
     assert says in str(info.value)
 
 
+@pytest.mark.slow
 def test_chunked_mixed_placebo_and_treated_batch_equals_one_vmapped_batch(model):
     regs = [rg.placebo() if i % 3 == 0 else rg.lupil2(n_weekly=2) for i in range(9)]
     params = il2treg.sample_population(model, len(regs), seed=8)
@@ -266,6 +277,7 @@ def test_chunked_mixed_placebo_and_treated_batch_equals_one_vmapped_batch(model)
     assert np.all(np.asarray(chunks.values)[::3, :, 2] == np.asarray(params["treg0"])[::3, None])  # placebo: baseline
 
 
+@pytest.mark.slow
 def test_a_failing_patient_is_flagged_and_the_batch_goes_on(model, lupil2):
     params = il2treg.sample_population(model, 3, seed=1)
     params = params.replace(ka=params["ka"].at[1].set(1e7))  # absurdly fast absorption: very stiff
@@ -279,6 +291,7 @@ def test_a_failing_patient_is_flagged_and_the_batch_goes_on(model, lupil2):
     assert "max" in sim.status_message(int(sim.status[1])).lower()
 
 
+@pytest.mark.slow
 def test_results_convert_to_a_long_table_and_to_xarray(model, lupil2):
     params = il2treg.sample_population(model, 2, seed=0)
     sim = il2treg.simulate(model, lupil2, np.array([0.0, 7.0, 84.0]), params)
@@ -344,6 +357,7 @@ def single_dose_profile(model):
     return t_h, np.asarray(sim["il2_pM"]) - float(model.typical()["il2_endo"])
 
 
+@pytest.mark.slow
 def test_il2_peaks_2_to_6_hours_after_a_1_5_miu_dose(single_dose_profile):
     t_h, c = single_dose_profile
     assert 2.0 <= t_h[np.argmax(c)] <= 6.0
@@ -387,6 +401,7 @@ def test_tregs_return_within_10_percent_four_weeks_after_the_last_dose(model, lu
     assert abs(fold - 1.0) < 0.10
 
 
+@pytest.mark.slow
 def test_dilfrequency_regimen_holds_tregs_and_cd25_at_published_steady_state(model):
     dose = float(il2treg.units.miu_per_m2_to_iu(0.26, 1.8))
     reg = rg.every(dose, 3.0, 28)
@@ -398,6 +413,7 @@ def test_dilfrequency_regimen_holds_tregs_and_cd25_at_published_steady_state(mod
     assert 1.15 <= cd25 <= 1.35
 
 
+@pytest.mark.slow
 def test_threads_sharing_a_large_batch_give_the_same_results(model, lupil2):
     params = il2treg.sample_population(model, 150, seed=5)
     t = np.array([0.0, 7.0, 84.0])
@@ -439,6 +455,7 @@ print("identical")
 """
 
 
+@pytest.mark.slow
 def test_a_batch_sharded_over_two_devices_gives_identical_results():
     """With two forced host devices, simulate() splits the batch over both (jax.shard_map) and
     replicate trials with it; every value equals the single-device solve bit for bit."""
@@ -450,6 +467,7 @@ def test_a_batch_sharded_over_two_devices_gives_identical_results():
     assert "identical" in done.stdout
 
 
+@pytest.mark.slow
 def test_the_multi_host_example_equals_one_process_bit_for_bit(model, tmp_path):
     """scripts/simulate_distributed.py (the README's jax.distributed example) with two processes
     on this machine: each simulates its slice, `gather` joins them, and the result equals one

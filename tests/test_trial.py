@@ -70,6 +70,7 @@ def test_response_probability_matches_monte_carlo_of_the_score_model(design):
     np.testing.assert_allclose(p_both, (entered & (y0 - y12 >= 4)).mean(1), atol=0.005)
 
 
+@pytest.mark.slow
 def test_site_shift_of_pmax_equals_solving_with_the_shifted_pmax(design, model, small):
     """The site effect is added to the solved latent score; it must equal a solve with pmax + b."""
     days = design.visit_days
@@ -165,6 +166,7 @@ def test_to_frame_has_one_row_per_patient_and_visit(small):
 # ------------------------------------------------------------------ the LUPIL-2 calibration
 
 
+@pytest.mark.slow
 def test_mean_sri4_rates_are_within_5_points_of_lupil2(many):
     summary = many.summary()
     for (analysis, arm), published in PUBLISHED.items():
@@ -172,6 +174,7 @@ def test_mean_sri4_rates_are_within_5_points_of_lupil2(many):
         assert abs(simulated - published) <= 0.05, (analysis, arm, simulated, published)
 
 
+@pytest.mark.slow
 def test_pooled_patients_give_the_same_mean_rates(design, model, many):
     pooled = trial.simulate_trial(design, 500, seed=1, model=model, pool_size=2048).summary()
     full = many.summary()
