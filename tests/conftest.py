@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are rendered, never shown
@@ -155,3 +156,19 @@ def misspecified_diagnostics(misspecified_fit):
     from il2treg.diagnostics import diagnose
 
     return diagnose(misspecified_fit, n_sim=1000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def armed_diagnostics(misspecified_diagnostics):
+    """The misspecified fit's diagnostics with two covariates added to its data: a text ``ARM``
+    (patients alternately ``placebo`` and ``IL-2``) and a numeric ``DOSEGRP`` (1 or 2). Every
+    patient still had LUPIL-2 dosing: the strata differ only by name, which is all a stratified
+    VPC needs to be checked against its strata computed alone."""
+    from il2treg.data import read_dataset
+
+    diag = misspecified_diagnostics
+    frame = diag.data.to_frame()
+    order = {pid: k for k, pid in enumerate(diag.data.ids)}
+    frame["ARM"] = frame["ID"].map(lambda pid: "IL-2" if order[pid] % 2 else "placebo")
+    frame["DOSEGRP"] = frame["ID"].map(lambda pid: 2.0 if order[pid] % 3 == 0 else 1.0)
+    return dataclasses.replace(diag, data=read_dataset(frame))

@@ -140,6 +140,16 @@ def test_diagnose_writes_tables_and_figures_and_names_the_failed_check(monkeypat
 
 
 @pytest.mark.slow
+def test_diagnose_by_a_column_that_is_not_a_covariate_is_one_line_before_any_simulation(monkeypatch, capsys, tmp_path, misspecified_fit):
+    from il2treg.fit import save_fit
+
+    save_fit(misspecified_fit, tmp_path / "fit")
+    code, _, err = run_cli(monkeypatch, capsys, "diagnose", str(tmp_path / "fit"), "--out", str(tmp_path / "diag"), "--vpc-by", "ARM")
+    assert code == 2 and err.count("\n") == 1 and "--vpc-by ARM" in err and "(none)" in err and "Fix:" in err
+    assert not (tmp_path / "diag").exists()
+
+
+@pytest.mark.slow
 def test_regimens_compare_writes_the_table_and_figure(monkeypatch, capsys, tmp_path):
     code, out, _ = run_cli(monkeypatch, capsys, "regimens", "compare", "--regimens", "lupil2,weekly_only", "--n", "20", "--out", str(tmp_path / "c"))
     assert code == 0 and "treg_mean_fold" in out and "failed solves: 0" in out

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from il2treg.data import read_dataset
-from il2treg.diagnostics import VPC_PERCENTILES, diagnose, time_bins, vpc
+from il2treg.diagnostics import VPC_PERCENTILES, StratifiedVPC, diagnose, individual_curves, time_bins, vpc
 from il2treg.errors import InputError
 from il2treg.fit.problem import patient_arrays, unpack
 from il2treg.fit.run import _predict_all
@@ -226,3 +228,74 @@ def test_prediction_correction_scales_proportional_types_and_shifts_additive_one
     additive = dataclasses.replace(varied, error_kinds={**diag.error_kinds, "treg_per_uL": "additive"})
     shifted = vpc(additive, "treg_per_uL", pred_corrected=True).bins.set_index("time")
     assert shifted.loc[7.0, "observed_p50"] == pytest.approx(np.percentile(dv + np.median(p) - p, 50), rel=1e-12)
+
+
+def _stratum_alone(diag, ids):
+    """``diag`` with only the rows (and simulated columns) of patients ``ids``."""
+    keep = diag.table["ID"].isin(ids).to_numpy()
+    return dataclasses.replace(diag, table=diag.table[keep].reset_index(drop=True), simulated=diag.simulated[:, keep], simulated_cens=diag.simulated_cens[:, keep])
+
+
+@pytest.mark.parametrize(("by", "levels", "titles"), [("ARM", ["placebo", "IL-2"], ["ARM = placebo", "ARM = IL-2"]), ("DOSEGRP", [2.0, 1.0], ["DOSEGRP = 2", "DOSEGRP = 1"])])
+@pytest.mark.parametrize("pred_corrected", [False, True])
+def test_a_stratified_vpc_is_the_vpc_of_each_strata_rows_alone(armed_diagnostics, by, levels, titles, pred_corrected):
+    """One stratum per level (text or numeric), in order of first appearance; each stratum's bins,
+    prediction correction and test are those of its own patients' rows alone (PRED made to differ
+    between patients, so that a correction pooled over strata would show)."""
+    diag = armed_diagnostics
+    pred = diag.table["PRED"].to_numpy() * np.random.default_rng(3).uniform(0.7, 1.3, len(diag.table))
+    diag = dataclasses.replace(diag, table=diag.table.assign(PRED=pred))
+    sv = vpc(diag, "treg_per_uL", by=by, pred_corrected=pred_corrected)
+    assert isinstance(sv, StratifiedVPC) and sv.by == by and list(sv) == levels and len(sv) == 2
+    per_patient = dict(zip(diag.data.ids, diag.data.covariate_values(by)))
+    total = 0.0
+    for level, title in zip(levels, titles):
+        alone = vpc(_stratum_alone(diag, [i for i, v in per_patient.items() if v == level]), "treg_per_uL", pred_corrected=pred_corrected)
+        mine = sv[level]
+        assert mine.stratum == title
+        pd.testing.assert_frame_equal(mine.bins, alone.bins)
+        pd.testing.assert_frame_equal(mine.observations, alone.observations)
+        assert mine.test() == alone.test() and mine.coverage() == alone.coverage()
+        total += mine.test()[0]
+    # and independently of vpc(): the observed median at day 7 from the stratum's rows
+    t = diag.table
+    first = levels[0]
+    rows = t[(t["DVID"] == "treg_per_uL") & (t["TIME"] == 7.0) & t["ID"].map(per_patient).eq(first)]
+    dv = rows["DV"].to_numpy()
+    if pred_corrected:
+        dv = dv * np.median(rows["PRED"]) / rows["PRED"].to_numpy()
+    assert sv[first].bins.set_index("time").loc[7.0, "observed_p50"] == pytest.approx(np.percentile(dv, 50), rel=1e-12)
+    assert sv.test()[0] == pytest.approx(total, rel=1e-12) and 0 < sv.test()[1] <= 1
+    assert list(sv.bins[by].unique()) == levels
+
+
+def test_a_vpc_by_a_column_that_is_not_a_covariate_names_it_and_the_available_ones(armed_diagnostics):
+    with pytest.raises(InputError, match=r"'SITE' is not a covariate of the data; its covariates are: ARM, DOSEGRP\. Fix: "):
+        vpc(armed_diagnostics, "treg_per_uL", by="SITE")
+
+
+def test_dense_curves_reuse_the_solve_that_diagnose_compiled(misspecified_diagnostics):
+    """individual_curves packs its grids into arrays of the data's shape, so the batch solve that
+    diagnose compiled runs them: no program is compiled (a fresh jit shows the listener works)."""
+    import time
+
+    diag = misspecified_diagnostics
+    pr = diag.predictor
+    jax.block_until_ready(_predict_all(pr.problem, pr.theta, pr.beta, jnp.zeros_like(jnp.asarray(pr.eta)), pr.patients, batch_size=pr.batch_size))  # as diagnose's PRED
+    compiled, ones = [], jnp.ones(7)
+
+    def listen(event, duration, **info):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append((info.get("fun_name"), duration))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        jax.jit(lambda x: 3.0 * x + 1.0)(ones)
+        start = time.perf_counter()
+        curves = individual_curves(diag, diag.data.ids, dvid="treg_per_uL")
+        elapsed = time.perf_counter() - start
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    print(f"dense IPRED and PRED of {diag.data.n_subjects} patients ({len(curves)} times): {elapsed:.2f} s; compiled: {compiled}")
+    assert [name for name, _ in compiled] == ["jit(<lambda>)"]
+    assert curves["ID"].nunique() == diag.data.n_subjects and np.isfinite(curves[["IPRED", "PRED"]].to_numpy()).all()

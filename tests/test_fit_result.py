@@ -301,3 +301,15 @@ def test_run_fit_with_saem_writes_its_trace_and_settings(fitted, tmp_path):
     assert result.settings["saem_explore"] == 4 and 0.0 <= result.settings["saem_acceptance_walk"] <= 1.0
     assert np.isfinite(result.ofv) and np.all(np.isfinite(result.covariance))
     assert load_fit(out).equals(result)
+
+
+@pytest.mark.slow
+def test_write_figures_adds_the_vpc_stratified_by_a_covariate_when_asked(armed_diagnostics, tmp_path):
+    from il2treg.fit.run import write_figures
+
+    written = {p.name for p in write_figures(armed_diagnostics, tmp_path, vpc_by="ARM")}
+    assert {"vpc_by_ARM_treg_per_uL.png", "vpc_by_ARM_tconv_per_uL.png"} <= written
+    assert all((tmp_path / "figures" / name).stat().st_size > 10_000 for name in written if name.endswith(".png"))
+    with pytest.raises(InputError, match="'SITE' is not a covariate"):
+        write_figures(armed_diagnostics, tmp_path / "other", vpc_by="SITE")
+    assert not (tmp_path / "other").exists()

@@ -23,6 +23,7 @@ def _points(ax) -> int:
     return sum(len(line.get_xdata()) for line in ax.get_lines() if line.get_linestyle() in ("None", "") and line.get_marker() == "o")
 
 
+@pytest.mark.slow
 def test_individual_fits_show_each_patients_data_ipred_pred_and_doses(misspecified_diagnostics):
     diag = misspecified_diagnostics
     fig = plots.plot_individual_fits(diag, max_patients=6, ncols=3)
@@ -41,6 +42,30 @@ def test_individual_fits_show_each_patients_data_ipred_pred_and_doses(misspecifi
         plots.plot_individual_fits(diag, ids=["nobody"])
 
 
+@pytest.mark.slow
+def test_individual_fit_curves_are_the_model_solved_on_a_dense_grid(misspecified_diagnostics):
+    """IPRED and PRED are lines through a point every 6 h, many more than the observations; at the
+    observation times (on the grid) they equal the fit's IPRED and PRED; between them they are not
+    the straight lines joining those values (the Treg rise after dosing is curved)."""
+    diag = misspecified_diagnostics
+    fig = plots.plot_individual_fits(diag, ids=diag.data.ids[:3], ncols=3)
+    table = diag.table[diag.table["DVID"] == "treg_per_uL"]
+    for ax, pid in zip(fig.axes, diag.data.ids[:3]):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        rows = table[table["ID"] == pid].sort_values("TIME")
+        obs_t = rows["TIME"].to_numpy()
+        for name in ("IPRED", "PRED"):
+            x, y = (np.asarray(v, dtype=float) for v in lines[name].get_data())
+            assert len(x) >= 4 * (obs_t.max() - min(0.0, obs_t.min())) and len(x) > 5 * len(obs_t), (name, len(x), len(obs_t))
+            assert np.all(np.diff(x) > 0) and np.all(np.diff(x) <= 0.25 + 1e-12)
+            at = np.searchsorted(x, obs_t)
+            np.testing.assert_array_equal(x[at], obs_t)
+            np.testing.assert_allclose(y[at], rows[name].to_numpy(), rtol=1e-5)
+            joined = np.interp(x, obs_t, rows[name].to_numpy())
+            assert np.max(np.abs(y / joined - 1)) > 1e-3, name
+
+
+@pytest.mark.slow
 def test_population_course_has_band_median_and_every_observation(misspecified_diagnostics):
     fig = plots.plot_population_course(misspecified_diagnostics, dvid="tconv_per_uL")
     (ax,) = fig.axes
@@ -50,6 +75,7 @@ def test_population_course_has_band_median_and_every_observation(misspecified_di
     assert ax.get_yscale() == "log" and "[cells/uL]" in ax.get_ylabel() and "[day]" in ax.get_xlabel()
 
 
+@pytest.mark.slow
 def test_population_course_by_a_covariate_has_a_panel_per_level(misspecified_diagnostics):
     diag = misspecified_diagnostics
     half = {pid: ("A" if k % 2 else "B") for k, pid in enumerate(diag.data.ids)}
@@ -75,6 +101,7 @@ def test_treg_dynamics_has_four_panels_with_units_and_dose_marks(model):
     assert all(sum(line.get_xdata()[0] == line.get_xdata()[-1] for line in ax.get_lines()) >= n_doses for ax in fig.axes)
 
 
+@pytest.mark.slow
 def test_gof_has_four_panels_with_identity_and_cwres_references(misspecified_diagnostics):
     fig = plots.plot_gof(misspecified_diagnostics, dvid="treg_per_uL")
     assert len(fig.axes) == 4
@@ -88,6 +115,7 @@ def test_gof_has_four_panels_with_identity_and_cwres_references(misspecified_dia
     assert "treg_per_uL" in fig._suptitle.get_text()
 
 
+@pytest.mark.slow
 def test_vpc_draws_three_percentile_bands_and_the_blq_panel_only_with_an_lloq(misspecified_diagnostics):
     v = vpc(misspecified_diagnostics, "treg_per_uL")
     fig = plots.plot_vpc(v)
@@ -102,6 +130,19 @@ def test_vpc_draws_three_percentile_bands_and_the_blq_panel_only_with_an_lloq(mi
     ax = plots.plot_vpc(change).axes[0]
     assert "fold change from baseline" in ax.get_ylabel() and "change from baseline" in ax.get_title()
     assert _points(ax) == len(change.observations) == len(v.observations) - v.bins.loc[v.bins["time"] == 0, "n"].sum()
+
+
+@pytest.mark.slow
+def test_a_stratified_vpc_has_one_panel_per_stratum_titled_with_it(armed_diagnostics):
+    sv = vpc(armed_diagnostics, "treg_per_uL", by="ARM")
+    fig = plots.plot_vpc(sv)
+    assert len(fig.axes) == 2
+    for ax, (level, v) in zip(fig.axes, sv.strata.items()):
+        assert ax.get_title().startswith(f"ARM = {level}: VPC: treg_per_uL")
+        assert f"{v.coverage():.0%}" in ax.get_title() and f"p = {v.test()[1]:.2g}" in ax.get_title()
+        assert len(ax.collections) == 3 and _points(ax) == len(v.observations)
+    assert sum(_points(ax) for ax in fig.axes) == len(vpc(armed_diagnostics, "treg_per_uL").observations)
+    assert "by ARM" in fig._suptitle.get_text() and f"p = {sv.test()[1]:.2g}" in fig._suptitle.get_text()
 
 
 def test_treg_sledai_link_colours_patients_by_sri4_probability():

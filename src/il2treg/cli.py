@@ -244,6 +244,7 @@ def diagnose(
     n_sim: int = typer.Option(1000, help="simulated replicates for NPDE and the VPC"),
     seed: int = typer.Option(0, help="seed of the simulations"),
     force: bool = typer.Option(False, help="replace an existing folder"),
+    vpc_by: str | None = typer.Option(None, help="also draw the VPC stratified by this covariate of the data (e.g. ARM): figures/vpc_by_<COLUMN>_<dvid>.png"),
 ) -> None:
     """Diagnostics of a saved fit: CWRES, NPDE, shrinkage, the checks that fail, and the standard figures."""
     from il2treg._io import atomic_output_dir
@@ -251,12 +252,18 @@ def diagnose(
     from il2treg.errors import InputError
     from il2treg.fit.result import load_fit
     from il2treg.fit.run import write_figures
+    from il2treg.fit.spec import stored_spec
 
     if out.exists() and not force:
         raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
-    diag = diagnose_fit(load_fit(results), n_sim=n_sim, seed=seed)
+    fit = load_fit(results)
+    spec = stored_spec(fit)
+    covariates = spec.dataset.covariates
+    if vpc_by is not None and vpc_by not in covariates:  # before the simulations, not after
+        raise InputError(f"--vpc-by {vpc_by}: not a covariate of the fit's data; its covariates are: {', '.join(sorted(covariates)) or '(none)'}. Fix: choose one of them, or leave --vpc-by out.")
+    diag = diagnose_fit(fit, spec=spec, n_sim=n_sim, seed=seed)
     with atomic_output_dir(out, force=force) as tmp:
-        write_figures(diag, tmp)
+        write_figures(diag, tmp, vpc_by=vpc_by)
         diag.summary.to_csv(tmp / "summary.csv")
     console.print(diag.summary[["n", "cwres_mean", "cwres_sd", "npde_mean", "npde_sd", "npde_global_p"]].round(3).to_string(), highlight=False)
     console.print("eta-shrinkage %: " + ", ".join(f"{k} {v:.1f}" for k, v in diag.shrinkage.items()), highlight=False)

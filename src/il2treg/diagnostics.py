@@ -42,7 +42,9 @@ Checks (:meth:`Diagnostics.flags`), each at level 0.05 with a Bonferroni correct
   and so sees a misplaced time course that the plain VPC averages away.
 
 :func:`vpc` builds a visual predictive check from the same simulations (BLQ-aware; optionally
-prediction-corrected).
+prediction-corrected; with ``by``, stratified by a covariate). :func:`individual_curves` solves the
+fitted model again for chosen patients on a dense time grid: the IPRED and PRED curves of the
+individual-fit figures.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -61,16 +64,46 @@ from scipy import stats
 
 from il2treg.data import Dataset, read_dataset
 from il2treg.errors import InputError
-from il2treg.fit.problem import patient_arrays, unpack
+from il2treg.fit.problem import FitProblem, PatientData, patient_arrays, unpack
 from il2treg.fit.result import FitResult
 from il2treg.fit.run import _predict_all, make_objective, observation_rows
 from il2treg.fit.spec import FitSpec, stored_spec
 from il2treg.likelihood import residual_sd, sample_observations
 from il2treg.observables import OBSERVABLE_NAMES
+from il2treg.simulate import _slots_needed
 
 #: Percentiles a VPC summarises (%).
 VPC_PERCENTILES = (5.0, 50.0, 95.0)
 _BLQ = -1e30  # a censored value in percentile arithmetic: any percentile touching it is below the LLOQ
+#: Default step (days) of the dense grid of :func:`individual_curves`: cell counts, CD25 and SLEDAI
+#: change over days, so 6 h draws them smoothly; IL-2 (Tmax 2-6 h, t1/2 2-6 h) needs hours.
+DENSE_STEP_DAYS = 0.25
+_DENSE_STEP_OF = {"il2_pM": 1 / 24}
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """What it takes to solve the fitted model again for any patient of the data
+    (:func:`individual_curves`): the fit's problem, typical values and covariate coefficients,
+    the EBEs and the patients' arrays, exactly as :func:`diagnose` passed them to its compiled
+    batch solve, so that a dense grid packed into arrays of the same shapes runs that same
+    program instead of compiling another (5-20 s for an ODE solve).
+
+    Attributes:
+        problem: the fit's :class:`~il2treg.fit.problem.FitProblem` (static configuration).
+        theta: typical values of every model parameter (internal units).
+        beta: covariate coefficients.
+        eta: ``[patients, random effects]`` the EBEs at which IPRED was computed.
+        patients: every patient's doses, observation rows and covariates.
+        batch_size: patients solved together.
+    """
+
+    problem: FitProblem
+    theta: jax.Array
+    beta: jax.Array
+    eta: np.ndarray
+    patients: PatientData
+    batch_size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +126,8 @@ class Diagnostics:
         seed: seed of the simulations.
         data: the data set evaluated.
         error_kinds: the error model kind of each observation type.
+        predictor: the fitted model, to solve it again on other time grids
+            (:func:`individual_curves`); ``None`` when built other than by :func:`diagnose`.
     """
 
     fit: str
@@ -107,6 +142,7 @@ class Diagnostics:
     seed: int
     data: Dataset
     error_kinds: dict
+    predictor: Predictor | None = None
 
     @property
     def n_sim(self) -> int:
@@ -167,6 +203,7 @@ class VPC:
         simulated_percentiles: ``[n_sim, bins, 3]`` each replicate's 5th, 50th and 95th
             percentiles (NaN below the LLOQ), on the scale of ``z_p<q>``.
         observed_percentiles: ``[bins, 3]`` the observed ones on the same scale.
+        stratum: ``"<covariate> = <level>"`` for one stratum of a :class:`StratifiedVPC`, else ``""``.
     """
 
     dvid: str
@@ -178,10 +215,16 @@ class VPC:
     lloq: float
     simulated_percentiles: np.ndarray
     observed_percentiles: np.ndarray
+    stratum: str = ""
 
     def coverage(self) -> float:
         """Fraction of (bin, percentile) pairs whose observed value lies in the simulated interval
         (pairs with the observed or simulated percentile below the LLOQ are left out)."""
+        inside, total = self._inside()
+        return inside / total if total else float("nan")
+
+    def _inside(self) -> tuple[int, int]:
+        """(pairs inside their simulated interval, pairs counted) for :meth:`coverage`."""
         inside, total = 0, 0
         for q in VPC_PERCENTILES:
             obs = self.bins[f"observed_p{q:g}"].to_numpy()
@@ -189,7 +232,7 @@ class VPC:
             ok = np.isfinite(obs) & np.isfinite(lo) & np.isfinite(hi)
             inside += int(np.sum((obs[ok] >= lo[ok]) & (obs[ok] <= hi[ok])))
             total += int(np.sum(ok))
-        return inside / total if total else float("nan")
+        return inside, total
 
     def test(self, percentiles=VPC_PERCENTILES) -> tuple[float, float]:
         r"""A global test of the VPC: ``(S, p)``.
@@ -203,12 +246,20 @@ class VPC:
         in the observations or in any replicate, or constant over the replicates, are left out. Small ``p``: the observed
         percentiles sit further from the simulated ones than replicates of the model do.
         """
+        terms = self._test_terms(percentiles)
+        if terms is None:
+            return float("nan"), float("nan")
+        statistic, null = terms
+        return statistic, float((1 + np.sum(null >= statistic)) / (1 + null.size))
+
+    def _test_terms(self, percentiles=VPC_PERCENTILES) -> tuple[float, np.ndarray] | None:
+        """(S, the K leave-one-out replicate statistics) of :meth:`test`; ``None`` without a usable pair."""
         cols = [VPC_PERCENTILES.index(float(q)) for q in percentiles]
         sims = self.simulated_percentiles[:, :, cols].reshape(self.simulated_percentiles.shape[0], -1)
         obs = self.observed_percentiles[:, cols].reshape(-1)
         ok = np.isfinite(obs) & np.all(np.isfinite(sims), axis=0) & (np.ptp(sims, axis=0) > 0)  # a constant percentile (e.g. a relative value at baseline) says nothing
         if not ok.any():
-            return float("nan"), float("nan")
+            return None
         sims, obs = sims[:, ok], obs[ok]
         k = sims.shape[0]
         mean, var = sims.mean(axis=0), sims.var(axis=0, ddof=1)
@@ -218,8 +269,59 @@ class VPC:
         loo_var = np.maximum((squares - sims**2 - (k - 1) * loo_mean**2) / (k - 2), 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):  # the others all equal: infinitely far, unless equal too
             ratio = (sims - loo_mean) ** 2 / loo_var
-        null = np.sum(np.where(np.isnan(ratio), 0.0, ratio), axis=1)
-        return statistic, float((1 + np.sum(null >= statistic)) / (1 + k))
+        return statistic, np.sum(np.where(np.isnan(ratio), 0.0, ratio), axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class StratifiedVPC:
+    r"""A visual predictive check per level of a covariate (:func:`vpc` with ``by``): a mapping
+    level -> :class:`VPC`, each with its own bins, prediction correction, :meth:`VPC.coverage`
+    and :meth:`VPC.test` (bins per stratum, the default of tidyvpc's ``binning(by.strata = TRUE)``).
+
+    Attributes:
+        by: the covariate.
+        strata: level -> :class:`VPC`, levels in order of first appearance in the data (a
+            numeric level as a float; a missing value as ``None``).
+    """
+
+    by: str
+    strata: dict
+
+    def __getitem__(self, level) -> VPC:
+        return self.strata[level]
+
+    def __iter__(self) -> Iterator:
+        return iter(self.strata)
+
+    def __len__(self) -> int:
+        return len(self.strata)
+
+    @property
+    def dvid(self) -> str:
+        return next(iter(self.strata.values())).dvid
+
+    @property
+    def bins(self) -> pd.DataFrame:
+        """Every stratum's bins (:attr:`VPC.bins`), the level in a first column named ``by``."""
+        return pd.concat([v.bins.assign(**{self.by: [level] * len(v.bins)}) for level, v in self.strata.items()], ignore_index=True)[
+            [self.by, *next(iter(self.strata.values())).bins.columns]
+        ]
+
+    def coverage(self) -> float:
+        """:meth:`VPC.coverage` over the (stratum, bin, percentile) triples of every stratum."""
+        inside, total = (sum(x) for x in zip(*(v._inside() for v in self.strata.values())))
+        return inside / total if total else float("nan")
+
+    def test(self, percentiles=VPC_PERCENTILES) -> tuple[float, float]:
+        r"""One global test over the strata, ``(S, p)``: :math:`S = \sum_s S_s` of :meth:`VPC.test`,
+        its law under the model again from the replicates, replicate :math:`k`'s statistic being
+        the sum over strata of its leave-one-out statistics (the strata share the replicates, so
+        their dependence is kept); :math:`p = (1 + \#\{S_k \ge S\}) / (1 + K)`."""
+        terms = [t for t in (v._test_terms(percentiles) for v in self.strata.values()) if t is not None]
+        if not terms:
+            return float("nan"), float("nan")
+        statistic, null = sum(t[0] for t in terms), np.sum([t[1] for t in terms], axis=0)
+        return statistic, float((1 + np.sum(null >= statistic)) / (1 + null.size))
 
 
 def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim: int = 1000, seed: int = 0, batch_size: int = 32) -> Diagnostics:
@@ -310,11 +412,115 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
         fit=result.name, table=table, shrinkage=shrink, summary=_summary(table), cwres_bins=_cwres_bins(table),
         simulated=sims[:, s, j], simulated_cens=sim_cens[:, s, j], lloq=lloq, ebe_status=status, seed=seed, data=dataset,
         error_kinds=dict(zip(OBSERVABLE_NAMES, residual.kinds)),
+        predictor=Predictor(problem, up.theta, up.beta, eta, patients, batch_size),
     )  # fmt: skip
     return dataclasses.replace(diag, summary=_with_vpc_tests(diag))
 
 
-def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, change_from_baseline: bool = False, bins=None, interval: float = 0.9) -> VPC:
+def individual_curves(diag: Diagnostics, ids, *, dvid: str = "treg_per_uL", step: float | None = None) -> pd.DataFrame:
+    r"""IPRED (:math:`\eta = \hat\eta_i`) and PRED (:math:`\eta = 0`, the patient's own covariates
+    and doses) of patients ``ids`` on a dense time grid, solved from the fitted model.
+
+    The grid of a patient runs every ``step`` days from day 0 (or its first ``dvid``
+    observation, if earlier) to its last ``dvid`` observation, together with its ``dvid``
+    observation times, so that the curves pass through the IPRED and PRED of :attr:`Diagnostics.table`.
+    Default step: :data:`DENSE_STEP_DAYS` (6 h), 1 h for ``il2_pM``. As for the observations, the
+    value at a dose time is the pre-dose one.
+
+    The solve is the one :func:`diagnose` compiled: each curve's grid is dealt out, every
+    :math:`R`-th time to the same row, over :math:`R` rows of the data's shape (at most as many
+    times as the widest patient has observation rows, and as many distinct times between two doses
+    as the data's save slots), and the rows are solved in batches of as many as there are patients.
+    :math:`R` is the smallest that fits, so the cost is :math:`2R` patient solves per patient shown.
+
+    Arguments:
+        diag: diagnostics from :func:`diagnose`.
+        ids: patient IDs of ``diag.data``.
+        dvid: observation type.
+        step: grid step in days.
+
+    Returns:
+        One row per patient and grid time: ID, TIME, IPRED, PRED (NaN where the solve failed).
+
+    Raises:
+        InputError: diagnostics without a predictor, an unknown observation type or patient, a
+        patient without ``dvid`` rows, or a step that is not positive.
+    """
+    ids, pr = list(ids), diag.predictor
+    if pr is None:
+        raise InputError("these diagnostics carry no fitted model to solve. Fix: make them with il2treg.diagnostics.diagnose(fit).")
+    if dvid not in OBSERVABLE_NAMES:
+        raise InputError(f"unknown observation type {dvid!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
+    step = _DENSE_STEP_OF.get(dvid, DENSE_STEP_DAYS) if step is None else float(step)
+    if not step > 0:
+        raise InputError(f"step must be a positive number of days, got {step!r}. Fix: e.g. step=0.25.")
+    t = diag.table[diag.table["DVID"] == dvid]
+    index = {sid: k for k, sid in enumerate(diag.data.ids)}
+    n, width = pr.patients.obs_time.shape
+    dose_time = np.asarray(pr.patients.dose_time)
+    max_lag = pr.problem.model.spec["tlag"].bounds[1]
+    grids, dealt, who, eta, times = [], [], [], [], []
+    for sid in ids:
+        obs = t.loc[t["ID"] == sid, "TIME"].to_numpy(dtype=np.float64)
+        if sid not in index or obs.size == 0:
+            raise InputError(f"patient {sid!r} has no {dvid!r} rows in these data. Fix: choose IDs from {list(dict.fromkeys(t['ID']))[:5]}...")
+        i = index[sid]
+        start, end = min(0.0, obs.min()), obs.max()
+        grid = np.union1d(start + step * np.arange(int(np.floor((end - start) / step)) + 1), obs)
+        rows = _deal(grid, dose_time[i], width, pr.problem.slots, max_lag)
+        grids.append(grid)
+        dealt.append(len(rows))
+        for e in (pr.eta[i], np.zeros_like(pr.eta[i])):  # IPRED rows, then PRED rows
+            who += [i] * len(rows)
+            eta += [e] * len(rows)
+            times += rows
+    calls = -(-len(who) // n)
+    pad = calls * n - len(who)  # the last call is filled up with the first row again, its results dropped
+    who, eta, times = np.asarray(who + who[:1] * pad), np.stack(eta + eta[:1] * pad), np.stack(times + times[:1] * pad)
+    p = pr.patients
+    dvids = np.full(times.shape, OBSERVABLE_NAMES.index(dvid), dtype=np.asarray(p.obs_dvid).dtype)
+    take = lambda x: np.asarray(x)[who]
+    dense = PatientData(
+        take(p.dose_time), take(p.dose_amount), times, dvids, np.zeros_like(times, dtype=np.asarray(p.obs_value).dtype),
+        np.zeros(times.shape, dtype=np.asarray(p.obs_cens).dtype), np.ones(times.shape, dtype=np.asarray(p.obs_mask).dtype), take(p.covariates),
+    )  # fmt: skip
+
+    def solve(c: int) -> np.ndarray:
+        part = jax.tree.map(lambda x: jnp.asarray(x[c * n : (c + 1) * n]), dense)
+        values, status = _predict_all(pr.problem, pr.theta, pr.beta, jnp.asarray(eta[c * n : (c + 1) * n]), part, batch_size=pr.batch_size)
+        return np.where(np.asarray(status)[:, None] == 0, np.asarray(values, dtype=np.float64), np.nan)
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # the calls of diagnose's compiled solve, spread over the cores
+        values = np.concatenate(list(pool.map(solve, range(calls))))
+    frames, at = [], 0
+    for sid, grid, r in zip(ids, grids, dealt):
+        curves = np.empty((2, grid.size))
+        for c in range(2):  # IPRED, PRED
+            for k in range(r):
+                curves[c, k::r] = values[at + k, : len(grid[k::r])]
+            at += r
+        frames.append(pd.DataFrame({"ID": [sid] * grid.size, "TIME": grid, "IPRED": curves[0], "PRED": curves[1]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _deal(grid: np.ndarray, dose_time: np.ndarray, width: int, slots: int, max_lag: float) -> list[np.ndarray]:
+    r"""``grid`` (sorted) dealt over the fewest rows that each fit one solve of the data's shape:
+    at most ``width`` times, and at most ``slots`` distinct times in any inter-dose interval for
+    any lag up to ``max_lag`` (:func:`il2treg.simulate._slots_needed`). Row :math:`k` of
+    :math:`R` holds ``grid[k::R]``, padded to ``width`` with its last time (a repeat takes no
+    save slot). Dealing every :math:`R`-th time spreads each interval's times evenly, so
+    :math:`R = \max(\lceil G/w \rceil, \lceil m/s \rceil)` fits, :math:`m` the most grid times
+    one interval holds; the check below keeps that a fact, not a hope."""
+    r = max(-(-grid.size // width), -(-_slots_needed(dose_time, grid[None], max_lag) // slots))
+    while True:
+        rows = [np.pad(grid[k::r], (0, width - len(grid[k::r])), mode="edge") for k in range(r)]
+        if _slots_needed(dose_time, np.stack(rows), max_lag) <= slots:
+            return rows
+        r += 1
+
+
+def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, change_from_baseline: bool = False, bins=None, interval: float = 0.9,
+        by: str | None = None) -> VPC | StratifiedVPC:
     r"""Visual predictive check of observation type ``dvid`` from ``diag``'s simulations.
 
     In each time bin (:func:`time_bins` unless ``bins`` gives edges in days) the 5th, 50th and 95th
@@ -336,6 +542,16 @@ def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, change_fr
     one, or whose baseline is censored, are left out. Between-patient variability of the
     baseline then no longer hides the shape of the response: a misplaced time course (e.g. a
     missing proliferation delay) shows here when the plain VPC cannot see it.
+
+    Stratified (``by``, a covariate of the data, numeric or text, e.g. ``"ARM"``): a
+    :class:`StratifiedVPC` with one :class:`VPC` per level, each computed from that stratum's
+    patients alone (tidyvpc's default, ``binning(by.strata = TRUE)``): its own time bins, its own
+    prediction correction (median PRED per bin within the stratum) and its own test; levels
+    without ``dvid`` observations are left out.
+
+    Raises:
+        InputError: an unknown observation type or covariate, no fitted ``dvid`` observations,
+        an interval outside (0, 1), or (change from baseline) no patient with a baseline.
     """
     if dvid not in OBSERVABLE_NAMES:
         raise InputError(f"unknown observation type {dvid!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
@@ -345,6 +561,43 @@ def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, change_fr
     rows = np.flatnonzero((t["DVID"] == dvid).to_numpy() & t["USED"].to_numpy() & np.isfinite(t["DV"].to_numpy()))
     if rows.size == 0:
         raise InputError(f"no fitted {dvid!r} observations to check. Fix: choose one of {', '.join(sorted(set(t.loc[t['USED'], 'DVID'])))}.")
+    options = dict(pred_corrected=pred_corrected, change_from_baseline=change_from_baseline, bins=bins, interval=interval)
+    if by is None:
+        return _vpc(diag, dvid, rows, **options)
+    level = _strata(diag, by)[rows]
+    out = {}
+    for key in dict.fromkeys(level):
+        mine = np.fromiter((x is key or x == key for x in level), dtype=bool, count=level.size)
+        out[key] = _vpc(diag, dvid, rows[mine], stratum=f"{by} = {_level_text(key)}", **options)
+    return StratifiedVPC(by, out)
+
+
+def _strata(diag: Diagnostics, by: str) -> np.ndarray:
+    """The level of covariate ``by`` of each row of ``diag.table`` (object array: a float for a
+    numeric covariate, a string for a text one, ``None`` where missing).
+
+    Raises:
+        InputError: ``by`` is not a covariate of the data.
+    """
+    data = diag.data
+    if by not in data.covariates:
+        raise InputError(f"{by!r} is not a covariate of the data; its covariates are: {', '.join(sorted(data.covariates)) or '(none)'}. "
+                         f"Fix: stratify by one of them (a column constant within each patient, e.g. ARM).")  # fmt: skip
+    values = data.covariate_values(by)
+    per_id = {sid: (None if v == "" or (isinstance(v, float) and math.isnan(v)) else v) for sid, v in zip(data.ids, values.tolist())}
+    level = np.empty(len(diag.table), dtype=object)
+    level[:] = [per_id[sid] for sid in diag.table["ID"].to_numpy()]
+    return level
+
+
+def _level_text(level) -> str:
+    """A stratum's level as written in titles: ``1`` for 1.0, ``missing`` for ``None``."""
+    return "missing" if level is None else f"{level:g}" if isinstance(level, float) else str(level)
+
+
+def _vpc(diag: Diagnostics, dvid: str, rows: np.ndarray, *, pred_corrected: bool, change_from_baseline: bool, bins, interval: float, stratum: str = "") -> VPC:
+    """:func:`vpc` of the table's ``rows`` (fitted, finite ``dvid`` observations), stratum label ``stratum``."""
+    t = diag.table
     additive = diag.error_kinds.get(dvid) in ("additive", "ordinal")
     obs = np.where(t["CENS"].to_numpy()[rows] == 1, _BLQ, t["DV"].to_numpy()[rows])
     sim = np.where(diag.simulated_cens[:, rows], _BLQ, diag.simulated[:, rows])
@@ -354,7 +607,8 @@ def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, change_fr
         change = "difference" if additive else "ratio"
         later, base = _baseline_rows(diag, rows)
         if later.size == 0:
-            raise InputError(f"no patient has a {dvid!r} baseline (an observation at or before the first dose) with later observations. Fix: use change_from_baseline=False.")
+            where = f" in stratum {stratum}" if stratum else ""
+            raise InputError(f"no patient{where} has a {dvid!r} baseline (an observation at or before the first dose) with later observations. Fix: use change_from_baseline=False.")
         obs, pred = _from_baseline(obs[later], obs[base], change), _from_baseline(pred[later], pred[base], change)
         sim = _from_baseline(sim[:, later], sim[:, base], change)
         rows = rows[later]
@@ -397,7 +651,7 @@ def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, change_fr
         out.append(row)
     observations = pd.DataFrame({"TIME": time, "DV": np.where(obs_blq, np.nan, obs), "CENS": obs_blq.astype(np.int64)})
     return VPC(dvid, pred_corrected, change, pd.DataFrame(out), observations, interval, float(lloq),
-               np.stack(sim_pct, axis=1), np.stack(obs_pct))  # fmt: skip
+               np.stack(sim_pct, axis=1), np.stack(obs_pct), stratum)  # fmt: skip
 
 
 def _baseline_rows(diag: Diagnostics, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -173,14 +173,20 @@ def plot_regimens(sims: dict, *, observables=("il2_pM", "treg_per_uL", "tconv_pe
     return fig
 
 
-def plot_individual_fits(diag, *, dvid: str = "treg_per_uL", ids=None, ncols: int = 4, max_patients: int = 16) -> Figure:
-    """One panel per patient: observations (open: below the LLOQ), IPRED and PRED, doses as ticks.
+def plot_individual_fits(diag, *, dvid: str = "treg_per_uL", ids=None, ncols: int = 4, max_patients: int = 16, curves=None) -> Figure:
+    """One panel per patient: observations (points; open: below the LLOQ), the IPRED and PRED
+    curves of the fitted model on a dense time grid (lines), doses as ticks.
 
     Arguments:
         diag: :class:`il2treg.diagnostics.Diagnostics`.
         dvid: observation type.
         ids: patients to show (default the first ``max_patients`` with ``dvid`` data).
+        curves: the dense curves (ID, TIME, IPRED, PRED) of these patients; default
+            :func:`il2treg.diagnostics.individual_curves` (every 6 h to the last observation, hourly
+            for IL-2), which solves the fitted model again with the program ``diagnose`` compiled.
     """
+    from il2treg.diagnostics import individual_curves
+
     t = diag.table
     t = t[(t["DVID"] == dvid) & t["USED"]]
     if t.empty:
@@ -190,6 +196,8 @@ def plot_individual_fits(diag, *, dvid: str = "treg_per_uL", ids=None, ncols: in
     unknown = [i for i in ids if i not in all_ids]
     if unknown:
         raise InputError(f"patient {unknown[0]!r} has no {dvid!r} observations. Fix: choose IDs from {all_ids[:5]}...")
+    if curves is None:
+        curves = individual_curves(diag, ids, dvid=dvid)
     nrows = -(-len(ids) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), sharex=True, squeeze=False, constrained_layout=True)
     data = diag.data
@@ -199,8 +207,9 @@ def plot_individual_fits(diag, *, dvid: str = "treg_per_uL", ids=None, ncols: in
         ax.plot(g["TIME"][ok], g["DV"][ok], "o", color="k", ms=3.5, label="observed")
         if (~ok).any():
             ax.plot(g["TIME"][~ok], g["DV"][~ok], "o", mfc="none", color="k", ms=3.5, label="< LLOQ")
-        ax.plot(g["TIME"], g["IPRED"], "-", color="C0", lw=1.4, label="IPRED")
-        ax.plot(g["TIME"], g["PRED"], "--", color="C1", lw=1.1, label="PRED")
+        c = curves[curves["ID"] == pid]
+        ax.plot(c["TIME"], c["IPRED"], "-", color="C0", lw=1.4, label="IPRED")
+        ax.plot(c["TIME"], c["PRED"], "--", color="C1", lw=1.1, label="PRED")
         s = data.ids.index(pid)
         doses = np.asarray(data.dose_time[s])[(np.asarray(data.dose_row[s]) > 0) & (np.asarray(data.dose_amount[s]) > 0)]
         ax.plot(doses, np.zeros_like(doses), "|", color="C3", ms=6, transform=ax.get_xaxis_transform(), label="dose")
@@ -303,13 +312,45 @@ def plot_vpc(v) -> Figure:
     """A visual predictive check (:func:`il2treg.diagnostics.vpc`): observations, their 5th, 50th
     and 95th percentiles per bin (lines), and the simulated interval of each percentile (bands);
     with an LLOQ, a second panel compares the fraction below it. The title gives the coverage and
-    the p-value of :meth:`~il2treg.diagnostics.VPC.test`."""
+    the p-value of :meth:`~il2treg.diagnostics.VPC.test`. A stratified VPC
+    (:class:`~il2treg.diagnostics.StratifiedVPC`, ``vpc(..., by=...)``) gets one column of panels
+    per stratum, the stratum and its own coverage and test in each title, and the test over all
+    strata in the figure title."""
+    stratified = hasattr(v, "strata")
+    panels = list(v.strata.values()) if stratified else [v]
+    has_blq = any(np.isfinite(p.lloq) for p in panels)
+    n = len(panels)
+    fig, axes = plt.subplots(2 if has_blq else 1, n, figsize=(7 if n == 1 else 5.0 * n, 6.5 if has_blq else 4.5), squeeze=False, sharex=True,
+                             sharey="row", gridspec_kw={"height_ratios": [3, 1] if has_blq else [1]}, constrained_layout=True)  # fmt: skip
+    for k, p in enumerate(panels):
+        _draw_vpc(axes[0, k], axes[1, k] if has_blq else None, p, fontsize=9 if stratified else 10)
+    first = panels[0]
+    if first.change == "ratio":
+        quantity = f"{first.dvid}: fold change from baseline"
+    elif first.change == "difference":
+        quantity = f"{first.dvid}: change from baseline [{OBSERVABLES[first.dvid][0]}]"
+    else:
+        quantity = _label(first.dvid)
+    axes[0, 0].set_ylabel(("prediction-corrected " if first.pred_corrected else "") + quantity)
+    if has_blq:
+        axes[1, 0].set_ylabel("fraction < LLOQ")
+    for ax in axes[-1]:
+        ax.set_xlabel(_DAY)
+    axes[0, 0].legend(fontsize=7)
+    if stratified:
+        fig.suptitle(f"{_vpc_kind(first)} of {first.dvid} by {v.by}\nover the strata: {v.coverage():.0%} of observed percentiles inside their intervals, "
+                     f"test p = {v.test()[1]:.2g}", fontsize=10)  # fmt: skip
+    return fig
+
+
+def _vpc_kind(v) -> str:
+    return ("pc" if v.pred_corrected else "") + "VPC" + (" of the change from baseline" if v.change else "")
+
+
+def _draw_vpc(ax, lower, v, fontsize: float) -> None:
+    """One VPC (:func:`plot_vpc`) on ``ax``, its fraction below the LLOQ on ``lower`` (``None``: no panel)."""
     from il2treg.diagnostics import VPC_PERCENTILES
 
-    has_blq = np.isfinite(v.lloq)
-    fig, axes = plt.subplots(2 if has_blq else 1, 1, figsize=(7, 6.5 if has_blq else 4.5), squeeze=False, sharex=True,
-                             gridspec_kw={"height_ratios": [3, 1] if has_blq else [1]}, constrained_layout=True)  # fmt: skip
-    ax = axes[0, 0]
     b = v.bins
     ok = v.observations["CENS"] == 0
     ax.plot(v.observations["TIME"][ok], v.observations["DV"][ok], "o", color="0.35", ms=2.5, alpha=0.5, label="observed")
@@ -318,32 +359,21 @@ def plot_vpc(v) -> Figure:
         ax.fill_between(b["time"], b[f"sim_p{q:g}_lo"], b[f"sim_p{q:g}_hi"], color=colour, alpha=0.2, lw=0,
                         label=f"simulated {v.interval:.0%} CI of the percentile" if q == 50 else None)  # fmt: skip
         ax.plot(b["time"], b[f"observed_p{q:g}"], "-" if q == 50 else "--", color=colour, lw=1.5, label={5.0: "observed 5th, 95th percentiles", 50.0: "observed median"}.get(q))
-    if has_blq:
+    if lower is not None and np.isfinite(v.lloq):
         ax.axhline(v.lloq, color="k", lw=0.8, ls=":", label="LLOQ")
-        lower = axes[1, 0]
         lower.fill_between(b["time"], b["sim_blq_lo"], b["sim_blq_hi"], color="C0", alpha=0.25, lw=0, label="simulated")
         lower.plot(b["time"], b["observed_blq"], "o-", color="k", ms=3, label="observed")
-        lower.set_ylabel("fraction < LLOQ")
         lower.legend(fontsize=8)
+    if lower is not None:
         lower.grid(alpha=0.3)
     if _log_scale(v.dvid):
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
         ax.yaxis.set_major_formatter(mticker.FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(mticker.NullFormatter())
-    if v.change == "ratio":
-        quantity = f"{v.dvid}: fold change from baseline"
-    elif v.change == "difference":
-        quantity = f"{v.dvid}: change from baseline [{OBSERVABLES[v.dvid][0]}]"
-    else:
-        quantity = _label(v.dvid)
-    ax.set_ylabel(("prediction-corrected " if v.pred_corrected else "") + quantity)
-    axes[-1, 0].set_xlabel(_DAY)
-    kind = ("pc" if v.pred_corrected else "") + "VPC" + (" of the change from baseline" if v.change else "")
-    ax.set_title(f"{kind}: {v.dvid}\n{v.coverage():.0%} of observed percentiles inside their intervals, test p = {v.test()[1]:.2g}", fontsize=10)
+    where = f"{v.stratum}: " if v.stratum else ""
+    ax.set_title(f"{where}{_vpc_kind(v)}: {v.dvid}\n{v.coverage():.0%} of observed percentiles inside their intervals, test p = {v.test()[1]:.2g}", fontsize=fontsize)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return fig
 
 
 def plot_treg_sledai_link(treg_fold, sledai_change, p_sri4, *, groups=None, title: str = "") -> Figure:

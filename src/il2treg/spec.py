@@ -29,6 +29,7 @@ import tomllib
 from pathlib import Path
 
 from il2treg import units
+from il2treg._io import atomic_write_text
 from il2treg.errors import SpecError, UnitError
 
 #: Where ``load_model("name")`` looks for ``name.toml``: the repository's ``models/`` folder.
@@ -313,9 +314,7 @@ def update_values(path: str | Path, values: dict[str, float]) -> None:
             lines[i] = f"value = {float(pending.pop(current))!r}\n"
     if pending:
         raise SpecError(f"{path}: no [parameters.{next(iter(pending))}] table with a value line to update.")
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(lines))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(lines))
 
 
 def markdown_table(spec: ModelSpec) -> str:
