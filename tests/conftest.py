@@ -12,6 +12,54 @@ import pytest
 
 import il2treg
 
+# ----------------------------------------------------------------------------- compile-time profile
+# How much of the suite's time is JAX building programs (tracing, lowering, XLA): every test's
+# setup, call and teardown add what jax.monitoring reports to its user properties (which reach
+# the controller from xdist workers and the junit XML), and the run ends with the total.
+_JAX_BUILD_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_build_s = [0.0]
+
+
+def _on_jax_event(name: str, secs: float, **_) -> None:
+    if name in _JAX_BUILD_EVENTS:
+        _build_s[0] += secs
+
+
+def pytest_configure(config):
+    import jax
+
+    jax.monitoring.register_event_duration_secs_listener(_on_jax_event)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    start = item.stash.get(_phase_start, 0.0)
+    outcome = yield
+    report = outcome.get_result()
+    report.user_properties.append(("jax_build_s", _build_s[0] - start))
+    item.stash[_phase_start] = _build_s[0]
+
+
+_phase_start = pytest.StashKey[float]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    item.stash[_phase_start] = _build_s[0]
+    yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    reports = [r for group in terminalreporter.stats.values() for r in group if hasattr(r, "user_properties") and hasattr(r, "when")]
+    build = sum(v for r in reports for k, v in r.user_properties if k == "jax_build_s")
+    total = sum(getattr(r, "duration", 0.0) for r in reports)
+    if total > 0:
+        terminalreporter.write_line(f"JAX tracing, lowering and XLA compilation: {build:.0f} s of the {total:.0f} s the tests took ({100 * build / total:.0f}%)")
+
 
 @pytest.fixture(scope="session")
 def model():

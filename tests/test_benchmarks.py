@@ -27,6 +27,7 @@ def test_numpy_right_hand_side_equals_the_model_at_random_states(model):
     assert check_rhs(model, params) < 1e-12
 
 
+@pytest.mark.slow
 def test_lsoda_baseline_reproduces_il2treg_under_lupil2(model, lupil2, tight):
     params = il2treg.sample_population(model, 2, seed=3)
     times = np.linspace(0.0, 84.0, 85)

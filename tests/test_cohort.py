@@ -210,6 +210,7 @@ def test_truth_parameters_reproduce_the_data_within_assay_noise(shipped, truth, 
 # ------------------------------------------------------------------ simulate_cohort
 
 
+@pytest.mark.slow
 def test_higher_emax_treg_gives_higher_day7_tregs_in_the_same_patients(shipped):
     higher = simulate_cohort(cohort.LUPIL2_VIRTUAL_N, cohort.LUPIL2_VIRTUAL_SEED, overrides={"emax_treg": 9.0})
     arm = _per_patient(shipped, "ARM")

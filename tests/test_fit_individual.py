@@ -12,6 +12,8 @@ from il2treg.fit import batch_inner_solve
 from il2treg.fit.individual import STATUS_CONVERGED, STATUS_MAX_ITER
 from il2treg.fit.problem import data_neg2ll, individual_theta, predict, unpack
 
+pytestmark = pytest.mark.slow  # `make test-all` and CI run these; `make test` leaves them out
+
 
 @pytest.fixture(scope="module")
 def ebes(fit_case):

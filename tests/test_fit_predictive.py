@@ -10,6 +10,8 @@ from il2treg.errors import InputError
 from il2treg.fit import load_fit
 from il2treg.fit.predictive import posterior_predictive
 
+pytestmark = pytest.mark.slow  # `make test-all` and CI run these; `make test` leaves them out
+
 
 @pytest.fixture(scope="module")
 def result():

@@ -54,6 +54,7 @@ def test_complete_score_matches_finite_differences_of_the_complete_data_objectiv
     np.testing.assert_allclose(np.asarray(info), np.swapaxes(np.asarray(info), 1, 2), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_the_score_needs_sensitivities_only_for_fixed_effects_without_random_effects(fit_case):
     """phi held, the data term does not depend on the typical values of the parameters with
     random effects: the solve carries tangents only for kout_treg and emax_cd25 (the FOCE-I
@@ -111,6 +112,7 @@ def test_saem_is_reproducible_for_a_seed_and_moves_with_it(fit_case):
     assert not np.array_equal(np.asarray(a.trace), np.asarray(c.trace))
 
 
+@pytest.mark.slow
 def test_a_patient_without_a_finite_likelihood_is_flagged_and_the_fit_goes_on(fit_case):
     """Patient 3 gets a NaN observation, so its data term is not finite at the start: the path a
     failed solve takes (data_term gives inf). A real solver failure (an observation at day 5e5,

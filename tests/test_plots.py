@@ -159,6 +159,7 @@ def test_treg_sledai_link_colours_patients_by_sri4_probability():
         plots.plot_treg_sledai_link(fold, change[:3], p)
 
 
+@pytest.mark.slow
 def test_regimen_comparison_has_a_median_line_per_regimen_in_every_panel(model):
     times = np.linspace(0, 28, 57)
     params = il2treg.sample_population(model, 6, 0)

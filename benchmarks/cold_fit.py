@@ -1,0 +1,74 @@
+"""The reference fit from a cold start, this checkout against an earlier commit, one right after the other.
+
+    .venv/bin/python benchmarks/cold_fit.py --against ae5768c [--repeats 1] [--json PATH]
+
+Runs ``IL2TREG_CACHE=off il2treg fit fits/lupil2_virtual/fit.toml --no-figures`` (what a user
+meets the first time: every program compiled in the process, none loaded from disk) with this
+checkout's ``src/`` and then with the ``src/`` of ``--against`` (a temporary git worktree), in the
+same ``.venv``, alternating when ``--repeats`` > 1. Reports, for each: the seconds to the first
+L-BFGS iteration and the whole command's wall time (process start to exit), the stage times the
+fit records, the OFV and the iterations; then the ratios new / old. The issue's criterion: first
+iteration <= 45% and the whole command <= 55% of before on this machine, the OFV equal to 1e-6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMAND = ["fit", "fits/lupil2_virtual/fit.toml", "--no-figures"]
+
+
+def run(src: Path, cwd: Path) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="il2treg-cold-")) / "results"
+    env = {**os.environ, "IL2TREG_CACHE": "off", "PYTHONPATH": str(src)}
+    start = time.perf_counter()
+    proc = subprocess.run([str(Path(sys.executable).with_name("il2treg")), *COMMAND, "--out", str(out)], cwd=cwd, env=env,
+                          capture_output=True, text=True, encoding="utf-8")
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"il2treg fit failed with {src}:\n{proc.stderr[-2000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    return {"wall_s": wall, "ofv": summary["ofv"], "iterations": summary["iterations"], **summary["timing"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--against", required=True, help="git revision to compare with (e.g. the commit before a change)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--json", help="write the numbers to this JSON file")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="il2treg-base-") as tmp:
+        base = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.against], cwd=ROOT, check=True, capture_output=True)
+        try:
+            runs = {"old": [], "new": []}
+            for _ in range(args.repeats):
+                runs["old"].append(run(base / "src", base))
+                runs["new"].append(run(ROOT / "src", ROOT))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False, capture_output=True)
+    best = {k: {m: min(r[m] for r in v) for m in ("first_iteration_s", "wall_s", "estimation_s", "covariance_s", "results_s")} for k, v in runs.items()}
+    print(f"cold reference fit (IL2TREG_CACHE=off il2treg {' '.join(COMMAND)}), best of {args.repeats}, {args.against} -> this checkout\n")
+    print("| | first iteration s | whole command s | estimation s | covariance s | results s | OFV | iterations |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for k, label in (("old", args.against), ("new", "this checkout")):
+        r = runs[k][0]
+        b = best[k]
+        print(f"| {label} | {b['first_iteration_s']:.1f} | {b['wall_s']:.1f} | {b['estimation_s']:.1f} | {b['covariance_s']:.1f} | {b['results_s']:.1f} | {r['ofv']:.9f} | {r['iterations']} |")
+    ratio = {m: best["new"][m] / best["old"][m] for m in best["new"]}
+    print(f"| new / old | {ratio['first_iteration_s']:.2f} | {ratio['wall_s']:.2f} | {ratio['estimation_s']:.2f} | {ratio['covariance_s']:.2f} | {ratio['results_s']:.2f} | "
+          f"{abs(runs['new'][0]['ofv'] - runs['old'][0]['ofv']) / abs(runs['old'][0]['ofv']):.1e} (relative) | |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"against": args.against, "runs": runs, "ratios": ratio}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
