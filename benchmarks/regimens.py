@@ -50,7 +50,8 @@ def main() -> None:
         c0, start = _compile_s[0], time.perf_counter()
         result = compare(names, model=model, params=params)
         runs.append({"seed": seed, "wall_s": time.perf_counter() - start, "compile_s": _compile_s[0] - c0, "failed": int((result.per_patient["status"] != 0).sum())})
-        print(f"run {seed + 1}: {len(names)} regimens x {args.n} patients: {runs[-1]['wall_s']:.1f} s (of which JAX compile {runs[-1]['compile_s']:.1f} s), failed solves {runs[-1]['failed']}", flush=True)
+        print(f"run {seed + 1}: {len(names)} regimens x {args.n} patients: {runs[-1]['wall_s']:.1f} s "
+              f"(of which JAX compile {runs[-1]['compile_s']:.1f} s), failed solves {runs[-1]['failed']}", flush=True)
     run_s = runs[1]["wall_s"]
 
     horizon = 168.0

@@ -86,7 +86,8 @@ def gather(args: argparse.Namespace) -> None:
     expected = [args.out / f"part-{rank:04d}-of-{size:04d}.npz" for rank in range(size)]
     missing = [p.name for p in expected if not p.exists()]
     if missing or len(parts) != size:
-        sys.exit(f"simulate_distributed: error: {args.out} has {len(parts)} parts for {size} processes (missing {', '.join(missing) or 'none'}). Fix: rerun the missing processes, or clear parts of another run.")
+        sys.exit(f"simulate_distributed: error: {args.out} has {len(parts)} parts for {size} processes (missing {', '.join(missing) or 'none'}). "
+                 "Fix: rerun the missing processes, or clear parts of another run.")
     loaded = [np.load(p) for p in expected]
     n = int(loaded[0]["n"])
     rows = np.concatenate([d["rows"] for d in loaded])

@@ -98,7 +98,9 @@ def test_make_target_centres_the_well_informed_effects(target):
     tgt, _ = target
     omega = jnp.asarray([0.4, 0.3])
     var = jnp.asarray([[0.01, 0.09], [0.1, 0.001]])
-    t = make_target(tgt.problem, tgt.patients, tgt.base_residual, tgt.prior, tgt.include, var[:, : tgt.problem.n_eta] if tgt.problem.n_eta == 2 else jnp.tile(var[:, :1], (1, tgt.problem.n_eta)), omega[: tgt.problem.n_eta] if tgt.problem.n_eta == 2 else jnp.full(tgt.problem.n_eta, 0.4))
+    ne = tgt.problem.n_eta
+    variances = var[:, :ne] if ne == 2 else jnp.tile(var[:, :1], (1, ne))
+    t = make_target(tgt.problem, tgt.patients, tgt.base_residual, tgt.prior, tgt.include, variances, omega[:ne] if ne == 2 else jnp.full(ne, 0.4))
     assert bool(t.centred[0, 0]) and not bool(t.centred[1, 0])
 
 

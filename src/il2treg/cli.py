@@ -394,7 +394,8 @@ def regimens_optimise(
         fig.savefig(tmp / "design.png", dpi=120)
         plt.close(fig)
     console.print(design.checks.to_string(index=False), highlight=False)
-    console.print(f"{design.objective}: start {design.start_value:.5g} -> designed {design.value:.5g}; {len(design.start_values)} starts within {100 * design.spread:.3g}% of each other; {design.run_s:.1f} s", highlight=False)
+    console.print(f"{design.objective}: start {design.start_value:.5g} -> designed {design.value:.5g}; "
+                  f"{len(design.start_values)} starts within {100 * design.spread:.3g}% of each other; {design.run_s:.1f} s", highlight=False)
     console.print(f"wrote {out}/ (regimen.csv, checks.csv, design.json, design.png)", highlight=False)
 
 

@@ -354,7 +354,8 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
     dataset = spec.dataset
     used_per_patient = np.asarray(patients.obs_mask).sum(axis=1)
     if n_sim < 20 or n_sim <= 2 * int(used_per_patient.max(initial=0)):
-        raise InputError(f"n_sim = {n_sim} is too small: NPDE needs well over twice as many replicates as any patient's {int(used_per_patient.max(initial=0))} observations (and >= 20). Fix: n_sim=1000.")
+        raise InputError(f"n_sim = {n_sim} is too small: NPDE needs well over twice as many replicates as any patient's "
+                         f"{int(used_per_patient.max(initial=0))} observations (and >= 20). Fix: n_sim=1000.")
     psi = jnp.asarray(result.psi)
     up = unpack(problem, psi, spec.residual_model())
     eta0 = _ebes(result, problem, dataset) if data is None else jnp.zeros((dataset.n_subjects, problem.n_eta))

@@ -384,7 +384,7 @@ def expand(problem: FitProblem, theta_i: Float[Array, " params"], patient: Patie
             values, status = solve(w)
             return values, (values, status)
 
-        d1, (states, status) = jax.jacfwd(fwd, has_aux=True)(w0)
+        d1, (states, status) = _jacfwd(fwd, w0)
         return Expansion(w0, states, d1, jnp.zeros((*states.shape, 0, len(first))), status, first, second)
 
     def outer(w):
@@ -392,11 +392,21 @@ def expand(problem: FitProblem, theta_i: Float[Array, " params"], patient: Patie
             values, status = solve(w.at[pos].set(ws))
             return values, (values, status)
 
-        d_second, (values, status) = jax.jacfwd(inner, has_aux=True)(w[pos])
+        d_second, (values, status) = _jacfwd(inner, w[pos])
         return (d_second, values), (values, status)
 
-    (d2, d1), (states, status) = jax.jacfwd(outer, has_aux=True)(w0)
+    (d2, d1), (states, status) = _jacfwd(outer, w0)
     return Expansion(w0, states, d1, d2, status, first, second)
+
+
+def _jacfwd(fun, w: Float[Array, " n"]):
+    """``jax.jacfwd(fun, has_aux=True)(w)``; for one direction, a plain ``jax.jvp`` (the same
+    arithmetic without the ``vmap`` over directions: every transformation re-traces the whole
+    solve, which took seconds per layer for the reference fit's programs)."""
+    if w.shape[0] != 1:
+        return jax.jacfwd(fun, has_aux=True)(w)
+    _, tangent, aux = jax.jvp(fun, (w,), (jnp.ones_like(w),), has_aux=True)
+    return jax.tree_util.tree_map(lambda t: t[..., None], tangent), aux
 
 
 def expanded_predict(problem: FitProblem, ex: Expansion, theta_i: Float[Array, " params"], patient: PatientData) -> Float[Array, " obs"]:
