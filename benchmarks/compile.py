@@ -1,6 +1,7 @@
 """Where the first run of a fit or a simulation spends its time: tracing, lowering, XLA, running.
 
     .venv/bin/python benchmarks/compile.py [--json PATH] [--n-sim 200] [--simulate-n 1000]
+    .venv/bin/python benchmarks/compile.py --programs     # the fit's two large programs only, one after the other
 
 One cold process (no persistent compilation cache), in the order a user meets them:
 
@@ -45,7 +46,7 @@ import numpy as np  # noqa: E402 - after the IR dump is configured
 import il2treg  # noqa: E402
 from il2treg.diagnostics import diagnose  # noqa: E402
 from il2treg.fit import compute_fit, read_fit_spec  # noqa: E402
-from il2treg.fit.run import make_objective  # noqa: E402
+from il2treg.fit.run import initial_psi, make_objective  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 _EVENTS = {
@@ -96,12 +97,38 @@ def best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
+def programs() -> None:
+    """``--programs``: trace+lower and XLA compile of the reference fit's EBE search and exact
+    gradient (all 100 patients in one ``Objective``), one after the other, nothing else running."""
+    from il2treg.fit import Objective, patient_arrays
+
+    spec = read_fit_spec(ROOT / "fits/lupil2_virtual/fit.toml")
+    problem = spec.problem()
+    objective = Objective(problem, patient_arrays(spec.dataset, problem.covariates), spec.residual_model())
+    psi = initial_psi(spec, problem, spec.residual_model())
+    n = spec.dataset.n_subjects
+    eta = jax.numpy.zeros((n, problem.n_eta))
+    calls = {"inner": (objective, psi, eta), "gradients": (objective, psi, eta, jax.numpy.ones(n, dtype=bool))}
+    print("| program | trace + lower s | XLA compile s | StableHLO lines |\n|---|---:|---:|---:|")
+    for name, call in calls.items():
+        start = time.perf_counter()
+        lowered = getattr(Objective, name).lower(*call)
+        built = time.perf_counter()
+        lowered.compile()
+        done = time.perf_counter()
+        print(f"| {name} | {built - start:.2f} | {done - built:.2f} | {lowered.as_text().count(chr(10))} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", help="write the numbers to this JSON file")
     ap.add_argument("--n-sim", type=int, default=200, help="replicates for the diagnostics (NPDE, VPC)")
     ap.add_argument("--simulate-n", type=int, default=1000, help="virtual patients for simulate")
+    ap.add_argument("--programs", action="store_true", help="only the fit's two large programs, built one after the other")
     args = ap.parse_args()
+    if args.programs:
+        programs()
+        return
     start = time.perf_counter()
 
     # 1. the reference fit, stage by stage

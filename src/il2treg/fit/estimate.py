@@ -215,8 +215,7 @@ def preconditioner(per_patient: Float[Array, "patients psi"]) -> np.ndarray:
 
 
 #: The outer optimiser's direction: optax's L-BFGS, compiled once as two small programs (run
-#: eagerly, its few dozen array operations compiled one by one on the first iteration of every
-#: process: 0.6 s of a cold fit's start).
+#: eagerly, each of its few dozen array operations was compiled on its own in every process).
 _LBFGS = optax.scale_by_lbfgs(memory_size=10)
 _lbfgs_init = jax.jit(_LBFGS.init)
 _lbfgs_update = jax.jit(_LBFGS.update)
