@@ -234,10 +234,12 @@ class ThreadedObjective(_SplitObjective):
     def compile_ahead(self, psi, eta, include) -> None:
         """Start compiling the exact-gradient program for these shapes on a background thread.
 
-        XLA compiles a program on one core, and a fit's first call of the EBE search compiles
-        (tens of seconds) before it runs; the gradient program, the other large one, compiles on
-        the second core meanwhile. Its first :meth:`gradients` call waits for it; the result is
-        the program that call would have compiled.
+        A fit's first call of the EBE search compiles for tens of seconds before it runs; the
+        gradient program, the other large one, is built beside it and while the first EBEs run.
+        Its first :meth:`gradients` call waits for it; the result is the program that call would
+        have compiled. On two cores, where XLA already uses about 1.5 per compilation and tracing
+        holds Python's lock, the reference fit's first iteration came at 61.6 s with it and
+        67.4 s without (``benchmarks/README.md``).
         """
         args = (self._parts[0], psi, eta[self._rows[0]], self._include(0, include))
         self._ahead["gradients"] = _BACKGROUND.submit(lambda: Objective.gradients.lower(*args).compile())
