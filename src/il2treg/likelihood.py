@@ -149,14 +149,19 @@ def neg2ll_terms(
     Each distinct error-model kind is evaluated once, with every row's own SDs: not once per
     observation type, which repeated the normal CDFs of the censored (M3) and ordinal terms, and
     their derivatives in a fit, for every type that shares a kind (the reference fit's EBE search
-    compiled 7 copies where 3 do).
+    compiled 7 copies where 3 do). Rows of other kinds enter a kind's formula as 1 (observation,
+    prediction and SDs), so that their unused terms stay finite: another row's SD can be 0 for
+    this kind (an ordinal SD on a proportional row), and a where-masked infinite derivative
+    would still turn a reverse-mode gradient into NaN.
     """
     total = jnp.zeros_like(pred)
     kind_of = jnp.asarray([KINDS.index(k) for k in residual.kinds])[dvid]
     sigma_add, sigma_prop = residual.sigma_add[dvid], residual.sigma_prop[dvid]
     for kind in dict.fromkeys(residual.kinds):
-        term = _neg2ll_kind(kind, y, pred, cens, sigma_add, sigma_prop, residual.score_step)
-        total = jnp.where(kind_of == KINDS.index(kind), term, total)
+        sel = kind_of == KINDS.index(kind)
+        own = lambda x, sel=sel: jnp.where(sel, x, 1.0)
+        term = _neg2ll_kind(kind, own(y), own(pred), cens & sel, own(sigma_add), own(sigma_prop), residual.score_step)
+        total = jnp.where(sel, term, total)
     return jnp.where(mask, total, 0.0)
 
 
