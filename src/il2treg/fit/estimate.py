@@ -120,24 +120,24 @@ def fit_population(
     n = objective.patients.obs_time.shape[0]
     psi = jnp.asarray(psi0, dtype=jnp.float64)
     eta0 = jnp.zeros((n, objective.problem.n_eta))
-    objective.compile_ahead(psi, eta0, jnp.ones(n, dtype=bool))  # the gradient compiles while the EBE search compiles and runs
+    objective.compile_ahead(psi, eta0, jnp.ones(n, dtype=bool))  # traced here, compiled in the background
     inner = multistart(objective, psi, objective.inner(psi, eta0))
-    include = inner.status == STATUS_CONVERGED
+    include = np.asarray(inner.status) == STATUS_CONVERGED  # bookkeeping in NumPy: no programs to compile
     include = include & ~_misfit(objective, psi, inner, include, outlier_iwres2)
     for _ in range(3):  # estimate; drop patients no parameters can fit; move EBEs to better minima; resume
         psi, inner, ofv, it, converged, history = _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
         misfit = _misfit(objective, psi, inner, include, outlier_iwres2)
         checked = multistart(objective, psi, inner)  # inner is already converged at psi: no re-solve
-        moved = np.asarray(include & (checked.g < inner.g - 1e-6))
-        if not bool(jnp.any(misfit & include)) and not moved.any():
+        moved = include & (np.asarray(checked.g) < np.asarray(inner.g) - 1e-6)
+        if not np.any(misfit & include) and not moved.any():
             break
         include = include & ~misfit
         inner = checked
-    n_obs = int(jnp.sum(jnp.where(include[:, None], objective.patients.obs_mask, False)))
+    n_obs = int(np.sum(include[:, None] & np.asarray(objective.patients.obs_mask)))
     cov = estimate_covariance(objective, psi, inner, include) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
     return PopulationFit(
         psi=psi, psi_names=objective.problem.psi_names, ofv=ofv, covariance=cov, eta=inner.eta,
-        inner_status=inner.status, included=include, iterations=it, converged=converged,
+        inner_status=inner.status, included=jnp.asarray(include), iterations=it, converged=converged,
         history=tuple(history), n_observations=n_obs, elapsed_s=time.time() - start,
     )  # fmt: skip
 
@@ -150,9 +150,9 @@ def multistart(objective: Objective, psi, best: InnerResult, spread: float = 1.0
     The inner problem need not be convex in eta (the predictions are nonlinear in the parameters),
     so one start can end in a local minimum. The starts reuse the one compiled inner solve.
     """
-    omega = _omega(objective.problem, psi, objective.base_residual)
-    for sign in (1.0, -1.0):
-        trial = objective.inner(psi, jnp.broadcast_to(sign * spread * omega, best.eta.shape))
+    omega = np.asarray(_omega(objective.problem, psi, objective.base_residual))
+    for sign in (1.0, -1.0):  # the starts in NumPy: an eager jnp operation is a program to compile
+        trial = objective.inner(psi, jnp.asarray(np.broadcast_to(sign * spread * omega, best.eta.shape)))
         best = _better(trial, best)
     return best
 
@@ -175,7 +175,7 @@ def _misfit(objective: Objective, psi, inner: InnerResult, include, outlier_iwre
     iwres2 = np.asarray(_mean_iwres2(objective, psi, inner))
     inc = np.asarray(include)
     median = float(np.median(iwres2[inc])) if inc.any() else 0.0
-    return jnp.asarray(inc & (iwres2 > outlier_iwres2) & (iwres2 > 10.0 * median))
+    return inc & (iwres2 > outlier_iwres2) & (iwres2 > 10.0 * median)
 
 
 def _mean_iwres2(objective: Objective, psi, inner: InnerResult):
@@ -310,41 +310,33 @@ def estimate_covariance(objective: Objective, psi, inner: InnerResult, include, 
     truncation error of the SEs is of that order, far below their own sampling error.
     """
     k = len(psi)
-    g0 = objective.gradient(psi, inner.eta, include)
+    psi = np.asarray(psi, dtype=np.float64)  # the arithmetic around the gradients in NumPy: no programs to compile
+    g0 = np.asarray(objective.gradient(psi, inner.eta, include))
     cols = []
     for j in range(k):
-        h = rel_step * max(1.0, abs(float(psi[j])))
-        e = jnp.zeros(k).at[j].set(h)
-        gp = objective.gradient(psi + e, objective.inner(psi + e, inner.eta).eta, include)
-        cols.append((gp - g0) / h)
-    r = jnp.stack(cols, axis=1)
+        e = np.zeros(k)
+        e[j] = rel_step * max(1.0, abs(float(psi[j])))
+        gp = np.asarray(objective.gradient(psi + e, objective.inner(psi + e, inner.eta).eta, include))
+        cols.append((gp - g0) / e[j])
+    r = np.stack(cols, axis=1)
     r = 0.5 * (r + r.T)
     try:
-        cov = 2.0 * jnp.linalg.inv(r)
-    except Exception:  # noqa: BLE001 - singular R: report NaN, do not crash a finished fit
+        cov = 2.0 * np.linalg.inv(r)
+    except np.linalg.LinAlgError:  # singular R: report NaN, do not crash a finished fit
         return jnp.full((k, k), jnp.nan)
-    ok = jnp.all(jnp.isfinite(cov)) & jnp.all(jnp.linalg.eigvalsh(cov) > 0)
-    return jnp.where(ok, cov, jnp.nan)
+    ok = np.all(np.isfinite(cov)) and np.all(np.linalg.eigvalsh(cov) > 0)
+    return jnp.asarray(cov if ok else np.full((k, k), np.nan))
 
 
 def natural_estimates(problem: FitProblem, fit: PopulationFit, base_residual) -> dict[str, dict[str, float]]:
     """Estimates on the natural scale: value, SE (delta method), %RSE, 95% CI; CV% for omegas."""
-    psi = fit.psi
+    psi = np.asarray(fit.psi, dtype=np.float64)
     cov = np.asarray(fit.covariance)
-    names = problem.model.parameter_names
-
-    def natural(p):
-        u = unpack(problem, p, base_residual)
-        fixed = u.theta[jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)] if problem.n_fixed else jnp.zeros(0)
-        return jnp.concatenate([fixed, u.beta, u.omega, jnp.exp(p[problem.n_struct + problem.n_eta :])])
-
-    values = np.asarray(natural(psi))
-    jac = np.asarray(jax.jacfwd(natural)(psi))
+    values, jac = (np.asarray(x) for x in _natural_and_jacobian(problem, psi, base_residual))
     se = np.sqrt(np.clip(np.diag(jac @ cov @ jac.T), 0, None)) if np.all(np.isfinite(cov)) else np.full(len(values), np.nan)
     z = 1.959963984540054
     se_psi = np.sqrt(np.clip(np.diag(cov), 0, None))
-    lo = np.asarray(natural(psi - z * se_psi))
-    hi = np.asarray(natural(psi + z * se_psi))
+    lo, hi = np.asarray(natural_parameters_of(problem, np.stack([psi - z * se_psi, psi + z * se_psi]), base_residual))
     out = {}
     for k, name in enumerate(fit.psi_names):
         row = {"estimate": float(values[k]), "se": float(se[k]), "rse_percent": float(100 * se[k] / abs(values[k])) if values[k] else float("nan"),
@@ -355,8 +347,29 @@ def natural_estimates(problem: FitProblem, fit: PopulationFit, base_residual) ->
     return out
 
 
+def natural_parameters(problem: FitProblem, psi: Float[Array, " psi"], base_residual) -> Float[Array, " psi"]:
+    """``psi`` on the scale :func:`natural_estimates` reports: fixed effects in internal units,
+    covariate coefficients, omegas (SDs of eta) and sigmas."""
+    u = unpack(problem, psi, base_residual)
+    names = problem.model.parameter_names
+    fixed = u.theta[jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)] if problem.n_fixed else jnp.zeros(0)
+    return jnp.concatenate([fixed, u.beta, u.omega, jnp.exp(psi[problem.n_struct + problem.n_eta :])])
+
+
+@eqx.filter_jit
+def natural_parameters_of(problem: FitProblem, psi: Float[Array, "draws psi"], base_residual) -> Float[Array, "draws psi"]:
+    """:func:`natural_parameters` of every row of ``psi``, as one compiled program."""
+    return jax.vmap(lambda p: natural_parameters(problem, p, base_residual))(jnp.atleast_2d(psi))
+
+
+@eqx.filter_jit
+def _natural_and_jacobian(problem: FitProblem, psi, base_residual):
+    natural = lambda p: natural_parameters(problem, p, base_residual)
+    return natural(psi), jax.jacfwd(natural)(psi)
+
+
 def shrinkage(fit: PopulationFit, problem: FitProblem, base_residual) -> dict[str, float]:
     """eta-shrinkage (%) per random effect: 1 − SD(eta_hat) / omega, over included patients."""
-    omega = np.asarray(unpack(problem, fit.psi, base_residual).omega)
+    omega = np.asarray(_omega(problem, fit.psi, base_residual))
     eta = np.asarray(fit.eta)[np.asarray(fit.included)]
     return {n: float(100 * (1 - eta[:, k].std(ddof=1) / omega[k])) for k, n in enumerate(problem.random)}

@@ -203,7 +203,7 @@ class _SplitObjective:
         return penalty_gradient(self.prior, psi)
 
     def gradient(self, psi, eta, include):
-        return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
+        return jnp.asarray(np.sum(np.asarray(self.gradients(psi, eta, include)), axis=0) + np.asarray(self.penalty_gradient(psi)))
 
 
 class ThreadedObjective(_SplitObjective):
@@ -232,17 +232,21 @@ class ThreadedObjective(_SplitObjective):
         self._ahead: dict[str, Future] = {}
 
     def compile_ahead(self, psi, eta, include) -> None:
-        """Start compiling the exact-gradient program for these shapes on a background thread.
+        """Build a fit's three large programs for these shapes: trace here, compile in the background.
 
-        A fit's first call of the EBE search compiles for tens of seconds before it runs; the
-        gradient program, the other large one, is built beside it and while the first EBEs run.
-        Its first :meth:`gradients` call waits for it; the result is the program that call would
-        have compiled. On two cores, where XLA already uses about 1.5 per compilation and tracing
-        holds Python's lock, the reference fit's first iteration came at 61.6 s with it and
-        67.4 s without (``benchmarks/README.md``).
+        The exact gradient (the largest), the EBE search and the OFV terms are traced and lowered
+        one after the other on this thread, and each is handed to XLA on a background thread as
+        soon as it is lowered, so that XLA builds one program while Python traces the next.
+        Tracing holds Python's lock: the gradient traced on a thread beside the EBE search took
+        34 s of wall time where the two took 13.5 s one after the other. The first call of each
+        method waits for its program; the result is the program that call would have compiled
+        (``benchmarks/README.md`` has the before and after of the reference fit).
         """
-        args = (self._parts[0], psi, eta[self._rows[0]], self._include(0, include))
-        self._ahead["gradients"] = _BACKGROUND.submit(lambda: Objective.gradients.lower(*args).compile())
+        part, eta, include = self._parts[0], np.asarray(eta)[self._rows[0]], self._include(0, include)
+        self._ahead["gradients"] = _BACKGROUND.submit(Objective.gradients.lower(part, psi, eta, include).compile)
+        self._ahead["inner"] = _BACKGROUND.submit(Objective.inner.lower(part, psi, eta).compile)
+        inner = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), eqx.filter_eval_shape(Objective.inner, part, psi, eta))
+        self._ahead["terms"] = _BACKGROUND.submit(Objective.terms.lower(part, psi, inner, include).compile)
 
     def _map(self, method: str, args):
         """``Objective.<method>(part, *args(k))`` for every part ``k``, one thread each
@@ -267,24 +271,25 @@ class ThreadedObjective(_SplitObjective):
         return jnp.asarray(np.asarray(include)[self._rows[k]] & self._real[k])
 
     def inner(self, psi, eta0) -> InnerResult:
-        return self._gather(self._map("inner", lambda k: (psi, eta0[self._rows[k]])))
+        return self._gather(self._map("inner", lambda k: (psi, np.asarray(eta0)[self._rows[k]])))
 
     def value(self, psi, inner: InnerResult, include):
         terms = self._gather(self._map("terms", lambda k: (psi, _take(inner, self._rows[k]), self._include(k, include))))
-        return jnp.sum(terms) + self.penalty(psi)
+        return jnp.asarray(np.sum(np.asarray(terms)) + np.asarray(self.penalty(psi)))
 
     def gradients(self, psi, eta, include):
-        return self._gather(self._map("gradients", lambda k: (psi, eta[self._rows[k]], self._include(k, include))))
+        return self._gather(self._map("gradients", lambda k: (psi, np.asarray(eta)[self._rows[k]], self._include(k, include))))
 
     def data_terms(self, psi, phi):
-        return self._gather(self._map("data_terms", lambda k: (psi, phi[self._rows[k]])))
+        return self._gather(self._map("data_terms", lambda k: (psi, np.asarray(phi)[self._rows[k]])))
 
     def complete_scores(self, psi, phi):
-        return self._gather(self._map("complete_scores", lambda k: (psi, phi[self._rows[k]])))
+        return self._gather(self._map("complete_scores", lambda k: (psi, np.asarray(phi)[self._rows[k]])))
 
 
-#: One thread for programs compiled ahead of their first call (ThreadedObjective.compile_ahead).
-_BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="il2treg-compile")
+#: Threads for programs compiled ahead of their first call (ThreadedObjective.compile_ahead): one
+#: per program, so that XLA builds them side by side on the cores the tracing leaves free.
+_BACKGROUND = ThreadPoolExecutor(3, thread_name_prefix="il2treg-compile")
 
 
 class ShardedObjective(_SplitObjective):
@@ -373,5 +378,6 @@ def make_parallel(objective: Objective, *, shard: bool = True, workers: int | No
 
 
 def _take(tree, rows):
-    return jax.tree_util.tree_map(lambda x: x[rows], tree)
+    """The rows of every leaf, taken in NumPy (an eager jax.numpy gather is a program to compile)."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[rows]), tree)
 

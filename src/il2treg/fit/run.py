@@ -48,7 +48,14 @@ from scipy import special
 
 from il2treg.errors import InputError
 from il2treg.fit.bayes import eta_variances, make_target, pointwise, sample_nuts
-from il2treg.fit.estimate import PopulationFit, estimate_covariance, fit_population, natural_estimates, shrinkage
+from il2treg.fit.estimate import (
+    PopulationFit,
+    estimate_covariance,
+    fit_population,
+    natural_estimates,
+    natural_parameters_of,
+    shrinkage,
+)
 from il2treg.fit.individual import STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED
 from il2treg.fit.population import Objective, ShardedObjective, ThreadedObjective, make_parallel
 from il2treg.fit.priors import model_priors, sampling_priors
@@ -213,7 +220,7 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
 
     emit({"stage": "predictions", "elapsed_s": time.perf_counter() - start})
     t = time.perf_counter()
-    up = unpack(problem, fit.psi, residual0)
+    up = _unpack(problem, fit.psi, residual0)
     rows = _rows(problem, objective.patients, spec.sri4.day)
     pred, _ = _solve_rows(rows, up.theta, up.beta, jnp.zeros_like(fit.eta))
     ipred, latent = _solve_rows(rows, up.theta, up.beta, fit.eta)
@@ -282,6 +289,12 @@ def _patient_theta(problem: FitProblem, theta, beta, eta, patient: PatientData):
     return individual_theta(problem, covariate_theta(problem, theta, beta, patient.covariates), eta)
 
 
+#: The results tables' few array computations, each one compiled program (run eagerly, every
+#: jax.numpy operation in them was a program of its own, compiled in every process).
+_unpack = eqx.filter_jit(unpack)
+_residual_sd = eqx.filter_jit(residual_sd)
+
+
 @eqx.filter_jit
 def _all_patient_theta(problem: FitProblem, theta, beta, eta, patients: PatientData):
     return jax.vmap(lambda e, p: _patient_theta(problem, theta, beta, e, p))(eta, patients)
@@ -326,7 +339,7 @@ def _solve_rows(rows: _Rows, theta, beta, eta) -> tuple[np.ndarray, np.ndarray]:
 
 def _predictions(spec: FitSpec, fit: PopulationFit, residual: ResidualModel, pred, ipred) -> pd.DataFrame:
     data = spec.dataset
-    sd = np.asarray(residual_sd(residual, jnp.asarray(ipred), jnp.asarray(data.obs_dvid)), dtype=np.float64)
+    sd = np.asarray(_residual_sd(residual, ipred, data.obs_dvid), dtype=np.float64)
     s, j = observation_rows(data)
     pred, ipred, sd = pred[s, j], ipred[s, j], sd[s, j]
     dvid = data.obs_dvid[s, j]
@@ -382,8 +395,7 @@ def _individual(spec: FitSpec, problem, fit: PopulationFit, theta, beta, residua
 
 def _score_sd(residual: ResidualModel, latent: np.ndarray) -> np.ndarray:
     """SD of the visit error on the score scale (σ·L for a log error model, by the delta method)."""
-    dvid = jnp.full(latent.shape, _SLEDAI)
-    sd = np.asarray(residual_sd(residual, jnp.asarray(latent), dvid), dtype=np.float64)
+    sd = np.asarray(_residual_sd(residual, latent, np.full(latent.shape, _SLEDAI)), dtype=np.float64)
     return sd * latent if residual.kinds[_SLEDAI] == "log" else sd
 
 
@@ -425,20 +437,11 @@ def _declared_factors(problem: FitProblem) -> np.ndarray:
     return np.asarray(fixed + beta + [1.0] * (problem.n_eta + len(problem.sigmas)), dtype=np.float64)
 
 
-def _natural(problem: FitProblem, psi, base_residual: ResidualModel):
-    """psi -> (fixed effects in internal units, beta, omega, sigma): as natural_estimates reports them."""
-    up = unpack(problem, psi, base_residual)
-    names = problem.model.parameter_names
-    idx = jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)
-    fixed = up.theta[idx] if problem.n_fixed else jnp.zeros(0)
-    return jnp.concatenate([fixed, up.beta, up.omega, jnp.exp(psi[problem.n_struct + problem.n_eta :])])
-
-
 def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel) -> pd.DataFrame:
     est = natural_estimates(problem, fit, residual0)
     shrink = shrinkage(fit, problem, residual0) if int(np.sum(np.asarray(fit.included))) > 1 else {}
     factor = dict(zip(fit.psi_names, _declared_factors(problem)))
-    initial = dict(zip(fit.psi_names, np.asarray(_natural(problem, initial_psi(spec, problem, residual0), residual0))))
+    initial = dict(zip(fit.psi_names, np.asarray(natural_parameters_of(problem, initial_psi(spec, problem, residual0), residual0))[0]))
     typical = spec.model.typical()
     rows = []
     nan = float("nan")
@@ -502,7 +505,7 @@ def _posterior(problem: FitProblem, fit: PopulationFit, residual0: ResidualModel
         return np.full(shape, np.nan)
     z = np.random.default_rng(_POSTERIOR_SEED).standard_normal((shape[0] * shape[1], k))
     psi = np.asarray(fit.psi, dtype=np.float64)[None, :] + z @ chol.T
-    natural = np.asarray(jax.vmap(lambda p: _natural(problem, p, residual0))(jnp.asarray(psi)), dtype=np.float64)
+    natural = np.asarray(natural_parameters_of(problem, psi, residual0), dtype=np.float64)
     return (natural * factors[None, :]).reshape(shape)
 
 
@@ -546,7 +549,7 @@ def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: Res
     prior = sampling_priors(problem, initial_psi(spec, problem, residual0), settings.priors)
     patients = objective.patients
     inner = objective.inner(fit.psi, fit.eta)  # converged there: no iterations, the compiled solve is reused
-    omega = unpack(problem, fit.psi, residual0).omega
+    omega = _unpack(problem, fit.psi, residual0).omega
     eta_var = eta_variances(inner, omega)
     target = make_target(problem, patients, residual0, prior, fit.included, eta_var, omega)
     samples = sample_nuts(target, fit.psi, fit.eta, eta_var, fit.covariance, settings)
@@ -556,7 +559,7 @@ def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: Res
     timing["nuts_pointwise_s"] = time.perf_counter() - t
     c, d, k = samples.psi.shape
     factors = _declared_factors(problem)
-    natural = jax.vmap(lambda p: _natural(problem, p, residual0))(samples.psi.reshape(c * d, k))
+    natural = natural_parameters_of(problem, samples.psi.reshape(c * d, k), residual0)
     draws = (np.asarray(natural, dtype=np.float64) * factors[None, :]).reshape(c, d, k)
     data = spec.dataset
     ids = _ids(data, np.arange(data.n_subjects))
