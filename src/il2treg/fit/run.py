@@ -37,6 +37,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import equinox as eqx
@@ -197,10 +198,17 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
     emit({"stage": "start", "elapsed_s": time.perf_counter() - start})
 
     first: list[float] = []
+    rows = _rows(problem, objective.patients, spec.sri4.day)
+    built: list[Future] = []
 
     def on_iteration(info: dict) -> None:
         if not first:
             first.append(time.perf_counter() - start)
+            # The predictions' program is built on a background thread while the estimation runs
+            # (after the first iteration: beside the fit's own first programs it slowed them).
+            up0 = _unpack(problem, psi0, residual0)
+            eta0 = np.zeros((rows.inverse.shape[0], problem.n_eta))
+            built.append(_BACKGROUND.submit(lambda: _predict_all.lower(rows.problem, up0.theta, up0.beta, eta0, rows.patients).compile()))
         emit({"stage": "estimation", **info})
 
     t = time.perf_counter()
@@ -221,7 +229,8 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
     emit({"stage": "predictions", "elapsed_s": time.perf_counter() - start})
     t = time.perf_counter()
     up = _unpack(problem, fit.psi, residual0)
-    rows = _rows(problem, objective.patients, spec.sri4.day)
+    for program in built:
+        program.result()  # the predictions' program, compiled in the background: wait for it
     pred, _ = _solve_rows(rows, up.theta, up.beta, jnp.zeros_like(fit.eta))
     ipred, latent = _solve_rows(rows, up.theta, up.beta, fit.eta)
     predictions = _predictions(spec, fit, up.residual, pred, ipred)
@@ -288,6 +297,9 @@ def _patient_theta(problem: FitProblem, theta, beta, eta, patient: PatientData):
     """One patient's parameters: covariate effects on the typical values, then its random effects."""
     return individual_theta(problem, covariate_theta(problem, theta, beta, patient.covariates), eta)
 
+
+#: A thread for the predictions' program, built while the estimation runs.
+_BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="il2treg-predictions")
 
 #: The results tables' few array computations, each one compiled program (run eagerly, every
 #: jax.numpy operation in them was a program of its own, compiled in every process).
