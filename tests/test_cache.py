@@ -28,14 +28,21 @@ logger.addHandler(Count())
 import numpy as np
 import il2treg
 from il2treg.cache import callbacks_disabled
+(il2treg.load_model().typical().values * 2.0).block_until_ready()  # a first compilation, before the cache is chosen
 il2treg.enable_compilation_cache(sys.argv[1])
 sim = il2treg.simulate(il2treg.load_model(), il2treg.regimen.lupil2(), np.linspace(0.0, 84.0, 43))
 print(json.dumps({"values": np.asarray(sim.values).tolist(), "hits": len(hits), "callbacks_disabled": callbacks_disabled()}))
 """
 
 
-def _simulate(cache: Path, eqx_on_error: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "EQX_ON_ERROR"}
+def _own_environment() -> dict[str, str]:
+    """This process's environment without EQX_ON_ERROR and JAX's cache settings (the test run's
+    own cache, tests/conftest.py), so that a subprocess starts as a user's would."""
+    return {k: v for k, v in os.environ.items() if k != "EQX_ON_ERROR" and not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
+
+
+def _simulate(cache: Path, eqx_on_error: str | None, **extra: str) -> dict:
+    env = {**_own_environment(), **extra}
     if eqx_on_error is not None:
         env["EQX_ON_ERROR"] = eqx_on_error
     done = subprocess.run([sys.executable, "-c", _SIMULATE, str(cache)], env=env, capture_output=True, encoding="utf-8", timeout=600, check=False)
@@ -53,6 +60,16 @@ def test_a_second_process_loads_the_solver_from_the_cache_and_gets_the_same_valu
     second = _simulate(cache, "nan")
     assert second["hits"] >= 1
     assert second["values"] == first["values"]
+
+
+def test_the_folder_given_is_used_even_after_jax_opened_another(tmp_path):
+    """JAX opens its cache once per process, at the first compilation; a folder passed to
+    enable_compilation_cache later (after JAX_COMPILATION_CACHE_DIR named another) still receives
+    the programs compiled after the call."""
+    first = _simulate(tmp_path / "xla", "nan", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "other"))
+    assert first["callbacks_disabled"]
+    assert any(p.name.startswith("jit__simulate_batch") for p in (tmp_path / "xla").iterdir())
+    assert not any(p.name.startswith("jit__simulate_batch") for p in (tmp_path / "other").iterdir())
 
 
 @pytest.mark.slow
@@ -99,7 +116,7 @@ def test_the_command_turns_the_cache_on_and_runs_without_one_it_cannot_create(tm
     """`il2treg` (il2treg_cli.main) sets EQX_ON_ERROR=nan and caches in IL2TREG_CACHE; a folder it
     cannot create gives a one-line warning and the command still succeeds."""
     command = [sys.executable, "-c", "import il2treg_cli; il2treg_cli.main()", "simulate", "--typical", "--days", "7"]
-    env = {k: v for k, v in os.environ.items() if k != "EQX_ON_ERROR"}
+    env = _own_environment()
     done = subprocess.run([*command, "--out", str(tmp_path / "a")], env={**env, "IL2TREG_CACHE": str(tmp_path / "xla")},
                           capture_output=True, encoding="utf-8", timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

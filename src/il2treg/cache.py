@@ -38,6 +38,7 @@ import os
 from pathlib import Path
 
 import jax
+from jax.experimental.compilation_cache.compilation_cache import reset_cache
 
 from il2treg.errors import CacheError
 
@@ -90,4 +91,7 @@ def enable_compilation_cache(directory: str | Path | None = None, min_compile_se
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
     jax.config.update("jax_compilation_cache_max_size", int(max_bytes))
+    # JAX opens its cache at the first compilation and keeps that folder for the process; start
+    # afresh so that this folder is used even if something compiled before (with another one).
+    reset_cache()
     return path
