@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are rendered, never shown
+
+# ----------------------------------------------------------------------------- one compilation cache per run
+# The run's processes (the controller, the xdist workers, the CLI, script and notebook subprocesses)
+# share one on-disk XLA cache (il2treg.cache), so that a program is compiled once per run: after
+# every module `_release_compiled_code` empties the in-memory caches, and the next module that
+# builds the same program (the shared fixtures' solvers, the fit's programs) loads it instead of
+# compiling it again. The cache starts empty in every run unless IL2TREG_TEST_XLA_CACHE names a
+# folder to keep; the controller deletes the folder it made. The programs must be compiled without
+# host callbacks to be cached, hence EQX_ON_ERROR=nan, as the il2treg command runs (il2treg.cache);
+# tests of equinox's default mode start their own processes (tests/test_cache.py).
+if "IL2TREG_TEST_XLA_CACHE" not in os.environ:
+    os.environ["IL2TREG_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="il2treg-test-xla-")
+    atexit.register(shutil.rmtree, os.environ["IL2TREG_TEST_XLA_CACHE"], ignore_errors=True)
+os.environ.setdefault("EQX_ON_ERROR", "nan")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["IL2TREG_TEST_XLA_CACHE"]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))  # a size limit turns on JAX's file lock
 
 import numpy as np
 import pytest
@@ -22,34 +42,44 @@ _JAX_BUILD_EVENTS = (
     "/jax/core/compile/backend_compile_duration",
 )
 _build_s = [0.0]
+_loaded = [0, 0.0]  # programs loaded from the run's cache, and the compile time they saved (s)
 
 
 def _on_jax_event(name: str, secs: float, **_) -> None:
     if name in _JAX_BUILD_EVENTS:
         _build_s[0] += secs
+    elif name == "/jax/compilation_cache/compile_time_saved_sec":
+        _loaded[0] += 1
+        _loaded[1] += secs
 
 
 def pytest_configure(config):
     import jax
 
+    from il2treg.cache import callbacks_disabled
+
+    if not callbacks_disabled():
+        raise pytest.UsageError("equinox was imported before tests/conftest.py set EQX_ON_ERROR=nan; the run's compilation cache needs it")
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])  # in case jax was imported first
     jax.monitoring.register_event_duration_secs_listener(_on_jax_event)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    start = item.stash.get(_phase_start, 0.0)
+    build, loaded, saved = item.stash.get(_phase_start, (0.0, 0, 0.0))
     outcome = yield
     report = outcome.get_result()
-    report.user_properties.append(("jax_build_s", _build_s[0] - start))
-    item.stash[_phase_start] = _build_s[0]
+    report.user_properties.append(("jax_build_s", _build_s[0] - build))
+    report.user_properties.append(("xla_cache", (_loaded[0] - loaded, _loaded[1] - saved)))
+    item.stash[_phase_start] = (_build_s[0], *_loaded)
 
 
-_phase_start = pytest.StashKey[float]()
+_phase_start = pytest.StashKey[tuple]()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
-    item.stash[_phase_start] = _build_s[0]
+    item.stash[_phase_start] = (_build_s[0], *_loaded)
     yield
 
 
@@ -59,6 +89,10 @@ def pytest_terminal_summary(terminalreporter):
     total = sum(getattr(r, "duration", 0.0) for r in reports)
     if total > 0:
         terminalreporter.write_line(f"JAX tracing, lowering and XLA compilation: {build:.0f} s of the {total:.0f} s the tests took ({100 * build / total:.0f}%)")
+    loads = [v for r in reports for k, v in r.user_properties if k == "xla_cache"]
+    if loads:
+        n, saved = sum(v[0] for v in loads), sum(v[1] for v in loads)
+        terminalreporter.write_line(f"XLA programs loaded from the run's compilation cache: {n}, saving {saved:.0f} s of compilation")
 
 
 @pytest.fixture(scope="session")
