@@ -23,9 +23,11 @@ if "IL2TREG_TEST_XLA_CACHE" not in os.environ:
     os.environ["IL2TREG_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="il2treg-test-xla-")
     atexit.register(shutil.rmtree, os.environ["IL2TREG_TEST_XLA_CACHE"], ignore_errors=True)
 os.environ.setdefault("EQX_ON_ERROR", "nan")
+# Every program, in a folder with a size limit (which turns on JAX's file lock). The subprocesses
+# read these; this process passes them to il2treg.enable_compilation_cache (pytest_configure).
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["IL2TREG_TEST_XLA_CACHE"]
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))  # a size limit turns on JAX's file lock
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
 
 import numpy as np
 import pytest
@@ -57,10 +59,15 @@ def pytest_configure(config):
     import jax
 
     from il2treg.cache import callbacks_disabled
+    from il2treg.errors import CacheError
 
     if not callbacks_disabled():
         raise pytest.UsageError("equinox was imported before tests/conftest.py set EQX_ON_ERROR=nan; the run's compilation cache needs it")
-    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])  # in case jax was imported first
+    folder = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    try:
+        il2treg.enable_compilation_cache(folder, float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]), int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+    except CacheError as err:
+        raise pytest.UsageError(f"IL2TREG_TEST_XLA_CACHE={folder}: {err.__cause__}. Fix: name a writable folder, or unset it for a new temporary one.") from err
     jax.monitoring.register_event_duration_secs_listener(_on_jax_event)
 
 
