@@ -201,6 +201,17 @@ def test_stack_rejects_too_few_doses_and_an_empty_list():
         rg.stack([])
 
 
+def test_pad_appends_zero_doses_at_the_last_dose_time_and_keeps_name_and_route():
+    padded = rg.pad(rg.daily(1e6, 3, start=1.0), 5)
+    assert padded.times.tolist() == [1.0, 2.0, 3.0, 3.0, 3.0] and padded.amounts.tolist() == [1e6] * 3 + [0.0] * 2
+    assert rg.pad(rg.placebo(), 2).times.tolist() == [0.0, 0.0] and rg.pad(rg.lupil2(), 16).n_doses == 16
+    assert rg.pad(rg.lupil2(), 20).name == "lupil2"
+    with pytest.raises(RegimenError, match="n_doses >= 16"):
+        rg.pad(rg.lupil2(), 15)
+    with pytest.raises(RegimenError, match="unbatched"):
+        rg.pad(rg.stack([rg.lupil2()]), 20)
+
+
 def test_padding_does_not_change_a_simulation():
     grid = jnp.linspace(0.0, 90.0, 181)
     regimens = [rg.lupil2(), rg.placebo(), rg.daily(1e6, 5)]

@@ -128,7 +128,7 @@ def test_observation_at_a_dose_time_is_the_pre_dose_value(model, tight):
 def test_repeated_observation_times_share_one_save_and_give_the_same_values(model, reg):
     # Several observation types of one sample share a time: the solve saves once per distinct
     # time (fewer save slots), and every row gets exactly the value of its time.
-    from il2treg.simulate import _slots_needed
+    from il2treg.simulate import slots_needed
 
     distinct = np.array([0.0, 0.25, 4.0, 7.0, 14.0, 28.0, 84.0])
     rows = np.repeat(distinct, [3, 1, 4, 2, 5, 1, 6])
@@ -136,8 +136,8 @@ def test_repeated_observation_times_share_one_save_and_give_the_same_values(mode
     repeated = il2treg.simulate(model, reg, rows).values
     np.testing.assert_array_equal(np.asarray(repeated), np.asarray(once)[np.searchsorted(distinct, rows)])
     dose_times = np.asarray(reg.times)
-    assert _slots_needed(dose_times, rows, 0.1) == _slots_needed(dose_times, distinct, 0.1)
-    assert _slots_needed(dose_times, rows, 0.1) == (len(distinct) if reg.times.size == 0 else 2)
+    assert slots_needed(dose_times, rows, 0.1) == slots_needed(dose_times, distinct, 0.1)
+    assert slots_needed(dose_times, rows, 0.1) == (len(distinct) if reg.times.size == 0 else 2)
 
 
 @pytest.mark.slow
@@ -222,6 +222,55 @@ def test_vmap_batch_equals_a_loop_over_patients(model):
         np.testing.assert_allclose(batch.values[i], one.values, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
+def test_regimens_simulated_together_equal_each_simulated_alone(model):
+    """simulate_regimens runs regimens of 16, 0 and 12 doses on grids of 30, 3 and 7 times through
+    one program (padded doses and times) and gives what simulate gives for each, bit for bit."""
+    params = il2treg.sample_population(model, 3, seed=5)
+    regs = {"lupil2": rg.lupil2(), "placebo": rg.placebo(), "weekly": rg.weekly_only()}
+    grids = {"lupil2": np.linspace(0.0, 84.0, 30), "placebo": np.array([0.0, 7.0, 84.0]), "weekly": np.array([0.0, 1.0, 2.0, 7.0, 7.5, 7.5, 84.0])}
+    together = il2treg.simulate_regimens(model, regs, grids, params)
+    assert list(together) == list(regs)
+    for name, reg in regs.items():
+        alone = il2treg.simulate(model, reg, grids[name], params)
+        assert together[name].values.shape == (3, len(grids[name]), len(il2treg.OBSERVABLE_NAMES))
+        np.testing.assert_array_equal(together[name].times, alone.times)
+        np.testing.assert_array_equal(together[name].values, alone.values)
+        np.testing.assert_array_equal(together[name].status, alone.status)
+
+
+@pytest.mark.slow
+def test_given_save_slots_are_used_and_too_few_flag_the_patient_instead_of_a_wrong_value(model, lupil2):
+    """save_slots = the number needed gives simulate's values (bit for bit; with traced times,
+    where simulate would otherwise reserve a slot for every time, to rounding); one slot fewer
+    flags the patient (status STATUS_SLOTS_EXCEEDED, NaN values)."""
+    from il2treg.simulate import STATUS_SLOTS_EXCEEDED, slots_needed
+
+    t = np.array([0.0, 0.5, 1.0, 1.5, 2.5, 8.0, 9.0, 9.5])
+    need = slots_needed(np.asarray(lupil2.times), t, model.spec["tlag"].bounds[1])
+    assert need == 3
+    default = il2treg.simulate(model, lupil2, t)
+    given = il2treg.SolverOptions(save_slots=need)
+    np.testing.assert_array_equal(il2treg.simulate(model, lupil2, t, options=given).values, default.values)
+    traced = jax.jit(lambda times: il2treg.simulate(model, lupil2, times, options=given).values)(jnp.asarray(t))
+    np.testing.assert_allclose(traced, default.values, rtol=1e-13, atol=0)  # another program (outer jit): rounding
+    short = il2treg.simulate(model, lupil2, t, options=il2treg.SolverOptions(save_slots=need - 1))
+    assert int(short.status) == STATUS_SLOTS_EXCEEDED and np.isnan(np.asarray(short.values)).all()
+    assert "save slots" in short.status_message(int(short.status))
+
+
+def test_simulate_regimens_names_what_is_wrong(model):
+    regs = {"a": rg.lupil2(), "b": rg.placebo()}
+    with pytest.raises(InputError, match=r"times are given for \['a'\] but the regimens are \['a', 'b'\]"):
+        il2treg.simulate_regimens(model, regs, {"a": np.array([0.0, 1.0])})
+    with pytest.raises(InputError, match="regimen 'b' is batched"):
+        il2treg.simulate_regimens(model, {"a": rg.lupil2(), "b": rg.stack([rg.placebo()])}, np.array([0.0, 1.0]))
+    with pytest.raises(InputError, match="times must be sorted"):
+        il2treg.simulate_regimens(model, regs, {"a": np.array([0.0, 1.0]), "b": np.array([2.0, 1.0])})
+    with pytest.raises(InputError, match="no regimens"):
+        il2treg.simulate_regimens(model, {}, np.array([0.0, 1.0]))
+
+
 def test_work_order_puts_patients_without_doses_first_then_orders_by_stiffness():
     amounts = jnp.asarray([[1.5e6, 1.5e6], [0.0, 0.0], [1.5e6, 0.0], [1.5e6, 1.5e6], [0.0, 0.0]])
     stiffness = jnp.asarray([3.0, 9.0, 1.0, 2.0, 4.0])
@@ -259,7 +308,8 @@ def test_chunked_map_traces_the_function_once_and_keeps_every_row():
 
 
 @pytest.mark.parametrize(("kwargs", "says"), [({"batch_size": 0}, "batch_size=0"), ({"batch_size": 2.5}, "batch_size=2.5"),
-                                            ({"max_steps": -1}, "max_steps=-1"), ({"workers": 0}, "workers=0")])  # fmt: skip
+                                            ({"max_steps": -1}, "max_steps=-1"), ({"workers": 0}, "workers=0"),
+                                            ({"save_slots": 0}, "save_slots=0"), ({"save_slots": 2.0}, "save_slots=2.0")])  # fmt: skip
 def test_bad_solver_options_are_one_clear_error(kwargs, says):
     with pytest.raises(InputError, match="Fix:") as info:
         il2treg.SolverOptions(**kwargs)

@@ -17,7 +17,7 @@ from il2treg.model import Model, Parameters, load_model, sample_population
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
 from il2treg.regimen import Regimen
 from il2treg.sbml import export_sbml
-from il2treg.simulate import Simulation, SolverOptions, simulate
+from il2treg.simulate import Simulation, SolverOptions, simulate, simulate_regimens
 from il2treg.trial import TrialDesign, TrialResult, load_design, simulate_trial
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "regimen",
     "sample_population",
     "simulate",
+    "simulate_regimens",
     "simulate_trial",
     "units",
 ]

@@ -48,7 +48,7 @@ from il2treg.errors import InputError
 from il2treg.model import Model, Parameters, load_model, sample_population
 from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.regimen import Regimen, named
-from il2treg.simulate import SolverOptions, simulate
+from il2treg.simulate import SolverOptions, simulate, simulate_regimens, slots_needed
 from il2treg.trial import TrialDesign, entry_and_fall, load_design, response_probability
 
 
@@ -200,14 +200,23 @@ def regimen_metrics(model: Model, regimen: Regimen, params: Parameters, *, weeks
                     options: SolverOptions = SolverOptions(), window_step: float = _WINDOW_STEP) -> pd.DataFrame:  # fmt: skip
     """Per-patient metrics of one regimen (module docstring); one row per patient of ``params``."""
     weeks = tuple(float(w) for w in weeks)
-    horizon = max(7.0 * max(weeks), TREATMENT_DAYS)
-    design = design or load_design("lupil2")
-    t = exposure_grid(regimen, horizon, window_step=window_step)
+    t = exposure_grid(regimen, _horizon(weeks), window_step=window_step)
     theta = np.atleast_2d(np.asarray(params.values))
     sim = simulate(model, regimen, jnp.asarray(t), Parameters(jnp.asarray(theta), params.names), options=options)
+    return _metrics(sim, theta, params.names, weeks, design or load_design("lupil2"))
+
+
+def _horizon(weeks: tuple[float, ...]) -> float:
+    """The last day the metrics read: the latest assessment week, or the end of treatment."""
+    return max(7.0 * max(weeks), TREATMENT_DAYS)
+
+
+def _metrics(sim, theta: np.ndarray, names, weeks: tuple[float, ...], design: TrialDesign) -> pd.DataFrame:
+    """The metrics of :func:`regimen_metrics` from a batched simulation on an exposure grid."""
+    t = np.asarray(sim.times, dtype=np.float64).reshape(-1, sim.times.shape[-1])[0]
     v = np.asarray(sim.values, dtype=np.float64).reshape(theta.shape[0], len(t), -1)
     status = np.asarray(sim.status).reshape(-1)
-    names = list(params.names)
+    names = list(names)
     c = v[:, :, _IDX["il2_pM"]]
     fold = lambda name: v[:, :, _IDX[name]] / v[:, :1, _IDX[name]]
     treg = fold("treg_per_uL")
@@ -260,7 +269,12 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
         model, params = virtual_population(model, n, seed=seed, fit=fit)
     start = time.perf_counter()
     design = load_design("lupil2")
-    frames = [regimen_metrics(model, r, params, weeks=weeks, design=design, options=options).assign(regimen=name) for name, r in regs.items()]
+    weeks_f = tuple(float(w) for w in weeks)
+    theta = np.atleast_2d(np.asarray(params.values))
+    grids = {name: exposure_grid(r, _horizon(weeks_f)) for name, r in regs.items()}
+    # one compiled solve for every regimen (simulate_regimens pads them to common shapes)
+    sims = simulate_regimens(model, regs, grids, Parameters(jnp.asarray(theta), params.names), options=options)
+    frames = [_metrics(sims[name], theta, params.names, weeks_f, design).assign(regimen=name) for name in regs]
     run_s = time.perf_counter() - start
     per_patient = pd.concat(frames, ignore_index=True)
     per_patient = per_patient[["regimen", *[c for c in per_patient.columns if c != "regimen"]]]
@@ -359,8 +373,7 @@ def design_function(model: Model, params: Parameters, objective: str, constraint
     """
     if objective not in OBJECTIVES:
         raise InputError(f"unknown objective {objective!r}; the model computes: {', '.join(OBJECTIVES)}. Fix: choose one of these.")
-    fixed = jnp.asarray(np.arange(0.0, TREATMENT_DAYS + 1e-9, grid_step))
-    offsets = jnp.asarray(np.arange(0.0, 1.0 + 1e-9, 1.0 / 24.0))
+    fixed, offsets = (jnp.asarray(x) for x in _design_points(grid_step))
     theta = jnp.atleast_2d(jnp.asarray(params.values))
     names = list(params.names)
     design = load_design("lupil2")
@@ -392,6 +405,22 @@ def design_function(model: Model, params: Parameters, objective: str, constraint
         return jnp.mean(value), {k: jnp.quantile(metrics[k], q) for k in limits}
 
     return f
+
+
+def design_slots(model: Model, regimen: Regimen, params: Parameters, *, grid_step: float = 0.25) -> int:
+    """The save slots (:attr:`~il2treg.simulate.SolverOptions.save_slots`) the solve of
+    :func:`design_function` needs for doses at ``regimen``'s times."""
+    names = list(params.names)
+    max_lag = max(model.spec["tlag"].bounds[1], float(np.max(np.asarray(params.values)[..., names.index("tlag")])))
+    times = np.asarray(regimen.times, dtype=np.float64)
+    fixed, offsets = _design_points(grid_step)
+    return slots_needed(times, np.sort(np.concatenate([fixed, (times[:, None] + offsets[None, :]).ravel()])), max_lag)
+
+
+def _design_points(grid_step: float) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed grid over weeks 0-12 (days) and the hourly offsets over the day after a dose
+    at which :func:`design_function` reads the solve."""
+    return np.arange(0.0, TREATMENT_DAYS + 1e-9, grid_step), np.arange(0.0, 1.0 + 1e-9, 1.0 / 24.0)
 
 
 def _project_amounts(x: jnp.ndarray, upper: float, total_max: float) -> jnp.ndarray:
@@ -481,7 +510,13 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
         raise InputError(f"n_starts and steps must be >= 1, got {n_starts} and {steps}.")
     _check_feasible(template, constraints, params, optimise_times)
     c = constraints
-    f = design_function(model, params, objective, c, options=options)
+    steps_options = options
+    if not optimise_times and options.save_slots is None:
+        # Fixed dose times: the solve's save slots are those of the template (under jit the times
+        # are traced, and simulate would otherwise reserve one per grid point in every interval:
+        # 737 instead of 51 for LUPIL-2, which made each step about 3 times slower).
+        steps_options = dataclasses.replace(options, save_slots=design_slots(model, template, params))
+    f = design_function(model, params, objective, c, options=steps_options)
     limits = c.limits()
     upper = (c.dose_max_iu if c.dose_max_iu is not None else np.inf) / 1e6
     total_max = (c.total_dose_max_iu if c.total_dose_max_iu is not None else np.inf) / 1e6

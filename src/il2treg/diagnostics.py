@@ -70,7 +70,7 @@ from il2treg.fit.run import _predict_all, make_objective, observation_rows
 from il2treg.fit.spec import FitSpec, stored_spec
 from il2treg.likelihood import residual_sd, sample_observations
 from il2treg.observables import OBSERVABLE_NAMES
-from il2treg.simulate import _slots_needed
+from il2treg.simulate import slots_needed
 
 #: Percentiles a VPC summarises (%).
 VPC_PERCENTILES = (5.0, 50.0, 95.0)
@@ -507,15 +507,15 @@ def individual_curves(diag: Diagnostics, ids, *, dvid: str = "treg_per_uL", step
 def _deal(grid: np.ndarray, dose_time: np.ndarray, width: int, slots: int, max_lag: float) -> list[np.ndarray]:
     r"""``grid`` (sorted) dealt over the fewest rows that each fit one solve of the data's shape:
     at most ``width`` times, and at most ``slots`` distinct times in any inter-dose interval for
-    any lag up to ``max_lag`` (:func:`il2treg.simulate._slots_needed`). Row :math:`k` of
+    any lag up to ``max_lag`` (:func:`il2treg.simulate.slots_needed`). Row :math:`k` of
     :math:`R` holds ``grid[k::R]``, padded to ``width`` with its last time (a repeat takes no
     save slot). Dealing every :math:`R`-th time spreads each interval's times evenly, so
     :math:`R = \max(\lceil G/w \rceil, \lceil m/s \rceil)` fits, :math:`m` the most grid times
     one interval holds; the check below keeps that a fact, not a hope."""
-    r = max(-(-grid.size // width), -(-_slots_needed(dose_time, grid[None], max_lag) // slots))
+    r = max(-(-grid.size // width), -(-slots_needed(dose_time, grid[None], max_lag) // slots))
     while True:
         rows = [np.pad(grid[k::r], (0, width - len(grid[k::r])), mode="edge") for k in range(r)]
-        if _slots_needed(dose_time, np.stack(rows), max_lag) <= slots:
+        if slots_needed(dose_time, np.stack(rows), max_lag) <= slots:
             return rows
         r += 1
 

@@ -378,6 +378,26 @@ def named(name: str, **kwargs: object) -> Regimen:
     return factory(**kwargs)
 
 
+def pad(regimen: Regimen, n_doses: int) -> Regimen:
+    """``regimen`` with zero doses appended at its last dose time (0.0 if it has none) up to
+    ``n_doses`` doses. A zero dose at an existing dose time changes no simulation; regimens padded
+    to one length share one compiled solve (:func:`il2treg.simulate.simulate_regimens`).
+
+    **Raises:** :class:`RegimenError` for a batched regimen or ``n_doses`` below its dose count.
+    """
+    _require_unbatched(regimen, "pad")
+    width = _count(n_doses, "n_doses")
+    if width < regimen.n_doses:
+        raise RegimenError(
+            f"pad(n_doses={width}) is fewer than the regimen's {regimen.n_doses} doses. "
+            f"Fix: pass n_doses >= {regimen.n_doses}."
+        )
+    extra = width - regimen.n_doses
+    last = regimen.times[-1:] if regimen.n_doses else jnp.zeros((1,))
+    return Regimen(jnp.concatenate([regimen.times, jnp.broadcast_to(last, (extra,))]),
+                   jnp.concatenate([regimen.amounts, jnp.zeros((extra,))]), route=regimen.route, name=regimen.name)  # fmt: skip
+
+
 def stack(regimens: Sequence[Regimen], n_doses: int | None = None) -> Regimen:
     """Batch unbatched regimens into one with a leading patient axis, for ``jax.vmap``.
 
@@ -403,15 +423,9 @@ def stack(regimens: Sequence[Regimen], n_doses: int | None = None) -> Regimen:
             f"Fix: pass n_doses >= {longest}, or leave it out."
         )
 
-    def padded(r: Regimen) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
-        pad = width - r.n_doses
-        last = r.times[-1:] if r.n_doses else jnp.zeros((1,))
-        return (jnp.concatenate([r.times, jnp.broadcast_to(last, (pad,))]),
-                jnp.concatenate([r.amounts, jnp.zeros((pad,))]))
-
-    times, amounts = zip(*(padded(r) for r in regimens))
+    padded = [pad(r, width) for r in regimens]
     names = {r.name for r in regimens}
-    return Regimen(jnp.stack(times), jnp.stack(amounts), route=route,
+    return Regimen(jnp.stack([r.times for r in padded]), jnp.stack([r.amounts for r in padded]), route=route,
                    name=names.pop() if len(names) == 1 else "")
 
 

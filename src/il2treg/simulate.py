@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -82,6 +83,13 @@ class SolverOptions(eqx.Module):
             ``XLA_FLAGS=--xla_force_host_platform_device_count=N``), split a concrete batch over
             all of them (``jax.shard_map`` over a 1-D ``patients`` mesh); results are identical
             to the unsharded solve. ``False`` keeps everything on the default device.
+        save_slots: observation times one inter-dose interval can hold (static). ``None``: the
+            fewest the call needs (:func:`slots_needed`) where its dose and observation times
+            are concrete, every observation time where they are traced (under ``jit`` or
+            ``grad``), which can make the solve many times slower. Give a bound when traced
+            times are known to stay within one (:func:`il2treg.design.optimise` does). A patient
+            with more observations in one interval is flagged (status
+            :data:`STATUS_SLOTS_EXCEEDED`, NaN values), never given wrong values.
     """
 
     rtol: float = 1e-6
@@ -94,6 +102,7 @@ class SolverOptions(eqx.Module):
     batch_size: int = eqx.field(static=True, default=128)
     workers: int | None = eqx.field(static=True, default=None)
     shard: bool = eqx.field(static=True, default=True)
+    save_slots: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         for name, low in (("max_steps", 1), ("batch_size", 1)):
@@ -102,6 +111,8 @@ class SolverOptions(eqx.Module):
                 raise InputError(f"SolverOptions({name}={value!r}): must be an integer >= {low}. Fix: pass e.g. {name}={type(self).__dataclass_fields__[name].default}.")
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, numbers.Integral) or self.workers < 1):
             raise InputError(f"SolverOptions(workers={self.workers!r}): must be an integer >= 1 or None. Fix: pass workers=None for one thread per CPU core.")
+        if self.save_slots is not None and (isinstance(self.save_slots, bool) or not isinstance(self.save_slots, numbers.Integral) or self.save_slots < 1):
+            raise InputError(f"SolverOptions(save_slots={self.save_slots!r}): must be an integer >= 1 or None. Fix: pass save_slots=None to size them from the times.")
 
 
 class Simulation(eqx.Module):
@@ -263,9 +274,10 @@ def _solve_one(
     return out, code
 
 
-def _slots_needed(dose_times: np.ndarray, obs_times: np.ndarray, max_lag: float) -> int:
+def slots_needed(dose_times: np.ndarray, obs_times: np.ndarray, max_lag: float) -> int:
     """Most distinct observation times any inter-dose interval can hold for any lag in
-    [0, max_lag] (static; see :func:`_solve_one`)."""
+    [0, max_lag] days: the save slots (:attr:`SolverOptions.save_slots`) a solve at these dose
+    times (``[doses]`` or ``[patients, doses]``) and observation times needs."""
     dose_times = np.atleast_2d(dose_times)
     obs_times = np.atleast_2d(obs_times)
     n = max(dose_times.shape[0], obs_times.shape[0])
@@ -450,14 +462,17 @@ def _sharded_batch(model, theta, dose_times, dose_amounts, obs_times, options, a
     return solve(theta, dose_times, dose_amounts, obs_times)
 
 
-def _static_slots(model: Model, theta, dose_times, obs) -> int:
-    """Save slots per interval, from concrete inputs where possible (else every observation)."""
+def _static_slots(model: Model, theta, dose_times, obs, save_slots: int | None = None) -> int:
+    """Save slots per interval: ``save_slots`` if given, else from concrete inputs where
+    possible (else every observation)."""
+    if save_slots is not None:
+        return save_slots
     if any(isinstance(x, jax.core.Tracer) for x in (dose_times, obs)):
         return int(obs.shape[-1])
     max_lag = model.spec["tlag"].bounds[1]
     if not isinstance(theta, jax.core.Tracer):
         max_lag = max(max_lag, float(np.max(np.asarray(theta)[..., model.parameter_names.index("tlag")])))
-    return _slots_needed(np.asarray(dose_times), np.asarray(obs), max_lag)
+    return slots_needed(np.asarray(dose_times), np.asarray(obs), max_lag)
 
 
 def _check_times(times: np.ndarray) -> None:
@@ -492,7 +507,76 @@ def simulate(
     Returns:
         :class:`Simulation` with values ``[(patients,) times, observables]``. Any input with a
         patient axis makes the result batched; the others are shared by every patient.
+
+    A call compiles one program per shape: number of patients, doses and observation times, and
+    the save slots the times need. Several regimens simulated one after the other compile one
+    program each; :func:`simulate_regimens` runs them through one.
     """
+    inputs, axes, n = _batch_inputs(model, regimen, times, params)
+    return _solve_batch(model, inputs, axes, n, _static_slots(model, *inputs[:2], inputs[3], options.save_slots), options)
+
+
+def simulate_regimens(
+    model: Model,
+    regimens: Mapping[str, Regimen],
+    times: Float[Array, " times"] | Mapping[str, Float[Array, " times"]],
+    params: Parameters | None = None,
+    *,
+    options: SolverOptions = SolverOptions(),
+) -> dict[str, Simulation]:
+    """:func:`simulate` of each of ``regimens`` on the same patients, through one compiled program.
+
+    Simulated one after the other, regimens with different numbers of doses or observation grids
+    compile a program each (about 7 s each for the default model on a 2-core CPU; the LUPIL-2
+    regimen has 16 doses, the daily low-dose regimen 56). Here every regimen is padded with zero
+    doses at its last dose time to the most doses of any (:func:`il2treg.regimen.pad`), every
+    grid is padded to the longest by repeating its last time, and all share the largest number of
+    save slots any needs. No value changes: a zero dose adds nothing, a repeated time shares the
+    save of the first, and each interval's solve is the one :func:`simulate` runs (the results
+    equal those of :func:`simulate` bit for bit, ``tests/test_simulate.py``). The padded work costs
+    run time (a zero-length interval per padded dose).
+
+    Arguments:
+        regimens: name -> unbatched :class:`Regimen`.
+        times: one sorted grid (days) shared by every regimen, or a mapping name -> grid.
+        params, options: as for :func:`simulate`, shared by every regimen.
+
+    Returns:
+        name -> :class:`Simulation`, in the order of ``regimens``, each on its own grid.
+    """
+    from il2treg.regimen import pad
+
+    regimens = dict(regimens)
+    if not regimens:
+        raise InputError("simulate_regimens got no regimens. Fix: pass a mapping name -> Regimen.")
+    grids = dict(times) if isinstance(times, Mapping) else dict.fromkeys(regimens, times)
+    if set(grids) != set(regimens):
+        raise InputError(f"times are given for {sorted(grids)} but the regimens are {sorted(regimens)}. Fix: one grid per regimen, or one shared grid.")
+    for name, r in regimens.items():
+        if np.ndim(r.times) != 1:
+            raise InputError(f"regimen {name!r} is batched (times of shape {np.shape(r.times)}). Fix: simulate it alone with simulate().")
+        if np.ndim(grids[name]) != 1:
+            raise InputError(f"times for {name!r} have shape {np.shape(grids[name])}. Fix: give a 1-D grid of days.")
+    n_doses = max(r.n_doses for r in regimens.values())
+    n_times = max(len(g) for g in grids.values())
+    batches = {}
+    for name, r in regimens.items():
+        grid = np.asarray(grids[name], dtype=np.float64)
+        _check_times(grid)
+        longer = np.concatenate([grid, np.full(n_times - grid.size, grid[-1])])
+        batches[name] = _batch_inputs(model, pad(r, n_doses), longer, params)
+    slots = max(_static_slots(model, *inputs[:2], inputs[3], options.save_slots) for inputs, _, _ in batches.values())
+    out = {}
+    for name, (inputs, axes, n) in batches.items():
+        sim = _solve_batch(model, inputs, axes, n, slots, options)
+        k = len(grids[name])
+        out[name] = Simulation(times=sim.times[..., :k], values=sim.values[..., :k, :], status=sim.status)
+    return out
+
+
+def _batch_inputs(model: Model, regimen: Regimen, times, params: Parameters | None):
+    """(theta, dose times, dose amounts, observation times) as float64 arrays, their patient axes
+    (0 or None) and the number of patients (0 for one unbatched patient)."""
     require_float64()
     params = model.typical() if params is None else params
     if params.names != model.parameter_names:
@@ -503,15 +587,19 @@ def simulate(
     obs = jnp.asarray(times, dtype=jnp.float64)
     if not isinstance(times, jax.core.Tracer):
         _check_times(np.asarray(times, dtype=np.float64))
-    axes = (0 if theta.ndim == 2 else None, 0 if dose_times.ndim == 2 else None,
-            0 if dose_amounts.ndim == 2 else None, 0 if obs.ndim == 2 else None)  # fmt: skip
-    sizes = {x.shape[0] for x, a in zip((theta, dose_times, dose_amounts, obs), axes) if a == 0}
+    inputs = (theta, dose_times, dose_amounts, obs)
+    axes = tuple(0 if x.ndim == 2 else None for x in inputs)
+    sizes = {x.shape[0] for x, a in zip(inputs, axes) if a == 0}
     if len(sizes) > 1:
         raise InputError(f"batched inputs disagree on the number of patients: {sorted(sizes)}. Fix: give every batched input the same leading size.")
-    slots = _static_slots(model, theta, dose_times, obs)
-    inputs = (theta, dose_times, dose_amounts, obs)
-    n = next(iter(sizes)) if sizes else 1
-    workers = min(options.workers or default_workers(), n // options.batch_size)
+    return inputs, axes, (sizes.pop() if sizes else 0)
+
+
+def _solve_batch(model: Model, inputs, axes, n: int, slots: int, options: SolverOptions) -> Simulation:
+    """Solve prepared inputs (:func:`_batch_inputs`): split over devices or threads where the batch
+    is concrete and large enough, else one compiled call."""
+    obs = inputs[3]
+    workers = min(options.workers or default_workers(), max(n, 1) // options.batch_size)
     concrete = not any(isinstance(x, jax.core.Tracer) for x in inputs)
     devices = jax.local_devices()
     if options.shard and len(devices) > 1 and concrete and n >= len(devices):
@@ -520,6 +608,6 @@ def simulate(
         values, status = _threaded(model, inputs, options, axes, slots, n, workers)
     else:
         values, status = _simulate_batch(model, *inputs, options, axes, slots)
-    if sizes:
-        obs = jnp.broadcast_to(obs, (sizes.pop(), obs.shape[-1]))
+    if n:
+        obs = jnp.broadcast_to(obs, (n, obs.shape[-1]))
     return Simulation(times=obs, values=values, status=status)

@@ -43,7 +43,7 @@ from il2treg.errors import SpecError
 from il2treg.likelihood import ResidualModel, neg2ll_terms
 from il2treg.model import Model, system
 from il2treg.observables import OBSERVABLE_NAMES
-from il2treg.simulate import SolverOptions, _slots_needed, _solve_one
+from il2treg.simulate import SolverOptions, _solve_one, slots_needed
 
 COVARIATE_MODELS = ("power", "exp", "linear")
 
@@ -179,7 +179,7 @@ def make_problem(
         if effect.model == "power" and not (np.all(values > 0) and effect.reference > 0):
             raise SpecError(f"a power effect of {effect.covariate!r} needs positive values and a positive reference.")
     kinds = ResidualModel.build(residual_kinds).kinds
-    slots = _slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), model.spec["tlag"].bounds[1])
+    slots = slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), model.spec["tlag"].bounds[1])
     options = options or SolverOptions(adjoint=dfx.ForwardMode())
     return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates))
 

@@ -75,7 +75,7 @@ from il2treg.fit.saem import fit_saem
 from il2treg.fit.spec import SIGMAS_OF_KIND, FitSpec, read_fit_spec
 from il2treg.likelihood import ResidualModel, residual_sd
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
-from il2treg.simulate import _slots_needed, ordered_map, work_order
+from il2treg.simulate import ordered_map, slots_needed, work_order
 
 #: Inner (EBE) status codes as words.
 STATUS_TEXT = {STATUS_CONVERGED: "converged", STATUS_MAX_ITER: "EBE not converged", STATUS_SOLVER_FAILED: "ODE solve failed"}
@@ -334,7 +334,7 @@ def _rows(problem: FitProblem, patients: PatientData, day: float) -> _Rows:
     dvid = np.concatenate([np.asarray(patients.obs_dvid), np.full((n, 2), _SLEDAI)], axis=1)
     order = np.argsort(times, axis=1, kind="stable")
     times, dvid = np.take_along_axis(times, order, 1), np.take_along_axis(dvid, order, 1)
-    slots = _slots_needed(np.asarray(patients.dose_time), times, problem.model.spec["tlag"].bounds[1])
+    slots = slots_needed(np.asarray(patients.dose_time), times, problem.model.spec["tlag"].bounds[1])
     at = PatientData(
         patients.dose_time, patients.dose_amount, jnp.asarray(times), jnp.asarray(dvid), jnp.zeros(times.shape),
         jnp.zeros(times.shape, dtype=bool), jnp.ones(times.shape, dtype=bool), patients.covariates,
