@@ -7,6 +7,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are rendered, never shown
 
@@ -23,6 +24,10 @@ if "IL2TREG_TEST_XLA_CACHE" not in os.environ:
     os.environ["IL2TREG_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="il2treg-test-xla-")
     atexit.register(shutil.rmtree, os.environ["IL2TREG_TEST_XLA_CACHE"], ignore_errors=True)
 os.environ.setdefault("EQX_ON_ERROR", "nan")
+# Results that more than one xdist worker needs (the misspecified fit), computed once per run.
+if "IL2TREG_TEST_SHARED" not in os.environ:
+    os.environ["IL2TREG_TEST_SHARED"] = tempfile.mkdtemp(prefix="il2treg-test-shared-")
+    atexit.register(shutil.rmtree, os.environ["IL2TREG_TEST_SHARED"], ignore_errors=True)
 # Every program, in a folder with a size limit (which turns on JAX's file lock). The subprocesses
 # read these; this process passes them to il2treg.enable_compilation_cache (pytest_configure).
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["IL2TREG_TEST_XLA_CACHE"]
@@ -226,18 +231,40 @@ sigma_prop = 0.1
 """
 
 
+def once_per_run(name: str, compute):
+    """``compute()`` (a FitResult) once per test run: the first xdist worker to ask computes it and
+    saves it to the run's shared folder, holding a file lock; a worker that asks later waits for
+    the lock and loads it (``load_fit``, which gives back an equal result: tests/test_fit_result.py)."""
+    import fcntl
+
+    from il2treg.fit.result import load_fit, save
+
+    folder = Path(os.environ["IL2TREG_TEST_SHARED"]) / name
+    with open(folder.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if folder.exists():
+            return load_fit(folder)
+        result = compute()
+        save(result, folder)
+        return result
+
+
 @pytest.fixture(scope="session")
-def misspecified_fit(model, tmp_path_factory):
+def misspecified_fit(model):
     """il2treg's model (3-compartment proliferation delay) fitted by FOCE-I to 16 IL-2 patients
     simulated WITHOUT the delay (transit_compartments = 0): Treg and Tconv counts over 4 weeks."""
     from il2treg.fit import compute_fit, read_fit_spec
 
-    folder = tmp_path_factory.mktemp("misspecified")
-    data, _ = simulated_dataset(model.with_structure(transit_compartments=0), 16, 7, days=DENSE_DAYS, dvids=("treg_per_uL", "tconv_per_uL"))
-    frame = data.to_frame()
-    frame[frame["TIME"] <= 28].to_csv(folder / "data.csv", index=False)
-    (folder / "fit.toml").write_text(SMALL_FIT_TOML.format(name="no_delay_data"))
-    return compute_fit(read_fit_spec(folder / "fit.toml"))
+    def compute():
+        folder = Path(os.environ["IL2TREG_TEST_SHARED"]) / "misspecified_inputs"
+        folder.mkdir()
+        data, _ = simulated_dataset(model.with_structure(transit_compartments=0), 16, 7, days=DENSE_DAYS, dvids=("treg_per_uL", "tconv_per_uL"))
+        frame = data.to_frame()
+        frame[frame["TIME"] <= 28].to_csv(folder / "data.csv", index=False)
+        (folder / "fit.toml").write_text(SMALL_FIT_TOML.format(name="no_delay_data"))
+        return compute_fit(read_fit_spec(folder / "fit.toml"))
+
+    return once_per_run("misspecified_fit", compute)
 
 
 @pytest.fixture(scope="session")
