@@ -649,6 +649,7 @@ __all__ = [
     "InfeasibleDesignError",
     "compare",
     "design_function",
+    "design_slots",
     "exposure_grid",
     "hours_above",
     "optimise",
