@@ -24,8 +24,10 @@ if "IL2TREG_TEST_XLA_CACHE" not in os.environ:
     os.environ["IL2TREG_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="il2treg-test-xla-")
     atexit.register(shutil.rmtree, os.environ["IL2TREG_TEST_XLA_CACHE"], ignore_errors=True)
 os.environ.setdefault("EQX_ON_ERROR", "nan")
-# Results that more than one xdist worker needs (the misspecified fit), computed once per run.
-if "IL2TREG_TEST_SHARED" not in os.environ:
+# Results that more than one xdist worker needs (the misspecified fit), computed once per run in
+# a new folder (never one kept from an earlier run, whose code may differ), which the controller
+# makes and deletes; its workers inherit the variable.
+if os.environ.get("PYTEST_XDIST_WORKER") is None:
     os.environ["IL2TREG_TEST_SHARED"] = tempfile.mkdtemp(prefix="il2treg-test-shared-")
     atexit.register(shutil.rmtree, os.environ["IL2TREG_TEST_SHARED"], ignore_errors=True)
 # Every program, in a folder with a size limit (which turns on JAX's file lock). The subprocesses
@@ -233,8 +235,10 @@ sigma_prop = 0.1
 
 def once_per_run(name: str, compute):
     """``compute()`` (a FitResult) once per test run: the first xdist worker to ask computes it and
-    saves it to the run's shared folder, holding a file lock; a worker that asks later waits for
-    the lock and loads it (``load_fit``, which gives back an equal result: tests/test_fit_result.py)."""
+    saves it to the run's shared folder (atomically), holding a file lock; a worker that asks later
+    waits for the lock and loads it. Every worker gets the loaded copy (``load_fit``, equal to the
+    computed result: tests/test_fit_result.py), so no test depends on which worker computed it.
+    ``compute`` gets a new empty folder for its inputs."""
     import fcntl
 
     from il2treg.fit.result import load_fit, save
@@ -242,11 +246,9 @@ def once_per_run(name: str, compute):
     folder = Path(os.environ["IL2TREG_TEST_SHARED"]) / name
     with open(folder.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if folder.exists():
-            return load_fit(folder)
-        result = compute()
-        save(result, folder)
-        return result
+        if not folder.exists():
+            save(compute(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=folder.parent))), folder)
+        return load_fit(folder)
 
 
 @pytest.fixture(scope="session")
@@ -255,9 +257,7 @@ def misspecified_fit(model):
     simulated WITHOUT the delay (transit_compartments = 0): Treg and Tconv counts over 4 weeks."""
     from il2treg.fit import compute_fit, read_fit_spec
 
-    def compute():
-        folder = Path(os.environ["IL2TREG_TEST_SHARED"]) / "misspecified_inputs"
-        folder.mkdir()
+    def compute(folder):
         data, _ = simulated_dataset(model.with_structure(transit_compartments=0), 16, 7, days=DENSE_DAYS, dvids=("treg_per_uL", "tconv_per_uL"))
         frame = data.to_frame()
         frame[frame["TIME"] <= 28].to_csv(folder / "data.csv", index=False)

@@ -48,7 +48,6 @@ def test_gradient_matches_finite_differences_of_the_objective(model, fit_case):
 
 
 def test_patient_whose_ode_fails_is_flagged_and_excluded(model, fit_case):
-
     from il2treg.data import read_dataset
 
     # The cohort of fit_case with patient 24's last sample moved to day 500,000, which the solver

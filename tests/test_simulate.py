@@ -12,7 +12,7 @@ import il2treg
 from il2treg import regimen as rg
 from il2treg.errors import InputError, PrecisionError, RegimenError
 from il2treg.model import pk
-from il2treg.simulate import chunk_shape, chunked_map, ordered_map, work_order
+from il2treg.simulate import chunk_shape, chunked_map, iter_simulations, ordered_map, work_order
 
 DAY_PER_HOUR = 1.0 / 24.0
 
@@ -231,6 +231,9 @@ def test_regimens_simulated_together_equal_each_simulated_alone(model):
     grids = {"lupil2": np.linspace(0.0, 84.0, 30), "placebo": np.array([0.0, 7.0, 84.0]), "weekly": np.array([0.0, 1.0, 2.0, 7.0, 7.5, 7.5, 84.0])}
     together = il2treg.simulate_regimens(model, regs, grids, params)
     assert list(together) == list(regs)
+    one_at_a_time = iter_simulations(model, regs, grids, params)
+    name, first = next(one_at_a_time)
+    assert name == "lupil2" and np.array_equal(first.values, together["lupil2"].values)
     for name, reg in regs.items():
         alone = il2treg.simulate(model, reg, grids[name], params)
         assert together[name].values.shape == (3, len(grids[name]), len(il2treg.OBSERVABLE_NAMES))
@@ -269,6 +272,8 @@ def test_simulate_regimens_names_what_is_wrong(model):
         il2treg.simulate_regimens(model, regs, {"a": np.array([0.0, 1.0]), "b": np.array([2.0, 1.0])})
     with pytest.raises(InputError, match="no regimens"):
         il2treg.simulate_regimens(model, {}, np.array([0.0, 1.0]))
+    with pytest.raises(InputError, match="times for 'a' are traced"):
+        jax.jit(lambda t: il2treg.simulate_regimens(model, regs, t)["a"].values)(jnp.asarray([0.0, 1.0]))
 
 
 def test_work_order_puts_patients_without_doses_first_then_orders_by_stiffness():

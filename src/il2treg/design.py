@@ -48,7 +48,7 @@ from il2treg.errors import InputError
 from il2treg.model import Model, Parameters, load_model, sample_population
 from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.regimen import Regimen, named
-from il2treg.simulate import SolverOptions, simulate, simulate_regimens, slots_needed
+from il2treg.simulate import SolverOptions, iter_simulations, simulate, slots_needed
 from il2treg.trial import TrialDesign, entry_and_fall, load_design, response_probability
 
 
@@ -272,9 +272,10 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
     weeks_f = tuple(float(w) for w in weeks)
     theta = np.atleast_2d(np.asarray(params.values))
     grids = {name: exposure_grid(r, _horizon(weeks_f)) for name, r in regs.items()}
-    # one compiled solve for every regimen (simulate_regimens pads them to common shapes)
-    sims = simulate_regimens(model, regs, grids, Parameters(jnp.asarray(theta), params.names), options=options)
-    frames = [_metrics(sims[name], theta, params.names, weeks_f, design).assign(regimen=name) for name in regs]
+    # one compiled solve for every regimen (padded to common shapes), each reduced to its metrics
+    # before the next is solved
+    sims = iter_simulations(model, regs, grids, Parameters(jnp.asarray(theta), params.names), options=options)
+    frames = [_metrics(sim, theta, params.names, weeks_f, design).assign(regimen=name) for name, sim in sims]
     run_s = time.perf_counter() - start
     per_patient = pd.concat(frames, ignore_index=True)
     per_patient = per_patient[["regimen", *[c for c in per_patient.columns if c != "regimen"]]]
@@ -409,7 +410,7 @@ def design_function(model: Model, params: Parameters, objective: str, constraint
 
 def design_slots(model: Model, regimen: Regimen, params: Parameters, *, grid_step: float = 0.25) -> int:
     """The save slots (:attr:`~il2treg.simulate.SolverOptions.save_slots`) the solve of
-    :func:`design_function` needs for doses at ``regimen``'s times."""
+    :func:`design_function` (with the same ``grid_step``) needs for doses at ``regimen``'s times."""
     names = list(params.names)
     max_lag = max(model.spec["tlag"].bounds[1], float(np.max(np.asarray(params.values)[..., names.index("tlag")])))
     times = np.asarray(regimen.times, dtype=np.float64)

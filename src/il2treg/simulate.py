@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import diffrax as dfx
 import equinox as eqx
@@ -36,13 +35,12 @@ from il2treg._precision import require_float64
 from il2treg.errors import InputError
 from il2treg.model import Model, Parameters, system
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
+from il2treg.regimen import Regimen, pad
 from il2treg.spec import Structure
 
-if TYPE_CHECKING:
-    from il2treg.regimen import Regimen
-
 #: Status code of a patient with more observations in one inter-dose interval than the static
-#: number of save slots (only possible when tlag exceeds the bound the slots were sized for).
+#: number of save slots: ``SolverOptions.save_slots`` set too low, or a tlag beyond the bound the
+#: slots were sized for.
 STATUS_SLOTS_EXCEEDED = 100
 
 
@@ -53,8 +51,8 @@ def status_message(code: int) -> str:
         return "successful"
     if code == STATUS_SLOTS_EXCEEDED:
         return (
-            "more observations in one inter-dose interval than the save slots sized for the lag bound; "
-            "keep tlag within its bounds in the model file"
+            "more observations in one inter-dose interval than the solve's save slots; "
+            "raise SolverOptions(save_slots=...) or leave it None, and keep tlag within its bounds in the model file"
         )
     messages = dfx.RESULTS._index_to_message  # diffrax's own text for each result code
     return messages[code] if 0 < code < len(messages) else f"solver result code {code}"
@@ -466,7 +464,7 @@ def _static_slots(model: Model, theta, dose_times, obs, save_slots: int | None =
     """Save slots per interval: ``save_slots`` if given, else from concrete inputs where
     possible (else every observation)."""
     if save_slots is not None:
-        return save_slots
+        return min(save_slots, int(obs.shape[-1]))  # more than one per time would save nothing more
     if any(isinstance(x, jax.core.Tracer) for x in (dose_times, obs)):
         return int(obs.shape[-1])
     max_lag = model.spec["tlag"].bounds[1]
@@ -532,20 +530,36 @@ def simulate_regimens(
     doses at its last dose time to the most doses of any (:func:`il2treg.regimen.pad`), every
     grid is padded to the longest by repeating its last time, and all share the largest number of
     save slots any needs. No value changes: a zero dose adds nothing, a repeated time shares the
-    save of the first, and each interval's solve is the one :func:`simulate` runs (the results
-    equal those of :func:`simulate` bit for bit, ``tests/test_simulate.py``). The padded work costs
-    run time (a zero-length interval per padded dose).
+    save of the first, and the intervals the padding adds have zero length (a regimen without
+    doses is split at its zero doses' effective time, where its state, the baseline, does not
+    change). The results equal those of :func:`simulate` bit for bit (``tests/test_simulate.py``).
+    The padded work costs run time: a zero-length interval per padded dose.
 
     Arguments:
         regimens: name -> unbatched :class:`Regimen`.
-        times: one sorted grid (days) shared by every regimen, or a mapping name -> grid.
+        times: one sorted grid (days) shared by every regimen, or a mapping name -> grid; concrete
+            arrays (not traced).
         params, options: as for :func:`simulate`, shared by every regimen.
 
     Returns:
-        name -> :class:`Simulation`, in the order of ``regimens``, each on its own grid.
+        name -> :class:`Simulation`, in the order of ``regimens``, each on its own grid. All are
+        held at once; :func:`iter_simulations` gives them one at a time.
     """
-    from il2treg.regimen import pad
+    return dict(iter_simulations(model, regimens, times, params, options=options))
 
+
+def iter_simulations(
+    model: Model,
+    regimens: Mapping[str, Regimen],
+    times: Float[Array, " times"] | Mapping[str, Float[Array, " times"]],
+    params: Parameters | None = None,
+    *,
+    options: SolverOptions = SolverOptions(),
+) -> Iterator[tuple[str, Simulation]]:
+    """:func:`simulate_regimens` one regimen at a time: ``(name, Simulation)`` pairs, each solved
+    when it is asked for, so that a caller can reduce one before the next is solved
+    (:func:`il2treg.compare` keeps per-patient metrics, not 1,000 patients' curves per regimen).
+    The arguments are checked before the first is solved."""
     regimens = dict(regimens)
     if not regimens:
         raise InputError("simulate_regimens got no regimens. Fix: pass a mapping name -> Regimen.")
@@ -555,28 +569,32 @@ def simulate_regimens(
     for name, r in regimens.items():
         if np.ndim(r.times) != 1:
             raise InputError(f"regimen {name!r} is batched (times of shape {np.shape(r.times)}). Fix: simulate it alone with simulate().")
+        if isinstance(grids[name], jax.core.Tracer):
+            raise InputError(f"times for {name!r} are traced (under jit or grad). Fix: pass concrete grids, or call simulate() inside the traced function.")
         if np.ndim(grids[name]) != 1:
             raise InputError(f"times for {name!r} have shape {np.shape(grids[name])}. Fix: give a 1-D grid of days.")
+        _check_times(np.asarray(grids[name], dtype=np.float64))
     n_doses = max(r.n_doses for r in regimens.values())
     n_times = max(len(g) for g in grids.values())
     batches = {}
     for name, r in regimens.items():
         grid = np.asarray(grids[name], dtype=np.float64)
-        _check_times(grid)
         longer = np.concatenate([grid, np.full(n_times - grid.size, grid[-1])])
         batches[name] = _batch_inputs(model, pad(r, n_doses), longer, params)
     slots = max(_static_slots(model, *inputs[:2], inputs[3], options.save_slots) for inputs, _, _ in batches.values())
-    out = {}
+    return _solve_each(model, batches, {name: len(g) for name, g in grids.items()}, slots, options)
+
+
+def _solve_each(model: Model, batches: dict, lengths: dict[str, int], slots: int, options: SolverOptions) -> Iterator[tuple[str, Simulation]]:
     for name, (inputs, axes, n) in batches.items():
         sim = _solve_batch(model, inputs, axes, n, slots, options)
-        k = len(grids[name])
-        out[name] = Simulation(times=sim.times[..., :k], values=sim.values[..., :k, :], status=sim.status)
-    return out
+        k = lengths[name]
+        yield name, Simulation(times=sim.times[..., :k], values=sim.values[..., :k, :], status=sim.status)
 
 
 def _batch_inputs(model: Model, regimen: Regimen, times, params: Parameters | None):
     """(theta, dose times, dose amounts, observation times) as float64 arrays, their patient axes
-    (0 or None) and the number of patients (0 for one unbatched patient)."""
+    (0 or None) and the number of patients (None for one unbatched patient)."""
     require_float64()
     params = model.typical() if params is None else params
     if params.names != model.parameter_names:
@@ -592,22 +610,23 @@ def _batch_inputs(model: Model, regimen: Regimen, times, params: Parameters | No
     sizes = {x.shape[0] for x, a in zip(inputs, axes) if a == 0}
     if len(sizes) > 1:
         raise InputError(f"batched inputs disagree on the number of patients: {sorted(sizes)}. Fix: give every batched input the same leading size.")
-    return inputs, axes, (sizes.pop() if sizes else 0)
+    return inputs, axes, (sizes.pop() if sizes else None)
 
 
-def _solve_batch(model: Model, inputs, axes, n: int, slots: int, options: SolverOptions) -> Simulation:
+def _solve_batch(model: Model, inputs, axes, n: int | None, slots: int, options: SolverOptions) -> Simulation:
     """Solve prepared inputs (:func:`_batch_inputs`): split over devices or threads where the batch
     is concrete and large enough, else one compiled call."""
     obs = inputs[3]
-    workers = min(options.workers or default_workers(), max(n, 1) // options.batch_size)
+    batch = n if n is not None else 1
+    workers = min(options.workers or default_workers(), batch // options.batch_size)
     concrete = not any(isinstance(x, jax.core.Tracer) for x in inputs)
     devices = jax.local_devices()
-    if options.shard and len(devices) > 1 and concrete and n >= len(devices):
-        values, status = _sharded(model, inputs, options, axes, slots, n, devices)
+    if options.shard and len(devices) > 1 and concrete and batch >= len(devices):
+        values, status = _sharded(model, inputs, options, axes, slots, batch, devices)
     elif workers > 1 and concrete:
-        values, status = _threaded(model, inputs, options, axes, slots, n, workers)
+        values, status = _threaded(model, inputs, options, axes, slots, batch, workers)
     else:
         values, status = _simulate_batch(model, *inputs, options, axes, slots)
-    if n:
+    if n is not None:
         obs = jnp.broadcast_to(obs, (n, obs.shape[-1]))
     return Simulation(times=obs, values=values, status=status)
