@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 import il2treg
@@ -79,6 +80,14 @@ def test_comparison_reports_every_metric_for_every_regimen_on_shared_patients(co
     assert list(wide.index) == ["lupil2", "he2020", "placebo"]
     med = table.set_index(["regimen", "metric"])["median"]
     assert med["lupil2", "treg_mean_fold"] > 1.1 and med["lupil2", "p_sri4_w12"] > med["placebo", "p_sri4_w12"]
+
+
+@pytest.mark.slow
+def test_one_program_for_all_regimens_gives_the_same_comparison(model):
+    _, params = virtual_population(model, 3, seed=4)
+    shared = compare(["lupil2", "placebo"], model=model, params=params, one_program=True)
+    apart = compare(["lupil2", "placebo"], model=model, params=params, one_program=False)
+    pd.testing.assert_frame_equal(shared.per_patient, apart.per_patient, check_exact=True)
 
 
 def test_a_failed_solve_is_flagged_and_does_not_stop_the_comparison(model):
