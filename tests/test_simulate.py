@@ -212,28 +212,28 @@ def test_gradient_wrt_dose_times_and_amounts_matches_central_differences(model, 
 
 def test_calls_of_nearby_sizes_share_one_compiled_solve_and_padding_changes_no_value(model, caplog):
     """Concrete inputs are padded to shared sizes (patients, doses, observation times, save
-    slots): these five calls build one program, and its values equal, bit for bit, those of the
+    slots): these four calls build one program, and its values equal, bit for bit, those of the
     unpadded batch that a traced call (under jit, whose shapes are the caller's) solves."""
     options = il2treg.SolverOptions(rtol=1.3e-7)  # a program no other test builds
-    params = il2treg.sample_population(model, 5, seed=11)
-    # 10, 2, 0 and 5 doses; 29 and 33 times; 5, 3 and 1 patients; 17 to 32 times in the longest
-    # interval (save slots go by powers of two).
+    six = il2treg.sample_population(model, 6, seed=11)
+    five = il2treg.Parameters(six.values[:5], six.names)
+    # 4, 0, 1 and 2 doses; 29 and 33 times; 5 and 6 patients; 25 to 32 times after the last dose
     calls = [
-        (rg.every(0.5e6, 3.0, 10), np.linspace(0.0, 84.0, 29), params),
-        (rg.every(0.5e6, 7.0, 2), np.linspace(0.0, 84.0, 33), il2treg.Parameters(params.values[:3], params.names)),
-        (rg.placebo(), np.linspace(0.0, 84.0, 29), params),
-        (rg.daily(1e6, 5), np.linspace(0.0, 84.0, 29), params),
-        (rg.daily(1e6, 5), np.linspace(0.0, 84.0, 29), None),
+        (rg.every(0.5e6, 0.25, 4), np.linspace(0.0, 84.0, 29), five),
+        (rg.placebo(), np.linspace(0.0, 84.0, 29), six),
+        (rg.daily(1e6, 1), np.linspace(0.0, 84.0, 29), five),
+        (rg.every(0.5e6, 0.5, 2), np.linspace(0.0, 84.0, 33), six),
     ]
     with caplog.at_level("WARNING", logger="jax"), jax.log_compiles(True):
         sims = [il2treg.simulate(model, reg, t, p, options=options) for reg, t, p in calls]
     built = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(_simulate_batch)")]
     assert len(built) == 1, [r.getMessage()[:120] for r in built]
-    for (reg, t, p), sim in zip(calls[:4], sims):
-        traced = jax.jit(lambda th, reg=reg, t=t, p=p: il2treg.simulate(model, reg, t, il2treg.Parameters(th, p.names), options=options).values)
-        np.testing.assert_array_equal(sim.values, traced(p.values))
+    for (_, t, p), sim in zip(calls, sims):
         assert sim.values.shape == (p.values.shape[0], t.size, len(il2treg.OBSERVABLE_NAMES))
-    assert sims[4].values.shape == (29, len(il2treg.OBSERVABLE_NAMES)) and sims[4].status.shape == ()
+    # the most padded call (6 patients, 16 doses, 64 times for 5, 1 and 29), solved unpadded
+    reg, t, p = calls[2]
+    traced = jax.jit(lambda th: il2treg.simulate(model, reg, t, il2treg.Parameters(th, p.names), options=options).values)
+    np.testing.assert_array_equal(sims[2].values, traced(p.values))
 
 
 @pytest.mark.slow
