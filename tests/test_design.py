@@ -190,6 +190,8 @@ def test_constraints_the_optimiser_cannot_meet_are_reported_infeasible_not_best_
 
 
 def test_bad_requests_are_clear_errors(model):
+    with pytest.raises(InputError, match=r"one_program='yes'.*Fix:"):
+        compare(["lupil2"], model=model, n=2, one_program="yes")
     with pytest.raises(RegimenError, match="Unknown regimen name 'lupil3'"):
         compare("lupil2,lupil3", model=model, n=2)
     with pytest.raises(RegimenError, match="is negative"):

@@ -263,8 +263,9 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
             (:func:`il2treg.simulate.iter_simulations`; the same values), instead of one program
             per regimen. That saves compilation and costs run time: the eight library regimens,
             this 2-core machine, 20 patients 59.1 s -> 13.4 s; 200 patients 97.1 s -> 75.4 s on
-            the first call but 38.7 s -> 62.2 s on a repeat. Default (``None``): one program up
-            to 256 patients.
+            the first call but 38.7 s -> 62.2 s on a repeat (measured at 4bcdf67, before
+            :func:`~il2treg.simulate.simulate` padded its inputs to shared sizes). Default
+            (``None``): one program up to 256 patients.
     """
     regs = resolve_regimens(regimens)
     weeks = tuple(weeks)
@@ -279,6 +280,8 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
     theta = np.atleast_2d(np.asarray(params.values))
     grids = {name: exposure_grid(r, _horizon(weeks_f)) for name, r in regs.items()}
     patients = Parameters(jnp.asarray(theta), params.names)
+    if one_program is not None and not isinstance(one_program, bool):
+        raise InputError(f"compare(one_program={one_program!r}): must be True, False or None. Fix: pass one_program=None to choose by the number of patients.")
     if one_program is None:
         one_program = theta.shape[0] <= 256  # beyond that the padded run time costs more than compiling saves
     if one_program:
