@@ -152,6 +152,21 @@ def test_the_design_does_not_depend_on_the_start(designed):
     assert designed.spread < 1e-3, designed.start_values
 
 
+@pytest.mark.slow
+def test_a_second_design_with_other_limits_and_steps_builds_no_new_program(designed, model, caplog):
+    """The optimiser's programs are built for the model, the objective, the template and the number
+    of starts; the limits (their values and which are set), the quantile, the bounds, the step
+    count and the step length are arguments. After the fixture's design, one with other
+    constraints and steps builds none of them again."""
+    other = Constraints(tconv_change_max_pct=5.0, total_dose_max_iu=20e6, quantile=0.9)
+    with caplog.at_level("WARNING", logger="jax"), jax.log_compiles(True):
+        d = optimise("lupil2", objective="treg_mean_fold", constraints=other, model=model, n_starts=5, steps=3, learning_rate=0.3)
+    built = [r.getMessage()[:90] for r in caplog.records if r.getMessage().startswith("Compiling jit(_design_")]
+    assert not built, built
+    assert d.history.shape == (3,) and len(d.start_values) == 5
+    assert d.checks["constraint"].iloc[0].startswith("tconv_change_pct (quantile 0.9)")
+
+
 def test_projection_onto_the_dose_limits_is_the_euclidean_one():
     """The projection p of x onto {0 <= x <= u, sum x <= B} satisfies (x - p).(q - p) <= 0 for
     every feasible q (the variational characterisation of a Euclidean projection)."""

@@ -24,7 +24,8 @@ fails is flagged (``status``) and left out of the table's statistics; it does no
 
 **Design** (:func:`optimise`). Dose amounts (and, with ``optimise_times``, dose times) of a
 template regimen are chosen to maximise an objective (:data:`OBJECTIVES`; the mean over the
-design population) under :class:`Constraints`, by projected gradient ascent through the ODE solve (optax SGD on the normalised gradient).
+design population) under :class:`Constraints`, by projected gradient ascent through the ODE solve
+(steps of decaying length along the normalised gradient, from every start at once).
 Bounds on each dose and on the total dose are kept by Euclidean projection after every step;
 Tconv, NK and :math:`C_{max}` limits (at a stated quantile of the population) by a quadratic
 penalty. At the end every constraint is checked by a fresh simulation on a finer grid with the
@@ -36,12 +37,12 @@ can meet is an :class:`InfeasibleDesignError`, never a silent best effort.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pandas as pd
 
 from il2treg.errors import InputError
@@ -388,38 +389,70 @@ def design_function(model: Model, params: Parameters, objective: str, constraint
     """
     if objective not in OBJECTIVES:
         raise InputError(f"unknown objective {objective!r}; the model computes: {', '.join(OBJECTIVES)}. Fix: choose one of these.")
-    fixed, offsets = (jnp.asarray(x) for x in _design_points(grid_step))
+    setup = _setup(model, params, objective, options, grid_step)
     theta = jnp.atleast_2d(jnp.asarray(params.values))
-    names = list(params.names)
-    design = load_design("lupil2")
-    top = float(np.max(np.asarray(theta)[:, names.index("sledai0")]))
-    q = float(constraints.quantile)
-    limits = constraints.limits()
-    end = int(np.searchsorted(np.asarray(fixed), TREATMENT_DAYS - 1e-9))
+    quantile = jnp.asarray(float(constraints.quantile))
+    limited = tuple(constraints.limits())
 
     def f(amounts, times):
-        window = (times[:, None] + offsets[None, :]).ravel()
-        every = jnp.concatenate([fixed, window])
-        order = jnp.argsort(every)
-        sim = simulate(model, Regimen(times, amounts), every[order], Parameters(theta, params.names), options=options)
-        v = jnp.reshape(sim.values, (theta.shape[0], every.shape[0], -1))[:, jnp.argsort(order)]
-        grid_v, win_v = v[:, : fixed.shape[0]], v[:, fixed.shape[0] :]
-        fold = lambda name: grid_v[:, :, _IDX[name]] / grid_v[:, :1, _IDX[name]]
-        if objective == "treg_mean_fold":
-            value = jnp.trapezoid(fold("treg_per_uL"), fixed, axis=1) / TREATMENT_DAYS
-        elif objective == "sledai_fall_w12":
-            value = grid_v[:, 0, _IDX["sledai"]] - grid_v[:, end, _IDX["sledai"]]
-        else:
-            entry, both = entry_and_fall(grid_v[:, 0, _IDX["sledai"]], grid_v[:, end, _IDX["sledai"]], design, top, xp=jnp)
-            value = both / entry * design.bilag_pga_keep
-        metrics = {
-            "tconv_change_pct": 100.0 * (jnp.max(fold("tconv_per_uL"), axis=1) - 1.0),
-            "nk_change_pct": 100.0 * (jnp.max(fold("nk56bright_per_uL"), axis=1) - 1.0),
-            "cmax_pM": jnp.max(win_v[:, :, _IDX["il2_pM"]], axis=1),
-        }
-        return jnp.mean(value), {k: jnp.quantile(metrics[k], q) for k in limits}
+        value, metrics = _design_values(setup, theta, quantile, amounts, times)
+        return value, {k: metrics[k] for k in limited}
 
     return f
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What the design's compiled programs are built for (hashable: static under ``jit``). The
+    numbers a user varies between calls (the population's parameters, the quantile, the limits,
+    with ``inf`` for none, bounds, penalty, steps and their length) are arguments, so a second
+    :func:`optimise` with other constraints reuses the programs of the first (the same model,
+    objective, template and number of starts)."""
+
+    model: Model
+    names: tuple[str, ...]
+    objective: str
+    options: SolverOptions
+    grid_step: float
+    top: float  # the population's largest sledai0: bounds the SRI-4 score grid (entry_and_fall)
+
+
+def _setup(model, params, objective, options, grid_step) -> _Setup:
+    names = tuple(params.names)
+    top = float(np.max(np.atleast_2d(np.asarray(params.values))[:, names.index("sledai0")]))
+    return _Setup(model, names, objective, options, float(grid_step), top)
+
+
+#: The metrics a design can limit (:class:`Constraints`), in the order of ``knobs["limits"]``.
+_LIMITED = ("tconv_change_pct", "nk_change_pct", "cmax_pM")
+
+
+def _design_values(setup: _Setup, theta, quantile, amounts, times):
+    """:func:`design_function`'s ``f`` for the population ``theta`` (``[patients, params]``),
+    with the quantile of every metric in :data:`_LIMITED`."""
+    fixed, offsets = (jnp.asarray(x) for x in _design_points(setup.grid_step))
+    end = int(np.searchsorted(_design_points(setup.grid_step)[0], TREATMENT_DAYS - 1e-9))
+    window = (times[:, None] + offsets[None, :]).ravel()
+    every = jnp.concatenate([fixed, window])
+    order = jnp.argsort(every)
+    sim = simulate(setup.model, Regimen(times, amounts), every[order], Parameters(theta, setup.names), options=setup.options)
+    v = jnp.reshape(sim.values, (theta.shape[0], every.shape[0], -1))[:, jnp.argsort(order)]
+    grid_v, win_v = v[:, : fixed.shape[0]], v[:, fixed.shape[0] :]
+    fold = lambda name: grid_v[:, :, _IDX[name]] / grid_v[:, :1, _IDX[name]]
+    if setup.objective == "treg_mean_fold":
+        value = jnp.trapezoid(fold("treg_per_uL"), fixed, axis=1) / TREATMENT_DAYS
+    elif setup.objective == "sledai_fall_w12":
+        value = grid_v[:, 0, _IDX["sledai"]] - grid_v[:, end, _IDX["sledai"]]
+    else:
+        design = load_design("lupil2")
+        entry, both = entry_and_fall(grid_v[:, 0, _IDX["sledai"]], grid_v[:, end, _IDX["sledai"]], design, setup.top, xp=jnp)
+        value = both / entry * design.bilag_pga_keep
+    metrics = {
+        "tconv_change_pct": 100.0 * (jnp.max(fold("tconv_per_uL"), axis=1) - 1.0),
+        "nk_change_pct": 100.0 * (jnp.max(fold("nk56bright_per_uL"), axis=1) - 1.0),
+        "cmax_pM": jnp.max(win_v[:, :, _IDX["il2_pM"]], axis=1),
+    }
+    return jnp.mean(value), {k: jnp.quantile(metrics[k], quantile) for k in _LIMITED}
 
 
 def design_slots(model: Model, regimen: Regimen, params: Parameters, *, grid_step: float = 0.25) -> int:
@@ -531,24 +564,17 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
         # are traced, and simulate would otherwise reserve one per grid point in every interval:
         # 737 instead of 51 for LUPIL-2: 100 steps of 5 starts took 99.6 s instead of 54.8 s).
         steps_options = dataclasses.replace(options, save_slots=design_slots(model, template, params))
-    f = design_function(model, params, objective, c, options=steps_options)
     limits = c.limits()
     upper = (c.dose_max_iu if c.dose_max_iu is not None else np.inf) / 1e6
     total_max = (c.total_dose_max_iu if c.total_dose_max_iu is not None else np.inf) / 1e6
     total_min = (c.total_dose_min_iu or 0.0) / 1e6
-    upper_j = jnp.asarray(min(upper, 1e6))
-    horizon = TREATMENT_DAYS
-
-    def project(x):
-        a = _project_amounts(x["a"], upper_j, jnp.asarray(min(total_max, 1e9)))
-        t = _order_times(x["t"], c.min_interval_days, horizon) if optimise_times else x["t"]
-        return {"a": a, "t": t}
-
-    def loss(x):
-        value, metrics = f(x["a"] * 1e6, x["t"])
-        excess = sum(jnp.maximum(metrics[k] / limits[k] - 1.0, 0.0) ** 2 for k in limits) if limits else 0.0
-        short = jnp.maximum(total_min - jnp.sum(x["a"]), 0.0) ** 2
-        return -value + penalty * (excess + short), value
+    knobs = {
+        "theta": params.values, "quantile": jnp.asarray(float(c.quantile)), "limits": jnp.asarray([limits.get(k, np.inf) for k in _LIMITED]),
+        "penalty": jnp.asarray(float(penalty)), "upper": jnp.asarray(min(upper, 1e6)), "total_max": jnp.asarray(min(total_max, 1e9)),
+        "total_min": jnp.asarray(total_min), "gap": jnp.asarray(float(c.min_interval_days)),
+        "learning_rate": jnp.asarray(float(learning_rate)), "steps": jnp.asarray(float(steps)),
+    }  # fmt: skip
+    setup = _setup(model, params, objective, steps_options, 0.25)
 
     n = template.n_doses
     rng = np.random.default_rng(seed)
@@ -559,32 +585,13 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
         a = rng.uniform(0.2, 1.0, n)
         starts_a.append(a / a.sum() * a0.sum())
         starts_t.append(np.sort(t0 + (rng.uniform(-0.5, 0.5, n) if optimise_times else 0.0)))
-    x = jax.vmap(project)({"a": jnp.asarray(np.stack(starts_a)), "t": jnp.asarray(np.stack(starts_t))})
-    if not optimise_times:
-        x = {"a": x["a"], "t": jnp.broadcast_to(jnp.asarray(t0), x["a"].shape)}
-    # Projected gradient steps of fixed length along the normalised gradient, the length decaying
-    # (cosine) from ``learning_rate`` to 1% of it. Per-coordinate scaling (Adam) would erase the
-    # differences between doses that the projection onto a total-dose budget acts on.
-    opt = optax.sgd(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
-    state = jax.vmap(opt.init)(x)
-
-    @jax.jit
-    def step(x, state):
-        (penalised, _), g = jax.vmap(jax.value_and_grad(loss, has_aux=True))(x)
-        if not optimise_times:
-            g = {"a": g["a"], "t": jnp.zeros_like(g["t"])}
-        norm = jnp.sqrt(jnp.sum(g["a"] ** 2, axis=1) + jnp.sum(g["t"] ** 2, axis=1))[:, None]
-        g = jax.tree_util.tree_map(lambda v: v / jnp.maximum(norm, 1e-30), g)
-        updates, state = jax.vmap(opt.update)(g, state, x)
-        x = jax.vmap(project)(optax.apply_updates(x, updates))
-        return x, state, penalised
-
+    x = _project_starts({"a": jnp.asarray(np.stack(starts_a)), "t": jnp.asarray(np.stack(starts_t))}, knobs, optimise_times)
     history = []
-    for _ in range(steps):
-        x, state, penalised = step(x, state)
+    for k in range(steps):
+        x, penalised = _design_step(x, jnp.asarray(k), knobs, setup, optimise_times)
         history.append(np.asarray(penalised))
     history = np.asarray(history)
-    final_loss, final_values = jax.vmap(loss)(x)
+    final_loss, final_values = _design_losses(x, knobs, setup)
     final_loss, final_values = np.asarray(final_loss), np.asarray(final_values)
     best = int(np.argmin(final_loss))
     regimen = Regimen(np.asarray(x["t"][best]), np.asarray(x["a"][best]) * 1e6, name=f"designed_{objective}")
@@ -593,6 +600,56 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
     start_value = _objective_fresh(model, template, params, objective, options)
     spread = float((final_values.max() - final_values.min()) / abs(final_values[best])) if final_values[best] else float("nan")
     return Design(regimen, template, objective, value, start_value, checks, final_values, spread, scaled, history[:, best], time.perf_counter() - begin)
+
+
+# The optimiser's programs, compiled once per :class:`_Setup` (model, objective, which limits,
+# solver options) and shape (starts x doses): projected gradient steps of fixed length along the
+# normalised gradient, the length decaying (cosine) from ``learning_rate`` to 1% of it at
+# ``steps``. Per-coordinate scaling (Adam) would erase the differences between doses that the
+# projection onto a total-dose budget acts on.
+
+
+def _design_loss(x, knobs, setup: _Setup):
+    """Penalised loss (to minimise) and objective value of one design ``x`` (``a`` in MIU, ``t`` in days)."""
+    value, metrics = _design_values(setup, knobs["theta"], knobs["quantile"], x["a"] * 1e6, x["t"])
+    # A metric without a limit (inf) adds exactly 0 to the loss and to its gradient.
+    excess = sum(jnp.maximum(metrics[k] / knobs["limits"][i] - 1.0, 0.0) ** 2 for i, k in enumerate(_LIMITED))
+    short = jnp.maximum(knobs["total_min"] - jnp.sum(x["a"]), 0.0) ** 2
+    return -value + knobs["penalty"] * (excess + short), value
+
+
+def _project(x, knobs, optimise_times: bool):
+    a = _project_amounts(x["a"], knobs["upper"], knobs["total_max"])
+    t = _order_times(x["t"], knobs["gap"], TREATMENT_DAYS) if optimise_times else x["t"]
+    return {"a": a, "t": t}
+
+
+@functools.partial(jax.jit, static_argnames=("optimise_times",))
+def _project_starts(x, knobs, optimise_times: bool):
+    return jax.vmap(lambda one: _project(one, knobs, optimise_times))(x)
+
+
+#: The last step's length as a fraction of the first (the cosine decay's floor).
+_FINAL_STEP_FRACTION = 0.01
+
+
+@functools.partial(jax.jit, static_argnames=("setup", "optimise_times"))
+def _design_step(x, k, knobs, setup: _Setup, optimise_times: bool):
+    """Step ``k`` from every start in ``x`` at once; returns the new starts and their penalised losses."""
+    (penalised, _), g = jax.vmap(jax.value_and_grad(lambda one: _design_loss(one, knobs, setup), has_aux=True))(x)
+    if not optimise_times:
+        g = {"a": g["a"], "t": jnp.zeros_like(g["t"])}
+    norm = jnp.sqrt(jnp.sum(g["a"] ** 2, axis=1) + jnp.sum(g["t"] ** 2, axis=1))[:, None]
+    g = jax.tree_util.tree_map(lambda v: v / jnp.maximum(norm, 1e-30), g)
+    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(k, knobs["steps"]) / knobs["steps"]))
+    length = knobs["learning_rate"] * ((1.0 - _FINAL_STEP_FRACTION) * cosine + _FINAL_STEP_FRACTION)
+    x = jax.tree_util.tree_map(lambda v, d: v + (-length) * d, x, g)
+    return jax.vmap(lambda one: _project(one, knobs, optimise_times))(x), penalised
+
+
+@functools.partial(jax.jit, static_argnames=("setup",))
+def _design_losses(x, knobs, setup: _Setup):
+    return jax.vmap(lambda one: _design_loss(one, knobs, setup))(x)
 
 
 def _fresh_metrics(model, regimen, params, options) -> pd.DataFrame:

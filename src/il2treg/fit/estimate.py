@@ -14,8 +14,8 @@ floor of the objective at the solver's rtol of 1e-6 (OFV changes of ~1e-6 betwee
 near the optimum were measured on a 30-patient fit).
 
 **Uncertainty.** The covariance of :math:`\hat\psi` is :math:`2 R^{-1}` with :math:`R` the Hessian
-of the OFV (= −2LL), obtained by central differences of the exact gradient (each at re-converged
-EBEs) and symmetrised. Standard errors on the natural scale by the delta method; 95% intervals
+of the OFV (= −2LL), obtained by forward differences of the exact gradient (each at re-converged
+EBEs; :func:`estimate_covariance`) and symmetrised. Standard errors on the natural scale by the delta method; 95% intervals
 are computed on the estimation scale and transformed back, so they respect bounds.
 
 **EBEs** are started from several points (:func:`multistart`) at the start and again at the
