@@ -39,7 +39,8 @@ def test_unfittable_patient_is_flagged_and_the_others_fit_as_without_it(fit_case
     """One patient's observations alternately x10 and /10: no parameters fit them.
 
     The fit flags that patient (mean squared IWRES > 25), resumes without it, and ends where a
-    fit of the same cohort with that patient's observations removed ends.
+    fit of the same cohort with that patient's observations removed ends. Before excluding it, the
+    fit tries the other EBE starts; the fit without it, where no patient is left out, does not.
     """
     objective, psi0 = fit_case["objective"], fit_case["psi0"]
     patients = objective.patients
@@ -48,8 +49,14 @@ def test_unfittable_patient_is_flagged_and_the_others_fit_as_without_it(fit_case
     corrupted = eqx.tree_at(lambda o: o.patients.obs_value, objective, patients.obs_value.at[bad].multiply(factor))
     without = eqx.tree_at(lambda o: o.patients.obs_mask, objective, patients.obs_mask.at[bad].set(False))
 
-    flagged = fit_population(corrupted, psi0, covariance=False)
-    reference = fit_population(without, psi0, covariance=False)
+    flagged_calls, reference_calls = Recording(corrupted), Recording(without)
+    flagged = fit_population(flagged_calls, psi0, covariance=False)
+    reference = fit_population(reference_calls, psi0, covariance=False)
+
+    # The EBE restarts at the start run only when a patient would be left out (here the misfit):
+    # one EBE search then two restarts before the first gradient, against one search alone.
+    assert flagged_calls.before_first_gradient() == ["inner"] * 3
+    assert reference_calls.before_first_gradient() == ["inner"]
 
     included = np.asarray(flagged.included)
     assert not included[bad]
@@ -58,3 +65,24 @@ def test_unfittable_patient_is_flagged_and_the_others_fit_as_without_it(fit_case
     assert abs(flagged.ofv - reference.ofv) < 1e-2
     np.testing.assert_allclose(flagged.psi, reference.psi, atol=2e-2)
     np.testing.assert_allclose(np.delete(np.asarray(flagged.eta), bad, 0), np.delete(np.asarray(reference.eta), bad, 0), atol=2e-2)
+
+
+class Recording:
+    """An objective that records which of its EBE searches and gradients were called, in order."""
+
+    def __init__(self, objective):
+        self._objective, self.calls = objective, []
+
+    def __getattr__(self, name):
+        attr = getattr(self._objective, name)
+        if name not in ("inner", "gradients"):
+            return attr
+
+        def recorded(*args, **kwargs):
+            self.calls.append(name)
+            return attr(*args, **kwargs)
+
+        return recorded
+
+    def before_first_gradient(self) -> list[str]:
+        return self.calls[: self.calls.index("gradients")]
