@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jax.scipy.special import ndtr as jax_ndtr
-from scipy import special, stats
+from scipy import special
 
 from il2treg.errors import InputError, RegimenError, SpecError
 from il2treg.model import Model, Parameters, disease, load_model, sample_population
@@ -639,6 +639,8 @@ _P_CACHE: dict[tuple, float] = {}
 
 def _p_value(test: str, a: int, n1: int, b: int, n2: int) -> float:
     """Two-sided p of responders a/n1 vs b/n2 (cached: replicates repeat the same tables)."""
+    from scipy import stats  # here, not at the top: scipy.stats takes 0.8 s to import, and only trials test
+
     key = (test, a, n1, b, n2)
     if key not in _P_CACHE:
         if n1 == 0 or n2 == 0:
