@@ -9,7 +9,7 @@ designs of LUPIL-2's 16 doses for the typical patient, 5 starts, ``--steps`` ste
 first with the limits of ``tests/test_design.py``, the second with other limits (a Tconv limit
 instead of NK and Cmax, a smaller total, the 90% quantile) and other step lengths. Reported per
 design: wall seconds and, of them, JAX's trace + lowering + XLA compile seconds
-(``jax.monitoring``), and the best start's objective, which must not change.
+(``jax.monitoring``), and the highest objective reached over the starts, which must not change.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main() -> None:
             runs = {args.against: run(base / "src", args.steps), "this checkout": run(ROOT / "src", args.steps)}
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False, capture_output=True)
-    print(f"two designs in one process, 5 starts x {args.steps} steps each (wall s / of which JAX build s / best start's objective)\n")
+    print(f"two designs in one process, 5 starts x {args.steps} steps each (wall s / of which JAX build s / highest objective over the starts)\n")
     print("| code | first design | second design (other limits) |\n|---|---:|---:|")
     for label, r in runs.items():
         cells = [f"{r[k]['wall_s']:.1f} / {r[k]['compile_s']:.1f} / {r[k]['value']:.12f}" for k in ("first", "second")]

@@ -403,11 +403,13 @@ def design_function(model: Model, params: Parameters, objective: str, constraint
 
 @dataclasses.dataclass(frozen=True)
 class _Setup:
-    """What the design's compiled programs are built for (hashable: static under ``jit``). The
-    numbers a user varies between calls (the population's parameters, the quantile, the limits,
-    with ``inf`` for none, bounds, penalty, steps and their length) are arguments, so a second
-    :func:`optimise` with other constraints reuses the programs of the first (the same model,
-    objective, template and number of starts)."""
+    """What the design's compiled programs are built for (hashable: static under ``jit``), with
+    the shapes of their arguments (the number of patients, of starts and of doses). The numbers a
+    user varies between calls (the population's parameter values, the quantile, the limits, with
+    ``inf`` for none, the bounds, the penalty, the steps and their length) are arguments, so a
+    second :func:`optimise` with other constraints reuses the programs of the first (the same
+    model, objective, template, population size and number of starts; ``options.save_slots``
+    follows the template's dose times)."""
 
     model: Model
     names: tuple[str, ...]
@@ -419,12 +421,19 @@ class _Setup:
 
 def _setup(model, params, objective, options, grid_step) -> _Setup:
     names = tuple(params.names)
-    top = float(np.max(np.atleast_2d(np.asarray(params.values))[:, names.index("sledai0")]))
+    # only the SRI-4 objective reads it: the other objectives' programs do not depend on the population
+    top = float(np.max(np.atleast_2d(np.asarray(params.values))[:, names.index("sledai0")])) if objective == "p_sri4_w12" else 0.0
     return _Setup(model, names, objective, options, float(grid_step), top)
 
 
 #: The metrics a design can limit (:class:`Constraints`), in the order of ``knobs["limits"]``.
 _LIMITED = ("tconv_change_pct", "nk_change_pct", "cmax_pM")
+
+
+@functools.cache
+def _lupil2_design() -> TrialDesign:
+    """LUPIL-2's scoring of SRI-4 (the design file read once per process)."""
+    return load_design("lupil2")
 
 
 def _design_values(setup: _Setup, theta, quantile, amounts, times):
@@ -444,7 +453,7 @@ def _design_values(setup: _Setup, theta, quantile, amounts, times):
     elif setup.objective == "sledai_fall_w12":
         value = grid_v[:, 0, _IDX["sledai"]] - grid_v[:, end, _IDX["sledai"]]
     else:
-        design = load_design("lupil2")
+        design = _lupil2_design()
         entry, both = entry_and_fall(grid_v[:, 0, _IDX["sledai"]], grid_v[:, end, _IDX["sledai"]], design, setup.top, xp=jnp)
         value = both / entry * design.bilag_pga_keep
     metrics = {
@@ -585,7 +594,7 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
         a = rng.uniform(0.2, 1.0, n)
         starts_a.append(a / a.sum() * a0.sum())
         starts_t.append(np.sort(t0 + (rng.uniform(-0.5, 0.5, n) if optimise_times else 0.0)))
-    x = _project_starts({"a": jnp.asarray(np.stack(starts_a)), "t": jnp.asarray(np.stack(starts_t))}, knobs, optimise_times)
+    x = _design_starts({"a": jnp.asarray(np.stack(starts_a)), "t": jnp.asarray(np.stack(starts_t))}, knobs, optimise_times)
     history = []
     for k in range(steps):
         x, penalised = _design_step(x, jnp.asarray(k), knobs, setup, optimise_times)
@@ -602,8 +611,8 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
     return Design(regimen, template, objective, value, start_value, checks, final_values, spread, scaled, history[:, best], time.perf_counter() - begin)
 
 
-# The optimiser's programs, compiled once per :class:`_Setup` (model, objective, which limits,
-# solver options) and shape (starts x doses): projected gradient steps of fixed length along the
+# The optimiser's programs, compiled once per :class:`_Setup` (model, objective, solver options,
+# grid) and shape (patients, starts, doses): projected gradient steps of fixed length along the
 # normalised gradient, the length decaying (cosine) from ``learning_rate`` to 1% of it at
 # ``steps``. Per-coordinate scaling (Adam) would erase the differences between doses that the
 # projection onto a total-dose budget acts on.
@@ -612,10 +621,18 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
 def _design_loss(x, knobs, setup: _Setup):
     """Penalised loss (to minimise) and objective value of one design ``x`` (``a`` in MIU, ``t`` in days)."""
     value, metrics = _design_values(setup, knobs["theta"], knobs["quantile"], x["a"] * 1e6, x["t"])
-    # A metric without a limit (inf) adds exactly 0 to the loss and to its gradient.
-    excess = sum(jnp.maximum(metrics[k] / knobs["limits"][i] - 1.0, 0.0) ** 2 for i, k in enumerate(_LIMITED))
+    excess = sum(_excess(metrics[k], knobs["limits"][i]) for i, k in enumerate(_LIMITED))
     short = jnp.maximum(knobs["total_min"] - jnp.sum(x["a"]), 0.0) ** 2
     return -value + knobs["penalty"] * (excess + short), value
+
+
+def _excess(metric, limit):
+    """Squared relative excess of ``metric`` over ``limit``; exactly 0, with a zero gradient, for
+    no limit (``inf``), whatever the metric's value (the metric is not read then: no NaN from a
+    non-finite metric the user did not limit, in the value or in the gradient)."""
+    on = jnp.isfinite(limit)
+    ratio = jnp.where(on, metric, 0.0) / jnp.where(on, limit, 1.0)
+    return jnp.where(on, jnp.maximum(ratio - 1.0, 0.0) ** 2, 0.0)
 
 
 def _project(x, knobs, optimise_times: bool):
@@ -625,7 +642,7 @@ def _project(x, knobs, optimise_times: bool):
 
 
 @functools.partial(jax.jit, static_argnames=("optimise_times",))
-def _project_starts(x, knobs, optimise_times: bool):
+def _design_starts(x, knobs, optimise_times: bool):
     return jax.vmap(lambda one: _project(one, knobs, optimise_times))(x)
 
 

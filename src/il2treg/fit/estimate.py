@@ -140,6 +140,9 @@ def fit_population(
             break
         include = include & ~misfit
         inner = checked
+    else:  # the third round still excluded a patient or moved an EBE: estimate from there once more,
+        # so that the reported psi, OFV and EBEs belong together
+        psi, inner, ofv, it, converged, history = _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
     n_obs = int(np.sum(include[:, None] & np.asarray(objective.patients.obs_mask)))
     cov = estimate_covariance(objective, psi, inner, include) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
     return PopulationFit(
