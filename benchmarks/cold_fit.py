@@ -14,6 +14,7 @@ iteration <= 45% and the whole command <= 55% of before on this machine, the OFV
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -39,22 +40,29 @@ def run(src: Path, cwd: Path) -> dict:
     return {"wall_s": wall, "ofv": summary["ofv"], "iterations": summary["iterations"], **summary["timing"]}
 
 
+@contextlib.contextmanager
+def earlier_tree(revision: str):
+    """A temporary git worktree of ``revision`` (its folder), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="il2treg-base-") as tmp:
+        base = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(base), revision], cwd=ROOT, check=True, capture_output=True)
+        try:
+            yield base
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False, capture_output=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--against", required=True, help="git revision to compare with (e.g. the commit before a change)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--json", help="write the numbers to this JSON file")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="il2treg-base-") as tmp:
-        base = Path(tmp) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.against], cwd=ROOT, check=True, capture_output=True)
-        try:
-            runs = {"old": [], "new": []}
-            for _ in range(args.repeats):
-                runs["old"].append(run(base / "src", base))
-                runs["new"].append(run(ROOT / "src", ROOT))
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False, capture_output=True)
+    with earlier_tree(args.against) as base:
+        runs = {"old": [], "new": []}
+        for _ in range(args.repeats):
+            runs["old"].append(run(base / "src", base))
+            runs["new"].append(run(ROOT / "src", ROOT))
     best = {k: {m: min(r[m] for r in v) for m in ("first_iteration_s", "wall_s", "estimation_s", "covariance_s", "results_s")} for k, v in runs.items()}
     print(f"cold reference fit (IL2TREG_CACHE=off il2treg {' '.join(COMMAND)}), best of {args.repeats}, {args.against} -> this checkout\n")
     print("| | first iteration s | whole command s | estimation s | covariance s | results s | OFV | iterations |")

@@ -19,10 +19,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from cold_fit import earlier_tree  # noqa: E402  (a temporary worktree of the earlier commit)
 
 #: Run in the measured process (its own src/ first on the path).
 CHILD = """
@@ -64,13 +65,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--json", help="write the numbers to this JSON file")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="il2treg-base-") as tmp:
-        base = Path(tmp) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.against], cwd=ROOT, check=True, capture_output=True)
-        try:
-            runs = {args.against: run(base / "src", args.steps), "this checkout": run(ROOT / "src", args.steps)}
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False, capture_output=True)
+    with earlier_tree(args.against) as base:
+        runs = {args.against: run(base / "src", args.steps), "this checkout": run(ROOT / "src", args.steps)}
     print(f"two designs in one process, 5 starts x {args.steps} steps each (wall s / of which JAX build s / highest objective over the starts)\n")
     print("| code | first design | second design (other limits) |\n|---|---:|---:|")
     for label, r in runs.items():
