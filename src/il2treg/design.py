@@ -316,6 +316,10 @@ OBJECTIVES: dict[str, str] = {
 }
 
 
+#: The metrics a design can limit (:meth:`Constraints.limits`), in the order of ``knobs["limits"]``.
+_LIMITED = ("tconv_change_pct", "nk_change_pct", "cmax_pM")
+
+
 @dataclasses.dataclass(frozen=True)
 class Constraints:
     """Limits a designed regimen must meet (``None``: no limit).
@@ -345,8 +349,8 @@ class Constraints:
 
     def limits(self) -> dict[str, float]:
         """The population-quantile limits by metric name of :data:`METRICS`."""
-        pairs = (("tconv_change_pct", self.tconv_change_max_pct), ("nk_change_pct", self.nk_change_max_pct), ("cmax_pM", self.cmax_max_pM))
-        return {k: float(v) for k, v in pairs if v is not None}
+        values = (self.tconv_change_max_pct, self.nk_change_max_pct, self.cmax_max_pM)
+        return {k: float(v) for k, v in zip(_LIMITED, values, strict=True) if v is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,9 +430,6 @@ def _setup(model, params, objective, options, grid_step) -> _Setup:
     return _Setup(model, names, objective, options, float(grid_step), top)
 
 
-#: The metrics a design can limit (:class:`Constraints`), in the order of ``knobs["limits"]``.
-_LIMITED = ("tconv_change_pct", "nk_change_pct", "cmax_pM")
-
 
 @functools.cache
 def _lupil2_design() -> TrialDesign:
@@ -439,8 +440,9 @@ def _lupil2_design() -> TrialDesign:
 def _design_values(setup: _Setup, theta, quantile, amounts, times):
     """:func:`design_function`'s ``f`` for the population ``theta`` (``[patients, params]``),
     with the quantile of every metric in :data:`_LIMITED`."""
-    fixed, offsets = (jnp.asarray(x) for x in _design_points(setup.grid_step))
-    end = int(np.searchsorted(_design_points(setup.grid_step)[0], TREATMENT_DAYS - 1e-9))
+    fixed_np, offsets_np = _design_points(setup.grid_step)
+    end = int(np.searchsorted(fixed_np, TREATMENT_DAYS - 1e-9))
+    fixed, offsets = jnp.asarray(fixed_np), jnp.asarray(offsets_np)
     window = (times[:, None] + offsets[None, :]).ravel()
     every = jnp.concatenate([fixed, window])
     order = jnp.argsort(every)
