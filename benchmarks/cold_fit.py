@@ -7,7 +7,8 @@ meets the first time: every program compiled in the process, none loaded from di
 checkout's ``src/`` and then with the ``src/`` of ``--against`` (a temporary git worktree), in the
 same ``.venv``, alternating when ``--repeats`` > 1. Reports, for each: the seconds to the first
 L-BFGS iteration and the whole command's wall time (process start to exit), the stage times the
-fit records, the OFV and the iterations; then the ratios new / old. The issue's criterion: first
+fit records, the OFV and the iterations; then the ratios new / old, and the largest relative
+difference between the two runs' standard errors of psi. The issue's criterion: first
 iteration <= 45% and the whole command <= 55% of before on this machine, the OFV equal to 1e-6.
 """
 
@@ -37,7 +38,8 @@ def run(src: Path, cwd: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"il2treg fit failed with {src}:\n{proc.stderr[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    return {"wall_s": wall, "ofv": summary["ofv"], "iterations": summary["iterations"], **summary["timing"]}
+    se = [float(v) ** 0.5 if v is not None and v >= 0 else float("nan") for v in (row[k] for k, row in enumerate(summary["covariance"]))]
+    return {"wall_s": wall, "ofv": summary["ofv"], "iterations": summary["iterations"], "se_psi": se, **summary["timing"]}
 
 
 @contextlib.contextmanager
@@ -74,6 +76,9 @@ def main() -> None:
     ratio = {m: best["new"][m] / best["old"][m] for m in best["new"]}
     print(f"| new / old | {ratio['first_iteration_s']:.2f} | {ratio['wall_s']:.2f} | {ratio['estimation_s']:.2f} | {ratio['covariance_s']:.2f} | {ratio['results_s']:.2f} | "
           f"{abs(runs['new'][0]['ofv'] - runs['old'][0]['ofv']) / abs(runs['old'][0]['ofv']):.1e} (relative) | |")
+    se_new, se_old = (runs[k][0]["se_psi"] for k in ("new", "old"))
+    print(f"\nstandard errors of psi (the covariance step): largest relative difference new / old "
+          f"{max(abs(a - b) / abs(b) for a, b in zip(se_new, se_old)):.1e} over {len(se_old)} parameters")
     if args.json:
         Path(args.json).write_text(json.dumps({"against": args.against, "runs": runs, "ratios": ratio}, indent=2))
 

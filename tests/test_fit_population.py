@@ -10,6 +10,7 @@ import pytest
 import il2treg
 from conftest import FIT_FIXED, FIT_RANDOM, FIT_SIGMAS, simulated_dataset
 from il2treg.fit import Objective, make_problem, patient_arrays
+from il2treg.fit.estimate import ofv_hessian
 from il2treg.fit.problem import CovariateEffect
 
 pytestmark = pytest.mark.slow  # `make test-all` and CI run these; `make test` leaves them out
@@ -30,21 +31,34 @@ def test_gradient_matches_finite_differences_of_the_objective(model, fit_case):
     include = inner.status == 0
     assert bool(jnp.all(include))
     grad = np.asarray(objective.gradient(psi, inner.eta, include))
+    slope = np.asarray(objective.gradients(psi, inner.eta, include).eta)  # d eta_hat / d psi
 
-    def ofv(p):
+    def ofv_and_eta(p):
         inn = objective.inner(p, inner.eta)
         # 1e-16 is below float64's resolution of g (about 4e-13 here): every patient must still
         # stop converged, at that limit (il2treg.fit.individual), not run to max_iter (one did).
         assert np.all(np.asarray(inn.status) == 0), (np.asarray(inn.status), np.asarray(inn.iterations))
-        return float(objective.value(p, inn, include))
+        return float(objective.value(p, inn, include)), np.asarray(inn.eta), np.asarray(objective.gradient(p, inn.eta, include))
 
     # Step 1e-3: small enough for the truncation error of central differences, large enough that
     # the remaining EBE-tolerance noise in the objective (log|H| is not stationary in eta) does not
-    # dominate them.
+    # dominate them. The EBEs' slopes against the same differences of the EBEs themselves, and the
+    # covariance step's Hessian (forward differences of the gradient at EBEs predicted from those
+    # slopes) against central differences of the gradient at EBEs searched anew.
+    hessian = ofv_hessian(objective, psi, inner, include)
     for k, name in enumerate(problem.psi_names):
         h = 1e-3
-        fd = (ofv(psi.at[k].add(h)) - ofv(psi.at[k].add(-h))) / (2 * h)
+        (up, eta_up, grad_up), (down, eta_down, grad_down) = ofv_and_eta(psi.at[k].add(h)), ofv_and_eta(psi.at[k].add(-h))
+        fd = (up - down) / (2 * h)
         assert abs(grad[k] - fd) <= 1e-4 * abs(fd) + 1e-6, (name, grad[k], fd)
+        fd_eta = (eta_up - eta_down) / (2 * h)
+        err = np.max(np.abs(slope[:, :, k] - fd_eta))
+        # The reference's own noise: EBEs converged to about 1e-8, over 2h = 2e-3 (measured errors
+        # up to 1.6e-5 where the slopes reach 0.02-0.97; a missing term would be of their order).
+        assert err <= 1e-3 * np.max(np.abs(fd_eta)) + 5e-5, (name, err, np.max(np.abs(fd_eta)))
+        fd_grad = (grad_up - grad_down) / (2 * h)
+        err = np.max(np.abs(hessian[:, k] - fd_grad))
+        assert err <= 1e-3 * np.max(np.abs(fd_grad)), (name, err, np.max(np.abs(fd_grad)))  # measured: up to 3e-4 of it
 
 
 def test_patient_whose_ode_fails_is_flagged_and_excluded(model, fit_case):
@@ -111,8 +125,9 @@ include = np.asarray(one.status) == 0
 include[3] = False  # an excluded patient stays excluded on its device
 g1, g2 = single.gradients(psi, one.eta, include), sharded.gradients(psi, two.eta, include)
 # per-patient gradients: vmapped in chunks of another size on each device, so equal to rounding
-np.testing.assert_allclose(np.asarray(g2), np.asarray(g1), rtol=1e-12, atol=1e-12)
-assert not np.any(np.asarray(g2)[3])
+for a, b in ((g1.ofv, g2.ofv), (g1.eta, g2.eta)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
+    assert not np.any(np.asarray(b)[3])
 t1 = np.asarray(single.terms(psi, one, include))
 v2 = float(sharded.value(psi, two, include))
 assert abs(v2 - float(np.sum(t1))) <= 1e-12 * abs(v2), (v2, np.sum(t1))

@@ -85,8 +85,22 @@ def patient_terms(problem: FitProblem, psi, base_residual, inner: InnerResult, p
     return L
 
 
-def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: PatientData):
-    """d L_i / d psi including the implicit dependence of eta_hat on psi (see module docstring)."""
+class PatientGradients(eqx.Module):
+    r"""Each patient's exact gradient of its OFV term and the slope of its EBE, at converged EBEs.
+
+    ``ofv`` is :math:`dL_i/d\psi` (the implicit dependence of :math:`\hat\eta_i` included) and
+    ``eta`` is :math:`d\hat\eta_i/d\psi = -(\partial G_i/\partial\eta)^{-1}\,\partial G_i/\partial\psi`
+    (see the module docstring); both are zero for an excluded patient. The slope predicts the EBEs
+    at a nearby ``psi`` to second order (the covariance step, :func:`il2treg.fit.estimate.estimate_covariance`).
+    """
+
+    ofv: Float[Array, "*patients psi"]
+    eta: Float[Array, "*patients eta psi"]
+
+
+def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: PatientData) -> PatientGradients:
+    """d L_i / d psi including the implicit dependence of eta_hat on psi (see module docstring),
+    and d eta_hat / d psi (the same factorisation's other use)."""
     nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
 
     def theta_of(z):
@@ -121,7 +135,8 @@ def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: Pati
     lam = jnp.linalg.solve(hess.T, dL_dz[ns:])
     grad_u = dL_dz[:ns] - lam @ dG_dz[:, :ns]
     grad_rest = Lr - lam @ Gr
-    return jnp.concatenate([grad_u, grad_rest])
+    slope = -jnp.linalg.solve(hess, jnp.concatenate([dG_dz[:, :ns], Gr], axis=1))
+    return PatientGradients(jnp.concatenate([grad_u, grad_rest]), slope)
 
 
 class Objective(eqx.Module):
@@ -160,16 +175,17 @@ class Objective(eqx.Module):
         return penalty_gradient(self.prior, psi)
 
     @eqx.filter_jit
-    def gradients(self, psi, eta, include) -> Float[Array, "patients psi"]:
-        """Each patient's exact gradient of its OFV term at converged EBEs ``eta`` (0 if excluded)."""
+    def gradients(self, psi, eta, include) -> PatientGradients:
+        """Each patient's exact gradient of its OFV term, and the slope of its EBE, at converged
+        EBEs ``eta`` (0 if excluded)."""
         grad = lambda args: patient_gradient(self.problem, psi, self.base_residual, args[0], args[1])
         per_patient = ordered_map(grad, (eta, self.patients), work_order(self.patients.dose_amount), self.batch_size)
-        return jnp.where(include[:, None], per_patient, 0.0)
+        return jax.tree.map(lambda x: jnp.where(include.reshape(-1, *(1,) * (x.ndim - 1)), x, 0.0), per_patient)
 
     def gradient(self, psi, eta, include) -> Float[Array, " psi"]:
         """Exact gradient of the OFV (with the prior penalty) at converged EBEs ``eta``, over the
         included patients; :meth:`gradients` holds the data terms only, per patient."""
-        return jnp.sum(self.gradients(psi, eta, include), axis=0) + self.penalty_gradient(psi)
+        return jnp.sum(self.gradients(psi, eta, include).ofv, axis=0) + self.penalty_gradient(psi)
 
     def compile_ahead(self, psi, eta, include) -> None:
         """Nothing: a single objective compiles each program at its first call (see
@@ -203,7 +219,7 @@ class _SplitObjective:
         return penalty_gradient(self.prior, psi)
 
     def gradient(self, psi, eta, include):
-        return jnp.asarray(np.sum(np.asarray(self.gradients(psi, eta, include)), axis=0) + np.asarray(self.penalty_gradient(psi)))
+        return jnp.asarray(np.sum(np.asarray(self.gradients(psi, eta, include).ofv), axis=0) + np.asarray(self.penalty_gradient(psi)))
 
 
 class ThreadedObjective(_SplitObjective):
@@ -345,7 +361,7 @@ class ShardedObjective(_SplitObjective):
 
     def gradients(self, psi, eta, include):
         out = _sharded_call(self._objective, "gradients", self._mesh, psi, self._shard(eta), self._include(include))
-        return out[: self._n]
+        return jax.tree_util.tree_map(lambda x: x[: self._n], out)
 
     def data_terms(self, psi, phi):
         out = _sharded_call(self._objective, "data_terms", self._mesh, psi, self._shard(phi))

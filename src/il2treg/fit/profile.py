@@ -32,6 +32,7 @@ import numpy as np
 from il2treg.errors import SpecError
 from il2treg.fit.estimate import PopulationFit, _optimise
 from il2treg.fit.individual import InnerResult
+from il2treg.fit.population import PatientGradients
 
 #: :math:`\chi^2_1` 95% quantile.
 CHI2_95 = 3.841458820694124
@@ -94,8 +95,9 @@ class _Pinned:
     def value(self, psi_r, inner, include):
         return self.objective.value(self.full(psi_r), inner, include)
 
-    def gradients(self, psi_r, eta, include):
-        return self.objective.gradients(self.full(psi_r), eta, include)[:, self.keep]
+    def gradients(self, psi_r, eta, include) -> PatientGradients:
+        g = self.objective.gradients(self.full(psi_r), eta, include)
+        return PatientGradients(g.ofv[:, self.keep], g.eta[:, :, self.keep])
 
     def penalty_gradient(self, psi_r):
         return self.objective.penalty_gradient(self.full(psi_r))[self.keep]
