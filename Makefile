@@ -18,10 +18,10 @@ demo: $(STAMP)
 
 # One file per worker (--dist loadfile): a module's fixtures and compiled programs stay together.
 test: $(STAMP)  ## the fast tier: everything not marked slow
-	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" --durations=15
 
 test-all: $(STAMP)  ## every test: the fast tier, the long fits and the notebooks (what CI runs)
-	$(PY) -m pytest -n 2 --dist loadfile --durations=20
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=20
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -97,12 +97,34 @@ def pytest_runtest_setup(item):
     yield
 
 
+# ----------------------------------------------------------------------------- heaviest files first
+# xdist (`--dist loadfile --no-loadscope-reorder`, the Makefile) hands the test files to its
+# workers in collection order, a file at a time; its default order (most tests first) started
+# test_notebooks and test_fit_bayes (few tests, minutes each) late, and the run ended with one
+# worker busy. The files in the order of their summed test time in `make test-all` (the run
+# prints it, "test time by file"; measured at 0ed5d41), the rest after them as collected.
+_HEAVY_FIRST = ("test_simulate", "test_fit_bayes", "test_design", "test_notebooks", "test_fit_population", "test_diagnostics",
+                "test_fit_result", "test_fit_saem", "test_cli", "test_fit_estimate", "test_trial", "test_cache", "test_plots",
+                "test_fit_profile", "test_sbml", "test_likelihood", "test_fit_individual", "test_fit_priors")  # fmt: skip
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: k for k, name in enumerate(_HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each file's tests keep their order
+
+
 def pytest_terminal_summary(terminalreporter):
     reports = [r for group in terminalreporter.stats.values() for r in group if hasattr(r, "user_properties") and hasattr(r, "when")]
     build = sum(v for r in reports for k, v in r.user_properties if k == "jax_build_s")
     total = sum(getattr(r, "duration", 0.0) for r in reports)
     if total > 0:
         terminalreporter.write_line(f"JAX tracing, lowering and XLA compilation: {build:.0f} s of the {total:.0f} s the tests took ({100 * build / total:.0f}%)")
+        by_file: dict[str, float] = {}
+        for r in reports:
+            name = Path(r.nodeid.split("::")[0]).stem
+            by_file[name] = by_file.get(name, 0.0) + getattr(r, "duration", 0.0)
+        heavy = sorted(by_file.items(), key=lambda kv: -kv[1])
+        terminalreporter.write_line("test time by file (s): " + ", ".join(f"{name} {secs:.0f}" for name, secs in heavy))
     loads = [v for r in reports for k, v in r.user_properties if k == "xla_cache"]
     if loads:
         n, saved = sum(v[0] for v in loads), sum(v[1] for v in loads)
