@@ -31,6 +31,32 @@ def test_simulate_typical_gives_one_id_from_a_regimen_csv(monkeypatch, capsys, t
     assert pd.read_csv(out / "simulation.csv").ID.unique().tolist() == [1]
 
 
+def test_help_shows_every_bracketed_unit_and_table_name(monkeypatch, capsys):
+    """Rich reads "[pM]" in a help text as markup and drops it; every option's brackets reach --help."""
+    import re
+
+    import typer
+
+    from il2treg.cli import app
+
+    def commands(group, path: tuple[str, ...] = ()):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):  # a group of commands
+                yield from commands(command, (*path, name))
+            else:
+                yield (*path, name), command
+
+    checked = 0
+    for path, command in commands(typer.main.get_command(app)):
+        wanted = {m for p in command.params for m in re.findall(r"\[[^\]\s]+\]", (getattr(p, "help", None) or "").replace("\\[", "["))}
+        if wanted:
+            code, stdout, _ = run_cli(monkeypatch, capsys, *path, "--help")
+            assert code == 0
+            assert not [w for w in wanted if w not in stdout], (path, [w for w in wanted if w not in stdout])
+            checked += len(wanted)
+    assert checked >= 6  # fit's [saem] and [nuts]; regimens optimise's [%], [pM], [IU], [day]
+
+
 def test_existing_output_is_never_overwritten_without_force(monkeypatch, capsys, tmp_path):
     out = tmp_path / "sim"
     out.mkdir()
