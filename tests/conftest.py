@@ -102,10 +102,11 @@ def pytest_runtest_setup(item):
 # workers in collection order, a file at a time; its default order (most tests first) started
 # test_notebooks and test_fit_bayes (few tests, minutes each) late, and the run ended with one
 # worker busy. The files in the order of their summed test time in `make test-all` (the run
-# prints it, "test time by file"; measured at 0ed5d41), the rest after them as collected.
-_HEAVY_FIRST = ("test_simulate", "test_fit_bayes", "test_design", "test_notebooks", "test_fit_population", "test_diagnostics",
-                "test_fit_result", "test_fit_saem", "test_cli", "test_fit_estimate", "test_trial", "test_cache", "test_plots",
-                "test_fit_profile", "test_sbml", "test_likelihood", "test_fit_individual", "test_fit_priors")  # fmt: skip
+# prints it, "test time by file"; measured on a fresh clone of 190da67), the rest after them as
+# collected.
+_HEAVY_FIRST = ("test_simulate", "test_fit_bayes", "test_design", "test_fit_population", "test_notebooks", "test_fit_result",
+                "test_diagnostics", "test_fit_saem", "test_fit_profile", "test_cache", "test_cli", "test_trial", "test_sbml",
+                "test_fit_estimate", "test_fit_individual", "test_likelihood", "test_fit_priors", "test_plots")  # fmt: skip
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import diffrax as dfx
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -82,14 +84,20 @@ def test_patients_split_over_threads_give_the_same_objective(fit_case):
     from il2treg.fit.population import ThreadedObjective
 
     objective, psi = fit_case["objective"], fit_case["psi0"]
-    threaded = ThreadedObjective(objective, workers=2)
+    # The 24 patients, then the same 24 in reverse order: each of the two threads gets 24 rows,
+    # every patient once in each (in another order), so the threads run the programs the
+    # 24-patient objective compiled, and a row put back in the wrong place changes the result.
+    rows = np.concatenate([np.arange(24), np.arange(24)[::-1]])
+    doubled = eqx.tree_at(lambda o: o.patients, objective, jax.tree.map(lambda x: x[rows], objective.patients))
+    threaded = ThreadedObjective(doubled, workers=2)
+    assert [part.patients.obs_time.shape[0] for part in threaded._parts] == [24, 24]
     eta0 = jnp.zeros((24, objective.problem.n_eta))
-    one, two = objective.inner(psi, eta0), threaded.inner(psi, eta0)
-    np.testing.assert_allclose(two.eta, one.eta, rtol=1e-10, atol=1e-12)
-    np.testing.assert_array_equal(two.status, one.status)
+    one, two = objective.inner(psi, eta0), threaded.inner(psi, eta0[rows])
+    np.testing.assert_allclose(two.eta, one.eta[rows], rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(two.status, one.status[rows])
     include = one.status == 0
-    assert float(threaded.value(psi, two, include)) == pytest.approx(float(objective.value(psi, one, include)), rel=1e-12)
-    np.testing.assert_allclose(threaded.gradient(psi, two.eta, include), objective.gradient(psi, one.eta, include), rtol=1e-9)
+    assert float(threaded.value(psi, two, include[rows])) == pytest.approx(2 * float(objective.value(psi, one, include)), rel=1e-12)
+    np.testing.assert_allclose(threaded.gradient(psi, two.eta, include[rows]), 2 * objective.gradient(psi, one.eta, include), rtol=1e-9)
 
 
 
