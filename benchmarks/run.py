@@ -131,7 +131,7 @@ def objective_gradient(n_patients: int = 100, fitted=None, copies: bool = True) 
     from il2treg.fit.population import Objective
     from il2treg.fit.priors import sampling_priors
     from il2treg.fit.problem import patient_arrays, predict, unpack
-    from il2treg.fit.run import _patient_theta, _predict_all
+    from il2treg.fit.run import _patient_theta, predict_all
 
     if fitted is None:
         result = il2treg.load_fit("fits/lupil2_virtual/results")
@@ -157,7 +157,7 @@ def objective_gradient(n_patients: int = 100, fitted=None, copies: bool = True) 
     out["inner"] = {"compile_s": comp, "first_s": first, "run_s": second}
     # The forward simulation of the same patients at the same (individual) parameters as the
     # gradient, in the same work order and chunks as the objective.
-    forward = jax.jit(lambda eta: _predict_all(problem, up.theta, up.beta, eta, patients, batch_size=batch)[0])
+    forward = jax.jit(lambda eta: predict_all(problem, up.theta, up.beta, eta, patients, batch_size=batch)[0])
     _, first, comp = timed(lambda: forward(inner.eta))
     second = best(lambda: forward(inner.eta))
     out["forward"] = {"compile_s": comp, "first_s": first, "run_s": second, "batch_size": batch}

@@ -15,7 +15,7 @@ from il2treg.data import read_dataset
 from il2treg.diagnostics import VPC_PERCENTILES, StratifiedVPC, diagnose, individual_curves, time_bins, vpc
 from il2treg.errors import InputError
 from il2treg.fit.problem import patient_arrays, unpack
-from il2treg.fit.run import _predict_all
+from il2treg.fit.run import predict_all
 from il2treg.fit.spec import stored_spec
 
 pytestmark = pytest.mark.slow  # `make test-all` and CI run these; `make test` leaves them out
@@ -43,7 +43,7 @@ def test_cwres_matches_a_finite_difference_linearisation(misspecified_fit, missp
     up = unpack(problem, jnp.asarray(misspecified_fit.psi), spec.residual_model())
     eta = np.stack([misspecified_fit.individual[f"ETA_{n}"].to_numpy() for n in problem.random], axis=1)
     i, h = 3, 1e-5
-    f = lambda e: np.asarray(_predict_all(problem, up.theta, up.beta, jnp.asarray(e), patients)[0])[i]
+    f = lambda e: np.asarray(predict_all(problem, up.theta, up.beta, jnp.asarray(e), patients)[0])[i]
     g = np.empty((patients.obs_time.shape[1], problem.n_eta))
     for k in range(problem.n_eta):
         step = np.zeros_like(eta)
@@ -281,7 +281,7 @@ def test_dense_curves_reuse_the_solve_that_diagnose_compiled(misspecified_diagno
 
     diag = misspecified_diagnostics
     pr = diag.predictor
-    jax.block_until_ready(_predict_all(pr.problem, pr.theta, pr.beta, jnp.zeros_like(jnp.asarray(pr.eta)), pr.patients, batch_size=pr.batch_size))  # as diagnose's PRED
+    jax.block_until_ready(predict_all(pr.problem, pr.theta, pr.beta, jnp.zeros_like(jnp.asarray(pr.eta)), pr.patients, batch_size=pr.batch_size))  # as diagnose's PRED
     compiled, ones = [], jnp.ones(7)
 
     def listen(event, duration, **info):

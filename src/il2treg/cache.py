@@ -11,7 +11,7 @@ Python to the cache. diffrax checks its ``SaveAt(ts)`` arguments at run time wit
 ``equinox.error_if``, which (in equinox's default ``EQX_ON_ERROR=raise`` mode) is such a
 callback, so every solve would still compile in every process. With ``EQX_ON_ERROR=nan`` the
 check returns NaN instead of raising and the programs can be cached. il2treg's save times are
-sorted and clipped to each interval by construction (:func:`il2treg.simulate._solve_one`), so
+sorted and clipped to each interval by construction (:func:`il2treg.simulate.solve_one`), so
 the check never fires on its calls; a failed solve is reported by its status code either way.
 The variable must be set before equinox is imported and applies to the whole process, so
 il2treg never sets it on import: the ``il2treg`` command does (:mod:`il2treg_cli`), and a

@@ -66,7 +66,7 @@ from il2treg.data import Dataset, read_dataset
 from il2treg.errors import InputError
 from il2treg.fit.problem import FitProblem, PatientData, patient_arrays, unpack
 from il2treg.fit.result import FitResult
-from il2treg.fit.run import _predict_all, make_objective, observation_rows
+from il2treg.fit.run import make_objective, observation_rows, predict_all
 from il2treg.fit.spec import FitSpec, stored_spec
 from il2treg.likelihood import residual_sd, sample_observations
 from il2treg.observables import OBSERVABLE_NAMES
@@ -361,7 +361,7 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
     eta0 = _ebes(result, problem, dataset) if data is None else jnp.zeros((dataset.n_subjects, problem.n_eta))
     inner = objective.inner(psi, eta0)
     eta, ipred, jac, status = (np.asarray(x) for x in (inner.eta, inner.pred, inner.jac, inner.status))
-    pred = np.asarray(_predict_all(problem, up.theta, up.beta, jnp.zeros_like(inner.eta), patients, batch_size=batch_size)[0])
+    pred = np.asarray(predict_all(problem, up.theta, up.beta, jnp.zeros_like(inner.eta), patients, batch_size=batch_size)[0])
     residual = up.residual
     dvid, y = np.asarray(patients.obs_dvid), np.asarray(patients.obs_value, dtype=np.float64)
     cens, mask = np.asarray(patients.obs_cens, dtype=bool), np.asarray(patients.obs_mask, dtype=bool)
@@ -389,7 +389,7 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
     z_eta = np.asarray(jax.random.normal(k_eta, (n_sim, *eta.shape))) * omega
     z_eps = jax.random.normal(k_eps, (n_sim, *y.shape))
     def replicate(k: int) -> np.ndarray:
-        f, st = _predict_all(problem, up.theta, up.beta, jnp.asarray(z_eta[k]), patients, batch_size=batch_size)
+        f, st = predict_all(problem, up.theta, up.beta, jnp.asarray(z_eta[k]), patients, batch_size=batch_size)
         draw = np.asarray(sample_observations(residual, f, jnp.asarray(dvid), z_eps[k]))
         return np.where(np.asarray(st)[:, None] == 0, draw, np.nan)
 
@@ -488,7 +488,7 @@ def individual_curves(diag: Diagnostics, ids, *, dvid: str = "treg_per_uL", step
 
     def solve(c: int) -> np.ndarray:
         part = jax.tree.map(lambda x: jnp.asarray(x[c * n : (c + 1) * n]), dense)
-        values, status = _predict_all(pr.problem, pr.theta, pr.beta, jnp.asarray(eta[c * n : (c + 1) * n]), part, batch_size=pr.batch_size)
+        values, status = predict_all(pr.problem, pr.theta, pr.beta, jnp.asarray(eta[c * n : (c + 1) * n]), part, batch_size=pr.batch_size)
         return np.where(np.asarray(status)[:, None] == 0, np.asarray(values, dtype=np.float64), np.nan)
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # the calls of diagnose's compiled solve, spread over the cores

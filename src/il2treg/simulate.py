@@ -182,7 +182,7 @@ class Simulation(eqx.Module):
         return ds
 
 
-def _solve_one(
+def solve_one(
     structure: Structure,
     names: tuple[str, ...],
     theta: Float[Array, " params"] | tuple[Float[Array, ""], ...],
@@ -355,7 +355,7 @@ def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, 
     A batch is put in :func:`work_order` (number of doses, then the stiffest rate, elimination
     ``(CL + CLR) / V``), solved chunk by chunk, and put back in order.
     """
-    solve = lambda th, dt, da, ot: _solve_one(model.structure, model.parameter_names, th, dt, da, ot, options, slots)
+    solve = lambda th, dt, da, ot: solve_one(model.structure, model.parameter_names, th, dt, da, ot, options, slots)
     inputs = (theta, dose_times, dose_amounts, obs_times)
     if not any(a == 0 for a in axes):
         return solve(*inputs)

@@ -132,7 +132,7 @@ def fit_population(
         include, misfit = _start_checks(objective, psi, inner, outlier_iwres2)
     include = include & ~misfit
     for _ in range(3):  # estimate; drop patients no parameters can fit; move EBEs to better minima; resume
-        psi, inner, ofv, it, converged, history = _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
+        psi, inner, ofv, it, converged, history = minimise_ofv(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
         misfit = _misfit(objective, psi, inner, include, outlier_iwres2)
         checked = multistart(objective, psi, inner)  # inner is already converged at psi: no re-solve
         moved = include & (np.asarray(checked.g) < np.asarray(inner.g) - 1e-6)
@@ -142,7 +142,7 @@ def fit_population(
         inner = checked
     else:  # the third round still excluded a patient or moved an EBE: estimate from there once more,
         # so that the reported psi, OFV and EBEs belong together
-        psi, inner, ofv, it, converged, history = _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
+        psi, inner, ofv, it, converged, history = minimise_ofv(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
     n_obs = int(np.sum(include[:, None] & np.asarray(objective.patients.obs_mask)))
     cov = estimate_covariance(objective, psi, inner, include) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
     return PopulationFit(
@@ -243,7 +243,7 @@ def _summed(per_patient, penalty_gradient):
     return jnp.sum(per_patient, axis=0) + penalty_gradient
 
 
-def _optimise(objective, psi, inner, include, max_iter, ftol, gtol, callback, start):
+def minimise_ofv(objective, psi, inner, include, max_iter, ftol, gtol, callback, start):
     """Preconditioned L-BFGS with backtracking from ``psi``; returns (psi, inner, ofv, iterations, converged, history).
 
     The outer loop's own arithmetic is on a few vectors of length ``len(psi)``: it runs in NumPy,

@@ -25,7 +25,7 @@ import xarray as xr
 from il2treg.errors import InputError
 from il2treg.fit.problem import individual_theta, to_unconstrained, typical_theta
 from il2treg.fit.result import FitResult
-from il2treg.fit.run import _SLEDAI, _declared_factors, _score_sd, score_change_probability
+from il2treg.fit.run import SLEDAI_INDEX, declared_factors, score_change_probability, score_sd
 from il2treg.fit.spec import FitSpec, stored_spec
 from il2treg.likelihood import ResidualModel
 from il2treg.model import Parameters
@@ -78,11 +78,11 @@ def posterior_predictive(
     values = np.asarray(sim.values, dtype=np.float64).reshape(n_draws, n_patients, len(grid), -1)
     at = np.searchsorted(grid, times)
     residual = _residual(spec, problem, natural)
-    l0, l1 = values[:, :, np.searchsorted(grid, 0.0), _SLEDAI], values[:, :, np.searchsorted(grid, day), _SLEDAI]
+    l0, l1 = values[:, :, np.searchsorted(grid, 0.0), SLEDAI_INDEX], values[:, :, np.searchsorted(grid, day), SLEDAI_INDEX]
     p_sri4 = np.empty((n_draws, n_patients))
     for d in range(n_draws):
         res = residual(d)
-        p_fall, _, _ = score_change_probability(l0[d], l1[d], _score_sd(res, l0[d]), _score_sd(res, l1[d]), spec.sri4.fall, step=res.score_step)
+        p_fall, _, _ = score_change_probability(l0[d], l1[d], score_sd(res, l0[d]), score_sd(res, l1[d]), spec.sri4.fall, step=res.score_step)
         p_sri4[d] = spec.sri4.bilag_pga_keep * p_fall
     treg = OBSERVABLE_NAMES.index("treg_per_uL")
     out = {name: (("draw", "patient", "time"), values[:, :, at, k]) for k, name in enumerate(OBSERVABLE_NAMES)}
@@ -111,7 +111,7 @@ def _draw(result: FitResult, spec: FitSpec, n_draws: int, n_patients: int, seed:
         raise InputError(f"fit {result.name!r} has no posterior draws (its covariance step failed). Fix: refit, or run --method nuts.")
     problem = spec.problem()
     pick = np.linspace(0, len(draws) - 1, n_draws).round().astype(int)
-    natural = draws[pick] / _declared_factors(problem)[None, :]  # internal units
+    natural = draws[pick] / declared_factors(problem)[None, :]  # internal units
     nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
     u = jnp.stack([to_unconstrained(problem, dict(zip(problem.fixed, row[:nf]))) for row in natural]) if nf else jnp.zeros((n_draws, 0))
     theta = jax.vmap(lambda uu: typical_theta(problem, uu))(u)  # reference covariates: beta does not act

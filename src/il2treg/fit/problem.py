@@ -43,7 +43,7 @@ from il2treg.errors import SpecError
 from il2treg.likelihood import ResidualModel, neg2ll_terms
 from il2treg.model import Model, system
 from il2treg.observables import OBSERVABLE_NAMES
-from il2treg.simulate import SolverOptions, _solve_one, slots_needed
+from il2treg.simulate import SolverOptions, slots_needed, solve_one
 
 COVARIATE_MODELS = ("power", "exp", "linear")
 
@@ -316,7 +316,7 @@ def individual_theta(problem: FitProblem, theta: Float[Array, " params"], eta: F
 
 def predict(problem: FitProblem, theta_i: Float[Array, " params"], patient: PatientData) -> tuple[Float[Array, " obs"], Array]:
     """Model prediction for each observation row of one patient, and the solver status."""
-    values, status = _solve_one(
+    values, status = solve_one(
         problem.model.structure, problem.model.parameter_names, theta_i,
         patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots,
     )  # fmt: skip
@@ -368,7 +368,7 @@ def expand(problem: FitProblem, theta_i: Float[Array, " params"], patient: Patie
 
     def solve(w):
         theta = tuple(w[where[k]] if k in where else base[k] for k in range(base.shape[0]))
-        values, status = _solve_one(
+        values, status = solve_one(
             problem.model.structure, problem.model.parameter_names, theta,
             patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots, states=True,
         )  # fmt: skip

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from il2treg.errors import SpecError
-from il2treg.fit.estimate import PopulationFit, _optimise
+from il2treg.fit.estimate import PopulationFit, minimise_ofv
 from il2treg.fit.individual import InnerResult
 from il2treg.fit.population import PatientGradients
 
@@ -80,7 +80,7 @@ class Profile:
 
 
 class _Pinned:
-    """An objective over psi with entry ``k`` held at ``value`` (the interface _optimise uses)."""
+    """An objective over psi with entry ``k`` held at ``value`` (the interface minimise_ofv uses)."""
 
     def __init__(self, objective, k: int, value: float, n: int):
         self.objective, self.k, self.value_k = objective, k, value
@@ -150,7 +150,7 @@ def profile(
             pinned = _Pinned(objective, k, float(c), len(psi_hat))
             start = jnp.asarray(warm_psi)
             inner = objective.inner(pinned.full(start), warm_inner.eta)
-            psi_r, inner, ofv, _, converged, _ = _optimise(pinned, start, inner, include, max_iter, ftol, gtol, None, 0.0)
+            psi_r, inner, ofv, _, converged, _ = minimise_ofv(pinned, start, inner, include, max_iter, ftol, gtol, None, 0.0)
             rows[float(c)] = (ofv - ofv_hat, converged, np.asarray(pinned.full(psi_r)))
             warm_psi, warm_inner = np.asarray(psi_r), inner
     values = np.asarray(sorted(rows))

@@ -82,7 +82,7 @@ STATUS_TEXT = {STATUS_CONVERGED: "converged", STATUS_MAX_ITER: "EBE not converge
 _POSTERIOR_CHAINS, _POSTERIOR_DRAWS, _POSTERIOR_SEED = 4, 500, 0
 #: Estimation methods of :func:`compute_fit`.
 METHODS = ("foce", "saem", "nuts")
-_SLEDAI = OBSERVABLE_NAMES.index("sledai")
+SLEDAI_INDEX = OBSERVABLE_NAMES.index("sledai")
 
 Progress = Callable[[dict], None]
 
@@ -208,7 +208,7 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
             # (after the first iteration: beside the fit's own first programs it slowed them).
             up0 = _unpack(problem, psi0, residual0)
             eta0 = np.zeros((rows.inverse.shape[0], problem.n_eta))
-            built.append(_BACKGROUND.submit(lambda: _predict_all.lower(rows.problem, up0.theta, up0.beta, eta0, rows.patients).compile()))
+            built.append(_BACKGROUND.submit(lambda: predict_all.lower(rows.problem, up0.theta, up0.beta, eta0, rows.patients).compile()))
         emit({"stage": "estimation", **info})
 
     t = time.perf_counter()
@@ -236,7 +236,7 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
     predictions = _predictions(spec, fit, up.residual, pred, ipred)
     individual = _individual(spec, problem, fit, up.theta, up.beta, up.residual, objective.patients, latent)
     estimates = _estimates(spec, problem, fit, residual0)
-    posterior = _posterior(problem, fit, residual0, _declared_factors(problem))
+    posterior = _posterior(problem, fit, residual0, declared_factors(problem))
     timing["results_s"] = time.perf_counter() - t
     inference = None
     if method == "nuts":
@@ -313,7 +313,7 @@ def _all_patient_theta(problem: FitProblem, theta, beta, eta, patients: PatientD
 
 
 @eqx.filter_jit
-def _predict_all(problem: FitProblem, theta, beta, eta, patients: PatientData, batch_size: int = 32):
+def predict_all(problem: FitProblem, theta, beta, eta, patients: PatientData, batch_size: int = 32):
     """Predictions and solver status of every patient at its ``eta``."""
     one = lambda args: predict(problem, _patient_theta(problem, theta, beta, args[0], args[1]), args[1])
     return ordered_map(one, (eta, patients), work_order(patients.dose_amount), batch_size)
@@ -331,7 +331,7 @@ def _rows(problem: FitProblem, patients: PatientData, day: float) -> _Rows:
     n = patients.obs_time.shape[0]
     extra = np.broadcast_to(np.asarray([0.0, day]), (n, 2))
     times = np.concatenate([np.asarray(patients.obs_time), extra], axis=1)
-    dvid = np.concatenate([np.asarray(patients.obs_dvid), np.full((n, 2), _SLEDAI)], axis=1)
+    dvid = np.concatenate([np.asarray(patients.obs_dvid), np.full((n, 2), SLEDAI_INDEX)], axis=1)
     order = np.argsort(times, axis=1, kind="stable")
     times, dvid = np.take_along_axis(times, order, 1), np.take_along_axis(dvid, order, 1)
     slots = slots_needed(np.asarray(patients.dose_time), times, problem.model.spec["tlag"].bounds[1])
@@ -344,7 +344,7 @@ def _rows(problem: FitProblem, patients: PatientData, day: float) -> _Rows:
 
 def _solve_rows(rows: _Rows, theta, beta, eta) -> tuple[np.ndarray, np.ndarray]:
     """(predictions ``[patients, obs]``, latent SLEDAI ``[patients, 2]`` at day 0 and the SRI-4 day)."""
-    values, _ = _predict_all(rows.problem, theta, beta, jnp.asarray(eta), rows.patients)
+    values, _ = predict_all(rows.problem, theta, beta, jnp.asarray(eta), rows.patients)
     values = np.take_along_axis(np.asarray(values, dtype=np.float64), rows.inverse, 1)
     return values[:, :-2], values[:, -2:]
 
@@ -395,7 +395,7 @@ def _individual(spec: FitSpec, problem, fit: PopulationFit, theta, beta, residua
         columns[p.name] = theta_i[:, names.index(p.name)] * problem.model.spec[p.name].to_declared(1.0)
     day = spec.sri4.day
     l0, l1 = latent[:, 0], latent[:, 1]
-    sd0, sd1 = _score_sd(residual, l0), _score_sd(residual, l1)
+    sd0, sd1 = score_sd(residual, l0), score_sd(residual, l1)
     p_fall, e0, e1 = score_change_probability(l0, l1, sd0, sd1, spec.sri4.fall, step=residual.score_step)
     columns["sledai_latent_day0"] = l0
     columns[f"sledai_latent_day{day:g}"] = l1
@@ -405,10 +405,10 @@ def _individual(spec: FitSpec, problem, fit: PopulationFit, theta, beta, residua
     return pd.DataFrame(columns)
 
 
-def _score_sd(residual: ResidualModel, latent: np.ndarray) -> np.ndarray:
+def score_sd(residual: ResidualModel, latent: np.ndarray) -> np.ndarray:
     """SD of the visit error on the score scale (σ·L for a log error model, by the delta method)."""
-    sd = np.asarray(_residual_sd(residual, latent, np.full(latent.shape, _SLEDAI)), dtype=np.float64)
-    return sd * latent if residual.kinds[_SLEDAI] == "log" else sd
+    sd = np.asarray(_residual_sd(residual, latent, np.full(latent.shape, SLEDAI_INDEX)), dtype=np.float64)
+    return sd * latent if residual.kinds[SLEDAI_INDEX] == "log" else sd
 
 
 def score_change_probability(l0, l1, sd0, sd1, fall: float = 4.0, *, step: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -441,7 +441,7 @@ def score_change_probability(l0, l1, sd0, sd1, fall: float = 4.0, *, step: float
 # ----------------------------------------------------------------------------- estimates
 
 
-def _declared_factors(problem: FitProblem) -> np.ndarray:
+def declared_factors(problem: FitProblem) -> np.ndarray:
     """Per psi entry: factor from internal to the model file's unit (1 for omegas and sigmas)."""
     spec = problem.model.spec
     fixed = [spec[n].to_declared(1.0) for n in problem.fixed]
@@ -452,7 +452,7 @@ def _declared_factors(problem: FitProblem) -> np.ndarray:
 def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel) -> pd.DataFrame:
     est = natural_estimates(problem, fit, residual0)
     shrink = shrinkage(fit, problem, residual0) if int(np.sum(np.asarray(fit.included))) > 1 else {}
-    factor = dict(zip(fit.psi_names, _declared_factors(problem)))
+    factor = dict(zip(fit.psi_names, declared_factors(problem)))
     initial = dict(zip(fit.psi_names, np.asarray(natural_parameters_of(problem, initial_psi(spec, problem, residual0), residual0))[0]))
     typical = spec.model.typical()
     rows = []
@@ -570,7 +570,7 @@ def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: Res
     loglik, replicate, status = pointwise(target, samples, seed=settings.seed + 1)
     timing["nuts_pointwise_s"] = time.perf_counter() - t
     c, d, k = samples.psi.shape
-    factors = _declared_factors(problem)
+    factors = declared_factors(problem)
     natural = natural_parameters_of(problem, samples.psi.reshape(c * d, k), residual0)
     draws = (np.asarray(natural, dtype=np.float64) * factors[None, :]).reshape(c, d, k)
     data = spec.dataset
