@@ -38,7 +38,8 @@ def run(src: Path, cwd: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"il2treg fit failed with {src}:\n{proc.stderr[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    se = [float(v) ** 0.5 if v is not None and v >= 0 else float("nan") for v in (row[k] for k, row in enumerate(summary["covariance"]))]
+    variances = [row[k] for k, row in enumerate(summary["covariance"])]  # NaN is stored as null
+    se = [v**0.5 if v is not None and v >= 0 else float("nan") for v in variances]
     return {"wall_s": wall, "ofv": summary["ofv"], "iterations": summary["iterations"], "se_psi": se, **summary["timing"]}
 
 

@@ -91,7 +91,7 @@ class PatientGradients(eqx.Module):
     ``ofv`` is :math:`dL_i/d\psi` (the implicit dependence of :math:`\hat\eta_i` included) and
     ``eta`` is :math:`d\hat\eta_i/d\psi = -(\partial G_i/\partial\eta)^{-1}\,\partial G_i/\partial\psi`
     (see the module docstring); both are zero for an excluded patient. The slope predicts the EBEs
-    at a nearby ``psi`` to second order (the covariance step, :func:`il2treg.fit.estimate.estimate_covariance`).
+    at a nearby ``psi`` to second order (the covariance step, :func:`il2treg.fit.estimate.ofv_hessian`).
     """
 
     ofv: Float[Array, "*patients psi"]
