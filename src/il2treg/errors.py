@@ -28,6 +28,20 @@ class SpecError(InputError):
     """A model definition (TOML) or parameter set that is invalid: unknown parameter, out of bounds."""
 
 
+class ModelFileError(SpecError):
+    """A model file (states, equations, observables: :mod:`il2treg.model.format`) that cannot be used.
+
+    Attributes:
+        path: the file.
+        key: the offending key, e.g. ``equations.central`` or ``states.depot.initial``.
+    """
+
+    def __init__(self, path: str, key: str, problem: str, fix: str):
+        super().__init__(f"{path}: {key}: {problem}. Fix: {fix}")
+        self.path = path
+        self.key = key
+
+
 class DataError(InputError):
     """A biomarker dataset that fails validation.
 

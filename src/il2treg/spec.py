@@ -38,6 +38,9 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 TRANSFORMS = ("log", "logit", "identity")
 _REQUIRED_FIELDS = ("value", "unit", "bounds", "transform", "cv_percent", "source")
 _OPTIONAL_FIELDS = ("group", "description", "prior_sd", "prior_source")
+# The tables of the model-file format (il2treg.model.format) that this reader leaves to it: a file
+# may declare its mechanism as equations next to the [structure] the hand-written model reads.
+_EQUATION_TABLES = ("states", "constants", "quantities", "equations", "observables", "doses")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +102,8 @@ class ParamSpec:
 
     def to_declared(self, internal_value: float) -> float:
         """Convert a value in internal units back to the unit of the file."""
+        if self.unit == self.internal_unit:
+            return float(internal_value)
         return float(units.convert(internal_value, self.internal_unit, self.unit))
 
 
@@ -146,7 +151,16 @@ def _structure(table: dict, where: str) -> Structure:
     return Structure(**out)
 
 
-def _param(name: str, table: dict, where: str) -> ParamSpec:
+def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_internal) -> ParamSpec:
+    """Validate one ``[parameters.<name>]`` table and return its :class:`ParamSpec`.
+
+    Arguments:
+        name: the parameter's name.
+        table: its fields (module docstring).
+        where: a label for error messages (the file path).
+        to_internal: ``(value, unit) -> (value in the internal unit, internal unit)``; raises
+            :class:`UnitError` on a unit it does not know. Default: :func:`il2treg.units.to_internal`.
+    """
     here = f"{where}: parameter {name!r}"
     for key in _REQUIRED_FIELDS:
         if key not in table:
@@ -204,9 +218,9 @@ def _param(name: str, table: dict, where: str) -> ParamSpec:
         raise SpecError(f"{here}: prior_source without prior_sd. Fix: add prior_sd or remove prior_source.")
     unit = table["unit"]
     try:
-        internal, internal_unit = units.to_internal(float(value), unit)
-        lo, _ = units.to_internal(float(bounds[0]), unit)
-        hi, _ = units.to_internal(float(bounds[1]), unit)
+        internal, internal_unit = to_internal(float(value), unit)
+        lo, _ = to_internal(float(bounds[0]), unit)
+        hi, _ = to_internal(float(bounds[1]), unit)
     except UnitError as err:
         raise SpecError(f"{here}: {err}") from err
     return ParamSpec(
@@ -236,7 +250,7 @@ def parse_spec(data: dict, *, where: str = "<model>", required: tuple[str, ...] 
         required: parameter names the model's equations need; missing or extra ones are errors.
     """
     for key in data:
-        if key not in ("model", "structure", "parameters"):
+        if key not in ("model", "structure", "parameters", *_EQUATION_TABLES):
             raise SpecError(f"{where}: unknown table [{key}]. Fix: use [model], [structure], [parameters.*].")
     meta = data.get("model", {})
     name = meta.get("name")
@@ -245,7 +259,7 @@ def parse_spec(data: dict, *, where: str = "<model>", required: tuple[str, ...] 
     params_table = data.get("parameters")
     if not isinstance(params_table, dict) or not params_table:
         raise SpecError(f"{where}: no [parameters.*] tables.")
-    params = tuple(_param(k, v, where) for k, v in params_table.items())
+    params = tuple(parse_parameter(k, v, where) for k, v in params_table.items())
     if required:
         declared = {p.name for p in params}
         unknown = sorted(declared - set(required))

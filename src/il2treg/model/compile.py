@@ -1,0 +1,112 @@
+r"""A checked model file turned into JAX functions: vector field, observables, initial state, doses.
+
+Each expression of the file (:mod:`il2treg.model.format`) becomes a sympy expression; the named
+quantities and the constants are substituted into the equations, observables and dose
+expressions, and ``sympy.lambdify`` writes one ``jax.numpy`` function per group with common
+subexpressions computed once (``cse=True``). The functions take the parameter vector in the
+order of ``definition.parameters`` (internal units) and the state vector in the order of
+``definition.states``:
+
+.. math::
+
+    \dot y = f(t, y, \theta), \qquad y(0) = y_0(\theta), \qquad o = g(t, y, \theta)
+
+and a dose :math:`D` into input :math:`k` at time :math:`t_d` adds :math:`F_k(\theta) D` to state
+``dose_states[k]`` at :math:`t_d + \mathrm{lag}_k(\theta)`.
+
+The parameters the state trajectory depends on (``ode_parameters``) are the free symbols of
+:math:`f`, :math:`y_0`, :math:`F` and lag, read from the equations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax.numpy as jnp
+import sympy
+from jaxtyping import Array, Float
+
+from il2treg.model.format import TIME, ModelDefinition, expression, symbols_of
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledModel:
+    """The JAX functions of one :class:`~il2treg.model.format.ModelDefinition` (built by :func:`compile_model`).
+
+    Attributes:
+        definition: the model file, checked.
+        vector_field: ``(t, y, theta) -> dy/dt``, ``[states]`` (state unit per day).
+        observables: ``(t, y, theta) -> o``, ``[observables]`` in the declared units.
+        initial_state: ``theta -> y0``, ``[states]``.
+        dose_fraction: ``theta -> F``, ``[dose inputs]`` (1 where none is declared).
+        dose_lag: ``theta -> lag``, ``[dose inputs]`` in days (0 where none is declared).
+        dose_states: for each dose input, the index of the state its doses enter.
+        ode_parameters: the parameters the trajectory depends on, in parameter order.
+    """
+
+    definition: ModelDefinition
+    vector_field: Callable
+    observables: Callable
+    initial_state: Callable
+    dose_fraction: Callable
+    dose_lag: Callable
+    dose_states: tuple[int, ...]
+    ode_parameters: tuple[str, ...]
+
+
+def _as_vector(values) -> Float[Array, " n"]:
+    return jnp.stack([jnp.asarray(v, dtype=jnp.float64) for v in values])
+
+
+@functools.cache
+def compile_model(defn: ModelDefinition) -> CompiledModel:
+    """The JAX functions of ``defn`` (cached: one build per model definition and process)."""
+    symbols = symbols_of(defn)
+    states = [symbols[s] for s in defn.state_names]
+    theta = [symbols[p] for p in defn.parameter_names]
+    t = symbols[TIME]
+    known: dict[sympy.Symbol, sympy.Expr] = {symbols[c.name]: sympy.Float(c.value) for c in defn.constants}
+    for name, text in defn.quantities:  # in dependence order: each uses only those before it
+        known[symbols[name]] = expression(defn, text).xreplace(known)
+
+    def resolved(text: str | None, default: float) -> sympy.Expr:
+        return sympy.Float(default) if text is None else expression(defn, text).xreplace(known)
+
+    field = [resolved(text, 0.0) for text in defn.equations]
+    observed = [resolved(o.expression, 0.0) for o in defn.observables]
+    initial = [resolved(s.initial, 0.0) for s in defn.states]
+    fraction = [resolved(d.bioavailability, 1.0) for d in defn.doses]
+    lag = [resolved(d.lag, 0.0) for d in defn.doses]
+
+    def build(exprs: list[sympy.Expr], args: list[sympy.Symbol]) -> Callable:
+        if not exprs:
+            return lambda *_: jnp.zeros(0)
+        fn = sympy.lambdify(args, exprs, modules="jax", cse=True, docstring_limit=0)
+        return lambda *values: _as_vector(fn(*values))
+
+    f = build(field, [t, *states, *theta])
+    g = build(observed, [t, *states, *theta])
+    y0 = build(initial, theta)
+    fr = build(fraction, theta)
+    lg = build(lag, theta)
+    n = len(states)
+
+    def unpack(y):
+        return [y[k] for k in range(n)]
+
+    def unpack_theta(values):
+        return [values[k] for k in range(len(theta))]
+
+    read = set().union(*(e.free_symbols for e in field + initial + fraction + lag))
+    return CompiledModel(
+        definition=defn,
+        vector_field=lambda time, y, values: f(time, *unpack(y), *unpack_theta(values)),
+        observables=lambda time, y, values: g(time, *unpack(y), *unpack_theta(values)),
+        initial_state=lambda values: y0(*unpack_theta(values)),
+        dose_fraction=lambda values: fr(*unpack_theta(values)),
+        dose_lag=lambda values: lg(*unpack_theta(values)),
+        dose_states=tuple(defn.state_names.index(d.state) for d in defn.doses),
+        ode_parameters=tuple(p for p in defn.parameter_names if symbols[p] in read),
+    )

@@ -1,0 +1,420 @@
+r"""Model files: a mechanism declared as data (states, parameters, equations, observables, doses).
+
+A model file is TOML with these tables (``models/README.md`` has a worked example):
+
+``[model]``
+    ``name``, ``description``; optional ``source``. Time ``t`` is in days.
+``[states.<name>]``
+    ``unit``, ``initial`` (a number, or an expression of parameters and constants), optional
+    ``description``. The order of the tables is the order of the state vector.
+``[parameters.<name>]``
+    as in every model file: ``value``, ``unit``, ``bounds``, ``transform``, ``cv_percent``,
+    ``source``, optional ``group``, ``description``, ``prior_sd``, ``prior_source``
+    (:func:`il2treg.spec.parse_parameter`). Values are held in il2treg's internal units where
+    :mod:`il2treg.units` knows the unit (so ``ka`` may be given in 1/h and reads 1/day in the
+    equations), and as written otherwise.
+``[constants.<name>]``
+    fixed numbers with a unit: ``value``, ``unit``, ``source``, optional ``description``.
+``[quantities]``
+    named intermediate quantities, ``name = "expression"``, usable in equations, observables and
+    other quantities (in any order; a circular definition is an error).
+``[equations]``
+    one right-hand side per state, ``state = "expression"``: :math:`d\,state/dt` in the state's
+    unit per day.
+``[observables.<name>]``
+    ``unit`` and ``expression``; optional ``description``. These are the DVIDs of datasets.
+``[doses.<name>]``
+    a dosing input: ``state`` (where a dose goes), optional ``unit`` (of the dose amounts in
+    regimens and datasets, converted to the state's unit; default the state's unit),
+    ``bioavailability`` (dimensionless) and ``lag`` (days), each an expression of parameters.
+``[structure]``
+    read only by the hand-written IL-2 model (:mod:`il2treg.model.system`), which the reference
+    file still drives until the engine takes model files; ignored here.
+
+Expressions use ``+ - * / ^ (or **)``, numbers, the declared names, ``t``, and ``exp``, ``log``,
+``sqrt``, ``tanh``, ``abs``, ``max``, ``min``, ``Piecewise``. Their units are checked on load
+(:mod:`il2treg.model.dimensions`). Every problem raises :class:`il2treg.errors.ModelFileError`,
+which names the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tokenize
+import tomllib
+from pathlib import Path
+
+import sympy
+from sympy.parsing.sympy_parser import convert_xor, parse_expr, standard_transformations
+
+from il2treg import units
+from il2treg.errors import ModelFileError, UnitError
+from il2treg.model import dimensions
+from il2treg.spec import ParamSpec, parse_parameter
+
+TABLES = ("model", "states", "parameters", "constants", "quantities", "equations", "observables", "doses", "structure")
+#: The symbol of time (days from the first dose); no declared name may use it.
+TIME = "t"
+_FUNCTIONS = {
+    "exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt, "tanh": sympy.tanh, "abs": sympy.Abs,
+    "Abs": sympy.Abs, "max": sympy.Max, "Max": sympy.Max, "min": sympy.Min, "Min": sympy.Min,
+    "Piecewise": sympy.Piecewise, "pi": sympy.pi,
+}  # fmt: skip
+_STATE_FIELDS = ("unit", "initial", "description")
+_CONSTANT_FIELDS = ("value", "unit", "source", "description")
+_OBSERVABLE_FIELDS = ("unit", "expression", "description")
+_DOSE_FIELDS = ("state", "unit", "bioavailability", "lag", "description")
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """A state of the ODE: its unit and initial value (an expression of parameters and constants)."""
+
+    name: str
+    unit: str
+    initial: str
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant:
+    """A fixed number with a unit and a source (a unit conversion, a molecular weight)."""
+
+    name: str
+    value: float
+    unit: str
+    source: str
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Observable:
+    """What can be measured: an expression of states, parameters, quantities and time."""
+
+    name: str
+    unit: str
+    expression: str
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DoseInput:
+    """A dosing input: the state a dose enters, and the expressions of its bioavailability and lag.
+
+    ``scale`` converts a dose amount in ``unit`` to the state's unit (``IU`` into a state in
+    ``MIU``: 1e-6).
+    """
+
+    name: str
+    state: str
+    unit: str
+    scale: float
+    bioavailability: str | None = None
+    lag: str | None = None
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDefinition:
+    """A checked model file (hashable, so that ``jax.jit`` can take it as static configuration).
+
+    Every expression has been parsed, every name resolved and every unit checked.
+    ``quantities`` are in an order in which each uses only those before it.
+    ``equations[k]`` is the right-hand side of ``states[k]``.
+    """
+
+    name: str
+    description: str
+    path: str
+    parameters: tuple[ParamSpec, ...]
+    constants: tuple[Constant, ...]
+    states: tuple[State, ...]
+    quantities: tuple[tuple[str, str], ...]
+    equations: tuple[str, ...]
+    observables: tuple[Observable, ...]
+    doses: tuple[DoseInput, ...]
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parameters)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.states)
+
+    @property
+    def observable_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.observables)
+
+
+def _error(path: str, key: str, problem: str, fix: str) -> ModelFileError:
+    return ModelFileError(path, key, problem, fix)
+
+
+def _parameter_to_internal(value: float, unit: str) -> tuple[float, str]:
+    """il2treg's internal unit where :mod:`il2treg.units` knows ``unit``; otherwise ``unit`` itself."""
+    try:
+        return units.to_internal(value, unit)
+    except UnitError:
+        try:
+            dimensions.parse_unit(unit)
+        except dimensions.DimensionError as err:
+            raise UnitError(f"{err}. Fix: use a unit such as 1/day, L, pM, nM, MIU, mg/L, cells/uL or 1") from None
+        return value, unit
+
+
+def _fields(path: str, key: str, table, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:
+    if not isinstance(table, dict):
+        raise _error(path, key, f"must be a table, got {table!r}", f"write [{key}] with the fields {', '.join(required)}")
+    for field in table:
+        if field not in allowed:
+            raise _error(path, f"{key}.{field}", "unknown field", f"use only {', '.join(allowed)}")
+    for field in required:
+        if field not in table:
+            raise _error(path, f"{key}.{field}", "missing", f"add `{field} = ...` to [{key}]")
+    return table
+
+
+def _unit(path: str, key: str, text) -> str:
+    try:
+        dimensions.parse_unit(text)
+    except dimensions.DimensionError as err:
+        raise _error(path, key, str(err), "write a unit such as 1/day, L, pM, MIU, mg/L, cells/uL, points or 1") from None
+    return text
+
+
+def _parse(path: str, key: str, text, symbols: dict[str, sympy.Symbol]) -> sympy.Expr:
+    """The sympy expression of ``text``; every name must be one of ``symbols`` or a known function."""
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise _error(path, key, f"must be an expression in quotes or a number, got {text!r}", 'write e.g. "ka * depot"')
+    if not isinstance(text, str):
+        return sympy.Float(text) if isinstance(text, float) else sympy.Integer(text)
+    namespace = {"__builtins__": {}, "Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational,
+                 "Symbol": sympy.Symbol, "Function": sympy.Function, **_FUNCTIONS}  # fmt: skip
+    try:
+        expr = parse_expr(text, local_dict=dict(symbols), global_dict=namespace,
+                          transformations=(*standard_transformations, convert_xor), evaluate=True)  # fmt: skip
+    except (SyntaxError, TypeError, ValueError, AttributeError, NameError, tokenize.TokenError, sympy.SympifyError) as err:
+        raise _error(path, key, f"{text!r} is not an expression ({type(err).__name__}: {err})", "correct the expression") from None
+    if not isinstance(expr, sympy.Expr):
+        raise _error(path, key, f"{text!r} is not an expression", "write an arithmetic expression")
+    known = set(symbols.values())
+    unknown = sorted(str(s) for s in expr.free_symbols if s not in known)
+    calls = sorted(str(f.func) for f in expr.atoms(sympy.core.function.AppliedUndef))
+    for name in calls + unknown:
+        close = difflib.get_close_matches(name, list(symbols) + list(_FUNCTIONS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise _error(path, key, f"unknown symbol {name!r} in {text!r}",
+                     f"{hint}declare it as a state, parameter, constant or quantity, or use a known function "
+                     f"({', '.join(sorted(set(_FUNCTIONS) - {'Abs', 'Max', 'Min'}))})")  # fmt: skip
+    return expr
+
+
+def _order_quantities(path: str, exprs: dict[str, sympy.Expr]) -> list[str]:
+    """The quantities in an order where each uses only earlier ones; a cycle is an error naming it."""
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = being visited, 2 = done
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = [*trail[trail.index(name) :], name]
+            raise _error(path, f"quantities.{name}", f"circular definition {' -> '.join(cycle)}",
+                         "define one of these quantities without the others")  # fmt: skip
+        state[name] = 1
+        for s in sorted(exprs[name].free_symbols, key=str):
+            if str(s) in exprs:
+                visit(str(s), [*trail, name])
+        state[name] = 2
+        order.append(name)
+
+    for name in exprs:
+        visit(name, [])
+    return order
+
+
+def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
+    """Check a parsed model file (a dict from TOML) and return its :class:`ModelDefinition`.
+
+    Raises:
+        ModelFileError: naming ``where``, the key and the fix (:class:`il2treg.errors.SpecError`,
+            its parent, for a parameter table, naming the parameter and its field).
+    """
+    path = where
+    for key in data:
+        if key not in TABLES:
+            close = difflib.get_close_matches(key, TABLES, n=1)
+            raise _error(path, key, "unknown table", f"{'did you mean [' + close[0] + ']? ' if close else ''}use {', '.join(f'[{t}]' for t in TABLES)}")
+    meta = _fields(path, "model", data.get("model", {}), ("name", "description", "source"), ("name",))
+    if not isinstance(meta["name"], str) or not meta["name"].strip():
+        raise _error(path, "model.name", f"must be a non-empty string, got {meta['name']!r}", 'write name = "my_model"')
+    for table in ("states", "parameters", "equations", "observables"):
+        if not isinstance(data.get(table), dict) or not data[table]:
+            raise _error(path, table, "missing or empty", f"add [{table}] (models/README.md shows the format)")
+
+    # Names: one kind each, never `t`.
+    kinds: dict[str, str] = {}
+    for table in ("states", "parameters", "constants", "quantities"):
+        section = data.get(table, {})
+        if not isinstance(section, dict):
+            raise _error(path, table, "must be a table", f"write [{table}] with one entry per name")
+        for name in section:
+            if name == TIME:
+                raise _error(path, f"{table}.{name}", f"{TIME!r} is time (days) and cannot be declared", "rename it")
+            if not name.isidentifier():
+                raise _error(path, f"{table}.{name}", "is not a valid name", "use letters, digits and _, not starting with a digit")
+            if name in kinds:
+                raise _error(path, f"{table}.{name}", f"duplicate name: already declared in [{kinds[name]}]",
+                             "give each state, parameter, constant and quantity its own name")  # fmt: skip
+            kinds[name] = table
+    symbols = {name: sympy.Symbol(name, real=True) for name in [*kinds, TIME]}
+
+    # Parameters and constants, with their units.
+    parameters = tuple(parse_parameter(name, table, path, to_internal=_parameter_to_internal) for name, table in data["parameters"].items())
+    unit_of: dict[sympy.Symbol, object] = {symbols[TIME]: dimensions.parse_unit("day")}
+    for p in parameters:
+        unit_of[symbols[p.name]] = dimensions.parse_unit(p.internal_unit)
+    constants = []
+    for name, table in data.get("constants", {}).items():
+        key = f"constants.{name}"
+        table = _fields(path, key, table, _CONSTANT_FIELDS, ("value", "unit", "source"))
+        value = table["value"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise _error(path, f"{key}.value", f"must be a finite number, got {value!r}", "write a number")
+        constants.append(Constant(name, float(value), _unit(path, f"{key}.unit", table["unit"]), str(table["source"]), str(table.get("description", ""))))
+        unit_of[symbols[name]] = dimensions.parse_unit(table["unit"])
+    fixed = {symbols[n] for n, k in kinds.items() if k in ("parameters", "constants")}
+
+    # States and their initial values (parameters and constants only).
+    states = []
+    for name, table in data["states"].items():
+        key = f"states.{name}"
+        table = _fields(path, key, table, _STATE_FIELDS, ("unit", "initial"))
+        unit = _unit(path, f"{key}.unit", table["unit"])
+        unit_of[symbols[name]] = dimensions.parse_unit(unit)
+        initial = _parse(path, f"{key}.initial", table["initial"], {n: s for n, s in symbols.items() if s in fixed})
+        states.append((State(name, unit, str(table["initial"]), str(table.get("description", ""))), initial))
+
+    # Quantities: parsed, ordered, and their units worked out in that order.
+    quantity_table = data.get("quantities", {})
+    parsed = {name: _parse(path, f"quantities.{name}", text, symbols) for name, text in quantity_table.items()}
+    order = _order_quantities(path, parsed)
+    for name in order:
+        unit_of[symbols[name]] = _unit_of(path, f"quantities.{name}", parsed[name], unit_of)
+
+    for state, initial in states:
+        _check(path, f"states.{state.name}.initial", initial, unit_of, unit_of[symbols[state.name]], state.unit)
+
+    # Equations: one per state, in the state's unit per day.
+    equations_table = data["equations"]
+    for name in equations_table:
+        if kinds.get(name) != "states":
+            close = difflib.get_close_matches(name, [s.name for s, _ in states], n=1)
+            raise _error(path, f"equations.{name}", "an equation for something that is not a state",
+                         f"{'did you mean ' + repr(close[0]) + '? ' if close else ''}declare [states.{name}] or remove the equation")  # fmt: skip
+    day = dimensions.parse_unit("day")
+    for state, _ in states:
+        if state.name not in equations_table:
+            raise _error(path, f"equations.{state.name}", f"state {state.name!r} has no equation",
+                         f'add {state.name} = "..." to [equations] (0 for a constant state)')  # fmt: skip
+        expr = _parse(path, f"equations.{state.name}", equations_table[state.name], symbols)
+        expected = unit_of[symbols[state.name]] / day
+        _check(path, f"equations.{state.name}", expr, unit_of, expected, f"{state.unit}/day")
+
+    # Observables.
+    observables = []
+    for name, table in data["observables"].items():
+        key = f"observables.{name}"
+        if name in kinds:
+            raise _error(path, key, f"duplicate name: already declared in [{kinds[name]}]", "give the observable its own name")
+        table = _fields(path, key, table, _OBSERVABLE_FIELDS, ("unit", "expression"))
+        unit = _unit(path, f"{key}.unit", table["unit"])
+        expr = _parse(path, f"{key}.expression", table["expression"], symbols)
+        _check(path, f"{key}.expression", expr, unit_of, dimensions.parse_unit(unit), unit)
+        observables.append(Observable(name, unit, str(table["expression"]), str(table.get("description", ""))))
+
+    # Dosing inputs.
+    doses = []
+    fixed_symbols = {n: s for n, s in symbols.items() if s in fixed}
+    for name, table in data.get("doses", {}).items():
+        key = f"doses.{name}"
+        table = _fields(path, key, table, _DOSE_FIELDS, ("state",))
+        if kinds.get(table["state"]) != "states":
+            raise _error(path, f"{key}.state", f"dose into {table['state']!r}, which is not a state",
+                         f"use one of {', '.join(s.name for s, _ in states)}")  # fmt: skip
+        for field, unit in (("bioavailability", "1"), ("lag", "day")):
+            if field in table:
+                expr = _parse(path, f"{key}.{field}", table[field], fixed_symbols)
+                _check(path, f"{key}.{field}", expr, unit_of, dimensions.parse_unit(unit), unit)
+        state_unit = next(s.unit for s, _ in states if s.name == table["state"])
+        amount_unit = _unit(path, f"{key}.unit", table.get("unit", state_unit))
+        ratio = dimensions.parse_unit(amount_unit) / dimensions.parse_unit(state_unit)
+        if not ratio.dimensionless:
+            raise _error(path, f"{key}.unit", f"doses in [{amount_unit}] cannot enter {table['state']!r}, which is in [{state_unit}]",
+                         f"give the doses a unit of the same dimension as {state_unit}")  # fmt: skip
+        doses.append(DoseInput(name, table["state"], amount_unit, float(ratio.to("dimensionless").magnitude),
+                               _text(table.get("bioavailability")), _text(table.get("lag")), str(table.get("description", ""))))  # fmt: skip
+
+    return ModelDefinition(
+        name=meta["name"],
+        description=str(meta.get("description", "")),
+        path=path,
+        parameters=parameters,
+        constants=tuple(constants),
+        states=tuple(s for s, _ in states),
+        quantities=tuple((name, str(quantity_table[name])) for name in order),
+        equations=tuple(str(equations_table[s.name]) for s, _ in states),
+        observables=tuple(observables),
+        doses=tuple(doses),
+    )
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
+
+
+def _unit_of(path: str, key: str, expr: sympy.Expr, unit_of: dict):
+    try:
+        return dimensions.unit_of(expr, unit_of)
+    except dimensions.DimensionError as err:
+        raise _error(path, key, f"unit mismatch: {err}", "make both sides of each sum, and every exp/log argument, agree in unit") from None
+
+
+def _check(path: str, key: str, expr: sympy.Expr, unit_of: dict, expected, expected_text: str) -> None:
+    found = _unit_of(path, key, expr, unit_of)
+    if found is not None and not dimensions.same(found, expected):
+        raise _error(path, key, f"unit mismatch: the expression is in [{dimensions.describe(found)}], it should be in [{expected_text}]",
+                     "correct the expression or the declared unit (a conversion factor belongs in [constants])")  # fmt: skip
+
+
+def read_model_file(path: str | Path) -> ModelDefinition:
+    """Read and check a model file.
+
+    Raises:
+        ModelFileError: the file is missing, not TOML, or fails a check (the message names the key).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise _error(str(path), "file", f"cannot be read ({err.strerror})", "check the path") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        problem = "a key is declared twice" if "twice" in str(err) or "overwrite" in str(err).lower() else "not valid TOML"
+        raise _error(str(path), "file", f"{problem} ({err})", "correct the TOML syntax (https://toml.io)") from None
+    return parse_model(data, where=str(path))
+
+
+def symbols_of(defn: ModelDefinition) -> dict[str, sympy.Symbol]:
+    """The sympy symbol of every declared name and of time, as :func:`parse_model` made them."""
+    names = [*defn.state_names, *defn.parameter_names, *(c.name for c in defn.constants), *(q for q, _ in defn.quantities), TIME]
+    return {n: sympy.Symbol(n, real=True) for n in names}
+
+
+def expression(defn: ModelDefinition, text: str) -> sympy.Expr:
+    """Parse one of ``defn``'s (already checked) expressions."""
+    return _parse(defn.path, "expression", text, symbols_of(defn))

@@ -1,0 +1,198 @@
+"""Model files as data: the reference model written as equations, and malformed files."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tomli_w
+
+from il2treg import units
+from il2treg.errors import ModelFileError, SpecError
+from il2treg.model import system
+from il2treg.model.compile import compile_model
+from il2treg.model.format import read_model_file
+from il2treg.observables import OBSERVABLE_NAMES
+from il2treg.spec import MODELS_DIR
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return compile_model(read_model_file(MODELS_DIR / "il2_treg_sledai.toml"))
+
+
+def _random_points(model, n: int, seed: int):
+    """``n`` random (t, state, parameters): parameters log-uniform within a factor 2 of typical, inside the bounds."""
+    rng = np.random.default_rng(seed)
+    typical = np.asarray(model.typical().values)
+    lo, hi = (np.asarray([p.bounds[k] for p in model.spec.params]) for k in (0, 1))
+    theta = np.clip(typical * np.exp(rng.uniform(-0.7, 0.7, (n, typical.size))), lo, hi)
+    theta = np.where(typical == 0, rng.uniform(0, hi, (n, typical.size)), theta)
+    n_states = len(model.state_names)
+    y = rng.uniform(0.05, 3.0, (n, n_states))
+    y[:, -1] = -rng.uniform(0.0, 1.0, n)  # the SLEDAI drug effect lies in [-1, 0]
+    t = rng.uniform(0.0, 84.0, n)
+    return t, y, theta
+
+
+def test_reference_model_file_reproduces_the_hand_written_vector_field_and_observables(model, reference):
+    """The equations of models/il2_treg_sledai.toml are today's model: 1e-13 relative at 200 random points."""
+    assert reference.definition.parameter_names == model.parameter_names
+    assert reference.definition.state_names == model.state_names
+    assert reference.definition.observable_names == OBSERVABLE_NAMES
+    structure = model.structure
+    names = model.parameter_names
+
+    def hand(t, y, theta):
+        p = system.prepare(dict(zip(names, theta)), structure)
+        return system.vector_field(t, y, (p, structure)), system.observables(t, y, (p, structure))
+
+    def written(t, y, theta):
+        return reference.vector_field(t, y, theta), reference.observables(t, y, theta)
+
+    t, y, theta = _random_points(model, 200, seed=3)
+    f_hand, o_hand = jax.jit(jax.vmap(hand))(t, y, theta)
+    f_file, o_file = jax.jit(jax.vmap(written))(t, y, theta)
+    np.testing.assert_allclose(f_file, f_hand, rtol=1e-13, atol=0)
+    sledai = OBSERVABLE_NAMES.index("sledai")
+    others = [k for k in range(len(OBSERVABLE_NAMES)) if k != sledai]
+    np.testing.assert_allclose(o_file[:, others], o_hand[:, others], rtol=1e-13, atol=0)
+    # SLEDAI = sledai0 - (standard of care) + imax*sledai0*E is a difference of terms of size sledai0 and can
+    # cancel to near zero at random parameters: its rounding error is relative to sledai0, not to the result.
+    sledai0 = theta[:, names.index("sledai0")]
+    assert np.all(np.abs(o_file[:, sledai] - o_hand[:, sledai]) <= 1e-13 * sledai0)
+    for k in range(theta.shape[0]):
+        np.testing.assert_array_equal(reference.initial_state(theta[k]), system.initial_state(structure))
+    # The dose: F of it, converted from IU to the depot's MIU, enters the depot after tlag.
+    assert reference.dose_states == (system.DEPOT,)
+    assert reference.definition.doses[0].scale == pytest.approx(1e-6, rel=1e-15)
+    np.testing.assert_array_equal(reference.dose_fraction(theta[0]), [theta[0][names.index("F")]])
+    np.testing.assert_array_equal(reference.dose_lag(theta[0]), [theta[0][names.index("tlag")]])
+    const = {c.name: c.value for c in reference.definition.constants}
+    assert const["pM_per_MIU_per_L"] == pytest.approx(1e3 * units.PM_PER_IU_PER_ML, rel=1e-15)
+
+
+def test_parameters_that_enter_the_ode_are_read_from_the_equations(model, reference):
+    assert reference.ode_parameters == system.ode_parameters(model.structure)
+
+
+# ----------------------------------------------------------------------------- malformed files
+_PARAM = {"bounds": [0.001, 1000.0], "transform": "log", "cv_percent": 0, "source": "ASSUMPTION: a test value"}
+_VALID = {
+    "model": {"name": "one_compartment_oral"},
+    "states": {"depot": {"unit": "mg", "initial": 0}, "central": {"unit": "mg", "initial": 0}},
+    "parameters": {
+        "ka": {"value": 1.0, "unit": "1/h", **_PARAM},
+        "CL": {"value": 5.0, "unit": "L/h", **_PARAM},
+        "V": {"value": 50.0, "unit": "L", **_PARAM},
+        "F": {"value": 0.8, "unit": "1", **_PARAM, "bounds": [0.0, 1.0], "transform": "logit"},
+        "tlag": {"value": 0.5, "unit": "h", **_PARAM, "bounds": [0.0, 5.0], "transform": "identity"},
+    },
+    "quantities": {"ke": "CL / V"},
+    "equations": {"depot": "-ka * depot", "central": "ka * depot - ke * central"},
+    "observables": {"conc": {"unit": "mg/L", "expression": "central / V"}},
+    "doses": {"oral": {"state": "depot", "bioavailability": "F", "lag": "tlag"}},
+}
+
+
+def _set(doc: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    for key in path:
+        doc = doc[key]
+    if value is _DELETE:
+        del doc[last]
+    else:
+        doc[last] = value
+
+
+_DELETE = object()
+
+# (case, changes {dotted key: value}, the key the message names, a fragment of the problem)
+_MALFORMED = [
+    ("unknown symbol", {"equations.central": "ka * depot - kel * central"}, "equations.central", "unknown symbol 'kel'"),
+    ("unit mismatch", {"equations.central": "ka * depot - CL * central"}, "equations.central", "unit mismatch"),
+    ("sum of different units", {"equations.central": "ka * depot - ke * central + V"}, "equations.central", "adds"),
+    ("duplicate state", {"states.V": {"unit": "L", "initial": 1}}, "parameters.V", "duplicate name"),
+    ("state without an equation", {"equations.depot": _DELETE}, "equations.depot", "has no equation"),
+    ("equation for an unknown state", {"equations.peripheral": "0"}, "equations.peripheral", "not a state"),
+    ("missing initial value", {"states.central.initial": _DELETE}, "states.central.initial", "missing"),
+    ("initial value from a state", {"states.central.initial": "depot"}, "states.central.initial", "unknown symbol 'depot'"),
+    ("circular definitions", {"quantities": {"ke": "CL / Vd", "Vd": "CL / ke"}}, "quantities.", "circular definition"),
+    ("dose into an unknown state", {"doses.oral.state": "gut"}, "doses.oral.state", "not a state"),
+    ("dose unit of another dimension", {"doses.oral.unit": "L"}, "doses.oral.unit", "cannot enter"),
+    ("lag that is not a time", {"doses.oral.lag": "F"}, "doses.oral.lag", "unit mismatch"),
+    ("exp of a quantity with a unit", {"equations.depot": "-ka * depot * exp(V)"}, "equations.depot", "must be dimensionless"),
+    ("observable in the wrong unit", {"observables.conc.unit": "mg"}, "observables.conc.expression", "unit mismatch"),
+    ("unknown unit", {"states.depot.unit": "furlongs"}, "states.depot.unit", "unknown unit"),
+    ("not an expression", {"equations.depot": "-ka * (depot"}, "equations.depot", "is not an expression"),
+    ("unknown function", {"equations.depot": "-ka * sigmoid(depot)"}, "equations.depot", "unknown symbol 'sigmoid'"),
+    ("time declared as a name", {"parameters.t": {"value": 1.0, "unit": "day", **_PARAM}}, "parameters.t", "is time"),
+    ("unknown table", {"equation": {}}, "equation", "did you mean [equations]"),
+    ("unknown field", {"observables.conc.scale": 2}, "observables.conc.scale", "unknown field"),
+    ("no observables", {"observables": {}}, "observables", "missing or empty"),
+]
+
+
+@pytest.mark.parametrize(("case", "changes", "key", "problem"), _MALFORMED, ids=[c[0] for c in _MALFORMED])
+def test_malformed_model_file_names_the_file_the_key_and_the_fix(tmp_path, case, changes, key, problem):
+    doc = copy.deepcopy(_VALID)
+    for dotted, value in changes.items():
+        _set(doc, dotted, value)
+    path = tmp_path / "model.toml"
+    path.write_text(tomli_w.dumps(doc))
+    with pytest.raises(ModelFileError) as err:
+        read_model_file(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {key}"), message
+    assert problem in message and "Fix: " in message and "\n" not in message, message
+    assert err.value.path == str(path) and err.value.key.startswith(key)
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [({"parameters.CL.transform": "logg"}, "unknown transform 'logg'"), ({"parameters.CL.value": 5000.0}, "outside its bounds")],
+    ids=["unknown transform", "bounds that exclude the value"],
+)
+def test_malformed_parameter_table_names_the_parameter_and_the_fix(tmp_path, changes, fragment):
+    doc = copy.deepcopy(_VALID)
+    for dotted, value in changes.items():
+        _set(doc, dotted, value)
+    path = tmp_path / "model.toml"
+    path.write_text(tomli_w.dumps(doc))
+    with pytest.raises(SpecError, match=fragment) as err:
+        read_model_file(path)
+    assert str(err.value).startswith(f"{path}: parameter 'CL'") and "Fix: " in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("[model\nname = 'x'\n", "not valid TOML"), ("[states.a]\nunit = '1'\n[states.a]\ninitial = 0\n", "declared twice")],
+    ids=["not TOML", "a table declared twice"],
+)
+def test_text_that_is_not_toml_is_reported_with_the_file(tmp_path, text, problem):
+    path = tmp_path / "model.toml"
+    path.write_text(text)
+    with pytest.raises(ModelFileError, match=problem) as err:
+        read_model_file(path)
+    assert str(err.value).startswith(f"{path}: file") and "Fix: " in str(err.value)
+
+
+def test_a_valid_file_compiles_with_its_units_converted(tmp_path):
+    """ka given in 1/h reads 24x larger in 1/day; a dose in mg enters a state in mg unscaled."""
+    path = tmp_path / "model.toml"
+    path.write_text(tomli_w.dumps(_VALID))
+    compiled = compile_model(read_model_file(path))
+    defn = compiled.definition
+    theta = jnp.asarray([p.value for p in defn.parameters])
+    assert defn.parameters[0].value == pytest.approx(24.0) and defn.parameters[0].internal_unit == "1/day"
+    y = jnp.asarray([2.0, 3.0])
+    ka, ke = 24.0, 5.0 / 50.0 * 24.0
+    np.testing.assert_allclose(compiled.vector_field(0.0, y, theta), [-ka * 2.0, ka * 2.0 - ke * 3.0], rtol=1e-15)
+    np.testing.assert_allclose(compiled.observables(0.0, y, theta), [3.0 / 50.0], rtol=1e-15)
+    assert compiled.ode_parameters == ("ka", "CL", "V", "F", "tlag")
+    assert defn.doses[0].scale == 1.0
+    assert Path(defn.path) == path
