@@ -33,10 +33,9 @@ from jaxtyping import Array, Float, Int
 
 from il2treg._precision import require_float64
 from il2treg.errors import InputError
-from il2treg.model import Model, Parameters, system
+from il2treg.model import Mechanism, Model, Parameters
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
 from il2treg.regimen import Regimen, pad
-from il2treg.spec import Structure
 
 #: Status code of a patient with more observations in one inter-dose interval than the static
 #: number of save slots: ``SolverOptions.save_slots`` set too low, or a tlag beyond the bound the
@@ -120,13 +119,15 @@ class Simulation(eqx.Module):
         times: observation times (days), ``[..., times]``.
         values: observables, ``[..., times, observables]`` in the order of ``names``.
         status: 0 where the solve succeeded, otherwise the diffrax result code; ``[...]``.
-        names: observable names (static).
+        names: observable names (static): the model's (:attr:`il2treg.Model.observable_names`).
+        units: the unit of each observable (static).
     """
 
     times: Float[Array, "*batch times"]
     values: Float[Array, "*batch times observables"]
     status: Int[Array, "*batch"]
     names: tuple[str, ...] = eqx.field(static=True, default=OBSERVABLE_NAMES)
+    units: tuple[str, ...] = eqx.field(static=True, default=tuple(OBSERVABLES[n][0] for n in OBSERVABLE_NAMES))
 
     def __getitem__(self, name: str) -> Float[Array, "*batch times"]:
         if name not in self.names:
@@ -172,8 +173,8 @@ class Simulation(eqx.Module):
         if shared:
             coords["time"] = times[0]
         data = {
-            name: (("patient", "time"), values[..., i], {"units": OBSERVABLES[name][0], "long_name": OBSERVABLES[name][1]})
-            for i, name in enumerate(self.names)
+            name: (("patient", "time"), values[..., i], {"units": unit, "long_name": OBSERVABLES.get(name, (unit, name))[1]})
+            for i, (name, unit) in enumerate(zip(self.names, self.units))
         }
         ds = xr.Dataset(data, coords=coords)
         if not shared:
@@ -183,8 +184,7 @@ class Simulation(eqx.Module):
 
 
 def solve_one(
-    structure: Structure,
-    names: tuple[str, ...],
+    mechanism: Mechanism,
     theta: Float[Array, " params"] | tuple[Float[Array, ""], ...],
     dose_times: Float[Array, " doses"],
     dose_amounts: Float[Array, " doses"],
@@ -194,6 +194,9 @@ def solve_one(
     states: bool = False,
 ) -> tuple[Float[Array, "times observables"], Int[Array, ""]]:
     """One patient: segmented solve between effective dose times, observables at ``obs_times``.
+
+    ``mechanism`` (static) gives the equations (:class:`il2treg.model.Mechanism`); the doses enter
+    its first dosing input.
 
     With ``states`` (static) the state vectors at ``obs_times`` are returned instead of the
     observables (fits apply the observation function outside the solve).
@@ -206,36 +209,37 @@ def solve_one(
     gathered back (the reference cohort's fit: 3 save slots per interval instead of 27; timings in
     benchmarks/README.md).
     """
-    p = system.prepare({n: theta[i] for i, n in enumerate(names)}, structure)
-    args = (p, structure)
-    y0 = system.initial_state(structure)
+    args = mechanism.prepare(theta)
+    y0 = mechanism.initial_state(args)
     rows = obs_times
     obs_times, row_of = jnp.unique(rows, size=rows.shape[0], fill_value=jnp.inf, return_inverse=True)
     n_obs = obs_times.shape[0]
-    if dose_times.shape[0] == 0:
+    if dose_times.shape[0] == 0 or not mechanism.dose_states:
         starts, ends = rows[:1], rows[-1:]
         added = jnp.zeros(1)
+        target = 0
     else:
-        tau = dose_times + p["tlag"]
+        target, scale = mechanism.dose_states[0], mechanism.dose_scale[0]
+        tau = dose_times + mechanism.dose_lag(args)[0]
         t_lo = jnp.minimum(rows[0], tau[0])
         t_hi = jnp.maximum(rows[-1], tau[-1])
         starts = jnp.concatenate([t_lo[None], tau])
         ends = jnp.concatenate([tau, t_hi[None]])
-        # MIU entering the depot at the end of each interval (none after the last).
-        added = jnp.concatenate([p["F"] * dose_amounts * 1e-6, jnp.zeros(1)])
+        # The amount entering the dosed state (in its unit) at the end of each interval (none after the last).
+        added = jnp.concatenate([mechanism.dose_fraction(args)[0] * dose_amounts * scale, jnp.zeros(1)])
     # Interval k holds the observations in (start_k, end_k] (the first also those <= its end),
     # so an observation at a dose time is the pre-dose value.
     first = jnp.searchsorted(obs_times, starts, side="right").at[0].set(0)
     last = jnp.searchsorted(obs_times, ends, side="right") - 1
     overflow = jnp.any(last - first + 1 > slots)
 
-    term = dfx.ODETerm(system.vector_field)
+    term = dfx.ODETerm(mechanism.vector_field)
     controller = dfx.PIDController(
         rtol=options.rtol, atol=options.atol, pcoeff=options.pcoeff, icoeff=options.icoeff
     )
     offsets = jnp.arange(slots)
-    save = (lambda t, y, args: y) if states else system.observables
-    width = y0.shape[0] if states else len(OBSERVABLE_NAMES)
+    save = (lambda t, y, args: y) if states else mechanism.observables
+    width = y0.shape[0] if states else len(mechanism.observable_names)
 
     def interval(carry, inputs):
         y, out, code = carry
@@ -260,7 +264,7 @@ def solve_one(
         )
         y_end, obs = sol.ys[0][-1], sol.ys[1]
         out = out.at[jnp.where(valid, index, n_obs)].set(obs, mode="drop")
-        y_next = y_end.at[system.DEPOT].add(dose)
+        y_next = y_end.at[target].add(dose)
         result = sol.result._value  # diffrax enumeration value: 0 = successful
         code = jnp.where(code == 0, result, code)
         return (y_next, out, code), None
@@ -355,7 +359,7 @@ def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, 
     A batch is put in :func:`work_order` (number of doses, then the stiffest rate, elimination
     ``(CL + CLR) / V``), solved chunk by chunk, and put back in order.
     """
-    solve = lambda th, dt, da, ot: solve_one(model.structure, model.parameter_names, th, dt, da, ot, options, slots)
+    solve = lambda th, dt, da, ot: solve_one(model.mechanism, th, dt, da, ot, options, slots)
     inputs = (theta, dose_times, dose_amounts, obs_times)
     if not any(a == 0 for a in axes):
         return solve(*inputs)
@@ -364,8 +368,7 @@ def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, 
         return jax.vmap(solve, in_axes=axes)(*inputs)
     stiffness = None
     if axes[0] == 0:
-        names = model.parameter_names
-        stiffness = (theta[:, names.index("CL")] + theta[:, names.index("CLR")]) / theta[:, names.index("V")]
+        stiffness = model.mechanism.stiffness(theta)
     amounts = dose_amounts if axes[2] == 0 else jnp.zeros((n, 0))  # shared doses: no dose key
     batched = tuple(x for x, a in zip(inputs, axes) if a == 0)
 
@@ -467,10 +470,35 @@ def _static_slots(model: Model, theta, dose_times, obs, save_slots: int | None =
         return min(save_slots, int(obs.shape[-1]))  # more than one per time would save nothing more
     if any(isinstance(x, jax.core.Tracer) for x in (dose_times, obs)):
         return int(obs.shape[-1])
-    max_lag = model.spec["tlag"].bounds[1]
-    if not isinstance(theta, jax.core.Tracer):
-        max_lag = max(max_lag, float(np.max(np.asarray(theta)[..., model.parameter_names.index("tlag")])))
-    return slots_needed(np.asarray(dose_times), np.asarray(obs), max_lag)
+    return slots_needed(np.asarray(dose_times), np.asarray(obs), _max_lag(model, theta))
+
+
+def _max_lag(model: Model, theta) -> float:
+    """The longest dose lag (days) the slots are sized for. A lag that is one parameter: its upper
+    bound (so that a fit's programs hold for every lag it may try) or the largest concrete value,
+    whichever is larger; an expression: its largest value over the concrete patients (every
+    observation time where they are traced)."""
+    mechanism = model.mechanism
+    if not mechanism.dose_states:
+        return 0.0
+    definition = getattr(model.equations, "definition", None)
+    if model.equations is None:
+        lag = "tlag"
+    elif definition is not None:
+        lag = definition.doses[0].lag
+        if lag is None:
+            return 0.0
+    else:
+        lag = None  # a mechanism of one's own: evaluate it
+    if lag in model.spec.names:
+        bound = model.spec[lag].bounds[1]
+        if isinstance(theta, jax.core.Tracer):
+            return bound
+        return max(bound, float(np.max(np.asarray(theta)[..., model.parameter_names.index(lag)])))
+    if isinstance(theta, jax.core.Tracer):
+        return np.inf
+    rows = jnp.asarray(np.atleast_2d(np.asarray(theta, dtype=np.float64)))
+    return float(np.max(np.asarray(jax.vmap(lambda th: mechanism.dose_lag(mechanism.prepare(th))[0])(rows))))
 
 
 def _check_times(times: np.ndarray) -> None:
@@ -599,7 +627,7 @@ def _solve_each(model: Model, batches: dict, lengths: dict[str, int], slots: int
     for name, (inputs, axes, n) in batches.items():
         sim = _solve_batch(model, inputs, axes, n, slots, options)
         k = lengths[name]
-        yield name, Simulation(times=sim.times[..., :k], values=sim.values[..., :k, :], status=sim.status)
+        yield name, Simulation(sim.times[..., :k], sim.values[..., :k, :], sim.status, sim.names, sim.units)
 
 
 def _batch_inputs(model: Model, regimen: Regimen, times, params: Parameters | None):
@@ -707,4 +735,5 @@ def _solve_batch(model: Model, inputs, axes, n: int | None, slots: int, options:
         values, status = _simulate_batch(model, *inputs, options, axes, slots)
     if n is not None:
         obs = jnp.broadcast_to(obs, (n, obs.shape[-1]))
-    return Simulation(times=obs, values=values, status=status)
+    mechanism = model.mechanism
+    return Simulation(obs, values, status, tuple(mechanism.observable_names), tuple(mechanism.observable_units))

@@ -29,7 +29,6 @@ optimiser. Everything not estimated stays at the model file's value.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import diffrax as dfx
 import equinox as eqx
@@ -41,16 +40,11 @@ from jaxtyping import Array, Float
 from il2treg.data import Dataset
 from il2treg.errors import SpecError
 from il2treg.likelihood import ResidualModel, neg2ll_terms
-from il2treg.model import Model, system
+from il2treg.model import Model
 from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.simulate import SolverOptions, slots_needed, solve_one
 
 COVARIATE_MODELS = ("power", "exp", "linear")
-
-
-@functools.cache
-def _ode_parameters(structure) -> tuple[str, ...]:
-    return system.ode_parameters(structure)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,17 +109,17 @@ class FitProblem:
     @property
     def ode_varied(self) -> tuple[int, ...]:
         """Model indices of the parameters that the fit varies (fixed, random or with a covariate)
-        and the ODE reads (:func:`il2treg.model.system.ode_parameters`): the only directions in
+        and the ODE reads (:attr:`il2treg.model.Mechanism.ode_parameters`): the only directions in
         which predictions need ODE sensitivities."""
         varied = {*self.fixed, *self.random, *(c.parameter for c in self.covariates)}
         names = self.model.parameter_names
-        return tuple(names.index(n) for n in _ode_parameters(self.model.structure) if n in varied)
+        return tuple(names.index(n) for n in self.model.mechanism.ode_parameters if n in varied)
 
     @property
     def ode_random(self) -> tuple[int, ...]:
         """Model indices of the parameters with a random effect that the ODE reads."""
         names = self.model.parameter_names
-        return tuple(names.index(n) for n in _ode_parameters(self.model.structure) if n in self.random)
+        return tuple(names.index(n) for n in self.model.mechanism.ode_parameters if n in self.random)
 
     @property
     def psi_names(self) -> tuple[str, ...]:
@@ -317,7 +311,7 @@ def individual_theta(problem: FitProblem, theta: Float[Array, " params"], eta: F
 def predict(problem: FitProblem, theta_i: Float[Array, " params"], patient: PatientData) -> tuple[Float[Array, " obs"], Array]:
     """Model prediction for each observation row of one patient, and the solver status."""
     values, status = solve_one(
-        problem.model.structure, problem.model.parameter_names, theta_i,
+        problem.model.mechanism, theta_i,
         patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots,
     )  # fmt: skip
     pred = jnp.take_along_axis(values, patient.obs_dvid[:, None], axis=1)[:, 0]
@@ -369,7 +363,7 @@ def expand(problem: FitProblem, theta_i: Float[Array, " params"], patient: Patie
     def solve(w):
         theta = tuple(w[where[k]] if k in where else base[k] for k in range(base.shape[0]))
         values, status = solve_one(
-            problem.model.structure, problem.model.parameter_names, theta,
+            problem.model.mechanism, theta,
             patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots, states=True,
         )  # fmt: skip
         return values, status
@@ -418,14 +412,13 @@ def expanded_predict(problem: FitProblem, ex: Expansion, theta_i: Float[Array, "
     with :math:`\delta = w - w_0`, whose mixed second derivatives are :math:`D_2`. Differentiate
     it with ``jax.jacfwd`` for the sensitivities of the predictions to any fit parameter.
     """
-    names = problem.model.parameter_names
-    structure = problem.model.structure
+    mechanism = problem.model.mechanism
     delta = theta_i[jnp.asarray(ex.first, dtype=jnp.int32)] - ex.w if ex.first else jnp.zeros(0)
     states = ex.states + ex.d1 @ delta
     if ex.second:
         pos = jnp.asarray([ex.first.index(k) for k in ex.second], dtype=jnp.int32)
         ds = delta[pos]
         states = states + jnp.einsum("tsev,e,v->ts", ex.d2, ds, delta) - 0.5 * jnp.einsum("tsef,e,f->ts", ex.d2[..., pos], ds, ds)
-    p = system.prepare({n: theta_i[i] for i, n in enumerate(names)}, structure)
-    values = jax.vmap(lambda t, y: system.observables(t, y, (p, structure)))(patient.obs_time, states)
+    args = mechanism.prepare(theta_i)
+    values = jax.vmap(lambda t, y: mechanism.observables(t, y, args))(patient.obs_time, states)
     return jnp.take_along_axis(values, patient.obs_dvid[:, None], axis=1)[:, 0]

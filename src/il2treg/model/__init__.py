@@ -19,8 +19,9 @@ from jaxtyping import Array, Float
 from il2treg import units
 from il2treg.errors import SpecError
 from il2treg.model import system
+from il2treg.model.mechanism import Equations, Mechanism
 from il2treg.model.system import PARAMETER_NAMES
-from il2treg.spec import ModelSpec, Structure, read_spec
+from il2treg.spec import ModelSpec, Structure, read_spec, resolve_model_path
 
 
 class Parameters(eqx.Module):
@@ -59,13 +60,35 @@ class Parameters(eqx.Module):
 
 
 class Model(eqx.Module):
-    """A model variant: its validated definition (static) and, from it, typical parameters.
+    """A model: its parameters (validated, static) and its equations (a :class:`Mechanism`).
 
     Build with :func:`load_model`. A ``Model`` is a pytree with no array leaves, so it passes
     through ``jax.jit`` as static configuration.
+
+    Attributes:
+        spec: the parameters as declared in the model file, and the structural switches of the
+            hand-written IL-2 model.
+        equations: the mechanism the engine solves; ``None``: the hand-written IL-2 model
+            (:class:`il2treg.model.system.HandWritten`) with ``spec.structure``. A model file
+            with ``[equations]`` and no ``[structure]`` gets its :class:`Equations`; a class of
+            one's own implementing :class:`Mechanism` is the escape hatch for what expressions
+            cannot say.
     """
 
     spec: ModelSpec = eqx.field(static=True)
+    equations: Mechanism | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if self.equations is not None and tuple(self.equations.parameter_names) != self.spec.names:
+            raise SpecError(
+                f"model {self.spec.name!r}: its equations read the parameters {', '.join(self.equations.parameter_names)} "
+                f"but the model declares {', '.join(self.spec.names)}. Fix: declare the same parameters, in the same order."
+            )
+
+    @property
+    def mechanism(self) -> Mechanism:
+        """The equations the engine solves (see ``equations``)."""
+        return system.HandWritten(self.structure) if self.equations is None else self.equations
 
     @property
     def name(self) -> str:
@@ -81,7 +104,12 @@ class Model(eqx.Module):
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        return system.state_names(self.structure)
+        return tuple(self.mechanism.state_names)
+
+    @property
+    def observable_names(self) -> tuple[str, ...]:
+        """The observables the model predicts: the DVIDs its data may use."""
+        return tuple(self.mechanism.observable_names)
 
     def typical(self) -> Parameters:
         """The typical patient: every parameter at its declared value."""
@@ -96,7 +124,7 @@ class Model(eqx.Module):
         values = [p.value for p in self.spec.params]
         for name, declared in overrides.items():
             ps = self.spec[name]
-            internal = float(units.to_internal(float(declared), ps.unit)[0])
+            internal = float(declared) if ps.unit == ps.internal_unit else float(units.to_internal(float(declared), ps.unit)[0])
             if not ps.bounds[0] <= internal <= ps.bounds[1]:
                 lo, hi = ps.to_declared(ps.bounds[0]), ps.to_declared(ps.bounds[1])
                 raise SpecError(
@@ -108,6 +136,11 @@ class Model(eqx.Module):
 
     def with_structure(self, **switches) -> Model:
         """A variant with structural switches changed, e.g. ``transit_compartments=0`` (no delay)."""
+        if self.equations is not None:
+            raise SpecError(
+                f"model {self.name!r} is written as equations and has no structural switches. "
+                "Fix: write the variant as a model file of its own."
+            )
         try:
             structure = dataclasses.replace(self.structure, **switches)
         except TypeError as err:
@@ -121,12 +154,53 @@ class Model(eqx.Module):
             dataclasses.replace(ps, value=float(v), declared_value=ps.to_declared(float(v)))
             for ps, v in zip(self.spec.params, np.asarray(typical.values))
         )
-        return Model(dataclasses.replace(self.spec, params=params))
+        return Model(dataclasses.replace(self.spec, params=params), self.equations)
+
+    def with_equations(self) -> Model:
+        """The same model solved from its file's ``[equations]`` instead of the hand-written code.
+
+        The reference file (``il2_treg_sledai``) declares both; the hand-written code stays its
+        default until the two are shown equal in speed (benchmarks/), and this is how a test or a
+        benchmark solves the file's version. Raises :class:`SpecError` for a file without equations.
+        """
+        if self.equations is not None:
+            return self
+        from il2treg.model.format import read_model_file
+
+        definition = read_model_file(self.spec.path)
+        if self.structure != Structure():
+            raise SpecError(
+                f"model {self.name!r}: the file's equations are the default structure ({Structure()}), not {self.structure}. "
+                "Fix: call with_equations() on the model as loaded."
+            )
+        values = {p.name: p for p in self.spec.params}
+        params = tuple(dataclasses.replace(p, value=values[p.name].value, declared_value=values[p.name].declared_value)
+                       for p in definition.parameters)  # fmt: skip
+        return Model(dataclasses.replace(self.spec, params=params), Equations(dataclasses.replace(definition, parameters=params)))
 
 
 def load_model(name_or_path: str | Path = "il2_treg_sledai") -> Model:
-    """Load a model by name (a file in ``models/``) or from a path to a TOML file."""
-    return Model(read_spec(name_or_path, required=PARAMETER_NAMES))
+    """Load a model by name (a file in ``models/``) or from a path to a TOML file.
+
+    A file with a ``[structure]`` table is the hand-written IL-2 model (its parameter names are
+    fixed); any other file declares its mechanism in ``[states]``, ``[equations]``,
+    ``[observables]`` and ``[doses]`` (:mod:`il2treg.model.format`, models/README.md), checked
+    and compiled here.
+
+    Raises:
+        SpecError: a malformed parameter table; :class:`~il2treg.errors.ModelFileError` (a
+            ``SpecError``) names the file, the key and the fix for anything else.
+    """
+    path = resolve_model_path(name_or_path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if "[structure]" in text or "[equations]" not in text:
+        return Model(read_spec(path, required=PARAMETER_NAMES))
+    from il2treg.model.format import read_model_file
+
+    definition = read_model_file(path)
+    spec = ModelSpec(name=definition.name, description=definition.description, structure=Structure(),
+                     params=definition.parameters, path=str(path))  # fmt: skip
+    return Model(spec, Equations(definition))
 
 
 def sample_population(
@@ -153,4 +227,4 @@ def sample_population(
     return Parameters(values, base.names)
 
 
-__all__ = ["PARAMETER_NAMES", "Model", "Parameters", "load_model", "sample_population"]
+__all__ = ["PARAMETER_NAMES", "Equations", "Mechanism", "Model", "Parameters", "load_model", "sample_population"]

@@ -20,11 +20,14 @@ level), so a patient without doses stays at the initial state. Equations: :mod:`
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from il2treg.model import cells, disease, pk
-from il2treg.observables import OBSERVABLE_NAMES
+from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
 from il2treg.spec import Structure
 
 #: Every parameter the equations read, in the canonical order.
@@ -166,3 +169,52 @@ def _data_flow(jaxpr, sources: list[frozenset]) -> list[frozenset]:
             outs = [frozenset().union(*ins)] * len(eqn.outvars)
         deps.update(zip(eqn.outvars, outs))
     return [of(v) for v in jaxpr.outvars]
+
+
+@dataclasses.dataclass(frozen=True)
+class HandWritten:
+    """This module's equations as a :class:`~il2treg.model.mechanism.Mechanism`, for one ``structure``.
+
+    Doses enter the depot (MIU) from amounts in IU, scaled by ``F`` and delayed by ``tlag``.
+    """
+
+    structure: Structure
+
+    parameter_names = PARAMETER_NAMES
+    observable_names = OBSERVABLE_NAMES
+    observable_units = tuple(OBSERVABLES[name][0] for name in OBSERVABLE_NAMES)
+    dose_states = (DEPOT,)
+    dose_scale = (1e-6,)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return state_names(self.structure)
+
+    @property
+    def ode_parameters(self) -> tuple[str, ...]:
+        return _ode_parameters(self.structure)
+
+    def prepare(self, theta) -> tuple[dict, Structure]:
+        return prepare({n: theta[i] for i, n in enumerate(PARAMETER_NAMES)}, self.structure), self.structure
+
+    def initial_state(self, args) -> Float[Array, " states"]:
+        return initial_state(self.structure)
+
+    vector_field = staticmethod(vector_field)
+    observables = staticmethod(observables)
+
+    def dose_fraction(self, args) -> Float[Array, " inputs"]:
+        return jnp.reshape(args[0]["F"], (1,))
+
+    def dose_lag(self, args) -> Float[Array, " inputs"]:
+        return jnp.reshape(args[0]["tlag"], (1,))
+
+    def stiffness(self, theta: Float[Array, "patients params"]) -> Float[Array, " patients"]:
+        """The elimination rate (CL + CLR) / V (1/day), the stiffest rate while drug is present."""
+        k = PARAMETER_NAMES.index
+        return (theta[:, k("CL")] + theta[:, k("CLR")]) / theta[:, k("V")]
+
+
+@functools.cache
+def _ode_parameters(structure: Structure) -> tuple[str, ...]:
+    return ode_parameters(structure)
