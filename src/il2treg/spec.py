@@ -291,7 +291,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         return path
     candidate = MODELS_DIR / f"{name_or_path}.toml"
     if not candidate.is_file():
-        known = sorted(p.stem for p in MODELS_DIR.glob("*.toml") if "[structure]" in p.read_text())
+        known = sorted(p.stem for p in MODELS_DIR.glob("*.toml") if "[parameters." in p.read_text())
         raise SpecError(
             f"unknown model {str(name_or_path)!r}. Fix: use one of {', '.join(known)} or a path to a .toml file."
         )

@@ -154,15 +154,21 @@ def _error(path: str, key: str, problem: str, fix: str) -> ModelFileError:
 
 
 def _parameter_to_internal(value: float, unit: str) -> tuple[float, str]:
-    """il2treg's internal unit where :mod:`il2treg.units` knows ``unit``; otherwise ``unit`` itself."""
+    """il2treg's internal unit of the same dimension where :mod:`il2treg.units` knows ``unit``
+    (1/h -> 1/day); otherwise ``unit`` itself. Conversions that change the dimension (mg or
+    pg/mL to IU or pM through aldesleukin's specific activity) hold for IL-2 only and are not
+    made: a model file may be of any drug."""
     try:
-        return units.to_internal(value, unit)
+        declared = dimensions.parse_unit(unit)
+    except dimensions.DimensionError as err:
+        raise UnitError(f"{err}. Fix: use a unit such as 1/day, L, pM, nM, MIU, mg/L, cells/uL or 1") from None
+    try:
+        internal_value, internal_unit = units.to_internal(value, unit)
     except UnitError:
-        try:
-            dimensions.parse_unit(unit)
-        except dimensions.DimensionError as err:
-            raise UnitError(f"{err}. Fix: use a unit such as 1/day, L, pM, nM, MIU, mg/L, cells/uL or 1") from None
         return value, unit
+    if declared.dimensionality != dimensions.parse_unit(internal_unit).dimensionality:
+        return value, unit
+    return internal_value, internal_unit
 
 
 def _fields(path: str, key: str, table, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:
