@@ -8,10 +8,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 import tomli_w
 
 import il2treg
+from conftest import run_cli
 from il2treg import units
 from il2treg.errors import ModelFileError, SpecError
 from il2treg.model import system
@@ -139,7 +141,7 @@ _MALFORMED = [
 
 
 @pytest.mark.parametrize(("case", "changes", "key", "problem"), _MALFORMED, ids=[c[0] for c in _MALFORMED])
-def test_malformed_model_file_names_the_file_the_key_and_the_fix(tmp_path, case, changes, key, problem):
+def test_malformed_model_file_names_the_file_the_key_and_the_fix(request, tmp_path, case, changes, key, problem):
     doc = copy.deepcopy(_VALID)
     for dotted, value in changes.items():
         _set(doc, dotted, value)
@@ -151,6 +153,11 @@ def test_malformed_model_file_names_the_file_the_key_and_the_fix(tmp_path, case,
     assert message.startswith(f"{path}: {key}"), message
     assert problem in message and "Fix: " in message and "\n" not in message, message
     assert err.value.path == str(path) and err.value.key.startswith(key)
+    # The same file through the command: one line naming the file, the key and the fix; exit status 2.
+    monkeypatch, capsys = request.getfixturevalue("monkeypatch"), request.getfixturevalue("capsys")
+    code, _, err = run_cli(monkeypatch, capsys, "simulate", "--model", str(path), "--out", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"il2treg: error: {path}: {key}") and "Fix: " in err, err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(
@@ -219,3 +226,33 @@ def test_reference_model_file_simulates_like_the_hand_written_model(model):
         assert np.all(np.asarray(hand[name].status) == 0) and np.all(np.asarray(file[name].status) == 0), name
         assert file[name].names == hand[name].names
         np.testing.assert_allclose(np.asarray(file[name].values), np.asarray(hand[name].values), rtol=1e-10, atol=0, err_msg=name)
+
+
+def test_a_model_written_by_the_user_runs_through_simulate(monkeypatch, capsys, tmp_path):
+    """A mechanism the package does not ship (oral PK driving an effect compartment and a
+    turnover response), written to a temporary folder and simulated by the command."""
+    doc = copy.deepcopy(_VALID)
+    doc["model"]["name"] = "pk_effect_turnover"
+    doc["states"]["effect_site"] = {"unit": "mg/L", "initial": 0}
+    doc["states"]["response"] = {"unit": "1", "initial": 1}
+    doc["parameters"]["ke0"] = {"value": 0.5, "unit": "1/h", **_PARAM}
+    doc["parameters"]["kout"] = {"value": 0.1, "unit": "1/h", **_PARAM}
+    doc["parameters"]["ec50"] = {"value": 2.0, "unit": "mg/L", **_PARAM}
+    doc["equations"]["effect_site"] = "ke0 * (central / V - effect_site)"
+    doc["equations"]["response"] = "kout * (1 + effect_site / (ec50 + effect_site)) - kout * response"
+    doc["observables"]["response"] = {"unit": "1", "expression": "response"}
+    path = tmp_path / "my_model.toml"
+    path.write_text(tomli_w.dumps(doc))
+    model = il2treg.load_model(path)
+    assert model.observable_names == ("conc", "response") and model.state_names[-1] == "response"
+    assert model.mechanism.ode_parameters == model.parameter_names
+    doses = tmp_path / "doses.csv"
+    doses.write_text("TIME,AMT\n0,100\n1,100\n")
+    code, stdout, _ = run_cli(monkeypatch, capsys, "simulate", "--model", str(path), "--regimen", str(doses),
+                              "--n", "5", "--days", "3", "--dt", "0.25", "--out", str(tmp_path / "sim"))  # fmt: skip
+    assert code == 0, stdout
+    frame = pd.read_csv(tmp_path / "sim" / "simulation.csv")
+    assert set(frame.DVID) == {"conc", "response"} and sorted(frame.ID.unique()) == [1, 2, 3, 4, 5]
+    response = frame[frame.DVID == "response"].pivot(index="ID", columns="TIME", values="VALUE")
+    assert np.all(response[0.0] == 1.0) and np.all(response.max(axis=1) > 1.0)  # baseline, then a rise
+    assert "response" in stdout and (tmp_path / "sim" / "treg_dynamics.png").stat().st_size > 10_000

@@ -52,7 +52,7 @@ def _simulate_chunked(model, reg, times, params, show_progress: bool):
             status.append(np.asarray(sim.status)[:keep])
             progress.advance(task, keep)
     return il2treg.Simulation(
-        times=np.broadcast_to(times, (n, times.size)), values=np.concatenate(values), status=np.concatenate(status)
+        np.broadcast_to(times, (n, times.size)), np.concatenate(values), np.concatenate(status), sim.names, sim.units
     )
 
 
@@ -61,10 +61,12 @@ def _summary_table(sim, title: str) -> Table:
     table = Table(title=title)
     table.add_column("observable", no_wrap=True)
     days = [d for d in _SUMMARY_DAYS if np.any(np.isclose(times, d))]
+    if len(days) < 3:  # a grid shorter than the trial's: five times spread over it
+        days = sorted({float(times[int(k)]) for k in np.linspace(0, times.size - 1, 5).round()})
     for d in days:
         table.add_column(f"day {d:g}", justify="right")
     ok = np.asarray(sim.ok)
-    for name in _SUMMARY_OBS:
+    for name in _SUMMARY_OBS if set(_SUMMARY_OBS) <= set(sim.names) else sim.names:
         values = np.asarray(sim[name])[ok]
         cells = []
         for d in days:

@@ -31,7 +31,10 @@ def _log_scale(name: str) -> bool:
 
 
 def plot_treg_dynamics(sim, *, doses=None, title: str = "") -> Figure:
-    """Median and 90% band over patients of Treg % CD4, IL-2, CD25 on Tregs and SLEDAI vs time.
+    """Median and 90% band over patients of each observable against time.
+
+    For the IL-2 model: Treg % CD4, IL-2, CD25 on Tregs and SLEDAI; for any other model, every
+    observable it has, one panel each.
 
     Arguments:
         sim: a batched :class:`il2treg.Simulation` (patients x times).
@@ -40,15 +43,19 @@ def plot_treg_dynamics(sim, *, doses=None, title: str = "") -> Figure:
     """
     times = np.asarray(sim.times)
     times = times[0] if times.ndim == 2 else times
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True, constrained_layout=True)
-    for ax, name in zip(axes.flat, _PANELS):
+    panels = _PANELS if set(_PANELS) <= set(sim.names) else tuple(sim.names)
+    columns = 1 if len(panels) == 1 else 2
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.5 * rows), sharex=True, squeeze=False, constrained_layout=True)
+    unit_of = dict(zip(sim.names, sim.units))
+    for ax, name in zip(axes.flat, panels):
         values = np.atleast_2d(np.asarray(sim[name]))
         values = values[np.all(np.isfinite(values), axis=1)]
         lo, med, hi = np.percentile(values, [5, 50, 95], axis=0)
         ax.fill_between(times, lo, hi, color="C0", alpha=0.25, lw=0, label="90% of patients")
         ax.plot(times, med, color="C0", lw=1.6, label="median")
-        unit, description = OBSERVABLES[name]
-        ax.set_ylabel(f"{name} [{unit}]")
+        description = OBSERVABLES.get(name, (None, name))[1]
+        ax.set_ylabel(f"{name} [{unit_of[name]}]")
         ax.set_title(description.split(",")[0].split("(")[0].strip(), fontsize=10)
         if name == "il2_pM":
             ax.set_yscale("log")
@@ -56,9 +63,11 @@ def plot_treg_dynamics(sim, *, doses=None, title: str = "") -> Figure:
             for d in np.asarray(doses):
                 ax.axvline(float(d), color="0.6", lw=0.5, alpha=0.6, zorder=0)
         ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("time since first dose [day]")
-    axes[0, 0].legend(loc="upper right", fontsize=8)
+    axes.flat[0].legend(loc="upper right", fontsize=8)
     if title:
         fig.suptitle(title)
     return fig

@@ -334,7 +334,7 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
     observables = []
     for name, table in data["observables"].items():
         key = f"observables.{name}"
-        if name in kinds:
+        if name in kinds and kinds[name] != "states":  # an observable may be named after the state it reads
             raise _error(path, key, f"duplicate name: already declared in [{kinds[name]}]", "give the observable its own name")
         table = _fields(path, key, table, _OBSERVABLE_FIELDS, ("unit", "expression"))
         unit = _unit(path, f"{key}.unit", table["unit"])
