@@ -150,7 +150,7 @@ BAD = [
      ("{path}: the data (data.csv) observe 'cd25_treg_rel' but the fit has no [error.cd25_treg_rel] table. "
      "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids.")),
     ("unknown-top-level-key", lambda t: "algorithm = \"saem\"\n" + t,
-     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, ignore_dvids, priors, parameters, covariates, error, optimiser, nuts, saem, sri4."),
+     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, dvids, ignore_dvids, priors, parameters, covariates, error, optimiser, nuts, saem, sri4."),
     ("unknown-parameter-key", _replace("initial = 4.0", "inital = 4.0"),
      "{path}: [parameters.emax_treg]: unknown key 'inital'. Fix: use only initial, estimate, cv_percent."),
     ("unknown-error-key", _replace("sigma_prop = 0.12", "sigma = 0.12"),
@@ -162,7 +162,7 @@ BAD = [
     ("sigma-the-kind-does-not-use", _replace("sigma_prop = 0.12", "sigma_prop = 0.12\nsigma_add = 1.0"),
      "{path}: [error.treg_per_uL]: kind 'proportional' has no sigma_add. Fix: remove it, or give only sigma_prop."),
     ("unknown-observation-type", _append('[error.il6_pM]\nkind = "log"\n'),
-     ("{path}: [error.il6_pM]: unknown observation type 'il6_pM'. Fix: use one of il2_pM, treg_pct_cd4, treg_per_uL, tconv_per_uL, "
+     ("{path}: [error.il6_pM]: unknown observation type 'il6_pM': not an observable of the model. Fix: use one of il2_pM, treg_pct_cd4, treg_per_uL, tconv_per_uL, "
      "nk56bright_per_uL, cd25_treg_rel, sledai.")),
     ("unknown-covariate-column", _append('[[covariates]]\nparameter = "treg0"\ncovariate = "BMI"\nmodel = "power"\nreference = 25\n'),
      "{path}: [[covariates]] #1: the data have no covariate column 'BMI'. Fix: use one of the data's covariates (WT, ARM)."),

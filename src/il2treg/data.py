@@ -12,7 +12,8 @@ ID      subject identifier; all numbers or all text
 TIME    days from the subject's first dose (≥ 0, non-decreasing within an ID)
 EVID    0 = observation, 1 = dose
 AMT     dose in IU on dose rows (≥ 0; 0 is a placebo injection); empty or 0 on observations
-DVID    what was observed, one of :data:`il2treg.observables.OBSERVABLE_NAMES`; empty on doses
+DVID    what was observed: one of the model's observables (:attr:`il2treg.Model.observable_names`; the
+        IL-2 model's are :data:`il2treg.observables.OBSERVABLE_NAMES`); empty on doses
 DV      observed value in the DVID's unit (:data:`il2treg.observables.OBSERVABLES`); empty on
         doses
 CENS    optional, default 0: 1 = below the lower limit of quantification (LLOQ), DV holds the
@@ -53,7 +54,7 @@ import io
 import itertools
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import equinox as eqx
@@ -74,7 +75,6 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("CENS", "MDV")
 _EVENT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 _UNSUPPORTED_COLUMNS = ("ADDL", "II", "SS", "RATE", "CMT")
 _MISSING_TOKENS = frozenset({"", ".", "NA", "NaN", "nan"})
-_DVID_INDEX = {name: k for k, name in enumerate(OBSERVABLE_NAMES)}
 _SHOWN_EXCLUDED = 10
 
 _Cell = object
@@ -97,7 +97,7 @@ class Dataset(eqx.Module):
             sorted; a missing value is the level ``""``. Static.
         obs_time: observation times in days; padding repeats the subject's last observation
             time, so a solver never integrates past the data.
-        obs_dvid: index into :data:`~il2treg.observables.OBSERVABLE_NAMES`; 0 on padding.
+        obs_dvid: index into ``dvid_names``; 0 on padding.
         obs_value: observed value in the DVID's unit (the LLOQ where ``obs_cens``); 0.0 on
             padding and where an ``MDV=1`` row has no DV, so the array is always finite.
         obs_cens: ``True`` where the value is below the LLOQ (``CENS=1``).
@@ -110,6 +110,7 @@ class Dataset(eqx.Module):
         dose_amount: doses in IU; 0.0 on padding. At least one column, so a dataset without
             doses still has width-1 dose arrays.
         dose_row: 1-based row of the source table; 0 on padding.
+        dvid_names: the observation types a DVID may name: the model's observables (static).
     """
 
     ids: tuple[_SubjectId, ...] = eqx.field(static=True)
@@ -125,6 +126,7 @@ class Dataset(eqx.Module):
     dose_time: Float[np.ndarray, "subjects doses"]
     dose_amount: Float[np.ndarray, "subjects doses"]
     dose_row: Int[np.ndarray, "subjects doses"]
+    dvid_names: tuple[str, ...] = eqx.field(static=True, default=OBSERVABLE_NAMES)
 
     @property
     def n_subjects(self) -> int:
@@ -138,7 +140,7 @@ class Dataset(eqx.Module):
         found = [
             (
                 int(self.obs_row[s, j]),
-                f"MDV=1: {OBSERVABLE_NAMES[self.obs_dvid[s, j]]} at TIME "
+                f"MDV=1: {self.dvid_names[self.obs_dvid[s, j]]} at TIME "
                 f"{_number_text(self.obs_time[s, j])} for ID {_id_text(self.ids[s])} not used",
             )
             for s, j in zip(*np.nonzero(real), strict=True)
@@ -158,9 +160,9 @@ class Dataset(eqx.Module):
         return self.covariates[name]
 
     def observed_names(self) -> tuple[str, ...]:
-        """DVIDs with at least one used observation, in the order of ``OBSERVABLE_NAMES``."""
+        """DVIDs with at least one used observation, in the order of ``dvid_names``."""
         present = set(self.obs_dvid[self.obs_mask].tolist())
-        return tuple(name for k, name in enumerate(OBSERVABLE_NAMES) if k in present)
+        return tuple(name for k, name in enumerate(self.dvid_names) if k in present)
 
     def subset(self, ids: Iterable[_SubjectId]) -> Dataset:
         """The subjects ``ids``, in that order, with padding trimmed to the widest of them.
@@ -203,6 +205,7 @@ class Dataset(eqx.Module):
             dose_time=self.dose_time[pick, :n_dose],
             dose_amount=self.dose_amount[pick, :n_dose],
             dose_row=self.dose_row[pick, :n_dose],
+            dvid_names=self.dvid_names,
         )
 
     def to_frame(self) -> pd.DataFrame:
@@ -216,7 +219,7 @@ class Dataset(eqx.Module):
         obs_value = self.obs_value[obs_s, obs_j].copy()
         obs_value[self.obs_dv_missing[obs_s, obs_j]] = np.nan
         subject = np.concatenate([obs_s, dose_s])
-        names = np.array(OBSERVABLE_NAMES, dtype=object)
+        names = np.array(self.dvid_names, dtype=object)
         frame = pd.DataFrame(
             {
                 "ID": [self.ids[s] for s in subject],
@@ -275,7 +278,7 @@ class Dataset(eqx.Module):
             )
         lines.append(dose_line)
         lines.append("Observations (used, of which below LLOQ):")
-        for k, name in enumerate(OBSERVABLE_NAMES):
+        for k, name in enumerate(self.dvid_names):
             used = self.obs_mask & (self.obs_dvid == k)
             if used.any():
                 blq = int((used & self.obs_cens).sum())
@@ -287,11 +290,19 @@ class Dataset(eqx.Module):
         return "\n".join(lines)
 
 
-def read_dataset(source: str | os.PathLike[str] | pd.DataFrame) -> Dataset:
+def read_dataset(
+    source: str | os.PathLike[str] | pd.DataFrame,
+    *,
+    observables: Sequence[str] = OBSERVABLE_NAMES,
+    aliases: Mapping[str, str] | None = None,
+) -> Dataset:
     """Read, validate and pad a biomarker dataset (format in the module docstring).
 
     Arguments:
         source: path of a UTF-8 CSV file, or a DataFrame with the same columns.
+        observables: the names a DVID may take: the model's observables
+            (:attr:`il2treg.Model.observable_names`; default the IL-2 model's).
+        aliases: the data's own DVID names mapped to ``observables`` (``{"CP": "conc"}``).
 
     Returns:
         The :class:`Dataset`.
@@ -306,7 +317,7 @@ def read_dataset(source: str | os.PathLike[str] | pd.DataFrame) -> Dataset:
     else:
         where = f"file '{source}'"
         header, rows = _csv_cells(Path(source), where)
-    return _build(_columns(header, rows, where))
+    return _build(_columns(header, rows, where), tuple(observables), dict(aliases or {}))
 
 
 def check_file(path: str | os.PathLike[str]) -> str:
@@ -531,8 +542,11 @@ _DV_FIX = (
 )
 
 
-def _build(cells: dict[str, list[_Cell]]) -> Dataset:
-    """Validate the columns (fixed order of checks) and pack them into a :class:`Dataset`."""
+def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[str, str]) -> Dataset:
+    """Validate the columns (fixed order of checks) and pack them into a :class:`Dataset` whose
+    DVIDs are ``names`` (a DVID in ``aliases`` is read as the name it maps to)."""
+    index = {name: k for k, name in enumerate(names)}
+    index.update({alias: index[target] for alias, target in aliases.items() if target in index})
     n_rows = len(cells["ID"])
     subject = _subject_ids(cells["ID"])
 
@@ -598,21 +612,21 @@ def _build(cells: dict[str, list[_Cell]]) -> Dataset:
         if _is_missing(cell):
             raise DataError(
                 f"DVID is missing on observation row {r}. Fix: name what was observed, one of: "
-                f"{', '.join(OBSERVABLE_NAMES)}.",
+                f"{', '.join(names)}.",
                 column="DVID",
                 row=r,
             )
         name = cell.strip() if isinstance(cell, str) else cell
-        if name not in _DVID_INDEX:
-            close = difflib.get_close_matches(str(name), OBSERVABLE_NAMES, n=1)
+        if name not in index:
+            close = difflib.get_close_matches(str(name), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise DataError(
                 f"unknown DVID {_show(cell)} at row {r}{hint}. Fix: use one of: "
-                f"{', '.join(OBSERVABLE_NAMES)}.",
+                f"{', '.join(names)}.",
                 column="DVID",
                 row=r,
             )
-        dvid[r - 1] = _DVID_INDEX[name]
+        dvid[r - 1] = index[name]
 
     value = _numeric("DV", cells["DV"], _DV_FIX)
     for r, (dose, v) in enumerate(zip(is_dose, value, strict=True), start=1):
@@ -652,7 +666,7 @@ def _build(cells: dict[str, list[_Cell]]) -> Dataset:
     for r, (dose, m, v, k) in enumerate(zip(is_dose, mdv, value, dvid, strict=True), start=1):
         if not dose and not m and math.isnan(v):
             raise DataError(
-                f"DV is missing on observation row {r} ({OBSERVABLE_NAMES[k]}). Fix: fill in the "
+                f"DV is missing on observation row {r} ({names[k]}). Fix: fill in the "
                 "value, or set MDV=1 to keep the row without using it.",
                 column="DV",
                 row=r,
@@ -716,7 +730,7 @@ def _build(cells: dict[str, list[_Cell]]) -> Dataset:
                         row=k + 1,
                     )
 
-    return _pack(rows_of, covariates, time, is_dose, amount, dvid, value, cens, mdv)
+    return _pack(rows_of, covariates, time, is_dose, amount, dvid, value, cens, mdv, names)
 
 
 def _key(value: object) -> object:
@@ -734,6 +748,7 @@ def _pack(
     value: np.ndarray,
     cens: np.ndarray,
     mdv: np.ndarray,
+    dvid_names: tuple[str, ...],
 ) -> Dataset:
     """Padded per-subject arrays from validated row-wise columns."""
     obs_of = [[k for k in rows if not is_dose[k]] for rows in rows_of.values()]
@@ -781,6 +796,7 @@ def _pack(
         dose_time=np.where(has_dose, time[dose_index], 0.0),
         dose_amount=np.where(dose_real, amount[dose_index], 0.0),
         dose_row=np.where(dose_real, dose_index + 1, 0),
+        dvid_names=dvid_names,
     )
 
 

@@ -69,8 +69,8 @@ from il2treg.fit.result import FitResult
 from il2treg.fit.run import make_objective, observation_rows, predict_all
 from il2treg.fit.spec import FitSpec, stored_spec
 from il2treg.likelihood import residual_sd, sample_observations
-from il2treg.observables import OBSERVABLE_NAMES
-from il2treg.simulate import slots_needed
+from il2treg.observables import OBSERVABLES
+from il2treg.simulate import max_dose_lag, slots_needed
 
 #: Percentiles a VPC summarises (%).
 VPC_PERCENTILES = (5.0, 50.0, 95.0)
@@ -128,6 +128,7 @@ class Diagnostics:
         error_kinds: the error model kind of each observation type.
         predictor: the fitted model, to solve it again on other time grids
             (:func:`individual_curves`); ``None`` when built other than by :func:`diagnose`.
+        units: the unit of each observation type (the model's).
     """
 
     fit: str
@@ -143,6 +144,7 @@ class Diagnostics:
     data: Dataset
     error_kinds: dict
     predictor: Predictor | None = None
+    units: dict = dataclasses.field(default_factory=dict)
 
     @property
     def n_sim(self) -> int:
@@ -216,6 +218,7 @@ class VPC:
     simulated_percentiles: np.ndarray
     observed_percentiles: np.ndarray
     stratum: str = ""
+    unit: str = ""
 
     def coverage(self) -> float:
         """Fraction of (bin, percentile) pairs whose observed value lies in the simulated interval
@@ -395,8 +398,8 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # one compiled solve, replicates spread over the cores
         sims = np.stack(list(pool.map(replicate, range(n_sim))))
-    lloq = _lloq(y, dvid, cens)
-    limit = np.asarray([lloq.get(OBSERVABLE_NAMES[d], -np.inf) for d in dvid.ravel()]).reshape(dvid.shape)
+    lloq = _lloq(y, dvid, cens, dataset.dvid_names)
+    limit = np.asarray([lloq.get(dataset.dvid_names[d], -np.inf) for d in dvid.ravel()]).reshape(dvid.shape)
     sim_cens = sims < limit[None]
     pde = _pde(y_s, scale(sims), fit_rows & ok[:, None], np.random.default_rng(seed))
     npde = special.ndtri(pde)  # the standard normal quantile (scipy.stats.norm.ppf)
@@ -405,14 +408,15 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
     dv = np.where(dataset.obs_dv_missing[s, j], np.nan, y[s, j])
     table = pd.DataFrame({
         "ID": [dataset.ids[i] for i in s], "ROW": dataset.obs_row[s, j].astype(np.int64), "TIME": np.asarray(dataset.obs_time)[s, j].astype(np.float64),
-        "DVID": [OBSERVABLE_NAMES[d] for d in dvid[s, j]], "DV": dv, "CENS": cens[s, j].astype(np.int64), "USED": mask[s, j],
+        "DVID": [dataset.dvid_names[d] for d in dvid[s, j]], "DV": dv, "CENS": cens[s, j].astype(np.int64), "USED": mask[s, j],
         "PRED": pred[s, j], "IPRED": ipred[s, j], "IWRES": iwres[s, j], "CWRES": cwres[s, j], "PDE": pde[s, j], "NPDE": npde[s, j],
     })  # fmt: skip
     shrink = {name: float(100 * (1 - eta[ok, k].std(ddof=1) / omega[k])) if ok.sum() > 1 else float("nan") for k, name in enumerate(problem.random)}
     diag = Diagnostics(
         fit=result.name, table=table, shrinkage=shrink, summary=_summary(table), cwres_bins=_cwres_bins(table),
         simulated=sims[:, s, j], simulated_cens=sim_cens[:, s, j], lloq=lloq, ebe_status=status, seed=seed, data=dataset,
-        error_kinds=dict(zip(OBSERVABLE_NAMES, residual.kinds)),
+        error_kinds=dict(zip(residual.names, residual.kinds)),
+        units=dict(zip(problem.model.observable_names, problem.model.mechanism.observable_units)),
         predictor=Predictor(problem, up.theta, up.beta, eta, patients, batch_size),
     )  # fmt: skip
     return dataclasses.replace(diag, summary=_with_vpc_tests(diag))
@@ -425,7 +429,9 @@ def individual_curves(diag: Diagnostics, ids, *, dvid: str = "treg_per_uL", step
     The grid of a patient runs every ``step`` days from day 0 (or its first ``dvid``
     observation, if earlier) to its last ``dvid`` observation, together with its ``dvid``
     observation times, so that the curves pass through the IPRED and PRED of :attr:`Diagnostics.table`.
-    Default step: :data:`DENSE_STEP_DAYS` (6 h), 1 h for ``il2_pM``. As for the observations, the
+    Default step: :data:`DENSE_STEP_DAYS` (6 h), 1 h for ``il2_pM``; for the observables of other
+    models a quarter of the shortest gap between a patient's observation times, between 15 min
+    and 6 h. As for the observations, the
     value at a dose time is the pre-dose one.
 
     The solve is the one :func:`diagnose` compiled: each curve's grid is dealt out, every
@@ -450,16 +456,18 @@ def individual_curves(diag: Diagnostics, ids, *, dvid: str = "treg_per_uL", step
     ids, pr = list(ids), diag.predictor
     if pr is None:
         raise InputError("these diagnostics carry no fitted model to solve. Fix: make them with il2treg.diagnostics.diagnose(fit).")
-    if dvid not in OBSERVABLE_NAMES:
-        raise InputError(f"unknown observation type {dvid!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
-    step = _DENSE_STEP_OF.get(dvid, DENSE_STEP_DAYS) if step is None else float(step)
+    if dvid not in diag.data.dvid_names:
+        raise InputError(f"unknown observation type {dvid!r}. Fix: use one of {', '.join(diag.data.dvid_names)}.")
+    t = diag.table[diag.table["DVID"] == dvid]
+    if step is None:
+        step = _DENSE_STEP_OF.get(dvid, DENSE_STEP_DAYS) if dvid in OBSERVABLES else _dense_step(t)
+    step = float(step)
     if not step > 0:
         raise InputError(f"step must be a positive number of days, got {step!r}. Fix: e.g. step=0.25.")
-    t = diag.table[diag.table["DVID"] == dvid]
     index = {sid: k for k, sid in enumerate(diag.data.ids)}
     n, width = pr.patients.obs_time.shape
     dose_time = np.asarray(pr.patients.dose_time)
-    max_lag = pr.problem.model.spec["tlag"].bounds[1]
+    max_lag = max_dose_lag(pr.problem.model)
     grids, dealt, who, eta, times = [], [], [], [], []
     for sid in ids:
         obs = t.loc[t["ID"] == sid, "TIME"].to_numpy(dtype=np.float64)
@@ -479,7 +487,7 @@ def individual_curves(diag: Diagnostics, ids, *, dvid: str = "treg_per_uL", step
     pad = calls * n - len(who)  # the last call is filled up with the first row again, its results dropped
     who, eta, times = np.asarray(who + who[:1] * pad), np.stack(eta + eta[:1] * pad), np.stack(times + times[:1] * pad)
     p = pr.patients
-    dvids = np.full(times.shape, OBSERVABLE_NAMES.index(dvid), dtype=np.asarray(p.obs_dvid).dtype)
+    dvids = np.full(times.shape, diag.data.dvid_names.index(dvid), dtype=np.asarray(p.obs_dvid).dtype)
     take = lambda x: np.asarray(x)[who]
     dense = PatientData(
         take(p.dose_time), take(p.dose_amount), times, dvids, np.zeros_like(times, dtype=np.asarray(p.obs_value).dtype),
@@ -554,8 +562,8 @@ def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, change_fr
         InputError: an unknown observation type or covariate, no fitted ``dvid`` observations,
         an interval outside (0, 1), or (change from baseline) no patient with a baseline.
     """
-    if dvid not in OBSERVABLE_NAMES:
-        raise InputError(f"unknown observation type {dvid!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
+    if dvid not in diag.data.dvid_names:
+        raise InputError(f"unknown observation type {dvid!r}. Fix: use one of {', '.join(diag.data.dvid_names)}.")
     if not 0 < interval < 1:
         raise InputError(f"interval must be in (0, 1), got {interval!r}.")
     t = diag.table
@@ -652,7 +660,7 @@ def _vpc(diag: Diagnostics, dvid: str, rows: np.ndarray, *, pred_corrected: bool
         out.append(row)
     observations = pd.DataFrame({"TIME": time, "DV": np.where(obs_blq, np.nan, obs), "CENS": obs_blq.astype(np.int64)})
     return VPC(dvid, pred_corrected, change, pd.DataFrame(out), observations, interval, float(lloq),
-               np.stack(sim_pct, axis=1), np.stack(obs_pct), stratum)  # fmt: skip
+               np.stack(sim_pct, axis=1), np.stack(obs_pct), stratum, diag.units.get(dvid, ""))  # fmt: skip
 
 
 def _baseline_rows(diag: Diagnostics, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -712,14 +720,21 @@ def _ebes(result: FitResult, problem, dataset: Dataset) -> jnp.ndarray:
     return jnp.asarray(np.stack([ind[f"ETA_{n}"].to_numpy(dtype=np.float64) for n in problem.random], axis=1) if problem.n_eta else np.zeros((len(ind), 0)))
 
 
+def _dense_step(rows: pd.DataFrame) -> float:
+    """A quarter of the shortest gap between one patient's distinct observation times, in [15 min, 6 h]."""
+    gaps = [np.diff(np.unique(g.to_numpy(dtype=np.float64))) for _, g in rows.groupby("ID")["TIME"]]
+    gaps = np.concatenate([g[g > 0] for g in gaps]) if gaps else np.zeros(0)
+    return float(np.clip(gaps.min() / 4, 1 / 96, DENSE_STEP_DAYS)) if gaps.size else DENSE_STEP_DAYS
+
+
 def _inv_sqrt(c: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh(c)
     return (v / np.sqrt(np.maximum(w, 1e-300))) @ v.T
 
 
-def _lloq(y, dvid, cens) -> dict:
+def _lloq(y, dvid, cens, names: tuple[str, ...]) -> dict:
     """LLOQ per observation type: the smallest DV of its censored rows."""
-    return {OBSERVABLE_NAMES[d]: float(y[(dvid == d) & cens].min()) for d in np.unique(dvid[cens])}
+    return {names[d]: float(y[(dvid == d) & cens].min()) for d in np.unique(dvid[cens])}
 
 
 def _pde(y, sims, rows, rng) -> np.ndarray:

@@ -61,46 +61,55 @@ class ResidualModel(eqx.Module):
     """Error models for every observation type: kinds (static) and their SD parameters.
 
     Attributes:
-        kinds: one kind per name in :data:`OBSERVABLE_NAMES`.
+        kinds: one kind per name in ``names``.
         sigma_add: additive SD (unit of the observation; log units for ``log``; points for
             ``ordinal``), one per observation type.
         sigma_prop: proportional SD (fraction), one per observation type.
         score_step: grid of ``ordinal`` scores (1 = integers, 2 = even scores).
+        names: the observation types, in order: the model's observables (default the IL-2 model's).
     """
 
     sigma_add: Float[Array, " observables"]
     sigma_prop: Float[Array, " observables"]
     kinds: tuple[str, ...] = eqx.field(static=True, default=tuple(DEFAULT_KINDS[n] for n in OBSERVABLE_NAMES))
     score_step: float = eqx.field(static=True, default=1.0)
+    names: tuple[str, ...] = eqx.field(static=True, default=OBSERVABLE_NAMES)
 
     def __check_init__(self):
-        if len(self.kinds) != len(OBSERVABLE_NAMES):
-            raise SpecError(f"ResidualModel needs one kind per observable ({len(OBSERVABLE_NAMES)}), got {len(self.kinds)}.")
+        if len(self.kinds) != len(self.names):
+            raise SpecError(f"ResidualModel needs one kind per observable ({len(self.names)}), got {len(self.kinds)}.")
         if not self.score_step > 0:
             raise SpecError(f"score_step must be positive, got {self.score_step}.")
-        for name, kind in zip(OBSERVABLE_NAMES, self.kinds):
+        for name, kind in zip(self.names, self.kinds):
             if kind not in KINDS:
                 raise SpecError(f"unknown error model {kind!r} for {name!r}. Fix: use one of {', '.join(KINDS)}.")
 
     @staticmethod
     def build(
-        kinds: dict[str, str] | None = None, sigmas: dict[str, tuple[float, float]] | None = None, *, score_step: float = 1.0
+        kinds: dict[str, str] | None = None,
+        sigmas: dict[str, tuple[float, float]] | None = None,
+        *,
+        score_step: float = 1.0,
+        names: tuple[str, ...] = OBSERVABLE_NAMES,
     ) -> ResidualModel:
-        """Build from ``{dvid: kind}`` and ``{dvid: (sigma_add, sigma_prop)}``; missing ones get defaults."""
-        kinds = {**DEFAULT_KINDS, **(kinds or {})}
+        """Build from ``{dvid: kind}`` and ``{dvid: (sigma_add, sigma_prop)}`` for the observation
+        types ``names``; missing ones get defaults (:data:`DEFAULT_KINDS`, else proportional)."""
+        names = tuple(names)
+        kinds = {**{n: DEFAULT_KINDS.get(n, "proportional") for n in names}, **(kinds or {})}
         for name, kind in kinds.items():
-            if name not in OBSERVABLE_NAMES:
-                raise SpecError(f"unknown observation type {name!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
+            if name not in names:
+                raise SpecError(f"unknown observation type {name!r}. Fix: use one of {', '.join(names)}.")
             if kind not in KINDS:
                 raise SpecError(f"unknown error model {kind!r} for {name!r}. Fix: use one of {', '.join(KINDS)}.")
         default_sd = {"additive": (1.0, 0.0), "proportional": (0.0, 0.15), "combined": (0.1, 0.15), "log": (0.3, 0.0), "ordinal": (2.0, 0.0)}
         sigmas = sigmas or {}
-        sd = [sigmas.get(n, default_sd[kinds[n]]) for n in OBSERVABLE_NAMES]
+        sd = [sigmas.get(n, default_sd[kinds[n]]) for n in names]
         return ResidualModel(
             sigma_add=jnp.asarray([s[0] for s in sd], dtype=jnp.float64),
             sigma_prop=jnp.asarray([s[1] for s in sd], dtype=jnp.float64),
-            kinds=tuple(kinds[n] for n in OBSERVABLE_NAMES),
+            kinds=tuple(kinds[n] for n in names),
             score_step=float(score_step),
+            names=names,
         )
 
 

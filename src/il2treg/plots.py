@@ -21,8 +21,9 @@ _PANELS = ("treg_pct_cd4", "il2_pM", "cd25_treg_rel", "sledai")
 _DAY = "time since first dose [day]"
 
 
-def _label(name: str) -> str:
-    unit = OBSERVABLES[name][0] if name in OBSERVABLES else ""
+def _label(name: str, unit: str | None = None) -> str:
+    """``name [unit]``: the unit given, else the IL-2 model's (``il2treg.OBSERVABLES``), else none."""
+    unit = (OBSERVABLES[name][0] if name in OBSERVABLES else "") if unit is None else unit
     return f"{name} [{unit}]" if unit else name
 
 
@@ -167,7 +168,7 @@ def plot_regimens(sims: dict, *, observables=("il2_pM", "treg_per_uL", "tconv_pe
             lo, med, hi = np.percentile(v, [5, 50, 95], axis=0)
             ax.fill_between(times, lo, hi, color=f"C{c}", alpha=0.15, lw=0)
             ax.plot(times, med, color=f"C{c}", lw=1.5, label=name)
-            ax.set_ylabel(f"{obs}: fold change from day 0" if relative else _label(obs))
+            ax.set_ylabel(f"{obs}: fold change from day 0" if relative else _label(obs, dict(zip(sim.names, sim.units)).get(obs)))
     for ax, obs in zip(axes[0], observables):
         if obs == "il2_pM":
             ax.set_yscale("log")
@@ -227,7 +228,7 @@ def plot_individual_fits(diag, *, dvid: str = "treg_per_uL", ids=None, ncols: in
     for ax in axes.flat[len(ids):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
-        ax.set_ylabel(_label(dvid))
+        ax.set_ylabel(_label(dvid, diag.units.get(dvid)))
     for ax in axes[-1]:
         ax.set_xlabel("day")
     axes.flat[0].legend(fontsize=7)
@@ -266,7 +267,7 @@ def plot_population_course(diag, *, dvid: str = "treg_per_uL", by: str | None = 
         ax.set_xlabel(_DAY)
         ax.set_title(f"{by} = {lev}" if by else dvid, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel(_label(dvid))
+    axes[0, 0].set_ylabel(_label(dvid, diag.units.get(dvid)))
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"Population time course: {dvid} ({diag.n_sim} simulated replicates)", fontsize=11)
     return fig
@@ -286,7 +287,7 @@ def plot_gof(diag, *, dvid: str | None = None) -> Figure:
     if t.empty:
         raise InputError(f"no fitted {dvid!r} observations to plot. Fix: choose a type in diag.summary.index ({', '.join(diag.summary.index)}).")
     fig, axes = plt.subplots(2, 2, figsize=(9, 8), constrained_layout=True)
-    unit = OBSERVABLES[dvid][0]
+    unit = diag.units.get(dvid, OBSERVABLES.get(dvid, ("",))[0])
     for ax, x in ((axes[0, 0], "PRED"), (axes[0, 1], "IPRED")):
         ax.plot(t[x], t["DV"], "o", ms=3, alpha=0.5, color="C0")
         lo, hi = np.nanmin(t[[x, "DV"]].to_numpy()), np.nanmax(t[[x, "DV"]].to_numpy())
@@ -337,9 +338,9 @@ def plot_vpc(v) -> Figure:
     if first.change == "ratio":
         quantity = f"{first.dvid}: fold change from baseline"
     elif first.change == "difference":
-        quantity = f"{first.dvid}: change from baseline [{OBSERVABLES[first.dvid][0]}]"
+        quantity = f"{first.dvid}: change from baseline [{first.unit or OBSERVABLES.get(first.dvid, ('',))[0]}]"
     else:
-        quantity = _label(first.dvid)
+        quantity = _label(first.dvid, first.unit or None)
     axes[0, 0].set_ylabel(("prediction-corrected " if first.pred_corrected else "") + quantity)
     if has_blq:
         axes[1, 0].set_ylabel("fraction < LLOQ")

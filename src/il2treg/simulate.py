@@ -470,14 +470,14 @@ def _static_slots(model: Model, theta, dose_times, obs, save_slots: int | None =
         return min(save_slots, int(obs.shape[-1]))  # more than one per time would save nothing more
     if any(isinstance(x, jax.core.Tracer) for x in (dose_times, obs)):
         return int(obs.shape[-1])
-    return slots_needed(np.asarray(dose_times), np.asarray(obs), _max_lag(model, theta))
+    return slots_needed(np.asarray(dose_times), np.asarray(obs), max_dose_lag(model, theta))
 
 
-def _max_lag(model: Model, theta) -> float:
-    """The longest dose lag (days) the slots are sized for. A lag that is one parameter: its upper
-    bound (so that a fit's programs hold for every lag it may try) or the largest concrete value,
-    whichever is larger; an expression: its largest value over the concrete patients (every
-    observation time where they are traced)."""
+def max_dose_lag(model: Model, theta=None) -> float:
+    """The longest dose lag (days) save slots are sized for. A lag that is one parameter: its upper
+    bound (so that a fit's programs hold for every lag it may try) or the largest value in
+    ``theta``, whichever is larger; an expression: its largest value over the concrete patients of
+    ``theta`` (infinite, so every observation time, where ``theta`` is traced or not given)."""
     mechanism = model.mechanism
     if not mechanism.dose_states:
         return 0.0
@@ -492,10 +492,10 @@ def _max_lag(model: Model, theta) -> float:
         lag = None  # a mechanism of one's own: evaluate it
     if lag in model.spec.names:
         bound = model.spec[lag].bounds[1]
-        if isinstance(theta, jax.core.Tracer):
+        if theta is None or isinstance(theta, jax.core.Tracer):
             return bound
         return max(bound, float(np.max(np.asarray(theta)[..., model.parameter_names.index(lag)])))
-    if isinstance(theta, jax.core.Tracer):
+    if theta is None or isinstance(theta, jax.core.Tracer):
         return np.inf
     rows = jnp.asarray(np.atleast_2d(np.asarray(theta, dtype=np.float64)))
     return float(np.max(np.asarray(jax.vmap(lambda th: mechanism.dose_lag(mechanism.prepare(th))[0])(rows))))

@@ -25,11 +25,10 @@ import xarray as xr
 from il2treg.errors import InputError
 from il2treg.fit.problem import individual_theta, to_unconstrained, typical_theta
 from il2treg.fit.result import FitResult
-from il2treg.fit.run import SLEDAI_INDEX, declared_factors, score_change_probability, score_sd
+from il2treg.fit.run import declared_factors, score_change_probability, score_sd
 from il2treg.fit.spec import FitSpec, stored_spec
 from il2treg.likelihood import ResidualModel
 from il2treg.model import Parameters
-from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.regimen import Regimen
 from il2treg.simulate import simulate
 
@@ -70,6 +69,11 @@ def posterior_predictive(
     if times.ndim != 1 or times.size == 0 or np.any(np.diff(times) < 0) or np.any(times < 0) or not np.all(np.isfinite(times)):
         raise InputError("times must be a non-empty sorted 1-D array of days >= 0. Fix: e.g. numpy.arange(0, 85, 1.0).")
     spec = spec or stored_spec(result)
+    names = spec.model.observable_names
+    if not {"sledai", "treg_per_uL"} <= set(names):
+        raise InputError(f"model {spec.model.name!r} has no sledai and treg_per_uL observables: the posterior predictive of SRI-4 and the Treg fold needs both. "
+                         "Fix: simulate the model's observables with il2treg.simulate and draw_patients().")  # fmt: skip
+    sledai = names.index("sledai")
     day = float(spec.sri4.day if day is None else day)
     problem = spec.problem()
     draws, pick, natural, params = _draw(result, spec, n_draws, n_patients, seed)
@@ -78,14 +82,14 @@ def posterior_predictive(
     values = np.asarray(sim.values, dtype=np.float64).reshape(n_draws, n_patients, len(grid), -1)
     at = np.searchsorted(grid, times)
     residual = _residual(spec, problem, natural)
-    l0, l1 = values[:, :, np.searchsorted(grid, 0.0), SLEDAI_INDEX], values[:, :, np.searchsorted(grid, day), SLEDAI_INDEX]
+    l0, l1 = values[:, :, np.searchsorted(grid, 0.0), sledai], values[:, :, np.searchsorted(grid, day), sledai]
     p_sri4 = np.empty((n_draws, n_patients))
     for d in range(n_draws):
         res = residual(d)
         p_fall, _, _ = score_change_probability(l0[d], l1[d], score_sd(res, l0[d]), score_sd(res, l1[d]), spec.sri4.fall, step=res.score_step)
         p_sri4[d] = spec.sri4.bilag_pga_keep * p_fall
-    treg = OBSERVABLE_NAMES.index("treg_per_uL")
-    out = {name: (("draw", "patient", "time"), values[:, :, at, k]) for k, name in enumerate(OBSERVABLE_NAMES)}
+    treg = names.index("treg_per_uL")
+    out = {name: (("draw", "patient", "time"), values[:, :, at, k]) for k, name in enumerate(names)}
     out["treg_fold"] = (("draw", "patient", "time"), values[:, :, at, treg] / values[:, :, np.searchsorted(grid, 0.0), treg][..., None])
     out["sledai_change"] = (("draw", "patient"), l1 - l0)
     out["p_sri4"] = (("draw", "patient"), p_sri4)
@@ -130,7 +134,7 @@ def _residual(spec: FitSpec, problem, natural: np.ndarray):
     def of(d: int) -> ResidualModel:
         sa, sp = np.asarray(base.sigma_add).copy(), np.asarray(base.sigma_prop).copy()
         for k, (dvid, kind) in enumerate(problem.sigmas):
-            (sa if kind == "add" else sp)[OBSERVABLE_NAMES.index(dvid)] = natural[d, start + k]
-        return ResidualModel(jnp.asarray(sa), jnp.asarray(sp), base.kinds, base.score_step)
+            (sa if kind == "add" else sp)[base.names.index(dvid)] = natural[d, start + k]
+        return ResidualModel(jnp.asarray(sa), jnp.asarray(sp), base.kinds, base.score_step, base.names)
 
     return of

@@ -41,8 +41,7 @@ from il2treg.data import Dataset
 from il2treg.errors import SpecError
 from il2treg.likelihood import ResidualModel, neg2ll_terms
 from il2treg.model import Model
-from il2treg.observables import OBSERVABLE_NAMES
-from il2treg.simulate import SolverOptions, slots_needed, solve_one
+from il2treg.simulate import SolverOptions, max_dose_lag, slots_needed, solve_one
 
 COVARIATE_MODELS = ("power", "exp", "linear")
 
@@ -70,7 +69,7 @@ class FitProblem:
         fixed: names of the estimated fixed effects.
         random: names of the parameters with a log-normal random effect (diagonal Omega).
         sigmas: ``((dvid, "add" | "prop"), ...)``: estimated residual SDs.
-        residual_kinds: error model kind per observation type (order of OBSERVABLE_NAMES).
+        residual_kinds: error model kind per observation type (order of the model's observables).
         slots: static number of save slots per inter-dose interval (see il2treg.simulate).
         options: solver options (forward-mode adjoint: fits use forward sensitivities).
         covariates: covariate effects, their coefficients estimated.
@@ -154,7 +153,7 @@ def make_problem(
         raise SpecError("a parameter is listed twice in the fit. Fix: list each once.")
     observed = set(data.observed_names())
     for dvid, kind in sigmas:
-        if dvid not in OBSERVABLE_NAMES or kind not in ("add", "prop"):
+        if dvid not in model.observable_names or kind not in ("add", "prop"):
             raise SpecError(f"residual SD ({dvid!r}, {kind!r}) is not (observation type, 'add' | 'prop').")
         if dvid not in observed:
             raise SpecError(f"the fit estimates a residual SD of {dvid!r} but the data have no {dvid!r} observation. Fix: remove it or add data.")
@@ -172,8 +171,11 @@ def make_problem(
             raise SpecError(f"covariate {effect.covariate!r} is missing for subject {data.ids[int(np.argmax(~np.isfinite(values)))]!r}. Fix: fill it in or remove the effect.")
         if effect.model == "power" and not (np.all(values > 0) and effect.reference > 0):
             raise SpecError(f"a power effect of {effect.covariate!r} needs positive values and a positive reference.")
-    kinds = ResidualModel.build(residual_kinds).kinds
-    slots = slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), model.spec["tlag"].bounds[1])
+    if data.dvid_names != model.observable_names:
+        raise SpecError(f"the data's observation types ({', '.join(data.dvid_names)}) are not the model's observables ({', '.join(model.observable_names)}). "
+                        "Fix: read the data with read_dataset(..., observables=model.observable_names).")  # fmt: skip
+    kinds = ResidualModel.build(residual_kinds, names=model.observable_names).kinds
+    slots = slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), max_dose_lag(model))
     options = options or SolverOptions(adjoint=dfx.ForwardMode())
     return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates))
 
@@ -238,10 +240,10 @@ def unpack(problem: FitProblem, psi: Float[Array, " psi"], base_residual: Residu
     omega = jnp.exp(psi[ns : ns + ne])
     sa, sp = base_residual.sigma_add, base_residual.sigma_prop
     for k, (dvid, kind) in enumerate(problem.sigmas):
-        d = OBSERVABLE_NAMES.index(dvid)
+        d = problem.model.observable_names.index(dvid)
         value = jnp.exp(psi[ns + ne + k])
         sa, sp = (sa.at[d].set(value), sp) if kind == "add" else (sa, sp.at[d].set(value))
-    residual = ResidualModel(sa, sp, problem.residual_kinds, base_residual.score_step)
+    residual = ResidualModel(sa, sp, problem.residual_kinds, base_residual.score_step, problem.model.observable_names)
     return Unpacked(typical_theta(problem, psi[:nf]), psi[nf:ns], omega, residual)
 
 
@@ -287,10 +289,10 @@ def patient_arrays(
     """
     mask = np.asarray(data.obs_mask)
     if use is not None:
-        unknown = [u for u in use if u not in OBSERVABLE_NAMES]
+        unknown = [u for u in use if u not in data.dvid_names]
         if unknown:
-            raise SpecError(f"unknown observation type {unknown[0]!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
-        mask = mask & np.isin(np.asarray(data.obs_dvid), [OBSERVABLE_NAMES.index(u) for u in use])
+            raise SpecError(f"unknown observation type {unknown[0]!r}. Fix: use one of {', '.join(data.dvid_names)}.")
+        mask = mask & np.isin(np.asarray(data.obs_dvid), [data.dvid_names.index(u) for u in use])
     cov = np.stack([np.asarray(data.covariates[e.covariate], dtype=float) for e in effects], axis=1) if effects else np.zeros((data.n_subjects, 0))
     return PatientData(
         jnp.asarray(data.dose_time), jnp.asarray(data.dose_amount), jnp.asarray(data.obs_time),

@@ -74,15 +74,13 @@ from il2treg.fit.result import FitResult, save
 from il2treg.fit.saem import fit_saem
 from il2treg.fit.spec import SIGMAS_OF_KIND, FitSpec, read_fit_spec
 from il2treg.likelihood import ResidualModel, residual_sd
-from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
-from il2treg.simulate import ordered_map, slots_needed, work_order
+from il2treg.simulate import max_dose_lag, ordered_map, slots_needed, work_order
 
 #: Inner (EBE) status codes as words.
 STATUS_TEXT = {STATUS_CONVERGED: "converged", STATUS_MAX_ITER: "EBE not converged", STATUS_SOLVER_FAILED: "ODE solve failed"}
 _POSTERIOR_CHAINS, _POSTERIOR_DRAWS, _POSTERIOR_SEED = 4, 500, 0
 #: Estimation methods of :func:`compute_fit`.
 METHODS = ("foce", "saem", "nuts")
-SLEDAI_INDEX = OBSERVABLE_NAMES.index("sledai")
 
 Progress = Callable[[dict], None]
 
@@ -254,8 +252,8 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
         n_patients=int(data.n_subjects), n_observations=int(fit.n_observations),
         estimates=estimates, individual=individual, predictions=predictions,
         posterior=posterior, posterior_seed=_POSTERIOR_SEED,
-        residual={e.dvid: {"kind": e.kind, "sigma_add": float(up.residual.sigma_add[OBSERVABLE_NAMES.index(e.dvid)]),
-                           "sigma_prop": float(up.residual.sigma_prop[OBSERVABLE_NAMES.index(e.dvid)]),
+        residual={e.dvid: {"kind": e.kind, "sigma_add": float(up.residual.sigma_add[up.residual.names.index(e.dvid)]),
+                           "sigma_prop": float(up.residual.sigma_prop[up.residual.names.index(e.dvid)]),
                            "score_step": float(up.residual.score_step)} for e in spec.errors},
         settings={**{k: _plain(v) for k, v in dataclasses.asdict(spec.optimiser).items()},
                   **{f"sri4_{k}": float(v) for k, v in dataclasses.asdict(spec.sri4).items()},
@@ -284,7 +282,7 @@ def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) ->
     log_omega = [0.5 * math.log(math.log1p((cv[n] / 100.0) ** 2)) for n in problem.random]
     log_sigma = []
     for dvid, kind in problem.sigmas:
-        d = OBSERVABLE_NAMES.index(dvid)
+        d = problem.model.observable_names.index(dvid)
         log_sigma.append(math.log(float((residual0.sigma_add if kind == "add" else residual0.sigma_prop)[d])))
     rest = [jnp.asarray(x, dtype=jnp.float64) for x in (beta, log_omega, log_sigma)]
     return jnp.concatenate([u, *rest])
@@ -320,33 +318,39 @@ def predict_all(problem: FitProblem, theta, beta, eta, patients: PatientData, ba
 
 
 class _Rows(eqx.Module):
-    """Every observation row plus latent SLEDAI at day 0 and the SRI-4 day, in one sorted solve."""
+    """Every observation row plus, for a model with a ``sledai`` observable, latent SLEDAI at day 0
+    and the SRI-4 day, in one sorted solve."""
 
     problem: FitProblem = eqx.field(static=True)
     patients: PatientData
-    inverse: np.ndarray  # [patients, obs + 2]: sorted position of each row (data rows, then day 0, day)
+    inverse: np.ndarray  # [patients, obs + extra]: sorted position of each row (data rows, then day 0, day)
+    extra: int = eqx.field(static=True)
 
 
 def _rows(problem: FitProblem, patients: PatientData, day: float) -> _Rows:
     n = patients.obs_time.shape[0]
-    extra = np.broadcast_to(np.asarray([0.0, day]), (n, 2))
+    names = problem.model.observable_names
+    extra = np.broadcast_to(np.asarray([0.0, day]), (n, 2)) if "sledai" in names else np.zeros((n, 0))
     times = np.concatenate([np.asarray(patients.obs_time), extra], axis=1)
-    dvid = np.concatenate([np.asarray(patients.obs_dvid), np.full((n, 2), SLEDAI_INDEX)], axis=1)
+    dvid = np.concatenate([np.asarray(patients.obs_dvid), np.full(extra.shape, names.index("sledai") if extra.size else 0)], axis=1)
     order = np.argsort(times, axis=1, kind="stable")
     times, dvid = np.take_along_axis(times, order, 1), np.take_along_axis(dvid, order, 1)
-    slots = slots_needed(np.asarray(patients.dose_time), times, problem.model.spec["tlag"].bounds[1])
+    slots = slots_needed(np.asarray(patients.dose_time), times, max_dose_lag(problem.model))
     at = PatientData(
         patients.dose_time, patients.dose_amount, jnp.asarray(times), jnp.asarray(dvid), jnp.zeros(times.shape),
         jnp.zeros(times.shape, dtype=bool), jnp.ones(times.shape, dtype=bool), patients.covariates,
     )  # fmt: skip
-    return _Rows(dataclasses.replace(problem, slots=slots), at, np.argsort(order, axis=1))
+    return _Rows(dataclasses.replace(problem, slots=slots), at, np.argsort(order, axis=1), extra.shape[1])
 
 
-def _solve_rows(rows: _Rows, theta, beta, eta) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions ``[patients, obs]``, latent SLEDAI ``[patients, 2]`` at day 0 and the SRI-4 day)."""
+def _solve_rows(rows: _Rows, theta, beta, eta) -> tuple[np.ndarray, np.ndarray | None]:
+    """(predictions ``[patients, obs]``, latent SLEDAI ``[patients, 2]`` at day 0 and the SRI-4 day,
+    None for a model without a ``sledai`` observable)."""
     values, _ = predict_all(rows.problem, theta, beta, jnp.asarray(eta), rows.patients)
     values = np.take_along_axis(np.asarray(values, dtype=np.float64), rows.inverse, 1)
-    return values[:, :-2], values[:, -2:]
+    if not rows.extra:
+        return values, None
+    return values[:, : -rows.extra], values[:, -rows.extra :]
 
 
 def _predictions(spec: FitSpec, fit: PopulationFit, residual: ResidualModel, pred, ipred) -> pd.DataFrame:
@@ -365,7 +369,7 @@ def _predictions(spec: FitSpec, fit: PopulationFit, residual: ResidualModel, pre
     censored = np.where(cens, np.nan, 1.0)
     return pd.DataFrame({
         "ID": _ids(data, s), "ROW": data.obs_row[s, j].astype(np.int64), "TIME": data.obs_time[s, j].astype(np.float64),
-        "DVID": [OBSERVABLE_NAMES[d] for d in dvid], "DV": dv, "CENS": cens.astype(np.int64), "USED": used.astype(bool),
+        "DVID": [data.dvid_names[d] for d in dvid], "DV": dv, "CENS": cens.astype(np.int64), "USED": used.astype(bool),
         "PRED": pred, "IPRED": ipred, "RES": (dv - pred) * censored, "IRES": (dv - ipred) * censored, "IWRES": iwres,
     })  # fmt: skip
 
@@ -393,6 +397,8 @@ def _individual(spec: FitSpec, problem, fit: PopulationFit, theta, beta, residua
     names = problem.model.parameter_names
     for p in spec.parameters:
         columns[p.name] = theta_i[:, names.index(p.name)] * problem.model.spec[p.name].to_declared(1.0)
+    if latent is None:  # no sledai observable: no SRI-4
+        return pd.DataFrame(columns)
     day = spec.sri4.day
     l0, l1 = latent[:, 0], latent[:, 1]
     sd0, sd1 = score_sd(residual, l0), score_sd(residual, l1)
@@ -407,8 +413,9 @@ def _individual(spec: FitSpec, problem, fit: PopulationFit, theta, beta, residua
 
 def score_sd(residual: ResidualModel, latent: np.ndarray) -> np.ndarray:
     """SD of the visit error on the score scale (σ·L for a log error model, by the delta method)."""
-    sd = np.asarray(_residual_sd(residual, latent, np.full(latent.shape, SLEDAI_INDEX)), dtype=np.float64)
-    return sd * latent if residual.kinds[SLEDAI_INDEX] == "log" else sd
+    k = residual.names.index("sledai")
+    sd = np.asarray(_residual_sd(residual, latent, np.full(latent.shape, k)), dtype=np.float64)
+    return sd * latent if residual.kinds[k] == "log" else sd
 
 
 def score_change_probability(l0, l1, sd0, sd1, fall: float = 4.0, *, step: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -455,6 +462,7 @@ def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0
     factor = dict(zip(fit.psi_names, declared_factors(problem)))
     initial = dict(zip(fit.psi_names, np.asarray(natural_parameters_of(problem, initial_psi(spec, problem, residual0), residual0))[0]))
     typical = spec.model.typical()
+    units_of = dict(zip(spec.model.observable_names, spec.model.mechanism.observable_units))
     rows = []
     nan = float("nan")
 
@@ -489,7 +497,7 @@ def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0
             if sigma not in SIGMAS_OF_KIND[e.kind]:
                 continue
             name = f"sigma_{sigma.removeprefix('sigma_')}_{e.dvid}"
-            unit = "1" if sigma == "sigma_prop" else ("log" if e.kind == "log" else OBSERVABLES[e.dvid][0])
+            unit = "1" if sigma == "sigma_prop" else ("log" if e.kind == "log" else units_of[e.dvid])
             if sigma in e.estimate:
                 row(name, "sigma", unit, True, est[name], initial[name])
             else:
@@ -599,7 +607,7 @@ def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: Res
         "effects eta [patient, parameter]; observations on a [patient, time] grid of observation slots "
         "(constant_data obs_time in days, obs_dvid names in the attribute dvid_names; slots not used are NaN "
         "in observed_data and 0 in log_likelihood)",
-        "dvid_names": list(OBSERVABLE_NAMES),
+        "dvid_names": list(problem.model.observable_names),
         "compile_s": samples.compile_s, "sampling_s": samples.sampling_s,
     }  # fmt: skip
     with warnings.catch_warnings():

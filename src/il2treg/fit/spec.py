@@ -7,6 +7,7 @@ A fit file has a few top-level keys and four kinds of tables::
     model = "il2_treg_sledai"            # a model in models/, or a .toml path relative to this file
     data = "il2treg:lupil2_virtual"      # a packaged dataset, or a CSV path relative to this file
     ignore_dvids = ["il2_pM"]            # optional: observation types present but not fitted
+    dvids = { IL2 = "il2_pM" }           # optional: the data's own DVID names -> the model's observables
 
     [parameters.emax_treg]               # one table per parameter that is not simply the model's
     initial = 4.0                        # start (units of the model file); default: the model's value
@@ -118,7 +119,7 @@ SIGMAS_OF_KIND: dict[str, tuple[str, ...]] = {
 #: Parameter groups whose parameters act on one observation type only (nothing feeds back).
 _ACTS_ONLY_ON = {"disease": "sledai"}
 
-_TOP_KEYS = ("name", "description", "model", "data", "ignore_dvids", "priors", "parameters", "covariates", "error", "optimiser", "nuts", "saem", "sri4")
+_TOP_KEYS = ("name", "description", "model", "data", "dvids", "ignore_dvids", "priors", "parameters", "covariates", "error", "optimiser", "nuts", "saem", "sri4")
 PRIOR_CHOICES = ("none", "model")
 _NUTS_DEFAULTS = {"chains": 4, "warmup": 500, "samples": 500, "seed": 0, "target_accept": 0.8, "max_tree_depth": 8, "init_spread": 1.0,
                   "fixed_sd": 2.0, "beta_sd": 10.0, "omega_sd": 1.0, "sigma_sd": 1.0}  # fmt: skip
@@ -209,7 +210,7 @@ class FitSpec:
         dataset: the data; observations of ``ignore_dvids`` have ``obs_mask`` False.
         parameters: the parameter tables, in file order.
         covariates: the covariate effects, in file order.
-        errors: the error-model tables, in the order of :data:`OBSERVABLE_NAMES`.
+        errors: the error-model tables, in the order of the model's observables.
         ignore_dvids: observation types not fitted.
         optimiser: outer optimiser settings.
         sri4: the SLEDAI-link settings.
@@ -269,6 +270,7 @@ class FitSpec:
             kinds={e.dvid: e.kind for e in self.errors},
             sigmas={e.dvid: (e.sigma_add, e.sigma_prop) for e in self.errors},
             score_step=next((e.score_step for e in self.errors if e.kind == "ordinal"), 1.0),
+            names=self.model.observable_names,
         )
 
 
@@ -301,16 +303,22 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     name = _string(doc.get("name", path.resolve().parent.name), where, "name")
     description = _string(doc.get("description", ""), where, "description")
     base = _model(doc["model"], path)
-    dataset = _data(doc["data"], path)
+    names = base.observable_names
+    aliases = doc.get("dvids", {})
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise SpecError(f'{where}: `dvids` must be a table of the data\'s DVID names and the model\'s observables, e.g. dvids = {{ CP = "{names[0]}" }}, got {aliases!r}.')
+    for alias, target in aliases.items():
+        _known_dvid(target, where, f"dvids.{alias}", names)
+    dataset = _data(doc["data"], path, names, aliases)
 
     ignore = doc.get("ignore_dvids", [])
     if not isinstance(ignore, list) or not all(isinstance(d, str) for d in ignore):
         raise SpecError(f"{where}: `ignore_dvids` must be a list of observation types, got {ignore!r}.")
     for d in ignore:
-        _known_dvid(d, where, "ignore_dvids")
+        _known_dvid(d, where, "ignore_dvids", names)
     parameters = _parameters(doc.get("parameters", {}), base, where)
     covariates = _covariates(doc.get("covariates", []), base, dataset, where)
-    errors = _errors(doc.get("error", {}), where)
+    errors = _errors(doc.get("error", {}), where, names)
     optimiser = OptimiserSettings(**_settings(doc.get("optimiser", {}), _OPTIMISER_DEFAULTS, where, "optimiser"))
     sri4 = Sri4Settings(**_settings(doc.get("sri4", {}), _SRI4_DEFAULTS, where, "sri4"))
     priors = doc.get("priors", "none")
@@ -364,8 +372,8 @@ def _model(source: str, path: Path) -> Model:
         raise SpecError(f"{where}: {err}") from None
 
 
-def load_packaged_dataset(name: str) -> Dataset:
-    """A dataset shipped with il2treg by name (``data = "il2treg:<name>"``)."""
+def load_packaged_dataset(name: str, observables: tuple[str, ...] = OBSERVABLE_NAMES) -> Dataset:
+    """A dataset shipped with il2treg by name (``data = "il2treg:<name>"``), its DVIDs read as ``observables``."""
     import il2treg.datasets
 
     known = ", ".join(PACKAGED_PREFIX + n for n in PACKAGED_DATASETS)
@@ -375,14 +383,16 @@ def load_packaged_dataset(name: str) -> Dataset:
     if loader is None:
         raise SpecError(f"packaged dataset {PACKAGED_PREFIX + name!r} is not in this installation of il2treg. Fix: update il2treg or give a CSV path.")
     data = loader()
-    return data if isinstance(data, Dataset) else read_dataset(data)
+    if isinstance(data, Dataset):
+        return data if data.dvid_names == tuple(observables) else read_dataset(data.to_frame(), observables=observables)
+    return read_dataset(data, observables=observables)
 
 
-def _data(source: str, path: Path) -> Dataset:
+def _data(source: str, path: Path, names: tuple[str, ...], aliases: dict[str, str]) -> Dataset:
     where = str(path)
     if source.startswith(PACKAGED_PREFIX):
         try:
-            return load_packaged_dataset(source[len(PACKAGED_PREFIX) :])
+            return load_packaged_dataset(source[len(PACKAGED_PREFIX) :], names)
         except SpecError as err:
             raise SpecError(f"{where}: {err}") from None
     file = Path(source) if Path(source).is_absolute() else path.parent / source
@@ -392,7 +402,7 @@ def _data(source: str, path: Path) -> Dataset:
             f"Fix: give a CSV path relative to the fit file, or {PACKAGED_PREFIX}<name> for a packaged dataset."
         )
     try:
-        return read_dataset(file)
+        return read_dataset(file, observables=names, aliases=aliases)
     except DataError as err:
         raise DataError(f"{where}: data file {str(file)!r}: {err}", column=err.column, row=err.row) from None
 
@@ -400,7 +410,7 @@ def _data(source: str, path: Path) -> Dataset:
 def _mask_ignored(dataset: Dataset, ignore: list[str]) -> Dataset:
     if not ignore:
         return dataset
-    ignored = np.isin(dataset.obs_dvid, [OBSERVABLE_NAMES.index(d) for d in ignore])
+    ignored = np.isin(dataset.obs_dvid, [dataset.dvid_names.index(d) for d in ignore])
     return eqx.tree_at(lambda d: d.obs_mask, dataset, dataset.obs_mask & ~ignored)
 
 
@@ -453,13 +463,13 @@ def _parameters(table, model: Model, where: str) -> tuple[ParameterEntry, ...]:
     return tuple(out)
 
 
-def _errors(table, where: str) -> tuple[ErrorEntry, ...]:
+def _errors(table, where: str, names: tuple[str, ...]) -> tuple[ErrorEntry, ...]:
     if not isinstance(table, dict):
         raise SpecError(f"{where}: `error` must be tables [error.<observation type>].")
     entries = {}
     for dvid, entry in table.items():
         here = f"{where}: [error.{dvid}]"
-        _known_dvid(dvid, where, f"[error.{dvid}]")
+        _known_dvid(dvid, where, f"[error.{dvid}]", names)
         if not isinstance(entry, dict):
             raise SpecError(f"{here} must be a table with kind, sigma_add / sigma_prop and estimate.")
         _known_keys(entry, _ERROR_KEYS, here, "key")
@@ -467,8 +477,8 @@ def _errors(table, where: str) -> tuple[ErrorEntry, ...]:
         if kind not in KINDS:
             raise SpecError(f"{here}: kind must be one of {', '.join(KINDS)}, got {kind!r}.")
         used = SIGMAS_OF_KIND[kind]
-        default = ResidualModel.build(kinds={dvid: kind})
-        d = OBSERVABLE_NAMES.index(dvid)
+        default = ResidualModel.build(kinds={dvid: kind}, names=names)
+        d = names.index(dvid)
         sd = {"sigma_add": float(default.sigma_add[d]) if "sigma_add" in used else 0.0,
               "sigma_prop": float(default.sigma_prop[d]) if "sigma_prop" in used else 0.0}  # fmt: skip
         for key in ("sigma_add", "sigma_prop"):
@@ -499,7 +509,7 @@ def _errors(table, where: str) -> tuple[ErrorEntry, ...]:
     steps = {e.score_step for e in entries.values() if e.kind == "ordinal"}
     if len(steps) > 1:
         raise SpecError(f"{where}: ordinal error models with different score_step ({', '.join(f'{x:g}' for x in sorted(steps))}). Fix: use one score_step.")
-    return tuple(entries[n] for n in OBSERVABLE_NAMES if n in entries)
+    return tuple(entries[n] for n in names if n in entries)
 
 
 def _covariates(table, model: Model, dataset: Dataset, where: str) -> tuple[CovariateEntry, ...]:
@@ -566,7 +576,7 @@ def _check_against_data(dataset: Dataset, parameters, errors, ignore, model: Mod
     for d in ignore:
         if d in described:
             raise SpecError(f"{where}: {d!r} is both in ignore_dvids and has an [error.{d}] table. Fix: keep one of them.")
-    for d in OBSERVABLE_NAMES:
+    for d in dataset.dvid_names:
         if d in observed and d not in described:
             raise SpecError(
                 f"{where}: the data ({source}) observe {d!r} but the fit has no [error.{d}] table. "
@@ -596,9 +606,9 @@ def _known_keys(table: dict, known: tuple[str, ...], here: str, what: str) -> No
             raise SpecError(f"{here}: unknown {what} {key!r}. Fix: use only {', '.join(known)}.")
 
 
-def _known_dvid(dvid: str, where: str, field: str) -> None:
-    if dvid not in OBSERVABLE_NAMES:
-        raise SpecError(f"{where}: {field}: unknown observation type {dvid!r}. Fix: use one of {', '.join(OBSERVABLE_NAMES)}.")
+def _known_dvid(dvid: str, where: str, field: str, names: tuple[str, ...]) -> None:
+    if dvid not in names:
+        raise SpecError(f"{where}: {field}: unknown observation type {dvid!r}: not an observable of the model. Fix: use one of {', '.join(names)}.")
 
 
 def _number(value, here: str, key: str) -> float:
