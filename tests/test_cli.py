@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -196,3 +201,70 @@ def test_regimens_list_names_every_library_regimen(monkeypatch, capsys):
 
     code, out, _ = run_cli(monkeypatch, capsys, "regimens", "list")
     assert code == 0 and all(name in out for name in NAMED_REGIMENS)
+
+
+@pytest.mark.slow
+def test_a_model_file_of_ones_own_runs_through_every_command(monkeypatch, capsys, tmp_path):
+    """A mechanism the package does not ship (tests/models/il2_treg_teff.toml: IL-2 drives Tregs,
+    Tregs suppress effector T cells, a latent SLEDAI), written to a temporary folder: simulate,
+    fit (to data simulated from it), diagnose, regimens compare and trial, each reading the
+    model's own observables and parameters."""
+    import il2treg
+    from il2treg import regimen as rg
+
+    model_file = tmp_path / "il2_treg_teff.toml"
+    shutil.copy(Path(__file__).parent / "models" / "il2_treg_teff.toml", model_file)
+    model = il2treg.load_model(model_file)
+    assert model.observable_names == ("treg_per_uL", "teff_per_uL", "sledai")
+
+    code, stdout, _ = run_cli(monkeypatch, capsys, "simulate", "--model", str(model_file), "--n", "4", "--days", "28", "--dt", "1", "--out", str(tmp_path / "sim"))
+    assert code == 0 and "teff_per_uL" in stdout
+    assert set(pd.read_csv(tmp_path / "sim" / "simulation.csv").DVID) == {"treg_per_uL", "teff_per_uL", "sledai"}
+
+    # Data simulated from the model itself, its own DVID name for Teff mapped in the fit file.
+    n, times, reg = 12, np.array([0.0, 1, 4, 7, 14, 28, 56, 84]), rg.lupil2()
+    truth = {"emax_treg": 5.0, "kout_treg": 0.12, "treg0": 30.0}
+    sim = il2treg.simulate(model, reg, times, il2treg.sample_population(model, n, seed=1))
+    rng = np.random.default_rng(2)
+    rows = []
+    for i in range(n):
+        rows += [{"ID": i + 1, "TIME": float(t), "EVID": 1, "AMT": 1.5e6, "DVID": "", "DV": np.nan} for t in reg.times]
+        rows += [{"ID": i + 1, "TIME": t, "EVID": 0, "AMT": np.nan, "DVID": {"treg_per_uL": "TREG", "teff_per_uL": "TEFF"}[name],
+                  "DV": float(sim[name][i, k]) * np.exp(0.1 * rng.normal())}
+                 for k, t in enumerate(times) for name in ("treg_per_uL", "teff_per_uL")]  # fmt: skip
+    pd.DataFrame(rows).sort_values(["ID", "TIME", "EVID"], kind="stable").to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "fit.toml").write_text(
+        'model = "il2_treg_teff.toml"\ndata = "data.csv"\ndvids = { TREG = "treg_per_uL", TEFF = "teff_per_uL" }\n'
+        "[parameters.emax_treg]\ncv_percent = 30\n[parameters.kout_treg]\n[parameters.treg0]\ncv_percent = 20\n"
+        '[error.treg_per_uL]\nkind = "proportional"\nsigma_prop = 0.2\n'
+        '[error.teff_per_uL]\nkind = "proportional"\nsigma_prop = 0.1\nestimate = []\n'
+    )
+    code, stdout, _ = run_cli(monkeypatch, capsys, "fit", str(tmp_path / "fit.toml"), "--out", str(tmp_path / "res"), "--no-figures")
+    assert code == 0, stdout
+    estimates = pd.read_csv(tmp_path / "res" / "parameters.csv").set_index("parameter")
+    for name, value in truth.items():  # the 95% interval holds the value the data were simulated with
+        assert estimates.loc[name, "ci_low"] < value < estimates.loc[name, "ci_high"], (name, estimates.loc[name].to_dict())
+    predictions = pd.read_csv(tmp_path / "res" / "predictions.csv")
+    assert set(predictions.DVID) == {"treg_per_uL", "teff_per_uL"}
+
+    code, stdout, err = run_cli(monkeypatch, capsys, "diagnose", str(tmp_path / "res"), "--out", str(tmp_path / "diag"), "--n-sim", "50")
+    assert code == 0, err
+    assert {"vpc_treg_per_uL.png", "individual_teff_per_uL.png"} <= {p.name for p in (tmp_path / "diag" / "figures").iterdir()}
+
+    code, stdout, _ = run_cli(monkeypatch, capsys, "regimens", "compare", "--model", str(model_file), "--regimens", "lupil2,weekly_only",
+                              "--n", "10", "--out", str(tmp_path / "cmp"))  # fmt: skip
+    assert code == 0, stdout
+    table = pd.read_csv(tmp_path / "cmp" / "table.csv")
+    assert {"treg_per_uL_max", "teff_per_uL_mean", "sledai_w12"} <= set(table.metric)
+    peak = table[table.metric == "treg_per_uL_max"].set_index("regimen")["median"]
+    assert peak["lupil2"] > peak["weekly_only"]  # the five daily induction doses raise the Treg peak
+
+    code, stdout, _ = run_cli(monkeypatch, capsys, "trial", "--model", str(model_file), "--replicates", "2", "--json")
+    assert code == 0, stdout
+    summary = json.loads(stdout)
+    assert summary["replicates"] == 2 and 0.0 <= summary["itt"]["il2"] <= 1.0
+
+
+def test_trial_of_a_model_without_sledai_is_one_line_and_exit_2(monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "trial", "--model", "pk_1cmt_oral", "--replicates", "2")
+    assert code == 2 and err.count("\n") == 1 and "'pk_1cmt_oral' has no sledai observable" in err and ". Fix: add them" in err, err

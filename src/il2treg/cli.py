@@ -123,6 +123,7 @@ def trial(
     replicates: int = typer.Option(500, min=1, help="number of replicate trials"),
     seed: int = typer.Option(0, min=0, help="random seed"),
     regimen: str = typer.Option(None, help="replace the IL-2 arm's regimen: a named regimen or a CSV of NONMEM dose rows"),
+    model: str = typer.Option(None, help="replace the design's model: a name in models/ or a path to a TOML file with a sledai observable"),
     json_out: bool = typer.Option(False, "--json", help="print exactly one JSON object and nothing else"),
 ) -> None:
     """Simulate replicate virtual trials: SRI-4 by arm in ITT and per-protocol sets, difference, power."""
@@ -132,7 +133,9 @@ def trial(
 
     d = load_design(design)
     reg = _regimen(regimen) if regimen else None
-    result = simulate_trial(d, replicates, seed, regimen=reg)
+    import il2treg
+
+    result = simulate_trial(d, replicates, seed, regimen=reg, model=il2treg.load_model(model) if model else None)
     summary = result.summary()
     if json_out:
         print(json.dumps(summary))
@@ -311,6 +314,8 @@ def regimens_compare(
     n: int = typer.Option(1000, help="virtual patients (each with its own draw of the population parameters)"),
     seed: int = typer.Option(0, help="seed of the virtual population"),
     fit: Path | None = typer.Option(None, help="results folder of a fit: draw the population from its posterior (default: the model's priors)"),
+    model: str = typer.Option("il2_treg_sledai", help="model name in models/ or path to a TOML file (ignored with --fit: the fit's model)"),
+    weeks: str = typer.Option("12,24", help="assessment weeks, comma-separated (SLEDAI and SRI-4; for other models the weeks each observable is read at)"),
     force: bool = typer.Option(False, help="replace an existing folder"),
 ) -> None:
     """Compare regimens over one virtual population with parameter uncertainty."""
@@ -328,7 +333,13 @@ def regimens_compare(
         from il2treg.fit.result import load_fit
 
         result = load_fit(fit)
-    comparison = compare(_regimens(regimens), n=n, seed=seed, fit=result)
+    import il2treg
+
+    try:
+        assessment = tuple(float(w) for w in weeks.split(","))
+    except ValueError:
+        raise InputError(f"--weeks {weeks!r}: not comma-separated numbers. Fix: e.g. --weeks 12,24.") from None
+    comparison = compare(_regimens(regimens), model=il2treg.load_model(model), n=n, seed=seed, fit=result, weeks=assessment)
     with atomic_output_dir(out, force=force) as tmp:
         comparison.table.to_csv(tmp / "table.csv", index=False)
         comparison.per_patient.to_csv(tmp / "per_patient.csv", index=False)

@@ -207,6 +207,34 @@ def regimen_metrics(model: Model, regimen: Regimen, params: Parameters, *, weeks
     return _metrics(sim, theta, params.names, weeks, design or load_design("lupil2"))
 
 
+#: Observables :func:`compare` reads for the IL-2 model's metrics (:data:`METRICS`); any other
+#: model gets :func:`generic_metrics` of its own observables.
+_IL2_OBSERVABLES = ("il2_pM", "treg_per_uL", "tconv_per_uL", "nk56bright_per_uL", "cd25_treg_rel", "sledai")
+
+
+def generic_metrics(sim, weeks: tuple[float, ...]) -> tuple[pd.DataFrame, dict[str, str]]:
+    r"""Per-patient metrics of any model's observables from a batched simulation over
+    :math:`[0, T]` (:math:`T`: the last assessment week): for each observable :math:`y`, its peak ``<y>_max``, its time average
+    ``<y>_mean`` :math:`= rac1T\int_0^T y\,dt` (trapezoids on the grid) and its value at each
+    assessment week ``<y>_w<k>``. Returns the table (``patient``, the metrics, ``status``) and each
+    metric's unit."""
+    t = np.asarray(sim.times, dtype=np.float64).reshape(-1, sim.times.shape[-1])[0]
+    v = np.asarray(sim.values, dtype=np.float64).reshape(-1, len(t), len(sim.names))
+    out: dict[str, np.ndarray] = {"patient": np.arange(1, v.shape[0] + 1)}
+    units: dict[str, str] = {}
+    span = t[-1] - t[0]
+    for k, (name, unit) in enumerate(zip(sim.names, sim.units)):
+        y = v[:, :, k]
+        out[f"{name}_max"], units[f"{name}_max"] = y.max(axis=1), unit
+        if span > 0:
+            out[f"{name}_mean"] = np.sum(0.5 * (y[:, 1:] + y[:, :-1]) * np.diff(t), axis=1) / span
+            units[f"{name}_mean"] = unit
+        for w in weeks:
+            out[f"{name}_w{w:g}"], units[f"{name}_w{w:g}"] = y[:, int(np.argmin(np.abs(t - 7.0 * w)))], unit
+    out["status"] = np.asarray(sim.status).reshape(-1)
+    return pd.DataFrame(out), units
+
+
 def _horizon(weeks: tuple[float, ...]) -> float:
     """The last day the metrics read: the latest assessment week, or the end of treatment."""
     return max(7.0 * max(weeks), TREATMENT_DAYS)
@@ -259,7 +287,8 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
         regimens: names, a comma-separated string or a mapping name -> :class:`Regimen`.
         model: default :func:`il2treg.load_model`; ignored with ``fit`` (the fit's model is used).
         params: the virtual patients; default :func:`virtual_population` with ``n``, ``seed``, ``fit``.
-        weeks: assessment weeks for SLEDAI and SRI-4.
+        weeks: assessment weeks for SLEDAI and SRI-4 (for a model other than the IL-2 model, the
+            weeks at which :func:`generic_metrics` reads each observable).
         one_program: solve every regimen through one compiled program, padded to common shapes
             (:func:`il2treg.simulate.iter_simulations`; the same values), instead of one program
             per regimen. That saves compilation and costs run time: the eight library regimens,
@@ -279,7 +308,9 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
     design = load_design("lupil2")
     weeks_f = tuple(float(w) for w in weeks)
     theta = np.atleast_2d(np.asarray(params.values))
-    grids = {name: exposure_grid(r, _horizon(weeks_f)) for name, r in regs.items()}
+    il2 = set(_IL2_OBSERVABLES) <= set(model.observable_names)
+    horizon = _horizon(weeks_f) if il2 else 7.0 * max(weeks_f)  # another model: to the last assessment
+    grids = {name: exposure_grid(r, horizon) for name, r in regs.items()}
     patients = Parameters(jnp.asarray(theta), params.names)
     if one_program is not None and not isinstance(one_program, bool):
         raise InputError(f"compare(one_program={one_program!r}): must be True, False or None. Fix: pass one_program=None to choose by the number of patients.")
@@ -290,11 +321,17 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
         sims = iter_simulations(model, regs, grids, patients, options=options)
     else:
         sims = ((name, simulate(model, regs[name], jnp.asarray(grids[name]), patients, options=options)) for name in regs)
-    frames = [_metrics(sim, theta, params.names, weeks_f, design).assign(regimen=name) for name, sim in sims]
+    if il2:
+        frames = [_metrics(sim, theta, params.names, weeks_f, design).assign(regimen=name) for name, sim in sims]
+        units = {**METRICS, **{f"sledai_change_w{w:g}": "points" for w in weeks}, **{f"p_sri4_w{w:g}": "1" for w in weeks}}
+    else:
+        frames = []
+        for name, sim in sims:
+            frame, units = generic_metrics(sim, weeks_f)
+            frames.append(frame.assign(regimen=name))
     run_s = time.perf_counter() - start
     per_patient = pd.concat(frames, ignore_index=True)
     per_patient = per_patient[["regimen", *[c for c in per_patient.columns if c != "regimen"]]]
-    units = {**METRICS, **{f"sledai_change_w{w:g}": "points" for w in weeks}, **{f"p_sri4_w{w:g}": "1" for w in weeks}}
     rows = []
     for name, g in per_patient.groupby("regimen", sort=False):
         ok = g["status"] == 0

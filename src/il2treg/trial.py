@@ -458,7 +458,7 @@ class TrialResult:
             high-response sites), ``[trials, patients]``.
         sledai: reported SLEDAI (points; NaN after dropout), ``[trials, patients, visits]``.
         sledai_latent: latent SLEDAI L(t) with the site effect (points), same shape.
-        treg_pct_cd4: reported Treg % of CD4 (assay noise; NaN after dropout), same shape.
+        treg_pct_cd4: reported Treg % of CD4 (assay noise; NaN after dropout), same shape (NaN throughout for a model without that observable).
         dropout: whether the patient dropped out before the assessment, ``[trials, patients]``.
         responder: SRI-4 responder at the assessment, ``[trials, patients]``.
         per_protocol: member of the per-protocol set, ``[trials, patients]``.
@@ -601,16 +601,23 @@ def draw_entry(model: Model, design: TrialDesign, n: int, rng: np.random.Generat
     return np.concatenate(l0_out)[:n], np.concatenate(e0_out)[:n]
 
 
+#: What a trial reads of a model besides its ``sledai`` observable: the baseline latent SLEDAI it
+#: redraws by the entry criterion and the standard-of-care course it shifts by site.
+TRIAL_PARAMETERS: tuple[str, ...] = ("sledai0", "pmax", "kpl")
+
+
 def _solve_arm(model: Model, regimen: Regimen, days: np.ndarray, params: Parameters,
                options: SolverOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Latent SLEDAI and Treg % of CD4 at ``days`` and solver status, in chunks of :data:`CHUNK`.
 
-    Patients are ordered by their fastest rate, elimination (CL + CLR) / V, before chunking, so
+    Patients are ordered by their fastest rate (the model's ``stiffness``: for the IL-2 model the
+    elimination (CL + CLR) / V) before chunking, so
     that the patients of a chunk need similar numbers of steps (as :func:`il2treg.simulate` does
     within a large batch; 25,000 LUPIL-2 patients: 24 s unordered, 18 s ordered on 2 cores).
     Chunks run on a thread pool (JAX releases the GIL while a solve runs), one per CPU core.
     """
-    order = np.argsort(np.asarray((params["CL"] + params["CLR"]) / params["V"]), kind="stable")
+    stiffness = model.mechanism.stiffness(params.values)
+    order = np.arange(params.values.shape[0]) if stiffness is None else np.argsort(np.asarray(stiffness), kind="stable")
     values = params.values[order]
     n = values.shape[0]
     times = jnp.asarray(days)
@@ -621,7 +628,8 @@ def _solve_arm(model: Model, regimen: Regimen, days: np.ndarray, params: Paramet
         if real < CHUNK:  # pad with copies of the last patient: one compiled shape for every run
             block = jnp.concatenate([block, jnp.broadcast_to(block[-1:], (CHUNK - real, block.shape[1]))])
         sim = simulate(model, regimen, times, Parameters(block, params.names), options=options)
-        return (np.asarray(sim["sledai"])[:real], np.asarray(sim["treg_pct_cd4"])[:real],
+        treg = np.asarray(sim["treg_pct_cd4"])[:real] if "treg_pct_cd4" in sim.names else np.full((real, len(days)), np.nan)
+        return (np.asarray(sim["sledai"])[:real], treg,
                 np.asarray(sim.status)[:real])
 
     starts = range(0, n, CHUNK)
@@ -704,6 +712,12 @@ def simulate_trial(
         model = load_model(design.model)
     if not isinstance(model, Model):
         raise _fix(f"model must be an il2treg.Model, got {type(model).__name__}.", "pass il2treg.load_model(...)")
+    missing = [n for n in TRIAL_PARAMETERS if n not in model.parameter_names]
+    if "sledai" not in model.observable_names or missing:
+        what = "sledai observable" if "sledai" not in model.observable_names else f"parameter(s) {', '.join(missing)}"
+        raise _fix(f"model {model.name!r} has no {what}: a trial needs the latent SLEDAI (observable sledai, points) and its "
+                   f"standard-of-care course ({', '.join(TRIAL_PARAMETERS)}, as in il2_treg_sledai).",
+                   "add them to the model file, as models/il2_treg_sledai.toml declares them")  # fmt: skip
     options = SolverOptions() if options is None else options
 
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(ARMS) + 1)]
