@@ -1,4 +1,6 @@
-"""The shipped PK models (NONMEM's ADVAN1-4) against their closed forms, single and multiple doses."""
+"""The shipped PK models (NONMEM's ADVAN1-4) against their closed forms: IV bolus, zero-order
+infusion (modelled duration), first-order absorption with lag and F; single, multiple and
+overlapping doses."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ TIMES = np.linspace(0.0, 3.0, 61)[1:] + 0.013  # days; none on a dose time (a do
 REGIMENS = {
     "single": rg.Regimen(times=np.array([0.0]), amounts=np.array([100.0])),
     "multiple": rg.Regimen(times=np.array([0.0, 0.5, 1.0, 1.75]), amounts=np.array([100.0, 50.0, 100.0, 25.0])),
+    # infusions overlap where one starts before the last has stopped (D up to 2.6 h here)
+    "overlapping": rg.Regimen(times=np.array([0.0, 0.05, 1.0]), amounts=np.array([100.0, 50.0, 80.0])),
 }
 
 
@@ -48,8 +52,31 @@ def _two_compartment_oral(p, t):
     return p["F"] * ka / p["V1"] * terms
 
 
+def _infused(rates):
+    """The response to a unit infusion rate running from 0 to d, from the unit bolus response
+    ``sum_i c_i exp(-lambda_i t)`` (``rates``: its (c_i, lambda_i)): the integral
+    ``sum_i c_i / lambda_i (exp(-lambda_i max(t - d, 0)) - exp(-lambda_i t))``."""
+
+    def response(p, t):
+        d = p["D"]
+        return sum(c / lam * (np.exp(-lam * np.maximum(t - d, 0.0)) - np.exp(-lam * t)) for c, lam in rates(p)) / d
+
+    return response
+
+
+def _one_compartment_terms(p):
+    return [(1.0 / p["V"], p["CL"] / p["V"])]
+
+
+def _two_compartment_terms(p):
+    alpha, beta, k21 = _rates(p)
+    return [((alpha - k21) / ((alpha - beta) * p["V1"]), alpha), ((k21 - beta) / ((alpha - beta) * p["V1"]), beta)]
+
+
 CLOSED_FORMS = {
     "pk_1cmt_iv": (_one_compartment, False),
+    "pk_1cmt_infusion": (_infused(_one_compartment_terms), False),
+    "pk_2cmt_infusion": (_infused(_two_compartment_terms), False),
     "pk_1cmt_oral": (_one_compartment_oral, True),
     "pk_2cmt_iv": (_two_compartment, False),
     "pk_2cmt_oral": (_two_compartment_oral, True),
@@ -57,7 +84,8 @@ CLOSED_FORMS = {
 
 
 def closed_form(name: str, p: dict, regimen: rg.Regimen, t: np.ndarray) -> np.ndarray:
-    """Superposition over the doses that entered strictly before ``t`` (after the lag)."""
+    """Superposition over the doses that started strictly before ``t`` (after the lag); the dose
+    amount times the response per unit dose (a bolus) or per unit of amount infused over ``D``."""
     unit, lagged = CLOSED_FORMS[name]
     lag = p["tlag"] if lagged else 0.0
     out = np.zeros_like(t)
@@ -67,8 +95,11 @@ def closed_form(name: str, p: dict, regimen: rg.Regimen, t: np.ndarray) -> np.nd
     return out
 
 
+_FAST = ("pk_1cmt_oral", "pk_1cmt_infusion")  # the others compile a program each: slow tier
+
+
 @pytest.mark.parametrize("regimen", list(REGIMENS))
-@pytest.mark.parametrize("name", list(CLOSED_FORMS))
+@pytest.mark.parametrize("name", [n if n in _FAST else pytest.param(n, marks=pytest.mark.slow) for n in CLOSED_FORMS])
 def test_pk_model_matches_its_closed_form(name, regimen):
     model = il2treg.load_model(name)
     assert model.observable_names == ("conc",)

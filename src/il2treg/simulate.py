@@ -214,6 +214,8 @@ def solve_one(
     rows = obs_times
     obs_times, row_of = jnp.unique(rows, size=rows.shape[0], fill_value=jnp.inf, return_inverse=True)
     n_obs = obs_times.shape[0]
+    infused = bool(mechanism.dose_states) and mechanism.dose_infused[0]
+    rates = None  # the infusion rate into the dosed state over each interval (infusions only)
     if dose_times.shape[0] == 0 or not mechanism.dose_states:
         starts, ends = rows[:1], rows[-1:]
         added = jnp.zeros(1)
@@ -221,29 +223,49 @@ def solve_one(
     else:
         target, scale = mechanism.dose_states[0], mechanism.dose_scale[0]
         tau = dose_times + mechanism.dose_lag(args)[0]
-        t_lo = jnp.minimum(rows[0], tau[0])
-        t_hi = jnp.maximum(rows[-1], tau[-1])
-        starts = jnp.concatenate([t_lo[None], tau])
-        ends = jnp.concatenate([tau, t_hi[None]])
-        # The amount entering the dosed state (in its unit) at the end of each interval (none after the last).
-        added = jnp.concatenate([mechanism.dose_fraction(args)[0] * dose_amounts * scale, jnp.zeros(1)])
+        amounts = mechanism.dose_fraction(args)[0] * dose_amounts * scale  # in the dosed state's unit
+        if infused:
+            # A zero-order infusion runs from tau_k to tau_k + d: the solve is split at every start
+            # and stop, and each interval carries the sum of the rates of the infusions running in it.
+            duration = mechanism.dose_duration(args)[0]
+            stops = tau + duration
+            events = jnp.sort(jnp.concatenate([tau, stops]))
+            t_lo = jnp.minimum(rows[0], events[0])
+            t_hi = jnp.maximum(rows[-1], events[-1])
+            starts = jnp.concatenate([t_lo[None], events])
+            ends = jnp.concatenate([events, t_hi[None]])
+            running = (tau[None, :] <= starts[:, None]) & (starts[:, None] < stops[None, :])
+            rates = jnp.sum(jnp.where(running, amounts / duration, 0.0), axis=1)
+            added = jnp.zeros(starts.shape[0])
+        else:
+            t_lo = jnp.minimum(rows[0], tau[0])
+            t_hi = jnp.maximum(rows[-1], tau[-1])
+            starts = jnp.concatenate([t_lo[None], tau])
+            ends = jnp.concatenate([tau, t_hi[None]])
+            # The amount entering the dosed state at the end of each interval (none after the last).
+            added = jnp.concatenate([amounts, jnp.zeros(1)])
     # Interval k holds the observations in (start_k, end_k] (the first also those <= its end),
     # so an observation at a dose time is the pre-dose value.
     first = jnp.searchsorted(obs_times, starts, side="right").at[0].set(0)
     last = jnp.searchsorted(obs_times, ends, side="right") - 1
     overflow = jnp.any(last - first + 1 > slots)
 
-    term = dfx.ODETerm(mechanism.vector_field)
+    if rates is None:
+        term = dfx.ODETerm(mechanism.vector_field)
+        observe = mechanism.observables
+    else:  # the interval's infusion rate travels with the arguments: (args, rate)
+        term = dfx.ODETerm(lambda t, y, a: mechanism.vector_field(t, y, a[0]).at[target].add(a[1]))
+        observe = lambda t, y, a: mechanism.observables(t, y, a[0])
     controller = dfx.PIDController(
         rtol=options.rtol, atol=options.atol, pcoeff=options.pcoeff, icoeff=options.icoeff
     )
     offsets = jnp.arange(slots)
-    save = (lambda t, y, args: y) if states else mechanism.observables
+    save = (lambda t, y, args: y) if states else observe
     width = y0.shape[0] if states else len(mechanism.observable_names)
 
     def interval(carry, inputs):
         y, out, code = carry
-        t0, t1, lo, hi, dose = inputs
+        t0, t1, lo, hi, dose, *rate = inputs
         index = lo + offsets
         valid = index <= hi
         ts = jnp.where(valid, obs_times[jnp.clip(index, 0, n_obs - 1)], t1)
@@ -255,7 +277,7 @@ def solve_one(
             t1,
             None,
             y,
-            args,
+            args if rates is None else (args, rate[0]),
             saveat=dfx.SaveAt(subs=[dfx.SubSaveAt(t1=True), dfx.SubSaveAt(ts=ts, fn=save)]),
             stepsize_controller=controller,
             adjoint=options.adjoint,
@@ -270,7 +292,8 @@ def solve_one(
         return (y_next, out, code), None
 
     init = (y0, jnp.zeros((n_obs, width)), jnp.asarray(0, dtype=jnp.int32))
-    (_, out, code), _ = jax.lax.scan(interval, init, (starts, ends, first, last, added))
+    steps = (starts, ends, first, last, added) if rates is None else (starts, ends, first, last, added, rates)
+    (_, out, code), _ = jax.lax.scan(interval, init, steps)
     code = jnp.where(overflow & (code == 0), STATUS_SLOTS_EXCEEDED, code)
     out = jnp.where(code == 0, out[row_of.reshape(-1)], jnp.nan)
     return out, code

@@ -12,7 +12,8 @@ order of ``definition.parameters`` (internal units) and the state vector in the 
     \dot y = f(t, y, \theta), \qquad y(0) = y_0(\theta), \qquad o = g(t, y, \theta)
 
 and a dose :math:`D` into input :math:`k` at time :math:`t_d` adds :math:`F_k(\theta) D` to state
-``dose_states[k]`` at :math:`t_d + \mathrm{lag}_k(\theta)`.
+``dose_states[k]`` at :math:`t_d + \mathrm{lag}_k(\theta)`, or, for an infusion, enters it at the
+constant rate :math:`F_k D / d_k(\theta)` from then for the duration :math:`d_k`.
 
 The parameters the state trajectory depends on (``ode_parameters``) are the free symbols of
 :math:`f`, :math:`y_0`, :math:`F` and lag, read from the equations.
@@ -42,6 +43,7 @@ class CompiledModel:
         initial_state: ``theta -> y0``, ``[states]``.
         dose_fraction: ``theta -> F``, ``[dose inputs]`` (1 where none is declared).
         dose_lag: ``theta -> lag``, ``[dose inputs]`` in days (0 where none is declared).
+        dose_duration: ``theta -> duration``, ``[dose inputs]`` in days (0: a bolus).
         dose_states: for each dose input, the index of the state its doses enter.
         ode_parameters: the parameters the trajectory depends on, in parameter order.
     """
@@ -52,6 +54,7 @@ class CompiledModel:
     initial_state: Callable
     dose_fraction: Callable
     dose_lag: Callable
+    dose_duration: Callable
     dose_states: tuple[int, ...]
     ode_parameters: tuple[str, ...]
 
@@ -79,6 +82,7 @@ def compile_model(defn: ModelDefinition) -> CompiledModel:
     initial = [resolved(s.initial, 0.0) for s in defn.states]
     fraction = [resolved(d.bioavailability, 1.0) for d in defn.doses]
     lag = [resolved(d.lag, 0.0) for d in defn.doses]
+    duration = [resolved(d.duration, 0.0) for d in defn.doses]
 
     def build(exprs: list[sympy.Expr], args: list[sympy.Symbol]) -> Callable:
         if not exprs:
@@ -91,6 +95,7 @@ def compile_model(defn: ModelDefinition) -> CompiledModel:
     y0 = build(initial, theta)
     fr = build(fraction, theta)
     lg = build(lag, theta)
+    du = build(duration, theta)
     n = len(states)
 
     def unpack(y):
@@ -99,7 +104,7 @@ def compile_model(defn: ModelDefinition) -> CompiledModel:
     def unpack_theta(values):
         return [values[k] for k in range(len(theta))]
 
-    read = set().union(*(e.free_symbols for e in field + initial + fraction + lag))
+    read = set().union(*(e.free_symbols for e in field + initial + fraction + lag + duration))
     return CompiledModel(
         definition=defn,
         vector_field=lambda time, y, values: f(time, *unpack(y), *unpack_theta(values)),
@@ -107,6 +112,7 @@ def compile_model(defn: ModelDefinition) -> CompiledModel:
         initial_state=lambda values: y0(*unpack_theta(values)),
         dose_fraction=lambda values: fr(*unpack_theta(values)),
         dose_lag=lambda values: lg(*unpack_theta(values)),
+        dose_duration=lambda values: du(*unpack_theta(values)),
         dose_states=tuple(defn.state_names.index(d.state) for d in defn.doses),
         ode_parameters=tuple(p for p in defn.parameter_names if symbols[p] in read),
     )

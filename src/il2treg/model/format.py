@@ -26,7 +26,9 @@ A model file is TOML with these tables (``models/README.md`` has a worked exampl
 ``[doses.<name>]``
     a dosing input: ``state`` (where a dose goes), optional ``unit`` (of the dose amounts in
     regimens and datasets, converted to the state's unit; default the state's unit),
-    ``bioavailability`` (dimensionless) and ``lag`` (days), each an expression of parameters.
+    ``bioavailability`` (dimensionless), ``lag`` (days) and, for a zero-order infusion,
+    ``duration`` (days; NONMEM's modelled duration D1), each an expression of parameters. Without a
+    ``duration`` a dose is a bolus.
 ``[structure]``
     read only by the hand-written IL-2 model (:mod:`il2treg.model.system`), which the reference
     file still drives until the engine takes model files; ignored here.
@@ -65,7 +67,7 @@ _FUNCTIONS = {
 _STATE_FIELDS = ("unit", "initial", "description")
 _CONSTANT_FIELDS = ("value", "unit", "source", "description")
 _OBSERVABLE_FIELDS = ("unit", "expression", "description")
-_DOSE_FIELDS = ("state", "unit", "bioavailability", "lag", "description")
+_DOSE_FIELDS = ("state", "unit", "bioavailability", "lag", "duration", "description")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +103,8 @@ class Observable:
 
 @dataclasses.dataclass(frozen=True)
 class DoseInput:
-    """A dosing input: the state a dose enters, and the expressions of its bioavailability and lag.
+    """A dosing input: the state a dose enters, and the expressions of its bioavailability, lag and
+    (a zero-order infusion) duration.
 
     ``scale`` converts a dose amount in ``unit`` to the state's unit (``IU`` into a state in
     ``MIU``: 1e-6).
@@ -114,6 +117,7 @@ class DoseInput:
     bioavailability: str | None = None
     lag: str | None = None
     description: str = ""
+    duration: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +355,7 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
         if kinds.get(table["state"]) != "states":
             raise _error(path, f"{key}.state", f"dose into {table['state']!r}, which is not a state",
                          f"use one of {', '.join(s.name for s, _ in states)}")  # fmt: skip
-        for field, unit in (("bioavailability", "1"), ("lag", "day")):
+        for field, unit in (("bioavailability", "1"), ("lag", "day"), ("duration", "day")):
             if field in table:
                 expr = _parse(path, f"{key}.{field}", table[field], fixed_symbols)
                 _check(path, f"{key}.{field}", expr, unit_of, dimensions.parse_unit(unit), unit)
@@ -362,7 +366,8 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
             raise _error(path, f"{key}.unit", f"doses in [{amount_unit}] cannot enter {table['state']!r}, which is in [{state_unit}]",
                          f"give the doses a unit of the same dimension as {state_unit}")  # fmt: skip
         doses.append(DoseInput(name, table["state"], amount_unit, float(ratio.to("dimensionless").magnitude),
-                               _text(table.get("bioavailability")), _text(table.get("lag")), str(table.get("description", ""))))  # fmt: skip
+                               _text(table.get("bioavailability")), _text(table.get("lag")), str(table.get("description", "")),
+                               _text(table.get("duration"))))  # fmt: skip
 
     return ModelDefinition(
         name=meta["name"],

@@ -8,7 +8,9 @@ equations only through this protocol:
     a = \mathrm{prepare}(\theta), \quad y(0) = y_0(a), \quad \dot y = f(t, y, a), \quad o = g(t, y, a)
 
 and a dose :math:`D` of the regimen enters state ``dose_states[0]`` as
-:math:`\mathrm{scale}\cdot F(a)\, D` at :math:`t_d + \mathrm{lag}(a)`. ``prepare`` runs once per
+:math:`\mathrm{scale}\cdot F(a)\, D` at :math:`t_d + \mathrm{lag}(a)`: at once (a bolus), or at the
+constant rate :math:`\mathrm{scale}\cdot F(a)\, D / d(a)` over the duration :math:`d(a)` (a
+zero-order infusion, where ``dose_infused[0]``). ``prepare`` runs once per
 solve (constants of the vector field are computed there, not at every step); ``theta`` is the
 parameter vector in the order of ``parameter_names``, or a tuple of scalars (the fits pass one so
 that forward-mode sensitivities skip the parameters that are not varied).
@@ -49,6 +51,7 @@ class Mechanism(Protocol):
             sensitivities for these only.
         dose_states: for each dosing input, the index of the state its doses enter.
         dose_scale: for each dosing input, the factor from the dose unit to the state's unit.
+        dose_infused: for each dosing input, whether its doses are zero-order infusions.
     """
 
     state_names: tuple[str, ...]
@@ -58,6 +61,7 @@ class Mechanism(Protocol):
     ode_parameters: tuple[str, ...]
     dose_states: tuple[int, ...]
     dose_scale: tuple[float, ...]
+    dose_infused: tuple[bool, ...]
 
     def prepare(self, theta) -> Any:
         """The arguments of the functions below, from the parameters (internal units)."""
@@ -76,6 +80,9 @@ class Mechanism(Protocol):
 
     def dose_lag(self, args) -> Float[Array, " inputs"]:
         """The lag (days) of each dosing input."""
+
+    def dose_duration(self, args) -> Float[Array, " inputs"]:
+        """The infusion duration (days) of each dosing input (read where ``dose_infused``)."""
 
     def stiffness(self, theta: Float[Array, "patients params"]) -> Float[Array, " patients"] | None:
         """A per-patient measure of the fastest rate (1/day) to order a batch by, or None."""
@@ -121,6 +128,10 @@ class Equations:
     def dose_scale(self) -> tuple[float, ...]:
         return tuple(d.scale for d in self.definition.doses)
 
+    @property
+    def dose_infused(self) -> tuple[bool, ...]:
+        return tuple(d.duration is not None for d in self.definition.doses)
+
     def prepare(self, theta):
         return theta
 
@@ -138,6 +149,9 @@ class Equations:
 
     def dose_lag(self, args):
         return self._compiled.dose_lag(args)
+
+    def dose_duration(self, args):
+        return self._compiled.dose_duration(args)
 
     def stiffness(self, theta):
         return None

@@ -185,6 +185,7 @@ class HandWritten:
     observable_units = tuple(OBSERVABLES[name][0] for name in OBSERVABLE_NAMES)
     dose_states = (DEPOT,)
     dose_scale = (1e-6,)
+    dose_infused = (False,)
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -208,6 +209,9 @@ class HandWritten:
 
     def dose_lag(self, args) -> Float[Array, " inputs"]:
         return jnp.reshape(args[0]["tlag"], (1,))
+
+    def dose_duration(self, args) -> Float[Array, " inputs"]:
+        return jnp.zeros(1)
 
     def stiffness(self, theta: Float[Array, "patients params"]) -> Float[Array, " patients"]:
         """The elimination rate (CL + CLR) / V (1/day), the stiffest rate while drug is present."""
