@@ -160,3 +160,39 @@ def test_amici_reproduces_il2treg_for_20_virtual_patients(model, lupil2, tight, 
             worst = max(worst, float(np.max(np.abs(theirs - mine[i]) / np.abs(mine[i]))))
         print(f"AMICI vs il2treg at rtol {options.rtol:g}, atol {options.atol:g}: largest relative difference {worst:.1e}")
         assert worst < limit
+
+
+_SHIPPED = ("pk_1cmt_iv", "pk_1cmt_infusion", "pk_1cmt_oral", "pk_2cmt_iv", "pk_2cmt_infusion", "pk_2cmt_oral", "il2_treg_sledai")
+
+
+@pytest.mark.parametrize("name", [n if n == "pk_1cmt_oral" else pytest.param(n, marks=pytest.mark.slow) for n in _SHIPPED])
+def test_every_shipped_model_file_exports_what_il2treg_solves(name, lupil2):
+    """Each shipped model's equations (il2_treg_sledai: its file's equations, with_equations())
+    exported and solved by libroadrunner (CVODE, rtol 1e-6, atol 1e-9) against il2treg (Tsit5, the
+    same tolerances), 20 patients under the LUPIL-2 schedule (100 mg per dose for the PK models),
+    every 6 h to day 84, 0.01 day after each grid time (so that none falls on a dose, where il2treg
+    reports the value before it and an event solver the value after): every observable within
+    1e-4 of its peak, and within 1e-4 (relative) wherever it is above 1e-3 of its peak (elimination
+    takes a one-compartment concentration down to 1e-30 between weekly doses, where no relative
+    difference means anything)."""
+    from il2treg.sbml import observable_ids
+
+    model = il2treg.load_model(name)
+    regimen = lupil2 if name == "il2_treg_sledai" else il2treg.regimen.Regimen(times=lupil2.times, amounts=np.full(lupil2.n_doses, 100.0))
+    if name == "il2_treg_sledai":
+        model = model.with_equations()
+    times = TIMES + 0.01
+    params = il2treg.sample_population(model, 20, seed=4)
+    mine = np.asarray(il2treg.simulate(model, regimen, times, params).values)
+    worst_peak, worst_rel = 0.0, 0.0
+    for i in range(20):
+        rr = roadrunner.RoadRunner(export_sbml(model, il2treg.Parameters(params.values[i], params.names), regimen))
+        rr.integrator.relative_tolerance, rr.integrator.absolute_tolerance = 1e-6, 1e-9
+        rr.integrator.maximum_num_steps = 100_000
+        theirs = np.asarray(rr.simulate(times=[0.0, *times], selections=["time", *observable_ids(model)]))[1:, 1:]
+        peak = np.max(np.abs(mine[i]), axis=0)
+        worst_peak = max(worst_peak, float(np.max(np.abs(theirs - mine[i]) / peak)))
+        above = np.abs(mine[i]) > 1e-3 * peak
+        worst_rel = max(worst_rel, float(np.max(np.abs(theirs - mine[i])[above] / np.abs(mine[i])[above])))
+    print(f"{name}: largest difference {worst_peak:.1e} of the peak, {worst_rel:.1e} relative above 1e-3 of it")
+    assert worst_peak < 1e-4 and worst_rel < 1e-4
