@@ -55,7 +55,8 @@ def test_reference_model_file_reproduces_the_hand_written_vector_field_and_obser
         return system.vector_field(t, y, (p, structure)), system.observables(t, y, (p, structure))
 
     def written(t, y, theta):
-        return reference.vector_field(t, y, theta), reference.observables(t, y, theta)
+        args = reference.prepare(theta)
+        return reference.vector_field(t, y, args), reference.observables(t, y, args)
 
     t, y, theta = _random_points(model, 200, seed=3)
     f_hand, o_hand = jax.jit(jax.vmap(hand))(t, y, theta)
@@ -199,8 +200,8 @@ def test_a_valid_file_compiles_with_its_units_converted(tmp_path):
     assert defn.parameters[0].value == pytest.approx(24.0) and defn.parameters[0].internal_unit == "1/day"
     y = jnp.asarray([2.0, 3.0])
     ka, ke = 24.0, 5.0 / 50.0 * 24.0
-    np.testing.assert_allclose(compiled.vector_field(0.0, y, theta), [-ka * 2.0, ka * 2.0 - ke * 3.0], rtol=1e-15)
-    np.testing.assert_allclose(compiled.observables(0.0, y, theta), [3.0 / 50.0], rtol=1e-15)
+    np.testing.assert_allclose(compiled.vector_field(0.0, y, compiled.prepare(theta)), [-ka * 2.0, ka * 2.0 - ke * 3.0], rtol=1e-15)
+    np.testing.assert_allclose(compiled.observables(0.0, y, compiled.prepare(theta)), [3.0 / 50.0], rtol=1e-15)
     assert compiled.ode_parameters == ("ka", "CL", "V", "F", "tlag")
     assert defn.doses[0].scale == 1.0
     assert Path(defn.path) == path

@@ -38,8 +38,10 @@ class CompiledModel:
 
     Attributes:
         definition: the model file, checked.
-        vector_field: ``(t, y, theta) -> dy/dt``, ``[states]`` (state unit per day).
-        observables: ``(t, y, theta) -> o``, ``[observables]`` in the declared units.
+        prepare: ``theta -> args``: the parameters and the values of the parameter-only parts of
+            the vector field and the observables (:func:`hoist`), computed once per solve.
+        vector_field: ``(t, y, args) -> dy/dt``, ``[states]`` (state unit per day).
+        observables: ``(t, y, args) -> o``, ``[observables]`` in the declared units.
         initial_state: ``theta -> y0``, ``[states]``.
         dose_fraction: ``theta -> F``, ``[dose inputs]`` (1 where none is declared).
         dose_lag: ``theta -> lag``, ``[dose inputs]`` in days (0 where none is declared).
@@ -49,6 +51,7 @@ class CompiledModel:
     """
 
     definition: ModelDefinition
+    prepare: Callable
     vector_field: Callable
     observables: Callable
     initial_state: Callable
@@ -61,6 +64,40 @@ class CompiledModel:
 
 def _as_vector(values) -> Float[Array, " n"]:
     return jnp.stack([jnp.asarray(v, dtype=jnp.float64) for v in values])
+
+
+def hoist(exprs: list[sympy.Expr], fixed: set[sympy.Symbol]) -> tuple[list[sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]]:
+    """Move every part of ``exprs`` that reads only ``fixed`` symbols (parameters) out into named
+    values computed once per solve, not at every step of the solver.
+
+    The largest such subexpressions are taken, and within a sum or a product all the terms or
+    factors that read only parameters are taken together (``CL / V`` of ``-CL / V * central``).
+    Returns the rewritten expressions and the ``(symbol, expression)`` of each hoisted value.
+    """
+    table: dict[sympy.Expr, sympy.Symbol] = {}
+
+    def name(e: sympy.Expr) -> sympy.Symbol:
+        if e not in table:
+            table[e] = sympy.Symbol(f"_hoisted_{len(table)}", real=True)
+        return table[e]
+
+    def only_fixed(e) -> bool:
+        return bool(e.free_symbols) and e.free_symbols <= fixed
+
+    def visit(e):
+        if e.is_Atom or isinstance(e, sympy.logic.boolalg.BooleanAtom):
+            return e
+        if only_fixed(e):
+            return name(e)
+        if isinstance(e, sympy.Add | sympy.Mul):
+            constant = [a for a in e.args if only_fixed(a) or a.is_Number]
+            rest = [visit(a) for a in e.args if not (only_fixed(a) or a.is_Number)]
+            if any(not a.is_Number for a in constant) and (len(constant) > 1 or not constant[0].is_Atom):
+                constant = [name(e.func(*constant))]
+            return e.func(*constant, *rest)
+        return e.func(*[visit(a) for a in e.args])
+
+    return [visit(e) for e in exprs], [(symbol, e) for e, symbol in table.items()]
 
 
 @functools.cache
@@ -90,8 +127,13 @@ def compile_model(defn: ModelDefinition) -> CompiledModel:
         fn = sympy.lambdify(args, exprs, modules="jax", cse=True, docstring_limit=0)
         return lambda *values: _as_vector(fn(*values))
 
-    f = build(field, [t, *states, *theta])
-    g = build(observed, [t, *states, *theta])
+    # Parameter-only parts of the vector field and the observables are computed once per solve.
+    rewritten, hoisted = hoist(field + observed, set(theta))
+    field_h, observed_h = rewritten[: len(field)], rewritten[len(field) :]
+    pre = [symbol for symbol, _ in hoisted]
+    prepared = build([e for _, e in hoisted], theta) if hoisted else (lambda *_: jnp.zeros(0))
+    f = build(field_h, [t, *states, *theta, *pre])
+    g = build(observed_h, [t, *states, *theta, *pre])
     y0 = build(initial, theta)
     fr = build(fraction, theta)
     lg = build(lag, theta)
@@ -104,11 +146,16 @@ def compile_model(defn: ModelDefinition) -> CompiledModel:
     def unpack_theta(values):
         return [values[k] for k in range(len(theta))]
 
+    def unpack_args(args):
+        values, before = args
+        return [*unpack_theta(values), *[before[k] for k in range(len(pre))]]
+
     read = set().union(*(e.free_symbols for e in field + initial + fraction + lag + duration))
     return CompiledModel(
         definition=defn,
-        vector_field=lambda time, y, values: f(time, *unpack(y), *unpack_theta(values)),
-        observables=lambda time, y, values: g(time, *unpack(y), *unpack_theta(values)),
+        prepare=lambda values: (values, prepared(*unpack_theta(values))),
+        vector_field=lambda time, y, args: f(time, *unpack(y), *unpack_args(args)),
+        observables=lambda time, y, args: g(time, *unpack(y), *unpack_args(args)),
         initial_state=lambda values: y0(*unpack_theta(values)),
         dose_fraction=lambda values: fr(*unpack_theta(values)),
         dose_lag=lambda values: lg(*unpack_theta(values)),

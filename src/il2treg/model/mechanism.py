@@ -133,10 +133,10 @@ class Equations:
         return tuple(d.duration is not None for d in self.definition.doses)
 
     def prepare(self, theta):
-        return theta
+        return self._compiled.prepare(theta)
 
     def initial_state(self, args):
-        return self._compiled.initial_state(args)
+        return self._compiled.initial_state(args[0])
 
     def vector_field(self, t, y, args):
         return self._compiled.vector_field(t, y, args)
@@ -145,13 +145,13 @@ class Equations:
         return self._compiled.observables(t, y, args)
 
     def dose_fraction(self, args):
-        return self._compiled.dose_fraction(args)
+        return self._compiled.dose_fraction(args[0])
 
     def dose_lag(self, args):
-        return self._compiled.dose_lag(args)
+        return self._compiled.dose_lag(args[0])
 
     def dose_duration(self, args):
-        return self._compiled.dose_duration(args)
+        return self._compiled.dose_duration(args[0])
 
     def stiffness(self, theta):
         return None
