@@ -49,7 +49,7 @@ from il2treg.errors import InputError
 from il2treg.model import Model, Parameters, load_model, sample_population
 from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.regimen import Regimen, named
-from il2treg.simulate import SolverOptions, iter_simulations, simulate, slots_needed
+from il2treg.simulate import SolverOptions, iter_simulations, max_dose_lag, simulate, slots_needed
 from il2treg.trial import TrialDesign, entry_and_fall, load_design, response_probability
 
 
@@ -199,7 +199,9 @@ def hours_above(t: np.ndarray, c: np.ndarray, threshold: np.ndarray) -> np.ndarr
 
 def regimen_metrics(model: Model, regimen: Regimen, params: Parameters, *, weeks=(12, 24), design: TrialDesign | None = None,
                     options: SolverOptions = SolverOptions(), window_step: float = _WINDOW_STEP) -> pd.DataFrame:  # fmt: skip
-    """Per-patient metrics of one regimen (module docstring); one row per patient of ``params``."""
+    """Per-patient metrics of one regimen (module docstring); one row per patient of ``params``.
+    The IL-2 model's metrics: for another model, :func:`compare` gives :func:`generic_metrics`."""
+    require_il2(model, "regimen_metrics")
     weeks = tuple(float(w) for w in weeks)
     t = exposure_grid(regimen, _horizon(weeks), window_step=window_step)
     theta = np.atleast_2d(np.asarray(params.values))
@@ -207,15 +209,27 @@ def regimen_metrics(model: Model, regimen: Regimen, params: Parameters, *, weeks
     return _metrics(sim, theta, params.names, weeks, design or load_design("lupil2"))
 
 
-#: Observables :func:`compare` reads for the IL-2 model's metrics (:data:`METRICS`); any other
-#: model gets :func:`generic_metrics` of its own observables.
-_IL2_OBSERVABLES = ("il2_pM", "treg_per_uL", "tconv_per_uL", "nk56bright_per_uL", "cd25_treg_rel", "sledai")
+#: Parameters the IL-2 metrics read besides the observables (the signalling thresholds).
+_IL2_PARAMETERS = ("ec50_tconv", "ec50_nk")
+
+
+def is_il2(model: Model) -> bool:
+    """Whether ``model`` has the IL-2 model's observables, in its order, and the parameters
+    :data:`METRICS` read: the models the IL-2 metrics and the regimen design apply to."""
+    return tuple(model.observable_names) == OBSERVABLE_NAMES and all(p in model.parameter_names for p in _IL2_PARAMETERS)
+
+
+def require_il2(model: Model, what: str) -> None:
+    if not is_il2(model):
+        raise InputError(f"{what} computes the IL-2 model's metrics (Treg fold, hours above the Tconv and NK thresholds, "
+                         f"SLEDAI), which model {model.name!r} does not have. Fix: use il2treg.design.compare, which gives any "
+                         "model's observables' peaks, averages and values by week.")  # fmt: skip
 
 
 def generic_metrics(sim, weeks: tuple[float, ...]) -> tuple[pd.DataFrame, dict[str, str]]:
     r"""Per-patient metrics of any model's observables from a batched simulation over
     :math:`[0, T]` (:math:`T`: the last assessment week): for each observable :math:`y`, its peak ``<y>_max``, its time average
-    ``<y>_mean`` :math:`= rac1T\int_0^T y\,dt` (trapezoids on the grid) and its value at each
+    ``<y>_mean`` :math:`= \frac1T\int_0^T y\,dt` (trapezoids on the grid) and its value at each
     assessment week ``<y>_w<k>``. Returns the table (``patient``, the metrics, ``status``) and each
     metric's unit."""
     t = np.asarray(sim.times, dtype=np.float64).reshape(-1, sim.times.shape[-1])[0]
@@ -302,13 +316,14 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
     if not weeks or min(weeks) <= 0:
         raise InputError(f"weeks must be positive assessment weeks, got {weeks!r}. Fix: e.g. weeks=(12, 24).")
     model = model or load_model()
+    require_il2(model, "optimise")
     if params is None:
         model, params = virtual_population(model, n, seed=seed, fit=fit)
     start = time.perf_counter()
     design = load_design("lupil2")
     weeks_f = tuple(float(w) for w in weeks)
     theta = np.atleast_2d(np.asarray(params.values))
-    il2 = set(_IL2_OBSERVABLES) <= set(model.observable_names)
+    il2 = is_il2(model)
     horizon = _horizon(weeks_f) if il2 else 7.0 * max(weeks_f)  # another model: to the last assessment
     grids = {name: exposure_grid(r, horizon) for name, r in regs.items()}
     patients = Parameters(jnp.asarray(theta), params.names)
@@ -506,8 +521,7 @@ def _design_values(setup: _Setup, theta, quantile, amounts, times):
 def design_slots(model: Model, regimen: Regimen, params: Parameters, *, grid_step: float = 0.25) -> int:
     """The save slots (:attr:`~il2treg.simulate.SolverOptions.save_slots`) the solve of
     :func:`design_function` (with the same ``grid_step``) needs for doses at ``regimen``'s times."""
-    names = list(params.names)
-    max_lag = max(model.spec["tlag"].bounds[1], float(np.max(np.asarray(params.values)[..., names.index("tlag")])))
+    max_lag = max_dose_lag(model, np.asarray(params.values))
     times = np.asarray(regimen.times, dtype=np.float64)
     fixed, offsets = _design_points(grid_step)
     return slots_needed(times, np.sort(np.concatenate([fixed, (times[:, None] + offsets[None, :]).ravel()])), max_lag)

@@ -37,6 +37,10 @@ from il2treg.model import Mechanism, Model, Parameters
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
 from il2treg.regimen import Regimen, pad
 
+#: Status code of a patient whose infusion duration is not positive (the model's ``duration``
+#: expression at its parameters).
+STATUS_BAD_DURATION = 101
+
 #: Status code of a patient with more observations in one inter-dose interval than the static
 #: number of save slots: ``SolverOptions.save_slots`` set too low, or a tlag beyond the bound the
 #: slots were sized for.
@@ -48,6 +52,8 @@ def status_message(code: int) -> str:
     code = int(code)
     if code == 0:
         return "successful"
+    if code == STATUS_BAD_DURATION:
+        return "an infusion duration that is not positive; keep the model's duration parameter above 0 (a positive lower bound)"
     if code == STATUS_SLOTS_EXCEEDED:
         return (
             "more observations in one inter-dose interval than the solve's save slots; "
@@ -228,6 +234,8 @@ def solve_one(
             # A zero-order infusion runs from tau_k to tau_k + d: the solve is split at every start
             # and stop, and each interval carries the sum of the rates of the infusions running in it.
             duration = mechanism.dose_duration(args)[0]
+            bad_duration = ~(duration > 0)
+            duration = jnp.where(bad_duration, 1.0, duration)  # the patient is flagged below; no inf or NaN on the way
             stops = tau + duration
             events = jnp.sort(jnp.concatenate([tau, stops]))
             t_lo = jnp.minimum(rows[0], events[0])
@@ -295,6 +303,8 @@ def solve_one(
     steps = (starts, ends, first, last, added) if rates is None else (starts, ends, first, last, added, rates)
     (_, out, code), _ = jax.lax.scan(interval, init, steps)
     code = jnp.where(overflow & (code == 0), STATUS_SLOTS_EXCEEDED, code)
+    if rates is not None:
+        code = jnp.where(bad_duration & (code == 0), STATUS_BAD_DURATION, code)
     out = jnp.where(code == 0, out[row_of.reshape(-1)], jnp.nan)
     return out, code
 
@@ -663,6 +673,8 @@ def _batch_inputs(model: Model, regimen: Regimen, times, params: Parameters | No
     theta = jnp.asarray(params.values, dtype=jnp.float64)
     dose_times = jnp.asarray(regimen.times, dtype=jnp.float64)
     dose_amounts = jnp.asarray(regimen.amounts, dtype=jnp.float64)
+    if not model.mechanism.dose_states and not isinstance(regimen.amounts, jax.core.Tracer) and np.any(np.asarray(regimen.amounts) != 0):
+        raise InputError(f"model {model.name!r} has no dosing input, but the regimen has doses. Fix: add a [doses.<name>] table to the model file, or simulate il2treg.regimen.placebo().")
     obs = jnp.asarray(times, dtype=jnp.float64)
     if not isinstance(times, jax.core.Tracer):
         _check_times(np.asarray(times, dtype=np.float64))

@@ -100,6 +100,12 @@ class ParamSpec:
         """SD of the log-normal random effect: sqrt(ln(1 + CV^2))."""
         return math.sqrt(math.log1p((self.cv_percent / 100.0) ** 2))
 
+    def to_internal(self, declared_value: float) -> float:
+        """Convert a value in the unit of the file to the unit it is held in (the inverse of :meth:`to_declared`)."""
+        if self.unit == self.internal_unit:
+            return float(declared_value)
+        return float(units.convert(declared_value, self.unit, self.internal_unit))
+
     def to_declared(self, internal_value: float) -> float:
         """Convert a value in internal units back to the unit of the file."""
         if self.unit == self.internal_unit:
@@ -291,7 +297,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         return path
     candidate = MODELS_DIR / f"{name_or_path}.toml"
     if not candidate.is_file():
-        known = sorted(p.stem for p in MODELS_DIR.glob("*.toml") if "[parameters." in p.read_text())
+        known = sorted(p.stem for p in MODELS_DIR.glob("*.toml") if "[parameters" in p.read_text() and "[design]" not in p.read_text())
         raise SpecError(
             f"unknown model {str(name_or_path)!r}. Fix: use one of {', '.join(known)} or a path to a .toml file."
         )

@@ -91,7 +91,6 @@ from pathlib import Path
 import equinox as eqx
 import numpy as np
 
-from il2treg import units
 from il2treg.data import Dataset, read_dataset
 from il2treg.errors import DataError, SpecError
 from il2treg.fit.bayes import NutsSettings
@@ -442,7 +441,7 @@ def _parameters(table, model: Model, where: str) -> tuple[ParameterEntry, ...]:
                     f"{here}: initial {initial:g} {ps.unit} is outside the bounds [{lo:g}, {hi:g}] {ps.unit} of {name!r}. "
                     "Fix: choose an initial value inside the bounds, or widen them in the model file."
                 )
-        value = ps.value if initial is None else float(units.to_internal(initial, ps.unit)[0])
+        value = ps.value if initial is None else ps.to_internal(initial)
         if estimate and ps.transform == "logit" and not ps.bounds[0] < value < ps.bounds[1]:
             shown = ps.to_declared(value)
             raise SpecError(

@@ -16,12 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from il2treg import units
 from il2treg.errors import SpecError
 from il2treg.model import system
 from il2treg.model.mechanism import Equations, Mechanism
 from il2treg.model.system import PARAMETER_NAMES
-from il2treg.spec import ModelSpec, Structure, read_spec, resolve_model_path
+from il2treg.spec import ModelSpec, Structure, parse_spec, resolve_model_path
 
 
 class Parameters(eqx.Module):
@@ -124,7 +123,7 @@ class Model(eqx.Module):
         values = [p.value for p in self.spec.params]
         for name, declared in overrides.items():
             ps = self.spec[name]
-            internal = float(declared) if ps.unit == ps.internal_unit else float(units.to_internal(float(declared), ps.unit)[0])
+            internal = ps.to_internal(float(declared))
             if not ps.bounds[0] <= internal <= ps.bounds[1]:
                 lo, hi = ps.to_declared(ps.bounds[0]), ps.to_declared(ps.bounds[1])
                 raise SpecError(
@@ -192,12 +191,12 @@ def load_model(name_or_path: str | Path = "il2_treg_sledai") -> Model:
             ``SpecError``) names the file, the key and the fix for anything else.
     """
     path = resolve_model_path(name_or_path)
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if "[structure]" in text or "[equations]" not in text:
-        return Model(read_spec(path, required=PARAMETER_NAMES))
-    from il2treg.model.format import read_model_file
+    from il2treg.model.format import parse_model, read_toml
 
-    definition = read_model_file(path)
+    data = read_toml(path)
+    if "structure" in data:  # the hand-written IL-2 model's file
+        return Model(parse_spec(data, where=str(path), required=PARAMETER_NAMES))
+    definition = parse_model(data, where=str(path))
     spec = ModelSpec(name=definition.name, description=definition.description, structure=Structure(),
                      params=definition.parameters, path=str(path))  # fmt: skip
     return Model(spec, Equations(definition))

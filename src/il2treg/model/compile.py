@@ -16,7 +16,7 @@ and a dose :math:`D` into input :math:`k` at time :math:`t_d` adds :math:`F_k(\t
 constant rate :math:`F_k D / d_k(\theta)` from then for the duration :math:`d_k`.
 
 The parameters the state trajectory depends on (``ode_parameters``) are the free symbols of
-:math:`f`, :math:`y_0`, :math:`F` and lag, read from the equations.
+:math:`f`, :math:`y_0`, :math:`F`, lag and infusion duration, read from the equations.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ A model file is TOML with these tables (``models/README.md`` has a worked exampl
 ``[model]``
     ``name``, ``description``; optional ``source``. Time ``t`` is in days.
 ``[states.<name>]``
-    ``unit``, ``initial`` (a number, or an expression of parameters and constants), optional
+    ``unit``, ``initial`` (a number, in the state's unit, or an expression of parameters and
+    constants, whose unit is checked), optional
     ``description``. The order of the tables is the order of the state vector.
 ``[parameters.<name>]``
     as in every model file: ``value``, ``unit``, ``bounds``, ``transform``, ``cv_percent``,
@@ -30,8 +31,9 @@ A model file is TOML with these tables (``models/README.md`` has a worked exampl
     ``duration`` (days; NONMEM's modelled duration D1), each an expression of parameters. Without a
     ``duration`` a dose is a bolus.
 ``[structure]``
-    read only by the hand-written IL-2 model (:mod:`il2treg.model.system`), which the reference
-    file still drives until the engine takes model files; ignored here.
+    marks the hand-written IL-2 model's file (:mod:`il2treg.model.system`): :func:`il2treg.load_model`
+    solves such a file with the hand-written code, and :meth:`il2treg.Model.with_equations` with
+    its equations; ignored here.
 
 Expressions use ``+ - * / ^ (or **)``, numbers, the declared names, ``t``, and ``exp``, ``log``,
 ``sqrt``, ``tanh``, ``abs``, ``max``, ``min``, ``Piecewise``. Their units are checked on load
@@ -43,6 +45,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
+import keyword
 import math
 import tokenize
 import tomllib
@@ -64,6 +68,8 @@ _FUNCTIONS = {
     "Abs": sympy.Abs, "max": sympy.Max, "Max": sympy.Max, "min": sympy.Min, "Min": sympy.Min,
     "Piecewise": sympy.Piecewise, "pi": sympy.pi,
 }  # fmt: skip
+#: Names a file may not declare: the functions of the expressions and the names sympy's parser reads.
+_RESERVED = frozenset({*_FUNCTIONS, "Integer", "Float", "Rational", "Symbol", "Function", "True", "False", "E", "I", "oo", "nan"})
 _STATE_FIELDS = ("unit", "initial", "description")
 _CONSTANT_FIELDS = ("value", "unit", "source", "description")
 _OBSERVABLE_FIELDS = ("unit", "expression", "description")
@@ -201,6 +207,7 @@ def _parse(path: str, key: str, text, symbols: dict[str, sympy.Symbol]) -> sympy
         raise _error(path, key, f"must be an expression in quotes or a number, got {text!r}", 'write e.g. "ka * depot"')
     if not isinstance(text, str):
         return sympy.Float(text) if isinstance(text, float) else sympy.Integer(text)
+    _only_arithmetic(path, key, text)
     namespace = {"__builtins__": {}, "Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational,
                  "Symbol": sympy.Symbol, "Function": sympy.Function, **_FUNCTIONS}  # fmt: skip
     try:
@@ -220,6 +227,26 @@ def _parse(path: str, key: str, text, symbols: dict[str, sympy.Symbol]) -> sympy
                      f"{hint}declare it as a state, parameter, constant or quantity, or use a known function "
                      f"({', '.join(sorted(set(_FUNCTIONS) - {'Abs', 'Max', 'Min'}))})")  # fmt: skip
     return expr
+
+
+_OPERATORS = frozenset({"+", "-", "*", "/", "^", "**", "(", ")", ",", "<", ">", "<=", ">=", "==", "!=", "&", "|", "~"})
+
+
+def _only_arithmetic(path: str, key: str, text: str) -> None:
+    """Refuse anything but names, numbers and arithmetic before sympy evaluates the text (no
+    attribute access, indexing, keywords or statements: a model file is data, never code)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError) as err:
+        raise _error(path, key, f"{text!r} is not an expression ({err})", "correct the expression") from None
+    for token in tokens:
+        kind, value = token.type, token.string
+        bad = (kind == tokenize.NAME and ((keyword.iskeyword(value) and value not in ("True", "False")) or value.startswith("_"))) or \
+              (kind == tokenize.OP and value not in _OPERATORS) or \
+              kind not in (tokenize.NAME, tokenize.NUMBER, tokenize.OP, tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)  # fmt: skip
+        if bad:
+            raise _error(path, key, f"{value!r} is not allowed in an expression ({text!r})",
+                         "use names, numbers, + - * / ^, comparisons and the functions exp, log, sqrt, tanh, abs, max, min, Piecewise")  # fmt: skip
 
 
 def _order_quantities(path: str, exprs: dict[str, sympy.Expr]) -> list[str]:
@@ -274,8 +301,11 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
         for name in section:
             if name == TIME:
                 raise _error(path, f"{table}.{name}", f"{TIME!r} is time (days) and cannot be declared", "rename it")
-            if not name.isidentifier():
-                raise _error(path, f"{table}.{name}", "is not a valid name", "use letters, digits and _, not starting with a digit")
+            if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+                raise _error(path, f"{table}.{name}", "is not a valid name",
+                             "use letters, digits and _, starting with a letter, and not a Python keyword")  # fmt: skip
+            if name in _RESERVED:
+                raise _error(path, f"{table}.{name}", f"{name!r} is the name of a function of the expressions", "rename it")
             if name in kinds:
                 raise _error(path, f"{table}.{name}", f"duplicate name: already declared in [{kinds[name]}]",
                              "give each state, parameter, constant and quantity its own name")  # fmt: skip
@@ -283,6 +313,10 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
     symbols = {name: sympy.Symbol(name, real=True) for name in [*kinds, TIME]}
 
     # Parameters and constants, with their units.
+    for name, table in data["parameters"].items():
+        if not isinstance(table, dict):
+            raise _error(path, f"parameters.{name}", f"must be a table, got {table!r}",
+                         f"write [parameters.{name}] with value, unit, bounds, transform, cv_percent and source")  # fmt: skip
     parameters = tuple(parse_parameter(name, table, path, to_internal=_parameter_to_internal) for name, table in data["parameters"].items())
     unit_of: dict[sympy.Symbol, object] = {symbols[TIME]: dimensions.parse_unit("day")}
     for p in parameters:
@@ -306,7 +340,8 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
         unit = _unit(path, f"{key}.unit", table["unit"])
         unit_of[symbols[name]] = dimensions.parse_unit(unit)
         initial = _parse(path, f"{key}.initial", table["initial"], {n: s for n, s in symbols.items() if s in fixed})
-        states.append((State(name, unit, str(table["initial"]), str(table.get("description", ""))), initial))
+        bare = not isinstance(table["initial"], str)  # a number: in the state's unit
+        states.append((State(name, unit, str(table["initial"]), str(table.get("description", ""))), None if bare else initial))
 
     # Quantities: parsed, ordered, and their units worked out in that order.
     quantity_table = data.get("quantities", {})
@@ -316,7 +351,8 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
         unit_of[symbols[name]] = _unit_of(path, f"quantities.{name}", parsed[name], unit_of)
 
     for state, initial in states:
-        _check(path, f"states.{state.name}.initial", initial, unit_of, unit_of[symbols[state.name]], state.unit)
+        if initial is not None:
+            _check(path, f"states.{state.name}.initial", initial, unit_of, unit_of[symbols[state.name]], state.unit)
 
     # Equations: one per state, in the state's unit per day.
     equations_table = data["equations"]
@@ -349,16 +385,26 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
     # Dosing inputs.
     doses = []
     fixed_symbols = {n: s for n, s in symbols.items() if s in fixed}
-    for name, table in data.get("doses", {}).items():
+    dose_table = data.get("doses", {})
+    if not isinstance(dose_table, dict):
+        raise _error(path, "doses", f"must be tables [doses.<name>], got {dose_table!r}", "write [doses.<name>] with state = \"<a state>\"")
+    if len(dose_table) > 1:
+        second = list(dose_table)[1]
+        raise _error(path, f"doses.{second}", "a second dosing input: a regimen's doses go into one input",
+                     "keep one [doses.*] table (routing doses by compartment comes with NONMEM datasets)")  # fmt: skip
+    for name, table in dose_table.items():
         key = f"doses.{name}"
         table = _fields(path, key, table, _DOSE_FIELDS, ("state",))
-        if kinds.get(table["state"]) != "states":
+        if not isinstance(table["state"], str) or kinds.get(table["state"]) != "states":
             raise _error(path, f"{key}.state", f"dose into {table['state']!r}, which is not a state",
                          f"use one of {', '.join(s.name for s, _ in states)}")  # fmt: skip
         for field, unit in (("bioavailability", "1"), ("lag", "day"), ("duration", "day")):
             if field in table:
                 expr = _parse(path, f"{key}.{field}", table[field], fixed_symbols)
-                _check(path, f"{key}.{field}", expr, unit_of, dimensions.parse_unit(unit), unit)
+                if isinstance(table[field], str):  # a number is in days (lag, duration) or a fraction
+                    _check(path, f"{key}.{field}", expr, unit_of, dimensions.parse_unit(unit), unit)
+                if field == "duration" and not isinstance(table[field], str) and not table[field] > 0:
+                    raise _error(path, f"{key}.duration", f"must be positive, got {table[field]!r}", "give the infusion a duration > 0 (days), or remove it for a bolus")
         state_unit = next(s.unit for s, _ in states if s.name == table["state"])
         amount_unit = _unit(path, f"{key}.unit", table.get("unit", state_unit))
         ratio = dimensions.parse_unit(amount_unit) / dimensions.parse_unit(state_unit)
@@ -401,11 +447,11 @@ def _check(path: str, key: str, expr: sympy.Expr, unit_of: dict, expected, expec
                      "correct the expression or the declared unit (a conversion factor belongs in [constants])")  # fmt: skip
 
 
-def read_model_file(path: str | Path) -> ModelDefinition:
-    """Read and check a model file.
+def read_toml(path: str | Path) -> dict:
+    """The TOML document of a model file.
 
     Raises:
-        ModelFileError: the file is missing, not TOML, or fails a check (the message names the key).
+        ModelFileError: the file cannot be read or is not TOML.
     """
     path = Path(path)
     try:
@@ -413,11 +459,19 @@ def read_model_file(path: str | Path) -> ModelDefinition:
     except OSError as err:
         raise _error(str(path), "file", f"cannot be read ({err.strerror})", "check the path") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         problem = "a key is declared twice" if "twice" in str(err) or "overwrite" in str(err).lower() else "not valid TOML"
         raise _error(str(path), "file", f"{problem} ({err})", "correct the TOML syntax (https://toml.io)") from None
-    return parse_model(data, where=str(path))
+
+
+def read_model_file(path: str | Path) -> ModelDefinition:
+    """Read and check a model file.
+
+    Raises:
+        ModelFileError: the file is missing, not TOML, or fails a check (the message names the key).
+    """
+    return parse_model(read_toml(path), where=str(path))
 
 
 def symbols_of(defn: ModelDefinition) -> dict[str, sympy.Symbol]:

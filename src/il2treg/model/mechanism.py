@@ -47,7 +47,7 @@ class Mechanism(Protocol):
         observable_units: the unit of each observable.
         parameter_names: the entries of ``theta``, in order.
         ode_parameters: the parameters the state trajectory depends on (vector field, initial
-            state, bioavailability and lag), in ``parameter_names`` order; a fit needs ODE
+            state, bioavailability, lag and infusion duration), in ``parameter_names`` order; a fit needs ODE
             sensitivities for these only.
         dose_states: for each dosing input, the index of the state its doses enter.
         dose_scale: for each dosing input, the factor from the dose unit to the state's unit.
