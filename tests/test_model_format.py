@@ -272,7 +272,7 @@ def test_the_worked_example_of_models_readme_runs(tmp_path, monkeypatch):
     snippet simulates a response that rises above baseline after the doses."""
     import re
 
-    text = (MODELS_DIR / "README.md").read_text()
+    text = (MODELS_DIR / "README.md").read_text(encoding="utf-8")
     toml_block = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
     python_block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     (tmp_path / "my_model.toml").write_text(toml_block)

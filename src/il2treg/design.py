@@ -316,7 +316,6 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
     if not weeks or min(weeks) <= 0:
         raise InputError(f"weeks must be positive assessment weeks, got {weeks!r}. Fix: e.g. weeks=(12, 24).")
     model = model or load_model()
-    require_il2(model, "optimise")
     if params is None:
         model, params = virtual_population(model, n, seed=seed, fit=fit)
     start = time.perf_counter()
@@ -611,6 +610,7 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
     """
     begin = time.perf_counter()
     model = model or load_model()
+    require_il2(model, "optimise")
     template = named(start) if isinstance(start, str) else start
     params = params if params is not None else model.typical()
     params = Parameters(jnp.atleast_2d(jnp.asarray(params.values)), params.names)

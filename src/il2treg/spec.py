@@ -297,7 +297,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         return path
     candidate = MODELS_DIR / f"{name_or_path}.toml"
     if not candidate.is_file():
-        known = sorted(p.stem for p in MODELS_DIR.glob("*.toml") if "[parameters" in p.read_text() and "[design]" not in p.read_text())
+        known = sorted(p.stem for p in MODELS_DIR.glob("*.toml") if "[parameters" in p.read_text(encoding="utf-8") and "[design]" not in p.read_text(encoding="utf-8"))
         raise SpecError(
             f"unknown model {str(name_or_path)!r}. Fix: use one of {', '.join(known)} or a path to a .toml file."
         )
@@ -308,7 +308,7 @@ def read_spec(name_or_path: str | Path, *, required: tuple[str, ...] = ()) -> Mo
     """Read and validate a model TOML file (by name in ``models/`` or by path)."""
     path = resolve_model_path(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: not valid TOML ({err}). Fix: correct the syntax.") from err
     return parse_spec(data, where=str(path), required=required)
