@@ -374,19 +374,19 @@ def _l3_printer():
         def _print_Abs(self, expr):
             return f"abs({self._print(expr.args[0])})"
 
-        def _print_Max(self, expr):
+        def _extreme(self, expr, sign: str) -> str:
+            """max (sign +) or min (sign -) of the arguments, pairwise: (a + b ± |a - b|) / 2."""
             out = self._print(expr.args[0])
             for a in expr.args[1:]:
                 b = self._print(a)
-                out = f"(({out}) + ({b}) + abs(({out}) - ({b}))) / 2"
+                out = f"(({out}) + ({b}) {sign} abs(({out}) - ({b}))) / 2"
             return out
 
+        def _print_Max(self, expr):
+            return self._extreme(expr, "+")
+
         def _print_Min(self, expr):
-            out = self._print(expr.args[0])
-            for a in expr.args[1:]:
-                b = self._print(a)
-                out = f"(({out}) + ({b}) - abs(({out}) - ({b}))) / 2"
-            return out
+            return self._extreme(expr, "-")
 
         def _print_Piecewise(self, expr):
             parts = []

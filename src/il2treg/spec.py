@@ -30,7 +30,7 @@ from pathlib import Path
 
 from il2treg import units
 from il2treg._io import atomic_write_text
-from il2treg.errors import SpecError, UnitError
+from il2treg.errors import ModelFileError, SpecError, UnitError
 
 #: Where ``load_model("name")`` looks for ``name.toml``: the repository's ``models/`` folder.
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -302,6 +302,24 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
             f"unknown model {str(name_or_path)!r}. Fix: use one of {', '.join(known)} or a path to a .toml file."
         )
     return candidate
+
+
+def read_toml(path: str | Path) -> dict:
+    """The TOML document of a model file.
+
+    Raises:
+        ModelFileError: the file cannot be read or is not TOML.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ModelFileError(str(path), "file", f"cannot be read ({err.strerror})", "check the path") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        problem = "a key is declared twice" if "twice" in str(err) or "overwrite" in str(err).lower() else "not valid TOML"
+        raise ModelFileError(str(path), "file", f"{problem} ({err})", "correct the TOML syntax (https://toml.io)") from None
 
 
 def read_spec(name_or_path: str | Path, *, required: tuple[str, ...] = ()) -> ModelSpec:

@@ -20,7 +20,7 @@ from il2treg.errors import SpecError
 from il2treg.model import system
 from il2treg.model.mechanism import Equations, Mechanism
 from il2treg.model.system import PARAMETER_NAMES
-from il2treg.spec import ModelSpec, Structure, parse_spec, resolve_model_path
+from il2treg.spec import ModelSpec, Structure, parse_spec, read_toml, resolve_model_path
 
 
 class Parameters(eqx.Module):
@@ -191,11 +191,11 @@ def load_model(name_or_path: str | Path = "il2_treg_sledai") -> Model:
             ``SpecError``) names the file, the key and the fix for anything else.
     """
     path = resolve_model_path(name_or_path)
-    from il2treg.model.format import parse_model, read_toml
-
     data = read_toml(path)
     if "structure" in data:  # the hand-written IL-2 model's file
         return Model(parse_spec(data, where=str(path), required=PARAMETER_NAMES))
+    from il2treg.model.format import parse_model  # sympy and pint, only for a model file
+
     definition = parse_model(data, where=str(path))
     spec = ModelSpec(name=definition.name, description=definition.description, structure=Structure(),
                      params=definition.parameters, path=str(path))  # fmt: skip

@@ -49,7 +49,6 @@ import io
 import keyword
 import math
 import tokenize
-import tomllib
 from pathlib import Path
 
 import sympy
@@ -58,7 +57,7 @@ from sympy.parsing.sympy_parser import convert_xor, parse_expr, standard_transfo
 from il2treg import units
 from il2treg.errors import ModelFileError, UnitError
 from il2treg.model import dimensions
-from il2treg.spec import ParamSpec, parse_parameter
+from il2treg.spec import ParamSpec, parse_parameter, read_toml
 
 TABLES = ("model", "states", "parameters", "constants", "quantities", "equations", "observables", "doses", "structure")
 #: The symbol of time (days from the first dose); no declared name may use it.
@@ -445,24 +444,6 @@ def _check(path: str, key: str, expr: sympy.Expr, unit_of: dict, expected, expec
     if found is not None and not dimensions.same(found, expected):
         raise _error(path, key, f"unit mismatch: the expression is in [{dimensions.describe(found)}], it should be in [{expected_text}]",
                      "correct the expression or the declared unit (a conversion factor belongs in [constants])")  # fmt: skip
-
-
-def read_toml(path: str | Path) -> dict:
-    """The TOML document of a model file.
-
-    Raises:
-        ModelFileError: the file cannot be read or is not TOML.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise _error(str(path), "file", f"cannot be read ({err.strerror})", "check the path") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        problem = "a key is declared twice" if "twice" in str(err) or "overwrite" in str(err).lower() else "not valid TOML"
-        raise _error(str(path), "file", f"{problem} ({err})", "correct the TOML syntax (https://toml.io)") from None
 
 
 def read_model_file(path: str | Path) -> ModelDefinition:

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from jaxtyping import Array, Float
 
-from il2treg.model.format import ModelDefinition
+if TYPE_CHECKING:  # sympy and pint are imported only where a model file is read
+    from il2treg.model.format import ModelDefinition
 
 
 @runtime_checkable
