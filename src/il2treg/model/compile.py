@@ -28,6 +28,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import sympy
 from jaxtyping import Array, Float
+from sympy.printing.numpy import JaxPrinter
 
 from il2treg.model.format import TIME, ModelDefinition, expression, symbols_of
 
@@ -62,11 +63,29 @@ class CompiledModel:
     ode_parameters: tuple[str, ...]
 
 
+class _Printer(JaxPrinter):
+    """sympy's JAX printer with exact reciprocals: it prints :math:`x^{-n}` as ``x**(-n.0)``, a
+    float power (``lax.pow``, an exponential and a logarithm, and more of them in derivatives);
+    this prints ``1/x**n``, a division and an integer power."""
+
+    def _print_Pow(self, expr, rational=False):
+        if expr.exp.is_Integer and expr.exp.is_negative:
+            inverse = expr.base if expr.exp == -1 else sympy.Pow(expr.base, -expr.exp, evaluate=False)
+            return f"1/({self._print(inverse)})"
+        return super()._print_Pow(expr, rational=rational)
+
+
+#: The settings lambdify gives its own printer (names unqualified, resolved in its jax namespace).
+_PRINTER = _Printer({"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": True})
+
+
 def _as_vector(values) -> Float[Array, " n"]:
     return jnp.stack([jnp.asarray(v, dtype=jnp.float64) for v in values])
 
 
-def hoist(exprs: list[sympy.Expr], fixed: set[sympy.Symbol]) -> tuple[list[sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]]:
+def hoist(
+    exprs: list[sympy.Expr], fixed: set[sympy.Symbol]
+) -> tuple[list[sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]]:
     """Move every part of ``exprs`` that reads only ``fixed`` symbols (parameters) out into named
     values computed once per solve, not at every step of the solver.
 
@@ -121,45 +140,39 @@ def compile_model(defn: ModelDefinition) -> CompiledModel:
     lag = [resolved(d.lag, 0.0) for d in defn.doses]
     duration = [resolved(d.duration, 0.0) for d in defn.doses]
 
-    def build(exprs: list[sympy.Expr], args: list[sympy.Symbol]) -> Callable:
+    def build(exprs: list[sympy.Expr], *groups: list[sympy.Symbol]) -> Callable:
+        """``(*vectors) -> [len(exprs)]``, one vector per group of symbols; only the entries the
+        expressions read are taken out of the vectors (a smaller program to trace and compile)."""
         if not exprs:
             return lambda *_: jnp.zeros(0)
-        fn = sympy.lambdify(args, exprs, modules="jax", cse=True, docstring_limit=0)
-        return lambda *values: _as_vector(fn(*values))
+        read = set().union(*(e.free_symbols for e in exprs))
+        taken = [[k for k, symbol in enumerate(group) if symbol in read] for group in groups]
+        args = [group[k] for group, ks in zip(groups, taken) for k in ks]
+        fn = sympy.lambdify(args, exprs, modules="jax", printer=_PRINTER, cse=True, docstring_limit=0)
+        return lambda *vectors: _as_vector(fn(*(v[k] for v, ks in zip(vectors, taken) for k in ks)))
 
     # Parameter-only parts of the vector field and the observables are computed once per solve.
     rewritten, hoisted = hoist(field + observed, set(theta))
     field_h, observed_h = rewritten[: len(field)], rewritten[len(field) :]
     pre = [symbol for symbol, _ in hoisted]
-    prepared = build([e for _, e in hoisted], theta) if hoisted else (lambda *_: jnp.zeros(0))
-    f = build(field_h, [t, *states, *theta, *pre])
-    g = build(observed_h, [t, *states, *theta, *pre])
+    prepared = build([e for _, e in hoisted], theta)
+    f = build(field_h, [t], states, theta, pre)
+    g = build(observed_h, [t], states, theta, pre)
     y0 = build(initial, theta)
     fr = build(fraction, theta)
     lg = build(lag, theta)
     du = build(duration, theta)
-    n = len(states)
-
-    def unpack(y):
-        return [y[k] for k in range(n)]
-
-    def unpack_theta(values):
-        return [values[k] for k in range(len(theta))]
-
-    def unpack_args(args):
-        values, before = args
-        return [*unpack_theta(values), *[before[k] for k in range(len(pre))]]
 
     read = set().union(*(e.free_symbols for e in field + initial + fraction + lag + duration))
     return CompiledModel(
         definition=defn,
-        prepare=lambda values: (values, prepared(*unpack_theta(values))),
-        vector_field=lambda time, y, args: f(time, *unpack(y), *unpack_args(args)),
-        observables=lambda time, y, args: g(time, *unpack(y), *unpack_args(args)),
-        initial_state=lambda values: y0(*unpack_theta(values)),
-        dose_fraction=lambda values: fr(*unpack_theta(values)),
-        dose_lag=lambda values: lg(*unpack_theta(values)),
-        dose_duration=lambda values: du(*unpack_theta(values)),
+        prepare=lambda values: (values, prepared(values)),
+        vector_field=lambda time, y, args: f((time,), y, *args),
+        observables=lambda time, y, args: g((time,), y, *args),
+        initial_state=y0,
+        dose_fraction=fr,
+        dose_lag=lg,
+        dose_duration=du,
         dose_states=tuple(defn.state_names.index(d.state) for d in defn.doses),
         ode_parameters=tuple(p for p in defn.parameter_names if symbols[p] in read),
     )
