@@ -58,7 +58,7 @@ def scipy_map(model, omega, dose_time, dose_amount, obs_time, obs_dvid, obs_valu
     def residuals(eta):
         theta = theta0.copy()
         theta[idx] *= np.exp(eta)
-        values, _ = solve_lsoda(theta, names, model.structure, dose_time, dose_amount, times)
+        values, _ = solve_lsoda(theta, names, dose_time, dose_amount, times)
         f = values[where, obs_dvid]
         return np.concatenate([(np.log(obs_value) - np.log(f)) / SIGMA, eta / omega])
 

@@ -66,7 +66,7 @@ def main() -> None:
         mine = np.asarray(sim.values)
         for i in range(args.baseline):
             start = time.perf_counter()
-            ref, _ = solve_lsoda(theta[i], model.parameter_names, model.structure, np.asarray(reg.times), np.asarray(reg.amounts), t)
+            ref, _ = solve_lsoda(theta[i], model.parameter_names, np.asarray(reg.times), np.asarray(reg.amounts), t)
             scipy_s += time.perf_counter() - start
             n_scipy += 1
             worst = max(worst, float(np.max(np.abs(mine[i] - ref) / np.maximum(np.abs(ref), 1e-3))))

@@ -91,7 +91,7 @@ def scipy_per_patient(model, params, regimen, k: int, rtol: float = 1e-6, atol: 
     out = np.empty((k, len(TIMES), len(il2treg.OBSERVABLE_NAMES)))
     start = time.perf_counter()
     for i in range(k):
-        out[i], _ = solve_lsoda(values[i], model.parameter_names, model.structure, np.asarray(regimen.times), np.asarray(regimen.amounts), TIMES, rtol=rtol, atol=atol)
+        out[i], _ = solve_lsoda(values[i], model.parameter_names, np.asarray(regimen.times), np.asarray(regimen.amounts), TIMES, rtol=rtol, atol=atol)
     return (time.perf_counter() - start) / k, out
 
 
@@ -350,7 +350,7 @@ class _Engine:
             grid = np.concatenate([[0.0], times]) if times[0] > 0 else times
             values = np.asarray(rr.simulate(times=list(grid), selections=["time", *il2treg.OBSERVABLE_NAMES]))[grid.size - times.size :, 1:]
         else:
-            values, _ = solve_lsoda(theta, self.model.parameter_names, self.model.structure, patient["dose_time"], patient["dose_amount"], times)
+            values, _ = solve_lsoda(theta, self.model.parameter_names, patient["dose_time"], patient["dose_amount"], times)
         return values[where, dvid]
 
 

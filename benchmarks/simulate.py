@@ -11,7 +11,7 @@ Both sides solve the same model (models/il2_treg_sledai.toml), the same virtual 
   and XLA compile), cross-checked by first call - second (identical) call; the run time is the
   second call.
 - scipy: a NumPy/Python-float copy of the right-hand side (checked against
-  ``il2treg.model.system.vector_field`` below), ``solve_ivp(method="LSODA")`` per patient,
+  the model's vector field below), ``solve_ivp(method="LSODA")`` per patient,
   one patient at a time, on the first few patients of the same population.
 
 The issue's target is LSODA ms/patient / il2treg ms/patient >= 100 at N = 10,000.
@@ -20,6 +20,7 @@ The issue's target is LSODA ms/patient / il2treg ms/patient >= 100 at N = 10,000
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -32,21 +33,33 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 import il2treg
-from il2treg.model import system
 from il2treg.units import PM_PER_IU_PER_ML
 
 
 # --------------------------------------------------------------------------- NumPy model copy
 def prepare(theta: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
-    """Parameters as Python floats plus the constants of ``system.prepare`` (baseline signals)."""
+    """Parameters as Python floats plus the baseline signals."""
     q = {n: float(v) for n, v in zip(names, theta)}
     c0 = max(q["il2_endo"], 1e-300)
     q["s0"] = [1.0 / (1.0 + (q[k] / c0) ** q["hill"]) for k in ("ec50_treg", "ec50_nk", "ec50_tconv")]
     return q
 
 
-def make_rhs(q: dict[str, float], structure) -> callable:
-    """dy/dt with the state layout of ``il2treg.model.system`` (depot, central, chains, folds, CD25, effect)."""
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """The variant of ``il2_treg_sledai`` the NumPy copy computes (the reference: 3 transit
+    compartments, CD25 feedback, receptor sink; models/il2_treg_sledai*.toml)."""
+
+    transit_compartments: int = 3
+    cd25_feedback: bool = True
+    receptor_sink: bool = True
+
+
+REFERENCE = Structure()
+
+
+def make_rhs(q: dict[str, float], structure: Structure = REFERENCE) -> callable:
+    """dy/dt with the state layout of ``models/il2_treg_sledai.toml`` (depot, central, chains, folds, CD25, effect)."""
     n = structure.transit_compartments
     ka, CL, CLR, V, nh = q["ka"], q["CL"], q["CLR"], q["V"], q["hill"]
     ec50 = [q["ec50_treg"], q["ec50_nk"], q["ec50_tconv"]]
@@ -83,18 +96,18 @@ def make_rhs(q: dict[str, float], structure) -> callable:
 
 
 def observables(t: np.ndarray, y: np.ndarray, q: dict[str, float], n: int) -> np.ndarray:
-    """``system.observables`` for states ``y [states, times]``; returns ``[times, observables]``."""
+    """The model's observables for states ``y [states, times]``; returns ``[times, observables]``."""
     treg, nk, tconv = q["treg0"] * y[2 + 3 * n], q["nk0"] * y[3 + 3 * n], q["tconv0"] * y[4 + 3 * n]
     il2 = y[1] * 1e6 / (q["V"] * 1e3) * PM_PER_IU_PER_ML + q["il2_endo"]
     sledai = q["sledai0"] - q["pmax"] * (1.0 - np.exp(-q["kpl"] * np.maximum(t, 0.0))) + q["imax"] * q["sledai0"] * y[6 + 3 * n]
     return np.stack([il2, 100.0 * treg / (treg + tconv), treg, tconv, nk, y[5 + 3 * n], sledai], axis=1)
 
 
-def solve_lsoda(theta, names, structure, dose_times, dose_amounts, obs_times, rtol=1e-6, atol=1e-9):
+def solve_lsoda(theta, names, dose_times, dose_amounts, obs_times, rtol=1e-6, atol=1e-9, structure: Structure = REFERENCE):
     """One patient, segmented at effective dose times like ``il2treg.simulate``; (values, nfev)."""
     q = prepare(theta, names)
     rhs, n = make_rhs(q, structure), structure.transit_compartments
-    y = np.array(system.initial_state(structure), dtype=float)
+    y = np.concatenate([np.zeros(2 + 3 * n), np.ones(4), np.zeros(1)])  # baseline: no drug, folds and CD25 at 1
     tau = dose_times + q["tlag"]  # a dose enters the depot at t_dose + tlag ...
     starts = np.concatenate([[min(obs_times[0], tau[0])], tau])
     ends = np.concatenate([tau, [max(obs_times[-1], tau[-1])]])
@@ -114,7 +127,7 @@ def solve_lsoda(theta, names, structure, dose_times, dose_amounts, obs_times, rt
             values[lo:hi] = observables(ts, sol.y[:, : hi - lo], q, n)
         else:  # zero-length interval (e.g. two doses at one time): observe the current state
             values[lo:hi] = observables(ts, np.repeat(y[:, None], hi - lo, 1), q, n)
-        y[system.DEPOT] += dose
+        y[0] += dose  # the depot
     return values, nfev
 
 
@@ -142,12 +155,11 @@ def check_rhs(model, P, n_checks=5, seed=1):
     rng, worst = np.random.default_rng(seed), 0.0
     for i in range(n_checks):
         theta = np.asarray(P.values[i])
-        y = rng.uniform(0.05, 2.0, system.n_states(model.structure))
-        p = system.prepare({k: theta[j] for j, k in enumerate(model.parameter_names)}, model.structure)
-        ref = np.asarray(system.vector_field(0.0, y, (p, model.structure)))
-        mine = make_rhs(prepare(theta, model.parameter_names), model.structure)(0.0, y)
+        y = rng.uniform(0.05, 2.0, len(model.state_names))
+        ref = np.asarray(model.mechanism.vector_field(0.0, y, model.mechanism.prepare(theta)))
+        mine = make_rhs(prepare(theta, model.parameter_names))(0.0, y)
         worst = max(worst, float(np.max(np.abs(mine - ref) / np.maximum(np.abs(ref), 1e-300))))
-    assert worst < 1e-12, f"NumPy RHS differs from il2treg.model.system.vector_field: rel. err {worst:.2e}"
+    assert worst < 1e-12, f"NumPy RHS differs from the model's vector field: rel. err {worst:.2e}"
     return worst
 
 
@@ -182,7 +194,7 @@ def main() -> None:
     # scipy LSODA, one patient at a time, on the first n_scipy patients of the same population
     start, ref, nfev = time.perf_counter(), [], 0
     for i in range(n_scipy):
-        values, f = solve_lsoda(np.asarray(P.values[i]), m.parameter_names, m.structure, dose_times, dose_amounts, t)
+        values, f = solve_lsoda(np.asarray(P.values[i]), m.parameter_names, dose_times, dose_amounts, t)
         ref.append(values)
         nfev += f
     lsoda = time.perf_counter() - start

@@ -18,35 +18,36 @@ from __future__ import annotations
 import diffrax as dfx
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import il2treg
 from il2treg.fit import read_fit_spec
 from il2treg.fit.problem import patient_arrays, unpack
 from il2treg.fit.run import _patient_theta
-from il2treg.model import system
 
 
-def steps(structure, names, theta, dose_time, dose_amount, t_end, rtol=1e-6, atol=1e-9, solver=None) -> int:
-    p = system.prepare({n: theta[i] for i, n in enumerate(names)}, structure)
+def steps(mechanism, theta, dose_time, dose_amount, t_end, rtol=1e-6, atol=1e-9, solver=None) -> int:
+    p = mechanism.prepare(jnp.asarray(theta))
     controller = dfx.PIDController(rtol=rtol, atol=atol, pcoeff=0.0, icoeff=1.0)
-    y = system.initial_state(structure)
-    doses = [(t + float(p["tlag"]), float(p["F"]) * a * 1e-6) for t, a in zip(dose_time, dose_amount)]
+    y = mechanism.initial_state(p)
+    lag, fraction = float(mechanism.dose_lag(p)[0]), float(mechanism.dose_fraction(p)[0]) * mechanism.dose_scale[0]
+    doses = [(t + lag, fraction * a) for t, a in zip(dose_time, dose_amount)]
     edges = [0.0] + [t for t, _ in doses] + [t_end]
     total = 0
     for k in range(len(edges) - 1):
         if edges[k + 1] > edges[k]:
-            sol = _solve(edges[k], edges[k + 1], y, p, structure, controller, solver or dfx.Tsit5())
+            sol = _solve(edges[k], edges[k + 1], y, p, mechanism, controller, solver or dfx.Tsit5())
             y = sol.ys[-1]
             total += int(sol.stats["num_steps"])
         if k < len(doses):
-            y = y.at[system.DEPOT].add(doses[k][1])
+            y = y.at[mechanism.dose_states[0]].add(doses[k][1])
     return total
 
 
 @eqx.filter_jit
-def _solve(t0, t1, y, p, structure, controller, solver):
-    return dfx.diffeqsolve(dfx.ODETerm(system.vector_field), solver, t0, t1, None, y, (p, structure),
+def _solve(t0, t1, y, p, mechanism, controller, solver):
+    return dfx.diffeqsolve(dfx.ODETerm(mechanism.vector_field), solver, t0, t1, None, y, p,
                            saveat=dfx.SaveAt(t1=True), stepsize_controller=controller, max_steps=100_000)  # fmt: skip
 
 
@@ -56,7 +57,7 @@ def main() -> None:
     problem = spec.problem()
     patients = patient_arrays(spec.dataset, problem.covariates)
     up = unpack(problem, result.psi, spec.residual_model())
-    structure, names = problem.model.structure, problem.model.parameter_names
+    mechanism = problem.model.mechanism
     t_end = float(np.max(patients.obs_time))
     counts = {"placebo": [], "IL-2": []}
     treated = None
@@ -65,17 +66,17 @@ def main() -> None:
         theta = np.asarray(_patient_theta(problem, up.theta, up.beta, np.zeros(problem.n_eta), patient))
         dt, da = np.asarray(patient.dose_time), np.asarray(patient.dose_amount)
         arm = "IL-2" if np.any(da > 0) else "placebo"
-        counts[arm].append(steps(structure, names, theta, dt, da, t_end))
+        counts[arm].append(steps(mechanism, theta, dt, da, t_end))
         if arm == "IL-2" and treated is None:
             treated = (theta, dt, da)
     for arm, c in counts.items():
         print(f"{arm:>8}: {len(c)} patients, Tsit5 steps over {t_end:.0f} days: min {min(c)}, median {int(np.median(c))}, max {max(c)}")
-    theta = dict(zip(names, treated[0]))
+    theta = dict(zip(problem.model.parameter_names, treated[0]))
     print(f"first IL-2 patient: elimination rate (CL + CLR)/V = {(theta['CL'] + theta['CLR']) / theta['V']:.1f} per day")
     for rtol, atol in ((1e-6, 1e-9), (1e-4, 1e-7), (1e-3, 1e-6)):
-        print(f"first IL-2 patient at rtol {rtol:g}, atol {atol:g}: {steps(structure, names, *treated, t_end, rtol, atol)} steps")
+        print(f"first IL-2 patient at rtol {rtol:g}, atol {atol:g}: {steps(mechanism, *treated, t_end, rtol, atol)} steps")
     for solver in (dfx.Dopri8(), dfx.Kvaerno5(), dfx.Kvaerno3()):
-        n = steps(structure, names, *treated, t_end, solver=solver)
+        n = steps(mechanism, *treated, t_end, solver=solver)
         print(f"first IL-2 patient, {type(solver).__name__} ({'implicit' if isinstance(solver, dfx.AbstractImplicitSolver) else 'explicit'}), rtol 1e-6: {n} steps")
 
 

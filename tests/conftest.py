@@ -138,8 +138,8 @@ def model():
 
 
 @pytest.fixture(scope="session")
-def model_no_sink(model):
-    return model.with_structure(receptor_sink=False)
+def model_no_sink():
+    return il2treg.load_model("il2_treg_sledai_no_sink")
 
 
 @pytest.fixture(scope="session")
@@ -281,7 +281,7 @@ def misspecified_fit(model):
     from il2treg.fit import compute_fit, read_fit_spec
 
     def compute(folder):
-        data, _ = simulated_dataset(model.with_structure(transit_compartments=0), 16, 7, days=DENSE_DAYS, dvids=("treg_per_uL", "tconv_per_uL"))
+        data, _ = simulated_dataset(il2treg.load_model("il2_treg_sledai_no_delay"), 16, 7, days=DENSE_DAYS, dvids=("treg_per_uL", "tconv_per_uL"))
         frame = data.to_frame()
         frame[frame["TIME"] <= 28].to_csv(folder / "data.csv", index=False)
         (folder / "fit.toml").write_text(SMALL_FIT_TOML.format(name="no_delay_data"))

@@ -33,7 +33,7 @@ def test_lsoda_baseline_reproduces_il2treg_under_lupil2(model, lupil2, tight):
     times = np.linspace(0.0, 84.0, 85)
     mine = np.asarray(il2treg.simulate(model, lupil2, times, params, options=tight).values)
     for i in range(2):
-        theirs, _ = solve_lsoda(np.asarray(params.values[i]), model.parameter_names, model.structure,
+        theirs, _ = solve_lsoda(np.asarray(params.values[i]), model.parameter_names,
                                 np.asarray(lupil2.times), np.asarray(lupil2.amounts), times, rtol=1e-10, atol=1e-12)  # fmt: skip
         assert np.max(np.abs(theirs - mine[i]) / np.abs(mine[i])) < 1e-6
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import il2treg
+from handwritten import pk
 from il2treg import regimen as rg
 from il2treg.design import (
     METRICS,
@@ -24,7 +25,6 @@ from il2treg.design import (
     virtual_population,
 )
 from il2treg.errors import InputError, RegimenError
-from il2treg.model import pk
 
 #: The design used by the optimiser tests: LUPIL-2's 16 injections at its times, no more IL-2 in
 #: total than LUPIL-2 (24 MIU), NK change and IL-2 peak of the typical patient below these limits.

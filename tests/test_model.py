@@ -39,11 +39,12 @@ def test_population_is_reproducible_from_its_seed(model):
     np.testing.assert_array_equal(a, b)
 
 
-def test_structural_variant_without_delay_has_fewer_states(model):
-    no_delay = model.with_structure(transit_compartments=0)
+def test_variant_without_delay_has_neither_transit_states_nor_mtt(model):
+    no_delay = il2treg.load_model("il2_treg_sledai_no_delay")
     assert len(no_delay.state_names) == len(model.state_names) - 9
-    with pytest.raises(SpecError):
-        model.with_structure(bogus=True)
+    assert not any(name.startswith("transit_") for name in no_delay.state_names)
+    assert no_delay.parameter_names == tuple(n for n in model.parameter_names if n != "mtt")
+    assert no_delay.spec["ka"] == model.spec["ka"]  # the base's parameters, as declared there
 
 
 def test_with_values_changes_the_typical_patient(model):
@@ -57,7 +58,7 @@ def test_hill_signal_equals_the_power_formula_over_the_whole_range():
     # same function, including where a power would under- or overflow.
     import jax.numpy as jnp
 
-    from il2treg.model import cells
+    from handwritten import cells
 
     c = np.geomspace(1e-6, 1e6, 61)
     for ec50, n in ((0.5, 1.0), (3.0, 1.7), (40.0, 0.6)):

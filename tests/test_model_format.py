@@ -12,20 +12,23 @@ import pandas as pd
 import pytest
 import tomli_w
 
+import handwritten
 import il2treg
 from conftest import run_cli
 from il2treg import units
 from il2treg.errors import ModelFileError, SpecError
-from il2treg.model import system
 from il2treg.model.compile import compile_model
 from il2treg.model.format import read_model_file
 from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.spec import MODELS_DIR
 
-
-@pytest.fixture(scope="module")
-def reference():
-    return compile_model(read_model_file(MODELS_DIR / "il2_treg_sledai.toml"))
+#: Each model file of the reference and its variants, and the hand-written structure it is.
+VARIANTS = {
+    "il2_treg_sledai": handwritten.Structure(),
+    "il2_treg_sledai_no_delay": handwritten.Structure(transit_compartments=0),
+    "il2_treg_sledai_no_sink": handwritten.Structure(receptor_sink=False),
+    "il2_treg_sledai_no_cd25_feedback": handwritten.Structure(cd25_feedback=False),
+}
 
 
 def _random_points(model, n: int, seed: int):
@@ -42,25 +45,30 @@ def _random_points(model, n: int, seed: int):
     return t, y, theta
 
 
-def test_reference_model_file_reproduces_the_hand_written_vector_field_and_observables(model, reference):
-    """The equations of models/il2_treg_sledai.toml are today's model: 1e-13 relative at 200 random points."""
-    assert reference.definition.parameter_names == model.parameter_names
-    assert reference.definition.state_names == model.state_names
-    assert reference.definition.observable_names == OBSERVABLE_NAMES
-    structure = model.structure
-    names = model.parameter_names
+@pytest.mark.parametrize("name", VARIANTS)
+def test_model_files_reproduce_the_hand_written_vector_field_and_observables(name):
+    """The equations of models/il2_treg_sledai.toml and of each variant are the hand-written
+    model of that structure (tests/handwritten/): 1e-13 relative at 200 random points."""
+    hand = handwritten.model(VARIANTS[name])
+    file = il2treg.load_model(name)
+    written = compile_model(file.mechanism.definition)
+    assert file.state_names == hand.state_names
+    assert file.observable_names == hand.observable_names == OBSERVABLE_NAMES
+    assert set(file.parameter_names) <= set(hand.parameter_names)
+    keep = [hand.parameter_names.index(n) for n in file.parameter_names]
+    names = hand.parameter_names
 
-    def hand(t, y, theta):
-        p = system.prepare(dict(zip(names, theta)), structure)
-        return system.vector_field(t, y, (p, structure)), system.observables(t, y, (p, structure))
+    def on_hand(t, y, theta):
+        args = hand.mechanism.prepare(theta)
+        return hand.mechanism.vector_field(t, y, args), hand.mechanism.observables(t, y, args)
 
-    def written(t, y, theta):
-        args = reference.prepare(theta)
-        return reference.vector_field(t, y, args), reference.observables(t, y, args)
+    def on_file(t, y, theta):
+        args = written.prepare(theta)
+        return written.vector_field(t, y, args), written.observables(t, y, args)
 
-    t, y, theta = _random_points(model, 200, seed=3)
-    f_hand, o_hand = jax.jit(jax.vmap(hand))(t, y, theta)
-    f_file, o_file = jax.jit(jax.vmap(written))(t, y, theta)
+    t, y, theta = _random_points(hand, 200, seed=3)
+    f_hand, o_hand = jax.jit(jax.vmap(on_hand))(t, y, theta)
+    f_file, o_file = jax.jit(jax.vmap(on_file))(t, y, theta[:, keep])
     np.testing.assert_allclose(f_file, f_hand, rtol=1e-13, atol=0)
     sledai = OBSERVABLE_NAMES.index("sledai")
     others = [k for k in range(len(OBSERVABLE_NAMES)) if k != sledai]
@@ -70,18 +78,28 @@ def test_reference_model_file_reproduces_the_hand_written_vector_field_and_obser
     sledai0 = theta[:, names.index("sledai0")]
     assert np.all(np.abs(o_file[:, sledai] - o_hand[:, sledai]) <= 1e-13 * sledai0)
     for k in range(theta.shape[0]):
-        np.testing.assert_array_equal(reference.initial_state(theta[k]), system.initial_state(structure))
+        np.testing.assert_array_equal(written.initial_state(theta[k, keep]), hand.mechanism.initial_state(None))
     # The dose: F of it, converted from IU to the depot's MIU, enters the depot after tlag.
-    assert reference.dose_states == (system.DEPOT,)
-    assert reference.definition.doses[0].scale == pytest.approx(1e-6, rel=1e-15)
-    np.testing.assert_array_equal(reference.dose_fraction(theta[0]), [theta[0][names.index("F")]])
-    np.testing.assert_array_equal(reference.dose_lag(theta[0]), [theta[0][names.index("tlag")]])
-    const = {c.name: c.value for c in reference.definition.constants}
+    assert written.dose_states == hand.mechanism.dose_states == (0,)
+    assert written.definition.doses[0].scale == pytest.approx(1e-6, rel=1e-15)
+    np.testing.assert_array_equal(written.dose_fraction(theta[0, keep]), [theta[0][names.index("F")]])
+    np.testing.assert_array_equal(written.dose_lag(theta[0, keep]), [theta[0][names.index("tlag")]])
+    const = {c.name: c.value for c in written.definition.constants}
     assert const["pM_per_MIU_per_L"] == pytest.approx(1e3 * units.PM_PER_IU_PER_ML, rel=1e-15)
+    # The parameters that enter the ODE, read from the equations, are those the hand-written code's data flow
+    # reads (of those the file declares: without the sink, the hand-written code still reads CLR, times 0).
+    assert written.ode_parameters == tuple(n for n in hand.mechanism.ode_parameters if n in file.parameter_names)
 
 
-def test_parameters_that_enter_the_ode_are_read_from_the_equations(model, reference):
-    assert reference.ode_parameters == system.ode_parameters(model.structure)
+def test_the_stiffness_a_batch_is_ordered_by_is_the_fastest_rate_at_baseline(model):
+    """For the reference it is the elimination (CL + CLR)/V where that is the fastest rate, as the
+    hand-written model's; absorption or the transit rate where one of those is faster."""
+    params = il2treg.sample_population(model, 200, seed=5)
+    got = np.asarray(model.mechanism.stiffness(params.values))
+    q = {n: np.asarray(params[n]) for n in ("CL", "CLR", "V", "ka", "mtt")}
+    expected = np.maximum.reduce([(q["CL"] + q["CLR"]) / q["V"], q["ka"], 3 / q["mtt"]] + [np.asarray(params[n]) for n in ("kout_treg", "kout_nk", "kout_tconv", "kin_cd25", "kd")])
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert np.mean(got == (q["CL"] + q["CLR"]) / q["V"]) > 0.5
 
 
 # ----------------------------------------------------------------------------- malformed files
@@ -169,6 +187,54 @@ def test_malformed_model_file_names_the_file_the_key_and_the_fix(request, tmp_pa
     assert not (tmp_path / "o").exists()
 
 
+def test_a_variant_takes_its_base_and_changes_removes_and_adds_by_name(tmp_path):
+    """A user's variant of a user's model beside it: an absorption transit compartment instead of
+    the lag. Its tables are the base's with its own entries replacing, removing or adding names."""
+    (tmp_path / "oral.toml").write_text(tomli_w.dumps(_VALID))
+    variant = {
+        "model": {"name": "oral_transit", "base": "oral.toml", "remove": ["tlag"]},
+        "states": {"transit": {"unit": "mg", "initial": 0}},
+        "parameters": {"ktr": {"value": 2.0, "unit": "1/h", **_PARAM}},
+        "equations": {"transit": "ka * depot - ktr * transit", "central": "ktr * transit - ke * central"},
+        "doses": {"oral": {"state": "depot", "bioavailability": "F"}},
+    }
+    (tmp_path / "variant.toml").write_text(tomli_w.dumps(variant))
+    base, model = read_model_file(tmp_path / "oral.toml"), read_model_file(tmp_path / "variant.toml")
+    assert model.name == "oral_transit" and model.state_names == ("depot", "central", "transit")
+    assert model.parameter_names == ("ka", "CL", "V", "F", "ktr")
+    assert model.parameters[1] == base.parameters[1]  # CL as the base declares it
+    assert model.equations == ("-ka * depot", "ktr * transit - ke * central", "ka * depot - ktr * transit")
+    assert model.doses[0].lag is None and model.path == str(tmp_path / "variant.toml")
+
+
+_BAD_VARIANTS = [
+    ("unknown base", {"base": "no_such_model"}, "model.base", "unknown model 'no_such_model'"),
+    ("remove an undeclared name", {"base": "oral.toml", "remove": ["kel"]}, "model.remove", "'kel' is not declared in the base"),
+    ("remove without a base", {"remove": ["ka"]}, "model.remove", "has no base"),
+    ("remove that is not a list", {"base": "oral.toml", "remove": "ka"}, "model.remove", "must be a list of names"),
+    ("a base that is itself", {"base": "variant.toml"}, "model.base", "cycle"),
+    ("removing what the rest reads", {"base": "oral.toml", "remove": ["ka"]}, "equations.depot", "unknown symbol 'ka'"),
+]
+
+
+@pytest.mark.parametrize(("case", "meta", "key", "problem"), _BAD_VARIANTS, ids=[c[0] for c in _BAD_VARIANTS])
+def test_malformed_variant_names_the_file_the_key_and_the_fix(tmp_path, case, meta, key, problem):
+    (tmp_path / "oral.toml").write_text(tomli_w.dumps(_VALID))
+    path = tmp_path / "variant.toml"
+    path.write_text(tomli_w.dumps({"model": {"name": "v", **meta}} if "base" in meta else {**copy.deepcopy(_VALID), "model": {"name": "v", **meta}}))
+    with pytest.raises(ModelFileError) as err:
+        read_model_file(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {key}") and problem in message and "Fix: " in message and "\n" not in message, message
+
+
+def test_a_structure_table_points_to_variants(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text(tomli_w.dumps({**_VALID, "structure": {"transit_compartments": 0}}))
+    with pytest.raises(ModelFileError, match=r"structure: structural switches are no longer a table.*base"):
+        read_model_file(path)
+
+
 @pytest.mark.parametrize(
     ("changes", "fragment"),
     [({"parameters.CL.transform": "logg"}, "unknown transform 'logg'"), ({"parameters.CL.value": 5000.0}, "outside its bounds")],
@@ -223,8 +289,7 @@ def test_reference_model_file_simulates_like_the_hand_written_model(model):
     of rtol, which would prove nothing."""
     from il2treg import regimen as rg
 
-    written = model.with_equations()
-    assert type(written.mechanism).__name__ == "Equations" and type(model.mechanism).__name__ == "HandWritten"
+    written, model = model, handwritten.model()
     params = il2treg.sample_population(model, 100, seed=11)
     regimens = {name: rg.named(name) for name in ("lupil2", "he2020", "dilfrequency", "daily_low_dose")}
     grid = np.linspace(0.0, 84.0, 85) + 0.3  # between dose times and on none of them

@@ -26,6 +26,15 @@ def roadrunner_run(text: str, times=TIMES, rtol: float = 1e-6, atol: float = 1e-
     return np.asarray(rr.simulate(times=list(times), selections=["time", *il2treg.OBSERVABLE_NAMES]))[:, 1:]
 
 
+def _si(m, uid: str) -> tuple[dict[str, int], float]:
+    """The base units (kind: exponent) of an SBML unit definition and its factor to them."""
+    kinds, factor = {}, 1.0
+    for u in m.getUnitDefinition(uid).getListOfUnits():
+        kinds[libsbml.UnitKind_toString(u.getKind())] = u.getExponent()
+        factor *= (u.getMultiplier() * 10.0 ** u.getScale()) ** u.getExponent()
+    return kinds, factor
+
+
 def test_the_export_is_valid_sbml_with_units_and_sources(model, lupil2, tmp_path):
     text = export_sbml(model, regimen=lupil2, path=tmp_path / "m.xml")
     assert (tmp_path / "m.xml").read_text() == text
@@ -34,10 +43,12 @@ def test_the_export_is_valid_sbml_with_units_and_sources(model, lupil2, tmp_path
     doc.checkConsistency()  # identifiers, MathML, units, ...: warnings only (literal numbers carry no units)
     assert doc.getNumErrors(libsbml.LIBSBML_SEV_ERROR) + doc.getNumErrors(libsbml.LIBSBML_SEV_FATAL) == 0, doc.getErrorLog().toString()
     m = doc.getModel()
-    assert m.getNumEvents() == lupil2.n_doses and m.getTimeUnits() == "day"
+    assert m.getNumEvents() == lupil2.n_doses
+    assert _si(m, m.getTimeUnits()) == ({"second": 1}, pytest.approx(86400.0, rel=1e-15))
     ka = m.getParameter("ka")
-    assert ka.getUnits() == "per_day" and "Piscitelli" in ka.getNotesString()
-    assert m.getParameter("il2_pM").getUnits() == "picomolar"
+    assert _si(m, ka.getUnits()) == ({"second": -1}, pytest.approx(1 / 86400.0, rel=1e-15)) and "Piscitelli" in ka.getNotesString()
+    assert _si(m, m.getParameter("il2_pM").getUnits()) == ({"mole": 1, "metre": -3}, pytest.approx(1e-9, rel=1e-12))  # pM in mol/m^3
+    assert _si(m, m.getParameter("CL").getUnits()) == ({"metre": 3, "second": -1}, pytest.approx(1e-3 / 86400.0, rel=1e-12))  # L/day
     for name in il2treg.OBSERVABLE_NAMES:
         assert m.getAssignmentRuleByVariable(name) is not None
 
@@ -57,11 +68,11 @@ def test_roadrunner_reproduces_il2treg_for_20_virtual_patients(model, lupil2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("structure", [{"transit_compartments": 0}, {"receptor_sink": False}, {"cd25_feedback": False}, {"transit_compartments": 5}])
-def test_every_structure_exports_the_same_equations(model, lupil2, tight, structure):
-    """Other structures (no delay, no sink, no CD25 feedback, a longer chain): the typical patient
-    agrees to 1e-7 at tight tolerances on both sides."""
-    other = model.with_structure(**structure)
+@pytest.mark.parametrize("name", ["il2_treg_sledai_no_delay", "il2_treg_sledai_no_sink", "il2_treg_sledai_no_cd25_feedback"])
+def test_every_variant_exports_the_same_equations(name, lupil2, tight):
+    """The reference's variants (no delay, no sink, no CD25 feedback): the typical patient agrees
+    to 1e-7 at tight tolerances on both sides."""
+    other = il2treg.load_model(name)
     mine = np.asarray(il2treg.simulate(other, lupil2, TIMES, options=tight).values)
     theirs = roadrunner_run(export_sbml(other, regimen=lupil2), rtol=1e-11, atol=1e-14)
     assert np.max(np.abs(theirs - mine) / np.abs(mine)) < 1e-7
@@ -162,13 +173,19 @@ def test_amici_reproduces_il2treg_for_20_virtual_patients(model, lupil2, tight, 
         assert worst < limit
 
 
-_SHIPPED = ("pk_1cmt_iv", "pk_1cmt_infusion", "pk_1cmt_oral", "pk_2cmt_iv", "pk_2cmt_infusion", "pk_2cmt_oral", "il2_treg_sledai")
+_SHIPPED = ("pk_1cmt_iv", "pk_1cmt_infusion", "pk_1cmt_oral", "pk_2cmt_iv", "pk_2cmt_infusion", "pk_2cmt_oral",
+            "il2_treg_sledai", "il2_treg_sledai_no_delay", "il2_treg_sledai_no_sink", "il2_treg_sledai_no_cd25_feedback")  # fmt: skip
+
+
+def test_the_shipped_list_is_every_model_file():
+    from il2treg.spec import MODELS_DIR
+
+    assert set(_SHIPPED) == {p.stem for p in MODELS_DIR.glob("*.toml") if "[design]" not in p.read_text(encoding="utf-8")}
 
 
 @pytest.mark.parametrize("name", [n if n == "pk_1cmt_oral" else pytest.param(n, marks=pytest.mark.slow) for n in _SHIPPED])
 def test_every_shipped_model_file_exports_what_il2treg_solves(name, lupil2):
-    """Each shipped model's equations (il2_treg_sledai: its file's equations, with_equations())
-    exported and solved by libroadrunner (CVODE, rtol 1e-6, atol 1e-9) against il2treg (Tsit5, the
+    """Each shipped model's equations exported and solved by libroadrunner (CVODE, rtol 1e-6, atol 1e-9) against il2treg (Tsit5, the
     same tolerances), 20 patients under the LUPIL-2 schedule (100 mg per dose for the PK models),
     every 6 h to day 84, 0.01 day after each grid time (so that none falls on a dose, where il2treg
     reports the value before it and an event solver the value after): every observable within
@@ -178,9 +195,7 @@ def test_every_shipped_model_file_exports_what_il2treg_solves(name, lupil2):
     from il2treg.sbml import observable_ids
 
     model = il2treg.load_model(name)
-    regimen = lupil2 if name == "il2_treg_sledai" else il2treg.regimen.Regimen(times=lupil2.times, amounts=np.full(lupil2.n_doses, 100.0))
-    if name == "il2_treg_sledai":
-        model = model.with_equations()
+    regimen = lupil2 if name.startswith("il2_treg_sledai") else il2treg.regimen.Regimen(times=lupil2.times, amounts=np.full(lupil2.n_doses, 100.0))
     times = TIMES + 0.01
     params = il2treg.sample_population(model, 20, seed=4)
     mine = np.asarray(il2treg.simulate(model, regimen, times, params).values)

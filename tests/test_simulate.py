@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 import il2treg
+from handwritten import pk
 from il2treg import regimen as rg
 from il2treg.errors import InputError, PrecisionError, RegimenError
-from il2treg.model import pk
 from il2treg.simulate import chunk_shape, chunked_map, iter_simulations, ordered_map, work_order
 
 DAY_PER_HOUR = 1.0 / 24.0
@@ -155,13 +155,15 @@ def test_no_dose_keeps_every_state_at_baseline(model, reg, daily_grid):
     np.testing.assert_allclose(sim["sledai"], soc, rtol=1e-9)
 
 
-def test_vector_field_is_exactly_zero_at_baseline(model):
-    from il2treg.model import system
-
-    p = system.prepare(model.typical().as_dict(), model.structure)
-    y0 = system.initial_state(model.structure)
-    for t in (0.0, 10.0, 84.0):
-        assert np.all(np.asarray(system.vector_field(t, y0, (p, model.structure))) == 0.0)
+@pytest.mark.parametrize("name", ["il2_treg_sledai", "il2_treg_sledai_no_delay", "il2_treg_sledai_no_sink", "il2_treg_sledai_no_cd25_feedback"])
+def test_vector_field_is_exactly_zero_at_baseline(name):
+    model = il2treg.load_model(name)
+    mechanism = model.mechanism
+    for values in (model.typical().values, il2treg.sample_population(model, 3, seed=1).values[2]):
+        args = mechanism.prepare(values)
+        y0 = mechanism.initial_state(args)
+        for t in (0.0, 10.0, 84.0):
+            assert np.all(np.asarray(mechanism.vector_field(t, y0, args)) == 0.0)
 
 
 # ----------------------------------------------------------------------------- gradients

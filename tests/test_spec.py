@@ -7,8 +7,8 @@ import tomllib
 import pytest
 
 import il2treg
+from handwritten import PARAMETER_NAMES
 from il2treg.errors import SpecError
-from il2treg.model.system import PARAMETER_NAMES
 from il2treg.spec import MODELS_DIR, parse_spec, read_spec, update_values
 
 MODEL_FILE = MODELS_DIR / "il2_treg_sledai.toml"

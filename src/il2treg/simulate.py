@@ -514,10 +514,8 @@ def max_dose_lag(model: Model, theta=None) -> float:
     mechanism = model.mechanism
     if not mechanism.dose_states:
         return 0.0
-    definition = getattr(model.equations, "definition", None)
-    if model.equations is None:
-        lag = "tlag"
-    elif definition is not None:
+    definition = getattr(mechanism, "definition", None)
+    if definition is not None:
         lag = definition.doses[0].lag
         if lag is None:
             return 0.0

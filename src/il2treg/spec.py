@@ -1,12 +1,11 @@
-"""Model definitions as data: read and validate ``models/*.toml``.
+"""The parameters of model files: read and validate ``[model]`` and ``[parameters.*]``.
 
-A model file has three tables:
+Every model file (``models/*.toml``; its mechanism's tables are read by
+:mod:`il2treg.model.format`) has, and a parameters-only file for a Python mechanism
+(:func:`read_spec`) consists of:
 
 ``[model]``
     ``name`` and ``description``.
-``[structure]``
-    structural switches: ``transit_compartments`` (int, 0 = no proliferation delay),
-    ``cd25_feedback`` and ``receptor_sink`` (bool).
 ``[parameters.<name>]``
     one table per parameter with ``value``, ``unit``, ``bounds = [lower, upper]`` (same unit as
     ``value``), ``transform`` (``log``, ``logit`` or ``identity``: the scale on which it is
@@ -38,24 +37,8 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 TRANSFORMS = ("log", "logit", "identity")
 _REQUIRED_FIELDS = ("value", "unit", "bounds", "transform", "cv_percent", "source")
 _OPTIONAL_FIELDS = ("group", "description", "prior_sd", "prior_source")
-# The tables of the model-file format (il2treg.model.format) that this reader leaves to it: a file
-# may declare its mechanism as equations next to the [structure] the hand-written model reads.
+# The tables of the model-file format (il2treg.model.format) that this reader leaves to it.
 _EQUATION_TABLES = ("states", "constants", "quantities", "equations", "observables", "doses")
-
-
-@dataclasses.dataclass(frozen=True)
-class Structure:
-    """Structural switches of the model (static: changing one recompiles).
-
-    Attributes:
-        transit_compartments: length of the signal -> proliferation delay chain (0 = none).
-        cd25_feedback: whether CD25 on Tregs lowers the Treg EC50.
-        receptor_sink: whether IL-2 is cleared by IL-2R-bearing Tregs.
-    """
-
-    transit_compartments: int = 3
-    cd25_feedback: bool = True
-    receptor_sink: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +98,10 @@ class ParamSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A validated model definition: structure and parameters (hashable, so jit treats it as static)."""
+    """A model's parameters as declared in its file (hashable, so jit treats it as static)."""
 
     name: str
     description: str
-    structure: Structure
     params: tuple[ParamSpec, ...]
     path: str = ""
 
@@ -134,27 +116,6 @@ class ModelSpec:
         raise SpecError(
             f"model {self.name!r} has no parameter {name!r}. Fix: use one of {', '.join(self.names)}."
         )
-
-
-def _structure(table: dict, where: str) -> Structure:
-    known = {f.name: f.type for f in dataclasses.fields(Structure)}
-    for key in table:
-        if key not in known:
-            raise SpecError(
-                f"{where}: unknown structure option {key!r}. Fix: use one of {', '.join(known)}."
-            )
-    n = table.get("transit_compartments", 3)
-    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 10:
-        raise SpecError(
-            f"{where}: structure.transit_compartments must be an integer 0-10, got {n!r}."
-        )
-    out = {"transit_compartments": n}
-    for key in ("cd25_feedback", "receptor_sink"):
-        v = table.get(key, True)
-        if not isinstance(v, bool):
-            raise SpecError(f"{where}: structure.{key} must be true or false, got {v!r}.")
-        out[key] = v
-    return Structure(**out)
 
 
 def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_internal) -> ParamSpec:
@@ -256,8 +217,8 @@ def parse_spec(data: dict, *, where: str = "<model>", required: tuple[str, ...] 
         required: parameter names the model's equations need; missing or extra ones are errors.
     """
     for key in data:
-        if key not in ("model", "structure", "parameters", *_EQUATION_TABLES):
-            raise SpecError(f"{where}: unknown table [{key}]. Fix: use [model], [structure], [parameters.*].")
+        if key not in ("model", "parameters", *_EQUATION_TABLES):
+            raise SpecError(f"{where}: unknown table [{key}]. Fix: use [model] and [parameters.*].")
     meta = data.get("model", {})
     name = meta.get("name")
     if not isinstance(name, str) or not name:
@@ -282,7 +243,6 @@ def parse_spec(data: dict, *, where: str = "<model>", required: tuple[str, ...] 
     return ModelSpec(
         name=name,
         description=str(meta.get("description", "")),
-        structure=_structure(data.get("structure", {}), where),
         params=params,
         path=where,
     )
@@ -297,7 +257,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         return path
     candidate = MODELS_DIR / f"{name_or_path}.toml"
     if not candidate.is_file():
-        known = sorted(p.stem for p in MODELS_DIR.glob("*.toml") if "[parameters" in p.read_text(encoding="utf-8") and "[design]" not in p.read_text(encoding="utf-8"))
+        known = sorted(p.stem for p in MODELS_DIR.glob("*.toml") if "[model]" in p.read_text(encoding="utf-8") and "[design]" not in p.read_text(encoding="utf-8"))
         raise SpecError(
             f"unknown model {str(name_or_path)!r}. Fix: use one of {', '.join(known)} or a path to a .toml file."
         )

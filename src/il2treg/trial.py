@@ -25,8 +25,8 @@ A site effect on the standard of care (background therapy, its intensification, 
 score) is the conventional way to express site-level placebo response; it leaves the blind
 intact (both arms move) and, with :math:`\Delta_{high}` large, reproduces LUPIL-2's two
 Bulgarian sites where every placebo patient responded. Because the standard-of-care term of the
-model is closed-form and linear in :math:`P_{max}`
-(:func:`il2treg.model.disease.standard_of_care`), the shift is added to the solved latent
+model, :math:`-P_{max}(1 - e^{-k_{pl} \max(t, 0)})` (the ``sledai`` observable of
+``models/il2_treg_sledai.toml``), is closed-form and linear in :math:`P_{max}`, the shift is added to the solved latent
 score, :math:`L_i(t) \mathrel{+}= -b_{s(i)}(1 - e^{-k_{pl} t})`, without solving again.
 
 **SLEDAI as reported.** At visit :math:`j` the score is
@@ -73,7 +73,7 @@ from jax.scipy.special import ndtr as jax_ndtr
 from scipy import special
 
 from il2treg.errors import InputError, RegimenError, SpecError
-from il2treg.model import Model, Parameters, disease, load_model, sample_population
+from il2treg.model import Model, Parameters, load_model, sample_population
 from il2treg.regimen import Regimen, lupil2, named, placebo
 from il2treg.simulate import SolverOptions, simulate
 from il2treg.spec import MODELS_DIR
@@ -759,14 +759,15 @@ def _arm_patients(model: Model, design: TrialDesign, arm: str, n_trials: int, po
 
 def _enrol(design: TrialDesign, latent: np.ndarray, kpl: np.ndarray,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Site of every patient and the latent SLEDAI with its site's standard-of-care shift.
+    r"""Site of every patient and the latent SLEDAI with its site's standard-of-care shift.
 
-    The shift b of Pmax enters through the model's closed-form, pmax-linear standard-of-care term.
+    The shift b of Pmax enters through the model's closed-form, pmax-linear standard-of-care term,
+    :math:`-b\,(1 - e^{-k_{pl} \max(t, 0)})` (module docstring).
     """
     site, effect = draw_sites(design, latent.shape[:2], rng)
     shift = np.take_along_axis(effect, site, axis=1)
-    site_term = {"pmax": jnp.asarray(shift)[..., None], "kpl": jnp.asarray(kpl)[..., None]}
-    soc = np.asarray(disease.standard_of_care(jnp.asarray(design.visit_days)[None, None, :], site_term))
+    days = np.maximum(np.asarray(design.visit_days, dtype=np.float64), 0.0)[None, None, :]
+    soc = -shift[..., None] * (1.0 - np.exp(-np.asarray(kpl)[..., None] * days))
     return site, latent + soc
 
 

@@ -1,8 +1,9 @@
-"""The mechanistic model: parameters, structure and the :class:`Model` that joins them.
+"""The mechanistic model: parameters and equations, and the :class:`Model` that joins them.
 
-The equations live one part per module: :mod:`.pk` (SC IL-2), :mod:`.cells` (signal, delay, cell
-pools, CD25), :mod:`.disease` (latent SLEDAI) and :mod:`.system` (state layout, vector field,
-observables). Parameter values, units, bounds, variability and sources live in ``models/*.toml``.
+A model is a file in ``models/`` (or anywhere): its parameters (values, units, bounds,
+variability, sources) and its mechanism as equations (:mod:`.format`, checked for units by
+:mod:`.dimensions`, made into JAX code by :mod:`.compile`). The engine sees the equations through
+the :class:`Mechanism` protocol (:mod:`.mechanism`), which a Python class may also implement.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from il2treg.errors import SpecError
-from il2treg.model import system
 from il2treg.model.mechanism import Equations, Mechanism
-from il2treg.model.system import PARAMETER_NAMES
-from il2treg.spec import ModelSpec, Structure, parse_spec, read_toml, resolve_model_path
+from il2treg.spec import ModelSpec, read_toml, resolve_model_path
 
 
 class Parameters(eqx.Module):
@@ -65,37 +64,25 @@ class Model(eqx.Module):
     through ``jax.jit`` as static configuration.
 
     Attributes:
-        spec: the parameters as declared in the model file, and the structural switches of the
-            hand-written IL-2 model.
-        equations: the mechanism the engine solves; ``None``: the hand-written IL-2 model
-            (:class:`il2treg.model.system.HandWritten`) with ``spec.structure``. A model file
-            with ``[equations]`` and no ``[structure]`` gets its :class:`Equations`; a class of
-            one's own implementing :class:`Mechanism` is the escape hatch for what expressions
-            cannot say.
+        spec: the parameters as declared in the model file.
+        mechanism: the equations the engine solves: a model file's :class:`Equations`, or a
+            class of one's own implementing :class:`Mechanism` (the escape hatch for what
+            expressions cannot say).
     """
 
     spec: ModelSpec = eqx.field(static=True)
-    equations: Mechanism | None = eqx.field(static=True, default=None)
+    mechanism: Mechanism = eqx.field(static=True)
 
     def __check_init__(self):
-        if self.equations is not None and tuple(self.equations.parameter_names) != self.spec.names:
+        if tuple(self.mechanism.parameter_names) != self.spec.names:
             raise SpecError(
-                f"model {self.spec.name!r}: its equations read the parameters {', '.join(self.equations.parameter_names)} "
+                f"model {self.spec.name!r}: its equations read the parameters {', '.join(self.mechanism.parameter_names)} "
                 f"but the model declares {', '.join(self.spec.names)}. Fix: declare the same parameters, in the same order."
             )
 
     @property
-    def mechanism(self) -> Mechanism:
-        """The equations the engine solves (see ``equations``)."""
-        return system.HandWritten(self.structure) if self.equations is None else self.equations
-
-    @property
     def name(self) -> str:
         return self.spec.name
-
-    @property
-    def structure(self) -> Structure:
-        return self.spec.structure
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -133,19 +120,6 @@ class Model(eqx.Module):
             values[self.spec.names.index(name)] = internal
         return Parameters(jnp.asarray(values, dtype=jnp.float64), self.spec.names)
 
-    def with_structure(self, **switches) -> Model:
-        """A variant with structural switches changed, e.g. ``transit_compartments=0`` (no delay)."""
-        if self.equations is not None:
-            raise SpecError(
-                f"model {self.name!r} is written as equations and has no structural switches. "
-                "Fix: write the variant as a model file of its own."
-            )
-        try:
-            structure = dataclasses.replace(self.structure, **switches)
-        except TypeError as err:
-            raise SpecError(f"{err}. Fix: use transit_compartments, cd25_feedback or receptor_sink.") from None
-        return Model(dataclasses.replace(self.spec, structure=structure))
-
     def with_values(self, **overrides) -> Model:
         """A variant whose typical values are replaced (units of the model file)."""
         typical = self.parameters(**overrides)
@@ -153,52 +127,26 @@ class Model(eqx.Module):
             dataclasses.replace(ps, value=float(v), declared_value=ps.to_declared(float(v)))
             for ps, v in zip(self.spec.params, np.asarray(typical.values))
         )
-        return Model(dataclasses.replace(self.spec, params=params), self.equations)
-
-    def with_equations(self) -> Model:
-        """The same model solved from its file's ``[equations]`` instead of the hand-written code.
-
-        The reference file (``il2_treg_sledai``) declares both; the hand-written code stays its
-        default until the two are shown equal in speed (benchmarks/), and this is how a test or a
-        benchmark solves the file's version. Raises :class:`SpecError` for a file without equations.
-        """
-        if self.equations is not None:
-            return self
-        from il2treg.model.format import read_model_file
-
-        definition = read_model_file(self.spec.path)
-        if self.structure != Structure():
-            raise SpecError(
-                f"model {self.name!r}: the file's equations are the default structure ({Structure()}), not {self.structure}. "
-                "Fix: call with_equations() on the model as loaded."
-            )
-        values = {p.name: p for p in self.spec.params}
-        params = tuple(dataclasses.replace(p, value=values[p.name].value, declared_value=values[p.name].declared_value)
-                       for p in definition.parameters)  # fmt: skip
-        return Model(dataclasses.replace(self.spec, params=params), Equations(dataclasses.replace(definition, parameters=params)))
+        return Model(dataclasses.replace(self.spec, params=params), self.mechanism)
 
 
 def load_model(name_or_path: str | Path = "il2_treg_sledai") -> Model:
     """Load a model by name (a file in ``models/``) or from a path to a TOML file.
 
-    A file with a ``[structure]`` table is the hand-written IL-2 model (its parameter names are
-    fixed); any other file declares its mechanism in ``[states]``, ``[equations]``,
-    ``[observables]`` and ``[doses]`` (:mod:`il2treg.model.format`, models/README.md), checked
-    and compiled here.
+    The file declares its parameters and its mechanism in ``[states]``, ``[equations]``,
+    ``[observables]`` and ``[doses]``, or is a variant of another (``[model] base``):
+    :mod:`il2treg.model.format`, models/README.md. It is checked here and compiled to JAX code
+    where first solved.
 
     Raises:
         SpecError: a malformed parameter table; :class:`~il2treg.errors.ModelFileError` (a
             ``SpecError``) names the file, the key and the fix for anything else.
     """
     path = resolve_model_path(name_or_path)
-    data = read_toml(path)
-    if "structure" in data:  # the hand-written IL-2 model's file
-        return Model(parse_spec(data, where=str(path), required=PARAMETER_NAMES))
-    from il2treg.model.format import parse_model  # sympy and pint, only for a model file
+    from il2treg.model.format import parse_model  # sympy and pint, imported where a model is loaded
 
-    definition = parse_model(data, where=str(path))
-    spec = ModelSpec(name=definition.name, description=definition.description, structure=Structure(),
-                     params=definition.parameters, path=str(path))  # fmt: skip
+    definition = parse_model(read_toml(path), where=str(path))
+    spec = ModelSpec(name=definition.name, description=definition.description, params=definition.parameters, path=str(path))
     return Model(spec, Equations(definition))
 
 
@@ -226,4 +174,4 @@ def sample_population(
     return Parameters(values, base.names)
 
 
-__all__ = ["PARAMETER_NAMES", "Equations", "Mechanism", "Model", "Parameters", "load_model", "sample_population"]
+__all__ = ["Equations", "Mechanism", "Model", "Parameters", "load_model", "sample_population"]

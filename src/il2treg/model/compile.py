@@ -83,6 +83,10 @@ def _as_vector(values) -> Float[Array, " n"]:
     return jnp.stack([jnp.asarray(v, dtype=jnp.float64) for v in values])
 
 
+def _as_scalars(values) -> tuple[Float[Array, ""], ...]:
+    return tuple(jnp.asarray(v, dtype=jnp.float64) for v in values)
+
+
 def hoist(
     exprs: list[sympy.Expr], fixed: set[sympy.Symbol]
 ) -> tuple[list[sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]]:
@@ -140,22 +144,26 @@ def compile_model(defn: ModelDefinition) -> CompiledModel:
     lag = [resolved(d.lag, 0.0) for d in defn.doses]
     duration = [resolved(d.duration, 0.0) for d in defn.doses]
 
-    def build(exprs: list[sympy.Expr], *groups: list[sympy.Symbol]) -> Callable:
-        """``(*vectors) -> [len(exprs)]``, one vector per group of symbols; only the entries the
-        expressions read are taken out of the vectors (a smaller program to trace and compile)."""
+    def build(exprs: list[sympy.Expr], *groups: list[sympy.Symbol], scalars: bool = False) -> Callable:
+        """``(*vectors) -> [len(exprs)]``, one vector (or tuple of scalars) per group of symbols;
+        only the entries the expressions read are taken out (a smaller program to trace and
+        compile). With ``scalars`` the result is a tuple of scalars, not one array."""
         if not exprs:
-            return lambda *_: jnp.zeros(0)
+            return lambda *_: () if scalars else jnp.zeros(0)
         read = set().union(*(e.free_symbols for e in exprs))
         taken = [[k for k, symbol in enumerate(group) if symbol in read] for group in groups]
         args = [group[k] for group, ks in zip(groups, taken) for k in ks]
         fn = sympy.lambdify(args, exprs, modules="jax", printer=_PRINTER, cse=True, docstring_limit=0)
-        return lambda *vectors: _as_vector(fn(*(v[k] for v, ks in zip(vectors, taken) for k in ks)))
+        pack = _as_scalars if scalars else _as_vector
+        return lambda *vectors: pack(fn(*(v[k] for v, ks in zip(vectors, taken) for k in ks)))
 
     # Parameter-only parts of the vector field and the observables are computed once per solve.
     rewritten, hoisted = hoist(field + observed, set(theta))
     field_h, observed_h = rewritten[: len(field)], rewritten[len(field) :]
     pre = [symbol for symbol, _ in hoisted]
-    prepared = build([e for _, e in hoisted], theta)
+    # A tuple, not one array: forward-mode sensitivities (the fits) then carry tangents only in
+    # the values that depend on a varied parameter (stacking would give every value a tangent).
+    prepared = build([e for _, e in hoisted], theta, scalars=True)
     f = build(field_h, [t], states, theta, pre)
     g = build(observed_h, [t], states, theta, pre)
     y0 = build(initial, theta)

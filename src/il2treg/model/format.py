@@ -30,10 +30,13 @@ A model file is TOML with these tables (``models/README.md`` has a worked exampl
     ``bioavailability`` (dimensionless), ``lag`` (days) and, for a zero-order infusion,
     ``duration`` (days; NONMEM's modelled duration D1), each an expression of parameters. Without a
     ``duration`` a dose is a bolus.
-``[structure]``
-    marks the hand-written IL-2 model's file (:mod:`il2treg.model.system`): :func:`il2treg.load_model`
-    solves such a file with the hand-written code, and :meth:`il2treg.Model.with_equations` with
-    its equations; ignored here.
+
+**Variants.** ``[model] base = "other"`` (a model in ``models/`` or a path relative to the file)
+makes a file a variant of another: it starts from every table of the base, its own entries
+replace or add those of the same name (a parameter, state, quantity, equation, observable or
+dose as a whole), and ``[model] remove = ["name", ...]`` deletes declared names (a removed state
+loses its equation). The result is checked like any file. ``il2_treg_sledai_no_delay`` is the
+reference without its transit compartments.
 
 Expressions use ``+ - * / ^ (or **)``, numbers, the declared names, ``t``, and ``exp``, ``log``,
 ``sqrt``, ``tanh``, ``abs``, ``max``, ``min``, ``Piecewise``. Their units are checked on load
@@ -55,11 +58,11 @@ import sympy
 from sympy.parsing.sympy_parser import convert_xor, parse_expr, standard_transformations
 
 from il2treg import units
-from il2treg.errors import ModelFileError, UnitError
+from il2treg.errors import ModelFileError, SpecError, UnitError
 from il2treg.model import dimensions
-from il2treg.spec import ParamSpec, parse_parameter, read_toml
+from il2treg.spec import ParamSpec, parse_parameter, read_toml, resolve_model_path
 
-TABLES = ("model", "states", "parameters", "constants", "quantities", "equations", "observables", "doses", "structure")
+TABLES = ("model", "states", "parameters", "constants", "quantities", "equations", "observables", "doses")
 #: The symbol of time (days from the first dose); no declared name may use it.
 TIME = "t"
 _FUNCTIONS = {
@@ -280,11 +283,15 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
             its parent, for a parameter table, naming the parameter and its field).
     """
     path = where
+    data = with_base(data, where)
     for key in data:
+        if key == "structure":
+            raise _error(path, key, "structural switches are no longer a table",
+                         'write the variant as a model file with [model] base = "..." (models/README.md, "Variants")')  # fmt: skip
         if key not in TABLES:
             close = difflib.get_close_matches(key, TABLES, n=1)
             raise _error(path, key, "unknown table", f"{'did you mean [' + close[0] + ']? ' if close else ''}use {', '.join(f'[{t}]' for t in TABLES)}")
-    meta = _fields(path, "model", data.get("model", {}), ("name", "description", "source"), ("name",))
+    meta = _fields(path, "model", data.get("model", {}), ("name", "description", "source", "base", "remove"), ("name",))
     if not isinstance(meta["name"], str) or not meta["name"].strip():
         raise _error(path, "model.name", f"must be a non-empty string, got {meta['name']!r}", 'write name = "my_model"')
     for table in ("states", "parameters", "equations", "observables"):
@@ -444,6 +451,53 @@ def _check(path: str, key: str, expr: sympy.Expr, unit_of: dict, expected, expec
     if found is not None and not dimensions.same(found, expected):
         raise _error(path, key, f"unit mismatch: the expression is in [{dimensions.describe(found)}], it should be in [{expected_text}]",
                      "correct the expression or the declared unit (a conversion factor belongs in [constants])")  # fmt: skip
+
+
+#: The tables whose entries are declared names (a variant replaces, adds or removes them by name).
+_NAMED_TABLES = ("states", "parameters", "constants", "quantities", "equations", "observables", "doses")
+
+
+def with_base(data: dict, where: str, seen: tuple[str, ...] = ()) -> dict:
+    """``data`` with its ``[model] base`` resolved (module docstring, "Variants"); ``data``
+    itself when it has none. Bases may be variants in turn; a cycle is an error."""
+    meta = data.get("model")
+    if not isinstance(meta, dict) or "base" not in meta:
+        if isinstance(meta, dict) and "remove" in meta:
+            raise _error(where, "model.remove", "removes names from a base, but the file has no base", 'add base = "..." or delete remove')
+        return data
+    base = meta["base"]
+    if not isinstance(base, str) or not base:
+        raise _error(where, "model.base", f"must be a model name or a path, got {base!r}", 'write base = "il2_treg_sledai"')
+    beside = Path(where).parent / base
+    try:
+        base_path = beside if beside.suffix == ".toml" and beside.is_file() else resolve_model_path(base)
+    except SpecError as err:
+        raise _error(where, "model.base", str(err).split(" Fix:")[0], "name a model in models/ or a .toml file beside this one") from None
+    key = str(base_path.resolve())
+    if key in seen or key == str(Path(where).resolve()):
+        raise _error(where, "model.base", f"the bases form a cycle through {str(base_path)!r}", "make the chain of bases end in a file without one")
+    merged = with_base(read_toml(base_path), str(base_path), (*seen, str(Path(where).resolve())))
+    out = {table: dict(merged.get(table, {})) for table in _NAMED_TABLES if table in merged}
+    for table, entries in data.items():
+        if table == "model":
+            continue
+        if table in _NAMED_TABLES and isinstance(entries, dict):
+            out[table] = {**out.get(table, {}), **entries}
+        else:
+            out[table] = entries
+    remove = meta.get("remove", [])
+    if not isinstance(remove, list) or not all(isinstance(n, str) for n in remove):
+        raise _error(where, "model.remove", f"must be a list of names, got {remove!r}", 'write remove = ["mtt", "transit_1"]')
+    for name in remove:
+        found = [table for table in _NAMED_TABLES if name in out.get(table, {})]
+        if not found:
+            raise _error(where, "model.remove", f"{name!r} is not declared in the base {base!r}", "remove only names the base declares")
+        for table in found:
+            del out[table][name]
+        if "states" in found and name in out.get("equations", {}):
+            del out["equations"][name]
+    out["model"] = {k: v for k, v in meta.items() if k not in ("base", "remove")}
+    return out
 
 
 def read_model_file(path: str | Path) -> ModelDefinition:

@@ -17,8 +17,9 @@ that forward-mode sensitivities skip the parameters that are not varied).
 
 - :class:`Equations`: a model file's equations (:mod:`il2treg.model.format`), made into JAX code
   by :func:`il2treg.model.compile.compile_model`.
-- :class:`il2treg.model.system.HandWritten`: the IL-2 -> Treg -> SLEDAI model as Python code, with
-  its structural switches; the reference the file version is tested against.
+- a class of one's own (below). ``tests/handwritten/`` is one: the IL-2 -> Treg -> SLEDAI model
+  as the Python code the engine ran before models were data, against which the model files
+  ``il2_treg_sledai*.toml`` are tested.
 
 **The escape hatch.** What expressions cannot say (a lookup table, an inner solve, a loop) can be
 written as a class with the attributes and methods of :class:`Mechanism`, frozen and hashable

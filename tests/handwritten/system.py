@@ -26,9 +26,24 @@ import functools
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from il2treg.model import cells, disease, pk
+from handwritten import cells, disease, pk
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
-from il2treg.spec import Structure
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """Structural switches of the hand-written model (static: changing one recompiles). In the
+    package they are model variants: ``il2_treg_sledai_no_delay``, ``_no_sink``, ``_no_cd25_feedback``.
+
+    Attributes:
+        transit_compartments: length of the signal -> proliferation delay chain (0 = none).
+        cd25_feedback: whether CD25 on Tregs lowers the Treg EC50.
+        receptor_sink: whether IL-2 is cleared by IL-2R-bearing Tregs.
+    """
+
+    transit_compartments: int = 3
+    cd25_feedback: bool = True
+    receptor_sink: bool = True
 
 #: Every parameter the equations read, in the canonical order.
 PARAMETER_NAMES: tuple[str, ...] = (
