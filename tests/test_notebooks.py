@@ -13,9 +13,10 @@ pytestmark = pytest.mark.slow  # `make test-all` and CI run these; `make test` l
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_the_five_notebooks_exist():
+def test_the_six_notebooks_exist():
     assert [p.stem for p in NOTEBOOKS] == [
         "01_simulate_lupil2", "02_fit_treg_dynamics", "03_alternative_regimens", "04_sledai_link_and_trials", "05_batch_fits",
+        "06_write_a_model",
     ]  # fmt: skip
 
 
