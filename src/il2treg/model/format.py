@@ -473,10 +473,10 @@ def with_base(data: dict, where: str, seen: tuple[str, ...] = ()) -> dict:
         base_path = beside if beside.suffix == ".toml" and beside.is_file() else resolve_model_path(base)
     except SpecError as err:
         raise _error(where, "model.base", str(err).split(" Fix:")[0], "name a model in models/ or a .toml file beside this one") from None
-    key = str(base_path.resolve())
-    if key in seen or key == str(Path(where).resolve()):
+    here = str(Path(where).resolve())
+    if str(base_path.resolve()) in (*seen, here):
         raise _error(where, "model.base", f"the bases form a cycle through {str(base_path)!r}", "make the chain of bases end in a file without one")
-    merged = with_base(read_toml(base_path), str(base_path), (*seen, str(Path(where).resolve())))
+    merged = with_base(read_toml(base_path), str(base_path), (*seen, here))
     out = {table: dict(merged.get(table, {})) for table in _NAMED_TABLES if table in merged}
     for table, entries in data.items():
         if table == "model":
