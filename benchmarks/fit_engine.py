@@ -31,10 +31,10 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-import handwritten  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import handwritten  # noqa: E402
 from il2treg.fit.problem import expand, patient_arrays  # noqa: E402
 from il2treg.fit.spec import read_fit_spec  # noqa: E402
 

@@ -3,6 +3,10 @@ differences, the optimiser's result checked by fresh simulations, and bad input.
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +25,7 @@ from il2treg.design import (
     design_function,
     hours_above,
     optimise,
+    parse_objective,
     regimen_metrics,
     virtual_population,
 )
@@ -184,7 +189,7 @@ def test_projection_onto_the_dose_limits_is_the_euclidean_one():
     ("constraints", "message"),
     [
         (Constraints(tconv_change_max_pct=-1.0), "tconv_change_max_pct = -1% < 0"),
-        (Constraints(cmax_max_pM=0.05), "not above the endogenous IL-2 level"),
+        (Constraints(cmax_max_pM=0.05), "cmax_max_pM = 0.05 pM is not above the level of il2_pM at day 0"),
         (Constraints(total_dose_min_iu=30e6, total_dose_max_iu=20e6), "exceeds what 16 injections may give"),
         (Constraints(total_dose_min_iu=60e6, dose_max_iu=3e6), "exceeds what 16 injections may give"),
         (Constraints(max_injections=12), "max_injections = 12 but the template has 16"),
@@ -258,3 +263,63 @@ def test_the_comparison_script_runs_on_the_public_api(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "r" / "table.csv").is_file() and (tmp_path / "r" / "comparison.png").is_file()
     assert "twice_weekly" in done.stdout
+
+
+#: A one-compartment IV bolus (models/pk_1cmt_iv.toml) given twice, a day apart, designed to
+#: maximise the mean concentration over 3 days with the concentration never above CP (mg/L).
+CP, TAU = 5.0, 1.0
+
+
+def test_a_pk_design_reaches_the_closed_form_optimum(monkeypatch, capsys, tmp_path):
+    """Any model: ``regimens optimise --model pk_1cmt_iv --objective mean:conc --peak-max conc=5``.
+    Every dose adds to the mean, so both peaks bind: the first dose fills V to CP, the second tops
+    up what was eliminated in between, :math:`a_1 = C_P V`, :math:`a_2 = C_P V (1 - e^{-k\\tau})`,
+    :math:`k = CL/V`. The penalty lets the design overshoot a little and the final check scales
+    every dose back by one factor (0.9967 here), so the second dose is within 0.5%."""
+    from test_cli import run_cli
+
+    model = il2treg.load_model("pk_1cmt_iv")
+    q = dict(zip(model.parameter_names, np.asarray(model.typical().values), strict=True))
+    best = CP * q["V"] * np.array([1.0, 1.0 - np.exp(-q["CL"] / q["V"] * TAU)])
+    start = tmp_path / "start.csv"
+    rg.to_nonmem(il2treg.Regimen(np.array([0.0, TAU]), np.array([50.0, 50.0]))).to_csv(start, index=False)
+    code, out, err = run_cli(monkeypatch, capsys, "regimens", "optimise", "--model", "pk_1cmt_iv", "--start", str(start), "--objective", "mean:conc",
+                             "--peak-max", "conc=5", "--horizon", "3", "--starts", "1", "--out", str(tmp_path / "d"))  # fmt: skip
+    assert code == 0, err
+    assert "peak:conc (quantile 0.5)" in out and "mean:conc: start" in out
+    checks = pd.read_csv(tmp_path / "d" / "checks.csv")
+    assert checks["constraint"].tolist() == ["peak:conc (quantile 0.5)"] and checks["met"].all()
+    assert checks["value"].iloc[0] == pytest.approx(CP, rel=1e-9)  # the bound binds after the scale-back
+    amounts = rg.read_regimen_csv(tmp_path / "d" / "regimen.csv").amounts
+    print(f"designed {np.round(amounts, 4)} mg against the optimum {np.round(best, 4)} mg")
+    np.testing.assert_allclose(amounts, best, rtol=5e-3)
+    design = json.loads((tmp_path / "d" / "design.json").read_text())
+    assert design["value"] > 1.8 * design["start_value"]
+
+
+@pytest.mark.parametrize(
+    ("model_name", "objective", "constraints", "message"),
+    [
+        ("pk_1cmt_iv", "treg_mean_fold", Constraints(), "reads observable 'treg_per_uL', which model 'pk_1cmt_iv' does not have"),
+        ("pk_1cmt_iv", "auc:conc", Constraints(), "unknown objective 'auc:conc'. Fix: use one of"),
+        ("pk_1cmt_iv", "mean:cp", Constraints(), "reads observable 'cp'"),
+        ("pk_1cmt_iv", "mean_fold:conc", Constraints(), "'conc' is 0 or not finite at day 0"),
+        ("pk_1cmt_iv", "mean:conc", Constraints(change_max_pct={"conc": 50.0}), "'conc' is 0 or not finite at day 0"),
+        ("pk_1cmt_iv", "mean:conc", Constraints(nk_change_max_pct=30.0), "limit nk_change_max_pct is on observable 'nk56bright_per_uL'"),
+        ("pk_1cmt_iv", "mean:conc", Constraints(peak_max={"cp": 5.0}), "limit peak_max['cp'] is on observable 'cp'"),
+        ("il2_treg_sledai", "treg_mean_fold", Constraints(cmax_max_pM=25.0, peak_max={"il2_pM": 20.0}), "two limits on the peak of 'il2_pM'"),
+    ],
+)  # fmt: skip
+def test_objectives_and_limits_a_model_does_not_have_are_clear_errors(model_name, objective, constraints, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        optimise(rg.Regimen(np.array([0.0, 1.0]), np.array([50.0, 50.0])), objective=objective, constraints=constraints,
+                 model=il2treg.load_model(model_name), steps=1, n_starts=1)  # fmt: skip
+
+
+def test_the_named_objectives_are_the_generic_ones_of_their_observables(model):
+    assert parse_objective(model, "treg_mean_fold") == parse_objective(model, "mean_fold:treg_per_uL") == ("mean_fold", "treg_per_uL")
+    assert parse_objective(model, "sledai_fall_w12") == parse_objective(model, "fall:sledai")
+    teff = il2treg.load_model(Path(__file__).parent / "models" / "il2_treg_teff.toml")  # another mechanism with a SLEDAI
+    assert parse_objective(teff, "p_sri4_w12") == ("p_sri4", "sledai")
+    with pytest.raises(InputError, match="reads observable 'sledai', which model 'pk_1cmt_iv' does not have"):
+        parse_objective(il2treg.load_model("pk_1cmt_iv"), "p_sri4_w12")

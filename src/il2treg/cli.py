@@ -356,7 +356,11 @@ def regimens_compare(
 def regimens_optimise(
     out: Path = typer.Option(..., help="folder for regimen.csv, checks.csv, design.json, design.png (must not exist unless --force)"),
     start: str = typer.Option("lupil2", help="template regimen: a name or a regimen CSV (its number of injections; its times unless --optimise-times)"),
-    objective: str = typer.Option("treg_mean_fold", help="treg_mean_fold, sledai_fall_w12 or p_sri4_w12 (maximised)"),
+    model_name: str = typer.Option("il2_treg_sledai", "--model", help="packaged model name or path to a model file"),
+    objective: str = typer.Option("treg_mean_fold", help="treg_mean_fold, sledai_fall_w12, p_sri4_w12, or KIND:OBSERVABLE with KIND mean, mean_fold or fall (maximised)"),
+    peak_max: list[str] = typer.Option([], help="OBSERVABLE=LIMIT: its largest value over the horizon, in its unit (repeat for more)"),
+    change_max: list[str] = typer.Option([], help="OBSERVABLE=PERCENT: its largest change from day 0 over the horizon (repeat for more)"),
+    horizon: float = typer.Option(84.0, help="the objective and the limits are read over days 0 to this \\[day]"),
     tconv_max: float | None = typer.Option(None, help="largest Tconv change over weeks 0-12 \\[%]"),
     nk_max: float | None = typer.Option(None, help="largest CD56bright NK change over weeks 0-12 \\[%]"),
     cmax_max: float | None = typer.Option(None, help="largest serum IL-2 peak \\[pM]"),
@@ -381,20 +385,20 @@ def regimens_optimise(
     import il2treg
     from il2treg import plots
     from il2treg._io import atomic_output_dir
-    from il2treg.design import Constraints, optimise, virtual_population
+    from il2treg.design import Constraints, is_il2, optimise, virtual_population
     from il2treg.errors import InputError
     from il2treg.regimen import to_nonmem
 
     if out.exists() and not force:
         raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
-    model = il2treg.load_model()
+    model = il2treg.load_model(model_name)
     params = model.typical() if n == 1 else virtual_population(model, n, seed=seed)[1]
     constraints = Constraints(tconv_change_max_pct=tconv_max, nk_change_max_pct=nk_max, cmax_max_pM=cmax_max, quantile=quantile,
                               dose_max_iu=dose_max, total_dose_max_iu=total_dose_max, total_dose_min_iu=total_dose_min, min_interval_days=min_interval,
-                              max_injections=max_injections)  # fmt: skip
+                              max_injections=max_injections, peak_max=_limits(peak_max, "--peak-max"), change_max_pct=_limits(change_max, "--change-max"))  # fmt: skip
     design = optimise(_regimen(start), objective=objective, constraints=constraints, model=model, params=params,
-                      optimise_times=optimise_times, n_starts=starts, steps=steps, seed=seed)  # fmt: skip
-    days = np.arange(0.0, 84.0 + 1e-9, 0.25)
+                      optimise_times=optimise_times, n_starts=starts, steps=steps, seed=seed, horizon_days=horizon)  # fmt: skip
+    days = np.arange(0.0, horizon + 1e-9, min(0.25, horizon / 200))
     sims = {"start": il2treg.simulate(model, design.start, days, params), "designed": il2treg.simulate(model, design.regimen, days, params)}
     with atomic_output_dir(out, force=force) as tmp:
         to_nonmem(design.regimen).to_csv(tmp / "regimen.csv", index=False)
@@ -403,13 +407,30 @@ def regimens_optimise(
                    "spread": design.spread, "scaled_back": design.scaled_back, "run_s": design.run_s,
                    "times_day": np.asarray(design.regimen.times).tolist(), "amounts_iu": np.asarray(design.regimen.amounts).tolist()}  # fmt: skip
         (tmp / "design.json").write_text(json.dumps(summary, indent=2))
-        fig = plots.plot_regimens(sims, title=f"{design.objective}: {design.start_value:.4g} -> {design.value:.4g}")
+        panels = {} if is_il2(model) else {"observables": model.observable_names[:6]}  # the IL-2 model: IL-2, Treg, Tconv, NK
+        fig = plots.plot_regimens(sims, title=f"{design.objective}: {design.start_value:.4g} -> {design.value:.4g}", **panels)
         fig.savefig(tmp / "design.png", dpi=120)
         plt.close(fig)
     console.print(design.checks.to_string(index=False), highlight=False)
     console.print(f"{design.objective}: start {design.start_value:.5g} -> designed {design.value:.5g}; "
                   f"{len(design.start_values)} starts within {100 * design.spread:.3g}% of each other; {design.run_s:.1f} s", highlight=False)
     console.print(f"wrote {out}/ (regimen.csv, checks.csv, design.json, design.png)", highlight=False)
+
+
+def _limits(items: list[str], option: str) -> dict[str, float]:
+    """``["OBS=VALUE", ...]`` of a repeated option as ``{OBS: VALUE}``."""
+    from il2treg.errors import InputError
+
+    out = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            eq = ""
+        if not eq or not name.strip():
+            raise InputError(f"{option} {item!r}: not OBSERVABLE=NUMBER. Fix: e.g. {option} il2_pM=25.")
+    return out
 
 
 def main() -> None:
