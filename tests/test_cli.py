@@ -106,6 +106,15 @@ def test_data_check_summarises_a_valid_file(monkeypatch, capsys, tmp_path):
     assert code == 0 and "treg_pct_cd4" in stdout
 
 
+def test_data_check_reads_the_dvids_of_the_model_given(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "pk.csv"
+    pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 0.5], "EVID": [1, 0], "AMT": [100.0, None], "DVID": [None, "conc"], "DV": [None, 3.2]}).to_csv(path, index=False)
+    code, stdout, _ = run_cli(monkeypatch, capsys, "data", "check", str(path), "--model", "pk_1cmt_iv")
+    assert code == 0 and "conc" in stdout
+    code, _, err = run_cli(monkeypatch, capsys, "data", "check", str(path))  # the IL-2 model has no 'conc'
+    assert code == 2 and err.count("\n") == 1 and "'conc'" in err, err
+
+
 def test_data_check_reports_a_bad_file_in_one_line(monkeypatch, capsys, tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("ID,TIME,EVID,AMT,DVID,DV\n1,0,0,,treg_pct_cd4,5\n1,-1,0,,treg_pct_cd4,6\n")

@@ -300,7 +300,7 @@ def test_text_evid_is_rejected(tmp_path):
 def test_non_numeric_amount_is_rejected(tmp_path):
     assert_data_error(
         write(tmp_path, table((4, "1,1,1,1.5 MIU,,,,,ILT-101,64"))),
-        "AMT must be a finite number; row 4 has '1.5 MIU'. Fix: give doses in IU (e.g. 1500000 "
+        "AMT must be a finite number; row 4 has '1.5 MIU'. Fix: give doses in the model's dose unit (IU for the IL-2 model: 1500000 "
         "for 1.5 MIU).",
         column="AMT",
         row=4,
@@ -310,7 +310,7 @@ def test_non_numeric_amount_is_rejected(tmp_path):
 def test_negative_dose_is_rejected(tmp_path):
     assert_data_error(
         write(tmp_path, table((4, "1,1,1,-1500000,,,,,ILT-101,64"))),
-        "AMT is negative (-1500000) on dose row 4. Fix: give the dose in IU, 0 or more.",
+        "AMT is negative (-1500000) on dose row 4. Fix: give the dose in the model's dose unit, 0 or more.",
         column="AMT",
         row=4,
     )
@@ -319,7 +319,7 @@ def test_negative_dose_is_rejected(tmp_path):
 def test_missing_dose_amount_is_rejected(tmp_path):
     assert_data_error(
         write(tmp_path, table((4, "1,1,1,,,,,,ILT-101,64"))),
-        "AMT is missing on dose row 4. Fix: give the dose in IU (e.g. 1500000 for 1.5 MIU), or "
+        "AMT is missing on dose row 4. Fix: give the dose in the model's dose unit (IU for the IL-2 model: 1500000 for 1.5 MIU), or "
         "0 for a placebo injection.",
         column="AMT",
         row=4,

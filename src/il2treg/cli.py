@@ -278,11 +278,15 @@ def diagnose(
 
 
 @data_app.command("check")
-def data_check(file: Path = typer.Argument(..., help="CSV in il2treg's data format")) -> None:
-    """Validate a biomarker data file and print a one-screen summary."""
+def data_check(
+    file: Path = typer.Argument(..., help="CSV in il2treg's data format"),
+    model: str = typer.Option("il2_treg_sledai", help="model name in models/ or path to a TOML file: its observables are the DVIDs"),
+) -> None:
+    """Validate a biomarker data file for a model and print a one-screen summary."""
+    import il2treg
     from il2treg.data import check_file
 
-    console.print(check_file(file), highlight=False)
+    console.print(check_file(file, observables=il2treg.load_model(model).observable_names), highlight=False)
 
 
 @regimens_app.command("list")

@@ -11,7 +11,8 @@ column  meaning
 ID      subject identifier; all numbers or all text
 TIME    days from the subject's first dose (≥ 0, non-decreasing within an ID)
 EVID    0 = observation, 1 = dose
-AMT     dose in IU on dose rows (≥ 0; 0 is a placebo injection); empty or 0 on observations
+AMT     dose on dose rows, in the unit of the model's dosing input (IU for the IL-2 model; ≥ 0,
+        0 is a placebo injection); empty or 0 on observations
 DVID    what was observed: one of the model's observables (:attr:`il2treg.Model.observable_names`; the
         IL-2 model's are :data:`il2treg.observables.OBSERVABLE_NAMES`); empty on doses
 DV      observed value in the DVID's unit (:data:`il2treg.observables.OBSERVABLES`); empty on
@@ -320,12 +321,13 @@ def read_dataset(
     return _build(_columns(header, rows, where), tuple(observables), dict(aliases or {}))
 
 
-def check_file(path: str | os.PathLike[str]) -> str:
-    """Validate the dataset file ``path`` and return its :meth:`Dataset.summary` text.
+def check_file(path: str | os.PathLike[str], *, observables: Sequence[str] = OBSERVABLE_NAMES, aliases: Mapping[str, str] | None = None) -> str:
+    """Validate the dataset file ``path`` for a model with ``observables`` (``aliases`` as in
+    :func:`read_dataset`) and return its :meth:`Dataset.summary` text.
 
     Raises :class:`~il2treg.errors.DataError` as :func:`read_dataset` does.
     """
-    return f"File: {path} (valid)\n{read_dataset(path).summary()}"
+    return f"File: {path} (valid)\n{read_dataset(path, observables=observables, aliases=aliases).summary()}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -574,19 +576,19 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
             )
         is_dose[r - 1] = value == 1.0
 
-    amount = _numeric("AMT", cells["AMT"], "give doses in IU (e.g. 1500000 for 1.5 MIU).")
+    amount = _numeric("AMT", cells["AMT"], "give doses in the model's dose unit (IU for the IL-2 model: 1500000 for 1.5 MIU).")
     for r, (dose, a) in enumerate(zip(is_dose, amount, strict=True), start=1):
         if dose and math.isnan(a):
             raise DataError(
-                f"AMT is missing on dose row {r}. Fix: give the dose in IU (e.g. 1500000 for "
-                "1.5 MIU), or 0 for a placebo injection.",
+                f"AMT is missing on dose row {r}. Fix: give the dose in the model's dose unit (IU for "
+                "the IL-2 model: 1500000 for 1.5 MIU), or 0 for a placebo injection.",
                 column="AMT",
                 row=r,
             )
         if dose and a < 0:
             raise DataError(
-                f"AMT is negative ({_number_text(a)}) on dose row {r}. Fix: give the dose in IU, "
-                "0 or more.",
+                f"AMT is negative ({_number_text(a)}) on dose row {r}. Fix: give the dose in the "
+                "model's dose unit, 0 or more.",
                 column="AMT",
                 row=r,
             )
