@@ -622,7 +622,7 @@ def test_summary_lists_arms_observations_doses_and_exclusions(dataset):
         "Arms (subjects): ILT-101 1, Placebo 1",
         "Covariates: ARM (text), WT (number)",
         "Time: 0 to 7 days",
-        "Doses: 3 rows, 1 to 2 per subject, 0 to 1500000 IU per dose",
+        "Doses: 3 rows, 1 to 2 per subject, 0 to 1500000 per dose (IU for the IL-2 model)",
         "Observations (used, of which below LLOQ):",
         "  il2_pM                  1   BLQ 1",
         "  treg_pct_cd4            3   BLQ 0",

@@ -188,7 +188,7 @@ def test_projection_onto_the_dose_limits_is_the_euclidean_one():
 @pytest.mark.parametrize(
     ("constraints", "message"),
     [
-        (Constraints(tconv_change_max_pct=-1.0), "tconv_change_max_pct = -1% < 0"),
+        (Constraints(tconv_change_max_pct=-1.0), "tconv_change_max_pct = -1% <= 0"),
         (Constraints(cmax_max_pM=0.05), "cmax_max_pM = 0.05 pM is not above the level of il2_pM at day 0"),
         (Constraints(total_dose_min_iu=30e6, total_dose_max_iu=20e6), "exceeds what 16 injections may give"),
         (Constraints(total_dose_min_iu=60e6, dose_max_iu=3e6), "exceeds what 16 injections may give"),
@@ -303,11 +303,13 @@ def test_a_pk_design_reaches_the_closed_form_optimum(monkeypatch, capsys, tmp_pa
         ("pk_1cmt_iv", "treg_mean_fold", Constraints(), "reads observable 'treg_per_uL', which model 'pk_1cmt_iv' does not have"),
         ("pk_1cmt_iv", "auc:conc", Constraints(), "unknown objective 'auc:conc'. Fix: use one of"),
         ("pk_1cmt_iv", "mean:cp", Constraints(), "reads observable 'cp'"),
-        ("pk_1cmt_iv", "mean_fold:conc", Constraints(), "'conc' is 0 or not finite at day 0"),
-        ("pk_1cmt_iv", "mean:conc", Constraints(change_max_pct={"conc": 50.0}), "'conc' is 0 or not finite at day 0"),
+        ("pk_1cmt_iv", "mean_fold:conc", Constraints(), "'conc' is not positive at day 0"),
+        ("pk_1cmt_iv", "mean:conc", Constraints(change_max_pct={"conc": 50.0}), "'conc' is not positive at day 0"),
+        ("pk_1cmt_iv", "mean:conc", Constraints(peak_max={"conc": float("nan")}), "peak_max['conc'] = nan is not a finite number"),
         ("pk_1cmt_iv", "mean:conc", Constraints(nk_change_max_pct=30.0), "limit nk_change_max_pct is on observable 'nk56bright_per_uL'"),
         ("pk_1cmt_iv", "mean:conc", Constraints(peak_max={"cp": 5.0}), "limit peak_max['cp'] is on observable 'cp'"),
-        ("il2_treg_sledai", "treg_mean_fold", Constraints(cmax_max_pM=25.0, peak_max={"il2_pM": 20.0}), "two limits on the peak of 'il2_pM'"),
+        ("il2_treg_sledai", "treg_mean_fold", Constraints(cmax_max_pM=25.0, peak_max={"il2_pM": 20.0}),
+         "two limits on the peak of 'il2_pM': cmax_max_pM and peak_max['il2_pM']"),
     ],
 )  # fmt: skip
 def test_objectives_and_limits_a_model_does_not_have_are_clear_errors(model_name, objective, constraints, message):
@@ -323,3 +325,11 @@ def test_the_named_objectives_are_the_generic_ones_of_their_observables(model):
     assert parse_objective(teff, "p_sri4_w12") == ("p_sri4", "sledai")
     with pytest.raises(InputError, match="reads observable 'sledai', which model 'pk_1cmt_iv' does not have"):
         parse_objective(il2treg.load_model("pk_1cmt_iv"), "p_sri4_w12")
+
+
+def test_a_template_beyond_the_horizon_and_a_bad_horizon_are_clear_errors():
+    pk = il2treg.load_model("pk_1cmt_iv")
+    with pytest.raises(InputError, match=re.escape("the template has doses after the horizon (day 7 > 3)")):
+        optimise(rg.Regimen(np.array([0.0, 7.0]), np.array([50.0, 50.0])), objective="mean:conc", model=pk, horizon_days=3.0, steps=1, n_starts=1)
+    with pytest.raises(InputError, match=re.escape("horizon_days = nan")):
+        optimise(rg.Regimen(np.array([0.0, 1.0]), np.array([50.0, 50.0])), objective="mean:conc", model=pk, horizon_days=float("nan"), steps=1, n_starts=1)

@@ -365,13 +365,13 @@ def regimens_optimise(
     peak_max: list[str] = typer.Option([], help="OBSERVABLE=LIMIT: its largest value over the horizon, in its unit (repeat for more)"),
     change_max: list[str] = typer.Option([], help="OBSERVABLE=PERCENT: its largest change from day 0 over the horizon (repeat for more)"),
     horizon: float = typer.Option(84.0, help="the objective and the limits are read over days 0 to this \\[day]"),
-    tconv_max: float | None = typer.Option(None, help="largest Tconv change over weeks 0-12 \\[%]"),
-    nk_max: float | None = typer.Option(None, help="largest CD56bright NK change over weeks 0-12 \\[%]"),
-    cmax_max: float | None = typer.Option(None, help="largest serum IL-2 peak \\[pM]"),
-    quantile: float = typer.Option(0.5, help="population quantile at which the Tconv, NK and Cmax limits hold"),
-    dose_max: float | None = typer.Option(None, help="largest injection \\[IU]"),
-    total_dose_max: float | None = typer.Option(None, help="largest total dose \\[IU]"),
-    total_dose_min: float | None = typer.Option(None, help="smallest total dose \\[IU]"),
+    tconv_max: float | None = typer.Option(None, help="IL-2 model: largest Tconv change over the horizon \\[%]"),
+    nk_max: float | None = typer.Option(None, help="IL-2 model: largest CD56bright NK change over the horizon \\[%]"),
+    cmax_max: float | None = typer.Option(None, help="IL-2 model: largest serum IL-2 peak \\[pM]"),
+    quantile: float = typer.Option(0.5, help="population quantile at which the limits on observables hold"),
+    dose_max: float | None = typer.Option(None, help="largest dose \\[IU, or the model's dose unit]"),
+    total_dose_max: float | None = typer.Option(None, help="largest total dose \\[IU, or the model's dose unit]"),
+    total_dose_min: float | None = typer.Option(None, help="smallest total dose \\[IU, or the model's dose unit]"),
     max_injections: int | None = typer.Option(None, help="most injections (the template's number must not exceed it)"),
     optimise_times: bool = typer.Option(False, help="also move the injections (first stays at day 0)"),
     min_interval: float = typer.Option(1.0, help="smallest time between injections with --optimise-times \\[day]"),
@@ -408,7 +408,7 @@ def regimens_optimise(
         to_nonmem(design.regimen).to_csv(tmp / "regimen.csv", index=False)
         design.checks.to_csv(tmp / "checks.csv", index=False)
         summary = {"objective": design.objective, "value": design.value, "start_value": design.start_value, "start_values": design.start_values.tolist(),
-                   "spread": design.spread, "scaled_back": design.scaled_back, "run_s": design.run_s,
+                   "spread": design.spread, "scaled_back": design.scaled_back, "run_s": design.run_s, "horizon_days": design.horizon_days,
                    "times_day": np.asarray(design.regimen.times).tolist(), "amounts_iu": np.asarray(design.regimen.amounts).tolist()}  # fmt: skip
         (tmp / "design.json").write_text(json.dumps(summary, indent=2))
         panels = {} if is_il2(model) else {"observables": model.observable_names[:6]}  # the IL-2 model: IL-2, Treg, Tconv, NK

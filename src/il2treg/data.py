@@ -108,7 +108,7 @@ class Dataset(eqx.Module):
         obs_row: 1-based row of the source table; 0 on padding.
         dose_time: dose times in days; padding repeats the subject's last dose time (0.0 for
             a subject without doses).
-        dose_amount: doses in IU; 0.0 on padding. At least one column, so a dataset without
+        dose_amount: doses in the unit of the model's dosing input (IU for the IL-2 model); 0.0 on padding. At least one column, so a dataset without
             doses still has width-1 dose arrays.
         dose_row: 1-based row of the source table; 0 on padding.
         dvid_names: the observation types a DVID may name: the model's observables (static).
@@ -275,7 +275,7 @@ class Dataset(eqx.Module):
         if real_dose.any():
             amounts = self.dose_amount[real_dose]
             dose_line += (
-                f", {_number_text(amounts.min())} to {_number_text(amounts.max())} IU per dose"
+                f", {_number_text(amounts.min())} to {_number_text(amounts.max())} per dose (IU for the IL-2 model)"
             )
         lines.append(dose_line)
         lines.append("Observations (used, of which below LLOQ):")
