@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import il2treg
+from conftest import run_cli
 from handwritten import pk
 from il2treg import regimen as rg
 from il2treg.design import (
@@ -276,8 +277,6 @@ def test_a_pk_design_reaches_the_closed_form_optimum(monkeypatch, capsys, tmp_pa
     up what was eliminated in between, :math:`a_1 = C_P V`, :math:`a_2 = C_P V (1 - e^{-k\\tau})`,
     :math:`k = CL/V`. The penalty lets the design overshoot a little and the final check scales
     every dose back by one factor (0.9967 here), so the second dose is within 0.5%."""
-    from test_cli import run_cli
-
     model = il2treg.load_model("pk_1cmt_iv")
     q = dict(zip(model.parameter_names, np.asarray(model.typical().values), strict=True))
     best = CP * q["V"] * np.array([1.0, 1.0 - np.exp(-q["CL"] / q["V"] * TAU)])

@@ -811,8 +811,8 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
     final_loss, final_values = np.asarray(final_loss), np.asarray(final_values)
     best = int(np.argmin(final_loss))
     regimen = Regimen(np.asarray(x["t"][best]), np.asarray(x["a"][best]) * unit, name=f"designed_{objective}")
-    regimen, scaled, checks = _verify_and_restore(setup, regimen, params, c, total_min * unit, options)
-    value = float(np.nanmean(_fresh(setup, regimen, params, options)[0]))
+    regimen, scaled, checks, fresh = _verify_and_restore(setup, regimen, params, c, total_min * unit, options)
+    value = float(np.nanmean(fresh[0]))
     start_value = float(np.nanmean(_fresh(setup, template, params, options)[0]))
     spread = float((final_values.max() - final_values.min()) / abs(final_values[best])) if final_values[best] else float("nan")
     return Design(regimen, template, objective, value, start_value, checks, final_values, spread, scaled, history[:, best],
@@ -924,14 +924,16 @@ def _constraint_checks(setup: _Setup, fresh, regimen: Regimen, c: Constraints, t
 
 
 def _verify_and_restore(setup: _Setup, regimen, params, c: Constraints, total_min: float, options):
-    """Check every constraint by a fresh simulation; scale the doses back if needed (bisection)."""
+    """Check every constraint by a fresh simulation; scale the doses back if needed (bisection).
+    Returns the regimen, the scale, the checks and the fresh simulation's :func:`_fresh` values."""
     def checks_at(scale):
         r = Regimen(regimen.times, np.asarray(regimen.amounts) * scale, name=regimen.name)
-        return r, _constraint_checks(setup, _fresh(setup, r, params, options), r, c, total_min)
+        fresh = _fresh(setup, r, params, options)
+        return r, _constraint_checks(setup, fresh, r, c, total_min), fresh
 
-    r, checks = checks_at(1.0)
+    r, checks, fresh = checks_at(1.0)
     if checks["met"].all():
-        return r, 1.0, checks
+        return r, 1.0, checks, fresh
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = 0.5 * (lo + hi)
@@ -939,12 +941,12 @@ def _verify_and_restore(setup: _Setup, regimen, params, c: Constraints, total_mi
             lo = mid
         else:
             hi = mid
-    r, checks = checks_at(lo)
+    r, checks, fresh = checks_at(lo)
     if not checks["met"].all():
         bad = checks.loc[~checks["met"]]
         raise InfeasibleDesignError("infeasible constraints: no regimen of this form was found that meets " + "; ".join(
             f"{row.constraint} {'<=' if row.kind == 'max' else '>='} {row.limit:g} (closest {row.value:.4g})" for row in bad.itertuples()) + ". Fix: relax these limits.")
-    return r, lo, checks
+    return r, lo, checks, fresh
 
 
 __all__ = [
