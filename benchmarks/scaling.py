@@ -38,7 +38,8 @@ HERE = Path(__file__).resolve().parent
 VISITS = [7.0 * k for k in range(13)]
 
 
-def _measure(args) -> dict:
+def _measure(args, keep) -> dict:
+    """Measure every (batch size, N); ``keep(result)`` is called after each row and at the end."""
     import diffrax
     import jax
     import numpy as np
@@ -58,6 +59,13 @@ def _measure(args) -> dict:
         ns = args.n
     times = np.asarray(VISITS)
     rows = []
+    result = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                    "platform": device.platform, "device_kind": device.device_kind, "devices": len(jax.devices())},
+        "jax": jax.__version__, "diffrax": diffrax.__version__, "regimen": "lupil2", "n_obs": len(VISITS),
+        "rtol": 1e-6, "atol": 1e-9, "rows": rows, "complete": False,
+    }  # fmt: skip
     for batch_size in sizes:
         options = il2treg.SolverOptions(batch_size=batch_size)
         for n in ns:
@@ -73,16 +81,13 @@ def _measure(args) -> dict:
             row = {"n": n, "batch_size": batch_size, "run_s": run, "compile_s": compile_s, "first_call_s": first,
                    "ms_per_patient": 1e3 * run / n, "run_time_from": how, "failed": failed, "finite": finite}  # fmt: skip
             rows.append(row)
+            keep(result)  # a run stopped later keeps the rows measured so far
             print(f"N = {n:>9,}  batch {batch_size:>6}  run {run:9.2f} s  ({row['ms_per_patient']:.4f} ms/patient, {how})  "
                   f"compile {compile_s:6.1f} s  failed {failed}", flush=True)  # fmt: skip
             del sim, params
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "platform": device.platform, "device_kind": device.device_kind, "devices": len(jax.devices())},
-        "jax": jax.__version__, "diffrax": diffrax.__version__, "regimen": "lupil2", "n_obs": len(VISITS),
-        "rtol": 1e-6, "atol": 1e-9, "rows": rows,
-    }
+    result["complete"] = True
+    keep(result)
+    return result
 
 
 def _label(run: dict) -> str:
@@ -111,7 +116,8 @@ def report(paths: list[str]) -> str:
     best: dict[str, dict[int, float]] = {}
     for run, path in zip(runs, sorted(paths)):
         label = _label(run)
-        out += [f"## {label}, {run['date']}", "", f"`{Path(path).name}`, jax {run['jax']}, diffrax {run['diffrax']}", "",
+        stopped = "" if run.get("complete", True) else " (stopped before its last row: the rows measured are kept)"
+        out += [f"## {label}, {run['date']}", "", f"`{Path(path).name}`, jax {run['jax']}, diffrax {run['diffrax']}{stopped}", "",
                 "| N | batch size | run s | ms/patient | compile s | run time from | failed |",
                 "|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
         for r in run["rows"]:
@@ -163,11 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.platform:
             os.environ["JAX_PLATFORMS"] = args.platform
         start = time.perf_counter()
-        result = _measure(args)
         from il2treg._io import atomic_write_text
 
         replacing = " (replacing the previous file)" if Path(args.json).exists() else ""
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+
+        def keep(result: dict) -> None:
+            atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+
+        _measure(args, keep)
         print(f"wrote {args.json}{replacing} ({time.perf_counter() - start:.0f} s)")
     if args.report:
         from il2treg._io import atomic_write_text

@@ -48,6 +48,7 @@ def test_scaling_measures_every_n_and_reports_them(tmp_path):
     run = json.loads((results / "scaling_cpu.json").read_text())
     (row,) = run["rows"]
     assert (row["n"], row["batch_size"], row["failed"], row["finite"]) == (40, 16, 0, True)
+    assert run["complete"] is True
     assert row["run_s"] > 0 and row["compile_s"] > 0
     assert "| 40 | 16 |" in (tmp_path / "RESULTS.md").read_text()
 
@@ -66,6 +67,28 @@ def test_scaling_report_puts_two_devices_side_by_side(tmp_path):
     text = report(sorted(str(p) for p in tmp_path.glob("scaling_*.json")))
     # the best batch size per device, and CPU / GPU = 0.4 / 0.1
     assert "| 1,000 | 0.4000 | 0.1000 | 4.0 |" in text
+    assert "stopped before its last row" not in text
+
+
+def test_scaling_keeps_the_rows_of_a_run_stopped_before_its_end(tmp_path):
+    import scaling
+
+    kept = []
+
+    class Stop(Exception):
+        pass
+
+    def keep(result):
+        kept.append(json.loads(json.dumps(result)))  # a copy, as the file on disk would be
+        if len(result["rows"]) == 1:
+            raise Stop  # stopped (a time limit) after the first of two N
+
+    with pytest.raises(Stop):
+        scaling._measure(scaling.argparse.Namespace(batch_size=[8], max_n=1000, n=[8, 16], repeat_below=0.0), keep)
+    (partial,) = kept
+    assert partial["complete"] is False and [r["n"] for r in partial["rows"]] == [8]
+    (tmp_path / "scaling_cpu.json").write_text(json.dumps(partial))
+    assert "stopped before its last row" in scaling.report([str(tmp_path / "scaling_cpu.json")])
 
 
 def test_scaling_without_a_task_or_without_results_fails_with_a_reason(tmp_path, capsys):
