@@ -171,9 +171,18 @@ def test_missing_required_column_is_named(tmp_path):
     path = write(tmp_path, table(header="ID,TIME,EVID,AMT,DV,CENS,MDV,ARM,WT", rows=rows))
     assert_data_error(
         path,
-        "missing required column 'DVID' (found: ID, TIME, EVID, AMT, DV, CENS, MDV, ARM, WT). "
-        "Fix: add it; required are ID, TIME, EVID, AMT, DVID, DV; CENS and MDV are optional.",
+        "missing column 'DVID': the model has 7 observables, so each observation row must say which it is. "
+        f"Fix: add a DVID column naming one of {VALID_NAMES}.",
         column="DVID",
+        row=None,
+    )
+    rows = [",".join(r.split(",")[:5] + r.split(",")[6:]) for r in ROWS]
+    path = write(tmp_path, table(header="ID,TIME,EVID,AMT,DVID,CENS,MDV,ARM,WT", rows=rows))
+    assert_data_error(
+        path,
+        "missing required column 'DV' (found: ID, TIME, EVID, AMT, DVID, CENS, MDV, ARM, WT). "
+        "Fix: add it; required are ID, TIME, EVID, AMT, DVID, DV; CENS and MDV are optional.",
+        column="DV",
         row=None,
     )
 

@@ -150,13 +150,14 @@ BAD = [
      ("{path}: the data (data.csv) observe 'cd25_treg_rel' but the fit has no [error.cd25_treg_rel] table. "
      "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids.")),
     ("unknown-top-level-key", lambda t: "algorithm = \"saem\"\n" + t,
-     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, dvids, ignore_dvids, priors, parameters, covariates, error, optimiser, nuts, saem, sri4."),
+     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, dvids, time_unit, drop, ignore_dvids, priors, parameters, "
+     "covariates, error, optimiser, nuts, saem, sri4."),
     ("unknown-parameter-key", _replace("initial = 4.0", "inital = 4.0"),
      "{path}: [parameters.emax_treg]: unknown key 'inital'. Fix: use only initial, estimate, cv_percent."),
     ("unknown-error-key", _replace("sigma_prop = 0.12", "sigma = 0.12"),
      "{path}: [error.treg_per_uL]: unknown key 'sigma'. Fix: use only kind, sigma_add, sigma_prop, estimate, score_step."),
     ("unknown-optimiser-key", _append("[optimiser]\nmaxiter = 5\n"),
-     "{path}: [optimiser]: unknown key 'maxiter'. Fix: use only max_iter, ftol, gtol, covariance."),
+     "{path}: [optimiser]: unknown key 'maxiter'. Fix: use only max_iter, ftol, gtol, covariance, covariance_matrix, curvature."),
     ("unknown-error-kind", _replace('kind = "proportional"\nsigma_prop = 0.12', 'kind = "poisson"\nsigma_prop = 0.12'),
      "{path}: [error.treg_per_uL]: kind must be one of additive, proportional, combined, log, ordinal, got 'poisson'."),
     ("sigma-the-kind-does-not-use", _replace("sigma_prop = 0.12", "sigma_prop = 0.12\nsigma_add = 1.0"),

@@ -33,6 +33,14 @@ below the LLOQ of 1 pM and a Treg sample whose value was lost::
     1,0.25,0,,il2_pM,1,1,0,ILT-101,64
     1,7,0,,treg_pct_cd4,,0,1,ILT-101,64
 
+**NONMEM conventions.** ``EVID`` may be left out: a row with ``AMT > 0`` is then a dose and any
+other row an observation, as NONMEM reads a dataset without EVID. ``DVID`` may be left out when
+the model has one observable, which every observation then is. A ``DV`` of 0 on a dose row is
+ignored (NONMEM writes 0 there); any other DV on a dose row is an error. A file may be
+whitespace-separated, as NONMEM's ``.dta`` files are (a header line without commas).
+``read_dataset(..., time_unit="h")`` reads TIME in hours and holds it in days (the model's time);
+``drop=("FA1", ...)`` leaves columns out, as NONMEM's ``$INPUT FA1=DROP`` does.
+
 Empty cells, ``.``, ``NA``, ``NaN`` and ``nan`` are missing values. Rows are numbered from 1 at
 the first data row after the header, in the table's order (blank lines in a CSV file are
 skipped and not counted). The rows of one ID need not be contiguous. The NONMEM columns
@@ -68,8 +76,10 @@ from il2treg.observables import OBSERVABLE_NAMES
 
 __all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "Dataset", "check_file", "read_dataset"]
 
-#: Columns every dataset must have.
+#: Columns every dataset must have (EVID and DVID may be derived: module docstring).
 REQUIRED_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "DVID", "DV")
+#: Units TIME may be written in; it is held in days.
+TIME_UNITS: dict[str, float] = {"day": 1.0, "h": 1.0 / 24.0}
 #: Columns with a default (0) when absent.
 OPTIONAL_COLUMNS: tuple[str, ...] = ("CENS", "MDV")
 
@@ -296,14 +306,19 @@ def read_dataset(
     *,
     observables: Sequence[str] = OBSERVABLE_NAMES,
     aliases: Mapping[str, str] | None = None,
+    time_unit: str = "day",
+    drop: Sequence[str] = (),
 ) -> Dataset:
     """Read, validate and pad a biomarker dataset (format in the module docstring).
 
     Arguments:
-        source: path of a UTF-8 CSV file, or a DataFrame with the same columns.
+        source: path of a UTF-8 CSV (or whitespace-separated) file, or a DataFrame with the
+            same columns.
         observables: the names a DVID may take: the model's observables
             (:attr:`il2treg.Model.observable_names`; default the IL-2 model's).
         aliases: the data's own DVID names mapped to ``observables`` (``{"CP": "conc"}``).
+        time_unit: the unit of TIME in the table, ``"day"`` or ``"h"``; the dataset holds days.
+        drop: columns to leave out (NONMEM's ``$INPUT NAME=DROP``).
 
     Returns:
         The :class:`Dataset`.
@@ -312,13 +327,17 @@ def read_dataset(
         DataError: the first failed check, with ``.column``, ``.row`` (1-based data row) and a
             message giving cause, place and fix.
     """
+    if time_unit not in TIME_UNITS:
+        raise InputError(f"time_unit {time_unit!r} is not known. Fix: use one of {', '.join(map(repr, TIME_UNITS))}.")
     if isinstance(source, pd.DataFrame):
         where = "the table"
         header, rows = _frame_cells(source)
     else:
         where = f"file '{source}'"
         header, rows = _csv_cells(Path(source), where)
-    return _build(_columns(header, rows, where), tuple(observables), dict(aliases or {}))
+    names = tuple(observables)
+    cells = _nonmem_defaults(_columns(header, rows, where, tuple(drop), names), names)
+    return _build(cells, names, dict(aliases or {}), TIME_UNITS[time_unit])
 
 
 def check_file(path: str | os.PathLike[str], *, observables: Sequence[str] = OBSERVABLE_NAMES, aliases: Mapping[str, str] | None = None) -> str:
@@ -353,7 +372,11 @@ def _csv_cells(path: Path, where: str) -> tuple[list[str], list[list[_Cell]]]:
             f"{where} is empty. Fix: write a header {','.join(REQUIRED_COLUMNS)} "
             "and one row per event."
         )
-    lines = [line for line in csv.reader(io.StringIO(text)) if line]
+    first = next(line for line in text.splitlines() if line.strip())
+    if "," not in first and len(first.split()) > 1:  # whitespace-separated, as NONMEM's .dta files
+        lines = [line.split() for line in text.splitlines() if line.strip()]
+    else:
+        lines = [line for line in csv.reader(io.StringIO(text)) if line]
     return [name.strip() for name in lines[0]], lines[1:]
 
 
@@ -363,8 +386,8 @@ def _frame_cells(frame: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
     return [str(name).strip() for name in frame.columns], [list(row) for row in zip(*columns)]
 
 
-def _columns(header: list[str], rows: list[list[_Cell]], where: str) -> dict[str, list[_Cell]]:
-    """Check the table's shape and header; return column name -> cells."""
+def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple[str, ...] = (), observables: tuple[str, ...] = OBSERVABLE_NAMES) -> dict[str, list[_Cell]]:
+    """Check the table's shape and header; return column name -> cells, without ``drop``."""
     if not header:
         raise DataError(
             f"{where} is empty. Fix: write a header {','.join(REQUIRED_COLUMNS)} "
@@ -397,21 +420,48 @@ def _columns(header: list[str], rows: list[list[_Cell]], where: str) -> dict[str
                 "per name.",
                 column=name,
             )
-    for name in REQUIRED_COLUMNS:
+    for name in drop:
         if name not in header:
+            raise DataError(
+                f"column {name!r} is to be dropped but the table has no such column (found: {', '.join(header)}). "
+                "Fix: correct the name or remove it from the columns to drop.",
+                column=name,
+            )
+    derived = {"EVID"} | ({"DVID"} if len(observables) == 1 else set())
+    for name in REQUIRED_COLUMNS:
+        if name not in header and name not in derived:
+            if name == "DVID":
+                raise DataError(
+                    f"missing column 'DVID': the model has {len(observables)} observables, so each observation row "
+                    f"must say which it is. Fix: add a DVID column naming one of {', '.join(observables)}.",
+                    column=name,
+                )
             raise DataError(
                 f"missing required column {name!r} (found: {', '.join(header)}). Fix: add it; "
                 f"required are {', '.join(REQUIRED_COLUMNS)}; CENS and MDV are optional.",
                 column=name,
             )
     for name in _UNSUPPORTED_COLUMNS:
-        if name in header:
+        if name in header and name not in drop:
             raise DataError(
                 f"column {name!r} is not supported. Fix: drop it; write one EVID=1 row per "
                 "subcutaneous bolus dose (expand ADDL/II) and identify observations by DVID.",
                 column=name,
             )
-    return {name: [row[k] for row in rows] for k, name in enumerate(header)}
+    return {name: [row[k] for row in rows] for k, name in enumerate(header) if name not in drop}
+
+
+def _nonmem_defaults(cells: dict[str, list[_Cell]], observables: tuple[str, ...]) -> dict[str, list[_Cell]]:
+    """NONMEM's readings of a table without EVID or DVID, and of a DV of 0 on a dose row."""
+    cells = dict(cells)
+    if "EVID" not in cells:  # as NONMEM: a row with an amount is a dose
+        amounts = [_number(cell) for cell in cells["AMT"]]
+        cells["EVID"] = [1 if a is not None and a > 0 else 0 for a in amounts]
+    is_dose = [_number(cell) == 1.0 for cell in cells["EVID"]]
+    if "DVID" not in cells:  # one observable: every observation is it
+        cells["DVID"] = [None if dose else observables[0] for dose in is_dose]
+    cells["DV"] = [None if dose and _number(cell) == 0.0 else cell for dose, cell in zip(is_dose, cells["DV"], strict=True)]
+    return cells
 
 
 # ----------------------------------------------------------------------------------------------
@@ -544,9 +594,10 @@ _DV_FIX = (
 )
 
 
-def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[str, str]) -> Dataset:
+def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[str, str], days_per_unit: float = 1.0) -> Dataset:
     """Validate the columns (fixed order of checks) and pack them into a :class:`Dataset` whose
-    DVIDs are ``names`` (a DVID in ``aliases`` is read as the name it maps to)."""
+    DVIDs are ``names`` (a DVID in ``aliases`` is read as the name it maps to) and whose times
+    are TIME times ``days_per_unit``."""
     index = {name: k for k, name in enumerate(names)}
     index.update({alias: index[target] for alias, target in aliases.items() if target in index})
     n_rows = len(cells["ID"])
@@ -732,7 +783,7 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
                         row=k + 1,
                     )
 
-    return _pack(rows_of, covariates, time, is_dose, amount, dvid, value, cens, mdv, names)
+    return _pack(rows_of, covariates, time * days_per_unit, is_dose, amount, dvid, value, cens, mdv, names)
 
 
 def _key(value: object) -> object:

@@ -64,7 +64,7 @@ from scipy import special
 
 from il2treg.data import Dataset, read_dataset
 from il2treg.errors import InputError
-from il2treg.fit.problem import FitProblem, PatientData, patient_arrays, unpack
+from il2treg.fit.problem import FitProblem, PatientData, problem_patients, unpack
 from il2treg.fit.result import FitResult
 from il2treg.fit.run import make_objective, observation_rows, predict_all
 from il2treg.fit.spec import FitSpec, stored_spec
@@ -353,7 +353,7 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
         spec = dataclasses.replace(spec, dataset=dataset)
     problem = spec.problem()
     objective = make_objective(spec, problem)
-    patients = patient_arrays(spec.dataset, problem.covariates)
+    patients = problem_patients(problem, spec.dataset)
     dataset = spec.dataset
     used_per_patient = np.asarray(patients.obs_mask).sum(axis=1)
     if n_sim < 20 or n_sim <= 2 * int(used_per_patient.max(initial=0)):

@@ -174,6 +174,36 @@ def neg2ll_terms(
     return jnp.where(mask, total, 0.0)
 
 
+def expected_curvature(
+    residual: ResidualModel,
+    pred: Float[Array, " obs"],
+    dvid: Int[Array, " obs"],
+    cens: Bool[Array, " obs"],
+    observed: Float[Array, " obs"],
+) -> Float[Array, " obs"]:
+    r"""Expected second derivative of each observation's −2LL with respect to its prediction.
+
+    For a normal observation with mean :math:`f` and variance :math:`V(f)` this is twice the Fisher
+    information, :math:`2/V + (V'/V)^2`: the observed second derivative without the terms in the
+    residual :math:`y - f`, whose expectation is zero. It is the curvature of NONMEM's FOCE-I
+    (Beal & Sheiner; Almquist et al., J Pharmacokinet Pharmacodyn 2015, the FOCEI approximation of
+    the Hessian), in which the variance's dependence on :math:`\eta` (the interaction) enters
+    through :math:`V'`. On the log scale (``log``) it is :math:`2/(\sigma^2 f^2)`. Censored (M3)
+    and ordinal rows keep their ``observed`` curvature.
+    """
+    kinds = jnp.asarray([KINDS.index(k) for k in residual.kinds])[dvid]
+    sa, sp = residual.sigma_add[dvid], residual.sigma_prop[dvid]
+    f = jnp.where(jnp.abs(pred) > _FLOOR, pred, _FLOOR)
+    is_prop = kinds == KINDS.index("proportional")
+    is_comb = kinds == KINDS.index("combined")
+    var = jnp.maximum(jnp.select([is_prop, is_comb], [(sp * f) ** 2, sa**2 + (sp * f) ** 2], sa**2), _FLOOR**2)
+    dvar = jnp.where(is_prop | is_comb, 2.0 * sp**2 * f, 0.0)
+    gaussian = 2.0 / var + (dvar / var) ** 2
+    log_scale = 2.0 / (jnp.maximum(sa, _FLOOR) ** 2 * f**2)
+    expected = jnp.where(kinds == KINDS.index("log"), log_scale, gaussian)
+    return jnp.where(cens | (kinds == KINDS.index("ordinal")), observed, expected)
+
+
 def residual_sd(residual: ResidualModel, pred: Float[Array, " obs"], dvid: Int[Array, " obs"]) -> Float[Array, " obs"]:
     """SD of each observation on its modelling scale (log scale for ``log``)."""
     sa, sp = residual.sigma_add[dvid], residual.sigma_prop[dvid]

@@ -15,6 +15,11 @@ Every model file (``models/*.toml``; its mechanism's tables are read by
     ``value``: a log-normal prior with median ``value`` for ``log``, a logit-normal one for
     ``logit``, a normal one for ``identity``) and ``prior_source`` (why that width).
 
+A parameter with ``group = "covariate"`` is a patient characteristic (body weight, an Apgar
+score): its ``value`` is the typical patient's, a simulation uses it unless told otherwise, and
+a fit reads each patient's value from the data column of the same name (it is never estimated
+and has no variability). Equations use it like any parameter: ``CL = POP_CL * WGT``.
+
 On load, values and bounds are converted to il2treg's internal units (days, L, pM, cells/uL;
 see :mod:`il2treg.units`). Problems raise :class:`il2treg.errors.SpecError` naming the parameter,
 the field and the fix.
@@ -35,6 +40,8 @@ from il2treg.errors import ModelFileError, SpecError, UnitError
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 TRANSFORMS = ("log", "logit", "identity")
+#: The group of a parameter that is a patient covariate, read per patient from the data.
+COVARIATE_GROUP = "covariate"
 _REQUIRED_FIELDS = ("value", "unit", "bounds", "transform", "cv_percent", "source")
 _OPTIONAL_FIELDS = ("group", "description", "prior_sd", "prior_source")
 # The tables of the model-file format (il2treg.model.format) that this reader leaves to it.
@@ -61,6 +68,9 @@ class ParamSpec:
         prior_center: its centre in internal units: the declared value (kept when a fit
             changes ``value`` to start elsewhere).
         prior_source: the justification of that width.
+        scale: internal units per declared unit, where the file's reader converted a unit that
+            :mod:`il2treg.units` does not list (``L/h/kg`` held in ``L/day/kg``: 24); None: by
+            :func:`il2treg.units.convert`.
     """
 
     name: str
@@ -77,6 +87,7 @@ class ParamSpec:
     prior_sd: float | None = None
     prior_center: float | None = None
     prior_source: str = ""
+    scale: float | None = None
 
     @property
     def omega(self) -> float:
@@ -87,12 +98,16 @@ class ParamSpec:
         """Convert a value in the unit of the file to the unit it is held in (the inverse of :meth:`to_declared`)."""
         if self.unit == self.internal_unit:
             return float(declared_value)
+        if self.scale is not None:
+            return float(declared_value) * self.scale
         return float(units.convert(declared_value, self.unit, self.internal_unit))
 
     def to_declared(self, internal_value: float) -> float:
         """Convert a value in internal units back to the unit of the file."""
         if self.unit == self.internal_unit:
             return float(internal_value)
+        if self.scale is not None:
+            return float(internal_value) / self.scale
         return float(units.convert(internal_value, self.internal_unit, self.unit))
 
 
@@ -108,6 +123,11 @@ class ModelSpec:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.params)
+
+    @property
+    def covariate_names(self) -> tuple[str, ...]:
+        """The parameters that are patient covariates (``group = "covariate"``), read from the data in fits."""
+        return tuple(p.name for p in self.params if p.group == COVARIATE_GROUP)
 
     def __getitem__(self, name: str) -> ParamSpec:
         for p in self.params:
@@ -169,6 +189,11 @@ def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_
             f"{here}: between-patient variability is log-normal and needs transform = \"log\" "
             f"(got {transform!r}). Fix: set cv_percent = 0 or transform = \"log\"."
         )
+    if table.get("group") == COVARIATE_GROUP and (cv > 0 or table.get("prior_sd") is not None):
+        raise SpecError(
+            f"{here}: a covariate (group = \"{COVARIATE_GROUP}\") is read from the data, so it has no "
+            "variability and no prior. Fix: set cv_percent = 0 and remove prior_sd."
+        )
     source = table["source"]
     if not isinstance(source, str) or not source.strip():
         raise SpecError(f"{here}: source must name a citation or an assumption.")
@@ -188,6 +213,7 @@ def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_
         internal, internal_unit = to_internal(float(value), unit)
         lo, _ = to_internal(float(bounds[0]), unit)
         hi, _ = to_internal(float(bounds[1]), unit)
+        scale, _ = to_internal(1.0, unit)  # every unit here is a multiple of another (no offsets)
     except UnitError as err:
         raise SpecError(f"{here}: {err}") from err
     return ParamSpec(
@@ -205,6 +231,7 @@ def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_
         prior_sd=None if prior_sd is None else float(prior_sd),
         prior_center=None if prior_sd is None else float(internal),
         prior_source=str(prior_source),
+        scale=None if internal_unit == unit else float(scale),
     )
 
 

@@ -57,7 +57,8 @@ class PopulationFit(eqx.Module):
         psi: estimates (unconstrained fixed effects, log omega, log sigma).
         psi_names: their names.
         ofv: objective function value (−2 log-likelihood, FOCE-I).
-        covariance: covariance of ``psi`` (2 R^-1); NaN if R was singular.
+        covariance: covariance of ``psi`` (2 R^-1, or the sandwich R^-1 S R^-1:
+            :func:`estimate_covariance`); NaN if R was singular.
         eta: empirical Bayes estimates, ``[patients, eta]``.
         inner_status: per patient (0 converged, 1 max iterations, 2 solver failed).
         included: patients that contributed to the objective.
@@ -350,15 +351,38 @@ def ofv_hessian(objective: Objective, psi, inner: InnerResult, include, rel_step
     return 0.5 * (r + r.T)
 
 
-def estimate_covariance(objective: Objective, psi, inner: InnerResult, include, rel_step: float = 1e-4):
-    """2 R^-1 with R from :func:`ofv_hessian`; NaN where R is singular or its inverse is not
-    positive definite."""
+#: Covariance matrices of the estimates :func:`estimate_covariance` offers.
+COVARIANCE_MATRICES = ("hessian", "sandwich")
+
+
+def estimate_covariance(objective: Objective, psi, inner: InnerResult, include, rel_step: float = 1e-4, kind: str = "hessian"):
+    r"""The covariance of ``psi``; NaN where R is singular or the result is not positive definite.
+
+    ``kind``:
+
+    - ``"hessian"``: :math:`2R^{-1}`, R the Hessian of the OFV (:func:`ofv_hessian`); NONMEM's
+      ``$COVARIANCE MATRIX=R``.
+    - ``"sandwich"``: :math:`R^{-1} S R^{-1}` with :math:`S = \sum_i \nabla \mathrm{OFV}_i\,
+      \nabla \mathrm{OFV}_i^\top` over the included patients (their exact gradients); NONMEM's
+      default ``$COVARIANCE``, robust to a misspecified residual or random-effect distribution.
+      In −2LL units both equal the usual :math:`A^{-1}` and :math:`A^{-1}BA^{-1}` of the
+      log-likelihood (R = 2A, S = 4B).
+    """
+    if kind not in COVARIANCE_MATRICES:
+        raise ValueError(f"unknown covariance matrix {kind!r}. Fix: use one of {', '.join(COVARIANCE_MATRICES)}.")
     k = len(psi)
     r = ofv_hessian(objective, psi, inner, include, rel_step)
     try:
-        cov = 2.0 * np.linalg.inv(r)
+        r_inv = np.linalg.inv(r)
     except np.linalg.LinAlgError:  # singular R: report NaN, do not crash a finished fit
         return jnp.full((k, k), jnp.nan)
+    if kind == "hessian":
+        cov = 2.0 * r_inv
+    else:
+        per_patient = np.asarray(objective.gradients(np.asarray(psi, dtype=np.float64), inner.eta, include).ofv)
+        per_patient = per_patient[np.asarray(include)]
+        cov = r_inv @ (per_patient.T @ per_patient) @ r_inv
+        cov = 0.5 * (cov + cov.T)
     ok = np.all(np.isfinite(cov)) and np.all(np.linalg.eigvalsh(cov) > 0)
     return jnp.asarray(cov if ok else np.full((k, k), np.nan))
 

@@ -57,7 +57,7 @@ from il2treg.fit.problem import (
     unpack,
 )
 from il2treg.fit.saem import complete_score, data_term
-from il2treg.likelihood import ResidualModel
+from il2treg.likelihood import ResidualModel, expected_curvature
 from il2treg.simulate import (
     default_workers,
     interleaved_rows,
@@ -67,12 +67,14 @@ from il2treg.simulate import (
 )
 
 
-def _bracket(residual: ResidualModel, omega, pred, jac, eta, patient: PatientData):
+def _bracket(residual: ResidualModel, omega, pred, jac, eta, patient: PatientData, curvature: str = "observed"):
     """L_i and G_i from predictions and sensitivities (the cheap part of the objective)."""
     inv = 1.0 / omega**2
     r1, r2 = observation_derivatives(residual, pred, patient)
+    if curvature == "expected":  # NONMEM's FOCE-I: no terms in the residuals (il2treg.likelihood.expected_curvature)
+        r2 = expected_curvature(residual, pred, patient.obs_dvid, patient.obs_cens, r2)
     g = data_neg2ll(residual, pred, patient) + jnp.sum(eta**2 * inv)
-    half_h = 0.5 * jac.T @ (jnp.maximum(r2, 0.0)[:, None] * jac) + jnp.diag(inv)
+    half_h = 0.5 * jac.T @ (jnp.where(patient.obs_mask, jnp.maximum(r2, 0.0), 0.0)[:, None] * jac) + jnp.diag(inv)
     L = g + 2.0 * jnp.sum(jnp.log(omega)) + jnp.linalg.slogdet(half_h)[1]
     G = jac.T @ r1 + 2.0 * eta * inv
     return L, G
@@ -81,7 +83,7 @@ def _bracket(residual: ResidualModel, omega, pred, jac, eta, patient: PatientDat
 def patient_terms(problem: FitProblem, psi, base_residual, inner: InnerResult, patient: PatientData):
     """OFV contribution of one patient at its (converged) inner result."""
     up = unpack(problem, psi, base_residual)
-    L, _ = _bracket(up.residual, up.omega, inner.pred, inner.jac, inner.eta, patient)
+    L, _ = _bracket(up.residual, up.omega, inner.pred, inner.jac, inner.eta, patient, problem.curvature)
     return L
 
 
@@ -124,7 +126,7 @@ def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: Pati
 
     def bracket_of(pred, jac, eta_, rest):
         up = unpack(problem, jnp.concatenate([psi[:ns], rest]), base_residual)
-        return _bracket(up.residual, up.omega, pred, jac, eta_, patient)
+        return _bracket(up.residual, up.omega, pred, jac, eta_, patient, problem.curvature)
 
     rest = psi[ns:]
     # L and G together: one reverse pass over the bracket (and the likelihood's derivatives in it).

@@ -22,6 +22,10 @@ r"""What is estimated, on which scale, and the per-patient prediction.
   linear   :math:`\theta + \beta (c_i - c_{ref})`                       a site shift of pmax
   ======== =========================================================== ======================
 
+A model parameter that is a patient covariate (``group = "covariate"`` in the model file,
+``FitProblem.bound``) takes each patient's value from the data column of its name before the
+effects above apply; it is not estimated.
+
 They are packed into one vector :math:`\psi = (u, \beta, \log\omega, \log\sigma)` for the
 optimiser. Everything not estimated stays at the model file's value.
 """
@@ -44,6 +48,8 @@ from il2treg.model import Model
 from il2treg.simulate import SolverOptions, max_dose_lag, slots_needed, solve_one
 
 COVARIATE_MODELS = ("power", "exp", "linear")
+#: Curvatures of the Laplace Hessian of the objective (:attr:`FitProblem.curvature`).
+CURVATURES = ("observed", "expected")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +79,12 @@ class FitProblem:
         slots: static number of save slots per inter-dose interval (see il2treg.simulate).
         options: solver options (forward-mode adjoint: fits use forward sensitivities).
         covariates: covariate effects, their coefficients estimated.
+        curvature: the curvature of each observation's −2LL in the Laplace Hessian of the
+            objective: ``"observed"`` (its second derivative at the data, floored at 0) or
+            ``"expected"`` (without the terms in the residuals: NONMEM's FOCE-I,
+            :func:`il2treg.likelihood.expected_curvature`).
+        bound: the model's covariate parameters, each patient's value read from the data column
+            of the same name (``PatientData.covariates`` after the effects' columns).
     """
 
     model: Model
@@ -83,6 +95,8 @@ class FitProblem:
     slots: int
     options: SolverOptions
     covariates: tuple[CovariateEffect, ...] = ()
+    bound: tuple[str, ...] = ()
+    curvature: str = "observed"
 
     @property
     def n_fixed(self) -> int:
@@ -140,8 +154,11 @@ def make_problem(
     residual_kinds: dict[str, str] | None = None,
     options: SolverOptions | None = None,
     covariates: tuple[CovariateEffect, ...] = (),
+    curvature: str = "observed",
 ) -> FitProblem:
     """Validate the choice of estimated quantities against the model and the data."""
+    if curvature not in CURVATURES:
+        raise SpecError(f"unknown curvature {curvature!r}. Fix: use one of {', '.join(CURVATURES)}.")
     names = model.parameter_names
     for n in (*fixed, *random):
         if n not in names:
@@ -171,13 +188,24 @@ def make_problem(
             raise SpecError(f"covariate {effect.covariate!r} is missing for subject {data.ids[int(np.argmax(~np.isfinite(values)))]!r}. Fix: fill it in or remove the effect.")
         if effect.model == "power" and not (np.all(values > 0) and effect.reference > 0):
             raise SpecError(f"a power effect of {effect.covariate!r} needs positive values and a positive reference.")
+    bound = model.spec.covariate_names
+    for name in bound:
+        if name in (*fixed, *random, *(e.parameter for e in covariates)):
+            raise SpecError(f"{name!r} is a covariate of the model (read from the data) and cannot be estimated or carry an effect. "
+                            "Fix: remove it from the fit's parameters and covariate effects.")  # fmt: skip
+        if name not in data.covariates or dict(data.covariate_levels).get(name) is not None:
+            raise SpecError(f"the model reads covariate {name!r} from the data, but the data have no numeric column {name!r}. "
+                            f"Fix: add the column (one value per subject), or rename the model's parameter to a column of the data ({', '.join(sorted(data.covariates)) or 'none'}).")  # fmt: skip
+        values = np.asarray(data.covariates[name], dtype=float)
+        if not np.all(np.isfinite(values)):
+            raise SpecError(f"covariate {name!r}, which the model reads, is missing for subject {data.ids[int(np.argmax(~np.isfinite(values)))]!r}. Fix: fill it in.")
     if data.dvid_names != model.observable_names:
         raise SpecError(f"the data's observation types ({', '.join(data.dvid_names)}) are not the model's observables ({', '.join(model.observable_names)}). "
                         "Fix: read the data with read_dataset(..., observables=model.observable_names).")  # fmt: skip
     kinds = ResidualModel.build(residual_kinds, names=model.observable_names).kinds
     slots = slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), max_dose_lag(model))
     options = options or SolverOptions(adjoint=dfx.ForwardMode())
-    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates))
+    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -248,8 +276,12 @@ def unpack(problem: FitProblem, psi: Float[Array, " psi"], base_residual: Residu
 
 
 def covariate_theta(problem: FitProblem, theta, beta, covariates: Float[Array, " effects"]):
-    """The patient's typical values: covariate effects applied to ``theta``."""
+    """The patient's typical values: the model's covariates set to the patient's (``covariates``
+    after the effects' columns), then the covariate effects applied to ``theta``."""
     names = problem.model.parameter_names
+    if problem.bound:
+        idx = jnp.asarray([names.index(n) for n in problem.bound])
+        theta = theta.at[idx].set(covariates[len(problem.covariates) :])
     for k, effect in enumerate(problem.covariates):
         i = names.index(effect.parameter)
         c, b = covariates[k], beta[k]
@@ -279,11 +311,12 @@ class PatientData(eqx.Module):
 
 
 def patient_arrays(
-    data: Dataset, effects: tuple[CovariateEffect, ...] = (), use: tuple[str, ...] | None = None
+    data: Dataset, effects: tuple[CovariateEffect, ...] = (), use: tuple[str, ...] | None = None, bound: tuple[str, ...] = ()
 ) -> PatientData:
     """All patients of a dataset as one stacked :class:`PatientData` (jnp arrays).
 
-    ``covariates[:, k]`` holds each patient's value of the covariate of ``effects[k]``. With
+    ``covariates[:, k]`` holds each patient's value of the covariate of ``effects[k]``, then
+    its values of the model's covariates ``bound`` (:attr:`FitProblem.bound`). With
     ``use``, only observations of those types enter the likelihood (the others are masked), e.g.
     to fit Treg counts without also fitting the Treg % computed from the same sample.
     """
@@ -293,12 +326,18 @@ def patient_arrays(
         if unknown:
             raise SpecError(f"unknown observation type {unknown[0]!r}. Fix: use one of {', '.join(data.dvid_names)}.")
         mask = mask & np.isin(np.asarray(data.obs_dvid), [data.dvid_names.index(u) for u in use])
-    cov = np.stack([np.asarray(data.covariates[e.covariate], dtype=float) for e in effects], axis=1) if effects else np.zeros((data.n_subjects, 0))
+    columns = [e.covariate for e in effects] + list(bound)
+    cov = np.stack([np.asarray(data.covariates[c], dtype=float) for c in columns], axis=1) if columns else np.zeros((data.n_subjects, 0))
     return PatientData(
         jnp.asarray(data.dose_time), jnp.asarray(data.dose_amount), jnp.asarray(data.obs_time),
         jnp.asarray(data.obs_dvid), jnp.asarray(data.obs_value), jnp.asarray(data.obs_cens), jnp.asarray(mask),
         jnp.asarray(cov),
     )  # fmt: skip
+
+
+def problem_patients(problem: FitProblem, data: Dataset, use: tuple[str, ...] | None = None) -> PatientData:
+    """:func:`patient_arrays` with the covariate columns ``problem`` reads (its effects', then the model's)."""
+    return patient_arrays(data, problem.covariates, use, problem.bound)
 
 
 def individual_theta(problem: FitProblem, theta: Float[Array, " params"], eta: Float[Array, " eta"]) -> Float[Array, " params"]:

@@ -65,8 +65,8 @@ from il2treg.fit.problem import (
     PatientData,
     covariate_theta,
     individual_theta,
-    patient_arrays,
     predict,
+    problem_patients,
     to_unconstrained,
     unpack,
 )  # fmt: skip
@@ -221,7 +221,7 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
         emit({"stage": "covariance", "elapsed_s": time.perf_counter() - start})
         t = time.perf_counter()
         inner = objective.inner(fit.psi, fit.eta)
-        fit = eqx.tree_at(lambda f: f.covariance, fit, estimate_covariance(objective, fit.psi, inner, fit.included))
+        fit = eqx.tree_at(lambda f: f.covariance, fit, estimate_covariance(objective, fit.psi, inner, fit.included, kind=opt.covariance_matrix))
         timing["covariance_s"] = time.perf_counter() - t
 
     emit({"stage": "predictions", "elapsed_s": time.perf_counter() - start})
@@ -269,7 +269,7 @@ def make_objective(spec: FitSpec, problem: FitProblem) -> ShardedObjective | Thr
     penalty, its patients spread over all local devices (several GPUs, or forced CPU devices) or,
     on one device, over threads (:func:`il2treg.fit.population.make_parallel`)."""
     prior = model_priors(problem) if spec.priors == "model" else None
-    return make_parallel(Objective(problem, patient_arrays(spec.dataset, problem.covariates), spec.residual_model(), prior=prior))
+    return make_parallel(Objective(problem, problem_patients(problem, spec.dataset), spec.residual_model(), prior=prior))
 
 
 def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) -> jax.Array:

@@ -8,6 +8,8 @@ A fit file has a few top-level keys and four kinds of tables::
     data = "il2treg:lupil2_virtual"      # a packaged dataset, or a CSV path relative to this file
     ignore_dvids = ["il2_pM"]            # optional: observation types present but not fitted
     dvids = { IL2 = "il2_pM" }           # optional: the data's own DVID names -> the model's observables
+    time_unit = "day"                    # optional: the unit of the data's TIME, "day" or "h"
+    drop = ["FA1", "FA2"]                # optional: data columns left out (NONMEM's $INPUT FA1=DROP)
 
     [parameters.emax_treg]               # one table per parameter that is not simply the model's
     initial = 4.0                        # start (units of the model file); default: the model's value
@@ -39,6 +41,8 @@ A fit file has a few top-level keys and four kinds of tables::
     ftol = 1e-4
     gtol = 1e-2
     covariance = true
+    covariance_matrix = "hessian"        # 2 R^-1; "sandwich": R^-1 S R^-1, NONMEM's default $COV
+    curvature = "observed"               # the Laplace Hessian's: "expected" is NONMEM's FOCE-I
 
     priors = "none"                      # optional: "model" adds the model file's priors on the
                                          # estimated fixed effects to the OFV (penalised fit)
@@ -91,11 +95,12 @@ from pathlib import Path
 import equinox as eqx
 import numpy as np
 
-from il2treg.data import Dataset, read_dataset
+from il2treg.data import TIME_UNITS, Dataset, read_dataset
 from il2treg.errors import DataError, SpecError
 from il2treg.fit.bayes import NutsSettings
+from il2treg.fit.estimate import COVARIANCE_MATRICES
 from il2treg.fit.priors import PriorDefaults
-from il2treg.fit.problem import COVARIATE_MODELS, CovariateEffect, FitProblem, make_problem
+from il2treg.fit.problem import COVARIATE_MODELS, CURVATURES, CovariateEffect, FitProblem, make_problem
 from il2treg.fit.saem import SaemSettings
 from il2treg.likelihood import KINDS, ResidualModel
 from il2treg.model import Model, load_model
@@ -118,7 +123,7 @@ SIGMAS_OF_KIND: dict[str, tuple[str, ...]] = {
 #: Parameter groups whose parameters act on one observation type only (nothing feeds back).
 _ACTS_ONLY_ON = {"disease": "sledai"}
 
-_TOP_KEYS = ("name", "description", "model", "data", "dvids", "ignore_dvids", "priors", "parameters", "covariates", "error", "optimiser", "nuts", "saem", "sri4")
+_TOP_KEYS = ("name", "description", "model", "data", "dvids", "time_unit", "drop", "ignore_dvids", "priors", "parameters", "covariates", "error", "optimiser", "nuts", "saem", "sri4")
 PRIOR_CHOICES = ("none", "model")
 _NUTS_DEFAULTS = {"chains": 4, "warmup": 500, "samples": 500, "seed": 0, "target_accept": 0.8, "max_tree_depth": 8, "init_spread": 1.0,
                   "fixed_sd": 2.0, "beta_sd": 10.0, "omega_sd": 1.0, "sigma_sd": 1.0}  # fmt: skip
@@ -126,7 +131,8 @@ _SAEM_DEFAULTS = {"burn_in": 5, "explore": 250, "smooth": 100, "prior_draws": 2,
 _PARAM_KEYS = ("initial", "estimate", "cv_percent")
 _COVARIATE_KEYS = ("parameter", "covariate", "model", "reference", "initial")
 _ERROR_KEYS = ("kind", "sigma_add", "sigma_prop", "estimate", "score_step")
-_OPTIMISER_DEFAULTS = {"max_iter": 200, "ftol": 1e-4, "gtol": 1e-2, "covariance": True}
+_CHOICES = {"curvature": CURVATURES, "covariance_matrix": COVARIANCE_MATRICES}
+_OPTIMISER_DEFAULTS = {"max_iter": 200, "ftol": 1e-4, "gtol": 1e-2, "covariance": True, "covariance_matrix": "hessian", "curvature": "observed"}
 _SRI4_DEFAULTS = {"day": 84.0, "fall": 4.0, "bilag_pga_keep": 0.956}
 
 
@@ -183,6 +189,8 @@ class OptimiserSettings:
     ftol: float = 1e-4
     gtol: float = 1e-2
     covariance: bool = True
+    covariance_matrix: str = "hessian"
+    curvature: str = "observed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +269,7 @@ class FitSpec:
         return make_problem(
             self.model, self.dataset, fixed=self.fixed, random=self.random, sigmas=self.sigmas,
             residual_kinds={e.dvid: e.kind for e in self.errors}, covariates=self.effects, options=options,
+            curvature=self.optimiser.curvature,
         )  # fmt: skip
 
     def residual_model(self) -> ResidualModel:
@@ -308,7 +317,15 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
         raise SpecError(f'{where}: `dvids` must be a table of the data\'s DVID names and the model\'s observables, e.g. dvids = {{ CP = "{names[0]}" }}, got {aliases!r}.')
     for alias, target in aliases.items():
         _known_dvid(target, where, f"dvids.{alias}", names)
-    dataset = _data(doc["data"], path, names, aliases)
+    time_unit = doc.get("time_unit", "day")
+    if time_unit not in TIME_UNITS:
+        raise SpecError(f"{where}: time_unit must be one of {', '.join(map(repr, TIME_UNITS))} (the unit of the data's TIME), got {time_unit!r}.")
+    drop = doc.get("drop", [])
+    if not isinstance(drop, list) or not all(isinstance(c, str) for c in drop):
+        raise SpecError(f'{where}: `drop` must be a list of the data\'s column names, e.g. drop = ["FA1"], got {drop!r}.')
+    if (time_unit != "day" or drop) and doc["data"].startswith(PACKAGED_PREFIX):
+        raise SpecError(f"{where}: time_unit and drop apply to a data file; the packaged dataset {doc['data']!r} is in days with its own columns. Fix: remove them.")
+    dataset = _data(doc["data"], path, names, aliases, time_unit, tuple(drop))
 
     ignore = doc.get("ignore_dvids", [])
     if not isinstance(ignore, list) or not all(isinstance(d, str) for d in ignore):
@@ -387,7 +404,7 @@ def load_packaged_dataset(name: str, observables: tuple[str, ...] = OBSERVABLE_N
     return read_dataset(data, observables=observables)
 
 
-def _data(source: str, path: Path, names: tuple[str, ...], aliases: dict[str, str]) -> Dataset:
+def _data(source: str, path: Path, names: tuple[str, ...], aliases: dict[str, str], time_unit: str = "day", drop: tuple[str, ...] = ()) -> Dataset:
     where = str(path)
     if source.startswith(PACKAGED_PREFIX):
         try:
@@ -401,7 +418,7 @@ def _data(source: str, path: Path, names: tuple[str, ...], aliases: dict[str, st
             f"Fix: give a CSV path relative to the fit file, or {PACKAGED_PREFIX}<name> for a packaged dataset."
         )
     try:
-        return read_dataset(file, observables=names, aliases=aliases)
+        return read_dataset(file, observables=names, aliases=aliases, time_unit=time_unit, drop=drop)
     except DataError as err:
         raise DataError(f"{where}: data file {str(file)!r}: {err}", column=err.column, row=err.row) from None
 
@@ -429,6 +446,9 @@ def _parameters(table, model: Model, where: str) -> tuple[ParameterEntry, ...]:
             raise SpecError(f"{here} must be a table. Fix: write [parameters.{name}] with initial / estimate / cv_percent.")
         _known_keys(entry, _PARAM_KEYS, here, "key")
         ps = model.spec[name]
+        if name in model.spec.covariate_names:
+            raise SpecError(f"{here}: {name!r} is a covariate of the model, read per patient from the data column {name!r}; it is not estimated. "
+                            f"Fix: remove [parameters.{name}].")  # fmt: skip
         estimate = entry.get("estimate", True)
         if not isinstance(estimate, bool):
             raise SpecError(f"{here}: estimate must be true or false, got {estimate!r}.")
@@ -559,6 +579,10 @@ def _settings(table, defaults: dict, where: str, section: str) -> dict:
         elif isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise SpecError(f"{here}: {key} must be an integer >= 0, got {value!r}.")
+        elif isinstance(default, str):
+            choices = _CHOICES[key]
+            if value not in choices:
+                raise SpecError(f"{here}: {key} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
         else:
             value = _number(value, here, key)
             if not value > 0:

@@ -51,6 +51,7 @@ import difflib
 import io
 import keyword
 import math
+import re
 import tokenize
 from pathlib import Path
 
@@ -177,10 +178,23 @@ def _parameter_to_internal(value: float, unit: str) -> tuple[float, str]:
     try:
         internal_value, internal_unit = units.to_internal(value, unit)
     except UnitError:
-        return value, unit
+        return _per_day(value, unit, declared)
     if declared.dimensionality != dimensions.parse_unit(internal_unit).dimensionality:
         return value, unit
     return internal_value, internal_unit
+
+
+_OTHER_TIME = re.compile(r"\b(h|hr|hour|hours|min|minute|minutes|s|sec|second|seconds|week|weeks)\b")
+
+
+def _per_day(value: float, unit: str, declared) -> tuple[float, str]:
+    """A unit :mod:`il2treg.units` does not know, with its time written in days (``L/h/kg`` is
+    held in ``L/day/kg``, times 24), since the equations' time is days; otherwise as written."""
+    in_days = _OTHER_TIME.sub("day", unit)
+    if in_days == unit:
+        return value, unit
+    factor = (declared / dimensions.parse_unit(in_days)).to("dimensionless").magnitude
+    return float(value * factor), in_days
 
 
 def _fields(path: str, key: str, table, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:
