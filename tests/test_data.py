@@ -652,3 +652,59 @@ def test_check_file_returns_the_summary(tmp_path):
     text = check_file(path)
     assert text.splitlines()[0] == f"File: {path} (valid)"
     assert text.endswith(read_dataset(path).summary())
+
+
+# ----------------------------------------------------------------------------------------------
+# NONMEM conventions: no EVID or DVID, whitespace-separated, hours, dropped columns
+
+
+NONMEM_DTA = """ID TIME AMT WGT APGR DV FA1 FA2
+ 1    0.   25.0   1.4   7    0    1 1
+ 1    2.0   0     1.4   7   17.3  0 0
+ 1   12.5   3.5   1.4   7    0    1 1
+ 1  112.5   0     1.4   7   31.0  0 0
+ 2    0.   15.0   1.5   9    0    1 1
+ 2    2.0   0     1.5   9    9.7  0 0
+"""
+
+
+def test_a_nonmem_dta_file_reads_as_the_same_data_written_out_in_days(tmp_path):
+    """pheno.dta's conventions: whitespace, no EVID (AMT > 0 is a dose), no DVID (one
+    observable), DV 0 on dose rows, TIME in hours, FA1/FA2 dropped."""
+    nonmem = read_dataset(write(tmp_path, NONMEM_DTA, "run.dta"), observables=("conc",), time_unit="h", drop=("FA1", "FA2"))
+    explicit = read_dataset(
+        write(tmp_path, "ID,TIME,EVID,AMT,DVID,DV,WGT,APGR\n"
+              "1,0,1,25,,,1.4,7\n1,0.08333333333333333,0,,conc,17.3,1.4,7\n1,0.5208333333333334,1,3.5,,,1.4,7\n"
+              "1,4.6875,0,,conc,31,1.4,7\n2,0,1,15,,,1.5,9\n2,0.08333333333333333,0,,conc,9.7,1.5,9\n"),
+        observables=("conc",),
+    )  # fmt: skip
+    np.testing.assert_allclose(nonmem.obs_time, explicit.obs_time, rtol=1e-15)
+    np.testing.assert_allclose(nonmem.dose_time, explicit.dose_time, rtol=1e-15)
+    np.testing.assert_array_equal(nonmem.dose_amount, explicit.dose_amount)
+    np.testing.assert_array_equal(nonmem.obs_value, explicit.obs_value)
+    assert list(nonmem.covariates) == ["WGT", "APGR"]
+    np.testing.assert_array_equal(nonmem.covariates["WGT"], [1.4, 1.5])
+
+
+def test_nonmem_conventions_keep_their_errors(tmp_path):
+    path = write(tmp_path, NONMEM_DTA, "run.dta")
+    with pytest.raises(DataError, match=r"covariate 'FA1' is not constant within ID 1") as info:
+        read_dataset(path, observables=("conc",), time_unit="h")  # FA1 not dropped: 1 on doses, 0 on samples
+    assert (info.value.column, info.value.row) == ("FA1", 2)
+    with pytest.raises(DataError, match=r"column 'FA3' is to be dropped but the table has no such column") as info:
+        read_dataset(path, observables=("conc",), drop=("FA3",))
+    assert info.value.column == "FA3"
+    with pytest.raises(InputError, match=r"time_unit 'hours' is not known. Fix: use one of 'day', 'h'"):
+        read_dataset(path, observables=("conc",), time_unit="hours")
+    with pytest.raises(DataError, match=r"missing column 'DVID': the model has 2 observables") as info:
+        read_dataset(path, observables=("conc", "metabolite"), drop=("FA1", "FA2"))
+    assert info.value.column == "DVID"
+    # a DV of 0 on a dose row is NONMEM's filler; any other value there is still refused
+    bad = NONMEM_DTA.replace(" 1   12.5   3.5   1.4   7    0 ", " 1   12.5   3.5   1.4   7    4 ")
+    with pytest.raises(DataError, match=r"dose row 3 \(EVID 1\) carries a DV \(4\)") as info:
+        read_dataset(write(tmp_path, bad, "bad.dta"), observables=("conc",), drop=("FA1", "FA2"))
+    assert (info.value.column, info.value.row) == ("DV", 3)
+    # without EVID, a row with AMT 0 is an observation: it needs a DV
+    missing = NONMEM_DTA.replace("17.3", " .  ")
+    with pytest.raises(DataError, match=r"DV is missing on observation row 2 \(conc\)"):
+        read_dataset(write(tmp_path, missing, "missing.dta"), observables=("conc",), drop=("FA1", "FA2"))

@@ -286,3 +286,55 @@ def test_nuts_table_is_validated_like_the_others(tmp_path):
     (tmp_path / "fit.toml").write_text(Path("fits/lupil2_nuts/fit.toml").read_text().replace("chains = 4", "chians = 4"))
     with pytest.raises(SpecError, match="chians"):
         read_fit_spec(tmp_path / "fit.toml")
+
+
+# ----------------------------------------------------------------------------- NONMEM datasets and model covariates
+
+PHENO = Path(__file__).resolve().parents[1] / "fits" / "pheno"
+
+
+def _pheno_spec(tmp_path, edit=lambda text: text, data: str | None = None):
+    import shutil
+
+    for name in ("pheno.toml", "pheno.dta"):
+        shutil.copy(PHENO / name, tmp_path / name)
+    if data is not None:
+        (tmp_path / "pheno.dta").write_text(data)
+    path = tmp_path / "fit.toml"
+    path.write_text(edit((PHENO / "fit.toml").read_text()))
+    return path
+
+
+def test_pheno_fit_file_reads_hours_and_drops_columns(tmp_path):
+    spec = read_fit_spec(_pheno_spec(tmp_path))
+    assert spec.dataset.n_subjects == 59 and int(spec.dataset.obs_mask.sum()) == 155
+    assert float(spec.dataset.obs_time.max()) == pytest.approx(389.8 / 24)  # pheno.dta's last sample, 389.8 h
+    assert list(spec.dataset.covariates) == ["WGT", "APGR"]
+    assert (spec.optimiser.curvature, spec.optimiser.covariance_matrix) == ("expected", "sandwich")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace('time_unit = "h"', 'time_unit = "hours"'), r"time_unit must be one of 'day', 'h' \(the unit of the data's TIME\), got 'hours'"),
+        (lambda t: t.replace('drop = ["FA1", "FA2"]', 'drop = "FA1"'), r"`drop` must be a list of the data's column names"),
+        (lambda t: t.replace('drop = ["FA1", "FA2"]', 'drop = ["FA1"]'), r"covariate 'FA2' is not constant within ID 1"),
+        (lambda t: t.replace('curvature = "expected"', 'curvature = "fisher"'), r"\[optimiser\]: curvature must be one of 'observed', 'expected', got 'fisher'"),
+        (lambda t: t.replace('covariance_matrix = "sandwich"', 'covariance_matrix = "S"'), r"covariance_matrix must be one of 'hessian', 'sandwich', got 'S'"),
+        (lambda t: t + "\n[parameters.WGT]\n", r"\[parameters.WGT\]: 'WGT' is a covariate of the model, read per patient from the data column 'WGT'"),
+        (lambda t: t.replace('data = "pheno.dta"', 'data = "il2treg:lupil2_virtual"'), r"time_unit and drop apply to a data file"),
+    ],
+    ids=["time-unit", "drop-not-list", "drop-too-few", "curvature", "covariance-matrix", "estimated-covariate", "packaged-data"],
+)
+def test_bad_nonmem_keys_are_one_clear_error(tmp_path, edit, message):
+    with pytest.raises(InputError, match=message):
+        read_fit_spec(_pheno_spec(tmp_path, edit))
+
+
+def test_data_without_the_models_covariate_is_refused(tmp_path):
+    from il2treg.fit.problem import make_problem
+
+    data = (PHENO / "pheno.dta").read_text().replace(" APGR ", " APGAR ", 1)
+    spec = read_fit_spec(_pheno_spec(tmp_path, data=data))
+    with pytest.raises(SpecError, match=r"the model reads covariate 'APGR' from the data, but the data have no numeric column 'APGR'. Fix: add the column"):
+        make_problem(spec.model, spec.dataset, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas)

@@ -87,3 +87,35 @@ def test_ordinal_scores_on_an_even_grid_sum_to_one():
     p = np.exp(-0.5 * np.asarray(neg2ll_terms(res, jnp.full(k.shape, 7.3), jnp.asarray(k), jnp.full(k.shape, SLEDAI), jnp.zeros(k.shape, bool), jnp.ones(k.shape, bool))))
     assert p.sum() == pytest.approx(1.0, abs=1e-12)
     assert p[3] == pytest.approx(stats.norm.cdf(7.0, 7.3, 2.5) - stats.norm.cdf(5.0, 7.3, 2.5), rel=1e-9)
+
+
+def test_expected_curvature_is_the_mean_of_the_observed_one():
+    """NONMEM's FOCE-I curvature is the expectation of the observed second derivative of each
+    observation's -2LL over y ~ N(f, V(f)): 2/V + (V'/V)^2 in closed form (proportional:
+    2/(s f)^2 + 4/f^2), and the Monte Carlo mean of the observed one agrees with it."""
+    from il2treg.likelihood import expected_curvature
+
+    names = ("a", "p", "c", "l", "o")
+    res = ResidualModel(jnp.array([0.5, 0.0, 0.3, 0.2, 1.0]), jnp.array([0.0, 0.2, 0.1, 0.0, 0.0]),
+                        ("additive", "proportional", "combined", "log", "ordinal"), names=names)  # fmt: skip
+    f = jnp.array([2.0, 3.0, 4.0, 5.0, 6.0])
+    dvid = jnp.arange(5)
+    no = jnp.zeros(5, dtype=bool)
+    expected = expected_curvature(res, f, dvid, no, jnp.full(5, -7.0))
+    var_c = 0.3**2 + (0.1 * 4.0) ** 2
+    closed = [2 / 0.25, 2 / (0.2 * 3.0) ** 2 + 4 / 3.0**2, 2 / var_c + (2 * 0.1**2 * 4.0 / var_c) ** 2, 2 / (0.2**2 * 5.0**2), -7.0]
+    np.testing.assert_allclose(expected, closed, rtol=1e-12)  # the ordinal row keeps the observed value given
+    # Monte Carlo: the observed curvature at y drawn from the model, averaged
+    z = jax.random.normal(jax.random.PRNGKey(0), (200_000, 4), dtype=jnp.float64)
+    sd = residual_sd(res, f, dvid)[:4]
+    y = jnp.concatenate([f[:3] + sd[:3] * z[:, :3], (f[3] * jnp.exp(0.2 * z[:, 3]))[:, None]], axis=1)
+
+    def observed(yk):
+        total = lambda p: jnp.sum(neg2ll_terms(res, jnp.concatenate([p, f[4:]]), jnp.concatenate([yk, f[4:]]), dvid, no, jnp.ones(5, dtype=bool)))
+        return jax.jvp(jax.grad(total), (f[:4],), (jnp.ones(4),))[1]
+
+    mean = jnp.mean(jax.vmap(observed)(y), axis=0)
+    np.testing.assert_allclose(mean, expected[:4], rtol=0.02)
+    # censored rows keep the observed curvature
+    cens = expected_curvature(res, f, dvid, jnp.ones(5, dtype=bool), jnp.full(5, 3.0))
+    np.testing.assert_array_equal(cens, 3.0)

@@ -347,3 +347,43 @@ def test_the_worked_example_of_models_readme_runs(tmp_path, monkeypatch):
     response = np.asarray(scope["sim"]["response"])
     assert scope["model"].observable_names == ("conc", "response")
     assert response.shape == (100, 73) and np.all(response[:, 0] == 1.0) and np.all(response[:, 24] > 1.0)
+
+
+# ----------------------------------------------------------------------------- covariates and per-hour units
+
+PHENO_MODEL = Path(__file__).resolve().parents[1] / "fits" / "pheno" / "pheno.toml"
+
+
+def test_a_unit_per_hour_that_units_does_not_list_is_held_per_day():
+    """pheno's POP_CL is in L/h/kg: held in L/day/kg (x24) so that the equations' time is days;
+    reported back in L/h/kg."""
+    model = il2treg.load_model(PHENO_MODEL)
+    cl = model.spec["POP_CL"]
+    assert (cl.unit, cl.internal_unit) == ("L/h/kg", "L/day/kg")
+    assert cl.value == pytest.approx(0.00469307 * 24, rel=1e-15)
+    assert cl.to_declared(cl.value) == pytest.approx(0.00469307, rel=1e-15)
+    assert model.spec.covariate_names == ("WGT", "APGR")
+
+
+def test_covariate_parameters_enter_the_equations_like_any_other():
+    """One 25 mg bolus into a 1.4 kg neonate with Apgar 7 (V = POP_VC WGT) and one with Apgar 3
+    (V larger by 1 + COVAPGR): C(t) = D/V exp(-CL/V t), CL = POP_CL WGT."""
+    model = il2treg.load_model(PHENO_MODEL)
+    regimen = il2treg.Regimen(times=[0.0], amounts=[25.0])
+    t = np.array([0.5, 2.0])
+    for apgar, factor in ((7.0, 1.0), (3.0, 1.1)):
+        params = model.typical().replace(WGT=1.4, APGR=apgar)
+        sim = il2treg.simulate(model, regimen, t, params)
+        cl, v = 0.00469307 * 24 * 1.4, 1.00916 * 1.4 * factor
+        np.testing.assert_allclose(np.asarray(sim.values)[..., 0].ravel(), 25 / v * np.exp(-cl / v * t), rtol=1e-6)
+
+
+def test_a_covariate_parameter_has_no_variability(tmp_path):
+    import tomllib
+
+    doc = tomllib.loads(PHENO_MODEL.read_text())
+    doc["parameters"]["WGT"]["cv_percent"] = 10
+    path = tmp_path / "pheno.toml"
+    path.write_text(tomli_w.dumps(doc))
+    with pytest.raises(SpecError, match=r"parameter 'WGT': a covariate \(group = \"covariate\"\) is read from the data, so it has no variability"):
+        il2treg.load_model(path)

@@ -184,15 +184,15 @@ def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_
     cv = table["cv_percent"]
     if isinstance(cv, bool) or not isinstance(cv, (int, float)) or cv < 0:
         raise SpecError(f"{here}: cv_percent must be a number >= 0, got {cv!r}.")
-    if cv > 0 and transform != "log":
-        raise SpecError(
-            f"{here}: between-patient variability is log-normal and needs transform = \"log\" "
-            f"(got {transform!r}). Fix: set cv_percent = 0 or transform = \"log\"."
-        )
     if table.get("group") == COVARIATE_GROUP and (cv > 0 or table.get("prior_sd") is not None):
         raise SpecError(
             f"{here}: a covariate (group = \"{COVARIATE_GROUP}\") is read from the data, so it has no "
             "variability and no prior. Fix: set cv_percent = 0 and remove prior_sd."
+        )
+    if cv > 0 and transform != "log":
+        raise SpecError(
+            f"{here}: between-patient variability is log-normal and needs transform = \"log\" "
+            f"(got {transform!r}). Fix: set cv_percent = 0 or transform = \"log\"."
         )
     source = table["source"]
     if not isinstance(source, str) or not source.strip():
