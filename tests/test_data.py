@@ -121,8 +121,8 @@ def test_single_column_file_is_not_a_table(tmp_path):
     assert_data_error(
         path,
         f"file '{path}' is not a comma-separated table: the header has a single column "
-        "'ID;TIME;EVID;AMT;DVID;DV;CENS;MDV;ARM;WT'. Fix: separate columns with commas (not "
-        "semicolons or tabs), starting with the header ID,TIME,EVID,AMT,DVID,DV.",
+        "'ID;TIME;EVID;AMT;DVID;DV;CENS;MDV;ARM;WT'. Fix: separate columns with commas, or with "
+        "spaces as NONMEM's files do (not semicolons), starting with the header ID,TIME,EVID,AMT,DVID,DV.",
         column=None,
         row=None,
     )
@@ -142,8 +142,8 @@ def test_ragged_row_is_rejected_with_row_number(tmp_path):
     path = write(tmp_path, table((3, "1,0.25,0,,il2_pM,1,1,0,ILT-101,64,extra")))
     assert_data_error(
         path,
-        "row 3 has 11 fields but the header has 10. Fix: give every row 10 comma-separated "
-        "fields (quote values containing commas).",
+        "row 3 has 11 fields but the header has 10. Fix: give every row 10 fields (in a CSV file, "
+        "quote values containing commas).",
         column=None,
         row=3,
     )

@@ -323,18 +323,44 @@ def test_pheno_fit_file_reads_hours_and_drops_columns(tmp_path):
         (lambda t: t.replace('covariance_matrix = "sandwich"', 'covariance_matrix = "S"'), r"covariance_matrix must be one of 'hessian', 'sandwich', got 'S'"),
         (lambda t: t + "\n[parameters.WGT]\n", r"\[parameters.WGT\]: 'WGT' is a covariate of the model, read per patient from the data column 'WGT'"),
         (lambda t: t.replace('data = "pheno.dta"', 'data = "il2treg:lupil2_virtual"'), r"time_unit and drop apply to a data file"),
+        (lambda t: t.replace('time_unit = "h"', 'time_unit = ["h"]'), r"time_unit must be one of 'day', 'h'"),
+        (lambda t: 'priors = "model"\n' + t, r"covariance_matrix = \"sandwich\" with priors = 'model'"),
     ],
-    ids=["time-unit", "drop-not-list", "drop-too-few", "curvature", "covariance-matrix", "estimated-covariate", "packaged-data"],
+    ids=["time-unit", "drop-not-list", "drop-too-few", "curvature", "covariance-matrix", "estimated-covariate", "packaged-data", "time-unit-list", "sandwich-priors"],
 )
 def test_bad_nonmem_keys_are_one_clear_error(tmp_path, edit, message):
     with pytest.raises(InputError, match=message):
         read_fit_spec(_pheno_spec(tmp_path, edit))
 
 
-def test_data_without_the_models_covariate_is_refused(tmp_path):
-    from il2treg.fit.problem import make_problem
+def test_model_covariates_are_converted_to_internal_units_and_checked_against_bounds(tmp_path):
+    """A covariate in weeks is held in days like the model's own value (x7); a value outside
+    the model's bounds (weight in grams, say) is refused, naming the subject."""
+    from il2treg.fit.problem import make_problem, problem_patients
 
-    data = (PHENO / "pheno.dta").read_text().replace(" APGR ", " APGAR ", 1)
-    spec = read_fit_spec(_pheno_spec(tmp_path, data=data))
-    with pytest.raises(SpecError, match=r"the model reads covariate 'APGR' from the data, but the data have no numeric column 'APGR'. Fix: add the column"):
+    model = (PHENO / "pheno.toml").read_text() + (
+        '\n[parameters.AGE]\nvalue = 1\nunit = "week"\nbounds = [0, 52]\ntransform = "identity"\n'
+        'cv_percent = 0\ngroup = "covariate"\nsource = "covariate: the data"\n'
+    )
+    lines = (PHENO / "pheno.dta").read_text().splitlines()
+    data = "\n".join([lines[0] + " AGE"] + [line + f" {int(line.split()[0]) % 5}" for line in lines[1:]]) + "\n"
+    path = _pheno_spec(tmp_path, data=data)
+    (tmp_path / "pheno.toml").write_text(model)
+    spec = read_fit_spec(path)
+    problem = make_problem(spec.model, spec.dataset, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas)
+    assert problem.bound == ("WGT", "APGR", "AGE")
+    covariates = np.asarray(problem_patients(problem, spec.dataset).covariates)
+    np.testing.assert_array_equal(covariates[:, 2], 7.0 * (np.asarray(spec.dataset.ids) % 5))
+    np.testing.assert_array_equal(covariates[:, 0], spec.dataset.covariates["WGT"])
+    grams = data.replace(" 1.4 ", " 1400 ", 1)  # subject 1's first row... and all its rows
+    grams = "\n".join(line.replace(" 1.4 ", " 1400 ") if line.split()[0] == "1" else line for line in grams.splitlines()) + "\n"
+    (tmp_path / "pheno.dta").write_text(grams)
+    spec = read_fit_spec(path)
+    with pytest.raises(SpecError, match=r"covariate 'WGT' of subject 1 is 1400 kg, outside the model's bounds \[0.1, 10\] kg"):
         make_problem(spec.model, spec.dataset, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas)
+
+
+def test_a_missing_model_covariate_is_found_when_the_fit_file_is_read(tmp_path):
+    data = (PHENO / "pheno.dta").read_text().replace(" APGR ", " APGAR ", 1)
+    with pytest.raises(SpecError, match=r"fit.toml: the model reads the covariate 'APGR' per patient from the data, but the data \(pheno.dta\) have no numeric column 'APGR'"):
+        read_fit_spec(_pheno_spec(tmp_path, data=data))

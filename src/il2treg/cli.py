@@ -281,12 +281,15 @@ def diagnose(
 def data_check(
     file: Path = typer.Argument(..., help="CSV in il2treg's data format"),
     model: str = typer.Option("il2_treg_sledai", help="model name in models/ or path to a TOML file: its observables are the DVIDs"),
+    time_unit: str = typer.Option("day", help="the unit of the file's TIME: day or h"),
+    drop: list[str] = typer.Option([], help="a column to leave out (NONMEM's $INPUT NAME=DROP); repeat for more"),
 ) -> None:
     """Validate a biomarker data file for a model and print a one-screen summary."""
     import il2treg
     from il2treg.data import check_file
 
-    console.print(check_file(file, observables=il2treg.load_model(model).observable_names), highlight=False)
+    summary = check_file(file, observables=il2treg.load_model(model).observable_names, time_unit=time_unit, drop=tuple(drop))
+    console.print(summary, highlight=False)
 
 
 @regimens_app.command("list")

@@ -327,7 +327,7 @@ def read_dataset(
         DataError: the first failed check, with ``.column``, ``.row`` (1-based data row) and a
             message giving cause, place and fix.
     """
-    if time_unit not in TIME_UNITS:
+    if not isinstance(time_unit, str) or time_unit not in TIME_UNITS:
         raise InputError(f"time_unit {time_unit!r} is not known. Fix: use one of {', '.join(map(repr, TIME_UNITS))}.")
     if isinstance(source, pd.DataFrame):
         where = "the table"
@@ -340,13 +340,22 @@ def read_dataset(
     return _build(cells, names, dict(aliases or {}), TIME_UNITS[time_unit])
 
 
-def check_file(path: str | os.PathLike[str], *, observables: Sequence[str] = OBSERVABLE_NAMES, aliases: Mapping[str, str] | None = None) -> str:
-    """Validate the dataset file ``path`` for a model with ``observables`` (``aliases`` as in
-    :func:`read_dataset`) and return its :meth:`Dataset.summary` text.
+def check_file(
+    path: str | os.PathLike[str],
+    *,
+    observables: Sequence[str] = OBSERVABLE_NAMES,
+    aliases: Mapping[str, str] | None = None,
+    time_unit: str = "day",
+    drop: Sequence[str] = (),
+) -> str:
+    """Validate the dataset file ``path`` for a model with ``observables`` (``aliases``,
+    ``time_unit`` and ``drop`` as in :func:`read_dataset`) and return its :meth:`Dataset.summary` text.
 
     Raises :class:`~il2treg.errors.DataError` as :func:`read_dataset` does.
     """
-    return f"File: {path} (valid)\n{read_dataset(path, observables=observables, aliases=aliases).summary()}"
+    data = read_dataset(path, observables=observables, aliases=aliases, time_unit=time_unit, drop=drop)
+    read = "" if time_unit == "day" else f"; TIME read in {time_unit}, held in days"
+    return f"File: {path} (valid{read})\n{data.summary()}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,7 +405,7 @@ def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple
     if len(header) == 1:
         raise DataError(
             f"{where} is not a comma-separated table: the header has a single column "
-            f"{header[0]!r}. Fix: separate columns with commas (not semicolons or tabs), "
+            f"{header[0]!r}. Fix: separate columns with commas, or with spaces as NONMEM's files do (not semicolons), "
             f"starting with the header {','.join(REQUIRED_COLUMNS)}."
         )
     if not rows:
@@ -405,7 +414,7 @@ def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple
         if len(row) != len(header):
             raise DataError(
                 f"row {r} has {len(row)} fields but the header has {len(header)}. Fix: give "
-                f"every row {len(header)} comma-separated fields (quote values containing commas).",
+                f"every row {len(header)} fields (in a CSV file, quote values containing commas).",
                 row=r,
             )
     for k, name in enumerate(header, start=1):

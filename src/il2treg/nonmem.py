@@ -122,7 +122,10 @@ def compare(result, nonmem: NonmemResults, labels: dict[str, tuple[str, str]]) -
     Returns:
         Columns ``parameter`` (the label), ``nonmem``, ``il2treg``, ``relative_difference``,
         ``nonmem_se``, ``il2treg_se``, ``se_relative_difference``; the last row is ``OFV``
-        (il2treg's without :math:`n_{obs} \\log 2\\pi`, the difference absolute, no SEs).
+        (il2treg's without :math:`n_{obs} \\log 2\\pi`, the difference absolute, no SEs). The
+        constant is exact when every observation is continuous and uncensored (as in pheno);
+        censored (M3) and ordinal rows carry no :math:`\\log 2\\pi` in either program, so for
+        such data add theirs back.
     """
     table = result.estimates.set_index("parameter")
     rows = []
@@ -135,12 +138,17 @@ def compare(result, nonmem: NonmemResults, labels: dict[str, tuple[str, str]]) -
         if name.startswith(("omega_", "sigma_")):  # NONMEM's variances
             value, se = value**2, 2.0 * abs(value) * se
         reference, reference_se = nonmem.estimates[column], nonmem.standard_errors.get(column, math.nan)
-        rows.append({"parameter": label, "nonmem": reference, "il2treg": value, "relative_difference": value / reference - 1.0,
-                     "nonmem_se": reference_se, "il2treg_se": se, "se_relative_difference": se / reference_se - 1.0})  # fmt: skip
+        rows.append({"parameter": label, "nonmem": reference, "il2treg": value, "relative_difference": _relative(value, reference),
+                     "nonmem_se": reference_se, "il2treg_se": se, "se_relative_difference": _relative(se, reference_se)})  # fmt: skip
     ofv = result.ofv - result.n_observations * _LOG_2PI
     rows.append({"parameter": "OFV", "nonmem": nonmem.ofv, "il2treg": ofv, "relative_difference": ofv - nonmem.ofv,
                  "nonmem_se": math.nan, "il2treg_se": math.nan, "se_relative_difference": math.nan})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _relative(value: float, reference: float) -> float:
+    """value / reference - 1; NaN where the reference is 0 (a fixed 0, an off-diagonal OMEGA) or not a number."""
+    return value / reference - 1.0 if reference and math.isfinite(reference) else math.nan
 
 
 def compare_file(result, path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -163,4 +171,7 @@ def compare_file(result, path: str | os.PathLike[str]) -> pd.DataFrame:
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
             raise InputError(f"'{file}': labels.{name} must be [label, NONMEM column], got {pair!r}. Fix: e.g. {name} = [\"IIV_CL\", \"OMEGA(1,1)\"].")
         labels[name] = (pair[0], pair[1])
-    return compare(result, read_ext(file.parent / doc["ext"]), labels)
+    try:
+        return compare(result, read_ext(file.parent / doc["ext"]), labels)
+    except InputError as err:
+        raise InputError(f"'{file}': {err}") from None

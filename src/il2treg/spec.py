@@ -68,8 +68,9 @@ class ParamSpec:
         prior_center: its centre in internal units: the declared value (kept when a fit
             changes ``value`` to start elsewhere).
         prior_source: the justification of that width.
-        scale: internal units per declared unit, where the file's reader converted a unit that
-            :mod:`il2treg.units` does not list (``L/h/kg`` held in ``L/day/kg``: 24); None: by
+        scale: internal units per declared unit (``L/h`` held in ``L/day``: 24), set by
+            :func:`parse_parameter` wherever the two differ, also for units
+            :mod:`il2treg.units` does not list (a model file's ``L/h/kg``); None: convert with
             :func:`il2treg.units.convert`.
     """
 

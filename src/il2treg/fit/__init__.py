@@ -14,7 +14,7 @@ from il2treg.fit.individual import InnerResult, batch_inner_solve, inner_solve
 from il2treg.fit.population import Objective
 from il2treg.fit.predictive import posterior_predictive
 from il2treg.fit.priors import Prior, PriorDefaults, model_priors, sampling_priors
-from il2treg.fit.problem import FitProblem, make_problem, patient_arrays, to_unconstrained
+from il2treg.fit.problem import FitProblem, make_problem, patient_arrays, problem_patients, to_unconstrained
 from il2treg.fit.profile import Profile, profile
 from il2treg.fit.result import FitResult, load_fit
 from il2treg.fit.result import save as save_fit
@@ -45,6 +45,7 @@ __all__ = [
     "natural_estimates",
     "patient_arrays",
     "posterior_predictive",
+    "problem_patients",
     "profile",
     "read_fit_spec",
     "run_fit",

@@ -15,7 +15,8 @@ near the optimum were measured on a 30-patient fit).
 
 **Uncertainty.** The covariance of :math:`\hat\psi` is :math:`2 R^{-1}` with :math:`R` the Hessian
 of the OFV (= −2LL), obtained by forward differences of the exact gradient (each at the EBEs
-predicted from their exact slopes; :func:`ofv_hessian`) and symmetrised. Standard errors on the natural scale by the delta method; 95% intervals
+predicted from their exact slopes; :func:`ofv_hessian`) and symmetrised; or NONMEM's default, the
+sandwich :math:`R^{-1} S R^{-1}` (:func:`estimate_covariance`, ``covariance_matrix``). Standard errors on the natural scale by the delta method; 95% intervals
 are computed on the estimation scale and transformed back, so they respect bounds.
 
 **EBEs** are started from several points (:func:`multistart`) when the estimation ends; if a
@@ -119,8 +120,10 @@ def fit_population(
     covariance: bool = True,
     outlier_iwres2: float = 25.0,
     callback: Callable[[dict], None] | None = None,
+    covariance_matrix: str = "hessian",
 ) -> PopulationFit:
-    """Estimate the population parameters from ``psi0`` (see the module docstring)."""
+    """Estimate the population parameters from ``psi0`` (see the module docstring);
+    ``covariance_matrix``: :func:`estimate_covariance`'s ``kind``."""
     start = time.time()
     n = objective.patients.obs_time.shape[0]
     psi = jnp.asarray(psi0, dtype=jnp.float64)
@@ -145,7 +148,7 @@ def fit_population(
         # so that the reported psi, OFV and EBEs belong together
         psi, inner, ofv, it, converged, history = minimise_ofv(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
     n_obs = int(np.sum(include[:, None] & np.asarray(objective.patients.obs_mask)))
-    cov = estimate_covariance(objective, psi, inner, include) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
+    cov = estimate_covariance(objective, psi, inner, include, kind=covariance_matrix) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
     return PopulationFit(
         psi=psi, psi_names=objective.problem.psi_names, ofv=ofv, covariance=cov, eta=inner.eta,
         inner_status=inner.status, included=jnp.asarray(include), iterations=it, converged=converged,

@@ -80,9 +80,10 @@ class FitProblem:
         options: solver options (forward-mode adjoint: fits use forward sensitivities).
         covariates: covariate effects, their coefficients estimated.
         curvature: the curvature of each observation's −2LL in the Laplace Hessian of the
-            objective: ``"observed"`` (its second derivative at the data, floored at 0) or
-            ``"expected"`` (without the terms in the residuals: NONMEM's FOCE-I,
-            :func:`il2treg.likelihood.expected_curvature`).
+            objective (the OFV and its gradient only; the EBE search and the Laplace covariances
+            of the EBEs that SAEM and NUTS use keep the observed one): ``"observed"`` (its second
+            derivative at the data, floored at 0) or ``"expected"`` (without the terms in the
+            residuals: NONMEM's FOCE-I, :func:`il2treg.likelihood.expected_curvature`).
         bound: the model's covariate parameters, each patient's value read from the data column
             of the same name (``PatientData.covariates`` after the effects' columns).
     """
@@ -199,6 +200,13 @@ def make_problem(
         values = np.asarray(data.covariates[name], dtype=float)
         if not np.all(np.isfinite(values)):
             raise SpecError(f"covariate {name!r}, which the model reads, is missing for subject {data.ids[int(np.argmax(~np.isfinite(values)))]!r}. Fix: fill it in.")
+        ps = model.spec[name]
+        lo, hi = ps.to_declared(ps.bounds[0]), ps.to_declared(ps.bounds[1])
+        outside = (values < lo) | (values > hi)
+        if outside.any():
+            k = int(np.argmax(outside))
+            raise SpecError(f"covariate {name!r} of subject {data.ids[k]!r} is {values[k]:g} {ps.unit}, outside the model's bounds [{lo:g}, {hi:g}] {ps.unit}. "
+                            f"Fix: check the data's unit (the model reads {name} in {ps.unit}) or widen the bounds in the model file.")  # fmt: skip
     if data.dvid_names != model.observable_names:
         raise SpecError(f"the data's observation types ({', '.join(data.dvid_names)}) are not the model's observables ({', '.join(model.observable_names)}). "
                         "Fix: read the data with read_dataset(..., observables=model.observable_names).")  # fmt: skip
@@ -279,6 +287,9 @@ def covariate_theta(problem: FitProblem, theta, beta, covariates: Float[Array, "
     """The patient's typical values: the model's covariates set to the patient's (``covariates``
     after the effects' columns), then the covariate effects applied to ``theta``."""
     names = problem.model.parameter_names
+    if covariates.shape[-1] != len(problem.covariates) + len(problem.bound):
+        raise SpecError(f"the patients' covariate arrays have {covariates.shape[-1]} columns but the fit reads {len(problem.covariates) + len(problem.bound)} "
+                        "(its covariate effects', then the model's covariates). Fix: build the patients with problem_patients(problem, data).")  # fmt: skip
     if problem.bound:
         idx = jnp.asarray([names.index(n) for n in problem.bound])
         theta = theta.at[idx].set(covariates[len(problem.covariates) :])
@@ -336,8 +347,15 @@ def patient_arrays(
 
 
 def problem_patients(problem: FitProblem, data: Dataset, use: tuple[str, ...] | None = None) -> PatientData:
-    """:func:`patient_arrays` with the covariate columns ``problem`` reads (its effects', then the model's)."""
-    return patient_arrays(data, problem.covariates, use, problem.bound)
+    """:func:`patient_arrays` with the covariate columns ``problem`` reads: its effects', then the
+    model's covariates, these converted from the unit of the model file (the data's) to the
+    internal one (``week`` to days, say), as the model's own values are."""
+    patients = patient_arrays(data, problem.covariates, use, problem.bound)
+    if not problem.bound:
+        return patients
+    scale = np.ones(patients.covariates.shape[-1])
+    scale[len(problem.covariates) :] = [problem.model.spec[n].to_internal(1.0) for n in problem.bound]
+    return eqx.tree_at(lambda p: p.covariates, patients, patients.covariates * jnp.asarray(scale))
 
 
 def individual_theta(problem: FitProblem, theta: Float[Array, " params"], eta: Float[Array, " eta"]) -> Float[Array, " params"]:

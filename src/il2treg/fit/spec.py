@@ -224,6 +224,8 @@ class FitSpec:
         priors: ``"none"`` or ``"model"`` (the model's priors as a penalty on the OFV).
         nuts: NUTS settings (:class:`il2treg.fit.bayes.NutsSettings`).
         saem: SAEM settings (:class:`il2treg.fit.saem.SaemSettings`).
+        time_unit: the unit of the data file's TIME (``"day"`` or ``"h"``); the dataset holds days.
+        drop: the data file's columns left out.
     """
 
     path: Path
@@ -243,6 +245,8 @@ class FitSpec:
     priors: str = "none"
     nuts: NutsSettings = NutsSettings()
     saem: SaemSettings = SaemSettings()
+    time_unit: str = "day"
+    drop: tuple[str, ...] = ()
 
     @property
     def fixed(self) -> tuple[str, ...]:
@@ -318,7 +322,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     for alias, target in aliases.items():
         _known_dvid(target, where, f"dvids.{alias}", names)
     time_unit = doc.get("time_unit", "day")
-    if time_unit not in TIME_UNITS:
+    if not isinstance(time_unit, str) or time_unit not in TIME_UNITS:
         raise SpecError(f"{where}: time_unit must be one of {', '.join(map(repr, TIME_UNITS))} (the unit of the data's TIME), got {time_unit!r}.")
     drop = doc.get("drop", [])
     if not isinstance(drop, list) or not all(isinstance(c, str) for c in drop):
@@ -352,6 +356,9 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
         saem = SaemSettings(**saem_table)
     except SpecError as err:
         raise SpecError(f"{where}: {err}") from None
+    if optimiser.covariance_matrix == "sandwich" and priors != "none":
+        raise SpecError(f"{where}: covariance_matrix = \"sandwich\" with priors = {priors!r}: the sandwich's S holds the data's gradients only, not the priors'. "
+                        "Fix: use covariance_matrix = \"hessian\" with priors, or priors = \"none\".")  # fmt: skip
     if not 0.0 <= sri4.bilag_pga_keep <= 1.0:
         raise SpecError(f"{where}: [sri4] bilag_pga_keep must be a probability in [0, 1], got {sri4.bilag_pga_keep!r}.")
 
@@ -368,7 +375,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     return FitSpec(
         path=path, text=text, name=name, description=description, model_source=doc["model"], data_source=doc["data"],
         model=model, dataset=dataset, parameters=parameters, covariates=covariates, errors=errors, ignore_dvids=tuple(ignore),
-        optimiser=optimiser, sri4=sri4, priors=priors, nuts=nuts, saem=saem,
+        optimiser=optimiser, sri4=sri4, priors=priors, nuts=nuts, saem=saem, time_unit=time_unit, drop=tuple(drop),
     )  # fmt: skip
 
 
@@ -610,6 +617,12 @@ def _check_against_data(dataset: Dataset, parameters, errors, ignore, model: Mod
             raise SpecError(
                 f"{where}: [error.{e.dvid}] estimates {', '.join(e.estimate)} but the data ({source}) have no {e.dvid!r} observation. "
                 f"Fix: set estimate = [] or remove [error.{e.dvid}], or add {e.dvid} data."
+            )
+    for name in model.spec.covariate_names:
+        if name not in dataset.covariates or name in dict(dataset.covariate_levels):
+            raise SpecError(
+                f"{where}: the model reads the covariate {name!r} per patient from the data, but the data ({source}) have no numeric column {name!r} "
+                f"(their covariates: {', '.join(dataset.covariates) or 'none'}). Fix: add the column, one value per subject."
             )
     for p in parameters:
         target = _ACTS_ONLY_ON.get(model.spec[p.name].group)
