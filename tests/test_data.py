@@ -189,12 +189,12 @@ def test_missing_required_column_is_named(tmp_path):
 
 def test_nonmem_dosing_columns_are_rejected_not_ignored(tmp_path):
     rows = [r + ",0" for r in ROWS]
-    path = write(tmp_path, table(header=HEADER + ",ADDL", rows=rows))
+    path = write(tmp_path, table(header=HEADER + ",RATE", rows=rows))
     assert_data_error(
         path,
-        "column 'ADDL' is not supported. Fix: drop it; write one EVID=1 row per subcutaneous "
-        "bolus dose (expand ADDL/II) and identify observations by DVID.",
-        column="ADDL",
+        "column 'RATE' is not supported. Fix: drop it; write one EVID=1 row per "
+        "bolus dose (ADDL/II may repeat it) and identify observations by DVID.",
+        column="RATE",
         row=None,
     )
 
@@ -708,3 +708,99 @@ def test_nonmem_conventions_keep_their_errors(tmp_path):
     missing = NONMEM_DTA.replace("17.3", " .  ")
     with pytest.raises(DataError, match=r"DV is missing on observation row 2 \(conc\)"):
         read_dataset(write(tmp_path, missing, "missing.dta"), observables=("conc",), drop=("FA1", "FA2"))
+
+
+# ----------------------------------------------------------------------------------------------
+# ADDL / II: additional doses
+
+
+def _compress_doses(text: str) -> str:
+    """pheno.dta with each run of equal doses at equal intervals (hours) written as one row with ADDL/II."""
+    lines = text.splitlines()
+    out = [lines[0] + " ADDL II"]
+    rows = [line.split() for line in lines[1:]]
+    k = 0
+    while k < len(rows):
+        row = rows[k]
+        if float(row[2]) == 0:  # an observation
+            out.append(" ".join(row) + " 0 0")
+            k += 1
+            continue
+        run = [k]  # doses of this ID, consecutive among the dose rows, same amount and interval
+        doses = [j for j in range(k + 1, len(rows)) if rows[j][0] == row[0] and float(rows[j][2]) > 0]
+        for j in doses:
+            if float(rows[j][2]) != float(row[2]):
+                break
+            if len(run) > 1 and float(rows[j][1]) - float(rows[run[-1]][1]) != float(rows[run[1]][1]) - float(rows[run[0]][1]):
+                break
+            run.append(j)
+        if len(run) > 1:
+            ii = float(rows[run[1]][1]) - float(rows[run[0]][1])
+            out.append(" ".join(row) + f" {len(run) - 1} {ii:g}")
+        else:
+            out.append(" ".join(row) + " 0 0")
+        skip = set(run[1:])
+        rows = [r for j, r in enumerate(rows) if j not in skip]
+        k += 1
+    return "\n".join(out) + "\n"
+
+
+def test_addl_ii_in_hours_read_as_the_doses_written_out_one_by_one(tmp_path):
+    """pheno.dta with its regular dose runs folded into ADDL/II rows (hours) gives the same
+    arrays as pheno.dta itself, and its to_frame() (days, one row per dose) reads back the same."""
+    from pathlib import Path
+
+    pheno = (Path(__file__).resolve().parents[1] / "fits" / "pheno" / "pheno.dta").read_text()
+    compressed = _compress_doses(pheno)
+    n_addl = sum(int(line.split()[-2]) > 0 for line in compressed.splitlines()[1:])
+    assert n_addl >= 20 and len(compressed.splitlines()) < len(pheno.splitlines()) - 100  # the folding is real
+    kw = {"observables": ("conc",), "time_unit": "h", "drop": ("FA1", "FA2")}
+    a = read_dataset(write(tmp_path, pheno, "pheno.dta"), **kw)
+    b = read_dataset(write(tmp_path, compressed, "addl.dta"), **kw)
+    for field in ("obs_time", "obs_value", "dose_amount"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    # t0 + j * II in binary is not always the decimal time written: equal to rounding (1e-15 relative)
+    np.testing.assert_allclose(a.dose_time, b.dose_time, rtol=1e-15, atol=0)
+    c = read_dataset(b.to_frame(), observables=("conc",))
+    for field in ("obs_time", "obs_value", "dose_time", "dose_amount"):
+        np.testing.assert_array_equal(getattr(b, field), getattr(c, field), err_msg=field)
+
+
+ADDL_HEADER = "ID,TIME,EVID,AMT,DVID,DV,ADDL,II"
+
+
+@pytest.mark.parametrize(
+    "row, message, column",
+    [
+        ("1,0,1,100,,,-1,24", "ADDL is -1 on dose row 1. Fix: ADDL counts additional doses: a whole number, 0 or more.", "ADDL"),
+        ("1,0,1,100,,,1.5,24", "ADDL is 1.5 on dose row 1. Fix: ADDL counts additional doses: a whole number, 0 or more.", "ADDL"),
+        ("1,0,1,100,,,2,-12", "II is negative (-12) on dose row 1. Fix: II is the dosing interval, in TIME's unit, 0 or more.", "II"),
+        ("1,0,1,100,,,2,0", "dose row 1 has ADDL 2 but II is 0. Fix: give the interval between its additional doses in II (TIME's unit), or set ADDL 0.", "II"),
+        ("1,0,1,100,,,2,", "dose row 1 has ADDL 2 but II is 0. Fix: give the interval between its additional doses in II (TIME's unit), or set ADDL 0.", "II"),
+        ("1,0,1,100,,,x,24", "ADDL must be a finite number; row 1 has 'x'. Fix: ADDL counts the additional doses of a dose row: 0, 1, 2, ... (empty means 0).", "ADDL"),
+        ("1,0,1,100,,,2,y", "II must be a finite number; row 1 has 'y'. Fix: II is the interval between a dose row's additional doses, in TIME's unit (empty means 0).", "II"),
+        ("1,0,0,,conc,5,2,24", "ADDL is 2 on observation row 1. Fix: ADDL and II belong to dose rows; leave them empty or 0 on observations.", "ADDL"),
+        ("1,0,0,,conc,5,0,24", "II is 24 on observation row 1. Fix: ADDL and II belong to dose rows; leave them empty or 0 on observations.", "II"),
+    ],
+    ids=["negative", "fraction", "negative-ii", "zero-ii", "empty-ii", "text-addl", "text-ii", "addl-on-observation", "ii-on-observation"],
+)
+def test_bad_addl_ii_is_one_clear_error(tmp_path, row, message, column):
+    path = write(tmp_path, f"{ADDL_HEADER}\n{row}\n1,1,0,,conc,4,0,0\n")
+    with pytest.raises(DataError) as info:
+        read_dataset(path, observables=("conc",))
+    assert (str(info.value), info.value.column, info.value.row) == (message, column, 1)
+
+
+def test_addl_without_an_ii_column_is_named(tmp_path):
+    path = write(tmp_path, "ID,TIME,EVID,AMT,DVID,DV,ADDL\n1,0,1,100,,,3\n1,1,0,,conc,4,0\n")
+    with pytest.raises(DataError, match=r"dose row 1 has ADDL 3 but there is no II column"):
+        read_dataset(path, observables=("conc",))
+
+
+def test_additional_doses_interleave_with_later_rows_in_time(tmp_path):
+    """Doses every 12 h from 0 (ADDL 3) and a dose of 50 at 18 h: doses at 0, 12, 18, 24, 36 h."""
+    path = write(tmp_path, f"{ADDL_HEADER}\n1,0,1,100,,,3,12\n1,6,0,,conc,4,,\n1,18,1,50,,,0,0\n1,40,0,,conc,2,,\n")
+    data = read_dataset(path, observables=("conc",), time_unit="h")
+    np.testing.assert_array_equal(data.dose_time[0] * 24, [0, 12, 18, 24, 36])
+    np.testing.assert_array_equal(data.dose_amount[0], [100, 100, 50, 100, 100])
+    np.testing.assert_array_equal(data.dose_row[0], [1, 1, 3, 1, 1])

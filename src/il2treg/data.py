@@ -20,6 +20,9 @@ DV      observed value in the DVID's unit (:data:`il2treg.observables.OBSERVABLE
 CENS    optional, default 0: 1 = below the lower limit of quantification (LLOQ), DV holds the
         LLOQ
 MDV     optional, default 0: 1 = missing DV; the row is kept and reported but not fitted
+ADDL    optional, default 0, dose rows only: additional doses of the row's amount, at
+        ``TIME + j * II`` for ``j = 1..ADDL`` exactly (NONMEM's additional doses)
+II      the interval between them, in TIME's unit (> 0 where ADDL > 0)
 other   covariates (``ARM``, ``SITE``, ``WT``, ``BSA``, ...), constant within an ID; a column
         whose values are all numbers is numeric, any other is categorical (text)
 ======  ==================================================================================
@@ -44,8 +47,8 @@ whitespace-separated, as NONMEM's ``.dta`` files are (a header line without comm
 Empty cells, ``.``, ``NA``, ``NaN`` and ``nan`` are missing values. Rows are numbered from 1 at
 the first data row after the header, in the table's order (blank lines in a CSV file are
 skipped and not counted). The rows of one ID need not be contiguous. The NONMEM columns
-``ADDL``, ``II``, ``SS``, ``RATE`` and ``CMT`` are rejected rather than ignored, because
-ignoring them would silently change the doses.
+``SS``, ``RATE`` and ``CMT`` are rejected rather than ignored, because ignoring them would
+silently change the doses.
 
 Validation
 ----------
@@ -81,10 +84,10 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "DVID", "DV")
 #: Units TIME may be written in; it is held in days.
 TIME_UNITS: dict[str, float] = {"day": 1.0, "h": 1.0 / 24.0}
 #: Columns with a default (0) when absent.
-OPTIONAL_COLUMNS: tuple[str, ...] = ("CENS", "MDV")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("CENS", "MDV", "ADDL", "II")
 
 _EVENT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-_UNSUPPORTED_COLUMNS = ("ADDL", "II", "SS", "RATE", "CMT")
+_UNSUPPORTED_COLUMNS = ("SS", "RATE", "CMT")
 _MISSING_TOKENS = frozenset({"", ".", "NA", "NaN", "nan"})
 _SHOWN_EXCLUDED = 10
 
@@ -120,7 +123,8 @@ class Dataset(eqx.Module):
             a subject without doses).
         dose_amount: doses in the unit of the model's dosing input (IU for the IL-2 model); 0.0 on padding. At least one column, so a dataset without
             doses still has width-1 dose arrays.
-        dose_row: 1-based row of the source table; 0 on padding.
+        dose_row: 1-based row of the source table (the additional doses of a row with ADDL
+            carry its number); 0 on padding.
         dvid_names: the observation types a DVID may name: the model's observables (static).
     """
 
@@ -257,7 +261,15 @@ class Dataset(eqx.Module):
                 values = np.where(values == "", None, values)
             frame[name] = values
         rows = np.concatenate([self.obs_row[obs_s, obs_j], self.dose_row[dose_s, dose_j]])
-        return frame.iloc[np.argsort(rows, kind="stable")].reset_index(drop=True)
+        order = np.argsort(rows, kind="stable")
+        # The additional doses of an ADDL row share its row number: within each subject the rows
+        # are put in time order (a no-op for a table without ADDL, which is in time order already).
+        by_subject = subject[order]
+        times = frame["TIME"].to_numpy()[order]
+        for s in np.unique(by_subject):
+            slots = np.flatnonzero(by_subject == s)
+            order[slots] = order[slots[np.argsort(times[slots], kind="stable")]]
+        return frame.iloc[order].reset_index(drop=True)
 
     def summary(self) -> str:
         """One screen of text: subjects, arms, sites, observations per DVID, doses, exclusions."""
@@ -454,7 +466,7 @@ def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple
         if name in header and name not in drop:
             raise DataError(
                 f"column {name!r} is not supported. Fix: drop it; write one EVID=1 row per "
-                "subcutaneous bolus dose (expand ADDL/II) and identify observations by DVID.",
+                "bolus dose (ADDL/II may repeat it) and identify observations by DVID.",
                 column=name,
             )
     return {name: [row[k] for row in rows] for k, name in enumerate(header) if name not in drop}
@@ -660,6 +672,8 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
                 row=r,
             )
 
+    addl, ii = _additional_doses(cells, is_dose)
+
     dvid = np.zeros(n_rows, dtype=np.int64)
     for r, (dose, cell) in enumerate(zip(is_dose, cells["DVID"], strict=True), start=1):
         if dose and not _is_missing(cell):
@@ -792,7 +806,40 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
                         row=k + 1,
                     )
 
-    return _pack(rows_of, covariates, time * days_per_unit, is_dose, amount, dvid, value, cens, mdv, names)
+    return _pack(rows_of, covariates, time, is_dose, amount, dvid, value, cens, mdv, names, addl, ii, days_per_unit)
+
+
+def _additional_doses(cells: dict[str, list[_Cell]], is_dose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ADDL and II per row (0 where absent), checked: a dose row's ADDL additional doses come
+    every II (in TIME's unit) after it, as NONMEM gives them."""
+    n_rows = len(is_dose)
+    absent = [None] * n_rows
+    addl = _numeric("ADDL", cells.get("ADDL", absent), "ADDL counts the additional doses of a dose row: 0, 1, 2, ... (empty means 0).")
+    ii = _numeric("II", cells.get("II", absent), "II is the interval between a dose row's additional doses, in TIME's unit (empty means 0).")
+    addl, ii = np.nan_to_num(addl), np.nan_to_num(ii)
+    for r in range(1, n_rows + 1):
+        dose, a, i = bool(is_dose[r - 1]), addl[r - 1], ii[r - 1]
+        if not dose and (a != 0 or i != 0):
+            column = "ADDL" if a != 0 else "II"
+            raise DataError(
+                f"{column} is {_number_text(a if a != 0 else i)} on observation row {r}. Fix: ADDL and II belong to dose rows; "
+                "leave them empty or 0 on observations.",
+                column=column,
+                row=r,
+            )
+        if a < 0 or a != round(a):
+            raise DataError(f"ADDL is {_number_text(a)} on dose row {r}. Fix: ADDL counts additional doses: a whole number, 0 or more.", column="ADDL", row=r)
+        if i < 0:
+            raise DataError(f"II is negative ({_number_text(i)}) on dose row {r}. Fix: II is the dosing interval, in TIME's unit, 0 or more.", column="II", row=r)
+        if a > 0 and i <= 0:
+            missing = "there is no II column" if "II" not in cells else f"II is {_number_text(i)}"
+            raise DataError(
+                f"dose row {r} has ADDL {_number_text(a)} but {missing}. Fix: give the interval between its additional doses in II "
+                "(TIME's unit), or set ADDL 0.",
+                column="II",
+                row=r,
+            )
+    return addl.astype(np.int64), ii
 
 
 def _key(value: object) -> object:
@@ -811,28 +858,41 @@ def _pack(
     cens: np.ndarray,
     mdv: np.ndarray,
     dvid_names: tuple[str, ...],
+    addl: np.ndarray | None = None,
+    ii: np.ndarray | None = None,
+    days_per_unit: float = 1.0,
 ) -> Dataset:
-    """Padded per-subject arrays from validated row-wise columns."""
+    """Padded per-subject arrays from validated row-wise columns, times in TIME's unit converted
+    to days (``days_per_unit``); a dose row with ADDL gives its additional doses at
+    ``time + j * ii`` (``j = 1..ADDL``; the sum in TIME's unit, then converted), each with the
+    row's number."""
+    addl = np.zeros(len(time), dtype=np.int64) if addl is None else addl
+    ii = np.zeros(len(time)) if ii is None else ii
     obs_of = [[k for k in rows if not is_dose[k]] for rows in rows_of.values()]
-    dose_of = [[k for k in rows if is_dose[k]] for rows in rows_of.values()]
+    dose_of = []
+    for rows in rows_of.values():
+        doses = [((time[k] + j * ii[k]) * days_per_unit, amount[k], k + 1) for k in rows if is_dose[k] for j in range(int(addl[k]) + 1)]
+        dose_of.append(sorted(doses, key=lambda d: d[0]))  # stable: rows at one time keep their order
     n_sub = len(rows_of)
     n_obs = max(len(rows) for rows in obs_of)
-    n_dose = max(1, max(len(rows) for rows in dose_of))
+    n_dose = max(1, max(len(doses) for doses in dose_of))
 
     obs_index = np.zeros((n_sub, n_obs), dtype=np.int64)
     obs_real = np.zeros((n_sub, n_obs), dtype=bool)
-    dose_index = np.zeros((n_sub, n_dose), dtype=np.int64)
-    dose_real = np.zeros((n_sub, n_dose), dtype=bool)
+    dose_time = np.zeros((n_sub, n_dose))
+    dose_amount = np.zeros((n_sub, n_dose))
+    dose_row = np.zeros((n_sub, n_dose), dtype=np.int64)
     for s, (obs, doses) in enumerate(zip(obs_of, dose_of, strict=True)):
         # Padding points at the subject's last row, so padded times repeat the last real one.
         obs_index[s] = obs + [obs[-1]] * (n_obs - len(obs))
         obs_real[s, : len(obs)] = True
         if doses:
-            dose_index[s] = doses + [doses[-1]] * (n_dose - len(doses))
-            dose_real[s, : len(doses)] = True
+            t, a, r = (np.asarray(c) for c in zip(*doses, strict=True))
+            dose_time[s] = np.concatenate([t, np.full(n_dose - len(t), t[-1])])
+            dose_amount[s, : len(a)] = a
+            dose_row[s, : len(r)] = r
 
     dv_missing = np.isnan(value[obs_index]) & obs_real
-    has_dose = dose_real.any(axis=1, keepdims=True)
     first_rows = [rows[0] for rows in rows_of.values()]
     numeric = {}
     levels = []
@@ -848,16 +908,16 @@ def _pack(
         ids=tuple(rows_of),
         covariates=numeric,
         covariate_levels=tuple(levels),
-        obs_time=time[obs_index],
+        obs_time=time[obs_index] * days_per_unit,
         obs_dvid=np.where(obs_real, dvid[obs_index], 0),
         obs_value=np.where(obs_real & ~dv_missing, value[obs_index], 0.0),
         obs_cens=cens[obs_index] & obs_real,
         obs_mask=~mdv[obs_index] & obs_real,
         obs_dv_missing=dv_missing,
         obs_row=np.where(obs_real, obs_index + 1, 0),
-        dose_time=np.where(has_dose, time[dose_index], 0.0),
-        dose_amount=np.where(dose_real, amount[dose_index], 0.0),
-        dose_row=np.where(dose_real, dose_index + 1, 0),
+        dose_time=dose_time,
+        dose_amount=dose_amount,
+        dose_row=dose_row,
         dvid_names=dvid_names,
     )
 
