@@ -38,11 +38,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from il2treg.fit.assemble import initial_psi
 from il2treg.fit.bayes import eta_variances, make_target
 from il2treg.fit.population import Objective
 from il2treg.fit.priors import sampling_priors
 from il2treg.fit.problem import individual_theta, patient_arrays, predict, typical_theta, unpack
-from il2treg.fit.run import compute_fit, initial_psi
+from il2treg.fit.run import compute_fit
 from il2treg.fit.spec import read_fit_spec
 from il2treg.simulate import SolverOptions
 

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402 - after the IR dump is configured
 import il2treg  # noqa: E402
 from il2treg.diagnostics import diagnose  # noqa: E402
 from il2treg.fit import compute_fit, read_fit_spec  # noqa: E402
-from il2treg.fit.run import initial_psi, make_objective  # noqa: E402
+from il2treg.fit.assemble import initial_psi, make_objective  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 _EVENTS = {

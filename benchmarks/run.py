@@ -127,11 +127,11 @@ def objective_gradient(n_patients: int = 100, fitted=None, copies: bool = True) 
     """
     from il2treg.data import read_dataset
     from il2treg.fit import read_fit_spec
+    from il2treg.fit.assemble import patient_theta, predict_all
     from il2treg.fit.bayes import eta_variances, make_target
     from il2treg.fit.population import Objective
     from il2treg.fit.priors import sampling_priors
     from il2treg.fit.problem import patient_arrays, predict, unpack
-    from il2treg.fit.run import _patient_theta, predict_all
 
     if fitted is None:
         result = il2treg.load_fit("fits/lupil2_virtual/results")
@@ -163,7 +163,7 @@ def objective_gradient(n_patients: int = 100, fitted=None, copies: bool = True) 
     out["forward"] = {"compile_s": comp, "first_s": first, "run_s": second, "batch_size": batch}
     # The same forward simulation chunked in data order (no il2treg.simulate.work_order): what
     # putting placebo and treated patients in separate chunks saves.
-    one = lambda args: predict(problem, _patient_theta(problem, up.theta, up.beta, args[0], args[1]), args[1])[0]
+    one = lambda args: predict(problem, patient_theta(problem, up.theta, up.beta, args[0], args[1]), args[1])[0]
     data_order = jax.jit(lambda eta: jax.lax.map(one, (eta, patients), batch_size=batch))
     _, first, comp = timed(lambda: data_order(inner.eta))
     second = best(lambda: data_order(inner.eta))
@@ -190,7 +190,7 @@ def objective_gradient(n_patients: int = 100, fitted=None, copies: bool = True) 
     # SAEM's population objective, the complete-data -2 log p(y, phi; psi), at the same point
     # (phi = log individual parameters at the EBEs): its gradient with the information
     # (il2treg.fit.saem.complete_score), and the forward solve of its E-step in the same chunks.
-    from il2treg.fit.saem import log_typical
+    from il2treg.fit.complete import log_typical
 
     phi = log_typical(problem, psi, patients) + inner.eta
     _, first, comp = timed(lambda: objective.data_terms(psi, phi))
@@ -215,8 +215,8 @@ def sensitivity_copies(problem, up, eta, patients, batch: int) -> dict:
     gives the cost per copy; the exact FOCE-I gradient needs
     :math:`1 + |F| + |S||F| - |S|(|S|-1)/2` distinct copies (the nested forward mode computes
     :math:`|S|(|S|+1)/2` of them twice)."""
+    from il2treg.fit.assemble import patient_theta
     from il2treg.fit.problem import expand
-    from il2treg.fit.run import _patient_theta
     from il2treg.simulate import ordered_map, work_order
 
     varied, random = problem.ode_varied, problem.ode_random
@@ -224,7 +224,7 @@ def sensitivity_copies(problem, up, eta, patients, batch: int) -> dict:
     rows = []
     for first, second in (((), ()), (random, ()), (varied, ()), (random, random), (varied, random)):
         def one(args, first=first, second=second):
-            ex = expand(problem, _patient_theta(problem, up.theta, up.beta, args[0], args[1]), args[1], first, second)
+            ex = expand(problem, patient_theta(problem, up.theta, up.beta, args[0], args[1]), args[1], first, second)
             return tuple(x for x in (ex.states, ex.d1, ex.d2) if x.size)  # lax.map cannot batch empty arrays
 
         solve = jax.jit(lambda eta, one=one: ordered_map(one, (eta, patients), order, batch))
@@ -363,6 +363,7 @@ def population_fit(spec_path: str, k_baseline: int) -> dict:
     from scipy.optimize import minimize
 
     from il2treg.fit import read_fit_spec
+    from il2treg.fit.assemble import initial_psi, make_objective
     from il2treg.fit.estimate import fit_population
     from il2treg.fit.population import _bracket
     from il2treg.fit.problem import (
@@ -371,7 +372,6 @@ def population_fit(spec_path: str, k_baseline: int) -> dict:
         individual_theta,
         unpack,
     )
-    from il2treg.fit.run import initial_psi, make_objective
 
     spec = read_fit_spec(spec_path)
     problem = spec.problem()

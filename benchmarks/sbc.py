@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from il2treg.fit.assemble import initial_psi
 from il2treg.fit.bayes import NutsSettings, Target, _chain
 from il2treg.fit.priors import PriorDefaults, sampling_priors
 from il2treg.fit.problem import patient_arrays, unpack
-from il2treg.fit.run import initial_psi
 from il2treg.fit.spec import read_fit_spec
 
 SPEC = Path(__file__).resolve().parents[1] / "fits" / "lupil2_nuts" / "fit.toml"

@@ -23,8 +23,8 @@ import numpy as np
 
 import il2treg
 from il2treg.fit import read_fit_spec
+from il2treg.fit.assemble import patient_theta
 from il2treg.fit.problem import patient_arrays, unpack
-from il2treg.fit.run import _patient_theta
 
 
 def steps(mechanism, theta, dose_time, dose_amount, t_end, rtol=1e-6, atol=1e-9, solver=None) -> int:
@@ -63,7 +63,7 @@ def main() -> None:
     treated = None
     for i in range(spec.dataset.n_subjects):
         patient = jax.tree.map(lambda x, i=i: x[i], patients)
-        theta = np.asarray(_patient_theta(problem, up.theta, up.beta, np.zeros(problem.n_eta), patient))
+        theta = np.asarray(patient_theta(problem, up.theta, up.beta, np.zeros(problem.n_eta), patient))
         dt, da = np.asarray(patient.dose_time), np.asarray(patient.dose_amount)
         arm = "IL-2" if np.any(da > 0) else "placebo"
         counts[arm].append(steps(mechanism, theta, dt, da, t_end))

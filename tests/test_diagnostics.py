@@ -14,8 +14,8 @@ import pytest
 from il2treg.data import read_dataset
 from il2treg.diagnostics import VPC_PERCENTILES, StratifiedVPC, diagnose, individual_curves, time_bins, vpc
 from il2treg.errors import InputError
+from il2treg.fit.assemble import predict_all
 from il2treg.fit.problem import patient_arrays, unpack
-from il2treg.fit.run import predict_all
 from il2treg.fit.spec import stored_spec
 
 pytestmark = pytest.mark.slow  # `make test-all` and CI run these; `make test` leaves them out

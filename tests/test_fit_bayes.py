@@ -13,11 +13,12 @@ from jax.flatten_util import ravel_pytree
 
 from il2treg.errors import InputError, SpecError
 from il2treg.fit import load_fit
+from il2treg.fit.assemble import initial_psi
 from il2treg.fit.bayes import NutsSettings, Target, make_target
 from il2treg.fit.priors import sampling_priors
 from il2treg.fit.problem import make_problem, patient_arrays
 from il2treg.fit.result import save
-from il2treg.fit.run import compute_fit, initial_psi
+from il2treg.fit.run import compute_fit
 from il2treg.fit.spec import read_fit_spec
 
 

@@ -110,7 +110,7 @@ from il2treg.fit import read_fit_spec
 from il2treg.fit.estimate import fit_population
 from il2treg.fit.population import Objective, ShardedObjective, make_parallel
 from il2treg.fit.problem import patient_arrays
-from il2treg.fit.run import initial_psi, make_objective
+from il2treg.fit.assemble import initial_psi, make_objective
 assert len(jax.local_devices()) == 2, jax.local_devices()
 spec = read_fit_spec("fits/lupil2_nuts/fit.toml")
 problem = spec.problem()

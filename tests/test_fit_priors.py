@@ -105,7 +105,7 @@ def test_objective_with_prior_adds_exactly_the_penalty(spec):
     res = spec.residual_model()
     plain = Objective(problem, patients, res)
     penalised = Objective(problem, patients, res, prior=model_priors(problem))
-    from il2treg.fit.run import initial_psi
+    from il2treg.fit.assemble import initial_psi
 
     psi = initial_psi(spec, problem, res) + 0.05
     inner = plain.inner(psi, jnp.zeros((patients.obs_time.shape[0], problem.n_eta)))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from il2treg.errors import SpecError
+from il2treg.fit.assemble import initial_psi
 from il2treg.fit.estimate import fit_population
 from il2treg.fit.population import Objective
 from il2treg.fit.problem import make_problem, patient_arrays
 from il2treg.fit.profile import CHI2_95, profile
-from il2treg.fit.run import initial_psi
 from il2treg.fit.spec import read_fit_spec
 
 pytestmark = pytest.mark.slow  # `make test-all` and CI run these; `make test` leaves them out

@@ -305,7 +305,7 @@ def test_run_fit_with_saem_writes_its_trace_and_settings(fitted, tmp_path):
 
 @pytest.mark.slow
 def test_write_figures_adds_the_vpc_stratified_by_a_covariate_when_asked(armed_diagnostics, tmp_path):
-    from il2treg.fit.run import write_figures
+    from il2treg.fit.figures import write_figures
 
     written = {p.name for p in write_figures(armed_diagnostics, tmp_path, vpc_by="ARM")}
     assert {"vpc_by_ARM_treg_per_uL.png", "vpc_by_ARM_tconv_per_uL.png"} <= written

@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 
 from il2treg.errors import SpecError
+from il2treg.fit.complete import log_typical, random_effect_term, score_directions
 from il2treg.fit.problem import from_unconstrained
-from il2treg.fit.saem import (
-    SaemSettings,
-    fit_saem,
-    log_typical,
-    random_effect_term,
-    score_directions,
-)
+from il2treg.fit.saem import SaemSettings, fit_saem
 
 #: A short run: enough for the estimates to leave a start 30% off and settle, not for a report.
 SHORT = SaemSettings(burn_in=2, explore=40, smooth=20, prior_draws=1, walk_steps=2, seed=0)

@@ -238,7 +238,7 @@ def test_cli_existing_results_folder_is_one_line_and_exit_2(monkeypatch, capsys,
 
 def test_score_change_probability_is_the_exact_sum_of_the_score_model():
     """Against a Monte Carlo of the score model (round, floor at 0), for steps 1 and 2."""
-    from il2treg.fit.run import score_change_probability
+    from il2treg.fit.assemble import score_change_probability
 
     rng = np.random.default_rng(0)
     l0, l1, sd = np.array([11.0, 6.0, 2.5]), np.array([4.5, 5.0, 0.3]), np.array([1.5, 2.0, 1.0])

@@ -19,6 +19,7 @@ from il2treg.regimen import Regimen
 from il2treg.sbml import export_sbml
 from il2treg.simulate import Simulation, SolverOptions, simulate, simulate_regimens
 from il2treg.trial import TrialDesign, TrialResult, load_design, simulate_trial
+from il2treg.version import __version__ as __version__
 
 __all__ = [
     "OBSERVABLES",
@@ -47,4 +48,3 @@ __all__ = [
     "simulate_trial",
     "units",
 ]
-__version__ = "0.1.0"

@@ -214,9 +214,9 @@ def profile(
 
     from il2treg._io import atomic_output_dir
     from il2treg.errors import InputError
+    from il2treg.fit.assemble import initial_psi, make_objective
     from il2treg.fit.estimate import fit_population
     from il2treg.fit.profile import profile as profile_of
-    from il2treg.fit.run import initial_psi, make_objective
     from il2treg.fit.spec import read_fit_spec
     from il2treg.plots import plot_profiles
 
@@ -255,8 +255,8 @@ def diagnose(
     from il2treg._io import atomic_output_dir
     from il2treg.diagnostics import diagnose as diagnose_fit
     from il2treg.errors import InputError
+    from il2treg.fit.figures import write_figures
     from il2treg.fit.result import load_fit
-    from il2treg.fit.run import write_figures
     from il2treg.fit.spec import stored_spec
 
     if out.exists() and not force:

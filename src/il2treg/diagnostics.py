@@ -64,9 +64,9 @@ from scipy import special
 
 from il2treg.data import Dataset, read_dataset
 from il2treg.errors import InputError
+from il2treg.fit.assemble import make_objective, observation_rows, predict_all
 from il2treg.fit.problem import FitProblem, PatientData, problem_patients, unpack
 from il2treg.fit.result import FitResult
-from il2treg.fit.run import make_objective, observation_rows, predict_all
 from il2treg.fit.spec import FitSpec, stored_spec
 from il2treg.likelihood import residual_sd, sample_observations
 from il2treg.observables import OBSERVABLES

@@ -440,7 +440,7 @@ def _table(arm: np.ndarray, doses: dict[str, Regimen], observed: dict[str, tuple
 def _truth(n: int, seed: int, model: Model, design: TrialDesign, overrides, effect: np.ndarray,
            covariates: pd.DataFrame, dropout_day: np.ndarray, declared: dict[str, np.ndarray]) -> dict:
     """The JSON-ready record of what generated a cohort."""
-    from il2treg import __version__
+    from il2treg.version import __version__
 
     n_high = design.n_high_response_sites
     patients = []

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from il2treg.fit.complete import complete_score, data_term
 from il2treg.fit.individual import (
     InnerResult,
     batch_inner_solve,
@@ -56,7 +57,6 @@ from il2treg.fit.problem import (
     typical_theta,
     unpack,
 )
-from il2treg.fit.saem import complete_score, data_term
 from il2treg.likelihood import ResidualModel, expected_curvature
 from il2treg.simulate import (
     default_workers,
@@ -196,14 +196,14 @@ class Objective(eqx.Module):
     @eqx.filter_jit
     def data_terms(self, psi, phi) -> tuple[Float[Array, " patients"], Array]:
         """SAEM: each patient's −2 log p(y_i | phi_i, psi) (inf where the solve fails) and solver
-        status, at log individual parameters ``phi`` (:func:`il2treg.fit.saem.data_term`)."""
+        status, at log individual parameters ``phi`` (:func:`il2treg.fit.complete.data_term`)."""
         term = lambda args: data_term(self.problem, psi, self.base_residual, args[0], args[1])
         return ordered_map(term, (phi, self.patients), work_order(self.patients.dose_amount), self.batch_size)
 
     @eqx.filter_jit
     def complete_scores(self, psi, phi):
         """SAEM: each patient's complete-data objective, its gradient in psi, its information and
-        whether they are finite (:func:`il2treg.fit.saem.complete_score`)."""
+        whether they are finite (:func:`il2treg.fit.complete.complete_score`)."""
         score = lambda args: complete_score(self.problem, psi, self.base_residual, args[0], args[1])
         return ordered_map(score, (phi, self.patients), work_order(self.patients.dose_amount), self.batch_size)
 

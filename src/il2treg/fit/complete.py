@@ -1,0 +1,96 @@
+r"""SAEM's complete-data model: each patient's terms of the objective SAEM minimises.
+
+In the individual parameters :math:`\phi_i = \log\theta_i` of the parameters with random effects
+(:mod:`il2treg.fit.saem` has the algorithm), patient :math:`i`'s complete-data objective is
+
+.. math::
+    c_i(\psi; \phi_i) = \underbrace{-2\log p(y_i \mid \phi_i, \psi)}_{d_i}
+        + \sum_k \Big( \frac{(\phi_{ik} - \mu_{ik}(\psi))^2}{\omega_k^2} + 2\log\omega_k \Big),
+
+:math:`\mu_i` the log of the patient's typical values (covariate effects applied). The
+population objective (:class:`il2treg.fit.population.Objective`) evaluates these per patient
+for SAEM, which is why they live apart from the algorithm.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from il2treg.fit.problem import (
+    FitProblem,
+    PatientData,
+    covariate_theta,
+    data_neg2ll,
+    expand,
+    expanded_predict,
+    predict,
+    typical_theta,
+    unpack,
+)
+from il2treg.likelihood import ResidualModel, neg2ll_terms
+
+
+def _random_index(problem: FitProblem):
+    names = problem.model.parameter_names
+    return jnp.asarray([names.index(n) for n in problem.random], dtype=jnp.int32)
+
+
+def individual_parameters(problem: FitProblem, psi, phi, patient: PatientData):
+    r"""(:math:`\theta_i`, :math:`\mu_i`): every parameter of the patient with the random-effect ones
+    at :math:`e^{\phi_i}`, and the log typical values :math:`\mu_i` of those."""
+    nf, ns = problem.n_fixed, problem.n_struct
+    typical = covariate_theta(problem, typical_theta(problem, psi[:nf]), psi[nf:ns], patient.covariates)
+    if not problem.n_eta:
+        return typical, jnp.zeros(0)
+    idx = _random_index(problem)
+    return typical.at[idx].set(jnp.exp(phi)), jnp.log(typical[idx])
+
+
+def data_term(problem: FitProblem, psi, base_residual: ResidualModel, phi, patient: PatientData):
+    """:math:`d_i`: −2 log p(y_i | phi_i, psi) by one forward solve (inf if the solve fails), and the solver status."""
+    theta, _ = individual_parameters(problem, psi, phi, patient)
+    pred, status = predict(problem, theta, patient)
+    d = data_neg2ll(unpack(problem, psi, base_residual).residual, pred, patient)
+    return jnp.where((status == 0) & jnp.isfinite(d), d, jnp.inf), status
+
+
+def random_effect_term(problem: FitProblem, psi, base_residual: ResidualModel, phi, patient: PatientData):
+    r""":math:`\sum_k (\phi_{ik} - \mu_{ik})^2/\omega_k^2 + 2\log\omega_k`."""
+    omega = unpack(problem, psi, base_residual).omega
+    _, mu = individual_parameters(problem, psi, phi, patient)
+    return jnp.sum((phi - mu) ** 2 / omega**2 + 2.0 * jnp.log(omega))
+
+
+def score_directions(problem: FitProblem) -> tuple[int, ...]:
+    """Model indices of the parameters in which the data term needs ODE sensitivities: those the
+    fit varies and the ODE reads, less those with a random effect (held at e^phi)."""
+    return tuple(k for k in problem.ode_varied if k not in problem.ode_random)
+
+
+def complete_score(problem: FitProblem, psi, base_residual: ResidualModel, phi, patient: PatientData):
+    r"""One patient's complete-data objective :math:`c_i`, its gradient in :math:`\psi` and the
+    information :math:`B_i` (module docstring), from one solve with first-order sensitivities in
+    :func:`score_directions`; and whether they are finite (the solve succeeded)."""
+    theta0, _ = individual_parameters(problem, psi, phi, patient)
+    ex = expand(problem, theta0, patient, score_directions(problem))
+
+    def observation_terms(p):
+        theta, _ = individual_parameters(problem, p, phi, patient)
+        pred = expanded_predict(problem, ex, theta, patient)
+        terms = neg2ll_terms(unpack(problem, p, base_residual).residual, pred, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask)
+        return terms, terms
+
+    per_obs, terms = jax.jacfwd(observation_terms, has_aux=True)(psi)  # [obs, psi]
+    re = lambda p: random_effect_term(problem, p, base_residual, phi, patient)
+    value = jnp.sum(terms) + re(psi)
+    grad = jnp.sum(per_obs, axis=0) + jax.grad(re)(psi)
+    info = 0.5 * per_obs.T @ per_obs + jax.hessian(re)(psi)
+    ok = (ex.status == 0) & jnp.isfinite(value) & jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(info))
+    return value, grad, info, ok
+
+
+def log_typical(problem: FitProblem, psi, patients: PatientData) -> Float[Array, "patients eta"]:
+    """:math:`\\mu_i` of every patient."""
+    return jax.vmap(lambda pat: individual_parameters(problem, psi, jnp.zeros(problem.n_eta), pat)[1])(patients)
