@@ -804,3 +804,12 @@ def test_additional_doses_interleave_with_later_rows_in_time(tmp_path):
     np.testing.assert_array_equal(data.dose_time[0] * 24, [0, 12, 18, 24, 36])
     np.testing.assert_array_equal(data.dose_amount[0], [100, 100, 50, 100, 100])
     np.testing.assert_array_equal(data.dose_row[0], [1, 1, 3, 1, 1])
+
+
+def test_a_subjects_events_read_as_a_table(tmp_path):
+    path = write(tmp_path, f"{ADDL_HEADER}\n1,0,1,100,,,2,12\n1,6,0,,conc,4,,\n2,0,1,50,,,0,0\n2,3,0,,conc,1,,\n")
+    data = read_dataset(path, observables=("conc",), time_unit="h")
+    events = data.events(1)
+    assert events[["TIME", "EVID", "AMT"]].to_numpy().tolist() == [[0.0, 1, 100.0], [0.25, 0, 0.0], [0.5, 1, 100.0], [1.0, 1, 100.0]]
+    with pytest.raises(DataError, match=r"no subject with ID 3 in the data \(IDs: 1, 2\)"):
+        data.events(3)

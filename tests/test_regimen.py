@@ -398,3 +398,26 @@ def test_literature_regimens_follow_their_sources():
         assert rg.named(name).name == name
     with pytest.raises(RegimenError, match="bsa_m2"):
         rg.named("dilfrequency", bsa_m2=-1.0)
+
+
+def test_a_regimen_prints_as_a_dose_table():
+    """print(regimen) is a table like mrgsolve's event objects, runs folded into ADDL/II."""
+    text = str(rg.lupil2())
+    assert text.splitlines() == [
+        "Regimen 'lupil2': 16 doses from day 0 to 77, 24000000 in total",
+        " time (day)   amount  input  addl  ii (day)",
+        "          0  1500000     sc     4         1",
+        "          7  1500000     sc    10         7",
+    ]
+    assert repr(rg.lupil2()) == text
+    table = rg.lupil2().table()
+    assert list(table.columns) == ["time", "amount", "input", "addl", "ii"]
+    assert table[["time", "addl", "ii"]].to_numpy().tolist() == [[0.0, 4, 1.0], [7.0, 10, 7.0]]
+    odd = rg.Regimen(times=[0.0, 1.0 / 3.0], amounts=[1.0, 2.5])
+    assert str(odd).splitlines()[1:] == [" time (day)  amount  input  addl  ii (day)",
+                                         "          0       1     sc     0         .",
+                                         "   0.333333     2.5     sc     0         ."]  # fmt: skip
+    assert str(rg.Regimen(times=[], amounts=[])) == "Regimen: no doses"
+    assert "2 patients (batched, 16 dose slots each)" in str(rg.stack([rg.lupil2(), rg.lupil2()]))
+    with pytest.raises(RegimenError, match=r"table\(\) needs unbatched regimens"):
+        rg.stack([rg.lupil2(), rg.lupil2()]).table()

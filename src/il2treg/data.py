@@ -271,6 +271,19 @@ class Dataset(eqx.Module):
             order[slots] = order[slots[np.argsort(times[slots], kind="stable")]]
         return frame.iloc[order].reset_index(drop=True)
 
+    def events(self, subject: _SubjectId) -> pd.DataFrame:
+        """One subject's rows of :meth:`to_frame` (doses and observations in time order, times in
+        days, each additional dose of an ADDL row on a row of its own): print it to read a
+        patient's events.
+
+        Raises:
+            DataError: ``subject`` is not an ID of the data (the message lists a few).
+        """
+        if subject not in self.ids:
+            shown = ", ".join(_id_text(s) for s in self.ids[:5]) + (", ..." if len(self.ids) > 5 else "")
+            raise DataError(f"no subject with ID {_id_text(subject)} in the data (IDs: {shown}). Fix: use one of the data's IDs.", column="ID")
+        return self.subset([subject]).to_frame()
+
     def summary(self) -> str:
         """One screen of text: subjects, arms, sites, observations per DVID, doses, exclusions."""
         real_obs = self.obs_row > 0

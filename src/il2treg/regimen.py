@@ -112,6 +112,43 @@ class Regimen(eqx.Module):
         """Total amount administered in IU (per patient for a batched regimen)."""
         return self.amounts.sum(axis=-1)
 
+    def table(self) -> pd.DataFrame:
+        """The doses as a table, one row per run of equal doses at an equal interval (as
+        :func:`to_nonmem` compresses them): ``time`` (day), ``amount`` (the model's dose unit,
+        IU for the IL-2 model), ``input`` (the route), ``addl`` (additional doses) and ``ii``
+        (their interval, day). An unbatched regimen only."""
+        _require_unbatched(self, "table")
+        rows = [(float(t), float(a), self.route, int(addl), float(step))
+                for t, a, addl, step in _runs(np.asarray(self.times), np.asarray(self.amounts), True)]  # fmt: skip
+        return pd.DataFrame(rows, columns=["time", "amount", "input", "addl", "ii"])
+
+    def __repr__(self) -> str:
+        """A readable dose table, as mrgsolve prints its event objects::
+
+            Regimen 'lupil2': 16 doses from day 0 to 77, 24000000 in total
+             time (day)   amount  input  addl  ii (day)
+                      0  1500000     sc     4         1
+                      7  1500000     sc    10         7
+        """
+        if _is_traced(self.times, self.amounts):
+            return f"Regimen(traced, times {self.times.shape}, name={self.name!r})"
+        label = f"Regimen {self.name!r}" if self.name else "Regimen"
+        if self.times.ndim != 1:
+            return f"{label}: {self.times.shape[0]} patients (batched, {self.n_doses} dose slots each); print one patient's regimen for its table"
+        if self.n_doses == 0:
+            return f"{label}: no doses"
+        times = np.asarray(self.times)
+        head = f"{label}: {self.n_doses} doses from day {_short(times[0])} to {_short(times[-1])}, {_short(float(self.total_iu))} in total"
+        table = self.table()
+        cells = [[_short(r.time), _short(r.amount), r.input, str(r.addl), _short(r.ii) if r.addl else "."] for r in table.itertuples()]
+        header = ["time (day)", "amount", "input", "addl", "ii (day)"]
+        widths = [max(len(h), *(len(c[k]) for c in cells)) for k, h in enumerate(header)]
+        lines = [" " + "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+        lines += [" " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+        return "\n".join([head, *lines])
+
+    __str__ = __repr__
+
     def shift(self, days: float) -> Regimen:
         """The same regimen with every dose `days` later (earlier if negative)."""
         return Regimen(self.times + days, self.amounts, route=self.route, name=self.name)
@@ -157,6 +194,12 @@ def _reject_first(values: np.ndarray, bad: np.ndarray, field: str, problem: str,
         f"Regimen field '{field}' at {where}: value {values[index].item()!r} {problem}. "
         f"Fix: {fix}."
     )
+
+
+def _short(x: float) -> str:
+    """A number for the dose table: integers without a decimal point, others to 6 significant digits."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:.6g}"
 
 
 def _require_unbatched(regimen: Regimen, operation: str) -> None:
