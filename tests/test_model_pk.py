@@ -128,3 +128,71 @@ def test_lag_and_bioavailability_act_as_declared():
     np.testing.assert_allclose(np.asarray(half), 0.5 * np.asarray(base), rtol=1e-12)
     lagged = il2treg.simulate(model, reg, TIMES + 0.25, model.parameters(F=0.5, tlag=6.0), options=TIGHT)["conc"]
     np.testing.assert_allclose(np.asarray(lagged), np.asarray(base), rtol=1e-8)
+
+
+# ----------------------------------------------------------------------------- dosing records, as mrgsolve's nmtests
+#
+# Each scenario is a NONMEM dataset (TIME in hours, doses with ADDL/II) read by il2treg.read_dataset
+# and simulated with the patient's doses from it, against the closed form summed over the doses the
+# scenario lists (expanded here, independently of the reader). Parameters in the model file's units
+# (h, L, mg); those not given stay at the model's values.
+
+HOURS = np.array([0.7, 3.3, 7.9, 12.1, 17.6, 23.9, 30.2, 36.5, 47.3, 55.8, 63.1, 71.9])  # none on a dose time
+
+#: name: (model, dose rows (time h, amount mg, ADDL, II h), parameters)
+SCENARIOS = {
+    "bolus": ("pk_1cmt_iv", [(0, 100, 0, 0)], {}),
+    "bolus-addl": ("pk_1cmt_iv", [(0, 100, 3, 12)], {}),
+    "bolus-noninteger-ii": ("pk_1cmt_iv", [(0, 80, 5, 7.5)], {"CL": 3.1}),
+    "bolus-two-runs": ("pk_1cmt_iv", [(0, 100, 2, 12), (36, 50, 4, 8)], {}),
+    "bolus-same-time": ("pk_1cmt_iv", [(0, 100, 0, 0), (0, 50, 1, 24)], {}),
+    "bolus-late-start": ("pk_1cmt_iv", [(5.5, 60, 6, 9.25)], {"V": 12.0}),
+    "infusion": ("pk_1cmt_infusion", [(0, 100, 0, 0)], {}),
+    "infusion-addl": ("pk_1cmt_infusion", [(0, 100, 5, 12)], {"D": 3.0}),
+    "infusion-overlapping": ("pk_1cmt_infusion", [(0, 100, 6, 4)], {"D": 6.0}),
+    "infusion-noninteger-ii": ("pk_1cmt_infusion", [(1.5, 40, 7, 6.4)], {"D": 1.25}),
+    "oral": ("pk_1cmt_oral", [(0, 100, 0, 0)], {}),
+    "oral-addl": ("pk_1cmt_oral", [(0, 100, 5, 12)], {}),
+    "oral-bioavailability": ("pk_1cmt_oral", [(0, 100, 5, 12)], {"F": 0.35}),
+    "oral-lag-longer-than-ii": ("pk_1cmt_oral", [(0, 100, 6, 6)], {"tlag": 10.0}),
+    "oral-no-lag": ("pk_1cmt_oral", [(0, 100, 3, 24)], {"tlag": 0.0}),
+    "oral-noninteger-ii": ("pk_1cmt_oral", [(0, 50, 8, 5.5)], {"ka": 0.4}),
+    "2cmt-bolus-addl": ("pk_2cmt_iv", [(0, 100, 3, 12)], {}),
+    "2cmt-infusion-overlapping": ("pk_2cmt_infusion", [(0, 100, 5, 3)], {"D": 4.5}),
+    "2cmt-oral-lag-longer-than-ii": ("pk_2cmt_oral", [(0, 100, 5, 8)], {"tlag": 11.0}),
+    "2cmt-oral-noninteger-ii": ("pk_2cmt_oral", [(2, 75, 6, 9.7)], {}),
+}
+_FAST_DOSING = ("pk_1cmt_iv", "pk_1cmt_infusion", "pk_1cmt_oral")
+
+
+def _records(doses) -> str:
+    """The scenario as a NONMEM dataset (hours; EVID derived from AMT, one observable, so no DVID)."""
+    rows = [(t, a, addl, ii) for t, a, addl, ii in doses] + [(t, 0, 0, 0) for t in HOURS]
+    rows.sort(key=lambda r: (r[0], r[1] == 0))
+    lines = ["ID TIME AMT ADDL II DV"] + [f"1 {t:g} {a:g} {addl} {ii:g} {1.0 if a == 0 else 0}" for t, a, addl, ii in rows]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("name", [n if SCENARIOS[n][0] in _FAST_DOSING else pytest.param(n, marks=pytest.mark.slow) for n in SCENARIOS])
+def test_dosing_records_match_the_closed_form(name, tmp_path):
+    model_name, doses, overrides = SCENARIOS[name]
+    model = il2treg.load_model(model_name)
+    path = tmp_path / "records.dta"
+    path.write_text(_records(doses))
+    data = il2treg.data.read_dataset(path, observables=model.observable_names, time_unit="h")
+    regimen = rg.Regimen(times=data.dose_time[0], amounts=data.dose_amount[0])
+    values = np.asarray(model.typical().values).copy()
+    for key, declared in overrides.items():  # in the file's units, bounds not applied (a lag beyond them is a scenario)
+        values[model.parameter_names.index(key)] = model.spec[key].to_internal(declared)
+    sim = il2treg.simulate(model, regimen, data.obs_time[0], il2treg.Parameters(values, model.parameter_names), options=TIGHT)
+    assert int(np.asarray(sim.status)) == 0
+    expected_doses = sorted((t + j * ii, a) for t, a, addl, ii in doses for j in range(addl + 1))
+    listed = rg.Regimen(times=np.array([t for t, _ in expected_doses]) / 24.0, amounts=np.array([a for _, a in expected_doses]))
+    assert len(expected_doses) == int(np.sum(data.dose_row[0] > 0))
+    p = dict(zip(model.parameter_names, values))
+    expected = closed_form(model_name, p, listed, HOURS / 24.0)
+    got = np.asarray(sim["conc"]).ravel()
+    before = expected == 0.0
+    np.testing.assert_array_equal(got[before], 0.0)
+    assert (~before).sum() >= 8  # most samples see a dose
+    np.testing.assert_allclose(got[~before], expected[~before], rtol=1e-8, atol=0)
