@@ -813,3 +813,19 @@ def test_a_subjects_events_read_as_a_table(tmp_path):
     assert events[["TIME", "EVID", "AMT"]].to_numpy().tolist() == [[0.0, 1, 100.0], [0.25, 0, 0.0], [0.5, 1, 100.0], [1.0, 1, 100.0]]
     with pytest.raises(DataError, match=r"no subject with ID 3 in the data \(IDs: 1, 2\)"):
         data.events(3)
+
+
+def test_cmt_is_read_where_the_models_dosing_compartment_is_known(tmp_path):
+    rows = "ID,TIME,EVID,AMT,CMT,DVID,DV\n1,0,1,100,1,,\n1,2,0,,2,conc,4\n1,12,1,100,,,\n1,14,0,,,conc,3\n"
+    data = read_dataset(write(tmp_path, rows), observables=("conc",), dose_cmt=1)
+    np.testing.assert_array_equal(data.dose_amount[0], [100, 100])
+    assert "CMT" not in data.covariates  # set aside, not a covariate
+    with pytest.raises(DataError, match=r"column 'CMT' is not supported") as info:
+        read_dataset(write(tmp_path, rows), observables=("conc",))  # no dosing compartment known: refused, not ignored
+    assert info.value.column == "CMT"
+    bad = rows.replace("1,12,1,100,,,", "1,12,1,100,2,,")
+    with pytest.raises(DataError) as info:
+        read_dataset(write(tmp_path, bad), observables=("conc",), dose_cmt=1)
+    assert str(info.value) == ("dose row 3 has CMT 2, but the model doses into compartment 1 only. Fix: set CMT 1 (or leave it empty) "
+                               "on dose rows; doses into other compartments are not supported yet.")  # fmt: skip
+    assert (info.value.column, info.value.row) == ("CMT", 3)

@@ -364,3 +364,31 @@ def test_a_missing_model_covariate_is_found_when_the_fit_file_is_read(tmp_path):
     data = (PHENO / "pheno.dta").read_text().replace(" APGR ", " APGAR ", 1)
     with pytest.raises(SpecError, match=r"fit.toml: the model reads the covariate 'APGR' per patient from the data, but the data \(pheno.dta\) have no numeric column 'APGR'"):
         read_fit_spec(_pheno_spec(tmp_path, data=data))
+
+
+def test_a_nonmem_dataset_with_addl_cmt_and_hours_is_the_same_data_written_out_dose_by_dose_in_days(tmp_path):
+    """The issue's dataset criterion, for what il2treg reads so far (ADDL/II, CMT, hours; not RATE
+    or SS): pheno.dta folded into ADDL/II rows with a CMT column, in hours, and the same data
+    written out one dose per row in days, read through their fit files, give the same arrays, so
+    every fit of them is the same fit."""
+    import shutil
+
+    from test_data import _compress_doses
+
+    folded = _compress_doses((PHENO / "pheno.dta").read_text())
+    lines = folded.splitlines()
+    with_cmt = "\n".join([lines[0] + " CMT"] + [line + " 1" for line in lines[1:]]) + "\n"
+    a = read_fit_spec(_pheno_spec(tmp_path, data=with_cmt))
+    assert "ADDL" in with_cmt.splitlines()[0] and sum(int(line.split()[-3]) > 0 for line in with_cmt.splitlines()[1:]) >= 100
+    days = tmp_path / "days"
+    days.mkdir()
+    shutil.copy(PHENO / "pheno.toml", days / "pheno.toml")
+    frame = a.dataset.to_frame()
+    frame.to_csv(days / "pheno_days.csv", index=False)
+    (days / "fit.toml").write_text((PHENO / "fit.toml").read_text().replace('data = "pheno.dta"', 'data = "pheno_days.csv"')
+                                   .replace('time_unit = "h"', 'time_unit = "day"').replace('drop = ["FA1", "FA2"]', "drop = []"))  # fmt: skip
+    b = read_fit_spec(days / "fit.toml")
+    assert int((b.dataset.dose_row > 0).sum()) == 589  # pheno.dta's 589 doses, one row each
+    for field in ("obs_time", "obs_value", "obs_mask", "dose_time", "dose_amount"):
+        np.testing.assert_array_equal(getattr(a.dataset, field), getattr(b.dataset, field), err_msg=field)
+    np.testing.assert_array_equal(a.dataset.covariates["WGT"], b.dataset.covariates["WGT"])

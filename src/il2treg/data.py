@@ -47,8 +47,9 @@ whitespace-separated, as NONMEM's ``.dta`` files are (a header line without comm
 Empty cells, ``.``, ``NA``, ``NaN`` and ``nan`` are missing values. Rows are numbered from 1 at
 the first data row after the header, in the table's order (blank lines in a CSV file are
 skipped and not counted). The rows of one ID need not be contiguous. The NONMEM columns
-``SS``, ``RATE`` and ``CMT`` are rejected rather than ignored, because ignoring them would
-silently change the doses.
+``SS`` and ``RATE`` are rejected rather than ignored, because ignoring them would silently
+change the doses; so is ``CMT`` unless the model's dosing compartment is known
+(``read_dataset(..., dose_cmt=...)``, which a fit passes), and then a dose row's CMT must be it.
 
 Validation
 ----------
@@ -333,6 +334,7 @@ def read_dataset(
     aliases: Mapping[str, str] | None = None,
     time_unit: str = "day",
     drop: Sequence[str] = (),
+    dose_cmt: int | None = None,
 ) -> Dataset:
     """Read, validate and pad a biomarker dataset (format in the module docstring).
 
@@ -344,6 +346,10 @@ def read_dataset(
         aliases: the data's own DVID names mapped to ``observables`` (``{"CP": "conc"}``).
         time_unit: the unit of TIME in the table, ``"day"`` or ``"h"``; the dataset holds days.
         drop: columns to leave out (NONMEM's ``$INPUT NAME=DROP``).
+        dose_cmt: the compartment (1-based state number) the model's dosing input doses into;
+            with it a ``CMT`` column is read: a dose row's CMT must be it (or empty), an
+            observation row's is not used (DVID says what was observed). Without it a CMT column
+            is refused.
 
     Returns:
         The :class:`Dataset`.
@@ -361,8 +367,24 @@ def read_dataset(
         where = f"file '{source}'"
         header, rows = _csv_cells(Path(source), where)
     names = tuple(observables)
-    cells = _nonmem_defaults(_columns(header, rows, where, tuple(drop), names), names)
+    unsupported = tuple(c for c in _UNSUPPORTED_COLUMNS if not (c == "CMT" and dose_cmt is not None))
+    cells = _nonmem_defaults(_columns(header, rows, where, tuple(drop), names, unsupported), names)
+    if "CMT" in cells:
+        _check_cmt(cells, dose_cmt)
     return _build(cells, names, dict(aliases or {}), TIME_UNITS[time_unit])
+
+
+def _check_cmt(cells: dict[str, list[_Cell]], dose_cmt: int) -> None:
+    """A dose row's CMT is the model's dosing compartment (or empty); then the column is set aside."""
+    cmt = _numeric("CMT", cells.pop("CMT"), f"CMT is the compartment number of a dose ({dose_cmt} for this model).")
+    for r, (evid, c) in enumerate(zip(cells["EVID"], cmt, strict=True), start=1):
+        if _number(evid) == 1.0 and not math.isnan(c) and c != dose_cmt:
+            raise DataError(
+                f"dose row {r} has CMT {_number_text(c)}, but the model doses into compartment {dose_cmt} only. "
+                f"Fix: set CMT {dose_cmt} (or leave it empty) on dose rows; doses into other compartments are not supported yet.",
+                column="CMT",
+                row=r,
+            )
 
 
 def check_file(
@@ -372,13 +394,14 @@ def check_file(
     aliases: Mapping[str, str] | None = None,
     time_unit: str = "day",
     drop: Sequence[str] = (),
+    dose_cmt: int | None = None,
 ) -> str:
     """Validate the dataset file ``path`` for a model with ``observables`` (``aliases``,
-    ``time_unit`` and ``drop`` as in :func:`read_dataset`) and return its :meth:`Dataset.summary` text.
+    ``time_unit``, ``drop`` and ``dose_cmt`` as in :func:`read_dataset`) and return its :meth:`Dataset.summary` text.
 
     Raises :class:`~il2treg.errors.DataError` as :func:`read_dataset` does.
     """
-    data = read_dataset(path, observables=observables, aliases=aliases, time_unit=time_unit, drop=drop)
+    data = read_dataset(path, observables=observables, aliases=aliases, time_unit=time_unit, drop=drop, dose_cmt=dose_cmt)
     read = "" if time_unit == "day" else f"; TIME read in {time_unit}, held in days"
     return f"File: {path} (valid{read})\n{data.summary()}"
 
@@ -420,7 +443,8 @@ def _frame_cells(frame: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
     return [str(name).strip() for name in frame.columns], [list(row) for row in zip(*columns)]
 
 
-def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple[str, ...] = (), observables: tuple[str, ...] = OBSERVABLE_NAMES) -> dict[str, list[_Cell]]:
+def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple[str, ...] = (), observables: tuple[str, ...] = OBSERVABLE_NAMES,
+             unsupported: tuple[str, ...] = _UNSUPPORTED_COLUMNS) -> dict[str, list[_Cell]]:
     """Check the table's shape and header; return column name -> cells, without ``drop``."""
     if not header:
         raise DataError(
@@ -475,7 +499,7 @@ def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple
                 f"required are {', '.join(REQUIRED_COLUMNS)}; CENS and MDV are optional.",
                 column=name,
             )
-    for name in _UNSUPPORTED_COLUMNS:
+    for name in unsupported:
         if name in header and name not in drop:
             raise DataError(
                 f"column {name!r} is not supported. Fix: drop it; write one EVID=1 row per "

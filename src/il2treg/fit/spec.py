@@ -329,7 +329,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
         raise SpecError(f'{where}: `drop` must be a list of the data\'s column names, e.g. drop = ["FA1"], got {drop!r}.')
     if (time_unit != "day" or drop) and doc["data"].startswith(PACKAGED_PREFIX):
         raise SpecError(f"{where}: time_unit and drop apply to a data file; the packaged dataset {doc['data']!r} is in days with its own columns. Fix: remove them.")
-    dataset = _data(doc["data"], path, names, aliases, time_unit, tuple(drop))
+    dataset = _data(doc["data"], path, names, aliases, time_unit, tuple(drop), dose_compartment(base))
 
     ignore = doc.get("ignore_dvids", [])
     if not isinstance(ignore, list) or not all(isinstance(d, str) for d in ignore):
@@ -395,6 +395,12 @@ def _model(source: str, path: Path) -> Model:
         raise SpecError(f"{where}: {err}") from None
 
 
+def dose_compartment(model: Model) -> int | None:
+    """The 1-based state number (NONMEM's CMT) the model's dosing input doses into; None without one."""
+    states = model.mechanism.dose_states
+    return int(states[0]) + 1 if states else None
+
+
 def load_packaged_dataset(name: str, observables: tuple[str, ...] = OBSERVABLE_NAMES) -> Dataset:
     """A dataset shipped with il2treg by name (``data = "il2treg:<name>"``), its DVIDs read as ``observables``."""
     import il2treg.datasets
@@ -411,7 +417,8 @@ def load_packaged_dataset(name: str, observables: tuple[str, ...] = OBSERVABLE_N
     return read_dataset(data, observables=observables)
 
 
-def _data(source: str, path: Path, names: tuple[str, ...], aliases: dict[str, str], time_unit: str = "day", drop: tuple[str, ...] = ()) -> Dataset:
+def _data(source: str, path: Path, names: tuple[str, ...], aliases: dict[str, str], time_unit: str = "day", drop: tuple[str, ...] = (),
+          dose_cmt: int | None = None) -> Dataset:
     where = str(path)
     if source.startswith(PACKAGED_PREFIX):
         try:
@@ -425,7 +432,7 @@ def _data(source: str, path: Path, names: tuple[str, ...], aliases: dict[str, st
             f"Fix: give a CSV path relative to the fit file, or {PACKAGED_PREFIX}<name> for a packaged dataset."
         )
     try:
-        return read_dataset(file, observables=names, aliases=aliases, time_unit=time_unit, drop=drop)
+        return read_dataset(file, observables=names, aliases=aliases, time_unit=time_unit, drop=drop, dose_cmt=dose_cmt)
     except DataError as err:
         raise DataError(f"{where}: data file {str(file)!r}: {err}", column=err.column, row=err.row) from None
 
