@@ -286,11 +286,24 @@ def test_unsorted_times_are_rejected_with_row_number(tmp_path):
     )
 
 
-def test_evid_outside_zero_one_is_rejected(tmp_path):
+def test_evid_outside_zero_to_two_is_rejected(tmp_path):
     assert_data_error(
         write(tmp_path, table((4, "1,1,4,1500000,,,,,ILT-101,64"))),
-        "EVID must be 0 (observation) or 1 (dose); row 4 has 4. Fix: use 0 or 1; resets and "
-        "other event types are not supported.",
+        "EVID 4 at row 4 is a reset and dose, which il2treg does not support yet. Fix: start the subject's next "
+        "period as a new ID, or remove the row.",
+        column="EVID",
+        row=4,
+    )
+    assert_data_error(
+        write(tmp_path, table((4, "1,1,3,,,,,,ILT-101,64"))),
+        "EVID 3 at row 4 is a reset, which il2treg does not support yet. Fix: start the subject's next "
+        "period as a new ID, or remove the row.",
+        column="EVID",
+        row=4,
+    )
+    assert_data_error(
+        write(tmp_path, table((4, "1,1,5,1500000,,,,,ILT-101,64"))),
+        "EVID must be 0 (observation), 1 (dose) or 2 (other event); row 4 has 5. Fix: use 0, 1 or 2.",
         column="EVID",
         row=4,
     )
@@ -299,10 +312,24 @@ def test_evid_outside_zero_one_is_rejected(tmp_path):
 def test_text_evid_is_rejected(tmp_path):
     assert_data_error(
         write(tmp_path, table((4, "1,1,dose,1500000,,,,,ILT-101,64"))),
-        "EVID must be 0 (observation) or 1 (dose); row 4 has 'dose'. Fix: use 0 or 1; resets "
-        "and other event types are not supported.",
+        "EVID must be 0 (observation), 1 (dose) or 2 (other event); row 4 has 'dose'. Fix: use 0, 1 or 2.",
         column="EVID",
         row=4,
+    )
+
+
+def test_other_events_are_kept_out_of_doses_and_observations(tmp_path):
+    """EVID 2 rows (NONMEM's other events) neither dose nor observe; their DV is not read, but
+    an amount on one is an error (it would be a dose that never happens)."""
+    base = read_dataset(write(tmp_path, table()))
+    other = read_dataset(write(tmp_path, table(header=HEADER, rows=[*ROWS, "1,8,2,,,,,1,ILT-101,64", "2,9,2,.,sledai,99,0,,Placebo,70"])))
+    for field in ("obs_time", "obs_value", "obs_dvid", "dose_time", "dose_amount"):
+        np.testing.assert_array_equal(getattr(base, field), getattr(other, field), err_msg=field)
+    assert_data_error(
+        write(tmp_path, table(header=HEADER, rows=[*ROWS, "1,8,2,100,,,,1,ILT-101,64"])),
+        "AMT is 100 on row 10, an other event (EVID 2). Fix: leave AMT empty or 0 there, or set EVID 1 if the row is a dose.",
+        column="AMT",
+        row=10,
     )
 
 

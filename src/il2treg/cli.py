@@ -152,7 +152,7 @@ def _describe(info: dict) -> str:
         return f"iteration {info['iteration']}: OFV {info['ofv']:.4f}, max |gradient| {info['grad_max']:.3g}"
     return {
         "start": "compiling and solving the initial EBEs (the first iteration includes compilation)",
-        "covariance": "covariance step (Hessian from differences of the exact gradient)",
+        "covariance": "covariance step (R: differences of the exact gradient; S for the sandwich: the patients' gradients)",
         "predictions": "predictions, individual parameters and the SLEDAI link",
         "figures": "diagnostics and figures (simulated replicates for the VPC and NPDE)",
         "writing": "writing the results folder",

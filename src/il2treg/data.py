@@ -10,7 +10,8 @@ column  meaning
 ======  ==================================================================================
 ID      subject identifier; all numbers or all text
 TIME    days from the subject's first dose (≥ 0, non-decreasing within an ID)
-EVID    0 = observation, 1 = dose
+EVID    0 = observation, 1 = dose, 2 = other event (kept for its time and covariates; its
+        DVID, DV and CENS are not read); resets (3, 4) are refused
 AMT     dose on dose rows, in the unit of the model's dosing input (IU for the IL-2 model; ≥ 0,
         0 is a placebo injection); empty or 0 on observations
 DVID    what was observed: one of the model's observables (:attr:`il2treg.Model.observable_names`; the
@@ -517,7 +518,7 @@ def _nonmem_defaults(cells: dict[str, list[_Cell]], observables: tuple[str, ...]
         cells["EVID"] = [1 if a is not None and a > 0 else 0 for a in amounts]
     is_dose = [_number(cell) == 1.0 for cell in cells["EVID"]]
     if "DVID" not in cells:  # one observable: every observation is it
-        cells["DVID"] = [None if dose else observables[0] for dose in is_dose]
+        cells["DVID"] = [None if _number(evid) != 0.0 else observables[0] for evid in cells["EVID"]]
     cells["DV"] = [None if dose and _number(cell) == 0.0 else cell for dose, cell in zip(is_dose, cells["DV"], strict=True)]
     return cells
 
@@ -674,16 +675,37 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
             )
 
     is_dose = np.zeros(n_rows, dtype=bool)
+    is_other = np.zeros(n_rows, dtype=bool)
     for r, cell in enumerate(cells["EVID"], start=1):
         value = _number(cell)
-        if value not in (0.0, 1.0):
+        if value in (3.0, 4.0):
             raise DataError(
-                f"EVID must be 0 (observation) or 1 (dose); row {r} has {_show(cell)}. Fix: use "
-                "0 or 1; resets and other event types are not supported.",
+                f"EVID {_number_text(value)} at row {r} is a reset{' and dose' if value == 4.0 else ''}, which il2treg does not support yet. "
+                "Fix: start the subject's next period as a new ID, or remove the row.",
+                column="EVID",
+                row=r,
+            )
+        if value not in (0.0, 1.0, 2.0):
+            raise DataError(
+                f"EVID must be 0 (observation), 1 (dose) or 2 (other event); row {r} has {_show(cell)}. Fix: use "
+                "0, 1 or 2.",
                 column="EVID",
                 row=r,
             )
         is_dose[r - 1] = value == 1.0
+        is_other[r - 1] = value == 2.0
+    for r in np.flatnonzero(is_other) + 1:  # NONMEM's other events: no dose, no observation
+        a = _number(cells["AMT"][r - 1])
+        if a is None or (not math.isnan(a) and a != 0):
+            raise DataError(
+                f"AMT is {_show(cells['AMT'][r - 1])} on row {r}, an other event (EVID 2). Fix: leave AMT empty or 0 there, "
+                "or set EVID 1 if the row is a dose.",
+                column="AMT",
+                row=r,
+            )
+        for column in ("DVID", "DV", "CENS", "ADDL", "II"):
+            if column in cells:
+                cells[column][r - 1] = None  # not read: the row is kept for its time and covariates only
 
     amount = _numeric("AMT", cells["AMT"], "give doses in the model's dose unit (IU for the IL-2 model: 1500000 for 1.5 MIU).")
     for r, (dose, a) in enumerate(zip(is_dose, amount, strict=True), start=1):
@@ -720,7 +742,7 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
                 column="DVID",
                 row=r,
             )
-        if dose:
+        if dose or is_other[r - 1]:
             continue
         if _is_missing(cell):
             raise DataError(
@@ -776,7 +798,7 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
         cells.get("MDV", no_flags),
         "1 keeps the row without using its DV, 0 otherwise; empty means 0.",
     )
-    for r, (dose, m, v, k) in enumerate(zip(is_dose, mdv, value, dvid, strict=True), start=1):
+    for r, (dose, m, v, k) in enumerate(zip(is_dose | is_other, mdv, value, dvid, strict=True), start=1):
         if not dose and not m and math.isnan(v):
             raise DataError(
                 f"DV is missing on observation row {r} ({names[k]}). Fix: fill in the "
@@ -822,7 +844,7 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
                     row=k + 1,
                 )
     for s, rows in rows_of.items():
-        if all(is_dose[k] for k in rows):
+        if all(is_dose[k] or is_other[k] for k in rows):
             raise DataError(
                 f"ID {_id_text(s)} has no observation rows (EVID 0). Fix: add its observations "
                 "or remove its rows.",
@@ -843,7 +865,7 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
                         row=k + 1,
                     )
 
-    return _pack(rows_of, covariates, time, is_dose, amount, dvid, value, cens, mdv, names, addl, ii, days_per_unit)
+    return _pack(rows_of, covariates, time, is_dose, amount, dvid, value, cens, mdv, names, addl, ii, days_per_unit, is_other)
 
 
 def _additional_doses(cells: dict[str, list[_Cell]], is_dose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -898,6 +920,7 @@ def _pack(
     addl: np.ndarray | None = None,
     ii: np.ndarray | None = None,
     days_per_unit: float = 1.0,
+    is_other: np.ndarray | None = None,
 ) -> Dataset:
     """Padded per-subject arrays from validated row-wise columns, times in TIME's unit converted
     to days (``days_per_unit``); a dose row with ADDL gives its additional doses at
@@ -905,7 +928,8 @@ def _pack(
     row's number."""
     addl = np.zeros(len(time), dtype=np.int64) if addl is None else addl
     ii = np.zeros(len(time)) if ii is None else ii
-    obs_of = [[k for k in rows if not is_dose[k]] for rows in rows_of.values()]
+    is_other = np.zeros(len(time), dtype=bool) if is_other is None else is_other
+    obs_of = [[k for k in rows if not (is_dose[k] or is_other[k])] for rows in rows_of.values()]
     dose_of = []
     for rows in rows_of.values():
         doses = [((time[k] + j * ii[k]) * days_per_unit, amount[k], k + 1) for k in rows if is_dose[k] for j in range(int(addl[k]) + 1)]

@@ -362,6 +362,20 @@ def _same(a, b) -> bool:
 # ----------------------------------------------------------------------------- report
 
 
+def _curvature_text(settings: dict) -> str:
+    """How the objective's Laplace Hessian was formed ([optimiser] curvature; older results: observed)."""
+    return "NONMEM's: expected curvature" if settings.get("curvature") == "expected" else "Laplace, observed curvature"
+
+
+def _covariance_text(settings: dict, covariance: np.ndarray) -> str:
+    """Which covariance the standard errors come from ([optimiser] covariance_matrix; older results: the Hessian)."""
+    if not np.all(np.isfinite(covariance)):
+        return "No standard errors (the covariance step was skipped or failed)."
+    if settings.get("covariance_matrix") == "sandwich":
+        return "Standard errors: the sandwich R^-1 S R^-1 (NONMEM's default)."
+    return "Standard errors: 2 R^-1 (the Hessian of the OFV)."
+
+
 def report(result: FitResult) -> str:
     """The one-screen summary, like nlmixr2's: objective, estimates with %RSE and CIs, BSV, sigmas."""
     est = result.estimates
@@ -372,8 +386,9 @@ def report(result: FitResult) -> str:
         f"# Fit {result.name}: model {result.model}, data {result.data}",
         "",
         (f"SAEM population fit: {result.iterations} iterations (OFV, %RSE and shrinkage: FOCE-I at the SAEM estimates); "
-         if result.method == "saem" else f"FOCE-I (Laplace) population fit, L-BFGS: {status} after {result.iterations} iterations; ")
-        + f"estimation {t.get('estimation_s', float('nan')):.1f} s (compilation included), total {t.get('total_s', float('nan')):.1f} s.",
+         if result.method == "saem" else f"FOCE-I ({_curvature_text(result.settings)}) population fit, L-BFGS: {status} after {result.iterations} iterations; ")
+        + f"estimation {t.get('estimation_s', float('nan')):.1f} s (compilation included), total {t.get('total_s', float('nan')):.1f} s. "
+        + _covariance_text(result.settings, result.covariance),
         "",
         "| OFV | AIC | BIC | condition number (cov / cor) | patients (flagged) | observations |",
         "|---|---|---|---|---|---|",
