@@ -856,3 +856,18 @@ def test_cmt_is_read_where_the_models_dosing_compartment_is_known(tmp_path):
     assert str(info.value) == ("dose row 3 has CMT 2, but the model doses into compartment 1 only. Fix: set CMT 1 (or leave it empty) "
                                "on dose rows; doses into other compartments are not supported yet.")  # fmt: skip
     assert (info.value.column, info.value.row) == ("CMT", 3)
+
+
+def test_hours_read_as_days_are_flagged(tmp_path):
+    """pheno.dta's TIME reaches 389.8 h; its hours read as days would be a 16-month study, which
+    passes, but a study of 40 days written in hours (960 h) read as days spans 2.6 years and one
+    of 60 days (1,440 h) crosses the three-year line: a warning names the fix."""
+    import warnings
+
+    rows = "ID,TIME,EVID,AMT,DV\n1,0,1,100,\n1,1440,0,,3\n"
+    with pytest.warns(UserWarning, match=r'TIME spans 1440 days \(over 3 years\), read as days. Fix: if TIME is in hours, read it with time_unit = "h"'):
+        read_dataset(write(tmp_path, rows), observables=("conc",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = read_dataset(write(tmp_path, rows), observables=("conc",), time_unit="h")
+    assert float(data.obs_time[0, 0]) == 60.0

@@ -42,7 +42,8 @@ other row an observation, as NONMEM reads a dataset without EVID. ``DVID`` may b
 the model has one observable, which every observation then is. A ``DV`` of 0 on a dose row is
 ignored (NONMEM writes 0 there); any other DV on a dose row is an error. A file may be
 whitespace-separated, as NONMEM's ``.dta`` files are (a header line without commas).
-``read_dataset(..., time_unit="h")`` reads TIME in hours and holds it in days (the model's time);
+``read_dataset(..., time_unit="h")`` reads TIME in hours and holds it in days (the model's time;
+a table read in days that spans more than three years gets a warning that TIME may be in hours);
 ``drop=("FA1", ...)`` leaves columns out, as NONMEM's ``$INPUT FA1=DROP`` does.
 
 Empty cells, ``.``, ``NA``, ``NaN`` and ``nan`` are missing values. Rows are numbered from 1 at
@@ -68,6 +69,7 @@ import io
 import itertools
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -865,7 +867,25 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
                         row=k + 1,
                     )
 
+    _check_time_span(time, days_per_unit)
     return _pack(rows_of, covariates, time, is_dose, amount, dvid, value, cens, mdv, names, addl, ii, days_per_unit, is_other)
+
+
+#: Longest plausible span of one dataset in days: beyond it, TIME in days is probably in hours.
+PLAUSIBLE_SPAN_DAYS = 3 * 365.0
+
+
+def _check_time_span(time: np.ndarray, days_per_unit: float) -> None:
+    """Warn (:class:`UserWarning`) where TIME read in days spans more than
+    :data:`PLAUSIBLE_SPAN_DAYS`: hours read as days stretch every interval 24-fold."""
+    span = float(np.max(time) - np.min(time)) * days_per_unit
+    if days_per_unit == 1.0 and span > PLAUSIBLE_SPAN_DAYS:
+        warnings.warn(
+            f"TIME spans {_number_text(round(span, 1))} days (over {PLAUSIBLE_SPAN_DAYS / 365:.0f} years), read as days. "
+            "Fix: if TIME is in hours, read it with time_unit = \"h\" (fit file) or read_dataset(..., time_unit=\"h\").",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _additional_doses(cells: dict[str, list[_Cell]], is_dose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
