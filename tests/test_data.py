@@ -871,3 +871,11 @@ def test_hours_read_as_days_are_flagged(tmp_path):
         warnings.simplefilter("error")
         data = read_dataset(write(tmp_path, rows), observables=("conc",), time_unit="h")
     assert float(data.obs_time[0, 0]) == 60.0
+
+
+def test_time_messages_name_the_unit_the_time_is_read_in(tmp_path):
+    path = write(tmp_path, "ID,TIME,EVID,AMT,DV\n1,-2,1,100,\n1,3,0,,3\n")
+    with pytest.raises(DataError, match=r"TIME is negative \(-2\) at row 1. Fix: TIME counts hours from the first dose"):
+        read_dataset(path, observables=("conc",), time_unit="h")
+    with pytest.raises(DataError, match=r"TIME counts days from the first dose"):
+        read_dataset(path, observables=("conc",))

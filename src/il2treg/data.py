@@ -664,13 +664,15 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
     n_rows = len(cells["ID"])
     subject = _subject_ids(cells["ID"])
 
-    time = _numeric("TIME", cells["TIME"], _TIME_FIX)
+    unit = "days" if days_per_unit == 1.0 else "hours"
+    fix = _TIME_FIX if days_per_unit == 1.0 else "write TIME in hours from the first dose (e.g. 12 or 1.5)."
+    time = _numeric("TIME", cells["TIME"], fix)
     for r, t in enumerate(time, start=1):
         if math.isnan(t):
-            raise DataError(f"TIME is missing at row {r}. Fix: {_TIME_FIX}", column="TIME", row=r)
+            raise DataError(f"TIME is missing at row {r}. Fix: {fix}", column="TIME", row=r)
         if t < 0:
             raise DataError(
-                f"TIME is negative ({_number_text(t)}) at row {r}. Fix: TIME counts days from "
+                f"TIME is negative ({_number_text(t)}) at row {r}. Fix: TIME counts {unit} from "
                 "the first dose; record pre-dose baseline samples at TIME 0.",
                 column="TIME",
                 row=r,
