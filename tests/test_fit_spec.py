@@ -325,8 +325,11 @@ def test_pheno_fit_file_reads_hours_and_drops_columns(tmp_path):
         (lambda t: t.replace('data = "pheno.dta"', 'data = "il2treg:lupil2_virtual"'), r"time_unit and drop apply to a data file"),
         (lambda t: t.replace('time_unit = "h"', 'time_unit = ["h"]'), r"time_unit must be one of 'day', 'h'"),
         (lambda t: 'priors = "model"\n' + t, r"covariance_matrix = \"sandwich\" with priors = 'model'"),
+        (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_WGT = "IIV_VC"'), r"labels.omega_WGT: the fit has no estimate 'omega_WGT'. Fix: use one of POP_CL, POP_VC"),
+        (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_CL"'), r"labels.omega_POP_VC and labels.omega_POP_CL are both 'IIV_CL'"),
     ],
-    ids=["time-unit", "drop-not-list", "drop-too-few", "curvature", "covariance-matrix", "estimated-covariate", "packaged-data", "time-unit-list", "sandwich-priors"],
+    ids=["time-unit", "drop-not-list", "drop-too-few", "curvature", "covariance-matrix", "estimated-covariate", "packaged-data", "time-unit-list", "sandwich-priors",
+         "label-unknown", "label-twice"],
 )
 def test_bad_nonmem_keys_are_one_clear_error(tmp_path, edit, message):
     with pytest.raises(InputError, match=message):

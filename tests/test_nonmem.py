@@ -59,6 +59,18 @@ def test_pheno_standard_errors_are_the_sandwich_not_the_hessian(pheno_fit):
     assert np.max(np.abs(ratio - 1.0)) > 0.05, ratio
 
 
+def test_pheno_results_carry_nonmems_labels(pheno_fit):
+    """fit.toml's [labels] name the estimates as pheno.mod does, in parameters.csv and the report."""
+    from il2treg.fit.result import report
+
+    labels = pheno_fit.estimates.set_index("parameter")["label"]
+    assert labels.to_dict() == {"POP_CL": "POP_CL", "POP_VC": "POP_VC", "COVAPGR": "COVAPGR", "omega_POP_CL": "IIV_CL",
+                                "omega_POP_VC": "IIV_VC", "sigma_prop_conc": "SIGMA"}  # fmt: skip
+    text = report(pheno_fit)
+    assert "| SIGMA (sigma_prop_conc; σ² 0.01325) | 0.1151 |" in text and "| 17.3 (IIV_CL: ω² 0.02938) |" in text
+    assert "FOCE-I (NONMEM's: expected curvature)" in text and "the sandwich R^-1 S R^-1" in text
+
+
 def test_read_ext_reads_the_final_and_se_rows():
     ext = read_ext(PHENO / "pheno.ext")
     assert ext.method == "First Order Conditional Estimation with Interaction"

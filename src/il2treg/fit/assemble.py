@@ -314,7 +314,11 @@ def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0
             else:
                 value = float(getattr(e, sigma))
                 rows.append({**_empty_row(name, "sigma", unit), "estimate": value, "initial": value})
-    return pd.DataFrame(rows, columns=list(_empty_row("", "", "")))
+    table = pd.DataFrame(rows, columns=list(_empty_row("", "", "")))
+    if spec.labels:  # the fit file's labels (NONMEM's, say), beside il2treg's names
+        labels = dict(spec.labels)
+        table.insert(1, "label", [labels.get(n, n) for n in table["parameter"]])
+    return table
 
 
 def _empty_row(name: str, kind: str, unit: str) -> dict:

@@ -362,6 +362,15 @@ def _same(a, b) -> bool:
 # ----------------------------------------------------------------------------- report
 
 
+def _named(row) -> str:
+    """An estimate's name, with the fit file's label where it has one: ``IIV_CL (omega_POP_CL)``."""
+    label = row.get("label", row["parameter"])
+    if not isinstance(label, str) or label == row["parameter"]:
+        return row["parameter"]
+    variance = f"; σ² {_g(row['estimate'] ** 2)}" if row["type"] == "sigma" else ""  # a label from NONMEM names a variance
+    return f"{label} ({row['parameter']}{variance})"
+
+
 def _curvature_text(settings: dict) -> str:
     """How the objective's Laplace Hessian was formed ([optimiser] curvature; older results: observed)."""
     return "NONMEM's: expected curvature" if settings.get("curvature") == "expected" else "Laplace, observed curvature"
@@ -404,13 +413,15 @@ def report(result: FitResult) -> str:
     for _, row in est[est["type"].isin(["fixed", "covariate"])].iterrows():
         om = omegas.loc[f"omega_{row['parameter']}"] if f"omega_{row['parameter']}" in omegas.index else None
         bsv = "-" if om is None else f"{om['cv_percent']:.1f}" + (" (fixed)" if not om["estimated"] else "")
+        if om is not None and isinstance(om.get("label"), str) and om["label"] != om.name:
+            bsv += f" ({om['label']}: ω² {_g(om['estimate'] ** 2)})"
         shrink = "-" if om is None else _g(om["shrinkage_percent"], ".1f")
         value = _g(row["estimate"]) + ("" if row["estimated"] else " (fixed)")
-        lines.append(f"| {row['parameter']} | {value} | {row['unit']} | {_g(row['rse_percent'], '.1f')} | {_ci(row)} | {bsv} | {shrink} |")
+        lines.append(f"| {_named(row)} | {value} | {row['unit']} | {_g(row['rse_percent'], '.1f')} | {_ci(row)} | {bsv} | {shrink} |")
     lines += ["", "## Residual error", "", "| parameter | estimate | unit | %RSE | 95% CI |", "|---|---|---|---|---|"]
     for _, row in est[est["type"] == "sigma"].iterrows():
         value = _g(row["estimate"]) + ("" if row["estimated"] else " (fixed)")
-        lines.append(f"| {row['parameter']} | {value} | {row['unit']} | {_g(row['rse_percent'], '.1f')} | {_ci(row)} |")
+        lines.append(f"| {_named(row)} | {value} | {row['unit']} | {_g(row['rse_percent'], '.1f')} | {_ci(row)} |")
     day = result.settings.get("sri4_day", 84.0)
     change = [c for c in ind.columns if c.startswith("sledai_change_day")]
     p_sri4 = [c for c in ind.columns if c.startswith("p_sri4_day")]

@@ -7,6 +7,7 @@ A fit file has a few top-level keys and four kinds of tables::
     model = "il2_treg_sledai"            # a model in models/, or a .toml path relative to this file
     data = "il2treg:lupil2_virtual"      # a packaged dataset, or a CSV path relative to this file
     ignore_dvids = ["il2_pM"]            # optional: observation types present but not fitted
+    labels = { omega_POP_CL = "IIV_CL" } # optional: labels of estimates in the results (NONMEM's, say)
     dvids = { IL2 = "il2_pM" }           # optional: the data's own DVID names -> the model's observables
     time_unit = "day"                    # optional: the unit of the data's TIME, "day" or "h"
     drop = ["FA1", "FA2"]                # optional: data columns left out (NONMEM's $INPUT FA1=DROP)
@@ -123,7 +124,7 @@ SIGMAS_OF_KIND: dict[str, tuple[str, ...]] = {
 #: Parameter groups whose parameters act on one observation type only (nothing feeds back).
 _ACTS_ONLY_ON = {"disease": "sledai"}
 
-_TOP_KEYS = ("name", "description", "model", "data", "dvids", "time_unit", "drop", "ignore_dvids", "priors", "parameters", "covariates", "error", "optimiser", "nuts", "saem", "sri4")
+_TOP_KEYS = ("name", "description", "model", "data", "dvids", "time_unit", "drop", "labels", "ignore_dvids", "priors", "parameters", "covariates", "error", "optimiser", "nuts", "saem", "sri4")
 PRIOR_CHOICES = ("none", "model")
 _NUTS_DEFAULTS = {"chains": 4, "warmup": 500, "samples": 500, "seed": 0, "target_accept": 0.8, "max_tree_depth": 8, "init_spread": 1.0,
                   "fixed_sd": 2.0, "beta_sd": 10.0, "omega_sd": 1.0, "sigma_sd": 1.0}  # fmt: skip
@@ -226,6 +227,9 @@ class FitSpec:
         saem: SAEM settings (:class:`il2treg.fit.saem.SaemSettings`).
         time_unit: the unit of the data file's TIME (``"day"`` or ``"h"``); the dataset holds days.
         drop: the data file's columns left out.
+        labels: ``((estimate, label), ...)``: labels shown for estimates in the results (the
+            ``label`` column of ``parameters.csv`` and the report), e.g. NONMEM's IIV_CL for
+            ``omega_POP_CL``.
     """
 
     path: Path
@@ -247,6 +251,7 @@ class FitSpec:
     saem: SaemSettings = SaemSettings()
     time_unit: str = "day"
     drop: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def fixed(self) -> tuple[str, ...]:
@@ -376,6 +381,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
         path=path, text=text, name=name, description=description, model_source=doc["model"], data_source=doc["data"],
         model=model, dataset=dataset, parameters=parameters, covariates=covariates, errors=errors, ignore_dvids=tuple(ignore),
         optimiser=optimiser, sri4=sri4, priors=priors, nuts=nuts, saem=saem, time_unit=time_unit, drop=tuple(drop),
+        labels=_labels(doc.get("labels", {}), parameters, covariates, errors, where),
     )  # fmt: skip
 
 
@@ -638,6 +644,26 @@ def _check_against_data(dataset: Dataset, parameters, errors, ignore, model: Mod
                 f"{where}: [parameters.{p.name}] is estimated but acts only on {target!r}, which the data ({source}) do not observe. "
                 f"Fix: add {target} data, or set estimate = false and remove cv_percent."
             )
+
+
+def _labels(table, parameters, covariates, errors, where: str) -> tuple[tuple[str, str], ...]:
+    """The ``labels`` table checked against the names of the fit's estimates."""
+    if not isinstance(table, dict):
+        raise SpecError(f'{where}: `labels` must be a table of estimate names and labels, e.g. labels = {{ omega_CL = "IIV_CL" }}, got {table!r}.')
+    names = [p.name for p in parameters if p.estimate] + [c.effect.name for c in covariates]
+    names += [f"omega_{p.name}" for p in parameters if p.cv_percent is not None]
+    names += [f"sigma_{s.removeprefix('sigma_')}_{e.dvid}" for e in errors for s in SIGMAS_OF_KIND[e.kind]]
+    for name, label in table.items():
+        if name not in names:
+            raise SpecError(f"{where}: labels.{name}: the fit has no estimate {name!r}. Fix: use one of {', '.join(names)}.")
+        if not isinstance(label, str) or not label.strip():
+            raise SpecError(f"{where}: labels.{name} must be a non-empty string, got {label!r}.")
+    seen = {}
+    for name, label in table.items():
+        if label in seen:
+            raise SpecError(f"{where}: labels.{name} and labels.{seen[label]} are both {label!r}. Fix: give each estimate its own label.")
+        seen[label] = name
+    return tuple(table.items())
 
 
 # ----------------------------------------------------------------------------- small checks
