@@ -25,7 +25,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str,
     at module level or inside functions alike."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             found += [(a.name, "", node.lineno) for a in node.names if a.name.split(".")[0] == "il2treg"]
         elif isinstance(node, ast.ImportFrom):

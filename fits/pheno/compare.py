@@ -33,7 +33,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row in table.itertuples():
         if row.parameter == "OFV":
-            print(f"| OFV (without n log 2π) | {row.nonmem:.6f} | {row.il2treg:.6f} | {row.relative_difference:+.6f} | | | |")
+            print(f"| OFV (without n log 2 pi) | {row.nonmem:.6f} | {row.il2treg:.6f} | {row.relative_difference:+.6f} | | | |")
         else:
             print(f"| {row.parameter} | {row.nonmem:.6g} | {row.il2treg:.6g} | {100 * row.relative_difference:+.3f}% | "
                   f"{row.nonmem_se:.6g} | {row.il2treg_se:.6g} | {100 * row.se_relative_difference:+.3f}% |")  # fmt: skip

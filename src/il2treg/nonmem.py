@@ -70,7 +70,7 @@ def read_ext(path: str | os.PathLike[str], table: int = -1) -> NonmemResults:
     if not file.is_file():
         raise InputError(f"NONMEM .ext file '{file}' not found. Fix: check the path.")
     tables: list[tuple[str, list[str], dict[int, list[float]]]] = []
-    for number, line in enumerate(file.read_text(errors="replace").splitlines(), start=1):
+    for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         if line.startswith("TABLE NO."):
             title = line.split(":", 2)[1].strip() if line.count(":") >= 2 else line
             tables.append((title, [], {}))
@@ -161,7 +161,7 @@ def compare_file(result, path: str | os.PathLike[str]) -> pd.DataFrame:
     """
     file = Path(path)
     try:
-        doc = tomllib.loads(file.read_text())
+        doc = tomllib.loads(file.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise InputError(f"'{file}' cannot be read as TOML ({err}). Fix: check the file.") from None
     if not isinstance(doc.get("ext"), str) or not isinstance(doc.get("labels"), dict):
