@@ -150,7 +150,7 @@ BAD = [
      ("{path}: the data (data.csv) observe 'cd25_treg_rel' but the fit has no [error.cd25_treg_rel] table. "
      "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids.")),
     ("unknown-top-level-key", lambda t: "algorithm = \"saem\"\n" + t,
-     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, dvids, time_unit, drop, ignore_dvids, priors, parameters, "
+     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, dvids, time_unit, drop, labels, ignore_dvids, priors, parameters, "
      "covariates, error, optimiser, nuts, saem, sri4."),
     ("unknown-parameter-key", _replace("initial = 4.0", "inital = 4.0"),
      "{path}: [parameters.emax_treg]: unknown key 'inital'. Fix: use only initial, estimate, cv_percent."),
