@@ -415,7 +415,7 @@ def regimens_optimise(
         summary = {"objective": design.objective, "value": design.value, "start_value": design.start_value, "start_values": design.start_values.tolist(),
                    "spread": design.spread, "scaled_back": design.scaled_back, "run_s": design.run_s, "horizon_days": design.horizon_days,
                    "times_day": np.asarray(design.regimen.times).tolist(), "amounts_iu": np.asarray(design.regimen.amounts).tolist()}  # fmt: skip
-        (tmp / "design.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "design.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         panels = {} if is_il2(model) else {"observables": model.observable_names[:6]}  # the IL-2 model: IL-2, Treg, Tconv, NK
         fig = plots.plot_regimens(sims, title=f"{design.objective}: {design.start_value:.4g} -> {design.value:.4g}", **panels)
         fig.savefig(tmp / "design.png", dpi=120)

@@ -327,7 +327,7 @@ def update_values(path: str | Path, values: dict[str, float]) -> None:
     Values are given in the file's declared units. The file is replaced atomically.
     """
     path = Path(path)
-    lines = path.read_text().splitlines(keepends=True)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     pending = dict(values)
     current = None
     for i, line in enumerate(lines):

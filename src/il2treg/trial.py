@@ -334,7 +334,7 @@ def load_design(name_or_path: str | Path = "lupil2") -> TrialDesign:
     """
     path = resolve_design_path(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: not valid TOML ({err}). Fix: correct the syntax.") from err
     where = str(path)

@@ -192,7 +192,7 @@ def save(result: FitResult, out_dir: str | Path, *, force: bool = False, extra=N
         result.individual.to_csv(tmp / INDIVIDUAL, index=False)
         result.predictions.to_csv(tmp / PREDICTIONS, index=False)
         _write_posterior(result, tmp / POSTERIOR)
-        (tmp / REPORT).write_text(report(result))
+        (tmp / REPORT).write_text(report(result), encoding="utf-8")
         if extra is not None:
             extra(tmp)
     return out_dir
@@ -210,7 +210,7 @@ def load_fit(path: str | Path) -> FitResult:
     for name in FILES:
         if not (path / name).is_file():
             raise InputError(f"results folder {str(path)!r} has no {name}. Fix: run the fit again to write a complete folder.")
-    s = json.loads((path / SUMMARY).read_text())
+    s = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
     if s.get("format") != _FORMAT:
         raise InputError(f"{path / SUMMARY}: unknown results format {s.get('format')!r}. Fix: read it with the il2treg version that wrote it ({s.get('version')}).")
     id_type = s["id_type"]
@@ -247,7 +247,7 @@ def _write_summary(result: FitResult, file: Path) -> None:
         "spec_path": result.spec_path, "spec_text": result.spec_text,
         **({"trace": result.trace} if result.trace is not None else {}),
     }  # fmt: skip
-    file.write_text(json.dumps(_encode(summary), indent=1, allow_nan=False) + "\n")
+    file.write_text(json.dumps(_encode(summary), indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def _encode(x):

@@ -300,7 +300,7 @@ def read_fit_spec(path: str | Path) -> FitSpec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"fit file {str(path)!r} does not exist. Fix: check the path (a fits/<name>/fit.toml).")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
