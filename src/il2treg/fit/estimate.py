@@ -338,6 +338,11 @@ def ofv_hessian(objective: Objective, psi, inner: InnerResult, include, rel_step
     per column. Forward rather than central differences halve the cost; with a relative step of
     1e-4 the truncation error of the SEs is of that order, far below their own sampling error.
     """
+    return _hessian_and_gradients(objective, psi, inner, include, rel_step)[0]
+
+
+def _hessian_and_gradients(objective: Objective, psi, inner: InnerResult, include, rel_step: float):
+    """:func:`ofv_hessian`'s R and the per-patient gradients at ``psi`` it was built from."""
     k = len(psi)
     psi = np.asarray(psi, dtype=np.float64)  # the arithmetic around the gradients in NumPy: no programs to compile
     base = objective.gradients(psi, inner.eta, include)
@@ -351,7 +356,7 @@ def ofv_hessian(objective: Objective, psi, inner: InnerResult, include, rel_step
         gp = np.asarray(objective.gradient(psi + e, eta + slope[:, :, j] * e[j], include))
         cols.append((gp - g0) / e[j])
     r = np.stack(cols, axis=1)
-    return 0.5 * (r + r.T)
+    return 0.5 * (r + r.T), np.asarray(base.ofv)
 
 
 #: Covariance matrices of the estimates :func:`estimate_covariance` offers.
@@ -374,7 +379,7 @@ def estimate_covariance(objective: Objective, psi, inner: InnerResult, include, 
     if kind not in COVARIANCE_MATRICES:
         raise ValueError(f"unknown covariance matrix {kind!r}. Fix: use one of {', '.join(COVARIANCE_MATRICES)}.")
     k = len(psi)
-    r = ofv_hessian(objective, psi, inner, include, rel_step)
+    r, per_patient = _hessian_and_gradients(objective, psi, inner, include, rel_step)
     try:
         r_inv = np.linalg.inv(r)
     except np.linalg.LinAlgError:  # singular R: report NaN, do not crash a finished fit
@@ -382,8 +387,7 @@ def estimate_covariance(objective: Objective, psi, inner: InnerResult, include, 
     if kind == "hessian":
         cov = 2.0 * r_inv
     else:
-        per_patient = np.asarray(objective.gradients(np.asarray(psi, dtype=np.float64), inner.eta, include).ofv)
-        per_patient = per_patient[np.asarray(include)]
+        per_patient = per_patient[np.asarray(include)]  # the gradients R was built from: no second evaluation
         cov = r_inv @ (per_patient.T @ per_patient) @ r_inv
         cov = 0.5 * (cov + cov.T)
     ok = np.all(np.isfinite(cov)) and np.all(np.linalg.eigvalsh(cov) > 0)
