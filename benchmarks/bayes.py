@@ -132,8 +132,9 @@ def numpyro_same_density(spec, chains: int, warmup: int, samples: int, seed: int
     fit = fit_population(obj, initial_psi(spec, problem, res0), covariance=False)
     inner = obj.inner(fit.psi, fit.eta)
     cov = estimate_covariance(obj, fit.psi, inner, fit.included)
-    omega = unpack(problem, fit.psi, res0).omega
-    ev = eta_variances(inner, omega)
+    random_effects = unpack(problem, fit.psi, res0).random_effects
+    omega = random_effects.sd
+    ev = eta_variances(inner, random_effects)
     target = make_target(problem, patients, res0, sampling_priors(problem, initial_psi(spec, problem, res0), spec.nuts.priors), fit.included, ev, omega)
     z0 = target.to_coordinates(fit.psi, fit.eta)
     zvar = jnp.where(target.centred, ev, ev / omega**2)

@@ -179,7 +179,7 @@ def objective_gradient(n_patients: int = 100, fitted=None, copies: bool = True) 
     out["gradient_over_objective"] = out["gradient"]["run_s"] / (out["inner"]["run_s"] + out["value_at_ebes"]["run_s"])
     # The Bayesian fit's target at the same point: log p(psi, eta, y) and its gradient.
     target = make_target(problem, patients, spec.residual_model(), sampling_priors(problem, psi), include,
-                         eta_variances(inner, up.omega), up.omega, threshold=0.5)  # fmt: skip
+                         eta_variances(inner, up.random_effects), up.omega, threshold=0.5)  # fmt: skip
     position = {"psi": psi, "z": target.to_coordinates(psi, inner.eta)}
     joint = jax.jit(jax.value_and_grad(lambda pos, tgt: tgt.log_density(pos)))
     _, first, comp = timed(lambda: joint(position, target))

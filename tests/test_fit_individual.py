@@ -75,7 +75,7 @@ def test_the_iteration_budget_is_kept_and_reported(fit_case, ebes):
     need more stop at exactly 2 with status 1, those that need fewer end where the full solve does."""
     objective, psi = fit_case["objective"], fit_case["psi0"]
     up = unpack(objective.problem, psi, objective.base_residual)
-    solve = jax.jit(lambda eta0: batch_inner_solve(objective.problem, up.theta, up.beta, up.omega, up.residual,
+    solve = jax.jit(lambda eta0: batch_inner_solve(objective.problem, up.theta, up.beta, up.random_effects, up.residual,
                                                     objective.patients, eta0, batch_size=objective.batch_size, max_iter=2))  # fmt: skip
     short = solve(jnp.zeros_like(ebes.eta))
     iterations, status = np.asarray(short.iterations), np.asarray(short.status)

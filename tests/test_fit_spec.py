@@ -151,7 +151,7 @@ BAD = [
      "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids.")),
     ("unknown-top-level-key", lambda t: "algorithm = \"saem\"\n" + t,
      "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, dvids, time_unit, drop, labels, ignore_dvids, priors, parameters, "
-     "covariates, error, optimiser, nuts, saem, sri4."),
+     "omega_block, covariates, error, optimiser, nuts, saem, sri4."),
     ("unknown-parameter-key", _replace("initial = 4.0", "inital = 4.0"),
      "{path}: [parameters.emax_treg]: unknown key 'inital'. Fix: use only initial, estimate, cv_percent."),
     ("unknown-error-key", _replace("sigma_prop = 0.12", "sigma = 0.12"),
@@ -327,13 +327,31 @@ def test_pheno_fit_file_reads_hours_and_drops_columns(tmp_path):
         (lambda t: 'priors = "model"\n' + t, r"covariance_matrix = \"sandwich\" with priors = 'model'"),
         (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_WGT = "IIV_VC"'), r"labels.omega_WGT: the fit has no estimate 'omega_WGT'. Fix: use one of POP_CL, POP_VC"),
         (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_CL"'), r"labels.omega_POP_VC and labels.omega_POP_CL are both 'IIV_CL'"),
+        (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL"]\n', r"\[\[omega_block\]\] #1: parameters must list two or more parameters with a random effect"),
+        (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "COVAPGR"]\n', r"\[\[omega_block\]\] #1: 'COVAPGR' has no random effect. Fix: give it cv_percent in \[parameters.COVAPGR\]"),
+        (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "POP_VC"]\n[[omega_block]]\nparameters = ["POP_VC", "POP_CL"]\n',
+         r"\[\[omega_block\]\] #2: 'POP_VC' is already in omega block #1"),
+        (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "POP_VC"]\ncorrelation = 1.0\n', r"correlation 1 does not give a positive definite block of 2. Fix: choose a value in \(-1, 1\)"),
+        (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "POP_VC"]\ncorr = 0.2\n', r"\[\[omega_block\]\] #1: unknown key 'corr'. Fix: use only parameters, correlation"),
+        (lambda t: t + '\n[omega_block]\nparameters = ["POP_CL", "POP_VC"]\n', r"`omega_block` must be \[\[omega_block\]\] tables"),
+        (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_VC"\ncorr_POP_CL_POP_VC = "CORR"'), r"labels.corr_POP_CL_POP_VC: the fit has no estimate 'corr_POP_CL_POP_VC'"),
     ],
     ids=["time-unit", "drop-not-list", "drop-too-few", "curvature", "covariance-matrix", "estimated-covariate", "packaged-data", "time-unit-list", "sandwich-priors",
-         "label-unknown", "label-twice"],
+         "label-unknown", "label-twice", "block-of-one", "block-without-random-effect", "block-twice", "block-correlation", "block-key", "block-not-array",
+         "label-correlation-without-block"],
 )
 def test_bad_nonmem_keys_are_one_clear_error(tmp_path, edit, message):
     with pytest.raises(InputError, match=message):
         read_fit_spec(_pheno_spec(tmp_path, edit))
+
+
+def test_an_omega_block_is_read_with_its_initial_correlation(tmp_path):
+    from il2treg.fit.spec import OmegaBlock
+
+    block = '[[omega_block]]\nparameters = ["POP_VC", "POP_CL"]\ncorrelation = 0.3\n\n'
+    spec = read_fit_spec(_pheno_spec(tmp_path, lambda t: t.replace("[optimiser]", block + "[optimiser]")))
+    assert spec.omega_blocks == (OmegaBlock(("POP_VC", "POP_CL"), 0.3),)
+    assert read_fit_spec(_pheno_spec(tmp_path)).omega_blocks == ()
 
 
 def test_model_covariates_are_converted_to_internal_units_and_checked_against_bounds(tmp_path):

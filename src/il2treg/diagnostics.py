@@ -377,6 +377,7 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
     with np.errstate(invalid="ignore", divide="ignore"):
         iwres = np.where(fit_rows & ok[:, None], (y_s - ipred_s) / sd, np.nan)
     omega = np.asarray(up.omega)
+    omega_cov = np.asarray(up.random_effects.covariance())
     cwres = np.full(y.shape, np.nan)
     for i in np.flatnonzero(ok):
         rows = fit_rows[i]
@@ -384,12 +385,12 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
             continue
         g = jac[i][rows] / np.where(is_log[i][rows], ipred[i][rows], 1.0)[:, None]  # on the modelling scale
         expected = ipred_s[i][rows] - g @ eta[i]
-        c = (g * omega**2) @ g.T + np.diag(sd[i][rows] ** 2)
+        c = g @ omega_cov @ g.T + np.diag(sd[i][rows] ** 2)
         cwres[i, rows] = _inv_sqrt(c) @ (y_s[i][rows] - expected)
 
     key = jax.random.PRNGKey(seed)
     k_eta, k_eps = jax.random.split(key)
-    z_eta = np.asarray(jax.random.normal(k_eta, (n_sim, *eta.shape))) * omega
+    z_eta = np.asarray(jax.random.normal(k_eta, (n_sim, *eta.shape))) @ np.asarray(up.random_effects.cholesky()).T
     z_eps = jax.random.normal(k_eps, (n_sim, *y.shape))
     def replicate(k: int) -> np.ndarray:
         f, st = predict_all(problem, up.theta, up.beta, jnp.asarray(z_eta[k]), patients, batch_size=batch_size)

@@ -54,6 +54,7 @@ from il2treg.fit.estimate import (
     shrinkage,
 )
 from il2treg.fit.individual import STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED
+from il2treg.fit.omega import block_correlation, partial_correlations
 from il2treg.fit.population import Objective, ShardedObjective, ThreadedObjective, make_parallel
 from il2treg.fit.priors import model_priors, sampling_priors
 from il2treg.fit.problem import (
@@ -85,17 +86,19 @@ def make_objective(spec: FitSpec, problem: FitProblem) -> ShardedObjective | Thr
 
 def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) -> jax.Array:
     """The starting vector: fixed effects at the model's (initial) values, covariate coefficients,
-    omegas from CV%, sigmas (the order of ``problem.psi_names``)."""
+    omegas from CV%, the correlations of omega blocks, sigmas (the order of ``problem.psi_names``)."""
     typical = spec.model.typical()
     u = to_unconstrained(problem, {n: float(typical[n]) for n in problem.fixed})
     beta = [c.initial for c in spec.covariates]
     cv = {p.name: p.cv_percent for p in spec.parameters if p.cv_percent is not None}
     log_omega = [0.5 * math.log(math.log1p((cv[n] / 100.0) ** 2)) for n in problem.random]
+    initial_corr = {(i, j): b.correlation for b in spec.omega_blocks for i, j in problem.corr_pairs if problem.random[i] in b.parameters}
+    corr = partial_correlations(block_correlation(problem.n_eta, problem.corr_pairs, initial_corr), problem.corr_pairs) if problem.n_corr else []
     log_sigma = []
     for dvid, kind in problem.sigmas:
         d = problem.model.observable_names.index(dvid)
         log_sigma.append(math.log(float((residual0.sigma_add if kind == "add" else residual0.sigma_prop)[d])))
-    rest = [jnp.asarray(x, dtype=jnp.float64) for x in (beta, log_omega, log_sigma)]
+    rest = [jnp.asarray(x, dtype=jnp.float64) for x in (beta, log_omega, corr, log_sigma)]
     return jnp.concatenate([u, *rest])
 
 
@@ -260,11 +263,11 @@ def score_change_probability(l0, l1, sd0, sd1, fall: float = 4.0, *, step: float
 
 
 def declared_factors(problem: FitProblem) -> np.ndarray:
-    """Per psi entry: factor from internal to the model file's unit (1 for omegas and sigmas)."""
+    """Per psi entry: factor from internal to the model file's unit (1 for omegas, correlations and sigmas)."""
     spec = problem.model.spec
     fixed = [spec[n].to_declared(1.0) for n in problem.fixed]
     beta = [spec[c.parameter].to_declared(1.0) if c.model == "linear" else 1.0 for c in problem.covariates]
-    return np.asarray(fixed + beta + [1.0] * (problem.n_eta + len(problem.sigmas)), dtype=np.float64)
+    return np.asarray(fixed + beta + [1.0] * (problem.n_eta + problem.n_corr + len(problem.sigmas)), dtype=np.float64)
 
 
 def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel) -> pd.DataFrame:
@@ -303,6 +306,9 @@ def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0
         if p.cv_percent is not None:
             name = f"omega_{p.name}"
             row(name, "omega", "1", True, est[name], initial[name], shrinkage_percent=shrink.get(p.name, nan))
+    for i, j in problem.corr_pairs:
+        name = f"corr_{problem.random[j]}_{problem.random[i]}"
+        row(name, "correlation", "1", True, est[name], initial[name])
     for e in spec.errors:
         for sigma in ("sigma_add", "sigma_prop"):
             if sigma not in SIGMAS_OF_KIND[e.kind]:
@@ -384,9 +390,9 @@ def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: Res
     prior = sampling_priors(problem, initial_psi(spec, problem, residual0), settings.priors)
     patients = objective.patients
     inner = objective.inner(fit.psi, fit.eta)  # converged there: no iterations, the compiled solve is reused
-    omega = _unpack(problem, fit.psi, residual0).omega
-    eta_var = eta_variances(inner, omega)
-    target = make_target(problem, patients, residual0, prior, fit.included, eta_var, omega)
+    random_effects = _unpack(problem, fit.psi, residual0).random_effects
+    eta_var = eta_variances(inner, random_effects)
+    target = make_target(problem, patients, residual0, prior, fit.included, eta_var, random_effects.sd)
     samples = sample_nuts(target, fit.psi, fit.eta, eta_var, fit.covariance, settings)
     timing["nuts_compile_s"], timing["nuts_sampling_s"] = samples.compile_s, samples.sampling_s
     t = time.perf_counter()

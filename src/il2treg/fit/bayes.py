@@ -1,11 +1,11 @@
 r"""Full Bayesian fits: the hierarchical model sampled with NUTS (blackjax), warm-started from Laplace.
 
-**Model.** With :math:`\psi = (u, \beta, \log\omega, \log\sigma)` as in :mod:`il2treg.fit.problem`
-and random effects :math:`\eta_i \sim N(0, \mathrm{diag}(\omega^2))`:
+**Model.** With :math:`\psi = (u, \beta, \log\omega, x, \log\sigma)` as in :mod:`il2treg.fit.problem`
+and random effects :math:`\eta_i \sim N(0, \Omega)` (:mod:`il2treg.fit.omega`):
 
 .. math::
     \log p(\psi, \eta \mid y) = \sum_i \log p(y_i \mid \theta_i(\psi, \eta_i))
-        + \sum_i \log N(\eta_i; 0, \mathrm{diag}(\omega^2)) + \log p(\psi) + \text{const}
+        + \sum_i \log N(\eta_i; 0, \Omega) + \log p(\psi) + \text{const}
 
 with the error models of :mod:`il2treg.likelihood` and the prior of
 :func:`il2treg.fit.priors.sampling_priors` (the model file's priors where declared, weakly
@@ -16,7 +16,10 @@ non-centred (:math:`z_{ik} = \eta_{ik}/\omega_k \sim N(0, 1)`) where they do not
 (:func:`make_target`): the non-centred form removes the funnel between :math:`\omega` and weakly
 informed :math:`\eta`, the centred one the curved ridge between :math:`\omega` and :math:`z` (and the
 straight one between a typical value and :math:`\eta`) that strongly informed ones make. The
-distribution of :math:`\eta` is the same in both; only the coordinates differ.
+distribution of :math:`\eta` is the same in both; only the coordinates differ. With correlated
+random effects the non-centred coordinates are still :math:`\eta_{ik}/\omega_k` (which carries the
+funnel), and the density is :math:`N(\eta_i; 0, \Omega)` times the Jacobian :math:`\omega_k` of
+each non-centred coordinate.
 
 **Gradient.** Each patient is solved once per evaluation with forward sensitivities in the
 directions of the varied parameters the ODE reads only (:func:`il2treg.fit.problem.expand`);
@@ -156,9 +159,18 @@ class Target(eqx.Module):
         one = lambda args: _patient_loglik(self.problem, args[0], up.residual, args[1])
         loglik = ordered_map(one, (theta, self.patients), work_order(self.patients.dose_amount), self.batch_size)
         loglik = jnp.sum(jnp.where(self.include, loglik, 0.0))
-        # eta_i ~ N(0, omega^2): density of log theta_i = log typical + eta (centred) or of z = eta / omega
-        log_random = jnp.where(self.centred, -0.5 * (eta / up.omega) ** 2 - jnp.log(up.omega), -0.5 * z**2) - _HALF_LOG_2PI
-        return loglik + jnp.sum(log_random) + self.prior.log_density(psi)
+        return loglik + self._log_random(up.random_effects, eta, z) + self.prior.log_density(psi)
+
+    def _log_random(self, random_effects, eta, z) -> Float[Array, ""]:
+        """log density of the sampler's coordinates of every patient's random effects: that of
+        log theta_i = log typical + eta (centred) or of z = eta / omega (non-centred)."""
+        omega = random_effects.sd
+        if random_effects.corr_chol is None:  # independent effects, one by one
+            log_random = jnp.where(self.centred, -0.5 * (eta / omega) ** 2 - jnp.log(omega), -0.5 * z**2) - _HALF_LOG_2PI
+            return jnp.sum(log_random)
+        n, ne = eta.shape
+        log_normal = -0.5 * jnp.sum(jax.vmap(random_effects.quad)(eta)) - 0.5 * n * random_effects.log_det() - n * ne * _HALF_LOG_2PI
+        return log_normal + jnp.sum(jnp.where(self.centred, 0.0, jnp.log(omega)))  # Jacobians of eta = omega z
 
     def pointwise(self, psi, z, key) -> tuple[Float[Array, "patients obs"], Float[Array, "patients obs"], Array]:
         """Per observation: log-likelihood, a posterior predictive draw, and the solver status per patient."""
@@ -213,10 +225,10 @@ def make_target(problem: FitProblem, patients: PatientData, base_residual: Resid
     return Target(problem, patients, base_residual, prior, jnp.asarray(include), centred)
 
 
-def eta_variances(inner, omega) -> Float[Array, "patients eta"]:
+def eta_variances(inner, random_effects) -> Float[Array, "patients eta"]:
     """Laplace posterior variances of the EBEs: the diagonal of
     :func:`il2treg.fit.individual.laplace_covariance`."""
-    return jnp.diagonal(laplace_covariance(inner, omega), axis1=1, axis2=2)
+    return jnp.diagonal(laplace_covariance(inner, random_effects), axis1=1, axis2=2)
 
 
 def sample_nuts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings: NutsSettings = NutsSettings()) -> Samples:

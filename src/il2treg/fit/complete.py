@@ -5,7 +5,7 @@ In the individual parameters :math:`\phi_i = \log\theta_i` of the parameters wit
 
 .. math::
     c_i(\psi; \phi_i) = \underbrace{-2\log p(y_i \mid \phi_i, \psi)}_{d_i}
-        + \sum_k \Big( \frac{(\phi_{ik} - \mu_{ik}(\psi))^2}{\omega_k^2} + 2\log\omega_k \Big),
+        + (\phi_i - \mu_i(\psi))^\top \Omega^{-1} (\phi_i - \mu_i(\psi)) + \log\det\Omega,
 
 :math:`\mu_i` the log of the patient's typical values (covariate effects applied). The
 population objective (:class:`il2treg.fit.population.Objective`) evaluates these per patient
@@ -57,10 +57,10 @@ def data_term(problem: FitProblem, psi, base_residual: ResidualModel, phi, patie
 
 
 def random_effect_term(problem: FitProblem, psi, base_residual: ResidualModel, phi, patient: PatientData):
-    r""":math:`\sum_k (\phi_{ik} - \mu_{ik})^2/\omega_k^2 + 2\log\omega_k`."""
-    omega = unpack(problem, psi, base_residual).omega
+    r""":math:`(\phi_i - \mu_i)^\top \Omega^{-1} (\phi_i - \mu_i) + \log\det\Omega`."""
+    random_effects = unpack(problem, psi, base_residual).random_effects
     _, mu = individual_parameters(problem, psi, phi, patient)
-    return jnp.sum((phi - mu) ** 2 / omega**2 + 2.0 * jnp.log(omega))
+    return random_effects.quad(phi - mu) + random_effects.log_det()
 
 
 def score_directions(problem: FitProblem) -> tuple[int, ...]:

@@ -415,11 +415,14 @@ def natural_estimates(problem: FitProblem, fit: PopulationFit, base_residual) ->
 
 def natural_parameters(problem: FitProblem, psi: Float[Array, " psi"], base_residual) -> Float[Array, " psi"]:
     """``psi`` on the scale :func:`natural_estimates` reports: fixed effects in internal units,
-    covariate coefficients, omegas (SDs of eta) and sigmas."""
+    covariate coefficients, omegas (SDs of eta), correlations of the random effects in omega
+    blocks, and sigmas."""
     u = unpack(problem, psi, base_residual)
     names = problem.model.parameter_names
     fixed = u.theta[jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)] if problem.n_fixed else jnp.zeros(0)
-    return jnp.concatenate([fixed, u.beta, u.omega, jnp.exp(psi[problem.n_struct + problem.n_eta :])])
+    corr = u.random_effects.correlation()
+    correlations = jnp.stack([corr[i, j] for i, j in problem.corr_pairs]) if problem.n_corr else jnp.zeros(0)
+    return jnp.concatenate([fixed, u.beta, u.omega, correlations, jnp.exp(psi[problem.sigma_start :])])
 
 
 @eqx.filter_jit

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from il2treg.fit.omega import RandomEffects
 from il2treg.fit.problem import (
     FitProblem,
     PatientData,
@@ -94,7 +95,7 @@ def pred_and_jac(problem: FitProblem, theta, eta, patient: PatientData):
 def inner_solve(
     problem: FitProblem,
     theta: Float[Array, " params"],
-    omega: Float[Array, " eta"],
+    random_effects: RandomEffects,
     residual: ResidualModel,
     patient: PatientData,
     eta0: Float[Array, " eta"],
@@ -103,23 +104,23 @@ def inner_solve(
     tol: float = 1e-10,
     max_step: float = 1.0,
 ) -> InnerResult:
-    """Empirical Bayes estimate of eta for one patient (see the module docstring)."""
-    inv = 1.0 / omega**2
+    r"""Empirical Bayes estimate of eta for one patient (see the module docstring); the random
+    effects follow ``random_effects`` (:math:`N(0, \Omega)`)."""
 
     def evaluate(eta):
         pred, jac, status = pred_and_jac(problem, theta, eta, patient)
-        g = data_neg2ll(residual, pred, patient) + jnp.sum(eta**2 * inv)
+        g = data_neg2ll(residual, pred, patient) + random_effects.quad(eta)
         ok = (status == 0) & jnp.isfinite(g)
         return jnp.where(ok, g, jnp.inf), pred, jac
 
     def gradient(eta, pred, jac):
         r1, r2 = observation_derivatives(residual, pred, patient)
-        return jac.T @ r1 + 2.0 * eta * inv, r1, r2
+        return jac.T @ r1 + 2.0 * random_effects.precision_times(eta), r1, r2
 
     def proposal(grad, r2, jac, corr, lam):
         """Damped structured quasi-Newton step from the current point (its gradient ``grad`` and
         observation curvatures ``r2``) and the decrement."""
-        gauss_newton = jac.T @ (jnp.maximum(r2, 0.0)[:, None] * jac) + jnp.diag(2.0 * inv)
+        gauss_newton = jac.T @ (jnp.maximum(r2, 0.0)[:, None] * jac) + 2.0 * random_effects.precision()
         # GN plus a secant estimate of the residual curvature term while the sum stays positive definite.
         hess = jnp.where(jnp.all(jnp.linalg.eigvalsh(gauss_newton + corr) > 0), gauss_newton + corr, gauss_newton)
         step = jnp.linalg.solve(hess + lam * jnp.diag(jnp.diag(hess)), -grad)
@@ -171,12 +172,12 @@ def inner_solve(
     return InnerResult(eta, g, pred, jac, jnp.maximum(r2, 0.0), it, status)
 
 
-def laplace_covariance(inner: InnerResult, omega: Float[Array, " eta"]) -> Float[Array, "patients eta eta"]:
+def laplace_covariance(inner: InnerResult, random_effects: RandomEffects) -> Float[Array, "patients eta eta"]:
     """Laplace covariance of each patient's random effects at its EBE:
     :math:`(\\tfrac12 J^\\top \\mathrm{diag}(r_2)_+ J + \\Omega^{-1})^{-1}` (``inner`` stacked over patients)."""
 
     def one(jac, curv):
-        return jnp.linalg.inv(0.5 * jac.T @ (curv[:, None] * jac) + jnp.diag(1.0 / omega**2))
+        return jnp.linalg.inv(0.5 * jac.T @ (curv[:, None] * jac) + random_effects.precision())
 
     return jax.vmap(one)(inner.jac, inner.curvature)
 
@@ -195,7 +196,7 @@ def _secant_update(corr, s, y, y_sharp):
     return jnp.where(ys > 1e-12 * jnp.sqrt((y @ y) * (s @ s)), corr + update, corr)
 
 
-def batch_inner_solve(problem, theta, beta, omega, residual, patients: PatientData, eta0, *, batch_size: int = 64, **kw) -> InnerResult:
+def batch_inner_solve(problem, theta, beta, random_effects: RandomEffects, residual, patients: PatientData, eta0, *, batch_size: int = 64, **kw) -> InnerResult:
     """:func:`inner_solve` for every patient (chunks of ``batch_size`` vmapped patients, in
     :func:`il2treg.simulate.work_order`).
 
@@ -205,6 +206,6 @@ def batch_inner_solve(problem, theta, beta, omega, residual, patients: PatientDa
 
     def solve(args):
         patient, eta = args
-        return inner_solve(problem, covariate_theta(problem, theta, beta, patient.covariates), omega, residual, patient, eta, **kw)
+        return inner_solve(problem, covariate_theta(problem, theta, beta, patient.covariates), random_effects, residual, patient, eta, **kw)
 
     return ordered_map(solve, (patients, eta0), work_order(patients.dose_amount), batch_size)

@@ -45,6 +45,7 @@ from il2treg.fit.individual import (
     batch_inner_solve,
     observation_derivatives,
 )
+from il2treg.fit.omega import RandomEffects
 from il2treg.fit.priors import Prior, penalty, penalty_gradient
 from il2treg.fit.problem import (
     FitProblem,
@@ -67,23 +68,22 @@ from il2treg.simulate import (
 )
 
 
-def _bracket(residual: ResidualModel, omega, pred, jac, eta, patient: PatientData, curvature: str = "observed"):
+def _bracket(residual: ResidualModel, random_effects: RandomEffects, pred, jac, eta, patient: PatientData, curvature: str = "observed"):
     """L_i and G_i from predictions and sensitivities (the cheap part of the objective)."""
-    inv = 1.0 / omega**2
     r1, r2 = observation_derivatives(residual, pred, patient)
     if curvature == "expected":  # NONMEM's FOCE-I: no terms in the residuals (il2treg.likelihood.expected_curvature)
         r2 = expected_curvature(residual, pred, patient.obs_dvid, patient.obs_cens, r2)
-    g = data_neg2ll(residual, pred, patient) + jnp.sum(eta**2 * inv)
-    half_h = 0.5 * jac.T @ (jnp.where(patient.obs_mask, jnp.maximum(r2, 0.0), 0.0)[:, None] * jac) + jnp.diag(inv)
-    L = g + 2.0 * jnp.sum(jnp.log(omega)) + jnp.linalg.slogdet(half_h)[1]
-    G = jac.T @ r1 + 2.0 * eta * inv
+    g = data_neg2ll(residual, pred, patient) + random_effects.quad(eta)
+    half_h = 0.5 * jac.T @ (jnp.where(patient.obs_mask, jnp.maximum(r2, 0.0), 0.0)[:, None] * jac) + random_effects.precision()
+    L = g + random_effects.log_det() + jnp.linalg.slogdet(half_h)[1]
+    G = jac.T @ r1 + 2.0 * random_effects.precision_times(eta)
     return L, G
 
 
 def patient_terms(problem: FitProblem, psi, base_residual, inner: InnerResult, patient: PatientData):
     """OFV contribution of one patient at its (converged) inner result."""
     up = unpack(problem, psi, base_residual)
-    L, _ = _bracket(up.residual, up.omega, inner.pred, inner.jac, inner.eta, patient, problem.curvature)
+    L, _ = _bracket(up.residual, up.random_effects, inner.pred, inner.jac, inner.eta, patient, problem.curvature)
     return L
 
 
@@ -126,7 +126,7 @@ def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: Pati
 
     def bracket_of(pred, jac, eta_, rest):
         up = unpack(problem, jnp.concatenate([psi[:ns], rest]), base_residual)
-        return _bracket(up.residual, up.omega, pred, jac, eta_, patient, problem.curvature)
+        return _bracket(up.residual, up.random_effects, pred, jac, eta_, patient, problem.curvature)
 
     rest = psi[ns:]
     # L and G together: one reverse pass over the bracket (and the likelihood's derivatives in it).
@@ -155,7 +155,7 @@ class Objective(eqx.Module):
     def inner(self, psi, eta0) -> InnerResult:
         up = unpack(self.problem, psi, self.base_residual)
         return batch_inner_solve(
-            self.problem, up.theta, up.beta, up.omega, up.residual, self.patients, eta0, batch_size=self.batch_size, tol=self.inner_tol
+            self.problem, up.theta, up.beta, up.random_effects, up.residual, self.patients, eta0, batch_size=self.batch_size, tol=self.inner_tol
         )  # fmt: skip
 
     @eqx.filter_jit

@@ -2,7 +2,7 @@ r"""Posterior predictive simulation of new patients under any regimen, from a fi
 
 For each of ``n_draws`` posterior draws :math:`(\theta, \beta, \omega, \sigma)^{(d)}` of the population
 parameters (the NUTS posterior after ``--method nuts``, else the Laplace normal approximation), draw
-``n_patients`` new patients :math:`\eta \sim N(0, \mathrm{diag}(\omega^{(d)})^2)` at the reference
+``n_patients`` new patients :math:`\eta \sim N(0, \Omega^{(d)})` at the reference
 covariates, simulate them under ``regimen``, and report per draw and patient
 
 * every observable at ``times`` (``treg_per_uL``, ``tconv_per_uL``, ...), and the Treg fold change
@@ -24,6 +24,7 @@ import xarray as xr
 
 from il2treg.errors import InputError
 from il2treg.fit.assemble import declared_factors, score_change_probability, score_sd
+from il2treg.fit.omega import block_correlation
 from il2treg.fit.problem import individual_theta, to_unconstrained, typical_theta
 from il2treg.fit.result import FitResult
 from il2treg.fit.spec import FitSpec, stored_spec
@@ -119,9 +120,12 @@ def _draw(result: FitResult, spec: FitSpec, n_draws: int, n_patients: int, seed:
     nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
     u = jnp.stack([to_unconstrained(problem, dict(zip(problem.fixed, row[:nf]))) for row in natural]) if nf else jnp.zeros((n_draws, 0))
     theta = jax.vmap(lambda uu: typical_theta(problem, uu))(u)  # reference covariates: beta does not act
-    omega = jnp.asarray(natural[:, ns : ns + ne])
+    omega = natural[:, ns : ns + ne]
+    # the Cholesky factor of each draw's Omega = diag(omega) R diag(omega): eta = z @ chol.T
+    chol = np.stack([om[:, None] * np.linalg.cholesky(block_correlation(ne, problem.corr_pairs, dict(zip(problem.corr_pairs, row[ns + ne : problem.sigma_start]))))
+                     for om, row in zip(omega, natural)]) if ne else np.zeros((n_draws, 0, 0))  # fmt: skip
     z = jax.random.normal(jax.random.PRNGKey(seed), (n_draws, n_patients, ne))
-    theta_i = jax.vmap(lambda th, om, zz: jax.vmap(lambda zi: individual_theta(problem, th, om * zi))(zz))(theta, omega, z)
+    theta_i = jax.vmap(lambda th, ch, zz: jax.vmap(lambda zi: individual_theta(problem, th, ch @ zi))(zz))(theta, jnp.asarray(chol), z)
     params = Parameters(theta_i.reshape(n_draws * n_patients, -1), spec.model.parameter_names)
     return draws, pick, natural, params
 
@@ -129,7 +133,7 @@ def _draw(result: FitResult, spec: FitSpec, n_draws: int, n_patients: int, seed:
 def _residual(spec: FitSpec, problem, natural: np.ndarray):
     """The error model of draw d (sigmas from the draw, the rest from the fit file)."""
     base = spec.residual_model()
-    start = problem.n_struct + problem.n_eta
+    start = problem.sigma_start
 
     def of(d: int) -> ResidualModel:
         sa, sp = np.asarray(base.sigma_add).copy(), np.asarray(base.sigma_prop).copy()

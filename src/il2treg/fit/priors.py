@@ -6,7 +6,8 @@ Every prior here is normal on the scale the parameter is estimated on:
 
 so a fixed effect with ``transform = "log"`` has a log-normal prior with median :math:`e^{m_k}`,
 ``logit`` a logit-normal one, ``identity`` a normal one; :math:`\log\omega` and :math:`\log\sigma`
-get log-normal priors on :math:`\omega` and :math:`\sigma`. An entry with :math:`s_k = \infty` has
+get log-normal priors on :math:`\omega` and :math:`\sigma`, the artanh of a partial correlation a
+normal prior about 0. An entry with :math:`s_k = \infty` has
 no prior (a flat one).
 
 * :func:`model_priors`: the priors declared in the model file (``prior_sd`` about the declared
@@ -76,12 +77,15 @@ class PriorDefaults:
             in the parameter's unit per covariate unit, a power or exp effect is dimensionless).
         omega_sd: SD of :math:`\\log\\omega` about the initial :math:`\\log\\omega` (1: a factor 2.7).
         sigma_sd: SD of :math:`\\log\\sigma` about the initial :math:`\\log\\sigma`.
+        corr_sd: SD of the artanh of each partial correlation of an omega block about 0
+            (:mod:`il2treg.fit.omega`; 1 puts 68% of the prior mass on :math:`|r| < 0.76`).
     """
 
     fixed_sd: float = 2.0
     beta_sd: float = 10.0
     omega_sd: float = 1.0
     sigma_sd: float = 1.0
+    corr_sd: float = 1.0
 
 
 def model_priors(problem: FitProblem) -> Prior:
@@ -104,9 +108,11 @@ def sampling_priors(problem: FitProblem, psi0: Float[Array, " psi"], defaults: P
     nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
     mean = psi0.copy()
     mean[nf:ns] = 0.0
+    nc = problem.n_corr
+    mean[ns + ne : ns + ne + nc] = 0.0  # partial correlations: about independence
     sd = np.concatenate([
         np.full(nf, defaults.fixed_sd), np.full(ns - nf, defaults.beta_sd),
-        np.full(ne, defaults.omega_sd), np.full(problem.n_psi - ns - ne, defaults.sigma_sd),
+        np.full(ne, defaults.omega_sd), np.full(nc, defaults.corr_sd), np.full(problem.n_psi - ns - ne - nc, defaults.sigma_sd),
     ])  # fmt: skip
     has = declared.declared
     mean[has] = np.asarray(declared.mean)[has]

@@ -5,10 +5,10 @@ r"""What is estimated, on which scale, and the per-patient prediction.
 * fixed effects :math:`\theta` for the parameters named in ``FitProblem.fixed``, each on the
   unconstrained scale of its transform in the model file (``log``: :math:`\theta = e^u`;
   ``logit``: :math:`\theta = lo + (hi - lo)\,\mathrm{sigmoid}(u)`; ``identity``: :math:`\theta = u`);
-* a diagonal between-patient covariance :math:`\Omega = \mathrm{diag}(\omega^2)` of log-normal
-  random effects on the parameters in ``FitProblem.random``:
-  :math:`\theta_i = \theta\, e^{\eta_i}`, :math:`\eta_i \sim N(0, \Omega)`; estimated as
-  :math:`\log \omega`;
+* a between-patient covariance :math:`\Omega` of log-normal random effects on the parameters in
+  ``FitProblem.random``: :math:`\theta_i = \theta\, e^{\eta_i}`, :math:`\eta_i \sim N(0, \Omega)`;
+  diagonal, or with correlated blocks (``FitProblem.blocks``, :mod:`il2treg.fit.omega`); estimated
+  as :math:`\log \omega` and, per correlated pair, the artanh :math:`x` of a partial correlation;
 * residual SDs (``sigma_add``/``sigma_prop`` of the observation types named in
   ``FitProblem.sigmas``), estimated as :math:`\log \sigma`;
 * covariate coefficients :math:`\beta` (``FitProblem.covariates``), one per effect of a patient
@@ -26,7 +26,7 @@ A model parameter that is a patient covariate (``group = "covariate"`` in the mo
 ``FitProblem.bound``) takes each patient's value from the data column of its name before the
 effects above apply; it is not estimated.
 
-They are packed into one vector :math:`\psi = (u, \beta, \log\omega, \log\sigma)` for the
+They are packed into one vector :math:`\psi = (u, \beta, \log\omega, x, \log\sigma)` for the
 optimiser. Everything not estimated stays at the model file's value.
 """
 
@@ -43,6 +43,7 @@ from jaxtyping import Array, Float
 
 from il2treg.data import Dataset
 from il2treg.errors import SpecError
+from il2treg.fit.omega import RandomEffects, block_pairs, check_blocks, correlation_cholesky
 from il2treg.likelihood import ResidualModel, neg2ll_terms
 from il2treg.model import Model
 from il2treg.simulate import SolverOptions, max_dose_lag, slots_needed, solve_one
@@ -73,7 +74,7 @@ class FitProblem:
     Attributes:
         model: the model.
         fixed: names of the estimated fixed effects.
-        random: names of the parameters with a log-normal random effect (diagonal Omega).
+        random: names of the parameters with a log-normal random effect.
         sigmas: ``((dvid, "add" | "prop"), ...)``: estimated residual SDs.
         residual_kinds: error model kind per observation type (order of the model's observables).
         slots: static number of save slots per inter-dose interval (see il2treg.simulate).
@@ -86,6 +87,8 @@ class FitProblem:
             residuals: NONMEM's FOCE-I, :func:`il2treg.likelihood.expected_curvature`).
         bound: the model's covariate parameters, each patient's value read from the data column
             of the same name (``PatientData.covariates`` after the effects' columns).
+        blocks: groups of random effects with correlations estimated (NONMEM's ``$OMEGA
+            BLOCK(n)``); the others are uncorrelated (:mod:`il2treg.fit.omega`).
     """
 
     model: Model
@@ -98,6 +101,7 @@ class FitProblem:
     covariates: tuple[CovariateEffect, ...] = ()
     bound: tuple[str, ...] = ()
     curvature: str = "observed"
+    blocks: tuple[tuple[str, ...], ...] = ()
 
     @property
     def n_fixed(self) -> int:
@@ -117,8 +121,22 @@ class FitProblem:
         return len(self.random)
 
     @property
+    def corr_pairs(self) -> tuple[tuple[int, int], ...]:
+        """Pairs ``(i, j)``, ``i > j``, of random effects whose correlation is estimated."""
+        return block_pairs(self.random, self.blocks)
+
+    @property
+    def n_corr(self) -> int:
+        return len(self.corr_pairs)
+
+    @property
     def n_psi(self) -> int:
-        return self.n_struct + len(self.random) + len(self.sigmas)
+        return self.n_struct + len(self.random) + self.n_corr + len(self.sigmas)
+
+    @property
+    def sigma_start(self) -> int:
+        """Index in psi of the first residual SD."""
+        return self.n_struct + self.n_eta + self.n_corr
 
     @property
     def ode_varied(self) -> tuple[int, ...]:
@@ -141,6 +159,7 @@ class FitProblem:
             *self.fixed,
             *(c.name for c in self.covariates),
             *(f"omega_{n}" for n in self.random),
+            *(f"corr_{self.random[j]}_{self.random[i]}" for i, j in self.corr_pairs),
             *(f"sigma_{kind}_{dvid}" for dvid, kind in self.sigmas),
         )
 
@@ -156,6 +175,7 @@ def make_problem(
     options: SolverOptions | None = None,
     covariates: tuple[CovariateEffect, ...] = (),
     curvature: str = "observed",
+    blocks: tuple[tuple[str, ...], ...] = (),
 ) -> FitProblem:
     """Validate the choice of estimated quantities against the model and the data."""
     if curvature not in CURVATURES:
@@ -169,6 +189,8 @@ def make_problem(
             raise SpecError(f"random effect on {n!r} needs a log transform (it is {model.spec[n].transform!r}).")
     if len(set(fixed)) != len(fixed) or len(set(random)) != len(random):
         raise SpecError("a parameter is listed twice in the fit. Fix: list each once.")
+    blocks = tuple(tuple(b) for b in blocks)
+    check_blocks(tuple(random), blocks)
     observed = set(data.observed_names())
     for dvid, kind in sigmas:
         if dvid not in model.observable_names or kind not in ("add", "prop"):
@@ -213,7 +235,7 @@ def make_problem(
     kinds = ResidualModel.build(residual_kinds, names=model.observable_names).kinds
     slots = slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), max_dose_lag(model))
     options = options or SolverOptions(adjoint=dfx.ForwardMode())
-    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature)
+    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature, blocks)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -254,12 +276,17 @@ def from_unconstrained(problem: FitProblem, u: Float[Array, " fixed"]) -> Float[
 
 class Unpacked(eqx.Module):
     """psi split into its parts: typical values (internal units), covariate coefficients,
-    omega (SDs), residual model."""
+    the random effects' distribution, residual model."""
 
     theta: Float[Array, " params"]  # every model parameter, typical patient (reference covariates)
     beta: Float[Array, " effects"]
-    omega: Float[Array, " eta"]
+    random_effects: RandomEffects
     residual: ResidualModel
+
+    @property
+    def omega(self) -> Float[Array, " eta"]:
+        """The SDs of the random effects."""
+        return self.random_effects.sd
 
 
 def typical_theta(problem: FitProblem, u: Float[Array, " fixed"]) -> Float[Array, " params"]:
@@ -272,15 +299,16 @@ def typical_theta(problem: FitProblem, u: Float[Array, " fixed"]) -> Float[Array
 
 
 def unpack(problem: FitProblem, psi: Float[Array, " psi"], base_residual: ResidualModel) -> Unpacked:
-    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
+    nf, ns, ne, start = problem.n_fixed, problem.n_struct, problem.n_eta, problem.sigma_start
     omega = jnp.exp(psi[ns : ns + ne])
+    corr_chol = correlation_cholesky(psi[ns + ne : start], problem.corr_pairs, ne) if problem.n_corr else None
     sa, sp = base_residual.sigma_add, base_residual.sigma_prop
     for k, (dvid, kind) in enumerate(problem.sigmas):
         d = problem.model.observable_names.index(dvid)
-        value = jnp.exp(psi[ns + ne + k])
+        value = jnp.exp(psi[start + k])
         sa, sp = (sa.at[d].set(value), sp) if kind == "add" else (sa, sp.at[d].set(value))
     residual = ResidualModel(sa, sp, problem.residual_kinds, base_residual.score_step, problem.model.observable_names)
-    return Unpacked(typical_theta(problem, psi[:nf]), psi[nf:ns], omega, residual)
+    return Unpacked(typical_theta(problem, psi[:nf]), psi[nf:ns], RandomEffects(omega, corr_chol), residual)
 
 
 def covariate_theta(problem: FitProblem, theta, beta, covariates: Float[Array, " effects"]):

@@ -61,8 +61,10 @@ class FitResult:
         spec_text: the fit file's text; ``spec_path`` where it was read.
         model: model name; ``data``: the data as named in the fit file.
         psi_names: population parameters: fixed effects, ``omega_<p>`` (SD of the random
-            effect on log p), ``sigma_<add|prop>_<dvid>``.
-        psi: their estimates on the estimation scale (unconstrained, log omega, log sigma).
+            effect on log p), ``corr_<p>_<q>`` (correlation of two random effects of an omega
+            block), ``sigma_<add|prop>_<dvid>``.
+        psi: their estimates on the estimation scale (unconstrained, log omega, the artanh of
+            partial correlations (il2treg.fit.omega), log sigma).
         covariance: covariance of ``psi`` (NaN when it could not be computed).
         ofv, aic, bic: −2 log-likelihood (FOCE-I) and the information criteria.
         condition_number: of the covariance; ``condition_number_cor``: of the correlation.
@@ -418,6 +420,11 @@ def report(result: FitResult) -> str:
         shrink = "-" if om is None else _g(om["shrinkage_percent"], ".1f")
         value = _g(row["estimate"]) + ("" if row["estimated"] else " (fixed)")
         lines.append(f"| {_named(row)} | {value} | {row['unit']} | {_g(row['rse_percent'], '.1f')} | {_ci(row)} | {bsv} | {shrink} |")
+    correlations = est[est["type"] == "correlation"]
+    if len(correlations):
+        lines += ["", "## Correlations of the random effects (omega blocks)", "", "| parameter | estimate | SE | 95% CI |", "|---|---|---|---|"]
+        for _, row in correlations.iterrows():
+            lines.append(f"| {_named(row)} | {_g(row['estimate'])} | {_g(row['se'])} | {_ci(row)} |")
     lines += ["", "## Residual error", "", "| parameter | estimate | unit | %RSE | 95% CI |", "|---|---|---|---|---|"]
     for _, row in est[est["type"] == "sigma"].iterrows():
         value = _g(row["estimate"]) + ("" if row["estimated"] else " (fixed)")

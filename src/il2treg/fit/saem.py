@@ -7,7 +7,7 @@ typical values (covariate effects applied). The complete-data objective is
 
 .. math::
     c(\psi; \phi) = \sum_i \Big[ \underbrace{-2\log p(y_i \mid \phi_i, \psi)}_{d_i}
-        + \sum_k \Big( \frac{(\phi_{ik} - \mu_{ik}(\psi))^2}{\omega_k^2} + 2\log\omega_k \Big) \Big].
+        + (\phi_i - \mu_i(\psi))^\top \Omega^{-1} (\phi_i - \mu_i(\psi)) + \log\det\Omega \Big].
 
 **Iteration** :math:`k` (Kuhn & Lavielle, Comput Stat Data Anal 2005, with the M-step of Gu &
 Kong, PNAS 1998):
@@ -50,7 +50,8 @@ here, censored and ordinal included), so no second derivative of the ODE is need
 
 **Annealing** (as Monolix): during the exploration phase each :math:`\omega_k` and residual SD may
 fall by at most a factor :math:`\sqrt{\tau}` per iteration (``annealing`` :math:`= \tau`), which
-keeps the chains mixing while the estimates are far from the optimum.
+keeps the chains mixing while the estimates are far from the optimum (correlations of an omega
+block are not annealed).
 
 **After the iterations** the EBEs (conditional modes) are found at :math:`\hat\psi` from the last
 draws, and the FOCE-I objective is evaluated there (:class:`il2treg.fit.population.Objective`)
@@ -140,11 +141,11 @@ def _newton_step(hess: np.ndarray, grad: np.ndarray) -> np.ndarray:
 def walk_shapes(objective, psi, phi, mu) -> np.ndarray:
     """:math:`L_i` (lower Cholesky factors, ``[patients, eta, eta]``) of the Laplace covariance
     :math:`2 H_i^{-1}` of each patient's random effects at its EBE for ``psi`` (searched from
-    ``phi - mu``); :math:`\\mathrm{diag}(\\omega)` where the search fails."""
+    ``phi - mu``); the Cholesky factor of :math:`\\Omega` where the search fails."""
     inner = objective.inner(psi, jnp.asarray(phi - mu))
-    omega = unpack(objective.problem, psi, objective.base_residual).omega
-    cov = np.asarray(laplace_covariance(inner, omega))
-    shapes = np.broadcast_to(np.diag(np.asarray(omega)), cov.shape).copy()
+    random_effects = unpack(objective.problem, psi, objective.base_residual).random_effects
+    cov = np.asarray(laplace_covariance(inner, random_effects))
+    shapes = np.broadcast_to(np.asarray(random_effects.cholesky()), cov.shape).copy()
     for i in np.flatnonzero((np.asarray(inner.status) == STATUS_CONVERGED) & np.all(np.isfinite(cov), axis=(1, 2))):
         with contextlib.suppress(np.linalg.LinAlgError):  # not positive definite: keep omega
             shapes[i] = np.linalg.cholesky(cov[i])
@@ -180,11 +181,9 @@ def fit_saem(objective, psi0: Float[Array, " psi"], settings: SaemSettings = Sae
     rng = np.random.default_rng(settings.seed)
     psi = np.asarray(psi0, dtype=np.float64).copy()
     ns = problem.n_struct
-    spread = slice(ns, len(psi))  # log omega and log sigma: annealed
+    spread = np.r_[ns : ns + ne, problem.sigma_start : len(psi)]  # log omega and log sigma: annealed
     penalty_hess = jax.jit(jax.hessian(objective.penalty))
-
-    def omega_of(p):
-        return np.exp(p[ns : ns + ne])
+    effects_of = jax.jit(lambda p: unpack(problem, p, objective.base_residual).random_effects)
 
     mu = np.array(log_typical(problem, jnp.asarray(psi), patients))
     phi = np.array(mu)
@@ -198,13 +197,14 @@ def fit_saem(objective, psi0: Float[Array, " psi"], settings: SaemSettings = Sae
     proposed = np.zeros(2)
     for k in range(settings.iterations):
         adapting = k < settings.burn_in + settings.explore
-        omega = omega_of(psi)
+        random_effects = effects_of(jnp.asarray(psi))
+        chol, precision = np.asarray(random_effects.cholesky()), np.asarray(random_effects.precision())
         if not fresh:  # psi moved: the data terms of the current draws change with it
             mu = np.array(log_typical(problem, jnp.asarray(psi), patients))
             d = np.array(objective.data_terms(jnp.asarray(psi), jnp.asarray(phi))[0])
             fresh = True
         for _ in range(settings.prior_draws):
-            trial = mu + omega * rng.standard_normal((n, ne))
+            trial = mu + rng.standard_normal((n, ne)) @ chol.T
             d_new = np.asarray(objective.data_terms(jnp.asarray(psi), jnp.asarray(trial))[0])
             take = _accept(rng, d_new, d)
             phi[take], d[take] = trial[take], d_new[take]
@@ -215,8 +215,8 @@ def fit_saem(objective, psi0: Float[Array, " psi"], settings: SaemSettings = Sae
         for _ in range(settings.walk_steps):
             trial = phi + np.exp(log_scale)[:, None] * np.einsum("nij,nj->ni", shapes, rng.standard_normal((n, ne)))
             d_new = np.asarray(objective.data_terms(jnp.asarray(psi), jnp.asarray(trial))[0])
-            prior_old = np.sum((phi - mu) ** 2 / omega**2, axis=1)
-            prior_new = np.sum((trial - mu) ** 2 / omega**2, axis=1)
+            prior_old = np.einsum("ni,ij,nj->n", phi - mu, precision, phi - mu)
+            prior_new = np.einsum("ni,ij,nj->n", trial - mu, precision, trial - mu)
             take = _accept(rng, d_new + prior_new, d + prior_old)
             phi[take], d[take] = trial[take], d_new[take]
             accepted[1] += take[include].sum()

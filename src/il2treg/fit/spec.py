@@ -20,6 +20,10 @@ A fit file has a few top-level keys and four kinds of tables::
     estimate = false                     # typical value fixed (at `initial`), random effect only
     cv_percent = 40
 
+    [[omega_block]]                      # optional: correlated random effects, as $OMEGA BLOCK(n)
+    parameters = ["emax_treg", "treg0"]  # two or more parameters with cv_percent
+    correlation = 0.1                    # initial correlation of every pair in the block (default 0.1)
+
     [[covariates]]                       # optional, one per effect of a covariate column
     parameter = "tconv0"
     covariate = "WT"                     # a numeric column of the data, constant per patient
@@ -60,6 +64,7 @@ A fit file has a few top-level keys and four kinds of tables::
     beta_sd = 10.0                       # (il2treg.fit.priors.PriorDefaults)
     omega_sd = 1.0
     sigma_sd = 1.0
+    corr_sd = 1.0                        # artanh of an omega block's partial correlations
 
     [saem]                               # optional: `il2treg fit --method saem` settings
     burn_in = 5                          # (il2treg.fit.saem.SaemSettings; defaults shown)
@@ -100,6 +105,7 @@ from il2treg.data import TIME_UNITS, Dataset, read_dataset
 from il2treg.errors import DataError, SpecError
 from il2treg.fit.bayes import NutsSettings
 from il2treg.fit.estimate import COVARIANCE_MATRICES
+from il2treg.fit.omega import block_pairs
 from il2treg.fit.priors import PriorDefaults
 from il2treg.fit.problem import COVARIATE_MODELS, CURVATURES, CovariateEffect, FitProblem, make_problem
 from il2treg.fit.saem import SaemSettings
@@ -124,13 +130,15 @@ SIGMAS_OF_KIND: dict[str, tuple[str, ...]] = {
 #: Parameter groups whose parameters act on one observation type only (nothing feeds back).
 _ACTS_ONLY_ON = {"disease": "sledai"}
 
-_TOP_KEYS = ("name", "description", "model", "data", "dvids", "time_unit", "drop", "labels", "ignore_dvids", "priors", "parameters", "covariates", "error", "optimiser", "nuts", "saem", "sri4")
+_TOP_KEYS = ("name", "description", "model", "data", "dvids", "time_unit", "drop", "labels", "ignore_dvids", "priors", "parameters", "omega_block", "covariates", "error",
+             "optimiser", "nuts", "saem", "sri4")  # fmt: skip
 PRIOR_CHOICES = ("none", "model")
 _NUTS_DEFAULTS = {"chains": 4, "warmup": 500, "samples": 500, "seed": 0, "target_accept": 0.8, "max_tree_depth": 8, "init_spread": 1.0,
-                  "fixed_sd": 2.0, "beta_sd": 10.0, "omega_sd": 1.0, "sigma_sd": 1.0}  # fmt: skip
+                  "fixed_sd": 2.0, "beta_sd": 10.0, "omega_sd": 1.0, "sigma_sd": 1.0, "corr_sd": 1.0}  # fmt: skip
 _SAEM_DEFAULTS = {"burn_in": 5, "explore": 250, "smooth": 100, "prior_draws": 2, "walk_steps": 2, "annealing": 0.95, "seed": 0}
 _PARAM_KEYS = ("initial", "estimate", "cv_percent")
 _COVARIATE_KEYS = ("parameter", "covariate", "model", "reference", "initial")
+_BLOCK_KEYS = ("parameters", "correlation")
 _ERROR_KEYS = ("kind", "sigma_add", "sigma_prop", "estimate", "score_step")
 _CHOICES = {"curvature": CURVATURES, "covariance_matrix": COVARIANCE_MATRICES}
 _OPTIMISER_DEFAULTS = {"max_iter": 200, "ftol": 1e-4, "gtol": 1e-2, "covariance": True, "covariance_matrix": "hessian", "curvature": "observed"}
@@ -183,6 +191,19 @@ class CovariateEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class OmegaBlock:
+    """One ``[[omega_block]]`` table: random effects whose correlations are estimated.
+
+    Attributes:
+        parameters: the parameters (each with a random effect) in the block.
+        correlation: the initial correlation of every pair in the block.
+    """
+
+    parameters: tuple[str, ...]
+    correlation: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimiserSettings:
     """Outer optimiser settings (see :func:`il2treg.fit.estimate.fit_population`)."""
 
@@ -217,6 +238,7 @@ class FitSpec:
         model: the model with every ``initial`` value set (so fixed parameters sit at theirs).
         dataset: the data; observations of ``ignore_dvids`` have ``obs_mask`` False.
         parameters: the parameter tables, in file order.
+        omega_blocks: the correlated blocks of random effects (``[[omega_block]]``).
         covariates: the covariate effects, in file order.
         errors: the error-model tables, in the order of the model's observables.
         ignore_dvids: observation types not fitted.
@@ -252,6 +274,7 @@ class FitSpec:
     time_unit: str = "day"
     drop: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    omega_blocks: tuple[OmegaBlock, ...] = ()
 
     @property
     def fixed(self) -> tuple[str, ...]:
@@ -278,7 +301,7 @@ class FitSpec:
         return make_problem(
             self.model, self.dataset, fixed=self.fixed, random=self.random, sigmas=self.sigmas,
             residual_kinds={e.dvid: e.kind for e in self.errors}, covariates=self.effects, options=options,
-            curvature=self.optimiser.curvature,
+            curvature=self.optimiser.curvature, blocks=tuple(b.parameters for b in self.omega_blocks),
         )  # fmt: skip
 
     def residual_model(self) -> ResidualModel:
@@ -342,6 +365,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     for d in ignore:
         _known_dvid(d, where, "ignore_dvids", names)
     parameters = _parameters(doc.get("parameters", {}), base, where)
+    omega_blocks = _omega_blocks(doc.get("omega_block", []), parameters, where)
     covariates = _covariates(doc.get("covariates", []), base, dataset, where)
     errors = _errors(doc.get("error", {}), where, names)
     optimiser = OptimiserSettings(**_settings(doc.get("optimiser", {}), _OPTIMISER_DEFAULTS, where, "optimiser"))
@@ -350,7 +374,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     if priors not in PRIOR_CHOICES:
         raise SpecError(f"{where}: priors must be one of {', '.join(repr(c) for c in PRIOR_CHOICES)}, got {priors!r}.")
     nuts_table = _settings(doc.get("nuts", {}), _NUTS_DEFAULTS, where, "nuts")
-    prior_keys = ("fixed_sd", "beta_sd", "omega_sd", "sigma_sd")
+    prior_keys = ("fixed_sd", "beta_sd", "omega_sd", "sigma_sd", "corr_sd")
     try:
         nuts = NutsSettings(**{k: v for k, v in nuts_table.items() if k not in prior_keys},
                             priors=PriorDefaults(**{k: float(nuts_table[k]) for k in prior_keys}))  # fmt: skip
@@ -381,7 +405,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
         path=path, text=text, name=name, description=description, model_source=doc["model"], data_source=doc["data"],
         model=model, dataset=dataset, parameters=parameters, covariates=covariates, errors=errors, ignore_dvids=tuple(ignore),
         optimiser=optimiser, sri4=sri4, priors=priors, nuts=nuts, saem=saem, time_unit=time_unit, drop=tuple(drop),
-        labels=_labels(doc.get("labels", {}), parameters, covariates, errors, where),
+        labels=_labels(doc.get("labels", {}), parameters, covariates, errors, where, omega_blocks), omega_blocks=omega_blocks,
     )  # fmt: skip
 
 
@@ -499,6 +523,31 @@ def _parameters(table, model: Model, where: str) -> tuple[ParameterEntry, ...]:
                     f"{name!r} has {ps.transform!r}. Fix: remove cv_percent, or set transform = \"log\" in the model file."
                 )
         out.append(ParameterEntry(name, estimate, initial, cv))
+    return tuple(out)
+
+
+def _omega_blocks(table, parameters: tuple[ParameterEntry, ...], where: str) -> tuple[OmegaBlock, ...]:
+    if not isinstance(table, list) or not all(isinstance(t, dict) for t in table):
+        raise SpecError(f'{where}: `omega_block` must be [[omega_block]] tables, e.g. parameters = ["CL", "V"].')
+    random = [p.name for p in parameters if p.cv_percent is not None]
+    out, seen = [], {}
+    for k, entry in enumerate(table, start=1):
+        here = f"{where}: [[omega_block]] #{k}"
+        _known_keys(entry, _BLOCK_KEYS, here, "key")
+        names = entry.get("parameters")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) < 2:
+            raise SpecError(f'{here}: parameters must list two or more parameters with a random effect, e.g. parameters = ["CL", "V"], got {names!r}.')
+        for name in names:
+            if name not in random:
+                raise SpecError(f"{here}: {name!r} has no random effect. Fix: give it cv_percent in [parameters.{name}], or use one of {', '.join(random) or '(none)'}.")
+            if name in seen:
+                raise SpecError(f"{here}: {name!r} is already in omega block #{seen[name]}. Fix: put each random effect in one block.")
+            seen[name] = k
+        correlation = _number(entry.get("correlation", 0.1), here, "correlation")
+        if not -1.0 / (len(names) - 1) < correlation < 1.0:
+            raise SpecError(f"{here}: correlation {correlation:g} does not give a positive definite block of {len(names)}. "
+                            f"Fix: choose a value in ({-1.0 / (len(names) - 1):g}, 1), e.g. 0.1.")  # fmt: skip
+        out.append(OmegaBlock(tuple(names), correlation))
     return tuple(out)
 
 
@@ -646,12 +695,14 @@ def _check_against_data(dataset: Dataset, parameters, errors, ignore, model: Mod
             )
 
 
-def _labels(table, parameters, covariates, errors, where: str) -> tuple[tuple[str, str], ...]:
+def _labels(table, parameters, covariates, errors, where: str, omega_blocks: tuple[OmegaBlock, ...] = ()) -> tuple[tuple[str, str], ...]:
     """The ``labels`` table checked against the names of the fit's estimates."""
     if not isinstance(table, dict):
         raise SpecError(f'{where}: `labels` must be a table of estimate names and labels, e.g. labels = {{ omega_CL = "IIV_CL" }}, got {table!r}.')
     names = [p.name for p in parameters if p.estimate] + [c.effect.name for c in covariates]
-    names += [f"omega_{p.name}" for p in parameters if p.cv_percent is not None]
+    random = tuple(p.name for p in parameters if p.cv_percent is not None)
+    names += [f"omega_{n}" for n in random]
+    names += [f"corr_{random[j]}_{random[i]}" for i, j in block_pairs(random, tuple(b.parameters for b in omega_blocks))]
     names += [f"sigma_{s.removeprefix('sigma_')}_{e.dvid}" for e in errors for s in SIGMAS_OF_KIND[e.kind]]
     for name, label in table.items():
         if name not in names:
