@@ -40,6 +40,7 @@ import numpy as np
 
 from il2treg.fit.assemble import initial_psi
 from il2treg.fit.bayes import eta_variances, make_target
+from il2treg.fit.estimators import Nuts
 from il2treg.fit.population import Objective
 from il2treg.fit.priors import sampling_priors
 from il2treg.fit.problem import individual_theta, patient_arrays, predict, typical_theta, unpack
@@ -64,7 +65,7 @@ def summarise(draws: dict, names, seconds: float, diverging) -> dict:
 
 def run_il2treg(spec) -> tuple[dict, object]:
     t = time.perf_counter()
-    result = compute_fit(spec, method="nuts")
+    result = compute_fit(spec, estimator=Nuts())
     wall = time.perf_counter() - t
     post = result.inference.posterior
     names = list(result.psi_names)

@@ -28,6 +28,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from il2treg.fit.estimators import estimator_named
 from il2treg.fit.run import compute_fit
 from il2treg.fit.spec import read_fit_spec
 
@@ -96,7 +97,7 @@ def main() -> None:
             (folder / "data.csv").write_text(simulate(args.patients, args.rho, seed), encoding="utf-8")
             (folder / "fit.toml").write_text(FIT.format(model=MODEL.as_posix()), encoding="utf-8")
             t = time.perf_counter()
-            result = compute_fit(read_fit_spec(folder / "fit.toml"), method=args.method)
+            result = compute_fit(read_fit_spec(folder / "fit.toml"), estimator=estimator_named(args.method))
             wall = time.perf_counter() - t
             est = result.estimates.set_index("parameter")
             corr = est.loc["corr_CL_V"]

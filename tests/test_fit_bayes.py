@@ -15,6 +15,7 @@ from il2treg.errors import InputError, SpecError
 from il2treg.fit import load_fit
 from il2treg.fit.assemble import initial_psi
 from il2treg.fit.bayes import NutsSettings, Target, make_target
+from il2treg.fit.estimators import Nuts
 from il2treg.fit.priors import sampling_priors
 from il2treg.fit.problem import make_problem, patient_arrays
 from il2treg.fit.result import save
@@ -113,8 +114,7 @@ def test_bad_nuts_settings_are_named(kw, message):
 
 @pytest.fixture(scope="module")
 def nuts_result(spec, tmp_path_factory):
-    small = dataclasses.replace(spec, nuts=NutsSettings(chains=2, warmup=40, samples=40, seed=3))
-    result = compute_fit(small, method="nuts")
+    result = compute_fit(spec, estimator=Nuts(NutsSettings(chains=2, warmup=40, samples=40, seed=3)))
     out = tmp_path_factory.mktemp("nuts") / "results"
     save(result, out)
     return result, out
@@ -124,7 +124,7 @@ def nuts_result(spec, tmp_path_factory):
 def test_nuts_results_round_trip_exactly_through_load_fit(nuts_result):
     result, out = nuts_result
     back = load_fit(out)
-    assert back.method == "nuts"
+    assert back.method == "nuts" and back.estimator == Nuts()
     assert back.equals(result)
     assert set(back.inference.groups()) >= {"posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data", "constant_data"}
 
@@ -174,9 +174,12 @@ def test_nuts_report_and_estimates_carry_the_posterior_summary(nuts_result):
     assert "## NUTS posterior" in result.summary()
 
 
-def test_unknown_method_is_refused_before_computing(spec, tmp_path):
+def test_an_estimator_that_is_not_one_is_refused_before_computing(spec, tmp_path):
+    from il2treg.fit.estimators import estimator_named
     from il2treg.fit.run import run_fit
 
-    with pytest.raises(InputError, match="unknown method"):
-        run_fit(spec, tmp_path / "x", method="mcmc")
+    with pytest.raises(InputError, match=r"estimator must be an il2treg.fit estimator \(Foce\(\), Saem\(...\), Nuts\(...\)\), got 'mcmc'"):
+        run_fit(spec, tmp_path / "x", estimator="mcmc")
     assert not (tmp_path / "x").exists()
+    with pytest.raises(InputError, match=r"unknown estimation method 'mcmc'\. Fix: use one of foce, saem, nuts"):
+        estimator_named("mcmc")

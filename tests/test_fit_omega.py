@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from il2treg.errors import SpecError
-from il2treg.simulate import SolverOptions
 from il2treg.fit.omega import (
     RandomEffects,
     block_correlation,
@@ -19,6 +18,7 @@ from il2treg.fit.omega import (
     correlation_cholesky,
     partial_correlations,
 )
+from il2treg.simulate import SolverOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,16 +169,17 @@ def test_block_objective_is_the_diagonal_one_at_zero_correlation_and_its_gradien
 def test_foce_and_saem_recover_the_correlation(cohort):
     """One cohort of 100 with correlation 0.6 (benchmarks/omega_block.py runs ten): FOCE-I and
     SAEM estimate it within 0.15, and the report shows it."""
+    from il2treg.fit.estimators import Foce, Saem
     from il2treg.fit.result import report
     from il2treg.fit.run import compute_fit
     from il2treg.fit.spec import read_fit_spec
 
     spec = read_fit_spec(cohort[0])
-    for method in ("foce", "saem"):
-        result = compute_fit(spec, method=method)
+    for estimator in (Foce(), Saem()):
+        result = compute_fit(spec, estimator=estimator)
         row = result.estimates.set_index("parameter").loc["corr_CL_V"]
         assert row["type"] == "correlation"
-        assert abs(row["estimate"] - 0.6) < 0.15, (method, row["estimate"])
+        assert abs(row["estimate"] - 0.6) < 0.15, (estimator, row["estimate"])
         assert row["ci_low"] < row["estimate"] < row["ci_high"]
         assert "| corr_CL_V |" in report(result)
 

@@ -18,6 +18,7 @@ import il2treg
 from il2treg import cli
 from il2treg.errors import InputError
 from il2treg.fit import result as result_module
+from il2treg.fit.estimators import Saem
 from il2treg.fit.result import FILES, POSTERIOR_METHOD, FitResult, load_fit, save
 from il2treg.fit.run import run_fit
 
@@ -277,7 +278,7 @@ def test_an_saem_trace_and_settings_round_trip_exactly(fitted, tmp_path):
 
     r = fitted["result"]
     trace = np.random.default_rng(0).normal(size=(9, len(r.psi_names)))
-    saem = dataclasses.replace(r, method="saem", trace=trace, settings={**r.settings, "saem_burn_in": 2, "saem_explore": 4, "saem_acceptance_walk": 0.31})
+    saem = dataclasses.replace(r, estimator=Saem(), trace=trace, settings={**r.settings, "saem_burn_in": 2, "saem_explore": 4, "saem_acceptance_walk": 0.31})
     save(saem, tmp_path / "saem")
     back = load_fit(tmp_path / "saem")
     assert back.equals(saem) and not back.equals(r)
@@ -295,7 +296,7 @@ def test_run_fit_with_saem_writes_its_trace_and_settings(fitted, tmp_path):
     (folder / "saem.toml").write_text(FIT_TOML + "\n[saem]\nburn_in = 1\nexplore = 4\nsmooth = 2\nprior_draws = 1\nwalk_steps = 1\n")
     events = []
     out = tmp_path / "saem"
-    result = run_fit(folder / "saem.toml", out, method="saem", progress=events.append, figures=False)  # the figure: test_plots
+    result = run_fit(folder / "saem.toml", out, estimator=Saem(), progress=events.append, figures=False)  # the figure: test_plots
     assert result.method == "saem" and result.iterations == 7 and result.trace.shape == (8, len(result.psi_names))
     assert [e["iteration"] for e in events if e["stage"] == "estimation"] == [2, 3, 4, 5, 6, 7]  # none in the burn-in
     assert result.settings["saem_explore"] == 4 and 0.0 <= result.settings["saem_acceptance_walk"] <= 1.0

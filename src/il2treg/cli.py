@@ -176,12 +176,14 @@ def fit(
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from il2treg.errors import InputError
+    from il2treg.fit.estimators import ESTIMATORS, estimator_named
     from il2treg.fit.result import FILES
-    from il2treg.fit.run import METHODS, run_fit
+    from il2treg.fit.run import run_fit
     from il2treg.fit.spec import read_fit_spec
 
-    if method not in METHODS:
-        raise InputError(f"unknown --method {method!r}. Fix: use one of {', '.join(METHODS)}.")
+    if method not in ESTIMATORS:
+        raise InputError(f"unknown --method {method!r}. Fix: use one of {', '.join(ESTIMATORS)}.")
+    estimator = estimator_named(method)  # the fit file's [optimiser], [saem] or [nuts] settings
     fit_spec = read_fit_spec(spec)  # validates everything before any computation
     if out.exists() and not force:
         raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
@@ -192,11 +194,11 @@ def fit(
         columns = (SpinnerColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(_describe({"stage": "start"}), total=None)
-            result = run_fit(fit_spec, out, force=force, method=method, figures=figures, n_sim=n_sim,
+            result = run_fit(fit_spec, out, force=force, estimator=estimator, figures=figures, n_sim=n_sim,
                              progress=lambda info: progress.update(task, description=_describe(info)))
     else:
         show = lambda info: console.print(f"[{time.perf_counter() - start:7.1f} s] {_describe(info)}", highlight=False)
-        result = run_fit(fit_spec, out, force=force, method=method, figures=figures, n_sim=n_sim, progress=show)
+        result = run_fit(fit_spec, out, force=force, estimator=estimator, figures=figures, n_sim=n_sim, progress=show)
     console.print(Markdown(result.summary()))
     console.print(f"wrote {out}/ ({', '.join(FILES)}{', diagnostics.csv, figures/' if figures else ''}); read it with il2treg.fit.load_fit({str(out)!r})", highlight=False)
 

@@ -3,13 +3,16 @@
 :mod:`.problem` says what is estimated, :mod:`.individual` solves each patient's EBE,
 :mod:`.population` holds the objective and its exact gradient, :mod:`.estimate` the outer
 optimisation and the uncertainty, :mod:`.saem` the SAEM estimator, :mod:`.priors` the priors, :mod:`.bayes` the NUTS posterior,
-:mod:`.profile` profile likelihoods, :mod:`.predictive` posterior predictive simulation.
+:mod:`.profile` profile likelihoods, :mod:`.predictive` posterior predictive simulation,
+:mod:`.estimators` the estimator objects (``Foce()``, ``Saem(...)``, ``Nuts(...)``) a fit runs,
+:mod:`.omega` the between-patient covariance (diagonal or in blocks).
 :mod:`.spec` reads fit files (``fits/<name>/fit.toml``), :mod:`.run` runs them, :mod:`.result`
 holds, saves and loads a :class:`FitResult`.
 """
 
 from il2treg.fit.bayes import NutsSettings, sample_nuts
 from il2treg.fit.estimate import PopulationFit, fit_population, natural_estimates, shrinkage
+from il2treg.fit.estimators import Estimator, Foce, Nuts, Saem
 from il2treg.fit.individual import InnerResult, batch_inner_solve, inner_solve
 from il2treg.fit.population import Objective
 from il2treg.fit.predictive import posterior_predictive
@@ -23,16 +26,20 @@ from il2treg.fit.saem import SaemSettings, fit_saem
 from il2treg.fit.spec import FitSpec, read_fit_spec
 
 __all__ = [
+    "Estimator",
     "FitProblem",
     "FitResult",
     "FitSpec",
+    "Foce",
     "InnerResult",
+    "Nuts",
     "NutsSettings",
     "Objective",
     "PopulationFit",
     "Prior",
     "PriorDefaults",
     "Profile",
+    "Saem",
     "SaemSettings",
     "batch_inner_solve",
     "compute_fit",

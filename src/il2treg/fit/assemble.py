@@ -46,13 +46,14 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from il2treg.fit.bayes import eta_variances, make_target, pointwise, sample_nuts
+from il2treg.fit.bayes import NutsSettings, eta_variances, make_target, pointwise, sample_nuts
 from il2treg.fit.estimate import (
     PopulationFit,
     natural_estimates,
     natural_parameters_of,
     shrinkage,
 )
+from il2treg.fit.estimators import Estimator, Nuts, Saem
 from il2treg.fit.individual import STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED
 from il2treg.fit.omega import block_correlation, partial_correlations
 from il2treg.fit.population import Objective, ShardedObjective, ThreadedObjective, make_parallel
@@ -382,11 +383,11 @@ def _plain(v):
 # ----------------------------------------------------------------------------- NUTS
 
 
-def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel, objective: ShardedObjective | ThreadedObjective, estimates: pd.DataFrame, timing: dict):
+def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel, objective: ShardedObjective | ThreadedObjective, estimates: pd.DataFrame, timing: dict,
+          settings: NutsSettings):  # fmt: skip
     """NUTS from the Laplace fit: (natural-scale draws [chain, draw, psi], InferenceData, estimates with posterior columns)."""
     import arviz as az
 
-    settings = spec.nuts
     prior = sampling_priors(problem, initial_psi(spec, problem, residual0), settings.priors)
     patients = objective.patients
     inner = objective.inner(fit.psi, fit.eta)  # converged there: no iterations, the compiled solve is reused
@@ -468,10 +469,10 @@ def compile_predictions(rows: PredictionRows, psi, residual0: ResidualModel) -> 
 
 
 def assemble_result(spec: FitSpec, problem: FitProblem, objective: ShardedObjective | ThreadedObjective, fit: PopulationFit, *,
-                    method: str, rows: PredictionRows, timing: dict, emit: Callable[[dict], None], start: float,
+                    estimator: Estimator, rows: PredictionRows, timing: dict, emit: Callable[[dict], None], start: float,
                     programs: Sequence[Future] = ()) -> FitResult:
     """The :class:`FitResult` of an estimation: predictions, per-patient results, estimates and the
-    posterior (for ``method = "nuts"``, NUTS from the fit); ``timing`` gains ``results_s`` (and the
+    posterior (for a :class:`~il2treg.fit.estimators.Nuts` estimator, NUTS from the fit); ``timing`` gains ``results_s`` (and the
     NUTS stages) and ``total_s`` (since ``start``, a ``time.perf_counter()``). ``programs``: the
     predictions' programs being built (:func:`compile_predictions`), waited for first."""
     data = spec.dataset
@@ -488,9 +489,9 @@ def assemble_result(spec: FitSpec, problem: FitProblem, objective: ShardedObject
     posterior = _posterior(problem, fit, residual0, declared_factors(problem))
     timing["results_s"] = time.perf_counter() - t
     inference = None
-    if method == "nuts":
+    if isinstance(estimator, Nuts):
         emit({"stage": "nuts", "elapsed_s": time.perf_counter() - start})
-        posterior, inference, estimates = _nuts(spec, problem, fit, residual0, objective, estimates, timing)
+        posterior, inference, estimates = _nuts(spec, problem, fit, residual0, objective, estimates, timing, estimator.settings_for(spec))
     timing["total_s"] = time.perf_counter() - start
     cov = np.asarray(fit.covariance, dtype=np.float64)
     return FitResult(
@@ -507,8 +508,8 @@ def assemble_result(spec: FitSpec, problem: FitProblem, objective: ShardedObject
                            "score_step": float(up.residual.score_step)} for e in spec.errors},
         settings={**{k: _plain(v) for k, v in dataclasses.asdict(spec.optimiser).items()},
                   **{f"sri4_{k}": float(v) for k, v in dataclasses.asdict(spec.sri4).items()},
-                  **({f"saem_{k}": _plain(v) for k, v in dataclasses.asdict(spec.saem).items()} if method == "saem" else {}),
-                  **({f"saem_acceptance_{k}": float(a) for k, a in zip(("population", "walk"), fit.acceptance)} if method == "saem" else {})},
-        timing={k: float(v) for k, v in timing.items()}, version=_version(), method=method, inference=inference,
+                  **({f"saem_{k}": _plain(v) for k, v in dataclasses.asdict(estimator.settings_for(spec)).items()} if isinstance(estimator, Saem) else {}),
+                  **({f"saem_acceptance_{k}": float(a) for k, a in zip(("population", "walk"), fit.acceptance)} if isinstance(estimator, Saem) else {})},
+        timing={k: float(v) for k, v in timing.items()}, version=_version(), estimator=type(estimator)(), inference=inference,
         trace=None if fit.trace is None else np.asarray(fit.trace, dtype=np.float64),
     )  # fmt: skip

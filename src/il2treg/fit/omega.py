@@ -166,7 +166,7 @@ def partial_correlations(correlation: np.ndarray, pairs: tuple[tuple[int, int], 
 
 
 def block_correlation(n: int, pairs: tuple[tuple[int, int], ...], value: dict[tuple[int, int], float]) -> np.ndarray:
-    """An ``n`` × ``n`` correlation matrix with ``value[(i, j)]`` at each pair (both triangles)."""
+    """An ``n`` by ``n`` correlation matrix with ``value[(i, j)]`` at each pair (both triangles)."""
     corr = np.eye(n)
     for i, j in pairs:
         corr[i, j] = corr[j, i] = value[(i, j)]

@@ -41,6 +41,7 @@ import pandas as pd
 
 from il2treg._io import atomic_output_dir
 from il2treg.errors import InputError
+from il2treg.fit.estimators import Estimator, Foce, Nuts, Saem, estimator_named
 
 SUMMARY, PARAMETERS, INDIVIDUAL, PREDICTIONS, POSTERIOR, REPORT = (
     "summary.json", "parameters.csv", "individual.csv", "predictions.csv", "posterior.nc", "report.md",
@@ -82,8 +83,10 @@ class FitResult:
         settings: optimiser and SRI-4 settings used.
         timing: seconds per stage (``estimation_s`` includes compilation).
         version: il2treg version that made it.
-        method: ``"foce"`` or ``"nuts"`` (then ``posterior`` holds the NUTS draws).
-        inference: the NUTS posterior as ArviZ InferenceData (None for ``"foce"``).
+        estimator: the estimator that made it (:mod:`il2treg.fit.estimators`; its settings are
+            in ``settings``); after :class:`~il2treg.fit.estimators.Nuts`, ``posterior`` holds the
+            NUTS draws. Saved as ``summary.json``'s ``method``, its name.
+        inference: the NUTS posterior as ArviZ InferenceData (None for the other estimators).
     """
 
     name: str
@@ -113,9 +116,14 @@ class FitResult:
     settings: dict
     timing: dict
     version: str
-    method: str = "foce"
+    estimator: Estimator = Foce()
     inference: object = None
     trace: np.ndarray | None = None
+
+    @property
+    def method(self) -> str:
+        """The name of the estimator that made it (``foce``, ``saem`` or ``nuts``)."""
+        return self.estimator.name
 
     @property
     def flagged(self) -> list:
@@ -217,6 +225,10 @@ def load_fit(path: str | Path) -> FitResult:
         raise InputError(f"{path / SUMMARY}: unknown results format {s.get('format')!r}. Fix: read it with the il2treg version that wrote it ({s.get('version')}).")
     id_type = s["id_type"]
     psi_names = tuple(s["psi_names"])
+    try:
+        estimator = estimator_named(s.get("method", "foce"))
+    except InputError as err:
+        raise InputError(f"{path / SUMMARY}: {err}") from None
     return FitResult(
         name=s["name"], spec_text=s["spec_text"], spec_path=s["spec_path"], model=s["model"], data=s["data"],
         psi_names=psi_names, psi=_array(s["psi"]), covariance=_array(s["covariance"]).reshape(len(psi_names), len(psi_names)),
@@ -227,8 +239,8 @@ def load_fit(path: str | Path) -> FitResult:
         estimates=_read_csv(path / PARAMETERS), individual=_read_csv(path / INDIVIDUAL, id_type),
         predictions=_read_csv(path / PREDICTIONS, id_type), posterior=_read_posterior(path / POSTERIOR, psi_names),
         posterior_seed=int(s["posterior_seed"]), residual=_decode(s["residual"]), settings=_decode(s["settings"]),
-        timing=_decode(s["timing"]), version=s["version"], method=s.get("method", "foce"),
-        inference=_read_inference(path / POSTERIOR) if s.get("method") == "nuts" else None,
+        timing=_decode(s["timing"]), version=s["version"], estimator=estimator,
+        inference=_read_inference(path / POSTERIOR) if isinstance(estimator, Nuts) else None,
         trace=_array(s["trace"]).reshape(-1, len(psi_names)) if "trace" in s else None,
     )  # fmt: skip
 
@@ -244,7 +256,7 @@ def _write_summary(result: FitResult, file: Path) -> None:
         "n_patients": result.n_patients, "n_observations": result.n_observations, "flagged": result.flagged,
         "psi_names": list(result.psi_names), "psi": result.psi, "covariance": result.covariance, "history": result.history,
         "residual": result.residual, "settings": result.settings, "timing": result.timing,
-        "posterior_seed": result.posterior_seed, "id_type": id_type, "method": result.method,
+        "posterior_seed": result.posterior_seed, "id_type": id_type, "method": result.estimator.name,
         "posterior_method": POSTERIOR_METHOD if result.inference is None else "nuts",
         "spec_path": result.spec_path, "spec_text": result.spec_text,
         **({"trace": result.trace} if result.trace is not None else {}),
@@ -397,7 +409,7 @@ def report(result: FitResult) -> str:
         f"# Fit {result.name}: model {result.model}, data {result.data}",
         "",
         (f"SAEM population fit: {result.iterations} iterations (OFV, %RSE and shrinkage: FOCE-I at the SAEM estimates); "
-         if result.method == "saem" else f"FOCE-I ({_curvature_text(result.settings)}) population fit, L-BFGS: {status} after {result.iterations} iterations; ")
+         if isinstance(result.estimator, Saem) else f"FOCE-I ({_curvature_text(result.settings)}) population fit, L-BFGS: {status} after {result.iterations} iterations; ")
         + f"estimation {t.get('estimation_s', float('nan')):.1f} s (compilation included), total {t.get('total_s', float('nan')):.1f} s. "
         + _covariance_text(result.settings, result.covariance),
         "",

@@ -19,18 +19,15 @@ import equinox as eqx
 
 from il2treg.errors import InputError
 from il2treg.fit.assemble import assemble_result, compile_predictions, initial_psi, make_objective, prediction_rows
-from il2treg.fit.estimate import estimate_covariance, fit_population
+from il2treg.fit.estimate import estimate_covariance
+from il2treg.fit.estimators import Estimator, Foce
 from il2treg.fit.result import FitResult, save
-from il2treg.fit.saem import fit_saem
 from il2treg.fit.spec import FitSpec, read_fit_spec
-
-#: Estimation methods of :func:`compute_fit`.
-METHODS = ("foce", "saem", "nuts")
 
 Progress = Callable[[dict], None]
 
 
-def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = False, method: str = "foce", progress: Progress | None = None,
+def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = False, estimator: Estimator = Foce(), progress: Progress | None = None,
             figures: bool = True, n_sim: int = 500) -> FitResult:
     """Validate, fit, and write the results folder ``out_dir``.
 
@@ -38,7 +35,9 @@ def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = Fa
         spec: a :class:`FitSpec` or the path of a fit file.
         out_dir: results folder; it must not exist unless ``force``.
         force: replace an existing results folder.
-        method: ``"foce"``, ``"saem"`` or ``"nuts"`` (:func:`compute_fit`).
+        estimator: :class:`~il2treg.fit.estimators.Foce` (the default),
+            :class:`~il2treg.fit.estimators.Saem` or :class:`~il2treg.fit.estimators.Nuts`
+            (:func:`compute_fit`).
         progress: called with a dict at each stage (``stage``: ``start``, ``estimation``,
             ``covariance``, ``predictions``, ``writing``; ``elapsed_s``) and after each outer
             iteration (``stage`` ``estimation`` with ``iteration``, ``ofv``, ``grad_max``).
@@ -54,7 +53,7 @@ def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = Fa
     if out_dir.exists() and not force:
         raise InputError(f"output folder {str(out_dir)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     start = time.perf_counter()
-    result = compute_fit(spec, method=method, progress=progress)
+    result = compute_fit(spec, estimator=estimator, progress=progress)
     extra = None
     if figures:
         if progress is not None:
@@ -70,17 +69,19 @@ def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = Fa
     return result
 
 
-def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | None = None) -> FitResult:
-    """Run the fit described by ``spec`` and return its :class:`FitResult` (nothing is written).
+def compute_fit(spec: FitSpec, *, estimator: Estimator = Foce(), progress: Progress | None = None) -> FitResult:
+    """Run the fit described by ``spec`` with ``estimator`` and return its :class:`FitResult`
+    (nothing is written).
 
-    ``method``: ``"foce"`` (FOCE-I / Laplace; the posterior file holds draws from the normal
-    approximation), ``"saem"`` (:mod:`il2treg.fit.saem`, settings in ``[saem]``; the OFV, the
-    covariance and the posterior file are those of the FOCE-I objective at the SAEM estimates) or ``"nuts"`` (the Laplace fit, then NUTS warm-started from it,
-    :mod:`il2treg.fit.bayes`; the posterior file holds the NUTS posterior with its sample
-    statistics, pointwise log-likelihood and posterior predictive draws).
+    ``estimator`` (:mod:`il2treg.fit.estimators`): ``Foce()`` (FOCE-I / Laplace; the posterior
+    file holds draws from the normal approximation), ``Saem(...)`` (the OFV, the covariance and
+    the posterior file are those of the FOCE-I objective at the SAEM estimates) or ``Nuts(...)``
+    (the Laplace fit, then NUTS warm-started from it; the posterior file holds the NUTS
+    posterior with its sample statistics, pointwise log-likelihood and posterior predictive draws).
     """
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}. Fix: use one of {', '.join(METHODS)}.")
+    if not isinstance(estimator, Estimator):
+        raise InputError(f"estimator must be an il2treg.fit estimator (Foce(), Saem(...), Nuts(...)), got {estimator!r}. "
+                         "Fix: pass one of them, e.g. estimator=Foce().")  # fmt: skip
     start = time.perf_counter()
     emit = progress or (lambda info: None)
     timing: dict[str, float] = {}
@@ -104,13 +105,10 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
 
     t = time.perf_counter()
     opt = spec.optimiser
-    if method == "saem":
-        fit = fit_saem(objective, psi0, spec.saem, covariance=False, callback=on_iteration)
-    else:
-        fit = fit_population(objective, psi0, max_iter=opt.max_iter, ftol=opt.ftol, gtol=opt.gtol, covariance=False, callback=on_iteration)
+    fit = estimator.estimate(spec, objective, psi0, on_iteration)
     timing["estimation_s"] = time.perf_counter() - t
     timing["first_iteration_s"] = first[0] if first else float("nan")
-    if opt.covariance or method == "nuts":
+    if opt.covariance or estimator.needs_covariance:
         emit({"stage": "covariance", "elapsed_s": time.perf_counter() - start})
         t = time.perf_counter()
         inner = objective.inner(fit.psi, fit.eta)
@@ -118,4 +116,4 @@ def compute_fit(spec: FitSpec, *, method: str = "foce", progress: Progress | Non
         timing["covariance_s"] = time.perf_counter() - t
 
     emit({"stage": "predictions", "elapsed_s": time.perf_counter() - start})
-    return assemble_result(spec, problem, objective, fit, method=method, rows=rows, timing=timing, emit=emit, start=start, programs=built)
+    return assemble_result(spec, problem, objective, fit, estimator=estimator, rows=rows, timing=timing, emit=emit, start=start, programs=built)
