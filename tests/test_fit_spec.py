@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import il2treg.fit.estimators
 import il2treg.fit.run
 from conftest import run_cli
 from il2treg.errors import InputError, SpecError
@@ -69,7 +70,8 @@ def no_computation(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("computation started")
 
-    monkeypatch.setattr(il2treg.fit.run, "fit_population", forbidden)
+    monkeypatch.setattr(il2treg.fit.estimators, "fit_population", forbidden)
+    monkeypatch.setattr(il2treg.fit.estimators, "fit_saem", forbidden)
     monkeypatch.setattr(il2treg.fit.spec.FitSpec, "problem", forbidden)  # the first step of compute_fit
 
 
@@ -234,25 +236,6 @@ def test_cli_existing_results_folder_is_one_line_and_exit_2(monkeypatch, capsys,
     code, _, err = run_cli(monkeypatch, capsys, "fit", str(write(fit_dir, GOOD)), "--out", str(out))
     assert code == 2
     assert err.count("\n") == 1 and "already exists" in err and "--force" in err
-
-
-def test_score_change_probability_is_the_exact_sum_of_the_score_model():
-    """Against a Monte Carlo of the score model (round, floor at 0), for steps 1 and 2."""
-    from il2treg.fit.assemble import score_change_probability
-
-    rng = np.random.default_rng(0)
-    l0, l1, sd = np.array([11.0, 6.0, 2.5]), np.array([4.5, 5.0, 0.3]), np.array([1.5, 2.0, 1.0])
-    for step in (1.0, 2.0):
-        p, e0, e1 = score_change_probability(l0, l1, sd, sd, 4.0, step=step)
-        x0 = l0[:, None] + sd[:, None] * rng.standard_normal((3, 400_000))
-        x1 = l1[:, None] + sd[:, None] * rng.standard_normal((3, 400_000))
-        y0 = np.maximum(step * np.round(x0 / step), 0.0)
-        y1 = np.maximum(step * np.round(x1 / step), 0.0)
-        mc = np.mean(y0 - y1 >= 4.0, axis=1)
-        np.testing.assert_allclose(p, mc, atol=4 * np.sqrt(0.25 / 400_000))
-        np.testing.assert_allclose(e0, y0.mean(axis=1), atol=0.02)
-        np.testing.assert_allclose(e1, y1.mean(axis=1), atol=0.02)
-    assert np.isnan(score_change_probability([np.nan], [1.0], [1.0], [1.0])[0][0])
 
 
 def test_packaged_datasets_are_found_by_name(fit_dir, monkeypatch):

@@ -22,7 +22,8 @@ ordinal        score on a grid :math:`y \in \{0, h, 2h, \dots\}`: latent     ``s
 
 ``ordinal`` is the default for SLEDAI: it is a non-negative integer score, so a Gaussian on the
 raw score would put mass on negative and fractional values; the discretised normal is the
-likelihood of exactly the observation process used to simulate scores (round, floor at 0).
+likelihood of exactly the observation process used to simulate scores (round, floor at 0): one
+model, :mod:`il2treg.sledai`, for the likelihood, the fit's SRI-4 prediction and the trial.
 
 **BLQ (M3).** An observation with ``CENS = 1`` carries the LLOQ in ``y``; its likelihood is
 :math:`P(Y < LLOQ) = \Phi((LLOQ - f)/sd)` (in log space for ``log``).
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
 from jaxtyping import Array, Bool, Float, Int
 
+from il2treg import sledai
 from il2treg.errors import SpecError
 from il2treg.observables import OBSERVABLE_NAMES
 
@@ -113,25 +115,10 @@ class ResidualModel(eqx.Module):
         )
 
 
-def _log_diff_ndtr(a: Array, b: Array) -> Array:
-    """log(Φ(b) − Φ(a)) for a < b, stable in both tails."""
-    # In the upper tail use the symmetry Φ(b) − Φ(a) = Φ(−a) − Φ(−b).
-    upper = a > 0
-    hi = jnp.where(upper, -a, b)
-    lo = jnp.where(upper, -b, a)
-    log_hi, log_lo = log_ndtr(hi), log_ndtr(lo)
-    return log_hi + jnp.log1p(-jnp.exp(jnp.minimum(log_lo - log_hi, -1e-16)))
-
-
 def _neg2ll_kind(kind: str, y, f, cens, sigma_add, sigma_prop, step: float = 1.0):
     """Per-observation −2 log-likelihood of one error-model kind (vectorised over observations)."""
     if kind == "ordinal":
-        sd = jnp.maximum(sigma_add, _FLOOR)
-        k = step * jnp.round(y / step)
-        upper = (k + 0.5 * step - f) / sd
-        lower = (k - 0.5 * step - f) / sd
-        log_p = jnp.where(k <= 0, log_ndtr(upper), _log_diff_ndtr(jnp.where(k <= 0, upper - 1.0, lower), upper))
-        return -2.0 * log_p
+        return -2.0 * sledai.log_probability(y, f, jnp.maximum(sigma_add, _FLOOR), step)
     if kind == "log":
         y_t, f_t = jnp.log(jnp.maximum(y, _FLOOR)), jnp.log(jnp.maximum(f, _FLOOR))
         sd = jnp.maximum(sigma_add, _FLOOR) * jnp.ones_like(f)
@@ -239,7 +226,7 @@ def sample_observations(
     kinds = jnp.asarray([KINDS.index(k) for k in residual.kinds])[dvid]
     sd = residual_sd(residual, pred, dvid)
     h = residual.score_step
-    ordinal = jnp.maximum(0.0, h * jnp.round((pred + sd * z) / h))
+    ordinal = sledai.reported(pred + sd * z, h, jnp)
     return jnp.select(
         [kinds == KINDS.index("log"), kinds == KINDS.index("ordinal")],
         [jnp.maximum(pred, _FLOOR) * jnp.exp(sd * z), ordinal],

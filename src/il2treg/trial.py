@@ -34,7 +34,8 @@ score, :math:`L_i(t) \mathrel{+}= -b_{s(i)}(1 - e^{-k_{pl} t})`, without solving
 :math:`\varepsilon_{ij} \sim N(0, \sigma^2)` independent between visits, with grid
 :math:`h` = ``score_step`` = 2: 21 of the 24 SELENA-SLEDAI descriptors weigh 2, 4 or 8 points, so
 real scores move mostly in even steps, and a 4-point fall then needs what it needs clinically
-(one 4-point item or two 2-point items to resolve).
+(one 4-point item or two 2-point items to resolve). This is :mod:`il2treg.sledai`, the observation
+model that the fit's ``ordinal`` likelihood and its SRI-4 prediction use too.
 
 **SRI-4** at the assessment visit: :math:`Y_{i0} - Y_{i,wk12} \ge 4`, and no BILAG/PGA veto, a
 Bernoulli draw kept with probability ``bilag_pga_keep`` (0.956, literature.md 5.2). A patient
@@ -69,9 +70,8 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jax.scipy.special import ndtr as jax_ndtr
-from scipy import special
 
+from il2treg import sledai
 from il2treg.errors import InputError, RegimenError, SpecError
 from il2treg.model import Model, Parameters, load_model, sample_population
 from il2treg.regimen import Regimen, lupil2, named, placebo
@@ -383,9 +383,8 @@ def load_design(name_or_path: str | Path = "lupil2") -> TrialDesign:
 
 
 def reported_score(latent_plus_noise, step: float) -> np.ndarray:
-    """The reported SLEDAI: ``max(0, step * round(x / step))`` (points)."""
-    x = np.asarray(latent_plus_noise, dtype=np.float64)
-    return np.maximum(step * np.round(x / step), 0.0)
+    """The reported SLEDAI: ``max(0, step * round(x / step))`` (points; :func:`il2treg.sledai.reported`)."""
+    return sledai.reported(np.asarray(latent_plus_noise, dtype=np.float64), step)
 
 
 def sri4(baseline, assessment, keep, fall: float = 4.0) -> np.ndarray:
@@ -429,16 +428,10 @@ def entry_and_fall(l0, l_assess, design: TrialDesign, top: float, xp=np):
     """The sums of :func:`response_probability` for 1-D ``l0``, ``l_assess`` (no checks), with the
     score grid up to ``top + 10 sd``; ``top`` bounds ``l0`` and is static. ``xp``: ``numpy``, or
     ``jax.numpy`` for a differentiable version (:func:`il2treg.design.design_function`)."""
-    ndtr = jax_ndtr if xp is jnp else special.ndtr
     h, sd = float(design.score_step), float(design.sledai_noise_sd)
-    grid = h * np.arange(0, int(np.ceil((top + 10.0 * sd + h) / h)) + 1)
-    # Y = b  <=>  x in [b - h/2, b + h/2), except Y = 0 collects everything below h/2.
-    upper = ndtr((grid[:, None] + h / 2 - l0[None]) / sd)
-    lower = xp.where(grid[:, None] == 0, 0.0, ndtr((grid[:, None] - h / 2 - l0[None]) / sd))
-    p_b = (upper - lower) * (grid >= design.entry_sledai_min - 1e-9)[:, None]
-    # Y_12 <= c  <=>  x < c + h/2 for c >= 0 on the grid; c = largest grid value <= b - fall.
-    c = h * np.floor((grid - design.sri4_fall) / h + 1e-9)
-    p_fall = xp.where(c[:, None] >= 0, ndtr((c[:, None] + h / 2 - l_assess[None]) / sd), 0.0)
+    scores = sledai.grid(top + 10.0 * sd, h)
+    p_b = sledai.probabilities(scores, l0, sd, h, xp) * (scores >= design.entry_sledai_min - 1e-9)[:, None]
+    p_fall = sledai.at_most(sledai.fall_limit(scores, design.sri4_fall, h), l_assess, sd, h, xp)
     return p_b.sum(axis=0), (p_b * p_fall).sum(axis=0)
 
 

@@ -12,8 +12,8 @@ for kind ``log`` IWRES = (log DV − log IPRED) / σ). Residuals are NaN on cens
 the LLOQ), and IWRES also on rows not fitted.
 
 **SLEDAI link.** For each patient, the latent SLEDAI :math:`L` at day 0 and at the assessment
-day (``[sri4] day``, 84 by default) under its individual parameters, and the observed score
-model of :mod:`il2treg.likelihood` (``ordinal``):
+day (``[sri4] day``, 84 by default) under its individual parameters, and the SLEDAI observation
+model (:mod:`il2treg.sledai`, also the ``ordinal`` likelihood and the trial simulator's):
 :math:`Y = \max(0, h\,\mathrm{round}((L + \epsilon)/h))` on the score grid of step :math:`h`
 (``score_step``, 1 = integer scores), :math:`\epsilon \sim N(0, \sigma^2)` independent at the two
 visits, σ the fitted SLEDAI SD. Then
@@ -44,7 +44,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy import special
 
 from il2treg.fit.bayes import NutsSettings, eta_variances, make_target, pointwise, sample_nuts
 from il2treg.fit.estimate import (
@@ -72,6 +71,7 @@ from il2treg.fit.result import FitResult
 from il2treg.fit.spec import SIGMAS_OF_KIND, FitSpec
 from il2treg.likelihood import ResidualModel, residual_sd
 from il2treg.simulate import max_dose_lag, ordered_map, slots_needed, work_order
+from il2treg.sledai import score_change_probability
 
 #: Inner (EBE) status codes as words.
 STATUS_TEXT = {STATUS_CONVERGED: "converged", STATUS_MAX_ITER: "EBE not converged", STATUS_SOLVER_FAILED: "ODE solve failed"}
@@ -232,32 +232,6 @@ def score_sd(residual: ResidualModel, latent: np.ndarray) -> np.ndarray:
     sd = np.asarray(_residual_sd(residual, latent, np.full(latent.shape, k)), dtype=np.float64)
     return sd * latent if residual.kinds[k] == "log" else sd
 
-
-def score_change_probability(l0, l1, sd0, sd1, fall: float = 4.0, *, step: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r"""P(Y_0 − Y_1 ≥ fall) and E[Y_0], E[Y_1] for reported scores Y = max(0, h·round((L + N(0, sd²)) / h)).
-
-    Exact sums over the discrete score distributions on the grid of step ``h`` (module
-    docstring); vectorised over patients. NaN where a latent score or SD is not usable.
-    """
-    l0, l1, sd0, sd1 = (np.atleast_1d(np.asarray(x, dtype=np.float64)) for x in (l0, l1, sd0, sd1))
-    ok = np.isfinite(l0) & np.isfinite(l1) & (sd0 > 0) & (sd1 > 0)
-    safe = lambda x, fill: np.where(ok, x, fill)
-    l0, l1, sd0, sd1 = safe(l0, 0.0), safe(l1, 0.0), safe(sd0, 1.0), safe(sd1, 1.0)
-    h = float(step)
-    top = float(np.max(np.maximum(l0 + 12 * sd0, l1 + 12 * sd1)))
-    k = h * np.arange(max(int(np.ceil(top / h)), 0) + 2, dtype=np.float64)[None, :]
-
-    def pmf(latent, sd):
-        upper = special.ndtr((k + h / 2 - latent[:, None]) / sd[:, None])
-        lower = np.where(k == 0, 0.0, special.ndtr((k - h / 2 - latent[:, None]) / sd[:, None]))
-        return upper - lower
-
-    p0, p1 = pmf(l0, sd0), pmf(l1, sd1)
-    c = h * np.floor((k - fall) / h + 1e-9)  # the largest score on the grid <= b - fall
-    cdf1 = np.where(c >= 0, special.ndtr((c + h / 2 - l1[:, None]) / sd1[:, None]), 0.0)
-    p_fall = np.sum(p0 * cdf1, axis=1)
-    e0, e1 = np.sum(k * p0, axis=1), np.sum(k * p1, axis=1)
-    return np.where(ok, p_fall, np.nan), np.where(ok, e0, np.nan), np.where(ok, e1, np.nan)
 
 
 # ----------------------------------------------------------------------------- estimates

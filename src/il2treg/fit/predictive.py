@@ -8,7 +8,7 @@ covariates, simulate them under ``regimen``, and report per draw and patient
 * every observable at ``times`` (``treg_per_uL``, ``tconv_per_uL``, ...), and the Treg fold change
   :math:`T(t)/T(0)`;
 * the latent SLEDAI change at ``day`` and the probability of an SRI-4 response there
-  (:func:`il2treg.fit.assemble.score_change_probability` with the fit's SLEDAI error model), times the
+  (:func:`il2treg.sledai.score_change_probability` with the fit's SLEDAI error model), times the
   probability that BILAG/PGA does not veto it.
 
 The spread over ``draw`` is parameter uncertainty; the spread over ``patient`` is between-patient
@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from il2treg.errors import InputError
-from il2treg.fit.assemble import declared_factors, score_change_probability, score_sd
+from il2treg.fit.assemble import declared_factors, score_sd
 from il2treg.fit.omega import block_correlation
 from il2treg.fit.problem import individual_theta, to_unconstrained, typical_theta
 from il2treg.fit.result import FitResult
@@ -32,6 +32,7 @@ from il2treg.likelihood import ResidualModel
 from il2treg.model import Parameters
 from il2treg.regimen import Regimen
 from il2treg.simulate import simulate
+from il2treg.sledai import score_change_probability
 
 
 def posterior_predictive(
