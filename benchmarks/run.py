@@ -389,7 +389,7 @@ def population_fit(spec_path: str, k_baseline: int) -> dict:
     @jax.jit
     def L_fn(psi, pred, jac, eta, pat):  # the patient's OFV term (il2treg's formula)
         up = unpack(problem, psi, res0)
-        return _bracket(up.residual, up.omega, pred, jac, eta, pat)[0]
+        return _bracket(up.residual, up.random_effects, pred, jac, eta, pat)[0]
 
     @jax.jit
     def g_fn(psi, pred, eta, pat):  # the EBE objective

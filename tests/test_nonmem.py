@@ -103,3 +103,26 @@ def test_ext_step_out_of_range_names_the_steps():
     with pytest.raises(InputError, match=r"has 1 estimation step\(s\); there is no step 3"):
         read_ext(PHENO / "pheno.ext", table=3)
     assert math.isfinite(read_ext(PHENO / "pheno.ext", table=0).ofv)
+
+
+def test_a_correlation_is_compared_with_the_correlation_of_nonmems_omega_block(tmp_path):
+    """NONMEM reports OMEGA(2,1) as a covariance: a corr_* estimate is compared with
+    OMEGA(2,1) / sqrt(OMEGA(1,1) OMEGA(2,2)), without an SE on NONMEM's side."""
+    import types
+
+    import pandas as pd
+
+    from il2treg.nonmem import compare
+
+    ext = tmp_path / "block.ext"
+    ext.write_text("TABLE NO. 1: First Order Conditional Estimation with Interaction: Goal Function=MINIMUM VALUE OF OBJECTIVE FUNCTION\n"
+                   " ITERATION    OMEGA(1,1)   OMEGA(2,1)   OMEGA(2,2)   OBJ\n"
+                   " -1000000000  0.09  0.036  0.04  100.0\n")  # fmt: skip
+    estimates = pd.DataFrame({"parameter": ["corr_CL_V"], "estimate": [0.612], "se": [0.05]})
+    fit = types.SimpleNamespace(estimates=estimates, ofv=100.0, n_observations=0)
+    table = compare(fit, read_ext(ext), {"corr_CL_V": ("CORR", "OMEGA(2,1)")}).set_index("parameter")
+    assert table.loc["CORR", "nonmem"] == pytest.approx(0.036 / math.sqrt(0.09 * 0.04), rel=1e-15)  # 0.6
+    assert table.loc["CORR", "relative_difference"] == pytest.approx(0.02, rel=1e-12)
+    assert math.isnan(table.loc["CORR", "nonmem_se"])
+    with pytest.raises(InputError, match=r"'OMEGA\(1,1\)', which is not an off-diagonal OMEGA\(i,j\)"):
+        compare(fit, read_ext(ext), {"corr_CL_V": ("CORR", "OMEGA(1,1)")})

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def compare(result, nonmem: NonmemResults, labels: dict[str, tuple[str, str]]) -
         nonmem: :func:`read_ext`'s results.
         labels: the fit's parameter name -> (label, NONMEM column), e.g.
             ``{"omega_POP_CL": ("IIV_CL", "OMEGA(1,1)")}``. ``omega_*`` and ``sigma_*`` are
-            compared as variances.
+            compared as variances; a ``corr_*`` of an omega block with the correlation of
+            NONMEM's covariance ``OMEGA(i,j)`` (no NONMEM SE).
 
     Returns:
         Columns ``parameter`` (the label), ``nonmem``, ``il2treg``, ``relative_difference``,
@@ -138,12 +140,26 @@ def compare(result, nonmem: NonmemResults, labels: dict[str, tuple[str, str]]) -
         if name.startswith(("omega_", "sigma_")):  # NONMEM's variances
             value, se = value**2, 2.0 * abs(value) * se
         reference, reference_se = nonmem.estimates[column], nonmem.standard_errors.get(column, math.nan)
+        if name.startswith("corr_"):  # NONMEM's OMEGA(i,j) is a covariance: its correlation, OMEGA(i,j) / sqrt(OMEGA(i,i) OMEGA(j,j))
+            reference, reference_se = _correlation(nonmem, column), math.nan  # the .ext has no SE of the correlation
         rows.append({"parameter": label, "nonmem": reference, "il2treg": value, "relative_difference": _relative(value, reference),
                      "nonmem_se": reference_se, "il2treg_se": se, "se_relative_difference": _relative(se, reference_se)})  # fmt: skip
     ofv = result.ofv - result.n_observations * _LOG_2PI
     rows.append({"parameter": "OFV", "nonmem": nonmem.ofv, "il2treg": ofv, "relative_difference": ofv - nonmem.ofv,
                  "nonmem_se": math.nan, "il2treg_se": math.nan, "se_relative_difference": math.nan})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _correlation(nonmem: NonmemResults, column: str) -> float:
+    match = re.fullmatch(r"OMEGA\((\d+),(\d+)\)", column)
+    if match is None or match[1] == match[2]:
+        raise InputError(f"a correlation of the fit is compared with {column!r}, which is not an off-diagonal OMEGA(i,j). Fix: label it with its OMEGA(i,j) column.")
+    i, j = match[1], match[2]
+    diagonal = [f"OMEGA({k},{k})" for k in (i, j)]
+    missing = [c for c in diagonal if c not in nonmem.estimates]
+    if missing:
+        raise InputError(f"{nonmem.path} has no column {missing[0]!r}, needed for the correlation of {column!r}. Fix: give the .ext of a run with that OMEGA block.")
+    return nonmem.estimates[column] / math.sqrt(nonmem.estimates[diagonal[0]] * nonmem.estimates[diagonal[1]])
 
 
 def _relative(value: float, reference: float) -> float:

@@ -104,7 +104,8 @@ def plot_profiles(profiles, *, title: str = "") -> Figure:
 
 def plot_saem_trace(fit, *, phases: tuple[int, int] | None = None, ncols: int = 4, title: str = "") -> Figure:
     """One panel per population parameter: its SAEM estimate against the iteration (estimation
-    scale: log for log-transformed parameters, omegas and sigmas), with the ends of the burn-in
+    scale: log for log-transformed parameters, omegas and sigmas, the artanh of the partial
+    correlation for a ``corr_*`` of an omega block), with the ends of the burn-in
     and of the exploration phase marked. The exploration phase should end on a plateau; if a
     parameter still drifts there, rerun with a longer ``[saem] explore``.
 

@@ -52,7 +52,7 @@ from il2treg.fit.estimate import (
     natural_parameters_of,
     shrinkage,
 )
-from il2treg.fit.estimators import Estimator, Nuts, Saem
+from il2treg.fit.estimators import Estimator, Nuts, Saem, estimator_named
 from il2treg.fit.individual import STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED
 from il2treg.fit.omega import block_correlation, partial_correlations
 from il2treg.fit.population import Objective, ShardedObjective, ThreadedObjective, make_parallel
@@ -354,6 +354,12 @@ def _plain(v):
     return v if isinstance(v, (bool, int, str)) else float(v)
 
 
+def _nuts_settings(settings: NutsSettings) -> dict:
+    """The NUTS settings a fit ran with, as ``nuts_<key>`` (the default priors' SDs among them)."""
+    flat = {k: v for k, v in dataclasses.asdict(settings).items() if k != "priors"} | dataclasses.asdict(settings.priors)
+    return {f"nuts_{k}": _plain(v) for k, v in flat.items()}
+
+
 # ----------------------------------------------------------------------------- NUTS
 
 
@@ -395,7 +401,7 @@ def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: Res
             "obs_dvid": ["patient", "time"], "obs_used": ["patient", "time"]}  # fmt: skip
     coords = {"patient": [str(i) for i in ids], "time": np.arange(obs.shape[1]), "parameter": list(problem.random)}
     attrs = {
-        "method": "nuts", "inference_library": "blackjax", "fit": spec.name, "seed": settings.seed,
+        "method": Nuts.name, "inference_library": "blackjax", "fit": spec.name, "seed": settings.seed,
         "chains": settings.chains, "warmup": settings.warmup, "samples": settings.samples,
         "centred": int(np.asarray(target.centred).sum()),
         "target_accept": settings.target_accept, "max_tree_depth": settings.max_tree_depth,
@@ -483,7 +489,8 @@ def assemble_result(spec: FitSpec, problem: FitProblem, objective: ShardedObject
         settings={**{k: _plain(v) for k, v in dataclasses.asdict(spec.optimiser).items()},
                   **{f"sri4_{k}": float(v) for k, v in dataclasses.asdict(spec.sri4).items()},
                   **({f"saem_{k}": _plain(v) for k, v in dataclasses.asdict(estimator.settings_for(spec)).items()} if isinstance(estimator, Saem) else {}),
-                  **({f"saem_acceptance_{k}": float(a) for k, a in zip(("population", "walk"), fit.acceptance)} if isinstance(estimator, Saem) else {})},
-        timing={k: float(v) for k, v in timing.items()}, version=_version(), estimator=type(estimator)(), inference=inference,
+                  **({f"saem_acceptance_{k}": float(a) for k, a in zip(("population", "walk"), fit.acceptance)} if isinstance(estimator, Saem) else {}),
+                  **(_nuts_settings(estimator.settings_for(spec)) if isinstance(estimator, Nuts) else {})},
+        timing={k: float(v) for k, v in timing.items()}, version=_version(), estimator=estimator_named(estimator.name), inference=inference,
         trace=None if fit.trace is None else np.asarray(fit.trace, dtype=np.float64),
     )  # fmt: skip

@@ -55,7 +55,8 @@ class PopulationFit(eqx.Module):
     """Estimates of a population fit on the estimation scale, with what is needed to report them.
 
     Attributes:
-        psi: estimates (unconstrained fixed effects, log omega, log sigma).
+        psi: estimates (unconstrained fixed effects, covariate coefficients, log omega, the
+            artanh of the partial correlations of omega blocks, log sigma; FitProblem.psi_names).
         psi_names: their names.
         ofv: objective function value (−2 log-likelihood, FOCE-I).
         covariance: covariance of ``psi`` (2 R^-1, or the sandwich R^-1 S R^-1:
@@ -395,7 +396,10 @@ def estimate_covariance(objective: Objective, psi, inner: InnerResult, include, 
 
 
 def natural_estimates(problem: FitProblem, fit: PopulationFit, base_residual) -> dict[str, dict[str, float]]:
-    """Estimates on the natural scale: value, SE (delta method), %RSE, 95% CI; CV% for omegas."""
+    """Estimates on the natural scale: value, SE (delta method), %RSE, 95% CI; CV% for omegas.
+
+    Intervals are those of psi transformed, except for correlations of omega blocks (one can
+    depend on several psi entries): :math:`\\tanh(\\mathrm{artanh}\\,r \\pm 1.96\\,SE_r/(1 - r^2))`."""
     psi = np.asarray(fit.psi, dtype=np.float64)
     cov = np.asarray(fit.covariance)
     values, jac = (np.asarray(x) for x in _natural_and_jacobian(problem, psi, base_residual))
@@ -409,6 +413,10 @@ def natural_estimates(problem: FitProblem, fit: PopulationFit, base_residual) ->
                "ci_low": float(min(lo[k], hi[k])), "ci_high": float(max(lo[k], hi[k]))}  # fmt: skip
         if name.startswith("omega_"):
             row["cv_percent"] = float(100 * np.sqrt(np.expm1(values[k] ** 2)))
+        if name.startswith("corr_"):  # a correlation can hang on several psi entries: delta method on artanh(r), whose range is R
+            z_r, se_z = np.arctanh(values[k]), se[k] / (1.0 - values[k] ** 2)
+            row["ci_low"], row["ci_high"] = float(np.tanh(z_r - z * se_z)), float(np.tanh(z_r + z * se_z))
+            row["rse_percent"] = float("nan")  # a signed quantity near 0: no relative SE
         out[name] = row
     return out
 

@@ -83,9 +83,10 @@ class FitResult:
         settings: optimiser and SRI-4 settings used.
         timing: seconds per stage (``estimation_s`` includes compilation).
         version: il2treg version that made it.
-        estimator: the estimator that made it (:mod:`il2treg.fit.estimators`; its settings are
-            in ``settings``); after :class:`~il2treg.fit.estimators.Nuts`, ``posterior`` holds the
-            NUTS draws. Saved as ``summary.json``'s ``method``, its name.
+        estimator: the kind of estimator that made it (:mod:`il2treg.fit.estimators`), without
+            its settings: those it ran with are in ``settings`` (``saem_*``, ``nuts_*``); after
+            :class:`~il2treg.fit.estimators.Nuts`, ``posterior`` holds the NUTS draws. Saved as
+            ``summary.json``'s ``method``, its name.
         inference: the NUTS posterior as ArviZ InferenceData (None for the other estimators).
     """
 
@@ -257,7 +258,7 @@ def _write_summary(result: FitResult, file: Path) -> None:
         "psi_names": list(result.psi_names), "psi": result.psi, "covariance": result.covariance, "history": result.history,
         "residual": result.residual, "settings": result.settings, "timing": result.timing,
         "posterior_seed": result.posterior_seed, "id_type": id_type, "method": result.estimator.name,
-        "posterior_method": POSTERIOR_METHOD if result.inference is None else "nuts",
+        "posterior_method": POSTERIOR_METHOD if result.inference is None else Nuts.name,
         "spec_path": result.spec_path, "spec_text": result.spec_text,
         **({"trace": result.trace} if result.trace is not None else {}),
     }  # fmt: skip

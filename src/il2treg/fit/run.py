@@ -20,7 +20,7 @@ import equinox as eqx
 from il2treg.errors import InputError
 from il2treg.fit.assemble import assemble_result, compile_predictions, initial_psi, make_objective, prediction_rows
 from il2treg.fit.estimate import estimate_covariance
-from il2treg.fit.estimators import Estimator, Foce
+from il2treg.fit.estimators import ESTIMATORS, Estimator, Foce
 from il2treg.fit.result import FitResult, save
 from il2treg.fit.spec import FitSpec, read_fit_spec
 
@@ -79,7 +79,7 @@ def compute_fit(spec: FitSpec, *, estimator: Estimator = Foce(), progress: Progr
     (the Laplace fit, then NUTS warm-started from it; the posterior file holds the NUTS
     posterior with its sample statistics, pointwise log-likelihood and posterior predictive draws).
     """
-    if not isinstance(estimator, Estimator):
+    if not isinstance(estimator, tuple(ESTIMATORS.values())):
         raise InputError(f"estimator must be an il2treg.fit estimator (Foce(), Saem(...), Nuts(...)), got {estimator!r}. "
                          "Fix: pass one of them, e.g. estimator=Foce().")  # fmt: skip
     start = time.perf_counter()

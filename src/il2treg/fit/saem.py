@@ -22,8 +22,8 @@ Kong, PNAS 1998):
    distribution (a patient's data may fix its Treg baseline to a few percent and leave its
    Emax almost as uncertain as the population's: a walk scaled by :math:`\omega` alone then
    mixes slowly along Emax). It is recomputed at the EBEs of the current :math:`\psi` every
-   ``refresh`` iterations until the smoothing phase starts (:math:`\omega` where a patient's
-   EBE search fails). The scale :math:`s_i` is adapted towards an acceptance of 0.3 until
+   ``refresh`` iterations until the smoothing phase starts (the Cholesky factor of :math:`\Omega`
+   where a patient's EBE search fails). The scale :math:`s_i` is adapted towards an acceptance of 0.3 until
    then; in the smoothing phase the kernel is fixed. Each step is one forward solve of every
    patient; a proposal whose solve fails is rejected.
 2. *Stochastic approximation and maximisation*: the complete-data objective is replaced by a

@@ -537,6 +537,8 @@ def _omega_blocks(table, parameters: tuple[ParameterEntry, ...], where: str) -> 
         names = entry.get("parameters")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) < 2:
             raise SpecError(f'{here}: parameters must list two or more parameters with a random effect, e.g. parameters = ["CL", "V"], got {names!r}.')
+        if len(set(names)) != len(names):
+            raise SpecError(f"{here}: parameters lists {next(n for n in names if names.count(n) > 1)!r} twice. Fix: list each random effect once.")
         for name in names:
             if name not in random:
                 raise SpecError(f"{here}: {name!r} has no random effect. Fix: give it cv_percent in [parameters.{name}], or use one of {', '.join(random) or '(none)'}.")
