@@ -124,6 +124,38 @@ def test_the_fit_starts_at_the_block_s_initial_correlation(tmp_path):
     assert float(natural_parameters_of(problem, psi, spec.residual_model())[0, 4]) == pytest.approx(-0.3, rel=1e-12)
 
 
+def test_a_block_of_three_reports_every_correlation_with_an_interval_around_it(tmp_path):
+    """ka, CL and V in one block: three correlations, the last (V with CL) a function of two psi
+    entries. Each is reported as the correlation itself, with a delta-method interval on
+    artanh(r) that contains it, and none gets a %RSE."""
+    from il2treg.fit.assemble import initial_psi
+    from il2treg.fit.estimate import PopulationFit, natural_estimates
+    from il2treg.fit.spec import read_fit_spec
+
+    (tmp_path / "data.csv").write_text("ID,TIME,AMT,DV\n1,0,100,0\n1,1,0,2.0\n1,4,0,3.0\n")
+    (tmp_path / "fit.toml").write_text(
+        f'model = "{(ROOT / "models" / "pk_1cmt_oral.toml").as_posix()}"\ndata = "data.csv"\ntime_unit = "h"\n'
+        "[parameters.ka]\ncv_percent = 30\n[parameters.CL]\ncv_percent = 30\n[parameters.V]\ncv_percent = 20\n"
+        '[[omega_block]]\nparameters = ["ka", "CL", "V"]\ncorrelation = 0.4\n[error.conc]\nkind = "proportional"\n'
+    )  # fmt: skip
+    spec = read_fit_spec(tmp_path / "fit.toml")
+    problem = spec.problem()
+    assert problem.corr_pairs == ((1, 0), (2, 0), (2, 1))
+    psi = initial_psi(spec, problem, spec.residual_model())
+    names = problem.psi_names
+    fit = PopulationFit(psi=psi, psi_names=names, ofv=0.0, covariance=jnp.eye(len(psi)) * 0.01, eta=jnp.zeros((1, 3)),
+                        inner_status=jnp.zeros(1, dtype=int), included=jnp.ones(1, dtype=bool), iterations=0, converged=True,
+                        history=(), n_observations=2, elapsed_s=0.0)  # fmt: skip
+    est = natural_estimates(problem, fit, spec.residual_model())
+    for name in ("corr_ka_CL", "corr_ka_V", "corr_CL_V"):
+        row = est[name]
+        assert row["estimate"] == pytest.approx(0.4, rel=1e-12)  # every pair starts at the block's correlation
+        assert row["se"] > 0 and row["ci_low"] < row["estimate"] < row["ci_high"] and -1 < row["ci_low"] and row["ci_high"] < 1
+        assert np.isnan(row["rse_percent"])
+    # V with CL hangs on two partial correlations: its SE is larger than that of one alone
+    assert est["corr_CL_V"]["se"] != pytest.approx(est["corr_ka_CL"]["se"], rel=1e-3)
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """100 patients with correlation 0.6, as a block fit file and a diagonal one."""
