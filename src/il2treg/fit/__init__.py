@@ -12,8 +12,9 @@ holds, saves and loads a :class:`FitResult`.
 
 from il2treg.fit.bayes import NutsSettings, sample_nuts
 from il2treg.fit.estimate import PopulationFit, fit_population, natural_estimates, shrinkage
-from il2treg.fit.estimators import Estimator, Foce, Nuts, Saem
+from il2treg.fit.estimators import Estimator, Foce, Nuts, Saem, estimator_named
 from il2treg.fit.individual import InnerResult, batch_inner_solve, inner_solve
+from il2treg.fit.omega import RandomEffects
 from il2treg.fit.population import Objective
 from il2treg.fit.predictive import posterior_predictive
 from il2treg.fit.priors import Prior, PriorDefaults, model_priors, sampling_priors
@@ -39,10 +40,12 @@ __all__ = [
     "Prior",
     "PriorDefaults",
     "Profile",
+    "RandomEffects",
     "Saem",
     "SaemSettings",
     "batch_inner_solve",
     "compute_fit",
+    "estimator_named",
     "fit_population",
     "fit_saem",
     "inner_solve",
