@@ -159,7 +159,7 @@ BAD = [
     ("unknown-error-key", _replace("sigma_prop = 0.12", "sigma = 0.12"),
      "{path}: [error.treg_per_uL]: unknown key 'sigma'. Fix: use only kind, sigma_add, sigma_prop, estimate, score_step."),
     ("unknown-optimiser-key", _append("[optimiser]\nmaxiter = 5\n"),
-     "{path}: [optimiser]: unknown key 'maxiter'. Fix: use only max_iter, ftol, gtol, covariance, covariance_matrix, curvature."),
+     "{path}: [optimiser]: unknown key 'maxiter'. Fix: use only max_iter, ftol, gtol, covariance, covariance_matrix, curvature, interaction."),
     ("unknown-error-kind", _replace('kind = "proportional"\nsigma_prop = 0.12', 'kind = "poisson"\nsigma_prop = 0.12'),
      "{path}: [error.treg_per_uL]: kind must be one of additive, proportional, combined, log, ordinal, got 'poisson'."),
     ("sigma-the-kind-does-not-use", _replace("sigma_prop = 0.12", "sigma_prop = 0.12\nsigma_add = 1.0"),
@@ -310,6 +310,7 @@ def test_pheno_fit_file_reads_hours_and_drops_columns(tmp_path):
         (lambda t: 'priors = "model"\n' + t, r"covariance_matrix = \"sandwich\" with priors = 'model'"),
         (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_WGT = "IIV_VC"'), r"labels.omega_WGT: the fit has no estimate 'omega_WGT'. Fix: use one of POP_CL, POP_VC"),
         (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_CL"'), r"labels.omega_POP_VC and labels.omega_POP_CL are both 'IIV_CL'"),
+        (lambda t: t.replace('curvature = "expected"', 'curvature = "expected"\ninteraction = 1'), r"\[optimiser\]: interaction must be true or false, got 1"),
         (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL"]\n', r"\[\[omega_block\]\] #1: parameters must list two or more parameters with a random effect"),
         (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "COVAPGR"]\n', r"\[\[omega_block\]\] #1: 'COVAPGR' has no random effect. Fix: give it cv_percent in \[parameters.COVAPGR\]"),
         (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "POP_VC"]\n[[omega_block]]\nparameters = ["POP_VC", "POP_CL"]\n',
@@ -320,7 +321,7 @@ def test_pheno_fit_file_reads_hours_and_drops_columns(tmp_path):
         (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_VC"\ncorr_POP_CL_POP_VC = "CORR"'), r"labels.corr_POP_CL_POP_VC: the fit has no estimate 'corr_POP_CL_POP_VC'"),
     ],
     ids=["time-unit", "drop-not-list", "drop-too-few", "curvature", "covariance-matrix", "estimated-covariate", "packaged-data", "time-unit-list", "sandwich-priors",
-         "label-unknown", "label-twice", "block-of-one", "block-without-random-effect", "block-twice", "block-correlation", "block-key", "block-not-array",
+         "label-unknown", "label-twice", "interaction-not-bool", "block-of-one", "block-without-random-effect", "block-twice", "block-correlation", "block-key", "block-not-array",
          "label-correlation-without-block"],
 )
 def test_bad_nonmem_keys_are_one_clear_error(tmp_path, edit, message):
@@ -335,6 +336,12 @@ def test_an_omega_block_is_read_with_its_initial_correlation(tmp_path):
     spec = read_fit_spec(_pheno_spec(tmp_path, lambda t: t.replace("[optimiser]", block + "[optimiser]")))
     assert spec.omega_blocks == (OmegaBlock(("POP_VC", "POP_CL"), 0.3),)
     assert read_fit_spec(_pheno_spec(tmp_path)).omega_blocks == ()
+
+
+def test_foce_without_interaction_is_an_optimiser_setting(tmp_path):
+    spec = read_fit_spec(_pheno_spec(tmp_path, lambda t: t.replace('curvature = "expected"', 'curvature = "expected"\ninteraction = false')))
+    assert spec.optimiser.interaction is False
+    assert read_fit_spec(_pheno_spec(tmp_path)).optimiser.interaction is True
 
 
 def test_model_covariates_are_converted_to_internal_units_and_checked_against_bounds(tmp_path):

@@ -115,8 +115,9 @@ class ResidualModel(eqx.Module):
         )
 
 
-def _neg2ll_kind(kind: str, y, f, cens, sigma_add, sigma_prop, step: float = 1.0):
-    """Per-observation −2 log-likelihood of one error-model kind (vectorised over observations)."""
+def _neg2ll_kind(kind: str, y, f, cens, sigma_add, sigma_prop, step: float = 1.0, scale=None):
+    """Per-observation −2 log-likelihood of one error-model kind (vectorised over observations);
+    the SDs of the proportional and combined kinds are those at ``scale`` (default ``f``)."""
     if kind == "ordinal":
         return -2.0 * sledai.log_probability(y, f, jnp.maximum(sigma_add, _FLOOR), step)
     if kind == "log":
@@ -124,7 +125,8 @@ def _neg2ll_kind(kind: str, y, f, cens, sigma_add, sigma_prop, step: float = 1.0
         sd = jnp.maximum(sigma_add, _FLOOR) * jnp.ones_like(f)
     else:
         y_t, f_t = y, f
-        var = {"additive": sigma_add**2 * jnp.ones_like(f), "proportional": (sigma_prop * f) ** 2, "combined": sigma_add**2 + (sigma_prop * f) ** 2}[kind]
+        s = f if scale is None else scale
+        var = {"additive": sigma_add**2 * jnp.ones_like(f), "proportional": (sigma_prop * s) ** 2, "combined": sigma_add**2 + (sigma_prop * s) ** 2}[kind]
         sd = jnp.sqrt(jnp.maximum(var, _FLOOR**2))
     z = (y_t - f_t) / sd
     gaussian = _LOG_2PI + 2.0 * jnp.log(sd) + z**2
@@ -139,8 +141,12 @@ def neg2ll_terms(
     dvid: Int[Array, " obs"],
     cens: Bool[Array, " obs"],
     mask: Bool[Array, " obs"],
+    scale: Float[Array, " obs"] | None = None,
 ) -> Float[Array, " obs"]:
     """−2 log-likelihood of each observation (0 where ``mask`` is False).
+
+    The residual SDs are evaluated at ``pred`` or, given ``scale``, at ``scale``: FOCE without
+    interaction evaluates them at the population predictions (:attr:`il2treg.fit.problem.FitProblem.interaction`).
 
     Each distinct error-model kind is evaluated once, with every row's own SDs: not once per
     observation type, which repeated the normal CDFs of the censored (M3) and ordinal terms, and
@@ -156,7 +162,7 @@ def neg2ll_terms(
     for kind in dict.fromkeys(residual.kinds):
         sel = kind_of == KINDS.index(kind)
         own = lambda x, sel=sel: jnp.where(sel, x, 1.0)
-        term = _neg2ll_kind(kind, own(y), own(pred), cens & sel, own(sigma_add), own(sigma_prop), residual.score_step)
+        term = _neg2ll_kind(kind, own(y), own(pred), cens & sel, own(sigma_add), own(sigma_prop), residual.score_step, None if scale is None else own(scale))
         total = jnp.where(sel, term, total)
     return jnp.where(mask, total, 0.0)
 
@@ -167,6 +173,7 @@ def expected_curvature(
     dvid: Int[Array, " obs"],
     cens: Bool[Array, " obs"],
     observed: Float[Array, " obs"],
+    scale: Float[Array, " obs"] | None = None,
 ) -> Float[Array, " obs"]:
     r"""Expected second derivative of each observation's −2LL with respect to its prediction.
 
@@ -176,15 +183,17 @@ def expected_curvature(
     (Beal & Sheiner; Almquist et al., J Pharmacokinet Pharmacodyn 2015, the FOCEI approximation of
     the Hessian), in which the variance's dependence on :math:`\eta` (the interaction) enters
     through :math:`V'`. On the log scale (``log``) it is :math:`2/(\sigma^2 f^2)`. Censored (M3)
-    and ordinal rows keep their ``observed`` curvature.
+    and ordinal rows keep their ``observed`` curvature. With the variance evaluated at ``scale``
+    (FOCE without interaction) it does not move with :math:`f`: :math:`2/V`.
     """
     kinds = jnp.asarray([KINDS.index(k) for k in residual.kinds])[dvid]
     sa, sp = residual.sigma_add[dvid], residual.sigma_prop[dvid]
     f = jnp.where(jnp.abs(pred) > _FLOOR, pred, _FLOOR)
     is_prop = kinds == KINDS.index("proportional")
     is_comb = kinds == KINDS.index("combined")
-    var = jnp.maximum(jnp.select([is_prop, is_comb], [(sp * f) ** 2, sa**2 + (sp * f) ** 2], sa**2), _FLOOR**2)
-    dvar = jnp.where(is_prop | is_comb, 2.0 * sp**2 * f, 0.0)
+    v = f if scale is None else scale
+    var = jnp.maximum(jnp.select([is_prop, is_comb], [(sp * v) ** 2, sa**2 + (sp * v) ** 2], sa**2), _FLOOR**2)
+    dvar = jnp.where(is_prop | is_comb, 2.0 * sp**2 * f, 0.0) if scale is None else jnp.zeros_like(f)
     gaussian = 2.0 / var + (dvar / var) ** 2
     log_scale = 2.0 / (jnp.maximum(sa, _FLOOR) ** 2 * f**2)
     expected = jnp.where(kinds == KINDS.index("log"), log_scale, gaussian)

@@ -54,6 +54,7 @@ from il2treg.fit.problem import (
     expand,
     expanded_predict,
     individual_theta,
+    predict,
 )
 from il2treg.likelihood import ResidualModel, neg2ll_terms
 from il2treg.simulate import ordered_map, work_order
@@ -73,11 +74,13 @@ class InnerResult(eqx.Module):
     curvature: Float[Array, " obs"]  # (r2)_+
     iterations: Int[Array, ""]
     status: Int[Array, ""]
+    scale: Float[Array, " obs"]  # where the residual SDs are evaluated: pred (FOCE-I), or the population predictions (FOCE)
 
 
-def observation_derivatives(residual: ResidualModel, pred, patient: PatientData):
-    """First and second derivatives of each observation's −2LL with respect to its prediction."""
-    total = lambda p: jnp.sum(neg2ll_terms(residual, p, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask))
+def observation_derivatives(residual: ResidualModel, pred, patient: PatientData, scale=None):
+    """First and second derivatives of each observation's −2LL with respect to its prediction
+    (the residual SDs held at ``scale`` when given: FOCE without interaction)."""
+    total = lambda p: jnp.sum(neg2ll_terms(residual, p, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask, scale))
     return jax.jvp(jax.grad(total), (pred,), (jnp.ones_like(pred),))  # the Hessian is diagonal: one jvp gives r1 and r2
 
 
@@ -103,18 +106,20 @@ def inner_solve(
     max_iter: int = 60,
     tol: float = 1e-10,
     max_step: float = 1.0,
+    scale: Float[Array, " obs"] | None = None,
 ) -> InnerResult:
     r"""Empirical Bayes estimate of eta for one patient (see the module docstring); the random
-    effects follow ``random_effects`` (:math:`N(0, \Omega)`)."""
+    effects follow ``random_effects`` (:math:`N(0, \Omega)`); with ``scale`` the residual SDs are
+    held at those predictions (FOCE without interaction)."""
 
     def evaluate(eta):
         pred, jac, status = pred_and_jac(problem, theta, eta, patient)
-        g = data_neg2ll(residual, pred, patient) + random_effects.quad(eta)
+        g = data_neg2ll(residual, pred, patient, scale) + random_effects.quad(eta)
         ok = (status == 0) & jnp.isfinite(g)
         return jnp.where(ok, g, jnp.inf), pred, jac
 
     def gradient(eta, pred, jac):
-        r1, r2 = observation_derivatives(residual, pred, patient)
+        r1, r2 = observation_derivatives(residual, pred, patient, scale)
         return jac.T @ r1 + 2.0 * random_effects.precision_times(eta), r1, r2
 
     def proposal(grad, r2, jac, corr, lam):
@@ -169,7 +174,7 @@ def inner_solve(
     failed = ~jnp.isfinite(g)
     it = it - 1  # iterations after the evaluation at eta0
     status = jnp.where(failed, STATUS_SOLVER_FAILED, jnp.where(done & (lam <= 1e12), STATUS_CONVERGED, STATUS_MAX_ITER))
-    return InnerResult(eta, g, pred, jac, jnp.maximum(r2, 0.0), it, status)
+    return InnerResult(eta, g, pred, jac, jnp.maximum(r2, 0.0), it, status, pred if scale is None else scale)
 
 
 def laplace_covariance(inner: InnerResult, random_effects: RandomEffects) -> Float[Array, "patients eta eta"]:
@@ -206,6 +211,8 @@ def batch_inner_solve(problem, theta, beta, random_effects: RandomEffects, resid
 
     def solve(args):
         patient, eta = args
-        return inner_solve(problem, covariate_theta(problem, theta, beta, patient.covariates), random_effects, residual, patient, eta, **kw)
+        typical = covariate_theta(problem, theta, beta, patient.covariates)
+        scale = None if problem.interaction else predict(problem, typical, patient)[0]  # FOCE: the SDs at the population predictions
+        return inner_solve(problem, typical, random_effects, residual, patient, eta, scale=scale, **kw)
 
     return ordered_map(solve, (patients, eta0), work_order(patients.dose_amount), batch_size)

@@ -68,12 +68,13 @@ from il2treg.simulate import (
 )
 
 
-def _bracket(residual: ResidualModel, random_effects: RandomEffects, pred, jac, eta, patient: PatientData, curvature: str = "observed"):
-    """L_i and G_i from predictions and sensitivities (the cheap part of the objective)."""
-    r1, r2 = observation_derivatives(residual, pred, patient)
+def _bracket(residual: ResidualModel, random_effects: RandomEffects, pred, jac, eta, patient: PatientData, curvature: str = "observed", scale=None):
+    """L_i and G_i from predictions and sensitivities (the cheap part of the objective); the
+    residual SDs at ``scale`` when given (FOCE without interaction)."""
+    r1, r2 = observation_derivatives(residual, pred, patient, scale)
     if curvature == "expected":  # NONMEM's FOCE-I: no terms in the residuals (il2treg.likelihood.expected_curvature)
-        r2 = expected_curvature(residual, pred, patient.obs_dvid, patient.obs_cens, r2)
-    g = data_neg2ll(residual, pred, patient) + random_effects.quad(eta)
+        r2 = expected_curvature(residual, pred, patient.obs_dvid, patient.obs_cens, r2, scale)
+    g = data_neg2ll(residual, pred, patient, scale) + random_effects.quad(eta)
     half_h = 0.5 * jac.T @ (jnp.where(patient.obs_mask, jnp.maximum(r2, 0.0), 0.0)[:, None] * jac) + random_effects.precision()
     L = g + random_effects.log_det() + jnp.linalg.slogdet(half_h)[1]
     G = jac.T @ r1 + 2.0 * random_effects.precision_times(eta)
@@ -83,7 +84,7 @@ def _bracket(residual: ResidualModel, random_effects: RandomEffects, pred, jac, 
 def patient_terms(problem: FitProblem, psi, base_residual, inner: InnerResult, patient: PatientData):
     """OFV contribution of one patient at its (converged) inner result."""
     up = unpack(problem, psi, base_residual)
-    L, _ = _bracket(up.residual, up.random_effects, inner.pred, inner.jac, inner.eta, patient, problem.curvature)
+    L, _ = _bracket(up.residual, up.random_effects, inner.pred, inner.jac, inner.eta, patient, problem.curvature, None if problem.interaction else inner.scale)
     return L
 
 
@@ -124,15 +125,29 @@ def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: Pati
 
     (dpred, djac), (pred, jac) = jax.jacfwd(pred_jac, has_aux=True)(z0)  # [T, nz], [T, ne, nz]
 
-    def bracket_of(pred, jac, eta_, rest):
+    def bracket_of(pred, jac, eta_, rest, scale=None):
         up = unpack(problem, jnp.concatenate([psi[:ns], rest]), base_residual)
-        return _bracket(up.residual, up.random_effects, pred, jac, eta_, patient, problem.curvature)
+        return _bracket(up.residual, up.random_effects, pred, jac, eta_, patient, problem.curvature, scale)
 
     rest = psi[ns:]
-    # L and G together: one reverse pass over the bracket (and the likelihood's derivatives in it).
-    (Lp, Lj, Le, Lr), (Gp, Gj, Ge, Gr) = jax.jacrev(bracket_of, argnums=(0, 1, 2, 3))(pred, jac, eta, rest)
-    dL_dz = Lp @ dpred + jnp.einsum("te,tez->z", Lj, djac) + jnp.concatenate([jnp.zeros(ns), Le])
-    dG_dz = Gp @ dpred + jnp.einsum("ate,tez->az", Gj, djac) + jnp.concatenate([jnp.zeros((ne, ns)), Ge], axis=1)
+    if problem.interaction:
+        # L and G together: one reverse pass over the bracket (and the likelihood's derivatives in it).
+        (Lp, Lj, Le, Lr), (Gp, Gj, Ge, Gr) = jax.jacrev(bracket_of, argnums=(0, 1, 2, 3))(pred, jac, eta, rest)
+        dL_dz = Lp @ dpred + jnp.einsum("te,tez->z", Lj, djac) + jnp.concatenate([jnp.zeros(ns), Le])
+        dG_dz = Gp @ dpred + jnp.einsum("ate,tez->az", Gj, djac) + jnp.concatenate([jnp.zeros((ne, ns)), Ge], axis=1)
+    else:
+        # FOCE: the residual SDs sit at the population predictions, which move with the fixed
+        # effects (not with eta): one more solve, at eta = 0, with first-order sensitivities.
+        ex0 = expand(problem, theta_of(jnp.concatenate([psi[:ns], jnp.zeros(ne)])), patient, problem.ode_varied)
+
+        def population(zs):
+            scale = expanded_predict(problem, ex0, theta_of(jnp.concatenate([zs, jnp.zeros(ne)])), patient)
+            return scale, scale
+
+        dscale, scale = jax.jacfwd(population, has_aux=True)(psi[:ns])  # [T, ns]
+        (Lp, Lj, Le, Lr, Ls), (Gp, Gj, Ge, Gr, Gs) = jax.jacrev(bracket_of, argnums=(0, 1, 2, 3, 4))(pred, jac, eta, rest, scale)
+        dL_dz = Lp @ dpred + jnp.einsum("te,tez->z", Lj, djac) + jnp.concatenate([Ls @ dscale, Le])
+        dG_dz = Gp @ dpred + jnp.einsum("ate,tez->az", Gj, djac) + jnp.concatenate([Gs @ dscale, Ge], axis=1)
     hess = dG_dz[:, ns:]  # exact d^2 g / d eta^2
     lam = jnp.linalg.solve(hess.T, dL_dz[ns:])
     grad_u = dL_dz[:ns] - lam @ dG_dz[:, :ns]

@@ -89,6 +89,10 @@ class FitProblem:
             of the same name (``PatientData.covariates`` after the effects' columns).
         blocks: groups of random effects with correlations estimated (NONMEM's ``$OMEGA
             BLOCK(n)``); the others are uncorrelated (:mod:`il2treg.fit.omega`).
+        interaction: FOCE with interaction (FOCE-I, the default): the residual SDs move with
+            the individual predictions. ``False``: NONMEM's FOCE without interaction, the SDs at
+            the population predictions (eta = 0) in the EBE search and the objective;
+            the same for additive and log error models, not for proportional or combined ones.
     """
 
     model: Model
@@ -102,6 +106,7 @@ class FitProblem:
     bound: tuple[str, ...] = ()
     curvature: str = "observed"
     blocks: tuple[tuple[str, ...], ...] = ()
+    interaction: bool = True
 
     @property
     def n_fixed(self) -> int:
@@ -176,6 +181,7 @@ def make_problem(
     covariates: tuple[CovariateEffect, ...] = (),
     curvature: str = "observed",
     blocks: tuple[tuple[str, ...], ...] = (),
+    interaction: bool = True,
 ) -> FitProblem:
     """Validate the choice of estimated quantities against the model and the data."""
     if curvature not in CURVATURES:
@@ -235,7 +241,7 @@ def make_problem(
     kinds = ResidualModel.build(residual_kinds, names=model.observable_names).kinds
     slots = slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), max_dose_lag(model))
     options = options or SolverOptions(adjoint=dfx.ForwardMode())
-    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature, blocks)
+    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature, blocks, bool(interaction))
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -405,9 +411,10 @@ def predict(problem: FitProblem, theta_i: Float[Array, " params"], patient: Pati
     return pred, status
 
 
-def data_neg2ll(residual: ResidualModel, pred: Float[Array, " obs"], patient: PatientData) -> Float[Array, ""]:
-    """−2 log-likelihood of one patient's observations given predictions."""
-    return jnp.sum(neg2ll_terms(residual, pred, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask))
+def data_neg2ll(residual: ResidualModel, pred: Float[Array, " obs"], patient: PatientData, scale: Float[Array, " obs"] | None = None) -> Float[Array, ""]:
+    """−2 log-likelihood of one patient's observations given predictions (residual SDs at
+    ``scale`` when given: FOCE without interaction)."""
+    return jnp.sum(neg2ll_terms(residual, pred, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask, scale))
 
 
 # ----------------------------------------------------------------------------- sensitivities

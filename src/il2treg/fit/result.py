@@ -386,9 +386,16 @@ def _named(row) -> str:
     return f"{label} ({row['parameter']}{variance})"
 
 
+def _foce(settings: dict) -> str:
+    """FOCE-I, or FOCE for a fit without interaction ([optimiser] interaction = false)."""
+    return "FOCE-I" if settings.get("interaction", True) else "FOCE"
+
+
 def _curvature_text(settings: dict) -> str:
-    """How the objective's Laplace Hessian was formed ([optimiser] curvature; older results: observed)."""
-    return "NONMEM's: expected curvature" if settings.get("curvature") == "expected" else "Laplace, observed curvature"
+    """How the objective's Laplace Hessian was formed ([optimiser] curvature; older results:
+    observed), and whether without interaction ([optimiser] interaction)."""
+    text = "NONMEM's: expected curvature" if settings.get("curvature") == "expected" else "Laplace, observed curvature"
+    return text if settings.get("interaction", True) else text + "; no interaction: residual SDs at the population predictions"
 
 
 def _covariance_text(settings: dict, covariance: np.ndarray) -> str:
@@ -409,8 +416,8 @@ def report(result: FitResult) -> str:
     lines = [
         f"# Fit {result.name}: model {result.model}, data {result.data}",
         "",
-        (f"SAEM population fit: {result.iterations} iterations (OFV, %RSE and shrinkage: FOCE-I at the SAEM estimates); "
-         if isinstance(result.estimator, Saem) else f"FOCE-I ({_curvature_text(result.settings)}) population fit, L-BFGS: {status} after {result.iterations} iterations; ")
+        (f"SAEM population fit: {result.iterations} iterations (OFV, %RSE and shrinkage: {_foce(result.settings)} at the SAEM estimates); "
+         if isinstance(result.estimator, Saem) else f"{_foce(result.settings)} ({_curvature_text(result.settings)}) population fit, L-BFGS: {status} after {result.iterations} iterations; ")
         + f"estimation {t.get('estimation_s', float('nan')):.1f} s (compilation included), total {t.get('total_s', float('nan')):.1f} s. "
         + _covariance_text(result.settings, result.covariance),
         "",

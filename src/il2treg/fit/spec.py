@@ -48,6 +48,7 @@ A fit file has a few top-level keys and four kinds of tables::
     covariance = true
     covariance_matrix = "hessian"        # 2 R^-1; "sandwich": R^-1 S R^-1, NONMEM's default $COV
     curvature = "observed"               # the Laplace Hessian's: "expected" is NONMEM's FOCE-I
+    interaction = true                   # false: FOCE without interaction (residual SDs at eta = 0)
 
     priors = "none"                      # optional: "model" adds the model file's priors on the
                                          # estimated fixed effects to the OFV (penalised fit)
@@ -141,7 +142,7 @@ _COVARIATE_KEYS = ("parameter", "covariate", "model", "reference", "initial")
 _BLOCK_KEYS = ("parameters", "correlation")
 _ERROR_KEYS = ("kind", "sigma_add", "sigma_prop", "estimate", "score_step")
 _CHOICES = {"curvature": CURVATURES, "covariance_matrix": COVARIANCE_MATRICES}
-_OPTIMISER_DEFAULTS = {"max_iter": 200, "ftol": 1e-4, "gtol": 1e-2, "covariance": True, "covariance_matrix": "hessian", "curvature": "observed"}
+_OPTIMISER_DEFAULTS = {"max_iter": 200, "ftol": 1e-4, "gtol": 1e-2, "covariance": True, "covariance_matrix": "hessian", "curvature": "observed", "interaction": True}
 _SRI4_DEFAULTS = {"day": 84.0, "fall": 4.0, "bilag_pga_keep": 0.956}
 
 
@@ -213,6 +214,7 @@ class OptimiserSettings:
     covariance: bool = True
     covariance_matrix: str = "hessian"
     curvature: str = "observed"
+    interaction: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,7 +303,7 @@ class FitSpec:
         return make_problem(
             self.model, self.dataset, fixed=self.fixed, random=self.random, sigmas=self.sigmas,
             residual_kinds={e.dvid: e.kind for e in self.errors}, covariates=self.effects, options=options,
-            curvature=self.optimiser.curvature, blocks=tuple(b.parameters for b in self.omega_blocks),
+            curvature=self.optimiser.curvature, blocks=tuple(b.parameters for b in self.omega_blocks), interaction=self.optimiser.interaction,
         )  # fmt: skip
 
     def residual_model(self) -> ResidualModel:
