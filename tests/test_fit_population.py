@@ -223,20 +223,26 @@ def test_foce_without_interaction_is_nonmems_objective_and_its_gradient_is_exact
     assert bool(jnp.all(include))
     up = unpack(problem, psi, objective.base_residual)
     sigma, omega2 = float(jnp.exp(psi[-1])), np.asarray(up.omega) ** 2
+    omega2_j = jnp.asarray(omega2)
+
+    @jax.jit
+    def independent(eta, patient):
+        """One patient's FOCE pieces from the solver alone: its predictions, their variance at eta = 0,
+        g and its derivative, and J."""
+        f = lambda e: predict(problem, individual_theta(problem, up.theta, e), patient)[0]
+        var = (sigma * f(jnp.zeros(2))) ** 2  # NONMEM's FOCE: the variance at eta = 0
+        g = lambda e: jnp.sum(jnp.where(patient.obs_mask, (patient.obs_value - f(e)) ** 2 / var, 0.0)) + jnp.sum(e**2 / omega2_j)
+        return var, g(eta), jax.jacfwd(g)(eta), jax.jacfwd(f)(eta)  # forward mode: the solver's adjoint
+
     total = 0.0
     for i in range(10):
         patient = jax.tree.map(lambda x, i=i: x[i], patients)
-        f = lambda e, patient=patient: predict(problem, individual_theta(problem, up.theta, e), patient)[0]
-        y, used = np.asarray(patient.obs_value), np.asarray(patient.obs_mask)
-        var = (sigma * np.asarray(f(jnp.zeros(2)))) ** 2  # NONMEM's FOCE: the variance at eta = 0
-        g = lambda e, y=y, used=used, var=var, f=f: jnp.sum(jnp.where(used, (y - f(e)) ** 2 / var, 0.0)) + jnp.sum(e**2 / omega2)
-        eta = inner.eta[i]
-        jac = np.asarray(jax.jacfwd(f)(eta))[used]
-        h = jac.T @ (jac / var[used][:, None]) + np.diag(1.0 / omega2)
-        # the EBE is this function's minimum: its Newton decrement there (forward mode, the solver's adjoint)
-        grad_g = np.asarray(jax.jacfwd(g)(eta))
-        assert grad_g @ np.linalg.solve(2.0 * h, grad_g) < 1e-11, (i, grad_g)
-        total += float(np.sum(np.log(2 * np.pi * var[used]))) + float(g(eta)) + float(np.sum(np.log(omega2))) + float(np.linalg.slogdet(h)[1])
+        var, g, grad_g, jac = (np.asarray(x) for x in independent(inner.eta[i], patient))
+        used = np.asarray(patient.obs_mask)
+        jac, var = jac[used], var[used]
+        h = jac.T @ (jac / var[:, None]) + np.diag(1.0 / omega2)
+        assert grad_g @ np.linalg.solve(2.0 * h, grad_g) < 1e-11, (i, grad_g)  # the EBE is g's minimum: its Newton decrement
+        total += float(np.sum(np.log(2 * np.pi * var))) + float(g) + float(np.sum(np.log(omega2))) + float(np.linalg.slogdet(h)[1])
     ofv = float(objective.value(psi, inner, include))
     assert ofv == pytest.approx(total, rel=1e-9)
     foce_i, _ = _iv_objective(True)

@@ -46,7 +46,10 @@ reads (for the reference fit 2 of the 3 the FOCE-I gradient needs, and no second
 Hessian of the random-effect term plus the outer-product (BHHH) estimate of the Hessian of the
 data term summed over observations, :math:`\tfrac12\sum_t \nabla d_{it} \nabla d_{it}^\top`
 (the information equality of each observation's −2 log-likelihood, valid for every error model
-here, censored and ordinal included), so no second derivative of the ODE is needed.
+here, censored and ordinal included), so no second derivative of the ODE is needed. With an
+omega block the random-effect term's Hessian is replaced by its expectation,
+:math:`2 J_\mu^\top\Omega^{-1}J_\mu + [\mathrm{tr}(\Omega^{-1}\Omega_a\Omega^{-1}\Omega_b)]`, positive
+semi-definite where the exact one is not in the correlations (:mod:`il2treg.fit.complete`).
 
 **Annealing** (as Monolix): during the exploration phase each :math:`\omega_k` and residual SD may
 fall by at most a factor :math:`\sqrt{\tau}` per iteration (``annealing`` :math:`= \tau`), which
@@ -182,6 +185,7 @@ def fit_saem(objective, psi0: Float[Array, " psi"], settings: SaemSettings = Sae
     psi = np.asarray(psi0, dtype=np.float64).copy()
     ns = problem.n_struct
     spread = np.r_[ns : ns + ne, problem.sigma_start : len(psi)]  # log omega and log sigma: annealed
+    corr = np.arange(ns + ne, problem.sigma_start)  # the omega blocks' partial correlations
     penalty_hess = jax.jit(jax.hessian(objective.penalty))
     effects_of = jax.jit(lambda p: unpack(problem, p, objective.base_residual).random_effects)
 
@@ -238,6 +242,11 @@ def fit_saem(objective, psi0: Float[Array, " psi"], settings: SaemSettings = Sae
         new = psi - step
         if j <= 0 and settings.annealing < 1.0:  # simulated annealing: spreads fall slowly while exploring
             new[spread] = np.maximum(new[spread], psi[spread] + 0.5 * np.log(settings.annealing))
+            # and correlations move as slowly either way: while the typical values are still off,
+            # every patient's phi - mu shares their offset, which looks like a correlation near +-1
+            # (measured: without this cap, omega-block runs swung between -0.98 and 0.98)
+            limit = -0.5 * np.log(settings.annealing)
+            new[corr] = np.clip(new[corr], psi[corr] - limit, psi[corr] + limit)
         psi, fresh = new, False
         history.append(float(value[use].sum()))
         trace.append(psi.copy())
