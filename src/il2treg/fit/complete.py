@@ -103,7 +103,7 @@ def _random_effect_information(problem: FitProblem, psi, base_residual: Residual
     cov = lambda p: unpack(problem, p, base_residual).random_effects.covariance()
     j_mu = jax.jacfwd(mu)(psi)  # [eta, psi]
     d_cov = jax.jacfwd(cov)(psi)  # [eta, eta, psi]
-    precision = jnp.linalg.inv(cov(psi))
+    precision = unpack(problem, psi, base_residual).random_effects.precision()
     a = jnp.einsum("ij,jkp->ikp", precision, d_cov)  # Omega^-1 Omega_a
     return 2.0 * j_mu.T @ precision @ j_mu + jnp.einsum("ijp,jiq->pq", a, a)
 
