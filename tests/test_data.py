@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from il2treg.data import Dataset, check_file, read_dataset
+from il2treg.data import Dataset, DosingInput, check_file, read_dataset
 from il2treg.errors import DataError, InputError
 from il2treg.observables import OBSERVABLE_NAMES
 
@@ -187,14 +187,13 @@ def test_missing_required_column_is_named(tmp_path):
     )
 
 
-def test_nonmem_dosing_columns_are_rejected_not_ignored(tmp_path):
-    rows = [r + ",0" for r in ROWS]
-    path = write(tmp_path, table(header=HEADER + ",RATE", rows=rows))
+def test_cmt_without_the_models_compartments_is_refused_not_ignored(tmp_path):
+    rows = [r + ",1" for r in ROWS]
     assert_data_error(
-        path,
-        "column 'RATE' is not supported. Fix: drop it; write one EVID=1 row per "
-        "bolus dose (ADDL/II may repeat it) and identify observations by DVID.",
-        column="RATE",
+        write(tmp_path, table(header=HEADER + ",CMT", rows=rows)),
+        "column 'CMT' needs the model's dosing compartments, which are not given. Fix: read the data through a fit file "
+        "(it knows the model), pass read_dataset(..., doses=...), or drop the column.",
+        column="CMT",
         row=None,
     )
 
@@ -286,33 +285,37 @@ def test_unsorted_times_are_rejected_with_row_number(tmp_path):
     )
 
 
-def test_evid_outside_zero_to_two_is_rejected(tmp_path):
-    assert_data_error(
-        write(tmp_path, table((4, "1,1,4,1500000,,,,,ILT-101,64"))),
-        "EVID 4 at row 4 is a reset and dose, which il2treg does not support yet. Fix: start the subject's next "
-        "period as a new ID, or remove the row.",
-        column="EVID",
-        row=4,
-    )
-    assert_data_error(
-        write(tmp_path, table((4, "1,1,3,,,,,,ILT-101,64"))),
-        "EVID 3 at row 4 is a reset, which il2treg does not support yet. Fix: start the subject's next "
-        "period as a new ID, or remove the row.",
-        column="EVID",
-        row=4,
-    )
+def test_evid_outside_zero_to_four_is_rejected(tmp_path):
     assert_data_error(
         write(tmp_path, table((4, "1,1,5,1500000,,,,,ILT-101,64"))),
-        "EVID must be 0 (observation), 1 (dose) or 2 (other event); row 4 has 5. Fix: use 0, 1 or 2.",
+        "EVID must be 0 (observation), 1 (dose), 2 (other event), 3 (reset) or 4 (reset and dose); row 4 has 5. Fix: use one of 0 to 4.",
         column="EVID",
         row=4,
     )
+    assert_data_error(
+        write(tmp_path, table((4, "1,1,3,1500000,,,,,ILT-101,64"))),
+        "AMT is 1500000 on row 4, a reset (EVID 3). Fix: leave AMT empty or 0 there, or set EVID 1 (or 4, a reset and dose) if the row is a dose.",
+        column="AMT",
+        row=4,
+    )
+
+
+def test_resets_are_dose_slots_that_round_trip(tmp_path):
+    data = read_dataset(write(tmp_path, table((4, "1,1,4,1500000,,,,,ILT-101,64"), (5, "1,7,3,,,,,,ILT-101,64"))))
+    np.testing.assert_array_equal(data.dose_time[0], [0, 1, 7])
+    np.testing.assert_array_equal(data.dose_amount[0], [1500000, 1500000, 0])
+    np.testing.assert_array_equal(data.dose_reset[0], [False, True, True])
+    records = data.records()
+    assert records is not None and records.steady_states == 0
+    frame = data.to_frame()
+    assert frame["EVID"].tolist()[:5] == [0, 1, 0, 4, 3]
+    assert_same(read_dataset(frame), data)
 
 
 def test_text_evid_is_rejected(tmp_path):
     assert_data_error(
         write(tmp_path, table((4, "1,1,dose,1500000,,,,,ILT-101,64"))),
-        "EVID must be 0 (observation), 1 (dose) or 2 (other event); row 4 has 'dose'. Fix: use 0, 1 or 2.",
+        "EVID must be 0 (observation), 1 (dose), 2 (other event), 3 (reset) or 4 (reset and dose); row 4 has 'dose'. Fix: use one of 0 to 4.",
         column="EVID",
         row=4,
     )
@@ -327,7 +330,7 @@ def test_other_events_are_kept_out_of_doses_and_observations(tmp_path):
         np.testing.assert_array_equal(getattr(base, field), getattr(other, field), err_msg=field)
     assert_data_error(
         write(tmp_path, table(header=HEADER, rows=[*ROWS, "1,8,2,100,,,,1,ILT-101,64"])),
-        "AMT is 100 on row 10, an other event (EVID 2). Fix: leave AMT empty or 0 there, or set EVID 1 if the row is a dose.",
+        "AMT is 100 on row 10, an other event (EVID 2). Fix: leave AMT empty or 0 there, or set EVID 1 (or 4, a reset and dose) if the row is a dose.",
         column="AMT",
         row=10,
     )
@@ -842,20 +845,75 @@ def test_a_subjects_events_read_as_a_table(tmp_path):
         data.events(3)
 
 
-def test_cmt_is_read_where_the_models_dosing_compartment_is_known(tmp_path):
-    rows = "ID,TIME,EVID,AMT,CMT,DVID,DV\n1,0,1,100,1,,\n1,2,0,,2,conc,4\n1,12,1,100,,,\n1,14,0,,,conc,3\n"
-    data = read_dataset(write(tmp_path, rows), observables=("conc",), dose_cmt=1)
-    np.testing.assert_array_equal(data.dose_amount[0], [100, 100])
+def test_cmt_is_read_where_the_models_dosing_compartments_are_known(tmp_path):
+    rows = "ID,TIME,EVID,AMT,CMT,DVID,DV\n1,0,1,100,1,,\n1,2,0,,2,conc,4\n1,12,1,100,,,\n1,13,1,20,2,,\n1,14,0,,,conc,3\n"
+    data = read_dataset(write(tmp_path, rows), observables=("conc",), doses=[DosingInput(1), DosingInput(2)])
+    np.testing.assert_array_equal(data.dose_amount[0], [100, 100, 20])
+    np.testing.assert_array_equal(data.dose_input[0], [0, 0, 1])
     assert "CMT" not in data.covariates  # set aside, not a covariate
-    with pytest.raises(DataError, match=r"column 'CMT' is not supported") as info:
-        read_dataset(write(tmp_path, rows), observables=("conc",))  # no dosing compartment known: refused, not ignored
-    assert info.value.column == "CMT"
-    bad = rows.replace("1,12,1,100,,,", "1,12,1,100,2,,")
+    assert_same(read_dataset(data.to_frame(), observables=("conc",), doses=[DosingInput(1), DosingInput(2)]), data)
     with pytest.raises(DataError) as info:
-        read_dataset(write(tmp_path, bad), observables=("conc",), dose_cmt=1)
-    assert str(info.value) == ("dose row 3 has CMT 2, but the model doses into compartment 1 only. Fix: set CMT 1 (or leave it empty) "
-                               "on dose rows; doses into other compartments are not supported yet.")  # fmt: skip
-    assert (info.value.column, info.value.row) == ("CMT", 3)
+        read_dataset(write(tmp_path, rows), observables=("conc",), doses=[DosingInput(1)])
+    assert str(info.value) == "dose row 4 has CMT 2, but the model doses into compartment 1. Fix: set CMT to it (or leave it empty for compartment 1)."
+    assert (info.value.column, info.value.row) == ("CMT", 4)
+
+
+RECORD_HEADER = "ID,TIME,EVID,AMT,DV,RATE,SS,II,ADDL"
+
+
+@pytest.mark.parametrize(
+    ("row", "message", "column"),
+    [
+        ("1,0,1,100,,-1,0,0,0", "RATE -1 on dose row 1 asks for a rate the model computes, which il2treg does not model. Fix: give the rate in RATE, "
+         "or declare the input's duration in the model's [doses] table and set RATE -2.", "RATE"),
+        ("1,0,1,100,,-3,0,0,0", "RATE is -3 on dose row 1. Fix: give the infusion rate (AMT per TIME unit, > 0), 0 for a bolus, or -2 for the "
+         "duration the model declares.", "RATE"),
+        ("1,0,1,100,,-2,0,0,0", "RATE -2 on dose row 1 asks for the infusion duration the model declares, but its input (compartment 1) declares none. "
+         "Fix: give the rate in RATE, or declare a duration for the input in the model's [doses] table.", "RATE"),
+        ("1,0,1,100,,x,0,0,0", "RATE must be a finite number; row 1 has 'x'. Fix: RATE is a dose's infusion rate (AMT per TIME unit), 0 for a bolus, "
+         "or -2 for the model's duration.", "RATE"),
+        ("1,0,1,100,,0,3,12,0", "SS is 3 on dose row 1. Fix: SS is 0 (none), 1 (steady state) or 2 (steady state added).", "SS"),
+        ("1,0,1,100,,0,1,0,0", "dose row 1 has SS 1 but II is 0. Fix: give the dosing interval of the steady state in II (TIME's unit); "
+         "a steady state of a constant infusion (II 0) is not supported.", "II"),
+        ("1,0,1,100,,5,1,12,0", "dose row 1 is a steady-state infusion lasting 20 (AMT / RATE), longer than its II 12. Fix: check RATE and II; "
+         "overlapping steady-state infusions are not supported.", "RATE"),
+        ("1,0,1,100,,0,0,0,2", "dose row 1 has ADDL 2 but II is 0. Fix: give the interval between its additional doses in II (TIME's unit), "
+         "or set ADDL 0.", "II"),
+        ("1,0,0,,,10,0,0,0", "RATE is 10 on row 1, which is not a dose. Fix: RATE belongs to dose rows (EVID 1 or 4); leave it empty or 0 here.", "RATE"),
+        ("1,0,2,,,0,1,0,0", None, None),  # an other event's SS is not read
+        ("1,0,0,,,0,2,0,0", "SS is 2 on row 1, which is not a dose. Fix: SS belongs to dose rows (EVID 1 or 4); leave it empty or 0 here.", "SS"),
+        ("1,0,3,,,0,0,0,0", None, None),  # a reset alone at time 0
+    ],
+)
+def test_malformed_dose_records_name_column_row_and_fix(tmp_path, row, message, column):
+    """Each malformed NONMEM dose record (one bad row, then a valid observation) gives one typed
+    error naming its column, its row and the fix; the two rows without a message are valid."""
+    path = write(tmp_path, f"{RECORD_HEADER}\n{row}\n1,2,0,,4,,,,\n")
+    if message is None:
+        assert read_dataset(path, observables=("conc",), doses=[DosingInput(1)]).n_subjects == 1
+        return
+    with pytest.raises(DataError) as info:
+        read_dataset(path, observables=("conc",), doses=[DosingInput(1)])
+    assert str(info.value) == message
+    assert (info.value.column, info.value.row) == (column, 1)
+
+
+def test_rate_ss_and_ii_are_read_in_the_tables_time_unit(tmp_path):
+    """RATE 25 mg/h of 100 mg is a 4-h infusion; SS=1 with II=12 h and ADDL 2: the record is a
+    steady state, its two additional doses are plain ones 12 h apart, with the same rate."""
+    path = write(tmp_path, f"{RECORD_HEADER}\n1,6,1,100,,25,1,12,2\n1,40,0,,4,,,,\n")
+    data = read_dataset(path, observables=("conc",), time_unit="h", doses=[DosingInput(1)])
+    np.testing.assert_allclose(data.dose_time[0] * 24, [6, 18, 30])
+    np.testing.assert_allclose(data.dose_duration[0] * 24, [4, 4, 4])
+    np.testing.assert_array_equal(data.dose_ss[0], [1, 0, 0])
+    np.testing.assert_allclose(data.dose_ii[0] * 24, [12, 0, 0])
+    records = data.records()
+    assert records is not None and records.steady_states == 1
+    again = read_dataset(data.to_frame(), observables=("conc",), doses=[DosingInput(1)])  # days, ADDL written out
+    for field in ("dose_time", "dose_amount", "dose_duration", "dose_ss", "dose_ii", "dose_reset", "dose_input"):
+        np.testing.assert_allclose(getattr(again, field), getattr(data, field), rtol=1e-15, err_msg=field)
+    plain = read_dataset(write(tmp_path, f"{RECORD_HEADER}\n1,6,1,100,,0,0,12,2\n1,40,0,,4,,,,\n"), observables=("conc",), time_unit="h")
+    assert plain.records() is None  # plain doses take the solver's lighter path
 
 
 def test_hours_read_as_days_are_flagged(tmp_path):

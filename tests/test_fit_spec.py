@@ -378,10 +378,10 @@ def test_a_missing_model_covariate_is_found_when_the_fit_file_is_read(tmp_path):
 
 
 def test_a_nonmem_dataset_with_addl_cmt_and_hours_is_the_same_data_written_out_dose_by_dose_in_days(tmp_path):
-    """The issue's dataset criterion, for what il2treg reads so far (ADDL/II, CMT, hours; not RATE
-    or SS): pheno.dta folded into ADDL/II rows with a CMT column, in hours, and the same data
-    written out one dose per row in days, read through their fit files, give the same arrays, so
-    every fit of them is the same fit."""
+    """The issue's dataset criterion, part 1 (ADDL/II, CMT, hours; RATE and SS in the next test):
+    pheno.dta folded into ADDL/II rows with a CMT column, in hours, and the same data written out
+    one dose per row in days, read through their fit files, give the same arrays, so every fit
+    of them is the same fit."""
     import shutil
 
     from test_data import _compress_doses
@@ -403,3 +403,4 @@ def test_a_nonmem_dataset_with_addl_cmt_and_hours_is_the_same_data_written_out_d
     for field in ("obs_time", "obs_value", "obs_mask", "dose_time", "dose_amount"):
         np.testing.assert_array_equal(getattr(a.dataset, field), getattr(b.dataset, field), err_msg=field)
     np.testing.assert_array_equal(a.dataset.covariates["WGT"], b.dataset.covariates["WGT"])
+

@@ -159,7 +159,6 @@ _MALFORMED = [
     ("keyword as a name", {"parameters.lambda": {"value": 1.0, "unit": "1", **_PARAM}}, "parameters.lambda", "not a valid name"),
     ("function name as a name", {"parameters.exp": {"value": 1.0, "unit": "1", **_PARAM}}, "parameters.exp", "name of a function"),
     ("attribute access", {"equations.depot": "-ka * depot.real"}, "equations.depot", "'.' is not allowed"),
-    ("second dosing input", {"doses.iv": {"state": "central"}}, "doses.iv", "a second dosing input"),
     ("parameter that is not a table", {"parameters.ka": 1.0}, "parameters.ka", "must be a table"),
     ("doses that are not tables", {"doses": "depot"}, "doses", "must be tables"),
     ("dose into a list", {"doses.oral.state": ["depot"]}, "doses.oral.state", "not a state"),

@@ -4,6 +4,8 @@ overlapping doses."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -196,3 +198,133 @@ def test_dosing_records_match_the_closed_form(name, tmp_path):
     np.testing.assert_array_equal(got[before], 0.0)
     assert (~before).sum() >= 8  # most samples see a dose
     np.testing.assert_allclose(got[~before], expected[~before], rtol=1e-8, atol=0)
+
+
+# ----------------------------------------------------------------------------- dose records: RATE, SS, EVID 3/4, CMT
+#
+# Each scenario is a NONMEM table (TIME in hours) read by read_dataset with the model's dosing
+# inputs and solved with its DoseRecords; the expected concentration sums, independently of the
+# reader and the solver, the one-compartment unit responses of the doses the records describe: a
+# steady state (SS 1) is its dose repeated every II back to 2,000 intervals before (the series'
+# tail is below 1e-100 here), with everything before it forgotten; SS 2 adds that series; a
+# reset (EVID 3, 4) forgets every dose before it and stops running infusions.
+
+REC_HOURS = np.array([0.0, 0.7, 3.3, 6.0, 7.9, 12.1, 17.6, 24.0, 25.5, 30.2, 36.5, 47.3, 55.8, 71.9])
+SERIES = 2000
+
+#: name: (model, rows "TIME AMT RATE SS II ADDL CMT EVID", parameters)
+RECORD_SCENARIOS = {
+    "ss-bolus": ("pk_1cmt_iv", ["0 100 0 1 12 3 1 1"], {}),
+    "ss-bolus-forgets-earlier-doses": ("pk_1cmt_iv", ["0 100 0 0 0 0 1 1", "24 50 0 1 8 2 1 1"], {}),
+    "ss2-bolus-adds-to-earlier-doses": ("pk_1cmt_iv", ["0 100 0 0 0 0 1 1", "24 50 0 2 8 2 1 1"], {}),
+    "ss-bolus-noninteger-ii": ("pk_1cmt_iv", ["6 80 0 1 7.5 4 1 1"], {"CL": 3.1}),
+    "rate-infusion": ("pk_1cmt_iv", ["0 100 25 0 0 0 1 1"], {}),
+    "rate-infusion-overlapping-next-dose": ("pk_1cmt_iv", ["0 100 10 0 6 3 1 1"], {"CL": 0.9}),
+    "ss-infusion": ("pk_1cmt_iv", ["0 120 40 1 12 2 1 1"], {}),
+    "rate-overrides-model-duration": ("pk_1cmt_infusion", ["0 100 50 0 12 2 1 1"], {}),
+    "rate-minus-2-is-model-duration": ("pk_1cmt_infusion", ["0 100 -2 0 12 2 1 1"], {"D": 3.0}),
+    "ss-model-duration": ("pk_1cmt_infusion", ["0 100 -2 1 12 0 1 1"], {"D": 5.0}),
+    "reset": ("pk_1cmt_iv", ["0 100 0 0 12 2 1 1", "30 0 0 0 0 0 1 3", "36.5 40 0 0 0 0 1 1"], {}),
+    "reset-and-dose": ("pk_1cmt_iv", ["0 100 0 0 12 3 1 1", "40 60 0 0 0 0 1 4"], {}),
+    "reset-stops-an-infusion": ("pk_1cmt_iv", ["0 100 4 0 0 0 1 1", "12.1 0 0 0 0 0 1 3", "24 50 5 0 12 2 1 1"], {}),
+    "oral-ss-with-lag": ("pk_1cmt_oral", ["0 100 0 1 12 2 1 1"], {"tlag": 2.0}),
+    "oral-ss-lag-near-ii": ("pk_1cmt_oral", ["0 100 0 1 6 5 1 1"], {"tlag": 4.5, "ka": 0.5}),
+    "cmt-2-is-the-central-compartment": ("pk_1cmt_oral", ["0 100 0 0 0 0 1 1", "6 50 0 0 12 2 2 1"], {}),
+    "cmt-2-ss-beside-oral": ("pk_1cmt_oral", ["0 40 0 1 8 3 2 1", "10 100 0 0 0 0 1 1"], {"F": 0.5}),
+}
+_FAST_RECORDS = ("ss-bolus", "rate-infusion", "reset", "cmt-2-is-the-central-compartment")
+
+
+def _record_table(rows: list[str]) -> str:
+    lines = [tuple(float(x) for x in r.split()) for r in rows] + [(t, 0, 0, 0, 0, 0, 0, 0) for t in REC_HOURS]
+    lines.sort(key=lambda r: (r[0], r[7] == 0))  # observations after the records at their time
+    text = ["ID TIME AMT RATE SS II ADDL CMT EVID DV"]
+    for t, a, rate, ss, ii, addl, cmt, evid in lines:
+        text.append(f"1 {t:g} {a:g} {rate:g} {ss:g} {ii:g} {addl:g} {cmt:g} {evid:g} {1 if evid == 0 else 0}")
+    return "\n".join(text) + "\n"
+
+
+def _pieces(rows: list[str], p: dict, model_duration: float | None):
+    """Every dose the rows describe as (origin, entry, amount, route, duration) in hours: origin
+    is its record's time (a steady state's series has its record's time too, and is seen from
+    then on), entry the time it enters (after the lag); and the times of resets (EVID 3, 4, SS 1)."""
+    pieces, resets = [], []
+    for row in rows:
+        t, a, rate, ss, ii, addl, cmt, evid = (float(x) for x in row.split())
+        if evid in (3, 4) or ss == 1:
+            resets.append(t)
+        if evid == 3:
+            continue
+        oral = cmt == 1 and "ka" in p
+        lag, f = (p["tlag"] * 24, p["F"]) if oral else (0.0, 1.0)
+        duration = a / rate if rate > 0 else (model_duration if model_duration is not None else 0.0)
+        route = "depot" if oral else "central"
+        given = [t + j * ii for j in range(int(addl) + 1)]
+        series = [t - m * ii for m in range(SERIES, 0, -1)] if ss else []
+        pieces += [(t if s in series else s, s + lag, f * a, route, duration) for s in series + given]
+    return pieces, resets
+
+
+def _expected(p: dict, pieces, resets, hours: np.ndarray) -> np.ndarray:
+    """The sum of the unit responses of the pieces seen at each time: those whose origin is at or
+    before it and after the last reset at or before it (a dose at a reset's own record comes
+    after the reset)."""
+    k, v = p["CL"] / p["V"] / 24, p["V"]  # 1/h, L
+    ka = p.get("ka", 0.0) / 24
+    out = np.zeros_like(hours)
+    for i, t in enumerate(hours):
+        last = max([r for r in resets if r <= t], default=-np.inf)
+        for origin, entry, amount, route, duration in pieces:
+            s = t - entry
+            if origin > t or origin < last or s <= 0:
+                continue
+            if route == "depot":
+                out[i] += amount * ka / (v * (ka - k)) * (np.exp(-k * s) - np.exp(-ka * s))
+            elif duration > 0:
+                out[i] += amount / duration / (v * k) * (np.exp(-k * max(s - duration, 0.0)) - np.exp(-k * s))
+            else:
+                out[i] += amount / v * np.exp(-k * s)
+    return out
+
+
+_RECORD_SOLVES: dict = {}
+
+
+def _record_solve(model, steady: int):
+    """One compiled solve per model and number of steady states, shared by the scenarios (doses
+    padded to 12 plain ones)."""
+    key = (model.name, steady)
+    if key not in _RECORD_SOLVES:
+        from il2treg.simulate import solve_one
+
+        slots = len(REC_HOURS)
+        _RECORD_SOLVES[key] = jax.jit(lambda theta, dt, da, rec, obs: solve_one(model.mechanism, theta, dt, da, obs, TIGHT, slots, records=rec))
+    return _RECORD_SOLVES[key]
+
+
+@pytest.mark.parametrize("name", [n if n in _FAST_RECORDS else pytest.param(n, marks=pytest.mark.slow) for n in RECORD_SCENARIOS])
+def test_dose_records_match_the_closed_form(name, tmp_path):
+    from il2treg.fit.spec import dosing_inputs
+    from il2treg.records import DoseRecords, pad_records
+
+    model_name, rows, overrides = RECORD_SCENARIOS[name]
+    model = il2treg.load_model(model_name)
+    path = tmp_path / "records.dta"
+    path.write_text(_record_table(rows))
+    data = il2treg.data.read_dataset(path, observables=model.observable_names, time_unit="h", doses=dosing_inputs(model))
+    values = np.asarray(model.typical().values).copy()
+    for key, declared in overrides.items():
+        values[model.parameter_names.index(key)] = model.spec[key].to_internal(declared)
+    records = data.records()  # none where RATE -2 is the input's own way: plain records then
+    one = DoseRecords.plain(data.dose_time.shape[1]) if records is None else jax.tree.map(lambda x: x[0], records)
+    extra = 12 - data.dose_time.shape[1]
+    dt = np.concatenate([data.dose_time[0], np.full(extra, data.dose_time[0, -1])])
+    da = np.concatenate([data.dose_amount[0], np.zeros(extra)])
+    got, status = _record_solve(model, one.steady_states)(jnp.asarray(values), dt, da, pad_records(one, extra), jnp.asarray(data.obs_time[0]))
+    assert int(status) == 0
+    p = dict(zip(model.parameter_names, values))
+    infused = model.mechanism.dose_infused[0]
+    pieces, resets = _pieces(rows, p, p["D"] * 24 if infused else None)
+    expected = _expected(p, pieces, resets, REC_HOURS)
+    assert np.count_nonzero(expected) >= 8
+    np.testing.assert_allclose(np.asarray(got).ravel(), expected, rtol=1e-7, atol=1e-12 * expected.max())

@@ -584,3 +584,36 @@ def test_the_multi_host_example_equals_one_process_bit_for_bit(model, tmp_path):
     assert again.returncode != 0 and "exists" in again.stderr and "--force" in again.stderr
     rerun = subprocess.run([sys.executable, str(script), "run", *common, "--process-id", "0"], capture_output=True, encoding="utf-8", timeout=120, check=False)
     assert rerun.returncode != 0 and "part-0000-of-0002.npz exists" in rerun.stderr  # refused before any simulation
+
+
+@pytest.mark.slow
+def test_steady_state_derivatives_match_finite_differences():
+    """The periodic state of an SS record (Newton with a frozen Jacobian, solve_records) carries
+    exact first derivatives in reverse and forward mode, and exact second derivatives (FOCE-I
+    differentiates the forward sensitivities again), against central differences: an oral dose
+    with lag and F at steady state every 12 h, then a reset."""
+    import diffrax as dfx
+
+    from il2treg.records import DoseRecords
+    from il2treg.simulate import solve_one
+
+    model = il2treg.load_model("pk_1cmt_oral")
+    theta = jnp.asarray(model.typical().values)
+    times, amounts = jnp.array([0.0, 0.3]), jnp.array([100.0, 0.0])
+    records = DoseRecords(input=[0, 0], duration=[0.0, 0.0], reset=[False, True], ss=[1, 0], ii=[0.5, 0.0], steady_states=1)
+    obs = jnp.array([0.0, 0.1, 0.25])
+
+    def conc(th, adjoint):
+        options = il2treg.SolverOptions(rtol=1e-10, atol=1e-12, adjoint=adjoint)
+        return solve_one(model.mechanism, th, times, amounts, obs, options, 3, records=records)[0][:, 0]
+
+    forward = lambda th: conc(th, dfx.ForwardMode())
+    step = 1e-5 * theta
+    central = lambda f: np.stack([(f(theta.at[i].add(step[i])) - f(theta.at[i].add(-step[i]))) / (2 * step[i]) for i in range(theta.size)], axis=-1)
+    fd = central(forward)
+    assert np.all(np.abs(fd[0]) > 1e-3)  # the trough at the record depends on every parameter
+    np.testing.assert_allclose(jax.jacfwd(forward)(theta), fd, rtol=1e-6, atol=1e-9)
+    reverse = jax.grad(lambda th: conc(th, dfx.RecursiveCheckpointAdjoint())[1])(theta)
+    np.testing.assert_allclose(reverse, fd[1], rtol=1e-6)
+    jacobian = lambda th: jax.jacfwd(lambda t: forward(t)[1])(th)
+    np.testing.assert_allclose(jax.jacfwd(jacobian)(theta), central(jacobian), rtol=1e-5, atol=1e-8)

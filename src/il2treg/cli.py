@@ -289,10 +289,10 @@ def data_check(
     """Validate a biomarker data file for a model and print a one-screen summary."""
     import il2treg
     from il2treg.data import check_file
-    from il2treg.fit.spec import dose_compartment
+    from il2treg.fit.spec import dosing_inputs
 
     loaded = il2treg.load_model(model)
-    summary = check_file(file, observables=loaded.observable_names, time_unit=time_unit, drop=tuple(drop), dose_cmt=dose_compartment(loaded))
+    summary = check_file(file, observables=loaded.observable_names, time_unit=time_unit, drop=tuple(drop), doses=dosing_inputs(loaded))
     console.print(summary, highlight=False)
 
 

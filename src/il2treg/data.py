@@ -11,7 +11,8 @@ column  meaning
 ID      subject identifier; all numbers or all text
 TIME    days from the subject's first dose (≥ 0, non-decreasing within an ID)
 EVID    0 = observation, 1 = dose, 2 = other event (kept for its time and covariates; its
-        DVID, DV and CENS are not read); resets (3, 4) are refused
+        DVID, DV and CENS are not read), 3 = reset (the state returns to its initial value and
+        running infusions stop), 4 = reset and dose
 AMT     dose on dose rows, in the unit of the model's dosing input (IU for the IL-2 model; ≥ 0,
         0 is a placebo injection); empty or 0 on observations
 DVID    what was observed: one of the model's observables (:attr:`il2treg.Model.observable_names`; the
@@ -23,7 +24,16 @@ CENS    optional, default 0: 1 = below the lower limit of quantification (LLOQ),
 MDV     optional, default 0: 1 = missing DV; the row is kept and reported but not fitted
 ADDL    optional, default 0, dose rows only: additional doses of the row's amount, at
         ``TIME + j * II`` for ``j = 1..ADDL`` exactly (NONMEM's additional doses)
-II      the interval between them, in TIME's unit (> 0 where ADDL > 0)
+II      the interval between them, in TIME's unit (> 0 where ADDL > 0 or SS > 0)
+CMT     optional, dose rows: the compartment (1-based state number) the dose enters, one the
+        model doses into (read only when the model's dosing compartments are given: a fit
+        gives them); empty = the first dosing input; not read on other rows
+RATE    optional, dose rows: 0 or empty = the input's own way (a bolus, or the infusion the
+        model declares); > 0 = a zero-order infusion at this rate (AMT per TIME unit), over
+        ``AMT / RATE``; -2 = the duration the model declares (NONMEM's modelled duration)
+SS      optional, dose rows: 1 = the dose is at steady state, every II before it (the state
+        before it is replaced by the periodic one); 2 = that steady state added to the current
+        state (superposition: exact for linear models); 0 or empty = none
 other   covariates (``ARM``, ``SITE``, ``WT``, ``BSA``, ...), constant within an ID; a column
         whose values are all numbers is numeric, any other is categorical (text)
 ======  ==================================================================================
@@ -41,17 +51,18 @@ below the LLOQ of 1 pM and a Treg sample whose value was lost::
 other row an observation, as NONMEM reads a dataset without EVID. ``DVID`` may be left out when
 the model has one observable, which every observation then is. A ``DV`` of 0 on a dose row is
 ignored (NONMEM writes 0 there); any other DV on a dose row is an error. A file may be
-whitespace-separated, as NONMEM's ``.dta`` files are (a header line without commas).
+whitespace-separated, as NONMEM's ``.dta`` files are (a header line without commas). A dose row
+may combine them: ``SS=1, II=12, ADDL=6, RATE=50, CMT=2`` is a steady-state infusion into
+compartment 2 followed by six more every 12 TIME units (:class:`il2treg.records.DoseRecords`).
 ``read_dataset(..., time_unit="h")`` reads TIME in hours and holds it in days (the model's time;
 a table read in days that spans more than three years gets a warning that TIME may be in hours);
 ``drop=("FA1", ...)`` leaves columns out, as NONMEM's ``$INPUT FA1=DROP`` does.
 
 Empty cells, ``.``, ``NA``, ``NaN`` and ``nan`` are missing values. Rows are numbered from 1 at
 the first data row after the header, in the table's order (blank lines in a CSV file are
-skipped and not counted). The rows of one ID need not be contiguous. The NONMEM columns
-``SS`` and ``RATE`` are rejected rather than ignored, because ignoring them would silently
-change the doses; so is ``CMT`` unless the model's dosing compartment is known
-(``read_dataset(..., dose_cmt=...)``, which a fit passes), and then a dose row's CMT must be it.
+skipped and not counted). The rows of one ID need not be contiguous. ``CMT`` is refused unless the
+model's dosing compartments are known (``read_dataset(..., doses=...)``, which a fit passes),
+rather than ignored, because ignoring it would silently change where the doses go.
 
 Validation
 ----------
@@ -72,6 +83,7 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import equinox as eqx
 import numpy as np
@@ -80,23 +92,32 @@ from jaxtyping import Bool, Float, Int
 
 from il2treg.errors import DataError, InputError
 from il2treg.observables import OBSERVABLE_NAMES
+from il2treg.records import DoseRecords
 
-__all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "Dataset", "check_file", "read_dataset"]
+__all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "Dataset", "DosingInput", "check_file", "read_dataset"]
 
 #: Columns every dataset must have (EVID and DVID may be derived: module docstring).
 REQUIRED_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "DVID", "DV")
 #: Units TIME may be written in; it is held in days.
 TIME_UNITS: dict[str, float] = {"day": 1.0, "h": 1.0 / 24.0}
 #: Columns with a default (0) when absent.
-OPTIONAL_COLUMNS: tuple[str, ...] = ("CENS", "MDV", "ADDL", "II")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("CENS", "MDV", "ADDL", "II", "CMT", "RATE", "SS")
 
 _EVENT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-_UNSUPPORTED_COLUMNS = ("SS", "RATE", "CMT")
 _MISSING_TOKENS = frozenset({"", ".", "NA", "NaN", "nan"})
 _SHOWN_EXCLUDED = 10
 
 _Cell = object
 _SubjectId = int | float | str
+
+
+class DosingInput(NamedTuple):
+    """One of a model's dosing inputs as a dataset sees it: the compartment its doses enter
+    (1-based state number, NONMEM's ``CMT``) and whether the model declares an infusion duration
+    for it (so that ``RATE = -2`` may ask for it)."""
+
+    cmt: int
+    infused: bool = False
 
 
 class Dataset(eqx.Module):
@@ -129,6 +150,13 @@ class Dataset(eqx.Module):
             doses still has width-1 dose arrays.
         dose_row: 1-based row of the source table (the additional doses of a row with ADDL
             carry its number); 0 on padding.
+        dose_input: index of the dosing input each dose enters (from ``CMT``; 0 without it).
+        dose_cmt: the row's ``CMT`` (0 where empty), kept for :meth:`to_frame`.
+        dose_duration: infusion duration in days from ``RATE`` (``AMT / RATE``), 0 for the
+            input's own way.
+        dose_reset: ``True`` on a reset (``EVID`` 3, with amount 0, or 4).
+        dose_ss: the row's ``SS`` (0, 1 or 2; additional doses have 0).
+        dose_ii: the steady state's interval in days where ``dose_ss`` > 0, else 0.
         dvid_names: the observation types a DVID may name: the model's observables (static).
     """
 
@@ -145,7 +173,23 @@ class Dataset(eqx.Module):
     dose_time: Float[np.ndarray, "subjects doses"]
     dose_amount: Float[np.ndarray, "subjects doses"]
     dose_row: Int[np.ndarray, "subjects doses"]
+    dose_input: Int[np.ndarray, "subjects doses"]
+    dose_cmt: Int[np.ndarray, "subjects doses"]
+    dose_duration: Float[np.ndarray, "subjects doses"]
+    dose_reset: Bool[np.ndarray, "subjects doses"]
+    dose_ss: Int[np.ndarray, "subjects doses"]
+    dose_ii: Float[np.ndarray, "subjects doses"]
     dvid_names: tuple[str, ...] = eqx.field(static=True, default=OBSERVABLE_NAMES)
+
+    def records(self) -> DoseRecords | None:
+        """The doses' NONMEM details as :class:`~il2treg.records.DoseRecords` (``[subjects,
+        doses]``), or None where every dose is a plain one into the first input (no CMT beyond it,
+        RATE, reset or SS): the solver then takes its lighter path."""
+        plain = not (np.any(self.dose_input) or np.any(self.dose_duration) or np.any(self.dose_reset) or np.any(self.dose_ss))
+        if plain:
+            return None
+        steady = int(np.max(np.sum(self.dose_ss > 0, axis=1)))
+        return DoseRecords(self.dose_input, self.dose_duration, self.dose_reset, self.dose_ss, self.dose_ii, steady_states=steady)
 
     @property
     def n_subjects(self) -> int:
@@ -224,6 +268,12 @@ class Dataset(eqx.Module):
             dose_time=self.dose_time[pick, :n_dose],
             dose_amount=self.dose_amount[pick, :n_dose],
             dose_row=self.dose_row[pick, :n_dose],
+            dose_input=self.dose_input[pick, :n_dose],
+            dose_cmt=self.dose_cmt[pick, :n_dose],
+            dose_duration=self.dose_duration[pick, :n_dose],
+            dose_reset=self.dose_reset[pick, :n_dose],
+            dose_ss=self.dose_ss[pick, :n_dose],
+            dose_ii=self.dose_ii[pick, :n_dose],
             dvid_names=self.dvid_names,
         )
 
@@ -231,7 +281,9 @@ class Dataset(eqx.Module):
         """The long event table again, rows in source order; ``read_dataset`` round-trips it.
 
         Observation rows get ``AMT`` 0; dose rows get empty ``DVID`` and ``DV``, ``CENS`` 0
-        and ``MDV`` 1 (the NONMEM convention for dose records).
+        and ``MDV`` 1 (the NONMEM convention for dose records). Where a dose has more than a time
+        and an amount, the table gets ``CMT``, ``RATE`` (per day), ``SS`` and ``II`` (days), and
+        resets ``EVID`` 3 (no amount) or 4.
         """
         obs_s, obs_j = np.nonzero(self.obs_row > 0)
         dose_s, dose_j = np.nonzero(self.dose_row > 0)
@@ -245,7 +297,7 @@ class Dataset(eqx.Module):
                 "TIME": np.concatenate(
                     [self.obs_time[obs_s, obs_j], self.dose_time[dose_s, dose_j]]
                 ),
-                "EVID": np.repeat([0, 1], [obs_s.size, dose_s.size]),
+                "EVID": np.concatenate([np.zeros(obs_s.size, dtype=int), self._dose_evid(dose_s, dose_j)]),
                 "AMT": np.concatenate([np.zeros(obs_s.size), self.dose_amount[dose_s, dose_j]]),
                 "DVID": np.concatenate(
                     [names[self.obs_dvid[obs_s, obs_j]], np.full(dose_s.size, None, dtype=object)]
@@ -259,6 +311,16 @@ class Dataset(eqx.Module):
                 ),
             }
         )
+        if self.records() is not None:
+            amounts, durations = self.dose_amount[dose_s, dose_j], self.dose_duration[dose_s, dose_j]
+            infused = durations > 0
+            rate = np.where(infused, amounts / np.where(infused, durations, 1.0), 0.0)
+            dose_columns = {"CMT": self.dose_cmt, "RATE": None, "SS": self.dose_ss, "II": self.dose_ii}
+            if not np.any(self.dose_cmt):
+                del dose_columns["CMT"]  # none was given: the table is read without the model's compartments
+            for name, values in dose_columns.items():
+                on_doses = rate if values is None else values[dose_s, dose_j]
+                frame[name] = np.concatenate([np.zeros(obs_s.size, dtype=on_doses.dtype), on_doses])
         for name in self.covariates:
             values = self.covariate_values(name)[subject]
             if name in dict(self.covariate_levels):
@@ -274,6 +336,11 @@ class Dataset(eqx.Module):
             slots = np.flatnonzero(by_subject == s)
             order[slots] = order[slots[np.argsort(times[slots], kind="stable")]]
         return frame.iloc[order].reset_index(drop=True)
+
+    def _dose_evid(self, s: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """EVID of dose slots: 1, or 3 for a reset without amount and 4 for one with."""
+        reset = self.dose_reset[s, j]
+        return np.where(reset, np.where(self.dose_amount[s, j] > 0, 4, 3), 1)
 
     def events(self, subject: _SubjectId) -> pd.DataFrame:
         """One subject's rows of :meth:`to_frame` (doses and observations in time order, times in
@@ -337,7 +404,7 @@ def read_dataset(
     aliases: Mapping[str, str] | None = None,
     time_unit: str = "day",
     drop: Sequence[str] = (),
-    dose_cmt: int | None = None,
+    doses: Sequence[DosingInput] | None = None,
 ) -> Dataset:
     """Read, validate and pad a biomarker dataset (format in the module docstring).
 
@@ -349,10 +416,11 @@ def read_dataset(
         aliases: the data's own DVID names mapped to ``observables`` (``{"CP": "conc"}``).
         time_unit: the unit of TIME in the table, ``"day"`` or ``"h"``; the dataset holds days.
         drop: columns to leave out (NONMEM's ``$INPUT NAME=DROP``).
-        dose_cmt: the compartment (1-based state number) the model's dosing input doses into;
-            with it a ``CMT`` column is read: a dose row's CMT must be it (or empty), an
-            observation row's is not used (DVID says what was observed). Without it a CMT column
-            is refused.
+        doses: the model's dosing inputs (:class:`DosingInput`, in the order of its
+            ``[doses.<name>]`` tables); with them a ``CMT`` column is read: a dose row's CMT must
+            be one of their compartments (empty: the first), an observation row's is not used
+            (DVID says what was observed), and ``RATE = -2`` is checked against the inputs that
+            declare a duration. Without them a CMT column is refused.
 
     Returns:
         The :class:`Dataset`.
@@ -370,24 +438,14 @@ def read_dataset(
         where = f"file '{source}'"
         header, rows = _csv_cells(Path(source), where)
     names = tuple(observables)
-    unsupported = tuple(c for c in _UNSUPPORTED_COLUMNS if not (c == "CMT" and dose_cmt is not None))
-    cells = _nonmem_defaults(_columns(header, rows, where, tuple(drop), names, unsupported), names)
-    if "CMT" in cells:
-        _check_cmt(cells, dose_cmt)
-    return _build(cells, names, dict(aliases or {}), TIME_UNITS[time_unit])
-
-
-def _check_cmt(cells: dict[str, list[_Cell]], dose_cmt: int) -> None:
-    """A dose row's CMT is the model's dosing compartment (or empty); then the column is set aside."""
-    cmt = _numeric("CMT", cells.pop("CMT"), f"CMT is the compartment number of a dose ({dose_cmt} for this model).")
-    for r, (evid, c) in enumerate(zip(cells["EVID"], cmt, strict=True), start=1):
-        if _number(evid) == 1.0 and not math.isnan(c) and c != dose_cmt:
-            raise DataError(
-                f"dose row {r} has CMT {_number_text(c)}, but the model doses into compartment {dose_cmt} only. "
-                f"Fix: set CMT {dose_cmt} (or leave it empty) on dose rows; doses into other compartments are not supported yet.",
-                column="CMT",
-                row=r,
-            )
+    cells = _nonmem_defaults(_columns(header, rows, where, tuple(drop), names), names)
+    if "CMT" in cells and doses is None:
+        raise DataError(
+            "column 'CMT' needs the model's dosing compartments, which are not given. Fix: read the data through a fit file "
+            "(it knows the model), pass read_dataset(..., doses=...), or drop the column.",
+            column="CMT",
+        )
+    return _build(cells, names, dict(aliases or {}), TIME_UNITS[time_unit], None if doses is None else tuple(doses))
 
 
 def check_file(
@@ -397,14 +455,14 @@ def check_file(
     aliases: Mapping[str, str] | None = None,
     time_unit: str = "day",
     drop: Sequence[str] = (),
-    dose_cmt: int | None = None,
+    doses: Sequence[DosingInput] | None = None,
 ) -> str:
     """Validate the dataset file ``path`` for a model with ``observables`` (``aliases``,
-    ``time_unit``, ``drop`` and ``dose_cmt`` as in :func:`read_dataset`) and return its :meth:`Dataset.summary` text.
+    ``time_unit``, ``drop`` and ``doses`` as in :func:`read_dataset`) and return its :meth:`Dataset.summary` text.
 
     Raises :class:`~il2treg.errors.DataError` as :func:`read_dataset` does.
     """
-    data = read_dataset(path, observables=observables, aliases=aliases, time_unit=time_unit, drop=drop, dose_cmt=dose_cmt)
+    data = read_dataset(path, observables=observables, aliases=aliases, time_unit=time_unit, drop=drop, doses=doses)
     read = "" if time_unit == "day" else f"; TIME read in {time_unit}, held in days"
     return f"File: {path} (valid{read})\n{data.summary()}"
 
@@ -446,8 +504,7 @@ def _frame_cells(frame: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
     return [str(name).strip() for name in frame.columns], [list(row) for row in zip(*columns)]
 
 
-def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple[str, ...] = (), observables: tuple[str, ...] = OBSERVABLE_NAMES,
-             unsupported: tuple[str, ...] = _UNSUPPORTED_COLUMNS) -> dict[str, list[_Cell]]:
+def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple[str, ...] = (), observables: tuple[str, ...] = OBSERVABLE_NAMES) -> dict[str, list[_Cell]]:
     """Check the table's shape and header; return column name -> cells, without ``drop``."""
     if not header:
         raise DataError(
@@ -502,13 +559,6 @@ def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple
                 f"required are {', '.join(REQUIRED_COLUMNS)}; CENS and MDV are optional.",
                 column=name,
             )
-    for name in unsupported:
-        if name in header and name not in drop:
-            raise DataError(
-                f"column {name!r} is not supported. Fix: drop it; write one EVID=1 row per "
-                "bolus dose (ADDL/II may repeat it) and identify observations by DVID.",
-                column=name,
-            )
     return {name: [row[k] for row in rows] for k, name in enumerate(header) if name not in drop}
 
 
@@ -518,7 +568,7 @@ def _nonmem_defaults(cells: dict[str, list[_Cell]], observables: tuple[str, ...]
     if "EVID" not in cells:  # as NONMEM: a row with an amount is a dose
         amounts = [_number(cell) for cell in cells["AMT"]]
         cells["EVID"] = [1 if a is not None and a > 0 else 0 for a in amounts]
-    is_dose = [_number(cell) == 1.0 for cell in cells["EVID"]]
+    is_dose = [_number(cell) in (1.0, 4.0) for cell in cells["EVID"]]
     if "DVID" not in cells:  # one observable: every observation is it
         cells["DVID"] = [None if _number(evid) != 0.0 else observables[0] for evid in cells["EVID"]]
     cells["DV"] = [None if dose and _number(cell) == 0.0 else cell for dose, cell in zip(is_dose, cells["DV"], strict=True)]
@@ -655,10 +705,11 @@ _DV_FIX = (
 )
 
 
-def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[str, str], days_per_unit: float = 1.0) -> Dataset:
+def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[str, str], days_per_unit: float = 1.0,
+           inputs: tuple[DosingInput, ...] | None = None) -> Dataset:
     """Validate the columns (fixed order of checks) and pack them into a :class:`Dataset` whose
-    DVIDs are ``names`` (a DVID in ``aliases`` is read as the name it maps to) and whose times
-    are TIME times ``days_per_unit``."""
+    DVIDs are ``names`` (a DVID in ``aliases`` is read as the name it maps to), whose times
+    are TIME times ``days_per_unit`` and whose CMTs are those of ``inputs``."""
     index = {name: k for k, name in enumerate(names)}
     index.update({alias: index[target] for alias, target in aliases.items() if target in index})
     n_rows = len(cells["ID"])
@@ -680,34 +731,30 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
 
     is_dose = np.zeros(n_rows, dtype=bool)
     is_other = np.zeros(n_rows, dtype=bool)
+    is_reset = np.zeros(n_rows, dtype=bool)
     for r, cell in enumerate(cells["EVID"], start=1):
         value = _number(cell)
-        if value in (3.0, 4.0):
+        if value not in (0.0, 1.0, 2.0, 3.0, 4.0):
             raise DataError(
-                f"EVID {_number_text(value)} at row {r} is a reset{' and dose' if value == 4.0 else ''}, which il2treg does not support yet. "
-                "Fix: start the subject's next period as a new ID, or remove the row.",
+                f"EVID must be 0 (observation), 1 (dose), 2 (other event), 3 (reset) or 4 (reset and dose); row {r} has {_show(cell)}. "
+                "Fix: use one of 0 to 4.",
                 column="EVID",
                 row=r,
             )
-        if value not in (0.0, 1.0, 2.0):
-            raise DataError(
-                f"EVID must be 0 (observation), 1 (dose) or 2 (other event); row {r} has {_show(cell)}. Fix: use "
-                "0, 1 or 2.",
-                column="EVID",
-                row=r,
-            )
-        is_dose[r - 1] = value == 1.0
-        is_other[r - 1] = value == 2.0
-    for r in np.flatnonzero(is_other) + 1:  # NONMEM's other events: no dose, no observation
+        is_dose[r - 1] = value in (1.0, 4.0)
+        is_other[r - 1] = value in (2.0, 3.0)
+        is_reset[r - 1] = value in (3.0, 4.0)
+    for r in np.flatnonzero(is_other) + 1:  # NONMEM's other events and resets: no dose, no observation
         a = _number(cells["AMT"][r - 1])
+        what = "a reset (EVID 3)" if is_reset[r - 1] else "an other event (EVID 2)"
         if a is None or (not math.isnan(a) and a != 0):
             raise DataError(
-                f"AMT is {_show(cells['AMT'][r - 1])} on row {r}, an other event (EVID 2). Fix: leave AMT empty or 0 there, "
-                "or set EVID 1 if the row is a dose.",
+                f"AMT is {_show(cells['AMT'][r - 1])} on row {r}, {what}. Fix: leave AMT empty or 0 there, "
+                "or set EVID 1 (or 4, a reset and dose) if the row is a dose.",
                 column="AMT",
                 row=r,
             )
-        for column in ("DVID", "DV", "CENS", "ADDL", "II"):
+        for column in ("DVID", "DV", "CENS", "ADDL", "II", "CMT", "RATE", "SS"):
             if column in cells:
                 cells[column][r - 1] = None  # not read: the row is kept for its time and covariates only
 
@@ -736,6 +783,7 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
             )
 
     addl, ii = _additional_doses(cells, is_dose)
+    dose_input, dose_cmt, duration, ss = _dose_details(cells, is_dose, amount, ii, inputs, days_per_unit)
 
     dvid = np.zeros(n_rows, dtype=np.int64)
     for r, (dose, cell) in enumerate(zip(is_dose, cells["DVID"], strict=True), start=1):
@@ -870,7 +918,8 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
                     )
 
     _check_time_span(time, days_per_unit)
-    return _pack(rows_of, covariates, time, is_dose, amount, dvid, value, cens, mdv, names, addl, ii, days_per_unit, is_other)
+    details = _DoseDetails(is_reset, dose_input, dose_cmt, duration, ss)
+    return _pack(rows_of, covariates, time, is_dose, amount, dvid, value, cens, mdv, names, addl, ii, days_per_unit, is_other, details)
 
 
 #: Longest plausible span of one dataset in days: beyond it, TIME in days is probably in hours.
@@ -923,6 +972,98 @@ def _additional_doses(cells: dict[str, list[_Cell]], is_dose: np.ndarray) -> tup
     return addl.astype(np.int64), ii
 
 
+class _DoseDetails(NamedTuple):
+    """Per row: reset, dosing input index, CMT (0 where empty), infusion duration (days), SS."""
+
+    reset: np.ndarray
+    input: np.ndarray
+    cmt: np.ndarray
+    duration: np.ndarray
+    ss: np.ndarray
+
+
+def _dose_details(
+    cells: dict[str, list[_Cell]], is_dose: np.ndarray, amount: np.ndarray, ii: np.ndarray, inputs: tuple[DosingInput, ...] | None, days_per_unit: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CMT, RATE and SS of each row, checked: the dosing input index, the CMT, the infusion
+    duration in days (``AMT / RATE``; 0 for the input's own way) and SS (0 on rows that are not
+    doses)."""
+    n_rows = len(is_dose)
+    absent = [None] * n_rows
+    cmts = [d.cmt for d in inputs] if inputs else [1]
+    listed = ", ".join(map(str, cmts))
+    cmt = _numeric("CMT", cells.get("CMT", absent), f"CMT is the compartment a dose enters ({listed} for this model).")
+    rate = _numeric("RATE", cells.get("RATE", absent), "RATE is a dose's infusion rate (AMT per TIME unit), 0 for a bolus, or -2 for the model's duration.")
+    ss = _numeric("SS", cells.get("SS", absent), "SS is 0 (no steady state), 1 or 2.")
+    cmt, rate, ss = np.nan_to_num(cmt), np.nan_to_num(rate), np.nan_to_num(ss)
+    index = np.zeros(n_rows, dtype=np.int64)
+    duration = np.zeros(n_rows)
+    for r in range(1, n_rows + 1):
+        k = r - 1
+        if not is_dose[k]:
+            for column, value in (("RATE", rate[k]), ("SS", ss[k])):
+                if value != 0:
+                    raise DataError(
+                        f"{column} is {_number_text(value)} on row {r}, which is not a dose. Fix: {column} belongs to dose rows (EVID 1 or 4); "
+                        "leave it empty or 0 here.",
+                        column=column,
+                        row=r,
+                    )
+            cmt[k] = 0  # an observation's CMT is not read: DVID says what was observed
+            continue
+        if cmt[k] != 0:
+            if cmt[k] not in cmts:
+                raise DataError(
+                    f"dose row {r} has CMT {_number_text(cmt[k])}, but the model doses into compartment{'s' if len(cmts) > 1 else ''} {listed}. "
+                    f"Fix: set CMT to {'one of them' if len(cmts) > 1 else 'it'} (or leave it empty for compartment {cmts[0]}).",
+                    column="CMT",
+                    row=r,
+                )
+            index[k] = cmts.index(int(cmt[k]))
+        if rate[k] == -2:
+            if inputs is not None and not inputs[index[k]].infused:
+                raise DataError(
+                    f"RATE -2 on dose row {r} asks for the infusion duration the model declares, but its input (compartment {cmts[index[k]]}) "
+                    "declares none. Fix: give the rate in RATE, or declare a duration for the input in the model's [doses] table.",
+                    column="RATE",
+                    row=r,
+                )
+        elif rate[k] == -1:
+            raise DataError(
+                f"RATE -1 on dose row {r} asks for a rate the model computes, which il2treg does not model. Fix: give the rate in RATE, "
+                "or declare the input's duration in the model's [doses] table and set RATE -2.",
+                column="RATE",
+                row=r,
+            )
+        elif rate[k] < 0:
+            raise DataError(
+                f"RATE is {_number_text(rate[k])} on dose row {r}. Fix: give the infusion rate (AMT per TIME unit, > 0), 0 for a bolus, "
+                "or -2 for the duration the model declares.",
+                column="RATE",
+                row=r,
+            )
+        elif rate[k] > 0:
+            duration[k] = amount[k] / rate[k] * days_per_unit
+        if ss[k] not in (0.0, 1.0, 2.0):
+            raise DataError(f"SS is {_number_text(ss[k])} on dose row {r}. Fix: SS is 0 (none), 1 (steady state) or 2 (steady state added).", column="SS", row=r)
+        if ss[k] > 0 and ii[k] <= 0:
+            missing = "there is no II column" if "II" not in cells else f"II is {_number_text(ii[k])}"
+            raise DataError(
+                f"dose row {r} has SS {_number_text(ss[k])} but {missing}. Fix: give the dosing interval of the steady state in II "
+                "(TIME's unit); a steady state of a constant infusion (II 0) is not supported.",
+                column="II",
+                row=r,
+            )
+        if ss[k] > 0 and duration[k] > ii[k] * days_per_unit:
+            raise DataError(
+                f"dose row {r} is a steady-state infusion lasting {_number_text(amount[k] / rate[k])} (AMT / RATE), longer than its II "
+                f"{_number_text(ii[k])}. Fix: check RATE and II; overlapping steady-state infusions are not supported.",
+                column="RATE",
+                row=r,
+            )
+    return index, cmt.astype(np.int64), duration, ss.astype(np.int64)
+
+
 def _key(value: object) -> object:
     """A covariate value made comparable: NaN -> None."""
     return None if isinstance(value, float) and math.isnan(value) else value
@@ -943,18 +1084,27 @@ def _pack(
     ii: np.ndarray | None = None,
     days_per_unit: float = 1.0,
     is_other: np.ndarray | None = None,
+    details: _DoseDetails | None = None,
 ) -> Dataset:
     """Padded per-subject arrays from validated row-wise columns, times in TIME's unit converted
     to days (``days_per_unit``); a dose row with ADDL gives its additional doses at
     ``time + j * ii`` (``j = 1..ADDL``; the sum in TIME's unit, then converted), each with the
-    row's number."""
-    addl = np.zeros(len(time), dtype=np.int64) if addl is None else addl
-    ii = np.zeros(len(time)) if ii is None else ii
-    is_other = np.zeros(len(time), dtype=bool) if is_other is None else is_other
+    row's number, CMT and RATE (not its reset or SS). A reset (EVID 3) is a dose slot of amount 0."""
+    n = len(time)
+    addl = np.zeros(n, dtype=np.int64) if addl is None else addl
+    ii = np.zeros(n) if ii is None else ii
+    is_other = np.zeros(n, dtype=bool) if is_other is None else is_other
+    if details is None:
+        details = _DoseDetails(np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n, dtype=np.int64))
+    is_record = is_dose | details.reset
     obs_of = [[k for k in rows if not (is_dose[k] or is_other[k])] for rows in rows_of.values()]
     dose_of = []
     for rows in rows_of.values():
-        doses = [((time[k] + j * ii[k]) * days_per_unit, amount[k], k + 1) for k in rows if is_dose[k] for j in range(int(addl[k]) + 1)]
+        doses = [
+            ((time[k] + j * ii[k]) * days_per_unit, amount[k] if is_dose[k] else 0.0, k + 1, details.input[k], details.cmt[k], details.duration[k],
+             bool(details.reset[k]) and j == 0, details.ss[k] if j == 0 else 0, ii[k] * days_per_unit if j == 0 and details.ss[k] else 0.0)
+            for k in rows if is_record[k] for j in range(int(addl[k]) + 1)
+        ]  # fmt: skip
         dose_of.append(sorted(doses, key=lambda d: d[0]))  # stable: rows at one time keep their order
     n_sub = len(rows_of)
     n_obs = max(len(rows) for rows in obs_of)
@@ -965,15 +1115,22 @@ def _pack(
     dose_time = np.zeros((n_sub, n_dose))
     dose_amount = np.zeros((n_sub, n_dose))
     dose_row = np.zeros((n_sub, n_dose), dtype=np.int64)
+    extra = {
+        "input": np.zeros((n_sub, n_dose), dtype=np.int64), "cmt": np.zeros((n_sub, n_dose), dtype=np.int64),
+        "duration": np.zeros((n_sub, n_dose)), "reset": np.zeros((n_sub, n_dose), dtype=bool),
+        "ss": np.zeros((n_sub, n_dose), dtype=np.int64), "ii": np.zeros((n_sub, n_dose)),
+    }  # fmt: skip
     for s, (obs, doses) in enumerate(zip(obs_of, dose_of, strict=True)):
         # Padding points at the subject's last row, so padded times repeat the last real one.
         obs_index[s] = obs + [obs[-1]] * (n_obs - len(obs))
         obs_real[s, : len(obs)] = True
         if doses:
-            t, a, r = (np.asarray(c) for c in zip(*doses, strict=True))
+            t, a, r, *more = (np.asarray(c) for c in zip(*doses, strict=True))
             dose_time[s] = np.concatenate([t, np.full(n_dose - len(t), t[-1])])
             dose_amount[s, : len(a)] = a
             dose_row[s, : len(r)] = r
+            for values, column in zip(more, extra.values(), strict=True):
+                column[s, : len(values)] = values
 
     dv_missing = np.isnan(value[obs_index]) & obs_real
     first_rows = [rows[0] for rows in rows_of.values()]
@@ -1001,6 +1158,12 @@ def _pack(
         dose_time=dose_time,
         dose_amount=dose_amount,
         dose_row=dose_row,
+        dose_input=extra["input"],
+        dose_cmt=extra["cmt"],
+        dose_duration=extra["duration"],
+        dose_reset=extra["reset"],
+        dose_ss=extra["ss"],
+        dose_ii=extra["ii"],
         dvid_names=dvid_names,
     )
 

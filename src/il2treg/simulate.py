@@ -4,7 +4,11 @@ r"""Simulate one patient or a batch: :func:`simulate`, with doses handled as tru
 :math:`\tau_k = t_k + t_{lag}`. The solve is segmented at the dose times: a ``lax.scan`` over the
 intervals :math:`[\tau_{k-1}, \tau_k]`, one adaptive ``diffrax.diffeqsolve`` per interval, the
 dose added to the state between them. The solver therefore never steps across a jump, and
-derivatives with respect to dose times and the lag flow through the interval ends.
+derivatives with respect to dose times and the lag flow through the interval ends. NONMEM dose
+records beyond a bolus into the first input (CMT, RATE, SS, EVID 3/4 of a dataset:
+:class:`il2treg.records.DoseRecords`) take :func:`solve_records`, which splits the solve at every
+record, dose entry and infusion end, and puts steady states at their periodic state
+(:func:`steady_state`).
 
 **Observations.** An observation at time :math:`t` is read from the interval that ends at or after
 it, so an observation at a dose time is the pre-dose value. Observations before the first dose are
@@ -35,6 +39,7 @@ from il2treg._precision import require_float64
 from il2treg.errors import InputError
 from il2treg.model import Mechanism, Model, Parameters
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
+from il2treg.records import DoseRecords
 from il2treg.regimen import Regimen, pad
 
 #: Status code of a patient whose infusion duration is not positive (the model's ``duration``
@@ -46,6 +51,15 @@ STATUS_BAD_DURATION = 101
 #: slots were sized for.
 STATUS_SLOTS_EXCEEDED = 100
 
+#: Status code of a patient whose steady-state dose (SS 1 or 2) could not be solved: the Newton
+#: iteration for the periodic state did not settle, or the dose's lag or infusion duration is
+#: longer than its interval II.
+STATUS_STEADY_STATE = 102
+
+#: Newton steps for a periodic steady state (:func:`steady_state`): the first lands on the
+#: state of a linear model, the next two make its first and second derivatives exact too.
+STEADY_STATE_NEWTON_STEPS = 5
+
 
 def status_message(code: int) -> str:
     """Human-readable meaning of a per-patient status code (0 = successful)."""
@@ -54,6 +68,11 @@ def status_message(code: int) -> str:
         return "successful"
     if code == STATUS_BAD_DURATION:
         return "an infusion duration that is not positive; keep the model's duration parameter above 0 (a positive lower bound)"
+    if code == STATUS_STEADY_STATE:
+        return (
+            "a steady-state dose (SS 1 or 2) whose periodic state was not found: the Newton iteration did not settle, "
+            "or the dose's lag or infusion duration exceeds its interval II; check II and the parameters"
+        )
     if code == STATUS_SLOTS_EXCEEDED:
         return (
             "more observations in one inter-dose interval than the solve's save slots; "
@@ -198,11 +217,14 @@ def solve_one(
     options: SolverOptions,
     slots: int,
     states: bool = False,
+    records: DoseRecords | None = None,
 ) -> tuple[Float[Array, "times observables"], Int[Array, ""]]:
     """One patient: segmented solve between effective dose times, observables at ``obs_times``.
 
     ``mechanism`` (static) gives the equations (:class:`il2treg.model.Mechanism`); the doses enter
-    its first dosing input.
+    its first dosing input, unless ``records`` (:class:`il2treg.records.DoseRecords`) route them
+    to other inputs, infuse them, reset the state or put it at steady state
+    (:func:`solve_records`).
 
     With ``states`` (static) the state vectors at ``obs_times`` are returned instead of the
     observables (fits apply the observation function outside the solve).
@@ -215,6 +237,8 @@ def solve_one(
     gathered back (the reference cohort's fit: 3 save slots per interval instead of 27; timings in
     benchmarks/README.md).
     """
+    if records is not None and mechanism.dose_states:
+        return solve_records(mechanism, theta, dose_times, dose_amounts, records, obs_times, options, slots, states)
     args = mechanism.prepare(theta)
     y0 = mechanism.initial_state(args)
     rows = obs_times
@@ -305,6 +329,222 @@ def solve_one(
     code = jnp.where(overflow & (code == 0), STATUS_SLOTS_EXCEEDED, code)
     if rates is not None:
         code = jnp.where(bad_duration & (code == 0), STATUS_BAD_DURATION, code)
+    out = jnp.where(code == 0, out[row_of.reshape(-1)], jnp.nan)
+    return out, code
+
+
+def _dose_routes(mechanism: Mechanism, args, dose_times, dose_amounts, records: DoseRecords):
+    r"""Per dose: the state it enters, the amount in that state's unit, when it enters
+    (:math:`t_k + \mathrm{lag}`), whether it is infused, over how long (1.0 where it is a bolus),
+    and whether a model-declared duration is not positive."""
+    inputs = records.input
+    target = jnp.asarray(mechanism.dose_states, dtype=jnp.int32)[inputs]
+    scale = jnp.asarray(mechanism.dose_scale, dtype=jnp.float64)[inputs]
+    amount = mechanism.dose_fraction(args)[inputs] * dose_amounts * scale
+    tau = dose_times + mechanism.dose_lag(args)[inputs]
+    given = records.duration > 0
+    if any(mechanism.dose_infused):
+        declared = jnp.asarray(mechanism.dose_infused)[inputs]
+        model_duration = mechanism.dose_duration(args)[inputs]
+        infusion = given | declared
+        bad = declared & ~given & ~(model_duration > 0)
+        duration = jnp.where(given, records.duration, jnp.where(declared & ~bad, model_duration, 1.0))
+    else:
+        infusion, bad = given, jnp.zeros_like(given)
+        duration = jnp.where(given, records.duration, 1.0)
+    return target, amount, tau, infusion, duration, jnp.any(bad)
+
+
+def _flow(mechanism: Mechanism, options: SolverOptions, adjoint, args, t0, t1, y, rate):
+    """The state at ``t1`` from ``y`` at ``t0`` with the constant input ``rate`` (state units per
+    day, one entry per state) added to the vector field, and diffrax's result code."""
+    term = dfx.ODETerm(lambda t, z, a: mechanism.vector_field(t, z, a[0]) + a[1])
+    controller = dfx.PIDController(rtol=options.rtol, atol=options.atol, pcoeff=options.pcoeff, icoeff=options.icoeff)
+    sol = dfx.diffeqsolve(
+        term, options.solver, t0, t1, None, y, (args, rate), saveat=dfx.SaveAt(t1=True),
+        stepsize_controller=controller, adjoint=adjoint, max_steps=options.max_steps, throw=False,
+    )  # fmt: skip
+    return sol.ys[-1], sol.result._value
+
+
+def steady_state(mechanism: Mechanism, args, y0, target, amount, phase, infusion, duration, interval, options: SolverOptions):
+    r"""The pre-dose state of a periodic regime: a dose every ``interval`` days entering state
+    ``target`` ``phase`` days after the period starts (its lag), as a bolus of ``amount`` or, where
+    ``infusion``, at the rate ``amount / duration``. Returns ``(state, ok)``.
+
+    It is the fixed point :math:`y^* = \Phi(y^*)` of the map :math:`\Phi` over one period, found by
+    Newton's method from ``y0``:
+
+    .. math:: y_{j+1} = y_j + (I - J_j)^{-1} (\Phi(y_j) - y_j), \qquad J_j = \partial\Phi/\partial y\,(y_j)
+
+    with :math:`J_j` computed by forward sensitivities and held constant for differentiation.
+    Each step is differentiable through :math:`\Phi` alone, so after a step on the converged
+    state the derivative with respect to the parameters is the implicit-function one,
+    :math:`(I - J)^{-1} \partial\Phi/\partial\theta`, exactly, and one more step makes the second
+    derivative exact (for a linear model: the state after step 1, its first derivatives after
+    step 2, its second after step 3; :data:`STEADY_STATE_NEWTON_STEPS` steps are taken). ``ok`` is
+    false where the last step moved the state by more than ten times the solver's tolerance,
+    where a solve failed, or where the dose does not fit in its period: a lag of ``interval`` or
+    more, or a lag and infusion longer than it (the series' last infusion would still run at the
+    record's time)."""
+    n = y0.shape[0]
+    unit = jax.nn.one_hot(target, n, dtype=jnp.float64)
+    dur = jnp.where(infusion, duration, 0.0)
+    feasible = (interval > 0) & (phase < interval) & (phase + dur <= interval)
+    period = jnp.where(feasible, interval, 1.0)
+    start = jnp.where(feasible, phase, 0.0)
+    end = jnp.where(feasible, phase + dur, 0.0)
+    rate = jnp.where(infusion, amount / duration, 0.0) * unit
+    bolus = jnp.where(infusion, 0.0, amount) * unit
+
+    def phi(y, a, start, end, period, rate, bolus, adjoint):
+        y1, c1 = _flow(mechanism, options, adjoint, a, 0.0, start, y, jnp.zeros(n))
+        y2, c2 = _flow(mechanism, options, adjoint, a, start, end, y1 + bolus, rate)
+        y3, c3 = _flow(mechanism, options, adjoint, a, end, period, y2, jnp.zeros(n))
+        return y3, jnp.maximum(jnp.maximum(c1, c2), c3)
+
+    fixed = jax.lax.stop_gradient((args, start, end, period, rate, bolus))
+
+    def newton(carry, _):
+        y, code, _ = carry
+        jacobian = jax.jacfwd(lambda z: phi(z, *fixed, dfx.ForwardMode())[0])(jax.lax.stop_gradient(y))
+        mapped, c = phi(y, args, start, end, period, rate, bolus, options.adjoint)
+        step = jnp.linalg.solve(jnp.eye(n) - jacobian, mapped - y)
+        return (y + step, jnp.maximum(code, c), step), None
+
+    init = (y0, jnp.asarray(0, dtype=jnp.int32), jnp.zeros(n))
+    (y, code, step), _ = jax.lax.scan(newton, init, None, length=STEADY_STATE_NEWTON_STEPS)
+    settled = jnp.all(jnp.abs(step) <= 10.0 * (options.atol + options.rtol * jnp.abs(y)))
+    return y, feasible & settled & (code == 0)
+
+
+def solve_records(
+    mechanism: Mechanism,
+    theta: Float[Array, " params"] | tuple[Float[Array, ""], ...],
+    dose_times: Float[Array, " doses"],
+    dose_amounts: Float[Array, " doses"],
+    records: DoseRecords,
+    obs_times: Float[Array, " times"],
+    options: SolverOptions,
+    slots: int,
+    states: bool = False,
+) -> tuple[Float[Array, "times observables"], Int[Array, ""]]:
+    r""":func:`solve_one` with NONMEM dose records (:class:`il2treg.records.DoseRecords`).
+
+    Each dose :math:`k` puts three events on the time line: its record at :math:`t_k` (a reset
+    or a steady state, if it has one), its entry at :math:`\tau_k = t_k + \mathrm{lag}` (a bolus
+    added to its input's state, or an infusion starting) and the end of its infusion at
+    :math:`\tau_k + d_k` (at :math:`\tau_k` for a bolus). Events at one time act in record order
+    (reset and steady state, then the dose). The solve is split at every event, as
+    :func:`solve_one` splits it at every dose; between two events the vector field carries the
+    sum of the rates of the infusions running, an infusion stopping at its end or at the first
+    reset after it started. A steady-state record puts the state at :func:`steady_state` of its
+    own dose (SS 1), or adds that state less the initial one (SS 2). An observation at a
+    record's time reads the state after the record's reset or steady state and before its dose
+    (the trough of a steady state); at the time a dose enters or an infusion ends, the value
+    before it.
+
+    Cost: three intervals per dose (those of a bolus's end have zero length), and for each of the
+    patient's ``records.steady_states`` steady-state records
+    :data:`STEADY_STATE_NEWTON_STEPS` Newton steps of three solves over one interval and a
+    forward-sensitivity Jacobian.
+    """
+    args = mechanism.prepare(theta)
+    y0 = mechanism.initial_state(args)
+    n_states = y0.shape[0]
+    rows = obs_times
+    obs_times, row_of = jnp.unique(rows, size=rows.shape[0], fill_value=jnp.inf, return_inverse=True)
+    n_obs = obs_times.shape[0]
+    n_doses = dose_times.shape[0]
+    target, amount, tau, infusion, duration, bad_duration = _dose_routes(mechanism, args, dose_times, dose_amounts, records)
+    stop = jnp.where(infusion, tau + duration, tau)
+    resets = records.reset | (records.ss == 1)
+
+    # events in record order (record, entry, end of each dose), then stably sorted by time
+    event_time = jnp.stack([dose_times, tau, stop], axis=1).reshape(-1)
+    order = jnp.argsort(event_time, stable=True)
+    events = event_time[order]
+    kind = jnp.tile(jnp.arange(3), n_doses)[order]
+    dose = jnp.repeat(jnp.arange(n_doses), 3)[order]
+    t_lo = jnp.minimum(rows[0], events[0])
+    t_hi = jnp.maximum(rows[-1], events[-1])
+    starts = jnp.concatenate([t_lo[None], events])
+    ends = jnp.concatenate([events, t_hi[None]])
+
+    # what happens at the end of each interval (nothing after the last)
+    def at_end(x, fill):
+        return jnp.concatenate([x, jnp.full((1, *x.shape[1:]), fill, dtype=x.dtype)])
+
+    record = kind == 0
+    reset_at = at_end(record & resets[dose], False)
+    ss_at = at_end(jnp.where(record, records.ss[dose], 0), 0)
+    units = jax.nn.one_hot(target, n_states, dtype=jnp.float64)
+    bolus_at = at_end(jnp.where(((kind == 1) & ~infusion[dose])[:, None], amount[dose, None] * units[dose], 0.0), 0.0)
+
+    # an infusion runs from its entry to its end or to the first reset after its entry
+    next_reset = jnp.min(jnp.where(resets[None, :] & (dose_times[None, :] > tau[:, None]), dose_times[None, :], jnp.inf), axis=1)
+    until = jnp.minimum(stop, next_reset)
+    running = infusion[None, :] & (tau[None, :] <= starts[:, None]) & (starts[:, None] < until[None, :])
+    rates = (jnp.where(running, amount / duration, 0.0)) @ units  # [intervals, states]
+
+    steady = records.steady_states
+    ss_ok = jnp.asarray(True)
+    if steady:
+        which = jnp.nonzero(records.ss > 0, size=steady, fill_value=0)[0]
+        slot_of = jnp.clip(jnp.cumsum(records.ss > 0) - 1, 0, steady - 1)
+        phase = tau - dose_times
+        solved, ok = jax.vmap(
+            lambda k: steady_state(mechanism, args, y0, target[k], amount[k], phase[k], infusion[k], duration[k], records.ii[k], options)
+        )(which)
+        used = (jnp.arange(steady) < jnp.sum(records.ss > 0))
+        ss_ok = jnp.all(ok | ~used)
+        slot_at = at_end(slot_of[dose], 0)
+    else:
+        solved = jnp.zeros((1, n_states))
+        slot_at = jnp.zeros(starts.shape[0], dtype=jnp.int32)
+
+    # an interval holds the observations in (start, end], less one at its end where that is a
+    # reset or a steady state (it reads the state after them), plus one at its start where that is
+    acts = record & (resets | (records.ss > 0))[dose]
+    starts_record = jnp.concatenate([jnp.zeros(1, dtype=bool), acts])
+    ends_record = jnp.concatenate([acts, jnp.zeros(1, dtype=bool)])
+    left = lambda x: jnp.searchsorted(obs_times, x, side="left")
+    right = lambda x: jnp.searchsorted(obs_times, x, side="right")
+    first = jnp.where(starts_record, left(starts), right(starts)).at[0].set(0)
+    last = jnp.where(ends_record, left(ends), right(ends)) - 1
+    overflow = jnp.any(last - first + 1 > slots)
+    term = dfx.ODETerm(lambda t, y, a: mechanism.vector_field(t, y, a[0]) + a[1])
+    observe = lambda t, y, a: mechanism.observables(t, y, a[0])
+    save = (lambda t, y, a: y) if states else observe
+    width = n_states if states else len(mechanism.observable_names)
+    controller = dfx.PIDController(rtol=options.rtol, atol=options.atol, pcoeff=options.pcoeff, icoeff=options.icoeff)
+    offsets = jnp.arange(slots)
+
+    def interval(carry, inputs):
+        y, out, code = carry
+        t0, t1, lo, hi, rate, reset, ss, slot, bolus = inputs
+        index = lo + offsets
+        valid = index <= hi
+        ts = jnp.clip(jnp.where(valid, obs_times[jnp.clip(index, 0, n_obs - 1)], t1), t0, t1)
+        sol = dfx.diffeqsolve(
+            term, options.solver, t0, t1, None, y, (args, rate),
+            saveat=dfx.SaveAt(subs=[dfx.SubSaveAt(t1=True), dfx.SubSaveAt(ts=ts, fn=save)]),
+            stepsize_controller=controller, adjoint=options.adjoint, max_steps=options.max_steps, throw=False,
+        )  # fmt: skip
+        y_end, obs = sol.ys[0][-1], sol.ys[1]
+        out = out.at[jnp.where(valid, index, n_obs)].set(obs, mode="drop")
+        y_next = jnp.where(reset, y0, y_end)
+        periodic = solved[slot]
+        y_next = jnp.where(ss == 1, periodic, jnp.where(ss == 2, y_next + periodic - y0, y_next)) + bolus
+        code = jnp.where(code == 0, sol.result._value, code)
+        return (y_next, out, code), None
+
+    init = (y0, jnp.zeros((n_obs, width)), jnp.asarray(0, dtype=jnp.int32))
+    steps = (starts, ends, first, last, rates, reset_at, ss_at, slot_at, bolus_at)
+    (_, out, code), _ = jax.lax.scan(interval, init, steps)
+    code = jnp.where(overflow & (code == 0), STATUS_SLOTS_EXCEEDED, code)
+    code = jnp.where(bad_duration & (code == 0), STATUS_BAD_DURATION, code)
+    code = jnp.where(~ss_ok & (code == 0), STATUS_STEADY_STATE, code)
     out = jnp.where(code == 0, out[row_of.reshape(-1)], jnp.nan)
     return out, code
 

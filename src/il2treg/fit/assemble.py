@@ -153,7 +153,7 @@ def _rows(problem: FitProblem, patients: PatientData, day: float) -> PredictionR
     slots = slots_needed(np.asarray(patients.dose_time), times, max_dose_lag(problem.model))
     at = PatientData(
         patients.dose_time, patients.dose_amount, jnp.asarray(times), jnp.asarray(dvid), jnp.zeros(times.shape),
-        jnp.zeros(times.shape, dtype=bool), jnp.ones(times.shape, dtype=bool), patients.covariates,
+        jnp.zeros(times.shape, dtype=bool), jnp.ones(times.shape, dtype=bool), patients.covariates, patients.records,
     )  # fmt: skip
     return PredictionRows(dataclasses.replace(problem, slots=slots), at, np.argsort(order, axis=1), extra.shape[1])
 

@@ -46,6 +46,7 @@ from il2treg.errors import SpecError
 from il2treg.fit.omega import RandomEffects, block_pairs, check_blocks, correlation_cholesky
 from il2treg.likelihood import ResidualModel, neg2ll_terms
 from il2treg.model import Model
+from il2treg.records import DoseRecords
 from il2treg.simulate import SolverOptions, max_dose_lag, slots_needed, solve_one
 
 COVARIATE_MODELS = ("power", "exp", "linear")
@@ -353,6 +354,7 @@ class PatientData(eqx.Module):
     obs_cens: Array
     obs_mask: Array
     covariates: Float[Array, " effects"]
+    records: DoseRecords | None = None
 
 
 def patient_arrays(
@@ -376,7 +378,7 @@ def patient_arrays(
     return PatientData(
         jnp.asarray(data.dose_time), jnp.asarray(data.dose_amount), jnp.asarray(data.obs_time),
         jnp.asarray(data.obs_dvid), jnp.asarray(data.obs_value), jnp.asarray(data.obs_cens), jnp.asarray(mask),
-        jnp.asarray(cov),
+        jnp.asarray(cov), data.records(),
     )  # fmt: skip
 
 
@@ -405,7 +407,7 @@ def predict(problem: FitProblem, theta_i: Float[Array, " params"], patient: Pati
     """Model prediction for each observation row of one patient, and the solver status."""
     values, status = solve_one(
         problem.model.mechanism, theta_i,
-        patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots,
+        patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots, records=patient.records,
     )  # fmt: skip
     pred = jnp.take_along_axis(values, patient.obs_dvid[:, None], axis=1)[:, 0]
     return pred, status
@@ -458,7 +460,7 @@ def expand(problem: FitProblem, theta_i: Float[Array, " params"], patient: Patie
         theta = tuple(w[where[k]] if k in where else base[k] for k in range(base.shape[0]))
         values, status = solve_one(
             problem.model.mechanism, theta,
-            patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots, states=True,
+            patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots, states=True, records=patient.records,
         )  # fmt: skip
         return values, status
 

@@ -102,7 +102,7 @@ from pathlib import Path
 import equinox as eqx
 import numpy as np
 
-from il2treg.data import TIME_UNITS, Dataset, read_dataset
+from il2treg.data import TIME_UNITS, Dataset, DosingInput, read_dataset
 from il2treg.errors import DataError, SpecError
 from il2treg.fit.bayes import NutsSettings
 from il2treg.fit.estimate import COVARIANCE_MATRICES
@@ -359,7 +359,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
         raise SpecError(f'{where}: `drop` must be a list of the data\'s column names, e.g. drop = ["FA1"], got {drop!r}.')
     if (time_unit != "day" or drop) and doc["data"].startswith(PACKAGED_PREFIX):
         raise SpecError(f"{where}: time_unit and drop apply to a data file; the packaged dataset {doc['data']!r} is in days with its own columns. Fix: remove them.")
-    dataset = _data(doc["data"], path, names, aliases, time_unit, tuple(drop), dose_compartment(base))
+    dataset = _data(doc["data"], path, names, aliases, time_unit, tuple(drop), dosing_inputs(base))
 
     ignore = doc.get("ignore_dvids", [])
     if not isinstance(ignore, list) or not all(isinstance(d, str) for d in ignore):
@@ -427,10 +427,11 @@ def _model(source: str, path: Path) -> Model:
         raise SpecError(f"{where}: {err}") from None
 
 
-def dose_compartment(model: Model) -> int | None:
-    """The 1-based state number (NONMEM's CMT) the model's dosing input doses into; None without one."""
-    states = model.mechanism.dose_states
-    return int(states[0]) + 1 if states else None
+def dosing_inputs(model: Model) -> tuple[DosingInput, ...]:
+    """The model's dosing inputs as a dataset's CMT and RATE see them: the 1-based state number
+    (NONMEM's CMT) each doses into, and whether it declares an infusion duration."""
+    mechanism = model.mechanism
+    return tuple(DosingInput(int(s) + 1, bool(i)) for s, i in zip(mechanism.dose_states, mechanism.dose_infused, strict=True))
 
 
 def load_packaged_dataset(name: str, observables: tuple[str, ...] = OBSERVABLE_NAMES) -> Dataset:
@@ -450,7 +451,7 @@ def load_packaged_dataset(name: str, observables: tuple[str, ...] = OBSERVABLE_N
 
 
 def _data(source: str, path: Path, names: tuple[str, ...], aliases: dict[str, str], time_unit: str = "day", drop: tuple[str, ...] = (),
-          dose_cmt: int | None = None) -> Dataset:
+          doses: tuple[DosingInput, ...] = ()) -> Dataset:
     where = str(path)
     if source.startswith(PACKAGED_PREFIX):
         try:
@@ -464,7 +465,7 @@ def _data(source: str, path: Path, names: tuple[str, ...], aliases: dict[str, st
             f"Fix: give a CSV path relative to the fit file, or {PACKAGED_PREFIX}<name> for a packaged dataset."
         )
     try:
-        return read_dataset(file, observables=names, aliases=aliases, time_unit=time_unit, drop=drop, dose_cmt=dose_cmt)
+        return read_dataset(file, observables=names, aliases=aliases, time_unit=time_unit, drop=drop, doses=doses)
     except DataError as err:
         raise DataError(f"{where}: data file {str(file)!r}: {err}", column=err.column, row=err.row) from None
 

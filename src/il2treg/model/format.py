@@ -408,10 +408,6 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
     dose_table = data.get("doses", {})
     if not isinstance(dose_table, dict):
         raise _error(path, "doses", f"must be tables [doses.<name>], got {dose_table!r}", "write [doses.<name>] with state = \"<a state>\"")
-    if len(dose_table) > 1:
-        second = list(dose_table)[1]
-        raise _error(path, f"doses.{second}", "a second dosing input: a regimen's doses go into one input",
-                     "keep one [doses.*] table (routing doses by compartment comes with NONMEM datasets)")  # fmt: skip
     for name, table in dose_table.items():
         key = f"doses.{name}"
         table = _fields(path, key, table, _DOSE_FIELDS, ("state",))

@@ -1,0 +1,77 @@
+r"""What a NONMEM dose record says beyond its time and amount: :class:`DoseRecords`.
+
+A dose of a :class:`~il2treg.regimen.Regimen` or a dataset is a time and an amount given as a
+bolus into the model's first dosing input (or infused over the duration the model declares for
+it). A NONMEM record says more, and :class:`DoseRecords` carries it, one entry per dose, beside
+the times and amounts:
+
+- ``input``: the dosing input the dose enters (the dataset's ``CMT``, mapped to the model's
+  ``[doses.<name>]`` tables in their order);
+- ``duration``: a zero-order infusion over this many days (the dataset's ``AMT / RATE``); 0 means
+  the input's own way: a bolus, or an infusion over the duration the model declares
+  (``RATE = -2`` in NONMEM's terms);
+- ``reset``: the state returns to its initial value at the record's time, before its dose
+  (``EVID`` 3 and 4); running infusions stop;
+- ``ss`` and ``ii``: a steady-state dose (``SS`` 1 or 2, interval ``II`` in days). With ``SS = 1``
+  the state at the record's time is replaced by the pre-dose state of the periodic regime of
+  this dose repeated every ``ii`` (everything before is forgotten, as after a reset); with
+  ``SS = 2`` that periodic state, less the initial state, is added to the current state (NONMEM's
+  superposition, exact for linear models only). The record's own dose then enters as usual.
+
+The solver (:func:`il2treg.simulate.solve_one`) reads them; without records every dose is a
+bolus (or the model's infusion) into the first input, and the solve is the lighter one the
+IL-2 model has always used.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+__all__ = ["DoseRecords", "pad_records"]
+
+
+class DoseRecords(eqx.Module):
+    """Per-dose details of NONMEM dose records (module docstring), aligned with the dose times.
+
+    **Fields** (shape ``(..., doses)``, a leading patient axis in a batch):
+
+    - `input`: int, index of the model's dosing input.
+    - `duration`: float64 days, > 0 for an infusion given in the data, 0 for the input's own way.
+    - `reset`: bool, reset the state before this dose.
+    - `ss`: int, 0 (none), 1 (steady state replacing the state) or 2 (added to it).
+    - `ii`: float64 days, the steady state's dosing interval (> 0 where ``ss`` > 0).
+    - `steady_states`: (static) the most steady-state records of any one patient: the solver
+      computes that many periodic states per patient (0 skips the machinery).
+    """
+
+    input: Int[Array, "... doses"] = eqx.field(converter=lambda x: jnp.asarray(x, dtype=jnp.int32))
+    duration: Float[Array, "... doses"] = eqx.field(converter=lambda x: jnp.asarray(x, dtype=jnp.float64))
+    reset: Bool[Array, "... doses"] = eqx.field(converter=lambda x: jnp.asarray(x, dtype=bool))
+    ss: Int[Array, "... doses"] = eqx.field(converter=lambda x: jnp.asarray(x, dtype=jnp.int32))
+    ii: Float[Array, "... doses"] = eqx.field(converter=lambda x: jnp.asarray(x, dtype=jnp.float64))
+    steady_states: int = eqx.field(static=True, default=0)
+
+    @classmethod
+    def plain(cls, n_doses: int) -> DoseRecords:
+        """Records of ``n_doses`` plain doses: the input's own way into input 0, no reset, no SS."""
+        zeros = np.zeros(n_doses)
+        return cls(zeros.astype(np.int32), zeros, zeros.astype(bool), zeros.astype(np.int32), zeros)
+
+
+def pad_records(records: DoseRecords, extra: int) -> DoseRecords:
+    """``records`` with ``extra`` plain doses appended on the last axis (the padding of zero
+    doses a batch adds: no reset, no steady state, so they change nothing)."""
+    if extra <= 0:
+        return records
+
+    def grow(x):
+        x = np.asarray(x)
+        return np.concatenate([x, np.zeros((*x.shape[:-1], extra), dtype=x.dtype)], axis=-1)
+
+    return DoseRecords(
+        grow(records.input), grow(records.duration), grow(records.reset), grow(records.ss), grow(records.ii),
+        steady_states=records.steady_states,
+    )  # fmt: skip
