@@ -191,7 +191,7 @@ def test_cmt_without_the_models_compartments_is_refused_not_ignored(tmp_path):
     rows = [r + ",1" for r in ROWS]
     assert_data_error(
         write(tmp_path, table(header=HEADER + ",CMT", rows=rows)),
-        "column 'CMT' needs the model's dosing compartments, which are not given. Fix: read the data through a fit file "
+        "column 'CMT' needs the model's dosing compartments, which are not given (or the model has no dosing input). Fix: read the data through a fit file "
         "(it knows the model), pass read_dataset(..., doses=...), or drop the column.",
         column="CMT",
         row=None,

@@ -207,7 +207,9 @@ def test_dosing_records_match_the_closed_form(name, tmp_path):
 # reader and the solver, the one-compartment unit responses of the doses the records describe: a
 # steady state (SS 1) is its dose repeated every II back to 2,000 intervals before (the series'
 # tail is below 1e-100 here), with everything before it forgotten; SS 2 adds that series; a
-# reset (EVID 3, 4) forgets every dose before it and stops running infusions.
+# reset (EVID 3, 4) forgets every dose before it and stops running infusions; both cancel the
+# additional doses (ADDL) of earlier rows still to come. F scales the duration of an infusion at a
+# rate the data give (the amount F AMT at RATE).
 
 REC_HOURS = np.array([0.0, 0.7, 3.3, 6.0, 7.9, 12.1, 17.6, 24.0, 25.5, 30.2, 36.5, 47.3, 55.8, 71.9])
 SERIES = 2000
@@ -231,6 +233,9 @@ RECORD_SCENARIOS = {
     "oral-ss-lag-near-ii": ("pk_1cmt_oral", ["0 100 0 1 6 5 1 1"], {"tlag": 4.5, "ka": 0.5}),
     "cmt-2-is-the-central-compartment": ("pk_1cmt_oral", ["0 100 0 0 0 0 1 1", "6 50 0 0 12 2 2 1"], {}),
     "cmt-2-ss-beside-oral": ("pk_1cmt_oral", ["0 40 0 1 8 3 2 1", "10 100 0 0 0 0 1 1"], {"F": 0.5}),
+    "oral-rate-f-scales-the-duration": ("pk_1cmt_oral", ["0 100 20 0 12 2 1 1"], {"F": 0.5}),
+    "ss-cancels-pending-addl": ("pk_1cmt_iv", ["0 100 0 0 12 10 1 1", "30 50 0 1 8 1 1 1"], {}),
+    "reset-cancels-pending-addl": ("pk_1cmt_iv", ["0 100 0 0 12 10 1 1", "30 0 0 0 0 0 1 3", "40 60 0 0 0 0 1 1"], {}),
 }
 _FAST_RECORDS = ("ss-bolus", "rate-infusion", "reset", "cmt-2-is-the-central-compartment")
 
@@ -249,17 +254,18 @@ def _pieces(rows: list[str], p: dict, model_duration: float | None):
     is its record's time (a steady state's series has its record's time too, and is seen from
     then on), entry the time it enters (after the lag); and the times of resets (EVID 3, 4, SS 1)."""
     pieces, resets = [], []
-    for row in rows:
-        t, a, rate, ss, ii, addl, cmt, evid = (float(x) for x in row.split())
+    parsed = [tuple(float(x) for x in row.split()) for row in rows]
+    clears = [(i, r[0]) for i, r in enumerate(parsed) if r[7] in (3, 4) or r[3] == 1]
+    for i, (t, a, rate, ss, ii, addl, cmt, evid) in enumerate(parsed):
         if evid in (3, 4) or ss == 1:
             resets.append(t)
         if evid == 3:
             continue
         oral = cmt == 1 and "ka" in p
         lag, f = (p["tlag"] * 24, p["F"]) if oral else (0.0, 1.0)
-        duration = a / rate if rate > 0 else (model_duration if model_duration is not None else 0.0)
+        duration = f * a / rate if rate > 0 else (model_duration if model_duration is not None else 0.0)
         route = "depot" if oral else "central"
-        given = [t + j * ii for j in range(int(addl) + 1)]
+        given = [t + j * ii for j in range(int(addl) + 1) if j == 0 or not any(r > i and u <= t + j * ii for r, u in clears)]
         series = [t - m * ii for m in range(SERIES, 0, -1)] if ss else []
         pieces += [(t if s in series else s, s + lag, f * a, route, duration) for s in series + given]
     return pieces, resets
@@ -278,7 +284,12 @@ def _expected(p: dict, pieces, resets, hours: np.ndarray) -> np.ndarray:
             s = t - entry
             if origin > t or origin < last or s <= 0:
                 continue
-            if route == "depot":
+            if route == "depot" and duration > 0:
+                m = min(s, duration)
+                out[i] += amount / duration * ka / (v * (ka - k)) * (
+                    (np.exp(-k * (s - m)) - np.exp(-k * s)) / k - (np.exp(-ka * (s - m)) - np.exp(-ka * s)) / ka
+                )
+            elif route == "depot":
                 out[i] += amount * ka / (v * (ka - k)) * (np.exp(-k * s) - np.exp(-ka * s))
             elif duration > 0:
                 out[i] += amount / duration / (v * k) * (np.exp(-k * max(s - duration, 0.0)) - np.exp(-k * s))

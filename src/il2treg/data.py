@@ -52,8 +52,12 @@ other row an observation, as NONMEM reads a dataset without EVID. ``DVID`` may b
 the model has one observable, which every observation then is. A ``DV`` of 0 on a dose row is
 ignored (NONMEM writes 0 there); any other DV on a dose row is an error. A file may be
 whitespace-separated, as NONMEM's ``.dta`` files are (a header line without commas). A dose row
-may combine them: ``SS=1, II=12, ADDL=6, RATE=50, CMT=2`` is a steady-state infusion into
-compartment 2 followed by six more every 12 TIME units (:class:`il2treg.records.DoseRecords`).
+may combine them: ``SS=1, II=12, ADDL=6, CMT=2`` is a steady-state dose into compartment 2
+followed by six more every 12 TIME units (:class:`il2treg.records.DoseRecords`); with ``RATE=50``
+each is an infusion at 50 per TIME unit (NONMEM refuses ADDL on a steady-state infusion; il2treg
+gives the additional ones as plain infusions).
+A steady state (SS 1) and a reset (EVID 3, 4) cancel the additional doses of earlier rows still to
+come, as in NONMEM.
 ``read_dataset(..., time_unit="h")`` reads TIME in hours and holds it in days (the model's time;
 a table read in days that spans more than three years gets a warning that TIME may be in hours);
 ``drop=("FA1", ...)`` leaves columns out, as NONMEM's ``$INPUT FA1=DROP`` does.
@@ -338,9 +342,10 @@ class Dataset(eqx.Module):
         return frame.iloc[order].reset_index(drop=True)
 
     def _dose_evid(self, s: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """EVID of dose slots: 1, or 3 for a reset without amount and 4 for one with."""
+        """EVID of dose slots: 1, or 3 for a reset without anything of a dose and 4 for one with."""
         reset = self.dose_reset[s, j]
-        return np.where(reset, np.where(self.dose_amount[s, j] > 0, 4, 3), 1)
+        dosing = (self.dose_amount[s, j] > 0) | (self.dose_ss[s, j] > 0) | (self.dose_cmt[s, j] != 0) | (self.dose_duration[s, j] > 0)
+        return np.where(reset, np.where(dosing, 4, 3), 1)
 
     def events(self, subject: _SubjectId) -> pd.DataFrame:
         """One subject's rows of :meth:`to_frame` (doses and observations in time order, times in
@@ -439,13 +444,13 @@ def read_dataset(
         header, rows = _csv_cells(Path(source), where)
     names = tuple(observables)
     cells = _nonmem_defaults(_columns(header, rows, where, tuple(drop), names), names)
-    if "CMT" in cells and doses is None:
+    if "CMT" in cells and not doses:
         raise DataError(
-            "column 'CMT' needs the model's dosing compartments, which are not given. Fix: read the data through a fit file "
+            "column 'CMT' needs the model's dosing compartments, which are not given (or the model has no dosing input). Fix: read the data through a fit file "
             "(it knows the model), pass read_dataset(..., doses=...), or drop the column.",
             column="CMT",
         )
-    return _build(cells, names, dict(aliases or {}), TIME_UNITS[time_unit], None if doses is None else tuple(doses))
+    return _build(cells, names, dict(aliases or {}), TIME_UNITS[time_unit], tuple(doses) if doses else None)
 
 
 def check_file(
@@ -1089,7 +1094,8 @@ def _pack(
     """Padded per-subject arrays from validated row-wise columns, times in TIME's unit converted
     to days (``days_per_unit``); a dose row with ADDL gives its additional doses at
     ``time + j * ii`` (``j = 1..ADDL``; the sum in TIME's unit, then converted), each with the
-    row's number, CMT and RATE (not its reset or SS). A reset (EVID 3) is a dose slot of amount 0."""
+    row's number, CMT and RATE (not its reset or SS), unless a later row's reset or steady state
+    (SS 1) comes first: that cancels them, as in NONMEM. A reset (EVID 3) is a dose slot of amount 0."""
     n = len(time)
     addl = np.zeros(n, dtype=np.int64) if addl is None else addl
     ii = np.zeros(n) if ii is None else ii
@@ -1100,10 +1106,12 @@ def _pack(
     obs_of = [[k for k in rows if not (is_dose[k] or is_other[k])] for rows in rows_of.values()]
     dose_of = []
     for rows in rows_of.values():
+        clears = [(time[k], k) for k in rows if details.reset[k] or details.ss[k] == 1]
         doses = [
             ((time[k] + j * ii[k]) * days_per_unit, amount[k] if is_dose[k] else 0.0, k + 1, details.input[k], details.cmt[k], details.duration[k],
              bool(details.reset[k]) and j == 0, details.ss[k] if j == 0 else 0, ii[k] * days_per_unit if j == 0 and details.ss[k] else 0.0)
             for k in rows if is_record[k] for j in range(int(addl[k]) + 1)
+            if j == 0 or not any(r > k and t <= time[k] + j * ii[k] for t, r in clears)
         ]  # fmt: skip
         dose_of.append(sorted(doses, key=lambda d: d[0]))  # stable: rows at one time keep their order
     n_sub = len(rows_of)

@@ -26,9 +26,12 @@ IL-2 model has always used.
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
+
+from il2treg.errors import InputError
 
 __all__ = ["DoseRecords", "pad_records"]
 
@@ -53,6 +56,17 @@ class DoseRecords(eqx.Module):
     ss: Int[Array, "... doses"] = eqx.field(converter=lambda x: jnp.asarray(x, dtype=jnp.int32))
     ii: Float[Array, "... doses"] = eqx.field(converter=lambda x: jnp.asarray(x, dtype=jnp.float64))
     steady_states: int = eqx.field(static=True, default=0)
+
+    def __check_init__(self) -> None:
+        ss = self.ss
+        if isinstance(ss, jax.core.Tracer):
+            return
+        most = int(np.max(np.sum(np.asarray(ss) > 0, axis=-1), initial=0))
+        if self.steady_states < most:
+            raise InputError(
+                f"DoseRecords(steady_states={self.steady_states}) but a patient has {most} steady-state doses (ss > 0). "
+                f"Fix: pass steady_states={most} or more (Dataset.records() sets it)."
+            )
 
     @classmethod
     def plain(cls, n_doses: int) -> DoseRecords:

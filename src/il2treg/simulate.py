@@ -340,18 +340,22 @@ def _dose_routes(mechanism: Mechanism, args, dose_times, dose_amounts, records: 
     inputs = records.input
     target = jnp.asarray(mechanism.dose_states, dtype=jnp.int32)[inputs]
     scale = jnp.asarray(mechanism.dose_scale, dtype=jnp.float64)[inputs]
-    amount = mechanism.dose_fraction(args)[inputs] * dose_amounts * scale
+    fraction = mechanism.dose_fraction(args)[inputs]
+    amount = fraction * dose_amounts * scale
     tau = dose_times + mechanism.dose_lag(args)[inputs]
     given = records.duration > 0
+    # a rate given in the data is kept and F scales the duration (NONMEM's reading of F with
+    # RATE > 0); a duration the model declares is kept and F scales the rate
+    data_duration = jnp.where(given, records.duration * fraction, 1.0)
     if any(mechanism.dose_infused):
         declared = jnp.asarray(mechanism.dose_infused)[inputs]
         model_duration = mechanism.dose_duration(args)[inputs]
         infusion = given | declared
         bad = declared & ~given & ~(model_duration > 0)
-        duration = jnp.where(given, records.duration, jnp.where(declared & ~bad, model_duration, 1.0))
+        duration = jnp.where(given, data_duration, jnp.where(declared & ~bad, model_duration, 1.0))
     else:
         infusion, bad = given, jnp.zeros_like(given)
-        duration = jnp.where(given, records.duration, 1.0)
+        duration = data_duration
     return target, amount, tau, infusion, duration, jnp.any(bad)
 
 
@@ -367,7 +371,7 @@ def _flow(mechanism: Mechanism, options: SolverOptions, adjoint, args, t0, t1, y
     return sol.ys[-1], sol.result._value
 
 
-def steady_state(mechanism: Mechanism, args, y0, target, amount, phase, infusion, duration, interval, options: SolverOptions):
+def steady_state(mechanism: Mechanism, args, y0, target, amount, phase, infusion, duration, interval, options: SolverOptions, active=True):
     r"""The pre-dose state of a periodic regime: a dose every ``interval`` days entering state
     ``target`` ``phase`` days after the period starts (its lag), as a bolus of ``amount`` or, where
     ``infusion``, at the rate ``amount / duration``. Returns ``(state, ok)``.
@@ -386,7 +390,8 @@ def steady_state(mechanism: Mechanism, args, y0, target, amount, phase, infusion
     false where the last step moved the state by more than ten times the solver's tolerance,
     where a solve failed, or where the dose does not fit in its period: a lag of ``interval`` or
     more, or a lag and infusion longer than it (the series' last infusion would still run at the
-    record's time)."""
+    record's time). Where ``active`` is false (a slot a patient does not use) the Newton steps are
+    taken on the identity, so that no singular system reaches a derivative."""
     n = y0.shape[0]
     unit = jax.nn.one_hot(target, n, dtype=jnp.float64)
     dur = jnp.where(infusion, duration, 0.0)
@@ -409,7 +414,7 @@ def steady_state(mechanism: Mechanism, args, y0, target, amount, phase, infusion
         y, code, _ = carry
         jacobian = jax.jacfwd(lambda z: phi(z, *fixed, dfx.ForwardMode())[0])(jax.lax.stop_gradient(y))
         mapped, c = phi(y, args, start, end, period, rate, bolus, options.adjoint)
-        step = jnp.linalg.solve(jnp.eye(n) - jacobian, mapped - y)
+        step = jnp.linalg.solve(jnp.eye(n) - jnp.where(active, jacobian, 0.0), jnp.where(active, mapped - y, 0.0))
         return (y + step, jnp.maximum(code, c), step), None
 
     init = (y0, jnp.asarray(0, dtype=jnp.int32), jnp.zeros(n))
@@ -445,7 +450,7 @@ def solve_records(
     before it.
 
     Cost: three intervals per dose (those of a bolus's end have zero length), and for each of the
-    patient's ``records.steady_states`` steady-state records
+    ``records.steady_states`` steady-state slots (the most any patient of the batch has)
     :data:`STEADY_STATE_NEWTON_STEPS` Newton steps of three solves over one interval and a
     forward-sensitivity Jacobian.
     """
@@ -482,7 +487,9 @@ def solve_records(
     bolus_at = at_end(jnp.where(((kind == 1) & ~infusion[dose])[:, None], amount[dose, None] * units[dose], 0.0), 0.0)
 
     # an infusion runs from its entry to its end or to the first reset after its entry
-    next_reset = jnp.min(jnp.where(resets[None, :] & (dose_times[None, :] > tau[:, None]), dose_times[None, :], jnp.inf), axis=1)
+    index = jnp.arange(n_doses)
+    later = (dose_times[None, :] > tau[:, None]) | ((dose_times[None, :] == tau[:, None]) & (index[None, :] > index[:, None]))
+    next_reset = jnp.min(jnp.where(resets[None, :] & later, dose_times[None, :], jnp.inf), axis=1)
     until = jnp.minimum(stop, next_reset)
     running = infusion[None, :] & (tau[None, :] <= starts[:, None]) & (starts[:, None] < until[None, :])
     rates = (jnp.where(running, amount / duration, 0.0)) @ units  # [intervals, states]
@@ -493,10 +500,10 @@ def solve_records(
         which = jnp.nonzero(records.ss > 0, size=steady, fill_value=0)[0]
         slot_of = jnp.clip(jnp.cumsum(records.ss > 0) - 1, 0, steady - 1)
         phase = tau - dose_times
+        used = jnp.arange(steady) < jnp.sum(records.ss > 0)
         solved, ok = jax.vmap(
-            lambda k: steady_state(mechanism, args, y0, target[k], amount[k], phase[k], infusion[k], duration[k], records.ii[k], options)
-        )(which)
-        used = (jnp.arange(steady) < jnp.sum(records.ss > 0))
+            lambda k, active: steady_state(mechanism, args, y0, target[k], amount[k], phase[k], infusion[k], duration[k], records.ii[k], options, active)
+        )(which, used)
         ss_ok = jnp.all(ok | ~used)
         slot_at = at_end(slot_of[dose], 0)
     else:
