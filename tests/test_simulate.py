@@ -616,3 +616,24 @@ def test_steady_state_derivatives_match_finite_differences():
     np.testing.assert_allclose(jax.jit(jax.jacfwd(forward))(theta), fd, rtol=1e-6, atol=1e-9)
     reverse = jax.jit(jax.grad(lambda th: conc(th, dfx.RecursiveCheckpointAdjoint())[1]))(theta)
     np.testing.assert_allclose(reverse, fd[1], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_steady_state_of_the_il2_model_is_periodic(model):
+    """SS 1 on the nonlinear IL-2 model (daily 1.5 MIU, then one more dose a day later): the
+    trough at the record and the trough a day later, before the next dose, are one state, for 4
+    virtual patients including one for whom Newton from the baseline failed before the warm start."""
+    from il2treg.records import DoseRecords
+    from il2treg.simulate import solve_one
+
+    theta = jnp.asarray(il2treg.sample_population(model, 4, seed=0).values)
+    times, amounts = jnp.array([0.0, 1.0]), jnp.array([1.5e6, 1.5e6])
+    records = DoseRecords(input=[0, 0], duration=[0.0, 0.0], reset=[False, False], ss=[1, 0], ii=[1.0, 0.0], steady_states=1)
+    obs = jnp.array([0.0, 0.5, 1.0])
+    one = lambda th: solve_one(model.mechanism, th, times, amounts, obs, il2treg.SolverOptions(), 3, states=True, records=records)
+    states, status = jax.jit(jax.vmap(one))(theta)
+    assert np.all(np.asarray(status) == 0)
+    states = np.asarray(states)  # the states: the SLEDAI observable also reads t (the placebo drift)
+    np.testing.assert_allclose(states[:, 2], states[:, 0], rtol=1e-5, atol=1e-9)
+    central = model.mechanism.state_names.index("central")
+    assert np.all(states[:, 1, central] > 2 * states[:, 0, central])  # 12 h after the dose: not a flat line
