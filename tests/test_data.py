@@ -912,8 +912,10 @@ def test_rate_ss_and_ii_are_read_in_the_tables_time_unit(tmp_path):
     again = read_dataset(data.to_frame(), observables=("conc",), doses=[DosingInput(1)])  # days, ADDL written out
     for field in ("dose_time", "dose_amount", "dose_duration", "dose_ss", "dose_ii", "dose_reset", "dose_input"):
         np.testing.assert_allclose(getattr(again, field), getattr(data, field), rtol=1e-15, err_msg=field)
+    assert "Dose records: 3 infusions (RATE), 1 steady states (SS)" in data.summary()
     plain = read_dataset(write(tmp_path, f"{RECORD_HEADER}\n1,6,1,100,,0,0,12,2\n1,40,0,,4,,,,\n"), observables=("conc",), time_unit="h")
     assert plain.records() is None  # plain doses take the solver's lighter path
+    assert "Dose records" not in plain.summary()
 
 
 def test_hours_read_as_days_are_flagged(tmp_path):

@@ -389,6 +389,15 @@ class Dataset(eqx.Module):
                 f", {_number_text(amounts.min())} to {_number_text(amounts.max())} per dose (IU for the IL-2 model)"
             )
         lines.append(dose_line)
+        if self.records() is not None:
+            real = real_dose
+            parts = [
+                (int((self.dose_duration[real] > 0).sum()), "infusions (RATE)"),
+                (int((self.dose_ss[real] > 0).sum()), "steady states (SS)"),
+                (int(self.dose_reset[real].sum()), "resets (EVID 3, 4)"),
+                (int((self.dose_input[real] > 0).sum()), "doses into another input (CMT)"),
+            ]
+            lines.append("Dose records: " + ", ".join(f"{n} {what}" for n, what in parts if n))
         lines.append("Observations (used, of which below LLOQ):")
         for k, name in enumerate(self.dvid_names):
             used = self.obs_mask & (self.obs_dvid == k)
