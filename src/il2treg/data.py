@@ -953,6 +953,11 @@ def _check_time_span(time: np.ndarray, days_per_unit: float) -> None:
         )
 
 
+def _ii_shown(cells: dict[str, list[_Cell]], value: float) -> str:
+    """How a missing dosing interval reads in a message: the absent column, or the row's II."""
+    return "there is no II column" if "II" not in cells else f"II is {_number_text(value)}"
+
+
 def _additional_doses(cells: dict[str, list[_Cell]], is_dose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ADDL and II per row (0 where absent), checked: a dose row's ADDL additional doses come
     every II (in TIME's unit) after it, as NONMEM gives them."""
@@ -976,9 +981,8 @@ def _additional_doses(cells: dict[str, list[_Cell]], is_dose: np.ndarray) -> tup
         if i < 0:
             raise DataError(f"II is negative ({_number_text(i)}) on dose row {r}. Fix: II is the dosing interval, in TIME's unit, 0 or more.", column="II", row=r)
         if a > 0 and i <= 0:
-            missing = "there is no II column" if "II" not in cells else f"II is {_number_text(i)}"
             raise DataError(
-                f"dose row {r} has ADDL {_number_text(a)} but {missing}. Fix: give the interval between its additional doses in II "
+                f"dose row {r} has ADDL {_number_text(a)} but {_ii_shown(cells, i)}. Fix: give the interval between its additional doses in II "
                 "(TIME's unit), or set ADDL 0.",
                 column="II",
                 row=r,
@@ -1061,9 +1065,8 @@ def _dose_details(
         if ss[k] not in (0.0, 1.0, 2.0):
             raise DataError(f"SS is {_number_text(ss[k])} on dose row {r}. Fix: SS is 0 (none), 1 (steady state) or 2 (steady state added).", column="SS", row=r)
         if ss[k] > 0 and ii[k] <= 0:
-            missing = "there is no II column" if "II" not in cells else f"II is {_number_text(ii[k])}"
             raise DataError(
-                f"dose row {r} has SS {_number_text(ss[k])} but {missing}. Fix: give the dosing interval of the steady state in II "
+                f"dose row {r} has SS {_number_text(ss[k])} but {_ii_shown(cells, ii[k])}. Fix: give the dosing interval of the steady state in II "
                 "(TIME's unit); a steady state of a constant infusion (II 0) is not supported.",
                 column="II",
                 row=r,
