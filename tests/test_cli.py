@@ -29,11 +29,13 @@ def test_simulate_writes_the_long_table_and_the_figure(monkeypatch, capsys, tmp_
 @pytest.mark.slow
 def test_simulate_typical_gives_one_id_from_a_regimen_csv(monkeypatch, capsys, tmp_path):
     rows = tmp_path / "doses.csv"
-    pd.DataFrame({"TIME": [0.0, 7.0], "AMT": [1e6, 1e6], "ADDL": [0, 3], "II": [0, 7]}).to_csv(rows, index=False)
+    # the weekly doses infused over half a day (RATE, IU per day): the records ride along to the solver
+    pd.DataFrame({"TIME": [0.0, 7.0], "AMT": [1e6, 1e6], "ADDL": [0, 3], "II": [0, 7], "RATE": [0, 2e6]}).to_csv(rows, index=False)
     out = tmp_path / "sim"
-    code, _, _ = run_cli(monkeypatch, capsys, "simulate", "--regimen", str(rows), "--typical", "--out", str(out), "--days", "7")
+    code, _, _ = run_cli(monkeypatch, capsys, "simulate", "--regimen", str(rows), "--typical", "--out", str(out), "--days", "9")
     assert code == 0
-    assert pd.read_csv(out / "simulation.csv").ID.unique().tolist() == [1]
+    frame = pd.read_csv(out / "simulation.csv")
+    assert frame.ID.unique().tolist() == [1] and np.isfinite(frame["VALUE"]).all()
 
 
 def test_help_shows_every_bracketed_unit_and_table_name(monkeypatch, capsys):
@@ -74,8 +76,9 @@ def test_existing_output_is_never_overwritten_without_force(monkeypatch, capsys,
 
 @pytest.mark.parametrize(
     "content, message",
-    [("TIME\n0\n", "AMT"), ("TIME,AMT\n0,-5\n", "AMT"), ("TIME,AMT\n3,1\n1,1\n", "TIME")],
-    ids=["missing-column", "negative-amount", "unsorted"],
+    [("TIME\n0\n", "AMT"), ("TIME,AMT\n0,-5\n", "AMT"), ("TIME,AMT\n3,1\n1,1\n", "TIME"), ("TIME,AMT,CMT\n0,1,3\n", "CMT 3"),
+     ("TIME,AMT,RATE\n0,1,-1\n", "RATE -1")],
+    ids=["missing-column", "negative-amount", "unsorted", "unknown-compartment", "modelled-rate"],
 )
 def test_bad_regimen_csv_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, content, message):
     path = tmp_path / "bad.csv"

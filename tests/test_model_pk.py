@@ -315,14 +315,13 @@ def _record_solve(model):
 
 @pytest.mark.parametrize("name", [n if n in _FAST_RECORDS else pytest.param(n, marks=pytest.mark.slow) for n in RECORD_SCENARIOS])
 def test_dose_records_match_the_closed_form(name, tmp_path):
-    from il2treg.fit.spec import dosing_inputs
     from il2treg.records import DoseRecords, pad_records
 
     model_name, rows, overrides = RECORD_SCENARIOS[name]
     model = il2treg.load_model(model_name)
     path = tmp_path / "records.dta"
     path.write_text(_record_table(rows))
-    data = il2treg.data.read_dataset(path, observables=model.observable_names, time_unit="h", doses=dosing_inputs(model))
+    data = il2treg.data.read_dataset(path, observables=model.observable_names, time_unit="h", doses=model.dosing_inputs)
     values = np.asarray(model.typical().values).copy()
     for key, declared in overrides.items():
         values[model.parameter_names.index(key)] = model.spec[key].to_internal(declared)
@@ -341,3 +340,27 @@ def test_dose_records_match_the_closed_form(name, tmp_path):
     expected = _expected(p, pieces, resets, REC_HOURS)
     assert np.count_nonzero(expected) >= 8
     np.testing.assert_allclose(np.asarray(got).ravel(), expected, rtol=1e-7, atol=1e-12 * expected.max())
+
+
+@pytest.mark.parametrize("name", ["ss-infusion", pytest.param("cmt-2-ss-beside-oral", marks=pytest.mark.slow)])
+def test_simulate_takes_a_regimen_of_dose_records_read_by_the_dataset_reader(name, tmp_path):
+    """The same records read as a regimen (``from_nonmem``, the dataset's reader) and simulated
+    through :func:`il2treg.simulate`'s batched path, beside a patient of plain doses."""
+    model_name, rows, overrides = RECORD_SCENARIOS[name]
+    model = il2treg.load_model(model_name)
+    path = tmp_path / "records.dta"
+    path.write_text(_record_table(rows))
+    regimen = rg.read_regimen_csv(path, doses=model.dosing_inputs, time_unit="h")
+    assert regimen.records is not None
+    values = np.asarray(model.typical().values).copy()
+    for key, declared in overrides.items():
+        values[model.parameter_names.index(key)] = model.spec[key].to_internal(declared)
+    batch = rg.stack([regimen, rg.Regimen([0.0], [0.0])])
+    sim = il2treg.simulate(model, batch, REC_HOURS / 24.0, il2treg.Parameters(values, model.parameter_names), options=TIGHT)
+    assert np.asarray(sim.status).tolist() == [0, 0]
+    p = dict(zip(model.parameter_names, values))
+    pieces, resets = _pieces(rows, p, None)
+    expected = _expected(p, pieces, resets, REC_HOURS)
+    got = np.asarray(sim["conc"])
+    np.testing.assert_allclose(got[0], expected, rtol=1e-7, atol=1e-12 * expected.max())
+    np.testing.assert_array_equal(got[1], 0.0)

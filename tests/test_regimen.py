@@ -11,7 +11,10 @@ import pytest
 
 import il2treg  # noqa: F401  (enables float64)
 from il2treg import regimen as rg
+from il2treg.data import read_dataset
 from il2treg.errors import RegimenError
+from il2treg.events import DosingInput
+from il2treg.records import DoseRecords
 from il2treg.regimen import Regimen
 
 LUPIL2_TIMES = [0.0, 1.0, 2.0, 3.0, 4.0] + [7.0 * k for k in range(1, 12)]
@@ -327,20 +330,27 @@ def test_read_regimen_csv_refuses_more_than_one_id(tmp_path):
 @pytest.mark.parametrize(
     ("csv", "column", "row"),
     [
-        ("ID,TIME,AMT\n1,0,1e6\n1,1,\n", "AMT", 2),
+        ("ID,TIME,EVID,AMT\n1,0,1,1e6\n1,1,1,\n", "AMT", 2),
         ("ID,TIME,AMT\n1,0,1e6\n1,1,-5\n", "AMT", 2),
+        ("ID,TIME,EVID,AMT\n1,0,1,1e6\n1,1,1,-5\n", "AMT", 2),
         ("ID,TIME,AMT\n1,0,1e6\n1,1,abc\n", "AMT", 2),
         ("ID,TIME,AMT\n1,0,1e6\n1,.,1e6\n", "TIME", 2),
         ("ID,TIME,AMT\n1,0,1e6\n1,1x,1e6\n", "TIME", 2),
         ("ID,TIME,AMT\n1,0,1e6\n1,5,1e6\n1,2,1e6\n", "TIME", 3),
-        ("ID,TIME,EVID,AMT\n1,0,1,1e6\n1,1,2,1e6\n", "EVID", 2),
+        ("ID,TIME,EVID,AMT\n1,0,1,1e6\n1,1,7,1e6\n", "EVID", 2),
+        ("ID,TIME,EVID,AMT\n1,0,1,1e6\n1,1,3,1e6\n", "AMT", 2),
         ("ID,TIME,AMT,CMT\n1,0,1e6,1\n1,1,1e6,2\n", "CMT", 2),
         ("ID,TIME,AMT,ADDL,II\n1,0,1e6,3,0\n", "II", 1),
         ("ID,TIME,AMT,ADDL,II\n1,0,1e6,0,0\n1,1,1e6,1.5,1\n", "ADDL", 2),
-        ("ID,TIME,AMT,ADDL\n1,0,1e6,2\n", "ADDL", 1),
-        ("ID,TIME,AMT,RATE\n1,0,1e6,100\n", "RATE", 1),
-        ("ID,TIME,AMT\n1,0,1e6\n2,0,1e6\n1,1,1e6\n", "ID", 3),
+        ("ID,TIME,AMT,ADDL\n1,0,1e6,2\n", "II", 1),
+        ("ID,TIME,AMT,RATE\n1,0,1e6,-1\n", "RATE", 1),
+        ("ID,TIME,AMT,RATE\n1,0,1e6,-3\n", "RATE", 1),
+        ("ID,TIME,AMT,SS,II\n1,0,1e6,1,0\n", "II", 1),
+        ("ID,TIME,AMT,SS,II\n1,0,1e6,3,7\n", "SS", 1),
+        ("ID,TIME,AMT,RATE,SS,II\n1,0,1e6,1e5,1,7\n", "RATE", 1),
+        ("ID,TIME,AMT\n1,0,1e6\nP,1,1e6\n", "ID", 2),
         ("ID,TIME,AMT\n1,0,1e6\n,1,1e6\n", "ID", 2),
+        ("ID,TIME,AMT\n1,-1,1e6\n", "TIME", 1),
     ],
 )
 def test_bad_dosing_rows_are_rejected_naming_column_and_data_row(csv, column, row, tmp_path):
@@ -349,7 +359,8 @@ def test_bad_dosing_rows_are_rejected_naming_column_and_data_row(csv, column, ro
     with pytest.raises(RegimenError) as caught:
         rg.from_nonmem(path)
     message = str(caught.value)
-    assert f"column {column}" in message and f"data row {row}" in message and "Fix:" in message
+    assert (caught.value.column, caught.value.row) == (column, row), message
+    assert str(path) in message and f"row {row}" in message and column in message and "Fix:" in message
 
 
 @pytest.mark.parametrize("missing", ["TIME", "AMT"])
@@ -364,7 +375,7 @@ def test_missing_required_column_is_named(missing):
     [
         (b"", "is empty"),
         (b"ID,TIME,AMT\n", "no data rows"),
-        (b"\x89PNG\r\n\x1a\n\xff\xfe\x00", "not a readable CSV table"),
+        (b"\x89PNG\r\n\x1a\n\xff\xfe\x00", "not a text table"),
     ],
 )
 def test_empty_or_non_table_files_are_rejected(content, match, tmp_path):
@@ -375,7 +386,7 @@ def test_empty_or_non_table_files_are_rejected(content, match, tmp_path):
 
 
 def test_missing_file_and_non_table_objects_are_rejected(tmp_path):
-    with pytest.raises(RegimenError, match="does not exist"):
+    with pytest.raises(RegimenError, match="not found"):
         rg.from_nonmem(tmp_path / "nope.csv")
     with pytest.raises(RegimenError, match="DataFrame"):
         rg.from_nonmem([[0.0, 1.5e6]])
@@ -421,3 +432,105 @@ def test_a_regimen_prints_as_a_dose_table():
     assert "2 patients (batched, 16 dose slots each)" in str(rg.stack([rg.lupil2(), rg.lupil2()]))
     with pytest.raises(RegimenError, match=r"table\(\) needs unbatched regimens"):
         rg.stack([rg.lupil2(), rg.lupil2()]).table()
+
+
+# ------------------------------------------------------------------------- NONMEM dose records
+
+RECORD_TABLE = (
+    "ID TIME EVID AMT RATE SS II ADDL CMT DV\n"
+    "1 0 1 100 0 1 12 3 1 .\n"  # steady state, then three more every 12 h
+    "1 2 0 . . . . . . 5.1\n"  # an observation: not a dose
+    "1 30 3 . . . . . . .\n"  # reset: cancels the pending dose at 36 h
+    "1 40 4 60 30 0 0 0 2 .\n"  # reset and a 2-h infusion into CMT 2
+    "1 50 1 20 0 2 8 1 2 .\n"  # SS 2 into CMT 2 and one more 8 h later
+    "2 0 0 . . . . . . 3.0\n"  # an ID without doses
+)
+INPUTS = (DosingInput(1), DosingInput(2))
+
+
+def test_from_nonmem_reads_dose_records_as_a_dataset_does(tmp_path):
+    path = tmp_path / "records.dta"
+    path.write_text(RECORD_TABLE)
+    regimens = rg.from_nonmem(path, doses=INPUTS, time_unit="h")
+    data = read_dataset(path, observables=("conc",), doses=INPUTS, time_unit="h")
+    r = regimens[1]
+    real = data.dose_row[0] > 0
+    np.testing.assert_array_equal(r.times, data.dose_time[0][real])
+    np.testing.assert_array_equal(r.amounts, data.dose_amount[0][real])
+    for field in ("input", "duration", "reset", "ss", "ii"):
+        np.testing.assert_array_equal(getattr(r.records, field), getattr(data.records(), field)[0][real], err_msg=field)
+    assert r.records.steady_states == 2
+    # what the table says, in days: SS at 0 and its doses at 0.5 and 1 (the one at 1.5 cancelled
+    # by the reset at 1.25), the reset-and-infusion at 40 h, SS 2 at 50 h and its dose at 58 h
+    np.testing.assert_allclose(r.times, np.array([0, 12, 24, 30, 40, 50, 58]) / 24)
+    assert r.records.input.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert r.records.reset.tolist() == [False, False, False, True, True, False, False]
+    np.testing.assert_allclose(r.records.duration, [0, 0, 0, 0, 2 / 24, 0, 0])
+    assert regimens[2].n_doses == 0 and regimens[2].records is None
+
+
+def test_plain_nonmem_rows_give_a_regimen_without_records():
+    rows = pd.DataFrame({"time": [0.0, 7.0], "amt": [1.5e6, 1.5e6], "cmt": [1, 1], "rate": [0, 0], "ss": [0, 0]})
+    r = rg.from_nonmem(rows)[1]
+    assert r.records is None and r.times.tolist() == [0.0, 7.0]
+
+
+def test_a_regimen_with_records_round_trips_through_nonmem_rows(tmp_path):
+    path = tmp_path / "records.dta"
+    path.write_text(RECORD_TABLE)
+    r = rg.from_nonmem(path, doses=INPUTS, time_unit="h")[1]
+    rows = rg.to_nonmem(r, doses=INPUTS)
+    assert list(rows.columns) == list(rg.NONMEM_COLUMNS)
+    assert rows["EVID"].tolist().count(3) == 1 and rows["EVID"].tolist().count(4) == 1
+    back = rg.from_nonmem(rows, doses=INPUTS)[1]
+    np.testing.assert_array_equal(back.times, r.times)
+    np.testing.assert_array_equal(back.amounts, r.amounts)
+    for field in ("input", "reset", "ss", "ii"):
+        np.testing.assert_array_equal(getattr(back.records, field), getattr(r.records, field), err_msg=field)
+    np.testing.assert_allclose(back.records.duration, r.records.duration, rtol=1e-15)
+    with pytest.raises(RegimenError, match=r"doses=model\.dosing_inputs"):
+        rg.to_nonmem(r)  # CMT 2 cannot be written without the model's inputs
+
+
+def test_compressed_rows_never_put_a_dose_where_a_later_reset_cancels_it():
+    records = DoseRecords.plain(4)
+    records = DoseRecords(records.input, records.duration, jnp.array([False, False, False, True]), records.ss, records.ii)
+    r = Regimen([0.0, 1.0, 2.0, 2.0], [5.0, 5.0, 5.0, 0.0], records=records)  # the reset comes after the dose at 2
+    rows = rg.to_nonmem(r)
+    assert rows["ADDL"].tolist() == [1, 0, 0]  # the dose at 2 is a row of its own, before the reset's
+    back = rg.from_nonmem(rows)[1]
+    np.testing.assert_array_equal(back.times, r.times)
+    np.testing.assert_array_equal(back.records.reset, r.records.reset)
+
+
+def test_a_regimen_with_records_prints_its_dose_table(tmp_path):
+    path = tmp_path / "records.dta"
+    path.write_text(RECORD_TABLE)
+    text = repr(rg.from_nonmem(path, doses=INPUTS, time_unit="h")[1])
+    lines = text.splitlines()
+    assert lines[1].split() == ["time", "(day)", "amount", "input", "addl", "ii", "(day)", "duration", "(day)", "ss", "reset"]
+    assert lines[2].split() == ["0", "100", "0", "2", "0.5", ".", "1", "."]  # the SS row and its two remaining doses
+    assert lines[3].split() == ["1.25", "0", "0", "0", ".", ".", ".", "yes"]
+    assert lines[4].split() == ["1.66667", "60", "1", "0", ".", "0.0833333", ".", "yes"]
+
+
+def test_combining_regimens_keeps_their_records(tmp_path):
+    path = tmp_path / "records.dta"
+    path.write_text(RECORD_TABLE)
+    r = rg.from_nonmem(path, doses=INPUTS, time_unit="h")[1]
+    plain = rg.daily(1.0, 2, start=0.25)
+    joined = r + plain
+    assert joined.n_doses == r.n_doses + 2 and joined.records.steady_states == 2
+    at = np.flatnonzero(np.asarray(joined.amounts) == 1.0)
+    np.testing.assert_array_equal(np.asarray(joined.times)[at], [0.25, 1.25])
+    assert not np.asarray(joined.records.reset)[at].any() and not np.asarray(joined.records.ss)[at].any()
+    np.testing.assert_array_equal(joined.records.reset, [False, False, False, False, True, False, True, False, False])
+    assert r.shift(1.0).records is r.records
+    assert plain.then(r, gap=1.0).records.input.tolist() == [0, 0, *r.records.input.tolist()]
+    padded = rg.pad(r, 10)
+    assert padded.records.input.shape == (10,) and not np.asarray(padded.records.ss)[7:].any()
+    batch = rg.stack([r, plain])
+    assert batch.records.ss.shape == (2, 7) and batch.records.steady_states == 2
+    assert rg.cycles(r, 7.0, 2).records.ss.tolist() == r.records.ss.tolist() * 2
+    with pytest.raises(RegimenError, match="records"):
+        Regimen([0.0, 1.0], [1.0, 1.0], records=DoseRecords.plain(3))

@@ -26,11 +26,13 @@ _SUMMARY_OBS = ("treg_pct_cd4", "treg_per_uL", "nk56bright_per_uL", "tconv_per_u
 _CHUNK = 1000
 
 
-def _regimen(spec: str):
+def _regimen(spec: str, model=None):
+    """A named regimen, or the one patient's doses in a CSV of NONMEM dose rows (its CMTs those
+    of ``model``'s dosing inputs where given)."""
     from il2treg import regimen as rg
 
     if spec.lower().endswith(".csv") or Path(spec).is_file():
-        return rg.read_regimen_csv(spec)
+        return rg.read_regimen_csv(spec, doses=None if model is None else model.dosing_inputs)
     return rg.named(spec)
 
 
@@ -79,7 +81,7 @@ def _summary_table(sim, title: str) -> Table:
 
 @app.command()
 def simulate(
-    regimen: str = typer.Option("lupil2", help="named regimen (e.g. lupil2, placebo) or a CSV of NONMEM dose rows (TIME days, AMT IU; optional ID, EVID, CMT, ADDL, II)"),
+    regimen: str = typer.Option("lupil2", help="named regimen (e.g. lupil2, placebo) or a CSV of NONMEM dose rows (TIME days, AMT IU; optional ID, EVID, CMT, ADDL, II, RATE, SS)"),
     n: int = typer.Option(1000, min=1, help="number of virtual patients"),
     seed: int = typer.Option(0, help="random seed of the population"),
     out: Path = typer.Option(..., help="output folder (must not exist unless --force)"),
@@ -97,7 +99,7 @@ def simulate(
     if out.exists() and not force:  # fail before computing
         raise il2treg.errors.InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     m = il2treg.load_model(model)
-    reg = _regimen(regimen)
+    reg = _regimen(regimen, m)
     times = np.round(np.arange(0.0, days + dt / 2, dt), 10)
     if typical:
         params = il2treg.Parameters(m.typical().values[None, :], m.parameter_names)
@@ -129,13 +131,13 @@ def trial(
     """Simulate replicate virtual trials: SRI-4 by arm in ITT and per-protocol sets, difference, power."""
     import json
 
+    import il2treg
     from il2treg.trial import format_summary, load_design, simulate_trial
 
     d = load_design(design)
-    reg = _regimen(regimen) if regimen else None
-    import il2treg
-
-    result = simulate_trial(d, replicates, seed, regimen=reg, model=il2treg.load_model(model) if model else None)
+    m = il2treg.load_model(model or d.model)
+    reg = _regimen(regimen, m) if regimen else None
+    result = simulate_trial(d, replicates, seed, regimen=reg, model=m)
     summary = result.summary()
     if json_out:
         print(json.dumps(summary))
@@ -289,10 +291,9 @@ def data_check(
     """Validate a biomarker data file for a model and print a one-screen summary."""
     import il2treg
     from il2treg.data import check_file
-    from il2treg.fit.spec import dosing_inputs
 
     loaded = il2treg.load_model(model)
-    summary = check_file(file, observables=loaded.observable_names, time_unit=time_unit, drop=tuple(drop), doses=dosing_inputs(loaded))
+    summary = check_file(file, observables=loaded.observable_names, time_unit=time_unit, drop=tuple(drop), doses=loaded.dosing_inputs)
     console.print(summary, highlight=False)
 
 
@@ -313,9 +314,9 @@ def regimens_list() -> None:
     console.print(table)
 
 
-def _regimens(spec: str) -> dict:
+def _regimens(spec: str, model=None) -> dict:
     names = [s.strip() for s in spec.split(",") if s.strip()]
-    return {Path(n).stem if n.lower().endswith(".csv") else n: _regimen(n) for n in names}
+    return {Path(n).stem if n.lower().endswith(".csv") else n: _regimen(n, model) for n in names}
 
 
 @regimens_app.command("compare")
@@ -350,7 +351,8 @@ def regimens_compare(
         assessment = tuple(float(w) for w in weeks.split(","))
     except ValueError:
         raise InputError(f"--weeks {weeks!r}: not comma-separated numbers. Fix: e.g. --weeks 12,24.") from None
-    comparison = compare(_regimens(regimens), model=il2treg.load_model(model), n=n, seed=seed, fit=result, weeks=assessment)
+    m = il2treg.load_model(model)
+    comparison = compare(_regimens(regimens, m), model=m, n=n, seed=seed, fit=result, weeks=assessment)
     with atomic_output_dir(out, force=force) as tmp:
         comparison.table.to_csv(tmp / "table.csv", index=False)
         comparison.per_patient.to_csv(tmp / "per_patient.csv", index=False)
@@ -407,7 +409,7 @@ def regimens_optimise(
     constraints = Constraints(tconv_change_max_pct=tconv_max, nk_change_max_pct=nk_max, cmax_max_pM=cmax_max, quantile=quantile,
                               dose_max_iu=dose_max, total_dose_max_iu=total_dose_max, total_dose_min_iu=total_dose_min, min_interval_days=min_interval,
                               max_injections=max_injections, peak_max=_limits(peak_max, "--peak-max"), change_max_pct=_limits(change_max, "--change-max"))  # fmt: skip
-    design = optimise(_regimen(start), objective=objective, constraints=constraints, model=model, params=params,
+    design = optimise(_regimen(start, model), objective=objective, constraints=constraints, model=model, params=params,
                       optimise_times=optimise_times, n_starts=starts, steps=steps, seed=seed, horizon_days=horizon)  # fmt: skip
     days = np.arange(0.0, horizon + 1e-9, min(0.25, horizon / 200))
     sims = {"start": il2treg.simulate(model, design.start, days, params), "designed": il2treg.simulate(model, design.regimen, days, params)}

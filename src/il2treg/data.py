@@ -78,16 +78,12 @@ No valid row is dropped: observation rows with ``MDV=1`` stay in the arrays with
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
-import itertools
 import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import equinox as eqx
 import numpy as np
@@ -95,6 +91,25 @@ import pandas as pd
 from jaxtyping import Bool, Float, Int
 
 from il2treg.errors import DataError, InputError
+from il2treg.events import (
+    TIME_UNITS,
+    Cell,
+    DoseRows,
+    DosingInput,
+    SubjectId,
+    csv_cells,
+    derive_evid,
+    dose_rows,
+    expand_doses,
+    frame_cells,
+    id_text,
+    is_missing,
+    number,
+    number_text,
+    numeric,
+    show,
+    subject_rows,
+)  # fmt: skip
 from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.records import DoseRecords
 
@@ -102,26 +117,12 @@ __all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "Dataset", "DosingInput", "ch
 
 #: Columns every dataset must have (EVID and DVID may be derived: module docstring).
 REQUIRED_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "DVID", "DV")
-#: Units TIME may be written in; it is held in days.
-TIME_UNITS: dict[str, float] = {"day": 1.0, "h": 1.0 / 24.0}
 #: Columns with a default (0) when absent.
 OPTIONAL_COLUMNS: tuple[str, ...] = ("CENS", "MDV", "ADDL", "II", "CMT", "RATE", "SS")
 
 _EVENT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-_MISSING_TOKENS = frozenset({"", ".", "NA", "NaN", "nan"})
+MISSING_TOKENS = frozenset({"", ".", "NA", "NaN", "nan"})
 _SHOWN_EXCLUDED = 10
-
-_Cell = object
-_SubjectId = int | float | str
-
-
-class DosingInput(NamedTuple):
-    """One of a model's dosing inputs as a dataset sees it: the compartment its doses enter
-    (1-based state number, NONMEM's ``CMT``) and whether the model declares an infusion duration
-    for it (so that ``RATE = -2`` may ask for it)."""
-
-    cmt: int
-    infused: bool = False
 
 
 class Dataset(eqx.Module):
@@ -164,7 +165,7 @@ class Dataset(eqx.Module):
         dvid_names: the observation types a DVID may name: the model's observables (static).
     """
 
-    ids: tuple[_SubjectId, ...] = eqx.field(static=True)
+    ids: tuple[SubjectId, ...] = eqx.field(static=True)
     covariates: dict[str, Float[np.ndarray, " subjects"] | Int[np.ndarray, " subjects"]]
     covariate_levels: tuple[tuple[str, tuple[str, ...]], ...] = eqx.field(static=True)
     obs_time: Float[np.ndarray, "subjects obs"]
@@ -208,7 +209,7 @@ class Dataset(eqx.Module):
             (
                 int(self.obs_row[s, j]),
                 f"MDV=1: {self.dvid_names[self.obs_dvid[s, j]]} at TIME "
-                f"{_number_text(self.obs_time[s, j])} for ID {_id_text(self.ids[s])} not used",
+                f"{number_text(self.obs_time[s, j])} for ID {id_text(self.ids[s])} not used",
             )
             for s, j in zip(*np.nonzero(real), strict=True)
         ]
@@ -231,7 +232,7 @@ class Dataset(eqx.Module):
         present = set(self.obs_dvid[self.obs_mask].tolist())
         return tuple(name for k, name in enumerate(self.dvid_names) if k in present)
 
-    def subset(self, ids: Iterable[_SubjectId]) -> Dataset:
+    def subset(self, ids: Iterable[SubjectId]) -> Dataset:
         """The subjects ``ids``, in that order, with padding trimmed to the widest of them.
 
         Row numbers (``obs_row``, ``dose_row``, :attr:`excluded`) still refer to the source
@@ -244,7 +245,7 @@ class Dataset(eqx.Module):
             raise InputError("subset() got no IDs. Fix: pass at least one subject ID.")
         for subject in wanted:
             if subject not in position:
-                shown = ", ".join(_id_text(i) for i in self.ids[:_SHOWN_EXCLUDED])
+                shown = ", ".join(id_text(i) for i in self.ids[:_SHOWN_EXCLUDED])
                 more = ", ..." if self.n_subjects > _SHOWN_EXCLUDED else ""
                 raise InputError(
                     f"unknown subject ID {subject!r}. Fix: use IDs of the dataset "
@@ -347,7 +348,7 @@ class Dataset(eqx.Module):
         dosing = (self.dose_amount[s, j] > 0) | (self.dose_ss[s, j] > 0) | (self.dose_cmt[s, j] != 0) | (self.dose_duration[s, j] > 0)
         return np.where(reset, np.where(dosing, 4, 3), 1)
 
-    def events(self, subject: _SubjectId) -> pd.DataFrame:
+    def events(self, subject: SubjectId) -> pd.DataFrame:
         """One subject's rows of :meth:`to_frame` (doses and observations in time order, times in
         days, each additional dose of an ADDL row on a row of its own): print it to read a
         patient's events.
@@ -356,8 +357,8 @@ class Dataset(eqx.Module):
             DataError: ``subject`` is not an ID of the data (the message lists a few).
         """
         if subject not in self.ids:
-            shown = ", ".join(_id_text(s) for s in self.ids[:5]) + (", ..." if len(self.ids) > 5 else "")
-            raise DataError(f"no subject with ID {_id_text(subject)} in the data (IDs: {shown}). Fix: use one of the data's IDs.", column="ID")
+            shown = ", ".join(id_text(s) for s in self.ids[:5]) + (", ..." if len(self.ids) > 5 else "")
+            raise DataError(f"no subject with ID {id_text(subject)} in the data (IDs: {shown}). Fix: use one of the data's IDs.", column="ID")
         return self.subset([subject]).to_frame()
 
     def summary(self) -> str:
@@ -377,7 +378,7 @@ class Dataset(eqx.Module):
             described = [f"{n} ({'text' if n in kinds else 'number'})" for n in self.covariates]
             lines.append(f"Covariates: {', '.join(described)}")
         times = np.concatenate([self.obs_time[real_obs], self.dose_time[real_dose]])
-        lines.append(f"Time: {_number_text(times.min())} to {_number_text(times.max())} days")
+        lines.append(f"Time: {number_text(times.min())} to {number_text(times.max())} days")
         per_subject = real_dose.sum(axis=1)
         dose_line = (
             f"Doses: {int(real_dose.sum())} rows, {int(per_subject.min())} to "
@@ -386,7 +387,7 @@ class Dataset(eqx.Module):
         if real_dose.any():
             amounts = self.dose_amount[real_dose]
             dose_line += (
-                f", {_number_text(amounts.min())} to {_number_text(amounts.max())} per dose (IU for the IL-2 model)"
+                f", {number_text(amounts.min())} to {number_text(amounts.max())} per dose (IU for the IL-2 model)"
             )
         lines.append(dose_line)
         if self.records() is not None:
@@ -447,10 +448,10 @@ def read_dataset(
         raise InputError(f"time_unit {time_unit!r} is not known. Fix: use one of {', '.join(map(repr, TIME_UNITS))}.")
     if isinstance(source, pd.DataFrame):
         where = "the table"
-        header, rows = _frame_cells(source)
+        header, rows = frame_cells(source)
     else:
         where = f"file '{source}'"
-        header, rows = _csv_cells(Path(source), where)
+        header, rows = csv_cells(Path(source), where, ",".join(REQUIRED_COLUMNS))
     names = tuple(observables)
     cells = _nonmem_defaults(_columns(header, rows, where, tuple(drop), names), names)
     if "CMT" in cells and not doses:
@@ -485,40 +486,7 @@ def check_file(
 # Reading raw cells
 
 
-def _csv_cells(path: Path, where: str) -> tuple[list[str], list[list[_Cell]]]:
-    """Header and data rows of a CSV file as strings, after file-level checks."""
-    if not path.is_file():
-        raise DataError(f"{where} not found. Fix: check the path.")
-    raw = path.read_bytes()
-    if b"\x00" in raw:
-        raise DataError(
-            f"{where} is not a text table (it contains NUL bytes, as binary files do). "
-            "Fix: export the data as a comma-separated text (CSV) file."
-        )
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(f"{where} is not UTF-8 text. Fix: save it as a UTF-8 CSV file.") from None
-    if not text.strip():
-        raise DataError(
-            f"{where} is empty. Fix: write a header {','.join(REQUIRED_COLUMNS)} "
-            "and one row per event."
-        )
-    first = next(line for line in text.splitlines() if line.strip())
-    if "," not in first and len(first.split()) > 1:  # whitespace-separated, as NONMEM's .dta files
-        lines = [line.split() for line in text.splitlines() if line.strip()]
-    else:
-        lines = [line for line in csv.reader(io.StringIO(text)) if line]
-    return [name.strip() for name in lines[0]], lines[1:]
-
-
-def _frame_cells(frame: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
-    """Header and rows of a DataFrame as Python values (the index is ignored)."""
-    columns = [frame.iloc[:, k].tolist() for k in range(frame.shape[1])]
-    return [str(name).strip() for name in frame.columns], [list(row) for row in zip(*columns)]
-
-
-def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple[str, ...] = (), observables: tuple[str, ...] = OBSERVABLE_NAMES) -> dict[str, list[_Cell]]:
+def _columns(header: list[str], rows: list[list[Cell]], where: str, drop: tuple[str, ...] = (), observables: tuple[str, ...] = OBSERVABLE_NAMES) -> dict[str, list[Cell]]:
     """Check the table's shape and header; return column name -> cells, without ``drop``."""
     if not header:
         raise DataError(
@@ -576,16 +544,13 @@ def _columns(header: list[str], rows: list[list[_Cell]], where: str, drop: tuple
     return {name: [row[k] for row in rows] for k, name in enumerate(header) if name not in drop}
 
 
-def _nonmem_defaults(cells: dict[str, list[_Cell]], observables: tuple[str, ...]) -> dict[str, list[_Cell]]:
+def _nonmem_defaults(cells: dict[str, list[Cell]], observables: tuple[str, ...]) -> dict[str, list[Cell]]:
     """NONMEM's readings of a table without EVID or DVID, and of a DV of 0 on a dose row."""
-    cells = dict(cells)
-    if "EVID" not in cells:  # as NONMEM: a row with an amount is a dose
-        amounts = [_number(cell) for cell in cells["AMT"]]
-        cells["EVID"] = [1 if a is not None and a > 0 else 0 for a in amounts]
-    is_dose = [_number(cell) in (1.0, 4.0) for cell in cells["EVID"]]
+    cells = derive_evid(dict(cells))
+    is_dose = [number(cell) in (1.0, 4.0) for cell in cells["EVID"]]
     if "DVID" not in cells:  # one observable: every observation is it
-        cells["DVID"] = [None if _number(evid) != 0.0 else observables[0] for evid in cells["EVID"]]
-    cells["DV"] = [None if dose and _number(cell) == 0.0 else cell for dose, cell in zip(is_dose, cells["DV"], strict=True)]
+        cells["DVID"] = [None if number(evid) != 0.0 else observables[0] for evid in cells["EVID"]]
+    cells["DV"] = [None if dose and number(cell) == 0.0 else cell for dose, cell in zip(is_dose, cells["DV"], strict=True)]
     return cells
 
 
@@ -593,77 +558,16 @@ def _nonmem_defaults(cells: dict[str, list[_Cell]], observables: tuple[str, ...]
 # Cells -> values
 
 
-def _is_missing(cell: _Cell) -> bool:
-    if cell is None or cell is pd.NA:
-        return True
-    if isinstance(cell, float) and math.isnan(cell):
-        return True
-    return isinstance(cell, str) and cell.strip() in _MISSING_TOKENS
-
-
-def _number(cell: _Cell) -> float | None:
-    """The cell as a float (NaN if missing), or ``None`` if it is not a finite number."""
-    if _is_missing(cell):
-        return math.nan
-    if isinstance(cell, bool | np.bool_):
-        return None
-    if isinstance(cell, int | float | np.integer | np.floating):
-        value = float(cell)
-    elif isinstance(cell, str):
-        try:
-            value = float(cell.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _number_text(value: float) -> str:
-    """A number for messages: integers without a decimal point, others in shortest form."""
-    value = float(value)
-    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-
-
-def _show(cell: _Cell) -> str:
-    """A raw cell for messages: numbers as numbers, text quoted."""
-    if _is_missing(cell):
-        return "an empty cell"
-    value = _number(cell)
-    if value is not None:
-        return _number_text(value)
-    return repr(cell.strip() if isinstance(cell, str) else cell)
-
-
-def _id_text(subject: _SubjectId) -> str:
-    return repr(subject) if isinstance(subject, str) else _number_text(subject)
-
-
-def _numeric(column: str, cells: Sequence[_Cell], fix: str) -> np.ndarray:
-    """Parse a column as float64 (NaN where missing); raise on the first non-number."""
-    values = np.empty(len(cells))
-    for r, cell in enumerate(cells, start=1):
-        value = _number(cell)
-        if value is None:
-            raise DataError(
-                f"{column} must be a finite number; row {r} has {_show(cell)}. Fix: {fix}",
-                column=column,
-                row=r,
-            )
-        values[r - 1] = value
-    return values
-
-
-def _flag(column: str, cells: Sequence[_Cell], fix: str) -> np.ndarray:
+def _flag(column: str, cells: Sequence[Cell], fix: str) -> np.ndarray:
     """Parse an optional 0/1 column (missing = 0) as bool."""
     flags = np.zeros(len(cells), dtype=bool)
     for r, cell in enumerate(cells, start=1):
-        value = _number(cell)
+        value = number(cell)
         if value is not None and math.isnan(value):
             continue
         if value not in (0.0, 1.0):
             raise DataError(
-                f"{column} must be 0 or 1; row {r} has {_show(cell)}. Fix: {fix}",
+                f"{column} must be 0 or 1; row {r} has {show(cell)}. Fix: {fix}",
                 column=column,
                 row=r,
             )
@@ -671,146 +575,47 @@ def _flag(column: str, cells: Sequence[_Cell], fix: str) -> np.ndarray:
     return flags
 
 
-def _subject_ids(cells: Sequence[_Cell]) -> list[_SubjectId]:
-    """IDs as ints (integral numbers), floats or stripped strings; one kind for the table."""
-    parsed: list[_SubjectId] = []
-    for r, cell in enumerate(cells, start=1):
-        if _is_missing(cell):
-            raise DataError(
-                f"ID is missing at row {r}. Fix: give every row its subject's ID.",
-                column="ID",
-                row=r,
-            )
-        value = _number(cell)
-        if value is None:
-            parsed.append(cell.strip() if isinstance(cell, str) else str(cell))
-        else:
-            parsed.append(int(value) if value.is_integer() else value)
-    numeric = [not isinstance(subject, str) for subject in parsed]
-    for r, is_number in enumerate(numeric, start=1):
-        if is_number != numeric[0]:
-            kinds = ("numeric", "text") if numeric[0] else ("text", "numeric")
-            raise DataError(
-                f"ID mixes numbers and text: row 1 has {kinds[0]} ID {_show(cells[0])} but row "
-                f"{r} has {kinds[1]} ID {_show(cells[r - 1])}. Fix: use only numeric IDs or "
-                "only text IDs.",
-                column="ID",
-                row=r,
-            )
-    return parsed
-
-
-def _covariate(cells: Sequence[_Cell]) -> tuple[list[object], bool]:
+def _covariate(cells: Sequence[Cell]) -> tuple[list[object], bool]:
     """Per-row canonical values of a covariate and whether it is numeric."""
-    numbers = [_number(cell) for cell in cells]
+    numbers = [number(cell) for cell in cells]
     if all(value is not None for value in numbers):
         return numbers, True
-    return ["" if _is_missing(c) else str(c).strip() for c in cells], False
+    return ["" if is_missing(c) else str(c).strip() for c in cells], False
 
 
 # ----------------------------------------------------------------------------------------------
 # Validation and packing
 
 
-_TIME_FIX = "write TIME in days from the first dose (e.g. 7 or 0.125)."
 _DV_FIX = (
     "write a number in the DVID's unit; below the LLOQ write the LLOQ and set CENS=1; "
     "for a missing value leave DV empty and set MDV=1."
 )
 
 
-def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[str, str], days_per_unit: float = 1.0,
+def _build(cells: dict[str, list[Cell]], names: tuple[str, ...], aliases: dict[str, str], days_per_unit: float = 1.0,
            inputs: tuple[DosingInput, ...] | None = None) -> Dataset:
     """Validate the columns (fixed order of checks) and pack them into a :class:`Dataset` whose
     DVIDs are ``names`` (a DVID in ``aliases`` is read as the name it maps to), whose times
     are TIME times ``days_per_unit`` and whose CMTs are those of ``inputs``."""
     index = {name: k for k, name in enumerate(names)}
     index.update({alias: index[target] for alias, target in aliases.items() if target in index})
-    n_rows = len(cells["ID"])
-    subject = _subject_ids(cells["ID"])
-
-    unit = "days" if days_per_unit == 1.0 else "hours"
-    fix = _TIME_FIX if days_per_unit == 1.0 else "write TIME in hours from the first dose (e.g. 12 or 1.5)."
-    time = _numeric("TIME", cells["TIME"], fix)
-    for r, t in enumerate(time, start=1):
-        if math.isnan(t):
-            raise DataError(f"TIME is missing at row {r}. Fix: {fix}", column="TIME", row=r)
-        if t < 0:
-            raise DataError(
-                f"TIME is negative ({_number_text(t)}) at row {r}. Fix: TIME counts {unit} from "
-                "the first dose; record pre-dose baseline samples at TIME 0.",
-                column="TIME",
-                row=r,
-            )
-
-    is_dose = np.zeros(n_rows, dtype=bool)
-    is_other = np.zeros(n_rows, dtype=bool)
-    is_reset = np.zeros(n_rows, dtype=bool)
-    for r, cell in enumerate(cells["EVID"], start=1):
-        value = _number(cell)
-        if value not in (0.0, 1.0, 2.0, 3.0, 4.0):
-            raise DataError(
-                f"EVID must be 0 (observation), 1 (dose), 2 (other event), 3 (reset) or 4 (reset and dose); row {r} has {_show(cell)}. "
-                "Fix: use one of 0 to 4.",
-                column="EVID",
-                row=r,
-            )
-        is_dose[r - 1] = value in (1.0, 4.0)
-        is_other[r - 1] = value in (2.0, 3.0)
-        is_reset[r - 1] = value in (3.0, 4.0)
-    for r in np.flatnonzero(is_other) + 1:  # NONMEM's other events and resets: no dose, no observation
-        a = _number(cells["AMT"][r - 1])
-        what = "a reset (EVID 3)" if is_reset[r - 1] else "an other event (EVID 2)"
-        if a is None or (not math.isnan(a) and a != 0):
-            raise DataError(
-                f"AMT is {_show(cells['AMT'][r - 1])} on row {r}, {what}. Fix: leave AMT empty or 0 there, "
-                "or set EVID 1 (or 4, a reset and dose) if the row is a dose.",
-                column="AMT",
-                row=r,
-            )
-        for column in ("DVID", "DV", "CENS", "ADDL", "II", "CMT", "RATE", "SS"):
-            if column in cells:
-                cells[column][r - 1] = None  # not read: the row is kept for its time and covariates only
-
-    amount = _numeric("AMT", cells["AMT"], "give doses in the model's dose unit (IU for the IL-2 model: 1500000 for 1.5 MIU).")
-    for r, (dose, a) in enumerate(zip(is_dose, amount, strict=True), start=1):
-        if dose and math.isnan(a):
-            raise DataError(
-                f"AMT is missing on dose row {r}. Fix: give the dose in the model's dose unit (IU for "
-                "the IL-2 model: 1500000 for 1.5 MIU), or 0 for a placebo injection.",
-                column="AMT",
-                row=r,
-            )
-        if dose and a < 0:
-            raise DataError(
-                f"AMT is negative ({_number_text(a)}) on dose row {r}. Fix: give the dose in the "
-                "model's dose unit, 0 or more.",
-                column="AMT",
-                row=r,
-            )
-        if not dose and not math.isnan(a) and a != 0:
-            raise DataError(
-                f"AMT is {_number_text(a)} on observation row {r} (EVID 0). Fix: leave AMT empty "
-                "or 0 on observation rows, or set EVID 1 if the row is a dose.",
-                column="AMT",
-                row=r,
-            )
-
-    addl, ii = _additional_doses(cells, is_dose)
-    dose_input, dose_cmt, duration, ss = _dose_details(cells, is_dose, amount, ii, inputs, days_per_unit)
+    table = dose_rows(cells, inputs, days_per_unit)
+    n_rows = len(table.subject)
+    subject, time, is_dose, is_other, amount = table.subject, table.time, table.is_dose, table.is_other, table.amount
 
     dvid = np.zeros(n_rows, dtype=np.int64)
     for r, (dose, cell) in enumerate(zip(is_dose, cells["DVID"], strict=True), start=1):
-        if dose and not _is_missing(cell):
+        if dose and not is_missing(cell):
             raise DataError(
-                f"dose row {r} (EVID 1) has DVID {_show(cell)}. Fix: leave DVID empty on dose "
+                f"dose row {r} (EVID 1) has DVID {show(cell)}. Fix: leave DVID empty on dose "
                 "rows.",
                 column="DVID",
                 row=r,
             )
         if dose or is_other[r - 1]:
             continue
-        if _is_missing(cell):
+        if is_missing(cell):
             raise DataError(
                 f"DVID is missing on observation row {r}. Fix: name what was observed, one of: "
                 f"{', '.join(names)}.",
@@ -822,18 +627,18 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
             close = difflib.get_close_matches(str(name), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise DataError(
-                f"unknown DVID {_show(cell)} at row {r}{hint}. Fix: use one of: "
+                f"unknown DVID {show(cell)} at row {r}{hint}. Fix: use one of: "
                 f"{', '.join(names)}.",
                 column="DVID",
                 row=r,
             )
         dvid[r - 1] = index[name]
 
-    value = _numeric("DV", cells["DV"], _DV_FIX)
+    value = numeric("DV", cells["DV"], _DV_FIX)
     for r, (dose, v) in enumerate(zip(is_dose, value, strict=True), start=1):
         if dose and not math.isnan(v):
             raise DataError(
-                f"dose row {r} (EVID 1) carries a DV ({_number_text(v)}). Fix: leave DV empty on "
+                f"dose row {r} (EVID 1) carries a DV ({number_text(v)}). Fix: leave DV empty on "
                 "dose rows; put the measurement on its own observation row (EVID 0).",
                 column="DV",
                 row=r,
@@ -896,23 +701,11 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
             )
         seen[key] = r
 
-    rows_of: dict[_SubjectId, list[int]] = {}
-    for k, s in enumerate(subject):
-        rows_of.setdefault(s, []).append(k)
-    for s, rows in rows_of.items():
-        for previous, k in itertools.pairwise(rows):
-            if time[k] < time[previous]:
-                raise DataError(
-                    f"TIME decreases within ID {_id_text(s)} at row {k + 1} "
-                    f"({_number_text(time[k])} after {_number_text(time[previous])} at row "
-                    f"{previous + 1}). Fix: sort the rows of each ID by TIME.",
-                    column="TIME",
-                    row=k + 1,
-                )
+    rows_of = subject_rows(table)
     for s, rows in rows_of.items():
         if all(is_dose[k] or is_other[k] for k in rows):
             raise DataError(
-                f"ID {_id_text(s)} has no observation rows (EVID 0). Fix: add its observations "
+                f"ID {id_text(s)} has no observation rows (EVID 0). Fix: add its observations "
                 "or remove its rows.",
                 column="ID",
                 row=rows[0] + 1,
@@ -923,17 +716,16 @@ def _build(cells: dict[str, list[_Cell]], names: tuple[str, ...], aliases: dict[
             for k in rows[1:]:
                 if _key(values[k]) != _key(values[first]):
                     raise DataError(
-                        f"covariate {name!r} is not constant within ID {_id_text(s)}: "
-                        f"{_show(cells[name][first])} at row {first + 1} but "
-                        f"{_show(cells[name][k])} at row {k + 1}. Fix: give one baseline value "
+                        f"covariate {name!r} is not constant within ID {id_text(s)}: "
+                        f"{show(cells[name][first])} at row {first + 1} but "
+                        f"{show(cells[name][k])} at row {k + 1}. Fix: give one baseline value "
                         "per subject; record time-varying quantities as observation rows.",
                         column=name,
                         row=k + 1,
                     )
 
     _check_time_span(time, days_per_unit)
-    details = _DoseDetails(is_reset, dose_input, dose_cmt, duration, ss)
-    return _pack(rows_of, covariates, time, is_dose, amount, dvid, value, cens, mdv, names, addl, ii, days_per_unit, is_other, details)
+    return _pack(rows_of, covariates, table, dvid, value, cens, mdv, names, days_per_unit)
 
 
 #: Longest plausible span of one dataset in days: beyond it, TIME in days is probably in hours.
@@ -946,139 +738,11 @@ def _check_time_span(time: np.ndarray, days_per_unit: float) -> None:
     span = float(np.max(time) - np.min(time)) * days_per_unit
     if days_per_unit == 1.0 and span > PLAUSIBLE_SPAN_DAYS:
         warnings.warn(
-            f"TIME spans {_number_text(round(span, 1))} days (over {PLAUSIBLE_SPAN_DAYS / 365:.0f} years), read as days. "
+            f"TIME spans {number_text(round(span, 1))} days (over {PLAUSIBLE_SPAN_DAYS / 365:.0f} years), read as days. "
             "Fix: if TIME is in hours, read it with time_unit = \"h\" (fit file) or read_dataset(..., time_unit=\"h\").",
             UserWarning,
             stacklevel=4,
         )
-
-
-def _ii_shown(cells: dict[str, list[_Cell]], value: float) -> str:
-    """How a missing dosing interval reads in a message: the absent column, or the row's II."""
-    return "there is no II column" if "II" not in cells else f"II is {_number_text(value)}"
-
-
-def _additional_doses(cells: dict[str, list[_Cell]], is_dose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ADDL and II per row (0 where absent), checked: a dose row's ADDL additional doses come
-    every II (in TIME's unit) after it, as NONMEM gives them."""
-    n_rows = len(is_dose)
-    absent = [None] * n_rows
-    addl = _numeric("ADDL", cells.get("ADDL", absent), "ADDL counts the additional doses of a dose row: 0, 1, 2, ... (empty means 0).")
-    ii = _numeric("II", cells.get("II", absent), "II is the interval between a dose row's additional doses, in TIME's unit (empty means 0).")
-    addl, ii = np.nan_to_num(addl), np.nan_to_num(ii)
-    for r in range(1, n_rows + 1):
-        dose, a, i = bool(is_dose[r - 1]), addl[r - 1], ii[r - 1]
-        if not dose and (a != 0 or i != 0):
-            column = "ADDL" if a != 0 else "II"
-            raise DataError(
-                f"{column} is {_number_text(a if a != 0 else i)} on observation row {r}. Fix: ADDL and II belong to dose rows; "
-                "leave them empty or 0 on observations.",
-                column=column,
-                row=r,
-            )
-        if a < 0 or a != round(a):
-            raise DataError(f"ADDL is {_number_text(a)} on dose row {r}. Fix: ADDL counts additional doses: a whole number, 0 or more.", column="ADDL", row=r)
-        if i < 0:
-            raise DataError(f"II is negative ({_number_text(i)}) on dose row {r}. Fix: II is the dosing interval, in TIME's unit, 0 or more.", column="II", row=r)
-        if a > 0 and i <= 0:
-            raise DataError(
-                f"dose row {r} has ADDL {_number_text(a)} but {_ii_shown(cells, i)}. Fix: give the interval between its additional doses in II "
-                "(TIME's unit), or set ADDL 0.",
-                column="II",
-                row=r,
-            )
-    return addl.astype(np.int64), ii
-
-
-class _DoseDetails(NamedTuple):
-    """Per row: reset, dosing input index, CMT (0 where empty), infusion duration (days), SS."""
-
-    reset: np.ndarray
-    input: np.ndarray
-    cmt: np.ndarray
-    duration: np.ndarray
-    ss: np.ndarray
-
-
-def _dose_details(
-    cells: dict[str, list[_Cell]], is_dose: np.ndarray, amount: np.ndarray, ii: np.ndarray, inputs: tuple[DosingInput, ...] | None, days_per_unit: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """CMT, RATE and SS of each row, checked: the dosing input index, the CMT, the infusion
-    duration in days (``AMT / RATE``; 0 for the input's own way) and SS (0 on rows that are not
-    doses)."""
-    n_rows = len(is_dose)
-    absent = [None] * n_rows
-    cmts = [d.cmt for d in inputs] if inputs else [1]
-    listed = ", ".join(map(str, cmts))
-    cmt = _numeric("CMT", cells.get("CMT", absent), f"CMT is the compartment a dose enters ({listed} for this model).")
-    rate = _numeric("RATE", cells.get("RATE", absent), "RATE is a dose's infusion rate (AMT per TIME unit), 0 for a bolus, or -2 for the model's duration.")
-    ss = _numeric("SS", cells.get("SS", absent), "SS is 0 (no steady state), 1 or 2.")
-    cmt, rate, ss = np.nan_to_num(cmt), np.nan_to_num(rate), np.nan_to_num(ss)
-    index = np.zeros(n_rows, dtype=np.int64)
-    duration = np.zeros(n_rows)
-    for r in range(1, n_rows + 1):
-        k = r - 1
-        if not is_dose[k]:
-            for column, value in (("RATE", rate[k]), ("SS", ss[k])):
-                if value != 0:
-                    raise DataError(
-                        f"{column} is {_number_text(value)} on row {r}, which is not a dose. Fix: {column} belongs to dose rows (EVID 1 or 4); "
-                        "leave it empty or 0 here.",
-                        column=column,
-                        row=r,
-                    )
-            cmt[k] = 0  # an observation's CMT is not read: DVID says what was observed
-            continue
-        if cmt[k] != 0:
-            if cmt[k] not in cmts:
-                raise DataError(
-                    f"dose row {r} has CMT {_number_text(cmt[k])}, but the model doses into compartment{'s' if len(cmts) > 1 else ''} {listed}. "
-                    f"Fix: set CMT to {'one of them' if len(cmts) > 1 else 'it'} (or leave it empty for compartment {cmts[0]}).",
-                    column="CMT",
-                    row=r,
-                )
-            index[k] = cmts.index(int(cmt[k]))
-        if rate[k] == -2:
-            if inputs is not None and not inputs[index[k]].infused:
-                raise DataError(
-                    f"RATE -2 on dose row {r} asks for the infusion duration the model declares, but its input (compartment {cmts[index[k]]}) "
-                    "declares none. Fix: give the rate in RATE, or declare a duration for the input in the model's [doses] table.",
-                    column="RATE",
-                    row=r,
-                )
-        elif rate[k] == -1:
-            raise DataError(
-                f"RATE -1 on dose row {r} asks for a rate the model computes, which il2treg does not model. Fix: give the rate in RATE, "
-                "or declare the input's duration in the model's [doses] table and set RATE -2.",
-                column="RATE",
-                row=r,
-            )
-        elif rate[k] < 0:
-            raise DataError(
-                f"RATE is {_number_text(rate[k])} on dose row {r}. Fix: give the infusion rate (AMT per TIME unit, > 0), 0 for a bolus, "
-                "or -2 for the duration the model declares.",
-                column="RATE",
-                row=r,
-            )
-        elif rate[k] > 0:
-            duration[k] = amount[k] / rate[k] * days_per_unit
-        if ss[k] not in (0.0, 1.0, 2.0):
-            raise DataError(f"SS is {_number_text(ss[k])} on dose row {r}. Fix: SS is 0 (none), 1 (steady state) or 2 (steady state added).", column="SS", row=r)
-        if ss[k] > 0 and ii[k] <= 0:
-            raise DataError(
-                f"dose row {r} has SS {_number_text(ss[k])} but {_ii_shown(cells, ii[k])}. Fix: give the dosing interval of the steady state in II "
-                "(TIME's unit); a steady state of a constant infusion (II 0) is not supported.",
-                column="II",
-                row=r,
-            )
-        if ss[k] > 0 and duration[k] > ii[k] * days_per_unit:
-            raise DataError(
-                f"dose row {r} is a steady-state infusion lasting {_number_text(amount[k] / rate[k])} (AMT / RATE), longer than its II "
-                f"{_number_text(ii[k])}. Fix: check RATE and II; overlapping steady-state infusions are not supported.",
-                column="RATE",
-                row=r,
-            )
-    return index, cmt.astype(np.int64), duration, ss.astype(np.int64)
 
 
 def _key(value: object) -> object:
@@ -1087,45 +751,21 @@ def _key(value: object) -> object:
 
 
 def _pack(
-    rows_of: dict[_SubjectId, list[int]],
+    rows_of: dict[SubjectId, list[int]],
     covariates: dict[str, tuple[list[object], bool]],
-    time: np.ndarray,
-    is_dose: np.ndarray,
-    amount: np.ndarray,
+    table: DoseRows,
     dvid: np.ndarray,
     value: np.ndarray,
     cens: np.ndarray,
     mdv: np.ndarray,
     dvid_names: tuple[str, ...],
-    addl: np.ndarray | None = None,
-    ii: np.ndarray | None = None,
     days_per_unit: float = 1.0,
-    is_other: np.ndarray | None = None,
-    details: _DoseDetails | None = None,
 ) -> Dataset:
     """Padded per-subject arrays from validated row-wise columns, times in TIME's unit converted
-    to days (``days_per_unit``); a dose row with ADDL gives its additional doses at
-    ``time + j * ii`` (``j = 1..ADDL``; the sum in TIME's unit, then converted), each with the
-    row's number, CMT and RATE (not its reset or SS), unless a later row's reset or steady state
-    (SS 1) comes first: that cancels them, as in NONMEM. A reset (EVID 3) is a dose slot of amount 0."""
-    n = len(time)
-    addl = np.zeros(n, dtype=np.int64) if addl is None else addl
-    ii = np.zeros(n) if ii is None else ii
-    is_other = np.zeros(n, dtype=bool) if is_other is None else is_other
-    if details is None:
-        details = _DoseDetails(np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n, dtype=np.int64))
-    is_record = is_dose | details.reset
-    obs_of = [[k for k in rows if not (is_dose[k] or is_other[k])] for rows in rows_of.values()]
-    dose_of = []
-    for rows in rows_of.values():
-        clears = [(time[k], k) for k in rows if details.reset[k] or details.ss[k] == 1]
-        doses = [
-            ((time[k] + j * ii[k]) * days_per_unit, amount[k] if is_dose[k] else 0.0, k + 1, details.input[k], details.cmt[k], details.duration[k],
-             bool(details.reset[k]) and j == 0, details.ss[k] if j == 0 else 0, ii[k] * days_per_unit if j == 0 and details.ss[k] else 0.0)
-            for k in rows if is_record[k] for j in range(int(addl[k]) + 1)
-            if j == 0 or not any(r > k and t <= time[k] + j * ii[k] for t, r in clears)
-        ]  # fmt: skip
-        dose_of.append(sorted(doses, key=lambda d: d[0]))  # stable: rows at one time keep their order
+    to days (``days_per_unit``), doses as :func:`il2treg.events.expand_doses` gives them."""
+    time = table.time
+    obs_of = [[k for k in rows if not (table.is_dose[k] or table.is_other[k])] for rows in rows_of.values()]
+    dose_of = [expand_doses(table, rows, days_per_unit) for rows in rows_of.values()]
     n_sub = len(rows_of)
     n_obs = max(len(rows) for rows in obs_of)
     n_dose = max(1, max(len(doses) for doses in dose_of))
@@ -1190,7 +830,7 @@ def _pack(
 
 def _tally(values: np.ndarray) -> str:
     """``'A 3, B 2'``: each distinct value (sorted) with its number of subjects."""
-    shown = [v if isinstance(v, str) else _number_text(v) for v in values.tolist()]
+    shown = [v if isinstance(v, str) else number_text(v) for v in values.tolist()]
     distinct, counts = np.unique(np.array(shown, dtype=str), return_counts=True)
     return ", ".join(
         f"{v or '(missing)'} {n}" for v, n in zip(distinct.tolist(), counts.tolist(), strict=True)

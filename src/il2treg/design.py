@@ -762,6 +762,9 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
     begin = time.perf_counter()
     model = model or load_model()
     template = named(start) if isinstance(start, str) else start
+    if template.records is not None:
+        raise InputError("optimise() designs bolus doses into the model's first dosing input, but the start regimen carries NONMEM records "
+                         "(CMT, RATE, SS or resets). Fix: start from a regimen of plain doses (Regimen(times, amounts)).")  # fmt: skip
     params = params if params is not None else model.typical()
     params = Parameters(jnp.atleast_2d(jnp.asarray(params.values)), params.names)
     kind, observable = parse_objective(model, objective)

@@ -21,7 +21,18 @@ class UnitError(InputError):
 
 
 class RegimenError(InputError):
-    """A dosing regimen that is invalid: negative or non-finite times or amounts, unknown name."""
+    """A dosing regimen that is invalid: negative or non-finite times or amounts, unknown name,
+    a malformed NONMEM dosing table.
+
+    Attributes:
+        column: the table's offending column, or ``None`` when the problem is not tied to one.
+        row: the 1-based data row of the table (header excluded), or ``None``.
+    """
+
+    def __init__(self, message: str, *, column: str | None = None, row: int | None = None):
+        super().__init__(message)
+        self.column = column
+        self.row = row
 
 
 class SpecError(InputError):

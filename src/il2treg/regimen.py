@@ -3,8 +3,9 @@
 A :class:`Regimen` is a pytree of two float64 arrays, dose times (days from the first dose of the
 trial, model time) and amounts (IU as administered, before bioavailability). It is built with
 :func:`daily`, :func:`every`, :func:`weekly`, :func:`cycles`, combined with :meth:`Regimen.then`
-and :func:`concat` (``+``), taken from the literature with :func:`named`, or read from NONMEM-style
-dosing records with :func:`from_nonmem`. :func:`stack` pads a list of regimens to one batched
+and :func:`concat` (``+``), taken from the literature with :func:`named`, or read from NONMEM
+dose records with :func:`from_nonmem` (the reader datasets use, :mod:`il2treg.events`: CMT, RATE,
+SS and resets ride along as :class:`~il2treg.records.DoseRecords`). :func:`stack` pads a list of regimens to one batched
 regimen with a leading patient axis, ready for ``jax.vmap``.
 
 Example, the LUPIL-2 schedule (1.5 MIU daily for 5 days, then weekly from day 8)::
@@ -15,10 +16,10 @@ Example, the LUPIL-2 schedule (1.5 MIU daily for 5 days, then weekly from day 8)
 from __future__ import annotations
 
 import inspect
-import itertools
 import operator
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -27,7 +28,18 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Array, Float
 
-from il2treg.errors import RegimenError
+from il2treg.errors import DataError, RegimenError
+from il2treg.events import (
+    TIME_UNITS,
+    DosingInput,
+    csv_cells,
+    derive_evid,
+    dose_rows,
+    expand_doses,
+    frame_cells,
+    subject_rows,
+)
+from il2treg.records import DoseRecords, pad_records
 
 #: Routes of administration a regimen may use; every dose enters the subcutaneous depot.
 ROUTES: tuple[str, ...] = ("sc",)
@@ -35,8 +47,8 @@ ROUTES: tuple[str, ...] = ("sc",)
 #: Assessment day of LUPIL-2 (week 12 after the first dose), model time in days.
 LUPIL2_ASSESSMENT_DAY: float = 84.0
 
-#: Columns written by :func:`to_nonmem`, in order.
-NONMEM_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "CMT", "ADDL", "II")
+#: Columns written by :func:`to_nonmem`, in order (RATE and SS only for a regimen with records).
+NONMEM_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "CMT", "ADDL", "II", "RATE", "SS")
 
 
 def _float64(x: object) -> Float[Array, "..."]:
@@ -55,6 +67,11 @@ class Regimen(eqx.Module):
     time (their amounts add). A batched regimen (from :func:`stack`) has leading patient axes;
     padded doses have amount 0 at the patient's last dose time and change nothing.
 
+    A regimen read from NONMEM rows (:func:`from_nonmem`) may say more of each dose: the dosing
+    input it enters (CMT), an infusion (RATE), a steady state (SS, II) or a reset (EVID 3, 4). It
+    then carries :class:`~il2treg.records.DoseRecords` aligned with its doses, and the solver
+    reads them as it reads a dataset's.
+
     Validation runs when the regimen is built from concrete values and is skipped under ``jit``.
 
     **Fields:**
@@ -63,6 +80,8 @@ class Regimen(eqx.Module):
     - `amounts`: dose amounts in IU as administered (before bioavailability), float64, >= 0.
     - `route`: route of administration, one of :data:`ROUTES` (static).
     - `name`: a label for reports, e.g. ``"lupil2"`` (static).
+    - `records`: the doses' NONMEM details, or None where each is a plain dose into the model's
+      first dosing input.
 
     **Raises:** :class:`RegimenError` naming the field, the index of the first bad dose and the fix.
     """
@@ -71,6 +90,7 @@ class Regimen(eqx.Module):
     amounts: Float[Array, "... doses"] = eqx.field(converter=_float64)
     route: str = eqx.field(static=True, default="sc")
     name: str = eqx.field(static=True, default="")
+    records: DoseRecords | None = None
 
     def __check_init__(self) -> None:
         if self.route not in ROUTES:
@@ -101,6 +121,20 @@ class Regimen(eqx.Module):
         decreasing[..., 1:] = np.diff(times, axis=-1) < 0
         _reject_first(times, decreasing, "times", "is earlier than the dose before it",
                       "sort the doses by time, or combine regimens with concat() which sorts")
+        if self.records is not None:
+            shapes = {k: np.shape(v) for k, v in vars(self.records).items() if k != "steady_states"}
+            wrong = next((k for k, shape in shapes.items() if shape != times.shape), None)
+            if wrong is not None:
+                raise RegimenError(
+                    f"Regimen field 'records' has {wrong} of shape {shapes[wrong]} but the times are {times.shape}. "
+                    "Fix: give one record per dose (DoseRecords.plain(n) for plain doses)."
+                )
+            duration, ss, ii = (np.asarray(x) for x in (self.records.duration, self.records.ss, self.records.ii))
+            _reject_first(duration, ~(np.isfinite(duration) & (duration >= 0)), "records.duration", "is not a duration >= 0",
+                          "give an infusion's duration in days, or 0 for the input's own way")
+            _reject_first(ss, ~np.isin(ss, [0, 1, 2]), "records.ss", "is not 0, 1 or 2", "SS is 0 (none), 1 or 2")
+            _reject_first(ii, (ss > 0) & ~(ii > 0), "records.ii", "is not > 0 on a steady-state dose",
+                          "give the steady state's dosing interval in days")  # fmt: skip
 
     @property
     def n_doses(self) -> int:
@@ -115,12 +149,23 @@ class Regimen(eqx.Module):
     def table(self) -> pd.DataFrame:
         """The doses as a table, one row per run of equal doses at an equal interval (as
         :func:`to_nonmem` compresses them): ``time`` (day), ``amount`` (the model's dose unit,
-        IU for the IL-2 model), ``input`` (the route), ``addl`` (additional doses) and ``ii``
-        (their interval, day). An unbatched regimen only."""
+        IU for the IL-2 model), ``input`` (the route; with records, the index of the model's
+        dosing input the dose enters, 0 = the first), ``addl`` (additional doses) and ``ii``
+        (their interval, day). With records also ``duration`` (of an infusion, day; 0 = the
+        input's own way), ``ss`` (0, 1, 2: steady state, its interval in ``ii``) and ``reset``.
+        An unbatched regimen only."""
         _require_unbatched(self, "table")
-        rows = [(float(t), float(a), self.route, int(addl), float(step))
-                for t, a, addl, step in _runs(np.asarray(self.times), np.asarray(self.amounts), True)]  # fmt: skip
-        return pd.DataFrame(rows, columns=["time", "amount", "input", "addl", "ii"])
+        rows = []
+        for k, addl, step in _runs(np.asarray(self.times), np.asarray(self.amounts), True, self.records):
+            t, a = float(self.times[k]), float(self.amounts[k])
+            if self.records is None:
+                rows.append((t, a, self.route, int(addl), float(step)))
+            else:
+                r = self.records
+                ii = float(r.ii[k]) if int(r.ss[k]) else float(step)
+                rows.append((t, a, int(r.input[k]), int(addl), ii, float(r.duration[k]), int(r.ss[k]), bool(r.reset[k])))
+        columns = ["time", "amount", "input", "addl", "ii"] + ([] if self.records is None else ["duration", "ss", "reset"])
+        return pd.DataFrame(rows, columns=columns)
 
     def __repr__(self) -> str:
         """A readable dose table, as mrgsolve prints its event objects::
@@ -140,8 +185,12 @@ class Regimen(eqx.Module):
         times = np.asarray(self.times)
         head = f"{label}: {self.n_doses} doses from day {_short(times[0])} to {_short(times[-1])}, {_short(float(self.total_iu))} in total"
         table = self.table()
-        cells = [[_short(r.time), _short(r.amount), r.input, str(r.addl), _short(r.ii) if r.addl else "."] for r in table.itertuples()]
         header = ["time (day)", "amount", "input", "addl", "ii (day)"]
+        cells = [[_short(r.time), _short(r.amount), str(r.input), str(r.addl), _short(r.ii) if r.addl or r.ii else "."] for r in table.itertuples()]
+        if self.records is not None:
+            header += ["duration (day)", "ss", "reset"]
+            for row, r in zip(cells, table.itertuples(), strict=True):
+                row += [_short(r.duration) if r.duration else ".", str(r.ss) if r.ss else ".", "yes" if r.reset else "."]
         widths = [max(len(h), *(len(c[k]) for c in cells)) for k, h in enumerate(header)]
         lines = [" " + "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
         lines += [" " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
@@ -151,7 +200,7 @@ class Regimen(eqx.Module):
 
     def shift(self, days: float) -> Regimen:
         """The same regimen with every dose `days` later (earlier if negative)."""
-        return Regimen(self.times + days, self.amounts, route=self.route, name=self.name)
+        return Regimen(self.times + days, self.amounts, route=self.route, name=self.name, records=self.records)
 
     def then(self, other: Regimen, gap: float) -> Regimen:
         """Follow this regimen by `other`, its first dose `gap` days after this one's last dose.
@@ -177,6 +226,7 @@ class Regimen(eqx.Module):
             jnp.concatenate([self.times, other.times + offset]),
             jnp.concatenate([self.amounts, other.amounts]),
             route=self.route,
+            records=_joined_records((self, other)),
         )
 
     def __add__(self, other: Regimen) -> Regimen:
@@ -194,6 +244,23 @@ def _reject_first(values: np.ndarray, bad: np.ndarray, field: str, problem: str,
         f"Regimen field '{field}' at {where}: value {values[index].item()!r} {problem}. "
         f"Fix: {fix}."
     )
+
+
+def _records_of(regimen: Regimen) -> DoseRecords:
+    """The regimen's records, or plain ones for a regimen without."""
+    return regimen.records if regimen.records is not None else DoseRecords.plain(regimen.times.shape[-1])
+
+
+def _joined_records(regimens: Sequence[Regimen], order: Array | None = None) -> DoseRecords | None:
+    """The records of ``regimens`` joined along the dose axis (then taken in ``order``), or None
+    where none has any. Steady-state slots add up (an upper bound on any patient's count)."""
+    if all(r.records is None for r in regimens):
+        return None
+    parts = [_records_of(r) for r in regimens]
+    fields = [jnp.concatenate([getattr(p, f) for p in parts]) for f in ("input", "duration", "reset", "ss", "ii")]
+    if order is not None:
+        fields = [f[order] for f in fields]
+    return DoseRecords(*fields, steady_states=sum(p.steady_states for p in parts))
 
 
 def _short(x: float) -> str:
@@ -248,7 +315,7 @@ def concat(*regimens: Regimen) -> Regimen:
     times = jnp.concatenate([r.times for r in regimens])
     amounts = jnp.concatenate([r.amounts for r in regimens])
     order = jnp.argsort(times, stable=True)
-    return Regimen(times[order], amounts[order], route=route)
+    return Regimen(times[order], amounts[order], route=route, records=_joined_records(regimens, order))
 
 
 def every(amount_iu: float, interval_days: float, n: int, start: float = 0.0) -> Regimen:
@@ -299,7 +366,7 @@ def cycles(block: Regimen, period_days: float, n_cycles: int) -> Regimen:
             )
     starts = period_days * jnp.arange(n_cycles, dtype=jnp.float64)
     return Regimen((block.times[None, :] + starts[:, None]).reshape(-1),
-                   jnp.tile(block.amounts, n_cycles), route=block.route)
+                   jnp.tile(block.amounts, n_cycles), route=block.route, records=_joined_records([block] * n_cycles))
 
 
 def lupil2(n_weekly: int = 11, dose_iu: float = 1.5e6) -> Regimen:
@@ -437,8 +504,9 @@ def pad(regimen: Regimen, n_doses: int) -> Regimen:
         )
     extra = width - regimen.n_doses
     last = regimen.times[-1:] if regimen.n_doses else jnp.zeros((1,))
+    records = None if regimen.records is None else pad_records(regimen.records, extra)
     return Regimen(jnp.concatenate([regimen.times, jnp.broadcast_to(last, (extra,))]),
-                   jnp.concatenate([regimen.amounts, jnp.zeros((extra,))]), route=regimen.route, name=regimen.name)  # fmt: skip
+                   jnp.concatenate([regimen.amounts, jnp.zeros((extra,))]), route=regimen.route, name=regimen.name, records=records)  # fmt: skip
 
 
 def stack(regimens: Sequence[Regimen], n_doses: int | None = None) -> Regimen:
@@ -468,206 +536,109 @@ def stack(regimens: Sequence[Regimen], n_doses: int | None = None) -> Regimen:
 
     padded = [pad(r, width) for r in regimens]
     names = {r.name for r in regimens}
+    records = None
+    if any(r.records is not None for r in padded):
+        parts = [_records_of(r) for r in padded]
+        fields = [jnp.stack([getattr(p, f) for p in parts]) for f in ("input", "duration", "reset", "ss", "ii")]
+        records = DoseRecords(*fields, steady_states=max(p.steady_states for p in parts))
     return Regimen(jnp.stack([r.times for r in padded]), jnp.stack([r.amounts for r in padded]), route=route,
-                   name=names.pop() if len(names) == 1 else "")
+                   name=names.pop() if len(names) == 1 else "", records=records)
 
 
 # --------------------------------------------------------------------------- NONMEM dosing rows
 
 
-def _table(frame_or_path: object) -> tuple[pd.DataFrame, str]:
-    """The table and a label for messages, read from a DataFrame or a CSV path."""
+def from_nonmem(
+    frame_or_path: pd.DataFrame | str | os.PathLike, *, doses: Sequence[DosingInput] | None = None, time_unit: str = "day"
+) -> dict[int | str, Regimen]:
+    """Regimens per patient from NONMEM dose records (a DataFrame or a CSV path), read by the
+    reader datasets use (:mod:`il2treg.events`, whose docstring gives the columns).
+
+    Column names are case-insensitive; `TIME` and `AMT` are required, `ID` defaults to 1, and
+    without `EVID` a row with AMT > 0 is a dose (NONMEM's reading). `ADDL`/`II`, `CMT`, `RATE`,
+    `SS` and `EVID` 3/4 are read as in a dataset; observation rows (EVID 0, 2) and other columns
+    (DV, DVID, covariates) are not used. A patient with rows but no dose rows gets the regimen
+    without doses.
+
+    **Arguments:**
+
+    - `frame_or_path`: the table.
+    - `doses`: the model's dosing inputs (:attr:`il2treg.Model.dosing_inputs`), so that CMT may
+      name any of them and RATE -2 is checked; without them CMT may only be 1 or empty (the
+      model's first dosing input).
+    - `time_unit`: ``"day"`` or ``"h"``; the regimen holds days.
+
+    **Returns:** ``{id: Regimen}`` in order of first appearance; a regimen whose doses say more
+    than a time and an amount carries :class:`~il2treg.records.DoseRecords`.
+
+    **Raises:** :class:`RegimenError` naming the file, the column (``.column``) and the 1-based
+    data row (``.row``, header excluded) of the first bad value, and how to fix it.
+    """
+    if isinstance(time_unit, str) and time_unit in TIME_UNITS:
+        days_per_unit = TIME_UNITS[time_unit]
+    else:
+        raise RegimenError(f"time_unit {time_unit!r} is not known. Fix: use one of {', '.join(map(repr, TIME_UNITS))}.")
     if isinstance(frame_or_path, pd.DataFrame):
-        frame, source = frame_or_path.copy(), "dosing table"
+        source = "dosing table"
     elif isinstance(frame_or_path, (str, os.PathLike)):
         source = f"dosing file {os.fspath(frame_or_path)!r}"
-        try:
-            frame = pd.read_csv(frame_or_path, na_values=["."], skipinitialspace=True)
-        except FileNotFoundError:
-            raise RegimenError(f"{source} does not exist. Fix: check the path.") from None
-        except pd.errors.EmptyDataError:
-            raise RegimenError(
-                f"{source} is empty. Fix: write a header line with at least TIME and AMT, then "
-                "one row per dose."
-            ) from None
-        except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
-            raise RegimenError(
-                f"{source} is not a readable CSV table ({type(error).__name__}: {error}). "
-                "Fix: save it as comma-separated text with a header line (ID,TIME,AMT,...)."
-            ) from None
     else:
         raise RegimenError(
             f"Expected a dosing table (pandas DataFrame) or the path of a CSV file, got "
             f"{type(frame_or_path).__name__}. Fix: pass pd.read_csv(path) or the path itself."
         )
-    frame.columns = [str(c).strip().upper() for c in frame.columns]
-    duplicated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
-    if duplicated:
-        raise RegimenError(
-            f"{source}: column {duplicated[0]} appears more than once (column names are "
-            "case-insensitive). Fix: keep one column of each name."
-        )
-    for column in ("TIME", "AMT"):
-        if column not in frame.columns:
-            raise RegimenError(
-                f"{source}: required column {column} is missing (found: {list(frame.columns)}). "
-                "Fix: add TIME (days from the first dose) and AMT (IU per dose) columns."
-            )
-    if frame.empty:
-        raise RegimenError(
-            f"{source} has no data rows. Fix: add one row per dose under the header."
-        )
-    return frame.reset_index(drop=True), source
-
-
-class _Rows:
-    """Numeric columns of a dosing table, with errors that name the column and data row."""
-
-    def __init__(self, frame: pd.DataFrame, source: str):
-        self.frame, self.source = frame, source
-
-    def fail(self, column: str, position: int, problem: str, fix: str) -> RegimenError:
-        value = self.frame[column].iloc[position]
-        if isinstance(value, np.generic):
-            value = value.item()
-        shown = "(missing)" if pd.isna(value) else repr(value)
-        return RegimenError(
-            f"{self.source}: column {column}, data row {position + 1} (header excluded), "
-            f"value {shown}: {problem}. Fix: {fix}."
-        )
-
-    def numeric(self, column: str, default: float = np.nan) -> np.ndarray:
-        """Column as float64, missing or '.' -> `default`; text not a number is an error."""
-        if column not in self.frame.columns:
-            return np.full(len(self.frame), default)
-        raw = self.frame[column]
-        if pd.api.types.is_numeric_dtype(raw.dtype):
-            values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
-            return np.where(np.isnan(values), default, values)
-        # Text (CSV columns with a stray word, or object columns): '.' and '' mean missing.
-        text = raw.astype("string").str.strip()
-        missing = (raw.isna() | text.isin(["", "."])).to_numpy(dtype=bool)
-        values = pd.to_numeric(text.mask(missing), errors="coerce").to_numpy(
-            dtype=np.float64, na_value=np.nan)
-        bad = np.isnan(values) & ~missing
-        if bad.any():
-            raise self.fail(column, int(np.argmax(bad)), "not a number",
-                            f"write {column} as a plain number ('.' or empty if missing)")
-        return np.where(missing, default, values)
-
-    def check(self, column: str, bad: np.ndarray, problem: str, fix: str) -> None:
-        if bad.any():
-            raise self.fail(column, int(np.argmax(bad)), problem, fix)
-
-
-def _patient_ids(rows: _Rows) -> list[int | str]:
-    """One key per row: ints when every ID is a whole number, else the ID text."""
-    if "ID" not in rows.frame.columns:
-        return [1] * len(rows.frame)
-    raw = rows.frame["ID"]
-    text = raw.astype("string").str.strip()
-    missing = (raw.isna() | text.isin(["", "."])).to_numpy(dtype=bool)
-    rows.check("ID", missing, "missing", "give every row a patient ID")
-    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    if np.all(np.isfinite(values) & (values == np.round(values))):
-        return [int(v) for v in values]
-    return list(text)
-
-
-def from_nonmem(frame_or_path: pd.DataFrame | str | os.PathLike) -> dict[int | str, Regimen]:
-    """Regimens per patient from NONMEM-style dosing records (a DataFrame or a CSV path).
-
-    Columns (names case-insensitive; others, e.g. DV, are ignored):
-
-    - `TIME` (required): days from the first dose (model time).
-    - `AMT` (required on dose rows): IU per dose, as administered; '.' or empty on other rows.
-    - `ID`: patient ID (default 1). Integer IDs give int keys, other IDs their text.
-    - `EVID`: 1 = dose, 0 = any other row (skipped). Without it, every row is a dose.
-    - `CMT`: ignored, because every dose enters the SC depot; on dose rows it must be 1 or empty.
-    - `ADDL`, `II`: ``ADDL`` additional doses every ``II`` days, at ``TIME + k * II`` for
-      ``k = 1..ADDL`` exactly.
-    - `RATE`, `SS`: infusions and steady-state doses are not supported; must be 0 or empty.
-
-    Dose rows must be sorted by TIME within each ID and each ID must form one block of rows.
-    A patient with rows but no dose rows gets the regimen without doses.
-
-    **Returns:** ``{id: Regimen}`` in order of first appearance.
-
-    **Raises:** :class:`RegimenError` naming the column and the 1-based data row (header
-    excluded) of the first bad value, and how to fix it.
-    """
-    frame, source = _table(frame_or_path)
-    rows = _Rows(frame, source)
-    ids = _patient_ids(rows)
-
-    time = rows.numeric("TIME")
-    rows.check("TIME", ~np.isfinite(time), "missing or not finite",
-               "give every row a finite TIME in days from the first dose")
-
-    evid = rows.numeric("EVID") if "EVID" in frame.columns else np.ones(len(frame))
-    rows.check("EVID", ~np.isin(evid, [0.0, 1.0]), "not 0 or 1",
-               "use EVID 1 for doses and 0 for other rows; resets (EVID 3, 4) and other events "
-               "(EVID 2) are not modelled, so remove those rows")
-    dose = evid == 1.0
-
-    amt = rows.numeric("AMT")
-    rows.check("AMT", dose & ~np.isfinite(amt), "missing or not finite on a dose row",
-               "give every dose row its amount in IU, or set EVID 0 if the row is not a dose")
-    rows.check("AMT", dose & (amt < 0), "negative", "amounts are IU per dose and must be >= 0")
-
-    cmt = rows.numeric("CMT")
-    rows.check("CMT", dose & ~np.isnan(cmt) & (cmt != 1.0), "not 1 on a dose row",
-               "every dose enters the SC depot and CMT is otherwise ignored; set CMT to 1 on dose "
-               "rows or drop the column")
-    for column, meaning in (("RATE", "infusions"), ("SS", "steady-state doses")):
-        rows.check(column, dose & (rows.numeric(column, default=0.0) != 0.0),
-                   f"not 0 ({meaning} are not supported)",
-                   f"give each dose as a bolus row with {column} 0 or empty")
-
-    addl = rows.numeric("ADDL", default=0.0)
-    rows.check("ADDL", dose & ((addl < 0) | (addl != np.round(addl))),
-               "not a whole number >= 0", "ADDL counts additional doses: 0, 1, 2, ...")
-    ii = rows.numeric("II", default=0.0)
-    rows.check("II", dose & (ii < 0), "negative", "II is the dosing interval in days, >= 0")
-    if "II" in frame.columns:
-        rows.check("II", dose & (addl > 0) & (ii <= 0), "not > 0 although ADDL > 0",
-                   "give the interval between the additional doses in days, or set ADDL 0")
-    else:
-        rows.check("ADDL", dose & (addl > 0), "> 0 but there is no II column",
-                   "add an II column with the interval between additional doses in days")
-
-    seen: dict[int | str, list[int]] = {}
-    for position, patient in enumerate(ids):
-        positions = seen.setdefault(patient, [])
-        if positions and positions[-1] != position - 1:
-            raise rows.fail("ID", position,
-                            f"ID reappears after rows of other IDs (its first block ends at "
-                            f"data row {positions[-1] + 1})",
-                            "sort the rows by ID, then TIME, so each ID is one block")
-        positions.append(position)
-
+    try:
+        if isinstance(frame_or_path, pd.DataFrame):
+            header, rows = frame_cells(frame_or_path)
+        else:
+            header, rows = csv_cells(Path(frame_or_path), source, "ID,TIME,EVID,AMT")
+        cells = _dose_columns([name.upper() for name in header], rows)
+        table = dose_rows(derive_evid(cells), tuple(doses) if doses else None, days_per_unit)
+        rows_of = subject_rows(table)
+    except DataError as error:
+        raise RegimenError(f"{source}: {error}", column=error.column, row=error.row) from None
     regimens: dict[int | str, Regimen] = {}
-    for patient, positions in seen.items():
-        doses = [p for p in positions if dose[p]]
-        late = [b for a, b in itertools.pairwise(doses) if time[b] < time[a]]
-        if late:
-            raise rows.fail("TIME", late[0], f"earlier than the dose row before it (ID {patient})",
-                            "sort the dose rows by TIME within each ID")
-        # Dose k of a row is at TIME + II * k, the formula to_nonmem relies on to be exact.
-        times = np.concatenate([np.zeros(0)] + [time[p] + ii[p] * np.arange(int(addl[p]) + 1)
-                                                for p in doses])
-        amounts = np.concatenate([np.zeros(0)] + [np.full(int(addl[p]) + 1, amt[p]) for p in doses])
-        order = np.argsort(times, kind="stable")
-        regimens[patient] = Regimen(times[order], amounts[order])
+    for patient, positions in rows_of.items():
+        events = expand_doses(table, positions, days_per_unit)
+        times = np.array([e.time for e in events], dtype=np.float64)
+        amounts = np.array([e.amount for e in events], dtype=np.float64)
+        plain = all(not (e.input or e.duration or e.reset or e.ss) for e in events)
+        records = None
+        if not plain:
+            columns = [np.array([getattr(e, f) for e in events]) for f in ("input", "duration", "reset", "ss", "ii")]
+            records = DoseRecords(*columns, steady_states=sum(e.ss > 0 for e in events))
+        regimens[patient] = Regimen(times, amounts, records=records)
     return regimens
 
 
-def read_regimen_csv(path: str | os.PathLike) -> Regimen:
-    """The regimen of the single patient in a NONMEM-style dosing CSV (see :func:`from_nonmem`).
+def _dose_columns(header: list[str], rows: list[list[object]]) -> dict[str, list[object]]:
+    """The cells of a dosing table by column, its shape checked (the ID column added where absent)."""
+    if not header or not rows:
+        raise DataError("the table has no data rows. Fix: add one row per dose under the header.")
+    for name in header:
+        if header.count(name) > 1:
+            raise DataError(f"column {name} appears more than once (column names are case-insensitive). Fix: keep one column of each name.", column=name)
+    for name in ("TIME", "AMT"):
+        if name not in header:
+            raise DataError(
+                f"required column {name} is missing (found: {', '.join(header)}). Fix: add TIME (days from the first dose) and AMT "
+                "(the dose, IU for the IL-2 model) columns.",
+                column=name,
+            )
+    for r, row in enumerate(rows, start=1):
+        if len(row) != len(header):
+            raise DataError(f"row {r} has {len(row)} fields but the header has {len(header)}. Fix: give every row {len(header)} fields.", row=r)
+    cells = {name: [row[k] for row in rows] for k, name in enumerate(header)}
+    cells.setdefault("ID", [1] * len(rows))
+    return cells
+
+
+def read_regimen_csv(path: str | os.PathLike, *, doses: Sequence[DosingInput] | None = None, time_unit: str = "day") -> Regimen:
+    """The regimen of the single patient in a NONMEM dosing CSV (see :func:`from_nonmem`).
 
     **Raises:** :class:`RegimenError` if the file holds more than one ID.
     """
-    regimens = from_nonmem(path)
+    regimens = from_nonmem(path, doses=doses, time_unit=time_unit)
     if len(regimens) != 1:
         raise RegimenError(
             f"dosing file {os.fspath(path)!r} holds {len(regimens)} IDs "
@@ -678,47 +649,79 @@ def read_regimen_csv(path: str | os.PathLike) -> Regimen:
     return next(iter(regimens.values()))
 
 
-def _runs(times: np.ndarray, amounts: np.ndarray, compress: bool
-          ) -> Iterator[tuple[float, float, int, float]]:
-    """(time, amount, addl, ii) rows; with `compress`, equal-amount equal-interval runs merge.
+def _runs(times: np.ndarray, amounts: np.ndarray, compress: bool, records: DoseRecords | None = None) -> Iterator[tuple[int, int, float]]:
+    """``(index, addl, ii)`` rows; with `compress`, runs of equal doses at an equal interval merge.
 
     A run is merged only if ``time + ii * k`` reproduces every dose time exactly, so
-    :func:`from_nonmem` gives back the same float64 times.
+    :func:`from_nonmem` gives back the same float64 times; with records, only plain doses of the
+    first one's input and infusion join it (a steady-state dose's interval must be the run's), and
+    none at or after a later reset or steady state (SS 1), which would cancel them on reading,
+    and none after a reset row.
     """
+    n = len(times)
+    if records is None:
+        key = np.zeros((n, 2))
+        plain, clears = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+        ss, ii = np.zeros(n, dtype=int), np.zeros(n)
+        starts = plain
+    else:
+        key = np.stack([np.asarray(records.input, dtype=float), np.asarray(records.duration)], axis=1)
+        ss, ii, reset = np.asarray(records.ss), np.asarray(records.ii), np.asarray(records.reset)
+        plain, clears = (ss == 0) & ~reset, reset | (ss == 1)
+        starts = ~reset  # a reset row's additional doses: EVID 3 has none
     i = 0
-    while i < len(times):
+    while i < n:
         addl, step = 0, 0.0
-        if compress and i + 1 < len(times) and times[i + 1] > times[i]:
+        if compress and starts[i] and i + 1 < n and times[i + 1] > times[i]:
             step = times[i + 1] - times[i]
+            later = times[i + 1 :][clears[i + 1 :]]
+            limit = later.min() if later.size else np.inf
             j = i + 1
-            while (j < len(times) and amounts[j] == amounts[i]
-                   and times[j] == times[i] + step * np.float64(j - i)):
+            while (j < n and amounts[j] == amounts[i] and plain[j] and np.array_equal(key[j], key[i]) and times[j] < limit
+                   and times[j] == times[i] + step * np.float64(j - i) and (ss[i] == 0 or step == ii[i])):  # fmt: skip
                 j += 1
             addl = j - i - 1
-        yield times[i], amounts[i], addl, step if addl else 0.0
+        yield i, addl, step if addl else 0.0
         i += addl + 1
 
 
-def to_nonmem(regimen_or_dict: Regimen | Mapping[int | str, Regimen], compress: bool = True
-              ) -> pd.DataFrame:
-    """NONMEM-style dosing rows (columns :data:`NONMEM_COLUMNS`) for one regimen or a dict of them.
+def to_nonmem(
+    regimen_or_dict: Regimen | Mapping[int | str, Regimen], compress: bool = True, *, doses: Sequence[DosingInput] | None = None
+) -> pd.DataFrame:
+    """NONMEM dose rows for one regimen or a dict of them: columns ID, TIME, EVID, AMT, CMT, ADDL,
+    II, and RATE and SS where a regimen has records (:data:`NONMEM_COLUMNS`).
 
-    A single regimen gets ID 1. Each dose is a row with EVID 1 and CMT 1 (the SC depot); with
-    `compress`, consecutive doses of equal amount at an equal interval become one row with
-    ADDL/II. A regimen without doses is written as one EVID 0 row at TIME 0 so its ID is kept.
-    ``from_nonmem(to_nonmem(r))`` gives back r's times and amounts exactly (the name is not
-    stored).
+    A single regimen gets ID 1. Each dose is a row with EVID 1 (3 for a reset without a dose, 4
+    for one with) and CMT 1 (with records and `doses`, the CMT of the model's dosing input the
+    dose enters; without `doses`, every dose must enter the first input); with `compress`,
+    consecutive plain doses of equal amount at an equal interval become one row with ADDL/II.
+    An infusion's RATE is AMT / duration per day. A regimen without doses is written as one EVID
+    0 row at TIME 0 so its ID is kept. ``from_nonmem(to_nonmem(r))`` gives back r's times and
+    amounts exactly and its records (the name is not stored; an infusion's duration to rounding).
     """
     items = ({1: regimen_or_dict} if isinstance(regimen_or_dict, Regimen)
              else dict(regimen_or_dict))
-    records = []
+    cmts = [d.cmt for d in doses] if doses else [1]
+    detailed = any(r.records is not None for r in items.values())
+    rows = []
     for patient, regimen in items.items():
         _require_unbatched(regimen, "to_nonmem")
         times, amounts = np.asarray(regimen.times), np.asarray(regimen.amounts)
+        records = _records_of(regimen)
+        if int(np.max(records.input, initial=0)) >= len(cmts):
+            raise RegimenError(
+                f"regimen of ID {patient} doses into input {int(np.max(records.input))}, but {'no model is given' if not doses else f'the model has {len(cmts)} dosing inputs'}. "
+                "Fix: pass to_nonmem(..., doses=model.dosing_inputs)."
+            )
         if len(times) == 0:
-            records.append((patient, 0.0, 0, 0.0, 1, 0, 0.0))
-        for t, amount, addl, step in _runs(times, amounts, compress):
-            records.append((patient, float(t), 1, float(amount), 1, addl, float(step)))
-    return pd.DataFrame.from_records(records, columns=list(NONMEM_COLUMNS)).astype(
-        {"TIME": "float64", "EVID": "int64", "AMT": "float64", "CMT": "int64", "ADDL": "int64",
-         "II": "float64"})
+            rows.append((patient, 0.0, 0, 0.0, cmts[0], 0, 0.0, 0.0, 0))
+        for k, addl, step in _runs(times, amounts, compress, regimen.records):
+            duration, ss, reset = float(records.duration[k]), int(records.ss[k]), bool(records.reset[k])
+            dosing = amounts[k] > 0 or ss or duration > 0 or int(records.input[k]) > 0
+            evid = (4 if dosing else 3) if reset else 1
+            rate = amounts[k] / duration if duration > 0 else 0.0
+            ii = float(records.ii[k]) if ss else float(step)
+            rows.append((patient, float(times[k]), evid, float(amounts[k]), cmts[int(records.input[k])], addl, ii, rate, ss))
+    frame = pd.DataFrame.from_records(rows, columns=list(NONMEM_COLUMNS)).astype(
+        {"TIME": "float64", "EVID": "int64", "AMT": "float64", "CMT": "int64", "ADDL": "int64", "II": "float64", "RATE": "float64", "SS": "int64"})
+    return frame if detailed else frame.drop(columns=["RATE", "SS"])

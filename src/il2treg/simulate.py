@@ -39,7 +39,7 @@ from il2treg._precision import require_float64
 from il2treg.errors import InputError
 from il2treg.model import Mechanism, Model, Parameters
 from il2treg.observables import OBSERVABLE_NAMES, OBSERVABLES
-from il2treg.records import DoseRecords
+from il2treg.records import DoseRecords, pad_records
 from il2treg.regimen import Regimen, pad
 
 #: Status code of a patient whose infusion duration is not positive (the model's ``duration``
@@ -645,17 +645,18 @@ def ordered_map(fn, xs, order: Int[Array, " patients"], batch_size: int):
 
 
 @eqx.filter_jit
-def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, options, axes, slots):
-    """Solve every patient: in_axes ``axes`` for (theta, dose times, amounts, obs times).
+def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, records, options, axes, slots):
+    """Solve every patient: in_axes ``axes`` for (theta, dose times, amounts, obs times, dose
+    records or None).
 
     A batch is put in :func:`work_order` (number of doses, then the stiffest rate, elimination
     ``(CL + CLR) / V``), solved chunk by chunk, and put back in order.
     """
-    solve = lambda th, dt, da, ot: solve_one(model.mechanism, th, dt, da, ot, options, slots)
-    inputs = (theta, dose_times, dose_amounts, obs_times)
+    solve = lambda th, dt, da, ot, rc: solve_one(model.mechanism, th, dt, da, ot, options, slots, records=rc)
+    inputs = (theta, dose_times, dose_amounts, obs_times, records)
     if not any(a == 0 for a in axes):
         return solve(*inputs)
-    n = next(x.shape[0] for x, a in zip(inputs, axes) if a == 0)
+    n = next(jax.tree.leaves(x)[0].shape[0] for x, a in zip(inputs, axes) if a == 0)
     if n <= options.batch_size:
         return jax.vmap(solve, in_axes=axes)(*inputs)
     stiffness = None
@@ -715,7 +716,7 @@ def _threaded(model, inputs, options, axes, slots, n, workers):
     Slices are padded to equal length so that every thread reuses one compiled solve
     (:func:`run_on_threads`).
     """
-    parts = [(rows, tuple(x[rows] if a == 0 else x for x, a in zip(inputs, axes))) for rows, _ in interleaved_rows(n, workers)]
+    parts = [(rows, tuple(_rows(x, rows) if a == 0 else x for x, a in zip(inputs, axes))) for rows, _ in interleaved_rows(n, workers)]
     results = run_on_threads(_simulate_batch, [(model, *part, options, axes, slots) for _, part in parts])
     values = np.empty((n, *results[0][0].shape[1:]))
     status = np.empty(n, dtype=np.asarray(results[0][1]).dtype)
@@ -724,6 +725,11 @@ def _threaded(model, inputs, options, axes, slots, n, workers):
         values[rows[keep]] = np.asarray(v)[keep]
         status[rows[keep]] = np.asarray(st)[keep]
     return jnp.asarray(values), jnp.asarray(status)
+
+
+def _rows(x, rows):
+    """Rows ``rows`` of every leaf of ``x`` (an array, or dose records)."""
+    return jax.tree.map(lambda leaf: leaf[rows], x)
 
 
 def _sharded(model, inputs, options, axes, slots, n, devices):
@@ -738,13 +744,14 @@ def _sharded(model, inputs, options, axes, slots, n, devices):
     d = len(devices)
     rows = np.minimum(np.arange(-(-n // d) * d), n - 1)
     mesh = Mesh(np.asarray(devices), ("patients",))
-    padded = tuple(jax.device_put(jnp.asarray(x)[rows], NamedSharding(mesh, PartitionSpec("patients"))) if a == 0 else x for x, a in zip(inputs, axes))
+    sharding = NamedSharding(mesh, PartitionSpec("patients"))
+    padded = tuple(jax.device_put(_rows(x, rows), sharding) if a == 0 else x for x, a in zip(inputs, axes))
     values, status = _sharded_batch(model, *padded, options, axes, slots, mesh)
     return values[:n], status[:n]
 
 
 @eqx.filter_jit
-def _sharded_batch(model, theta, dose_times, dose_amounts, obs_times, options, axes, slots, mesh):
+def _sharded_batch(model, theta, dose_times, dose_amounts, obs_times, records, options, axes, slots, mesh):
     """:func:`_simulate_batch` on every device's rows (compiled once per shapes and mesh)."""
     from jax.sharding import PartitionSpec
 
@@ -752,7 +759,7 @@ def _sharded_batch(model, theta, dose_times, dose_amounts, obs_times, options, a
     specs = tuple(batched if a == 0 else PartitionSpec() for a in axes)
     solve = jax.shard_map(lambda *xs: _simulate_batch(model, *xs, options, axes, slots), mesh=mesh, in_specs=specs,
                           out_specs=(batched, batched), check_vma=False)  # fmt: skip
-    return solve(theta, dose_times, dose_amounts, obs_times)
+    return solve(theta, dose_times, dose_amounts, obs_times, records)
 
 
 def _static_slots(model: Model, theta, dose_times, obs, save_slots: int | None = None) -> int:
@@ -921,8 +928,9 @@ def _solve_each(model: Model, batches: dict, lengths: dict[str, int], slots: int
 
 
 def _batch_inputs(model: Model, regimen: Regimen, times, params: Parameters | None):
-    """(theta, dose times, dose amounts, observation times) as float64 arrays, their patient axes
-    (0 or None) and the number of patients (None for one unbatched patient)."""
+    """(theta, dose times, dose amounts, observation times, dose records or None) as float64
+    arrays, their patient axes (0 or None) and the number of patients (None for one unbatched
+    patient)."""
     require_float64()
     params = model.typical() if params is None else params
     if params.names != model.parameter_names:
@@ -935,9 +943,13 @@ def _batch_inputs(model: Model, regimen: Regimen, times, params: Parameters | No
     obs = jnp.asarray(times, dtype=jnp.float64)
     if not isinstance(times, jax.core.Tracer):
         _check_times(np.asarray(times, dtype=np.float64))
-    inputs = (theta, dose_times, dose_amounts, obs)
-    axes = tuple(0 if x.ndim == 2 else None for x in inputs)
-    sizes = {x.shape[0] for x, a in zip(inputs, axes) if a == 0}
+    records = regimen.records
+    if records is not None and int(np.max(np.asarray(records.input), initial=0)) >= len(model.mechanism.dose_states):
+        raise InputError(f"the regimen doses into input {int(np.max(np.asarray(records.input)))} but model {model.name!r} has {len(model.mechanism.dose_states)} dosing inputs. "
+                         "Fix: read the regimen with from_nonmem(..., doses=model.dosing_inputs) for this model.")  # fmt: skip
+    inputs = (theta, dose_times, dose_amounts, obs, records)
+    axes = tuple(0 if jax.tree.leaves(x) and jax.tree.leaves(x)[0].ndim == 2 else None for x in inputs)
+    sizes = {jax.tree.leaves(x)[0].shape[0] for x, a in zip(inputs, axes) if a == 0}
     if len(sizes) > 1:
         raise InputError(f"batched inputs disagree on the number of patients: {sorted(sizes)}. Fix: give every batched input the same leading size.")
     return inputs, axes, (sizes.pop() if sizes else None)
@@ -983,7 +995,8 @@ def _canonical(inputs, axes, n: int | None, slots: int, options: SolverOptions):
     the slots. None of it changes a value (:func:`simulate_regimens` pads the same way); the
     padded work costs run time (a zero-length interval per padded dose, a solve per padded
     patient)."""
-    theta, dose_times, dose_amounts, obs = (np.asarray(x, dtype=np.float64) for x in inputs)
+    theta, dose_times, dose_amounts, obs = (np.asarray(x, dtype=np.float64) for x in inputs[:4])
+    records = inputs[4]
     rows = 1 if n is None else n
     theta = np.broadcast_to(theta, (rows, theta.shape[-1]))
     dose_times = np.broadcast_to(dose_times, (rows, dose_times.shape[-1]))
@@ -997,10 +1010,13 @@ def _canonical(inputs, axes, n: int | None, slots: int, options: SolverOptions):
     obs = np.concatenate([obs, np.repeat(obs[..., -1:], width - obs.shape[-1], axis=-1)], axis=-1)
     size = patient_bucket(rows, options.batch_size)
     pick = np.minimum(np.arange(size), rows - 1)
+    if records is not None:
+        records = pad_records(jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (rows, x.shape[-1])), records), extra)
+        records = jax.tree.map(lambda x: jnp.asarray(x[pick]), records)
     batched = (theta[pick], dose_times[pick], dose_amounts[pick], obs[pick] if axes[3] == 0 else obs)
     if options.save_slots is None:
         slots = min(ladder(slots, SMALLEST_SLOTS), width)
-    return tuple(jnp.asarray(x) for x in batched), (0, 0, 0, axes[3]), size, slots
+    return (*(jnp.asarray(x) for x in batched), records), (0, 0, 0, axes[3], None if records is None else 0), size, slots
 
 
 def _solve_batch(model: Model, inputs, axes, n: int | None, slots: int, options: SolverOptions) -> Simulation:
@@ -1009,7 +1025,7 @@ def _solve_batch(model: Model, inputs, axes, n: int | None, slots: int, options:
     ones (under ``jit`` or ``grad``, whose shapes the caller's program fixes) in one call."""
     obs = inputs[3]
     batch = n if n is not None else 1
-    concrete = not any(isinstance(x, jax.core.Tracer) for x in inputs)
+    concrete = not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(inputs))
     if concrete:
         solved, solved_axes, size, slots = _canonical(inputs, axes, n, slots, options)
         workers = min(options.workers or default_workers(), batch // options.batch_size)

@@ -102,8 +102,9 @@ from pathlib import Path
 import equinox as eqx
 import numpy as np
 
-from il2treg.data import TIME_UNITS, Dataset, DosingInput, read_dataset
+from il2treg.data import TIME_UNITS, Dataset, read_dataset
 from il2treg.errors import DataError, SpecError
+from il2treg.events import DosingInput
 from il2treg.fit.bayes import NutsSettings
 from il2treg.fit.estimate import COVARIANCE_MATRICES
 from il2treg.fit.omega import block_pairs
@@ -359,7 +360,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
         raise SpecError(f'{where}: `drop` must be a list of the data\'s column names, e.g. drop = ["FA1"], got {drop!r}.')
     if (time_unit != "day" or drop) and doc["data"].startswith(PACKAGED_PREFIX):
         raise SpecError(f"{where}: time_unit and drop apply to a data file; the packaged dataset {doc['data']!r} is in days with its own columns. Fix: remove them.")
-    dataset = _data(doc["data"], path, names, aliases, time_unit, tuple(drop), dosing_inputs(base))
+    dataset = _data(doc["data"], path, names, aliases, time_unit, tuple(drop), base.dosing_inputs)
 
     ignore = doc.get("ignore_dvids", [])
     if not isinstance(ignore, list) or not all(isinstance(d, str) for d in ignore):
@@ -425,13 +426,6 @@ def _model(source: str, path: Path) -> Model:
         return load_model(target)
     except SpecError as err:
         raise SpecError(f"{where}: {err}") from None
-
-
-def dosing_inputs(model: Model) -> tuple[DosingInput, ...]:
-    """The model's dosing inputs as a dataset's CMT and RATE see them: the 1-based state number
-    (NONMEM's CMT) each doses into, and whether it declares an infusion duration."""
-    mechanism = model.mechanism
-    return tuple(DosingInput(int(s) + 1, bool(i)) for s, i in zip(mechanism.dose_states, mechanism.dose_infused, strict=True))
 
 
 def load_packaged_dataset(name: str, observables: tuple[str, ...] = OBSERVABLE_NAMES) -> Dataset:

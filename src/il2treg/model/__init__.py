@@ -18,6 +18,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from il2treg.errors import SpecError
+from il2treg.events import DosingInput
 from il2treg.model.mechanism import Equations, Mechanism
 from il2treg.spec import ModelSpec, read_toml, resolve_model_path
 
@@ -96,6 +97,14 @@ class Model(eqx.Module):
     def observable_names(self) -> tuple[str, ...]:
         """The observables the model predicts: the DVIDs its data may use."""
         return tuple(self.mechanism.observable_names)
+
+    @property
+    def dosing_inputs(self) -> tuple[DosingInput, ...]:
+        """The model's dosing inputs as a NONMEM table's CMT and RATE see them, in the order of its
+        ``[doses.<name>]`` tables: the 1-based state number (CMT) each doses into, and whether it
+        declares an infusion duration (so that ``RATE = -2`` may ask for it)."""
+        mechanism = self.mechanism
+        return tuple(DosingInput(int(s) + 1, bool(i)) for s, i in zip(mechanism.dose_states, mechanism.dose_infused, strict=True))
 
     def typical(self) -> Parameters:
         """The typical patient: every parameter at its declared value."""
