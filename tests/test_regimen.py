@@ -534,3 +534,20 @@ def test_combining_regimens_keeps_their_records(tmp_path):
     assert rg.cycles(r, 7.0, 2).records.ss.tolist() == r.records.ss.tolist() * 2
     with pytest.raises(RegimenError, match="records"):
         Regimen([0.0, 1.0], [1.0, 1.0], records=DoseRecords.plain(3))
+
+
+def test_a_steady_state_infusion_as_long_as_its_interval_round_trips():
+    """RATE = AMT / duration read back as AMT / RATE may round above II: not a longer infusion."""
+    for amount, duration in ((3.0, 0.7), (7.0, 0.1), (1.5e6, 1 / 3)):
+        r = Regimen([0.0], [amount], records=DoseRecords([0], [duration], [False], [1], [duration], steady_states=1))
+        back = rg.from_nonmem(rg.to_nonmem(r))[1]
+        np.testing.assert_allclose(back.records.duration, [duration], rtol=1e-15)
+
+
+def test_records_a_solver_cannot_use_and_negative_times_in_nonmem_rows_are_refused():
+    with pytest.raises(RegimenError, match="records.duration"):
+        Regimen([0.0], [3.0], records=DoseRecords([0], [0.8], [False], [1], [0.7], steady_states=1))
+    with pytest.raises(RegimenError, match="records.input"):
+        Regimen([0.0], [3.0], records=DoseRecords([-1], [0.0], [False], [0], [0.0]))
+    with pytest.raises(RegimenError, match=r"shift\(1\)"):
+        rg.to_nonmem(rg.daily(1.0, 3).shift(-1.0))

@@ -91,6 +91,11 @@ def test_bad_requests_are_clear_errors(model, lupil2):
     batched = il2treg.regimen.stack([lupil2, lupil2])
     with pytest.raises(InputError, match="one regimen"):
         export_sbml(model, regimen=batched)
+    from il2treg.records import DoseRecords
+
+    infused = il2treg.Regimen([0.0], [1.5e6], records=DoseRecords([0], [0.5], [False], [0], [0.0]))
+    with pytest.raises(InputError, match="NONMEM records"):
+        export_sbml(model, regimen=infused)
 
 
 def copasi_run(text: str, times=TIMES, rtol: float = 1e-10, atol: float = 1e-13) -> np.ndarray:

@@ -313,7 +313,7 @@ def _dose_details(
                 column="II",
                 row=r,
             )
-        if ss[k] > 0 and duration[k] > ii[k] * days_per_unit:
+        if ss[k] > 0 and duration[k] > ii[k] * days_per_unit * (1 + 1e-12):  # AMT / RATE of an infusion lasting II rounds either way
             raise DataError(
                 f"dose row {r} is a steady-state infusion lasting {number_text(amount[k] / rate[k])} (AMT / RATE), longer than its II "
                 f"{number_text(ii[k])}. Fix: check RATE and II; overlapping steady-state infusions are not supported.",

@@ -82,8 +82,7 @@ def pad_records(records: DoseRecords, extra: int) -> DoseRecords:
         return records
 
     def grow(x):
-        x = np.asarray(x)
-        return np.concatenate([x, np.zeros((*x.shape[:-1], extra), dtype=x.dtype)], axis=-1)
+        return jnp.concatenate([x, jnp.zeros((*x.shape[:-1], extra), dtype=x.dtype)], axis=-1)
 
     return DoseRecords(
         grow(records.input), grow(records.duration), grow(records.reset), grow(records.ss), grow(records.ii),

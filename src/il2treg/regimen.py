@@ -134,7 +134,11 @@ class Regimen(eqx.Module):
                           "give an infusion's duration in days, or 0 for the input's own way")
             _reject_first(ss, ~np.isin(ss, [0, 1, 2]), "records.ss", "is not 0, 1 or 2", "SS is 0 (none), 1 or 2")
             _reject_first(ii, (ss > 0) & ~(ii > 0), "records.ii", "is not > 0 on a steady-state dose",
-                          "give the steady state's dosing interval in days")  # fmt: skip
+                          "give the steady state's dosing interval in days")
+            _reject_first(duration, (ss > 0) & (duration > ii * (1 + 1e-12)), "records.duration", "is longer than the steady state's interval ii",
+                          "overlapping steady-state infusions are not supported: shorten the infusion or lengthen ii")
+            inputs = np.asarray(self.records.input)
+            _reject_first(inputs, inputs < 0, "records.input", "is negative", "give the index of one of the model's dosing inputs, 0 for the first")  # fmt: skip
 
     @property
     def n_doses(self) -> int:
@@ -707,6 +711,11 @@ def to_nonmem(
     for patient, regimen in items.items():
         _require_unbatched(regimen, "to_nonmem")
         times, amounts = np.asarray(regimen.times), np.asarray(regimen.amounts)
+        if times.size and times[0] < 0:
+            raise RegimenError(
+                f"regimen of ID {patient} has a dose at day {_short(times[0])}, but a NONMEM table's TIME counts from the first dose (>= 0). "
+                f"Fix: shift the regimen to start at 0 (regimen.shift({_short(-times[0])})) before writing it."
+            )
         records = _records_of(regimen)
         if int(np.max(records.input, initial=0)) >= len(cmts):
             raise RegimenError(

@@ -79,6 +79,9 @@ def export_sbml(model: Model, params: Parameters | None = None, regimen: Regimen
         raise InputError(f"export_sbml writes one patient; params have shape {values.shape}. Fix: pass Parameters(values[i], names).")
     if tuple(params.names) != tuple(model.parameter_names):
         raise InputError("params do not belong to this model. Fix: build them with model.parameters() or sample_population.")
+    if regimen is not None and regimen.records is not None:
+        raise InputError("export_sbml writes bolus doses into the model's first dosing input, but the regimen carries NONMEM records (CMT, RATE, SS or resets), "
+                         "which SBML events here do not express. Fix: export a regimen of plain doses (Regimen(times, amounts)).")  # fmt: skip
     times = np.asarray(regimen.times if regimen is not None else np.zeros(0), dtype=np.float64)
     amounts = np.asarray(regimen.amounts if regimen is not None else np.zeros(0), dtype=np.float64)
     if times.ndim != 1:

@@ -944,7 +944,7 @@ def _batch_inputs(model: Model, regimen: Regimen, times, params: Parameters | No
     if not isinstance(times, jax.core.Tracer):
         _check_times(np.asarray(times, dtype=np.float64))
     records = regimen.records
-    if records is not None and int(np.max(np.asarray(records.input), initial=0)) >= len(model.mechanism.dose_states):
+    if records is not None and not isinstance(records.input, jax.core.Tracer) and int(np.max(np.asarray(records.input), initial=0)) >= len(model.mechanism.dose_states):
         raise InputError(f"the regimen doses into input {int(np.max(np.asarray(records.input)))} but model {model.name!r} has {len(model.mechanism.dose_states)} dosing inputs. "
                          "Fix: read the regimen with from_nonmem(..., doses=model.dosing_inputs) for this model.")  # fmt: skip
     inputs = (theta, dose_times, dose_amounts, obs, records)

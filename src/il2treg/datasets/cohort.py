@@ -197,6 +197,7 @@ def simulate_cohort(
     n = _whole(n, "n", 2, "at least one patient per arm")
     seed = _whole(seed, "seed", 0, "a non-negative integer")
     design = _design(design)
+    doses = _dose_schedules(design)  # before any computing: it refuses a regimen with records
     model = _model(model, design, overrides)
     options = SolverOptions() if options is None else options
     rng_arm, rng_pop, rng_entry, rng_site, rng_cov, rng_drop, rng_noise = (
@@ -215,7 +216,6 @@ def simulate_cohort(
     dropped, first_missed = draw_dropout(design, (n,), rng_drop)
     dropout_day = np.where(dropped, design.visit_days[first_missed], np.inf)
 
-    doses = _dose_schedules(design)
     times = np.unique(np.concatenate([BIOMARKER_DAYS, IL2_SAMPLE_DAYS, design.visit_days]))
     sim = simulate(model, stack([doses[ARMS[k]] for k in arm]), times, params, options=options)
     failed = np.flatnonzero(np.asarray(sim.status) != 0)
@@ -401,6 +401,9 @@ def _dose_schedules(design: TrialDesign) -> dict[str, Regimen]:
     out = {}
     for arm in ARMS:
         regimen = design.regimens[arm]
+        if regimen.records is not None:
+            raise InputError(f"the {arm} arm's regimen carries NONMEM records (CMT, RATE, SS or resets), which the cohort's table of plain dose rows "
+                             "would not describe. Fix: give the arm a regimen of plain doses (Regimen(times, amounts)).")  # fmt: skip
         if regimen.n_doses == 0:
             regimen = Regimen(active.times, np.zeros(active.n_doses), name=regimen.name)
         out[arm] = regimen
