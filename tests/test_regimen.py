@@ -545,9 +545,9 @@ def test_a_steady_state_infusion_as_long_as_its_interval_round_trips():
 
 
 def test_records_a_solver_cannot_use_and_negative_times_in_nonmem_rows_are_refused():
-    with pytest.raises(RegimenError, match="records.duration"):
+    with pytest.raises(RegimenError, match=r"records\.duration"):
         Regimen([0.0], [3.0], records=DoseRecords([0], [0.8], [False], [1], [0.7], steady_states=1))
-    with pytest.raises(RegimenError, match="records.input"):
+    with pytest.raises(RegimenError, match=r"records\.input"):
         Regimen([0.0], [3.0], records=DoseRecords([-1], [0.0], [False], [0], [0.0]))
     with pytest.raises(RegimenError, match=r"shift\(1\)"):
         rg.to_nonmem(rg.daily(1.0, 3).shift(-1.0))
