@@ -102,11 +102,12 @@ def pytest_runtest_setup(item):
 # workers in collection order, a file at a time; its default order (most tests first) started
 # test_notebooks and test_fit_bayes (few tests, minutes each) late, and the run ended with one
 # worker busy. The files in the order of their summed test time in `make test-all` (the run
-# prints it, "test time by file"; measured on a fresh clone of 190da67), the rest after them as
+# prints it, "test time by file"; measured on a fresh clone of cdde2c6), the rest after them as
 # collected.
-_HEAVY_FIRST = ("test_simulate", "test_fit_bayes", "test_design", "test_fit_population", "test_notebooks", "test_fit_result",
-                "test_diagnostics", "test_fit_saem", "test_fit_profile", "test_cache", "test_cli", "test_trial", "test_sbml",
-                "test_fit_estimate", "test_fit_individual", "test_likelihood", "test_fit_priors", "test_plots")  # fmt: skip
+_HEAVY_FIRST = ("test_simulate", "test_fit_population", "test_notebooks", "test_design", "test_model_pk", "test_fit_bayes", "test_fit_omega",
+                "test_fit_result", "test_cli", "test_sbml", "test_diagnostics", "test_model_format", "test_trial", "test_fit_saem",
+                "test_fit_profile", "test_cache", "test_nonmem", "test_likelihood", "test_fit_estimate", "test_sledai",
+                "test_fit_individual", "test_fit_priors", "test_regimen", "test_benchmarks", "test_plots")  # fmt: skip
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -261,12 +261,12 @@ def test_foce_without_interaction_is_nonmems_objective_and_its_gradient_is_exact
         assert abs(grad[k] - fd) <= 1e-5 * abs(fd) + 2e-4, (name, grad[k], fd)
 
 
-def _pheno_objective(spec):
-    """The FOCE-I objective of ``spec`` at its initial estimates: OFV, gradient and EBEs."""
-    from il2treg.fit.assemble import initial_psi, make_objective
+def _pheno_objective(spec, problem, patients):
+    """The FOCE-I objective of ``spec`` (its ``problem`` and ``patients``) at its initial
+    estimates: OFV, gradient and EBEs."""
+    from il2treg.fit.assemble import initial_psi
 
-    problem = spec.problem()
-    objective = make_objective(spec, problem)
+    objective = Objective(problem, patients, spec.residual_model())
     psi = initial_psi(spec, problem, spec.residual_model())
     n = spec.dataset.n_subjects
     inner = objective.inner(psi, jnp.zeros((n, problem.n_eta)))
@@ -331,8 +331,30 @@ def test_steady_state_infusions_in_hours_fit_as_their_doses_written_out_in_days(
                                    .replace('time_unit = "h"', 'time_unit = "day"').replace('drop = ["FA1", "FA2"]', "drop = []"))  # fmt: skip
     b = read_fit_spec(days / "fit.toml")
     assert b.dataset.records().steady_states == 0 and int((b.dataset.dose_row > 0).sum()) > 8 * 200
-    ofv_a, grad_a, eta_a = _pheno_objective(a)
-    ofv_b, grad_b, eta_b = _pheno_objective(b)
+    # One compiled objective for both: the fit problems are one but for their save slots, and the
+    # patients' arrays are given one shape (a's doses padded with plain zero doses to b's count,
+    # b's records given a's one steady-state slot, unused).
+    import dataclasses
+
+    from il2treg.fit.problem import problem_patients
+    from il2treg.records import DoseRecords, pad_records
+
+    problem_a, problem_b = a.problem(), b.problem()
+    problem = dataclasses.replace(problem_a, slots=max(problem_a.slots, problem_b.slots))
+    for field in ("fixed", "random", "sigmas", "residual_kinds", "bound", "covariates", "curvature", "interaction"):
+        assert getattr(problem_a, field) == getattr(problem_b, field), field
+    pa, pb = problem_patients(problem, a.dataset), problem_patients(problem, b.dataset)
+    extra = pb.dose_time.shape[1] - pa.dose_time.shape[1]
+    assert extra > 0 and pa.obs_time.shape == pb.obs_time.shape
+    pa = eqx.tree_at(lambda p: (p.dose_time, p.dose_amount, p.records), pa, (
+        jnp.concatenate([pa.dose_time, jnp.repeat(pa.dose_time[:, -1:], extra, axis=1)], axis=1),
+        jnp.concatenate([pa.dose_amount, jnp.zeros((pa.dose_amount.shape[0], extra))], axis=1),
+        pad_records(pa.records, extra),
+    ))  # fmt: skip
+    r = pb.records
+    pb = eqx.tree_at(lambda p: p.records, pb, DoseRecords(r.input, r.duration, r.reset, r.ss, r.ii, steady_states=1))
+    ofv_a, grad_a, eta_a = _pheno_objective(a, problem, pa)
+    ofv_b, grad_b, eta_b = _pheno_objective(b, problem, pb)
     assert abs(ofv_a - ofv_b) < 1e-6
     np.testing.assert_allclose(grad_a, grad_b, rtol=1e-6, atol=1e-6 * np.max(np.abs(grad_b)))
     np.testing.assert_allclose(eta_a, eta_b, rtol=0, atol=1e-7)
