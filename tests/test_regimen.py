@@ -551,3 +551,16 @@ def test_records_a_solver_cannot_use_and_negative_times_in_nonmem_rows_are_refus
         Regimen([0.0], [3.0], records=DoseRecords([-1], [0.0], [False], [0], [0.0]))
     with pytest.raises(RegimenError, match=r"shift\(1\)"):
         rg.to_nonmem(rg.daily(1.0, 3).shift(-1.0))
+
+
+def test_a_subjects_doses_in_a_dataset_are_the_regimen_of_its_rows(tmp_path):
+    path = tmp_path / "records.dta"
+    path.write_text(RECORD_TABLE)
+    expected = rg.from_nonmem(path, doses=INPUTS, time_unit="h")[1]
+    r = read_dataset(path, observables=("conc",), doses=INPUTS, time_unit="h").regimen(1)
+    np.testing.assert_array_equal(r.times, expected.times)
+    for field in ("input", "duration", "reset", "ss", "ii"):
+        np.testing.assert_array_equal(getattr(r.records, field), getattr(expected.records, field), err_msg=field)
+    assert repr(r).splitlines()[1:] == repr(expected).splitlines()[1:] and repr(r).startswith("Regimen 'ID 1'")
+    plain = read_dataset(path, observables=("conc",), doses=INPUTS, time_unit="h").regimen(2)
+    assert plain.n_doses == 0 and plain.records is None

@@ -112,6 +112,7 @@ from il2treg.events import (
 )  # fmt: skip
 from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.records import DoseRecords
+from il2treg.regimen import Regimen
 
 __all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "Dataset", "DosingInput", "check_file", "read_dataset"]
 
@@ -356,10 +357,33 @@ class Dataset(eqx.Module):
         Raises:
             DataError: ``subject`` is not an ID of the data (the message lists a few).
         """
+        self._require_subject(subject)
+        return self.subset([subject]).to_frame()
+
+    def regimen(self, subject: SubjectId) -> Regimen:
+        """One subject's doses as a :class:`~il2treg.regimen.Regimen` (days; with its dose records
+        where a dose has more than a time and an amount): print it for the subject's dose table,
+        additional doses folded back into ADDL/II, or simulate it
+        (``il2treg.simulate(model, data.regimen(id), times)``).
+
+        Raises:
+            DataError: ``subject`` is not an ID of the data (the message lists a few).
+        """
+        s = self._require_subject(subject)
+        real = self.dose_row[s] > 0
+        records = None
+        if np.any(self.dose_input[s][real]) or np.any(self.dose_duration[s][real]) or np.any(self.dose_reset[s][real]) or np.any(self.dose_ss[s][real]):
+            pick = lambda x: x[s][real]
+            records = DoseRecords(pick(self.dose_input), pick(self.dose_duration), pick(self.dose_reset), pick(self.dose_ss), pick(self.dose_ii),
+                                  steady_states=int(np.sum(pick(self.dose_ss) > 0)))  # fmt: skip
+        return Regimen(self.dose_time[s][real], self.dose_amount[s][real], name=f"ID {id_text(subject)}", records=records)
+
+    def _require_subject(self, subject: SubjectId) -> int:
+        """The index of ``subject``, or a :class:`DataError` listing a few of the data's IDs."""
         if subject not in self.ids:
             shown = ", ".join(id_text(s) for s in self.ids[:5]) + (", ..." if len(self.ids) > 5 else "")
             raise DataError(f"no subject with ID {id_text(subject)} in the data (IDs: {shown}). Fix: use one of the data's IDs.", column="ID")
-        return self.subset([subject]).to_frame()
+        return self.ids.index(subject)
 
     def summary(self) -> str:
         """One screen of text: subjects, arms, sites, observations per DVID, doses, exclusions."""
