@@ -4,6 +4,7 @@ overlapping doses."""
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -342,10 +343,10 @@ def test_dose_records_match_the_closed_form(name, tmp_path):
     np.testing.assert_allclose(np.asarray(got).ravel(), expected, rtol=1e-7, atol=1e-12 * expected.max())
 
 
-@pytest.mark.parametrize("name", ["ss-infusion", pytest.param("cmt-2-ss-beside-oral", marks=pytest.mark.slow)])
-def test_simulate_takes_a_regimen_of_dose_records_read_by_the_dataset_reader(name, tmp_path):
-    """The same records read as a regimen (``from_nonmem``, the dataset's reader) and simulated
-    through :func:`il2treg.simulate`'s batched path, beside a patient of plain doses."""
+def _simulated_records(name: str, tmp_path, traced: bool = False):
+    """Scenario ``name`` read as a regimen (``read_regimen_csv``, the dataset's reader) and
+    simulated by :func:`il2treg.simulate` beside a patient of plain doses (``traced``: under
+    ``jit``, where simulate solves the records as given, unpadded); the values and the closed form."""
     model_name, rows, overrides = RECORD_SCENARIOS[name]
     model = il2treg.load_model(model_name)
     path = tmp_path / "records.dta"
@@ -355,18 +356,26 @@ def test_simulate_takes_a_regimen_of_dose_records_read_by_the_dataset_reader(nam
     values = np.asarray(model.typical().values).copy()
     for key, declared in overrides.items():
         values[model.parameter_names.index(key)] = model.spec[key].to_internal(declared)
+    params = il2treg.Parameters(values, model.parameter_names)
     batch = rg.stack([regimen, rg.Regimen([0.0], [0.0])])
-    sim = il2treg.simulate(model, batch, REC_HOURS / 24.0, il2treg.Parameters(values, model.parameter_names), options=TIGHT)
+    run = lambda r: il2treg.simulate(model, r, REC_HOURS / 24.0, params, options=TIGHT)
+    sim = eqx.filter_jit(run)(batch) if traced else run(batch)
     assert np.asarray(sim.status).tolist() == [0, 0]
     p = dict(zip(model.parameter_names, values))
     pieces, resets = _pieces(rows, p, None)
-    expected = _expected(p, pieces, resets, REC_HOURS)
-    got = np.asarray(sim["conc"])
+    return np.asarray(sim["conc"]), _expected(p, pieces, resets, REC_HOURS)
+
+
+def test_simulate_takes_a_regimen_of_dose_records_read_by_the_dataset_reader(tmp_path):
+    """An SS 1 infusion (RATE) and its ADDL doses through simulate()'s batched, padded path."""
+    got, expected = _simulated_records("ss-infusion", tmp_path)
     np.testing.assert_allclose(got[0], expected, rtol=1e-7, atol=1e-12 * expected.max())
     np.testing.assert_array_equal(got[1], 0.0)
-    if name == "cmt-2-ss-beside-oral":  # under jit the records are traced, and simulate() solves them as given (no padding)
-        import equinox as eqx
 
-        params = il2treg.Parameters(values, model.parameter_names)
-        traced = eqx.filter_jit(lambda r: il2treg.simulate(model, r, REC_HOURS / 24.0, params, options=TIGHT).values)(batch)
-        np.testing.assert_allclose(np.asarray(traced), np.asarray(sim.values), rtol=1e-9, atol=1e-15)
+
+@pytest.mark.slow
+def test_simulate_takes_traced_dose_records_into_a_second_input(tmp_path):
+    """Under jit (records traced): an SS dose into CMT 2 beside oral doses into CMT 1."""
+    got, expected = _simulated_records("cmt-2-ss-beside-oral", tmp_path, traced=True)
+    np.testing.assert_allclose(got[0], expected, rtol=1e-7, atol=1e-12 * expected.max())
+    np.testing.assert_array_equal(got[1], 0.0)
