@@ -97,6 +97,7 @@ from il2treg.events import (
     DoseRows,
     DosingInput,
     SubjectId,
+    check_shape,
     csv_cells,
     derive_evid,
     dose_rows,
@@ -111,7 +112,7 @@ from il2treg.events import (
     subject_rows,
 )  # fmt: skip
 from il2treg.observables import OBSERVABLE_NAMES
-from il2treg.records import DoseRecords
+from il2treg.records import DoseRecords, detailed_records
 from il2treg.regimen import Regimen
 
 __all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "Dataset", "DosingInput", "check_file", "read_dataset"]
@@ -122,7 +123,6 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "DVID", "DV")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("CENS", "MDV", "ADDL", "II", "CMT", "RATE", "SS")
 
 _EVENT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-MISSING_TOKENS = frozenset({"", ".", "NA", "NaN", "nan"})
 _SHOWN_EXCLUDED = 10
 
 
@@ -191,11 +191,7 @@ class Dataset(eqx.Module):
         """The doses' NONMEM details as :class:`~il2treg.records.DoseRecords` (``[subjects,
         doses]``), or None where every dose is a plain one into the first input (no CMT beyond it,
         RATE, reset or SS): the solver then takes its lighter path."""
-        plain = not (np.any(self.dose_input) or np.any(self.dose_duration) or np.any(self.dose_reset) or np.any(self.dose_ss))
-        if plain:
-            return None
-        steady = int(np.max(np.sum(self.dose_ss > 0, axis=1)))
-        return DoseRecords(self.dose_input, self.dose_duration, self.dose_reset, self.dose_ss, self.dose_ii, steady_states=steady)
+        return detailed_records(self.dose_input, self.dose_duration, self.dose_reset, self.dose_ss, self.dose_ii)
 
     @property
     def n_subjects(self) -> int:
@@ -371,11 +367,7 @@ class Dataset(eqx.Module):
         """
         s = self._require_subject(subject)
         real = self.dose_row[s] > 0
-        records = None
-        if np.any(self.dose_input[s][real]) or np.any(self.dose_duration[s][real]) or np.any(self.dose_reset[s][real]) or np.any(self.dose_ss[s][real]):
-            pick = lambda x: x[s][real]
-            records = DoseRecords(pick(self.dose_input), pick(self.dose_duration), pick(self.dose_reset), pick(self.dose_ss), pick(self.dose_ii),
-                                  steady_states=int(np.sum(pick(self.dose_ss) > 0)))  # fmt: skip
+        records = detailed_records(*(x[s][real] for x in (self.dose_input, self.dose_duration, self.dose_reset, self.dose_ss, self.dose_ii)))
         return Regimen(self.dose_time[s][real], self.dose_amount[s][real], name=f"ID {id_text(subject)}", records=records)
 
     def _require_subject(self, subject: SubjectId) -> int:
@@ -523,27 +515,7 @@ def _columns(header: list[str], rows: list[list[Cell]], where: str, drop: tuple[
             f"{header[0]!r}. Fix: separate columns with commas, or with spaces as NONMEM's files do (not semicolons), "
             f"starting with the header {','.join(REQUIRED_COLUMNS)}."
         )
-    if not rows:
-        raise DataError(f"{where} has a header but no data rows. Fix: add one row per event.")
-    for r, row in enumerate(rows, start=1):
-        if len(row) != len(header):
-            raise DataError(
-                f"row {r} has {len(row)} fields but the header has {len(header)}. Fix: give "
-                f"every row {len(header)} fields (in a CSV file, quote values containing commas).",
-                row=r,
-            )
-    for k, name in enumerate(header, start=1):
-        if not name:
-            raise DataError(
-                f"header column {k} has no name. Fix: name every column, or delete the empty "
-                "column (often a trailing comma)."
-            )
-        if name in header[: k - 1]:
-            raise DataError(
-                f"column {name!r} appears more than once in the header. Fix: keep one column "
-                "per name.",
-                column=name,
-            )
+    check_shape(header, rows, where)
     for name in drop:
         if name not in header:
             raise DataError(

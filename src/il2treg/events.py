@@ -113,6 +113,32 @@ def frame_cells(frame: pd.DataFrame) -> tuple[list[str], list[list[Cell]]]:
     return [str(name).strip() for name in frame.columns], [list(row) for row in zip(*columns)]
 
 
+def check_shape(header: list[str], rows: list[list[Cell]], where: str) -> None:
+    """Check that the table ``where`` has data rows, as many fields in each as in its header, and
+    a name for each column, each once."""
+    if not rows:
+        raise DataError(f"{where} has a header but no data rows. Fix: add one row per event.")
+    for r, row in enumerate(rows, start=1):
+        if len(row) != len(header):
+            raise DataError(
+                f"row {r} has {len(row)} fields but the header has {len(header)}. Fix: give "
+                f"every row {len(header)} fields (in a CSV file, quote values containing commas).",
+                row=r,
+            )
+    for k, name in enumerate(header, start=1):
+        if not name:
+            raise DataError(
+                f"header column {k} has no name. Fix: name every column, or delete the empty "
+                "column (often a trailing comma)."
+            )
+        if name in header[: k - 1]:
+            raise DataError(
+                f"column {name!r} appears more than once in the header. Fix: keep one column "
+                "per name.",
+                column=name,
+            )
+
+
 def is_missing(cell: Cell) -> bool:
     if cell is None or cell is pd.NA:
         return True

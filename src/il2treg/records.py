@@ -33,7 +33,10 @@ from jaxtyping import Array, Bool, Float, Int
 
 from il2treg.errors import InputError
 
-__all__ = ["DoseRecords", "pad_records"]
+__all__ = ["FIELDS", "DoseRecords", "combine_records", "detailed_records", "pad_records"]
+
+#: The per-dose fields of :class:`DoseRecords`, in the order its constructor takes them.
+FIELDS: tuple[str, ...] = ("input", "duration", "reset", "ss", "ii")
 
 
 class DoseRecords(eqx.Module):
@@ -84,7 +87,20 @@ def pad_records(records: DoseRecords, extra: int) -> DoseRecords:
     def grow(x):
         return jnp.concatenate([x, jnp.zeros((*x.shape[:-1], extra), dtype=x.dtype)], axis=-1)
 
-    return DoseRecords(
-        grow(records.input), grow(records.duration), grow(records.reset), grow(records.ss), grow(records.ii),
-        steady_states=records.steady_states,
-    )  # fmt: skip
+    return DoseRecords(*(grow(getattr(records, f)) for f in FIELDS), steady_states=records.steady_states)
+
+
+def combine_records(parts, join, steady_states: int) -> DoseRecords:
+    """The records whose every field is ``join`` (``jnp.concatenate`` along the doses, ``jnp.stack``
+    into a batch) of that field of ``parts``, with ``steady_states`` slots."""
+    return DoseRecords(*(join([getattr(p, f) for p in parts]) for f in FIELDS), steady_states=steady_states)
+
+
+def detailed_records(input, duration, reset, ss, ii) -> DoseRecords | None:
+    """:class:`DoseRecords` of per-dose details (``[..., doses]``; steady-state slots: the most SS
+    doses of any patient), or None where every dose is plain (the input's own way into the first
+    input, no reset, no SS), so that the solver takes its lighter path."""
+    if not (np.any(input) or np.any(duration) or np.any(reset) or np.any(ss)):
+        return None
+    steady = int(np.max(np.sum(np.asarray(ss) > 0, axis=-1), initial=0))
+    return DoseRecords(input, duration, reset, ss, ii, steady_states=steady)

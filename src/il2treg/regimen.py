@@ -32,6 +32,7 @@ from il2treg.errors import DataError, RegimenError
 from il2treg.events import (
     TIME_UNITS,
     DosingInput,
+    check_shape,
     csv_cells,
     derive_evid,
     dose_rows,
@@ -39,7 +40,7 @@ from il2treg.events import (
     frame_cells,
     subject_rows,
 )
-from il2treg.records import DoseRecords, pad_records
+from il2treg.records import FIELDS, DoseRecords, combine_records, detailed_records, pad_records
 
 #: Routes of administration a regimen may use; every dose enters the subcutaneous depot.
 ROUTES: tuple[str, ...] = ("sc",)
@@ -122,7 +123,7 @@ class Regimen(eqx.Module):
         _reject_first(times, decreasing, "times", "is earlier than the dose before it",
                       "sort the doses by time, or combine regimens with concat() which sorts")
         if self.records is not None:
-            shapes = {k: np.shape(v) for k, v in vars(self.records).items() if k != "steady_states"}
+            shapes = {k: np.shape(getattr(self.records, k)) for k in FIELDS}
             wrong = next((k for k, shape in shapes.items() if shape != times.shape), None)
             if wrong is not None:
                 raise RegimenError(
@@ -261,10 +262,8 @@ def _joined_records(regimens: Sequence[Regimen], order: Array | None = None) -> 
     if all(r.records is None for r in regimens):
         return None
     parts = [_records_of(r) for r in regimens]
-    fields = [jnp.concatenate([getattr(p, f) for p in parts]) for f in ("input", "duration", "reset", "ss", "ii")]
-    if order is not None:
-        fields = [f[order] for f in fields]
-    return DoseRecords(*fields, steady_states=sum(p.steady_states for p in parts))
+    joined = combine_records(parts, jnp.concatenate, sum(p.steady_states for p in parts))
+    return joined if order is None else jax.tree.map(lambda x: x[order], joined)
 
 
 def _short(x: float) -> str:
@@ -543,8 +542,7 @@ def stack(regimens: Sequence[Regimen], n_doses: int | None = None) -> Regimen:
     records = None
     if any(r.records is not None for r in padded):
         parts = [_records_of(r) for r in padded]
-        fields = [jnp.stack([getattr(p, f) for p in parts]) for f in ("input", "duration", "reset", "ss", "ii")]
-        records = DoseRecords(*fields, steady_states=max(p.steady_states for p in parts))
+        records = combine_records(parts, jnp.stack, max(p.steady_states for p in parts))
     return Regimen(jnp.stack([r.times for r in padded]), jnp.stack([r.amounts for r in padded]), route=route,
                    name=names.pop() if len(names) == 1 else "", records=records)
 
@@ -596,7 +594,7 @@ def from_nonmem(
             header, rows = frame_cells(frame_or_path)
         else:
             header, rows = csv_cells(Path(frame_or_path), source, "ID,TIME,EVID,AMT")
-        cells = _dose_columns([name.upper() for name in header], rows)
+        cells = _dose_columns([name.upper() for name in header], rows, "the table")
         table = dose_rows(derive_evid(cells), tuple(doses) if doses else None, days_per_unit)
         rows_of = subject_rows(table)
     except DataError as error:
@@ -606,22 +604,15 @@ def from_nonmem(
         events = expand_doses(table, positions, days_per_unit)
         times = np.array([e.time for e in events], dtype=np.float64)
         amounts = np.array([e.amount for e in events], dtype=np.float64)
-        plain = all(not (e.input or e.duration or e.reset or e.ss) for e in events)
-        records = None
-        if not plain:
-            columns = [np.array([getattr(e, f) for e in events]) for f in ("input", "duration", "reset", "ss", "ii")]
-            records = DoseRecords(*columns, steady_states=sum(e.ss > 0 for e in events))
+        records = detailed_records(*(np.array([getattr(e, f) for e in events]) for f in FIELDS))
         regimens[patient] = Regimen(times, amounts, records=records)
     return regimens
 
 
-def _dose_columns(header: list[str], rows: list[list[object]]) -> dict[str, list[object]]:
-    """The cells of a dosing table by column, its shape checked (the ID column added where absent)."""
-    if not header or not rows:
-        raise DataError("the table has no data rows. Fix: add one row per dose under the header.")
-    for name in header:
-        if header.count(name) > 1:
-            raise DataError(f"column {name} appears more than once (column names are case-insensitive). Fix: keep one column of each name.", column=name)
+def _dose_columns(header: list[str], rows: list[list[object]], where: str) -> dict[str, list[object]]:
+    """The cells of a dosing table by column (names upper case), its shape checked (the ID column
+    added where absent)."""
+    check_shape(header, rows, where)
     for name in ("TIME", "AMT"):
         if name not in header:
             raise DataError(
@@ -629,9 +620,6 @@ def _dose_columns(header: list[str], rows: list[list[object]]) -> dict[str, list
                 "(the dose, IU for the IL-2 model) columns.",
                 column=name,
             )
-    for r, row in enumerate(rows, start=1):
-        if len(row) != len(header):
-            raise DataError(f"row {r} has {len(row)} fields but the header has {len(header)}. Fix: give every row {len(header)} fields.", row=r)
     cells = {name: [row[k] for row in rows] for k, name in enumerate(header)}
     cells.setdefault("ID", [1] * len(rows))
     return cells

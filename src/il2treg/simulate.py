@@ -944,11 +944,13 @@ def _batch_inputs(model: Model, regimen: Regimen, times, params: Parameters | No
     if not isinstance(times, jax.core.Tracer):
         _check_times(np.asarray(times, dtype=np.float64))
     records = regimen.records
-    if records is not None and not isinstance(records.input, jax.core.Tracer) and int(np.max(np.asarray(records.input), initial=0)) >= len(model.mechanism.dose_states):
-        raise InputError(f"the regimen doses into input {int(np.max(np.asarray(records.input)))} but model {model.name!r} has {len(model.mechanism.dose_states)} dosing inputs. "
-                         "Fix: read the regimen with from_nonmem(..., doses=model.dosing_inputs) for this model.")  # fmt: skip
+    if records is not None and not isinstance(records.input, jax.core.Tracer):
+        highest, n_inputs = int(np.max(np.asarray(records.input), initial=0)), len(model.mechanism.dose_states)
+        if highest >= n_inputs:
+            raise InputError(f"the regimen doses into input {highest} but model {model.name!r} has {n_inputs} dosing inputs. "
+                             "Fix: read the regimen with from_nonmem(..., doses=model.dosing_inputs) for this model.")  # fmt: skip
     inputs = (theta, dose_times, dose_amounts, obs, records)
-    axes = tuple(0 if jax.tree.leaves(x) and jax.tree.leaves(x)[0].ndim == 2 else None for x in inputs)
+    axes = tuple(None if x is None or jnp.ndim(jax.tree.leaves(x)[0]) != 2 else 0 for x in inputs)
     sizes = {jax.tree.leaves(x)[0].shape[0] for x, a in zip(inputs, axes) if a == 0}
     if len(sizes) > 1:
         raise InputError(f"batched inputs disagree on the number of patients: {sorted(sizes)}. Fix: give every batched input the same leading size.")
