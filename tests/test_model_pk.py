@@ -379,3 +379,55 @@ def test_simulate_takes_traced_dose_records_into_a_second_input(tmp_path):
     got, expected = _simulated_records("cmt-2-ss-beside-oral", tmp_path, traced=True)
     np.testing.assert_allclose(got[0], expected, rtol=1e-7, atol=1e-12 * expected.max())
     np.testing.assert_array_equal(got[1], 0.0)
+
+
+def _oral_periods(values: np.ndarray, starts: np.ndarray, doses: list[tuple[float, float]], times: np.ndarray) -> np.ndarray:
+    """Concentrations of the one-compartment oral model whose parameters change at ``starts``
+    (``values[p]``: ka, tlag, F, CL, V of period p in days and litres), stepped exactly from
+    event to event: each dose's F and lag those of its record's period (last value carried
+    forward), the depot and central amounts decaying in closed form between events, the
+    concentration read with the V of the observation's period."""
+    period = lambda t: int(np.searchsorted(starts, t, side="right") - 1)
+    entries = [(t + values[period(t)][1], values[period(t)][2] * amount) for t, amount in doses]
+
+    def advance(state, t0, t1):
+        ka, _, _, cl, v = values[period(t0)]
+        k, dt = cl / v, t1 - t0
+        depot, central = state
+        return (depot * np.exp(-ka * dt), central * np.exp(-k * dt) + depot * ka / (ka - k) * (np.exp(-k * dt) - np.exp(-ka * dt)))
+
+    out = []
+    for t in times:
+        cuts = sorted({0.0, *[s for s in starts[1:] if s < t], *[e for e, _ in entries if e < t]})
+        state = (0.0, 0.0)
+        for a, b in zip(cuts, [*cuts[1:], t]):
+            state = (state[0] + sum(f for e, f in entries if e == a), state[1])
+            state = advance(state, a, b)
+        out.append(state[1] / values[period(t)][4])
+    return np.asarray(out)
+
+
+def test_parameters_that_change_over_time_follow_the_last_value_carried_forward():
+    """Three periods of pk_1cmt_oral (CL, V and ka change at day 0.8; F, the lag and CL at 1.5,
+    where a dose is given: it takes the new F and lag) against the exact event-stepped solution,
+    through the plain doses' and the dose records' paths. An observation at a period start reads
+    the new V; a padded period (the last start and row repeated) changes nothing."""
+    from il2treg.records import DoseRecords
+    from il2treg.simulate import solve_one
+
+    model = il2treg.load_model("pk_1cmt_oral")
+    base = np.asarray(model.typical().values)  # ka 24/d, tlag 0.0208 d, F 0.8, CL 48 L/d, V 20 L
+    rows = np.stack([base, base * [1.5, 1.0, 1.0, 0.5, 1.25], base * [1.5, 3.0, 0.5, 1.5, 1.25], base * [1.5, 3.0, 0.5, 1.5, 1.25]])
+    starts = np.array([0.0, 0.8, 1.5, 1.5])
+    doses = [(0.0, 100.0), (1.0, 50.0), (1.5, 80.0), (2.2, 60.0)]
+    times = np.array([0.3, 0.8, 0.8, 1.2, 1.5, 1.55, 1.7, 2.0, 2.2, 2.5, 3.0])
+    expected = _oral_periods(rows, starts, doses, times)
+    dt, da = (jnp.asarray(x) for x in zip(*doses))
+    solve = lambda records: solve_one(model.mechanism, jnp.asarray(rows), dt, da, jnp.asarray(times), TIGHT, 4, records=records, periods=jnp.asarray(starts))
+    for records in (None, DoseRecords(np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4))):
+        got, status = jax.jit(solve)(records)
+        assert int(status) == 0
+        np.testing.assert_allclose(np.asarray(got)[:, 0], expected, rtol=1e-8)
+    # the change at 0.8 moves V: the concentration jumps there (read after the change)
+    before = _oral_periods(rows[:1], starts[:1], doses, np.array([0.8]))
+    assert abs(expected[1] - before[0]) > 0.1 * before[0]

@@ -223,6 +223,7 @@ def solve_one(
     slots: int,
     states: bool = False,
     records: DoseRecords | None = None,
+    periods: Float[Array, " periods"] | None = None,
 ) -> tuple[Float[Array, "times observables"], Int[Array, ""]]:
     """One patient: segmented solve between effective dose times, observables at ``obs_times``.
 
@@ -230,6 +231,10 @@ def solve_one(
     its first dosing input, unless ``records`` (:class:`il2treg.records.DoseRecords`) route them
     to other inputs, infuse them, reset the state or put it at steady state
     (:func:`solve_records`).
+
+    With ``periods`` the parameters change over time: ``theta`` holds one row per period
+    (``[periods, params]``, or a tuple of ``[periods]`` arrays) and ``periods`` the times the
+    periods start (:func:`solve_records` has the rules).
 
     With ``states`` (static) the state vectors at ``obs_times`` are returned instead of the
     observables (fits apply the observation function outside the solve).
@@ -242,6 +247,12 @@ def solve_one(
     gathered back (the reference cohort's fit: 3 save slots per interval instead of 27; timings in
     benchmarks/README.md).
     """
+    if periods is not None:
+        if not mechanism.dose_states:  # no dosing input: the doses change nothing
+            dose_times, dose_amounts, records = dose_times[:0], dose_amounts[:0], DoseRecords.plain(0)
+        elif records is None:
+            records = DoseRecords.plain(dose_times.shape[0])
+        return solve_records(mechanism, theta, dose_times, dose_amounts, records, obs_times, options, slots, states, periods)
     if records is not None and mechanism.dose_states:
         return solve_records(mechanism, theta, dose_times, dose_amounts, records, obs_times, options, slots, states)
     args = mechanism.prepare(theta)
@@ -338,23 +349,35 @@ def solve_one(
     return out, code
 
 
-def _dose_routes(mechanism: Mechanism, args, dose_times, dose_amounts, records: DoseRecords):
+def _dose_model(mechanism: Mechanism, args, inputs, per_dose: bool = False):
+    """Per dose: the model's bioavailability, lag and declared infusion duration of its input
+    ``inputs``; ``args`` is one set for all doses or, with ``per_dose``, one per dose along a
+    leading axis."""
+
+    def one(a, i):
+        duration = mechanism.dose_duration(a)[i] if any(mechanism.dose_infused) else jnp.ones(jnp.shape(i))
+        return mechanism.dose_fraction(a)[i], mechanism.dose_lag(a)[i], duration
+
+    return jax.vmap(one)(args, inputs) if per_dose else one(args, inputs)
+
+
+def _dose_routes(mechanism: Mechanism, model, dose_times, dose_amounts, records: DoseRecords):
     r"""Per dose: the state it enters, the amount in that state's unit, when it enters
     (:math:`t_k + \mathrm{lag}`), whether it is infused, over how long (1.0 where it is a bolus),
-    and whether a model-declared duration is not positive."""
+    and whether a model-declared duration is not positive. ``model``: the per-dose
+    bioavailability, lag and declared duration (:func:`_dose_model`)."""
     inputs = records.input
+    fraction, lag, model_duration = model
     target = jnp.asarray(mechanism.dose_states, dtype=jnp.int32)[inputs]
     scale = jnp.asarray(mechanism.dose_scale, dtype=jnp.float64)[inputs]
-    fraction = mechanism.dose_fraction(args)[inputs]
     amount = fraction * dose_amounts * scale
-    tau = dose_times + mechanism.dose_lag(args)[inputs]
+    tau = dose_times + lag
     given = records.duration > 0
     # a rate given in the data is kept and F scales the duration (NONMEM's reading of F with
     # RATE > 0); a duration the model declares is kept and F scales the rate
     data_duration = jnp.where(given, records.duration * fraction, 1.0)
     if any(mechanism.dose_infused):
         declared = jnp.asarray(mechanism.dose_infused)[inputs]
-        model_duration = mechanism.dose_duration(args)[inputs]
         infusion = given | declared
         bad = declared & ~given & ~(model_duration > 0)
         duration = jnp.where(given, data_duration, jnp.where(declared & ~bad, model_duration, 1.0))
@@ -437,7 +460,7 @@ def steady_state(mechanism: Mechanism, args, y0, target, amount, phase, infusion
 
 def solve_records(
     mechanism: Mechanism,
-    theta: Float[Array, " params"] | tuple[Float[Array, ""], ...],
+    theta: Float[Array, " params"] | Float[Array, "periods params"] | tuple[Float[Array, "..."], ...],
     dose_times: Float[Array, " doses"],
     dose_amounts: Float[Array, " doses"],
     records: DoseRecords,
@@ -445,6 +468,7 @@ def solve_records(
     options: SolverOptions,
     slots: int,
     states: bool = False,
+    periods: Float[Array, " periods"] | None = None,
 ) -> tuple[Float[Array, "times observables"], Int[Array, ""]]:
     r""":func:`solve_one` with NONMEM dose records (:class:`il2treg.records.DoseRecords`).
 
@@ -461,30 +485,61 @@ def solve_records(
     (the trough of a steady state); at the time a dose enters or an infusion ends, the value
     before it.
 
-    Cost: three intervals per dose (those of a bolus's end have zero length), and for each of the
-    ``records.steady_states`` steady-state slots (the most any patient of the batch has)
-    :data:`STEADY_STATE_NEWTON_STEPS` Newton steps of three solves over one interval and a
-    forward-sensitivity Jacobian.
+    **Parameters that change over time** (time-varying covariates, occasions). With ``periods``
+    (``[P]``, non-decreasing; the first period also covers any earlier time) ``theta`` has one
+    row per period and the parameters of period :math:`p` hold from ``periods[p]`` until the
+    next period starts: the value of a record holds from its time on (last value carried
+    forward). Each period start is one more event, before the records at the same time: the
+    solve is split there, so a change of parameters is never inside a step. A record uses the
+    parameters of its time: a dose's bioavailability, lag and declared duration, a reset's
+    initial state and a steady state's periodic regime; an infusion keeps the rate it started
+    with. An observation at a period start reads the new period's observables. Padding: repeat
+    the last start time and row (a zero-length period changes nothing).
+
+    Cost: three intervals per dose (those of a bolus's end have zero length) and one per period
+    start, and for each of the ``records.steady_states`` steady-state slots (the most any patient
+    of the batch has) :data:`STEADY_STATE_NEWTON_STEPS` Newton steps of three solves over one
+    interval and a forward-sensitivity Jacobian.
     """
-    args = mechanism.prepare(theta)
-    y0 = mechanism.initial_state(args)
+    timed = periods is not None
+    if timed:
+        table = jax.vmap(mechanism.prepare)(theta)  # one set of arguments per period
+        y0_table = jax.vmap(mechanism.initial_state)(table)
+        n_periods = periods.shape[0]
+
+        def period_of(t):  # the period that has started by t (last value carried forward)
+            return jnp.clip(jnp.searchsorted(periods, t, side="right") - 1, 0, n_periods - 1)
+
+        def pick(p):
+            return jax.tree_util.tree_map(lambda x: x[p], table)
+
+        args, y0 = pick(0), y0_table[0]
+        changes = periods[1:]
+        model = _dose_model(mechanism, pick(period_of(dose_times)), records.input, per_dose=True)
+    else:
+        args = mechanism.prepare(theta)
+        y0 = mechanism.initial_state(args)
+        changes = jnp.zeros(0)
+        model = _dose_model(mechanism, args, records.input)
     n_states = y0.shape[0]
     rows = obs_times
     obs_times, row_of = jnp.unique(rows, size=rows.shape[0], fill_value=jnp.inf, return_inverse=True)
     n_obs = obs_times.shape[0]
     n_doses = dose_times.shape[0]
-    target, amount, tau, infusion, duration, bad_duration = _dose_routes(mechanism, args, dose_times, dose_amounts, records)
+    n_changes = changes.shape[0]
+    target, amount, tau, infusion, duration, bad_duration = _dose_routes(mechanism, model, dose_times, dose_amounts, records)
     stop = jnp.where(infusion, tau + duration, tau)
     resets = records.reset | (records.ss == 1)
 
-    # events in record order (record, entry, end of each dose), then stably sorted by time
-    event_time = jnp.stack([dose_times, tau, stop], axis=1).reshape(-1)
+    # events: period starts, then (record, entry, end) of each dose in record order, then stably
+    # sorted by time; kind 3 is a period start
+    event_time = jnp.concatenate([changes, jnp.stack([dose_times, tau, stop], axis=1).reshape(-1)])
     order = jnp.argsort(event_time, stable=True)
     events = event_time[order]
-    kind = jnp.tile(jnp.arange(3), n_doses)[order]
-    dose = jnp.repeat(jnp.arange(n_doses), 3)[order]
-    t_lo = jnp.minimum(rows[0], events[0])
-    t_hi = jnp.maximum(rows[-1], events[-1])
+    kind = jnp.concatenate([jnp.full(n_changes, 3), jnp.tile(jnp.arange(3), n_doses)])[order]
+    dose = jnp.concatenate([jnp.zeros(n_changes, dtype=jnp.int32), jnp.repeat(jnp.arange(n_doses, dtype=jnp.int32), 3)])[order]
+    t_lo = jnp.min(jnp.concatenate([rows[:1], events]))
+    t_hi = jnp.max(jnp.concatenate([rows[-1:], events]))
     starts = jnp.concatenate([t_lo[None], events])
     ends = jnp.concatenate([events, t_hi[None]])
 
@@ -513,9 +568,12 @@ def solve_records(
         slot_of = jnp.clip(jnp.cumsum(records.ss > 0) - 1, 0, steady - 1)
         phase = tau - dose_times
         used = jnp.arange(steady) < jnp.sum(records.ss > 0)
-        solved, ok = jax.vmap(
-            lambda k, active: steady_state(mechanism, args, y0, target[k], amount[k], phase[k], infusion[k], duration[k], records.ii[k], options, active)
-        )(which, used)
+
+        def periodic(k, active):
+            a, z0 = (pick(period_of(dose_times[k])), y0_table[period_of(dose_times[k])]) if timed else (args, y0)
+            return steady_state(mechanism, a, z0, target[k], amount[k], phase[k], infusion[k], duration[k], records.ii[k], options, active)
+
+        solved, ok = jax.vmap(periodic)(which, used)
         ss_ok = jnp.all(ok | ~used)
         slot_at = at_end(slot_of[dose], 0)
     else:
@@ -523,8 +581,9 @@ def solve_records(
         slot_at = jnp.zeros(starts.shape[0], dtype=jnp.int32)
 
     # an interval holds the observations in (start, end], less one at its end where that is a
-    # reset or a steady state (it reads the state after them), plus one at its start where that is
-    acts = record & (resets | (records.ss > 0))[dose]
+    # reset, a steady state or a period start (it reads the state after them), plus one at its
+    # start where that is
+    acts = (record & (resets | (records.ss > 0))[dose]) | (kind == 3)
     starts_record = jnp.concatenate([jnp.zeros(1, dtype=bool), acts])
     ends_record = jnp.concatenate([acts, jnp.zeros(1, dtype=bool)])
     left = lambda x: jnp.searchsorted(obs_times, x, side="left")
@@ -541,25 +600,28 @@ def solve_records(
 
     def interval(carry, inputs):
         y, out, code = carry
-        t0, t1, lo, hi, rate, reset, ss, slot, bolus = inputs
+        t0, t1, lo, hi, rate, reset, ss, slot, bolus, *period = inputs
+        a, z0_next = (args, y0) if not timed else period
         index = lo + offsets
         valid = index <= hi
         ts = jnp.clip(jnp.where(valid, obs_times[jnp.clip(index, 0, n_obs - 1)], t1), t0, t1)
         sol = dfx.diffeqsolve(
-            term, options.solver, t0, t1, None, y, (args, rate),
+            term, options.solver, t0, t1, None, y, (a, rate),
             saveat=dfx.SaveAt(subs=[dfx.SubSaveAt(t1=True), dfx.SubSaveAt(ts=ts, fn=save)]),
             stepsize_controller=controller, adjoint=options.adjoint, max_steps=options.max_steps, throw=False,
         )  # fmt: skip
         y_end, obs = sol.ys[0][-1], sol.ys[1]
         out = out.at[jnp.where(valid, index, n_obs)].set(obs, mode="drop")
-        y_next = jnp.where(reset, y0, y_end)
+        y_next = jnp.where(reset, z0_next, y_end)
         periodic = solved[slot]
-        y_next = jnp.where(ss == 1, periodic, jnp.where(ss == 2, y_next + periodic - y0, y_next)) + bolus
+        y_next = jnp.where(ss == 1, periodic, jnp.where(ss == 2, y_next + periodic - z0_next, y_next)) + bolus
         code = jnp.where(code == 0, sol.result._value, code)
         return (y_next, out, code), None
 
     init = (y0, jnp.zeros((n_obs, width)), jnp.asarray(0, dtype=jnp.int32))
     steps = (starts, ends, first, last, rates, reset_at, ss_at, slot_at, bolus_at)
+    if timed:  # each interval's arguments, and the initial state a reset at its end returns to
+        steps = (*steps, pick(period_of(starts)), y0_table[period_of(ends)])
     (_, out, code), _ = jax.lax.scan(interval, init, steps)
     code = jnp.where(overflow & (code == 0), STATUS_SLOTS_EXCEEDED, code)
     code = jnp.where(bad_duration & (code == 0), STATUS_BAD_DURATION, code)
