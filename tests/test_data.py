@@ -509,14 +509,48 @@ def test_subject_without_observations_is_named(tmp_path):
     )
 
 
-def test_time_varying_covariate_is_rejected(tmp_path):
+def test_a_text_covariate_that_changes_within_an_id_is_refused(tmp_path):
     assert_data_error(
-        write(tmp_path, table((9, "2,7,0,,sledai,8,0,0,Placebo,71.5"))),
-        "covariate 'WT' is not constant within ID 2: 70 at row 7 but 71.5 at row 9. Fix: give "
-        "one baseline value per subject; record time-varying quantities as observation rows.",
-        column="WT",
+        write(tmp_path, table((9, "2,7,0,,sledai,8,0,0,ILT-101,70"))),
+        "text covariate 'ARM' is not constant within ID 2: 'Placebo' at row 7 but 'ILT-101' at row 9. "
+        "Fix: give one value per subject, or code a time-varying covariate as numbers.",
+        column="ARM",
         row=9,
     )
+
+
+TIME_VARYING = """ID,TIME,EVID,AMT,DVID,DV,WT,CRCL
+1,0,1,100,,,,60
+1,1,0,,conc,5,3.0,60
+1,2,2,,,,3.5,
+1,3,0,,conc,4,,
+1,3,0,,conc,4.1,4.0,
+1,5,0,,conc,3,4.0,55
+2,0,1,100,,,2.0,80
+2,2,0,,conc,3,2.0,80
+"""
+
+
+def test_a_numeric_covariate_that_changes_is_time_varying(tmp_path):
+    """Each value holds from its row's time (an EVID 2 row's too); an empty cell carries the last
+    value forward (before the first: that value); of two rows at one time the last holds; a
+    subject without changes has one period, padded by repeating it."""
+    data = read_dataset(write(tmp_path, TIME_VARYING), observables=("conc",))
+    np.testing.assert_array_equal(data.covariate_time, [[0, 2, 3, 5], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(data.covariate_series["WT"], [[3.0, 3.5, 4.0, 4.0], [2.0] * 4])
+    np.testing.assert_array_equal(data.covariate_series["CRCL"], [[60, 60, 60, 55], [80] * 4])
+    np.testing.assert_array_equal(data.covariates["WT"], [3.0, 2.0])  # the first period's
+    np.testing.assert_array_equal(data.covariate_periods("CRCL"), data.covariate_series["CRCL"])
+    assert "WT (number, time-varying: up to 4 periods per subject)" in data.summary()
+    frame = data.to_frame()  # each row at its time's values; the change at day 2 on an EVID 2 row
+    assert frame["EVID"].tolist() == [1, 0, 2, 0, 0, 0, 1, 0]
+    assert frame["WT"].tolist() == [3.0, 3.0, 3.5, 4.0, 4.0, 4.0, 2.0, 2.0]
+    assert_same(read_dataset(frame, observables=("conc",)), data)
+    second = data.subset([2])
+    np.testing.assert_array_equal(second.covariate_series["WT"], [[2.0] * 4])
+    constant = read_dataset(write(tmp_path, table()))
+    assert constant.covariate_series == {} and constant.covariate_time.shape == (2, 1)
+    np.testing.assert_array_equal(constant.covariate_periods("WT"), [[64.0], [70.0]])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -718,9 +752,8 @@ def test_a_nonmem_dta_file_reads_as_the_same_data_written_out_in_days(tmp_path):
 
 def test_nonmem_conventions_keep_their_errors(tmp_path):
     path = write(tmp_path, NONMEM_DTA, "run.dta")
-    with pytest.raises(DataError, match=r"covariate 'FA1' is not constant within ID 1") as info:
-        read_dataset(path, observables=("conc",), time_unit="h")  # FA1 not dropped: 1 on doses, 0 on samples
-    assert (info.value.column, info.value.row) == ("FA1", 2)
+    kept = read_dataset(path, observables=("conc",), time_unit="h")  # FA1 not dropped: 1 on doses, 0 on samples
+    np.testing.assert_array_equal(kept.covariate_series["FA1"][0], [1, 0, 1, 0])
     with pytest.raises(DataError, match=r"column 'FA3' is to be dropped but the table has no such column") as info:
         read_dataset(path, observables=("conc",), drop=("FA3",))
     assert info.value.column == "FA3"

@@ -34,8 +34,11 @@ RATE    optional, dose rows: 0 or empty = the input's own way (a bolus, or the i
 SS      optional, dose rows: 1 = the dose is at steady state, every II before it (the state
         before it is replaced by the periodic one); 2 = that steady state added to the current
         state (superposition: exact for linear models); 0 or empty = none
-other   covariates (``ARM``, ``SITE``, ``WT``, ``BSA``, ...), constant within an ID; a column
-        whose values are all numbers is numeric, any other is categorical (text)
+other   covariates (``ARM``, ``SITE``, ``WT``, ``BSA``, ...); a column whose values are all
+        numbers is numeric, any other is categorical (text). A text covariate is constant
+        within an ID. A numeric one may change: it is then time-varying, each value holding
+        from its row's time until a later row changes it (last value carried forward); an
+        empty cell carries the last value forward (before the first value: that value)
 ======  ==================================================================================
 
 For example, one subject on ILT-101 with a baseline Treg sample, the first dose, an IL-2 level
@@ -58,6 +61,15 @@ each is an infusion at 50 per TIME unit (NONMEM refuses ADDL on a steady-state i
 gives the additional ones as plain infusions).
 A steady state (SS 1) and a reset (EVID 3, 4) cancel the additional doses of earlier rows still to
 come, as in NONMEM.
+
+**Time-varying covariates.** A numeric covariate that changes within an ID splits the subject's
+time into periods (:attr:`Dataset.covariate_time`, :attr:`Dataset.covariate_series`); a fit
+sets the model's parameters from each period's values, and the solver starts a new period at
+its time (:func:`il2treg.simulate.solve_records`): the values of a row hold from its time on
+(last value carried forward). NONMEM's PREDPP instead advances the state to a record with that
+record's values (next observation carried backward): to reproduce it, give each change on the
+row before, at the time the new value should start. An ``EVID 2`` row may carry a change at a
+time without a dose or an observation.
 ``read_dataset(..., time_unit="h")`` reads TIME in hours and holds it in days (the model's time;
 a table read in days that spans more than three years gets a warning that TIME may be in hours);
 ``drop=("FA1", ...)`` leaves columns out, as NONMEM's ``$INPUT FA1=DROP`` does.
@@ -140,6 +152,12 @@ class Dataset(eqx.Module):
             missing), int64 codes into ``covariate_levels`` for categorical ones.
         covariate_levels: ``((name, (level, ...)), ...)`` for categorical covariates, levels
             sorted; a missing value is the level ``""``. Static.
+        covariate_time: ``[subjects, periods]``: the days at which each subject's periods of
+            constant covariates start (module docstring); the first is the subject's first
+            row's time, and padding repeats the last start. One column without time-varying
+            covariates.
+        covariate_series: time-varying covariate name -> ``[subjects, periods]`` float64 values
+            of each period (padding repeats the last); ``covariates[name]`` holds the first.
         obs_time: observation times in days; padding repeats the subject's last observation
             time, so a solver never integrates past the data.
         obs_dvid: index into ``dvid_names``; 0 on padding.
@@ -169,6 +187,8 @@ class Dataset(eqx.Module):
     ids: tuple[SubjectId, ...] = eqx.field(static=True)
     covariates: dict[str, Float[np.ndarray, " subjects"] | Int[np.ndarray, " subjects"]]
     covariate_levels: tuple[tuple[str, tuple[str, ...]], ...] = eqx.field(static=True)
+    covariate_time: Float[np.ndarray, "subjects periods"]
+    covariate_series: dict[str, Float[np.ndarray, "subjects periods"]]
     obs_time: Float[np.ndarray, "subjects obs"]
     obs_dvid: Int[np.ndarray, "subjects obs"]
     obs_value: Float[np.ndarray, "subjects obs"]
@@ -212,8 +232,17 @@ class Dataset(eqx.Module):
         ]
         return sorted(found)
 
+    def covariate_periods(self, name: str) -> Float[np.ndarray, "subjects periods"]:
+        """A numeric covariate's value in each period of :attr:`covariate_time` (a constant one
+        repeated)."""
+        if name in self.covariate_series:
+            return self.covariate_series[name]
+        values = np.asarray(self.covariate_values(name), dtype=float)
+        return np.repeat(values[:, None], self.covariate_time.shape[1], axis=1)
+
     def covariate_values(self, name: str) -> np.ndarray:
-        """One covariate's per-subject values: float64, or object strings if categorical."""
+        """One covariate's per-subject values (a time-varying one's first): float64, or object
+        strings if categorical."""
         if name not in self.covariates:
             known = ", ".join(self.covariates) or "none"
             raise InputError(
@@ -260,6 +289,8 @@ class Dataset(eqx.Module):
             ids=tuple(self.ids[k] for k in pick),
             covariates={name: values[pick] for name, values in self.covariates.items()},
             covariate_levels=self.covariate_levels,
+            covariate_time=self.covariate_time[pick],
+            covariate_series={name: values[pick] for name, values in self.covariate_series.items()},
             obs_time=self.obs_time[pick, :n_obs],
             obs_dvid=self.obs_dvid[pick, :n_obs],
             obs_value=self.obs_value[pick, :n_obs],
@@ -323,12 +354,27 @@ class Dataset(eqx.Module):
             for name, values in dose_columns.items():
                 on_doses = rate if values is None else values[dose_s, dose_j]
                 frame[name] = np.concatenate([np.zeros(obs_s.size, dtype=on_doses.dtype), on_doses])
+        rows = np.concatenate([self.obs_row[obs_s, obs_j], self.dose_row[dose_s, dose_j]])
+        if self.covariate_series:  # a period start without a row of its own gets an EVID 2 row
+            times = frame["TIME"].to_numpy()
+            extra = [(s, t) for s in range(self.n_subjects) for t in np.unique(self.covariate_time[s]) if not np.any((subject == s) & (times == t))]
+            if extra:
+                other = pd.DataFrame({"ID": [self.ids[s] for s, _ in extra], "TIME": [t for _, t in extra], "EVID": 2, "AMT": 0.0,
+                                      "DVID": None, "DV": np.nan, "CENS": 0, "MDV": 1})  # fmt: skip
+                frame = pd.concat([frame, other.reindex(columns=frame.columns, fill_value=0)], ignore_index=True)
+                # numbered as the subject's first row: the time sort below puts them in place
+                rows = np.concatenate([rows, [int(np.min(rows[subject == s])) for s, _ in extra]])
+                subject = np.concatenate([subject, [s for s, _ in extra]]).astype(int)
+        times = frame["TIME"].to_numpy()
         for name in self.covariates:
-            values = self.covariate_values(name)[subject]
+            if name in self.covariate_series:
+                period = [np.searchsorted(self.covariate_time[s], t, side="right") - 1 for s, t in zip(subject, times, strict=True)]
+                values = self.covariate_series[name][subject, np.maximum(period, 0)]
+            else:
+                values = self.covariate_values(name)[subject]
             if name in dict(self.covariate_levels):
                 values = np.where(values == "", None, values)
             frame[name] = values
-        rows = np.concatenate([self.obs_row[obs_s, obs_j], self.dose_row[dose_s, dose_j]])
         order = np.argsort(rows, kind="stable")
         # The additional doses of an ADDL row share its row number: within each subject the rows
         # are put in time order (a no-op for a table without ADDL, which is in time order already).
@@ -391,7 +437,15 @@ class Dataset(eqx.Module):
                 lines.append(f"{label} (subjects): {_tally(self.covariate_values(column))}")
         if self.covariates:
             kinds = dict(self.covariate_levels)
-            described = [f"{n} ({'text' if n in kinds else 'number'})" for n in self.covariates]
+            def kind(n: str) -> str:
+                if n in kinds:
+                    return "text"
+                if n in self.covariate_series:
+                    most = max(len(np.unique(row)) for row in self.covariate_time)
+                    return f"number, time-varying: up to {most} periods per subject"
+                return "number"
+
+            described = [f"{n} ({kind(n)})" for n in self.covariates]
             lines.append(f"Covariates: {', '.join(described)}")
         times = np.concatenate([self.obs_time[real_obs], self.dose_time[real_dose]])
         lines.append(f"Time: {number_text(times.min())} to {number_text(times.max())} days")
@@ -706,16 +760,19 @@ def _build(cells: dict[str, list[Cell]], names: tuple[str, ...], aliases: dict[s
                 column="ID",
                 row=rows[0] + 1,
             )
-    for name, (values, _) in covariates.items():
+    for name, (values, is_numeric) in covariates.items():
         for s, rows in rows_of.items():
+            if is_numeric:
+                _carry_forward(values, rows)
+                continue
             first = rows[0]
             for k in rows[1:]:
                 if _key(values[k]) != _key(values[first]):
                     raise DataError(
-                        f"covariate {name!r} is not constant within ID {id_text(s)}: "
+                        f"text covariate {name!r} is not constant within ID {id_text(s)}: "
                         f"{show(cells[name][first])} at row {first + 1} but "
-                        f"{show(cells[name][k])} at row {k + 1}. Fix: give one baseline value "
-                        "per subject; record time-varying quantities as observation rows.",
+                        f"{show(cells[name][k])} at row {k + 1}. Fix: give one value per subject, "
+                        "or code a time-varying covariate as numbers.",
                         column=name,
                         row=k + 1,
                     )
@@ -739,6 +796,42 @@ def _check_time_span(time: np.ndarray, days_per_unit: float) -> None:
             UserWarning,
             stacklevel=4,
         )
+
+
+def _carry_forward(values: list[object], rows: list[int]) -> None:
+    """Fill the empty (NaN) cells of one subject's ``rows`` of a numeric covariate in place with
+    the last value before them (those before the first value: that value)."""
+    known = [values[k] for k in rows if not math.isnan(values[k])]
+    if not known:
+        return
+    last = known[0]
+    for k in rows:
+        if math.isnan(values[k]):
+            values[k] = last
+        else:
+            last = values[k]
+
+
+def _periods(rows_of: dict[SubjectId, list[int]], time: np.ndarray, series: dict[str, list[object]]) -> list[list[tuple[float, tuple[float, ...]]]]:
+    """Per subject, its periods of constant time-varying covariates: ``(start, values)`` where
+    ``values`` are those of ``series`` in its order. A period starts at the first row and at each
+    row whose values differ from the row before; of several rows at one time the last one's hold."""
+    out = []
+    for rows in rows_of.values():
+        periods: list[tuple[float, tuple[float, ...]]] = []
+        for k in rows:
+            values = tuple(float(v[k]) for v in series.values())
+            if periods and periods[-1][0] == time[k]:
+                periods.pop()  # the last row at a time holds from it
+            if not periods or not _same(periods[-1][1], values):
+                periods.append((float(time[k]), values))
+        out.append(periods)
+    return out
+
+
+def _same(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether two rows' covariate values are equal (missing equal to missing)."""
+    return [_key(x) for x in a] == [_key(x) for x in b]
 
 
 def _key(value: object) -> object:
@@ -790,6 +883,15 @@ def _pack(
 
     dv_missing = np.isnan(value[obs_index]) & obs_real
     first_rows = [rows[0] for rows in rows_of.values()]
+    varying = {
+        name: values for name, (values, is_numeric) in covariates.items()
+        if is_numeric and any(_key(values[k]) != _key(values[rows[0]]) for rows in rows_of.values() for k in rows)
+    }  # fmt: skip
+    periods = _periods(rows_of, time, varying) if varying else [[(float(time[rows[0]]), ())] for rows in rows_of.values()]
+    n_periods = max(len(p) for p in periods)
+    padded = [p + [p[-1]] * (n_periods - len(p)) for p in periods]
+    covariate_time = np.array([[start for start, _ in p] for p in padded]) * days_per_unit
+    series = {name: np.array([[values[j] for _, values in p] for p in padded]) for j, name in enumerate(varying)}
     numeric = {}
     levels = []
     for name, (values, is_numeric) in covariates.items():
@@ -804,6 +906,8 @@ def _pack(
         ids=tuple(rows_of),
         covariates=numeric,
         covariate_levels=tuple(levels),
+        covariate_time=covariate_time,
+        covariate_series=series,
         obs_time=time[obs_index] * days_per_unit,
         obs_dvid=np.where(obs_real, dvid[obs_index], 0),
         obs_value=np.where(obs_real & ~dv_missing, value[obs_index], 0.0),
