@@ -301,7 +301,7 @@ def test_pheno_fit_file_reads_hours_and_drops_columns(tmp_path):
     [
         (lambda t: t.replace('time_unit = "h"', 'time_unit = "hours"'), r"time_unit must be one of 'day', 'h' \(the unit of the data's TIME\), got 'hours'"),
         (lambda t: t.replace('drop = ["FA1", "FA2"]', 'drop = "FA1"'), r"`drop` must be a list of the data's column names"),
-        (lambda t: t.replace('drop = ["FA1", "FA2"]', 'drop = ["FA1"]'), r"covariate 'FA2' is not constant within ID 1"),
+        (lambda t: t.replace('drop = ["FA1", "FA2"]', 'drop = ["FA1", "WGT"]'), r"the model reads the covariate 'WGT' per patient .* have no numeric column 'WGT' \(their covariates: APGR, FA2\)"),
         (lambda t: t.replace('curvature = "expected"', 'curvature = "fisher"'), r"\[optimiser\]: curvature must be one of 'observed', 'expected', got 'fisher'"),
         (lambda t: t.replace('covariance_matrix = "sandwich"', 'covariance_matrix = "S"'), r"covariance_matrix must be one of 'hessian', 'sandwich', got 'S'"),
         (lambda t: t + "\n[parameters.WGT]\n", r"\[parameters.WGT\]: 'WGT' is a covariate of the model, read per patient from the data column 'WGT'"),
@@ -320,7 +320,7 @@ def test_pheno_fit_file_reads_hours_and_drops_columns(tmp_path):
         (lambda t: t + '\n[omega_block]\nparameters = ["POP_CL", "POP_VC"]\n', r"`omega_block` must be \[\[omega_block\]\] tables"),
         (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_VC"\ncorr_POP_CL_POP_VC = "CORR"'), r"labels.corr_POP_CL_POP_VC: the fit has no estimate 'corr_POP_CL_POP_VC'"),
     ],
-    ids=["time-unit", "drop-not-list", "drop-too-few", "curvature", "covariance-matrix", "estimated-covariate", "packaged-data", "time-unit-list", "sandwich-priors",
+    ids=["time-unit", "drop-not-list", "drop-a-model-covariate", "curvature", "covariance-matrix", "estimated-covariate", "packaged-data", "time-unit-list", "sandwich-priors",
          "label-unknown", "label-twice", "interaction-not-bool", "block-of-one", "block-without-random-effect", "block-twice", "block-correlation", "block-key", "block-not-array",
          "label-correlation-without-block"],
 )

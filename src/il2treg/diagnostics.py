@@ -493,7 +493,7 @@ def individual_curves(diag: Diagnostics, ids, *, dvid: str = "treg_per_uL", step
     dense = PatientData(
         take(p.dose_time), take(p.dose_amount), times, dvids, np.zeros_like(times, dtype=np.asarray(p.obs_value).dtype),
         np.zeros(times.shape, dtype=np.asarray(p.obs_cens).dtype), np.ones(times.shape, dtype=np.asarray(p.obs_mask).dtype), take(p.covariates),
-        jax.tree.map(take, p.records),
+        jax.tree.map(take, p.records), None if p.periods is None else take(p.periods),
     )  # fmt: skip
 
     def solve(c: int) -> np.ndarray:

@@ -153,7 +153,7 @@ def _rows(problem: FitProblem, patients: PatientData, day: float) -> PredictionR
     slots = slots_needed(np.asarray(patients.dose_time), times, max_dose_lag(problem.model))
     at = PatientData(
         patients.dose_time, patients.dose_amount, jnp.asarray(times), jnp.asarray(dvid), jnp.zeros(times.shape),
-        jnp.zeros(times.shape, dtype=bool), jnp.ones(times.shape, dtype=bool), patients.covariates, patients.records,
+        jnp.zeros(times.shape, dtype=bool), jnp.ones(times.shape, dtype=bool), patients.covariates, patients.records, patients.periods,
     )  # fmt: skip
     return PredictionRows(dataclasses.replace(problem, slots=slots), at, np.argsort(order, axis=1), extra.shape[1])
 
@@ -209,6 +209,8 @@ def _individual(spec: FitSpec, problem, fit: PopulationFit, theta, beta, residua
     for k, name in enumerate(problem.random):
         columns[f"ETA_{name}"] = eta[:, k]
     theta_i = np.asarray(_allpatient_theta(problem, theta, beta, jnp.asarray(eta), patients))
+    if problem.timed:  # time-varying covariates: the first period's (the subject's first row)
+        theta_i = theta_i[:, 0]
     names = problem.model.parameter_names
     for p in spec.parameters:
         columns[p.name] = theta_i[:, names.index(p.name)] * problem.model.spec[p.name].to_declared(1.0)

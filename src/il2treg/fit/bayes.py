@@ -126,7 +126,8 @@ class Target(eqx.Module):
 
     def _log_typical(self, typical) -> Float[Array, "patients eta"]:
         idx = jnp.asarray([self.problem.model.parameter_names.index(n) for n in self.problem.random], dtype=jnp.int32)
-        return jnp.log(typical[:, idx])
+        # with time-varying covariates the first period's: log theta_i,p = log typical_i,p + eta_i
+        return jnp.log(typical[:, 0, idx] if self.problem.timed else typical[:, idx])
 
     def _unpacked(self, psi, z):
         """(unpacked psi, eta, individual parameters): everything the density needs, computed once."""

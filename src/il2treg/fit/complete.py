@@ -45,7 +45,8 @@ def individual_parameters(problem: FitProblem, psi, phi, patient: PatientData):
     if not problem.n_eta:
         return typical, jnp.zeros(0)
     idx = _random_index(problem)
-    return typical.at[idx].set(jnp.exp(phi)), jnp.log(typical[idx])
+    mu = jnp.log(typical[0, idx] if problem.timed else typical[idx])  # random-effect parameters follow no time-varying covariate (saem refuses it)
+    return typical.at[..., idx].set(jnp.exp(phi)), mu
 
 
 def data_term(problem: FitProblem, psi, base_residual: ResidualModel, phi, patient: PatientData):

@@ -26,6 +26,12 @@ A model parameter that is a patient covariate (``group = "covariate"`` in the mo
 ``FitProblem.bound``) takes each patient's value from the data column of its name before the
 effects above apply; it is not estimated.
 
+**Time-varying covariates.** Where a column the fit reads changes within a patient
+(:attr:`il2treg.data.Dataset.covariate_series`), ``FitProblem.timed`` is set: each patient's
+parameters have one row per period of constant covariates, :math:`\theta_{i,p} =
+\theta(c_{i,p})\,e^{\eta_i}` (the same random effects in every period), and the solver
+changes them at each period's start (:func:`il2treg.simulate.solve_records`).
+
 They are packed into one vector :math:`\psi = (u, \beta, \log\omega, x, \log\sigma)` for the
 optimiser. Everything not estimated stays at the model file's value.
 """
@@ -94,6 +100,8 @@ class FitProblem:
             the individual predictions. ``False``: NONMEM's FOCE without interaction, the SDs at
             the population predictions (eta = 0) in the EBE search and the objective;
             the same for additive and log error models, not for proportional or combined ones.
+        timed: a covariate column the fit reads changes within a patient: the patients'
+            covariates and parameters have a period axis (module docstring).
     """
 
     model: Model
@@ -108,6 +116,13 @@ class FitProblem:
     curvature: str = "observed"
     blocks: tuple[tuple[str, ...], ...] = ()
     interaction: bool = True
+    timed: bool = False
+
+    @property
+    def time_varying(self) -> tuple[str, ...]:
+        """Names of the parameters whose typical value follows a time-varying covariate (those
+        that ``timed`` may move between periods)."""
+        return tuple(dict.fromkeys([*self.bound, *(e.parameter for e in self.covariates)]))
 
     @property
     def n_fixed(self) -> int:
@@ -213,7 +228,7 @@ def make_problem(
             raise SpecError(f"covariate {effect.covariate!r} is not a column of the data. Fix: use one of {', '.join(sorted(data.covariates)) or '(none)'}.")
         if dict(data.covariate_levels).get(effect.covariate) is not None:
             raise SpecError(f"covariate {effect.covariate!r} is text; covariate effects need a numeric column (e.g. a 0/1 indicator).")
-        values = np.asarray(data.covariates[effect.covariate], dtype=float)
+        values = data.covariate_periods(effect.covariate).min(axis=1)  # every period's value (NaN if any is)
         if not np.all(np.isfinite(values)):
             raise SpecError(f"covariate {effect.covariate!r} is missing for subject {data.ids[int(np.argmax(~np.isfinite(values)))]!r}. Fix: fill it in or remove the effect.")
         if effect.model == "power" and not (np.all(values > 0) and effect.reference > 0):
@@ -226,15 +241,17 @@ def make_problem(
         if name not in data.covariates or dict(data.covariate_levels).get(name) is not None:
             raise SpecError(f"the model reads covariate {name!r} from the data, but the data have no numeric column {name!r}. "
                             f"Fix: add the column (one value per subject), or rename the model's parameter to a column of the data ({', '.join(sorted(data.covariates)) or 'none'}).")  # fmt: skip
-        values = np.asarray(data.covariates[name], dtype=float)
+        every = data.covariate_periods(name)
+        values = every.min(axis=1)
         if not np.all(np.isfinite(values)):
             raise SpecError(f"covariate {name!r}, which the model reads, is missing for subject {data.ids[int(np.argmax(~np.isfinite(values)))]!r}. Fix: fill it in.")
         ps = model.spec[name]
         lo, hi = ps.to_declared(ps.bounds[0]), ps.to_declared(ps.bounds[1])
-        outside = (values < lo) | (values > hi)
+        outside = np.any((every < lo) | (every > hi), axis=1)
         if outside.any():
             k = int(np.argmax(outside))
-            raise SpecError(f"covariate {name!r} of subject {data.ids[k]!r} is {values[k]:g} {ps.unit}, outside the model's bounds [{lo:g}, {hi:g}] {ps.unit}. "
+            bad = every[k][(every[k] < lo) | (every[k] > hi)][0]
+            raise SpecError(f"covariate {name!r} of subject {data.ids[k]!r} is {bad:g} {ps.unit}, outside the model's bounds [{lo:g}, {hi:g}] {ps.unit}. "
                             f"Fix: check the data's unit (the model reads {name} in {ps.unit}) or widen the bounds in the model file.")  # fmt: skip
     if data.dvid_names != model.observable_names:
         raise SpecError(f"the data's observation types ({', '.join(data.dvid_names)}) are not the model's observables ({', '.join(model.observable_names)}). "
@@ -242,7 +259,8 @@ def make_problem(
     kinds = ResidualModel.build(residual_kinds, names=model.observable_names).kinds
     slots = slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), max_dose_lag(model))
     options = options or SolverOptions(adjoint=dfx.ForwardMode())
-    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature, blocks, bool(interaction))
+    timed = any(c in data.covariate_series for c in (*(e.covariate for e in covariates), *bound))
+    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature, blocks, bool(interaction), timed)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -318,13 +336,16 @@ def unpack(problem: FitProblem, psi: Float[Array, " psi"], base_residual: Residu
     return Unpacked(typical_theta(problem, psi[:nf]), psi[nf:ns], RandomEffects(omega, corr_chol), residual)
 
 
-def covariate_theta(problem: FitProblem, theta, beta, covariates: Float[Array, " effects"]):
+def covariate_theta(problem: FitProblem, theta, beta, covariates: Float[Array, " effects"] | Float[Array, "periods effects"]):
     """The patient's typical values: the model's covariates set to the patient's (``covariates``
-    after the effects' columns), then the covariate effects applied to ``theta``."""
+    after the effects' columns), then the covariate effects applied to ``theta``; with a period
+    axis (``problem.timed``), one row per period."""
     names = problem.model.parameter_names
     if covariates.shape[-1] != len(problem.covariates) + len(problem.bound):
         raise SpecError(f"the patients' covariate arrays have {covariates.shape[-1]} columns but the fit reads {len(problem.covariates) + len(problem.bound)} "
                         "(its covariate effects', then the model's covariates). Fix: build the patients with problem_patients(problem, data).")  # fmt: skip
+    if covariates.ndim == 2:
+        return jax.vmap(lambda c: covariate_theta(problem, theta, beta, c))(covariates)
     if problem.bound:
         idx = jnp.asarray([names.index(n) for n in problem.bound])
         theta = theta.at[idx].set(covariates[len(problem.covariates) :])
@@ -353,8 +374,9 @@ class PatientData(eqx.Module):
     obs_value: Float[Array, " obs"]
     obs_cens: Array
     obs_mask: Array
-    covariates: Float[Array, " effects"]
+    covariates: Float[Array, " effects"] | Float[Array, "periods effects"]
     records: DoseRecords | None = None
+    periods: Float[Array, " periods"] | None = None  # start times of the covariates' periods (FitProblem.timed)
 
 
 def patient_arrays(
@@ -363,7 +385,9 @@ def patient_arrays(
     """All patients of a dataset as one stacked :class:`PatientData` (jnp arrays).
 
     ``covariates[:, k]`` holds each patient's value of the covariate of ``effects[k]``, then
-    its values of the model's covariates ``bound`` (:attr:`FitProblem.bound`). With
+    its values of the model's covariates ``bound`` (:attr:`FitProblem.bound`); where one of
+    them is time-varying, ``covariates[:, p, k]`` the values of period ``p`` starting at
+    ``periods[:, p]`` (:attr:`il2treg.data.Dataset.covariate_time`). With
     ``use``, only observations of those types enter the likelihood (the others are masked), e.g.
     to fit Treg counts without also fitting the Treg % computed from the same sample.
     """
@@ -374,11 +398,15 @@ def patient_arrays(
             raise SpecError(f"unknown observation type {unknown[0]!r}. Fix: use one of {', '.join(data.dvid_names)}.")
         mask = mask & np.isin(np.asarray(data.obs_dvid), [data.dvid_names.index(u) for u in use])
     columns = [e.covariate for e in effects] + list(bound)
-    cov = np.stack([np.asarray(data.covariates[c], dtype=float) for c in columns], axis=1) if columns else np.zeros((data.n_subjects, 0))
+    timed = any(c in data.covariate_series for c in columns)
+    if timed:  # one row per period of constant covariates
+        cov = np.stack([data.covariate_periods(c) for c in columns], axis=2)
+    else:
+        cov = np.stack([np.asarray(data.covariates[c], dtype=float) for c in columns], axis=1) if columns else np.zeros((data.n_subjects, 0))
     return PatientData(
         jnp.asarray(data.dose_time), jnp.asarray(data.dose_amount), jnp.asarray(data.obs_time),
         jnp.asarray(data.obs_dvid), jnp.asarray(data.obs_value), jnp.asarray(data.obs_cens), jnp.asarray(mask),
-        jnp.asarray(cov), data.records(),
+        jnp.asarray(cov), data.records(), jnp.asarray(data.covariate_time) if timed else None,
     )  # fmt: skip
 
 
@@ -395,12 +423,13 @@ def problem_patients(problem: FitProblem, data: Dataset, use: tuple[str, ...] | 
 
 
 def individual_theta(problem: FitProblem, theta: Float[Array, " params"], eta: Float[Array, " eta"]) -> Float[Array, " params"]:
-    """theta_i = theta * exp(eta) on the parameters with random effects."""
+    """theta_i = theta * exp(eta) on the parameters with random effects (in every period of a
+    ``[periods, params]`` theta)."""
     if not problem.n_eta:
         return theta
     names = problem.model.parameter_names
     idx = jnp.asarray([names.index(n) for n in problem.random])
-    return theta.at[idx].set(theta[idx] * jnp.exp(eta))
+    return theta.at[..., idx].set(theta[..., idx] * jnp.exp(eta))
 
 
 def predict(problem: FitProblem, theta_i: Float[Array, " params"], patient: PatientData) -> tuple[Float[Array, " obs"], Array]:
@@ -408,6 +437,7 @@ def predict(problem: FitProblem, theta_i: Float[Array, " params"], patient: Pati
     values, status = solve_one(
         problem.model.mechanism, theta_i,
         patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots, records=patient.records,
+        periods=patient.periods,
     )  # fmt: skip
     pred = jnp.take_along_axis(values, patient.obs_dvid[:, None], axis=1)[:, 0]
     return pred, status
@@ -449,22 +479,33 @@ def expand(problem: FitProblem, theta_i: Float[Array, " params"], patient: Patie
     tangents), whatever the number of fixed and random effects. The parameters reach the solve as
     a tuple of scalars in which only the entries in ``first`` depend on ``w``: the others carry
     no tangent at all (not a tangent of zeros, as one array would), so forward mode skips every
-    derivative of the vector field with respect to them.
+    derivative of the vector field with respect to them. With a period axis (``theta_i``
+    ``[periods, params]``, ``problem.timed``) a parameter that follows a time-varying covariate
+    (:attr:`FitProblem.time_varying`) is one direction per period, the others one direction
+    for all periods (their values are the same in every period).
     """
     base = jax.lax.stop_gradient(theta_i)  # only the entries in `first` are varied below
-    idx = jnp.asarray(first, dtype=jnp.int32)
-    pos = jnp.asarray([first.index(k) for k in second], dtype=jnp.int32)
-    where = {k: j for j, k in enumerate(first)}
+    shared, varying = _directions(problem, first, base.ndim > 1)
+    pos = jnp.asarray(_positions(second, shared, varying, base.shape[0] if base.ndim > 1 else 1), dtype=jnp.int32)
 
     def solve(w):
-        theta = tuple(w[where[k]] if k in where else base[k] for k in range(base.shape[0]))
+        if base.ndim == 1:
+            where = {k: j for j, k in enumerate(first)}
+            theta = tuple(w[where[k]] if k in where else base[k] for k in range(base.shape[0]))
+        else:
+            per = w[len(shared) :].reshape(base.shape[0], len(varying))
+            theta = tuple(
+                jnp.broadcast_to(w[shared.index(k)], base.shape[:1]) if k in shared else per[:, varying.index(k)] if k in varying else base[:, k]
+                for k in range(base.shape[1])
+            )  # fmt: skip
         values, status = solve_one(
             problem.model.mechanism, theta,
             patient.dose_time, patient.dose_amount, patient.obs_time, problem.options, problem.slots, states=True, records=patient.records,
+            periods=patient.periods,
         )  # fmt: skip
         return values, status
 
-    w0 = theta_i[idx] if first else jnp.zeros(0)
+    w0 = _flat(theta_i, shared, varying)
     if not first:
         states, status = solve(w0)
         zeros = jnp.zeros((*states.shape, 0))
@@ -475,7 +516,7 @@ def expand(problem: FitProblem, theta_i: Float[Array, " params"], patient: Patie
             return values, (values, status)
 
         d1, (states, status) = _jacfwd(fwd, w0)
-        return Expansion(w0, states, d1, jnp.zeros((*states.shape, 0, len(first))), status, first, second)
+        return Expansion(w0, states, d1, jnp.zeros((*states.shape, 0, w0.shape[0])), status, first, second)
 
     def outer(w):
         def inner(ws):
@@ -487,6 +528,34 @@ def expand(problem: FitProblem, theta_i: Float[Array, " params"], patient: Patie
 
     (d2, d1), (states, status) = _jacfwd(outer, w0)
     return Expansion(w0, states, d1, d2, status, first, second)
+
+
+def _directions(problem: FitProblem, first: tuple[int, ...], timed: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(shared, varying): the model indices in ``first`` with one direction for all periods, and
+    those with one direction per period (all shared without a period axis)."""
+    if not timed:
+        return first, ()
+    names, moving = problem.model.parameter_names, set(problem.time_varying)
+    return tuple(k for k in first if names[k] not in moving), tuple(k for k in first if names[k] in moving)
+
+
+def _flat(theta_i, shared: tuple[int, ...], varying: tuple[int, ...]) -> Float[Array, " w"]:
+    """An expansion's ``w`` at ``theta_i``: the shared directions, then the varying ones period by period."""
+    if theta_i.ndim == 1:
+        return theta_i[jnp.asarray(shared, dtype=jnp.int32)] if shared else jnp.zeros(0)
+    one = theta_i[0, jnp.asarray(shared, dtype=jnp.int32)] if shared else jnp.zeros(0)
+    return jnp.concatenate([one, theta_i[:, jnp.asarray(varying, dtype=jnp.int32)].reshape(-1) if varying else jnp.zeros(0)])
+
+
+def _positions(second: tuple[int, ...], shared: tuple[int, ...], varying: tuple[int, ...], periods: int) -> list[int]:
+    """Positions in an expansion's ``w`` (:func:`_flat`) of the ``second`` directions."""
+    out = []
+    for k in second:
+        if k in shared:
+            out.append(shared.index(k))
+        else:
+            out += [len(shared) + p * len(varying) + varying.index(k) for p in range(periods)]
+    return out
 
 
 def _jacfwd(fun, w: Float[Array, " n"]):
@@ -509,12 +578,18 @@ def expanded_predict(problem: FitProblem, ex: Expansion, theta_i: Float[Array, "
     it with ``jax.jacfwd`` for the sensitivities of the predictions to any fit parameter.
     """
     mechanism = problem.model.mechanism
-    delta = theta_i[jnp.asarray(ex.first, dtype=jnp.int32)] - ex.w if ex.first else jnp.zeros(0)
+    timed = theta_i.ndim > 1
+    shared, varying = _directions(problem, ex.first, timed)
+    delta = _flat(theta_i, shared, varying) - ex.w
     states = ex.states + ex.d1 @ delta
     if ex.second:
-        pos = jnp.asarray([ex.first.index(k) for k in ex.second], dtype=jnp.int32)
+        pos = jnp.asarray(_positions(ex.second, shared, varying, theta_i.shape[0] if timed else 1), dtype=jnp.int32)
         ds = delta[pos]
         states = states + jnp.einsum("tsev,e,v->ts", ex.d2, ds, delta) - 0.5 * jnp.einsum("tsef,e,f->ts", ex.d2[..., pos], ds, ds)
-    args = mechanism.prepare(theta_i)
-    values = jax.vmap(lambda t, y: mechanism.observables(t, y, args))(patient.obs_time, states)
+    if timed:  # each observation with the parameters of its period (last value carried forward)
+        period = jnp.clip(jnp.searchsorted(patient.periods, patient.obs_time, side="right") - 1, 0, theta_i.shape[0] - 1)
+        values = jax.vmap(lambda t, y, th: mechanism.observables(t, y, mechanism.prepare(th)))(patient.obs_time, states, theta_i[period])
+    else:
+        args = mechanism.prepare(theta_i)
+        values = jax.vmap(lambda t, y: mechanism.observables(t, y, args))(patient.obs_time, states)
     return jnp.take_along_axis(values, patient.obs_dvid[:, None], axis=1)[:, 0]

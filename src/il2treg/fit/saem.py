@@ -180,6 +180,10 @@ def fit_saem(objective, psi0: Float[Array, " psi"], settings: SaemSettings = Sae
     start = time.time()
     problem = objective.problem
     patients = objective.patients
+    moving = [n for n in problem.random if problem.timed and n in problem.time_varying]
+    if moving:
+        raise SpecError(f"SAEM cannot estimate a random effect on {moving[0]!r}, which follows a time-varying covariate (its individual value changes within a patient). "
+                        "Fix: fit with FOCE-I or NUTS, or give the covariate one value per subject.")  # fmt: skip
     n, ne = patients.obs_time.shape[0], problem.n_eta
     rng = np.random.default_rng(settings.seed)
     psi = np.asarray(psi0, dtype=np.float64).copy()
