@@ -361,7 +361,7 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
                          f"{int(used_per_patient.max(initial=0))} observations (and >= 20). Fix: n_sim=1000.")
     psi = jnp.asarray(result.psi)
     up = unpack(problem, psi, spec.residual_model())
-    eta0 = _ebes(result, problem, dataset) if data is None else jnp.zeros((dataset.n_subjects, problem.n_eta))
+    eta0 = _ebes(result, problem, dataset) if data is None else jnp.zeros((dataset.n_subjects, problem.n_random))
     inner = objective.inner(psi, eta0)
     eta, ipred, jac, status = (np.asarray(x) for x in (inner.eta, inner.pred, inner.jac, inner.status))
     pred = np.asarray(predict_all(problem, up.theta, up.beta, jnp.zeros_like(inner.eta), patients, batch_size=batch_size)[0])
@@ -493,7 +493,7 @@ def individual_curves(diag: Diagnostics, ids, *, dvid: str = "treg_per_uL", step
     dense = PatientData(
         take(p.dose_time), take(p.dose_amount), times, dvids, np.zeros_like(times, dtype=np.asarray(p.obs_value).dtype),
         np.zeros(times.shape, dtype=np.asarray(p.obs_cens).dtype), np.ones(times.shape, dtype=np.asarray(p.obs_mask).dtype), take(p.covariates),
-        jax.tree.map(take, p.records), None if p.periods is None else take(p.periods),
+        jax.tree.map(take, p.records), None if p.periods is None else take(p.periods), None if p.occasion is None else take(p.occasion),
     )  # fmt: skip
 
     def solve(c: int) -> np.ndarray:
@@ -719,7 +719,7 @@ def _ebes(result: FitResult, problem, dataset: Dataset) -> jnp.ndarray:
     ind = result.individual
     if len(ind) != dataset.n_subjects:
         raise InputError(f"the fit has {len(ind)} patients but its data now have {dataset.n_subjects}. Fix: pass data=... to re-estimate the EBEs.")
-    return jnp.asarray(np.stack([ind[f"ETA_{n}"].to_numpy(dtype=np.float64) for n in problem.random], axis=1) if problem.n_eta else np.zeros((len(ind), 0)))
+    return jnp.asarray(np.stack([ind[n].to_numpy(dtype=np.float64) for n in problem.random_names], axis=1) if problem.n_random else np.zeros((len(ind), 0)))
 
 
 def _dense_step(rows: pd.DataFrame) -> float:

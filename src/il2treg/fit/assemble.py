@@ -87,7 +87,8 @@ def make_objective(spec: FitSpec, problem: FitProblem) -> ShardedObjective | Thr
 
 def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) -> jax.Array:
     """The starting vector: fixed effects at the model's (initial) values, covariate coefficients,
-    omegas from CV%, the correlations of omega blocks, sigmas (the order of ``problem.psi_names``)."""
+    omegas from CV%, the correlations of omega blocks, inter-occasion omegas, sigmas (the order
+    of ``problem.psi_names``)."""
     typical = spec.model.typical()
     u = to_unconstrained(problem, {n: float(typical[n]) for n in problem.fixed})
     beta = [c.initial for c in spec.covariates]
@@ -95,11 +96,13 @@ def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) ->
     log_omega = [0.5 * math.log(math.log1p((cv[n] / 100.0) ** 2)) for n in problem.random]
     initial_corr = {(i, j): b.correlation for b in spec.omega_blocks for i, j in problem.corr_pairs if problem.random[i] in b.parameters}
     corr = partial_correlations(block_correlation(problem.n_eta, problem.corr_pairs, initial_corr), problem.corr_pairs) if problem.n_corr else []
+    iov_cv = {p.name: p.iov_cv_percent for p in spec.parameters if p.iov_cv_percent is not None}
+    log_omega_iov = [0.5 * math.log(math.log1p((iov_cv[n] / 100.0) ** 2)) for n in problem.iov]
     log_sigma = []
     for dvid, kind in problem.sigmas:
         d = problem.model.observable_names.index(dvid)
         log_sigma.append(math.log(float((residual0.sigma_add if kind == "add" else residual0.sigma_prop)[d])))
-    rest = [jnp.asarray(x, dtype=jnp.float64) for x in (beta, log_omega, corr, log_sigma)]
+    rest = [jnp.asarray(x, dtype=jnp.float64) for x in (beta, log_omega, corr, log_omega_iov, log_sigma)]
     return jnp.concatenate([u, *rest])
 
 
@@ -108,7 +111,7 @@ def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) ->
 
 def patient_theta(problem: FitProblem, theta, beta, eta, patient: PatientData):
     """One patient's parameters: covariate effects on the typical values, then its random effects."""
-    return individual_theta(problem, covariate_theta(problem, theta, beta, patient.covariates), eta)
+    return individual_theta(problem, covariate_theta(problem, theta, beta, patient.covariates), eta, patient.occasion)
 
 
 #: A thread for the predictions' program, built while the estimation runs.
@@ -153,7 +156,7 @@ def _rows(problem: FitProblem, patients: PatientData, day: float) -> PredictionR
     slots = slots_needed(np.asarray(patients.dose_time), times, max_dose_lag(problem.model))
     at = PatientData(
         patients.dose_time, patients.dose_amount, jnp.asarray(times), jnp.asarray(dvid), jnp.zeros(times.shape),
-        jnp.zeros(times.shape, dtype=bool), jnp.ones(times.shape, dtype=bool), patients.covariates, patients.records, patients.periods,
+        jnp.zeros(times.shape, dtype=bool), jnp.ones(times.shape, dtype=bool), patients.covariates, patients.records, patients.periods, patients.occasion,
     )  # fmt: skip
     return PredictionRows(dataclasses.replace(problem, slots=slots), at, np.argsort(order, axis=1), extra.shape[1])
 
@@ -206,8 +209,8 @@ def _individual(spec: FitSpec, problem, fit: PopulationFit, theta, beta, residua
         "ID": _ids(data, np.arange(n)), "included": included, "inner_status": status.astype(np.int64),
         "status": [_status_text(int(c), bool(ok)) for c, ok in zip(status, included)],
     }  # fmt: skip
-    for k, name in enumerate(problem.random):
-        columns[f"ETA_{name}"] = eta[:, k]
+    for k, name in enumerate(problem.random_names):  # ETA_<p>, then KAPPA_<p>_<occasion>
+        columns[name] = eta[:, k]
     theta_i = np.asarray(_allpatient_theta(problem, theta, beta, jnp.asarray(eta), patients))
     if problem.timed:  # time-varying covariates: the first period's (the subject's first row)
         theta_i = theta_i[:, 0]
@@ -244,7 +247,7 @@ def declared_factors(problem: FitProblem) -> np.ndarray:
     spec = problem.model.spec
     fixed = [spec[n].to_declared(1.0) for n in problem.fixed]
     beta = [spec[c.parameter].to_declared(1.0) if c.model == "linear" else 1.0 for c in problem.covariates]
-    return np.asarray(fixed + beta + [1.0] * (problem.n_eta + problem.n_corr + len(problem.sigmas)), dtype=np.float64)
+    return np.asarray(fixed + beta + [1.0] * (problem.n_eta + problem.n_corr + problem.n_iov + len(problem.sigmas)), dtype=np.float64)
 
 
 def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel) -> pd.DataFrame:
@@ -286,6 +289,9 @@ def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0
     for i, j in problem.corr_pairs:
         name = f"corr_{problem.random[j]}_{problem.random[i]}"
         row(name, "correlation", "1", True, est[name], initial[name])
+    for n in problem.iov:
+        name = f"omega_iov_{n}"
+        row(name, "omega_iov", "1", True, est[name], initial[name])
     for e in spec.errors:
         for sigma in ("sigma_add", "sigma_prop"):
             if sigma not in SIGMAS_OF_KIND[e.kind]:
@@ -446,7 +452,7 @@ def prediction_rows(problem: FitProblem, patients: PatientData, day: float) -> P
 def compile_predictions(rows: PredictionRows, psi, residual0: ResidualModel) -> Future:
     """Build the predictions' program on a background thread (while the estimation runs)."""
     up0 = _unpack(rows.problem, psi, residual0)
-    eta0 = np.zeros((rows.inverse.shape[0], rows.problem.n_eta))
+    eta0 = np.zeros((rows.inverse.shape[0], rows.problem.n_random))
     return _BACKGROUND.submit(lambda: predict_all.lower(rows.problem, up0.theta, up0.beta, eta0, rows.patients).compile())
 
 

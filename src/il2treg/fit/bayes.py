@@ -222,6 +222,8 @@ def make_target(problem: FitProblem, patients: PatientData, base_residual: Resid
     centred form is used, elsewhere the non-centred one: each avoids the other's pathology (a funnel
     for weak data, a curved ridge between omega and z for strong data).
     """
+    if problem.iov:
+        raise SpecError(f"NUTS does not sample inter-occasion variability yet (iov on {', '.join(problem.iov)}). Fix: fit it with FOCE-I (--method foce).")
     centred = jnp.sqrt(jnp.asarray(eta_var)) < threshold * jnp.asarray(omega)[None, :]
     return Target(problem, patients, base_residual, prior, jnp.asarray(include), centred)
 

@@ -128,7 +128,7 @@ def fit_population(
     start = time.time()
     n = objective.patients.obs_time.shape[0]
     psi = jnp.asarray(psi0, dtype=jnp.float64)
-    eta0 = jnp.zeros((n, objective.problem.n_eta))
+    eta0 = jnp.zeros((n, objective.problem.n_random))
     objective.compile_ahead(psi, eta0, jnp.ones(n, dtype=bool))  # traced here, compiled in the background
     inner = objective.inner(psi, eta0)
     include, misfit = _start_checks(objective, psi, inner, outlier_iwres2)
@@ -159,13 +159,13 @@ def fit_population(
 
 def multistart(objective: Objective, psi, best: InnerResult, spread: float = 1.0) -> InnerResult:
     r"""``best`` (EBEs already solved at ``psi``) against solves from :math:`\pm` ``spread`` SDs
-    (omega) on every random effect at once; per patient the converged result with the lowest
+    (omega, and the inter-occasion omegas) on every random effect at once; per patient the converged result with the lowest
     :math:`g` (status 0 preferred).
 
     The inner problem need not be convex in eta (the predictions are nonlinear in the parameters),
     so one start can end in a local minimum. The starts reuse the one compiled inner solve.
     """
-    omega = np.asarray(_omega(objective.problem, psi, objective.base_residual))
+    omega = np.asarray(_sd(objective.problem, psi, objective.base_residual))
     for sign in (1.0, -1.0):  # the starts in NumPy: an eager jnp operation is a program to compile
         trial = objective.inner(psi, jnp.asarray(np.broadcast_to(sign * spread * omega, best.eta.shape)))
         best = _better(trial, best)
@@ -175,6 +175,12 @@ def multistart(objective: Objective, psi, best: InnerResult, spread: float = 1.0
 @eqx.filter_jit
 def _omega(problem: FitProblem, psi, base_residual):
     return unpack(problem, psi, base_residual).omega
+
+
+@eqx.filter_jit
+def _sd(problem: FitProblem, psi, base_residual):
+    """The SD of every entry of the random-effect vector (eta, then kappa)."""
+    return unpack(problem, psi, base_residual).random_effects.sd
 
 
 @jax.jit
@@ -424,13 +430,13 @@ def natural_estimates(problem: FitProblem, fit: PopulationFit, base_residual) ->
 def natural_parameters(problem: FitProblem, psi: Float[Array, " psi"], base_residual) -> Float[Array, " psi"]:
     """``psi`` on the scale :func:`natural_estimates` reports: fixed effects in internal units,
     covariate coefficients, omegas (SDs of eta), correlations of the random effects in omega
-    blocks, and sigmas."""
+    blocks, inter-occasion SDs (of kappa), and sigmas."""
     u = unpack(problem, psi, base_residual)
     names = problem.model.parameter_names
     fixed = u.theta[jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)] if problem.n_fixed else jnp.zeros(0)
     corr = u.random_effects.correlation()
     correlations = jnp.stack([corr[i, j] for i, j in problem.corr_pairs]) if problem.n_corr else jnp.zeros(0)
-    return jnp.concatenate([fixed, u.beta, u.omega, correlations, jnp.exp(psi[problem.sigma_start :])])
+    return jnp.concatenate([fixed, u.beta, u.omega, correlations, u.omega_iov, jnp.exp(psi[problem.sigma_start :])])
 
 
 @eqx.filter_jit

@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import ClassVar
 
-from il2treg.errors import InputError
+from il2treg.errors import InputError, SpecError
 from il2treg.fit.bayes import NutsSettings
 from il2treg.fit.estimate import PopulationFit, fit_population
 from il2treg.fit.saem import SaemSettings, fit_saem
@@ -35,6 +35,13 @@ class Estimator:
     def estimate(self, spec, objective, psi0, callback: Callable[[dict], None]) -> PopulationFit:
         """The population estimates from ``psi0`` (without the covariance step)."""
         raise NotImplementedError
+
+    def check(self, problem) -> None:
+        """Raise :class:`~il2treg.errors.SpecError` where this estimator cannot fit ``problem``
+        (called before anything is computed)."""
+        if problem.iov and self.name != "foce":
+            raise SpecError(f"--method {self.name} does not estimate inter-occasion variability yet (iov on {', '.join(problem.iov)}). "
+                            "Fix: fit it with FOCE-I (--method foce).")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,8 +90,8 @@ def pred_and_jac(problem: FitProblem, theta, eta, patient: PatientData):
     The ODE is differentiated (forward mode) only with respect to the random-effect parameters
     it reads (:func:`il2treg.fit.problem.expand`); the rest of the chain rule is exact and cheap.
     """
-    ex = expand(problem, individual_theta(problem, theta, eta), patient, problem.ode_random)
-    fwd = lambda e: expanded_predict(problem, ex, individual_theta(problem, theta, e), patient)
+    ex = expand(problem, individual_theta(problem, theta, eta, patient.occasion), patient, problem.ode_random)
+    fwd = lambda e: expanded_predict(problem, ex, individual_theta(problem, theta, e, patient.occasion), patient)
     return fwd(eta), jax.jacfwd(fwd)(eta), ex.status
 
 

@@ -104,11 +104,11 @@ class PatientGradients(eqx.Module):
 def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: PatientData) -> PatientGradients:
     """d L_i / d psi including the implicit dependence of eta_hat on psi (see module docstring),
     and d eta_hat / d psi (the same factorisation's other use)."""
-    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
+    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_random
 
     def theta_of(z):
         theta = covariate_theta(problem, typical_theta(problem, z[:nf]), z[nf:ns], patient.covariates)
-        return individual_theta(problem, theta, z[ns:])
+        return individual_theta(problem, theta, z[ns:], patient.occasion)
 
     z0 = jnp.concatenate([psi[:ns], eta])
     # One solve with second-order sensitivities in the few ODE directions that vary, then the

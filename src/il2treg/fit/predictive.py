@@ -17,6 +17,8 @@ variability.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,7 +128,13 @@ def _draw(result: FitResult, spec: FitSpec, n_draws: int, n_patients: int, seed:
     chol = np.stack([om[:, None] * np.linalg.cholesky(block_correlation(ne, problem.corr_pairs, dict(zip(problem.corr_pairs, row[ns + ne : problem.sigma_start]))))
                      for om, row in zip(omega, natural)]) if ne else np.zeros((n_draws, 0, 0))  # fmt: skip
     z = jax.random.normal(jax.random.PRNGKey(seed), (n_draws, n_patients, ne))
-    theta_i = jax.vmap(lambda th, ch, zz: jax.vmap(lambda zi: individual_theta(problem, th, ch @ zi))(zz))(theta, jnp.asarray(chol), z)
+    between = dataclasses.replace(problem, iov=(), occasion=None, occasions=0)  # a new patient's eta; kappa below
+    theta_i = jax.vmap(lambda th, ch, zz: jax.vmap(lambda zi: individual_theta(between, th, ch @ zi))(zz))(theta, jnp.asarray(chol), z)
+    if problem.iov:  # one occasion: a kappa of its own on each parameter with inter-occasion variability
+        start = problem.sigma_start
+        kappa = natural[:, None, start - problem.n_iov : start] * jax.random.normal(jax.random.PRNGKey(seed + 1), (n_draws, n_patients, problem.n_iov))
+        idx = jnp.asarray([problem.model.parameter_names.index(n) for n in problem.iov])
+        theta_i = theta_i.at[..., idx].multiply(jnp.exp(kappa))
     params = Parameters(theta_i.reshape(n_draws * n_patients, -1), spec.model.parameter_names)
     return draws, pick, natural, params
 

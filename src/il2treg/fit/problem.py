@@ -32,8 +32,20 @@ parameters have one row per period of constant covariates, :math:`\theta_{i,p} =
 \theta(c_{i,p})\,e^{\eta_i}` (the same random effects in every period), and the solver
 changes them at each period's start (:func:`il2treg.simulate.solve_records`).
 
-They are packed into one vector :math:`\psi = (u, \beta, \log\omega, x, \log\sigma)` for the
-optimiser. Everything not estimated stays at the model file's value.
+**Inter-occasion variability** (NONMEM's ``$OMEGA BLOCK(1) SAME`` per occasion). The parameters
+in ``FitProblem.iov`` have a further random effect :math:`\kappa_{ik} \sim N(0, \omega_{IOV}^2)`
+in each occasion :math:`k` of patient :math:`i` (an occasion column of the data, ``OCC``), independent
+between occasions: :math:`\theta_{i,p} = \theta\,e^{\eta_i + \kappa_{i,k(p)}}` in a period
+:math:`p` of occasion :math:`k(p)`. Each patient's random-effect vector is
+:math:`(\eta_i, \kappa_{i1}, \dots, \kappa_{iK})`, the :math:`\kappa` occasion by occasion
+(``FitProblem.occasions`` :math:`= K`, the most occasions any patient has, in the order they
+appear in its rows); its covariance is block-diagonal, :math:`\Omega` then :math:`K` copies of
+:math:`\mathrm{diag}(\omega_{IOV}^2)`. The :math:`\kappa` of an occasion a patient does not have
+meet no data: their posterior is their prior, and they add nothing to the FOCE objective
+(:math:`\log\det\Omega` and the Laplace :math:`\log\det` cancel in those directions).
+
+They are packed into one vector :math:`\psi = (u, \beta, \log\omega, x, \log\omega_{IOV},
+\log\sigma)` for the optimiser. Everything not estimated stays at the model file's value.
 """
 
 from __future__ import annotations
@@ -100,8 +112,12 @@ class FitProblem:
             the individual predictions. ``False``: NONMEM's FOCE without interaction, the SDs at
             the population predictions (eta = 0) in the EBE search and the objective;
             the same for additive and log error models, not for proportional or combined ones.
-        timed: a covariate column the fit reads changes within a patient: the patients'
-            covariates and parameters have a period axis (module docstring).
+        timed: a covariate column the fit reads changes within a patient, or the fit has
+            inter-occasion variability: the patients' covariates and parameters have a period
+            axis (module docstring).
+        iov: names of the parameters with inter-occasion variability (module docstring).
+        occasion: the data column that numbers the occasions (``OCC``), with ``iov``.
+        occasions: the most occasions any patient has (the number of kappa per parameter in ``iov``).
     """
 
     model: Model
@@ -117,12 +133,31 @@ class FitProblem:
     blocks: tuple[tuple[str, ...], ...] = ()
     interaction: bool = True
     timed: bool = False
+    iov: tuple[str, ...] = ()
+    occasion: str | None = None
+    occasions: int = 0
 
     @property
     def time_varying(self) -> tuple[str, ...]:
-        """Names of the parameters whose typical value follows a time-varying covariate (those
-        that ``timed`` may move between periods)."""
-        return tuple(dict.fromkeys([*self.bound, *(e.parameter for e in self.covariates)]))
+        """Names of the parameters whose value may change between a patient's periods: those
+        that follow a covariate, and those with inter-occasion variability."""
+        return tuple(dict.fromkeys([*self.bound, *(e.parameter for e in self.covariates), *self.iov]))
+
+    @property
+    def n_iov(self) -> int:
+        """Number of inter-occasion SDs estimated (one per parameter in ``iov``)."""
+        return len(self.iov)
+
+    @property
+    def n_random(self) -> int:
+        """Length of each patient's random-effect vector: its eta, then its kappa occasion by occasion."""
+        return len(self.random) + self.occasions * len(self.iov)
+
+    @property
+    def random_names(self) -> tuple[str, ...]:
+        """A name per entry of the random-effect vector: ``ETA_<p>``, then ``KAPPA_<p>_<k>``
+        (occasion k, counted from 1)."""
+        return (*(f"ETA_{n}" for n in self.random), *(f"KAPPA_{n}_{k + 1}" for k in range(self.occasions) for n in self.iov))
 
     @property
     def n_fixed(self) -> int:
@@ -152,27 +187,27 @@ class FitProblem:
 
     @property
     def n_psi(self) -> int:
-        return self.n_struct + len(self.random) + self.n_corr + len(self.sigmas)
+        return self.n_struct + len(self.random) + self.n_corr + self.n_iov + len(self.sigmas)
 
     @property
     def sigma_start(self) -> int:
         """Index in psi of the first residual SD."""
-        return self.n_struct + self.n_eta + self.n_corr
+        return self.n_struct + self.n_eta + self.n_corr + self.n_iov
 
     @property
     def ode_varied(self) -> tuple[int, ...]:
         """Model indices of the parameters that the fit varies (fixed, random or with a covariate)
         and the ODE reads (:attr:`il2treg.model.Mechanism.ode_parameters`): the only directions in
         which predictions need ODE sensitivities."""
-        varied = {*self.fixed, *self.random, *(c.parameter for c in self.covariates)}
+        varied = {*self.fixed, *self.random, *self.iov, *(c.parameter for c in self.covariates)}
         names = self.model.parameter_names
         return tuple(names.index(n) for n in self.model.mechanism.ode_parameters if n in varied)
 
     @property
     def ode_random(self) -> tuple[int, ...]:
-        """Model indices of the parameters with a random effect that the ODE reads."""
+        """Model indices of the parameters with a random effect (between patients or occasions) that the ODE reads."""
         names = self.model.parameter_names
-        return tuple(names.index(n) for n in self.model.mechanism.ode_parameters if n in self.random)
+        return tuple(names.index(n) for n in self.model.mechanism.ode_parameters if n in self.random or n in self.iov)
 
     @property
     def psi_names(self) -> tuple[str, ...]:
@@ -181,6 +216,7 @@ class FitProblem:
             *(c.name for c in self.covariates),
             *(f"omega_{n}" for n in self.random),
             *(f"corr_{self.random[j]}_{self.random[i]}" for i, j in self.corr_pairs),
+            *(f"omega_iov_{n}" for n in self.iov),
             *(f"sigma_{kind}_{dvid}" for dvid, kind in self.sigmas),
         )
 
@@ -198,6 +234,8 @@ def make_problem(
     curvature: str = "observed",
     blocks: tuple[tuple[str, ...], ...] = (),
     interaction: bool = True,
+    iov: tuple[str, ...] = (),
+    occasion: str | None = None,
 ) -> FitProblem:
     """Validate the choice of estimated quantities against the model and the data."""
     if curvature not in CURVATURES:
@@ -209,8 +247,9 @@ def make_problem(
     for n in random:
         if model.spec[n].transform != "log":
             raise SpecError(f"random effect on {n!r} needs a log transform (it is {model.spec[n].transform!r}).")
-    if len(set(fixed)) != len(fixed) or len(set(random)) != len(random):
+    if len(set(fixed)) != len(fixed) or len(set(random)) != len(random) or len(set(iov)) != len(iov):
         raise SpecError("a parameter is listed twice in the fit. Fix: list each once.")
+    occasions = _occasions(model, data, tuple(iov), occasion)
     blocks = tuple(tuple(b) for b in blocks)
     check_blocks(tuple(random), blocks)
     observed = set(data.observed_names())
@@ -259,8 +298,43 @@ def make_problem(
     kinds = ResidualModel.build(residual_kinds, names=model.observable_names).kinds
     slots = slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), max_dose_lag(model))
     options = options or SolverOptions(adjoint=dfx.ForwardMode())
-    timed = any(c in data.covariate_series for c in (*(e.covariate for e in covariates), *bound))
-    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature, blocks, bool(interaction), timed)
+    timed = bool(iov) or any(c in data.covariate_series for c in (*(e.covariate for e in covariates), *bound))
+    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature, blocks, bool(interaction), timed,
+                      tuple(iov), occasion if iov else None, occasions)  # fmt: skip
+
+
+def _occasions(model: Model, data: Dataset, iov: tuple[str, ...], occasion: str | None) -> int:
+    """Check the inter-occasion variability against the model and the data; the most occasions
+    (distinct values of the occasion column) any patient has, 0 without it."""
+    if not iov:
+        return 0
+    names = model.parameter_names
+    for n in iov:
+        if n not in names:
+            raise SpecError(f"unknown parameter {n!r} with inter-occasion variability. Fix: use one of {', '.join(names)}.")
+        if model.spec[n].transform != "log":
+            raise SpecError(f"inter-occasion variability on {n!r} needs a log transform (it is {model.spec[n].transform!r}).")
+    if occasion is None or occasion not in data.covariates or occasion in dict(data.covariate_levels):
+        raise SpecError(f"inter-occasion variability on {', '.join(iov)} needs a numeric occasion column, but the data have no numeric column {occasion or 'OCC'!r}. "
+                        f"Fix: add one (e.g. OCC = 1, 2, ... from each occasion's first row on) or name it (occasion = \"...\" in the fit file).")  # fmt: skip
+    values = data.covariate_periods(occasion)
+    missing = ~np.isfinite(values).all(axis=1)
+    if missing.any():
+        raise SpecError(f"the occasion column {occasion!r} is empty for all of subject {data.ids[int(np.argmax(missing))]!r}'s rows. Fix: fill it in.")
+    return max(len(np.unique(row)) for row in values)
+
+
+def occasion_slots(values: Float[np.ndarray, "subjects periods"]) -> np.ndarray:
+    """Each period's occasion slot: the index of its occasion value among the patient's
+    occasions in the order they first appear."""
+    out = np.zeros(values.shape, dtype=np.int32)
+    for s, row in enumerate(values):
+        seen: list[float] = []
+        for p, v in enumerate(row):
+            if v not in seen:
+                seen.append(v)
+            out[s, p] = seen.index(v)
+    return out
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -305,13 +379,16 @@ class Unpacked(eqx.Module):
 
     theta: Float[Array, " params"]  # every model parameter, typical patient (reference covariates)
     beta: Float[Array, " effects"]
-    random_effects: RandomEffects
+    random_effects: RandomEffects  # of the whole random-effect vector: eta, then the kappa of each occasion
     residual: ResidualModel
+    omega_iov: Float[Array, " iov"]
+    kappas: int = eqx.field(static=True, default=0)
 
     @property
     def omega(self) -> Float[Array, " eta"]:
-        """The SDs of the random effects."""
-        return self.random_effects.sd
+        """The SDs of the random effects between patients (eta)."""
+        sd = self.random_effects.sd
+        return sd[: sd.shape[0] - self.kappas]
 
 
 def typical_theta(problem: FitProblem, u: Float[Array, " fixed"]) -> Float[Array, " params"]:
@@ -325,15 +402,17 @@ def typical_theta(problem: FitProblem, u: Float[Array, " fixed"]) -> Float[Array
 
 def unpack(problem: FitProblem, psi: Float[Array, " psi"], base_residual: ResidualModel) -> Unpacked:
     nf, ns, ne, start = problem.n_fixed, problem.n_struct, problem.n_eta, problem.sigma_start
-    omega = jnp.exp(psi[ns : ns + ne])
-    corr_chol = correlation_cholesky(psi[ns + ne : start], problem.corr_pairs, ne) if problem.n_corr else None
+    omega_iov = jnp.exp(psi[start - problem.n_iov : start])
+    omega = jnp.concatenate([jnp.exp(psi[ns : ns + ne]), jnp.tile(omega_iov, problem.occasions)])
+    corr_chol = correlation_cholesky(psi[ns + ne : ns + ne + problem.n_corr], problem.corr_pairs, problem.n_random) if problem.n_corr else None
     sa, sp = base_residual.sigma_add, base_residual.sigma_prop
     for k, (dvid, kind) in enumerate(problem.sigmas):
         d = problem.model.observable_names.index(dvid)
         value = jnp.exp(psi[start + k])
         sa, sp = (sa.at[d].set(value), sp) if kind == "add" else (sa, sp.at[d].set(value))
     residual = ResidualModel(sa, sp, problem.residual_kinds, base_residual.score_step, problem.model.observable_names)
-    return Unpacked(typical_theta(problem, psi[:nf]), psi[nf:ns], RandomEffects(omega, corr_chol), residual)
+    kappas = problem.n_random - ne
+    return Unpacked(typical_theta(problem, psi[:nf]), psi[nf:ns], RandomEffects(omega, corr_chol), residual, omega_iov, kappas)
 
 
 def covariate_theta(problem: FitProblem, theta, beta, covariates: Float[Array, " effects"] | Float[Array, "periods effects"]):
@@ -377,17 +456,19 @@ class PatientData(eqx.Module):
     covariates: Float[Array, " effects"] | Float[Array, "periods effects"]
     records: DoseRecords | None = None
     periods: Float[Array, " periods"] | None = None  # start times of the covariates' periods (FitProblem.timed)
+    occasion: Array | None = None  # [periods] int: the occasion slot of each period (FitProblem.iov)
 
 
 def patient_arrays(
-    data: Dataset, effects: tuple[CovariateEffect, ...] = (), use: tuple[str, ...] | None = None, bound: tuple[str, ...] = ()
+    data: Dataset, effects: tuple[CovariateEffect, ...] = (), use: tuple[str, ...] | None = None, bound: tuple[str, ...] = (), occasion: str | None = None
 ) -> PatientData:
     """All patients of a dataset as one stacked :class:`PatientData` (jnp arrays).
 
     ``covariates[:, k]`` holds each patient's value of the covariate of ``effects[k]``, then
     its values of the model's covariates ``bound`` (:attr:`FitProblem.bound`); where one of
-    them is time-varying, ``covariates[:, p, k]`` the values of period ``p`` starting at
-    ``periods[:, p]`` (:attr:`il2treg.data.Dataset.covariate_time`). With
+    them is time-varying (or an ``occasion`` column is given), ``covariates[:, p, k]`` the
+    values of period ``p`` starting at ``periods[:, p]`` (:attr:`il2treg.data.Dataset.covariate_time`),
+    and ``occasion[:, p]`` its occasion slot (:func:`occasion_slots`). With
     ``use``, only observations of those types enter the likelihood (the others are masked), e.g.
     to fit Treg counts without also fitting the Treg % computed from the same sample.
     """
@@ -398,15 +479,16 @@ def patient_arrays(
             raise SpecError(f"unknown observation type {unknown[0]!r}. Fix: use one of {', '.join(data.dvid_names)}.")
         mask = mask & np.isin(np.asarray(data.obs_dvid), [data.dvid_names.index(u) for u in use])
     columns = [e.covariate for e in effects] + list(bound)
-    timed = any(c in data.covariate_series for c in columns)
+    timed = occasion is not None or any(c in data.covariate_series for c in columns)
     if timed:  # one row per period of constant covariates
-        cov = np.stack([data.covariate_periods(c) for c in columns], axis=2)
+        cov = np.stack([data.covariate_periods(c) for c in columns], axis=2) if columns else np.zeros((*data.covariate_time.shape, 0))
     else:
         cov = np.stack([np.asarray(data.covariates[c], dtype=float) for c in columns], axis=1) if columns else np.zeros((data.n_subjects, 0))
     return PatientData(
         jnp.asarray(data.dose_time), jnp.asarray(data.dose_amount), jnp.asarray(data.obs_time),
         jnp.asarray(data.obs_dvid), jnp.asarray(data.obs_value), jnp.asarray(data.obs_cens), jnp.asarray(mask),
         jnp.asarray(cov), data.records(), jnp.asarray(data.covariate_time) if timed else None,
+        None if occasion is None else jnp.asarray(occasion_slots(data.covariate_periods(occasion))),
     )  # fmt: skip
 
 
@@ -414,7 +496,7 @@ def problem_patients(problem: FitProblem, data: Dataset, use: tuple[str, ...] | 
     """:func:`patient_arrays` with the covariate columns ``problem`` reads: its effects', then the
     model's covariates, these converted from the unit of the model file (the data's) to the
     internal one (``week`` to days, say), as the model's own values are."""
-    patients = patient_arrays(data, problem.covariates, use, problem.bound)
+    patients = patient_arrays(data, problem.covariates, use, problem.bound, problem.occasion)
     if not problem.bound:
         return patients
     scale = np.ones(patients.covariates.shape[-1])
@@ -422,14 +504,23 @@ def problem_patients(problem: FitProblem, data: Dataset, use: tuple[str, ...] | 
     return eqx.tree_at(lambda p: p.covariates, patients, patients.covariates * jnp.asarray(scale))
 
 
-def individual_theta(problem: FitProblem, theta: Float[Array, " params"], eta: Float[Array, " eta"]) -> Float[Array, " params"]:
+def individual_theta(problem: FitProblem, theta: Float[Array, " params"], eta: Float[Array, " eta"], occasion: Array | None = None) -> Float[Array, " params"]:
     """theta_i = theta * exp(eta) on the parameters with random effects (in every period of a
-    ``[periods, params]`` theta)."""
-    if not problem.n_eta:
-        return theta
+    ``[periods, params]`` theta); with inter-occasion variability, ``eta`` is the whole
+    random-effect vector (:attr:`FitProblem.random_names`) and each period's parameters in
+    ``problem.iov`` are further multiplied by exp(kappa) of its occasion slot ``occasion[p]``."""
     names = problem.model.parameter_names
-    idx = jnp.asarray([names.index(n) for n in problem.random])
-    return theta.at[..., idx].set(theta[..., idx] * jnp.exp(eta))
+    ne = problem.n_eta
+    if ne:
+        idx = jnp.asarray([names.index(n) for n in problem.random])
+        theta = theta.at[..., idx].set(theta[..., idx] * jnp.exp(eta[:ne]))
+    if problem.iov:
+        if occasion is None:
+            raise SpecError("the fit has inter-occasion variability but the patient has no occasions. Fix: build the patients with problem_patients(problem, data).")
+        kappa = eta[ne:].reshape(problem.occasions, problem.n_iov)[occasion]  # [periods, iov]
+        idx = jnp.asarray([names.index(n) for n in problem.iov])
+        theta = theta.at[:, idx].set(theta[:, idx] * jnp.exp(kappa))
+    return theta
 
 
 def predict(problem: FitProblem, theta_i: Float[Array, " params"], patient: PatientData) -> tuple[Float[Array, " obs"], Array]:

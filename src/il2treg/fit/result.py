@@ -445,6 +445,11 @@ def report(result: FitResult) -> str:
         lines += ["", "## Correlations of the random effects (omega blocks)", "", "| parameter | estimate | SE | 95% CI |", "|---|---|---|---|"]
         for _, row in correlations.iterrows():
             lines.append(f"| {_named(row)} | {_g(row['estimate'])} | {_g(row['se'])} | {_ci(row)} |")
+    iov = est[est["type"] == "omega_iov"]
+    if len(iov):
+        lines += ["", "## Inter-occasion variability (the SD of kappa, one per occasion)", "", "| parameter | estimate | %RSE | 95% CI | IOV CV% |", "|---|---|---|---|---|"]
+        for _, row in iov.iterrows():
+            lines.append(f"| {_named(row)} | {_g(row['estimate'])} | {_g(row['rse_percent'], '.1f')} | {_ci(row)} | {_g(row['cv_percent'], '.1f')} |")
     lines += ["", "## Residual error", "", "| parameter | estimate | unit | %RSE | 95% CI |", "|---|---|---|---|---|"]
     for _, row in est[est["type"] == "sigma"].iterrows():
         value = _g(row["estimate"]) + ("" if row["estimated"] else " (fixed)")

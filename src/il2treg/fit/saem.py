@@ -180,6 +180,8 @@ def fit_saem(objective, psi0: Float[Array, " psi"], settings: SaemSettings = Sae
     start = time.time()
     problem = objective.problem
     patients = objective.patients
+    if problem.iov:
+        raise SpecError(f"SAEM does not estimate inter-occasion variability yet (iov on {', '.join(problem.iov)}). Fix: fit it with FOCE-I (--method foce).")
     moving = [n for n in problem.random if problem.timed and n in problem.time_varying]
     if moving:
         raise SpecError(f"SAEM cannot estimate a random effect on {moving[0]!r}, which follows a time-varying covariate (its individual value changes within a patient). "

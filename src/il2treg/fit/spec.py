@@ -11,10 +11,12 @@ A fit file has a few top-level keys and four kinds of tables::
     dvids = { IL2 = "il2_pM" }           # optional: the data's own DVID names -> the model's observables
     time_unit = "day"                    # optional: the unit of the data's TIME, "day" or "h"
     drop = ["FA1", "FA2"]                # optional: data columns left out (NONMEM's $INPUT FA1=DROP)
+    occasion = "OCC"                     # optional: the data column numbering occasions (default OCC)
 
     [parameters.emax_treg]               # one table per parameter that is not simply the model's
     initial = 4.0                        # start (units of the model file); default: the model's value
     cv_percent = 40                      # a log-normal random effect, initial CV%; omit for none
+    iov_cv_percent = 15                  # optional: inter-occasion variability, initial CV%
     [parameters.kout_treg]               # an empty table: estimated from the model's value
     [parameters.treg0]
     estimate = false                     # typical value fixed (at `initial`), random effect only
@@ -26,7 +28,7 @@ A fit file has a few top-level keys and four kinds of tables::
 
     [[covariates]]                       # optional, one per effect of a covariate column
     parameter = "tconv0"
-    covariate = "WT"                     # a numeric column of the data, constant per patient
+    covariate = "WT"                     # a numeric column of the data (may change over time)
     model = "power"                      # power, exp or linear (il2treg.fit.problem)
     reference = 70                       # the covariate value of the typical patient
     initial = 0.0                        # start of the coefficient (default 0: no effect)
@@ -132,13 +134,13 @@ SIGMAS_OF_KIND: dict[str, tuple[str, ...]] = {
 #: Parameter groups whose parameters act on one observation type only (nothing feeds back).
 _ACTS_ONLY_ON = {"disease": "sledai"}
 
-_TOP_KEYS = ("name", "description", "model", "data", "dvids", "time_unit", "drop", "labels", "ignore_dvids", "priors", "parameters", "omega_block", "covariates", "error",
+_TOP_KEYS = ("name", "description", "model", "data", "dvids", "time_unit", "drop", "occasion", "labels", "ignore_dvids", "priors", "parameters", "omega_block", "covariates", "error",
              "optimiser", "nuts", "saem", "sri4")  # fmt: skip
 PRIOR_CHOICES = ("none", "model")
 _NUTS_DEFAULTS = {"chains": 4, "warmup": 500, "samples": 500, "seed": 0, "target_accept": 0.8, "max_tree_depth": 8, "init_spread": 1.0,
                   "fixed_sd": 2.0, "beta_sd": 10.0, "omega_sd": 1.0, "sigma_sd": 1.0, "corr_sd": 1.0}  # fmt: skip
 _SAEM_DEFAULTS = {"burn_in": 5, "explore": 250, "smooth": 100, "prior_draws": 2, "walk_steps": 2, "annealing": 0.95, "seed": 0}
-_PARAM_KEYS = ("initial", "estimate", "cv_percent")
+_PARAM_KEYS = ("initial", "estimate", "cv_percent", "iov_cv_percent")
 _COVARIATE_KEYS = ("parameter", "covariate", "model", "reference", "initial")
 _BLOCK_KEYS = ("parameters", "correlation")
 _ERROR_KEYS = ("kind", "sigma_add", "sigma_prop", "estimate", "score_step")
@@ -156,12 +158,15 @@ class ParameterEntry:
         estimate: whether its typical value is a fixed effect.
         initial: start (or fixed value) in the model file's unit; ``None`` = the model's value.
         cv_percent: initial CV% of its log-normal random effect; ``None`` = no random effect.
+        iov_cv_percent: initial CV% of its inter-occasion variability (a log-normal random
+            effect per occasion, :mod:`il2treg.fit.problem`); ``None`` = none.
     """
 
     name: str
     estimate: bool
     initial: float | None
     cv_percent: float | None
+    iov_cv_percent: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +283,12 @@ class FitSpec:
     drop: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     omega_blocks: tuple[OmegaBlock, ...] = ()
+    occasion: str = "OCC"
+
+    @property
+    def iov(self) -> tuple[str, ...]:
+        """Parameters with inter-occasion variability."""
+        return tuple(p.name for p in self.parameters if p.iov_cv_percent is not None)
 
     @property
     def fixed(self) -> tuple[str, ...]:
@@ -305,6 +316,7 @@ class FitSpec:
             self.model, self.dataset, fixed=self.fixed, random=self.random, sigmas=self.sigmas,
             residual_kinds={e.dvid: e.kind for e in self.errors}, covariates=self.effects, options=options,
             curvature=self.optimiser.curvature, blocks=tuple(b.parameters for b in self.omega_blocks), interaction=self.optimiser.interaction,
+            iov=self.iov, occasion=self.occasion if self.iov else None,
         )  # fmt: skip
 
     def residual_model(self) -> ResidualModel:
@@ -394,9 +406,18 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     if not 0.0 <= sri4.bilag_pga_keep <= 1.0:
         raise SpecError(f"{where}: [sri4] bilag_pga_keep must be a probability in [0, 1], got {sri4.bilag_pga_keep!r}.")
 
+    occasion = _string(doc.get("occasion", "OCC"), where, "occasion")
+    if "occasion" in doc and not any(p.iov_cv_percent is not None for p in parameters):
+        raise SpecError(f"{where}: `occasion` names the occasion column of inter-occasion variability, but no parameter has iov_cv_percent. "
+                        "Fix: give a parameter iov_cv_percent, or remove `occasion`.")  # fmt: skip
+    if any(p.iov_cv_percent is not None for p in parameters) and (occasion not in dataset.covariates or occasion in dict(dataset.covariate_levels)):
+        raise SpecError(f"{where}: inter-occasion variability (iov_cv_percent) needs a numeric occasion column, but the data ({doc['data']}) have no numeric column {occasion!r} "
+                        f"(their covariates: {', '.join(dataset.covariates) or 'none'}). "
+                        "Fix: add it (OCC = 1, 2, ... from each occasion's first row on), or name yours with occasion = \"...\".")  # fmt: skip
+
     dataset = _mask_ignored(dataset, ignore)
     _check_against_data(dataset, parameters, errors, ignore, base, where, doc["data"])
-    if not any(p.estimate or p.cv_percent is not None for p in parameters) and not covariates and not any(e.estimate for e in errors):
+    if not any(p.estimate or p.cv_percent is not None or p.iov_cv_percent is not None for p in parameters) and not covariates and not any(e.estimate for e in errors):
         raise SpecError(f"{where}: nothing is estimated. Fix: add a [parameters.<name>] table or estimate a residual SD.")
 
     initial = {p.name: p.initial for p in parameters if p.initial is not None}
@@ -408,7 +429,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
         path=path, text=text, name=name, description=description, model_source=doc["model"], data_source=doc["data"],
         model=model, dataset=dataset, parameters=parameters, covariates=covariates, errors=errors, ignore_dvids=tuple(ignore),
         optimiser=optimiser, sri4=sri4, priors=priors, nuts=nuts, saem=saem, time_unit=time_unit, drop=tuple(drop),
-        labels=_labels(doc.get("labels", {}), parameters, covariates, errors, where, omega_blocks), omega_blocks=omega_blocks,
+        labels=_labels(doc.get("labels", {}), parameters, covariates, errors, where, omega_blocks), omega_blocks=omega_blocks, occasion=occasion,
     )  # fmt: skip
 
 
@@ -509,17 +530,20 @@ def _parameters(table, model: Model, where: str) -> tuple[ParameterEntry, ...]:
                 f"{here}: {name!r} is estimated on the logit scale and needs a start strictly inside its bounds, "
                 f"got {shown:g} {ps.unit}. Fix: set `initial` inside the bounds."
             )
-        cv = entry.get("cv_percent")
-        if cv is not None:
-            cv = _number(cv, here, "cv_percent")
-            if not cv > 0:
-                raise SpecError(f"{here}: cv_percent must be > 0 (the initial CV% of the random effect), got {cv:g}. Fix: omit it for no random effect.")
-            if ps.transform != "log":
-                raise SpecError(
-                    f"{here}: a random effect is log-normal and needs a parameter with transform \"log\"; "
-                    f"{name!r} has {ps.transform!r}. Fix: remove cv_percent, or set transform = \"log\" in the model file."
-                )
-        out.append(ParameterEntry(name, estimate, initial, cv))
+        cvs = []
+        for key in ("cv_percent", "iov_cv_percent"):
+            cv = entry.get(key)
+            if cv is not None:
+                cv = _number(cv, here, key)
+                if not cv > 0:
+                    raise SpecError(f"{here}: {key} must be > 0 (the initial CV% of the random effect), got {cv:g}. Fix: omit it for no random effect.")
+                if ps.transform != "log":
+                    raise SpecError(
+                        f"{here}: a random effect is log-normal and needs a parameter with transform \"log\"; "
+                        f"{name!r} has {ps.transform!r}. Fix: remove {key}, or set transform = \"log\" in the model file."
+                    )
+            cvs.append(cv)
+        out.append(ParameterEntry(name, estimate, initial, *cvs))
     return tuple(out)
 
 
@@ -702,6 +726,7 @@ def _labels(table, parameters, covariates, errors, where: str, omega_blocks: tup
     random = tuple(p.name for p in parameters if p.cv_percent is not None)
     names += [f"omega_{n}" for n in random]
     names += [f"corr_{random[j]}_{random[i]}" for i, j in block_pairs(random, tuple(b.parameters for b in omega_blocks))]
+    names += [f"omega_iov_{p.name}" for p in parameters if p.iov_cv_percent is not None]
     names += [f"sigma_{s.removeprefix('sigma_')}_{e.dvid}" for e in errors for s in SIGMAS_OF_KIND[e.kind]]
     for name, label in table.items():
         if name not in names:
