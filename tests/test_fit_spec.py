@@ -152,10 +152,10 @@ BAD = [
      ("{path}: the data (data.csv) observe 'cd25_treg_rel' but the fit has no [error.cd25_treg_rel] table. "
      "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids.")),
     ("unknown-top-level-key", lambda t: "algorithm = \"saem\"\n" + t,
-     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, dvids, time_unit, drop, labels, ignore_dvids, priors, parameters, "
+     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, dvids, time_unit, drop, occasion, labels, ignore_dvids, priors, parameters, "
      "omega_block, covariates, error, optimiser, nuts, saem, sri4."),
     ("unknown-parameter-key", _replace("initial = 4.0", "inital = 4.0"),
-     "{path}: [parameters.emax_treg]: unknown key 'inital'. Fix: use only initial, estimate, cv_percent."),
+     "{path}: [parameters.emax_treg]: unknown key 'inital'. Fix: use only initial, estimate, cv_percent, iov_cv_percent."),
     ("unknown-error-key", _replace("sigma_prop = 0.12", "sigma = 0.12"),
      "{path}: [error.treg_per_uL]: unknown key 'sigma'. Fix: use only kind, sigma_add, sigma_prop, estimate, score_step."),
     ("unknown-optimiser-key", _append("[optimiser]\nmaxiter = 5\n"),
@@ -319,10 +319,16 @@ def test_pheno_fit_file_reads_hours_and_drops_columns(tmp_path):
         (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "POP_VC"]\ncorr = 0.2\n', r"\[\[omega_block\]\] #1: unknown key 'corr'. Fix: use only parameters, correlation"),
         (lambda t: t + '\n[omega_block]\nparameters = ["POP_CL", "POP_VC"]\n', r"`omega_block` must be \[\[omega_block\]\] tables"),
         (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_VC"\ncorr_POP_CL_POP_VC = "CORR"'), r"labels.corr_POP_CL_POP_VC: the fit has no estimate 'corr_POP_CL_POP_VC'"),
+        (lambda t: t.replace("cv_percent = 17.7333", "cv_percent = 17.7333\niov_cv_percent = 10"),
+         r"inter-occasion variability \(iov_cv_percent\) needs a numeric occasion column, but the data \(pheno.dta\) have no numeric column 'OCC' \(their covariates: WGT, APGR\)"),
+        (lambda t: 'occasion = "APGR"\n' + t, r"`occasion` names the occasion column of inter-occasion variability, but no parameter has iov_cv_percent"),
+        (lambda t: t.replace("cv_percent = 17.7333", "cv_percent = 17.7333\niov_cv_percent = 0"), r"\[parameters.POP_CL\]: iov_cv_percent must be > 0"),
+        (lambda t: t.replace("[parameters.COVAPGR]", "[parameters.COVAPGR]\niov_cv_percent = 10"), r"needs a parameter with transform \"log\"; 'COVAPGR' has 'identity'. Fix: remove iov_cv_percent"),
+        (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_VC"\nomega_iov_POP_CL = "IOV_CL"'), r"labels.omega_iov_POP_CL: the fit has no estimate 'omega_iov_POP_CL'"),
     ],
     ids=["time-unit", "drop-not-list", "drop-a-model-covariate", "curvature", "covariance-matrix", "estimated-covariate", "packaged-data", "time-unit-list", "sandwich-priors",
          "label-unknown", "label-twice", "interaction-not-bool", "block-of-one", "block-without-random-effect", "block-twice", "block-correlation", "block-key", "block-not-array",
-         "label-correlation-without-block"],
+         "label-correlation-without-block", "iov-without-occasions", "occasion-without-iov", "iov-cv-zero", "iov-on-identity", "label-iov-without-iov"],
 )
 def test_bad_nonmem_keys_are_one_clear_error(tmp_path, edit, message):
     with pytest.raises(InputError, match=message):
