@@ -36,10 +36,13 @@ class Estimator:
         """The population estimates from ``psi0`` (without the covariance step)."""
         raise NotImplementedError
 
+    #: Whether it estimates inter-occasion variability (:attr:`il2treg.fit.problem.FitProblem.iov`).
+    supports_iov: ClassVar[bool] = False
+
     def check(self, problem) -> None:
         """Raise :class:`~il2treg.errors.SpecError` where this estimator cannot fit ``problem``
         (called before anything is computed)."""
-        if problem.iov and self.name != "foce":
+        if problem.iov and not self.supports_iov:
             raise SpecError(f"--method {self.name} does not estimate inter-occasion variability yet (iov on {', '.join(problem.iov)}). "
                             "Fix: fit it with FOCE-I (--method foce).")  # fmt: skip
 
@@ -51,6 +54,7 @@ class Foce(Estimator):
     ``[optimiser]`` settings. The posterior file holds draws from the normal approximation."""
 
     name: ClassVar[str] = "foce"
+    supports_iov: ClassVar[bool] = True
 
     def estimate(self, spec, objective, psi0, callback) -> PopulationFit:
         opt = spec.optimiser
