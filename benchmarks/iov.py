@@ -7,14 +7,14 @@ each dose. Clearance varies between patients (:math:`\omega_{CL} = 0.3`) and bet
 (:math:`\omega_{IOV,CL}` = ``--omega-iov``, 0.15), V between patients (:math:`\omega_V = 0.2`);
 the residual error is proportional, 10%. The concentrations come from the closed form, stepped
 from dose to dose with each occasion's clearance (not from il2treg's solver), written as a NONMEM
-dataset in hours, and fitted by FOCE-I with a fit file that gives CL ``cv_percent`` and
-``iov_cv_percent``.
+dataset in hours, and fitted (FOCE-I by default, ``--method saem`` for SAEM) with a fit file that
+gives CL ``cv_percent`` and ``iov_cv_percent``.
 
 Prints, per replicate, the estimated inter-occasion SD of CL with its 95% interval and the
 between-patient SDs; then the mean, the largest relative error and the coverage. Per-replicate
 numbers go to ``--json``.
 
-Usage: python benchmarks/iov.py [--replicates 10] [--patients 100] [--omega-iov 0.15] [--json PATH]
+Usage: python benchmarks/iov.py [--replicates 10] [--patients 100] [--omega-iov 0.15] [--method foce] [--json PATH]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from il2treg.fit.estimators import estimator_named
 from il2treg.fit.run import compute_fit
 from il2treg.fit.spec import read_fit_spec
 
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=100)
     parser.add_argument("--omega-iov", type=float, default=0.15)
     parser.add_argument("--seed0", type=int, default=3000)
+    parser.add_argument("--method", choices=("foce", "saem"), default="foce")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.replicates < 1 or args.patients < 2 or not args.omega_iov > 0:
@@ -101,7 +103,7 @@ def main() -> None:
             (folder / "data.csv").write_text(simulate(args.patients, args.omega_iov, seed), encoding="utf-8")
             (folder / "fit.toml").write_text(FIT.format(model=MODEL.as_posix()), encoding="utf-8")
             t = time.perf_counter()
-            result = compute_fit(read_fit_spec(folder / "fit.toml"))
+            result = compute_fit(read_fit_spec(folder / "fit.toml"), estimator=estimator_named(args.method))
             wall = time.perf_counter() - t
             est = result.estimates.set_index("parameter")
             iov = est.loc["omega_iov_CL"]
@@ -118,7 +120,7 @@ def main() -> None:
     covered = np.mean([r["ci_low"] <= args.omega_iov <= r["ci_high"] for r in rows])
     print()
     print(f"il2treg IOV recovery ({datetime.datetime.now().isoformat(timespec='seconds')}, {platform.machine()}, jax {jax.__version__}), "
-          f"FOCE-I: {len(rows)} cohorts of {args.patients} patients, 3 occasions each, true omega_iov_CL {args.omega_iov:g}")  # fmt: skip
+          f"method {args.method}: {len(rows)} cohorts of {args.patients} patients, 3 occasions each, true omega_iov_CL {args.omega_iov:g}")  # fmt: skip
     print(f"estimated omega_iov_CL: mean {iov.mean():.4f} ({100 * (iov.mean() / args.omega_iov - 1):+.1f}%), SD {iov.std(ddof=1) if len(iov) > 1 else float('nan'):.4f}, "
           f"largest relative error {relative.max():.3f}; every replicate within 15%: {bool(np.all(relative <= 0.15))}; 95% CI coverage {covered:.2f}")  # fmt: skip
     print(f"omega_CL mean {np.mean([r['omega_CL'] for r in rows]):.3f} (truth {OMEGA[0]}), omega_V mean {np.mean([r['omega_V'] for r in rows]):.3f} (truth {OMEGA[1]}), "

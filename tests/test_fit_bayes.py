@@ -183,3 +183,34 @@ def test_an_estimator_that_is_not_one_is_refused_before_computing(spec, tmp_path
     assert not (tmp_path / "x").exists()
     with pytest.raises(InputError, match=r"unknown estimation method 'mcmc'\. Fix: use one of foce, saem, nuts"):
         estimator_named("mcmc")
+
+
+@pytest.mark.slow
+def test_the_posterior_with_inter_occasion_variability_puts_each_kappa_in_its_occasion():
+    """The log density at a point against one computed from the FOCE-I objective's individual
+    parameters (each occasion with its kappa of CL) and the normal densities of eta (centred
+    where the data say much) and of kappa (always non-centred); the coordinates round-trip."""
+    from il2treg.fit.bayes import _patient_loglik
+    from il2treg.fit.problem import covariate_theta, individual_theta, unpack
+    from test_fit_population import _iov_data, _iov_objective
+
+    objective, psi = _iov_objective(_iov_data([3, 2, 2, 2]))
+    problem, patients, res = objective.problem, objective.patients, objective.base_residual
+    up = unpack(problem, psi, res)
+    sd = up.random_effects.sd
+    eta_var = jnp.tile(jnp.asarray([[0.01, 0.5, 0.001, 0.001, 0.001]]), (4, 1)) * sd**2 * 4  # CL well informed, V not; kappas too, yet non-centred
+    tgt = make_target(problem, patients, res, sampling_priors(problem, psi), jnp.ones(4, bool), eta_var, sd)
+    assert np.asarray(tgt.centred).tolist() == [[True, False, False, False, False]] * 4
+    eta = 0.1 * jnp.cos(jnp.arange(20).reshape(4, 5))
+    z = tgt.to_coordinates(psi, eta)
+    np.testing.assert_allclose(np.asarray(tgt.eta(psi, z)), np.asarray(eta), atol=1e-14)
+
+    @jax.jit
+    def direct(psi, z):
+        theta = jax.vmap(lambda e, pat: individual_theta(problem, covariate_theta(problem, up.theta, up.beta, pat.covariates), e, pat.occasion))(eta, patients)
+        loglik = jax.vmap(lambda th, pat: _patient_loglik(problem, th, up.residual, pat))(theta, patients)
+        log_random = jnp.where(tgt.centred, -0.5 * (eta / sd) ** 2 - jnp.log(sd), -0.5 * z**2) - 0.5 * np.log(2 * np.pi)
+        return jnp.sum(loglik) + jnp.sum(log_random) + tgt.prior.log_density(psi)
+
+    density = jax.jit(lambda tgt, pos: tgt.log_density(pos))(tgt, {"psi": psi, "z": z})
+    assert float(density) == pytest.approx(float(direct(psi, z)), rel=1e-12)

@@ -147,3 +147,45 @@ def test_saem_settings_come_from_the_fit_file(tmp_path):
     path.write_text(text + "\n[saem]\nsmoothing = 10\n")
     with pytest.raises(SpecError, match="smoothing"):
         read_fit_spec(path)
+
+
+@pytest.mark.slow
+def test_saem_with_inter_occasion_variability_is_the_foce_model():
+    """phi = (log CL_i, log V_i, then the kappa of CL in each occasion, mu 0): SAEM's data term is
+    the FOCE-I objective's at eta = phi - mu (the same individual parameters, each occasion with
+    its kappa), and its complete-data score matches central differences."""
+    from il2treg.fit.estimators import Saem
+    from il2treg.fit.problem import covariate_theta, data_neg2ll, individual_theta, predict, unpack
+    from test_fit_population import _iov_data, _iov_objective
+
+    objective, psi = _iov_objective(_iov_data([3, 2, 2, 2]))
+    problem, patients = objective.problem, objective.patients
+    Saem().check(problem)  # supported: no error
+    mu = np.asarray(log_typical(problem, psi, patients))
+    assert mu.shape == (4, 5) and np.all(mu[:, 2:] == 0.0)
+    phi = jnp.asarray(mu + 0.1 * np.sin(np.arange(20).reshape(4, 5)))
+    d, status = objective.data_terms(psi, phi)
+    assert np.all(np.asarray(status) == 0)
+    up = unpack(problem, psi, objective.base_residual)
+
+    @jax.jit
+    def foce_data(eta, patient):
+        theta = individual_theta(problem, covariate_theta(problem, up.theta, up.beta, patient.covariates), eta, patient.occasion)
+        return data_neg2ll(up.residual, predict(problem, theta, patient)[0], patient)
+
+    independent = [float(foce_data(phi[i] - mu[i], jax.tree.map(lambda x, i=i: x[i], patients))) for i in range(4)]
+    np.testing.assert_allclose(np.asarray(d), independent, rtol=1e-10)
+
+    value, grad, _, ok = objective.complete_scores(psi, phi)
+    assert bool(np.all(ok))
+
+    def c(p):
+        re = jax.vmap(lambda f, pat: random_effect_term(problem, p, objective.base_residual, f, pat))(phi, patients)
+        return np.asarray(objective.data_terms(p, phi)[0]) + np.asarray(re)
+
+    np.testing.assert_allclose(np.asarray(value), c(psi), rtol=1e-12)
+    for k, name in enumerate(problem.psi_names):
+        h = 1e-5
+        fd = (c(psi.at[k].add(h)) - c(psi.at[k].add(-h))) / (2 * h)
+        err = np.abs(np.asarray(grad[:, k]) - fd)
+        assert np.all(err <= 1e-5 * np.maximum(np.abs(fd), 1.0)), (name, float(err.max()))

@@ -69,7 +69,9 @@ its time (:func:`il2treg.simulate.solve_records`): the values of a row hold from
 (last value carried forward). NONMEM's PREDPP instead advances the state to a record with that
 record's values (next observation carried backward): to reproduce it, give each change on the
 row before, at the time the new value should start. An ``EVID 2`` row may carry a change at a
-time without a dose or an observation.
+time without a dose or an observation. An occasion column (``OCC``: 1, 2, ... from each
+occasion's first row on) is such a covariate; a fit with inter-occasion variability reads it
+(:mod:`il2treg.fit.problem`).
 ``read_dataset(..., time_unit="h")`` reads TIME in hours and holds it in days (the model's time;
 a table read in days that spans more than three years gets a warning that TIME may be in hours);
 ``drop=("FA1", ...)`` leaves columns out, as NONMEM's ``$INPUT FA1=DROP`` does.

@@ -407,7 +407,7 @@ def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: Res
     }  # fmt: skip
     dims = {"eta": ["patient", "parameter"], "y": ["patient", "time"], "obs_time": ["patient", "time"],
             "obs_dvid": ["patient", "time"], "obs_used": ["patient", "time"]}  # fmt: skip
-    coords = {"patient": [str(i) for i in ids], "time": np.arange(obs.shape[1]), "parameter": list(problem.random)}
+    coords = {"patient": [str(i) for i in ids], "time": np.arange(obs.shape[1]), "parameter": [n.removeprefix("ETA_") for n in problem.random_names]}
     attrs = {
         "method": Nuts.name, "inference_library": "blackjax", "fit": spec.name, "seed": settings.seed,
         "chains": settings.chains, "warmup": settings.warmup, "samples": settings.samples,

@@ -117,7 +117,7 @@ class Target(eqx.Module):
     base_residual: ResidualModel
     prior: Prior
     include: Array  # patients whose data enter the likelihood
-    centred: Array  # [patients, eta]: sample log theta_i (True) or z = eta / omega (False)
+    centred: Array  # [patients, random effects]: sample log theta_i (True) or z = eta / omega (False; always for kappa)
     batch_size: int = eqx.field(static=True, default=16)  # patients per vmapped solve (see log_density)
 
     def _typical(self, up) -> Float[Array, "patients params"]:
@@ -125,16 +125,19 @@ class Target(eqx.Module):
         return jax.vmap(lambda cov: covariate_theta(self.problem, up.theta, up.beta, cov))(self.patients.covariates)
 
     def _log_typical(self, typical) -> Float[Array, "patients eta"]:
-        idx = jnp.asarray([self.problem.model.parameter_names.index(n) for n in self.problem.random], dtype=jnp.int32)
+        """log typical value of each random effect's parameter (0 for a kappa, always non-centred)."""
+        problem = self.problem
+        idx = jnp.asarray([problem.model.parameter_names.index(n) for n in problem.random], dtype=jnp.int32)
         # with time-varying covariates the first period's: log theta_i,p = log typical_i,p + eta_i
-        return jnp.log(typical[:, 0, idx] if self.problem.timed else typical[:, idx])
+        log = jnp.log(typical[:, 0, idx] if problem.timed else typical[:, idx])
+        return jnp.concatenate([log, jnp.zeros((log.shape[0], problem.n_random - problem.n_eta))], axis=1) if problem.iov else log
 
     def _unpacked(self, psi, z):
         """(unpacked psi, eta, individual parameters): everything the density needs, computed once."""
         up = unpack(self.problem, psi, self.base_residual)
         typical = self._typical(up)
-        eta = jnp.where(self.centred, z - self._log_typical(typical), up.omega * z)
-        return up, eta, jax.vmap(lambda th, e: individual_theta(self.problem, th, e))(typical, eta)
+        eta = jnp.where(self.centred, z - self._log_typical(typical), up.random_effects.sd * z)
+        return up, eta, jax.vmap(lambda th, e, occ: individual_theta(self.problem, th, e, occ))(typical, eta, self.patients.occasion)
 
     def eta(self, psi, z) -> Float[Array, "patients eta"]:
         """The random effects at the sampler's coordinates ``z``."""
@@ -143,7 +146,7 @@ class Target(eqx.Module):
     def to_coordinates(self, psi, eta) -> Float[Array, "patients eta"]:
         """Inverse of :meth:`eta`: the sampler's coordinates of ``eta``."""
         up = unpack(self.problem, psi, self.base_residual)
-        return jnp.where(self.centred, eta + self._log_typical(self._typical(up)), eta / up.omega)
+        return jnp.where(self.centred, eta + self._log_typical(self._typical(up)), eta / up.random_effects.sd)
 
     def patient_theta(self, psi, z) -> Float[Array, "patients params"]:
         return self._unpacked(psi, z)[2]
@@ -222,9 +225,8 @@ def make_target(problem: FitProblem, patients: PatientData, base_residual: Resid
     centred form is used, elsewhere the non-centred one: each avoids the other's pathology (a funnel
     for weak data, a curved ridge between omega and z for strong data).
     """
-    if problem.iov:
-        raise SpecError(f"NUTS does not sample inter-occasion variability yet (iov on {', '.join(problem.iov)}). Fix: fit it with FOCE-I (--method foce).")
     centred = jnp.sqrt(jnp.asarray(eta_var)) < threshold * jnp.asarray(omega)[None, :]
+    centred = centred & (jnp.arange(problem.n_random) < problem.n_eta)[None, :]  # a kappa is always non-centred
     return Target(problem, patients, base_residual, prior, jnp.asarray(include), centred)
 
 

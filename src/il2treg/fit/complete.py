@@ -7,7 +7,9 @@ In the individual parameters :math:`\phi_i = \log\theta_i` of the parameters wit
     c_i(\psi; \phi_i) = \underbrace{-2\log p(y_i \mid \phi_i, \psi)}_{d_i}
         + (\phi_i - \mu_i(\psi))^\top \Omega^{-1} (\phi_i - \mu_i(\psi)) + \log\det\Omega,
 
-:math:`\mu_i` the log of the patient's typical values (covariate effects applied). The
+:math:`\mu_i` the log of the patient's typical values (covariate effects applied). With
+inter-occasion variability (:mod:`il2treg.fit.problem`), :math:`\phi_i` goes on with the
+patient's :math:`\kappa` occasion by occasion, whose :math:`\mu` is 0. The
 population objective (:class:`il2treg.fit.population.Objective`) evaluates these per patient
 for SAEM, which is why they live apart from the algorithm.
 """
@@ -25,6 +27,7 @@ from il2treg.fit.problem import (
     data_neg2ll,
     expand,
     expanded_predict,
+    individual_theta,
     predict,
     typical_theta,
     unpack,
@@ -39,14 +42,21 @@ def _random_index(problem: FitProblem):
 
 def individual_parameters(problem: FitProblem, psi, phi, patient: PatientData):
     r"""(:math:`\theta_i`, :math:`\mu_i`): every parameter of the patient with the random-effect ones
-    at :math:`e^{\phi_i}`, and the log typical values :math:`\mu_i` of those."""
-    nf, ns = problem.n_fixed, problem.n_struct
+    at :math:`e^{\phi_i}` (times :math:`e^{\kappa}` of each period's occasion where they have
+    inter-occasion variability), and the log typical values :math:`\mu_i` of those (0 for a kappa)."""
+    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
     typical = covariate_theta(problem, typical_theta(problem, psi[:nf]), psi[nf:ns], patient.covariates)
-    if not problem.n_eta:
+    if not problem.n_random:
         return typical, jnp.zeros(0)
-    idx = _random_index(problem)
-    mu = jnp.log(typical[0, idx] if problem.timed else typical[idx])  # random-effect parameters follow no time-varying covariate (saem refuses it)
-    return typical.at[..., idx].set(jnp.exp(phi)), mu
+    theta, mu = typical, jnp.zeros(0)
+    if ne:
+        idx = _random_index(problem)
+        mu = jnp.log(typical[0, idx] if problem.timed else typical[idx])  # random-effect parameters follow no time-varying covariate (saem refuses it)
+        theta = typical.at[..., idx].set(jnp.exp(phi[:ne]))
+    if problem.iov:  # the kappas, as the FOCE-I objective applies them (eta 0: the etas are in theta already)
+        theta = individual_theta(problem, theta, jnp.concatenate([jnp.zeros(ne), phi[ne:]]), patient.occasion)
+        mu = jnp.concatenate([mu, jnp.zeros(problem.n_random - ne)])
+    return theta, mu
 
 
 def data_term(problem: FitProblem, psi, base_residual: ResidualModel, phi, patient: PatientData):
@@ -66,8 +76,10 @@ def random_effect_term(problem: FitProblem, psi, base_residual: ResidualModel, p
 
 def score_directions(problem: FitProblem) -> tuple[int, ...]:
     """Model indices of the parameters in which the data term needs ODE sensitivities: those the
-    fit varies and the ODE reads, less those with a random effect (held at e^phi)."""
-    return tuple(k for k in problem.ode_varied if k not in problem.ode_random)
+    fit varies and the ODE reads, less those with a random effect between patients (held at
+    e^phi, times e^kappa)."""
+    names = problem.model.parameter_names
+    return tuple(k for k in problem.ode_varied if names[k] not in problem.random)
 
 
 def complete_score(problem: FitProblem, psi, base_residual: ResidualModel, phi, patient: PatientData):
@@ -100,7 +112,7 @@ def _random_effect_information(problem: FitProblem, psi, base_residual: Residual
     Used with an omega block: the exact Hessian is not positive definite in the correlations far
     from their optimum, and the Newton step of the M-step then goes astray (measured: estimates
     swinging by a factor 2 in CL while exploring). Without blocks the exact Hessian is kept."""
-    mu = lambda p: individual_parameters(problem, p, jnp.zeros(problem.n_eta), patient)[1]
+    mu = lambda p: individual_parameters(problem, p, jnp.zeros(problem.n_random), patient)[1]
     cov = lambda p: unpack(problem, p, base_residual).random_effects.covariance()
     j_mu = jax.jacfwd(mu)(psi)  # [eta, psi]
     d_cov = jax.jacfwd(cov)(psi)  # [eta, eta, psi]
@@ -111,4 +123,4 @@ def _random_effect_information(problem: FitProblem, psi, base_residual: Residual
 
 def log_typical(problem: FitProblem, psi, patients: PatientData) -> Float[Array, "patients eta"]:
     """:math:`\\mu_i` of every patient."""
-    return jax.vmap(lambda pat: individual_parameters(problem, psi, jnp.zeros(problem.n_eta), pat)[1])(patients)
+    return jax.vmap(lambda pat: individual_parameters(problem, psi, jnp.zeros(problem.n_random), pat)[1])(patients)

@@ -72,6 +72,7 @@ class Saem(Estimator):
 
     settings: SaemSettings | None = None
     name: ClassVar[str] = "saem"
+    supports_iov: ClassVar[bool] = True
 
     def settings_for(self, spec) -> SaemSettings:
         return self.settings if self.settings is not None else spec.saem
@@ -92,6 +93,7 @@ class Nuts(Estimator):
 
     settings: NutsSettings | None = None
     name: ClassVar[str] = "nuts"
+    supports_iov: ClassVar[bool] = True
     needs_covariance: ClassVar[bool] = True
 
     def settings_for(self, spec) -> NutsSettings:

@@ -75,7 +75,8 @@ class PriorDefaults:
             factor :math:`e^2 \\approx 7.4` per SD for a log-transformed parameter).
         beta_sd: SD of a covariate coefficient about 0 (units of the effect: a linear effect is
             in the parameter's unit per covariate unit, a power or exp effect is dimensionless).
-        omega_sd: SD of :math:`\\log\\omega` about the initial :math:`\\log\\omega` (1: a factor 2.7).
+        omega_sd: SD of :math:`\\log\\omega` about the initial :math:`\\log\\omega` (1: a factor 2.7),
+            between patients and between occasions.
         sigma_sd: SD of :math:`\\log\\sigma` about the initial :math:`\\log\\sigma`.
         corr_sd: SD of the artanh of each partial correlation of an omega block about 0
             (:mod:`il2treg.fit.omega`; 1 puts 68% of the prior mass on :math:`|r| < 0.76`).
@@ -112,7 +113,8 @@ def sampling_priors(problem: FitProblem, psi0: Float[Array, " psi"], defaults: P
     mean[ns + ne : ns + ne + nc] = 0.0  # partial correlations: about independence
     sd = np.concatenate([
         np.full(nf, defaults.fixed_sd), np.full(ns - nf, defaults.beta_sd),
-        np.full(ne, defaults.omega_sd), np.full(nc, defaults.corr_sd), np.full(problem.n_psi - ns - ne - nc, defaults.sigma_sd),
+        np.full(ne, defaults.omega_sd), np.full(nc, defaults.corr_sd), np.full(problem.n_iov, defaults.omega_sd),
+        np.full(problem.n_psi - ns - ne - nc - problem.n_iov, defaults.sigma_sd),
     ])  # fmt: skip
     has = declared.declared
     mean[has] = np.asarray(declared.mean)[has]

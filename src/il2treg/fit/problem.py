@@ -138,10 +138,16 @@ class FitProblem:
     occasions: int = 0
 
     @property
+    def follow_covariates(self) -> tuple[str, ...]:
+        """Names of the parameters whose typical value follows a covariate (the model's covariates
+        and those with a covariate effect): with ``timed``, they may change between periods."""
+        return tuple(dict.fromkeys([*self.bound, *(e.parameter for e in self.covariates)]))
+
+    @property
     def time_varying(self) -> tuple[str, ...]:
         """Names of the parameters whose value may change between a patient's periods: those
         that follow a covariate, and those with inter-occasion variability."""
-        return tuple(dict.fromkeys([*self.bound, *(e.parameter for e in self.covariates), *self.iov]))
+        return tuple(dict.fromkeys([*self.follow_covariates, *self.iov]))
 
     @property
     def n_iov(self) -> int:

@@ -180,18 +180,16 @@ def fit_saem(objective, psi0: Float[Array, " psi"], settings: SaemSettings = Sae
     start = time.time()
     problem = objective.problem
     patients = objective.patients
-    if problem.iov:
-        raise SpecError(f"SAEM does not estimate inter-occasion variability yet (iov on {', '.join(problem.iov)}). Fix: fit it with FOCE-I (--method foce).")
-    moving = [n for n in problem.random if problem.timed and n in problem.time_varying]
+    moving = [n for n in problem.random if problem.timed and n in problem.follow_covariates]
     if moving:
         raise SpecError(f"SAEM cannot estimate a random effect on {moving[0]!r}, which follows a time-varying covariate (its individual value changes within a patient). "
                         "Fix: fit with FOCE-I or NUTS, or give the covariate one value per subject.")  # fmt: skip
-    n, ne = patients.obs_time.shape[0], problem.n_eta
+    n, ne = patients.obs_time.shape[0], problem.n_random  # phi: log theta_i of the eta's parameters, then the kappas
     rng = np.random.default_rng(settings.seed)
     psi = np.asarray(psi0, dtype=np.float64).copy()
-    ns = problem.n_struct
-    spread = np.r_[ns : ns + ne, problem.sigma_start : len(psi)]  # log omega and log sigma: annealed
-    corr = np.arange(ns + ne, problem.sigma_start)  # the omega blocks' partial correlations
+    ns, nb = problem.n_struct, problem.n_eta
+    spread = np.r_[ns : ns + nb, problem.sigma_start - problem.n_iov : len(psi)]  # log omegas (IOV too) and log sigma: annealed
+    corr = np.arange(ns + nb, ns + nb + problem.n_corr)  # the omega blocks' partial correlations
     penalty_hess = jax.jit(jax.hessian(objective.penalty))
     effects_of = jax.jit(lambda p: unpack(problem, p, objective.base_residual).random_effects)
 
