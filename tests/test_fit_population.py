@@ -360,112 +360,15 @@ def test_steady_state_infusions_in_hours_fit_as_their_doses_written_out_in_days(
     np.testing.assert_allclose(eta_a, eta_b, rtol=0, atol=1e-7)
 
 
-# ----------------------------------------------------------------------------- time-varying covariates
+# ----------------------------------------------------------------------------- time-varying covariates and occasions
 
 
-def _time_varying_objective():
-    """Eight patients of pk_1cmt_iv, 100 mg at 0 and 12 h, whose weight changes at 10 h (an EVID 2
-    row) by -25% to +35%: clearance follows weight by a power effect, so CL changes within each
-    patient. The FOCE-I objective with random effects on CL and V, psi off the optimum."""
-    import pandas as pd
-
-    from il2treg.data import read_dataset
-    from il2treg.fit.problem import to_unconstrained
-    from il2treg.likelihood import ResidualModel
-    from il2treg.model import load_model
-
-    model = load_model(Path(__file__).resolve().parents[1] / "models" / "pk_1cmt_iv.toml")
-    rng = np.random.default_rng(5)
-    rows = []
-    for i in range(8):
-        before, after = 70 * np.exp(0.2 * rng.standard_normal()), 0.0
-        after = before * (0.75 + 0.6 * i / 7)
-        rows.append({"ID": i + 1, "TIME": 0.0, "EVID": 1, "AMT": 100.0, "DV": None, "WT": before})
-        rows.append({"ID": i + 1, "TIME": 10.0, "EVID": 2, "AMT": 0.0, "DV": None, "WT": after})
-        rows.append({"ID": i + 1, "TIME": 12.0, "EVID": 1, "AMT": 100.0, "DV": None, "WT": None})
-        for t in (1.0, 4.0, 10.0, 13.0, 18.0, 30.0):
-            rows.append({"ID": i + 1, "TIME": t, "EVID": 0, "AMT": 0.0, "DV": 3.0 * np.exp(0.3 * rng.standard_normal()), "WT": None})
-    frame = pd.DataFrame(rows).sort_values(["ID", "TIME", "EVID"], ascending=[True, True, False], kind="stable")
-    data = read_dataset(frame, observables=model.observable_names, time_unit="h")
-    tight = il2treg.SolverOptions(rtol=1e-10, atol=1e-13, adjoint=dfx.ForwardMode(), max_steps=100_000)
-    effect = CovariateEffect("CL", "WT", "power", 70.0)
-    problem = make_problem(model, data, fixed=("CL", "V"), random=("CL", "V"), sigmas=(("conc", "prop"),), residual_kinds={"conc": "proportional"},
-                           options=tight, covariates=(effect,))  # fmt: skip
-    residual = ResidualModel.build(kinds={"conc": "proportional"}, sigmas={"conc": (0.3, 0.15)}, names=model.observable_names)
-    typical = model.typical()
-    u = to_unconstrained(problem, {"CL": 1.2 * float(typical["CL"]), "V": 0.9 * float(typical["V"])})
-    psi = jnp.concatenate([u, jnp.asarray([0.9]), jnp.log(jnp.asarray([0.35, 0.25, 0.2]))])
-    return Objective(problem, patient_arrays(data, problem.covariates), residual, inner_tol=1e-13), psi, data
-
-
-def test_a_time_varying_covariate_moves_the_parameters_at_its_time_and_the_gradient_is_exact():
-    """Each patient's predictions at its EBE against the closed form (one compartment, bolus doses,
-    CL = CL_pop (WT/70)^beta e^eta switching at 10 h, the observation at 10 h with the new
-    weight's CL, which leaves the concentration continuous), and the objective's Taylor expansion
-    of them (directions: CL once per period, V once for both) against the solver, values and
-    derivatives in eta; then every component of the FOCE-I gradient against central differences
-    of the objective."""
-    from il2treg.fit.problem import covariate_theta, expand, expanded_predict, individual_theta, predict, unpack
-
-    objective, psi, data = _time_varying_objective()
-    problem, patients = objective.problem, objective.patients
-    assert problem.timed and patients.covariates.shape == (8, 2, 1)
-    inner = objective.inner(psi, jnp.zeros((8, 2)))
-    include = inner.status == 0
-    assert bool(jnp.all(include))
-    up = unpack(problem, psi, objective.base_residual)
-    cl_pop, v_pop, beta = float(up.theta[0]) / 24, float(up.theta[1]), float(psi[2])  # L/h, L
-    theta_of = lambda eta, patient: individual_theta(problem, covariate_theta(problem, up.theta, up.beta, patient.covariates), eta)
-    at = lambda eta, patient: predict(problem, theta_of(eta, patient), patient)[0]
-
-    @jax.jit
-    def both(eta, patient):
-        """Predictions and their derivatives in eta: by the solver, and by the objective's expansion."""
-        ex = expand(problem, theta_of(eta, patient), patient, problem.ode_varied, problem.ode_random)
-        taylor = lambda e: expanded_predict(problem, ex, theta_of(e, patient), patient)
-        return at(eta, patient), jax.jacfwd(at)(eta, patient), taylor(eta), jax.jacfwd(taylor)(eta)
-
-    for i in range(8):
-        patient = jax.tree.map(lambda x, i=i: x[i], patients)
-        eta = np.asarray(inner.eta[i])
-        w = data.covariate_series["WT"][i]
-        cl = cl_pop * (w / 70.0) ** beta * np.exp(eta[0])
-        v = v_pop * np.exp(eta[1])
-        hours = np.asarray(patient.obs_time) * 24
-        amount_at_10 = 100 * np.exp(-cl[0] / v * 10)
-        expected = np.where(hours <= 10, 100 * np.exp(-cl[0] / v * hours), amount_at_10 * np.exp(-cl[1] / v * (hours - 10)))
-        expected = expected + np.where(hours > 12, 100 * np.exp(-cl[1] / v * (hours - 12)), 0.0)
-        solved, jac, taylor, taylor_jac = both(inner.eta[i], patient)
-        np.testing.assert_allclose(np.asarray(solved), expected / v, rtol=1e-8)
-        np.testing.assert_allclose(np.asarray(taylor), np.asarray(solved), rtol=1e-12)
-        np.testing.assert_allclose(np.asarray(taylor_jac), np.asarray(jac), rtol=1e-9, atol=1e-12)
-        assert abs(cl[1] / cl[0] - 1) > 0.05 or i in (3, 4)  # the weight's change moves CL (least in the middle patients)
-
-    grad = np.asarray(objective.gradient(psi, inner.eta, include))
-    value = lambda p: float(objective.value(p, objective.inner(p, inner.eta), include))
-    for k, name in enumerate(problem.psi_names):
-        step = 1e-3
-        fd = (value(psi.at[k].add(step)) - value(psi.at[k].add(-step))) / (2 * step)
-        assert abs(grad[k] - fd) <= 1e-5 * abs(fd) + 2e-4, (name, grad[k], fd)
-
-
-def test_saem_refuses_a_random_effect_on_a_parameter_that_follows_a_time_varying_covariate():
-    """SAEM's individual parameters are one value per patient; CL here changes at 10 h."""
-    from il2treg.errors import SpecError
-    from il2treg.fit.saem import fit_saem
-
-    objective, psi, _ = _time_varying_objective()
-    with pytest.raises(SpecError, match=r"SAEM cannot estimate a random effect on 'CL', which follows a time-varying covariate.*Fix: fit with FOCE-I or NUTS"):
-        fit_saem(objective, psi)
-
-
-# ----------------------------------------------------------------------------- inter-occasion variability
-
-
-def _iov_data(occasions: list[int], seed: int = 8):
+def _iov_data(occasions: list[int], seed: int = 8, weight: bool = False):
     """pk_1cmt_iv patients, a 100 mg bolus opening each occasion (every 48 h; OCC 1, 2, ...,
     ``occasions[i]`` of them for patient i) and samples 1, 6 and 20 h after each; CL varies between
-    patients and occasions (closed form, 10% proportional noise)."""
+    patients and occasions (closed form, 10% proportional noise). With ``weight``, a weight column
+    WT (70 kg times a patient factor) rises by 30% at 30 h on an EVID 2 row, and CL follows it
+    as (WT/70)^0.75."""
     import pandas as pd
 
     from il2treg.data import read_dataset
@@ -474,61 +377,82 @@ def _iov_data(occasions: list[int], seed: int = 8):
     rows = []
     for i, count in enumerate(occasions):
         eta, v = 0.3 * rng.standard_normal(), 20.0 * np.exp(0.2 * rng.standard_normal())
+        wt = 70.0 * np.exp(0.2 * rng.standard_normal())
         amount = 0.0
         for k in range(count):
             cl = 2.0 * np.exp(eta + 0.15 * rng.standard_normal())
             amount += 100.0
-            rows.append({"ID": i + 1, "TIME": 48.0 * k, "AMT": 100.0, "DV": 0.0, "MDV": 1, "OCC": k + 1})
-            for t in (1.0, 6.0, 20.0):
-                rows.append({"ID": i + 1, "TIME": 48.0 * k + t, "AMT": 0.0, "DV": amount * np.exp(-cl / v * t) / v * (1 + 0.1 * rng.standard_normal()), "MDV": 0, "OCC": k + 1})
-            amount *= np.exp(-cl / v * 48.0)
-    return read_dataset(pd.DataFrame(rows), observables=("conc",), time_unit="h")
+            rows.append({"ID": i + 1, "TIME": 48.0 * k, "EVID": 1, "AMT": 100.0, "DV": None, "OCC": k + 1, "WT": wt if k == 0 else None})
+            clock = 48.0 * k
+            for t in (1.0, 6.0, 20.0) + ((30.0,) if weight and k == 0 else ()):
+                if t == 30.0:  # the weight's change
+                    rows.append({"ID": i + 1, "TIME": 30.0, "EVID": 2, "AMT": 0.0, "DV": None, "OCC": 1, "WT": 1.3 * wt})
+                    continue
+                factor = (1.3 if weight and 48.0 * k + t > 30.0 else 1.0) ** 0.75 if weight else 1.0
+                now = 48.0 * k + t
+                if weight and k == 0 and clock < 30.0 < now:
+                    amount *= np.exp(-cl / v * (30.0 - clock))
+                    clock = 30.0
+                amount *= np.exp(-cl * factor / v * (now - clock))
+                clock = now
+                rows.append({"ID": i + 1, "TIME": now, "EVID": 0, "AMT": 0.0, "DV": amount / v * (1 + 0.1 * rng.standard_normal()), "OCC": k + 1, "WT": None})
+            factor = 1.3**0.75 if weight else 1.0
+            amount *= np.exp(-cl * factor / v * (48.0 * (k + 1) - clock))
+    frame = pd.DataFrame(rows).sort_values(["ID", "TIME"], kind="stable")
+    return read_dataset(frame if weight else frame.drop(columns="WT"), observables=("conc",), time_unit="h")
 
 
 def _iov_objective(data):
-    """The FOCE-I objective of :func:`_iov_data` with IOV on CL, psi off the optimum."""
+    """The FOCE-I objective of :func:`_iov_data` with IOV on CL (and, where the data have WT, a
+    power effect of WT on CL, reference 70 kg), psi off the optimum."""
     from il2treg.fit.problem import problem_patients, to_unconstrained
     from il2treg.likelihood import ResidualModel
     from il2treg.model import load_model
 
     model = load_model(Path(__file__).resolve().parents[1] / "models" / "pk_1cmt_iv.toml")
     tight = il2treg.SolverOptions(rtol=1e-10, atol=1e-13, adjoint=dfx.ForwardMode(), max_steps=100_000)
+    effects = (CovariateEffect("CL", "WT", "power", 70.0),) if "WT" in data.covariates else ()
     problem = make_problem(model, data, fixed=("CL", "V"), random=("CL", "V"), sigmas=(("conc", "prop"),), residual_kinds={"conc": "proportional"},
-                           options=tight, iov=("CL",), occasion="OCC")  # fmt: skip
+                           options=tight, iov=("CL",), occasion="OCC", covariates=effects)  # fmt: skip
     residual = ResidualModel.build(kinds={"conc": "proportional"}, sigmas={"conc": (0.3, 0.12)}, names=model.observable_names)
     typical = model.typical()
     u = to_unconstrained(problem, {"CL": 1.1 * float(typical["CL"]), "V": 0.9 * float(typical["V"])})
-    psi = jnp.concatenate([u, jnp.log(jnp.asarray([0.3, 0.2, 0.12, 0.12]))])
+    psi = jnp.concatenate([u, jnp.asarray([0.6] * len(effects)), jnp.log(jnp.asarray([0.3, 0.2, 0.12, 0.12]))])
     return Objective(problem, problem_patients(problem, data), residual, inner_tol=1e-13), psi
 
 
-def test_inter_occasion_variability_objective_is_exact_and_an_absent_occasion_adds_nothing():
-    """Six patients, one with three occasions and five with two (so three kappa slots each):
+def test_time_varying_covariates_and_occasions_objective_is_exact_and_an_absent_occasion_adds_nothing():
+    """Six patients, one with three occasions and five with two (so three kappa slots each); each
+    patient's weight rises by 30% at 30 h (an EVID 2 row inside the first occasion), and CL follows
+    it by a power effect:
     - the layout: eta (CL, V), then kappa of CL per occasion; psi with omega_iov_CL before sigma;
-    - one patient's predictions at its EBEs against the closed form (CL switching with each
-      occasion's kappa at 48 and 96 h), and the objective's expansion against the solver;
+      periods at 0, 30, 48 (and 96) h;
+    - one patient's predictions at its EBEs against the closed form (CL switching with the weight
+      at 30 h and with each occasion's kappa at 48 and 96 h), and the objective's expansion (CL one
+      direction per period, V one for all) against the solver, values and derivatives in eta;
     - the five two-occasion patients' OFV is the same in this problem (a third kappa each, met by
       no data) as in a problem of their own with two slots;
-    - every component of the FOCE-I gradient against central differences."""
+    - every component of the FOCE-I gradient against central differences (the weight's
+      coefficient and omega_iov included)."""
     from il2treg.fit.estimators import Nuts, Saem
-    from il2treg.fit.problem import expand, expanded_predict, individual_theta, predict, unpack
+    from il2treg.fit.problem import covariate_theta, expand, expanded_predict, individual_theta, predict, unpack
 
-    data = _iov_data([3, 2, 2, 2, 2, 2])
+    data = _iov_data([3, 2, 2, 2, 2, 2], weight=True)
     objective, psi = _iov_objective(data)
     problem, patients = objective.problem, objective.patients
-    assert (problem.occasions, problem.n_random) == (3, 5)
+    assert problem.timed and (problem.occasions, problem.n_random) == (3, 5)
+    np.testing.assert_allclose(np.asarray(patients.periods[0]) * 24, [0, 30, 48, 96])
     assert problem.random_names == ("ETA_CL", "ETA_V", "KAPPA_CL_1", "KAPPA_CL_2", "KAPPA_CL_3")
-    assert problem.psi_names == ("CL", "V", "omega_CL", "omega_V", "omega_iov_CL", "sigma_prop_conc")
+    assert problem.psi_names == ("CL", "V", "beta_CL_WT", "omega_CL", "omega_V", "omega_iov_CL", "sigma_prop_conc")
     for estimator in (Saem(), Nuts()):
-        with pytest.raises(il2treg.errors.SpecError, match=r"does not estimate inter-occasion variability yet \(iov on CL\)"):
-            estimator.check(problem)
+        estimator.check(problem)  # both estimate IOV
     inner = objective.inner(psi, jnp.zeros((6, 5)))
     include = inner.status == 0
     assert bool(jnp.all(include))
 
     up = unpack(problem, psi, objective.base_residual)
     patient = jax.tree.map(lambda x: x[0], patients)
-    theta_of = lambda e: individual_theta(problem, jnp.broadcast_to(up.theta, (patient.periods.shape[0], up.theta.shape[0])), e, patient.occasion)
+    theta_of = lambda e: individual_theta(problem, covariate_theta(problem, up.theta, up.beta, patient.covariates), e, patient.occasion)
 
     @jax.jit
     def both(eta):
@@ -539,13 +463,19 @@ def test_inter_occasion_variability_objective_is_exact_and_an_absent_occasion_ad
 
     eta = np.asarray(inner.eta[0])
     solved, jac, taylor, taylor_jac = both(inner.eta[0])
-    cl = float(up.theta[0]) / 24 * np.exp(eta[0] + eta[2:])  # L/h in each occasion
+    beta, wt = float(psi[2]), data.covariate_series["WT"][0]
+    np.testing.assert_allclose(wt[1:] / wt[0], 1.3)
+    occasion_cl = float(up.theta[0]) / 24 * np.exp(eta[0] + eta[2:])  # L/h at 70 kg in each occasion
     v = float(up.theta[1]) * np.exp(eta[1])
-    hours, expected, amount = np.asarray(patient.obs_time) * 24, [], 0.0
-    for k in range(3):
-        amount += 100.0
-        expected += [amount * np.exp(-cl[k] / v * (t - 48 * k)) / v for t in hours if 48 * k < t < 48 * (k + 1)]
-        amount *= np.exp(-cl[k] / v * 48)
+    segments = [(0, 30, occasion_cl[0] * (wt[0] / 70) ** beta), (30, 48, occasion_cl[0] * (wt[1] / 70) ** beta),
+                (48, 96, occasion_cl[1] * (wt[1] / 70) ** beta), (96, 144, occasion_cl[2] * (wt[1] / 70) ** beta)]  # fmt: skip
+    expected = []
+    for t in np.asarray(patient.obs_time) * 24:
+        amount = 0.0
+        for start, end, cl in segments:
+            amount += 100.0 if start % 48 == 0 and start < t else 0.0
+            amount *= np.exp(-cl / v * (min(t, end) - start)) if start < t else 1.0
+        expected.append(amount / v)
     np.testing.assert_allclose(np.asarray(solved), expected, rtol=1e-8)
     np.testing.assert_allclose(np.asarray(taylor), np.asarray(solved), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(taylor_jac), np.asarray(jac), rtol=1e-9, atol=1e-12)
@@ -564,3 +494,13 @@ def test_inter_occasion_variability_objective_is_exact_and_an_absent_occasion_ad
         step = 1e-3
         fd = (value(psi.at[k].add(step)) - value(psi.at[k].add(-step))) / (2 * step)
         assert abs(grad[k] - fd) <= 1e-5 * abs(fd) + 2e-4, (name, grad[k], fd)
+
+
+def test_saem_refuses_a_random_effect_on_a_parameter_that_follows_a_time_varying_covariate():
+    """SAEM's individual parameters are one value per patient; CL here changes with the weight at 30 h."""
+    from il2treg.errors import SpecError
+    from il2treg.fit.saem import fit_saem
+
+    objective, psi = _iov_objective(_iov_data([2, 2], weight=True))
+    with pytest.raises(SpecError, match=r"SAEM cannot estimate a random effect on 'CL', which follows a time-varying covariate.*Fix: fit with FOCE-I or NUTS"):
+        fit_saem(objective, psi)
