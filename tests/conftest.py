@@ -104,10 +104,10 @@ def pytest_runtest_setup(item):
 # worker busy. The files in the order of their summed test time in `make test-all` (the run
 # prints it, "test time by file"; measured on a fresh clone of cdde2c6), the rest after them as
 # collected.
-_HEAVY_FIRST = ("test_simulate", "test_fit_population", "test_notebooks", "test_design", "test_model_pk", "test_fit_bayes", "test_fit_omega",
-                "test_fit_result", "test_cli", "test_sbml", "test_diagnostics", "test_model_format", "test_trial", "test_fit_saem",
-                "test_fit_profile", "test_cache", "test_nonmem", "test_likelihood", "test_fit_estimate", "test_sledai",
-                "test_fit_individual", "test_fit_priors", "test_regimen", "test_benchmarks", "test_plots")  # fmt: skip
+_HEAVY_FIRST = ("test_fit_population", "test_notebooks", "test_simulate", "test_design", "test_model_pk", "test_fit_bayes", "test_cli",
+                "test_fit_result", "test_fit_omega", "test_sbml", "test_trial", "test_model_format", "test_fit_saem", "test_cache",
+                "test_likelihood", "test_diagnostics", "test_fit_profile", "test_nonmem", "test_plots", "test_fit_estimate", "test_sledai",
+                "test_regimen", "test_benchmarks", "test_fit_priors", "test_fit_individual")  # fmt: skip
 
 
 def pytest_collection_modifyitems(session, config, items):
