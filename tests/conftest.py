@@ -102,7 +102,7 @@ def pytest_runtest_setup(item):
 # workers in collection order, a file at a time; its default order (most tests first) started
 # test_notebooks and test_fit_bayes (few tests, minutes each) late, and the run ended with one
 # worker busy. The files in the order of their summed test time in `make test-all` (the run
-# prints it, "test time by file"; measured on a fresh clone of cdde2c6), the rest after them as
+# prints it, "test time by file"; measured on a fresh clone of 0446877, 2026-12-05), the rest after them as
 # collected.
 _HEAVY_FIRST = ("test_fit_population", "test_notebooks", "test_simulate", "test_design", "test_model_pk", "test_fit_bayes", "test_cli",
                 "test_fit_result", "test_fit_omega", "test_sbml", "test_trial", "test_model_format", "test_fit_saem", "test_cache",
