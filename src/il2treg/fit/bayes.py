@@ -245,7 +245,7 @@ def sample_nuts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings:
             positive definite: chains start at ``psi_hat`` with a scale of 0.1).
     """
     psi_hat = jnp.asarray(psi_hat, dtype=jnp.float64)
-    omega = unpack(target.problem, psi_hat, target.base_residual).omega
+    omega = unpack(target.problem, psi_hat, target.base_residual).random_effects.sd  # of every random effect, kappas too
     z_hat = target.to_coordinates(psi_hat, jnp.asarray(eta_hat))
     z_var = jnp.where(target.centred, jnp.asarray(eta_var), jnp.asarray(eta_var) / omega**2)
     cov = np.asarray(covariance, dtype=np.float64)
