@@ -541,11 +541,12 @@ def test_a_numeric_covariate_that_changes_is_time_varying(tmp_path):
     np.testing.assert_array_equal(data.covariate_series["CRCL"], [[60, 60, 60, 55], [80] * 4])
     np.testing.assert_array_equal(data.covariates["WT"], [3.0, 2.0])  # the first period's
     np.testing.assert_array_equal(data.covariate_periods("CRCL"), data.covariate_series["CRCL"])
-    assert "WT (number, time-varying: up to 4 periods per subject)" in data.summary()
+    assert "WT (number, time-varying: up to 3 values per subject), CRCL (number, time-varying: up to 2 values per subject)" in data.summary()
     frame = data.to_frame()  # each row at its time's values; the change at day 2 on an EVID 2 row
     assert frame["EVID"].tolist() == [1, 0, 2, 0, 0, 0, 1, 0]
     assert frame["WT"].tolist() == [3.0, 3.0, 3.5, 4.0, 4.0, 4.0, 2.0, 2.0]
     assert_same(read_dataset(frame, observables=("conc",)), data)
+    assert data.to_frame(rows=True)["ROW"].tolist() == [1, 2, 0, 4, 5, 6, 7, 8]  # the source rows; 0 on the EVID 2 row written anew
     second = data.subset([2])
     np.testing.assert_array_equal(second.covariate_series["WT"], [[2.0] * 4])
     constant = read_dataset(write(tmp_path, table()))
@@ -972,3 +973,18 @@ def test_time_messages_name_the_unit_the_time_is_read_in(tmp_path):
         read_dataset(path, observables=("conc",), time_unit="h")
     with pytest.raises(DataError, match=r"TIME counts days from the first dose"):
         read_dataset(path, observables=("conc",))
+
+
+def test_a_fit_starts_periods_only_where_the_columns_it_reads_change(tmp_path):
+    """TIME_VARYING's WT and CRCL change at different times: a fit reading CRCL alone has periods
+    where CRCL changes, and only the parameter of its effect follows a time-varying covariate."""
+    import il2treg
+    from il2treg.fit.problem import CovariateEffect, make_problem, problem_patients
+
+    data = read_dataset(write(tmp_path, TIME_VARYING), observables=("conc",))
+    model = il2treg.load_model("pk_1cmt_iv")
+    problem = make_problem(model, data, fixed=("CL", "V"), random=("V",), sigmas=(), covariates=(CovariateEffect("CL", "CRCL", "power", 60.0),))
+    assert problem.timed and problem.varying == ("CRCL",) and problem.follow_covariates == ("CL",)
+    patients = problem_patients(problem, data)
+    np.testing.assert_array_equal(np.asarray(patients.periods), [[0, 5], [0, 0]])
+    np.testing.assert_array_equal(np.asarray(patients.covariates)[..., 0], [[60, 55], [80, 80]])

@@ -147,7 +147,7 @@ BAD = [
      "Fix: set estimate = [] or remove [error.sledai], or add sledai data.")),
     ("disease-parameter-without-sledai", _append("[parameters.imax]\n"),
      ("{path}: [parameters.imax] is estimated but acts only on 'sledai', which the data (data.csv) do not observe. "
-     "Fix: add sledai data, or set estimate = false and remove cv_percent.")),
+     "Fix: add sledai data, or set estimate = false and remove cv_percent (and iov_cv_percent).")),
     ("observed-type-without-error-model", _replace('[error.cd25_treg_rel]\nkind = "proportional"\nestimate = []\n', ""),
      ("{path}: the data (data.csv) observe 'cd25_treg_rel' but the fit has no [error.cd25_treg_rel] table. "
      "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids.")),

@@ -312,14 +312,18 @@ class Dataset(eqx.Module):
             dvid_names=self.dvid_names,
         )
 
-    def to_frame(self) -> pd.DataFrame:
+    def to_frame(self, rows: bool = False) -> pd.DataFrame:
         """The long event table again, rows in source order; ``read_dataset`` round-trips it.
 
         Observation rows get ``AMT`` 0; dose rows get empty ``DVID`` and ``DV``, ``CENS`` 0
         and ``MDV`` 1 (the NONMEM convention for dose records). Where a dose has more than a time
         and an amount, the table gets ``CMT``, ``RATE`` (per day), ``SS`` and ``II`` (days), and
-        resets ``EVID`` 3 (no amount) or 4.
+        resets ``EVID`` 3 (no amount) or 4. A change of a time-varying covariate without a row of
+        its own gets an ``EVID 2`` row. With ``rows``, a column ``ROW`` holds each row's number in
+        the source table (the additional doses of an ADDL row share its number; 0 on an added
+        ``EVID 2`` row).
         """
+        add_rows = rows
         obs_s, obs_j = np.nonzero(self.obs_row > 0)
         dose_s, dose_j = np.nonzero(self.dose_row > 0)
         obs_value = self.obs_value[obs_s, obs_j].copy()
@@ -357,6 +361,7 @@ class Dataset(eqx.Module):
                 on_doses = rate if values is None else values[dose_s, dose_j]
                 frame[name] = np.concatenate([np.zeros(obs_s.size, dtype=on_doses.dtype), on_doses])
         rows = np.concatenate([self.obs_row[obs_s, obs_j], self.dose_row[dose_s, dose_j]])
+        source = rows
         if self.covariate_series:  # a period start without a row of its own gets an EVID 2 row
             times = frame["TIME"].to_numpy()
             extra = [(s, t) for s in range(self.n_subjects) for t in np.unique(self.covariate_time[s]) if not np.any((subject == s) & (times == t))]
@@ -366,6 +371,7 @@ class Dataset(eqx.Module):
                 frame = pd.concat([frame, other.reindex(columns=frame.columns, fill_value=0)], ignore_index=True)
                 # numbered as the subject's first row: the time sort below puts them in place
                 rows = np.concatenate([rows, [int(np.min(rows[subject == s])) for s, _ in extra]])
+                source = np.concatenate([source, np.zeros(len(extra), dtype=source.dtype)])
                 subject = np.concatenate([subject, [s for s, _ in extra]]).astype(int)
         times = frame["TIME"].to_numpy()
         for name in self.covariates:
@@ -385,6 +391,8 @@ class Dataset(eqx.Module):
         for s in np.unique(by_subject):
             slots = np.flatnonzero(by_subject == s)
             order[slots] = order[slots[np.argsort(times[slots], kind="stable")]]
+        if add_rows:
+            frame["ROW"] = source
         return frame.iloc[order].reset_index(drop=True)
 
     def _dose_evid(self, s: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -443,8 +451,9 @@ class Dataset(eqx.Module):
                 if n in kinds:
                     return "text"
                 if n in self.covariate_series:
-                    most = max(len(np.unique(row)) for row in self.covariate_time)
-                    return f"number, time-varying: up to {most} periods per subject"
+                    series = self.covariate_series[n]
+                    most = max(1 + int(np.sum(row[1:] != row[:-1])) for row in series)
+                    return f"number, time-varying: up to {most} values per subject"
                 return "number"
 
             described = [f"{n} ({kind(n)})" for n in self.covariates]
@@ -898,7 +907,9 @@ def _pack(
     levels = []
     for name, (values, is_numeric) in covariates.items():
         per_subject = [values[k] for k in first_rows]
-        if is_numeric:
+        if name in series:  # the first period's (the last of several rows at the first time)
+            numeric[name] = series[name][:, 0].copy()
+        elif is_numeric:
             numeric[name] = np.array(per_subject, dtype=np.float64)
         else:
             names = tuple(sorted(set(per_subject)))

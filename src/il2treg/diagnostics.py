@@ -156,9 +156,10 @@ class Diagnostics:
         gets ``MDV=1``), in the format of :mod:`il2treg.data`."""
         if not 0 <= k < self.n_sim:
             raise InputError(f"replicate {k} does not exist: there are {self.n_sim}. Fix: 0 <= k < {self.n_sim}.")
-        frame = self.data.to_frame()
-        rows = np.sort(np.concatenate([self.data.obs_row[self.data.obs_row > 0], self.data.dose_row[self.data.dose_row > 0]]))
-        at = np.searchsorted(rows, self.table["ROW"].to_numpy())
+        frame = self.data.to_frame(rows=True)
+        position = {int(r): k for k, (r, evid) in enumerate(zip(frame["ROW"], frame["EVID"], strict=True)) if evid == 0}  # an observation's row is its own
+        at = np.asarray([position[int(r)] for r in self.table["ROW"]], dtype=np.int64)
+        frame = frame.drop(columns="ROW")
         lloq = self.table["DVID"].map(self.lloq).to_numpy(dtype=np.float64)
         value, cens = self.simulated[k], self.simulated_cens[k]
         missing = np.isnan(frame["DV"].to_numpy()[at])
@@ -554,7 +555,8 @@ def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, change_fr
     baseline then no longer hides the shape of the response: a misplaced time course (e.g. a
     missing proliferation delay) shows here when the plain VPC cannot see it.
 
-    Stratified (``by``, a covariate of the data, numeric or text, e.g. ``"ARM"``): a
+    Stratified (``by``, a covariate of the data, numeric or text, e.g. ``"ARM"``; a time-varying
+    one by its first value, at the patient's first row): a
     :class:`StratifiedVPC` with one :class:`VPC` per level, each computed from that stratum's
     patients alone (tidyvpc's default, ``binning(by.strata = TRUE)``): its own time bins, its own
     prediction correction (median PRED per bin within the stratum) and its own test; levels

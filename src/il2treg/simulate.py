@@ -515,7 +515,8 @@ def solve_records(
 
         args, y0 = pick(0), y0_table[0]
         changes = periods[1:]
-        model = _dose_model(mechanism, pick(period_of(dose_times)), records.input, per_dose=True)
+        n = dose_times.shape[0]
+        model = _dose_model(mechanism, pick(period_of(dose_times)), records.input, per_dose=True) if n else (jnp.zeros(0),) * 3
     else:
         args = mechanism.prepare(theta)
         y0 = mechanism.initial_state(args)

@@ -212,7 +212,7 @@ def _individual(spec: FitSpec, problem, fit: PopulationFit, theta, beta, residua
     for k, name in enumerate(problem.random_names):  # ETA_<p>, then KAPPA_<p>_<occasion>
         columns[name] = eta[:, k]
     theta_i = np.asarray(_allpatient_theta(problem, theta, beta, jnp.asarray(eta), patients))
-    if problem.timed:  # time-varying covariates: the first period's (the subject's first row)
+    if problem.timed:  # time-varying covariates or occasions: the first period's (at the subject's first row)
         theta_i = theta_i[:, 0]
     names = problem.model.parameter_names
     for p in spec.parameters:

@@ -125,7 +125,7 @@ def _draw(result: FitResult, spec: FitSpec, n_draws: int, n_patients: int, seed:
     theta = jax.vmap(lambda uu: typical_theta(problem, uu))(u)  # reference covariates: beta does not act
     omega = natural[:, ns : ns + ne]
     # the Cholesky factor of each draw's Omega = diag(omega) R diag(omega): eta = z @ chol.T
-    chol = np.stack([om[:, None] * np.linalg.cholesky(block_correlation(ne, problem.corr_pairs, dict(zip(problem.corr_pairs, row[ns + ne : problem.sigma_start]))))
+    chol = np.stack([om[:, None] * np.linalg.cholesky(block_correlation(ne, problem.corr_pairs, dict(zip(problem.corr_pairs, row[ns + ne : ns + ne + problem.n_corr], strict=True))))
                      for om, row in zip(omega, natural)]) if ne else np.zeros((n_draws, 0, 0))  # fmt: skip
     z = jax.random.normal(jax.random.PRNGKey(seed), (n_draws, n_patients, ne))
     between = dataclasses.replace(problem, iov=(), occasion=None, occasions=0)  # a new patient's eta; kappa below

@@ -117,6 +117,8 @@ class FitProblem:
             axis (module docstring).
         iov: names of the parameters with inter-occasion variability (module docstring).
         occasion: the data column that numbers the occasions (``OCC``), with ``iov``.
+        varying: the covariate columns the fit reads (effects' and the model's) that change
+            within a patient.
         occasions: the most occasions any patient has (the number of kappa per parameter in ``iov``).
     """
 
@@ -136,12 +138,13 @@ class FitProblem:
     iov: tuple[str, ...] = ()
     occasion: str | None = None
     occasions: int = 0
+    varying: tuple[str, ...] = ()
 
     @property
     def follow_covariates(self) -> tuple[str, ...]:
-        """Names of the parameters whose typical value follows a covariate (the model's covariates
-        and those with a covariate effect): with ``timed``, they may change between periods."""
-        return tuple(dict.fromkeys([*self.bound, *(e.parameter for e in self.covariates)]))
+        """Names of the parameters whose typical value follows a time-varying covariate (the
+        model's covariates and the parameters of covariate effects, whose column is in ``varying``)."""
+        return tuple(dict.fromkeys([*(n for n in self.bound if n in self.varying), *(e.parameter for e in self.covariates if e.covariate in self.varying)]))
 
     @property
     def time_varying(self) -> tuple[str, ...]:
@@ -304,9 +307,9 @@ def make_problem(
     kinds = ResidualModel.build(residual_kinds, names=model.observable_names).kinds
     slots = slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), max_dose_lag(model))
     options = options or SolverOptions(adjoint=dfx.ForwardMode())
-    timed = bool(iov) or any(c in data.covariate_series for c in (*(e.covariate for e in covariates), *bound))
-    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature, blocks, bool(interaction), timed,
-                      tuple(iov), occasion if iov else None, occasions)  # fmt: skip
+    varying = tuple(dict.fromkeys(c for c in (*(e.covariate for e in covariates), *bound) if c in data.covariate_series))
+    return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature, blocks, bool(interaction),
+                      bool(iov or varying), tuple(iov), occasion if iov else None, occasions, varying)  # fmt: skip
 
 
 def _occasions(model: Model, data: Dataset, iov: tuple[str, ...], occasion: str | None) -> int:
@@ -486,16 +489,34 @@ def patient_arrays(
         mask = mask & np.isin(np.asarray(data.obs_dvid), [data.dvid_names.index(u) for u in use])
     columns = [e.covariate for e in effects] + list(bound)
     timed = occasion is not None or any(c in data.covariate_series for c in columns)
-    if timed:  # one row per period of constant covariates
-        cov = np.stack([data.covariate_periods(c) for c in columns], axis=2) if columns else np.zeros((*data.covariate_time.shape, 0))
+    periods = occasions = None
+    if timed:  # one row per period of constant covariates (those read here: other columns' changes start none)
+        read = [*columns, *([occasion] if occasion is not None else [])]
+        periods, values = _read_periods(data.covariate_time, np.stack([data.covariate_periods(c) for c in read], axis=2))
+        cov = values[..., : len(columns)]
+        occasions = None if occasion is None else jnp.asarray(occasion_slots(values[..., -1]))
+        periods = jnp.asarray(periods)
     else:
         cov = np.stack([np.asarray(data.covariates[c], dtype=float) for c in columns], axis=1) if columns else np.zeros((data.n_subjects, 0))
     return PatientData(
         jnp.asarray(data.dose_time), jnp.asarray(data.dose_amount), jnp.asarray(data.obs_time),
         jnp.asarray(data.obs_dvid), jnp.asarray(data.obs_value), jnp.asarray(data.obs_cens), jnp.asarray(mask),
-        jnp.asarray(cov), data.records(), jnp.asarray(data.covariate_time) if timed else None,
-        None if occasion is None else jnp.asarray(occasion_slots(data.covariate_periods(occasion))),
+        jnp.asarray(cov), data.records(), periods, occasions,
     )  # fmt: skip
+
+
+def _read_periods(starts: Float[np.ndarray, "subjects periods"], values: Float[np.ndarray, "subjects periods columns"]):
+    """The periods of ``values`` alone: a dataset's periods start wherever any of its time-varying
+    columns changes; a period of the columns read here starts only where one of them does. Padded
+    by repeating each subject's last period."""
+    kept = []
+    for s in range(starts.shape[0]):
+        same = np.all((values[s, 1:] == values[s, :-1]) | (np.isnan(values[s, 1:]) & np.isnan(values[s, :-1])), axis=1)
+        kept.append(np.concatenate([[0], 1 + np.flatnonzero(~same)]))
+    width = max(len(k) for k in kept)
+    pick = np.stack([np.concatenate([k, np.full(width - len(k), k[-1])]) for k in kept])
+    rows = np.arange(starts.shape[0])[:, None]
+    return starts[rows, pick], values[rows, pick]
 
 
 def problem_patients(problem: FitProblem, data: Dataset, use: tuple[str, ...] | None = None) -> PatientData:

@@ -711,10 +711,10 @@ def _check_against_data(dataset: Dataset, parameters, errors, ignore, model: Mod
             )
     for p in parameters:
         target = _ACTS_ONLY_ON.get(model.spec[p.name].group)
-        if (p.estimate or p.cv_percent is not None) and target and target not in observed:
+        if (p.estimate or p.cv_percent is not None or p.iov_cv_percent is not None) and target and target not in observed:
             raise SpecError(
                 f"{where}: [parameters.{p.name}] is estimated but acts only on {target!r}, which the data ({source}) do not observe. "
-                f"Fix: add {target} data, or set estimate = false and remove cv_percent."
+                f"Fix: add {target} data, or set estimate = false and remove cv_percent (and iov_cv_percent)."
             )
 
 
