@@ -14,7 +14,7 @@ from jax.flatten_util import ravel_pytree
 from il2treg.errors import InputError, SpecError
 from il2treg.fit import load_fit
 from il2treg.fit.assemble import initial_psi
-from il2treg.fit.bayes import NutsSettings, Target, make_target, sample_nuts
+from il2treg.fit.bayes import NutsSettings, Target, chain_starts, make_target
 from il2treg.fit.estimators import Nuts
 from il2treg.fit.priors import sampling_priors
 from il2treg.fit.problem import make_problem, patient_arrays
@@ -214,6 +214,9 @@ def test_the_posterior_with_inter_occasion_variability_puts_each_kappa_in_its_oc
 
     density = jax.jit(lambda tgt, pos: tgt.log_density(pos))(tgt, {"psi": psi, "z": z})
     assert float(density) == pytest.approx(float(direct(psi, z)), rel=1e-12)
-    # a few NUTS steps from there: the chains start from every random effect's coordinates
-    samples = sample_nuts(tgt, psi, eta, eta_var, jnp.full((7, 7), jnp.nan), NutsSettings(chains=1, warmup=3, samples=2, max_tree_depth=2))
-    assert np.asarray(samples.z).shape == (1, 2, 4, 5) and np.all(np.isfinite(np.asarray(samples.log_density)))
+    # the chains start from every random effect's coordinates, their masses from its Laplace variance
+    k = len(psi)
+    starts, imm0, _ = chain_starts(tgt, psi, eta, eta_var, jnp.full((k, k), jnp.nan), NutsSettings(chains=2))
+    np.testing.assert_allclose(np.asarray(starts["z"][1]), np.asarray(z), rtol=1e-14)
+    expected = np.where(np.asarray(tgt.centred), np.asarray(eta_var), np.asarray(eta_var) / np.asarray(sd) ** 2)
+    np.testing.assert_allclose(np.asarray(imm0[k:]).reshape(4, 5), expected, rtol=1e-14)

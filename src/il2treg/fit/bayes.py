@@ -244,20 +244,7 @@ def sample_nuts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings:
             Laplace variances (:func:`eta_variances`); ``covariance``: of ``psi_hat`` (NaN or not
             positive definite: chains start at ``psi_hat`` with a scale of 0.1).
     """
-    psi_hat = jnp.asarray(psi_hat, dtype=jnp.float64)
-    omega = unpack(target.problem, psi_hat, target.base_residual).random_effects.sd  # of every random effect, kappas too
-    z_hat = target.to_coordinates(psi_hat, jnp.asarray(eta_hat))
-    z_var = jnp.where(target.centred, jnp.asarray(eta_var), jnp.asarray(eta_var) / omega**2)
-    cov = np.asarray(covariance, dtype=np.float64)
-    if not (np.all(np.isfinite(cov)) and np.all(np.linalg.eigvalsh(cov) > 0)):
-        cov = np.eye(len(psi_hat)) * 0.01
-    chol = jnp.asarray(np.linalg.cholesky(cov))
-    key = jax.random.PRNGKey(settings.seed)
-    k_init, k_run = jax.random.split(key)
-    noise = jax.random.normal(k_init, (settings.chains, len(psi_hat)))
-    starts = {"psi": psi_hat[None] + settings.init_spread * noise @ chol.T, "z": jnp.broadcast_to(z_hat, (settings.chains, *z_hat.shape))}
-    imm0 = jnp.concatenate([jnp.asarray(np.diag(cov)), z_var.ravel()])  # blackjax ravels the position: psi, then z
-
+    starts, imm0, k_run = chain_starts(target, psi_hat, eta_hat, eta_var, covariance, settings)
     keys = jax.random.split(k_run, settings.chains)
     t = time.perf_counter()
     one = jax.tree_util.tree_map(lambda x: x[0], starts)
@@ -270,6 +257,27 @@ def sample_nuts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings:
         ))  # fmt: skip
     stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *per_chain)
     return Samples(*stacked, compile_s=compile_s, sampling_s=time.perf_counter() - t)
+
+
+def chain_starts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings: NutsSettings):
+    """(starts ``{"psi": [chains, psi], "z": [chains, patients, random effects]}``, the initial
+    inverse mass matrix's diagonal, the key of the runs) for :func:`sample_nuts`: psi drawn about
+    ``psi_hat`` from ``covariance`` (``settings.init_spread`` times), z at the EBEs' coordinates,
+    the masses from the Laplace variances (in the sampler's coordinates: divided by the SD of
+    each random effect where it is non-centred)."""
+    psi_hat = jnp.asarray(psi_hat, dtype=jnp.float64)
+    omega = unpack(target.problem, psi_hat, target.base_residual).random_effects.sd  # of every random effect, kappas too
+    z_hat = target.to_coordinates(psi_hat, jnp.asarray(eta_hat))
+    z_var = jnp.where(target.centred, jnp.asarray(eta_var), jnp.asarray(eta_var) / omega**2)
+    cov = np.asarray(covariance, dtype=np.float64)
+    if not (np.all(np.isfinite(cov)) and np.all(np.linalg.eigvalsh(cov) > 0)):
+        cov = np.eye(len(psi_hat)) * 0.01
+    chol = jnp.asarray(np.linalg.cholesky(cov))
+    k_init, k_run = jax.random.split(jax.random.PRNGKey(settings.seed))
+    noise = jax.random.normal(k_init, (settings.chains, len(psi_hat)))
+    starts = {"psi": psi_hat[None] + settings.init_spread * noise @ chol.T, "z": jnp.broadcast_to(z_hat, (settings.chains, *z_hat.shape))}
+    imm0 = jnp.concatenate([jnp.asarray(np.diag(cov)), z_var.ravel()])  # blackjax ravels the position: psi, then z
+    return starts, imm0, k_run
 
 
 def _chain(target: Target, start, imm0, key, settings: NutsSettings):
