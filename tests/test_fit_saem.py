@@ -19,6 +19,15 @@ from il2treg.fit.saem import SaemSettings, fit_saem
 SHORT = SaemSettings(burn_in=2, explore=40, smooth=20, prior_draws=1, walk_steps=2, seed=0)
 
 
+def assert_score_matches_central_differences(c, grad, psi, names, h: float = 1e-5) -> None:
+    """Every patient's score ``grad[:, k]`` against central differences of ``c`` (every patient's
+    complete-data objective), within 1e-5 of max(|fd|, 1)."""
+    for k, name in enumerate(names):
+        fd = (c(psi.at[k].add(h)) - c(psi.at[k].add(-h))) / (2 * h)
+        err = np.abs(np.asarray(grad[:, k]) - fd)
+        assert np.all(err <= 1e-5 * np.maximum(np.abs(fd), 1.0)), (name, float(err.max()))
+
+
 @pytest.fixture(scope="module")
 def saem_fit(fit_case):
     return fit_saem(fit_case["objective"], fit_case["psi0"], SHORT, covariance=False)
@@ -41,11 +50,7 @@ def test_complete_score_matches_finite_differences_of_the_complete_data_objectiv
 
     assert bool(np.all(ok))
     np.testing.assert_allclose(np.asarray(value), c(psi), rtol=1e-12)
-    for k, name in enumerate(problem.psi_names):
-        h = 1e-5
-        fd = (c(psi.at[k].add(h)) - c(psi.at[k].add(-h))) / (2 * h)
-        err = np.abs(np.asarray(grad[:, k]) - fd)
-        assert np.all(err <= 1e-5 * np.maximum(np.abs(fd), 1.0)), (name, float(err.max()))
+    assert_score_matches_central_differences(c, grad, psi, problem.psi_names)
     np.testing.assert_allclose(np.asarray(info), np.swapaxes(np.asarray(info), 1, 2), rtol=1e-12, atol=1e-12)
 
 
@@ -184,8 +189,4 @@ def test_saem_with_inter_occasion_variability_is_the_foce_model():
         return np.asarray(objective.data_terms(p, phi)[0]) + np.asarray(re)
 
     np.testing.assert_allclose(np.asarray(value), c(psi), rtol=1e-12)
-    for k, name in enumerate(problem.psi_names):
-        h = 1e-5
-        fd = (c(psi.at[k].add(h)) - c(psi.at[k].add(-h))) / (2 * h)
-        err = np.abs(np.asarray(grad[:, k]) - fd)
-        assert np.all(err <= 1e-5 * np.maximum(np.abs(fd), 1.0)), (name, float(err.max()))
+    assert_score_matches_central_differences(c, grad, psi, problem.psi_names)

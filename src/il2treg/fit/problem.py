@@ -704,9 +704,10 @@ def expanded_predict(problem: FitProblem, ex: Expansion, theta_i: Float[Array, "
         pos = jnp.asarray(_positions(ex.second, shared, varying, theta_i.shape[0] if timed else 1), dtype=jnp.int32)
         ds = delta[pos]
         states = states + jnp.einsum("tsev,e,v->ts", ex.d2, ds, delta) - 0.5 * jnp.einsum("tsef,e,f->ts", ex.d2[..., pos], ds, ds)
-    if timed:  # each observation with the parameters of its period (last value carried forward)
+    if timed:  # each observation with the arguments of its period (last value carried forward), prepared once per period
         period = jnp.clip(jnp.searchsorted(patient.periods, patient.obs_time, side="right") - 1, 0, theta_i.shape[0] - 1)
-        values = jax.vmap(lambda t, y, th: mechanism.observables(t, y, mechanism.prepare(th)))(patient.obs_time, states, theta_i[period])
+        args = jax.tree_util.tree_map(lambda x: x[period], jax.vmap(mechanism.prepare)(theta_i))
+        values = jax.vmap(mechanism.observables)(patient.obs_time, states, args)
     else:
         args = mechanism.prepare(theta_i)
         values = jax.vmap(lambda t, y: mechanism.observables(t, y, args))(patient.obs_time, states)
