@@ -192,9 +192,9 @@ def test_the_posterior_with_inter_occasion_variability_puts_each_kappa_in_its_oc
     where the data say much) and of kappa (always non-centred); the coordinates round-trip."""
     from il2treg.fit.bayes import _patient_loglik
     from il2treg.fit.problem import covariate_theta, individual_theta, unpack
-    from test_fit_population import _iov_data, _iov_objective
+    from test_fit_population import iov_data, iov_objective
 
-    objective, psi = _iov_objective(_iov_data([3, 2, 2, 2]))
+    objective, psi = iov_objective(iov_data([3, 2, 2, 2]))
     problem, patients, res = objective.problem, objective.patients, objective.base_residual
     up = unpack(problem, psi, res)
     sd = up.random_effects.sd

@@ -368,7 +368,7 @@ def test_steady_state_infusions_in_hours_fit_as_their_doses_written_out_in_days(
 # ----------------------------------------------------------------------------- time-varying covariates and occasions
 
 
-def _iov_data(occasions: list[int], seed: int = 8, weight: bool = False):
+def iov_data(occasions: list[int], seed: int = 8, weight: bool = False):
     """pk_1cmt_iv patients, a 100 mg bolus opening each occasion (every 48 h; OCC 1, 2, ...,
     ``occasions[i]`` of them for patient i) and samples 1, 6 and 20 h after each; CL varies between
     patients and occasions (closed form, 10% proportional noise). With ``weight``, a weight column
@@ -407,8 +407,8 @@ def _iov_data(occasions: list[int], seed: int = 8, weight: bool = False):
     return read_dataset(frame if weight else frame.drop(columns="WT"), observables=("conc",), time_unit="h")
 
 
-def _iov_objective(data):
-    """The FOCE-I objective of :func:`_iov_data` with IOV on CL (and, where the data have WT, a
+def iov_objective(data):
+    """The FOCE-I objective of :func:`iov_data` with IOV on CL (and, where the data have WT, a
     power effect of WT on CL, reference 70 kg), psi off the optimum."""
     from il2treg.fit.problem import problem_patients, to_unconstrained
     from il2treg.likelihood import ResidualModel
@@ -442,8 +442,8 @@ def test_time_varying_covariates_and_occasions_objective_is_exact_and_an_absent_
     from il2treg.fit.estimators import Nuts, Saem
     from il2treg.fit.problem import covariate_theta, expand, expanded_predict, individual_theta, predict, unpack
 
-    data = _iov_data([3, 2, 2, 2, 2, 2], weight=True)
-    objective, psi = _iov_objective(data)
+    data = iov_data([3, 2, 2, 2, 2, 2], weight=True)
+    objective, psi = iov_objective(data)
     problem, patients = objective.problem, objective.patients
     assert problem.timed and (problem.occasions, problem.n_random) == (3, 5)
     np.testing.assert_allclose(np.asarray(patients.periods[0]) * 24, [0, 30, 48, 96])
@@ -486,7 +486,7 @@ def test_time_varying_covariates_and_occasions_objective_is_exact_and_an_absent_
     np.testing.assert_allclose(np.asarray(taylor_jac), np.asarray(jac), rtol=1e-9, atol=1e-12)
 
     frame = data.to_frame()  # days
-    own, _ = _iov_objective(il2treg.data.read_dataset(frame[frame["ID"] != 1], observables=("conc",)))
+    own, _ = iov_objective(il2treg.data.read_dataset(frame[frame["ID"] != 1], observables=("conc",)))
     assert own.problem.occasions == 2
     inner5 = own.inner(psi, jnp.zeros((5, 4)))
     assert bool(jnp.all(inner5.status == 0))
@@ -503,6 +503,6 @@ def test_saem_refuses_a_random_effect_on_a_parameter_that_follows_a_time_varying
     from il2treg.errors import SpecError
     from il2treg.fit.saem import fit_saem
 
-    objective, psi = _iov_objective(_iov_data([2, 2], weight=True))
+    objective, psi = iov_objective(iov_data([2, 2], weight=True))
     with pytest.raises(SpecError, match=r"SAEM cannot estimate a random effect on 'CL', which follows a time-varying covariate.*Fix: fit with FOCE-I or NUTS"):
         fit_saem(objective, psi)

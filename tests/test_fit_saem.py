@@ -161,9 +161,9 @@ def test_saem_with_inter_occasion_variability_is_the_foce_model():
     its kappa), and its complete-data score matches central differences."""
     from il2treg.fit.estimators import Saem
     from il2treg.fit.problem import covariate_theta, data_neg2ll, individual_theta, predict, unpack
-    from test_fit_population import _iov_data, _iov_objective
+    from test_fit_population import iov_data, iov_objective
 
-    objective, psi = _iov_objective(_iov_data([3, 2, 2, 2]))
+    objective, psi = iov_objective(iov_data([3, 2, 2, 2]))
     problem, patients = objective.problem, objective.patients
     Saem().check(problem)  # supported: no error
     mu = np.asarray(log_typical(problem, psi, patients))
