@@ -43,7 +43,7 @@ from il2treg.fit.bayes import eta_variances, make_target
 from il2treg.fit.estimators import Nuts
 from il2treg.fit.population import Objective
 from il2treg.fit.priors import sampling_priors
-from il2treg.fit.problem import individual_theta, patient_arrays, predict, typical_theta, unpack
+from il2treg.fit.problem import individual_theta, patient_arrays, predict, unpack
 from il2treg.fit.run import compute_fit
 from il2treg.fit.spec import read_fit_spec
 from il2treg.simulate import SolverOptions
@@ -94,14 +94,14 @@ def numpyro_obvious(spec, chains: int, warmup: int, samples: int, seed: int) -> 
     res0 = spec.residual_model()
     prior = sampling_priors(problem, initial_psi(spec, problem, res0), spec.nuts.priors)
     n = patients.obs_time.shape[0]
-    nf, ne = problem.n_fixed, problem.n_eta
+    ne = problem.n_eta
 
     def model():
         psi = jnp.stack([numpyro.sample(name, dist.Normal(prior.mean[k], prior.sd[k])) for k, name in enumerate(problem.psi_names)])
-        up = unpack(problem, psi, res0)
+        up = unpack(problem, problem.split(psi), res0)
         with numpyro.plate("patient", n):
             eta = numpyro.sample("eta", dist.Normal(jnp.zeros(ne), up.omega).to_event(1))
-        theta = typical_theta(problem, psi[:nf])
+        theta = up.theta
         pred, status = jax.vmap(lambda e, p: predict(problem, individual_theta(problem, theta, e), p))(eta, patients)
         ok = jnp.all(status == 0) & jnp.all(jnp.isfinite(pred))  # a failed solve rejects the proposal
         pred = jnp.where(ok, pred, 1.0)
@@ -133,7 +133,7 @@ def numpyro_same_density(spec, chains: int, warmup: int, samples: int, seed: int
     fit = fit_population(obj, initial_psi(spec, problem, res0), covariance=False)
     inner = obj.inner(fit.psi, fit.eta)
     cov = estimate_covariance(obj, fit.psi, inner, fit.included)
-    random_effects = unpack(problem, fit.psi, res0).random_effects
+    random_effects = unpack(problem, problem.split(fit.psi), res0).random_effects
     omega = random_effects.sd
     ev = eta_variances(inner, random_effects)
     target = make_target(problem, patients, res0, sampling_priors(problem, initial_psi(spec, problem, res0), spec.nuts.priors), fit.included, ev, omega)

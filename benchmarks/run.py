@@ -147,7 +147,7 @@ def objective_gradient(n_patients: int = 100, fitted=None, copies: bool = True) 
         problem = objective.problem
     patients = objective.patients
     batch = Objective.batch_size  # the objective's chunk of patients
-    up = unpack(problem, psi, spec.residual_model())
+    up = unpack(problem, problem.split(psi), spec.residual_model())
     eta0 = jnp.zeros((spec.dataset.n_subjects, problem.n_eta))
     include = jnp.ones(spec.dataset.n_subjects, dtype=bool)
     inner_fn, value_fn, grad_fn = objective.inner, objective.value, objective.gradient
@@ -388,12 +388,12 @@ def population_fit(spec_path: str, k_baseline: int) -> dict:
     one = lambda i: jax.tree_util.tree_map(lambda x: x[i], pats)
     @jax.jit
     def L_fn(psi, pred, jac, eta, pat):  # the patient's OFV term (il2treg's formula)
-        up = unpack(problem, psi, res0)
+        up = unpack(problem, problem.split(psi), res0)
         return _bracket(up.residual, up.random_effects, pred, jac, eta, pat)[0]
 
     @jax.jit
     def g_fn(psi, pred, eta, pat):  # the EBE objective
-        up = unpack(problem, psi, res0)
+        up = unpack(problem, problem.split(psi), res0)
         return data_neg2ll(up.residual, pred, pat) + jnp.sum(eta**2 / up.omega**2)
     model = problem.model
 
@@ -404,7 +404,7 @@ def population_fit(spec_path: str, k_baseline: int) -> dict:
                 "dose_time": np.asarray(pat.dose_time), "dose_amount": np.asarray(pat.dose_amount)}  # fmt: skip
 
     def patient_term(engine, psi, patient, eta_start):
-        up = unpack(problem, psi, res0)
+        up = unpack(problem, problem.split(psi), res0)
         base = covariate_theta(problem, up.theta, up.beta, patient["pat"].covariates)
         pred_of = lambda e: engine.predict(np.asarray(individual_theta(problem, base, jnp.asarray(e))), patient)
         g = lambda e: float(g_fn(psi, pred_of(e), jnp.asarray(e), patient["pat"]))

@@ -86,7 +86,7 @@ def main() -> None:
         key = jax.random.PRNGKey(args.seed * 100_003 + r)
         k_psi, k_z, k_y, k_run = jax.random.split(key, 4)
         psi = prior.mean + prior.sd * jax.random.normal(k_psi, prior.mean.shape)
-        eta = unpack(problem, psi, res0).omega * jax.random.normal(k_z, (n, ne))  # eta ~ N(0, omega^2) of this draw
+        eta = unpack(problem, problem.split(psi), res0).omega * jax.random.normal(k_z, (n, ne))  # eta ~ N(0, omega^2) of this draw
         z = template.to_coordinates(psi, eta)  # the sampler's coordinates: log theta_i where centred, eta/omega elsewhere
         _, y, status = simulate(template, psi, z, k_y)
         if bool(jnp.any(status != 0)):

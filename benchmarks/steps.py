@@ -56,7 +56,7 @@ def main() -> None:
     spec = read_fit_spec("fits/lupil2_virtual/fit.toml")
     problem = spec.problem()
     patients = patient_arrays(spec.dataset, problem.covariates)
-    up = unpack(problem, result.psi, spec.residual_model())
+    up = unpack(problem, problem.split(result.psi), spec.residual_model())
     mechanism = problem.model.mechanism
     t_end = float(np.max(patients.obs_time))
     counts = {"placebo": [], "IL-2": []}

@@ -40,7 +40,7 @@ def test_cwres_matches_a_finite_difference_linearisation(misspecified_fit, missp
     spec = stored_spec(misspecified_fit)
     problem = spec.problem()
     patients = patient_arrays(spec.dataset, problem.covariates)
-    up = unpack(problem, jnp.asarray(misspecified_fit.psi), spec.residual_model())
+    up = unpack(problem, problem.split(jnp.asarray(misspecified_fit.psi)), spec.residual_model())
     eta = np.stack([misspecified_fit.individual[f"ETA_{n}"].to_numpy() for n in problem.random], axis=1)
     i, h = 3, 1e-5
     f = lambda e: np.asarray(predict_all(problem, up.theta, up.beta, jnp.asarray(e), patients)[0])[i]

@@ -89,7 +89,7 @@ def test_centred_and_non_centred_coordinates_describe_the_same_distribution(targ
     # same distribution of eta: the densities differ by the Jacobian of z = eta / omega only
     from il2treg.fit.problem import unpack
 
-    log_omega = jnp.log(unpack(tgt.problem, psi0, tgt.base_residual).omega)
+    log_omega = jnp.log(unpack(tgt.problem, tgt.problem.split(psi0), tgt.base_residual).omega)
     jacobian = jnp.sum(jnp.where(other.centred, log_omega, 0.0)) - jnp.sum(jnp.where(tgt.centred, log_omega, 0.0))
     assert float(a - b) == pytest.approx(float(jacobian), rel=1e-9, abs=1e-9)
     np.testing.assert_allclose(np.asarray(tgt.eta(psi0, tgt.to_coordinates(psi0, eta))), np.asarray(eta), atol=1e-14)
@@ -196,7 +196,7 @@ def test_the_posterior_with_inter_occasion_variability_puts_each_kappa_in_its_oc
 
     objective, psi = iov_objective(iov_data([3, 2, 2, 2]))
     problem, patients, res = objective.problem, objective.patients, objective.base_residual
-    up = unpack(problem, psi, res)
+    up = unpack(problem, problem.split(psi), res)
     sd = up.random_effects.sd
     eta_var = jnp.tile(jnp.asarray([[0.01, 0.5, 0.001, 0.001, 0.001]]), (4, 1)) * sd**2 * 4  # CL well informed, V not; kappas too, yet non-centred
     tgt = make_target(problem, patients, res, sampling_priors(problem, psi), jnp.ones(4, bool), eta_var, sd)

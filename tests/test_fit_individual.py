@@ -26,7 +26,7 @@ def _individual_objective(fit_case):
     """g_i(eta) = -2 log L_i + eta' Omega^-1 eta, from a plain forward solve (no sensitivities)."""
     objective, psi = fit_case["objective"], fit_case["psi0"]
     problem = objective.problem
-    up = unpack(problem, psi, objective.base_residual)
+    up = unpack(problem, problem.split(psi), objective.base_residual)
 
     @jax.jit
     def g(eta, patients):
@@ -74,7 +74,7 @@ def test_the_iteration_budget_is_kept_and_reported(fit_case, ebes):
     """With max_iter = 2 (trial points after the start), no patient evaluates more; those that
     need more stop at exactly 2 with status 1, those that need fewer end where the full solve does."""
     objective, psi = fit_case["objective"], fit_case["psi0"]
-    up = unpack(objective.problem, psi, objective.base_residual)
+    up = unpack(objective.problem, objective.problem.split(psi), objective.base_residual)
     solve = jax.jit(lambda eta0: batch_inner_solve(objective.problem, up.theta, up.beta, up.random_effects, up.residual,
                                                     objective.patients, eta0, batch_size=objective.batch_size, max_iter=2))  # fmt: skip
     short = solve(jnp.zeros_like(ebes.eta))

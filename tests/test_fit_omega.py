@@ -120,8 +120,8 @@ def test_the_fit_starts_at_the_block_s_initial_correlation(tmp_path):
     problem = spec.problem()
     assert problem.blocks == (("CL", "V"),) and problem.corr_pairs == ((1, 0),)
     psi = initial_psi(spec, problem, spec.residual_model())
-    assert float(psi[4]) == pytest.approx(np.arctanh(-0.3), rel=1e-12)
-    assert float(natural_parameters_of(problem, psi, spec.residual_model())[0, 4]) == pytest.approx(-0.3, rel=1e-12)
+    assert float(problem.split(psi).corr[0]) == pytest.approx(np.arctanh(-0.3), rel=1e-12)
+    assert float(problem.split(natural_parameters_of(problem, psi, spec.residual_model())[0]).corr[0]) == pytest.approx(-0.3, rel=1e-12)
 
 
 def test_a_block_of_three_reports_every_correlation_with_an_interval_around_it(tmp_path):
@@ -234,6 +234,7 @@ def test_nuts_density_of_correlated_random_effects(cohort):
     patients = problem_patients(problem, spec.dataset)
     residual = spec.residual_model()
     psi0 = initial_psi(spec, problem, residual)
+    corr_at = int(problem.layout.mask("corr").nonzero()[0][0])  # the one partial correlation
     prior = sampling_priors(problem, psi0, spec.nuts.priors)
     rng = np.random.default_rng(3)
     eta = jnp.asarray(rng.normal(0.0, 0.2, (100, 2)))
@@ -243,11 +244,11 @@ def test_nuts_density_of_correlated_random_effects(cohort):
     assert centred.any() and (~centred).any()
 
     def density(x):
-        psi = psi0.at[4].set(x)
+        psi = psi0.at[corr_at].set(x)
         return float(target.log_density({"psi": psi, "z": target.to_coordinates(psi, eta)}))
 
     def log_normal(x):
-        cov = np.asarray(unpack(problem, psi0.at[4].set(x), residual).random_effects.covariance())
+        cov = np.asarray(unpack(problem, problem.split(psi0.at[corr_at].set(x)), residual).random_effects.covariance())
         return multivariate_normal(np.zeros(2), cov).logpdf(np.asarray(eta)).sum()
 
     x = 0.8
@@ -257,7 +258,7 @@ def test_nuts_density_of_correlated_random_effects(cohort):
     # densities differ by the Jacobians omega_k of the non-centred coordinates only.
     centred_target = make_target(problem, patients, residual, prior, jnp.ones(100, dtype=bool), variances, jnp.asarray([1e9, 1e9]))
     assert np.asarray(centred_target.centred).all()
-    psi = psi0.at[4].set(x)
+    psi = psi0.at[corr_at].set(x)
     all_centred = float(centred_target.log_density({"psi": psi, "z": centred_target.to_coordinates(psi, eta)}))
-    omega = np.exp(np.asarray(psi0[2:4]))
+    omega = np.exp(np.asarray(problem.split(psi0).log_omega))
     assert density(x) - all_centred == pytest.approx(np.sum(np.where(centred, 0.0, np.log(omega)[None, :])), rel=1e-9)

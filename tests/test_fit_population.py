@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import diffrax as dfx
@@ -29,8 +30,8 @@ def test_gradient_matches_finite_differences_of_the_objective(model, fit_case):
     # EBEs converged far beyond the default (1e-10) so that finite differences of the objective
     # are not swamped by the EBE tolerance (log|H| is not stationary in eta).
     objective = Objective(problem, patient_arrays(data, effects), fit_case["residual"], inner_tol=1e-16)
-    nf = problem.n_fixed
-    psi = jnp.concatenate([fit_case["psi0"][:nf], jnp.array([0.3]), fit_case["psi0"][nf:]])
+    start = fit_case["objective"].problem.split(fit_case["psi0"])  # the same problem without the covariate effect
+    psi = dataclasses.replace(start, beta=jnp.array([0.3])).ravel()
     inner = objective.inner(psi, jnp.zeros((6, problem.n_eta)))
     include = inner.status == 0
     assert bool(jnp.all(include))
@@ -221,8 +222,8 @@ def test_foce_without_interaction_is_nonmems_objective_and_its_gradient_is_exact
     inner = objective.inner(psi, jnp.zeros((10, 2)))
     include = inner.status == 0
     assert bool(jnp.all(include))
-    up = unpack(problem, psi, objective.base_residual)
-    sigma, omega2 = float(jnp.exp(psi[-1])), np.asarray(up.omega) ** 2
+    up = unpack(problem, problem.split(psi), objective.base_residual)
+    sigma, omega2 = float(jnp.exp(problem.split(psi).log_sigma[0])), np.asarray(up.omega) ** 2
     omega2_j = jnp.asarray(omega2)
 
     @jax.jit
@@ -411,6 +412,7 @@ def iov_objective(data):
     """The FOCE-I objective of :func:`iov_data` with IOV on CL (and, where the data have WT, a
     power effect of WT on CL, reference 70 kg), psi off the optimum."""
     from il2treg.fit.problem import problem_patients, to_unconstrained
+    from il2treg.fit.psi import Psi
     from il2treg.likelihood import ResidualModel
     from il2treg.model import load_model
 
@@ -422,7 +424,8 @@ def iov_objective(data):
     residual = ResidualModel.build(kinds={"conc": "proportional"}, sigmas={"conc": (0.3, 0.12)}, names=model.observable_names)
     typical = model.typical()
     u = to_unconstrained(problem, {"CL": 1.1 * float(typical["CL"]), "V": 0.9 * float(typical["V"])})
-    psi = jnp.concatenate([u, jnp.asarray([0.6] * len(effects)), jnp.log(jnp.asarray([0.3, 0.2, 0.12, 0.12]))])
+    log = lambda *x: jnp.log(jnp.asarray(x))
+    psi = Psi(u=u, beta=jnp.asarray([0.6] * len(effects)), log_omega=log(0.3, 0.2), corr=jnp.zeros(0), log_omega_iov=log(0.12), log_sigma=log(0.12)).ravel()
     return Objective(problem, problem_patients(problem, data), residual, inner_tol=1e-13), psi
 
 
@@ -455,7 +458,7 @@ def test_time_varying_covariates_and_occasions_objective_is_exact_and_an_absent_
     include = inner.status == 0
     assert bool(jnp.all(include))
 
-    up = unpack(problem, psi, objective.base_residual)
+    up = unpack(problem, problem.split(psi), objective.base_residual)
     patient = jax.tree.map(lambda x: x[0], patients)
     theta_of = lambda e: individual_theta(problem, covariate_theta(problem, up.theta, up.beta, patient.covariates), e, patient.occasion)
 
@@ -468,7 +471,7 @@ def test_time_varying_covariates_and_occasions_objective_is_exact_and_an_absent_
 
     eta = np.asarray(inner.eta[0])
     solved, jac, taylor, taylor_jac = both(inner.eta[0])
-    beta, wt = float(psi[2]), data.covariate_series["WT"][0]
+    beta, wt = float(problem.split(psi).beta[0]), data.covariate_series["WT"][0]
     np.testing.assert_allclose(wt[1:] / wt[0], 1.3)
     occasion_cl = float(up.theta[0]) / 24 * np.exp(eta[0] + eta[2:])  # L/h at 70 kg in each occasion
     v = float(up.theta[1]) * np.exp(eta[1])
@@ -506,3 +509,4 @@ def test_saem_refuses_a_random_effect_on_a_parameter_that_follows_a_time_varying
     objective, psi = iov_objective(iov_data([2, 2], weight=True))
     with pytest.raises(SpecError, match=r"SAEM cannot estimate a random effect on 'CL', which follows a time-varying covariate.*Fix: fit with FOCE-I or NUTS"):
         fit_saem(objective, psi)
+

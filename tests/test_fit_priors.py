@@ -83,15 +83,15 @@ def test_penalty_and_its_gradient(spec):
     expected = sum((0.1 / float(s)) ** 2 for s in np.asarray(prior.sd) if np.isfinite(s))
     assert float(prior.neg2log(psi)) == pytest.approx(expected)
     h = 1e-6
-    for k in range(problem.n_psi):
-        e = jnp.zeros(problem.n_psi).at[k].set(h)
+    for k in range(problem.layout.size):
+        e = jnp.zeros(problem.layout.size).at[k].set(h)
         fd = (prior.neg2log(psi + e) - prior.neg2log(psi - e)) / (2 * h)
         assert float(prior.neg2log_gradient(psi)[k]) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
 
 
 def test_sampling_priors_are_proper_everywhere(spec):
     problem = _problem(spec)
-    psi0 = jnp.linspace(-1, 1, problem.n_psi)
+    psi0 = jnp.linspace(-1, 1, problem.layout.size)
     prior = sampling_priors(problem, psi0, PriorDefaults(omega_sd=0.7))
     assert prior.declared.all()
     k = problem.psi_names.index("omega_treg0")

@@ -361,7 +361,7 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
         raise InputError(f"n_sim = {n_sim} is too small: NPDE needs well over twice as many replicates as any patient's "
                          f"{int(used_per_patient.max(initial=0))} observations (and >= 20). Fix: n_sim=1000.")
     psi = jnp.asarray(result.psi)
-    up = unpack(problem, psi, spec.residual_model())
+    up = unpack(problem, problem.split(psi), spec.residual_model())
     eta0 = _ebes(result, problem, dataset) if data is None else jnp.zeros((dataset.n_subjects, problem.n_random))
     inner = objective.inner(psi, eta0)
     eta, ipred, jac, status = (np.asarray(x) for x in (inner.eta, inner.pred, inner.jac, inner.status))

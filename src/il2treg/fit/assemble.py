@@ -67,6 +67,7 @@ from il2treg.fit.problem import (
     to_unconstrained,
     unpack,
 )  # fmt: skip
+from il2treg.fit.psi import Psi
 from il2treg.fit.result import FitResult
 from il2treg.fit.spec import SIGMAS_OF_KIND, FitSpec
 from il2treg.likelihood import ResidualModel, residual_sd
@@ -102,8 +103,8 @@ def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) ->
     for dvid, kind in problem.sigmas:
         d = problem.model.observable_names.index(dvid)
         log_sigma.append(math.log(float((residual0.sigma_add if kind == "add" else residual0.sigma_prop)[d])))
-    rest = [jnp.asarray(x, dtype=jnp.float64) for x in (beta, log_omega, corr, log_omega_iov, log_sigma)]
-    return jnp.concatenate([u, *rest])
+    parts = {"beta": beta, "log_omega": log_omega, "corr": corr, "log_omega_iov": log_omega_iov, "log_sigma": log_sigma}
+    return Psi(u=u, **{k: jnp.asarray(v, dtype=jnp.float64) for k, v in parts.items()}).ravel()
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -245,9 +246,10 @@ def score_sd(residual: ResidualModel, latent: np.ndarray) -> np.ndarray:
 def declared_factors(problem: FitProblem) -> np.ndarray:
     """Per psi entry: factor from internal to the model file's unit (1 for omegas, correlations and sigmas)."""
     spec = problem.model.spec
-    fixed = [spec[n].to_declared(1.0) for n in problem.fixed]
-    beta = [spec[c.parameter].to_declared(1.0) if c.model == "linear" else 1.0 for c in problem.covariates]
-    return np.asarray(fixed + beta + [1.0] * (problem.n_eta + problem.n_corr + problem.n_iov + len(problem.sigmas)), dtype=np.float64)
+    factors = np.ones(problem.layout.size)
+    factors[problem.layout.mask("u")] = [spec[n].to_declared(1.0) for n in problem.fixed]
+    factors[problem.layout.mask("beta")] = [spec[c.parameter].to_declared(1.0) if c.model == "linear" else 1.0 for c in problem.covariates]
+    return factors
 
 
 def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: ResidualModel) -> pd.DataFrame:
@@ -379,7 +381,7 @@ def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: Res
     prior = sampling_priors(problem, initial_psi(spec, problem, residual0), settings.priors)
     patients = objective.patients
     inner = objective.inner(fit.psi, fit.eta)  # converged there: no iterations, the compiled solve is reused
-    random_effects = _unpack(problem, fit.psi, residual0).random_effects
+    random_effects = _unpack(problem, problem.split(fit.psi), residual0).random_effects
     eta_var = eta_variances(inner, random_effects)
     target = make_target(problem, patients, residual0, prior, fit.included, eta_var, random_effects.sd)
     samples = sample_nuts(target, fit.psi, fit.eta, eta_var, fit.covariance, settings)
@@ -451,7 +453,7 @@ def prediction_rows(problem: FitProblem, patients: PatientData, day: float) -> P
 
 def compile_predictions(rows: PredictionRows, psi, residual0: ResidualModel) -> Future:
     """Build the predictions' program on a background thread (while the estimation runs)."""
-    up0 = _unpack(rows.problem, psi, residual0)
+    up0 = _unpack(rows.problem, rows.problem.split(psi), residual0)
     eta0 = np.zeros((rows.inverse.shape[0], rows.problem.n_random))
     return _BACKGROUND.submit(lambda: predict_all.lower(rows.problem, up0.theta, up0.beta, eta0, rows.patients).compile())
 
@@ -466,7 +468,7 @@ def assemble_result(spec: FitSpec, problem: FitProblem, objective: ShardedObject
     data = spec.dataset
     residual0 = spec.residual_model()
     t = time.perf_counter()
-    up = _unpack(problem, fit.psi, residual0)
+    up = _unpack(problem, problem.split(fit.psi), residual0)
     for program in programs:
         program.result()  # the predictions' program, compiled in the background: wait for it
     pred, _ = _solve_rows(rows, up.theta, up.beta, jnp.zeros_like(fit.eta))

@@ -1,6 +1,6 @@
 r"""Full Bayesian fits: the hierarchical model sampled with NUTS (blackjax), warm-started from Laplace.
 
-**Model.** With :math:`\psi = (u, \beta, \log\omega, x, \log\sigma)` as in :mod:`il2treg.fit.problem`
+**Model.** With :math:`\psi = (u, \beta, \log\omega, x, \log\omega_{IOV}, \log\sigma)` as in :mod:`il2treg.fit.psi`
 and random effects :math:`\eta_i \sim N(0, \Omega)` (:mod:`il2treg.fit.omega`):
 
 .. math::
@@ -134,7 +134,7 @@ class Target(eqx.Module):
 
     def _unpacked(self, psi, z):
         """(unpacked psi, eta, individual parameters): everything the density needs, computed once."""
-        up = unpack(self.problem, psi, self.base_residual)
+        up = unpack(self.problem, self.problem.split(psi), self.base_residual)
         typical = self._typical(up)
         eta = jnp.where(self.centred, z - self._log_typical(typical), up.random_effects.sd * z)
         return up, eta, jax.vmap(lambda th, e, occ: individual_theta(self.problem, th, e, occ))(typical, eta, self.patients.occasion)
@@ -145,7 +145,7 @@ class Target(eqx.Module):
 
     def to_coordinates(self, psi, eta) -> Float[Array, "patients eta"]:
         """Inverse of :meth:`eta`: the sampler's coordinates of ``eta``."""
-        up = unpack(self.problem, psi, self.base_residual)
+        up = unpack(self.problem, self.problem.split(psi), self.base_residual)
         return jnp.where(self.centred, eta + self._log_typical(self._typical(up)), eta / up.random_effects.sd)
 
     def patient_theta(self, psi, z) -> Float[Array, "patients params"]:
@@ -178,7 +178,7 @@ class Target(eqx.Module):
 
     def pointwise(self, psi, z, key) -> tuple[Float[Array, "patients obs"], Float[Array, "patients obs"], Array]:
         """Per observation: log-likelihood, a posterior predictive draw, and the solver status per patient."""
-        residual = unpack(self.problem, psi, self.base_residual).residual
+        residual = unpack(self.problem, self.problem.split(psi), self.base_residual).residual
 
         def one(th, pat, k):
             pred, status = predict(self.problem, th, pat)
@@ -266,7 +266,7 @@ def chain_starts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings
     the masses from the Laplace variances (in the sampler's coordinates: divided by the SD of
     each random effect where it is non-centred)."""
     psi_hat = jnp.asarray(psi_hat, dtype=jnp.float64)
-    omega = unpack(target.problem, psi_hat, target.base_residual).random_effects.sd  # of every random effect, kappas too
+    omega = unpack(target.problem, target.problem.split(psi_hat), target.base_residual).random_effects.sd  # of every random effect, kappas too
     z_hat = target.to_coordinates(psi_hat, jnp.asarray(eta_hat))
     z_var = jnp.where(target.centred, jnp.asarray(eta_var), jnp.asarray(eta_var) / omega**2)
     cov = np.asarray(covariance, dtype=np.float64)

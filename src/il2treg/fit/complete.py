@@ -44,8 +44,8 @@ def individual_parameters(problem: FitProblem, psi, phi, patient: PatientData):
     r"""(:math:`\theta_i`, :math:`\mu_i`): every parameter of the patient with the random-effect ones
     at :math:`e^{\phi_i}` (times :math:`e^{\kappa}` of each period's occasion where they have
     inter-occasion variability), and the log typical values :math:`\mu_i` of those (0 for a kappa)."""
-    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
-    typical = covariate_theta(problem, typical_theta(problem, psi[:nf]), psi[nf:ns], patient.covariates)
+    ne, parts = problem.n_eta, problem.split(psi)
+    typical = covariate_theta(problem, typical_theta(problem, parts.u), parts.beta, patient.covariates)
     if not problem.n_random:
         return typical, jnp.zeros(0)
     theta, mu = typical, jnp.zeros(0)
@@ -63,13 +63,13 @@ def data_term(problem: FitProblem, psi, base_residual: ResidualModel, phi, patie
     """:math:`d_i`: −2 log p(y_i | phi_i, psi) by one forward solve (inf if the solve fails), and the solver status."""
     theta, _ = individual_parameters(problem, psi, phi, patient)
     pred, status = predict(problem, theta, patient)
-    d = data_neg2ll(unpack(problem, psi, base_residual).residual, pred, patient)
+    d = data_neg2ll(unpack(problem, problem.split(psi), base_residual).residual, pred, patient)
     return jnp.where((status == 0) & jnp.isfinite(d), d, jnp.inf), status
 
 
 def random_effect_term(problem: FitProblem, psi, base_residual: ResidualModel, phi, patient: PatientData):
     r""":math:`(\phi_i - \mu_i)^\top \Omega^{-1} (\phi_i - \mu_i) + \log\det\Omega`."""
-    random_effects = unpack(problem, psi, base_residual).random_effects
+    random_effects = unpack(problem, problem.split(psi), base_residual).random_effects
     _, mu = individual_parameters(problem, psi, phi, patient)
     return random_effects.quad(phi - mu) + random_effects.log_det()
 
@@ -92,7 +92,7 @@ def complete_score(problem: FitProblem, psi, base_residual: ResidualModel, phi, 
     def observation_terms(p):
         theta, _ = individual_parameters(problem, p, phi, patient)
         pred = expanded_predict(problem, ex, theta, patient)
-        terms = neg2ll_terms(unpack(problem, p, base_residual).residual, pred, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask)
+        terms = neg2ll_terms(unpack(problem, problem.split(p), base_residual).residual, pred, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask)
         return terms, terms
 
     per_obs, terms = jax.jacfwd(observation_terms, has_aux=True)(psi)  # [obs, psi]
@@ -113,10 +113,10 @@ def _random_effect_information(problem: FitProblem, psi, base_residual: Residual
     from their optimum, and the Newton step of the M-step then goes astray (measured: estimates
     swinging by a factor 2 in CL while exploring). Without blocks the exact Hessian is kept."""
     mu = lambda p: individual_parameters(problem, p, jnp.zeros(problem.n_random), patient)[1]
-    cov = lambda p: unpack(problem, p, base_residual).random_effects.covariance()
+    cov = lambda p: unpack(problem, problem.split(p), base_residual).random_effects.covariance()
     j_mu = jax.jacfwd(mu)(psi)  # [eta, psi]
     d_cov = jax.jacfwd(cov)(psi)  # [eta, eta, psi]
-    precision = unpack(problem, psi, base_residual).random_effects.precision()
+    precision = unpack(problem, problem.split(psi), base_residual).random_effects.precision()
     a = jnp.einsum("ij,jkp->ikp", precision, d_cov)  # Omega^-1 Omega_a
     return 2.0 * j_mu.T @ precision @ j_mu + jnp.einsum("ijp,jiq->pq", a, a)
 

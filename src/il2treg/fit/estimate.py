@@ -55,8 +55,9 @@ class PopulationFit(eqx.Module):
     """Estimates of a population fit on the estimation scale, with what is needed to report them.
 
     Attributes:
-        psi: estimates (unconstrained fixed effects, covariate coefficients, log omega, the
-            artanh of the partial correlations of omega blocks, log sigma; FitProblem.psi_names).
+        psi: estimates, raveled (unconstrained fixed effects, covariate coefficients, log omega,
+            the artanh of the partial correlations of omega blocks, log omega_IOV, log sigma;
+            ``FitProblem.split`` names the parts, :mod:`il2treg.fit.psi`).
         psi_names: their names.
         ofv: objective function value (−2 log-likelihood, FOCE-I).
         covariance: covariance of ``psi`` (2 R^-1, or the sandwich R^-1 S R^-1:
@@ -174,13 +175,13 @@ def multistart(objective: Objective, psi, best: InnerResult, spread: float = 1.0
 
 @eqx.filter_jit
 def _omega(problem: FitProblem, psi, base_residual):
-    return unpack(problem, psi, base_residual).omega
+    return unpack(problem, problem.split(psi), base_residual).omega
 
 
 @eqx.filter_jit
 def _sd(problem: FitProblem, psi, base_residual):
     """The SD of every entry of the random-effect vector (eta, then kappa)."""
-    return unpack(problem, psi, base_residual).random_effects.sd
+    return unpack(problem, problem.split(psi), base_residual).random_effects.sd
 
 
 @jax.jit
@@ -213,7 +214,7 @@ def _mean_iwres2(objective: Objective, psi, inner: InnerResult):
 
 @eqx.filter_jit
 def _mean_iwres2_of(problem: FitProblem, base_residual, pats, psi, pred):
-    residual = unpack(problem, psi, base_residual).residual
+    residual = unpack(problem, problem.split(psi), base_residual).residual
     z = jax.vmap(lambda p, pt: standardized_residuals(residual, p, pt.obs_value, pt.obs_dvid))(pred, pats)
     z2 = jnp.where(pats.obs_mask & ~pats.obs_cens, z**2, 0.0)
     return jnp.sum(z2, axis=1) / jnp.maximum(jnp.sum(pats.obs_mask & ~pats.obs_cens, axis=1), 1)
@@ -431,12 +432,13 @@ def natural_parameters(problem: FitProblem, psi: Float[Array, " psi"], base_resi
     """``psi`` on the scale :func:`natural_estimates` reports: fixed effects in internal units,
     covariate coefficients, omegas (SDs of eta), correlations of the random effects in omega
     blocks, inter-occasion SDs (of kappa), and sigmas."""
-    u = unpack(problem, psi, base_residual)
+    parts = problem.split(psi)
+    u = unpack(problem, parts, base_residual)
     names = problem.model.parameter_names
     fixed = u.theta[jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)] if problem.n_fixed else jnp.zeros(0)
     corr = u.random_effects.correlation()
     correlations = jnp.stack([corr[i, j] for i, j in problem.corr_pairs]) if problem.n_corr else jnp.zeros(0)
-    return jnp.concatenate([fixed, u.beta, u.omega, correlations, u.omega_iov, jnp.exp(psi[problem.sigma_start :])])
+    return jnp.concatenate([fixed, u.beta, u.omega, correlations, u.omega_iov, jnp.exp(parts.log_sigma)])  # psi's layout (il2treg.fit.psi)
 
 
 @eqx.filter_jit

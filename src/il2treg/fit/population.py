@@ -83,7 +83,7 @@ def _bracket(residual: ResidualModel, random_effects: RandomEffects, pred, jac, 
 
 def patient_terms(problem: FitProblem, psi, base_residual, inner: InnerResult, patient: PatientData):
     """OFV contribution of one patient at its (converged) inner result."""
-    up = unpack(problem, psi, base_residual)
+    up = unpack(problem, problem.split(psi), base_residual)
     L, _ = _bracket(up.residual, up.random_effects, inner.pred, inner.jac, inner.eta, patient, problem.curvature, None if problem.interaction else inner.scale)
     return L
 
@@ -104,13 +104,16 @@ class PatientGradients(eqx.Module):
 def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: PatientData) -> PatientGradients:
     """d L_i / d psi including the implicit dependence of eta_hat on psi (see module docstring),
     and d eta_hat / d psi (the same factorisation's other use)."""
-    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_random
+    # The derivatives run over z = (psi's structural entries (u, beta), eta): what the predictions read.
+    layout, ne = problem.layout, problem.n_random
+    ns = layout.structural
+    structural, rest = layout.divide(psi)  # rest: the variance parameters (log omega, correlations, log omega_IOV, log sigma)
 
     def theta_of(z):
-        theta = covariate_theta(problem, typical_theta(problem, z[:nf]), z[nf:ns], patient.covariates)
-        return individual_theta(problem, theta, z[ns:], patient.occasion)
+        s = layout.join(z[:ns], rest)
+        return individual_theta(problem, covariate_theta(problem, typical_theta(problem, s.u), s.beta, patient.covariates), z[ns:], patient.occasion)
 
-    z0 = jnp.concatenate([psi[:ns], eta])
+    z0 = jnp.concatenate([structural, eta])
     # One solve with second-order sensitivities in the few ODE directions that vary, then the
     # chain rule through the exact Taylor polynomial (see il2treg.fit.problem.expand).
     ex = expand(problem, theta_of(z0), patient, problem.ode_varied, problem.ode_random)
@@ -126,10 +129,9 @@ def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: Pati
     (dpred, djac), (pred, jac) = jax.jacfwd(pred_jac, has_aux=True)(z0)  # [T, nz], [T, ne, nz]
 
     def bracket_of(pred, jac, eta_, rest, scale=None):
-        up = unpack(problem, jnp.concatenate([psi[:ns], rest]), base_residual)
+        up = unpack(problem, layout.join(structural, rest), base_residual)
         return _bracket(up.residual, up.random_effects, pred, jac, eta_, patient, problem.curvature, scale)
 
-    rest = psi[ns:]
     if problem.interaction:
         # L and G together: one reverse pass over the bracket (and the likelihood's derivatives in it).
         (Lp, Lj, Le, Lr), (Gp, Gj, Ge, Gr) = jax.jacrev(bracket_of, argnums=(0, 1, 2, 3))(pred, jac, eta, rest)
@@ -138,13 +140,13 @@ def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: Pati
     else:
         # FOCE: the residual SDs sit at the population predictions, which move with the fixed
         # effects (not with eta): one more solve, at eta = 0, with first-order sensitivities.
-        ex0 = expand(problem, theta_of(jnp.concatenate([psi[:ns], jnp.zeros(ne)])), patient, problem.ode_varied)
+        ex0 = expand(problem, theta_of(jnp.concatenate([structural, jnp.zeros(ne)])), patient, problem.ode_varied)
 
         def population(zs):
             scale = expanded_predict(problem, ex0, theta_of(jnp.concatenate([zs, jnp.zeros(ne)])), patient)
             return scale, scale
 
-        dscale, scale = jax.jacfwd(population, has_aux=True)(psi[:ns])  # [T, ns]
+        dscale, scale = jax.jacfwd(population, has_aux=True)(structural)  # [T, ns]
         (Lp, Lj, Le, Lr, Ls), (Gp, Gj, Ge, Gr, Gs) = jax.jacrev(bracket_of, argnums=(0, 1, 2, 3, 4))(pred, jac, eta, rest, scale)
         dL_dz = Lp @ dpred + jnp.einsum("te,tez->z", Lj, djac) + jnp.concatenate([Ls @ dscale, Le])
         dG_dz = Gp @ dpred + jnp.einsum("ate,tez->az", Gj, djac) + jnp.concatenate([Gs @ dscale, Ge], axis=1)
@@ -168,7 +170,7 @@ class Objective(eqx.Module):
 
     @eqx.filter_jit
     def inner(self, psi, eta0) -> InnerResult:
-        up = unpack(self.problem, psi, self.base_residual)
+        up = unpack(self.problem, self.problem.split(psi), self.base_residual)
         return batch_inner_solve(
             self.problem, up.theta, up.beta, up.random_effects, up.residual, self.patients, eta0, batch_size=self.batch_size, tol=self.inner_tol
         )  # fmt: skip

@@ -120,19 +120,19 @@ def _draw(result: FitResult, spec: FitSpec, n_draws: int, n_patients: int, seed:
     problem = spec.problem()
     pick = np.linspace(0, len(draws) - 1, n_draws).round().astype(int)
     natural = draws[pick] / declared_factors(problem)[None, :]  # internal units
-    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
-    u = jnp.stack([to_unconstrained(problem, dict(zip(problem.fixed, row[:nf]))) for row in natural]) if nf else jnp.zeros((n_draws, 0))
+    ne = problem.n_eta
+    # natural: psi's layout on the reporting scale (fixed effects, beta, omega, correlations, omega_IOV, sigma)
+    parts = problem.split(natural)
+    u = jnp.stack([to_unconstrained(problem, dict(zip(problem.fixed, row))) for row in parts.u]) if problem.n_fixed else jnp.zeros((n_draws, 0))
     theta = jax.vmap(lambda uu: typical_theta(problem, uu))(u)  # reference covariates: beta does not act
-    omega = natural[:, ns : ns + ne]
     # the Cholesky factor of each draw's Omega = diag(omega) R diag(omega): eta = z @ chol.T
-    chol = np.stack([om[:, None] * np.linalg.cholesky(block_correlation(ne, problem.corr_pairs, dict(zip(problem.corr_pairs, row[ns + ne : ns + ne + problem.n_corr], strict=True))))
-                     for om, row in zip(omega, natural)]) if ne else np.zeros((n_draws, 0, 0))  # fmt: skip
+    chol = np.stack([om[:, None] * np.linalg.cholesky(block_correlation(ne, problem.corr_pairs, dict(zip(problem.corr_pairs, r, strict=True))))
+                     for om, r in zip(parts.log_omega, parts.corr)]) if ne else np.zeros((n_draws, 0, 0))  # fmt: skip
     z = jax.random.normal(jax.random.PRNGKey(seed), (n_draws, n_patients, ne))
     between = dataclasses.replace(problem, iov=(), occasion=None, occasions=0)  # a new patient's eta; kappa below
     theta_i = jax.vmap(lambda th, ch, zz: jax.vmap(lambda zi: individual_theta(between, th, ch @ zi))(zz))(theta, jnp.asarray(chol), z)
     if problem.iov:  # one occasion: a kappa of its own on each parameter with inter-occasion variability
-        start = problem.sigma_start
-        kappa = natural[:, None, start - problem.n_iov : start] * jax.random.normal(jax.random.PRNGKey(seed + 1), (n_draws, n_patients, problem.n_iov))
+        kappa = parts.log_omega_iov[:, None, :] * jax.random.normal(jax.random.PRNGKey(seed + 1), (n_draws, n_patients, problem.n_iov))
         idx = jnp.asarray([problem.model.parameter_names.index(n) for n in problem.iov])
         theta_i = theta_i.at[..., idx].multiply(jnp.exp(kappa))
     params = Parameters(theta_i.reshape(n_draws * n_patients, -1), spec.model.parameter_names)
@@ -142,12 +142,12 @@ def _draw(result: FitResult, spec: FitSpec, n_draws: int, n_patients: int, seed:
 def _residual(spec: FitSpec, problem, natural: np.ndarray):
     """The error model of draw d (sigmas from the draw, the rest from the fit file)."""
     base = spec.residual_model()
-    start = problem.sigma_start
+    sigma = problem.split(natural).log_sigma  # the reporting scale: sigma itself
 
     def of(d: int) -> ResidualModel:
         sa, sp = np.asarray(base.sigma_add).copy(), np.asarray(base.sigma_prop).copy()
         for k, (dvid, kind) in enumerate(problem.sigmas):
-            (sa if kind == "add" else sp)[base.names.index(dvid)] = natural[d, start + k]
+            (sa if kind == "add" else sp)[base.names.index(dvid)] = sigma[d, k]
         return ResidualModel(jnp.asarray(sa), jnp.asarray(sp), base.kinds, base.score_step, base.names)
 
     return of

@@ -93,11 +93,10 @@ def model_priors(problem: FitProblem) -> Prior:
     """The model file's priors on the estimated fixed effects (flat elsewhere)."""
     specs = [problem.model.spec[n] for n in problem.fixed]
     centres = to_unconstrained(problem, {ps.name: ps.value if ps.prior_sd is None else ps.prior_center for ps in specs})
-    mean = np.zeros(problem.n_psi)
-    sd = np.full(problem.n_psi, np.inf)
-    for k, ps in enumerate(specs):
-        if ps.prior_sd is not None:
-            mean[k], sd[k] = float(centres[k]), ps.prior_sd
+    declared = np.asarray([ps.prior_sd is not None for ps in specs], dtype=bool)
+    mean = problem.layout.filled(u=np.where(declared, np.asarray(centres), 0.0))
+    sd = np.full(problem.layout.size, np.inf)
+    sd[problem.layout.mask("u")] = [np.inf if ps.prior_sd is None else ps.prior_sd for ps in specs]
     return Prior(jnp.asarray(mean), jnp.asarray(sd))
 
 
@@ -105,17 +104,10 @@ def sampling_priors(problem: FitProblem, psi0: Float[Array, " psi"], defaults: P
     """A proper prior on every entry of :math:`\\psi`: the model's where declared, else ``defaults``
     about ``psi0`` (0 for covariate coefficients)."""
     declared = model_priors(problem)
-    psi0 = np.asarray(psi0, dtype=np.float64)
-    nf, ns, ne = problem.n_fixed, problem.n_struct, problem.n_eta
-    mean = psi0.copy()
-    mean[nf:ns] = 0.0
-    nc = problem.n_corr
-    mean[ns + ne : ns + ne + nc] = 0.0  # partial correlations: about independence
-    sd = np.concatenate([
-        np.full(nf, defaults.fixed_sd), np.full(ns - nf, defaults.beta_sd),
-        np.full(ne, defaults.omega_sd), np.full(nc, defaults.corr_sd), np.full(problem.n_iov, defaults.omega_sd),
-        np.full(problem.n_psi - ns - ne - nc - problem.n_iov, defaults.sigma_sd),
-    ])  # fmt: skip
+    layout = problem.layout
+    mean = np.asarray(psi0, dtype=np.float64).copy()
+    mean[layout.mask("beta", "corr")] = 0.0  # no covariate effect; partial correlations: about independence
+    sd = layout.filled(u=defaults.fixed_sd, beta=defaults.beta_sd, log_omega=defaults.omega_sd, corr=defaults.corr_sd, log_omega_iov=defaults.omega_sd, log_sigma=defaults.sigma_sd)
     has = declared.declared
     mean[has] = np.asarray(declared.mean)[has]
     sd[has] = np.asarray(declared.sd)[has]

@@ -44,8 +44,8 @@ appear in its rows); its covariance is block-diagonal, :math:`\Omega` then :math
 meet no data: their posterior is their prior, and they add nothing to the FOCE objective
 (:math:`\log\det\Omega` and the Laplace :math:`\log\det` cancel in those directions).
 
-They are packed into one vector :math:`\psi = (u, \beta, \log\omega, x, \log\omega_{IOV},
-\log\sigma)` for the optimiser. Everything not estimated stays at the model file's value.
+They are :math:`\psi = (u, \beta, \log\omega, x, \log\omega_{IOV}, \log\sigma)`, a named
+pytree (:class:`il2treg.fit.psi.Psi`) raveled into one vector for the optimisers (:meth:`FitProblem.split`). Everything not estimated stays at the model file's value.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from jaxtyping import Array, Float
 from il2treg.data import Dataset
 from il2treg.errors import SpecError
 from il2treg.fit.omega import RandomEffects, block_pairs, check_blocks, correlation_cholesky
+from il2treg.fit.psi import Psi, PsiLayout
 from il2treg.likelihood import ResidualModel, neg2ll_terms
 from il2treg.model import Model
 from il2treg.records import DoseRecords
@@ -177,11 +178,6 @@ class FitProblem:
         return len(self.covariates)
 
     @property
-    def n_struct(self) -> int:
-        """Entries of psi that enter the predictions: fixed effects and covariate coefficients."""
-        return len(self.fixed) + len(self.covariates)
-
-    @property
     def n_eta(self) -> int:
         return len(self.random)
 
@@ -195,13 +191,13 @@ class FitProblem:
         return len(self.corr_pairs)
 
     @property
-    def n_psi(self) -> int:
-        return self.n_struct + len(self.random) + self.n_corr + self.n_iov + len(self.sigmas)
+    def layout(self) -> PsiLayout:
+        """The sizes of psi's parts (:mod:`il2treg.fit.psi`)."""
+        return PsiLayout(self.n_fixed, self.n_beta, self.n_eta, self.n_corr, self.n_iov, len(self.sigmas))
 
-    @property
-    def sigma_start(self) -> int:
-        """Index in psi of the first residual SD."""
-        return self.n_struct + self.n_eta + self.n_corr + self.n_iov
+    def split(self, psi: Float[Array, "*batch psi"]) -> Psi:
+        """The flat ``psi`` (or rows of them) by part."""
+        return self.layout.unravel(psi)
 
     @property
     def ode_varied(self) -> tuple[int, ...]:
@@ -409,19 +405,21 @@ def typical_theta(problem: FitProblem, u: Float[Array, " fixed"]) -> Float[Array
     return theta
 
 
-def unpack(problem: FitProblem, psi: Float[Array, " psi"], base_residual: ResidualModel) -> Unpacked:
-    nf, ns, ne, start = problem.n_fixed, problem.n_struct, problem.n_eta, problem.sigma_start
-    omega_iov = jnp.exp(psi[start - problem.n_iov : start])
-    omega = jnp.concatenate([jnp.exp(psi[ns : ns + ne]), jnp.tile(omega_iov, problem.occasions)])
-    corr_chol = correlation_cholesky(psi[ns + ne : ns + ne + problem.n_corr], problem.corr_pairs, problem.n_random) if problem.n_corr else None
+def unpack(problem: FitProblem, psi: Psi, base_residual: ResidualModel) -> Unpacked:
+    """``psi`` on the model's scales: typical values, the random effects' distribution (eta,
+    then the kappa of every occasion) and the residual model (``base_residual`` with the
+    estimated sigmas set)."""
+    omega_iov = jnp.exp(psi.log_omega_iov)
+    omega = jnp.concatenate([jnp.exp(psi.log_omega), jnp.tile(omega_iov, problem.occasions)])
+    corr_chol = correlation_cholesky(psi.corr, problem.corr_pairs, problem.n_random) if problem.n_corr else None
     sa, sp = base_residual.sigma_add, base_residual.sigma_prop
     for k, (dvid, kind) in enumerate(problem.sigmas):
         d = problem.model.observable_names.index(dvid)
-        value = jnp.exp(psi[start + k])
+        value = jnp.exp(psi.log_sigma[k])
         sa, sp = (sa.at[d].set(value), sp) if kind == "add" else (sa, sp.at[d].set(value))
     residual = ResidualModel(sa, sp, problem.residual_kinds, base_residual.score_step, problem.model.observable_names)
-    kappas = problem.n_random - ne
-    return Unpacked(typical_theta(problem, psi[:nf]), psi[nf:ns], RandomEffects(omega, corr_chol), residual, omega_iov, kappas)
+    kappas = problem.n_random - problem.n_eta
+    return Unpacked(typical_theta(problem, psi.u), psi.beta, RandomEffects(omega, corr_chol), residual, omega_iov, kappas)
 
 
 def covariate_theta(problem: FitProblem, theta, beta, covariates: Float[Array, " effects"] | Float[Array, "periods effects"]):

@@ -175,7 +175,7 @@ def _crossing(values: np.ndarray, delta: np.ndarray, centre: float, side: int) -
 
 def _bounds(problem, k: int) -> tuple[float, float]:
     """Bounds of psi entry k on the estimation scale (log-transformed parameters: log bounds)."""
-    if k < problem.n_fixed:
+    if problem.layout.mask("u")[k]:  # a fixed effect (the first entries of psi)
         ps = problem.model.spec[problem.fixed[k]]
         if ps.transform == "log":
             return math.log(ps.bounds[0]), math.log(ps.bounds[1])

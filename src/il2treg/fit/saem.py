@@ -146,7 +146,7 @@ def walk_shapes(objective, psi, phi, mu) -> np.ndarray:
     :math:`2 H_i^{-1}` of each patient's random effects at its EBE for ``psi`` (searched from
     ``phi - mu``); the Cholesky factor of :math:`\\Omega` where the search fails."""
     inner = objective.inner(psi, jnp.asarray(phi - mu))
-    random_effects = unpack(objective.problem, psi, objective.base_residual).random_effects
+    random_effects = unpack(objective.problem, objective.problem.split(psi), objective.base_residual).random_effects
     cov = np.asarray(laplace_covariance(inner, random_effects))
     shapes = np.broadcast_to(np.asarray(random_effects.cholesky()), cov.shape).copy()
     for i in np.flatnonzero((np.asarray(inner.status) == STATUS_CONVERGED) & np.all(np.isfinite(cov), axis=(1, 2))):
@@ -187,11 +187,10 @@ def fit_saem(objective, psi0: Float[Array, " psi"], settings: SaemSettings = Sae
     n, ne = patients.obs_time.shape[0], problem.n_random  # phi: log theta_i of the eta's parameters, then the kappas
     rng = np.random.default_rng(settings.seed)
     psi = np.asarray(psi0, dtype=np.float64).copy()
-    ns, nb = problem.n_struct, problem.n_eta
-    spread = np.r_[ns : ns + nb, problem.sigma_start - problem.n_iov : len(psi)]  # log omegas (IOV too) and log sigma: annealed
-    corr = np.arange(ns + nb, ns + nb + problem.n_corr)  # the omega blocks' partial correlations
+    spread = problem.layout.mask("log_omega", "log_omega_iov", "log_sigma")  # annealed
+    corr = problem.layout.mask("corr")  # the omega blocks' partial correlations
     penalty_hess = jax.jit(jax.hessian(objective.penalty))
-    effects_of = jax.jit(lambda p: unpack(problem, p, objective.base_residual).random_effects)
+    effects_of = jax.jit(lambda p: unpack(problem, problem.split(p), objective.base_residual).random_effects)
 
     mu = np.array(log_typical(problem, jnp.asarray(psi), patients))
     phi = np.array(mu)
