@@ -510,3 +510,16 @@ def test_saem_refuses_a_random_effect_on_a_parameter_that_follows_a_time_varying
     with pytest.raises(SpecError, match=r"SAEM cannot estimate a random effect on 'CL', which follows a time-varying covariate.*Fix: fit with FOCE-I or NUTS"):
         fit_saem(objective, psi)
 
+
+def test_occasions_refused_where_every_patient_has_one_and_the_parameter_varies_between_patients():
+    """One occasion each: eta and kappa of CL enter every patient's data as their sum, so omega and
+    omega_IOV of CL cannot be told apart; IOV alone on such data is allowed (it is then between patients)."""
+    from il2treg.errors import SpecError
+    from il2treg.model import load_model
+
+    model = load_model(Path(__file__).resolve().parents[1] / "models" / "pk_1cmt_iv.toml")
+    data = iov_data([1, 1, 1])
+    build = lambda random: make_problem(model, data, fixed=("CL", "V"), random=random, sigmas=(("conc", "prop"),), iov=("CL",), occasion="OCC")
+    with pytest.raises(SpecError, match=r"every subject has one occasion in 'OCC', so the inter-occasion variability of 'CL' cannot be told from its variability between patients\. Fix: number"):
+        build(("CL", "V"))
+    assert build(("V",)).occasions == 1

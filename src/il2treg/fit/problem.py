@@ -254,7 +254,7 @@ def make_problem(
             raise SpecError(f"random effect on {n!r} needs a log transform (it is {model.spec[n].transform!r}).")
     if len(set(fixed)) != len(fixed) or len(set(random)) != len(random) or len(set(iov)) != len(iov):
         raise SpecError("a parameter is listed twice in the fit. Fix: list each once.")
-    occasions = _occasions(model, data, tuple(iov), occasion)
+    occasions = _occasions(model, data, tuple(iov), occasion, tuple(random))
     blocks = tuple(tuple(b) for b in blocks)
     check_blocks(tuple(random), blocks)
     observed = set(data.observed_names())
@@ -308,7 +308,7 @@ def make_problem(
                       bool(iov or varying), tuple(iov), occasion if iov else None, occasions, varying)  # fmt: skip
 
 
-def _occasions(model: Model, data: Dataset, iov: tuple[str, ...], occasion: str | None) -> int:
+def _occasions(model: Model, data: Dataset, iov: tuple[str, ...], occasion: str | None, random: tuple[str, ...]) -> int:
     """Check the inter-occasion variability against the model and the data; the most occasions
     (distinct values of the occasion column) any patient has, 0 without it."""
     if not iov:
@@ -326,7 +326,12 @@ def _occasions(model: Model, data: Dataset, iov: tuple[str, ...], occasion: str 
     missing = ~np.isfinite(values).all(axis=1)
     if missing.any():
         raise SpecError(f"the occasion column {occasion!r} is empty for all of subject {data.ids[int(np.argmax(missing))]!r}'s rows. Fix: fill it in.")
-    return max(len(np.unique(row)) for row in values)
+    most = max(len(np.unique(row)) for row in values)
+    both = [n for n in iov if n in random]
+    if most == 1 and both:  # eta and kappa then enter every patient's data as their sum: only omega^2 + omega_IOV^2 is identifiable
+        raise SpecError(f"every subject has one occasion in {occasion!r}, so the inter-occasion variability of {both[0]!r} cannot be told from its variability between patients. "
+                        "Fix: number each subject's occasions 1, 2, ... in that column, or drop iov_cv_percent (or cv_percent) from the parameter.")  # fmt: skip
+    return most
 
 
 def occasion_slots(values: Float[np.ndarray, "subjects periods"]) -> np.ndarray:
