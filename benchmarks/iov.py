@@ -23,16 +23,14 @@ import argparse
 import datetime
 import json
 import platform
-import tempfile
-import time
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from il2treg.fit.estimators import estimator_named
-from il2treg.fit.run import compute_fit
-from il2treg.fit.spec import read_fit_spec
+sys.path.insert(0, str(Path(__file__).parent))
+from replicates import fit_replicates  # benchmarks/replicates.py: the loop omega_block.py shares
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "pk_1cmt_iv.toml"
@@ -94,26 +92,14 @@ def main() -> None:
     if args.replicates < 1 or args.patients < 2 or not args.omega_iov > 0:
         parser.error("need --replicates >= 1, --patients >= 2 and --omega-iov > 0")
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.replicates):
-            seed = args.seed0 + r
-            folder = Path(tmp) / f"replicate_{seed}"
-            folder.mkdir()
-            (folder / "data.csv").write_text(simulate(args.patients, args.omega_iov, seed), encoding="utf-8")
-            (folder / "fit.toml").write_text(FIT.format(model=MODEL.as_posix()), encoding="utf-8")
-            t = time.perf_counter()
-            result = compute_fit(read_fit_spec(folder / "fit.toml"), estimator=estimator_named(args.method))
-            wall = time.perf_counter() - t
-            est = result.estimates.set_index("parameter")
-            iov = est.loc["omega_iov_CL"]
-            row = {"seed": seed, "converged": bool(result.converged), "ofv": float(result.ofv), "wall_s": wall,
-                   "omega_iov_CL": float(iov["estimate"]), "se": float(iov["se"]), "ci_low": float(iov["ci_low"]), "ci_high": float(iov["ci_high"]),
-                   "omega_CL": float(est.loc["omega_CL", "estimate"]), "omega_V": float(est.loc["omega_V", "estimate"]),
-                   "sigma": float(est.loc["sigma_prop_conc", "estimate"])}  # fmt: skip
-            rows.append(row)
-            print(f"replicate {r + 1}/{args.replicates} (seed {seed}): omega_iov_CL {row['omega_iov_CL']:.4f} (95% CI {row['ci_low']:.4f} to {row['ci_high']:.4f}), "
-                  f"omega_CL {row['omega_CL']:.3f}, omega_V {row['omega_V']:.3f}, sigma {row['sigma']:.4f}, converged {row['converged']}, {wall:.1f} s", flush=True)  # fmt: skip
+    def row(est):
+        iov = est.loc["omega_iov_CL"]
+        return {"omega_iov_CL": float(iov["estimate"]), "se": float(iov["se"]), "ci_low": float(iov["ci_low"]), "ci_high": float(iov["ci_high"]),
+                "omega_CL": float(est.loc["omega_CL", "estimate"]), "omega_V": float(est.loc["omega_V", "estimate"]), "sigma": float(est.loc["sigma_prop_conc", "estimate"])}  # fmt: skip
+
+    describe = lambda r: (f"omega_iov_CL {r['omega_iov_CL']:.4f} (95% CI {r['ci_low']:.4f} to {r['ci_high']:.4f}), "
+                          f"omega_CL {r['omega_CL']:.3f}, omega_V {r['omega_V']:.3f}, sigma {r['sigma']:.4f}")  # fmt: skip
+    rows = fit_replicates(args.replicates, args.seed0, args.method, lambda seed: simulate(args.patients, args.omega_iov, seed), FIT.format(model=MODEL.as_posix()), row, describe)
 
     iov = np.array([r["omega_iov_CL"] for r in rows])
     relative = np.abs(iov / args.omega_iov - 1)

@@ -21,16 +21,14 @@ import argparse
 import datetime
 import json
 import platform
-import tempfile
-import time
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from il2treg.fit.estimators import estimator_named
-from il2treg.fit.run import compute_fit
-from il2treg.fit.spec import read_fit_spec
+sys.path.insert(0, str(Path(__file__).parent))
+from replicates import fit_replicates  # benchmarks/replicates.py: the loop iov.py shares
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "pk_1cmt_iv.toml"
@@ -88,25 +86,13 @@ def main() -> None:
     if args.replicates < 1 or args.patients < 2 or not -1.0 < args.rho < 1.0:
         parser.error("need --replicates >= 1, --patients >= 2 and -1 < --rho < 1")
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.replicates):
-            seed = args.seed0 + r
-            folder = Path(tmp) / f"replicate_{seed}"
-            folder.mkdir()
-            (folder / "data.csv").write_text(simulate(args.patients, args.rho, seed), encoding="utf-8")
-            (folder / "fit.toml").write_text(FIT.format(model=MODEL.as_posix()), encoding="utf-8")
-            t = time.perf_counter()
-            result = compute_fit(read_fit_spec(folder / "fit.toml"), estimator=estimator_named(args.method))
-            wall = time.perf_counter() - t
-            est = result.estimates.set_index("parameter")
-            corr = est.loc["corr_CL_V"]
-            row = {"seed": seed, "converged": bool(result.converged), "ofv": float(result.ofv), "wall_s": wall,
-                   "corr": float(corr["estimate"]), "corr_se": float(corr["se"]), "ci_low": float(corr["ci_low"]), "ci_high": float(corr["ci_high"]),
-                   "omega_CL": float(est.loc["omega_CL", "estimate"]), "omega_V": float(est.loc["omega_V", "estimate"])}  # fmt: skip
-            rows.append(row)
-            print(f"replicate {r + 1}/{args.replicates} (seed {seed}): corr {row['corr']:.3f} (95% CI {row['ci_low']:.3f} to {row['ci_high']:.3f}), "
-                  f"omega_CL {row['omega_CL']:.3f}, omega_V {row['omega_V']:.3f}, converged {row['converged']}, {wall:.1f} s", flush=True)  # fmt: skip
+    def row(est):
+        corr = est.loc["corr_CL_V"]
+        return {"corr": float(corr["estimate"]), "corr_se": float(corr["se"]), "ci_low": float(corr["ci_low"]), "ci_high": float(corr["ci_high"]),
+                "omega_CL": float(est.loc["omega_CL", "estimate"]), "omega_V": float(est.loc["omega_V", "estimate"])}  # fmt: skip
+
+    describe = lambda r: f"corr {r['corr']:.3f} (95% CI {r['ci_low']:.3f} to {r['ci_high']:.3f}), omega_CL {r['omega_CL']:.3f}, omega_V {r['omega_V']:.3f}"
+    rows = fit_replicates(args.replicates, args.seed0, args.method, lambda seed: simulate(args.patients, args.rho, seed), FIT.format(model=MODEL.as_posix()), row, describe)
 
     corr = np.array([r["corr"] for r in rows])
     covered = np.mean([r["ci_low"] <= args.rho <= r["ci_high"] for r in rows])
