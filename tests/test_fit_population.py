@@ -112,24 +112,25 @@ import numpy as np
 from il2treg.fit import read_fit_spec
 from il2treg.fit.estimate import fit_population
 from il2treg.fit.population import Objective, ShardedObjective, make_parallel
-from il2treg.fit.problem import patient_arrays
-from il2treg.fit.assemble import initial_psi, make_objective
+from il2treg.fit.problem import problem_patients
+from il2treg.fit.assemble import initial_psi
 assert len(jax.local_devices()) == 2, jax.local_devices()
-spec = read_fit_spec("fits/lupil2_nuts/fit.toml")
+# NONMEM's phenobarbital example (a covariate effect and a model covariate; a small model, so
+# that the programs of both layouts compile in seconds: sharding does not depend on the model)
+spec = read_fit_spec("fits/pheno/fit.toml")
 problem = spec.problem()
 res = spec.residual_model()
-data = spec.dataset
-frame = data.to_frame()
 # 7 patients: an odd count, so the second device's rows end with a padding repeat
-from il2treg.data import read_dataset
-data = read_dataset(frame[frame["ID"].isin(list(data.ids)[:7])].reset_index(drop=True))
-single = Objective(problem, patient_arrays(data), res)
+data = spec.dataset.subset(list(spec.dataset.ids)[:7])
+single = Objective(problem, problem_patients(problem, data), res)
 sharded = make_parallel(single)
 assert isinstance(sharded, ShardedObjective)
 psi = initial_psi(spec, problem, res)
 eta0 = jnp.zeros((7, problem.n_eta))
 one, two = single.inner(psi, eta0), sharded.inner(psi, eta0)
-assert np.array_equal(np.asarray(one.eta), np.asarray(two.eta)), np.max(np.abs(np.asarray(one.eta) - np.asarray(two.eta)))
+# each device vmaps its own count of patients, which XLA may vectorise otherwise: equal to rounding
+# (measured on pheno: 1.4e-17 at most; the IL-2 model's were bit for bit)
+np.testing.assert_allclose(np.asarray(two.eta), np.asarray(one.eta), rtol=1e-12, atol=1e-14)
 assert np.array_equal(np.asarray(one.status), np.asarray(two.status))
 include = np.asarray(one.status) == 0
 include[3] = False  # an excluded patient stays excluded on its device
@@ -155,8 +156,8 @@ print("identical")
 def test_objective_sharded_over_two_devices_matches_one_device():
     """With two forced host devices the EBE search (the individual fits), the per-patient
     gradients and a few population-fit iterations run split over both devices
-    (ShardedObjective, jax.shard_map) and match the single-device objective: EBEs bit for bit,
-    gradients and the OFV to rounding."""
+    (ShardedObjective, jax.shard_map) and match the single-device objective to rounding: EBEs,
+    gradients, the OFV and the fit."""
     import subprocess
     import sys
 
