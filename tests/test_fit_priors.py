@@ -72,7 +72,7 @@ def test_model_priors_are_lognormal_about_the_declared_value(spec):
     k = problem.fixed.index("kout_treg")
     assert float(prior.mean[k]) == pytest.approx(math.log(0.12))
     assert float(prior.sd[k]) == 0.18
-    assert not prior.declared[problem.n_fixed:].any()  # omegas and sigmas: no model prior
+    assert not prior.declared[~problem.layout.mask("u")].any()  # omegas and sigmas: no model prior
 
 
 def test_penalty_and_its_gradient(spec):

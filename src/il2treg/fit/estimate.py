@@ -48,6 +48,7 @@ from jaxtyping import Array, Float, Int
 from il2treg.fit.individual import STATUS_CONVERGED, InnerResult
 from il2treg.fit.population import Objective
 from il2treg.fit.problem import FitProblem, unpack
+from il2treg.fit.psi import Psi
 from il2treg.likelihood import standardized_residuals
 
 
@@ -438,7 +439,8 @@ def natural_parameters(problem: FitProblem, psi: Float[Array, " psi"], base_resi
     fixed = u.theta[jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)] if problem.n_fixed else jnp.zeros(0)
     corr = u.random_effects.correlation()
     correlations = jnp.stack([corr[i, j] for i, j in problem.corr_pairs]) if problem.n_corr else jnp.zeros(0)
-    return jnp.concatenate([fixed, u.beta, u.omega, correlations, u.omega_iov, jnp.exp(parts.log_sigma)])  # psi's layout (il2treg.fit.psi)
+    # psi's layout on the reporting scale (il2treg.fit.psi): each part holds its parameter itself
+    return Psi(u=fixed, beta=u.beta, log_omega=u.omega, corr=correlations, log_omega_iov=u.omega_iov, log_sigma=jnp.exp(parts.log_sigma)).ravel()
 
 
 @eqx.filter_jit

@@ -102,7 +102,7 @@ def model_priors(problem: FitProblem) -> Prior:
 
 def sampling_priors(problem: FitProblem, psi0: Float[Array, " psi"], defaults: PriorDefaults = PriorDefaults()) -> Prior:
     """A proper prior on every entry of :math:`\\psi`: the model's where declared, else ``defaults``
-    about ``psi0`` (0 for covariate coefficients)."""
+    about ``psi0`` (about 0 for covariate coefficients and the omega blocks' partial correlations)."""
     declared = model_priors(problem)
     layout = problem.layout
     mean = np.asarray(psi0, dtype=np.float64).copy()

@@ -45,7 +45,8 @@ meet no data: their posterior is their prior, and they add nothing to the FOCE o
 (:math:`\log\det\Omega` and the Laplace :math:`\log\det` cancel in those directions).
 
 They are :math:`\psi = (u, \beta, \log\omega, x, \log\omega_{IOV}, \log\sigma)`, a named
-pytree (:class:`il2treg.fit.psi.Psi`) raveled into one vector for the optimisers (:meth:`FitProblem.split`). Everything not estimated stays at the model file's value.
+pytree (:class:`il2treg.fit.psi.Psi`) raveled into one vector for the optimisers, which
+:meth:`FitProblem.split` names again. Everything not estimated stays at the model file's value.
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ def make_problem(
             raise SpecError(f"random effect on {n!r} needs a log transform (it is {model.spec[n].transform!r}).")
     if len(set(fixed)) != len(fixed) or len(set(random)) != len(random) or len(set(iov)) != len(iov):
         raise SpecError("a parameter is listed twice in the fit. Fix: list each once.")
-    occasions = _occasions(model, data, tuple(iov), occasion, tuple(random))
+    occasions = _occasions(model, data, tuple(iov), occasion)
     blocks = tuple(tuple(b) for b in blocks)
     check_blocks(tuple(random), blocks)
     observed = set(data.observed_names())
@@ -308,7 +309,7 @@ def make_problem(
                       bool(iov or varying), tuple(iov), occasion if iov else None, occasions, varying)  # fmt: skip
 
 
-def _occasions(model: Model, data: Dataset, iov: tuple[str, ...], occasion: str | None, random: tuple[str, ...]) -> int:
+def _occasions(model: Model, data: Dataset, iov: tuple[str, ...], occasion: str | None) -> int:
     """Check the inter-occasion variability against the model and the data; the most occasions
     (distinct values of the occasion column) any patient has, 0 without it."""
     if not iov:
@@ -326,12 +327,7 @@ def _occasions(model: Model, data: Dataset, iov: tuple[str, ...], occasion: str 
     missing = ~np.isfinite(values).all(axis=1)
     if missing.any():
         raise SpecError(f"the occasion column {occasion!r} is empty for all of subject {data.ids[int(np.argmax(missing))]!r}'s rows. Fix: fill it in.")
-    most = max(len(np.unique(row)) for row in values)
-    both = [n for n in iov if n in random]
-    if most == 1 and both:  # eta and kappa then enter every patient's data as their sum: only omega^2 + omega_IOV^2 is identifiable
-        raise SpecError(f"every subject has one occasion in {occasion!r}, so the inter-occasion variability of {both[0]!r} cannot be told from its variability between patients. "
-                        "Fix: number each subject's occasions 1, 2, ... in that column, or drop iov_cv_percent (or cv_percent) from the parameter.")  # fmt: skip
-    return most
+    return max(len(np.unique(row)) for row in values)
 
 
 def occasion_slots(values: Float[np.ndarray, "subjects periods"]) -> np.ndarray:
@@ -384,7 +380,7 @@ def from_unconstrained(problem: FitProblem, u: Float[Array, " fixed"]) -> Float[
 
 
 class Unpacked(eqx.Module):
-    """psi split into its parts: typical values (internal units), covariate coefficients,
+    """psi on the model's scales: typical values (internal units), covariate coefficients,
     the random effects' distribution, residual model."""
 
     theta: Float[Array, " params"]  # every model parameter, typical patient (reference covariates)

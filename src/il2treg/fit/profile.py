@@ -175,8 +175,9 @@ def _crossing(values: np.ndarray, delta: np.ndarray, centre: float, side: int) -
 
 def _bounds(problem, k: int) -> tuple[float, float]:
     """Bounds of psi entry k on the estimation scale (log-transformed parameters: log bounds)."""
-    if problem.layout.mask("u")[k]:  # a fixed effect (the first entries of psi)
-        ps = problem.model.spec[problem.fixed[k]]
+    fixed = np.flatnonzero(problem.layout.mask("u")).tolist()
+    if k in fixed:
+        ps = problem.model.spec[problem.fixed[fixed.index(k)]]
         if ps.transform == "log":
             return math.log(ps.bounds[0]), math.log(ps.bounds[1])
         if ps.transform == "identity":

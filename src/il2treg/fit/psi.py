@@ -6,12 +6,14 @@ coefficients, the log SDs of the random effects between patients, the artanh of 
 correlations of the omega blocks, the log SDs between occasions and the log residual SDs.
 :class:`Psi` holds them by name. The optimisers (L-BFGS, SAEM's Newton step, NUTS) and what they
 return (gradients, Hessians, covariance matrices, chains) see one vector in that order, the order
-of ``FitProblem.psi_names``; :class:`PsiLayout` ravels and unravels it, and nothing else computes
-an offset into it.
+of ``FitProblem.psi_names``. :meth:`Psi.ravel` and :class:`PsiLayout` turn one into the other,
+and nothing else computes an offset into the vector.
 
 The same layout holds ψ on the reporting scale (:func:`il2treg.fit.estimate.natural_parameters`:
 fixed effects in internal units, β, ω, correlations, ω_IOV, σ), so :meth:`PsiLayout.unravel`
-names the parts of either, with any leading batch axes (posterior draws).
+names the parts of either, with any leading batch axes (posterior draws): on that scale ``u`` holds
+the fixed effects, ``log_omega`` the omegas, ``corr`` the correlations, ``log_omega_iov`` the
+inter-occasion omegas and ``log_sigma`` the sigmas themselves.
 
 >>> layout = PsiLayout(fixed=2, beta=1, omega=2, corr=1, omega_iov=0, sigma=1)
 >>> psi = layout.unravel(np.arange(7.0))
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-#: The parts of ψ, in the order of the flat vector.
+#: The parts of ψ, in the order of the flat vector (the structural ones, which predictions read, first).
 PARTS = ("u", "beta", "log_omega", "corr", "log_omega_iov", "log_sigma")
 
 
@@ -104,11 +106,11 @@ class PsiLayout:
         """The flat ``psi`` as (its structural entries ``(u, beta)``, which the predictions read;
         the rest, which the random effects' and residuals' distributions read): the two blocks of
         the exact gradient (:func:`il2treg.fit.population.patient_gradient`)."""
-        return psi[: self.structural], psi[self.structural :]
+        return psi[..., : self.structural], psi[..., self.structural :]
 
     def join(self, structural: Float[Array, " structural"], variance: Float[Array, " variance"]) -> Psi:
         """The inverse of :meth:`divide`, by part."""
-        return self.unravel(jnp.concatenate([structural, variance]))
+        return self.unravel(jnp.concatenate([structural, variance], axis=-1))
 
     def filled(self, **parts: float | Float[np.ndarray, " n"]) -> np.ndarray:
         """A flat NumPy vector with each named part set (a scalar fills it), the others 0."""

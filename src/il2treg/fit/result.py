@@ -61,11 +61,13 @@ class FitResult:
         name: the fit's name.
         spec_text: the fit file's text; ``spec_path`` where it was read.
         model: model name; ``data``: the data as named in the fit file.
-        psi_names: population parameters: fixed effects, ``omega_<p>`` (SD of the random
-            effect on log p), ``corr_<p>_<q>`` (correlation of two random effects of an omega
-            block), ``sigma_<add|prop>_<dvid>``.
-        psi: their estimates on the estimation scale (unconstrained, log omega, the artanh of
-            partial correlations (il2treg.fit.omega), log sigma).
+        psi_names: population parameters: fixed effects, ``beta_<p>_<covariate>``, ``omega_<p>``
+            (SD of the random effect on log p), ``corr_<p>_<q>`` (correlation of two random
+            effects of an omega block), ``omega_iov_<p>`` (SD between occasions),
+            ``sigma_<add|prop>_<dvid>``.
+        psi: their estimates on the estimation scale, raveled (unconstrained fixed effects, beta,
+            log omega, the artanh of partial correlations (il2treg.fit.omega), log omega_IOV,
+            log sigma; il2treg.fit.psi).
         covariance: covariance of ``psi`` (NaN when it could not be computed).
         ofv, aic, bic: −2 log-likelihood (FOCE-I) and the information criteria.
         condition_number: of the covariance; ``condition_number_cor``: of the correlation.
