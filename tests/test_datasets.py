@@ -17,6 +17,7 @@ NAMES = (
     "pk_anchors",
     "baseline_sledai",
     "treg_turnover",
+    "published_studies",
 )
 
 
@@ -52,7 +53,7 @@ def test_unknown_table_lists_the_names():
         reference("lupil2")
     assert str(info.value) == (
         "unknown reference table 'lupil2'. Fix: use one of: lupil2_sri4, pooled_placebo_sri4, "
-        "sri4_given_sledai_fall, dilfrequency_targets, pk_anchors, baseline_sledai, treg_turnover."
+        "sri4_given_sledai_fall, dilfrequency_targets, pk_anchors, baseline_sledai, treg_turnover, published_studies."
     )
 
 
@@ -125,3 +126,30 @@ def test_baseline_sledai_ranges_are_ordered():
 def test_treg_turnover_doubling_times():
     table = reference("treg_turnover")
     assert table["doubling_time_days"].tolist() == [8, 24, 199]
+
+
+def test_published_studies_has_eight_or_more_studies_each_number_with_its_reading():
+    """The cross-study table: at least 8 studies; every row one number with its unit, where in the
+    source it stands, how it was read and the words it was read from; a derived row shows its
+    arithmetic, and that arithmetic gives the value."""
+    table = reference("published_studies")
+    assert table["study"].nunique() >= 8
+    assert pd.api.types.is_float_dtype(table["value"]) and table["value"].notna().all()
+    for column in ("citation", "population", "regimen", "arm", "observable", "time", "statistic", "unit", "location", "quote", "where"):
+        assert table[column].notna().all() and (table[column].str.len() > 0).all(), column
+    assert set(table["how_read"]) <= {"text", "table", "figure, digitised"}
+    assert set(table["source_kind"]) <= {"primary", "conference abstract", "review"}
+    assert set(table["qualifier"].dropna()) <= {">", "<"}
+    assert table["where"].str.startswith("http").all()
+    derived = table[table["tag"] == "DERIVED"]
+    assert len(derived) and derived["derivation"].notna().all()
+    for _, row in derived.iterrows():  # "a/b" counts
+        a, b = (float(x) for x in row["derivation"].split("/"))
+        assert row["value"] == pytest.approx(a / b, abs=5e-4), row["study"]
+    rates = table[table["statistic"] == "proportion"]
+    assert rates["value"].between(0, 1).all()  # proportions, not percentages
+    days = table["time_day"].dropna()
+    assert (days >= 0).all() and (days == days.round()).all()
+    # the LUPIL-2 rows agree with the LUPIL-2 table
+    sri4 = reference("lupil2_sri4")
+    assert sorted(table.loc[table["study"] == "LUPIL-2", "value"]) == pytest.approx(sorted(sri4.loc[sri4["analysis"].isin(["ITT", "PP"]), "rate"]))

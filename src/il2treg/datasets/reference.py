@@ -26,6 +26,18 @@ Tables (:func:`reference_names`):
   ``sd_low`` and ``sd_high``.
 - ``treg_turnover``: in vivo doubling times of human Treg, memory and naive CD4+ T cells
   (Vukmanovic-Stejic 2006), in days.
+- ``published_studies``: the low-dose IL-2 studies side by side (SLE, type 1 diabetes, HCV
+  vasculitis, chronic GVHD), one number per row: ``study``, ``population``, ``regimen``, ``arm``,
+  ``n`` (empty where the source does not state it), ``observable``, ``time`` as stated and
+  ``time_day`` (days from the first dose, empty where not stated), ``statistic``, ``qualifier``
+  (``>`` where the source gives a lower bound), ``value`` with its ``dispersion`` and ``unit``,
+  ``location`` in the source (abstract, Table 2, ...), ``how_read`` (``text`` or ``table``; none
+  is digitised from a figure), ``source_kind`` (``primary``, ``conference abstract`` or
+  ``review``), ``quote`` (the sentence or table cells the number was read from, abridged with
+  ``...``) and ``derivation`` for DERIVED rows. The pages read were abstracts, conference
+  abstracts and single table pages: the Treg time courses of LUPIL-2, He 2016/2020, TRANSREG and
+  von Spee-Mayer 2016 and low-dose SC IL-2 plasma concentrations are not in it (not found in
+  public text).
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ _TABLES: tuple[str, ...] = (
     "pk_anchors",
     "baseline_sledai",
     "treg_turnover",
+    "published_studies",
 )
 
 
