@@ -5,11 +5,13 @@
 optimisation and the uncertainty, :mod:`.saem` the SAEM estimator, :mod:`.priors` the priors, :mod:`.bayes` the NUTS posterior,
 :mod:`.profile` profile likelihoods, :mod:`.predictive` posterior predictive simulation,
 :mod:`.estimators` the estimator objects (``Foce()``, ``Saem(...)``, ``Nuts(...)``) a fit runs,
-:mod:`.omega` the between-patient covariance (diagonal or in blocks).
+:mod:`.omega` the between-patient covariance (diagonal or in blocks), :mod:`.psi` the estimation
+vector by name, :mod:`.aggregate` fits to published summary statistics instead of patients.
 :mod:`.spec` reads fit files (``fits/<name>/fit.toml``), :mod:`.run` runs them, :mod:`.result`
 holds, saves and loads a :class:`FitResult`.
 """
 
+from il2treg.fit.aggregate import Summary, SummaryFit, fit_summaries
 from il2treg.fit.bayes import NutsSettings, sample_nuts
 from il2treg.fit.estimate import PopulationFit, fit_population, natural_estimates, shrinkage
 from il2treg.fit.estimators import Estimator, Foce, Nuts, Saem, estimator_named
@@ -43,11 +45,14 @@ __all__ = [
     "RandomEffects",
     "Saem",
     "SaemSettings",
+    "Summary",
+    "SummaryFit",
     "batch_inner_solve",
     "compute_fit",
     "estimator_named",
     "fit_population",
     "fit_saem",
+    "fit_summaries",
     "inner_solve",
     "load_fit",
     "make_problem",

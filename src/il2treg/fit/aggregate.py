@@ -1,0 +1,289 @@
+r"""Fitting a model to published summary statistics (aggregate data) instead of patients.
+
+A study arm is published as statistics of its patients: the mean, geometric mean, median or SD
+of an observable at a time, with a standard error, or the proportion of patients above a
+threshold. :func:`fit_summaries` estimates population parameters from such :class:`Summary`
+rows by simulation.
+
+**Model population.** Each arm :math:`a` is represented by :math:`M` virtual patients with
+fixed standard-normal draws :math:`z_{am}` (common random numbers, so the objective is a smooth
+function of the parameters): :math:`\theta_{am} = \theta\,e^{\omega \odot z_{am}}` for the
+parameters with between-patient variability (``random``), :math:`\theta` otherwise. Their
+predictions :math:`f_{am}(t)` under the arm's regimen give the model's statistic
+:math:`S_j(\theta, \omega)` of summary :math:`j`:
+
+========================= ==============================================================
+statistic                 :math:`S_j`
+========================= ==============================================================
+``mean``                  :math:`\bar f = \frac1M\sum_m f_m` (a zero-mean residual leaves it)
+``geomean``               :math:`\exp(\frac1M\sum_m \log f_m)`
+``median``                the median of :math:`f_m`
+``sd``                    :math:`\sqrt{\mathrm{var}_m f_m + \sigma^2\,\overline{f^2}}` (proportional
+                          residual :math:`y = f(1 + \sigma\epsilon)`, whose variance adds to the
+                          patients')
+``proportion_above``      :math:`\frac1M\sum_m \Phi\big((f_m - c)/(\sigma f_m)\big)`: the share of
+                          patients whose observation exceeds the threshold :math:`c`
+========================= ==============================================================
+
+The geometric mean and the median are those of the predictions: the residual error shifts them
+by terms of order :math:`\sigma^2`, which are left out.
+
+**Likelihood.** A continuous statistic with standard error :math:`s_j` contributes
+:math:`((v_j - S_j)/s_j)^2`; a proportion :math:`p_j` of :math:`n_j` patients the binomial
+:math:`-2[k\log S_j + (n_j - k)\log(1 - S_j)]` with :math:`k = p_j n_j`. The objective is their
+sum (−2 log-likelihood without the terms that do not depend on the parameters). The Monte Carlo
+error of :math:`S_j` is of order :math:`\mathrm{SD}/\sqrt M`: choose :math:`M` well above the
+arms' :math:`n` so that it is small beside :math:`s_j`.
+
+Standard errors from what papers print (normal approximations): the mean's
+:math:`\mathrm{SD}/\sqrt n` (:func:`se_of_mean`); the median's :math:`1.2533\,(\mathrm{IQR}/1.349)/\sqrt n`
+(:func:`se_of_median`); the SD's :math:`\mathrm{SD}/\sqrt{2(n - 1)}` (:func:`se_of_sd`).
+
+The estimates are :math:`\log\theta` of the parameters in ``fixed`` and :math:`\log\omega` of
+those in ``random``, found by BFGS (scipy) on the exact gradient (forward-mode derivatives through
+the ODE solves: a handful of parameters); their covariance is :math:`2 H^{-1}` with :math:`H` the
+Hessian of the objective by central differences of that gradient. The value, the gradient and
+the statistics are one compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.stats import norm
+from scipy.optimize import minimize
+
+from il2treg.errors import SpecError
+from il2treg.model import Model, Parameters
+from il2treg.regimen import Regimen
+from il2treg.simulate import SolverOptions, simulate
+
+#: The statistics a :class:`Summary` may hold.
+STATISTICS = ("mean", "geomean", "median", "sd", "proportion_above")
+
+
+def se_of_mean(sd: float, n: int) -> float:
+    """SE of a sample mean: SD / sqrt(n)."""
+    return sd / math.sqrt(n)
+
+
+def se_of_median(iqr: float, n: int) -> float:
+    """SE of a sample median from the interquartile range (normal approximation):
+    1.2533 (IQR / 1.349) / sqrt(n)."""
+    return 1.2533 * (iqr / 1.349) / math.sqrt(n)
+
+
+def se_of_sd(sd: float, n: int) -> float:
+    """SE of a sample SD (normal approximation): SD / sqrt(2 (n - 1))."""
+    return sd / math.sqrt(2 * (n - 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """One published statistic of one study arm.
+
+    Attributes:
+        arm: the arm's name, a key of the regimens given to :func:`fit_summaries`.
+        observable: the model observable it summarises (its unit).
+        time: days from the arm's first dose.
+        statistic: one of :data:`STATISTICS`.
+        value: the published value (a proportion for ``proportion_above``, 0.3 not 30%).
+        n: patients behind it.
+        se: its standard error (not for ``proportion_above``, whose error is binomial).
+        threshold: ``proportion_above`` only: the observable's value patients exceed.
+    """
+
+    arm: str
+    observable: str
+    time: float
+    statistic: str
+    value: float
+    n: int
+    se: float | None = None
+    threshold: float | None = None
+
+
+class SummaryFit(eqx.Module):
+    """Estimates from summary statistics.
+
+    Attributes:
+        names: the estimated quantities: each parameter in ``fixed``, then ``omega_<p>`` for each in ``random``.
+        estimates: their values (parameters in internal units; omegas as SDs of log p).
+        se_log: SEs of their logarithms (relative SEs), from the covariance :math:`2H^{-1}`.
+        ofv: the objective at the estimates.
+        converged: whether BFGS met its tolerance.
+        predicted: the model's statistic for each summary, in the order given.
+    """
+
+    names: tuple[str, ...] = eqx.field(static=True)
+    estimates: np.ndarray
+    se_log: np.ndarray
+    ofv: float
+    converged: bool
+    predicted: np.ndarray
+
+    def estimate(self, name: str) -> float:
+        return float(self.estimates[self.names.index(name)])
+
+
+def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Summary], fixed, random, sigma_prop) -> None:
+    names = model.parameter_names
+    for p in (*fixed, *random):
+        if p not in names:
+            raise SpecError(f"unknown parameter {p!r}. Fix: use one of {', '.join(names)}.")
+        if model.spec[p].transform != "log":
+            raise SpecError(f"{p!r} is estimated on the log scale from summaries, but its transform is {model.spec[p].transform!r}. Fix: estimate only log-transformed parameters.")
+    if not summaries:
+        raise SpecError("no summaries to fit. Fix: give at least one Summary.")
+    for k, s in enumerate(summaries):
+        where = f"summary {k} ({s.arm}, {s.observable}, day {s.time:g})"
+        if s.arm not in regimens:
+            raise SpecError(f"{where}: no regimen for arm {s.arm!r}. Fix: add it to the regimens ({', '.join(regimens)}).")
+        if s.observable not in model.observable_names:
+            raise SpecError(f"{where}: unknown observable {s.observable!r}. Fix: use one of {', '.join(model.observable_names)}.")
+        if s.statistic not in STATISTICS:
+            raise SpecError(f"{where}: unknown statistic {s.statistic!r}. Fix: use one of {', '.join(STATISTICS)}.")
+        if not (math.isfinite(s.time) and s.time >= 0):
+            raise SpecError(f"{where}: the time must be >= 0 days.")
+        if s.n < 1:
+            raise SpecError(f"{where}: n must be >= 1, got {s.n}.")
+        if s.statistic == "proportion_above":
+            if s.threshold is None or not 0.0 <= s.value <= 1.0:
+                raise SpecError(f"{where}: a proportion needs a threshold and a value in [0, 1] (a proportion, not a percentage).")
+            if sigma_prop.get(s.observable, 0.0) <= 0:
+                raise SpecError(f"{where}: a proportion above a threshold needs the residual SD of {s.observable!r}. Fix: give sigma_prop[{s.observable!r}] > 0.")
+        elif s.se is None or not s.se > 0:
+            raise SpecError(f"{where}: a {s.statistic} needs its standard error se > 0 (se_of_mean, se_of_median, se_of_sd convert SD and IQR).")
+
+
+def _statistic(kind: str, f, sigma: float, threshold):
+    if kind == "mean":
+        return jnp.mean(f)
+    if kind == "geomean":
+        return jnp.exp(jnp.mean(jnp.log(f)))
+    if kind == "median":
+        return jnp.median(f)
+    if kind == "sd":
+        return jnp.sqrt(jnp.var(f) + sigma**2 * jnp.mean(f**2))
+    return jnp.mean(norm.cdf((f - threshold) / (sigma * f)))
+
+
+def fit_summaries(
+    model: Model,
+    regimens: Mapping[str, Regimen],
+    summaries: Sequence[Summary],
+    *,
+    fixed: Sequence[str],
+    random: Sequence[str] = (),
+    omega: Mapping[str, float] | None = None,
+    sigma_prop: Mapping[str, float] | None = None,
+    n_draws: int = 1000,
+    seed: int = 0,
+    options: SolverOptions | None = None,
+    max_steps: int = 200,
+    gtol: float = 1e-4,
+) -> SummaryFit:
+    """Estimate the typical values of ``fixed`` and the omegas of ``random`` from published
+    summaries (the module docstring has the equations).
+
+    Arguments:
+        model: the model; parameters not estimated stay at its values.
+        regimens: each arm's regimen, by the arms' names.
+        summaries: the published statistics.
+        fixed: parameters whose typical value is estimated (log-transformed ones).
+        random: parameters whose between-patient SD (of log p) is estimated; started at the
+            model's ``cv_percent`` (or 0.3 where it has none).
+        omega: SDs of log p held fixed for other parameters with variability (none by default).
+        sigma_prop: proportional residual SD per observable (for ``sd`` and ``proportion_above``).
+        n_draws: virtual patients per arm (:math:`M`).
+        seed: of their standard-normal draws.
+        options: solver options (forward-mode sensitivities by default: few parameters).
+        max_steps: BFGS iterations at most; ``gtol``: BFGS stops where the gradient's largest
+            entry is below it.
+
+    Raises:
+        SpecError: an unknown parameter, arm or observable, or a summary without what its
+            statistic needs (named by its position, arm, observable and day).
+    """
+    fixed, random = tuple(fixed), tuple(random)
+    options = options or SolverOptions(adjoint=dfx.ForwardMode())
+    sigma_prop = dict(sigma_prop or {})
+    held = dict(omega or {})
+    _check(model, regimens, summaries, fixed, random, sigma_prop)
+    names = model.parameter_names
+    typical = model.typical().values
+    varied = (*random, *(p for p in held if p not in random))
+    fixed_idx = jnp.asarray([names.index(p) for p in fixed], dtype=jnp.int32)
+    varied_idx = jnp.asarray([names.index(p) for p in varied], dtype=jnp.int32)
+    held_omega = jnp.asarray([held[p] for p in varied[len(random) :]], dtype=jnp.float64)
+    arms = tuple(dict.fromkeys(s.arm for s in summaries))
+    draws = jax.random.normal(jax.random.PRNGKey(seed), (len(arms), n_draws, len(varied)), dtype=jnp.float64)
+    times = {a: np.unique([s.time for s in summaries if s.arm == a]) for a in arms}
+    where = [(arms.index(s.arm), int(np.searchsorted(times[s.arm], s.time)), model.observable_names.index(s.observable)) for s in summaries]
+
+    def predicted(x):
+        theta = typical.at[fixed_idx].set(jnp.exp(x[: len(fixed)])) if fixed else typical
+        omega_v = jnp.concatenate([jnp.exp(x[len(fixed) :]), held_omega])
+        out = []
+        values = []
+        for a, arm in enumerate(arms):
+            factor = jnp.ones((n_draws, len(names)))
+            if varied:
+                factor = factor.at[:, varied_idx].set(jnp.exp(draws[a] * omega_v[None, :]))
+            patients = theta[None, :] * factor
+            values.append(simulate(model, regimens[arm], jnp.asarray(times[arm]), Parameters(patients, names), options=options).values)
+        for s, (a, t, k) in zip(summaries, where, strict=True):
+            out.append(_statistic(s.statistic, values[a][:, t, k], sigma_prop.get(s.observable, 0.0), s.threshold))
+        return jnp.stack(out)
+
+    value = jnp.asarray([s.value for s in summaries], dtype=jnp.float64)
+    se = jnp.asarray([s.se if s.se is not None else 1.0 for s in summaries], dtype=jnp.float64)
+    binomial = jnp.asarray([s.statistic == "proportion_above" for s in summaries])
+    n = jnp.asarray([s.n for s in summaries], dtype=jnp.float64)
+
+    def ofv_of(pred):
+        p = jnp.clip(pred, 1e-12, 1 - 1e-12)
+        k = value * n
+        return jnp.sum(jnp.where(binomial, -2.0 * (k * jnp.log(p) + (n - k) * jnp.log1p(-p)), ((value - pred) / se) ** 2))
+
+    @jax.jit
+    def evaluate(x):
+        """(objective, its gradient, the model's statistics): one compiled program for all."""
+        gradient, pred = jax.jacfwd(lambda y: (ofv_of(predicted(y)), predicted(y)), has_aux=True)(x)
+        return ofv_of(pred), gradient, pred
+
+    start = [math.log(float(typical[names.index(p)])) for p in fixed]
+    start += [math.log(model.spec[p].omega if model.spec[p].omega > 0 else 0.3) for p in random]
+    calls = {}
+
+    def fun(x):
+        key = tuple(np.asarray(x, dtype=np.float64))
+        if key not in calls:
+            calls[key] = tuple(np.asarray(v, dtype=np.float64) for v in evaluate(jnp.asarray(x, dtype=jnp.float64)))
+        v, g, _ = calls[key]
+        return float(v), g
+
+    solution = minimize(fun, np.asarray(start), jac=True, method="BFGS", options={"gtol": gtol, "maxiter": max_steps})
+    x = np.asarray(solution.x, dtype=np.float64)
+    ofv, _, pred = (np.asarray(v) for v in evaluate(jnp.asarray(x)))
+    # the Hessian by central differences of the exact gradient (step 1e-4 in log p)
+    step = 1e-4
+    hessian = np.stack([(fun(x + step * e)[1] - fun(x - step * e)[1]) / (2 * step) for e in np.eye(len(x))], axis=1)
+    hessian = 0.5 * (hessian + hessian.T)
+    try:
+        cov = 2.0 * np.linalg.inv(hessian)
+        se_log = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
+    except np.linalg.LinAlgError:
+        se_log = np.full(len(start), np.nan)
+    return SummaryFit(
+        names=(*fixed, *(f"omega_{p}" for p in random)), estimates=np.exp(np.asarray(x)), se_log=se_log, ofv=float(ofv),
+        converged=bool(solution.success), predicted=pred,
+    )  # fmt: skip
+
