@@ -49,6 +49,47 @@ def test_each_statistic_of_identical_patients_is_the_closed_form(model):
     assert fit.estimate("CL") == pytest.approx(float(model.typical()["CL"]), rel=1e-12)  # no iteration: the start
 
 
+def test_each_statistic_of_varied_patients_is_numpys_of_the_same_patients(model):
+    """With CL varying (the file's 30% CV, the fit's start), each statistic equals NumPy's over the
+    same 64 virtual patients (their draws rebuilt from the seed): the mean, geometric mean and
+    median of f, the SD with the residual's variance added, the proportion above a threshold."""
+    import jax
+
+    regimen = Regimen(jnp.asarray([0.0]), jnp.asarray([100.0]))
+    t, sigma, m, seed = 6.0 / 24, 0.15, 64, 3
+    names = model.parameter_names
+    omega = model.spec["CL"].omega
+    z = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (1, m, 1), dtype=jnp.float64))[0, :, 0]
+    theta = np.tile(np.asarray(model.typical().values), (m, 1))
+    theta[:, names.index("CL")] *= np.exp(omega * z)
+    f = np.asarray(il2treg.simulate(model, regimen, jnp.asarray([t]), Parameters(jnp.asarray(theta), names))["conc"])[:, 0]
+    threshold = float(np.median(f))
+    rows = [Summary("a", "conc", t, kind, 1.0, 50, se=0.5) for kind in ("mean", "geomean", "median", "sd")]
+    rows.append(Summary("a", "conc", t, "proportion_above", 0.4, 50, threshold=threshold))
+    fit = fit_summaries(model, {"a": regimen}, rows, fixed=("V",), random=("CL",), sigma_prop={"conc": sigma}, n_draws=m, seed=seed, max_steps=0)
+    expected = [f.mean(), np.exp(np.log(f).mean()), np.median(f), np.sqrt(f.var() + sigma**2 * np.mean(f**2)), norm.cdf((f - threshold) / (sigma * f)).mean()]
+    np.testing.assert_allclose(fit.predicted, expected, rtol=1e-9)
+    assert len(set(np.round(fit.predicted[:3], 12))) == 3  # the three locations differ here
+    assert fit.failed == (("a", 0),)
+
+
+def test_a_start_where_solves_fail_or_a_statistic_is_undefined_is_an_error_naming_it(model):
+    """Every virtual patient failing (a step budget of 1) is a SolverError naming the arm; a
+    geometric mean at the dose's time, where the oral model's concentration is 0, names the summary."""
+    import diffrax as dfx
+
+    from il2treg.errors import SolverError
+
+    regimen = Regimen(jnp.asarray([0.0]), jnp.asarray([100.0]))
+    rows = [Summary("a", "conc", 0.25, "mean", 1.0, 20, se=0.1)]
+    starved = il2treg.SolverOptions(max_steps=1, adjoint=dfx.ForwardMode())
+    with pytest.raises(SolverError, match=r"8 of 8 virtual patients of arm 'a' failed to solve at the start .*Fix: "):
+        fit_summaries(model, {"a": regimen}, rows, fixed=("CL",), n_draws=8, options=starved)
+    rows = [Summary("a", "conc", 0.0, "geomean", 1.0, 20, se=0.1)]
+    with pytest.raises(SolverError, match=r"summary 0 \(a, conc, day 0\): its geomean is undefined at the start.*Fix: use the mean or median"):
+        fit_summaries(model, {"a": regimen}, rows, fixed=("CL",), n_draws=8)
+
+
 @pytest.mark.slow
 def test_the_parameters_of_a_simulated_cohort_are_recovered_from_its_summaries(model):
     """Issue 28's criterion: two arms of 100 simulated patients (one dose of 100 mg; three daily
@@ -85,6 +126,7 @@ def test_the_parameters_of_a_simulated_cohort_are_recovered_from_its_summaries(m
     # the fit describes its data: standardised residuals of the 24 statistics
     z = (np.asarray([r.value for r in rows]) - fit.predicted) / np.asarray([r.se for r in rows])
     assert np.max(np.abs(z)) < 3.5
+    assert fit.failed == (("single", 0), ("daily", 0))
 
 
 @pytest.mark.parametrize("change, kw, message", [
@@ -98,7 +140,14 @@ def test_the_parameters_of_a_simulated_cohort_are_recovered_from_its_summaries(m
     (dict(statistic="proportion_above", value=0.3, threshold=1.0, se=None), {}, r"needs the residual SD of 'conc'\. Fix: give sigma_prop\['conc'\] > 0"),
     ({}, {"fixed": ("clearance",)}, r"unknown parameter 'clearance'\. Fix: use one of"),
     ({}, {"fixed": ("tlag",)}, r"'tlag' is estimated on the log scale from summaries, but its transform is 'identity'"),
-], ids=["observable", "arm", "statistic", "se", "n", "time", "percentage", "sigma", "parameter", "transform"])  # fmt: skip
+    (dict(value=float("nan")), {}, r"the value must be a finite number, got nan"),
+    ({}, {"fixed": ()}, r"nothing to estimate\. Fix: name parameters in fixed or random"),
+    ({}, {"fixed": ("CL", "CL")}, r"a parameter is named twice in fixed: CL, CL"),
+    ({}, {"n_draws": 1}, r"n_draws must be >= 2 virtual patients per arm, got 1"),
+    ({}, {"omega": {"clearance": 0.3}}, r"unknown parameter 'clearance' in omega\. Fix: use one of"),
+    ({}, {"omega": {"V": -0.1}}, r"omega\['V'\] must be a finite SD >= 0, got -0.1"),
+], ids=["observable", "arm", "statistic", "se", "n", "time", "percentage", "sigma", "parameter", "transform", "nan", "nothing", "twice", "draws",
+        "omega-name", "omega-negative"])  # fmt: skip
 def test_bad_summaries_are_named_before_any_computation(model, change, kw, message):
     import dataclasses
 

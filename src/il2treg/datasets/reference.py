@@ -27,7 +27,7 @@ Tables (:func:`reference_names`):
 - ``treg_turnover``: in vivo doubling times of human Treg, memory and naive CD4+ T cells
   (Vukmanovic-Stejic 2006), in days.
 - ``published_studies``: the low-dose IL-2 studies side by side (SLE, type 1 diabetes, HCV
-  vasculitis, chronic GVHD), one number per row: ``study``, ``population``, ``regimen``, ``arm``,
+  vasculitis, chronic GVHD and its prophylaxis), one number per row: ``study``, ``population``, ``regimen``, ``arm``,
   ``n`` (empty where the source does not state it), ``observable``, ``time`` as stated and
   ``time_day`` (days from the first dose, empty where not stated), ``statistic``, ``qualifier``
   (``>`` where the source gives a lower bound), ``value`` with its ``dispersion`` and ``unit``,
@@ -37,7 +37,8 @@ Tables (:func:`reference_names`):
   ``...``) and ``derivation`` for DERIVED rows. The pages read were abstracts, conference
   abstracts and single table pages: the Treg time courses of LUPIL-2, He 2016/2020, TRANSREG and
   von Spee-Mayer 2016 and low-dose SC IL-2 plasma concentrations are not in it (not found in
-  public text).
+  public text), nor Charact-IL-2's conference abstract (its page could not be read again to
+  check it).
 """
 
 from __future__ import annotations

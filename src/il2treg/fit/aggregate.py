@@ -7,7 +7,7 @@ rows by simulation.
 
 **Model population.** Each arm :math:`a` is represented by :math:`M` virtual patients with
 fixed standard-normal draws :math:`z_{am}` (common random numbers, so the objective is a smooth
-function of the parameters): :math:`\theta_{am} = \theta\,e^{\omega \odot z_{am}}` for the
+function of the parameters; piecewise smooth where it holds a median): :math:`\theta_{am} = \theta\,e^{\omega \odot z_{am}}` for the
 parameters with between-patient variability (``random``), :math:`\theta` otherwise. Their
 predictions :math:`f_{am}(t)` under the arm's regimen give the model's statistic
 :math:`S_j(\theta, \omega)` of summary :math:`j`:
@@ -26,7 +26,14 @@ statistic                 :math:`S_j`
 ========================= ==============================================================
 
 The geometric mean and the median are those of the predictions: the residual error shifts them
-by terms of order :math:`\sigma^2`, which are left out.
+by terms of order :math:`\sigma^2`, which are left out. A geometric mean or a proportion needs
+every prediction positive; a virtual patient whose solve fails, or a prediction <= 0 there, makes
+the objective undefined: at the start that is an error naming the arm or summary, during the
+search the line search steps back, and :attr:`SummaryFit.failed` reports the count at the
+estimates. Parameters are not held to the model file's bounds.
+
+The summaries are taken as independent, as a paper's table presents them; statistics of the same
+patients at several times are correlated, so the standard errors are if anything too small.
 
 **Likelihood.** A continuous statistic with standard error :math:`s_j` contributes
 :math:`((v_j - S_j)/s_j)^2`; a proportion :math:`p_j` of :math:`n_j` patients the binomial
@@ -57,10 +64,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 from scipy.optimize import minimize
 
-from il2treg.errors import SpecError
+from il2treg.errors import SolverError, SpecError
 from il2treg.model import Model, Parameters
 from il2treg.regimen import Regimen
 from il2treg.simulate import SolverOptions, simulate
@@ -92,7 +100,7 @@ class Summary:
     Attributes:
         arm: the arm's name, a key of the regimens given to :func:`fit_summaries`.
         observable: the model observable it summarises (its unit).
-        time: days from the arm's first dose.
+        time: days, on the clock of the arm's regimen (its dose times).
         statistic: one of :data:`STATISTICS`.
         value: the published value (a proportion for ``proportion_above``, 0.3 not 30%).
         n: patients behind it.
@@ -120,6 +128,8 @@ class SummaryFit(eqx.Module):
         ofv: the objective at the estimates.
         converged: whether BFGS met its tolerance.
         predicted: the model's statistic for each summary, in the order given.
+        failed: ``(arm, count)`` of the virtual patients whose solve failed at the estimates (0
+            each in a converged fit: the line search refuses a step into failures).
     """
 
     names: tuple[str, ...] = eqx.field(static=True)
@@ -128,14 +138,27 @@ class SummaryFit(eqx.Module):
     ofv: float
     converged: bool
     predicted: np.ndarray
+    failed: tuple[tuple[str, int], ...] = eqx.field(static=True)
 
     def estimate(self, name: str) -> float:
         return float(self.estimates[self.names.index(name)])
 
 
-def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Summary], fixed, random, sigma_prop) -> None:
+def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Summary], fixed, random, held, sigma_prop, n_draws) -> None:
     names = model.parameter_names
-    for p in (*fixed, *random):
+    if not fixed and not random:
+        raise SpecError("nothing to estimate. Fix: name parameters in fixed or random.")
+    for group, label in ((fixed, "fixed"), (random, "random")):
+        if len(set(group)) < len(group):
+            raise SpecError(f"a parameter is named twice in {label}: {', '.join(group)}.")
+    if n_draws < 2:
+        raise SpecError(f"n_draws must be >= 2 virtual patients per arm, got {n_draws}.")
+    for p, w in held.items():
+        if p not in names:
+            raise SpecError(f"unknown parameter {p!r} in omega. Fix: use one of {', '.join(names)}.")
+        if not (math.isfinite(w) and w >= 0):
+            raise SpecError(f"omega[{p!r}] must be a finite SD >= 0, got {w}.")
+    for p in (*fixed, *random, *held):
         if p not in names:
             raise SpecError(f"unknown parameter {p!r}. Fix: use one of {', '.join(names)}.")
         if model.spec[p].transform != "log":
@@ -152,6 +175,8 @@ def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Su
             raise SpecError(f"{where}: unknown statistic {s.statistic!r}. Fix: use one of {', '.join(STATISTICS)}.")
         if not (math.isfinite(s.time) and s.time >= 0):
             raise SpecError(f"{where}: the time must be >= 0 days.")
+        if not math.isfinite(s.value):
+            raise SpecError(f"{where}: the value must be a finite number, got {s.value}.")
         if s.n < 1:
             raise SpecError(f"{where}: n must be >= 1, got {s.n}.")
         if s.statistic == "proportion_above":
@@ -164,15 +189,24 @@ def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Su
 
 
 def _statistic(kind: str, f, sigma: float, threshold):
+    """(the statistic of the predictions ``f`` of M patients, and for a proportion its log and
+    the log of its complement, from log-CDFs so that neither underflows to a flat 0); NaN where
+    a geometric mean or a proportion meets a prediction <= 0 (outside their model)."""
+    zero = jnp.zeros(())
     if kind == "mean":
-        return jnp.mean(f)
-    if kind == "geomean":
-        return jnp.exp(jnp.mean(jnp.log(f)))
+        return jnp.mean(f), zero, zero
     if kind == "median":
-        return jnp.median(f)
+        return jnp.median(f), zero, zero
     if kind == "sd":
-        return jnp.sqrt(jnp.var(f) + sigma**2 * jnp.mean(f**2))
-    return jnp.mean(norm.cdf((f - threshold) / (sigma * f)))
+        return jnp.sqrt(jnp.var(f) + sigma**2 * jnp.mean(f**2)), zero, zero
+    positive = jnp.all(f > 0)
+    safe = jnp.where(f > 0, f, 1.0)
+    if kind == "geomean":
+        return jnp.where(positive, jnp.exp(jnp.mean(jnp.log(safe))), jnp.nan), zero, zero
+    z = (safe - threshold) / (sigma * safe)
+    log_m = jnp.log(f.shape[0])
+    log_p, log_q = logsumexp(norm.logcdf(z)) - log_m, logsumexp(norm.logcdf(-z)) - log_m
+    return jnp.where(positive, jnp.exp(log_p), jnp.nan), log_p, log_q
 
 
 def fit_summaries(
@@ -216,7 +250,7 @@ def fit_summaries(
     options = options or SolverOptions(adjoint=dfx.ForwardMode())
     sigma_prop = dict(sigma_prop or {})
     held = dict(omega or {})
-    _check(model, regimens, summaries, fixed, random, sigma_prop)
+    _check(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws)
     names = model.parameter_names
     typical = model.typical().values
     varied = (*random, *(p for p in held if p not in random))
@@ -229,53 +263,70 @@ def fit_summaries(
     where = [(arms.index(s.arm), int(np.searchsorted(times[s.arm], s.time)), model.observable_names.index(s.observable)) for s in summaries]
 
     def predicted(x):
+        """(each summary's statistic, with the logs of a proportion and of its complement; each
+        arm's count of virtual patients whose solve failed)."""
         theta = typical.at[fixed_idx].set(jnp.exp(x[: len(fixed)])) if fixed else typical
         omega_v = jnp.concatenate([jnp.exp(x[len(fixed) :]), held_omega])
-        out = []
-        values = []
+        values, failed = [], []
         for a, arm in enumerate(arms):
             factor = jnp.ones((n_draws, len(names)))
             if varied:
                 factor = factor.at[:, varied_idx].set(jnp.exp(draws[a] * omega_v[None, :]))
-            patients = theta[None, :] * factor
-            values.append(simulate(model, regimens[arm], jnp.asarray(times[arm]), Parameters(patients, names), options=options).values)
-        for s, (a, t, k) in zip(summaries, where, strict=True):
-            out.append(_statistic(s.statistic, values[a][:, t, k], sigma_prop.get(s.observable, 0.0), s.threshold))
-        return jnp.stack(out)
+            sim = simulate(model, regimens[arm], jnp.asarray(times[arm]), Parameters(theta[None, :] * factor, names), options=options)
+            values.append(sim.values)
+            failed.append(jnp.sum(sim.status != 0))
+        stats = [_statistic(s.statistic, values[a][:, t, k], sigma_prop.get(s.observable, 0.0), s.threshold) for s, (a, t, k) in zip(summaries, where, strict=True)]
+        return tuple(jnp.stack(column) for column in zip(*stats, strict=True)), jnp.stack(failed)
 
     value = jnp.asarray([s.value for s in summaries], dtype=jnp.float64)
     se = jnp.asarray([s.se if s.se is not None else 1.0 for s in summaries], dtype=jnp.float64)
     binomial = jnp.asarray([s.statistic == "proportion_above" for s in summaries])
     n = jnp.asarray([s.n for s in summaries], dtype=jnp.float64)
 
-    def ofv_of(pred):
-        p = jnp.clip(pred, 1e-12, 1 - 1e-12)
+    def ofv_of(stats):
+        pred, log_p, log_q = stats
         k = value * n
-        return jnp.sum(jnp.where(binomial, -2.0 * (k * jnp.log(p) + (n - k) * jnp.log1p(-p)), ((value - pred) / se) ** 2))
+        return jnp.sum(jnp.where(binomial, -2.0 * (k * log_p + (n - k) * log_q), ((value - pred) / se) ** 2))
+
+    def with_statistics(y):
+        stats, failed = predicted(y)
+        return ofv_of(stats), (stats[0], failed)
 
     @jax.jit
     def evaluate(x):
-        """(objective, its gradient, the model's statistics): one compiled program for all."""
-        gradient, pred = jax.jacfwd(lambda y: (ofv_of(predicted(y)), predicted(y)), has_aux=True)(x)
-        return ofv_of(pred), gradient, pred
+        """(objective, its gradient, the model's statistics, failed solves per arm): one compiled
+        program for all."""
+        gradient, (pred, failed) = jax.jacfwd(with_statistics, has_aux=True)(x)
+        return with_statistics(x)[0], gradient, pred, failed
 
     start = [math.log(float(typical[names.index(p)])) for p in fixed]
     start += [math.log(model.spec[p].omega if model.spec[p].omega > 0 else 0.3) for p in random]
     calls = {}
 
-    def fun(x):
+    def at(x):
         key = tuple(np.asarray(x, dtype=np.float64))
         if key not in calls:
             calls[key] = tuple(np.asarray(v, dtype=np.float64) for v in evaluate(jnp.asarray(x, dtype=jnp.float64)))
-        v, g, _ = calls[key]
+        return calls[key]
+
+    def fun(x):
+        """The objective for scipy: +inf where a solve failed or a statistic is undefined, so
+        that the line search steps back."""
+        v, g, _, failed = at(x)
+        if failed.any() or not np.isfinite(v) or not np.all(np.isfinite(g)):
+            return math.inf, np.zeros_like(g)
         return float(v), g
 
-    solution = minimize(fun, np.asarray(start), jac=True, method="BFGS", options={"gtol": gtol, "maxiter": max_steps})
+    x0 = np.asarray(start)
+    _, _, pred0, failed0 = at(x0)
+    if failed0.any() or not np.all(np.isfinite(pred0)):
+        raise SolverError(_failure(arms, failed0, n_draws, summaries, pred0, "at the start (the model's values)"))
+    solution = minimize(fun, x0, jac=True, method="BFGS", options={"gtol": gtol, "maxiter": max_steps})
     x = np.asarray(solution.x, dtype=np.float64)
-    ofv, _, pred = (np.asarray(v) for v in evaluate(jnp.asarray(x)))
+    ofv, _, pred, failed = at(x)
     # the Hessian by central differences of the exact gradient (step 1e-4 in log p)
     step = 1e-4
-    hessian = np.stack([(fun(x + step * e)[1] - fun(x - step * e)[1]) / (2 * step) for e in np.eye(len(x))], axis=1)
+    hessian = np.stack([(at(x + step * e)[1] - at(x - step * e)[1]) / (2 * step) for e in np.eye(len(x))], axis=1)
     hessian = 0.5 * (hessian + hessian.T)
     try:
         cov = 2.0 * np.linalg.inv(hessian)
@@ -284,6 +335,19 @@ def fit_summaries(
         se_log = np.full(len(start), np.nan)
     return SummaryFit(
         names=(*fixed, *(f"omega_{p}" for p in random)), estimates=np.exp(np.asarray(x)), se_log=se_log, ofv=float(ofv),
-        converged=bool(solution.success), predicted=pred,
+        converged=bool(solution.success) and not failed.any() and bool(np.isfinite(ofv)), predicted=pred,
+        failed=tuple(zip(arms, failed.astype(int).tolist(), strict=True)),
     )  # fmt: skip
 
+
+
+def _failure(arms, failed, n_draws, summaries, pred, when: str) -> str:
+    """The one-line cause of an objective that cannot be evaluated."""
+    if failed.any():
+        a = int(np.argmax(failed))
+        return (f"{int(failed[a])} of {n_draws} virtual patients of arm {arms[a]!r} failed to solve {when}. "
+                "Fix: start nearer plausible values (the model file's), loosen the solver's max_steps, or check the regimen.")  # fmt: skip
+    j = int(np.argmax(~np.isfinite(pred)))
+    s = summaries[j]
+    return (f"summary {j} ({s.arm}, {s.observable}, day {s.time:g}): its {s.statistic} is undefined {when}, a virtual patient's "
+            f"prediction being <= 0. Fix: use the mean or median there, or a time after the observable has risen.")  # fmt: skip
