@@ -105,7 +105,7 @@ def pytest_runtest_setup(item):
 # prints it, "test time by file"; measured on a fresh clone of 0446877, 2026-12-05), the rest after them as
 # collected.
 _HEAVY_FIRST = ("test_fit_population", "test_notebooks", "test_simulate", "test_design", "test_model_pk", "test_fit_bayes", "test_cli",
-                "test_fit_result", "test_fit_omega", "test_sbml", "test_trial", "test_model_format", "test_fit_saem", "test_cache",
+                "test_fit_result", "test_fit_omega", "test_sbml", "test_trial", "test_model_format", "test_fit_saem", "test_fit_aggregate", "test_cache",
                 "test_likelihood", "test_diagnostics", "test_fit_profile", "test_nonmem", "test_plots", "test_fit_estimate", "test_sledai",
                 "test_regimen", "test_benchmarks", "test_fit_priors", "test_fit_individual")  # fmt: skip
 

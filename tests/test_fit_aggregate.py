@@ -30,29 +30,11 @@ def test_standard_errors_from_printed_dispersions():
     assert se_of_median(1.349, 4) == pytest.approx(1.2533 / 2)
 
 
-def test_each_statistic_of_identical_patients_is_the_closed_form(model):
-    """Without variability every virtual patient is the typical one: the mean, geometric mean and
-    median are its prediction f, the SD is sigma f (the residual's alone), and the proportion above
-    c is Phi((f - c) / (sigma f)); the objective is their sum of squared standardised errors."""
-    regimen = Regimen(jnp.asarray([0.0]), jnp.asarray([100.0]))
-    t = 4.0 / 24
-    f = float(il2treg.simulate(model, regimen, jnp.asarray([t]))["conc"][0])
-    sigma = 0.2
-    rows = [Summary("a", "conc", t, kind, 1.0, 50, se=0.5) for kind in ("mean", "geomean", "median", "sd")]
-    rows.append(Summary("a", "conc", t, "proportion_above", 0.4, 50, threshold=0.9 * f))
-    fit = fit_summaries(model, {"a": regimen}, rows, fixed=("CL",), sigma_prop={"conc": sigma}, n_draws=4, max_steps=0)
-    expected = [f, f, f, sigma * f, norm.cdf(0.1 / sigma)]
-    np.testing.assert_allclose(fit.predicted, expected, rtol=1e-10)
-    p = expected[-1]
-    ofv = sum(((1.0 - e) / 0.5) ** 2 for e in expected[:4]) - 2 * (20 * np.log(p) + 30 * np.log1p(-p))
-    assert fit.ofv == pytest.approx(ofv, rel=1e-10)
-    assert fit.estimate("CL") == pytest.approx(float(model.typical()["CL"]), rel=1e-12)  # no iteration: the start
-
-
 def test_each_statistic_of_varied_patients_is_numpys_of_the_same_patients(model):
     """With CL varying (the file's 30% CV, the fit's start), each statistic equals NumPy's over the
     same 64 virtual patients (their draws rebuilt from the seed): the mean, geometric mean and
-    median of f, the SD with the residual's variance added, the proportion above a threshold."""
+    median of f, the SD with the residual's variance added, the proportion above a threshold; the
+    objective is the sum of the standardised squares and the binomial term."""
     import jax
 
     regimen = Regimen(jnp.asarray([0.0]), jnp.asarray([100.0]))
@@ -70,9 +52,13 @@ def test_each_statistic_of_varied_patients_is_numpys_of_the_same_patients(model)
     expected = [f.mean(), np.exp(np.log(f).mean()), np.median(f), np.sqrt(f.var() + sigma**2 * np.mean(f**2)), norm.cdf((f - threshold) / (sigma * f)).mean()]
     np.testing.assert_allclose(fit.predicted, expected, rtol=1e-9)
     assert len(set(np.round(fit.predicted[:3], 12))) == 3  # the three locations differ here
+    p = expected[-1]
+    assert fit.ofv == pytest.approx(sum(((1.0 - e) / 0.5) ** 2 for e in expected[:4]) - 2 * (20 * np.log(p) + 30 * np.log1p(-p)), rel=1e-9)
+    assert fit.estimate("V") == pytest.approx(float(model.typical()["V"]), rel=1e-12)  # no iteration: the start
     assert fit.failed == (("a", 0),)
 
 
+@pytest.mark.slow
 def test_a_start_where_solves_fail_or_a_statistic_is_undefined_is_an_error_naming_it(model):
     """Every virtual patient failing (a step budget of 1) is a SolverError naming the arm; a
     geometric mean at the dose's time, where the oral model's concentration is 0, names the summary."""
