@@ -286,7 +286,8 @@ def fit_summaries(
     def ofv_of(stats):
         pred, log_p, log_q = stats
         k = value * n
-        return jnp.sum(jnp.where(binomial, -2.0 * (k * log_p + (n - k) * log_q), ((value - pred) / se) ** 2))
+        total = jnp.sum(jnp.where(binomial, -2.0 * (k * log_p + (n - k) * log_q), ((value - pred) / se) ** 2))
+        return jnp.where(jnp.all(jnp.isfinite(pred)), total, jnp.nan)  # undefined where any statistic is
 
     def with_statistics(y):
         stats, failed = predicted(y)
