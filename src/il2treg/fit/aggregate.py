@@ -291,14 +291,15 @@ def fit_summaries(
 
     def with_statistics(y):
         stats, failed = predicted(y)
-        return ofv_of(stats), (stats[0], failed)
+        ofv = ofv_of(stats)
+        return ofv, (ofv, stats[0], failed)
 
     @jax.jit
     def evaluate(x):
         """(objective, its gradient, the model's statistics, failed solves per arm): one compiled
-        program for all."""
-        gradient, (pred, failed) = jax.jacfwd(with_statistics, has_aux=True)(x)
-        return with_statistics(x)[0], gradient, pred, failed
+        program, the solves run once (the value rides along as auxiliary output)."""
+        gradient, (ofv, pred, failed) = jax.jacfwd(with_statistics, has_aux=True)(x)
+        return ofv, gradient, pred, failed
 
     start = [math.log(float(typical[names.index(p)])) for p in fixed]
     start += [math.log(model.spec[p].omega if model.spec[p].omega > 0 else 0.3) for p in random]
@@ -339,7 +340,6 @@ def fit_summaries(
         converged=bool(solution.success) and not failed.any() and bool(np.isfinite(ofv)), predicted=pred,
         failed=tuple(zip(arms, failed.astype(int).tolist(), strict=True)),
     )  # fmt: skip
-
 
 
 def _failure(arms, failed, n_draws, summaries, pred, when: str) -> str:
