@@ -139,5 +139,6 @@ def test_bad_summaries_are_named_before_any_computation(model, change, kw, messa
 
     row = dataclasses.replace(Summary("a", "conc", 0.5, "mean", 1.0, 20, se=0.1), **change)
     args = {"fixed": ("CL",), **kw}
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(SpecError, match=message) as info:
         fit_summaries(model, {"a": Regimen(jnp.asarray([0.0]), jnp.asarray([100.0]))}, [row], **args)
+    assert ". Fix: " in str(info.value) and "\n" not in str(info.value)  # one line, with its fix

@@ -150,14 +150,14 @@ def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Su
         raise SpecError("nothing to estimate. Fix: name parameters in fixed or random.")
     for group, label in ((fixed, "fixed"), (random, "random")):
         if len(set(group)) < len(group):
-            raise SpecError(f"a parameter is named twice in {label}: {', '.join(group)}.")
+            raise SpecError(f"a parameter is named twice in {label}: {', '.join(group)}. Fix: name each once.")
     if n_draws < 2:
-        raise SpecError(f"n_draws must be >= 2 virtual patients per arm, got {n_draws}.")
+        raise SpecError(f"n_draws must be >= 2 virtual patients per arm, got {n_draws}. Fix: use well above the arms' n (default 1000).")
     for p, w in held.items():
         if p not in names:
             raise SpecError(f"unknown parameter {p!r} in omega. Fix: use one of {', '.join(names)}.")
         if not (math.isfinite(w) and w >= 0):
-            raise SpecError(f"omega[{p!r}] must be a finite SD >= 0, got {w}.")
+            raise SpecError(f"omega[{p!r}] must be a finite SD >= 0, got {w}. Fix: give the SD of log {p} (0.3 for a CV of about 30%).")
     for p in (*fixed, *random, *held):
         if p not in names:
             raise SpecError(f"unknown parameter {p!r}. Fix: use one of {', '.join(names)}.")
@@ -174,18 +174,18 @@ def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Su
         if s.statistic not in STATISTICS:
             raise SpecError(f"{where}: unknown statistic {s.statistic!r}. Fix: use one of {', '.join(STATISTICS)}.")
         if not (math.isfinite(s.time) and s.time >= 0):
-            raise SpecError(f"{where}: the time must be >= 0 days.")
+            raise SpecError(f"{where}: the time must be >= 0 days. Fix: give days on the regimen's clock.")
         if not math.isfinite(s.value):
-            raise SpecError(f"{where}: the value must be a finite number, got {s.value}.")
+            raise SpecError(f"{where}: the value must be a finite number, got {s.value}. Fix: drop the summary or give its value.")
         if s.n < 1:
-            raise SpecError(f"{where}: n must be >= 1, got {s.n}.")
+            raise SpecError(f"{where}: n must be >= 1, got {s.n}. Fix: give the patients behind the statistic.")
         if s.statistic == "proportion_above":
             if s.threshold is None or not 0.0 <= s.value <= 1.0:
-                raise SpecError(f"{where}: a proportion needs a threshold and a value in [0, 1] (a proportion, not a percentage).")
+                raise SpecError(f"{where}: a proportion needs a threshold and a value in [0, 1] (a proportion, not a percentage). Fix: give threshold=, and 0.3 for 30%.")
             if sigma_prop.get(s.observable, 0.0) <= 0:
                 raise SpecError(f"{where}: a proportion above a threshold needs the residual SD of {s.observable!r}. Fix: give sigma_prop[{s.observable!r}] > 0.")
         elif s.se is None or not s.se > 0:
-            raise SpecError(f"{where}: a {s.statistic} needs its standard error se > 0 (se_of_mean, se_of_median, se_of_sd convert SD and IQR).")
+            raise SpecError(f"{where}: a {s.statistic} needs its standard error se > 0. Fix: give se= (se_of_mean, se_of_median, se_of_sd convert a printed SD or IQR).")
 
 
 def _statistic(kind: str, f, sigma: float, threshold):
