@@ -9,7 +9,9 @@ Targets (../shared/literature.md):
 Free parameters: ``emax_treg`` and ``emax_cd25``; everything else stays at its literature value.
 Least squares on log fold-changes (three targets, two parameters).
 
-Usage: python scripts/calibrate_pd.py [--write]   (--write updates models/il2_treg_sledai.toml)
+Usage: python scripts/calibrate_pd.py [--model NAME] [--write]
+(--write updates the model's file in models/; the default model is il2_treg_sledai. A challenger
+mechanism, such as il2_treg_sledai_receptor, is calibrated to the same targets.)
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ import numpy as np
 from scipy.optimize import least_squares
 
 import il2treg
-from il2treg.spec import MODELS_DIR, update_values
+from il2treg.spec import resolve_model_path, update_values
 
-MODEL_FILE = MODELS_DIR / "il2_treg_sledai.toml"
 TREG_FOLD_DAY7 = 1.85
 DILFREQ_TREG = 1.30
 DILFREQ_CD25 = 1.25
@@ -49,9 +50,11 @@ def outcomes(model, emax_treg: float, emax_cd25: float) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="write the result into models/")
+    parser.add_argument("--model", default="il2_treg_sledai", help="a model in models/ declaring emax_treg and emax_cd25")
+    parser.add_argument("--write", action="store_true", help="write the result into the model's file")
     args = parser.parse_args()
-    model = il2treg.load_model(MODEL_FILE)
+    model_file = resolve_model_path(args.model)
+    model = il2treg.load_model(model_file)
     targets = np.array([TREG_FOLD_DAY7, DILFREQ_TREG, DILFREQ_CD25])
 
     def residuals(log_x):
@@ -65,8 +68,8 @@ def main() -> None:
     for name, got, want in zip(("Treg fold day 7 (LUPIL-2)", "Treg fold q3d", "CD25 q3d"), achieved, targets):
         print(f"  {name:28s} {got:.3f}  (target {want:.3f})")
     if args.write:
-        update_values(MODEL_FILE, {"emax_treg": emax_treg, "emax_cd25": emax_cd25})
-        print(f"wrote {MODEL_FILE}")
+        update_values(model_file, {"emax_treg": emax_treg, "emax_cd25": emax_cd25})
+        print(f"wrote {model_file}")
 
 
 if __name__ == "__main__":

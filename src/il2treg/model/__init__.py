@@ -139,7 +139,7 @@ class Model(eqx.Module):
         return Model(dataclasses.replace(self.spec, params=params), self.mechanism)
 
 
-def load_model(name_or_path: str | Path = "il2_treg_sledai") -> Model:
+def load_model(name_or_path: str | Path = "il2_treg_sledai", *, base: str | Path | None = None) -> Model:
     """Load a model by name (a file in ``models/``) or from a path to a TOML file.
 
     The file declares its parameters and its mechanism in ``[states]``, ``[equations]``,
@@ -147,14 +147,24 @@ def load_model(name_or_path: str | Path = "il2_treg_sledai") -> Model:
     :mod:`il2treg.model.format`, models/README.md. It is checked here and compiled to JAX code
     where first solved.
 
+    Arguments:
+        name_or_path: the model.
+        base: for a variant only: apply its own entries to this model instead of the base its
+            file names, e.g. a drug variant (``peg_il2_treg_sledai``) to a challenger mechanism
+            (``il2_treg_sledai_receptor``). The result is named ``<variant>_on_<base>``.
+
     Raises:
         SpecError: a malformed parameter table; :class:`~il2treg.errors.ModelFileError` (a
-            ``SpecError``) names the file, the key and the fix for anything else.
+            ``SpecError``) names the file, the key and the fix for anything else, including a
+            ``base`` given for a file that is not a variant.
     """
     path = resolve_model_path(name_or_path)
-    from il2treg.model.format import parse_model  # sympy and pint, imported where a model is loaded
+    from il2treg.model.format import parse_model, rebased  # sympy and pint, imported where a model is loaded
 
-    definition = parse_model(read_toml(path), where=str(path))
+    data = read_toml(path)
+    if base is not None:
+        data = rebased(data, str(path), base)
+    definition = parse_model(data, where=str(path))
     spec = ModelSpec(name=definition.name, description=definition.description, params=definition.parameters, path=str(path))
     return Model(spec, Equations(definition))
 

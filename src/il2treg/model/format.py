@@ -36,7 +36,9 @@ makes a file a variant of another: it starts from every table of the base, its o
 replace or add those of the same name (a parameter, state, quantity, equation, observable or
 dose as a whole), and ``[model] remove = ["name", ...]`` deletes declared names (a removed state
 loses its equation). The result is checked like any file. ``il2_treg_sledai_no_delay`` is the
-reference without its transit compartments.
+reference without its transit compartments. ``load_model(variant, base=other)`` applies a
+variant's own entries to another model (:func:`rebased`): a drug variant over a challenger
+mechanism, without a file for each pair.
 
 Expressions use ``+ - * / ^ (or **)``, numbers, the declared names, ``t``, and ``exp``, ``log``,
 ``sqrt``, ``tanh``, ``abs``, ``max``, ``min``, ``Piecewise``. Their units are checked on load
@@ -508,6 +510,16 @@ def with_base(data: dict, where: str, seen: tuple[str, ...] = ()) -> dict:
             del out["equations"][name]
     out["model"] = {k: v for k, v in meta.items() if k not in ("base", "remove")}
     return out
+
+
+def rebased(data: dict, where: str, base: str | Path) -> dict:
+    """A variant's ``data`` with its ``[model] base`` replaced by ``base`` and its name by
+    ``<name>_on_<base's stem>``: the variant's own entries applied to another model."""
+    meta = data.get("model")
+    if not isinstance(meta, dict) or "base" not in meta:
+        raise _error(where, "model.base", "the file is not a variant, so it has no base to replace",
+                     "give base= only for a file with [model] base = \"...\" (models/README.md, \"Variants\")")  # fmt: skip
+    return {**data, "model": {**meta, "base": str(base), "name": f"{meta.get('name', Path(where).stem)}_on_{Path(str(base)).stem}"}}
 
 
 def read_model_file(path: str | Path) -> ModelDefinition:
