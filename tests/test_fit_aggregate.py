@@ -12,7 +12,7 @@ from scipy.stats import norm
 
 import il2treg
 from il2treg.errors import SpecError
-from il2treg.fit.aggregate import Summary, fit_summaries, se_of_mean, se_of_median, se_of_sd
+from il2treg.fit.aggregate import Summary, fit_summaries, predict_summaries, se_of_mean, se_of_median, se_of_sd
 from il2treg.model import Parameters
 from il2treg.regimen import Regimen, every
 
@@ -56,6 +56,78 @@ def test_each_statistic_of_varied_patients_is_numpys_of_the_same_patients(model)
     assert fit.ofv == pytest.approx(sum(((1.0 - e) / 0.5) ** 2 for e in expected[:4]) - 2 * (20 * np.log(p) + 30 * np.log1p(-p)), rel=1e-9)
     assert fit.estimate("V") == pytest.approx(float(model.typical()["V"]), rel=1e-12)  # no iteration: the start
     assert fit.failed == (("a", 0),)
+
+
+_TURNOVER = """
+[model]
+name = "turnover"
+[states.depot]
+unit = "mg"
+initial = 0
+[states.central]
+unit = "mg"
+initial = 0
+[states.R]
+unit = "1"
+initial = "r0"
+[parameters]
+ka = { value = 2.0, unit = "1/day", bounds = [0.01, 50.0], transform = "log", cv_percent = 0, source = "ASSUMPTION: test" }
+CL = { value = 2.0, unit = "L/day", bounds = [0.01, 100.0], transform = "log", cv_percent = 30, source = "ASSUMPTION: test" }
+V = { value = 20.0, unit = "L", bounds = [0.1, 1000.0], transform = "log", cv_percent = 0, source = "ASSUMPTION: test" }
+kout = { value = 0.5, unit = "1/day", bounds = [0.001, 10.0], transform = "log", cv_percent = 0, source = "ASSUMPTION: test" }
+emax = { value = 2.0, unit = "L/mg", bounds = [0.0, 100.0], transform = "identity", cv_percent = 0, source = "ASSUMPTION: test" }
+r0 = { value = 10.0, unit = "1", bounds = [0.1, 100.0], transform = "log", cv_percent = 40, source = "ASSUMPTION: test" }
+[equations]
+depot = "-ka * depot"
+central = "ka * depot - CL / V * central"
+R = "kout * r0 * (1 + emax * central / V) - kout * R"
+[observables.response]
+unit = "1"
+expression = "R"
+[doses.oral]
+state = "depot"
+unit = "mg"
+"""
+
+
+def test_folds_changes_and_bounds_are_numpys_of_the_same_patients_and_predictions_repeat_the_fit(tmp_path):
+    """A turnover response whose baseline r0 varies 40% between patients (so a fold and a change
+    are not the value over the typical baseline): the mean fold, the median change and the
+    geometric-mean fold equal NumPy's over the same virtual patients; a lower and an upper bound
+    contribute -2 log Phi of the standardised distance on their side. predict_summaries repeats the
+    fit's statistics at its estimates (an identity-transformed Emax among them) and draws around them."""
+    import jax
+
+    path = tmp_path / "turnover.toml"
+    path.write_text(_TURNOVER)
+    model = il2treg.load_model(path)
+    regimen = Regimen(jnp.asarray([0.0, 1.0]), jnp.asarray([40.0, 40.0]))
+    names, m, seed, t = model.parameter_names, 48, 5, 2.0
+    z = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (1, m, 2), dtype=jnp.float64))[0]
+    theta = np.tile(np.asarray(model.typical().values), (m, 1))
+    for j, p in enumerate(("CL", "r0")):
+        theta[:, names.index(p)] *= np.exp(model.spec[p].omega * z[:, j])
+    f = np.asarray(il2treg.simulate(model, regimen, jnp.asarray([0.0, t]), Parameters(jnp.asarray(theta), names))["response"])
+    fold, change = f[:, 1] / f[:, 0], f[:, 1] - f[:, 0]
+    rows = [Summary("a", "response", t, "mean", 1.5, 30, se=0.2, scale="fold"),
+            Summary("a", "response", t, "median", 4.0, 30, se=1.0, scale="change"),
+            Summary("a", "response", t, "geomean", 3.0, 30, se=0.5, scale="fold", bound="lower"),
+            Summary("a", "response", t, "mean", 2.0, 30, se=0.5, bound="upper")]  # fmt: skip
+    fit = fit_summaries(model, {"a": regimen}, rows, fixed=("emax",), random=("CL", "r0"), n_draws=m, seed=seed, max_steps=0)
+    expected = [fold.mean(), np.median(change), np.exp(np.log(fold).mean()), f[:, 1].mean()]
+    np.testing.assert_allclose(fit.predicted, expected, rtol=1e-9)
+    assert expected[0] != pytest.approx(expected[3] / 10.0, rel=1e-3)  # a fold is not the mean over the typical baseline
+    ofv = ((1.5 - expected[0]) / 0.2) ** 2 + ((4.0 - expected[1]) / 1.0) ** 2
+    ofv += -2 * norm.logcdf((expected[2] - 3.0) / 0.5) - 2 * norm.logcdf((2.0 - expected[3]) / 0.5)
+    assert fit.ofv == pytest.approx(ofv, rel=1e-9)
+    with pytest.raises(SpecError, match=r"covariance is not positive definite \(the fit stopped short of a minimum.*Fix: "):
+        predict_summaries(fit, model, {"a": regimen}, rows, n_draws=m, seed=seed, samples=20)  # the start is no minimum
+    fit = fit_summaries(model, {"a": regimen}, rows[:2], fixed=("emax",), random=("r0",), n_draws=m, seed=seed)
+    assert fit.converged
+    at, drawn = predict_summaries(fit, model, {"a": regimen}, rows, n_draws=m, seed=seed, samples=20)
+    np.testing.assert_allclose(at[:2], fit.predicted, rtol=1e-12)
+    assert drawn.shape == (20, 4) and np.all(np.isfinite(drawn)) and np.all(np.std(drawn, axis=0) > 0)
+    assert fit.cov_log.shape == (2, 2) and np.allclose(np.sqrt(np.diag(fit.cov_log)), fit.se_log)
 
 
 @pytest.mark.slow
@@ -125,14 +197,17 @@ def test_the_parameters_of_a_simulated_cohort_are_recovered_from_its_summaries(m
     (dict(statistic="proportion_above", value=30.0, threshold=1.0, se=None), {"sigma_prop": {"conc": 0.1}}, r"a value in \[0, 1\] \(a proportion, not a percentage\)"),
     (dict(statistic="proportion_above", value=0.3, threshold=1.0, se=None), {}, r"needs the residual SD of 'conc'\. Fix: give sigma_prop\['conc'\] > 0"),
     ({}, {"fixed": ("clearance",)}, r"unknown parameter 'clearance'\. Fix: use one of"),
-    ({}, {"fixed": ("tlag",)}, r"'tlag' is estimated on the log scale from summaries, but its transform is 'identity'"),
+    ({}, {"fixed": ("F",)}, r"'F' is estimated on the log scale from summaries, but its transform is 'logit' and its bounds \[0.01, 1\]"),
+    (dict(scale="ratio"), {}, r"unknown scale 'ratio'\. Fix: use one of value, fold, change"),
+    (dict(bound="above"), {}, r"bound must be None or one of lower, upper"),
+    (dict(statistic="proportion_above", value=0.3, threshold=1.0, se=None, bound="lower"), {"sigma_prop": {"conc": 0.1}}, r"and not on a proportion, got 'lower'"),
     (dict(value=float("nan")), {}, r"the value must be a finite number, got nan"),
     ({}, {"fixed": ()}, r"nothing to estimate\. Fix: name parameters in fixed or random"),
     ({}, {"fixed": ("CL", "CL")}, r"a parameter is named twice in fixed: CL, CL"),
     ({}, {"n_draws": 1}, r"n_draws must be >= 2 virtual patients per arm, got 1"),
     ({}, {"omega": {"clearance": 0.3}}, r"unknown parameter 'clearance' in omega\. Fix: use one of"),
     ({}, {"omega": {"V": -0.1}}, r"omega\['V'\] must be a finite SD >= 0, got -0.1"),
-], ids=["observable", "arm", "statistic", "se", "n", "time", "percentage", "sigma", "parameter", "transform", "nan", "nothing", "twice", "draws",
+], ids=["observable", "arm", "statistic", "se", "n", "time", "percentage", "sigma", "parameter", "transform", "scale", "bound", "bound-proportion", "nan", "nothing", "twice", "draws",
         "omega-name", "omega-negative"])  # fmt: skip
 def test_bad_summaries_are_named_before_any_computation(model, change, kw, message):
     import dataclasses

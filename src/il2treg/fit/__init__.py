@@ -11,7 +11,7 @@ vector by name, :mod:`.aggregate` fits to published summary statistics instead o
 holds, saves and loads a :class:`FitResult`.
 """
 
-from il2treg.fit.aggregate import Summary, SummaryFit, fit_summaries
+from il2treg.fit.aggregate import Summary, SummaryFit, fit_summaries, predict_summaries
 from il2treg.fit.bayes import NutsSettings, sample_nuts
 from il2treg.fit.estimate import PopulationFit, fit_population, natural_estimates, shrinkage
 from il2treg.fit.estimators import Estimator, Foce, Nuts, Saem, estimator_named
@@ -60,6 +60,7 @@ __all__ = [
     "natural_estimates",
     "patient_arrays",
     "posterior_predictive",
+    "predict_summaries",
     "problem_patients",
     "profile",
     "read_fit_spec",

@@ -25,12 +25,22 @@ statistic                 :math:`S_j`
                           patients whose observation exceeds the threshold :math:`c`
 ========================= ==============================================================
 
+A summary's ``scale`` says what is summarised: the observable itself (``value``), each patient's
+ratio to their own baseline :math:`f(t)/f(0)` (``fold``), or their difference from it
+:math:`f(t) - f(0)` (``change``), as papers print a "median fold change" or a "mean change from
+baseline"; a prediction at a dose time is the value before the dose.
+
 The geometric mean and the median are those of the predictions: the residual error shifts them
 by terms of order :math:`\sigma^2`, which are left out. A geometric mean or a proportion needs
 every prediction positive; a virtual patient whose solve fails, or a prediction <= 0 there, makes
 the objective undefined: at the start that is an error naming the arm or summary, during the
 search the line search steps back, and :attr:`SummaryFit.failed` reports the count at the
 estimates. Parameters are not held to the model file's bounds.
+
+A paper may print only a bound, "a median above 8-fold": ``bound = "lower"`` (or ``"upper"``)
+makes the value a bound on the statistic, with the one-sided likelihood
+:math:`-2\log\Phi((S_j - v_j)/s_j)` (:math:`-2\log\Phi((v_j - S_j)/s_j)` for an upper bound):
+no penalty well past the bound, the normal's tail short of it.
 
 The summaries are taken as independent, as a paper's table presents them; statistics of the same
 patients at several times are correlated, so the standard errors are if anything too small.
@@ -50,7 +60,11 @@ The estimates are :math:`\log\theta` of the parameters in ``fixed`` and :math:`\
 those in ``random``, found by BFGS (scipy) on the exact gradient (forward-mode derivatives through
 the ODE solves: a handful of parameters); their covariance is :math:`2 H^{-1}` with :math:`H` the
 Hessian of the objective by central differences of that gradient. The value, the gradient and
-the statistics are one compiled program.
+the statistics are one compiled program. :func:`predict_summaries` gives the statistics at a
+fit's estimates and at draws from their covariance (prediction bands, leave-one-study-out checks).
+
+Parameters are estimated on the log scale: log-transformed ones, and identity-transformed ones
+whose lower bound is >= 0 (an Emax), which the log keeps positive.
 """
 
 from __future__ import annotations
@@ -75,6 +89,10 @@ from il2treg.simulate import SolverOptions, simulate
 
 #: The statistics a :class:`Summary` may hold.
 STATISTICS = ("mean", "geomean", "median", "sd", "proportion_above")
+#: What a statistic summarises: the observable, its ratio to each patient's baseline, or its difference.
+SCALES = ("value", "fold", "change")
+#: A value that is a bound on the statistic: the paper's "> v" (lower) or "< v" (upper).
+BOUNDS = ("lower", "upper")
 
 
 def se_of_mean(sd: float, n: int) -> float:
@@ -106,6 +124,10 @@ class Summary:
         n: patients behind it.
         se: its standard error (not for ``proportion_above``, whose error is binomial).
         threshold: ``proportion_above`` only: the observable's value patients exceed.
+        scale: one of :data:`SCALES`: the observable (``value``), each patient's fold of their
+            baseline (time 0) or change from it.
+        bound: None, or one of :data:`BOUNDS`: the value is a bound on the statistic (not for a
+            proportion).
     """
 
     arm: str
@@ -116,6 +138,8 @@ class Summary:
     n: int
     se: float | None = None
     threshold: float | None = None
+    scale: str = "value"
+    bound: str | None = None
 
 
 class SummaryFit(eqx.Module):
@@ -123,8 +147,11 @@ class SummaryFit(eqx.Module):
 
     Attributes:
         names: the estimated quantities: each parameter in ``fixed``, then ``omega_<p>`` for each in ``random``.
+        fixed, random: the parameters whose typical value, and whose omega, were estimated.
+        held: the omegas held fixed, by parameter.
         estimates: their values (parameters in internal units; omegas as SDs of log p).
-        se_log: SEs of their logarithms (relative SEs), from the covariance :math:`2H^{-1}`.
+        cov_log: the covariance :math:`2H^{-1}` of their logarithms (NaN where H is singular).
+        se_log: SEs of their logarithms (relative SEs), the root of its diagonal.
         ofv: the objective at the estimates.
         converged: whether BFGS met its tolerance.
         predicted: the model's statistic for each summary, in the order given.
@@ -133,7 +160,11 @@ class SummaryFit(eqx.Module):
     """
 
     names: tuple[str, ...] = eqx.field(static=True)
+    fixed: tuple[str, ...] = eqx.field(static=True)
+    random: tuple[str, ...] = eqx.field(static=True)
+    held: tuple[tuple[str, float], ...] = eqx.field(static=True)
     estimates: np.ndarray
+    cov_log: np.ndarray
     se_log: np.ndarray
     ofv: float
     converged: bool
@@ -161,8 +192,11 @@ def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Su
     for p in (*fixed, *random, *held):
         if p not in names:
             raise SpecError(f"unknown parameter {p!r}. Fix: use one of {', '.join(names)}.")
-        if model.spec[p].transform != "log":
-            raise SpecError(f"{p!r} is estimated on the log scale from summaries, but its transform is {model.spec[p].transform!r}. Fix: estimate only log-transformed parameters.")
+        ps = model.spec[p]
+        if not (ps.transform == "log" or (ps.transform == "identity" and ps.bounds[0] >= 0 and ps.value > 0)):
+            raise SpecError(f"{p!r} is estimated on the log scale from summaries, but its transform is {ps.transform!r} "
+                            f"and its bounds [{ps.bounds[0]:g}, {ps.bounds[1]:g}] let it leave (0, inf). Fix: estimate log-transformed "
+                            "parameters, or identity ones whose lower bound is >= 0 and value > 0.")  # fmt: skip
     if not summaries:
         raise SpecError("no summaries to fit. Fix: give at least one Summary.")
     for k, s in enumerate(summaries):
@@ -179,6 +213,11 @@ def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Su
             raise SpecError(f"{where}: the value must be a finite number, got {s.value}. Fix: drop the summary or give its value.")
         if s.n < 1:
             raise SpecError(f"{where}: n must be >= 1, got {s.n}. Fix: give the patients behind the statistic.")
+        if s.scale not in SCALES:
+            raise SpecError(f"{where}: unknown scale {s.scale!r}. Fix: use one of {', '.join(SCALES)}.")
+        if s.bound is not None and (s.bound not in BOUNDS or s.statistic == "proportion_above"):
+            raise SpecError(f"{where}: bound must be None or one of {', '.join(BOUNDS)}, and not on a proportion, got {s.bound!r}. "
+                            "Fix: give bound='lower' for a printed '> v', 'upper' for '< v'.")  # fmt: skip
         if s.statistic == "proportion_above":
             if s.threshold is None or not 0.0 <= s.value <= 1.0:
                 raise SpecError(f"{where}: a proportion needs a threshold and a value in [0, 1] (a proportion, not a percentage). Fix: give threshold=, and 0.3 for 30%.")
@@ -231,7 +270,8 @@ def fit_summaries(
         model: the model; parameters not estimated stay at its values.
         regimens: each arm's regimen, by the arms' names.
         summaries: the published statistics.
-        fixed: parameters whose typical value is estimated (log-transformed ones).
+        fixed: parameters whose typical value is estimated (log-transformed ones, or identity
+            ones bounded below by 0).
         random: parameters whose between-patient SD (of log p) is estimated; started at the
             model's ``cv_percent`` (or 0.3 where it has none).
         omega: SDs of log p held fixed for other parameters with variability (none by default).
@@ -251,57 +291,9 @@ def fit_summaries(
     sigma_prop = dict(sigma_prop or {})
     held = dict(omega or {})
     _check(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws)
-    names = model.parameter_names
-    typical = model.typical().values
-    varied = (*random, *(p for p in held if p not in random))
-    fixed_idx = jnp.asarray([names.index(p) for p in fixed], dtype=jnp.int32)
-    varied_idx = jnp.asarray([names.index(p) for p in varied], dtype=jnp.int32)
-    held_omega = jnp.asarray([held[p] for p in varied[len(random) :]], dtype=jnp.float64)
-    arms = tuple(dict.fromkeys(s.arm for s in summaries))
-    draws = jax.random.normal(jax.random.PRNGKey(seed), (len(arms), n_draws, len(varied)), dtype=jnp.float64)
-    times = {a: np.unique([s.time for s in summaries if s.arm == a]) for a in arms}
-    where = [(arms.index(s.arm), int(np.searchsorted(times[s.arm], s.time)), model.observable_names.index(s.observable)) for s in summaries]
-
-    def predicted(x):
-        """(each summary's statistic, with the logs of a proportion and of its complement; each
-        arm's count of virtual patients whose solve failed)."""
-        theta = typical.at[fixed_idx].set(jnp.exp(x[: len(fixed)])) if fixed else typical
-        omega_v = jnp.concatenate([jnp.exp(x[len(fixed) :]), held_omega])
-        values, failed = [], []
-        for a, arm in enumerate(arms):
-            factor = jnp.ones((n_draws, len(names)))
-            if varied:
-                factor = factor.at[:, varied_idx].set(jnp.exp(draws[a] * omega_v[None, :]))
-            sim = simulate(model, regimens[arm], jnp.asarray(times[arm]), Parameters(theta[None, :] * factor, names), options=options)
-            values.append(sim.values)
-            failed.append(jnp.sum(sim.status != 0))
-        stats = [_statistic(s.statistic, values[a][:, t, k], sigma_prop.get(s.observable, 0.0), s.threshold) for s, (a, t, k) in zip(summaries, where, strict=True)]
-        return tuple(jnp.stack(column) for column in zip(*stats, strict=True)), jnp.stack(failed)
-
-    value = jnp.asarray([s.value for s in summaries], dtype=jnp.float64)
-    se = jnp.asarray([s.se if s.se is not None else 1.0 for s in summaries], dtype=jnp.float64)
-    binomial = jnp.asarray([s.statistic == "proportion_above" for s in summaries])
-    n = jnp.asarray([s.n for s in summaries], dtype=jnp.float64)
-
-    def ofv_of(stats):
-        pred, log_p, log_q = stats
-        k = value * n
-        total = jnp.sum(jnp.where(binomial, -2.0 * (k * log_p + (n - k) * log_q), ((value - pred) / se) ** 2))
-        return jnp.where(jnp.all(jnp.isfinite(pred)), total, jnp.nan)  # undefined where any statistic is
-
-    def with_statistics(y):
-        stats, failed = predicted(y)
-        ofv = ofv_of(stats)
-        return ofv, (ofv, stats[0], failed)
-
-    @jax.jit
-    def evaluate(x):
-        """(objective, its gradient, the model's statistics, failed solves per arm): one compiled
-        program, the solves run once (the value rides along as auxiliary output)."""
-        gradient, (ofv, pred, failed) = jax.jacfwd(with_statistics, has_aux=True)(x)
-        return ofv, gradient, pred, failed
-
-    start = [math.log(float(typical[names.index(p)])) for p in fixed]
+    program = _Program(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options)
+    evaluate = jax.jit(program.evaluate)
+    start = [math.log(float(program.typical[model.parameter_names.index(p)])) for p in fixed]
     start += [math.log(model.spec[p].omega if model.spec[p].omega > 0 else 0.3) for p in random]
     calls = {}
 
@@ -322,7 +314,7 @@ def fit_summaries(
     x0 = np.asarray(start)
     _, _, pred0, failed0 = at(x0)
     if failed0.any() or not np.all(np.isfinite(pred0)):
-        raise SolverError(_failure(arms, failed0, n_draws, summaries, pred0, "at the start (the model's values)"))
+        raise SolverError(_failure(program.arms, failed0, n_draws, summaries, pred0, "at the start (the model's values)"))
     solution = minimize(fun, x0, jac=True, method="BFGS", options={"gtol": gtol, "maxiter": max_steps})
     x = np.asarray(solution.x, dtype=np.float64)
     ofv, _, pred, failed = at(x)
@@ -332,14 +324,140 @@ def fit_summaries(
     hessian = 0.5 * (hessian + hessian.T)
     try:
         cov = 2.0 * np.linalg.inv(hessian)
-        se_log = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
     except np.linalg.LinAlgError:
-        se_log = np.full(len(start), np.nan)
+        cov = np.full((len(x), len(x)), np.nan)
+    se_log = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
     return SummaryFit(
-        names=(*fixed, *(f"omega_{p}" for p in random)), estimates=np.exp(np.asarray(x)), se_log=se_log, ofv=float(ofv),
+        names=(*fixed, *(f"omega_{p}" for p in random)), fixed=fixed, random=random, held=tuple(held.items()),
+        estimates=np.exp(np.asarray(x)), cov_log=cov, se_log=se_log, ofv=float(ofv),
         converged=bool(solution.success) and not failed.any() and bool(np.isfinite(ofv)), predicted=pred,
-        failed=tuple(zip(arms, failed.astype(int).tolist(), strict=True)),
+        failed=tuple(zip(program.arms, failed.astype(int).tolist(), strict=True)),
     )  # fmt: skip
+
+
+def predict_summaries(
+    fit: SummaryFit,
+    model: Model,
+    regimens: Mapping[str, Regimen],
+    summaries: Sequence[Summary],
+    *,
+    sigma_prop: Mapping[str, float] | None = None,
+    n_draws: int = 1000,
+    seed: int = 0,
+    options: SolverOptions | None = None,
+    samples: int = 0,
+    sample_seed: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's statistic of each summary at a fit's estimates, and at ``samples`` draws of the
+    estimates from their covariance (log scale, normal): a prediction with its uncertainty, for
+    summaries the fit may not have seen (a left-out study's). The summaries' values are not used.
+
+    Arguments:
+        fit: from :func:`fit_summaries` with the same ``model``.
+        model, regimens, summaries, sigma_prop, n_draws, seed, options: as for :func:`fit_summaries`.
+        samples: draws from the covariance (0: none; needs ``fit.cov_log`` positive definite).
+        sample_seed: their seed.
+
+    Returns:
+        ``(at the estimates [summaries], at the draws [samples, summaries])``; NaN where a draw's
+        virtual patient failed to solve or its statistic is undefined.
+
+    Raises:
+        SpecError: as :func:`fit_summaries`, or samples asked of a fit without a covariance.
+    """
+    options = options or SolverOptions(adjoint=dfx.ForwardMode())
+    sigma_prop = dict(sigma_prop or {})
+    held = dict(fit.held)
+    _check(model, regimens, summaries, fit.fixed, fit.random, held, sigma_prop, n_draws)
+    if samples:
+        try:
+            np.linalg.cholesky(fit.cov_log)
+        except np.linalg.LinAlgError:
+            raise SpecError("the fit's covariance is not positive definite (the fit stopped short of a minimum, or the data do not "
+                            "determine a parameter), so its estimates cannot be drawn. Fix: use samples=0, or refit with fewer parameters.") from None  # fmt: skip
+    program = _Program(model, regimens, summaries, fit.fixed, fit.random, held, sigma_prop, n_draws, seed, options)
+
+    @jax.jit
+    def statistics(x):
+        (pred, _, _), failed = program.predicted(x)
+        return jnp.where(jnp.any(failed > 0), jnp.nan, pred)
+
+    x = np.log(np.asarray(fit.estimates, dtype=np.float64))
+    draws = np.random.default_rng(sample_seed).multivariate_normal(x, fit.cov_log, size=samples) if samples else np.zeros((0, x.size))
+    return np.asarray(statistics(jnp.asarray(x))), np.asarray([np.asarray(statistics(jnp.asarray(d))) for d in draws]).reshape(samples, len(summaries))
+
+
+class _Program:
+    """The arms' virtual patients and the summaries' statistics and objective as functions of
+    x = (log theta of ``fixed``, log omega of ``random``): traced by :func:`fit_summaries` and
+    :func:`predict_summaries`."""
+
+    def __init__(self, model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options):
+        names = model.parameter_names
+        self.model, self.regimens, self.summaries, self.options = model, regimens, summaries, options
+        self.fixed, self.sigma_prop, self.n_draws, self.names = fixed, sigma_prop, n_draws, names
+        self.typical = model.typical().values
+        self.varied = (*random, *(p for p in held if p not in random))
+        self.n_random = len(random)
+        self.fixed_idx = jnp.asarray([names.index(p) for p in fixed], dtype=jnp.int32)
+        self.varied_idx = jnp.asarray([names.index(p) for p in self.varied], dtype=jnp.int32)
+        self.held_omega = jnp.asarray([held[p] for p in self.varied[len(random) :]], dtype=jnp.float64)
+        self.arms = tuple(dict.fromkeys(s.arm for s in summaries))
+        self.draws = jax.random.normal(jax.random.PRNGKey(seed), (len(self.arms), n_draws, len(self.varied)), dtype=jnp.float64)
+        self.times = {a: np.unique([0.0, *(s.time for s in summaries if s.arm == a)]) for a in self.arms}
+        self.where = [(self.arms.index(s.arm), int(np.searchsorted(self.times[s.arm], s.time)), model.observable_names.index(s.observable))
+                      for s in summaries]  # fmt: skip
+        self.value = jnp.asarray([s.value for s in summaries], dtype=jnp.float64)
+        self.se = jnp.asarray([s.se if s.se is not None else 1.0 for s in summaries], dtype=jnp.float64)
+        self.binomial = jnp.asarray([s.statistic == "proportion_above" for s in summaries])
+        self.lower = jnp.asarray([s.bound == "lower" for s in summaries])
+        self.upper = jnp.asarray([s.bound == "upper" for s in summaries])
+        self.n = jnp.asarray([s.n for s in summaries], dtype=jnp.float64)
+
+    def predicted(self, x):
+        """(each summary's statistic, with the logs of a proportion and of its complement; each
+        arm's count of virtual patients whose solve failed)."""
+        nf = len(self.fixed)
+        theta = self.typical.at[self.fixed_idx].set(jnp.exp(x[:nf])) if nf else self.typical
+        omega_v = jnp.concatenate([jnp.exp(x[nf:]), self.held_omega])
+        values, failed = [], []
+        for a, arm in enumerate(self.arms):
+            factor = jnp.ones((self.n_draws, len(self.names)))
+            if self.varied:
+                factor = factor.at[:, self.varied_idx].set(jnp.exp(self.draws[a] * omega_v[None, :]))
+            sim = simulate(self.model, self.regimens[arm], jnp.asarray(self.times[arm]), Parameters(theta[None, :] * factor, self.names), options=self.options)
+            values.append(sim.values)
+            failed.append(jnp.sum(sim.status != 0))
+        stats = []
+        for s, (a, t, k) in zip(self.summaries, self.where, strict=True):
+            f = values[a][:, t, k]
+            if s.scale == "fold":
+                f = f / values[a][:, 0, k]
+            elif s.scale == "change":
+                f = f - values[a][:, 0, k]
+            stats.append(_statistic(s.statistic, f, self.sigma_prop.get(s.observable, 0.0), s.threshold))
+        return tuple(jnp.stack(column) for column in zip(*stats, strict=True)), jnp.stack(failed)
+
+    def ofv(self, stats):
+        """-2 log-likelihood of the summaries given the model's statistics (module docstring)."""
+        pred, log_p, log_q = stats
+        k = self.value * self.n
+        z = (pred - self.value) / self.se
+        continuous = jnp.where(self.lower, -2.0 * norm.logcdf(z), jnp.where(self.upper, -2.0 * norm.logcdf(-z), z**2))
+        total = jnp.sum(jnp.where(self.binomial, -2.0 * (k * log_p + (self.n - k) * log_q), continuous))
+        return jnp.where(jnp.all(jnp.isfinite(pred)), total, jnp.nan)  # undefined where any statistic is
+
+    def evaluate(self, x):
+        """(objective, its gradient, the model's statistics, failed solves per arm): the solves
+        run once, the value riding along as auxiliary output of the forward-mode gradient."""
+
+        def with_statistics(y):
+            stats, failed = self.predicted(y)
+            ofv = self.ofv(stats)
+            return ofv, (ofv, stats[0], failed)
+
+        gradient, (ofv, pred, failed) = jax.jacfwd(with_statistics, has_aux=True)(x)
+        return ofv, gradient, pred, failed
 
 
 def _failure(arms, failed, n_draws, summaries, pred, when: str) -> str:
