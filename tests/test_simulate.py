@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -207,6 +208,32 @@ def test_gradient_wrt_dose_times_and_amounts_matches_central_differences(model, 
         ea = jnp.zeros_like(lupil2.amounts).at[k].set(ha)
         fd_a = (f(theta, lupil2.times, lupil2.amounts + ea) - f(theta, lupil2.times, lupil2.amounts - ea)) / (2 * ha)
         assert abs(float(g_a[k]) - float(fd_a)) <= 1e-5 * abs(float(fd_a)) + 1e-15
+
+
+@pytest.mark.parametrize("mode", ["jacfwd", pytest.param("grad", marks=pytest.mark.slow)])
+def test_derivatives_through_a_batch_of_patients_match_central_differences(model, lupil2, tight, mode):
+    """jacfwd (forward-mode sensitivities, diffrax.ForwardMode) and grad of a sum over a vmapped
+    batch of 3 patients of the 16-state reference model, with respect to a parameter every patient
+    shares, as the summary fits take it. Before the fix in model/compile.py the forward mode was a
+    shape error."""
+    import diffrax as dfx
+
+    options = tight if mode == "grad" else eqx.tree_at(lambda o: o.adjoint, tight, dfx.ForwardMode())
+    names = model.parameter_names
+    base = jnp.asarray(model.typical().values)
+    spread = jnp.asarray([0.8, 1.0, 1.3])[:, None] * jnp.ones((1, len(names)))
+    k = names.index("emax_treg")
+
+    def f(log_emax):
+        theta = base.at[k].set(jnp.exp(log_emax))[None, :] * spread
+        sim = il2treg.simulate(model, lupil2, jnp.asarray([3.0, 7.0, 30.0]), il2treg.Parameters(theta, names), options=options)
+        return jnp.sum(jnp.log(sim["treg_per_uL"]))
+
+    x = jnp.log(base[k])
+    derivative = float((jax.jacfwd if mode == "jacfwd" else jax.grad)(f)(x))
+    h = 1e-5
+    fd = float((f(x + h) - f(x - h)) / (2 * h))
+    assert derivative == pytest.approx(fd, rel=1e-6), (derivative, fd)
 
 
 # ----------------------------------------------------------------------------- batches

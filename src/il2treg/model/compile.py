@@ -96,7 +96,11 @@ def _joined(*values: Float[Array, ""]) -> Float[Array, " n"]:
 
 @_joined.defjvp
 def _joined_jvp(primals, tangents):
-    return _stacked_in_groups(primals), _stacked_in_groups(tangents)
+    # The primal output is built exactly as _joined builds it: vmapped, jnp.stack and a
+    # concatenation of stacks put the batch axis in different places, and a rule whose primal
+    # output differs from its function's in that way made jacfwd or grad of a vmapped solve
+    # (a batch of patients) fail with a shape error for models of more than _FAN_IN states.
+    return jnp.stack(primals), _stacked_in_groups(tangents)
 
 
 def _as_vector(values) -> Float[Array, " n"]:
