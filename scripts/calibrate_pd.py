@@ -67,6 +67,10 @@ def main() -> None:
     print(f"emax_treg = {emax_treg}   emax_cd25 = {emax_cd25}")
     for name, got, want in zip(("Treg fold day 7 (LUPIL-2)", "Treg fold q3d", "CD25 q3d"), achieved, targets):
         print(f"  {name:28s} {got:.3f}  (target {want:.3f})")
+    p = model.parameters(emax_treg=emax_treg, emax_cd25=emax_cd25)
+    for miu in (1.0, 3.0):
+        daily = il2treg.simulate(model, il2treg.regimen.every(float(il2treg.units.miu_per_m2_to_iu(miu, BSA_M2)), 1.0, 84), np.array([83.5]), p)
+        print(f"  Treg fold on day 83.5 of {miu:g} MIU/m2 daily (a prediction): {float(daily['treg_per_uL'][0] / p['treg0']):.2f}")
     if args.write:
         update_values(model_file, {"emax_treg": emax_treg, "emax_cd25": emax_cd25})
         print(f"wrote {model_file}")

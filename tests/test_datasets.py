@@ -23,7 +23,8 @@ NAMES = (
 
 def test_package_exports_only_the_reference_and_cohort_api():
     assert il2treg.datasets.__all__ == [
-        "lupil2_virtual", "lupil2_virtual_truth", "reference", "reference_names", "simulate_cohort", "write_cohort",
+        "StudySummaries", "lupil2_virtual", "lupil2_virtual_truth", "reference", "reference_names", "simulate_cohort", "study_summaries",
+        "write_cohort",
     ]  # fmt: skip
 
 

@@ -74,8 +74,8 @@ initial = "r0"
 ka = { value = 2.0, unit = "1/day", bounds = [0.01, 50.0], transform = "log", cv_percent = 0, source = "ASSUMPTION: test" }
 CL = { value = 2.0, unit = "L/day", bounds = [0.01, 100.0], transform = "log", cv_percent = 30, source = "ASSUMPTION: test" }
 V = { value = 20.0, unit = "L", bounds = [0.1, 1000.0], transform = "log", cv_percent = 0, source = "ASSUMPTION: test" }
-kout = { value = 0.5, unit = "1/day", bounds = [0.001, 10.0], transform = "log", cv_percent = 0, source = "ASSUMPTION: test" }
-emax = { value = 2.0, unit = "L/mg", bounds = [0.0, 100.0], transform = "identity", cv_percent = 0, source = "ASSUMPTION: test" }
+kout = { value = 0.5, unit = "1/day", bounds = [0.001, 10.0], transform = "log", cv_percent = 0, source = "ASSUMPTION: test", prior_sd = 0.2, prior_source = "test" }
+emax = { value = 2.0, unit = "L/mg", bounds = [0.0, 100.0], transform = "identity", cv_percent = 0, source = "ASSUMPTION: test", prior_sd = 0.5, prior_source = "test" }
 r0 = { value = 10.0, unit = "1", bounds = [0.1, 100.0], transform = "log", cv_percent = 40, source = "ASSUMPTION: test" }
 [equations]
 depot = "-ka * depot"
@@ -120,14 +120,35 @@ def test_folds_changes_and_bounds_are_numpys_of_the_same_patients_and_prediction
     ofv = ((1.5 - expected[0]) / 0.2) ** 2 + ((4.0 - expected[1]) / 1.0) ** 2
     ofv += -2 * norm.logcdf((expected[2] - 3.0) / 0.5) - 2 * norm.logcdf((2.0 - expected[3]) / 0.5)
     assert fit.ofv == pytest.approx(ofv, rel=1e-9)
-    with pytest.raises(SpecError, match=r"covariance is not positive definite \(the fit stopped short of a minimum.*Fix: "):
-        predict_summaries(fit, model, {"a": regimen}, rows, n_draws=m, seed=seed, samples=20)  # the start is no minimum
     fit = fit_summaries(model, {"a": regimen}, rows[:2], fixed=("emax",), random=("r0",), n_draws=m, seed=seed)
     assert fit.converged
     at, drawn = predict_summaries(fit, model, {"a": regimen}, rows, n_draws=m, seed=seed, samples=20)
     np.testing.assert_allclose(at[:2], fit.predicted, rtol=1e-12)
     assert drawn.shape == (20, 4) and np.all(np.isfinite(drawn)) and np.all(np.std(drawn, axis=0) > 0)
     assert fit.cov_log.shape == (2, 2) and np.allclose(np.sqrt(np.diag(fit.cov_log)), fit.se_log)
+
+
+def test_priors_add_their_term_starts_are_used_and_a_covariance_that_cannot_be_drawn_is_refused(tmp_path):
+    """priors=True adds ((log kout - log 0.5)/0.2)^2 (a log-transformed parameter) and
+    ((emax - 2)/0.5)^2 (an identity one) to the data's objective, at the given starts; a NaN or
+    indefinite covariance is refused by predict_summaries with its fix."""
+    import equinox as eqx
+
+    path = tmp_path / "turnover.toml"
+    path.write_text(_TURNOVER)
+    model = il2treg.load_model(path)
+    regimen = {"a": Regimen(jnp.asarray([0.0]), jnp.asarray([40.0]))}
+    rows = [Summary("a", "response", 2.0, "mean", 1.5, 30, se=0.2, scale="fold")]
+    args = dict(fixed=("kout", "emax"), n_draws=16, max_steps=0, start={"kout": 0.6, "emax": 3.0})
+    plain, with_prior = fit_summaries(model, regimen, rows, **args), fit_summaries(model, regimen, rows, priors=True, **args)
+    assert plain.estimate("kout") == pytest.approx(0.6, rel=1e-12) and plain.estimate("emax") == pytest.approx(3.0, rel=1e-12)
+    expected = (np.log(0.6 / 0.5) / 0.2) ** 2 + ((3.0 - 2.0) / 0.5) ** 2
+    assert plain.prior == 0.0 and with_prior.prior == pytest.approx(expected, rel=1e-12)
+    assert with_prior.ofv == pytest.approx(plain.ofv + expected, rel=1e-12)
+    for cov in (np.full((2, 2), np.nan), np.array([[1.0, 0.0], [0.0, -1.0]])):
+        broken = eqx.tree_at(lambda f: f.cov_log, plain, cov)
+        with pytest.raises(SpecError, match=r"(no covariance|not positive definite).*Fix: use samples=0"):
+            predict_summaries(broken, model, regimen, rows, n_draws=16, samples=5)
 
 
 @pytest.mark.slow
@@ -141,7 +162,7 @@ def test_a_start_where_solves_fail_or_a_statistic_is_undefined_is_an_error_namin
     regimen = Regimen(jnp.asarray([0.0]), jnp.asarray([100.0]))
     rows = [Summary("a", "conc", 0.25, "mean", 1.0, 20, se=0.1)]
     starved = il2treg.SolverOptions(max_steps=1, adjoint=dfx.ForwardMode())
-    with pytest.raises(SolverError, match=r"8 of 8 virtual patients of arm 'a' failed to solve at the start .*Fix: "):
+    with pytest.raises(SolverError, match=r"8 of 8 virtual patients of arm 'a' failed to solve at the start.*Fix: "):
         fit_summaries(model, {"a": regimen}, rows, fixed=("CL",), n_draws=8, options=starved)
     rows = [Summary("a", "conc", 0.0, "geomean", 1.0, 20, se=0.1)]
     with pytest.raises(SolverError, match=r"summary 0 \(a, conc, day 0\): its geomean is undefined at the start.*Fix: use the mean or median"):
@@ -202,12 +223,17 @@ def test_the_parameters_of_a_simulated_cohort_are_recovered_from_its_summaries(m
     (dict(bound="above"), {}, r"bound must be None or one of lower, upper"),
     (dict(statistic="proportion_above", value=0.3, threshold=1.0, se=None, bound="lower"), {"sigma_prop": {"conc": 0.1}}, r"and not on a proportion, got 'lower'"),
     (dict(value=float("nan")), {}, r"the value must be a finite number, got nan"),
+    (dict(scale="fold", statistic="sd"), {}, r"a sd of each patient's fold is not modelled here \(the proportional residual"),
+    (dict(scale="change", statistic="geomean"), {}, r"a geomean of each patient's change is not modelled here \(a change may be zero"),
+    ({}, {"start": {"V": 1.0}}, r"start names 'V', which is not estimated"),
+    ({}, {"start": {"CL": -1.0}}, r"every start must be a finite value > 0"),
     ({}, {"fixed": ()}, r"nothing to estimate\. Fix: name parameters in fixed or random"),
     ({}, {"fixed": ("CL", "CL")}, r"a parameter is named twice in fixed: CL, CL"),
     ({}, {"n_draws": 1}, r"n_draws must be >= 2 virtual patients per arm, got 1"),
     ({}, {"omega": {"clearance": 0.3}}, r"unknown parameter 'clearance' in omega\. Fix: use one of"),
     ({}, {"omega": {"V": -0.1}}, r"omega\['V'\] must be a finite SD >= 0, got -0.1"),
-], ids=["observable", "arm", "statistic", "se", "n", "time", "percentage", "sigma", "parameter", "transform", "scale", "bound", "bound-proportion", "nan", "nothing", "twice", "draws",
+], ids=["observable", "arm", "statistic", "se", "n", "time", "percentage", "sigma", "parameter", "transform", "scale", "bound", "bound-proportion", "nan", "fold-sd", "change-geomean",
+        "start-name", "start-value", "nothing", "twice", "draws",
         "omega-name", "omega-negative"])  # fmt: skip
 def test_bad_summaries_are_named_before_any_computation(model, change, kw, message):
     import dataclasses

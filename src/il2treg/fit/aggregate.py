@@ -63,6 +63,12 @@ Hessian of the objective by central differences of that gradient. The value, the
 the statistics are one compiled program. :func:`predict_summaries` gives the statistics at a
 fit's estimates and at draws from their covariance (prediction bands, leave-one-study-out checks).
 
+With ``priors=True`` the objective adds the model file's prior on each estimated typical value
+that declares one (``prior_sd`` about ``prior_center``, on the parameter's estimation scale:
+:math:`((\log\theta - \log c)/s)^2` for a log-transformed parameter, :math:`((\theta - c)/s)^2` for
+an identity one): the estimates are then posterior modes, literature and summaries combined, and
+:attr:`SummaryFit.prior` is that term at the estimates.
+
 Parameters are estimated on the log scale: log-transformed ones, and identity-transformed ones
 whose lower bound is >= 0 (an Emax), which the log keeps positive.
 """
@@ -93,6 +99,14 @@ STATISTICS = ("mean", "geomean", "median", "sd", "proportion_above")
 SCALES = ("value", "fold", "change")
 #: A value that is a bound on the statistic: the paper's "> v" (lower) or "< v" (upper).
 BOUNDS = ("lower", "upper")
+#: Statistics of a fold or a change that the module does not model, and why.
+_UNDEFINED = {
+    ("fold", "sd"): "the proportional residual is that of the observable, not of a ratio of two observations",
+    ("change", "sd"): "the proportional residual is that of the observable, not of a difference of two observations",
+    ("fold", "proportion_above"): "the proportional residual is that of the observable, not of a ratio of two observations",
+    ("change", "proportion_above"): "a change may be negative, and its residual is not proportional",
+    ("change", "geomean"): "a change may be zero or negative",
+}
 
 
 def se_of_mean(sd: float, n: int) -> float:
@@ -152,8 +166,10 @@ class SummaryFit(eqx.Module):
         estimates: their values (parameters in internal units; omegas as SDs of log p).
         cov_log: the covariance :math:`2H^{-1}` of their logarithms (NaN where H is singular).
         se_log: SEs of their logarithms (relative SEs), the root of its diagonal.
-        ofv: the objective at the estimates.
+        ofv: the objective at the estimates (with ``priors``, the prior term included).
+        prior: the prior term at the estimates (0 without ``priors``): ``ofv - prior`` is the data's.
         converged: whether BFGS met its tolerance.
+        message: scipy's word on how BFGS stopped.
         predicted: the model's statistic for each summary, in the order given.
         failed: ``(arm, count)`` of the virtual patients whose solve failed at the estimates (0
             each in a converged fit: the line search refuses a step into failures).
@@ -167,7 +183,9 @@ class SummaryFit(eqx.Module):
     cov_log: np.ndarray
     se_log: np.ndarray
     ofv: float
+    prior: float
     converged: bool
+    message: str = eqx.field(static=True)
     predicted: np.ndarray
     failed: tuple[tuple[str, int], ...] = eqx.field(static=True)
 
@@ -215,6 +233,9 @@ def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Su
             raise SpecError(f"{where}: n must be >= 1, got {s.n}. Fix: give the patients behind the statistic.")
         if s.scale not in SCALES:
             raise SpecError(f"{where}: unknown scale {s.scale!r}. Fix: use one of {', '.join(SCALES)}.")
+        if (s.scale, s.statistic) in _UNDEFINED:
+            raise SpecError(f"{where}: a {s.statistic} of each patient's {s.scale} is not modelled here ({_UNDEFINED[(s.scale, s.statistic)]}). "
+                            "Fix: use its mean or median, or the statistic of the observable itself (scale='value').")  # fmt: skip
         if s.bound is not None and (s.bound not in BOUNDS or s.statistic == "proportion_above"):
             raise SpecError(f"{where}: bound must be None or one of {', '.join(BOUNDS)}, and not on a proportion, got {s.bound!r}. "
                             "Fix: give bound='lower' for a printed '> v', 'upper' for '< v'.")  # fmt: skip
@@ -262,6 +283,8 @@ def fit_summaries(
     options: SolverOptions | None = None,
     max_steps: int = 200,
     gtol: float = 1e-4,
+    start: Mapping[str, float] | None = None,
+    priors: bool = False,
 ) -> SummaryFit:
     """Estimate the typical values of ``fixed`` and the omegas of ``random`` from published
     summaries (the module docstring has the equations).
@@ -281,6 +304,9 @@ def fit_summaries(
         options: solver options (forward-mode sensitivities by default: few parameters).
         max_steps: BFGS iterations at most; ``gtol``: BFGS stops where the gradient's largest
             entry is below it.
+        start: starting values (internal units) of some of ``fixed``, and ``omega_<p>`` of some
+            of ``random``, instead of the model's (another fit's estimates: a leave-one-out refit).
+        priors: add the model file's priors on the estimated typical values (module docstring).
 
     Raises:
         SpecError: an unknown parameter, arm or observable, or a summary without what its
@@ -291,10 +317,16 @@ def fit_summaries(
     sigma_prop = dict(sigma_prop or {})
     held = dict(omega or {})
     _check(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws)
-    program = _Program(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options)
+    program = _Program(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options, priors=priors)
     evaluate = jax.jit(program.evaluate)
-    start = [math.log(float(program.typical[model.parameter_names.index(p)])) for p in fixed]
-    start += [math.log(model.spec[p].omega if model.spec[p].omega > 0 else 0.3) for p in random]
+    given = dict(start or {})
+    unknown = set(given) - set(fixed) - {f"omega_{p}" for p in random}
+    if unknown:
+        raise SpecError(f"start names {sorted(unknown)[0]!r}, which is not estimated. Fix: give starts only for fixed and omega_<random>.")
+    if not all(math.isfinite(v) and v > 0 for v in given.values()):
+        raise SpecError(f"every start must be a finite value > 0 (estimated on the log scale), got {given}. Fix: give positive values.")
+    start = [math.log(given.get(p, float(program.typical[model.parameter_names.index(p)]))) for p in fixed]
+    start += [math.log(given.get(f"omega_{p}", model.spec[p].omega if model.spec[p].omega > 0 else 0.3)) for p in random]
     calls = {}
 
     def at(x):
@@ -314,7 +346,7 @@ def fit_summaries(
     x0 = np.asarray(start)
     _, _, pred0, failed0 = at(x0)
     if failed0.any() or not np.all(np.isfinite(pred0)):
-        raise SolverError(_failure(program.arms, failed0, n_draws, summaries, pred0, "at the start (the model's values)"))
+        raise SolverError(_failure(program.arms, failed0, n_draws, summaries, pred0, "at the start"))
     solution = minimize(fun, x0, jac=True, method="BFGS", options={"gtol": gtol, "maxiter": max_steps})
     x = np.asarray(solution.x, dtype=np.float64)
     ofv, _, pred, failed = at(x)
@@ -329,8 +361,8 @@ def fit_summaries(
     se_log = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
     return SummaryFit(
         names=(*fixed, *(f"omega_{p}" for p in random)), fixed=fixed, random=random, held=tuple(held.items()),
-        estimates=np.exp(np.asarray(x)), cov_log=cov, se_log=se_log, ofv=float(ofv),
-        converged=bool(solution.success) and not failed.any() and bool(np.isfinite(ofv)), predicted=pred,
+        estimates=np.exp(np.asarray(x)), cov_log=cov, se_log=se_log, ofv=float(ofv), prior=float(program.prior(jnp.asarray(x))),
+        converged=bool(solution.success) and not failed.any() and bool(np.isfinite(ofv)), message=str(solution.message), predicted=pred,
         failed=tuple(zip(program.arms, failed.astype(int).tolist(), strict=True)),
     )  # fmt: skip
 
@@ -370,6 +402,9 @@ def predict_summaries(
     held = dict(fit.held)
     _check(model, regimens, summaries, fit.fixed, fit.random, held, sigma_prop, n_draws)
     if samples:
+        if not np.all(np.isfinite(fit.cov_log)):
+            raise SpecError("the fit has no covariance (its Hessian could not be inverted), so its estimates cannot be drawn. "
+                            "Fix: use samples=0, or refit with fewer parameters.")  # fmt: skip
         try:
             np.linalg.cholesky(fit.cov_log)
         except np.linalg.LinAlgError:
@@ -392,8 +427,13 @@ class _Program:
     x = (log theta of ``fixed``, log omega of ``random``): traced by :func:`fit_summaries` and
     :func:`predict_summaries`."""
 
-    def __init__(self, model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options):
+    def __init__(self, model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options, priors=False):
         names = model.parameter_names
+        declared = [p for p in fixed if priors and model.spec[p].prior_sd is not None]
+        self.prior_at = jnp.asarray([fixed.index(p) for p in declared], dtype=jnp.int32)
+        self.prior_log = jnp.asarray([model.spec[p].transform == "log" for p in declared], dtype=bool)
+        self.prior_centre = jnp.asarray([model.spec[p].prior_center for p in declared], dtype=jnp.float64)
+        self.prior_sd = jnp.asarray([model.spec[p].prior_sd for p in declared], dtype=jnp.float64)
         self.model, self.regimens, self.summaries, self.options = model, regimens, summaries, options
         self.fixed, self.sigma_prop, self.n_draws, self.names = fixed, sigma_prop, n_draws, names
         self.typical = model.typical().values
@@ -447,13 +487,21 @@ class _Program:
         total = jnp.sum(jnp.where(self.binomial, -2.0 * (k * log_p + (self.n - k) * log_q), continuous))
         return jnp.where(jnp.all(jnp.isfinite(pred)), total, jnp.nan)  # undefined where any statistic is
 
+    def prior(self, x):
+        """The priors' -2 log density (without constants) of the estimated typical values."""
+        if self.prior_at.size == 0:
+            return jnp.zeros(())
+        v = x[self.prior_at]
+        z = jnp.where(self.prior_log, v - jnp.log(self.prior_centre), jnp.exp(v) - self.prior_centre) / self.prior_sd
+        return jnp.sum(z**2)
+
     def evaluate(self, x):
         """(objective, its gradient, the model's statistics, failed solves per arm): the solves
         run once, the value riding along as auxiliary output of the forward-mode gradient."""
 
         def with_statistics(y):
             stats, failed = self.predicted(y)
-            ofv = self.ofv(stats)
+            ofv = self.ofv(stats) + self.prior(y)
             return ofv, (ofv, stats[0], failed)
 
         gradient, (ofv, pred, failed) = jax.jacfwd(with_statistics, has_aux=True)(x)
