@@ -181,7 +181,9 @@ def main() -> None:
                   f"{_fmt(r['lo95'])}-{_fmt(r['hi95'])} | {'n/a' if r['inside'] is None else 'yes' if r['inside'] else '**no**'} |")  # fmt: skip
     for name in mechanisms:
         rows = [r for r in loso_rows if r["mechanism"] == name]
-        md.append(f"\n{name}: {sum(r['inside'] is True for r in rows)} of {len(rows)} inside.")
+        with_interval = [r for r in rows if r["inside"] is not None]
+        md.append(f"\n{name}: {sum(r['inside'] for r in with_interval)} of the {len(with_interval)} predictions with an interval inside it; "
+                  f"{len(rows) - len(with_interval)} without one (the refit's covariance was not positive definite).")  # fmt: skip
     atomic_write_text(args.out / "loso.md", "\n".join(md) + "\n")
     plot(args.out / "observed_vs_predicted.png", data, mechanisms, full_bands, loso_rows)
 
