@@ -67,6 +67,7 @@ def test_base_is_refused_for_a_file_that_is_not_a_variant():
         il2treg.load_model("il2_treg_sledai", base="il2_treg_sledai_receptor")
 
 
+@pytest.mark.slow
 def test_the_receptor_mechanism_values_are_the_optimum_of_its_calibration(receptor):
     """emax_treg and emax_cd25 are what scripts/calibrate_pd.py --model il2_treg_sledai_receptor
     wrote: the least-squares misfit to the three targets rises when either moves by 1%."""
@@ -104,6 +105,7 @@ def test_the_conjugate_decays_with_the_published_half_life(peg):
     assert half_life == pytest.approx(math.sqrt(7.4 * 12.9), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_the_conjugates_treg_ec50_is_the_optimum_of_its_calibration(peg):
     """scripts/calibrate_peg.py: after a single 28 ug/kg dose (70 kg) the Treg fold stays above 2
     for 25 days; the committed EC50 gives that to 0.01 days."""
