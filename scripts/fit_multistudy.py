@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import il2treg
 from il2treg._io import atomic_write_text
@@ -166,9 +167,7 @@ def main() -> None:
                                   "inside": inside(s, lo[j], hi[j]), "full_fit_predicted": results[name]["predicted"][data.summaries.index(s)],
                                   "converged": fit.converged})  # fmt: skip
             print(f"  LOSO {name} without {study}: OFV {fit.ofv:.3f} converged {fit.converged} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    header = list(loso_rows[0])
-    csv = [",".join(header)] + [",".join(f'"{v}"' if isinstance(v, str) and "," in v else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in row.values()) for row in loso_rows]
-    atomic_write_text(args.out / "loso.csv", "\n".join(csv) + "\n")
+    atomic_write_text(args.out / "loso.csv", pd.DataFrame(loso_rows).to_csv(index=False, float_format="%.6g"))
     md = ["# Leave one study out", "",
           f"The {len(mechanisms)} mechanisms of lowest AIC in comparison.md, {args.n_draws} virtual patients per arm.", "",
           "Each study predicted by the fit to the others (`scripts/fit_multistudy.py`): the prediction at the estimates and the 95% interval of "

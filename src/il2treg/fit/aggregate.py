@@ -317,14 +317,14 @@ def fit_summaries(
     sigma_prop = dict(sigma_prop or {})
     held = dict(omega or {})
     _check(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws)
-    program = _Program(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options, priors=priors)
-    evaluate = jax.jit(program.evaluate)
     given = dict(start or {})
     unknown = set(given) - set(fixed) - {f"omega_{p}" for p in random}
     if unknown:
         raise SpecError(f"start names {sorted(unknown)[0]!r}, which is not estimated. Fix: give starts only for fixed and omega_<random>.")
     if not all(math.isfinite(v) and v > 0 for v in given.values()):
         raise SpecError(f"every start must be a finite value > 0 (estimated on the log scale), got {given}. Fix: give positive values.")
+    program = _Program(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options, priors=priors)
+    evaluate = jax.jit(program.evaluate)
     start = [math.log(given.get(p, float(program.typical[model.parameter_names.index(p)]))) for p in fixed]
     start += [math.log(given.get(f"omega_{p}", model.spec[p].omega if model.spec[p].omega > 0 else 0.3)) for p in random]
     calls = {}
@@ -438,7 +438,6 @@ class _Program:
         self.fixed, self.sigma_prop, self.n_draws, self.names = fixed, sigma_prop, n_draws, names
         self.typical = model.typical().values
         self.varied = (*random, *(p for p in held if p not in random))
-        self.n_random = len(random)
         self.fixed_idx = jnp.asarray([names.index(p) for p in fixed], dtype=jnp.int32)
         self.varied_idx = jnp.asarray([names.index(p) for p in self.varied], dtype=jnp.int32)
         self.held_omega = jnp.asarray([held[p] for p in self.varied[len(random) :]], dtype=jnp.float64)
