@@ -253,6 +253,90 @@ def test_a_population_from_a_fit_carries_its_estimates_and_their_uncertainty(mis
     assert (c.table["n"] == 10).all()
 
 
+LINK = ("imax", "r50", "kd")  # the SLEDAI link: its typical values drawn from the model file's priors
+
+
+def test_patients_of_one_population_draw_share_its_typical_values(model):
+    """draws=K: K draws of the uncertain parameters, each shared by n/K patients (draw-major);
+    the between-patient variability still differs patient by patient."""
+    _, params = virtual_population(model, 12, seed=5, draws=4, uncertain=LINK)
+    values = np.asarray(params.values).reshape(4, 3, -1)
+    names = list(params.names)
+    for name in LINK:
+        col = values[:, :, names.index(name)]
+        assert np.all(col == col[:, :1]) and np.unique(col[:, 0]).size == 4
+    emax = values[:, :, names.index("emax_treg")]  # cv 40%, no draw of its typical value here
+    assert np.unique(emax).size == 12
+    typical_emax = float(model.typical()["emax_treg"])
+    assert np.std(np.log(emax / typical_emax)) < 1.0
+
+
+@pytest.mark.parametrize(("n", "draws", "message"), [(10, 4, r"multiple of draws, e.g. n=8"), (6, 4, r"n=8"), (8, 1, "integer >= 2"), (8, True, "integer >= 2")])
+def test_population_draws_must_split_the_patients(model, n, draws, message):
+    with pytest.raises(InputError, match=message):
+        virtual_population(model, n, draws=draws)
+
+
+def _synthetic_comparison(draws):
+    """Two regimens, 3 draws of 2 patients; patient 4 failed under B."""
+    from il2treg.design import Comparison
+
+    a = np.array([1.0, 3.0, 2.0, 2.0, 5.0, 7.0])
+    b = np.array([0.0, 1.0, 1.0, np.nan, 1.0, 2.0])
+    frames = [pd.DataFrame({"regimen": name, "patient": np.arange(1, 7), "draw": np.repeat([1, 2, 3], 2), "m": x,
+                            "status": np.where(np.isnan(x), 3, 0)}) for name, x in (("A", a), ("B", b))]  # fmt: skip
+    table = pd.DataFrame({"regimen": ["A", "B"], "metric": "m", "unit": "1"})
+    return Comparison(pd.concat(frames, ignore_index=True), table, {"A": None, "B": None}, (12,), 0.0, draws)
+
+
+def test_population_and_difference_are_statistics_of_the_per_draw_means():
+    """Per draw the mean over solved patients (B: 0.5, 1.0, 1.5; A - B paired: 1.5, 1.0, 4.5),
+    then percentiles over the draws."""
+    c = _synthetic_comparison(3)
+    pop = c.population(level=0.5).set_index("regimen")
+    assert pop.loc["B", "median"] == pytest.approx(1.0) and pop.loc["B", "lo"] == pytest.approx(0.75) and pop.loc["B", "hi"] == pytest.approx(1.25)
+    assert pop.loc["A", "median"] == pytest.approx(2.0) and (pop["draws"] == 3).all()
+    diff = c.difference("B", level=0.5)
+    assert list(diff["regimen"]) == ["A"] and diff["median"].iloc[0] == pytest.approx(1.5)
+    assert diff["lo"].iloc[0] == pytest.approx(1.25) and diff["hi"].iloc[0] == pytest.approx(3.0) and diff["p_positive"].iloc[0] == 1.0
+    assert c.difference("A")["p_positive"].iloc[0] == 0.0
+    with pytest.raises(InputError, match="reference regimen 'C'"):
+        c.difference("C")
+    with pytest.raises(InputError, match=r"Fix: compare\(\.\.\., draws=K\)"):
+        _synthetic_comparison(None).population()
+
+
+@pytest.mark.slow
+def test_a_comparison_states_the_link_uncertainty_of_its_population_effect(model, monkeypatch, capsys, tmp_path):
+    """With the SLEDAI link drawn per population draw, IL-2 against placebo raises the Treg mean
+    fold and the expected SRI-4 rate in every draw; the CLI writes the same tables."""
+    c = compare(["lupil2", "placebo"], model=model, n=16, seed=2, draws=4, uncertain=LINK)
+    assert sorted(c.per_patient["draw"].unique()) == [1, 2, 3, 4] and c.draws == 4
+    diff = c.difference("placebo").set_index("metric")
+    assert diff.loc["treg_mean_fold", "lo"] > 0.1 and diff.loc["p_sri4_w12", "p_positive"] == 1.0
+    assert diff.loc["p_sri4_w12", "lo"] < diff.loc["p_sri4_w12", "hi"]
+    pop = c.population().set_index(["regimen", "metric"])
+    assert pop.loc[("lupil2", "p_sri4_w12"), "median"] > pop.loc[("placebo", "p_sri4_w12"), "median"]
+    code, out, _ = run_cli(monkeypatch, capsys, "regimens", "compare", "--regimens", "lupil2,placebo", "--n", "16", "--seed", "2",
+                           "--draws", "4", "--uncertain", ",".join(LINK), "--out", str(tmp_path / "c"))  # fmt: skip
+    assert code == 0 and "difference.csv" in out
+    assert {f.name for f in (tmp_path / "c").iterdir()} == {"table.csv", "per_patient.csv", "population.csv", "difference.csv", "comparison.png"}
+    written = pd.read_csv(tmp_path / "c" / "difference.csv").set_index("metric")
+    np.testing.assert_allclose(written.loc["p_sri4_w12", ["median", "lo", "hi"]].to_numpy(float), diff.loc["p_sri4_w12", ["median", "lo", "hi"]].to_numpy(float), rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_a_fit_held_parameter_can_carry_its_prior(misspecified_fit, model):
+    """uncertain= with a fit: parameters the fit held get a prior draw per population draw; one the
+    fit estimated is refused (its posterior already carries it)."""
+    _, params = virtual_population(model, 8, seed=1, fit=misspecified_fit, draws=4, uncertain=("r50", "kd"))
+    values = np.asarray(params.values).reshape(4, 2, -1)
+    r50 = values[:, :, list(params.names).index("r50")]
+    assert np.all(r50 == r50[:, :1]) and np.unique(r50).size == 4
+    with pytest.raises(InputError, match="estimates emax_treg"):
+        virtual_population(model, 8, fit=misspecified_fit, draws=4, uncertain=("emax_treg",))
+
+
 @pytest.mark.slow
 def test_the_comparison_script_runs_on_the_public_api(tmp_path):
     import subprocess

@@ -67,3 +67,26 @@ def test_hill_signal_equals_the_power_formula_over_the_whole_range():
         np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-300)
     assert float(cells.hill(jnp.asarray(0.0), 1.0, 1.5)) == 0.0
     assert float(cells.hill(jnp.asarray(1e300), 1.0, 1.5)) == 1.0
+
+
+def test_typical_draws_follow_the_declared_priors_and_leave_the_rest(model):
+    """Parameter uncertainty: each named parameter's typical value is log- or logit-normal about
+    its value with the declared prior_sd on that scale; the others stay at their values."""
+    draws = il2treg.model.draw_typical(model, 20000, seed=1, names=("r50", "imax"))
+    typical = np.asarray(model.typical().values)
+    values = np.asarray(draws.values)
+    r50, imax = (list(model.parameter_names).index(n) for n in ("r50", "imax"))
+    z = np.log(values[:, r50] / typical[r50])
+    assert np.std(z) == pytest.approx(model.spec["r50"].prior_sd, rel=0.03) and abs(np.mean(z)) < 0.01
+    logit = lambda p: np.log(p / (1 - p))
+    assert np.std(logit(values[:, imax]) - logit(typical[imax])) == pytest.approx(model.spec["imax"].prior_sd, rel=0.03)
+    others = [k for k in range(len(typical)) if k not in (r50, imax)]
+    np.testing.assert_array_equal(values[:, others], np.broadcast_to(typical[others], (20000, len(others))))
+
+
+def test_a_typical_draw_needs_a_declared_prior(model):
+    assert model.spec["ka"].prior_sd is None
+    with pytest.raises(SpecError, match=r"'ka'.*no prior_sd.*Fix: add prior_sd"):
+        il2treg.model.draw_typical(model, 3, names=["ka"])
+    with pytest.raises(SpecError, match="no parameter 'r5'"):
+        il2treg.model.draw_typical(model, 3, names=["r5"])

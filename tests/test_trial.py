@@ -133,6 +133,27 @@ def test_same_seed_gives_the_same_trials(design, model, small):
     np.testing.assert_array_equal(again.p_value, small.p_value)
 
 
+def test_a_link_parameter_drawn_per_replicate_moves_only_the_il2_arm(design, model, small):
+    """uncertain=("imax",): each replicate's typical imax from its prior; the patients, sites and
+    visits are drawn as without it (the same seed), so the placebo arm is unchanged and the IL-2
+    arm's latent SLEDAI at the assessment falls further exactly where the drawn imax is larger."""
+    drawn = trial.simulate_trial(design, 20, seed=3, model=model, uncertain=("imax",))
+    imax = drawn.drawn["imax"]
+    assert imax.shape == (20,) and np.unique(imax).size == 20
+    placebo = small.arm == 1
+    np.testing.assert_allclose(drawn.sledai_latent[:, placebo], small.sledai_latent[:, placebo], rtol=1e-12)
+    assessment = -1
+    shift = (drawn.sledai_latent[:, ~placebo, assessment] - small.sledai_latent[:, ~placebo, assessment]).mean(axis=1)
+    assert np.all(np.sign(shift) == -np.sign(imax - float(model.typical()["imax"])))
+    summary = drawn.summary()
+    assert summary["itt"]["difference_p5"] < summary["itt"]["difference"] < summary["itt"]["difference_p95"]
+    assert "assurance" in trial.format_summary(summary) and "difference_p5" not in small.summary()["itt"]
+    with pytest.raises(InputError, match="pool_size"):
+        trial.simulate_trial(design, 2, seed=0, model=model, uncertain=("imax",), pool_size=10)
+    with pytest.raises(InputError, match="no prior_sd"):
+        trial.simulate_trial(design, 2, seed=0, model=model, uncertain=("ka",))
+
+
 def test_placebo_in_both_arms_shows_no_difference(design, model):
     result = trial.simulate_trial(design, 300, seed=1, model=model, regimen=il2treg.regimen.placebo(), pool_size=512)
     s = result.summary()

@@ -126,6 +126,7 @@ def trial(
     seed: int = typer.Option(0, min=0, help="random seed"),
     regimen: str = typer.Option(None, help="replace the IL-2 arm's regimen: a named regimen or a CSV of NONMEM dose rows"),
     model: str = typer.Option(None, help="replace the design's model: a name in models/ or a path to a TOML file with a sledai observable"),
+    uncertain: str = typer.Option("", help="comma-separated parameters drawn from their priors once per replicate (e.g. imax,r50,kd: the SLEDAI link); the power becomes an assurance"),
     json_out: bool = typer.Option(False, "--json", help="print exactly one JSON object and nothing else"),
 ) -> None:
     """Simulate replicate virtual trials: SRI-4 by arm in ITT and per-protocol sets, difference, power."""
@@ -137,7 +138,8 @@ def trial(
     d = load_design(design)
     m = il2treg.load_model(model or d.model)
     reg = _regimen(regimen, m) if regimen else None
-    result = simulate_trial(d, replicates, seed, regimen=reg, model=m)
+    names = [u.strip() for u in uncertain.split(",") if u.strip()] or None
+    result = simulate_trial(d, replicates, seed, regimen=reg, model=m, uncertain=names)
     summary = result.summary()
     if json_out:
         print(json.dumps(summary))
@@ -322,12 +324,15 @@ def _regimens(spec: str, model=None) -> dict:
 @regimens_app.command("compare")
 def regimens_compare(
     regimens: str = typer.Option(..., help="comma-separated names (il2treg regimens list) or regimen CSV files"),
-    out: Path = typer.Option(..., help="folder for table.csv, per_patient.csv, comparison.png (must not exist unless --force)"),
+    out: Path = typer.Option(..., help="folder for table.csv, per_patient.csv, comparison.png, and with --draws population.csv, difference.csv (must not exist unless --force)"),
     n: int = typer.Option(1000, help="virtual patients (each with its own draw of the population parameters)"),
     seed: int = typer.Option(0, help="seed of the virtual population"),
     fit: Path | None = typer.Option(None, help="results folder of a fit: draw the population from its posterior (default: the model's priors)"),
     model: str = typer.Option("il2_treg_sledai", help="model name in models/ or path to a TOML file (ignored with --fit: the fit's model)"),
     weeks: str = typer.Option("12,24", help="assessment weeks, comma-separated (SLEDAI and SRI-4; for other models the weeks each observable is read at)"),
+    draws: int | None = typer.Option(None, help="population draws, each shared by n/draws patients: adds population.csv and difference.csv (mean effects with intervals from parameter uncertainty)"),
+    uncertain: str = typer.Option("", help="comma-separated parameters whose typical value is drawn from its prior in the model file (with --fit: ones the fit held, e.g. r50,kd)"),
+    reference: str | None = typer.Option(None, help="with --draws: the regimen the others are compared with in difference.csv (default placebo if compared, else the first)"),
     force: bool = typer.Option(False, help="replace an existing folder"),
 ) -> None:
     """Compare regimens over one virtual population with parameter uncertainty."""
@@ -352,17 +357,30 @@ def regimens_compare(
     except ValueError:
         raise InputError(f"--weeks {weeks!r}: not comma-separated numbers. Fix: e.g. --weeks 12,24.") from None
     m = il2treg.load_model(model)
-    comparison = compare(_regimens(regimens, m), model=m, n=n, seed=seed, fit=result, weeks=assessment)
+    names = [u.strip() for u in uncertain.split(",") if u.strip()] or None
+    regs = _regimens(regimens, m)
+    if reference is not None and draws is None:
+        raise InputError("--reference applies to difference.csv, which only --draws writes. Fix: add --draws K, or drop --reference.")
+    if reference is not None and reference not in regs:
+        raise InputError(f"--reference {reference!r} is not among --regimens. Fix: use one of {', '.join(regs)}.")
+    comparison = compare(regs, model=m, n=n, seed=seed, fit=result, weeks=assessment, draws=draws, uncertain=names)
+    written = ["table.csv", "per_patient.csv", "comparison.png"]
     with atomic_output_dir(out, force=force) as tmp:
         comparison.table.to_csv(tmp / "table.csv", index=False)
         comparison.per_patient.to_csv(tmp / "per_patient.csv", index=False)
+        if draws is not None:
+            ref = reference or ("placebo" if "placebo" in regs else next(iter(regs)))
+            comparison.population().to_csv(tmp / "population.csv", index=False)
+            if len(regs) > 1:
+                comparison.difference(ref).to_csv(tmp / "difference.csv", index=False)
+            written[2:2] = ["population.csv", *(["difference.csv"] if len(regs) > 1 else [])]
         fig = plots.plot_regimen_comparison(comparison)
         fig.savefig(tmp / "comparison.png", dpi=120)
         plt.close(fig)
     console.print(comparison.wide().T.to_string(), highlight=False)
     failed = int((comparison.per_patient["status"] != 0).sum())
     console.print(f"{n} virtual patients x {len(comparison.regimens)} regimens in {comparison.run_s:.1f} s; failed solves: {failed}", highlight=False)
-    console.print(f"wrote {out}/ (table.csv, per_patient.csv, comparison.png)", highlight=False)
+    console.print(f"wrote {out}/ ({', '.join(written)})", highlight=False)
 
 
 @regimens_app.command("optimise")

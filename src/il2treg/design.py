@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from il2treg.errors import InputError
-from il2treg.model import Model, Parameters, load_model, sample_population
+from il2treg.model import Model, Parameters, draw_typical, load_model, sample_population
 from il2treg.observables import OBSERVABLE_NAMES
 from il2treg.regimen import Regimen, named
 from il2treg.simulate import SolverOptions, iter_simulations, max_dose_lag, simulate, slots_needed
@@ -83,48 +83,80 @@ _IDX = {name: k for k, name in enumerate(OBSERVABLE_NAMES)}
 JUST_AFTER: float = 1e-6
 
 
-def virtual_population(model: Model, n: int, *, seed: int = 0, fit=None, uncertainty: bool = True) -> tuple[Model, Parameters]:
-    r"""``n`` virtual patients, each with its own draw of the population parameters.
+def virtual_population(model: Model, n: int, *, seed: int = 0, fit=None, uncertainty: bool = True, draws: int | None = None,
+                       uncertain=None) -> tuple[Model, Parameters]:  # fmt: skip
+    r"""``n`` virtual patients, with parameter uncertainty and between-patient variability.
 
     * ``fit`` (a :class:`~il2treg.fit.FitResult`): population parameters drawn from the fit's
       posterior (NUTS draws, or the Laplace normal approximation), random effects from its
       :math:`\omega` (:func:`il2treg.fit.predictive.draw_patients`); the fit's model is returned.
-    * otherwise ``model``'s defaults: each parameter with a declared prior (``prior_sd`` in
-      ``models/``) gets its typical value drawn from that prior (``uncertainty``), then the
+      ``uncertain`` names parameters the fit held (not estimated, no random effect) whose typical
+      value is drawn from its prior in the model file instead, e.g. ``("r50", "kd")``: a fit that
+      held them at assumed values otherwise understates the uncertainty of what they drive.
+    * otherwise ``model``'s defaults: the typical value of each parameter with a declared prior
+      (``prior_sd`` in ``models/``; only those in ``uncertain`` if given) is drawn from that prior
+      (:func:`il2treg.model.draw_typical`; not with ``uncertainty=False``), then the
       between-patient variability of :func:`il2treg.sample_population`. Draws are clipped to the
       parameter's bounds.
+
+    ``draws``: ``None``, every patient has its own draw of the population parameters (the spread
+    is the predictive distribution of one new patient). An integer K: K draws of the population
+    parameters, each shared by ``n / K`` patients (draw-major rows; ``n`` a multiple of K), so that
+    a statistic of the population (a mean response, a responder rate) has one value per draw and
+    an interval from parameter uncertainty (:meth:`Comparison.population`).
 
     Returns:
         ``(model, params)`` with ``params.values`` of shape ``[n, n_params]``.
     """
-    if int(n) < 1:
+    n = int(n)
+    if n < 1:
         raise InputError(f"n must be a positive number of virtual patients, got {n!r}.")
+    k_draws, per_draw = _draw_layout(n, draws)
     if fit is not None:
         from il2treg.fit.predictive import draw_patients
 
-        spec, params = draw_patients(fit, n_draws=int(n), n_patients=1, seed=seed)
+        spec, params = draw_patients(fit, n_draws=k_draws, n_patients=per_draw, seed=seed)
+        if uncertain:
+            params = _held_from_priors(spec, params, uncertain, k_draws, seed)
         return spec.model, params
-    base = model.typical()
     if not uncertainty:
-        return model, sample_population(model, int(n), seed)
+        if uncertain or draws is not None:
+            raise InputError("virtual_population(uncertainty=False) with uncertain= or draws=: without parameter uncertainty there is "
+                             "nothing to draw. Fix: drop uncertainty=False, or uncertain= and draws=.")  # fmt: skip
+        return model, sample_population(model, n, seed)
     rng = np.random.default_rng(seed)
-    typical = np.tile(np.asarray(base.values), (int(n), 1))
-    for k, p in enumerate(model.spec.params):
-        if p.prior_sd is None:
-            continue
-        z = p.prior_sd * rng.standard_normal(int(n))
-        v = typical[:, k]
-        if p.transform == "log":
-            v = v * np.exp(z)
-        elif p.transform == "logit":
-            v = 1.0 / (1.0 + np.exp(-(np.log(v / (1 - v)) + z)))
-        else:
-            v = v + z
-        typical[:, k] = np.clip(v, *p.bounds)
-    omega = np.asarray([p.omega for p in model.spec.params])
-    eta = jax.random.normal(jax.random.PRNGKey(seed), typical.shape, dtype=jnp.float64) * omega
-    lo, hi = (np.asarray([p.bounds[i] for p in model.spec.params]) for i in (0, 1))
-    return model, Parameters(jnp.asarray(np.clip(typical * np.exp(np.asarray(eta)), lo, hi)), base.names)
+    typical = np.repeat(np.asarray(draw_typical(model, k_draws, rng, names=uncertain).values), per_draw, axis=0)
+    return model, sample_population(model, n, seed, typical=Parameters(jnp.asarray(typical), model.parameter_names))
+
+
+def _draw_layout(n: int, draws: int | None) -> tuple[int, int]:
+    """(population draws, patients per draw) of ``n`` patients."""
+    if draws is None:
+        return n, 1
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 2:
+        raise InputError(f"draws={draws!r}: must be an integer >= 2 (population draws), or None for one per patient. Fix: e.g. draws=100.")
+    k = int(draws)
+    if n % k or n // k < 2:
+        raise InputError(f"n={n} patients do not split into draws={k} groups of two or more. "
+                         f"Fix: make n a multiple of draws, e.g. n={max(2, n // k) * k}.")
+    return int(draws), n // int(draws)
+
+
+def _held_from_priors(spec, params: Parameters, uncertain, k_draws: int, seed: int) -> Parameters:
+    """Replace each named held parameter of a fit's patients by a draw from its prior (one per
+    population draw, about the value the fit held)."""
+    names = [uncertain] if isinstance(uncertain, str) else list(uncertain)
+    problem = spec.problem()
+    estimated = {*problem.fixed, *problem.random, *problem.iov, *(e.parameter for e in problem.covariates)}
+    clash = [m for m in names if m in estimated]
+    if clash:
+        raise InputError(f"fit {spec.name!r} estimates {', '.join(clash)} (or their variability): its posterior carries their uncertainty. "
+                         "Fix: name in uncertain= only parameters the fit held.")  # fmt: skip
+    values = np.array(params.values, dtype=np.float64).reshape(k_draws, -1, len(params.names))
+    drawn = np.asarray(draw_typical(spec.model, k_draws, np.random.default_rng([seed, 1]), names=names, typical=values[:, 0, :]).values)
+    cols = [params.names.index(m) for m in names]
+    values[:, :, cols] = drawn[:, None, cols]
+    return Parameters(jnp.asarray(values.reshape(-1, len(params.names))), params.names)
 
 
 # ------------------------------------------------------------------------------------ comparison
@@ -135,7 +167,8 @@ class Comparison:
     """Result of :func:`compare`.
 
     Attributes:
-        per_patient: one row per (regimen, patient): the :data:`METRICS`, ``sledai_change_w<k>``
+        per_patient: one row per (regimen, patient): ``patient``, its population ``draw`` (equal to
+            ``patient`` unless ``draws`` was given), the :data:`METRICS`, ``sledai_change_w<k>``
             (points) and ``p_sri4_w<k>`` for each assessment week, and the solver ``status``
             (0 = solved; failed patients have NaN metrics).
         table: one row per (regimen, metric): ``median``, ``p5``, ``p95`` over the solved
@@ -143,6 +176,8 @@ class Comparison:
         regimens: the regimens compared, by name.
         weeks: the assessment weeks.
         run_s: wall time of the simulations and metrics (s), compilation included on a first call.
+        draws: the number of population draws the patients share (``per_patient["draw"]`` says
+            which), or ``None`` where every patient has its own (:func:`virtual_population`).
     """
 
     per_patient: pd.DataFrame
@@ -150,6 +185,63 @@ class Comparison:
     regimens: dict
     weeks: tuple
     run_s: float
+    draws: int | None = None
+
+    def population(self, level: float = 0.9) -> pd.DataFrame:
+        r"""What the regimen does to the population, with its uncertainty: per regimen and metric,
+        the mean over the patients of each population draw (over the solved ones), then the
+        median and the central ``level`` interval of those means over the draws.
+
+        The mean of ``p_sri4_w<k>`` is the expected SRI-4 rate among the patients who enter (entry
+        SLEDAI >= 6). Needs ``compare(..., draws=K)``.
+
+        Returns:
+            One row per (regimen, metric): ``unit``, ``median``, ``lo``, ``hi``, ``draws``.
+        """
+        return self._draw_means(None, level)
+
+    def difference(self, reference: str, level: float = 0.9) -> pd.DataFrame:
+        r"""Each regimen against ``reference`` in the same patients: per population draw the mean
+        over patients of the paired difference (regimen minus reference, over patients solved in
+        both), then its median and central ``level`` interval over the draws, and ``p_positive``,
+        the fraction of draws in which it is above 0. Needs ``compare(..., draws=K)``.
+
+        Returns:
+            One row per (regimen other than ``reference``, metric): ``unit``, ``median``, ``lo``,
+            ``hi``, ``p_positive``, ``draws``.
+        """
+        if reference not in self.regimens:
+            raise InputError(f"reference regimen {reference!r} is not in this comparison. Fix: use one of {', '.join(self.regimens)}.")
+        return self._draw_means(reference, level)
+
+    def _draw_means(self, reference: str | None, level: float) -> pd.DataFrame:
+        if self.draws is None:
+            raise InputError("this comparison gave every patient its own population draw, so a population statistic has no "
+                             "per-draw value. Fix: compare(..., draws=K), e.g. K = 100 with n = 2000.")  # fmt: skip
+        if not 0.0 < level < 1.0:
+            raise InputError(f"level={level!r}: must be between 0 and 1. Fix: e.g. level=0.9.")
+        units = dict(zip(self.table["metric"], self.table["unit"]))
+        pp = self.per_patient
+        q = 50.0 * (1.0 - level), 50.0 * (1.0 + level)
+        rows = []
+        base = None if reference is None else pp[pp["regimen"] == reference].set_index("patient")
+        for name in self.regimens:
+            if name == reference:
+                continue
+            g = pp[pp["regimen"] == name].set_index("patient")
+            for metric, unit in units.items():
+                x = g[metric].where(g["status"] == 0)
+                if base is not None:
+                    x = x - base[metric].where(base["status"] == 0)
+                per_draw = x.groupby(g["draw"]).mean()  # NaN (a failed solve) left out
+                v = per_draw.to_numpy()
+                v = v[np.isfinite(v)]
+                lo, med, hi = np.percentile(v, [q[0], 50.0, q[1]]) if v.size else (np.nan,) * 3
+                row = {"regimen": name, "metric": metric, "unit": unit, "median": med, "lo": lo, "hi": hi}
+                if base is not None:
+                    row["p_positive"] = float(np.mean(v > 0)) if v.size else np.nan
+                rows.append({**row, "draws": int(v.size)})
+        return pd.DataFrame(rows)
 
     def wide(self) -> pd.DataFrame:
         """Regimens as rows, metrics as columns, each ``median [p5, p95]``."""
@@ -300,13 +392,22 @@ def _metrics(sim, theta: np.ndarray, names, weeks: tuple[float, ...], design: Tr
 
 
 def compare(regimens, *, model: Model | None = None, params: Parameters | None = None, n: int = 1000, seed: int = 0, fit=None,
-            weeks=(12, 24), options: SolverOptions = SolverOptions(), one_program: bool | None = None) -> Comparison:  # fmt: skip
+            weeks=(12, 24), options: SolverOptions = SolverOptions(), one_program: bool | None = None,
+            draws: int | None = None, uncertain=None) -> Comparison:  # fmt: skip
     """Compare regimens over one virtual population (module docstring).
 
     Arguments:
         regimens: names, a comma-separated string or a mapping name -> :class:`Regimen`.
         model: default :func:`il2treg.load_model`; ignored with ``fit`` (the fit's model is used).
-        params: the virtual patients; default :func:`virtual_population` with ``n``, ``seed``, ``fit``.
+        params: the virtual patients; default :func:`virtual_population` with ``n``, ``seed``,
+            ``fit``, ``draws`` and ``uncertain``.
+        draws: K population draws shared by ``n / K`` patients each (draw-major; with ``params``,
+            the layout of its rows): :meth:`Comparison.population` and
+            :meth:`Comparison.difference` then give each regimen's effect on the population with
+            an interval from parameter uncertainty, e.g. the expected SRI-4 rate against placebo.
+        uncertain: parameters whose typical value is drawn from its prior in the model file
+            (:func:`virtual_population`): with ``fit``, parameters the fit held, such as the
+            SLEDAI link's ``r50`` and ``kd``; without, a subset of the priors (default all).
         weeks: assessment weeks for SLEDAI and SRI-4 (for a model other than the IL-2 model, the
             weeks at which :func:`generic_metrics` reads each observable).
         one_program: solve every regimen through one compiled program, padded to common shapes
@@ -323,7 +424,10 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
         raise InputError(f"weeks must be positive assessment weeks, got {weeks!r}. Fix: e.g. weeks=(12, 24).")
     model = model or load_model()
     if params is None:
-        model, params = virtual_population(model, n, seed=seed, fit=fit)
+        model, params = virtual_population(model, n, seed=seed, fit=fit, draws=draws, uncertain=uncertain)
+    elif uncertain:
+        raise InputError("compare(params=..., uncertain=...): uncertain applies to the patients compare draws itself. Fix: drop params, or draw them with virtual_population(..., uncertain=...).")
+    per_draw = _draw_layout(int(np.atleast_2d(np.asarray(params.values)).shape[0]), draws)[1]
     start = time.perf_counter()
     design = load_design("lupil2")
     weeks_f = tuple(float(w) for w in weeks)
@@ -351,7 +455,8 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
             frames.append(frame.assign(regimen=name))
     run_s = time.perf_counter() - start
     per_patient = pd.concat(frames, ignore_index=True)
-    per_patient = per_patient[["regimen", *[c for c in per_patient.columns if c != "regimen"]]]
+    per_patient["draw"] = (per_patient["patient"] - 1) // per_draw + 1
+    per_patient = per_patient[["regimen", "patient", "draw", *[c for c in per_patient.columns if c not in ("regimen", "patient", "draw")]]]
     rows = []
     for name, g in per_patient.groupby("regimen", sort=False):
         ok = g["status"] == 0
@@ -360,7 +465,7 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
             x = x[np.isfinite(x)]
             lo, med, hi = np.percentile(x, [5, 50, 95]) if x.size else (np.nan,) * 3
             rows.append({"regimen": name, "metric": metric, "unit": unit, "median": med, "p5": lo, "p95": hi, "n": int(x.size), "failed": int((~ok).sum())})
-    return Comparison(per_patient, pd.DataFrame(rows), regs, weeks, run_s)
+    return Comparison(per_patient, pd.DataFrame(rows), regs, weeks, run_s, None if draws is None else int(draws))
 
 
 # ---------------------------------------------------------------------------------------- design

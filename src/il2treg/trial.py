@@ -73,7 +73,7 @@ import pandas as pd
 
 from il2treg import sledai
 from il2treg.errors import InputError, RegimenError, SpecError
-from il2treg.model import Model, Parameters, load_model, sample_population
+from il2treg.model import Model, Parameters, draw_typical, load_model, sample_population
 from il2treg.regimen import Regimen, lupil2, named, placebo
 from il2treg.simulate import SolverOptions, simulate
 from il2treg.spec import MODELS_DIR
@@ -459,6 +459,8 @@ class TrialResult:
         responders: SRI-4 responders per set and arm, same shape.
         p_value: two-sided p of the responder comparison, ``[analyses, trials]``.
         n_failed: patients whose ODE solve failed (counted as dropouts; 0 normally).
+        drawn: with ``simulate_trial(..., uncertain=...)``, each uncertain parameter's typical
+            value per replicate, ``{name: [trials]}`` (empty otherwise).
     """
 
     design: TrialDesign
@@ -476,6 +478,7 @@ class TrialResult:
     responders: np.ndarray
     p_value: np.ndarray
     n_failed: int
+    drawn: dict = dataclasses.field(default_factory=dict)
 
     @property
     def n_trials(self) -> int:
@@ -496,7 +499,10 @@ class TrialResult:
         """``{"itt": {"il2", "placebo", "difference", "power"}, "per_protocol": {...}, "replicates"}``.
 
         Rates and differences are means over replicates (fractions); power is the fraction of
-        replicates with p < ``design.alpha``.
+        replicates with p < ``design.alpha``. With ``uncertain`` parameters drawn per replicate,
+        that fraction is the assurance (power averaged over their uncertainty), and
+        ``difference_p5``/``difference_p95`` (the 5th and 95th percentiles of the replicates'
+        differences) hold sampling and parameter uncertainty together.
         """
         out: dict = {}
         for analysis in ANALYSES:
@@ -507,6 +513,10 @@ class TrialResult:
                 "difference": float(np.nanmean(self.difference(analysis))),
                 "power": float(np.mean(self.p_value[a] < self.design.alpha)),
             }
+            if self.drawn:
+                d = self.difference(analysis)
+                lo, hi = np.nanpercentile(d, [5.0, 95.0])
+                out[analysis].update(difference_p5=float(lo), difference_p95=float(hi))
         out["replicates"] = self.n_trials
         return out
 
@@ -562,6 +572,10 @@ def format_summary(summary: dict) -> str:
     except (KeyError, TypeError) as err:
         raise _fix(f"not a trial summary (missing or malformed {err}).", "pass TrialResult.summary()") from None
     lines.append("power: fraction of replicates with p < alpha (two-sided)")
+    if all("difference_p5" in r for _, r in rows):
+        for label, r in rows:
+            lines.append(f"{label} difference, 5th-95th percentile over replicates: {100 * r['difference_p5']:+.1f} to {100 * r['difference_p95']:+.1f} pp")
+        lines.append("parameters drawn from their priors per replicate: the percentiles carry that uncertainty, and power is an assurance")
     return "\n".join(lines)
 
 
@@ -667,6 +681,7 @@ def simulate_trial(
     regimen: Regimen | None = None,
     pool_size: int | None = None,
     options: SolverOptions | None = None,
+    uncertain=None,
 ) -> TrialResult:
     """Simulate ``n_trials`` replicates of a two-arm trial and analyse each.
 
@@ -683,6 +698,10 @@ def simulate_trial(
             smaller unless ``pool_size`` is much larger than the arm size. Default: every patient
             of every replicate is simulated (one batch per arm).
         options: ODE solver options (default :class:`il2treg.SolverOptions`).
+        uncertain: parameters whose typical value is drawn from its prior in the model file once
+            per replicate, shared by both arms (:func:`il2treg.model.draw_typical`), e.g.
+            ``("imax", "r50", "kd")`` for the SLEDAI link. The spread of the replicates then
+            carries that uncertainty, and the power is an assurance. Not with ``pool_size``.
 
     Returns:
         :class:`TrialResult`.
@@ -712,12 +731,23 @@ def simulate_trial(
                    f"standard-of-care course ({', '.join(TRIAL_PARAMETERS)}, as in il2_treg_sledai).",
                    "add them to the model file, as models/il2_treg_sledai.toml declares them")  # fmt: skip
     options = SolverOptions() if options is None else options
+    if uncertain and pool_size is not None:
+        raise _fix("uncertain= draws parameters per replicate, which a shared pool of patients (pool_size=) cannot carry.",
+                   "drop pool_size, or uncertain")  # fmt: skip
 
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(ARMS) + 1)]
-    per_arm = [_arm_patients(model, design, arm, n_trials, pool_size, options, rng)
+    # one stream per arm, one for enrolment and visits, one for the uncertain parameters (spawned
+    # children depend on their index only: a trial without uncertain= draws as before)
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(ARMS) + 2)]
+    typical = None
+    if uncertain and "sledai0" in ([uncertain] if isinstance(uncertain, str) else uncertain):
+        raise _fix("uncertain= names sledai0, but a trial draws each patient's entry SLEDAI from the entry criterion, not from the typical value.",
+                   "leave sledai0 out; change the entry law in the model file")  # fmt: skip
+    if uncertain:
+        typical = np.asarray(draw_typical(model, n_trials, streams[len(ARMS) + 1], names=uncertain).values)
+    per_arm = [_arm_patients(model, design, arm, n_trials, pool_size, options, rng, typical)
                for arm, rng in zip(ARMS, streams)]
     latent, treg, failed, e0, kpl = (np.concatenate(x, axis=1) for x in zip(*per_arm))
-    rng = streams[-1]
+    rng = streams[len(ARMS)]
     site, latent = _enrol(design, latent, kpl, rng)
     sledai, treg_obs, dropout, responder = _observe(design, latent, treg, e0, failed, rng)
     pp = ~dropout & (site >= design.n_high_response_sites)
@@ -730,16 +760,20 @@ def simulate_trial(
                       RuntimeWarning, stacklevel=2)
     return TrialResult(design=design, seed=seed, visit_days=design.visit_days, arm=arm_index, site=site,
                        sledai=sledai, sledai_latent=latent, treg_pct_cd4=treg_obs, dropout=dropout,
-                       responder=responder, per_protocol=pp, n=n, responders=r, p_value=p, n_failed=n_failed)
+                       responder=responder, per_protocol=pp, n=n, responders=r, p_value=p, n_failed=n_failed,
+                       drawn={} if typical is None else {name: typical[:, model.parameter_names.index(name)]
+                                                         for name in ([uncertain] if isinstance(uncertain, str) else uncertain)})  # fmt: skip
 
 
 def _arm_patients(model: Model, design: TrialDesign, arm: str, n_trials: int, pool_size: int | None,
-                  options: SolverOptions, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+                  options: SolverOptions, rng: np.random.Generator, typical: np.ndarray | None) -> tuple[np.ndarray, ...]:
     """One arm's patients of every replicate, ``[trials, n_arm, ...]``: latent SLEDAI and Treg %
-    at the visits, solve failure, baseline visit noise and kpl (for the site effect)."""
+    at the visits, solve failure, baseline visit noise and kpl (for the site effect). ``typical``:
+    the replicates' typical parameters ``[trials, params]`` (default the model's)."""
     n_arm = design.n_per_arm[arm]
     n_draw = pool_size if pool_size is not None else n_trials * n_arm
-    params = sample_population(model, n_draw, seed=int(rng.integers(2**31 - 1)))
+    centre = None if typical is None else Parameters(jnp.asarray(np.repeat(typical, n_arm, axis=0)), model.parameter_names)
+    params = sample_population(model, n_draw, seed=int(rng.integers(2**31 - 1)), typical=centre)
     l0, e0 = draw_entry(model, design, n_draw, rng)
     params = params.replace(sledai0=jnp.asarray(l0))
     latent, treg, status = _solve_arm(model, design.regimens[arm], design.visit_days, params, options)

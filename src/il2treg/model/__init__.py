@@ -193,4 +193,55 @@ def sample_population(
     return Parameters(values, base.names)
 
 
-__all__ = ["Equations", "Mechanism", "Model", "Parameters", "load_model", "sample_population"]
+def draw_typical(
+    model: Model, n: int, seed: int | np.random.Generator = 0, *, names=None, typical=None
+) -> Parameters:
+    r"""``n`` draws of the typical (population) parameters from the priors in the model file:
+    parameter uncertainty, as opposed to the between-patient variability of
+    :func:`sample_population`.
+
+    A parameter with ``prior_sd`` :math:`s` and value :math:`v` is drawn on its estimation scale,
+    :math:`z \sim N(0, s^2)`: ``log`` :math:`v e^{z}`, ``logit``
+    :math:`\mathrm{expit}(\mathrm{logit}\,v + z)`, ``identity`` :math:`v + z`; then clipped to its
+    bounds. The others keep :math:`v`.
+
+    Arguments:
+        names: the parameters to draw (default: every one with a ``prior_sd``); each must have one.
+        typical: values to draw about, ``[n_params]`` or ``[n, n_params]`` (default the model's).
+        seed: an integer, or a numpy ``Generator`` to draw from.
+
+    Returns:
+        :class:`Parameters` ``[n, n_params]``.
+    """
+    if int(n) < 1:
+        raise SpecError(f"n must be a positive number of draws, got {n}.")
+    params = model.spec.params
+    by_name = {p.name: k for k, p in enumerate(params)}
+    if names is None:
+        names = [p.name for p in params if p.prior_sd is not None]
+    names = list(dict.fromkeys([names] if isinstance(names, str) else names))  # a name twice is drawn once
+    for name in names:
+        if name not in by_name:
+            raise SpecError(f"model {model.name!r} has no parameter {name!r} to draw from its prior. Fix: use some of {', '.join(by_name)}.")
+        if params[by_name[name]].prior_sd is None:
+            raise SpecError(f"parameter {name!r} of model {model.name!r} declares no prior_sd, so its uncertainty is unknown. "
+                            f"Fix: add prior_sd (and prior_source) to [parameters.{name}] in the model file, or leave it out.")  # fmt: skip
+    base = np.asarray(model.typical().values if typical is None else typical, dtype=np.float64)
+    values = np.array(np.broadcast_to(base, (int(n), len(params))))
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    for name in names:
+        k = by_name[name]
+        p = params[k]
+        z = p.prior_sd * rng.standard_normal(int(n))
+        v = values[:, k]
+        if p.transform == "log":
+            v = v * np.exp(z)
+        elif p.transform == "logit":
+            v = 1.0 / (1.0 + np.exp(-(np.log(v / (1 - v)) + z)))
+        else:
+            v = v + z
+        values[:, k] = np.clip(v, *p.bounds)
+    return Parameters(jnp.asarray(values), model.parameter_names)
+
+
+__all__ = ["Equations", "Mechanism", "Model", "Parameters", "draw_typical", "load_model", "sample_population"]
