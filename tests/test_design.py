@@ -355,6 +355,7 @@ def test_the_comparison_script_runs_on_the_public_api(tmp_path):
 CP, TAU = 5.0, 1.0
 
 
+@pytest.mark.slow
 def test_a_pk_design_reaches_the_closed_form_optimum(monkeypatch, capsys, tmp_path):
     """Any model: ``regimens optimise --model pk_1cmt_iv --objective mean:conc --peak-max conc=5``.
     Every dose adds to the mean, so both peaks bind: the first dose fills V to CP, the second tops

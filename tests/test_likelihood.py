@@ -89,6 +89,7 @@ def test_ordinal_scores_on_an_even_grid_sum_to_one():
     assert p[3] == pytest.approx(stats.norm.cdf(7.0, 7.3, 2.5) - stats.norm.cdf(5.0, 7.3, 2.5), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_expected_curvature_is_the_mean_of_the_observed_one():
     """NONMEM's FOCE-I curvature is the expectation of the observed second derivative of each
     observation's -2LL over y ~ N(f, V(f)): 2/V + (V'/V)^2 in closed form (proportional:
