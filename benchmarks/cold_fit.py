@@ -5,7 +5,9 @@
 Runs ``IL2TREG_CACHE=off il2treg fit fits/lupil2_virtual/fit.toml --no-figures`` (what a user
 meets the first time: every program compiled in the process, none loaded from disk) with this
 checkout's ``src/`` and then with the ``src/`` of ``--against`` (a temporary git worktree), in the
-same ``.venv``, alternating when ``--repeats`` > 1. Reports, for each: the seconds to the first
+same ``.venv``, alternating when ``--repeats`` > 1. Both read this checkout's fit file, so that
+they solve the same problem after the reference fit file changes (it gained the IL-2 data and
+the PK random effects at 2026-12-05); the earlier commit's code must read it. Reports, for each: the seconds to the first
 L-BFGS iteration and the whole command's wall time (process start to exit), the stage times the
 fit records, the OFV and the iterations; then the ratios new / old, and the largest relative
 difference between the two runs' standard errors of psi. The issue's criterion: first
@@ -64,7 +66,7 @@ def main() -> None:
     with earlier_tree(args.against) as base:
         runs = {"old": [], "new": []}
         for _ in range(args.repeats):
-            runs["old"].append(run(base / "src", base))
+            runs["old"].append(run(base / "src", ROOT))  # this checkout's fit file for both: the same problem
             runs["new"].append(run(ROOT / "src", ROOT))
     best = {k: {m: min(r[m] for r in v) for m in ("first_iteration_s", "wall_s", "estimation_s", "covariance_s", "results_s")} for k, v in runs.items()}
     print(f"cold reference fit (IL2TREG_CACHE=off il2treg {' '.join(COMMAND)}), best of {args.repeats}, {args.against} -> this checkout\n")

@@ -344,9 +344,11 @@ def test_the_comparison_script_runs_on_the_public_api(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).parents[1] / "scripts" / "compare_regimens.py"
-    done = subprocess.run([sys.executable, str(script), "--n", "10", "--regimens", "lupil2,placebo", "--out", str(tmp_path / "r")], check=False, capture_output=True, text=True, timeout=600)
+    args = ["--n", "10", "--draws", "5", "--regimens", "lupil2,placebo", "--out", str(tmp_path / "r")]
+    done = subprocess.run([sys.executable, str(script), *args], check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "r" / "table.csv").is_file() and (tmp_path / "r" / "comparison.png").is_file()
+    assert set(pd.read_csv(tmp_path / "r" / "difference.csv")["regimen"]) == {"lupil2", "twice_weekly"}
     assert "twice_weekly" in done.stdout
 
 
