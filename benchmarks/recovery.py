@@ -8,14 +8,16 @@ compares the estimates with the values that generated the data:
 - fixed effects: the model file's typical values; the site coefficient: the design's
   ``high_site_pmax``;
 - between-patient CV%: the model file's ``cv_percent``; intervals are checked on omega;
-- residual SDs: the assay CV of the design (10%) for the proportional errors (the data carry
+- residual SDs: the assay CV each observation type was simulated with (10% for the cell
+  readouts, 20% for IL-2) for the proportional errors (the data carry
   log-normal noise, so ``sigma_prop`` is the CV only to first order), its log-scale SD
   :math:`\sqrt{\log(1 + CV^2)}` with ``--log-errors`` (the error model the data were made with),
   and ``sledai_noise_sd`` for SLEDAI.
 
 By default the cohorts come from the LUPIL-2 design as it is, so the fit is misspecified as a
-real analysis would be: the model file gives between-patient variability to ka, CL, V and
-ec50_treg, which the fit does not estimate (it ends in omega_emax_treg and the CD25 residual);
+real analysis would be: the model file gives between-patient variability to ec50_treg, which the
+fit does not estimate (it ends in omega_emax_treg and the CD25 residual; the reference fit
+estimates that of ka, CL and V since 2026-12-05);
 ``sledai0`` is drawn by rejection until the reported baseline score meets the entry criterion (a
 truncated distribution); and each site shifts ``pmax`` by a random amount that the fit has no term
 for. ``--matched`` removes the three (variability only on the fit's random effects, no site
@@ -44,7 +46,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from il2treg.datasets.cohort import simulate_cohort, write_cohort
+from il2treg.datasets.cohort import ASSAY_CV_PERCENT, simulate_cohort, write_cohort
 from il2treg.fit.run import compute_fit
 from il2treg.fit.spec import read_fit_spec
 from il2treg.model import Model
@@ -66,10 +68,12 @@ def truths(spec, design) -> dict[str, float]:
     for c in spec.covariates:
         out[c.effect.name] = float(design.high_site_pmax)
     for e in spec.errors:
+        # the assay CV each observation type was simulated with (the design's for Treg readouts)
+        cv = float(design.treg_assay_cv if e.dvid.startswith("treg_") else ASSAY_CV_PERCENT.get(e.dvid, design.treg_assay_cv)) / 100.0
         if e.kind == "proportional":
-            out[f"sigma_prop_{e.dvid}"] = float(design.treg_assay_cv) / 100.0
+            out[f"sigma_prop_{e.dvid}"] = cv
         elif e.kind == "log":
-            out[f"sigma_add_{e.dvid}"] = math.sqrt(math.log1p((float(design.treg_assay_cv) / 100.0) ** 2))
+            out[f"sigma_add_{e.dvid}"] = math.sqrt(math.log1p(cv**2))
         elif e.kind == "ordinal":
             out[f"sigma_add_{e.dvid}"] = float(design.sledai_noise_sd)
     return out

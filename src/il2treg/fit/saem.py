@@ -41,8 +41,8 @@ Kong, PNAS 1998):
 **Score and information.** With :math:`\phi` held, the data term depends on :math:`\psi` only
 through the fixed effects *without* random effects, covariate coefficients and residual SDs, so
 the solve carries forward sensitivities only in the directions of the fixed parameters the ODE
-reads (for the reference fit 2 of the 3 the FOCE-I gradient needs, and no second-order ones:
-3 ODE copies against 7); the rest is algebra on small arrays. :math:`B_k` is the exact
+reads (for the reference fit before it took in the IL-2 data, 2 of the 3 the FOCE-I gradient
+needed, and no second-order ones: 3 ODE copies against 7); the rest is algebra on small arrays. :math:`B_k` is the exact
 Hessian of the random-effect term plus the outer-product (BHHH) estimate of the Hessian of the
 data term summed over observations, :math:`\tfrac12\sum_t \nabla d_{it} \nabla d_{it}^\top`
 (the information equality of each observation's −2 log-likelihood, valid for every error model
