@@ -361,6 +361,8 @@ def regimens_compare(
     regs = _regimens(regimens, m)
     if reference is not None and draws is None:
         raise InputError("--reference applies to difference.csv, which only --draws writes. Fix: add --draws K, or drop --reference.")
+    if reference is not None and len(regs) < 2:
+        raise InputError("--reference needs another regimen to compare with it. Fix: name two or more in --regimens.")
     if reference is not None and reference not in regs:
         raise InputError(f"--reference {reference!r} is not among --regimens. Fix: use one of {', '.join(regs)}.")
     comparison = compare(regs, model=m, n=n, seed=seed, fit=result, weeks=assessment, draws=draws, uncertain=names)
