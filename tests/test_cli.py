@@ -94,6 +94,17 @@ def test_unknown_regimen_name_is_one_line_and_exit_2(monkeypatch, capsys, tmp_pa
     assert code == 2 and "lupil3" in err and "lupil2" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (("--regimens", "lupil2,placebo", "--reference", "placebo"), "only --draws writes"),
+    (("--regimens", "lupil2", "--draws", "2", "--reference", "lupil2"), "needs another regimen"),
+    (("--regimens", "lupil2,placebo", "--draws", "2", "--reference", "he2020"), "not among --regimens"),
+])  # fmt: skip
+def test_a_reference_regimen_the_comparison_cannot_use_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, args, message):
+    code, _, err = run_cli(monkeypatch, capsys, "regimens", "compare", *args, "--n", "4", "--out", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_invalid_option_value_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "simulate", "--n", "0", "--out", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and "--n" in err
