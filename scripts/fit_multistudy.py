@@ -4,8 +4,9 @@ compare the mechanisms, and check each fit by leaving one study out.
 Data: ``il2treg.datasets.summaries.study_summaries()`` (DILT1D, DILfrequency, Koreth 2011 and
 2016, ULD IL-2 after alloSCT 2014: eight numbers, three of them lower bounds; the file states
 every encoding choice). Estimated per mechanism (:data:`ESTIMATED`, those it declares): the Treg
-Emax, EC50 and turnover, the NK Emax and the CD25 Emax; everything else, the omegas included
-(held at the model file's CVs), stays at the model's values. Virtual patients: ``--n-draws`` per
+Emax, EC50 and turnover, the transit time and the CD25 Emax, with the model files' priors (a
+posterior mode); everything else, the NK Emax and the omegas included (held at the model file's
+CVs), stays at the model's values. Virtual patients: ``--n-draws`` per
 arm, common random numbers.
 
 Writes to ``--out`` (default fits/multistudy/), each file atomically:

@@ -731,6 +731,7 @@ def simulate_trial(
                    f"standard-of-care course ({', '.join(TRIAL_PARAMETERS)}, as in il2_treg_sledai).",
                    "add them to the model file, as models/il2_treg_sledai.toml declares them")  # fmt: skip
     options = SolverOptions() if options is None else options
+    uncertain = tuple(dict.fromkeys([uncertain] if isinstance(uncertain, str) else uncertain or ()))
     if uncertain and pool_size is not None:
         raise _fix("uncertain= draws parameters per replicate, which a shared pool of patients (pool_size=) cannot carry.",
                    "drop pool_size, or uncertain")  # fmt: skip
@@ -739,7 +740,7 @@ def simulate_trial(
     # children depend on their index only: a trial without uncertain= draws as before)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(ARMS) + 2)]
     typical = None
-    if uncertain and "sledai0" in ([uncertain] if isinstance(uncertain, str) else uncertain):
+    if "sledai0" in uncertain:
         raise _fix("uncertain= names sledai0, but a trial draws each patient's entry SLEDAI from the entry criterion, not from the typical value.",
                    "leave sledai0 out; change the entry law in the model file")  # fmt: skip
     if uncertain:
@@ -761,8 +762,7 @@ def simulate_trial(
     return TrialResult(design=design, seed=seed, visit_days=design.visit_days, arm=arm_index, site=site,
                        sledai=sledai, sledai_latent=latent, treg_pct_cd4=treg_obs, dropout=dropout,
                        responder=responder, per_protocol=pp, n=n, responders=r, p_value=p, n_failed=n_failed,
-                       drawn={} if typical is None else {name: typical[:, model.parameter_names.index(name)]
-                                                         for name in ([uncertain] if isinstance(uncertain, str) else uncertain)})  # fmt: skip
+                       drawn={name: typical[:, model.parameter_names.index(name)] for name in uncertain})
 
 
 def _arm_patients(model: Model, design: TrialDesign, arm: str, n_trials: int, pool_size: int | None,
