@@ -25,8 +25,13 @@ errors of the published figures; scipy's least_squares fits them.
 Afterwards the script checks the fit by simulating --check replicate trials (seed 0) with
 il2treg.trial.simulate_trial and prints their mean rates and power.
 
-Usage: python scripts/calibrate_trial.py [--write] [--population N] [--check N]
-       (--write updates the value lines of models/il2_treg_sledai.toml and models/lupil2_trial.toml)
+Another mechanism (``--model NAME``, a file in models/) gets its own ``pmax`` and ``imax`` with
+the trial design held at models/lupil2_trial.toml's values (the sites, dropout and high-response
+share describe the trial, not the mechanism): it then reproduces the same SRI-4 rates.
+
+Usage: python scripts/calibrate_trial.py [--model NAME] [--write] [--population N] [--check N]
+       (--write updates the value lines of the model's file, and for the reference model those of
+       models/lupil2_trial.toml too)
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ from scipy.optimize import least_squares
 import il2treg
 from il2treg import trial
 from il2treg.model import disease
-from il2treg.spec import MODELS_DIR, update_values
+from il2treg.spec import MODELS_DIR, resolve_model_path, update_values
 
-MODEL_FILE = MODELS_DIR / "il2_treg_sledai.toml"
+REFERENCE = "il2_treg_sledai"
 DESIGN_FILE = MODELS_DIR / "lupil2_trial.toml"
 
 #: (analysis, arm) -> (published SRI-4 rate, patients it was computed on).
@@ -128,9 +133,12 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the result into models/")
     parser.add_argument("--population", type=int, default=4000, help="calibration patients (default 4000)")
     parser.add_argument("--check", type=int, default=500, help="replicate trials of the check (0: none)")
+    parser.add_argument("--model", default=REFERENCE, help=f"the mechanism's file in models/ (default {REFERENCE})")
     args = parser.parse_args()
 
-    model = il2treg.load_model(MODEL_FILE)
+    model_file = resolve_model_path(args.model)
+    reference = model_file.resolve() == resolve_model_path(REFERENCE).resolve()
+    model = il2treg.load_model(model_file)
     design = trial.load_design(DESIGN_FILE)
     start_values = {
         "pmax": model.spec["pmax"].declared_value,
@@ -139,28 +147,32 @@ def main() -> None:
         "dropout": design.dropout,
         "high_site_pmax": design.high_site_pmax,
     }
-    names = list(FREE)
+    # another mechanism: only its own link; the design stays the reference calibration's
+    names = [k for k in FREE if reference or FREE[k][0] == "model"]
+    held = {k: start_values[k] for k in FREE if k not in names}
     t0 = time.perf_counter()
     objective = Objective(model, design, args.population)
     print(f"calibration population: {args.population} patients solved in {time.perf_counter() - t0:.1f} s")
 
     def residuals(v):
-        return objective.residuals(dict(zip(names, v)))
+        return objective.residuals({**held, **dict(zip(names, v))})
 
+    scale = {"pmax": 1.0, "imax": 0.1, "high_site_share": 0.1, "dropout": 0.1, "high_site_pmax": 1.0}
     fit = least_squares(
         residuals,
         x0=[start_values[k] for k in names],
         bounds=([FREE[k][1] for k in names], [FREE[k][2] for k in names]),
-        x_scale=[1.0, 0.1, 0.1, 0.1, 1.0],
+        x_scale=[scale[k] for k in names],
         diff_step=1e-4,
     )
-    result = {k: _rounded(v) for k, v in zip(names, fit.x)}
+    result = {**held, **{k: _rounded(v) for k, v in zip(names, fit.x)}}
     outcomes = objective.outcomes(result)
     print(f"least_squares: {fit.message} ({fit.nfev} evaluations), cost {fit.cost:.4f}")
     print("\nfitted parameters (rounded to 4 significant digits, as written):")
-    for k in names:
+    for k in FREE:
         unit = model.spec[k].unit if FREE[k][0] == "model" else trial.DESIGN_UNITS[k]
-        print(f"  {k:<16} {result[k]:>9g} {unit:<7} (start {start_values[k]:g}; {FREE[k][0]} file)")
+        how = f"start {start_values[k]:g}" if k in names else "held"
+        print(f"  {k:<16} {result[k]:>9g} {unit:<7} ({how}; {FREE[k][0]} file)")
     print("\nexpected outcome at the fitted values vs published:")
     for key, (rate, _) in TARGETS.items():
         print(f"  SRI-4 {key[0]:<13} {key[1]:<8} {100 * outcomes[key]:6.1f}%   published {100 * rate:5.1f}%")
@@ -171,10 +183,13 @@ def main() -> None:
     )
 
     if args.write:
-        update_values(MODEL_FILE, {k: result[k] for k in names if FREE[k][0] == "model"})
-        update_values(DESIGN_FILE, {k: result[k] for k in names if FREE[k][0] == "design"})
-        print(f"\nwrote {MODEL_FILE.name} and {DESIGN_FILE.name}")
-        model = il2treg.load_model(MODEL_FILE)
+        update_values(model_file, {k: result[k] for k in names if FREE[k][0] == "model"})
+        written = [model_file.name]
+        if reference:
+            update_values(DESIGN_FILE, {k: result[k] for k in names if FREE[k][0] == "design"})
+            written.append(DESIGN_FILE.name)
+        print(f"\nwrote {' and '.join(written)}")
+        model = il2treg.load_model(model_file)
         design = trial.load_design(DESIGN_FILE)
     else:
         model = model.with_values(**{k: result[k] for k in names if FREE[k][0] == "model"})

@@ -39,19 +39,21 @@ def test_standard_errors_from_printed_dispersions():
     assert se_of_median(1.349, 4) == pytest.approx(1.2533 / 2)
 
 
-def _kernel_median(f: np.ndarray) -> float:
+def _kernel_median(f: np.ndarray, log: bool = True) -> float:
     """The kernel-smoothed median solved by Brent's method, independently of the module's bisection."""
-    g = np.log(f) if np.all(f > 0) else f
+    g = np.log(f) if log else f
     h = 1.06 * g.std() * len(g) ** -0.2
     q = brentq(lambda q: norm.cdf((q - g) / h).mean() - 0.5, g.min() - h, g.max() + h, xtol=1e-14)
-    return float(np.exp(q) if np.all(f > 0) else q)
+    return float(np.exp(q) if log else q)
 
 
 def test_the_smooth_median_estimates_the_median_and_has_a_continuous_derivative():
     """Of 20,000 lognormal draws it is within 1% of the population median e^mu (the sample median
     too); its derivative matches central differences; along a path on which 64 patients swap ranks
     its derivative moves by < 1e-3 between neighbouring points of a 2,001-point grid, where the
-    sample median's jumps by more than 0.1; predictions <= 0 are taken on their own scale."""
+    sample median's jumps by more than 0.1. On its own scale (a change) it takes predictions <= 0;
+    on the log scale they make it NaN. Where every patient predicts the same it is that value,
+    with a finite derivative in both modes."""
     import jax
 
     rng = np.random.default_rng(0)
@@ -67,7 +69,16 @@ def test_the_smooth_median_estimates_the_median_and_has_a_continuous_derivative(
     assert float(jax.jacfwd(lambda s: smooth_median(jnp.exp(a + s * b)))(s)) == pytest.approx(fd, rel=1e-6)
     assert float(smooth_median(jnp.exp(a + s * b))) == pytest.approx(_kernel_median(np.exp(a + s * b)), rel=1e-12)
     signed = a - 0.5
-    assert float(smooth_median(jnp.asarray(signed))) == pytest.approx(_kernel_median(signed), rel=1e-12)
+    assert float(smooth_median(jnp.asarray(signed), log=False)) == pytest.approx(
+        _kernel_median(signed, log=False), rel=1e-12
+    )
+    assert np.isnan(float(smooth_median(jnp.asarray(signed))))
+    same = lambda s: smooth_median(jnp.full(8, 2.0) * jnp.exp(s))
+    assert float(same(0.3)) == pytest.approx(2.0 * np.exp(0.3), rel=1e-12)
+    # the bandwidth is then its floor, 1e-12 relative, which the bisection resolves to ~1e-4 of
+    # itself: the Newton step's derivative is exact to ~1e-8
+    assert float(jax.grad(same)(0.3)) == pytest.approx(2.0 * np.exp(0.3), rel=1e-7)
+    assert float(jax.jacfwd(same)(0.3)) == pytest.approx(2.0 * np.exp(0.3), rel=1e-7)
 
 
 def test_each_statistic_of_varied_patients_is_numpys_of_the_same_patients(model):
@@ -178,7 +189,7 @@ def test_folds_changes_and_bounds_are_numpys_of_the_same_patients_and_prediction
     fit = fit_summaries(
         model, {"a": regimen}, rows, fixed=("emax",), random=("CL", "r0"), n_draws=m, seed=seed, max_steps=0
     )
-    expected = [fold.mean(), _kernel_median(change), np.exp(np.log(fold).mean()), f[:, 1].mean()]
+    expected = [fold.mean(), _kernel_median(change, log=False), np.exp(np.log(fold).mean()), f[:, 1].mean()]
     np.testing.assert_allclose(fit.predicted, expected, rtol=1e-9)
     assert expected[0] != pytest.approx(
         expected[3] / 10.0, rel=1e-3
@@ -242,7 +253,7 @@ def test_a_start_where_solves_fail_or_a_statistic_is_undefined_is_an_error_namin
     rows = [Summary("a", "conc", 0.0, "geomean", 1.0, 20, se=0.1)]
     with pytest.raises(
         SolverError,
-        match=r"summary 0 \(a, conc, day 0\): its geomean is undefined at the start.*Fix: use the mean or median",
+        match=r"summary 0 \(a, conc, day 0\): its geomean is undefined at the start.*Fix: use the mean there",
     ):
         fit_summaries(model, {"a": regimen}, rows, fixed=("CL",), n_draws=8)
 

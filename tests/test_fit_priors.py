@@ -45,7 +45,11 @@ def test_prior_centre_stays_at_the_declared_value_when_a_fit_starts_elsewhere(mo
     "extra, message",
     [("prior_sd = -1\nprior_source = 'x'", "prior_sd must be a positive number"),
      ("prior_sd = 0.5", "needs `prior_source`"),
-     ("prior_source = 'why'", "prior_source without prior_sd")],
+     ("prior_source = 'why'", "prior_source or prior_center without prior_sd"),
+     ("prior_center = 2.0", "prior_source or prior_center without prior_sd"),
+     ("prior_sd = 0.5\nprior_source = 'x'\nprior_center = 20.0", r"prior_center must be a finite number inside the bounds \[0.1, 10.0\]"),
+     ("prior_sd = 0.5\nprior_source = 'x'\nprior_center = '2'", "prior_center must be a finite number"),
+     ("prior_sd = 0.5\nprior_source = 'x'\nprior_center = inf", "prior_center must be a finite number")],
 )  # fmt: skip
 def test_bad_prior_declarations_are_named(extra, message):
     import tomllib
@@ -64,6 +68,31 @@ def test_bad_prior_declarations_are_named(extra, message):
     """))  # fmt: skip
     with pytest.raises(SpecError, match=message):
         parse_spec(doc, where="m.toml")
+
+
+def test_a_declared_prior_center_is_the_centre_in_internal_units():
+    """A value estimated from data keeps the literature's centre: prior_center is read in the
+    file's unit (1/h here, held in 1/day), apart from the value."""
+    import tomllib
+
+    doc = tomllib.loads(
+        textwrap.dedent("""
+        [model]
+        name = "m"
+        [parameters.k]
+        value = 2.0
+        unit = "1/h"
+        bounds = [0.1, 10.0]
+        transform = "log"
+        cv_percent = 0
+        source = "test"
+        prior_sd = 0.5
+        prior_source = "test"
+        prior_center = 1.0
+    """)
+    )
+    (k,) = parse_spec(doc, where="m.toml").params
+    assert k.value == pytest.approx(48.0) and k.prior_center == pytest.approx(24.0)
 
 
 def test_model_priors_are_lognormal_about_the_declared_value(spec):

@@ -43,7 +43,7 @@ TRANSFORMS = ("log", "logit", "identity")
 #: The group of a parameter that is a patient covariate, read per patient from the data.
 COVARIATE_GROUP = "covariate"
 _REQUIRED_FIELDS = ("value", "unit", "bounds", "transform", "cv_percent", "source")
-_OPTIONAL_FIELDS = ("group", "description", "prior_sd", "prior_source")
+_OPTIONAL_FIELDS = ("group", "description", "prior_sd", "prior_source", "prior_center")
 # The tables of the model-file format (il2treg.model.format) that this reader leaves to it.
 _EQUATION_TABLES = ("states", "constants", "quantities", "equations", "observables", "doses")
 
@@ -65,8 +65,9 @@ class ParamSpec:
         source: citation or assumption.
         declared_value: the value as written in the file (in ``unit``).
         prior_sd: SD of the prior on the estimation scale; None = no prior.
-        prior_center: its centre in internal units: the declared value (kept when a fit
-            changes ``value`` to start elsewhere).
+        prior_center: its centre in internal units: the file's ``prior_center`` where it gives
+            one (a value estimated from data keeps the literature's prior), else the declared
+            value (kept when a fit changes ``value`` to start elsewhere).
         prior_source: the justification of that width.
         scale: internal units per declared unit (``L/h`` held in ``L/day``: 24), set by
             :func:`parse_parameter` wherever the two differ, also for units
@@ -208,13 +209,28 @@ def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_
             )
         if not isinstance(prior_source, str) or not prior_source.strip():
             raise SpecError(f'{here}: a prior needs `prior_source`: why its width. Fix: add prior_source = "...".')
-        if transform == "logit" and not bounds[0] < value < bounds[1]:
-            raise SpecError(f"{here}: a logit prior needs a value strictly inside the bounds, got {value}.")
-    elif "prior_source" in table:
-        raise SpecError(f"{here}: prior_source without prior_sd. Fix: add prior_sd or remove prior_source.")
+        centre = table.get("prior_center", value)
+        if (
+            isinstance(centre, bool)
+            or not isinstance(centre, (int, float))
+            or not math.isfinite(centre)
+            or not bounds[0] <= centre <= bounds[1]
+        ):
+            raise SpecError(
+                f"{here}: prior_center must be a finite number inside the bounds [{bounds[0]}, {bounds[1]}] "
+                f"(in the file's unit {table.get('unit')!r}), got {centre!r}. Fix: give the literature value the prior is centred on."
+            )
+        if transform == "logit" and not (bounds[0] < value < bounds[1] and bounds[0] < centre < bounds[1]):
+            raise SpecError(
+                f"{here}: a logit prior needs the value ({value}) and the prior's centre ({centre}) strictly inside "
+                f"the bounds {bounds!r}. Fix: move them off the bounds."
+            )
+    elif "prior_source" in table or "prior_center" in table:
+        raise SpecError(f"{here}: prior_source or prior_center without prior_sd. Fix: add prior_sd or remove them.")
     unit = table["unit"]
     try:
         internal, internal_unit = to_internal(float(value), unit)
+        centre_internal, _ = to_internal(float(table.get("prior_center", value)), unit)
         lo, _ = to_internal(float(bounds[0]), unit)
         hi, _ = to_internal(float(bounds[1]), unit)
         scale, _ = to_internal(1.0, unit)  # every unit here is a multiple of another (no offsets)
@@ -233,7 +249,7 @@ def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_
         source=source,
         declared_value=float(value),
         prior_sd=None if prior_sd is None else float(prior_sd),
-        prior_center=None if prior_sd is None else float(internal),
+        prior_center=None if prior_sd is None else float(centre_internal),
         prior_source=str(prior_source),
         scale=None if internal_unit == unit else float(scale),
     )
@@ -364,6 +380,8 @@ def markdown_table(spec: ModelSpec) -> str:
         lo, hi = p.to_declared(p.bounds[0]), p.to_declared(p.bounds[1])
         cv = f"{p.cv_percent:g}" if p.cv_percent else "-"
         prior = "-" if p.prior_sd is None else f"{p.prior_sd:g}: {p.prior_source}"
+        if p.prior_sd is not None and p.prior_center != p.value:
+            prior = f"{p.prior_sd:g} about {p.to_declared(p.prior_center):.4g}: {p.prior_source}"
         rows.append(
             f"| `{p.name}` | {p.declared_value:g} | {p.unit} | {lo:g}-{hi:g} | {p.transform} | {cv} "
             f"| {prior} | {p.description} | {p.source} |"

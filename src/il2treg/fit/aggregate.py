@@ -18,7 +18,7 @@ statistic                 :math:`S_j`
 ``mean``                  :math:`\bar f = \frac1M\sum_m f_m` (a zero-mean residual leaves it)
 ``geomean``               :math:`\exp(\frac1M\sum_m \log f_m)`
 ``median``                the kernel-smoothed median :math:`q` of :math:`g_m = \log f_m` (of
-                          :math:`f_m` if one is <= 0), back-transformed:
+                          :math:`f_m` for a ``change``, which may be <= 0), back-transformed:
                           :math:`\frac1M\sum_m \Phi\big((q - g_m)/h\big) = \tfrac12` with
                           Silverman's bandwidth :math:`h = 1.06\,\mathrm{SD}_m(g_m)\,M^{-1/5}`
 ``sd``                    :math:`\sqrt{\mathrm{var}_m f_m + \sigma^2\,\overline{f^2}}` (proportional
@@ -37,12 +37,13 @@ The sample median of :math:`M` draws is :math:`(f_{(M/2)} + f_{(M/2+1)})/2`, who
 wherever two virtual patients swap ranks; a quasi-Newton search then stalls on "precision loss"
 short of the minimum. The kernel-smoothed median estimates the same population median and is an
 infinitely differentiable function of the predictions; on the log scale its bias for a lognormal
-population is nil (the kernel is symmetric), and it tends to the sample median as :math:`M` grows.
-Its value is found by bisection and its derivative by the implicit function theorem (one Newton
-step from the root).
+population is nil (the kernel is symmetric); for a skewed population it is of order :math:`h^2`
+(Silverman's :math:`h` is about 0.46 SD at :math:`M = 64`), and it tends to the sample median
+as :math:`M` grows. Its value is found by bisection and its derivative by the implicit function
+theorem (one Newton step from the root).
 
 The geometric mean and the median are those of the predictions: the residual error shifts them
-by terms of order :math:`\sigma^2`, which are left out. A geometric mean or a proportion needs
+by terms of order :math:`\sigma^2`, which are left out. A geometric mean, a proportion, or the median of a value or a fold needs
 every prediction positive; a virtual patient whose solve fails, or a prediction <= 0 there, makes
 the objective undefined: at the start that is an error naming the arm or summary, during the
 search the line search steps back, and :attr:`SummaryFit.failed` reports the count at the
@@ -288,18 +289,23 @@ def _check(
             )
 
 
-def smooth_median(f: Float[Array, " m"]) -> Float[Array, ""]:
+def smooth_median(f: Float[Array, " m"], log: bool = True) -> Float[Array, ""]:
     r"""The kernel-smoothed median of ``f`` (module docstring): :math:`q` with
-    :math:`\frac1M\sum_m \Phi((q - g_m)/h) = \tfrac12`, :math:`g = \log f` where every
-    :math:`f > 0` (then :math:`e^q` is returned), :math:`g = f` otherwise, and
-    :math:`h = 1.06\,\mathrm{SD}(g)\,M^{-1/5}`. Differentiable (forward and reverse mode): the
-    root comes from 64 bisections, its derivative from one Newton step,
-    :math:`\partial q = -\partial E / E'(q)` with :math:`E` the left side minus one half."""
+    :math:`\frac1M\sum_m \Phi((q - g_m)/h) = \tfrac12`, :math:`g = \log f` (``log``; then
+    :math:`e^q` is returned, and NaN where an :math:`f \le 0`) or :math:`g = f`, and
+    :math:`h = 1.06\,\mathrm{SD}(g)\,M^{-1/5}`. The scale is the caller's fixed choice, not the
+    data's, so that the statistic does not jump where a prediction crosses 0. Differentiable to
+    first order (forward and reverse mode): the root comes from 64 bisections, its derivative from
+    one Newton step, :math:`\partial q = -\partial E / E'(q)` with :math:`E` the left side minus
+    one half (second derivatives through it are not exact: take a Hessian by differences of the
+    gradient, as :func:`fit_summaries` does)."""
     positive = jnp.all(f > 0)
-    g = jnp.where(positive, jnp.log(jnp.where(f > 0, f, 1.0)), f)
+    g = jnp.log(jnp.where(f > 0, f, 1.0)) if log else f
     m = g.shape[0]
+    var = jnp.var(g)
+    sd = jnp.where(var > 0, jnp.sqrt(jnp.where(var > 0, var, 1.0)), 0.0)  # no NaN derivative at var = 0
     # a floor on h where every prediction is the same (no variability): then q is that value
-    h = jnp.maximum(1.06 * jnp.std(g) * m**-0.2, 1e-12 * (1.0 + jnp.max(jnp.abs(g))))
+    h = jnp.maximum(1.06 * sd * m**-0.2, 1e-12 * (1.0 + jnp.max(jnp.abs(g))))
 
     def excess(q, g, h):
         return jnp.mean(norm.cdf((q - g) / h)) - 0.5
@@ -317,18 +323,22 @@ def smooth_median(f: Float[Array, " m"]) -> Float[Array, ""]:
     q0 = 0.5 * (lo + hi)
     slope = jnp.mean(norm.pdf((q0 - g) / h)) / h
     q = q0 - excess(q0, g, h) / slope
-    return jnp.where(positive, jnp.exp(q), q)
+    if not log:
+        return q
+    return jnp.where(positive, jnp.exp(jnp.where(positive, q, 0.0)), jnp.nan)
 
 
-def _statistic(kind: str, f, sigma: float, threshold):
+def _statistic(kind: str, f, sigma: float, threshold, scale: str = "value"):
     """(the statistic of the predictions ``f`` of M patients, and for a proportion its log and
     the log of its complement, from log-CDFs so that neither underflows to a flat 0); NaN where
-    a geometric mean or a proportion meets a prediction <= 0 (outside their model)."""
+    a geometric mean, a median of a value or fold, or a proportion meets a prediction <= 0
+    (outside their model). A median is smoothed on the log scale, that of a change (which may
+    be <= 0) on its own."""
     zero = jnp.zeros(())
     if kind == "mean":
         return jnp.mean(f), zero, zero
     if kind == "median":
-        return smooth_median(f), zero, zero
+        return smooth_median(f, log=scale != "change"), zero, zero
     if kind == "sd":
         return jnp.sqrt(jnp.var(f) + sigma**2 * jnp.mean(f**2)), zero, zero
     positive = jnp.all(f > 0)
@@ -570,7 +580,7 @@ class _Program:
                 f = f / values[a][:, 0, k]
             elif s.scale == "change":
                 f = f - values[a][:, 0, k]
-            stats.append(_statistic(s.statistic, f, self.sigma_prop.get(s.observable, 0.0), s.threshold))
+            stats.append(_statistic(s.statistic, f, self.sigma_prop.get(s.observable, 0.0), s.threshold, s.scale))
         return tuple(jnp.stack(column) for column in zip(*stats, strict=True)), jnp.stack(failed)
 
     def ofv(self, stats):
@@ -612,4 +622,4 @@ def _failure(arms, failed, n_draws, summaries, pred, when: str) -> str:
     j = int(np.argmax(~np.isfinite(pred)))
     s = summaries[j]
     return (f"summary {j} ({s.arm}, {s.observable}, day {s.time:g}): its {s.statistic} is undefined {when}, a virtual patient's "
-            f"prediction being <= 0. Fix: use the mean or median there, or a time after the observable has risen.")  # fmt: skip
+            f"prediction being <= 0. Fix: use the mean there, the median of a change (scale='change'), or a time after the observable has risen.")  # fmt: skip

@@ -203,7 +203,9 @@ def draw_typical(model: Model, n: int, seed: int | np.random.Generator = 0, *, n
     A parameter with ``prior_sd`` :math:`s` and value :math:`v` is drawn on its estimation scale,
     :math:`z \sim N(0, s^2)`: ``log`` :math:`v e^{z}`, ``logit``
     :math:`\mathrm{expit}(\mathrm{logit}\,v + z)`, ``identity`` :math:`v + z`; then clipped to its
-    bounds. The others keep :math:`v`.
+    bounds. The others keep :math:`v`. The draws are about the value, the model's current
+    estimate, also where the file centres the prior elsewhere (``prior_center``: a value estimated
+    from data, whose prior stays the literature's).
 
     Arguments:
         names: the parameters to draw (default: every one with a ``prior_sd``); each must have one.

@@ -10,7 +10,7 @@ A model file is TOML with these tables (``models/README.md`` has a worked exampl
     ``description``. The order of the tables is the order of the state vector.
 ``[parameters.<name>]``
     as in every model file: ``value``, ``unit``, ``bounds``, ``transform``, ``cv_percent``,
-    ``source``, optional ``group``, ``description``, ``prior_sd``, ``prior_source``
+    ``source``, optional ``group``, ``description``, ``prior_sd``, ``prior_source``, ``prior_center``
     (:func:`il2treg.spec.parse_parameter`). Values are held in il2treg's internal units where
     :mod:`il2treg.units` knows the unit (so ``ka`` may be given in 1/h and reads 1/day in the
     equations), and as written otherwise.
