@@ -13,10 +13,11 @@ Free parameters:
   * models/lupil2_trial.toml: ``high_site_share``, ``dropout`` and ``high_site_pmax``.
 
 Objective (deterministic, smooth): a fixed virtual population (common random numbers, fixed
-seed) is solved once under the LUPIL-2 regimen with imax = 1. The drug effect on SLEDAI is linear
-in imax (its ODE is linear with a target proportional to imax) and the standard-of-care term is
-closed-form and linear in pmax, so the latent week-12 score of every patient is known exactly for
-any (pmax, imax, site shift) without solving again. The expected SRI-4 rates then follow from
+seed) is solved under the LUPIL-2 regimen three times: without drug effect or standard of care
+(imax = pmax = 0), with pmax = 1, and with imax = 1. The drug effect on SLEDAI is linear in imax
+(the observable's imax * sledai0 * effect) and the standard-of-care term is linear in pmax, so
+the latent week-12 score of every patient is known exactly for any (pmax, imax, site shift)
+without solving again. The expected SRI-4 rates then follow from
 the exact score probabilities of il2treg.trial.response_probability (entry by rejection on the
 reported baseline, even-score rounding, visit noise) times the veto probability, with dropout and
 site shares as in il2treg.trial.simulate_trial. Residuals are scaled by the binomial standard
@@ -45,7 +46,6 @@ from scipy.optimize import least_squares
 
 import il2treg
 from il2treg import trial
-from il2treg.model import disease
 from il2treg.spec import MODELS_DIR, resolve_model_path, update_values
 
 REFERENCE = "il2_treg_sledai"
@@ -79,16 +79,20 @@ class Objective:
     def __init__(self, model: il2treg.Model, design: trial.TrialDesign, n: int):
         self.design = design
         days = jnp.asarray([0.0, 7.0 * design.assessment_week])
-        params = il2treg.sample_population(model, n, seed=POPULATION_SEED).replace(imax=1.0)
-        sim = il2treg.simulate(model, design.regimens["il2"], days, params)
-        if not bool(np.all(np.asarray(sim.ok))):
-            raise RuntimeError("some calibration patients failed to solve; check the model file")
-        p = params.as_dict()
-        self.l0 = np.asarray(p["sledai0"])
-        t = days[-1]
-        soc = np.asarray(disease.standard_of_care(t, p))  # at the model's own pmax
-        self.unit_soc = np.asarray(disease.standard_of_care(t, {"pmax": 1.0, "kpl": p["kpl"]}))  # per point of pmax
-        self.drug_per_imax = np.asarray(sim["sledai"])[:, -1] - self.l0 - soc
+        params = il2treg.sample_population(model, n, seed=POPULATION_SEED)
+
+        def week12(**values):
+            sim = il2treg.simulate(model, design.regimens["il2"], days, params.replace(**values))
+            if not bool(np.all(np.asarray(sim.ok))):
+                raise RuntimeError("some calibration patients failed to solve; check the model file")
+            return np.asarray(sim["sledai"])[:, -1]
+
+        self.l0 = np.asarray(params.as_dict()["sledai0"])
+        # the model's SLEDAI terms read off its solves: the drug's at imax = 1 (the difference from
+        # imax = 0), the standard of care's per point of pmax (pmax = 1 against pmax = 0)
+        untreated = week12(imax=0.0, pmax=0.0)
+        self.unit_soc = week12(imax=0.0, pmax=1.0) - untreated
+        self.drug_per_imax = week12(imax=1.0, pmax=0.0) - untreated
         rng = np.random.default_rng(POPULATION_SEED)
         self.z_site = rng.standard_normal(n)  # site effects, integrated over by fixed draws
         self.p_entry = trial.response_probability(self.l0, self.l0, design)[0]

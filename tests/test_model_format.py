@@ -444,3 +444,25 @@ def test_a_covariate_parameter_has_no_variability(tmp_path):
         match=r"parameter 'WGT': a covariate \(group = \"covariate\"\) is read from the data, so it has no variability",
     ):
         il2treg.load_model(path)
+
+
+def test_the_multistudy_file_is_the_favoured_mechanism_with_its_posterior_modes():
+    """models/il2_treg_sledai_multistudy.toml is the mechanism of lowest AIC in
+    fits/multistudy/fits.json (the same equations), with that fit's estimates to 4 significant
+    digits and each prior where the fit's was: the reference's value, its width."""
+    import json
+
+    record = json.loads((Path(__file__).resolve().parents[1] / "fits" / "multistudy" / "fits.json").read_text())["fits"]
+    best = min(record, key=lambda m: record[m]["aic"])
+    multistudy, favoured, reference = (
+        il2treg.load_model(n) for n in ("il2_treg_sledai_multistudy", best, "il2_treg_sledai")
+    )
+    ours, theirs = multistudy.mechanism.definition, favoured.mechanism.definition
+    for table in ("states", "constants", "quantities", "equations", "observables", "doses"):
+        assert getattr(ours, table) == getattr(theirs, table), table
+    assert multistudy.parameter_names == favoured.parameter_names
+    for name, value in zip(record[best]["names"], record[best]["estimates"], strict=True):
+        spec = multistudy.spec[name]
+        assert spec.declared_value == float(f"{value:.4g}"), name
+        assert (spec.prior_center, spec.prior_sd) == (reference.spec[name].value, reference.spec[name].prior_sd), name
+        assert "fits/multistudy" in spec.source, name

@@ -205,7 +205,7 @@ def test_amici_reproduces_il2treg_for_20_virtual_patients(model, lupil2, tight, 
 
 _SHIPPED = ("pk_1cmt_iv", "pk_1cmt_infusion", "pk_1cmt_oral", "pk_2cmt_iv", "pk_2cmt_infusion", "pk_2cmt_oral",
             "il2_treg_sledai", "il2_treg_sledai_no_delay", "il2_treg_sledai_no_sink", "il2_treg_sledai_no_cd25_feedback",
-            "il2_treg_sledai_receptor", "peg_il2_treg_sledai")  # fmt: skip
+            "il2_treg_sledai_receptor", "il2_treg_sledai_multistudy", "peg_il2_treg_sledai")  # fmt: skip
 
 
 def test_the_shipped_list_is_every_model_file():
