@@ -93,6 +93,12 @@ class Objective:
         untreated = week12(imax=0.0, pmax=0.0)
         self.unit_soc = week12(imax=0.0, pmax=1.0) - untreated
         self.drug_per_imax = week12(imax=1.0, pmax=0.0) - untreated
+        both = week12(imax=1.0, pmax=1.0)  # the objective assumes the terms add: check it for this model
+        if not np.allclose(
+            both, untreated + self.unit_soc + self.drug_per_imax, rtol=0.0, atol=1e-9 * np.max(np.abs(self.l0))
+        ):
+            raise RuntimeError(f"{model.name}: its SLEDAI is not sledai0 + pmax * (standard of care) + imax * (drug effect); "
+                               "this calibration does not apply. Fix: calibrate it by simulation instead.")  # fmt: skip
         rng = np.random.default_rng(POPULATION_SEED)
         self.z_site = rng.standard_normal(n)  # site effects, integrated over by fixed draws
         self.p_entry = trial.response_probability(self.l0, self.l0, design)[0]

@@ -244,6 +244,8 @@ def plot(path: Path, data: StudySummaries, mechanisms, full_bands, loso_rows) ->
                 arrowprops={"arrowstyle": "->"},
             )
             ax.plot([0], [s.value], "k_", markersize=14)
+            tip = s.value + (2 if s.bound == "lower" else -2) * s.se
+            ax.plot([0], [tip], alpha=0)  # annotate does not widen the axis: the arrow's tip would be cut off
         else:
             ax.errorbar([0], [s.value], yerr=[1.96 * s.se], fmt="ko", capsize=3)
         for m, name in enumerate(mechanisms):

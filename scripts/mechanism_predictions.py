@@ -2,15 +2,17 @@
 regimens the defaults were calibrated to and those the issue found flat.
 
 For models/il2_treg_sledai.toml (the package's default) and models/il2_treg_sledai_multistudy.toml
-(the mechanism the published studies favour, with its multi-study estimates), the typical patient:
-  * Treg fold at day 7 of the LUPIL-2 induction (the reference's calibration target 1.85, the
-    centre of an UNVERIFIED 1.5-2.5; literature.md 1.3);
+(the mechanism of lowest AIC in the multi-study comparison, with its estimates), the typical patient:
+  * Treg fold at day 7 of the LUPIL-2 induction (the reference's calibration target 1.85, inside
+    an UNVERIFIED 1.5-2.5; literature.md 1.3);
   * DILfrequency's 0.26 MIU/m2 every 3 days (1.8 m2) at steady state, the mean over days 81-84:
     Treg fold and Treg CD25 (published +30% and +25%, READ);
   * 1.8 MIU daily for 12 weeks (1 MIU/m2, Koreth 2011's daily dose, which it gave for 8 weeks):
     Treg fold at days 28 and 84 (Koreth 2011: Treg median > 8-fold at week 4, a bound) and
     CD56bright NK fold at day 84; the issue found the reference flat near 3x and 1.7x there;
-  * one 0.18 MIU dose: the largest Treg fold over 21 days (the reference: +3.5%, in the issue).
+  * one 0.18 MIU dose: the largest Treg fold over 21 days (the reference: +3.5%, in the issue);
+  * the population's baseline Treg % of CD4, mean and SD over 20,000 patients (seed 1): what the
+    mean of a study arm's 64 virtual patients in scripts/fit_multistudy.py scatters about.
 
 A solve that fails is an error, not a number.
 
@@ -59,6 +61,10 @@ def predictions(model) -> dict[str, float]:
     grid = np.linspace(0.0, 21.0, 169)
     sim = _solved(model, rg.every(0.18e6, 1.0, 1), grid)
     out["one 0.18 MIU dose: largest Treg fold, 21 days"] = float(np.max(sim["treg_per_uL"]) / sim["treg_per_uL"][0])
+    population = il2treg.simulate(model, rg.none(), np.array([0.0]), il2treg.sample_population(model, 20_000, seed=1))
+    baseline = np.asarray(population["treg_pct_cd4"])[:, 0]
+    out["baseline Treg % of CD4: population mean (20,000 patients)"] = float(baseline.mean())
+    out["baseline Treg % of CD4: population SD"] = float(baseline.std())
     return out
 
 

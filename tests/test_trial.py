@@ -197,7 +197,7 @@ def test_mean_sri4_rates_are_within_5_points_of_lupil2(many):
 
 @pytest.mark.slow
 def test_the_multistudy_model_reproduces_the_lupil2_rates_too(design):
-    """models/il2_treg_sledai_multistudy.toml (the mechanism the published studies favour, its
+    """models/il2_treg_sledai_multistudy.toml (the mechanism of lowest AIC in the multi-study comparison, its
     Treg response stronger than the reference's) has its own link calibrated to the same rates, the
     trial design held: 200 replicates (seed 0) within 5 points of each published rate."""
     summary = trial.simulate_trial(
