@@ -50,9 +50,7 @@ def outcomes(model, emax_treg: float, emax_cd25: float) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", default="il2_treg_sledai", help="a model in models/ declaring emax_treg and emax_cd25"
-    )
+    parser.add_argument("--model", default="il2_treg_sledai", help="a model in models/ declaring emax_treg and emax_cd25")
     parser.add_argument("--write", action="store_true", help="write the result into the model's file")
     args = parser.parse_args()
     model_file = resolve_model_path(args.model)
@@ -71,15 +69,8 @@ def main() -> None:
         print(f"  {name:28s} {got:.3f}  (target {want:.3f})")
     p = model.parameters(emax_treg=emax_treg, emax_cd25=emax_cd25)
     for miu in (1.0, 3.0):
-        daily = il2treg.simulate(
-            model,
-            il2treg.regimen.every(float(il2treg.units.miu_per_m2_to_iu(miu, BSA_M2)), 1.0, 84),
-            np.array([83.5]),
-            p,
-        )
-        print(
-            f"  Treg fold on day 83.5 of {miu:g} MIU/m2 daily (a prediction): {float(daily['treg_per_uL'][0] / p['treg0']):.2f}"
-        )
+        daily = il2treg.simulate(model, il2treg.regimen.every(float(il2treg.units.miu_per_m2_to_iu(miu, BSA_M2)), 1.0, 84), np.array([83.5]), p)
+        print(f"  Treg fold on day 83.5 of {miu:g} MIU/m2 daily (a prediction): {float(daily['treg_per_uL'][0] / p['treg0']):.2f}")
     if args.write:
         update_values(model_file, {"emax_treg": emax_treg, "emax_cd25": emax_cd25})
         print(f"wrote {model_file}")

@@ -53,28 +53,20 @@ def days_above(fold: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", default="peg_il2_treg_sledai", help="a model in models/ with ug doses and ec50_treg/_nk/_tconv"
-    )
-    parser.add_argument(
-        "--base", default=None, help="apply the variant to this mechanism instead of its file's base (no --write)"
-    )
+    parser.add_argument("--model", default="peg_il2_treg_sledai", help="a model in models/ with ug doses and ec50_treg/_nk/_tconv")
+    parser.add_argument("--base", default=None, help="apply the variant to this mechanism instead of its file's base (no --write)")
     parser.add_argument("--write", action="store_true", help="write the result into the model's file")
     args = parser.parse_args()
     if args.base and args.write:
         parser.error("--write writes the variant's own file, whose default base is its own: drop --base")
     model_file = resolve_model_path(args.model)
     model = il2treg.load_model(model_file, base=args.base)
-    log_ec50 = brentq(
-        lambda x: days_above(treg_fold(model, np.exp(x))) - SUSTAINED_DAYS, np.log(10.0), np.log(1e5), xtol=1e-6
-    )
+    log_ec50 = brentq(lambda x: days_above(treg_fold(model, np.exp(x))) - SUSTAINED_DAYS, np.log(10.0), np.log(1e5), xtol=1e-6)
     ec50 = float(np.round(np.exp(log_ec50), 2))
     fold = treg_fold(model, ec50)
     print(f"ec50_treg = {ec50} pM   ec50_nk = {NK_RATIO * ec50:g}   ec50_tconv = {TCONV_RATIO * ec50:g}")
     print(f"  Treg fold above {FOLD_THRESHOLD:g} for {days_above(fold):.2f} days (target {SUSTAINED_DAYS:g})")
-    print(
-        f"  peak Treg fold {fold.max():.2f} on day {TIMES[fold.argmax()]:.1f} (published: 12-17 at the highest doses)"
-    )
+    print(f"  peak Treg fold {fold.max():.2f} on day {TIMES[fold.argmax()]:.1f} (published: 12-17 at the highest doses)")
     if args.write:
         update_values(model_file, {"ec50_treg": ec50, "ec50_nk": NK_RATIO * ec50, "ec50_tconv": TCONV_RATIO * ec50})
         print(f"wrote {model_file}")

@@ -187,10 +187,8 @@ def main() -> None:
     for key, (rate, _) in TARGETS.items():
         print(f"  SRI-4 {key[0]:<13} {key[1]:<8} {100 * outcomes[key]:6.1f}%   published {100 * rate:5.1f}%")
     print(f"  per-protocol size           {outcomes['pp_size']:6.1f}    published {PP_SIZE}")
-    print(
-        f"  P(fall >= 4), placebo, high-response sites {100 * outcomes['high_site_fall_placebo']:.1f}%"
-        f" (target {100 * HIGH_SITE_FALL:.0f}%: every placebo patient responded)"
-    )
+    print(f"  P(fall >= 4), placebo, high-response sites {100 * outcomes['high_site_fall_placebo']:.1f}%"
+          f" (target {100 * HIGH_SITE_FALL:.0f}%: every placebo patient responded)")
 
     if args.write:
         update_values(model_file, {k: result[k] for k in names if FREE[k][0] == "model"})

@@ -21,12 +21,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--regimens", default=",".join(regimen.NAMED_REGIMENS), help="comma-separated names")
 ap.add_argument("--n", type=int, default=1000, help="virtual patients")
 ap.add_argument("--fit", type=Path, default=None, help="a fit's results folder: draw the population from its posterior")
-ap.add_argument(
-    "--draws",
-    type=int,
-    default=None,
-    help="population draws shared by n/draws patients: the mean effect against placebo with its interval",
-)
+ap.add_argument("--draws", type=int, default=None, help="population draws shared by n/draws patients: the mean effect against placebo with its interval")
 ap.add_argument("--out", type=Path, default=Path("out/regimens"))
 args = ap.parse_args()
 

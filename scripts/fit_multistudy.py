@@ -40,13 +40,7 @@ from il2treg.errors import SpecError
 from il2treg.fit.aggregate import SummaryFit, fit_summaries, predict_summaries
 
 ROOT = Path(__file__).resolve().parents[1]
-MECHANISMS = (
-    "il2_treg_sledai",
-    "il2_treg_sledai_receptor",
-    "il2_treg_sledai_no_delay",
-    "il2_treg_sledai_no_sink",
-    "il2_treg_sledai_no_cd25_feedback",
-)
+MECHANISMS = ("il2_treg_sledai", "il2_treg_sledai_receptor", "il2_treg_sledai_no_delay", "il2_treg_sledai_no_sink", "il2_treg_sledai_no_cd25_feedback")
 #: Each with a prior in the model files: the fit is a posterior mode, the literature's ranges and
 #: the studies combined (with eight numbers, three of them bounds, Emax and EC50 are otherwise
 #: told apart only through their ratio: a maximum-likelihood fit ran them to 2.7e7 and 6.4e7).
@@ -65,33 +59,15 @@ def held_omegas(model) -> dict[str, float]:
 def fit_one(model, data: StudySummaries, n_draws: int, start: SummaryFit | None = None) -> SummaryFit:
     seen = {s.observable for s in data.summaries}
     fixed = tuple(p for p in ESTIMATED if p in model.parameter_names and NEEDS.get(p, next(iter(seen))) in seen)
-    begin = (
-        {p: v for p, v in zip(start.names, start.estimates.tolist(), strict=True) if p in fixed}
-        if start is not None
-        else None
-    )
-    return fit_summaries(
-        model,
-        data.regimens,
-        data.summaries,
-        fixed=fixed,
-        omega=held_omegas(model),
-        n_draws=n_draws,
-        seed=0,
-        start=begin,
-        priors=True,
-    )
+    begin = {p: v for p, v in zip(start.names, start.estimates.tolist(), strict=True) if p in fixed} if start is not None else None
+    return fit_summaries(model, data.regimens, data.summaries, fixed=fixed, omega=held_omegas(model), n_draws=n_draws, seed=0, start=begin, priors=True)
 
 
-def band(
-    model, fit: SummaryFit, data: StudySummaries, n_draws: int, samples: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def band(model, fit: SummaryFit, data: StudySummaries, n_draws: int, samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(prediction at the estimates, 2.5% and 97.5% limits for an observation): draws of the
     estimates plus the observation's normal error of SD se."""
     try:
-        at, drawn = predict_summaries(
-            fit, model, data.regimens, data.summaries, n_draws=n_draws, seed=0, samples=samples
-        )
+        at, drawn = predict_summaries(fit, model, data.regimens, data.summaries, n_draws=n_draws, seed=0, samples=samples)
     except SpecError as err:  # no usable covariance: the prediction without its interval
         print(f"    no interval: {err}")
         at, _ = predict_summaries(fit, model, data.regimens, data.summaries, n_draws=n_draws, seed=0)
@@ -161,26 +137,17 @@ def main() -> None:
              "| mechanism | data OFV | prior term | estimated | AIC | ΔAIC | converged (BFGS) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in sorted(results, key=lambda m: results[m]["aic"]):
         r = results[name]
-        lines.append(
-            f"| {name} | {r['ofv_data']:.2f} | {r['prior']:.2f} | {r['n_estimated']} | {r['aic']:.2f} | {r['aic'] - results[best]['aic']:.2f} | {r['converged']} ({r['message']}) |"
-        )
+        lines.append(f"| {name} | {r['ofv_data']:.2f} | {r['prior']:.2f} | {r['n_estimated']} | {r['aic']:.2f} | {r['aic'] - results[best]['aic']:.2f} | {r['converged']} ({r['message']}) |")
     lines += ["", "## Each summary against each fit", "",
               "| study | observable | day | statistic | observed | " + " | ".join(mechanisms) + " |",
               "|---|---|---|---|---|" + "---|" * len(mechanisms)]  # fmt: skip
     for j, (s, st) in enumerate(zip(data.summaries, data.studies, strict=True)):
         shown = ("> " if s.bound == "lower" else "< " if s.bound == "upper" else "") + f"{s.value:g} ± {s.se:g}"
-        lines.append(
-            f"| {st} | {s.observable} ({s.scale}) | {s.time:g} | {s.statistic} | {shown} | "
-            + " | ".join(_fmt(results[m]["predicted"][j]) for m in mechanisms)
-            + " |"
-        )
+        lines.append(f"| {st} | {s.observable} ({s.scale}) | {s.time:g} | {s.statistic} | {shown} | " + " | ".join(_fmt(results[m]["predicted"][j]) for m in mechanisms) + " |")
     lines += ["", "## Estimates (relative SE)", ""]
     for name in mechanisms:
         r = results[name]
-        cells = ", ".join(
-            f"{p} {v:.4g} (model file {m:.4g}; RSE {100 * s:.0f}%)"
-            for p, v, m, s in zip(r["names"], r["estimates"], r["model_values"], r["se_log"], strict=True)
-        )
+        cells = ", ".join(f"{p} {v:.4g} (model file {m:.4g}; RSE {100 * s:.0f}%)" for p, v, m, s in zip(r["names"], r["estimates"], r["model_values"], r["se_log"], strict=True))
         lines.append(f"- **{name}**: {cells}")
     atomic_write_text(args.out / "comparison.md", "\n".join(lines) + "\n")
     if args.no_loso:
@@ -200,10 +167,7 @@ def main() -> None:
                                   "bound": s.bound or "", "observed": s.value, "se": s.se, "predicted": float(at[j]), "lo95": float(lo[j]), "hi95": float(hi[j]),
                                   "inside": inside(s, lo[j], hi[j]), "full_fit_predicted": results[name]["predicted"][data.summaries.index(s)],
                                   "converged": fit.converged})  # fmt: skip
-            print(
-                f"  LOSO {name} without {study}: OFV {fit.ofv:.3f} converged {fit.converged} ({time.perf_counter() - t0:.0f} s)",
-                flush=True,
-            )
+            print(f"  LOSO {name} without {study}: OFV {fit.ofv:.3f} converged {fit.converged} ({time.perf_counter() - t0:.0f} s)", flush=True)
     atomic_write_text(args.out / "loso.csv", pd.DataFrame(loso_rows).to_csv(index=False, float_format="%.6g"))
     md = ["# Leave one study out", "",
           f"The {len(mechanisms)} mechanisms of lowest AIC in comparison.md, {args.n_draws} virtual patients per arm.", "",
@@ -237,12 +201,7 @@ def plot(path: Path, data: StudySummaries, mechanisms, full_bands, loso_rows) ->
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for j, (ax, s, st) in enumerate(zip(np.atleast_1d(axes), data.summaries, data.studies, strict=True)):
         if s.bound:
-            ax.annotate(
-                "",
-                xy=(0, s.value + (2 if s.bound == "lower" else -2) * s.se),
-                xytext=(0, s.value),
-                arrowprops={"arrowstyle": "->"},
-            )
+            ax.annotate("", xy=(0, s.value + (2 if s.bound == "lower" else -2) * s.se), xytext=(0, s.value), arrowprops={"arrowstyle": "->"})
             ax.plot([0], [s.value], "k_", markersize=14)
             tip = s.value + (2 if s.bound == "lower" else -2) * s.se
             ax.plot([0], [tip], alpha=0)  # annotate does not widen the axis: the arrow's tip would be cut off
@@ -253,27 +212,14 @@ def plot(path: Path, data: StudySummaries, mechanisms, full_bands, loso_rows) ->
             x = 1 + m
             ax.plot([x - 0.15, x - 0.15], [lo[j], hi[j]], color=colours[m % len(colours)], lw=4, alpha=0.5)
             ax.plot([x - 0.15], [at[j]], "o", color=colours[m % len(colours)], ms=4)
-            row = next(
-                r
-                for r in loso_rows
-                if r["mechanism"] == name
-                and r["study"] == st
-                and r["observable"] == s.observable
-                and r["time"] == s.time
-            )
+            row = next(r for r in loso_rows if r["mechanism"] == name and r["study"] == st and r["observable"] == s.observable and r["time"] == s.time)
             ax.plot([x + 0.15, x + 0.15], [row["lo95"], row["hi95"]], color=colours[m % len(colours)], lw=1.5, ls=":")
             ax.plot([x + 0.15], [row["predicted"]], "s", mfc="none", color=colours[m % len(colours)], ms=4)
-        ax.set_xticks(
-            [0, *range(1, len(mechanisms) + 1)], ["obs", *(str(m + 1) for m in range(len(mechanisms)))], fontsize=7
-        )
+        ax.set_xticks([0, *range(1, len(mechanisms) + 1)], ["obs", *(str(m + 1) for m in range(len(mechanisms)))], fontsize=7)
         ax.set_title(f"{st}\n{s.observable} {s.scale}\nday {s.time:g}", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
     legend = "; ".join(f"{m + 1} = {name}" for m, name in enumerate(mechanisms))
-    fig.suptitle(
-        "Observed (black, ±1.96 SE; arrow: a bound) against each mechanism: full fit (solid band) and fit without the study (dotted)\n"
-        + legend,
-        fontsize=7,
-    )
+    fig.suptitle("Observed (black, ±1.96 SE; arrow: a bound) against each mechanism: full fit (solid band) and fit without the study (dotted)\n" + legend, fontsize=7)
     fig.tight_layout(rect=(0, 0, 1, 0.88))
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=130)
@@ -283,3 +229,4 @@ def plot(path: Path, data: StudySummaries, mechanisms, full_bands, loso_rows) ->
 
 if __name__ == "__main__":
     main()
+

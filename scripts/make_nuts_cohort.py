@@ -18,9 +18,7 @@ def main() -> None:
     table = lupil2_virtual()
     arm = table.groupby("ID")["ARM"].first()
     ids = [i for a in sorted(arm.unique()) for i in sorted(arm[arm == a].index)[:PER_ARM]]
-    keep = table["ID"].isin(ids) & (
-        ((table["EVID"] == 0) & (table["TIME"] <= LAST_DAY)) | ((table["EVID"] == 1) & (table["TIME"] < LAST_DAY))
-    )
+    keep = table["ID"].isin(ids) & (((table["EVID"] == 0) & (table["TIME"] <= LAST_DAY)) | ((table["EVID"] == 1) & (table["TIME"] < LAST_DAY)))
     table[keep].to_csv(OUT, index=False)
     print(f"wrote {OUT} ({len(ids)} patients, {int(keep.sum())} rows)")
 

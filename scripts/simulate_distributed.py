@@ -36,9 +36,7 @@ import numpy as np
 def _refuse_existing(path: Path, force: bool) -> None:
     """Stop before any work if ``path`` exists and ``--force`` was not given."""
     if path.exists() and not force:
-        sys.exit(
-            f"simulate_distributed: error: {path} exists. Fix: choose another --out or pass --force to replace it."
-        )
+        sys.exit(f"simulate_distributed: error: {path} exists. Fix: choose another --out or pass --force to replace it.")
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -55,20 +53,14 @@ def _save_npz(path: Path, **arrays) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if not 0 <= args.process_id < args.num_processes:
-        sys.exit(
-            f"simulate_distributed: error: --process-id {args.process_id} is not in 0..{args.num_processes - 1}. Fix: number the processes from 0."
-        )
+        sys.exit(f"simulate_distributed: error: --process-id {args.process_id} is not in 0..{args.num_processes - 1}. Fix: number the processes from 0.")
     if args.n < args.num_processes:
-        sys.exit(
-            f"simulate_distributed: error: --n {args.n} patients cannot be split over {args.num_processes} processes. Fix: use at least one patient per process."
-        )
+        sys.exit(f"simulate_distributed: error: --n {args.n} patients cannot be split over {args.num_processes} processes. Fix: use at least one patient per process.")
     part = args.out / f"part-{args.process_id:04d}-of-{args.num_processes:04d}.npz"
     _refuse_existing(part, args.force)  # before the simulation, not after it
     import jax
 
-    jax.distributed.initialize(
-        coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
-    )
+    jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
     import il2treg  # after initialize: JAX's backends must not start before it
 
     rank, size = jax.process_index(), jax.process_count()
@@ -76,9 +68,7 @@ def run(args: argparse.Namespace) -> None:
     population = il2treg.sample_population(model, args.n, seed=args.seed)  # the same draw on every host
     mine = np.array_split(np.arange(args.n), size)[rank]
     times = np.arange(0.0, args.days + 0.5 * args.dt, args.dt)
-    sim = il2treg.simulate(
-        model, il2treg.regimen.named(args.regimen), times, il2treg.Parameters(population.values[mine], population.names)
-    )
+    sim = il2treg.simulate(model, il2treg.regimen.named(args.regimen), times, il2treg.Parameters(population.values[mine], population.names))
     args.out.mkdir(parents=True, exist_ok=True)
     _save_npz(part, rows=mine, values=np.asarray(sim.values), status=np.asarray(sim.status), times=times,
               names=np.asarray(sim.names), n=args.n)  # fmt: skip
@@ -96,17 +86,13 @@ def gather(args: argparse.Namespace) -> None:
     expected = [args.out / f"part-{rank:04d}-of-{size:04d}.npz" for rank in range(size)]
     missing = [p.name for p in expected if not p.exists()]
     if missing or len(parts) != size:
-        sys.exit(
-            f"simulate_distributed: error: {args.out} has {len(parts)} parts for {size} processes (missing {', '.join(missing) or 'none'}). "
-            "Fix: rerun the missing processes, or clear parts of another run."
-        )
+        sys.exit(f"simulate_distributed: error: {args.out} has {len(parts)} parts for {size} processes (missing {', '.join(missing) or 'none'}). "
+                 "Fix: rerun the missing processes, or clear parts of another run.")
     loaded = [np.load(p) for p in expected]
     n = int(loaded[0]["n"])
     rows = np.concatenate([d["rows"] for d in loaded])
     if not np.array_equal(rows, np.arange(n)):
-        sys.exit(
-            f"simulate_distributed: error: the parts in {args.out} do not cover patients 0..{n - 1} once each. Fix: remove parts of other runs."
-        )
+        sys.exit(f"simulate_distributed: error: the parts in {args.out} do not cover patients 0..{n - 1} once each. Fix: remove parts of other runs.")
     values = np.concatenate([d["values"] for d in loaded])
     status = np.concatenate([d["status"] for d in loaded])
     _save_npz(out, values=values, status=status, times=loaded[0]["times"], names=loaded[0]["names"])

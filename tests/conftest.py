@@ -69,20 +69,12 @@ def pytest_configure(config):
     from il2treg.errors import CacheError
 
     if not callbacks_disabled():
-        raise pytest.UsageError(
-            "equinox was imported before tests/conftest.py set EQX_ON_ERROR=nan; the run's compilation cache needs it"
-        )
+        raise pytest.UsageError("equinox was imported before tests/conftest.py set EQX_ON_ERROR=nan; the run's compilation cache needs it")
     folder = os.environ["JAX_COMPILATION_CACHE_DIR"]
     try:
-        il2treg.enable_compilation_cache(
-            folder,
-            float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
-            int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]),
-        )
+        il2treg.enable_compilation_cache(folder, float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]), int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
     except CacheError as err:
-        raise pytest.UsageError(
-            f"IL2TREG_TEST_XLA_CACHE={folder}: {err.__cause__}. Fix: name a writable folder, or unset it for a new temporary one."
-        ) from err
+        raise pytest.UsageError(f"IL2TREG_TEST_XLA_CACHE={folder}: {err.__cause__}. Fix: name a writable folder, or unset it for a new temporary one.") from err
     jax.monitoring.register_event_duration_secs_listener(_on_jax_event)
 
 
@@ -124,18 +116,11 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
-    reports = [
-        r
-        for group in terminalreporter.stats.values()
-        for r in group
-        if hasattr(r, "user_properties") and hasattr(r, "when")
-    ]
+    reports = [r for group in terminalreporter.stats.values() for r in group if hasattr(r, "user_properties") and hasattr(r, "when")]
     build = sum(v for r in reports for k, v in r.user_properties if k == "jax_build_s")
     total = sum(getattr(r, "duration", 0.0) for r in reports)
     if total > 0:
-        terminalreporter.write_line(
-            f"JAX tracing, lowering and XLA compilation: {build:.0f} s of the {total:.0f} s the tests took ({100 * build / total:.0f}%)"
-        )
+        terminalreporter.write_line(f"JAX tracing, lowering and XLA compilation: {build:.0f} s of the {total:.0f} s the tests took ({100 * build / total:.0f}%)")
         by_file: dict[str, float] = {}
         for r in reports:
             name = Path(r.nodeid.split("::")[0]).stem
@@ -145,9 +130,7 @@ def pytest_terminal_summary(terminalreporter):
     loads = [v for r in reports for k, v in r.user_properties if k == "xla_cache"]
     if loads:
         n, saved = sum(v[0] for v in loads), sum(v[1] for v in loads)
-        terminalreporter.write_line(
-            f"XLA programs loaded from the run's compilation cache: {n}, saving {saved:.0f} s of compilation"
-        )
+        terminalreporter.write_line(f"XLA programs loaded from the run's compilation cache: {n}, saving {saved:.0f} s of compilation")
 
 
 @pytest.fixture(scope="session")
@@ -190,22 +173,10 @@ def simulated_dataset(model, n, seed, *, noise=0.1, days=(0.0, 5.0, 7.0, 14.0, 2
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
-        rows += [
-            dict(ID=i + 1, TIME=float(tt), EVID=1, AMT=float(a), DVID=None, DV=None)
-            for tt, a in zip(reg.times, reg.amounts)
-        ]
+        rows += [dict(ID=i + 1, TIME=float(tt), EVID=1, AMT=float(a), DVID=None, DV=None) for tt, a in zip(reg.times, reg.amounts)]
         for j, tt in enumerate(t):
             for d in dvids:
-                rows.append(
-                    dict(
-                        ID=i + 1,
-                        TIME=float(tt),
-                        EVID=0,
-                        AMT=None,
-                        DVID=d,
-                        DV=float(sim[d][i, j]) * float(np.exp(noise * rng.normal())),
-                    )
-                )
+                rows.append(dict(ID=i + 1, TIME=float(tt), EVID=0, AMT=None, DVID=d, DV=float(sim[d][i, j]) * float(np.exp(noise * rng.normal()))))
     frame = pd.DataFrame(rows).sort_values(["ID", "TIME", "EVID"], kind="stable")
     if weights:
         frame["WT"] = frame["ID"].map(dict(enumerate(rng.uniform(50, 95, n).round(1), start=1)))
@@ -234,9 +205,7 @@ def fit_case(model):
         to_unconstrained(problem, {n: 1.3 * v for n, v in truth.items()}),
         jnp.log(jnp.full(len(FIT_RANDOM), 0.3)), jnp.log(jnp.full(len(FIT_SIGMAS), 0.15)),
     ])  # fmt: skip
-    return dict(
-        data=data, params=params, problem=problem, residual=residual, objective=objective, truth=truth, psi0=psi0
-    )
+    return dict(data=data, params=params, problem=problem, residual=residual, objective=objective, truth=truth, psi0=psi0)
 
 
 def run_cli(monkeypatch, capsys, *args):
@@ -313,13 +282,7 @@ def misspecified_fit(model):
     from il2treg.fit import compute_fit, read_fit_spec
 
     def compute(folder):
-        data, _ = simulated_dataset(
-            il2treg.load_model("il2_treg_sledai_no_delay"),
-            16,
-            7,
-            days=DENSE_DAYS,
-            dvids=("treg_per_uL", "tconv_per_uL"),
-        )
+        data, _ = simulated_dataset(il2treg.load_model("il2_treg_sledai_no_delay"), 16, 7, days=DENSE_DAYS, dvids=("treg_per_uL", "tconv_per_uL"))
         frame = data.to_frame()
         frame[frame["TIME"] <= 28].to_csv(folder / "data.csv", index=False)
         (folder / "fit.toml").write_text(SMALL_FIT_TOML.format(name="no_delay_data"))

@@ -38,25 +38,14 @@ print(json.dumps({"values": np.asarray(sim.values).tolist(), "hits": len(hits), 
 def _own_environment() -> dict[str, str]:
     """This process's environment without EQX_ON_ERROR and JAX's cache settings (the test run's
     own cache, tests/conftest.py), so that a subprocess starts as a user's would."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k != "EQX_ON_ERROR" and not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))
-    }
+    return {k: v for k, v in os.environ.items() if k != "EQX_ON_ERROR" and not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
 
 
 def _simulate(cache: Path, eqx_on_error: str | None, **extra: str) -> dict:
     env = {**_own_environment(), **extra}
     if eqx_on_error is not None:
         env["EQX_ON_ERROR"] = eqx_on_error
-    done = subprocess.run(
-        [sys.executable, "-c", _SIMULATE, str(cache)],
-        env=env,
-        capture_output=True,
-        encoding="utf-8",
-        timeout=600,
-        check=False,
-    )
+    done = subprocess.run([sys.executable, "-c", _SIMULATE, str(cache)], env=env, capture_output=True, encoding="utf-8", timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

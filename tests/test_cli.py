@@ -15,23 +15,7 @@ from conftest import run_cli
 
 def test_simulate_writes_the_long_table_and_the_figure(monkeypatch, capsys, tmp_path):
     out = tmp_path / "sim"
-    code, stdout, _ = run_cli(
-        monkeypatch,
-        capsys,
-        "simulate",
-        "--regimen",
-        "lupil2",
-        "--n",
-        "3",
-        "--seed",
-        "0",
-        "--out",
-        str(out),
-        "--days",
-        "14",
-        "--dt",
-        "0.5",
-    )
+    code, stdout, _ = run_cli(monkeypatch, capsys, "simulate", "--regimen", "lupil2", "--n", "3", "--seed", "0", "--out", str(out), "--days", "14", "--dt", "0.5")
     assert code == 0
     frame = pd.read_csv(out / "simulation.csv")
     assert list(frame.columns) == ["ID", "TIME", "DVID", "VALUE"]
@@ -46,13 +30,9 @@ def test_simulate_writes_the_long_table_and_the_figure(monkeypatch, capsys, tmp_
 def test_simulate_typical_gives_one_id_from_a_regimen_csv(monkeypatch, capsys, tmp_path):
     rows = tmp_path / "doses.csv"
     # the weekly doses infused over half a day (RATE, IU per day): the records ride along to the solver
-    pd.DataFrame({"TIME": [0.0, 7.0], "AMT": [1e6, 1e6], "ADDL": [0, 3], "II": [0, 7], "RATE": [0, 2e6]}).to_csv(
-        rows, index=False
-    )
+    pd.DataFrame({"TIME": [0.0, 7.0], "AMT": [1e6, 1e6], "ADDL": [0, 3], "II": [0, 7], "RATE": [0, 2e6]}).to_csv(rows, index=False)
     out = tmp_path / "sim"
-    code, _, _ = run_cli(
-        monkeypatch, capsys, "simulate", "--regimen", str(rows), "--typical", "--out", str(out), "--days", "9"
-    )
+    code, _, _ = run_cli(monkeypatch, capsys, "simulate", "--regimen", str(rows), "--typical", "--out", str(out), "--days", "9")
     assert code == 0
     frame = pd.read_csv(out / "simulation.csv")
     assert frame.ID.unique().tolist() == [1] and np.isfinite(frame["VALUE"]).all()
@@ -75,11 +55,7 @@ def test_help_shows_every_bracketed_unit_and_table_name(monkeypatch, capsys):
 
     checked = 0
     for path, command in commands(typer.main.get_command(app)):
-        wanted = {
-            m
-            for p in command.params
-            for m in re.findall(r"\[[^\]\s]+\]", (getattr(p, "help", None) or "").replace("\\[", "["))
-        }
+        wanted = {m for p in command.params for m in re.findall(r"\[[^\]\s]+\]", (getattr(p, "help", None) or "").replace("\\[", "["))}
         if wanted:
             code, stdout, _ = run_cli(monkeypatch, capsys, *path, "--help")
             assert code == 0
@@ -100,13 +76,8 @@ def test_existing_output_is_never_overwritten_without_force(monkeypatch, capsys,
 
 @pytest.mark.parametrize(
     "content, message",
-    [
-        ("TIME\n0\n", "AMT"),
-        ("TIME,AMT\n0,-5\n", "AMT"),
-        ("TIME,AMT\n3,1\n1,1\n", "TIME"),
-        ("TIME,AMT,CMT\n0,1,3\n", "CMT 3"),
-        ("TIME,AMT,RATE\n0,1,-1\n", "RATE -1"),
-    ],
+    [("TIME\n0\n", "AMT"), ("TIME,AMT\n0,-5\n", "AMT"), ("TIME,AMT\n3,1\n1,1\n", "TIME"), ("TIME,AMT,CMT\n0,1,3\n", "CMT 3"),
+     ("TIME,AMT,RATE\n0,1,-1\n", "RATE -1")],
     ids=["missing-column", "negative-amount", "unsorted", "unknown-compartment", "modelled-rate"],
 )
 def test_bad_regimen_csv_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, content, message):
@@ -128,9 +99,7 @@ def test_unknown_regimen_name_is_one_line_and_exit_2(monkeypatch, capsys, tmp_pa
     (("--regimens", "lupil2", "--draws", "2", "--reference", "lupil2"), "needs another regimen"),
     (("--regimens", "lupil2,placebo", "--draws", "2", "--reference", "he2020"), "not among --regimens"),
 ])  # fmt: skip
-def test_a_reference_regimen_the_comparison_cannot_use_is_one_line_and_exit_2(
-    monkeypatch, capsys, tmp_path, args, message
-):
+def test_a_reference_regimen_the_comparison_cannot_use_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, args, message):
     code, _, err = run_cli(monkeypatch, capsys, "regimens", "compare", *args, "--n", "4", "--out", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "o").exists()
@@ -153,16 +122,7 @@ def test_data_check_summarises_a_valid_file(monkeypatch, capsys, tmp_path):
 
 def test_data_check_reads_the_dvids_of_the_model_given(monkeypatch, capsys, tmp_path):
     path = tmp_path / "pk.csv"
-    pd.DataFrame(
-        {
-            "ID": [1, 1],
-            "TIME": [0.0, 0.5],
-            "EVID": [1, 0],
-            "AMT": [100.0, None],
-            "DVID": [None, "conc"],
-            "DV": [None, 3.2],
-        }
-    ).to_csv(path, index=False)
+    pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 0.5], "EVID": [1, 0], "AMT": [100.0, None], "DVID": [None, "conc"], "DV": [None, 3.2]}).to_csv(path, index=False)
     code, stdout, _ = run_cli(monkeypatch, capsys, "data", "check", str(path), "--model", "pk_1cmt_iv")
     assert code == 0 and "conc" in stdout
     code, _, err = run_cli(monkeypatch, capsys, "data", "check", str(path))  # the IL-2 model has no 'conc'
@@ -180,9 +140,7 @@ def test_data_check_reports_a_bad_file_in_one_line(monkeypatch, capsys, tmp_path
 def test_trial_json_prints_exactly_one_object_with_the_documented_keys(monkeypatch, capsys):
     import json
 
-    code, stdout, _ = run_cli(
-        monkeypatch, capsys, "trial", "--design", "lupil2", "--replicates", "20", "--seed", "0", "--json"
-    )
+    code, stdout, _ = run_cli(monkeypatch, capsys, "trial", "--design", "lupil2", "--replicates", "20", "--seed", "0", "--json")
     assert code == 0
     summary = json.loads(stdout)  # the whole output is one JSON object
     assert set(summary) == {"itt", "per_protocol", "replicates"} and summary["replicates"] == 20
@@ -197,9 +155,7 @@ def test_trial_with_a_placebo_regimen_in_the_active_arm_shows_no_effect(monkeypa
 
     rows = tmp_path / "none.csv"
     pd.DataFrame({"TIME": [0.0], "AMT": [0.0]}).to_csv(rows, index=False)
-    code, stdout, _ = run_cli(
-        monkeypatch, capsys, "trial", "--replicates", "20", "--seed", "0", "--regimen", str(rows), "--json"
-    )
+    code, stdout, _ = run_cli(monkeypatch, capsys, "trial", "--replicates", "20", "--seed", "0", "--regimen", str(rows), "--json")
     assert code == 0
     itt = json.loads(stdout)["itt"]
     assert abs(itt["difference"]) < 0.05
@@ -211,17 +167,13 @@ def test_unknown_trial_design_is_one_line_and_exit_2(monkeypatch, capsys):
 
 
 def test_fit_with_an_unknown_method_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
-    code, _, err = run_cli(
-        monkeypatch, capsys, "fit", "fits/lupil2_nuts/fit.toml", "--method", "mcmc", "--out", str(tmp_path / "o")
-    )
+    code, _, err = run_cli(monkeypatch, capsys, "fit", "fits/lupil2_nuts/fit.toml", "--method", "mcmc", "--out", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and "mcmc" in err and "nuts" in err
     assert not (tmp_path / "o").exists()
 
 
 def test_profile_of_an_unknown_parameter_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
-    code, _, err = run_cli(
-        monkeypatch, capsys, "profile", "fits/lupil2_nuts/fit.toml", "--parameter", "ka", "--out", str(tmp_path / "o")
-    )
+    code, _, err = run_cli(monkeypatch, capsys, "profile", "fits/lupil2_nuts/fit.toml", "--parameter", "ka", "--out", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and "'ka'" in err and "kout_treg" in err
     assert not (tmp_path / "o").exists()
 
@@ -231,57 +183,34 @@ def test_diagnose_writes_tables_and_figures_and_names_the_failed_check(monkeypat
     from il2treg.fit import save_fit
 
     save_fit(misspecified_fit, tmp_path / "fit")
-    code, out, _ = run_cli(
-        monkeypatch, capsys, "diagnose", str(tmp_path / "fit"), "--out", str(tmp_path / "diag"), "--n-sim", "200"
-    )
+    code, out, _ = run_cli(monkeypatch, capsys, "diagnose", str(tmp_path / "fit"), "--out", str(tmp_path / "diag"), "--n-sim", "200")
     assert code == 0
     assert "treg_per_uL: mean CWRES" in out
     written = {p.name for p in (tmp_path / "diag" / "figures").iterdir()}
-    assert written == {
-        f"{kind}_{dvid}.png"
-        for kind in ("individual", "gof", "vpc", "vpc_change", "course")
-        for dvid in ("treg_per_uL", "tconv_per_uL")
-    }
+    assert written == {f"{kind}_{dvid}.png" for kind in ("individual", "gof", "vpc", "vpc_change", "course") for dvid in ("treg_per_uL", "tconv_per_uL")}
     assert (tmp_path / "diag" / "diagnostics.csv").is_file() and (tmp_path / "diag" / "summary.csv").is_file()
     code, _, err = run_cli(monkeypatch, capsys, "diagnose", str(tmp_path / "fit"), "--out", str(tmp_path / "diag"))
     assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_diagnose_by_a_column_that_is_not_a_covariate_is_one_line_before_any_simulation(
-    monkeypatch, capsys, tmp_path, misspecified_fit
-):
+def test_diagnose_by_a_column_that_is_not_a_covariate_is_one_line_before_any_simulation(monkeypatch, capsys, tmp_path, misspecified_fit):
     from il2treg.fit import save_fit
 
     save_fit(misspecified_fit, tmp_path / "fit")
-    code, _, err = run_cli(
-        monkeypatch, capsys, "diagnose", str(tmp_path / "fit"), "--out", str(tmp_path / "diag"), "--vpc-by", "ARM"
-    )
+    code, _, err = run_cli(monkeypatch, capsys, "diagnose", str(tmp_path / "fit"), "--out", str(tmp_path / "diag"), "--vpc-by", "ARM")
     assert code == 2 and err.count("\n") == 1 and "--vpc-by ARM" in err and "(none)" in err and "Fix:" in err
     assert not (tmp_path / "diag").exists()
 
 
 @pytest.mark.slow
 def test_regimens_compare_writes_the_table_and_figure(monkeypatch, capsys, tmp_path):
-    code, out, _ = run_cli(
-        monkeypatch,
-        capsys,
-        "regimens",
-        "compare",
-        "--regimens",
-        "lupil2,weekly_only",
-        "--n",
-        "20",
-        "--out",
-        str(tmp_path / "c"),
-    )
+    code, out, _ = run_cli(monkeypatch, capsys, "regimens", "compare", "--regimens", "lupil2,weekly_only", "--n", "20", "--out", str(tmp_path / "c"))
     assert code == 0 and "treg_mean_fold" in out and "failed solves: 0" in out
     assert {p.name for p in (tmp_path / "c").iterdir()} == {"table.csv", "per_patient.csv", "comparison.png"}
     table = pd.read_csv(tmp_path / "c" / "table.csv")
     assert set(table["regimen"]) == {"lupil2", "weekly_only"}
-    code, _, err = run_cli(
-        monkeypatch, capsys, "regimens", "compare", "--regimens", "lupil2,nope", "--out", str(tmp_path / "d")
-    )
+    code, _, err = run_cli(monkeypatch, capsys, "regimens", "compare", "--regimens", "lupil2,nope", "--out", str(tmp_path / "d"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "'nope'" in err and not (tmp_path / "d").exists()
 
 
@@ -311,21 +240,7 @@ def test_a_model_file_of_ones_own_runs_through_every_command(monkeypatch, capsys
     model = il2treg.load_model(model_file)
     assert model.observable_names == ("treg_per_uL", "teff_per_uL", "sledai")
 
-    code, stdout, _ = run_cli(
-        monkeypatch,
-        capsys,
-        "simulate",
-        "--model",
-        str(model_file),
-        "--n",
-        "4",
-        "--days",
-        "28",
-        "--dt",
-        "1",
-        "--out",
-        str(tmp_path / "sim"),
-    )
+    code, stdout, _ = run_cli(monkeypatch, capsys, "simulate", "--model", str(model_file), "--n", "4", "--days", "28", "--dt", "1", "--out", str(tmp_path / "sim"))
     assert code == 0 and "teff_per_uL" in stdout
     assert set(pd.read_csv(tmp_path / "sim" / "simulation.csv").DVID) == {"treg_per_uL", "teff_per_uL", "sledai"}
 
@@ -347,26 +262,17 @@ def test_a_model_file_of_ones_own_runs_through_every_command(monkeypatch, capsys
         '[error.treg_per_uL]\nkind = "proportional"\nsigma_prop = 0.2\n'
         '[error.teff_per_uL]\nkind = "proportional"\nsigma_prop = 0.1\nestimate = []\n'
     )
-    code, stdout, _ = run_cli(
-        monkeypatch, capsys, "fit", str(tmp_path / "fit.toml"), "--out", str(tmp_path / "res"), "--no-figures"
-    )
+    code, stdout, _ = run_cli(monkeypatch, capsys, "fit", str(tmp_path / "fit.toml"), "--out", str(tmp_path / "res"), "--no-figures")
     assert code == 0, stdout
     estimates = pd.read_csv(tmp_path / "res" / "parameters.csv").set_index("parameter")
     for name, value in truth.items():  # the 95% interval holds the value the data were simulated with
-        assert estimates.loc[name, "ci_low"] < value < estimates.loc[name, "ci_high"], (
-            name,
-            estimates.loc[name].to_dict(),
-        )
+        assert estimates.loc[name, "ci_low"] < value < estimates.loc[name, "ci_high"], (name, estimates.loc[name].to_dict())
     predictions = pd.read_csv(tmp_path / "res" / "predictions.csv")
     assert set(predictions.DVID) == {"treg_per_uL", "teff_per_uL"}
 
-    code, stdout, err = run_cli(
-        monkeypatch, capsys, "diagnose", str(tmp_path / "res"), "--out", str(tmp_path / "diag"), "--n-sim", "50"
-    )
+    code, stdout, err = run_cli(monkeypatch, capsys, "diagnose", str(tmp_path / "res"), "--out", str(tmp_path / "diag"), "--n-sim", "50")
     assert code == 0, err
-    assert {"vpc_treg_per_uL.png", "individual_teff_per_uL.png"} <= {
-        p.name for p in (tmp_path / "diag" / "figures").iterdir()
-    }
+    assert {"vpc_treg_per_uL.png", "individual_teff_per_uL.png"} <= {p.name for p in (tmp_path / "diag" / "figures").iterdir()}
 
     code, stdout, _ = run_cli(monkeypatch, capsys, "regimens", "compare", "--model", str(model_file), "--regimens", "lupil2,weekly_only",
                               "--n", "10", "--out", str(tmp_path / "cmp"))  # fmt: skip
@@ -384,9 +290,4 @@ def test_a_model_file_of_ones_own_runs_through_every_command(monkeypatch, capsys
 
 def test_trial_of_a_model_without_sledai_is_one_line_and_exit_2(monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "trial", "--model", "pk_1cmt_oral", "--replicates", "2")
-    assert (
-        code == 2
-        and err.count("\n") == 1
-        and "'pk_1cmt_oral' has no sledai observable" in err
-        and ". Fix: add them" in err
-    ), err
+    assert code == 2 and err.count("\n") == 1 and "'pk_1cmt_oral' has no sledai observable" in err and ". Fix: add them" in err, err

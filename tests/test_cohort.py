@@ -274,9 +274,7 @@ def test_an_arm_regimen_with_dose_records_is_refused_before_computing():
     """The cohort's table writes plain dose rows; a regimen with an infusion would be misdescribed."""
     from il2treg.records import DoseRecords
 
-    infused = Regimen(
-        [0.0, 7.0], [1.5e6, 1.5e6], records=DoseRecords([0, 0], [0.5, 0.5], [False, False], [0, 0], [0.0, 0.0])
-    )
+    infused = Regimen([0.0, 7.0], [1.5e6, 1.5e6], records=DoseRecords([0, 0], [0.5, 0.5], [False, False], [0, 0], [0.0, 0.0]))
     design = trial.load_design("lupil2")
     design = design.replace(regimens={**design.regimens, "il2": infused})
     with pytest.raises(InputError, match="NONMEM records"):

@@ -77,7 +77,8 @@ def test_empty_file_is_rejected(tmp_path):
     path = write(tmp_path, "")
     assert_data_error(
         path,
-        f"file '{path}' is empty. Fix: write a header ID,TIME,EVID,AMT,DVID,DV and one row per event.",
+        f"file '{path}' is empty. Fix: write a header ID,TIME,EVID,AMT,DVID,DV and one row "
+        "per event.",
         column=None,
         row=None,
     )
@@ -236,7 +237,8 @@ def test_mixed_id_types_in_a_dataframe_are_rejected(tmp_path):
 def test_non_numeric_time_is_rejected(tmp_path):
     assert_data_error(
         write(tmp_path, table((3, "1,6h,0,,il2_pM,1,1,0,ILT-101,64"))),
-        "TIME must be a finite number; row 3 has '6h'. Fix: write TIME in days from the first dose (e.g. 7 or 0.125).",
+        "TIME must be a finite number; row 3 has '6h'. Fix: write TIME in days from the first "
+        "dose (e.g. 7 or 0.125).",
         column="TIME",
         row=3,
     )
@@ -276,7 +278,8 @@ def test_unsorted_times_are_rejected_with_row_number(tmp_path):
     text = table((3, "1,7.5,0,,il2_pM,1,1,0,ILT-101,64"))
     assert_data_error(
         write(tmp_path, text),
-        "TIME decreases within ID 1 at row 4 (1 after 7.5 at row 3). Fix: sort the rows of each ID by TIME.",
+        "TIME decreases within ID 1 at row 4 (1 after 7.5 at row 3). Fix: sort the rows of each "
+        "ID by TIME.",
         column="TIME",
         row=4,
     )
@@ -322,9 +325,7 @@ def test_other_events_are_kept_out_of_doses_and_observations(tmp_path):
     """EVID 2 rows (NONMEM's other events) neither dose nor observe; their DV is not read, but
     an amount on one is an error (it would be a dose that never happens)."""
     base = read_dataset(write(tmp_path, table()))
-    other = read_dataset(
-        write(tmp_path, table(header=HEADER, rows=[*ROWS, "1,8,2,,,,,1,ILT-101,64", "2,9,2,.,sledai,99,0,,Placebo,70"]))
-    )
+    other = read_dataset(write(tmp_path, table(header=HEADER, rows=[*ROWS, "1,8,2,,,,,1,ILT-101,64", "2,9,2,.,sledai,99,0,,Placebo,70"])))
     for field in ("obs_time", "obs_value", "obs_dvid", "dose_time", "dose_amount"):
         np.testing.assert_array_equal(getattr(base, field), getattr(other, field), err_msg=field)
     assert_data_error(
@@ -386,7 +387,8 @@ def test_dose_row_with_dvid_is_rejected(tmp_path):
 def test_missing_dvid_on_observation_is_rejected(tmp_path):
     assert_data_error(
         write(tmp_path, table((3, "1,0.25,0,,,1,1,0,ILT-101,64"))),
-        f"DVID is missing on observation row 3. Fix: name what was observed, one of: {VALID_NAMES}.",
+        f"DVID is missing on observation row 3. Fix: name what was observed, one of: "
+        f"{VALID_NAMES}.",
         column="DVID",
         row=3,
     )
@@ -404,7 +406,8 @@ def test_unknown_dvid_lists_valid_names(tmp_path):
 def test_misspelt_dvid_suggests_the_close_name(tmp_path):
     assert_data_error(
         write(tmp_path, table((1, "1,0,0,,Treg_pct_CD4,5.1,0,0,ILT-101,64"))),
-        f"unknown DVID 'Treg_pct_CD4' at row 1 (did you mean 'treg_pct_cd4'?). Fix: use one of: {VALID_NAMES}.",
+        f"unknown DVID 'Treg_pct_CD4' at row 1 (did you mean 'treg_pct_cd4'?). Fix: use one of: "
+        f"{VALID_NAMES}.",
         column="DVID",
         row=1,
     )
@@ -463,7 +466,8 @@ def test_censored_dose_row_is_rejected(tmp_path):
 def test_mdv_other_than_zero_one_is_rejected(tmp_path):
     assert_data_error(
         write(tmp_path, table((5, "1,7,0,,treg_pct_cd4,,0,2,ILT-101,64"))),
-        "MDV must be 0 or 1; row 5 has 2. Fix: 1 keeps the row without using its DV, 0 otherwise; empty means 0.",
+        "MDV must be 0 or 1; row 5 has 2. Fix: 1 keeps the row without using its DV, 0 "
+        "otherwise; empty means 0.",
         column="MDV",
         row=5,
     )
@@ -537,24 +541,12 @@ def test_a_numeric_covariate_that_changes_is_time_varying(tmp_path):
     np.testing.assert_array_equal(data.covariate_series["CRCL"], [[60, 60, 60, 55], [80] * 4])
     np.testing.assert_array_equal(data.covariates["WT"], [3.0, 2.0])  # the first period's
     np.testing.assert_array_equal(data.covariate_periods("CRCL"), data.covariate_series["CRCL"])
-    assert (
-        "WT (number, time-varying: up to 3 values per subject), CRCL (number, time-varying: up to 2 values per subject)"
-        in data.summary()
-    )
+    assert "WT (number, time-varying: up to 3 values per subject), CRCL (number, time-varying: up to 2 values per subject)" in data.summary()
     frame = data.to_frame()  # each row at its time's values; the change at day 2 on an EVID 2 row
     assert frame["EVID"].tolist() == [1, 0, 2, 0, 0, 0, 1, 0]
     assert frame["WT"].tolist() == [3.0, 3.0, 3.5, 4.0, 4.0, 4.0, 2.0, 2.0]
     assert_same(read_dataset(frame, observables=("conc",)), data)
-    assert data.to_frame(rows=True)["ROW"].tolist() == [
-        1,
-        2,
-        0,
-        4,
-        5,
-        6,
-        7,
-        8,
-    ]  # the source rows; 0 on the EVID 2 row written anew
+    assert data.to_frame(rows=True)["ROW"].tolist() == [1, 2, 0, 4, 5, 6, 7, 8]  # the source rows; 0 on the EVID 2 row written anew
     second = data.subset([2])
     np.testing.assert_array_equal(second.covariate_series["WT"], [[2.0] * 4])
     constant = read_dataset(write(tmp_path, table()))
@@ -581,7 +573,9 @@ def test_arrays_are_padded_per_subject(dataset):
 
 
 def test_mask_excludes_padding_and_mdv_rows(dataset):
-    np.testing.assert_array_equal(dataset.obs_mask, [[True, True, False, True], [True, True, False, False]])
+    np.testing.assert_array_equal(
+        dataset.obs_mask, [[True, True, False, True], [True, True, False, False]]
+    )
     np.testing.assert_array_equal(dataset.obs_cens[0], [False, True, False, False])
     np.testing.assert_array_equal(dataset.obs_dv_missing[0], [False, False, True, False])
     np.testing.assert_array_equal(dataset.obs_value, [[5.1, 1, 0, 7.5], [4.8, 8, 0, 0]])
@@ -617,14 +611,8 @@ def test_optional_columns_default_to_zero(tmp_path):
 
 def test_dataset_without_doses_has_width_one_dose_arrays():
     frame = pd.DataFrame(
-        {
-            "ID": ["a", "b"],
-            "TIME": [0.0, 3.0],
-            "EVID": [0, 0],
-            "AMT": [np.nan, np.nan],
-            "DVID": ["sledai", "sledai"],
-            "DV": [10.0, 12.0],
-        }
+        {"ID": ["a", "b"], "TIME": [0.0, 3.0], "EVID": [0, 0], "AMT": [np.nan, np.nan],
+         "DVID": ["sledai", "sledai"], "DV": [10.0, 12.0]}
     )
     ds = read_dataset(frame)
     assert ds.ids == ("a", "b")
@@ -643,7 +631,9 @@ def test_rows_of_an_id_need_not_be_contiguous(tmp_path):
 def test_dataset_batches_under_jit_and_vmap(dataset):
     @jax.jit
     def weighted_sum(ds: Dataset) -> jax.Array:
-        per_subject = jax.vmap(lambda v, m: jnp.sum(jnp.where(m, v, 0.0)))(ds.obs_value, ds.obs_mask)
+        per_subject = jax.vmap(lambda v, m: jnp.sum(jnp.where(m, v, 0.0)))(
+            ds.obs_value, ds.obs_mask
+        )
         return per_subject
 
     np.testing.assert_allclose(weighted_sum(dataset), [5.1 + 1 + 7.5, 4.8 + 8])
@@ -690,7 +680,9 @@ def test_subset_keeps_order_and_trims_padding(dataset):
 def test_subset_rejects_unknown_and_repeated_ids(dataset):
     with pytest.raises(InputError) as info:
         dataset.subset([3])
-    assert str(info.value) == ("unknown subject ID 3. Fix: use IDs of the dataset (2 subjects: 1, 2).")
+    assert str(info.value) == (
+        "unknown subject ID 3. Fix: use IDs of the dataset (2 subjects: 1, 2)."
+    )
     with pytest.raises(InputError, match="subject ID 1 is repeated"):
         dataset.subset([1, 1])
     with pytest.raises(InputError, match="got no IDs"):
@@ -744,9 +736,7 @@ NONMEM_DTA = """ID TIME AMT WGT APGR DV FA1 FA2
 def test_a_nonmem_dta_file_reads_as_the_same_data_written_out_in_days(tmp_path):
     """pheno.dta's conventions: whitespace, no EVID (AMT > 0 is a dose), no DVID (one
     observable), DV 0 on dose rows, TIME in hours, FA1/FA2 dropped."""
-    nonmem = read_dataset(
-        write(tmp_path, NONMEM_DTA, "run.dta"), observables=("conc",), time_unit="h", drop=("FA1", "FA2")
-    )
+    nonmem = read_dataset(write(tmp_path, NONMEM_DTA, "run.dta"), observables=("conc",), time_unit="h", drop=("FA1", "FA2"))
     explicit = read_dataset(
         write(tmp_path, "ID,TIME,EVID,AMT,DVID,DV,WGT,APGR\n"
               "1,0,1,25,,,1.4,7\n1,0.08333333333333333,0,,conc,17.3,1.4,7\n1,0.5208333333333334,1,3.5,,,1.4,7\n"
@@ -805,9 +795,7 @@ def _compress_doses(text: str) -> str:
         for j in doses:
             if float(rows[j][2]) != float(row[2]):
                 break
-            if len(run) > 1 and float(rows[j][1]) - float(rows[run[-1]][1]) != float(rows[run[1]][1]) - float(
-                rows[run[0]][1]
-            ):
+            if len(run) > 1 and float(rows[j][1]) - float(rows[run[-1]][1]) != float(rows[run[1]][1]) - float(rows[run[0]][1]):
                 break
             run.append(j)
         if len(run) > 1:
@@ -848,63 +836,17 @@ ADDL_HEADER = "ID,TIME,EVID,AMT,DVID,DV,ADDL,II"
 @pytest.mark.parametrize(
     "row, message, column",
     [
-        (
-            "1,0,1,100,,,-1,24",
-            "ADDL is -1 on dose row 1. Fix: ADDL counts additional doses: a whole number, 0 or more.",
-            "ADDL",
-        ),
-        (
-            "1,0,1,100,,,1.5,24",
-            "ADDL is 1.5 on dose row 1. Fix: ADDL counts additional doses: a whole number, 0 or more.",
-            "ADDL",
-        ),
-        (
-            "1,0,1,100,,,2,-12",
-            "II is negative (-12) on dose row 1. Fix: II is the dosing interval, in TIME's unit, 0 or more.",
-            "II",
-        ),
-        (
-            "1,0,1,100,,,2,0",
-            "dose row 1 has ADDL 2 but II is 0. Fix: give the interval between its additional doses in II (TIME's unit), or set ADDL 0.",
-            "II",
-        ),
-        (
-            "1,0,1,100,,,2,",
-            "dose row 1 has ADDL 2 but II is 0. Fix: give the interval between its additional doses in II (TIME's unit), or set ADDL 0.",
-            "II",
-        ),
-        (
-            "1,0,1,100,,,x,24",
-            "ADDL must be a finite number; row 1 has 'x'. Fix: ADDL counts the additional doses of a dose row: 0, 1, 2, ... (empty means 0).",
-            "ADDL",
-        ),
-        (
-            "1,0,1,100,,,2,y",
-            "II must be a finite number; row 1 has 'y'. Fix: II is the interval between a dose row's additional doses, in TIME's unit (empty means 0).",
-            "II",
-        ),
-        (
-            "1,0,0,,conc,5,2,24",
-            "ADDL is 2 on observation row 1. Fix: ADDL and II belong to dose rows; leave them empty or 0 on observations.",
-            "ADDL",
-        ),
-        (
-            "1,0,0,,conc,5,0,24",
-            "II is 24 on observation row 1. Fix: ADDL and II belong to dose rows; leave them empty or 0 on observations.",
-            "II",
-        ),
+        ("1,0,1,100,,,-1,24", "ADDL is -1 on dose row 1. Fix: ADDL counts additional doses: a whole number, 0 or more.", "ADDL"),
+        ("1,0,1,100,,,1.5,24", "ADDL is 1.5 on dose row 1. Fix: ADDL counts additional doses: a whole number, 0 or more.", "ADDL"),
+        ("1,0,1,100,,,2,-12", "II is negative (-12) on dose row 1. Fix: II is the dosing interval, in TIME's unit, 0 or more.", "II"),
+        ("1,0,1,100,,,2,0", "dose row 1 has ADDL 2 but II is 0. Fix: give the interval between its additional doses in II (TIME's unit), or set ADDL 0.", "II"),
+        ("1,0,1,100,,,2,", "dose row 1 has ADDL 2 but II is 0. Fix: give the interval between its additional doses in II (TIME's unit), or set ADDL 0.", "II"),
+        ("1,0,1,100,,,x,24", "ADDL must be a finite number; row 1 has 'x'. Fix: ADDL counts the additional doses of a dose row: 0, 1, 2, ... (empty means 0).", "ADDL"),
+        ("1,0,1,100,,,2,y", "II must be a finite number; row 1 has 'y'. Fix: II is the interval between a dose row's additional doses, in TIME's unit (empty means 0).", "II"),
+        ("1,0,0,,conc,5,2,24", "ADDL is 2 on observation row 1. Fix: ADDL and II belong to dose rows; leave them empty or 0 on observations.", "ADDL"),
+        ("1,0,0,,conc,5,0,24", "II is 24 on observation row 1. Fix: ADDL and II belong to dose rows; leave them empty or 0 on observations.", "II"),
     ],
-    ids=[
-        "negative",
-        "fraction",
-        "negative-ii",
-        "zero-ii",
-        "empty-ii",
-        "text-addl",
-        "text-ii",
-        "addl-on-observation",
-        "ii-on-observation",
-    ],
+    ids=["negative", "fraction", "negative-ii", "zero-ii", "empty-ii", "text-addl", "text-ii", "addl-on-observation", "ii-on-observation"],
 )
 def test_bad_addl_ii_is_one_clear_error(tmp_path, row, message, column):
     path = write(tmp_path, f"{ADDL_HEADER}\n{row}\n1,1,0,,conc,4,0,0\n")
@@ -932,20 +874,13 @@ def test_a_subjects_events_read_as_a_table(tmp_path):
     path = write(tmp_path, f"{ADDL_HEADER}\n1,0,1,100,,,2,12\n1,6,0,,conc,4,,\n2,0,1,50,,,0,0\n2,3,0,,conc,1,,\n")
     data = read_dataset(path, observables=("conc",), time_unit="h")
     events = data.events(1)
-    assert events[["TIME", "EVID", "AMT"]].to_numpy().tolist() == [
-        [0.0, 1, 100.0],
-        [0.25, 0, 0.0],
-        [0.5, 1, 100.0],
-        [1.0, 1, 100.0],
-    ]
+    assert events[["TIME", "EVID", "AMT"]].to_numpy().tolist() == [[0.0, 1, 100.0], [0.25, 0, 0.0], [0.5, 1, 100.0], [1.0, 1, 100.0]]
     with pytest.raises(DataError, match=r"no subject with ID 3 in the data \(IDs: 1, 2\)"):
         data.events(3)
 
 
 def test_cmt_is_read_where_the_models_dosing_compartments_are_known(tmp_path):
-    rows = (
-        "ID,TIME,EVID,AMT,CMT,DVID,DV\n1,0,1,100,1,,\n1,2,0,,2,conc,4\n1,12,1,100,,,\n1,13,1,20,2,,\n1,14,0,,,conc,3\n"
-    )
+    rows = "ID,TIME,EVID,AMT,CMT,DVID,DV\n1,0,1,100,1,,\n1,2,0,,2,conc,4\n1,12,1,100,,,\n1,13,1,20,2,,\n1,14,0,,,conc,3\n"
     data = read_dataset(write(tmp_path, rows), observables=("conc",), doses=[DosingInput(1), DosingInput(2)])
     np.testing.assert_array_equal(data.dose_amount[0], [100, 100, 20])
     np.testing.assert_array_equal(data.dose_input[0], [0, 0, 1])
@@ -953,10 +888,7 @@ def test_cmt_is_read_where_the_models_dosing_compartments_are_known(tmp_path):
     assert_same(read_dataset(data.to_frame(), observables=("conc",), doses=[DosingInput(1), DosingInput(2)]), data)
     with pytest.raises(DataError) as info:
         read_dataset(write(tmp_path, rows), observables=("conc",), doses=[DosingInput(1)])
-    assert (
-        str(info.value)
-        == "dose row 4 has CMT 2, but the model doses into compartment 1. Fix: set CMT to it (or leave it empty for compartment 1)."
-    )
+    assert str(info.value) == "dose row 4 has CMT 2, but the model doses into compartment 1. Fix: set CMT to it (or leave it empty for compartment 1)."
     assert (info.value.column, info.value.row) == ("CMT", 4)
 
 
@@ -966,64 +898,24 @@ RECORD_HEADER = "ID,TIME,EVID,AMT,DV,RATE,SS,II,ADDL"
 @pytest.mark.parametrize(
     ("row", "message", "column"),
     [
-        (
-            "1,0,1,100,,-1,0,0,0",
-            "RATE -1 on dose row 1 asks for a rate the model computes, which il2treg does not model. Fix: give the rate in RATE, "
-            "or declare the input's duration in the model's [doses] table and set RATE -2.",
-            "RATE",
-        ),
-        (
-            "1,0,1,100,,-3,0,0,0",
-            "RATE is -3 on dose row 1. Fix: give the infusion rate (AMT per TIME unit, > 0), 0 for a bolus, or -2 for the "
-            "duration the model declares.",
-            "RATE",
-        ),
-        (
-            "1,0,1,100,,-2,0,0,0",
-            "RATE -2 on dose row 1 asks for the infusion duration the model declares, but its input (compartment 1) declares none. "
-            "Fix: give the rate in RATE, or declare a duration for the input in the model's [doses] table.",
-            "RATE",
-        ),
-        (
-            "1,0,1,100,,x,0,0,0",
-            "RATE must be a finite number; row 1 has 'x'. Fix: RATE is a dose's infusion rate (AMT per TIME unit), 0 for a bolus, "
-            "or -2 for the model's duration.",
-            "RATE",
-        ),
-        (
-            "1,0,1,100,,0,3,12,0",
-            "SS is 3 on dose row 1. Fix: SS is 0 (none), 1 (steady state) or 2 (steady state added).",
-            "SS",
-        ),
-        (
-            "1,0,1,100,,0,1,0,0",
-            "dose row 1 has SS 1 but II is 0. Fix: give the dosing interval of the steady state in II (TIME's unit); "
-            "a steady state of a constant infusion (II 0) is not supported.",
-            "II",
-        ),
-        (
-            "1,0,1,100,,5,1,12,0",
-            "dose row 1 is a steady-state infusion lasting 20 (AMT / RATE), longer than its II 12. Fix: check RATE and II; "
-            "overlapping steady-state infusions are not supported.",
-            "RATE",
-        ),
-        (
-            "1,0,1,100,,0,0,0,2",
-            "dose row 1 has ADDL 2 but II is 0. Fix: give the interval between its additional doses in II (TIME's unit), "
-            "or set ADDL 0.",
-            "II",
-        ),
-        (
-            "1,0,0,,,10,0,0,0",
-            "RATE is 10 on row 1, which is not a dose. Fix: RATE belongs to dose rows (EVID 1 or 4); leave it empty or 0 here.",
-            "RATE",
-        ),
+        ("1,0,1,100,,-1,0,0,0", "RATE -1 on dose row 1 asks for a rate the model computes, which il2treg does not model. Fix: give the rate in RATE, "
+         "or declare the input's duration in the model's [doses] table and set RATE -2.", "RATE"),
+        ("1,0,1,100,,-3,0,0,0", "RATE is -3 on dose row 1. Fix: give the infusion rate (AMT per TIME unit, > 0), 0 for a bolus, or -2 for the "
+         "duration the model declares.", "RATE"),
+        ("1,0,1,100,,-2,0,0,0", "RATE -2 on dose row 1 asks for the infusion duration the model declares, but its input (compartment 1) declares none. "
+         "Fix: give the rate in RATE, or declare a duration for the input in the model's [doses] table.", "RATE"),
+        ("1,0,1,100,,x,0,0,0", "RATE must be a finite number; row 1 has 'x'. Fix: RATE is a dose's infusion rate (AMT per TIME unit), 0 for a bolus, "
+         "or -2 for the model's duration.", "RATE"),
+        ("1,0,1,100,,0,3,12,0", "SS is 3 on dose row 1. Fix: SS is 0 (none), 1 (steady state) or 2 (steady state added).", "SS"),
+        ("1,0,1,100,,0,1,0,0", "dose row 1 has SS 1 but II is 0. Fix: give the dosing interval of the steady state in II (TIME's unit); "
+         "a steady state of a constant infusion (II 0) is not supported.", "II"),
+        ("1,0,1,100,,5,1,12,0", "dose row 1 is a steady-state infusion lasting 20 (AMT / RATE), longer than its II 12. Fix: check RATE and II; "
+         "overlapping steady-state infusions are not supported.", "RATE"),
+        ("1,0,1,100,,0,0,0,2", "dose row 1 has ADDL 2 but II is 0. Fix: give the interval between its additional doses in II (TIME's unit), "
+         "or set ADDL 0.", "II"),
+        ("1,0,0,,,10,0,0,0", "RATE is 10 on row 1, which is not a dose. Fix: RATE belongs to dose rows (EVID 1 or 4); leave it empty or 0 here.", "RATE"),
         ("1,0,2,,,0,1,0,0", None, None),  # an other event's SS is not read
-        (
-            "1,0,0,,,0,2,0,0",
-            "SS is 2 on row 1, which is not a dose. Fix: SS belongs to dose rows (EVID 1 or 4); leave it empty or 0 here.",
-            "SS",
-        ),
+        ("1,0,0,,,0,2,0,0", "SS is 2 on row 1, which is not a dose. Fix: SS belongs to dose rows (EVID 1 or 4); leave it empty or 0 here.", "SS"),
         ("1,0,3,,,0,0,0,0", None, None),  # a reset alone at time 0
     ],
 )
@@ -1055,9 +947,7 @@ def test_rate_ss_and_ii_are_read_in_the_tables_time_unit(tmp_path):
     for field in ("dose_time", "dose_amount", "dose_duration", "dose_ss", "dose_ii", "dose_reset", "dose_input"):
         np.testing.assert_allclose(getattr(again, field), getattr(data, field), rtol=1e-15, err_msg=field)
     assert "Dose records: 3 infusions (RATE), 1 steady states (SS)" in data.summary()
-    plain = read_dataset(
-        write(tmp_path, f"{RECORD_HEADER}\n1,6,1,100,,0,0,12,2\n1,40,0,,4,,,,\n"), observables=("conc",), time_unit="h"
-    )
+    plain = read_dataset(write(tmp_path, f"{RECORD_HEADER}\n1,6,1,100,,0,0,12,2\n1,40,0,,4,,,,\n"), observables=("conc",), time_unit="h")
     assert plain.records() is None  # plain doses take the solver's lighter path
     assert "Dose records" not in plain.summary()
 
@@ -1069,10 +959,7 @@ def test_hours_read_as_days_are_flagged(tmp_path):
     import warnings
 
     rows = "ID,TIME,EVID,AMT,DV\n1,0,1,100,\n1,1440,0,,3\n"
-    with pytest.warns(
-        UserWarning,
-        match=r'TIME spans 1440 days \(over 3 years\), read as days. Fix: if TIME is in hours, read it with time_unit = "h"',
-    ):
+    with pytest.warns(UserWarning, match=r'TIME spans 1440 days \(over 3 years\), read as days. Fix: if TIME is in hours, read it with time_unit = "h"'):
         read_dataset(write(tmp_path, rows), observables=("conc",))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -1082,9 +969,7 @@ def test_hours_read_as_days_are_flagged(tmp_path):
 
 def test_time_messages_name_the_unit_the_time_is_read_in(tmp_path):
     path = write(tmp_path, "ID,TIME,EVID,AMT,DV\n1,-2,1,100,\n1,3,0,,3\n")
-    with pytest.raises(
-        DataError, match=r"TIME is negative \(-2\) at row 1. Fix: TIME counts hours from the first dose"
-    ):
+    with pytest.raises(DataError, match=r"TIME is negative \(-2\) at row 1. Fix: TIME counts hours from the first dose"):
         read_dataset(path, observables=("conc",), time_unit="h")
     with pytest.raises(DataError, match=r"TIME counts days from the first dose"):
         read_dataset(path, observables=("conc",))
@@ -1098,14 +983,7 @@ def test_a_fit_starts_periods_only_where_the_columns_it_reads_change(tmp_path):
 
     data = read_dataset(write(tmp_path, TIME_VARYING), observables=("conc",))
     model = il2treg.load_model("pk_1cmt_iv")
-    problem = make_problem(
-        model,
-        data,
-        fixed=("CL", "V"),
-        random=("V",),
-        sigmas=(),
-        covariates=(CovariateEffect("CL", "CRCL", "power", 60.0),),
-    )
+    problem = make_problem(model, data, fixed=("CL", "V"), random=("V",), sigmas=(), covariates=(CovariateEffect("CL", "CRCL", "power", 60.0),))
     assert problem.timed and problem.varying == ("CRCL",) and problem.follow_covariates == ("CL",)
     patients = problem_patients(problem, data)
     np.testing.assert_array_equal(np.asarray(patients.periods), [[0, 5], [0, 0]])

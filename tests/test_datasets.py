@@ -136,19 +136,7 @@ def test_published_studies_has_eight_or_more_studies_each_number_with_its_readin
     table = reference("published_studies")
     assert table["study"].nunique() >= 8
     assert pd.api.types.is_float_dtype(table["value"]) and table["value"].notna().all()
-    for column in (
-        "citation",
-        "population",
-        "regimen",
-        "arm",
-        "observable",
-        "time",
-        "statistic",
-        "unit",
-        "location",
-        "quote",
-        "where",
-    ):
+    for column in ("citation", "population", "regimen", "arm", "observable", "time", "statistic", "unit", "location", "quote", "where"):
         assert table[column].notna().all() and (table[column].str.len() > 0).all(), column
     assert set(table["how_read"]) <= {"text", "table", "figure, digitised"}
     assert set(table["source_kind"]) <= {"primary", "conference abstract", "review"}
@@ -165,6 +153,4 @@ def test_published_studies_has_eight_or_more_studies_each_number_with_its_readin
     assert (days >= 0).all() and (days == days.round()).all()
     # the LUPIL-2 rows agree with the LUPIL-2 table
     sri4 = reference("lupil2_sri4")
-    assert sorted(table.loc[table["study"] == "LUPIL-2", "value"]) == pytest.approx(
-        sorted(sri4.loc[sri4["analysis"].isin(["ITT", "PP"]), "rate"])
-    )
+    assert sorted(table.loc[table["study"] == "LUPIL-2", "value"]) == pytest.approx(sorted(sri4.loc[sri4["analysis"].isin(["ITT", "PP"]), "rate"]))

@@ -31,9 +31,7 @@ def test_each_summary_keeps_the_number_of_its_published_row(data):
         if study == "DILfrequency":
             assert s.value == pytest.approx(1.0 + value)
         elif study == "DILT1D":
-            assert s.value == pytest.approx(1.10) and float(data.regimens[s.arm].amounts[0]) == pytest.approx(
-                value * 1e6 * data.bsa_m2
-            )
+            assert s.value == pytest.approx(1.10) and float(data.regimens[s.arm].amounts[0]) == pytest.approx(value * 1e6 * data.bsa_m2)
         else:
             assert s.value == pytest.approx(value)
         assert (s.bound == "lower") == (published["qualifier"] == ">")

@@ -65,21 +65,7 @@ def test_cmax_matches_the_closed_form_pk_without_the_receptor_sink(model_no_sink
     q = dict(zip(p.names, np.asarray(p.values)))
     reg = rg.lupil2()
     t = np.arange(0.0, 84.0, 1.0 / 1440.0)
-    c = (
-        np.asarray(
-            pk.closed_form_pM(
-                jnp.asarray(t),
-                reg.times,
-                reg.amounts,
-                ka=q["ka"],
-                ke=q["CL"] / q["V"],
-                V=q["V"],
-                F=q["F"],
-                tlag=q["tlag"],
-            )
-        )
-        + q["il2_endo"]
-    )
+    c = np.asarray(pk.closed_form_pM(jnp.asarray(t), reg.times, reg.amounts, ka=q["ka"], ke=q["CL"] / q["V"], V=q["V"], F=q["F"], tlag=q["tlag"])) + q["il2_endo"]
     assert frame["cmax_pM"].iloc[0] <= c.max() * (1 + 1e-9)
     assert frame["cmax_pM"].iloc[0] == pytest.approx(c.max(), rel=5e-3)
 
@@ -152,9 +138,7 @@ def test_design_gradients_match_finite_differences(model, tight, objective):
 def test_the_designed_regimen_beats_lupil2_and_meets_every_constraint(designed, model):
     """Started from LUPIL-2 and 4 random starts: the time-averaged Treg fold change improves, and a
     fresh simulation of the designed regimen (the comparison's code, finer grid) meets every limit."""
-    print(
-        f"treg_mean_fold: LUPIL-2 {designed.start_value:.5f} -> designed {designed.value:.5f}; starts {np.round(designed.start_values, 5)}; {designed.run_s:.1f} s"
-    )
+    print(f"treg_mean_fold: LUPIL-2 {designed.start_value:.5f} -> designed {designed.value:.5f}; starts {np.round(designed.start_values, 5)}; {designed.run_s:.1f} s")
     print(designed.checks.to_string(index=False))
     assert designed.value > designed.start_value + 1e-3
     assert designed.checks["met"].all() and designed.scaled_back == 1.0
@@ -162,15 +146,9 @@ def test_the_designed_regimen_beats_lupil2_and_meets_every_constraint(designed, 
     assert fresh["nk_change_pct"].iloc[0] <= CONSTRAINTS.nk_change_max_pct
     assert fresh["cmax_pM"].iloc[0] <= CONSTRAINTS.cmax_max_pM
     amounts = np.asarray(designed.regimen.amounts)
-    assert (
-        amounts.sum() <= CONSTRAINTS.total_dose_max_iu * (1 + 1e-12)
-        and amounts.max() <= CONSTRAINTS.dose_max_iu
-        and amounts.min() >= 0
-    )
+    assert amounts.sum() <= CONSTRAINTS.total_dose_max_iu * (1 + 1e-12) and amounts.max() <= CONSTRAINTS.dose_max_iu and amounts.min() >= 0
     np.testing.assert_array_equal(designed.regimen.times, rg.lupil2().times)
-    assert fresh["treg_mean_fold"].iloc[0] == pytest.approx(
-        designed.value, rel=1e-5
-    )  # the check's grid is 3x finer after doses
+    assert fresh["treg_mean_fold"].iloc[0] == pytest.approx(designed.value, rel=1e-5)  # the check's grid is 3x finer after doses
 
 
 @pytest.mark.slow
@@ -188,9 +166,7 @@ def test_a_second_design_with_other_limits_and_steps_builds_no_new_program(desig
     constraints and steps builds none of them again."""
     other = Constraints(tconv_change_max_pct=5.0, total_dose_max_iu=20e6, quantile=0.9)
     with caplog.at_level("WARNING", logger="jax"), jax.log_compiles(True):
-        d = optimise(
-            "lupil2", objective="treg_mean_fold", constraints=other, model=model, n_starts=5, steps=3, learning_rate=0.3
-        )
+        d = optimise("lupil2", objective="treg_mean_fold", constraints=other, model=model, n_starts=5, steps=3, learning_rate=0.3)
     built = [r.getMessage()[:90] for r in caplog.records if r.getMessage().startswith("Compiling jit(_design_")]
     assert not built, built
     assert d.history.shape == (3,) and len(d.start_values) == 5
@@ -259,9 +235,7 @@ def test_virtual_population_draws_typical_values_from_the_priors(model):
     names = list(params.names)
     ec50 = np.log(values[:, names.index("ec50_treg")])
     spec = model.spec["ec50_treg"]
-    expected_sd = np.sqrt(
-        spec.prior_sd**2 + spec.omega**2
-    )  # prior on the typical value, then between-patient variability
+    expected_sd = np.sqrt(spec.prior_sd**2 + spec.omega**2)  # prior on the typical value, then between-patient variability
     assert np.std(ec50) == pytest.approx(expected_sd, rel=0.08)
     ka = values[:, names.index("ka")]
     assert model.spec["ka"].prior_sd is None and np.std(np.log(ka)) == pytest.approx(model.spec["ka"].omega, rel=0.08)
@@ -297,10 +271,7 @@ def test_patients_of_one_population_draw_share_its_typical_values(model):
     assert np.std(np.log(emax / typical_emax)) < 1.0
 
 
-@pytest.mark.parametrize(
-    ("n", "draws", "message"),
-    [(10, 4, r"multiple of draws, e.g. n=8"), (6, 4, r"n=8"), (8, 1, "integer >= 2"), (8, True, "integer >= 2")],
-)
+@pytest.mark.parametrize(("n", "draws", "message"), [(10, 4, r"multiple of draws, e.g. n=8"), (6, 4, r"n=8"), (8, 1, "integer >= 2"), (8, True, "integer >= 2")])
 def test_population_draws_must_split_the_patients(model, n, draws, message):
     with pytest.raises(InputError, match=message):
         virtual_population(model, n, draws=draws)
@@ -323,19 +294,11 @@ def test_population_and_difference_are_statistics_of_the_per_draw_means():
     then percentiles over the draws."""
     c = _synthetic_comparison(3)
     pop = c.population(level=0.5).set_index("regimen")
-    assert (
-        pop.loc["B", "median"] == pytest.approx(1.0)
-        and pop.loc["B", "lo"] == pytest.approx(0.75)
-        and pop.loc["B", "hi"] == pytest.approx(1.25)
-    )
+    assert pop.loc["B", "median"] == pytest.approx(1.0) and pop.loc["B", "lo"] == pytest.approx(0.75) and pop.loc["B", "hi"] == pytest.approx(1.25)
     assert pop.loc["A", "median"] == pytest.approx(2.0) and (pop["draws"] == 3).all()
     diff = c.difference("B", level=0.5)
     assert list(diff["regimen"]) == ["A"] and diff["median"].iloc[0] == pytest.approx(1.5)
-    assert (
-        diff["lo"].iloc[0] == pytest.approx(1.25)
-        and diff["hi"].iloc[0] == pytest.approx(3.0)
-        and diff["p_positive"].iloc[0] == 1.0
-    )
+    assert diff["lo"].iloc[0] == pytest.approx(1.25) and diff["hi"].iloc[0] == pytest.approx(3.0) and diff["p_positive"].iloc[0] == 1.0
     assert c.difference("A")["p_positive"].iloc[0] == 0.0
     with pytest.raises(InputError, match="reference regimen 'C'"):
         c.difference("C")
@@ -357,19 +320,9 @@ def test_a_comparison_states_the_link_uncertainty_of_its_population_effect(model
     code, out, _ = run_cli(monkeypatch, capsys, "regimens", "compare", "--regimens", "lupil2,placebo", "--n", "16", "--seed", "2",
                            "--draws", "4", "--uncertain", ",".join(LINK), "--out", str(tmp_path / "c"))  # fmt: skip
     assert code == 0 and "difference.csv" in out
-    assert {f.name for f in (tmp_path / "c").iterdir()} == {
-        "table.csv",
-        "per_patient.csv",
-        "population.csv",
-        "difference.csv",
-        "comparison.png",
-    }
+    assert {f.name for f in (tmp_path / "c").iterdir()} == {"table.csv", "per_patient.csv", "population.csv", "difference.csv", "comparison.png"}
     written = pd.read_csv(tmp_path / "c" / "difference.csv").set_index("metric")
-    np.testing.assert_allclose(
-        written.loc["p_sri4_w12", ["median", "lo", "hi"]].to_numpy(float),
-        diff.loc["p_sri4_w12", ["median", "lo", "hi"]].to_numpy(float),
-        rtol=1e-9,
-    )
+    np.testing.assert_allclose(written.loc["p_sri4_w12", ["median", "lo", "hi"]].to_numpy(float), diff.loc["p_sri4_w12", ["median", "lo", "hi"]].to_numpy(float), rtol=1e-9)
 
 
 @pytest.mark.slow
@@ -392,9 +345,7 @@ def test_the_comparison_script_runs_on_the_public_api(tmp_path):
 
     script = Path(__file__).parents[1] / "scripts" / "compare_regimens.py"
     args = ["--n", "10", "--draws", "5", "--regimens", "lupil2,placebo", "--out", str(tmp_path / "r")]
-    done = subprocess.run(
-        [sys.executable, str(script), *args], check=False, capture_output=True, text=True, timeout=600
-    )
+    done = subprocess.run([sys.executable, str(script), *args], check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "r" / "table.csv").is_file() and (tmp_path / "r" / "comparison.png").is_file()
     assert set(pd.read_csv(tmp_path / "r" / "difference.csv")["regimen"]) == {"lupil2", "twice_weekly"}
@@ -454,15 +405,9 @@ def test_objectives_and_limits_a_model_does_not_have_are_clear_errors(model_name
 
 
 def test_the_named_objectives_are_the_generic_ones_of_their_observables(model):
-    assert (
-        parse_objective(model, "treg_mean_fold")
-        == parse_objective(model, "mean_fold:treg_per_uL")
-        == ("mean_fold", "treg_per_uL")
-    )
+    assert parse_objective(model, "treg_mean_fold") == parse_objective(model, "mean_fold:treg_per_uL") == ("mean_fold", "treg_per_uL")
     assert parse_objective(model, "sledai_fall_w12") == parse_objective(model, "fall:sledai")
-    teff = il2treg.load_model(
-        Path(__file__).parent / "models" / "il2_treg_teff.toml"
-    )  # another mechanism with a SLEDAI
+    teff = il2treg.load_model(Path(__file__).parent / "models" / "il2_treg_teff.toml")  # another mechanism with a SLEDAI
     assert parse_objective(teff, "p_sri4_w12") == ("p_sri4", "sledai")
     with pytest.raises(InputError, match="reads observable 'sledai', which model 'pk_1cmt_iv' does not have"):
         parse_objective(il2treg.load_model("pk_1cmt_iv"), "p_sri4_w12")
@@ -471,20 +416,6 @@ def test_the_named_objectives_are_the_generic_ones_of_their_observables(model):
 def test_a_template_beyond_the_horizon_and_a_bad_horizon_are_clear_errors():
     pk = il2treg.load_model("pk_1cmt_iv")
     with pytest.raises(InputError, match=re.escape("the template has doses after the horizon (day 7 > 3)")):
-        optimise(
-            rg.Regimen(np.array([0.0, 7.0]), np.array([50.0, 50.0])),
-            objective="mean:conc",
-            model=pk,
-            horizon_days=3.0,
-            steps=1,
-            n_starts=1,
-        )
+        optimise(rg.Regimen(np.array([0.0, 7.0]), np.array([50.0, 50.0])), objective="mean:conc", model=pk, horizon_days=3.0, steps=1, n_starts=1)
     with pytest.raises(InputError, match=re.escape("horizon_days = nan")):
-        optimise(
-            rg.Regimen(np.array([0.0, 1.0]), np.array([50.0, 50.0])),
-            objective="mean:conc",
-            model=pk,
-            horizon_days=float("nan"),
-            steps=1,
-            n_starts=1,
-        )
+        optimise(rg.Regimen(np.array([0.0, 1.0]), np.array([50.0, 50.0])), objective="mean:conc", model=pk, horizon_days=float("nan"), steps=1, n_starts=1)

@@ -72,9 +72,7 @@ def test_data_from_the_fitted_model_pass_npde_and_cwres_checks(self_simulated):
     mean NPDE against 0 and of the per-patient mean NPDE^2 against 1, global p = min(1, 2 min p)
     >= 0.05; and no time bin with a mean CWRES beyond the Bonferroni bound 0.05/bins."""
     summary = self_simulated.summary
-    print(
-        summary[["npde_mean", "npde_sd", "npde_mean_p", "npde_variance_p", "npde_global_p", "cwres_mean"]].to_string()
-    )
+    print(summary[["npde_mean", "npde_sd", "npde_mean_p", "npde_variance_p", "npde_global_p", "cwres_mean"]].to_string())
     assert self_simulated.flags() == []
     assert set(summary.index) == {"treg_per_uL", "tconv_per_uL"}
     assert np.all(summary["npde_global_p"] >= 0.05)
@@ -95,17 +93,13 @@ def test_vpc_of_data_from_the_fitted_model_covers_its_intervals(misspecified_dia
             for k in range(20):
                 table = diag.table.assign(DV=diag.simulated[k], CENS=diag.simulated_cens[k].astype(int))
                 others = np.delete(np.arange(diag.n_sim), k)
-                held_out = dataclasses.replace(
-                    diag, table=table, simulated=diag.simulated[others], simulated_cens=diag.simulated_cens[others]
-                )
+                held_out = dataclasses.replace(diag, table=table, simulated=diag.simulated[others], simulated_cens=diag.simulated_cens[others])
                 v = vpc(held_out, dvid, change_from_baseline=change)
                 coverage.append(v.coverage())
                 p.append(v.test()[1])
             coverage, p = np.asarray(coverage), np.asarray(p)
             what = "change from baseline" if change else "plain"
-            print(
-                f"{dvid} ({what}): VPC coverage {coverage.mean():.3f} (SD {coverage.std(ddof=1):.3f}), test p < 0.05 in {np.sum(p < 0.05)} of {len(p)}, mean p {p.mean():.2f}"
-            )
+            print(f"{dvid} ({what}): VPC coverage {coverage.mean():.3f} (SD {coverage.std(ddof=1):.3f}), test p < 0.05 in {np.sum(p < 0.05)} of {len(p)}, mean p {p.mean():.2f}")
             assert coverage.mean() >= 0.9 - 2 * coverage.std(ddof=1) / np.sqrt(len(coverage)), (dvid, change, coverage)
             assert np.sum(p < 0.05) <= 4, (dvid, change, p)
 
@@ -131,9 +125,7 @@ def test_the_vpc_of_the_change_from_baseline_shows_the_missing_delay(misspecifie
     plain = vpc(diag, "treg_per_uL")
     print(f"Treg change from baseline: coverage {treg.coverage():.2f}, S = {treg.test()[0]:.1f}, p = {treg.test()[1]:.4f}; "
           f"median z by day {dict(zip(treg.bins['time'], treg.bins['z_p50'].round(1)))}")  # fmt: skip
-    print(
-        f"Tconv change from baseline: coverage {tconv.coverage():.2f}, p = {tconv.test()[1]:.3f}; plain Treg VPC: coverage {plain.coverage():.2f}, p = {plain.test()[1]:.3f}"
-    )
+    print(f"Tconv change from baseline: coverage {tconv.coverage():.2f}, p = {tconv.test()[1]:.3f}; plain Treg VPC: coverage {plain.coverage():.2f}, p = {plain.test()[1]:.3f}")
     assert treg.test()[1] < 0.025 and treg.coverage() < 0.9
     assert tconv.test()[1] >= 0.025
     assert diag.summary.loc["treg_per_uL", "vpc_change_p"] == pytest.approx(treg.test()[1])
@@ -152,9 +144,7 @@ def test_change_from_baseline_divides_by_each_patients_first_observation(misspec
     assert row["observed_p50"] == pytest.approx(np.percentile(ratio, 50), rel=1e-12)
     additive = dataclasses.replace(diag, error_kinds={**diag.error_kinds, "treg_per_uL": "additive"})
     shifted = vpc(additive, "treg_per_uL", change_from_baseline=True).bins.set_index("time")
-    assert shifted.loc[7.0, "observed_p50"] == pytest.approx(
-        np.percentile(day7["DV"].to_numpy() - base.loc[day7["ID"]].to_numpy(), 50), rel=1e-12
-    )
+    assert shifted.loc[7.0, "observed_p50"] == pytest.approx(np.percentile(day7["DV"].to_numpy() - base.loc[day7["ID"]].to_numpy(), 50), rel=1e-12)
 
 
 def test_vpc_test_is_a_leave_one_out_monte_carlo_test(misspecified_diagnostics):
@@ -229,9 +219,7 @@ def test_bad_requests_are_clear_errors(misspecified_fit, misspecified_diagnostic
 def test_prediction_correction_scales_proportional_types_and_shifts_additive_ones(misspecified_diagnostics):
     diag = misspecified_diagnostics
     t = diag.table
-    pred = t["PRED"].to_numpy() * np.random.default_rng(0).uniform(
-        0.5, 1.5, len(t)
-    )  # PRED now differs between patients
+    pred = t["PRED"].to_numpy() * np.random.default_rng(0).uniform(0.5, 1.5, len(t))  # PRED now differs between patients
     varied = dataclasses.replace(diag, table=t.assign(PRED=pred))
     rows = (t["DVID"] == "treg_per_uL").to_numpy() & (t["TIME"] == 7.0).to_numpy()
     dv, p = t["DV"].to_numpy()[rows], pred[rows]
@@ -245,21 +233,10 @@ def test_prediction_correction_scales_proportional_types_and_shifts_additive_one
 def _stratum_alone(diag, ids):
     """``diag`` with only the rows (and simulated columns) of patients ``ids``."""
     keep = diag.table["ID"].isin(ids).to_numpy()
-    return dataclasses.replace(
-        diag,
-        table=diag.table[keep].reset_index(drop=True),
-        simulated=diag.simulated[:, keep],
-        simulated_cens=diag.simulated_cens[:, keep],
-    )
+    return dataclasses.replace(diag, table=diag.table[keep].reset_index(drop=True), simulated=diag.simulated[:, keep], simulated_cens=diag.simulated_cens[:, keep])
 
 
-@pytest.mark.parametrize(
-    ("by", "levels", "titles"),
-    [
-        ("ARM", ["placebo", "IL-2"], ["ARM = placebo", "ARM = IL-2"]),
-        ("DOSEGRP", [2.0, 1.0], ["DOSEGRP = 2", "DOSEGRP = 1"]),
-    ],
-)
+@pytest.mark.parametrize(("by", "levels", "titles"), [("ARM", ["placebo", "IL-2"], ["ARM = placebo", "ARM = IL-2"]), ("DOSEGRP", [2.0, 1.0], ["DOSEGRP = 2", "DOSEGRP = 1"])])
 @pytest.mark.parametrize("pred_corrected", [False, True])
 def test_a_stratified_vpc_is_the_vpc_of_each_strata_rows_alone(armed_diagnostics, by, levels, titles, pred_corrected):
     """One stratum per level (text or numeric), in order of first appearance; each stratum's bins,
@@ -273,11 +250,7 @@ def test_a_stratified_vpc_is_the_vpc_of_each_strata_rows_alone(armed_diagnostics
     per_patient = dict(zip(diag.data.ids, diag.data.covariate_values(by)))
     total = 0.0
     for level, title in zip(levels, titles):
-        alone = vpc(
-            _stratum_alone(diag, [i for i, v in per_patient.items() if v == level]),
-            "treg_per_uL",
-            pred_corrected=pred_corrected,
-        )
+        alone = vpc(_stratum_alone(diag, [i for i, v in per_patient.items() if v == level]), "treg_per_uL", pred_corrected=pred_corrected)
         mine = sv[level]
         assert mine.stratum == title
         pd.testing.assert_frame_equal(mine.bins, alone.bins)
@@ -297,9 +270,7 @@ def test_a_stratified_vpc_is_the_vpc_of_each_strata_rows_alone(armed_diagnostics
 
 
 def test_a_vpc_by_a_column_that_is_not_a_covariate_names_it_and_the_available_ones(armed_diagnostics):
-    with pytest.raises(
-        InputError, match=r"'SITE' is not a covariate of the data; its covariates are: ARM, DOSEGRP\. Fix: "
-    ):
+    with pytest.raises(InputError, match=r"'SITE' is not a covariate of the data; its covariates are: ARM, DOSEGRP\. Fix: "):
         vpc(armed_diagnostics, "treg_per_uL", by="SITE")
 
 
@@ -310,11 +281,7 @@ def test_dense_curves_reuse_the_solve_that_diagnose_compiled(misspecified_diagno
 
     diag = misspecified_diagnostics
     pr = diag.predictor
-    jax.block_until_ready(
-        predict_all(
-            pr.problem, pr.theta, pr.beta, jnp.zeros_like(jnp.asarray(pr.eta)), pr.patients, batch_size=pr.batch_size
-        )
-    )  # as diagnose's PRED
+    jax.block_until_ready(predict_all(pr.problem, pr.theta, pr.beta, jnp.zeros_like(jnp.asarray(pr.eta)), pr.patients, batch_size=pr.batch_size))  # as diagnose's PRED
     compiled, ones = [], jnp.ones(7)
 
     def listen(event, duration, **info):
@@ -329,8 +296,6 @@ def test_dense_curves_reuse_the_solve_that_diagnose_compiled(misspecified_diagno
         elapsed = time.perf_counter() - start
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
-    print(
-        f"dense IPRED and PRED of {diag.data.n_subjects} patients ({len(curves)} times): {elapsed:.2f} s; compiled: {compiled}"
-    )
+    print(f"dense IPRED and PRED of {diag.data.n_subjects} patients ({len(curves)} times): {elapsed:.2f} s; compiled: {compiled}")
     assert [name for name, _ in compiled] == ["jit(<lambda>)"]
     assert curves["ID"].nunique() == diag.data.n_subjects and np.isfinite(curves[["IPRED", "PRED"]].to_numpy()).all()

@@ -95,36 +95,16 @@ def test_each_statistic_of_varied_patients_is_numpys_of_the_same_patients(model)
     z = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (1, m, 1), dtype=jnp.float64))[0, :, 0]
     theta = np.tile(np.asarray(model.typical().values), (m, 1))
     theta[:, names.index("CL")] *= np.exp(omega * z)
-    f = np.asarray(il2treg.simulate(model, regimen, jnp.asarray([t]), Parameters(jnp.asarray(theta), names))["conc"])[
-        :, 0
-    ]
+    f = np.asarray(il2treg.simulate(model, regimen, jnp.asarray([t]), Parameters(jnp.asarray(theta), names))["conc"])[:, 0]
     threshold = float(np.median(f))
     rows = [Summary("a", "conc", t, kind, 1.0, 50, se=0.5) for kind in ("mean", "geomean", "median", "sd")]
     rows.append(Summary("a", "conc", t, "proportion_above", 0.4, 50, threshold=threshold))
-    fit = fit_summaries(
-        model,
-        {"a": regimen},
-        rows,
-        fixed=("V",),
-        random=("CL",),
-        sigma_prop={"conc": sigma},
-        n_draws=m,
-        seed=seed,
-        max_steps=0,
-    )
-    expected = [
-        f.mean(),
-        np.exp(np.log(f).mean()),
-        _kernel_median(f),
-        np.sqrt(f.var() + sigma**2 * np.mean(f**2)),
-        norm.cdf((f - threshold) / (sigma * f)).mean(),
-    ]
+    fit = fit_summaries(model, {"a": regimen}, rows, fixed=("V",), random=("CL",), sigma_prop={"conc": sigma}, n_draws=m, seed=seed, max_steps=0)
+    expected = [f.mean(), np.exp(np.log(f).mean()), _kernel_median(f), np.sqrt(f.var() + sigma**2 * np.mean(f**2)), norm.cdf((f - threshold) / (sigma * f)).mean()]
     np.testing.assert_allclose(fit.predicted, expected, rtol=1e-9)
     assert len(set(np.round(fit.predicted[:3], 12))) == 3  # the three locations differ here
     p = expected[-1]
-    assert fit.ofv == pytest.approx(
-        sum(((1.0 - e) / 0.5) ** 2 for e in expected[:4]) - 2 * (20 * np.log(p) + 30 * np.log1p(-p)), rel=1e-9
-    )
+    assert fit.ofv == pytest.approx(sum(((1.0 - e) / 0.5) ** 2 for e in expected[:4]) - 2 * (20 * np.log(p) + 30 * np.log1p(-p)), rel=1e-9)
     assert fit.estimate("V") == pytest.approx(float(model.typical()["V"]), rel=1e-12)  # no iteration: the start
     assert fit.failed == (("a", 0),)
 
@@ -178,30 +158,22 @@ def test_folds_changes_and_bounds_are_numpys_of_the_same_patients_and_prediction
     theta = np.tile(np.asarray(model.typical().values), (m, 1))
     for j, p in enumerate(("CL", "r0")):
         theta[:, names.index(p)] *= np.exp(model.spec[p].omega * z[:, j])
-    f = np.asarray(
-        il2treg.simulate(model, regimen, jnp.asarray([0.0, t]), Parameters(jnp.asarray(theta), names))["response"]
-    )
+    f = np.asarray(il2treg.simulate(model, regimen, jnp.asarray([0.0, t]), Parameters(jnp.asarray(theta), names))["response"])
     fold, change = f[:, 1] / f[:, 0], f[:, 1] - f[:, 0]
     rows = [Summary("a", "response", t, "mean", 1.5, 30, se=0.2, scale="fold"),
             Summary("a", "response", t, "median", 4.0, 30, se=1.0, scale="change"),
             Summary("a", "response", t, "geomean", 3.0, 30, se=0.5, scale="fold", bound="lower"),
             Summary("a", "response", t, "mean", 2.0, 30, se=0.5, bound="upper")]  # fmt: skip
-    fit = fit_summaries(
-        model, {"a": regimen}, rows, fixed=("emax",), random=("CL", "r0"), n_draws=m, seed=seed, max_steps=0
-    )
+    fit = fit_summaries(model, {"a": regimen}, rows, fixed=("emax",), random=("CL", "r0"), n_draws=m, seed=seed, max_steps=0)
     expected = [fold.mean(), _kernel_median(change, log=False), np.exp(np.log(fold).mean()), f[:, 1].mean()]
     np.testing.assert_allclose(fit.predicted, expected, rtol=1e-9)
-    assert expected[0] != pytest.approx(
-        expected[3] / 10.0, rel=1e-3
-    )  # a fold is not the mean over the typical baseline
+    assert expected[0] != pytest.approx(expected[3] / 10.0, rel=1e-3)  # a fold is not the mean over the typical baseline
     ofv = ((1.5 - expected[0]) / 0.2) ** 2 + ((4.0 - expected[1]) / 1.0) ** 2
     ofv += -2 * norm.logcdf((expected[2] - 3.0) / 0.5) - 2 * norm.logcdf((2.0 - expected[3]) / 0.5)
     assert fit.ofv == pytest.approx(ofv, rel=1e-9)
     # the response's SD (of the simulated patients) pins r0's omega, which a median change alone leaves loose
     spread = Summary("a", "response", t, "sd", float(f[:, 1].std()), 30, se=se_of_sd(float(f[:, 1].std()), 30))
-    fit = fit_summaries(
-        model, {"a": regimen}, [*rows[:2], spread], fixed=("emax",), random=("r0",), n_draws=m, seed=seed
-    )
+    fit = fit_summaries(model, {"a": regimen}, [*rows[:2], spread], fixed=("emax",), random=("r0",), n_draws=m, seed=seed)
     assert fit.converged
     at, drawn = predict_summaries(fit, model, {"a": regimen}, rows, n_draws=m, seed=seed, samples=20)
     np.testing.assert_allclose(at[:2], fit.predicted[:2], rtol=1e-12)
@@ -221,13 +193,8 @@ def test_priors_add_their_term_starts_are_used_and_a_covariance_that_cannot_be_d
     regimen = {"a": Regimen(jnp.asarray([0.0]), jnp.asarray([40.0]))}
     rows = [Summary("a", "response", 2.0, "mean", 1.5, 30, se=0.2, scale="fold")]
     args = dict(fixed=("kout", "emax"), n_draws=16, max_steps=0, start={"kout": 0.6, "emax": 3.0})
-    plain, with_prior = (
-        fit_summaries(model, regimen, rows, **args),
-        fit_summaries(model, regimen, rows, priors=True, **args),
-    )
-    assert plain.estimate("kout") == pytest.approx(0.6, rel=1e-12) and plain.estimate("emax") == pytest.approx(
-        3.0, rel=1e-12
-    )
+    plain, with_prior = fit_summaries(model, regimen, rows, **args), fit_summaries(model, regimen, rows, priors=True, **args)
+    assert plain.estimate("kout") == pytest.approx(0.6, rel=1e-12) and plain.estimate("emax") == pytest.approx(3.0, rel=1e-12)
     expected = (np.log(0.6 / 0.5) / 0.2) ** 2 + ((3.0 - 2.0) / 0.5) ** 2
     assert plain.prior == 0.0 and with_prior.prior == pytest.approx(expected, rel=1e-12)
     assert with_prior.ofv == pytest.approx(plain.ofv + expected, rel=1e-12)
@@ -251,10 +218,7 @@ def test_a_start_where_solves_fail_or_a_statistic_is_undefined_is_an_error_namin
     with pytest.raises(SolverError, match=r"8 of 8 virtual patients of arm 'a' failed to solve at the start.*Fix: "):
         fit_summaries(model, {"a": regimen}, rows, fixed=("CL",), n_draws=8, options=starved)
     rows = [Summary("a", "conc", 0.0, "geomean", 1.0, 20, se=0.1)]
-    with pytest.raises(
-        SolverError,
-        match=r"summary 0 \(a, conc, day 0\): its geomean is undefined at the start.*Fix: use the mean there",
-    ):
+    with pytest.raises(SolverError, match=r"summary 0 \(a, conc, day 0\): its geomean is undefined at the start.*Fix: use the mean there"):
         fit_summaries(model, {"a": regimen}, rows, fixed=("CL",), n_draws=8)
 
 
@@ -285,20 +249,8 @@ def test_the_parameters_of_a_simulated_cohort_are_recovered_from_its_summaries(m
         y = f * (1 + sigma * rng.standard_normal(f.shape))
         for j, t in enumerate(times):
             mean, sd = float(y[:, j].mean()), float(y[:, j].std(ddof=1))
-            rows += [
-                Summary(arm, "conc", float(t), "mean", mean, n, se=se_of_mean(sd, n)),
-                Summary(arm, "conc", float(t), "sd", sd, n, se=se_of_sd(sd, n)),
-            ]
-    fit = fit_summaries(
-        model,
-        regimens,
-        rows,
-        fixed=("ka", "CL", "V"),
-        random=("CL", "V"),
-        sigma_prop={"conc": sigma},
-        n_draws=300,
-        seed=5,
-    )
+            rows += [Summary(arm, "conc", float(t), "mean", mean, n, se=se_of_mean(sd, n)), Summary(arm, "conc", float(t), "sd", sd, n, se=se_of_sd(sd, n))]
+    fit = fit_summaries(model, regimens, rows, fixed=("ka", "CL", "V"), random=("CL", "V"), sigma_prop={"conc": sigma}, n_draws=300, seed=5)
     assert fit.converged
     for name, value in {**truth, **{f"omega_{p}": w for p, w in omega.items()}}.items():
         assert fit.estimate(name) == pytest.approx(value, rel=0.15), (name, fit.estimate(name), value)

@@ -70,19 +70,11 @@ def test_log_density_does_not_depend_on_the_chunking(target):
     def direct(tgt, pos):
         up, eta, theta = tgt._unpacked(pos["psi"], pos["z"])
         per_patient = jax.vmap(lambda th, pat: _patient_loglik(tgt.problem, th, up.residual, pat))(theta, tgt.patients)
-        log_random = jnp.where(
-            tgt.centred, -0.5 * (eta / up.omega) ** 2 - jnp.log(up.omega), -0.5 * pos["z"] ** 2
-        ) - 0.5 * np.log(2 * np.pi)
-        return (
-            jnp.sum(jnp.where(tgt.include, per_patient, 0.0)) + jnp.sum(log_random) + tgt.prior.log_density(pos["psi"])
-        )
+        log_random = jnp.where(tgt.centred, -0.5 * (eta / up.omega) ** 2 - jnp.log(up.omega), -0.5 * pos["z"] ** 2) - 0.5 * np.log(2 * np.pi)
+        return jnp.sum(jnp.where(tgt.include, per_patient, 0.0)) + jnp.sum(log_random) + tgt.prior.log_density(pos["psi"])
 
-    assert (
-        0 < int(jnp.sum(tgt.patients.dose_amount.sum(axis=1) == 0)) < n
-    )  # placebo and treated: the order is not the identity
-    chunked = jax.jit(lambda tgt, pos: tgt.log_density(pos))(
-        dataclasses.replace(tgt, batch_size=3), pos
-    )  # 3 chunks, the last short
+    assert 0 < int(jnp.sum(tgt.patients.dose_amount.sum(axis=1) == 0)) < n  # placebo and treated: the order is not the identity
+    chunked = jax.jit(lambda tgt, pos: tgt.log_density(pos))(dataclasses.replace(tgt, batch_size=3), pos)  # 3 chunks, the last short
     assert float(chunked) == pytest.approx(float(direct(tgt, pos)), rel=1e-12)
 
 
@@ -110,21 +102,11 @@ def test_make_target_centres_the_well_informed_effects(target):
     var = jnp.asarray([[0.01, 0.09], [0.1, 0.001]])
     ne = tgt.problem.n_eta
     variances = var[:, :ne] if ne == 2 else jnp.tile(var[:, :1], (1, ne))
-    t = make_target(
-        tgt.problem,
-        tgt.patients,
-        tgt.base_residual,
-        tgt.prior,
-        tgt.include,
-        variances,
-        omega[:ne] if ne == 2 else jnp.full(ne, 0.4),
-    )
+    t = make_target(tgt.problem, tgt.patients, tgt.base_residual, tgt.prior, tgt.include, variances, omega[:ne] if ne == 2 else jnp.full(ne, 0.4))
     assert bool(t.centred[0, 0]) and not bool(t.centred[1, 0])
 
 
-@pytest.mark.parametrize(
-    "kw, message", [({"chains": 0}, "chains"), ({"target_accept": 0.3}, "target_accept"), ({"warmup": 1.5}, "warmup")]
-)
+@pytest.mark.parametrize("kw, message", [({"chains": 0}, "chains"), ({"target_accept": 0.3}, "target_accept"), ({"warmup": 1.5}, "warmup")])
 def test_bad_nuts_settings_are_named(kw, message):
     with pytest.raises(SpecError, match=message):
         NutsSettings(**kw)
@@ -144,14 +126,7 @@ def test_nuts_results_round_trip_exactly_through_load_fit(nuts_result):
     back = load_fit(out)
     assert back.method == "nuts" and back.estimator == Nuts()
     assert back.equals(result)
-    assert set(back.inference.groups()) >= {
-        "posterior",
-        "sample_stats",
-        "log_likelihood",
-        "posterior_predictive",
-        "observed_data",
-        "constant_data",
-    }
+    assert set(back.inference.groups()) >= {"posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data", "constant_data"}
 
 
 @pytest.mark.slow
@@ -186,9 +161,7 @@ def test_nuts_posterior_file_has_named_dims_and_works_with_arviz(nuts_result):
     assert np.all(idata.log_likelihood["y"].values[..., ~used] == 0.0)
     assert np.all(np.isnan(idata.observed_data["y"].values[~used]))
     stats = idata.sample_stats
-    assert {"diverging", "tree_depth", "acceptance_rate", "energy", "lp", "step_size", "solver_failed"} <= set(
-        stats.data_vars
-    )
+    assert {"diverging", "tree_depth", "acceptance_rate", "energy", "lp", "step_size", "solver_failed"} <= set(stats.data_vars)
 
 
 @pytest.mark.slow
@@ -205,10 +178,7 @@ def test_an_estimator_that_is_not_one_is_refused_before_computing(spec, tmp_path
     from il2treg.fit.estimators import estimator_named
     from il2treg.fit.run import run_fit
 
-    with pytest.raises(
-        InputError,
-        match=r"estimator must be an il2treg.fit estimator \(Foce\(\), Saem\(...\), Nuts\(...\)\), got 'mcmc'",
-    ):
+    with pytest.raises(InputError, match=r"estimator must be an il2treg.fit estimator \(Foce\(\), Saem\(...\), Nuts\(...\)\), got 'mcmc'"):
         run_fit(spec, tmp_path / "x", estimator="mcmc")
     assert not (tmp_path / "x").exists()
     with pytest.raises(InputError, match=r"unknown estimation method 'mcmc'\. Fix: use one of foce, saem, nuts"):
@@ -228,9 +198,7 @@ def test_the_posterior_with_inter_occasion_variability_puts_each_kappa_in_its_oc
     problem, patients, res = objective.problem, objective.patients, objective.base_residual
     up = unpack(problem, problem.split(psi), res)
     sd = up.random_effects.sd
-    eta_var = (
-        jnp.tile(jnp.asarray([[0.01, 0.5, 0.001, 0.001, 0.001]]), (4, 1)) * sd**2 * 4
-    )  # CL well informed, V not; kappas too, yet non-centred
+    eta_var = jnp.tile(jnp.asarray([[0.01, 0.5, 0.001, 0.001, 0.001]]), (4, 1)) * sd**2 * 4  # CL well informed, V not; kappas too, yet non-centred
     tgt = make_target(problem, patients, res, sampling_priors(problem, psi), jnp.ones(4, bool), eta_var, sd)
     assert np.asarray(tgt.centred).tolist() == [[True, False, False, False, False]] * 4
     eta = 0.1 * jnp.cos(jnp.arange(20).reshape(4, 5))
@@ -239,11 +207,7 @@ def test_the_posterior_with_inter_occasion_variability_puts_each_kappa_in_its_oc
 
     @jax.jit
     def direct(psi, z):
-        theta = jax.vmap(
-            lambda e, pat: individual_theta(
-                problem, covariate_theta(problem, up.theta, up.beta, pat.covariates), e, pat.occasion
-            )
-        )(eta, patients)
+        theta = jax.vmap(lambda e, pat: individual_theta(problem, covariate_theta(problem, up.theta, up.beta, pat.covariates), e, pat.occasion))(eta, patients)
         loglik = jax.vmap(lambda th, pat: _patient_loglik(problem, th, up.residual, pat))(theta, patients)
         log_random = jnp.where(tgt.centred, -0.5 * (eta / sd) ** 2 - jnp.log(sd), -0.5 * z**2) - 0.5 * np.log(2 * np.pi)
         return jnp.sum(loglik) + jnp.sum(log_random) + tgt.prior.log_density(psi)

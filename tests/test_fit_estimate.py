@@ -64,9 +64,7 @@ def test_unfittable_patient_is_flagged_and_the_others_fit_as_without_it(fit_case
     assert flagged.converged and reference.converged
     assert abs(flagged.ofv - reference.ofv) < 1e-2
     np.testing.assert_allclose(flagged.psi, reference.psi, atol=2e-2)
-    np.testing.assert_allclose(
-        np.delete(np.asarray(flagged.eta), bad, 0), np.delete(np.asarray(reference.eta), bad, 0), atol=2e-2
-    )
+    np.testing.assert_allclose(np.delete(np.asarray(flagged.eta), bad, 0), np.delete(np.asarray(reference.eta), bad, 0), atol=2e-2)
 
 
 class Recording:

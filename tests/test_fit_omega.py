@@ -99,9 +99,7 @@ def _cohort(folder: Path, n: int, rho: float, seed: int, *, block: bool = True, 
     for i in range(n):
         cl, v = 2.0 * np.exp(eta[i, 0]), 20.0 * np.exp(eta[i, 1])
         lines.append(f"{i + 1},0,100,0")
-        lines += [
-            f"{i + 1},{t:g},0,{100 / v * np.exp(-cl * t / v) * (1 + 0.1 * rng.standard_normal()):.8g}" for t in TIMES_H
-        ]
+        lines += [f"{i + 1},{t:g},0,{100 / v * np.exp(-cl * t / v) * (1 + 0.1 * rng.standard_normal()):.8g}" for t in TIMES_H]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "data.csv").write_text("\n".join(lines) + "\n")
     text = f'model = "{(ROOT / "models" / "pk_1cmt_iv.toml").as_posix()}"\ndata = "data.csv"\ntime_unit = "h"\n'
@@ -123,9 +121,7 @@ def test_the_fit_starts_at_the_block_s_initial_correlation(tmp_path):
     assert problem.blocks == (("CL", "V"),) and problem.corr_pairs == ((1, 0),)
     psi = initial_psi(spec, problem, spec.residual_model())
     assert float(problem.split(psi).corr[0]) == pytest.approx(np.arctanh(-0.3), rel=1e-12)
-    assert float(problem.split(natural_parameters_of(problem, psi, spec.residual_model())[0]).corr[0]) == pytest.approx(
-        -0.3, rel=1e-12
-    )
+    assert float(problem.split(natural_parameters_of(problem, psi, spec.residual_model())[0]).corr[0]) == pytest.approx(-0.3, rel=1e-12)
 
 
 def test_a_block_of_three_reports_every_correlation_with_an_interval_around_it(tmp_path):
@@ -154,12 +150,7 @@ def test_a_block_of_three_reports_every_correlation_with_an_interval_around_it(t
     for name in ("corr_ka_CL", "corr_ka_V", "corr_CL_V"):
         row = est[name]
         assert row["estimate"] == pytest.approx(0.4, rel=1e-12)  # every pair starts at the block's correlation
-        assert (
-            row["se"] > 0
-            and row["ci_low"] < row["estimate"] < row["ci_high"]
-            and -1 < row["ci_low"]
-            and row["ci_high"] < 1
-        )
+        assert row["se"] > 0 and row["ci_low"] < row["estimate"] < row["ci_high"] and -1 < row["ci_low"] and row["ci_high"] < 1
         assert np.isnan(row["rse_percent"])
     # V with CL hangs on two partial correlations: its SE is larger than that of one alone
     assert est["corr_CL_V"]["se"] != pytest.approx(est["corr_ka_CL"]["se"], rel=1e-3)
@@ -182,9 +173,7 @@ def test_block_objective_is_the_diagonal_one_at_zero_correlation_and_its_gradien
     objectives = []
     for path in cohort:
         spec = read_fit_spec(path)
-        problem = spec.problem(
-            options=SolverOptions(rtol=1e-10, atol=1e-13, adjoint=dfx.ForwardMode(), max_steps=100_000)
-        )
+        problem = spec.problem(options=SolverOptions(rtol=1e-10, atol=1e-13, adjoint=dfx.ForwardMode(), max_steps=100_000))
         patients = problem_patients(problem, spec.dataset)
         objective = Objective(problem, patients, spec.residual_model(), inner_tol=1e-16)
         objectives.append((objective, initial_psi(spec, problem, spec.residual_model())))
@@ -250,9 +239,7 @@ def test_nuts_density_of_correlated_random_effects(cohort):
     rng = np.random.default_rng(3)
     eta = jnp.asarray(rng.normal(0.0, 0.2, (100, 2)))
     variances = jnp.asarray(rng.uniform(0.001, 0.1, (100, 2)))  # some patients centred, some not, per effect
-    target = make_target(
-        problem, patients, residual, prior, jnp.ones(100, dtype=bool), variances, jnp.asarray([0.3, 0.2])
-    )
+    target = make_target(problem, patients, residual, prior, jnp.ones(100, dtype=bool), variances, jnp.asarray([0.3, 0.2]))
     centred = np.asarray(target.centred)
     assert centred.any() and (~centred).any()
 
@@ -269,9 +256,7 @@ def test_nuts_density_of_correlated_random_effects(cohort):
     assert density(x) - density(0.0) == pytest.approx(expected, rel=1e-9, abs=1e-9)
     # Every patient centred instead: the same distribution of eta in other coordinates, so the
     # densities differ by the Jacobians omega_k of the non-centred coordinates only.
-    centred_target = make_target(
-        problem, patients, residual, prior, jnp.ones(100, dtype=bool), variances, jnp.asarray([1e9, 1e9])
-    )
+    centred_target = make_target(problem, patients, residual, prior, jnp.ones(100, dtype=bool), variances, jnp.asarray([1e9, 1e9]))
     assert np.asarray(centred_target.centred).all()
     psi = psi0.at[corr_at].set(x)
     all_centred = float(centred_target.log_density({"psi": psi, "z": centred_target.to_coordinates(psi, eta)}))

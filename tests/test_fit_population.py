@@ -26,9 +26,7 @@ def test_gradient_matches_finite_differences_of_the_objective(model, fit_case):
     data, _ = simulated_dataset(model, 6, seed=4, weights=True)
     tight = il2treg.SolverOptions(rtol=1e-10, atol=1e-13, adjoint=dfx.ForwardMode(), max_steps=100_000)
     effects = (CovariateEffect("tconv0", "WT", "power", 70.0),)
-    problem = make_problem(
-        model, data, fixed=FIT_FIXED, random=FIT_RANDOM, sigmas=FIT_SIGMAS, options=tight, covariates=effects
-    )
+    problem = make_problem(model, data, fixed=FIT_FIXED, random=FIT_RANDOM, sigmas=FIT_SIGMAS, options=tight, covariates=effects)
     # EBEs converged far beyond the default (1e-10) so that finite differences of the objective
     # are not swamped by the EBE tolerance (log|H| is not stationary in eta).
     objective = Objective(problem, patient_arrays(data, effects), fit_case["residual"], inner_tol=1e-16)
@@ -45,11 +43,7 @@ def test_gradient_matches_finite_differences_of_the_objective(model, fit_case):
         # 1e-16 is below float64's resolution of g (about 4e-13 here): every patient must still
         # stop converged, at that limit (il2treg.fit.individual), not run to max_iter (one did).
         assert np.all(np.asarray(inn.status) == 0), (np.asarray(inn.status), np.asarray(inn.iterations))
-        return (
-            float(objective.value(p, inn, include)),
-            np.asarray(inn.eta),
-            np.asarray(objective.gradient(p, inn.eta, include)),
-        )
+        return float(objective.value(p, inn, include)), np.asarray(inn.eta), np.asarray(objective.gradient(p, inn.eta, include))
 
     # Step 1e-3: small enough for the truncation error of central differences, large enough that
     # the remaining EBE-tolerance noise in the objective (log|H| is not stationary in eta) does not
@@ -59,10 +53,7 @@ def test_gradient_matches_finite_differences_of_the_objective(model, fit_case):
     hessian = ofv_hessian(objective, psi, inner, include)
     for k, name in enumerate(problem.psi_names):
         h = 1e-3
-        (up, eta_up, grad_up), (down, eta_down, grad_down) = (
-            ofv_and_eta(psi.at[k].add(h)),
-            ofv_and_eta(psi.at[k].add(-h)),
-        )
+        (up, eta_up, grad_up), (down, eta_down, grad_down) = ofv_and_eta(psi.at[k].add(h)), ofv_and_eta(psi.at[k].add(-h))
         fd = (up - down) / (2 * h)
         assert abs(grad[k] - fd) <= 1e-4 * abs(fd) + 1e-6, (name, grad[k], fd)
         fd_eta = (eta_up - eta_down) / (2 * h)
@@ -107,12 +98,9 @@ def test_patients_split_over_threads_give_the_same_objective(fit_case):
     np.testing.assert_allclose(two.eta, one.eta[rows], rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(two.status, one.status[rows])
     include = one.status == 0
-    assert float(threaded.value(psi, two, include[rows])) == pytest.approx(
-        2 * float(objective.value(psi, one, include)), rel=1e-12
-    )
-    np.testing.assert_allclose(
-        threaded.gradient(psi, two.eta, include[rows]), 2 * objective.gradient(psi, one.eta, include), rtol=1e-9
-    )
+    assert float(threaded.value(psi, two, include[rows])) == pytest.approx(2 * float(objective.value(psi, one, include)), rel=1e-12)
+    np.testing.assert_allclose(threaded.gradient(psi, two.eta, include[rows]), 2 * objective.gradient(psi, one.eta, include), rtol=1e-9)
+
 
 
 _SHARDED_FIT_CHECK = """
@@ -173,9 +161,7 @@ def test_objective_sharded_over_two_devices_matches_one_device():
     import subprocess
     import sys
 
-    done = subprocess.run(
-        [sys.executable, "-c", _SHARDED_FIT_CHECK], check=False, capture_output=True, text=True, timeout=900
-    )
+    done = subprocess.run([sys.executable, "-c", _SHARDED_FIT_CHECK], check=False, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "identical" in done.stdout
 
@@ -200,17 +186,10 @@ def _iv_objective(interaction: bool, kind: str = "proportional", n: int = 10):
         cl, v = 2.0 * np.exp(0.3 * rng.standard_normal()), 20.0 * np.exp(0.2 * rng.standard_normal())
         rows.append({"ID": i + 1, "TIME": 0.0, "AMT": 100.0, "DV": 0.0})
         for t in (0.5, 2.0, 6.0, 12.0, 24.0):
-            rows.append(
-                {
-                    "ID": i + 1,
-                    "TIME": t,
-                    "AMT": 0.0,
-                    "DV": 100 / v * np.exp(-cl * t / v) * (1 + 0.12 * rng.standard_normal()),
-                }
-            )
+            rows.append({"ID": i + 1, "TIME": t, "AMT": 0.0, "DV": 100 / v * np.exp(-cl * t / v) * (1 + 0.12 * rng.standard_normal())})
     data = read_dataset(pd.DataFrame(rows), observables=model.observable_names, time_unit="h")
     tight = il2treg.SolverOptions(rtol=1e-10, atol=1e-13, adjoint=dfx.ForwardMode(), max_steps=100_000)
-    sigma = "add" if kind == "additive" else "prop"
+    sigma = ("add" if kind == "additive" else "prop")
     problem = make_problem(model, data, fixed=("CL", "V"), random=("CL", "V"), sigmas=(("conc", sigma),), residual_kinds={"conc": kind},
                            options=tight, interaction=interaction)  # fmt: skip
     residual = ResidualModel.build(kinds={"conc": kind}, sigmas={"conc": (0.3, 0.15)}, names=model.observable_names)
@@ -254,9 +233,7 @@ def test_foce_without_interaction_is_nonmems_objective_and_its_gradient_is_exact
         g and its derivative, and J."""
         f = lambda e: predict(problem, individual_theta(problem, up.theta, e), patient)[0]
         var = (sigma * f(jnp.zeros(2))) ** 2  # NONMEM's FOCE: the variance at eta = 0
-        g = lambda e: (
-            jnp.sum(jnp.where(patient.obs_mask, (patient.obs_value - f(e)) ** 2 / var, 0.0)) + jnp.sum(e**2 / omega2_j)
-        )
+        g = lambda e: jnp.sum(jnp.where(patient.obs_mask, (patient.obs_value - f(e)) ** 2 / var, 0.0)) + jnp.sum(e**2 / omega2_j)
         return var, g(eta), jax.jacfwd(g)(eta), jax.jacfwd(f)(eta)  # forward mode: the solver's adjoint
 
     total = 0.0
@@ -266,16 +243,8 @@ def test_foce_without_interaction_is_nonmems_objective_and_its_gradient_is_exact
         used = np.asarray(patient.obs_mask)
         jac, var = jac[used], var[used]
         h = jac.T @ (jac / var[:, None]) + np.diag(1.0 / omega2)
-        assert grad_g @ np.linalg.solve(2.0 * h, grad_g) < 1e-11, (
-            i,
-            grad_g,
-        )  # the EBE is g's minimum: its Newton decrement
-        total += (
-            float(np.sum(np.log(2 * np.pi * var)))
-            + float(g)
-            + float(np.sum(np.log(omega2)))
-            + float(np.linalg.slogdet(h)[1])
-        )
+        assert grad_g @ np.linalg.solve(2.0 * h, grad_g) < 1e-11, (i, grad_g)  # the EBE is g's minimum: its Newton decrement
+        total += float(np.sum(np.log(2 * np.pi * var))) + float(g) + float(np.sum(np.log(omega2))) + float(np.linalg.slogdet(h)[1])
     ofv = float(objective.value(psi, inner, include))
     assert ofv == pytest.approx(total, rel=1e-9)
     foce_i, _ = _iv_objective(True)
@@ -310,11 +279,7 @@ def _pheno_objective(spec, problem, patients):
     inner = objective.inner(psi, jnp.zeros((n, problem.n_eta)))
     include = jnp.ones(n, dtype=bool)
     assert np.all(np.asarray(inner.status) == 0)
-    return (
-        float(objective.value(psi, inner, include)),
-        np.asarray(objective.gradient(psi, inner.eta, include)),
-        np.asarray(inner.eta),
-    )
+    return float(objective.value(psi, inner, include)), np.asarray(objective.gradient(psi, inner.eta, include)), np.asarray(inner.eta)
 
 
 @pytest.mark.slow
@@ -356,24 +321,11 @@ def test_steady_state_infusions_in_hours_fit_as_their_doses_written_out_in_days(
     explicit = []
     for s, subject in enumerate(d.ids):
         real = d.dose_row[s] > 0
-        for t, amt, dur, ss, ii in zip(
-            d.dose_time[s][real],
-            d.dose_amount[s][real],
-            d.dose_duration[s][real],
-            d.dose_ss[s][real],
-            d.dose_ii[s][real],
-            strict=True,
-        ):
+        for t, amt, dur, ss, ii in zip(d.dose_time[s][real], d.dose_amount[s][real], d.dose_duration[s][real], d.dose_ss[s][real], d.dose_ii[s][real], strict=True):
             series = [t - m * ii for m in range(int(shift / ii), 0, -1)] if ss else []
-            explicit += [
-                {"ID": subject, "TIME": u + shift, "EVID": 1, "AMT": amt, "RATE": amt / dur, "DV": None, "MDV": 1}
-                for u in [*series, t]
-            ]
+            explicit += [{"ID": subject, "TIME": u + shift, "EVID": 1, "AMT": amt, "RATE": amt / dur, "DV": None, "MDV": 1} for u in [*series, t]]
         used = d.obs_row[s] > 0
-        explicit += [
-            {"ID": subject, "TIME": t + shift, "EVID": 0, "AMT": 0, "RATE": 0, "DV": v, "MDV": 0}
-            for t, v in zip(d.obs_time[s][used], d.obs_value[s][used], strict=True)
-        ]
+        explicit += [{"ID": subject, "TIME": t + shift, "EVID": 0, "AMT": 0, "RATE": 0, "DV": v, "MDV": 0} for t, v in zip(d.obs_time[s][used], d.obs_value[s][used], strict=True)]
     frame = pd.DataFrame(explicit)
     for name in ("WGT", "APGR"):
         frame[name] = frame["ID"].map(dict(zip(d.ids, d.covariates[name], strict=True)))
@@ -437,23 +389,11 @@ def iov_data(occasions: list[int], seed: int = 8, weight: bool = False):
         for k in range(count):
             cl = 2.0 * np.exp(eta + 0.15 * rng.standard_normal())
             amount += 100.0
-            rows.append(
-                {
-                    "ID": i + 1,
-                    "TIME": 48.0 * k,
-                    "EVID": 1,
-                    "AMT": 100.0,
-                    "DV": None,
-                    "OCC": k + 1,
-                    "WT": wt if k == 0 else None,
-                }
-            )
+            rows.append({"ID": i + 1, "TIME": 48.0 * k, "EVID": 1, "AMT": 100.0, "DV": None, "OCC": k + 1, "WT": wt if k == 0 else None})
             clock = 48.0 * k
             for t in (1.0, 6.0, 20.0) + ((30.0,) if weight and k == 0 else ()):
                 if t == 30.0:  # the weight's change
-                    rows.append(
-                        {"ID": i + 1, "TIME": 30.0, "EVID": 2, "AMT": 0.0, "DV": None, "OCC": 1, "WT": 1.3 * wt}
-                    )
+                    rows.append({"ID": i + 1, "TIME": 30.0, "EVID": 2, "AMT": 0.0, "DV": None, "OCC": 1, "WT": 1.3 * wt})
                     continue
                 factor = (1.3 if weight and 48.0 * k + t > 30.0 else 1.0) ** 0.75 if weight else 1.0
                 now = 48.0 * k + t
@@ -462,17 +402,7 @@ def iov_data(occasions: list[int], seed: int = 8, weight: bool = False):
                     clock = 30.0
                 amount *= np.exp(-cl * factor / v * (now - clock))
                 clock = now
-                rows.append(
-                    {
-                        "ID": i + 1,
-                        "TIME": now,
-                        "EVID": 0,
-                        "AMT": 0.0,
-                        "DV": amount / v * (1 + 0.1 * rng.standard_normal()),
-                        "OCC": k + 1,
-                        "WT": None,
-                    }
-                )
+                rows.append({"ID": i + 1, "TIME": now, "EVID": 0, "AMT": 0.0, "DV": amount / v * (1 + 0.1 * rng.standard_normal()), "OCC": k + 1, "WT": None})
             factor = 1.3**0.75 if weight else 1.0
             amount *= np.exp(-cl * factor / v * (48.0 * (k + 1) - clock))
     frame = pd.DataFrame(rows).sort_values(["ID", "TIME"], kind="stable")
@@ -492,20 +422,11 @@ def iov_objective(data):
     effects = (CovariateEffect("CL", "WT", "power", 70.0),) if "WT" in data.covariates else ()
     problem = make_problem(model, data, fixed=("CL", "V"), random=("CL", "V"), sigmas=(("conc", "prop"),), residual_kinds={"conc": "proportional"},
                            options=tight, iov=("CL",), occasion="OCC", covariates=effects)  # fmt: skip
-    residual = ResidualModel.build(
-        kinds={"conc": "proportional"}, sigmas={"conc": (0.3, 0.12)}, names=model.observable_names
-    )
+    residual = ResidualModel.build(kinds={"conc": "proportional"}, sigmas={"conc": (0.3, 0.12)}, names=model.observable_names)
     typical = model.typical()
     u = to_unconstrained(problem, {"CL": 1.1 * float(typical["CL"]), "V": 0.9 * float(typical["V"])})
     log = lambda *x: jnp.log(jnp.asarray(x))
-    psi = Psi(
-        u=u,
-        beta=jnp.asarray([0.6] * len(effects)),
-        log_omega=log(0.3, 0.2),
-        corr=jnp.zeros(0),
-        log_omega_iov=log(0.12),
-        log_sigma=log(0.12),
-    ).ravel()
+    psi = Psi(u=u, beta=jnp.asarray([0.6] * len(effects)), log_omega=log(0.3, 0.2), corr=jnp.zeros(0), log_omega_iov=log(0.12), log_sigma=log(0.12)).ravel()
     return Objective(problem, problem_patients(problem, data), residual, inner_tol=1e-13), psi
 
 
@@ -540,9 +461,7 @@ def test_time_varying_covariates_and_occasions_objective_is_exact_and_an_absent_
 
     up = unpack(problem, problem.split(psi), objective.base_residual)
     patient = jax.tree.map(lambda x: x[0], patients)
-    theta_of = lambda e: individual_theta(
-        problem, covariate_theta(problem, up.theta, up.beta, patient.covariates), e, patient.occasion
-    )
+    theta_of = lambda e: individual_theta(problem, covariate_theta(problem, up.theta, up.beta, patient.covariates), e, patient.occasion)
 
     @jax.jit
     def both(eta):
@@ -576,9 +495,7 @@ def test_time_varying_covariates_and_occasions_objective_is_exact_and_an_absent_
     inner5 = own.inner(psi, jnp.zeros((5, 4)))
     assert bool(jnp.all(inner5.status == 0))
     five = jnp.arange(6) > 0
-    assert float(objective.value(psi, inner, five)) == pytest.approx(
-        float(own.value(psi, inner5, inner5.status == 0)), rel=1e-10
-    )
+    assert float(objective.value(psi, inner, five)) == pytest.approx(float(own.value(psi, inner5, inner5.status == 0)), rel=1e-10)
 
     grad = np.asarray(objective.gradient(psi, inner.eta, include))
     value = lambda p: float(objective.value(p, objective.inner(p, inner.eta), include))
@@ -591,10 +508,7 @@ def test_saem_refuses_a_random_effect_on_a_parameter_that_follows_a_time_varying
     from il2treg.fit.saem import fit_saem
 
     objective, psi = iov_objective(iov_data([2, 2], weight=True))
-    with pytest.raises(
-        SpecError,
-        match=r"SAEM cannot estimate a random effect on 'CL', which follows a time-varying covariate.*Fix: fit with FOCE-I or NUTS",
-    ):
+    with pytest.raises(SpecError, match=r"SAEM cannot estimate a random effect on 'CL', which follows a time-varying covariate.*Fix: fit with FOCE-I or NUTS"):
         fit_saem(objective, psi)
 
 
@@ -609,15 +523,10 @@ def test_occasions_refused_where_every_patient_has_one_and_the_parameter_varies_
 
     model = load_model(Path(__file__).resolve().parents[1] / "models" / "pk_1cmt_iv.toml")
     data = iov_data([1, 1, 1])
-    build = lambda random: make_problem(
-        model, data, fixed=("CL", "V"), random=random, sigmas=(("conc", "prop"),), iov=("CL",), occasion="OCC"
-    )
+    build = lambda random: make_problem(model, data, fixed=("CL", "V"), random=random, sigmas=(("conc", "prop"),), iov=("CL",), occasion="OCC")
     both = build(("CL", "V"))
     assert both.occasions == 1
     for estimator in ESTIMATORS.values():
-        with pytest.raises(
-            SpecError,
-            match=r"every subject has one occasion in 'OCC', so the inter-occasion variability of 'CL' cannot be told from its variability between patients\. Fix: number",
-        ):
+        with pytest.raises(SpecError, match=r"every subject has one occasion in 'OCC', so the inter-occasion variability of 'CL' cannot be told from its variability between patients\. Fix: number"):
             estimator().check(both)
         estimator().check(build(("V",)))

@@ -142,17 +142,11 @@ def test_objective_with_prior_adds_exactly_the_penalty(spec):
     diff = float(penalised.value(psi, inner, include) - plain.value(psi, inner, include))
     assert diff == pytest.approx(float(model_priors(problem).neg2log(psi)), rel=1e-12)
     gdiff = penalised.gradient(psi, inner.eta, include) - plain.gradient(psi, inner.eta, include)
-    np.testing.assert_allclose(
-        np.asarray(gdiff), np.asarray(model_priors(problem).neg2log_gradient(psi)), rtol=1e-9, atol=1e-9
-    )
+    np.testing.assert_allclose(np.asarray(gdiff), np.asarray(model_priors(problem).neg2log_gradient(psi)), rtol=1e-9, atol=1e-9)
 
 
 def test_fit_file_priors_key_is_validated(tmp_path):
-    text = (
-        Path("fits/lupil2_nuts/fit.toml")
-        .read_text()
-        .replace('data = "cohort.csv"', 'data = "cohort.csv"\npriors = "literature"')
-    )
+    text = Path("fits/lupil2_nuts/fit.toml").read_text().replace('data = "cohort.csv"', 'data = "cohort.csv"\npriors = "literature"')
     (tmp_path / "fit.toml").write_text(text)
     (tmp_path / "cohort.csv").write_text(Path("fits/lupil2_nuts/cohort.csv").read_text())
     with pytest.raises(SpecError, match="priors must be one of"):

@@ -50,12 +50,7 @@ def test_informed_parameter_profile_ci_matches_the_hessian_ci(informed):
     assert np.all(prof.delta >= -1e-2)  # the fit is a minimum along the profile
     lo, hi = prof.hessian_ci
     width = hi - lo
-    assert abs(prof.ci_low - lo) < 0.2 * width and abs(prof.ci_high - hi) < 0.2 * width, (
-        prof.ci_low,
-        prof.ci_high,
-        lo,
-        hi,
-    )
+    assert abs(prof.ci_low - lo) < 0.2 * width and abs(prof.ci_high - hi) < 0.2 * width, (prof.ci_low, prof.ci_high, lo, hi)
 
 
 def test_uninformed_parameter_profile_is_flat_and_called_non_identifiable(fitted):
@@ -79,9 +74,7 @@ def test_profile_figure_has_one_panel_per_parameter_and_the_threshold(fitted):
 
     values = np.linspace(-1, 1, 5)
     a = Profile("a", values, 9 * values**2, 0.0, 1 / 3, -0.65, 0.65, np.ones(5, bool), np.zeros((5, 2)))
-    b = Profile(
-        "b", values, 0 * values, 0.0, float("nan"), float("nan"), float("nan"), np.ones(5, bool), np.zeros((5, 2))
-    )
+    b = Profile("b", values, 0 * values, 0.0, float("nan"), float("nan"), float("nan"), np.ones(5, bool), np.zeros((5, 2)))
     fig = plot_profiles([a, b])
     axes = fig.axes
     assert len(axes) == 2

@@ -58,22 +58,10 @@ def _write_data(path):
     rng = np.random.default_rng(3)
     rows = []
     for i in range(N_PATIENTS):
-        rows += [
-            {"ID": i + 1, "TIME": float(t), "EVID": 1, "AMT": float(a), "DVID": None, "DV": None}
-            for t, a in zip(reg.times, reg.amounts)
-        ]
+        rows += [{"ID": i + 1, "TIME": float(t), "EVID": 1, "AMT": float(a), "DVID": None, "DV": None} for t, a in zip(reg.times, reg.amounts)]
         for j, t in enumerate(TIMES):
             for d in ("treg_per_uL", "cd25_treg_rel"):
-                rows.append(
-                    {
-                        "ID": i + 1,
-                        "TIME": t,
-                        "EVID": 0,
-                        "AMT": None,
-                        "DVID": d,
-                        "DV": float(sim[d][i, j]) * float(np.exp(0.1 * rng.normal())),
-                    }
-                )
+                rows.append({"ID": i + 1, "TIME": t, "EVID": 0, "AMT": None, "DVID": d, "DV": float(sim[d][i, j]) * float(np.exp(0.1 * rng.normal()))})
             if t in SLEDAI_TIMES:
                 score = max(0.0, float(np.round(float(sim["sledai"][i, j]) + 1.5 * rng.normal())))
                 rows.append({"ID": i + 1, "TIME": t, "EVID": 0, "AMT": None, "DVID": "sledai", "DV": score})
@@ -96,20 +84,14 @@ def test_run_fit_writes_every_file_and_reports_progress(fitted):
     assert sorted(p.name for p in fitted["out"].iterdir()) == sorted([*FILES, "diagnostics.csv", "figures"])
     figures = {p.name for p in (fitted["out"] / "figures").iterdir()}
     fitted_types = set(fitted["result"].predictions.loc[fitted["result"].predictions["USED"], "DVID"])
-    assert figures == {
-        f"{kind}_{dvid}.png" for kind in ("individual", "gof", "vpc", "vpc_change", "course") for dvid in fitted_types
-    }
+    assert figures == {f"{kind}_{dvid}.png" for kind in ("individual", "gof", "vpc", "vpc_change", "course") for dvid in fitted_types}
     stages = [e["stage"] for e in fitted["events"]]
     assert stages[0] == "start" and stages[-2:] == ["figures", "writing"]
     iterations = [e for e in fitted["events"] if e["stage"] == "estimation"]
     assert [e["iteration"] for e in iterations] == [1, 2, 3]
     assert all({"ofv", "grad_max", "elapsed_s"} <= e.keys() for e in iterations)
     r = fitted["result"]
-    assert (
-        r.iterations == 3
-        and r.n_patients == N_PATIENTS
-        and r.n_observations == N_PATIENTS * (2 * len(TIMES) + len(SLEDAI_TIMES))
-    )
+    assert r.iterations == 3 and r.n_patients == N_PATIENTS and r.n_observations == N_PATIENTS * (2 * len(TIMES) + len(SLEDAI_TIMES))
     assert r.psi_names == ("emax_treg", "treg0", "omega_treg0", "sigma_prop_treg_per_uL", "sigma_add_sledai")
     assert r.aic == pytest.approx(r.ofv + 2 * 5) and np.isfinite(r.condition_number)
 
@@ -141,9 +123,7 @@ def test_equals_notices_a_one_ulp_change(fitted):
 def test_summary_json_is_strict_json_with_non_finite_values_as_strings(fitted, tmp_path):
     import dataclasses
 
-    r = dataclasses.replace(
-        fitted["result"], condition_number=float("inf"), covariance=np.full_like(fitted["result"].covariance, np.nan)
-    )
+    r = dataclasses.replace(fitted["result"], condition_number=float("inf"), covariance=np.full_like(fitted["result"].covariance, np.nan))
     save(r, tmp_path / "nan")
     text = (tmp_path / "nan" / "summary.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
@@ -213,27 +193,12 @@ def test_posterior_opens_in_arviz_and_summarises(fitted):
     for name in r.psi_names:  # draws centred on the estimate (natural scale), spread like the SE
         assert summary.loc[name, "mean"] == pytest.approx(estimates.loc[name, "estimate"], rel=0.15)
     assert idata.observed_data["sledai"].size == N_PATIENTS * len(SLEDAI_TIMES)
-    np.testing.assert_array_equal(
-        idata.observed_data["treg_per_uL"].values, r.predictions.query("DVID == 'treg_per_uL'")["DV"].values
-    )
+    np.testing.assert_array_equal(idata.observed_data["treg_per_uL"].values, r.predictions.query("DVID == 'treg_per_uL'")["DV"].values)
 
 
 def test_predictions_have_pred_ipred_and_residuals(fitted):
     p = fitted["result"].predictions
-    assert list(p.columns) == [
-        "ID",
-        "ROW",
-        "TIME",
-        "DVID",
-        "DV",
-        "CENS",
-        "USED",
-        "PRED",
-        "IPRED",
-        "RES",
-        "IRES",
-        "IWRES",
-    ]
+    assert list(p.columns) == ["ID", "ROW", "TIME", "DVID", "DV", "CENS", "USED", "PRED", "IPRED", "RES", "IRES", "IWRES"]
     assert len(p) == N_PATIENTS * (2 * len(TIMES) + len(SLEDAI_TIMES)) and p["ROW"].is_monotonic_increasing
     np.testing.assert_array_equal(p["RES"], p["DV"] - p["PRED"])
     np.testing.assert_array_equal(p["IRES"], p["DV"] - p["IPRED"])
@@ -313,12 +278,7 @@ def test_an_saem_trace_and_settings_round_trip_exactly(fitted, tmp_path):
 
     r = fitted["result"]
     trace = np.random.default_rng(0).normal(size=(9, len(r.psi_names)))
-    saem = dataclasses.replace(
-        r,
-        estimator=Saem(),
-        trace=trace,
-        settings={**r.settings, "saem_burn_in": 2, "saem_explore": 4, "saem_acceptance_walk": 0.31},
-    )
+    saem = dataclasses.replace(r, estimator=Saem(), trace=trace, settings={**r.settings, "saem_burn_in": 2, "saem_explore": 4, "saem_acceptance_walk": 0.31})
     save(saem, tmp_path / "saem")
     back = load_fit(tmp_path / "saem")
     assert back.equals(saem) and not back.equals(r)
@@ -333,14 +293,10 @@ def test_run_fit_with_saem_writes_its_trace_and_settings(fitted, tmp_path):
     EBE search, OFV and covariance step are reused; the trace, the [saem] settings and the
     acceptance rates land in the folder and read back exactly."""
     folder = fitted["folder"]
-    (folder / "saem.toml").write_text(
-        FIT_TOML + "\n[saem]\nburn_in = 1\nexplore = 4\nsmooth = 2\nprior_draws = 1\nwalk_steps = 1\n"
-    )
+    (folder / "saem.toml").write_text(FIT_TOML + "\n[saem]\nburn_in = 1\nexplore = 4\nsmooth = 2\nprior_draws = 1\nwalk_steps = 1\n")
     events = []
     out = tmp_path / "saem"
-    result = run_fit(
-        folder / "saem.toml", out, estimator=Saem(), progress=events.append, figures=False
-    )  # the figure: test_plots
+    result = run_fit(folder / "saem.toml", out, estimator=Saem(), progress=events.append, figures=False)  # the figure: test_plots
     assert result.method == "saem" and result.iterations == 7 and result.trace.shape == (8, len(result.psi_names))
     assert [e["iteration"] for e in events if e["stage"] == "estimation"] == [2, 3, 4, 5, 6, 7]  # none in the burn-in
     assert result.settings["saem_explore"] == 4 and 0.0 <= result.settings["saem_acceptance_walk"] <= 1.0

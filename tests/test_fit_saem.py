@@ -125,12 +125,7 @@ def test_a_patient_without_a_finite_likelihood_is_flagged_and_the_fit_goes_on(fi
     values = np.asarray(objective.patients.obs_value).copy()
     values[3, int(np.flatnonzero(np.asarray(objective.patients.obs_mask[3]))[-1])] = np.nan
     broken = eqx.tree_at(lambda o: o.patients.obs_value, objective, jnp.asarray(values))
-    fit = fit_saem(
-        broken,
-        fit_case["psi0"],
-        SaemSettings(burn_in=1, explore=3, smooth=2, prior_draws=1, walk_steps=1),
-        covariance=False,
-    )
+    fit = fit_saem(broken, fit_case["psi0"], SaemSettings(burn_in=1, explore=3, smooth=2, prior_draws=1, walk_steps=1), covariance=False)
     status = np.asarray(fit.inner_status)
     assert status[3] == 2 and not bool(fit.included[3])
     assert np.all(np.delete(status, 3) == 0)
@@ -142,11 +137,7 @@ def test_saem_settings_come_from_the_fit_file(tmp_path):
 
     from il2treg.fit.spec import read_fit_spec
 
-    text = (
-        Path("fits/lupil2_nuts/fit.toml")
-        .read_text()
-        .replace('data = "cohort.csv"', f'data = "{Path("fits/lupil2_nuts/cohort.csv").resolve()}"')
-    )
+    text = Path("fits/lupil2_nuts/fit.toml").read_text().replace('data = "cohort.csv"', f'data = "{Path("fits/lupil2_nuts/cohort.csv").resolve()}"')
     path = tmp_path / "fit.toml"
     path.write_text(text + "\n[saem]\nexplore = 7\nseed = 3\n")
     spec = read_fit_spec(path)
@@ -184,9 +175,7 @@ def test_saem_with_inter_occasion_variability_is_the_foce_model():
 
     @jax.jit
     def foce_data(eta, patient):
-        theta = individual_theta(
-            problem, covariate_theta(problem, up.theta, up.beta, patient.covariates), eta, patient.occasion
-        )
+        theta = individual_theta(problem, covariate_theta(problem, up.theta, up.beta, patient.covariates), eta, patient.occasion)
         return data_neg2ll(up.residual, predict(problem, theta, patient)[0], patient)
 
     independent = [float(foce_data(phi[i] - mu[i], jax.tree.map(lambda x, i=i: x[i], patients))) for i in range(4)]

@@ -106,11 +106,7 @@ def test_ignored_observation_types_are_masked_not_fitted(fit_dir):
 
 
 def test_covariate_effects_are_read(fit_dir):
-    spec = read_fit_spec(
-        write(
-            fit_dir, GOOD + '[[covariates]]\nparameter = "treg0"\ncovariate = "WT"\nmodel = "power"\nreference = 70\n'
-        )
-    )
+    spec = read_fit_spec(write(fit_dir, GOOD + '[[covariates]]\nparameter = "treg0"\ncovariate = "WT"\nmodel = "power"\nreference = 70\n'))
     (entry,) = spec.covariates
     assert entry.effect.name == "beta_treg0_WT" and entry.effect.reference == 70.0 and entry.initial == 0.0
 
@@ -124,141 +120,59 @@ def _append(extra: str):
 
 
 BAD = [
-    (
-        "unknown-parameter",
-        _append("[parameters.emax_treggs]\n"),
-        "{path}: [parameters.emax_treggs]: unknown parameter 'emax_treggs' of model 'il2_treg_sledai'. Fix: use one of {names}.",
-    ),
-    (
-        "unknown-model",
-        _replace('model = "il2_treg_sledai"', 'model = "il2_treg_sledia"'),
-        "{path}: unknown model 'il2_treg_sledia'. Fix: use one of {models} or a path to a .toml file.",
-    ),
-    (
-        "missing-model-file",
-        _replace('model = "il2_treg_sledai"', 'model = "models/mine.toml"'),
-        "{path}: model file '{folder}/models/mine.toml' does not exist. Fix: give a path relative to the fit file, or a model name.",
-    ),
-    (
-        "missing-data-file",
-        _replace('data = "data.csv"', 'data = "nodata.csv"'),
-        "{path}: data file '{folder}/nodata.csv' does not exist. Fix: give a CSV path relative to the fit file, or il2treg:<name> for a packaged dataset.",
-    ),
-    (
-        "unknown-packaged-dataset",
-        _replace('data = "data.csv"', 'data = "il2treg:lupil3"'),
-        "{path}: unknown packaged dataset 'il2treg:lupil3'. Fix: use one of il2treg:lupil2_virtual, or a CSV path.",
-    ),
-    (
-        "initial-outside-bounds",
-        _replace("initial = 4.0", "initial = 40.0"),
-        (
-            "{path}: [parameters.emax_treg]: initial 40 1 is outside the bounds [0.5, 30] 1 of 'emax_treg'. "
-            "Fix: choose an initial value inside the bounds, or widen them in the model file."
-        ),
-    ),
-    (
-        "initial-outside-bounds-in-file-units",
-        _append("[parameters.ka]\ninitial = 2.0\n"),
-        (
-            "{path}: [parameters.ka]: initial 2 1/h is outside the bounds [0.05, 1] 1/h of 'ka'. "
-            "Fix: choose an initial value inside the bounds, or widen them in the model file."
-        ),
-    ),
-    (
-        "logit-start-on-a-bound",
-        _append("[parameters.F]\ninitial = 1.0\n"),
-        (
-            "{path}: [parameters.F]: 'F' is estimated on the logit scale and needs a start strictly inside its bounds, got 1 1. "
-            "Fix: set `initial` inside the bounds."
-        ),
-    ),
-    (
-        "random-effect-without-log-transform",
-        _append("[parameters.emax_tconv]\ncv_percent = 30\n"),
-        (
-            "{path}: [parameters.emax_tconv]: a random effect is log-normal and needs a parameter with transform \"log\"; 'emax_tconv' has "
-            "'identity'. Fix: remove cv_percent, or set transform = \"log\" in the model file."
-        ),
-    ),
-    (
-        "estimated-sigma-without-observations",
-        _append('[error.sledai]\nkind = "ordinal"\nsigma_add = 1.5\n'),
-        (
-            "{path}: [error.sledai] estimates sigma_add but the data (data.csv) have no 'sledai' observation. "
-            "Fix: set estimate = [] or remove [error.sledai], or add sledai data."
-        ),
-    ),
-    (
-        "disease-parameter-without-sledai",
-        _append("[parameters.imax]\n"),
-        (
-            "{path}: [parameters.imax] is estimated but acts only on 'sledai', which the data (data.csv) do not observe. "
-            "Fix: add sledai data, or set estimate = false and remove cv_percent (and iov_cv_percent)."
-        ),
-    ),
-    (
-        "observed-type-without-error-model",
-        _replace('[error.cd25_treg_rel]\nkind = "proportional"\nestimate = []\n', ""),
-        (
-            "{path}: the data (data.csv) observe 'cd25_treg_rel' but the fit has no [error.cd25_treg_rel] table. "
-            "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids."
-        ),
-    ),
-    (
-        "unknown-top-level-key",
-        lambda t: 'algorithm = "saem"\n' + t,
-        "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, dvids, time_unit, drop, occasion, labels, ignore_dvids, priors, parameters, "
-        "omega_block, covariates, error, optimiser, nuts, saem, sri4.",
-    ),
-    (
-        "unknown-parameter-key",
-        _replace("initial = 4.0", "inital = 4.0"),
-        "{path}: [parameters.emax_treg]: unknown key 'inital'. Fix: use only initial, estimate, cv_percent, iov_cv_percent.",
-    ),
-    (
-        "unknown-error-key",
-        _replace("sigma_prop = 0.12", "sigma = 0.12"),
-        "{path}: [error.treg_per_uL]: unknown key 'sigma'. Fix: use only kind, sigma_add, sigma_prop, estimate, score_step.",
-    ),
-    (
-        "unknown-optimiser-key",
-        _append("[optimiser]\nmaxiter = 5\n"),
-        "{path}: [optimiser]: unknown key 'maxiter'. Fix: use only max_iter, ftol, gtol, covariance, covariance_matrix, curvature, interaction.",
-    ),
-    (
-        "unknown-error-kind",
-        _replace('kind = "proportional"\nsigma_prop = 0.12', 'kind = "poisson"\nsigma_prop = 0.12'),
-        "{path}: [error.treg_per_uL]: kind must be one of additive, proportional, combined, log, ordinal, got 'poisson'.",
-    ),
-    (
-        "sigma-the-kind-does-not-use",
-        _replace("sigma_prop = 0.12", "sigma_prop = 0.12\nsigma_add = 1.0"),
-        "{path}: [error.treg_per_uL]: kind 'proportional' has no sigma_add. Fix: remove it, or give only sigma_prop.",
-    ),
-    (
-        "unknown-observation-type",
-        _append('[error.il6_pM]\nkind = "log"\n'),
-        (
-            "{path}: [error.il6_pM]: unknown observation type 'il6_pM': not an observable of the model. Fix: use one of il2_pM, treg_pct_cd4, treg_per_uL, tconv_per_uL, "
-            "nk56bright_per_uL, cd25_treg_rel, sledai."
-        ),
-    ),
-    (
-        "unknown-covariate-column",
-        _append('[[covariates]]\nparameter = "treg0"\ncovariate = "BMI"\nmodel = "power"\nreference = 25\n'),
-        "{path}: [[covariates]] #1: the data have no covariate column 'BMI'. Fix: use one of the data's covariates (WT, ARM).",
-    ),
-    (
-        "text-covariate",
-        _append('[[covariates]]\nparameter = "treg0"\ncovariate = "ARM"\nmodel = "exp"\nreference = 0\n'),
-        "{path}: [[covariates]] #1: covariate 'ARM' is text; an effect needs a numeric column. Fix: code it as numbers (e.g. 0/1).",
-    ),
-    (
-        "negative-max-iter",
-        _append("[optimiser]\nmax_iter = -1\n"),
-        "{path}: [optimiser]: max_iter must be an integer >= 0, got -1.",
-    ),
+    ("unknown-parameter", _append("[parameters.emax_treggs]\n"),
+     "{path}: [parameters.emax_treggs]: unknown parameter 'emax_treggs' of model 'il2_treg_sledai'. Fix: use one of {names}."),
+    ("unknown-model", _replace('model = "il2_treg_sledai"', 'model = "il2_treg_sledia"'),
+     "{path}: unknown model 'il2_treg_sledia'. Fix: use one of {models} or a path to a .toml file."),
+    ("missing-model-file", _replace('model = "il2_treg_sledai"', 'model = "models/mine.toml"'),
+     "{path}: model file '{folder}/models/mine.toml' does not exist. Fix: give a path relative to the fit file, or a model name."),
+    ("missing-data-file", _replace('data = "data.csv"', 'data = "nodata.csv"'),
+     "{path}: data file '{folder}/nodata.csv' does not exist. Fix: give a CSV path relative to the fit file, or il2treg:<name> for a packaged dataset."),
+    ("unknown-packaged-dataset", _replace('data = "data.csv"', 'data = "il2treg:lupil3"'),
+     "{path}: unknown packaged dataset 'il2treg:lupil3'. Fix: use one of il2treg:lupil2_virtual, or a CSV path."),
+    ("initial-outside-bounds", _replace("initial = 4.0", "initial = 40.0"),
+     ("{path}: [parameters.emax_treg]: initial 40 1 is outside the bounds [0.5, 30] 1 of 'emax_treg'. "
+     "Fix: choose an initial value inside the bounds, or widen them in the model file.")),
+    ("initial-outside-bounds-in-file-units", _append("[parameters.ka]\ninitial = 2.0\n"),
+     ("{path}: [parameters.ka]: initial 2 1/h is outside the bounds [0.05, 1] 1/h of 'ka'. "
+     "Fix: choose an initial value inside the bounds, or widen them in the model file.")),
+    ("logit-start-on-a-bound", _append("[parameters.F]\ninitial = 1.0\n"),
+     ("{path}: [parameters.F]: 'F' is estimated on the logit scale and needs a start strictly inside its bounds, got 1 1. "
+     "Fix: set `initial` inside the bounds.")),
+    ("random-effect-without-log-transform", _append("[parameters.emax_tconv]\ncv_percent = 30\n"),
+     ("{path}: [parameters.emax_tconv]: a random effect is log-normal and needs a parameter with transform \"log\"; 'emax_tconv' has "
+     "'identity'. Fix: remove cv_percent, or set transform = \"log\" in the model file.")),
+    ("estimated-sigma-without-observations", _append('[error.sledai]\nkind = "ordinal"\nsigma_add = 1.5\n'),
+     ("{path}: [error.sledai] estimates sigma_add but the data (data.csv) have no 'sledai' observation. "
+     "Fix: set estimate = [] or remove [error.sledai], or add sledai data.")),
+    ("disease-parameter-without-sledai", _append("[parameters.imax]\n"),
+     ("{path}: [parameters.imax] is estimated but acts only on 'sledai', which the data (data.csv) do not observe. "
+     "Fix: add sledai data, or set estimate = false and remove cv_percent (and iov_cv_percent).")),
+    ("observed-type-without-error-model", _replace('[error.cd25_treg_rel]\nkind = "proportional"\nestimate = []\n', ""),
+     ("{path}: the data (data.csv) observe 'cd25_treg_rel' but the fit has no [error.cd25_treg_rel] table. "
+     "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids.")),
+    ("unknown-top-level-key", lambda t: "algorithm = \"saem\"\n" + t,
+     "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, dvids, time_unit, drop, occasion, labels, ignore_dvids, priors, parameters, "
+     "omega_block, covariates, error, optimiser, nuts, saem, sri4."),
+    ("unknown-parameter-key", _replace("initial = 4.0", "inital = 4.0"),
+     "{path}: [parameters.emax_treg]: unknown key 'inital'. Fix: use only initial, estimate, cv_percent, iov_cv_percent."),
+    ("unknown-error-key", _replace("sigma_prop = 0.12", "sigma = 0.12"),
+     "{path}: [error.treg_per_uL]: unknown key 'sigma'. Fix: use only kind, sigma_add, sigma_prop, estimate, score_step."),
+    ("unknown-optimiser-key", _append("[optimiser]\nmaxiter = 5\n"),
+     "{path}: [optimiser]: unknown key 'maxiter'. Fix: use only max_iter, ftol, gtol, covariance, covariance_matrix, curvature, interaction."),
+    ("unknown-error-kind", _replace('kind = "proportional"\nsigma_prop = 0.12', 'kind = "poisson"\nsigma_prop = 0.12'),
+     "{path}: [error.treg_per_uL]: kind must be one of additive, proportional, combined, log, ordinal, got 'poisson'."),
+    ("sigma-the-kind-does-not-use", _replace("sigma_prop = 0.12", "sigma_prop = 0.12\nsigma_add = 1.0"),
+     "{path}: [error.treg_per_uL]: kind 'proportional' has no sigma_add. Fix: remove it, or give only sigma_prop."),
+    ("unknown-observation-type", _append('[error.il6_pM]\nkind = "log"\n'),
+     ("{path}: [error.il6_pM]: unknown observation type 'il6_pM': not an observable of the model. Fix: use one of il2_pM, treg_pct_cd4, treg_per_uL, tconv_per_uL, "
+     "nk56bright_per_uL, cd25_treg_rel, sledai.")),
+    ("unknown-covariate-column", _append('[[covariates]]\nparameter = "treg0"\ncovariate = "BMI"\nmodel = "power"\nreference = 25\n'),
+     "{path}: [[covariates]] #1: the data have no covariate column 'BMI'. Fix: use one of the data's covariates (WT, ARM)."),
+    ("text-covariate", _append('[[covariates]]\nparameter = "treg0"\ncovariate = "ARM"\nmodel = "exp"\nreference = 0\n'),
+     "{path}: [[covariates]] #1: covariate 'ARM' is text; an effect needs a numeric column. Fix: code it as numbers (e.g. 0/1)."),
+    ("negative-max-iter", _append("[optimiser]\nmax_iter = -1\n"),
+     "{path}: [optimiser]: max_iter must be an integer >= 0, got -1."),
 ]
 
 
@@ -332,9 +246,7 @@ def test_packaged_datasets_are_found_by_name(fit_dir, monkeypatch):
     spec = read_fit_spec(write(fit_dir, GOOD.replace('data = "data.csv"', 'data = "il2treg:lupil2_virtual"')))
     assert spec.dataset.n_subjects == 2 and spec.data_source == "il2treg:lupil2_virtual"
     monkeypatch.delattr(il2treg.datasets, "lupil2_virtual")
-    with pytest.raises(
-        SpecError, match=r"packaged dataset 'il2treg:lupil2_virtual' is not in this installation of il2treg\. Fix:"
-    ):
+    with pytest.raises(SpecError, match=r"packaged dataset 'il2treg:lupil2_virtual' is not in this installation of il2treg\. Fix:"):
         read_fit_spec(fit_dir / "fit.toml")
 
 
@@ -344,9 +256,7 @@ def test_invalid_data_file_names_the_fit_the_file_and_the_row(fit_dir):
     (fit_dir / "data.csv").write_text(DATA.replace("1,7,0,,treg_per_uL,60.5", "1,7,0,,treg_per_uL,-"))
     with pytest.raises(DataError) as info:
         read_fit_spec(write(fit_dir, GOOD))
-    assert str(info.value).startswith(
-        f"{fit_dir / 'fit.toml'}: data file '{fit_dir / 'data.csv'}': DV must be a finite number; row 4 has '-'."
-    )
+    assert str(info.value).startswith(f"{fit_dir / 'fit.toml'}: data file '{fit_dir / 'data.csv'}': DV must be a finite number; row 4 has '-'.")
     assert info.value.row == 4 and info.value.column == "DV"
 
 
@@ -356,9 +266,7 @@ def test_nuts_table_is_validated_like_the_others(tmp_path):
     (tmp_path / "cohort.csv").write_text(Path("fits/lupil2_nuts/cohort.csv").read_text())
     with pytest.raises(SpecError, match=r"\[nuts\] chains must be a whole number >= 1"):
         read_fit_spec(tmp_path / "fit.toml")
-    (tmp_path / "fit.toml").write_text(
-        Path("fits/lupil2_nuts/fit.toml").read_text().replace("chains = 4", "chians = 4")
-    )
+    (tmp_path / "fit.toml").write_text(Path("fits/lupil2_nuts/fit.toml").read_text().replace("chains = 4", "chians = 4"))
     with pytest.raises(SpecError, match="chians"):
         read_fit_spec(tmp_path / "fit.toml")
 
@@ -391,126 +299,36 @@ def test_pheno_fit_file_reads_hours_and_drops_columns(tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (
-            lambda t: t.replace('time_unit = "h"', 'time_unit = "hours"'),
-            r"time_unit must be one of 'day', 'h' \(the unit of the data's TIME\), got 'hours'",
-        ),
-        (
-            lambda t: t.replace('drop = ["FA1", "FA2"]', 'drop = "FA1"'),
-            r"`drop` must be a list of the data's column names",
-        ),
-        (
-            lambda t: t.replace('drop = ["FA1", "FA2"]', 'drop = ["FA1", "WGT"]'),
-            r"the model reads the covariate 'WGT' per patient .* have no numeric column 'WGT' \(their covariates: APGR, FA2\)",
-        ),
-        (
-            lambda t: t.replace('curvature = "expected"', 'curvature = "fisher"'),
-            r"\[optimiser\]: curvature must be one of 'observed', 'expected', got 'fisher'",
-        ),
-        (
-            lambda t: t.replace('covariance_matrix = "sandwich"', 'covariance_matrix = "S"'),
-            r"covariance_matrix must be one of 'hessian', 'sandwich', got 'S'",
-        ),
-        (
-            lambda t: t + "\n[parameters.WGT]\n",
-            r"\[parameters.WGT\]: 'WGT' is a covariate of the model, read per patient from the data column 'WGT'",
-        ),
-        (
-            lambda t: t.replace('data = "pheno.dta"', 'data = "il2treg:lupil2_virtual"'),
-            r"time_unit and drop apply to a data file",
-        ),
+        (lambda t: t.replace('time_unit = "h"', 'time_unit = "hours"'), r"time_unit must be one of 'day', 'h' \(the unit of the data's TIME\), got 'hours'"),
+        (lambda t: t.replace('drop = ["FA1", "FA2"]', 'drop = "FA1"'), r"`drop` must be a list of the data's column names"),
+        (lambda t: t.replace('drop = ["FA1", "FA2"]', 'drop = ["FA1", "WGT"]'), r"the model reads the covariate 'WGT' per patient .* have no numeric column 'WGT' \(their covariates: APGR, FA2\)"),
+        (lambda t: t.replace('curvature = "expected"', 'curvature = "fisher"'), r"\[optimiser\]: curvature must be one of 'observed', 'expected', got 'fisher'"),
+        (lambda t: t.replace('covariance_matrix = "sandwich"', 'covariance_matrix = "S"'), r"covariance_matrix must be one of 'hessian', 'sandwich', got 'S'"),
+        (lambda t: t + "\n[parameters.WGT]\n", r"\[parameters.WGT\]: 'WGT' is a covariate of the model, read per patient from the data column 'WGT'"),
+        (lambda t: t.replace('data = "pheno.dta"', 'data = "il2treg:lupil2_virtual"'), r"time_unit and drop apply to a data file"),
         (lambda t: t.replace('time_unit = "h"', 'time_unit = ["h"]'), r"time_unit must be one of 'day', 'h'"),
         (lambda t: 'priors = "model"\n' + t, r"covariance_matrix = \"sandwich\" with priors = 'model'"),
-        (
-            lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_WGT = "IIV_VC"'),
-            r"labels.omega_WGT: the fit has no estimate 'omega_WGT'. Fix: use one of POP_CL, POP_VC",
-        ),
-        (
-            lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_CL"'),
-            r"labels.omega_POP_VC and labels.omega_POP_CL are both 'IIV_CL'",
-        ),
-        (
-            lambda t: t.replace('curvature = "expected"', 'curvature = "expected"\ninteraction = 1'),
-            r"\[optimiser\]: interaction must be true or false, got 1",
-        ),
-        (
-            lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL"]\n',
-            r"\[\[omega_block\]\] #1: parameters must list two or more parameters with a random effect",
-        ),
-        (
-            lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "COVAPGR"]\n',
-            r"\[\[omega_block\]\] #1: 'COVAPGR' has no random effect. Fix: give it cv_percent in \[parameters.COVAPGR\]",
-        ),
-        (
-            lambda t: (
-                t
-                + '\n[[omega_block]]\nparameters = ["POP_CL", "POP_VC"]\n[[omega_block]]\nparameters = ["POP_VC", "POP_CL"]\n'
-            ),
-            r"\[\[omega_block\]\] #2: 'POP_VC' is already in omega block #1",
-        ),
-        (
-            lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "POP_VC"]\ncorrelation = 1.0\n',
-            r"correlation 1 does not give a positive definite block of 2. Fix: choose a value in \(-1, 1\)",
-        ),
-        (
-            lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "POP_VC"]\ncorr = 0.2\n',
-            r"\[\[omega_block\]\] #1: unknown key 'corr'. Fix: use only parameters, correlation",
-        ),
-        (
-            lambda t: t + '\n[omega_block]\nparameters = ["POP_CL", "POP_VC"]\n',
-            r"`omega_block` must be \[\[omega_block\]\] tables",
-        ),
-        (
-            lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_VC"\ncorr_POP_CL_POP_VC = "CORR"'),
-            r"labels.corr_POP_CL_POP_VC: the fit has no estimate 'corr_POP_CL_POP_VC'",
-        ),
-        (
-            lambda t: t.replace("cv_percent = 17.7333", "cv_percent = 17.7333\niov_cv_percent = 10"),
-            r"inter-occasion variability \(iov_cv_percent\) needs a numeric occasion column, but the data \(pheno.dta\) have no numeric column 'OCC' \(their covariates: WGT, APGR\)",
-        ),
-        (
-            lambda t: 'occasion = "APGR"\n' + t,
-            r"`occasion` names the occasion column of inter-occasion variability, but no parameter has iov_cv_percent",
-        ),
-        (
-            lambda t: t.replace("cv_percent = 17.7333", "cv_percent = 17.7333\niov_cv_percent = 0"),
-            r"\[parameters.POP_CL\]: iov_cv_percent must be > 0",
-        ),
-        (
-            lambda t: t.replace("[parameters.COVAPGR]", "[parameters.COVAPGR]\niov_cv_percent = 10"),
-            r"needs a parameter with transform \"log\"; 'COVAPGR' has 'identity'. Fix: remove iov_cv_percent",
-        ),
-        (
-            lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_VC"\nomega_iov_POP_CL = "IOV_CL"'),
-            r"labels.omega_iov_POP_CL: the fit has no estimate 'omega_iov_POP_CL'",
-        ),
+        (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_WGT = "IIV_VC"'), r"labels.omega_WGT: the fit has no estimate 'omega_WGT'. Fix: use one of POP_CL, POP_VC"),
+        (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_CL"'), r"labels.omega_POP_VC and labels.omega_POP_CL are both 'IIV_CL'"),
+        (lambda t: t.replace('curvature = "expected"', 'curvature = "expected"\ninteraction = 1'), r"\[optimiser\]: interaction must be true or false, got 1"),
+        (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL"]\n', r"\[\[omega_block\]\] #1: parameters must list two or more parameters with a random effect"),
+        (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "COVAPGR"]\n', r"\[\[omega_block\]\] #1: 'COVAPGR' has no random effect. Fix: give it cv_percent in \[parameters.COVAPGR\]"),
+        (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "POP_VC"]\n[[omega_block]]\nparameters = ["POP_VC", "POP_CL"]\n',
+         r"\[\[omega_block\]\] #2: 'POP_VC' is already in omega block #1"),
+        (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "POP_VC"]\ncorrelation = 1.0\n', r"correlation 1 does not give a positive definite block of 2. Fix: choose a value in \(-1, 1\)"),
+        (lambda t: t + '\n[[omega_block]]\nparameters = ["POP_CL", "POP_VC"]\ncorr = 0.2\n', r"\[\[omega_block\]\] #1: unknown key 'corr'. Fix: use only parameters, correlation"),
+        (lambda t: t + '\n[omega_block]\nparameters = ["POP_CL", "POP_VC"]\n', r"`omega_block` must be \[\[omega_block\]\] tables"),
+        (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_VC"\ncorr_POP_CL_POP_VC = "CORR"'), r"labels.corr_POP_CL_POP_VC: the fit has no estimate 'corr_POP_CL_POP_VC'"),
+        (lambda t: t.replace("cv_percent = 17.7333", "cv_percent = 17.7333\niov_cv_percent = 10"),
+         r"inter-occasion variability \(iov_cv_percent\) needs a numeric occasion column, but the data \(pheno.dta\) have no numeric column 'OCC' \(their covariates: WGT, APGR\)"),
+        (lambda t: 'occasion = "APGR"\n' + t, r"`occasion` names the occasion column of inter-occasion variability, but no parameter has iov_cv_percent"),
+        (lambda t: t.replace("cv_percent = 17.7333", "cv_percent = 17.7333\niov_cv_percent = 0"), r"\[parameters.POP_CL\]: iov_cv_percent must be > 0"),
+        (lambda t: t.replace("[parameters.COVAPGR]", "[parameters.COVAPGR]\niov_cv_percent = 10"), r"needs a parameter with transform \"log\"; 'COVAPGR' has 'identity'. Fix: remove iov_cv_percent"),
+        (lambda t: t.replace('omega_POP_VC = "IIV_VC"', 'omega_POP_VC = "IIV_VC"\nomega_iov_POP_CL = "IOV_CL"'), r"labels.omega_iov_POP_CL: the fit has no estimate 'omega_iov_POP_CL'"),
     ],
-    ids=[
-        "time-unit",
-        "drop-not-list",
-        "drop-a-model-covariate",
-        "curvature",
-        "covariance-matrix",
-        "estimated-covariate",
-        "packaged-data",
-        "time-unit-list",
-        "sandwich-priors",
-        "label-unknown",
-        "label-twice",
-        "interaction-not-bool",
-        "block-of-one",
-        "block-without-random-effect",
-        "block-twice",
-        "block-correlation",
-        "block-key",
-        "block-not-array",
-        "label-correlation-without-block",
-        "iov-without-occasions",
-        "occasion-without-iov",
-        "iov-cv-zero",
-        "iov-on-identity",
-        "label-iov-without-iov",
-    ],
+    ids=["time-unit", "drop-not-list", "drop-a-model-covariate", "curvature", "covariance-matrix", "estimated-covariate", "packaged-data", "time-unit-list", "sandwich-priors",
+         "label-unknown", "label-twice", "interaction-not-bool", "block-of-one", "block-without-random-effect", "block-twice", "block-correlation", "block-key", "block-not-array",
+         "label-correlation-without-block", "iov-without-occasions", "occasion-without-iov", "iov-cv-zero", "iov-on-identity", "label-iov-without-iov"],
 )
 def test_bad_nonmem_keys_are_one_clear_error(tmp_path, edit, message):
     with pytest.raises(InputError, match=message):
@@ -527,11 +345,7 @@ def test_an_omega_block_is_read_with_its_initial_correlation(tmp_path):
 
 
 def test_foce_without_interaction_is_an_optimiser_setting(tmp_path):
-    spec = read_fit_spec(
-        _pheno_spec(
-            tmp_path, lambda t: t.replace('curvature = "expected"', 'curvature = "expected"\ninteraction = false')
-        )
-    )
+    spec = read_fit_spec(_pheno_spec(tmp_path, lambda t: t.replace('curvature = "expected"', 'curvature = "expected"\ninteraction = false')))
     assert spec.optimiser.interaction is False
     assert read_fit_spec(_pheno_spec(tmp_path)).optimiser.interaction is True
 
@@ -556,24 +370,16 @@ def test_model_covariates_are_converted_to_internal_units_and_checked_against_bo
     np.testing.assert_array_equal(covariates[:, 2], 7.0 * (np.asarray(spec.dataset.ids) % 5))
     np.testing.assert_array_equal(covariates[:, 0], spec.dataset.covariates["WGT"])
     grams = data.replace(" 1.4 ", " 1400 ", 1)  # subject 1's first row... and all its rows
-    grams = (
-        "\n".join(line.replace(" 1.4 ", " 1400 ") if line.split()[0] == "1" else line for line in grams.splitlines())
-        + "\n"
-    )
+    grams = "\n".join(line.replace(" 1.4 ", " 1400 ") if line.split()[0] == "1" else line for line in grams.splitlines()) + "\n"
     (tmp_path / "pheno.dta").write_text(grams)
     spec = read_fit_spec(path)
-    with pytest.raises(
-        SpecError, match=r"covariate 'WGT' of subject 1 is 1400 kg, outside the model's bounds \[0.1, 10\] kg"
-    ):
+    with pytest.raises(SpecError, match=r"covariate 'WGT' of subject 1 is 1400 kg, outside the model's bounds \[0.1, 10\] kg"):
         make_problem(spec.model, spec.dataset, fixed=spec.fixed, random=spec.random, sigmas=spec.sigmas)
 
 
 def test_a_missing_model_covariate_is_found_when_the_fit_file_is_read(tmp_path):
     data = (PHENO / "pheno.dta").read_text().replace(" APGR ", " APGAR ", 1)
-    with pytest.raises(
-        SpecError,
-        match=r"fit.toml: the model reads the covariate 'APGR' per patient from the data, but the data \(pheno.dta\) have no numeric column 'APGR'",
-    ):
+    with pytest.raises(SpecError, match=r"fit.toml: the model reads the covariate 'APGR' per patient from the data, but the data \(pheno.dta\) have no numeric column 'APGR'"):
         read_fit_spec(_pheno_spec(tmp_path, data=data))
 
 
@@ -590,10 +396,7 @@ def test_a_nonmem_dataset_with_addl_cmt_and_hours_is_the_same_data_written_out_d
     lines = folded.splitlines()
     with_cmt = "\n".join([lines[0] + " CMT"] + [line + " 1" for line in lines[1:]]) + "\n"
     a = read_fit_spec(_pheno_spec(tmp_path, data=with_cmt))
-    assert (
-        "ADDL" in with_cmt.splitlines()[0]
-        and sum(int(line.split()[-3]) > 0 for line in with_cmt.splitlines()[1:]) >= 100
-    )
+    assert "ADDL" in with_cmt.splitlines()[0] and sum(int(line.split()[-3]) > 0 for line in with_cmt.splitlines()[1:]) >= 100
     days = tmp_path / "days"
     days.mkdir()
     shutil.copy(PHENO / "pheno.toml", days / "pheno.toml")
@@ -606,3 +409,4 @@ def test_a_nonmem_dataset_with_addl_cmt_and_hours_is_the_same_data_written_out_d
     for field in ("obs_time", "obs_value", "obs_mask", "dose_time", "dose_amount"):
         np.testing.assert_array_equal(getattr(a.dataset, field), getattr(b.dataset, field), err_msg=field)
     np.testing.assert_array_equal(a.dataset.covariates["WGT"], b.dataset.covariates["WGT"])
+

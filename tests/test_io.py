@@ -23,11 +23,7 @@ def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-@pytest.mark.parametrize(
-    ("mask", "folder", "file"),
-    [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600), (0o002, 0o775, 0o664)],
-    ids=["022", "077", "002"],
-)
+@pytest.mark.parametrize(("mask", "folder", "file"), [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600), (0o002, 0o775, 0o664)], ids=["022", "077", "002"])
 def test_outputs_get_the_mode_of_mkdir_and_open_under_the_umask(tmp_path, umask, mask, folder, file):
     umask(mask)
     with atomic_output_dir(tmp_path / "results") as tmp:

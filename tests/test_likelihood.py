@@ -40,12 +40,8 @@ def test_log_error_model_is_gaussian_on_the_log_scale():
 
 def test_censored_observations_use_m3():
     lloq, f = 1.0, np.array([0.5, 2.0])
-    np.testing.assert_allclose(
-        terms("additive", [lloq, lloq], f, cens=True), -2 * stats.norm.logcdf(lloq, f, 0.5), rtol=1e-12
-    )
-    np.testing.assert_allclose(
-        terms("log", [lloq, lloq], f, cens=True), -2 * stats.norm.logcdf(np.log(lloq), np.log(f), 0.5), rtol=1e-12
-    )
+    np.testing.assert_allclose(terms("additive", [lloq, lloq], f, cens=True), -2 * stats.norm.logcdf(lloq, f, 0.5), rtol=1e-12)
+    np.testing.assert_allclose(terms("log", [lloq, lloq], f, cens=True), -2 * stats.norm.logcdf(np.log(lloq), np.log(f), 0.5), rtol=1e-12)
 
 
 def test_ordinal_sledai_probabilities_sum_to_one_over_scores():
@@ -69,14 +65,7 @@ def test_ordinal_is_finite_with_finite_gradients_far_in_the_tails():
 
 def test_masked_observations_contribute_nothing():
     res = ResidualModel.build()
-    out = neg2ll_terms(
-        res,
-        jnp.array([5.0, 5.0]),
-        jnp.array([4.0, 4.0]),
-        jnp.array([TREG, TREG]),
-        jnp.zeros(2, bool),
-        jnp.array([True, False]),
-    )
+    out = neg2ll_terms(res, jnp.array([5.0, 5.0]), jnp.array([4.0, 4.0]), jnp.array([TREG, TREG]), jnp.zeros(2, bool), jnp.array([True, False]))
     assert float(out[1]) == 0.0 and float(out[0]) > 0.0
 
 
@@ -95,19 +84,7 @@ def test_unknown_kind_or_observation_is_rejected():
 def test_ordinal_scores_on_an_even_grid_sum_to_one():
     res = ResidualModel.build({"sledai": "ordinal"}, {"sledai": (2.5, 0.0)}, score_step=2.0)
     k = np.arange(0, 80, 2.0)
-    p = np.exp(
-        -0.5
-        * np.asarray(
-            neg2ll_terms(
-                res,
-                jnp.full(k.shape, 7.3),
-                jnp.asarray(k),
-                jnp.full(k.shape, SLEDAI),
-                jnp.zeros(k.shape, bool),
-                jnp.ones(k.shape, bool),
-            )
-        )
-    )
+    p = np.exp(-0.5 * np.asarray(neg2ll_terms(res, jnp.full(k.shape, 7.3), jnp.asarray(k), jnp.full(k.shape, SLEDAI), jnp.zeros(k.shape, bool), jnp.ones(k.shape, bool))))
     assert p.sum() == pytest.approx(1.0, abs=1e-12)
     assert p[3] == pytest.approx(stats.norm.cdf(7.0, 7.3, 2.5) - stats.norm.cdf(5.0, 7.3, 2.5), rel=1e-9)
 
@@ -127,13 +104,7 @@ def test_expected_curvature_is_the_mean_of_the_observed_one():
     no = jnp.zeros(5, dtype=bool)
     expected = expected_curvature(res, f, dvid, no, jnp.full(5, -7.0))
     var_c = 0.3**2 + (0.1 * 4.0) ** 2
-    closed = [
-        2 / 0.25,
-        2 / (0.2 * 3.0) ** 2 + 4 / 3.0**2,
-        2 / var_c + (2 * 0.1**2 * 4.0 / var_c) ** 2,
-        2 / (0.2**2 * 5.0**2),
-        -7.0,
-    ]
+    closed = [2 / 0.25, 2 / (0.2 * 3.0) ** 2 + 4 / 3.0**2, 2 / var_c + (2 * 0.1**2 * 4.0 / var_c) ** 2, 2 / (0.2**2 * 5.0**2), -7.0]
     np.testing.assert_allclose(expected, closed, rtol=1e-12)  # the ordinal row keeps the observed value given
     # Monte Carlo: the observed curvature at y drawn from the model, averaged
     z = jax.random.normal(jax.random.PRNGKey(0), (20_000, 4), dtype=jnp.float64)
@@ -141,11 +112,7 @@ def test_expected_curvature_is_the_mean_of_the_observed_one():
     y = jnp.concatenate([f[:3] + sd[:3] * z[:, :3], (f[3] * jnp.exp(0.2 * z[:, 3]))[:, None]], axis=1)
 
     def observed(yk):
-        total = lambda p: jnp.sum(
-            neg2ll_terms(
-                res, jnp.concatenate([p, f[4:]]), jnp.concatenate([yk, f[4:]]), dvid, no, jnp.ones(5, dtype=bool)
-            )
-        )
+        total = lambda p: jnp.sum(neg2ll_terms(res, jnp.concatenate([p, f[4:]]), jnp.concatenate([yk, f[4:]]), dvid, no, jnp.ones(5, dtype=bool)))
         return jax.jvp(jax.grad(total), (f[:4],), (jnp.ones(4),))[1]
 
     draws = jax.vmap(observed)(y)

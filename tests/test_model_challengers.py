@@ -40,14 +40,7 @@ def peg():
     return il2treg.load_model("peg_il2_treg_sledai")
 
 
-@pytest.mark.parametrize(
-    ("name", "base"),
-    [
-        ("il2_treg_sledai_receptor", None),
-        ("peg_il2_treg_sledai", None),
-        ("peg_il2_treg_sledai", "il2_treg_sledai_receptor"),
-    ],
-)
+@pytest.mark.parametrize(("name", "base"), [("il2_treg_sledai_receptor", None), ("peg_il2_treg_sledai", None), ("peg_il2_treg_sledai", "il2_treg_sledai_receptor")])
 def test_without_a_dose_every_observable_but_sledai_stays_at_its_baseline(name, base):
     model = il2treg.load_model(name, base=base)
     p = model.typical()
@@ -70,9 +63,7 @@ def test_a_drug_variant_applied_to_another_mechanism_takes_that_mechanism_and_it
 
 
 def test_base_is_refused_for_a_file_that_is_not_a_variant():
-    with pytest.raises(
-        ModelFileError, match=r"il2_treg_sledai\.toml: model\.base: the file is not a variant.*Fix: give base= only"
-    ):
+    with pytest.raises(ModelFileError, match=r"il2_treg_sledai\.toml: model\.base: the file is not a variant.*Fix: give base= only"):
         il2treg.load_model("il2_treg_sledai", base="il2_treg_sledai_receptor")
 
 

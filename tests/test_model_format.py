@@ -97,10 +97,7 @@ def test_the_stiffness_a_batch_is_ordered_by_is_the_fastest_rate_at_baseline(mod
     params = il2treg.sample_population(model, 200, seed=5)
     got = np.asarray(model.mechanism.stiffness(params.values))
     q = {n: np.asarray(params[n]) for n in ("CL", "CLR", "V", "ka", "mtt")}
-    expected = np.maximum.reduce(
-        [(q["CL"] + q["CLR"]) / q["V"], q["ka"], 3 / q["mtt"]]
-        + [np.asarray(params[n]) for n in ("kout_treg", "kout_nk", "kout_tconv", "kin_cd25", "kd")]
-    )
+    expected = np.maximum.reduce([(q["CL"] + q["CLR"]) / q["V"], q["ka"], 3 / q["mtt"]] + [np.asarray(params[n]) for n in ("kout_treg", "kout_nk", "kout_tconv", "kin_cd25", "kd")])
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert np.mean(got == (q["CL"] + q["CLR"]) / q["V"]) > 0.5
 
@@ -138,34 +135,19 @@ _DELETE = object()
 
 # (case, changes {dotted key: value}, the key the message names, a fragment of the problem)
 _MALFORMED = [
-    (
-        "unknown symbol",
-        {"equations.central": "ka * depot - kel * central"},
-        "equations.central",
-        "unknown symbol 'kel'",
-    ),
+    ("unknown symbol", {"equations.central": "ka * depot - kel * central"}, "equations.central", "unknown symbol 'kel'"),
     ("unit mismatch", {"equations.central": "ka * depot - CL * central"}, "equations.central", "unit mismatch"),
     ("sum of different units", {"equations.central": "ka * depot - ke * central + V"}, "equations.central", "adds"),
     ("duplicate state", {"states.V": {"unit": "L", "initial": 1}}, "parameters.V", "duplicate name"),
     ("state without an equation", {"equations.depot": _DELETE}, "equations.depot", "has no equation"),
     ("equation for an unknown state", {"equations.peripheral": "0"}, "equations.peripheral", "not a state"),
     ("missing initial value", {"states.central.initial": _DELETE}, "states.central.initial", "missing"),
-    (
-        "initial value from a state",
-        {"states.central.initial": "depot"},
-        "states.central.initial",
-        "unknown symbol 'depot'",
-    ),
+    ("initial value from a state", {"states.central.initial": "depot"}, "states.central.initial", "unknown symbol 'depot'"),
     ("circular definitions", {"quantities": {"ke": "CL / Vd", "Vd": "CL / ke"}}, "quantities.", "circular definition"),
     ("dose into an unknown state", {"doses.oral.state": "gut"}, "doses.oral.state", "not a state"),
     ("dose unit of another dimension", {"doses.oral.unit": "L"}, "doses.oral.unit", "cannot enter"),
     ("lag that is not a time", {"doses.oral.lag": "F"}, "doses.oral.lag", "unit mismatch"),
-    (
-        "exp of a quantity with a unit",
-        {"equations.depot": "-ka * depot * exp(V)"},
-        "equations.depot",
-        "must be dimensionless",
-    ),
+    ("exp of a quantity with a unit", {"equations.depot": "-ka * depot * exp(V)"}, "equations.depot", "must be dimensionless"),
     ("observable in the wrong unit", {"observables.conc.unit": "mg"}, "observables.conc.expression", "unit mismatch"),
     ("unknown unit", {"states.depot.unit": "furlongs"}, "states.depot.unit", "unknown unit"),
     ("not an expression", {"equations.depot": "-ka * (depot"}, "equations.depot", "is not an expression"),
@@ -174,18 +156,8 @@ _MALFORMED = [
     ("unknown table", {"equation": {}}, "equation", "did you mean [equations]"),
     ("unknown field", {"observables.conc.scale": 2}, "observables.conc.scale", "unknown field"),
     ("no observables", {"observables": {}}, "observables", "missing or empty"),
-    (
-        "keyword as a name",
-        {"parameters.lambda": {"value": 1.0, "unit": "1", **_PARAM}},
-        "parameters.lambda",
-        "not a valid name",
-    ),
-    (
-        "function name as a name",
-        {"parameters.exp": {"value": 1.0, "unit": "1", **_PARAM}},
-        "parameters.exp",
-        "name of a function",
-    ),
+    ("keyword as a name", {"parameters.lambda": {"value": 1.0, "unit": "1", **_PARAM}}, "parameters.lambda", "not a valid name"),
+    ("function name as a name", {"parameters.exp": {"value": 1.0, "unit": "1", **_PARAM}}, "parameters.exp", "name of a function"),
     ("attribute access", {"equations.depot": "-ka * depot.real"}, "equations.depot", "'.' is not allowed"),
     ("parameter that is not a table", {"parameters.ka": 1.0}, "parameters.ka", "must be a table"),
     ("doses that are not tables", {"doses": "depot"}, "doses", "must be tables"),
@@ -210,9 +182,7 @@ def test_malformed_model_file_names_the_file_the_key_and_the_fix(request, tmp_pa
     # The same file through the command: one line naming the file, the key and the fix; exit status 2.
     monkeypatch, capsys = request.getfixturevalue("monkeypatch"), request.getfixturevalue("capsys")
     code, _, err = run_cli(monkeypatch, capsys, "simulate", "--model", str(path), "--out", str(tmp_path / "o"))
-    assert code == 2 and err.count("\n") == 1 and err.startswith(f"il2treg: error: {path}: {key}") and "Fix: " in err, (
-        err
-    )
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"il2treg: error: {path}: {key}") and "Fix: " in err, err
     assert not (tmp_path / "o").exists()
 
 
@@ -238,12 +208,7 @@ def test_a_variant_takes_its_base_and_changes_removes_and_adds_by_name(tmp_path)
 
 _BAD_VARIANTS = [
     ("unknown base", {"base": "no_such_model"}, "model.base", "unknown model 'no_such_model'"),
-    (
-        "remove an undeclared name",
-        {"base": "oral.toml", "remove": ["kel"]},
-        "model.remove",
-        "'kel' is not declared in the base",
-    ),
+    ("remove an undeclared name", {"base": "oral.toml", "remove": ["kel"]}, "model.remove", "'kel' is not declared in the base"),
     ("remove without a base", {"remove": ["ka"]}, "model.remove", "has no base"),
     ("remove that is not a list", {"base": "oral.toml", "remove": "ka"}, "model.remove", "must be a list of names"),
     ("a base that is itself", {"base": "variant.toml"}, "model.base", "cycle"),
@@ -255,19 +220,11 @@ _BAD_VARIANTS = [
 def test_malformed_variant_names_the_file_the_key_and_the_fix(tmp_path, case, meta, key, problem):
     (tmp_path / "oral.toml").write_text(tomli_w.dumps(_VALID))
     path = tmp_path / "variant.toml"
-    path.write_text(
-        tomli_w.dumps(
-            {"model": {"name": "v", **meta}}
-            if "base" in meta
-            else {**copy.deepcopy(_VALID), "model": {"name": "v", **meta}}
-        )
-    )
+    path.write_text(tomli_w.dumps({"model": {"name": "v", **meta}} if "base" in meta else {**copy.deepcopy(_VALID), "model": {"name": "v", **meta}}))
     with pytest.raises(ModelFileError) as err:
         read_model_file(path)
     message = str(err.value)
-    assert message.startswith(f"{path}: {key}") and problem in message and "Fix: " in message and "\n" not in message, (
-        message
-    )
+    assert message.startswith(f"{path}: {key}") and problem in message and "Fix: " in message and "\n" not in message, message
 
 
 def test_a_structure_table_points_to_variants(tmp_path):
@@ -279,10 +236,7 @@ def test_a_structure_table_points_to_variants(tmp_path):
 
 @pytest.mark.parametrize(
     ("changes", "fragment"),
-    [
-        ({"parameters.CL.transform": "logg"}, "unknown transform 'logg'"),
-        ({"parameters.CL.value": 5000.0}, "outside its bounds"),
-    ],
+    [({"parameters.CL.transform": "logg"}, "unknown transform 'logg'"), ({"parameters.CL.value": 5000.0}, "outside its bounds")],
     ids=["unknown transform", "bounds that exclude the value"],
 )
 def test_malformed_parameter_table_names_the_parameter_and_the_fix(tmp_path, changes, fragment):
@@ -298,10 +252,7 @@ def test_malformed_parameter_table_names_the_parameter_and_the_fix(tmp_path, cha
 
 @pytest.mark.parametrize(
     ("text", "problem"),
-    [
-        ("[model\nname = 'x'\n", "not valid TOML"),
-        ("[states.a]\nunit = '1'\n[states.a]\ninitial = 0\n", "declared twice"),
-    ],
+    [("[model\nname = 'x'\n", "not valid TOML"), ("[states.a]\nunit = '1'\n[states.a]\ninitial = 0\n", "declared twice")],
     ids=["not TOML", "a table declared twice"],
 )
 def test_text_that_is_not_toml_is_reported_with_the_file(tmp_path, text, problem):
@@ -322,9 +273,7 @@ def test_a_valid_file_compiles_with_its_units_converted(tmp_path):
     assert defn.parameters[0].value == pytest.approx(24.0) and defn.parameters[0].internal_unit == "1/day"
     y = jnp.asarray([2.0, 3.0])
     ka, ke = 24.0, 5.0 / 50.0 * 24.0
-    np.testing.assert_allclose(
-        compiled.vector_field(0.0, y, compiled.prepare(theta)), [-ka * 2.0, ka * 2.0 - ke * 3.0], rtol=1e-15
-    )
+    np.testing.assert_allclose(compiled.vector_field(0.0, y, compiled.prepare(theta)), [-ka * 2.0, ka * 2.0 - ke * 3.0], rtol=1e-15)
     np.testing.assert_allclose(compiled.observables(0.0, y, compiled.prepare(theta)), [3.0 / 50.0], rtol=1e-15)
     assert compiled.ode_parameters == ("ka", "CL", "V", "F", "tlag")
     assert defn.doses[0].scale == 1.0
@@ -345,15 +294,11 @@ def test_reference_model_file_simulates_like_the_hand_written_model(model):
     grid = np.linspace(0.0, 84.0, 85) + 0.3  # between dose times and on none of them
     tight = il2treg.SolverOptions(rtol=1e-12, atol=1e-14, max_steps=200_000)
     hand = il2treg.simulate_regimens(model, regimens, grid, params, options=tight)
-    file = il2treg.simulate_regimens(
-        written, regimens, grid, il2treg.Parameters(params.values, written.parameter_names), options=tight
-    )
+    file = il2treg.simulate_regimens(written, regimens, grid, il2treg.Parameters(params.values, written.parameter_names), options=tight)
     for name in regimens:
         assert np.all(np.asarray(hand[name].status) == 0) and np.all(np.asarray(file[name].status) == 0), name
         assert file[name].names == hand[name].names
-        np.testing.assert_allclose(
-            np.asarray(file[name].values), np.asarray(hand[name].values), rtol=1e-10, atol=0, err_msg=name
-        )
+        np.testing.assert_allclose(np.asarray(file[name].values), np.asarray(hand[name].values), rtol=1e-10, atol=0, err_msg=name)
 
 
 def test_a_model_written_by_the_user_runs_through_simulate(monkeypatch, capsys, tmp_path):
@@ -439,10 +384,7 @@ def test_a_covariate_parameter_has_no_variability(tmp_path):
     doc["parameters"]["WGT"]["cv_percent"] = 10
     path = tmp_path / "pheno.toml"
     path.write_text(tomli_w.dumps(doc))
-    with pytest.raises(
-        SpecError,
-        match=r"parameter 'WGT': a covariate \(group = \"covariate\"\) is read from the data, so it has no variability",
-    ):
+    with pytest.raises(SpecError, match=r"parameter 'WGT': a covariate \(group = \"covariate\"\) is read from the data, so it has no variability"):
         il2treg.load_model(path)
 
 

@@ -109,10 +109,7 @@ def test_pk_model_matches_its_closed_form(name, regimen):
     reg = REGIMENS[regimen]
     # Two patients: the typical one and one with every parameter moved (F and the lag too).
     typical = model.typical()
-    moved = {
-        n: v * f
-        for n, v, f in zip(model.parameter_names, np.asarray(typical.values), (0.7, 1.3, 0.9, 1.2, 0.8, 1.1, 0.6))
-    }
+    moved = {n: v * f for n, v, f in zip(model.parameter_names, np.asarray(typical.values), (0.7, 1.3, 0.9, 1.2, 0.8, 1.1, 0.6))}
     values = np.stack([np.asarray(typical.values), [moved[n] for n in model.parameter_names]])
     sim = il2treg.simulate(model, reg, TIMES, il2treg.Parameters(values, model.parameter_names), options=TIGHT)
     assert np.all(np.asarray(sim.status) == 0)
@@ -175,15 +172,11 @@ def _records(doses) -> str:
     """The scenario as a NONMEM dataset (hours; EVID derived from AMT, one observable, so no DVID)."""
     rows = [(t, a, addl, ii) for t, a, addl, ii in doses] + [(t, 0, 0, 0) for t in HOURS]
     rows.sort(key=lambda r: (r[0], r[1] == 0))
-    lines = ["ID TIME AMT ADDL II DV"] + [
-        f"1 {t:g} {a:g} {addl} {ii:g} {1.0 if a == 0 else 0}" for t, a, addl, ii in rows
-    ]
+    lines = ["ID TIME AMT ADDL II DV"] + [f"1 {t:g} {a:g} {addl} {ii:g} {1.0 if a == 0 else 0}" for t, a, addl, ii in rows]
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize(
-    "name", [n if SCENARIOS[n][0] in _FAST_DOSING else pytest.param(n, marks=pytest.mark.slow) for n in SCENARIOS]
-)
+@pytest.mark.parametrize("name", [n if SCENARIOS[n][0] in _FAST_DOSING else pytest.param(n, marks=pytest.mark.slow) for n in SCENARIOS])
 def test_dosing_records_match_the_closed_form(name, tmp_path):
     model_name, doses, overrides = SCENARIOS[name]
     model = il2treg.load_model(model_name)
@@ -194,14 +187,10 @@ def test_dosing_records_match_the_closed_form(name, tmp_path):
     values = np.asarray(model.typical().values).copy()
     for key, declared in overrides.items():  # in the file's units, bounds not applied (a lag beyond them is a scenario)
         values[model.parameter_names.index(key)] = model.spec[key].to_internal(declared)
-    sim = il2treg.simulate(
-        model, regimen, data.obs_time[0], il2treg.Parameters(values, model.parameter_names), options=TIGHT
-    )
+    sim = il2treg.simulate(model, regimen, data.obs_time[0], il2treg.Parameters(values, model.parameter_names), options=TIGHT)
     assert int(np.asarray(sim.status)) == 0
     expected_doses = sorted((t + j * ii, a) for t, a, addl, ii in doses for j in range(addl + 1))
-    listed = rg.Regimen(
-        times=np.array([t for t, _ in expected_doses]) / 24.0, amounts=np.array([a for _, a in expected_doses])
-    )
+    listed = rg.Regimen(times=np.array([t for t, _ in expected_doses]) / 24.0, amounts=np.array([a for _, a in expected_doses]))
     assert len(expected_doses) == int(np.sum(data.dose_row[0] > 0))
     p = dict(zip(model.parameter_names, values))
     expected = closed_form(model_name, p, listed, HOURS / 24.0)
@@ -277,9 +266,7 @@ def _pieces(rows: list[str], p: dict, model_duration: float | None):
         lag, f = (p["tlag"] * 24, p["F"]) if oral else (0.0, 1.0)
         duration = f * a / rate if rate > 0 else (model_duration if model_duration is not None else 0.0)
         route = "depot" if oral else "central"
-        given = [
-            t + j * ii for j in range(int(addl) + 1) if j == 0 or not any(r > i and u <= t + j * ii for r, u in clears)
-        ]
+        given = [t + j * ii for j in range(int(addl) + 1) if j == 0 or not any(r > i and u <= t + j * ii for r, u in clears)]
         series = [t - m * ii for m in range(SERIES, 0, -1)] if ss else []
         pieces += [(t if s in series else s, s + lag, f * a, route, duration) for s in series + given]
     return pieces, resets
@@ -300,12 +287,8 @@ def _expected(p: dict, pieces, resets, hours: np.ndarray) -> np.ndarray:
                 continue
             if route == "depot" and duration > 0:
                 m = min(s, duration)
-                out[i] += (
-                    amount
-                    / duration
-                    * ka
-                    / (v * (ka - k))
-                    * ((np.exp(-k * (s - m)) - np.exp(-k * s)) / k - (np.exp(-ka * (s - m)) - np.exp(-ka * s)) / ka)
+                out[i] += amount / duration * ka / (v * (ka - k)) * (
+                    (np.exp(-k * (s - m)) - np.exp(-k * s)) / k - (np.exp(-ka * (s - m)) - np.exp(-ka * s)) / ka
                 )
             elif route == "depot":
                 out[i] += amount * ka / (v * (ka - k)) * (np.exp(-k * s) - np.exp(-ka * s))
@@ -327,15 +310,11 @@ def _record_solve(model):
         from il2treg.simulate import solve_one
 
         slots = len(REC_HOURS)
-        _RECORD_SOLVES[key] = jax.jit(
-            lambda theta, dt, da, rec, obs: solve_one(model.mechanism, theta, dt, da, obs, TIGHT, slots, records=rec)
-        )
+        _RECORD_SOLVES[key] = jax.jit(lambda theta, dt, da, rec, obs: solve_one(model.mechanism, theta, dt, da, obs, TIGHT, slots, records=rec))
     return _RECORD_SOLVES[key]
 
 
-@pytest.mark.parametrize(
-    "name", [n if n in _FAST_RECORDS else pytest.param(n, marks=pytest.mark.slow) for n in RECORD_SCENARIOS]
-)
+@pytest.mark.parametrize("name", [n if n in _FAST_RECORDS else pytest.param(n, marks=pytest.mark.slow) for n in RECORD_SCENARIOS])
 def test_dose_records_match_the_closed_form(name, tmp_path):
     from il2treg.records import DoseRecords, pad_records
 
@@ -354,9 +333,7 @@ def test_dose_records_match_the_closed_form(name, tmp_path):
     extra = 12 - data.dose_time.shape[1]
     dt = np.concatenate([data.dose_time[0], np.full(extra, data.dose_time[0, -1])])
     da = np.concatenate([data.dose_amount[0], np.zeros(extra)])
-    got, status = _record_solve(model)(
-        jnp.asarray(values), dt, da, pad_records(one, extra), jnp.asarray(data.obs_time[0])
-    )
+    got, status = _record_solve(model)(jnp.asarray(values), dt, da, pad_records(one, extra), jnp.asarray(data.obs_time[0]))
     assert int(status) == 0
     p = dict(zip(model.parameter_names, values))
     infused = model.mechanism.dose_infused[0]
@@ -404,9 +381,7 @@ def test_simulate_takes_traced_dose_records_into_a_second_input(tmp_path):
     np.testing.assert_array_equal(got[1], 0.0)
 
 
-def _oral_periods(
-    values: np.ndarray, starts: np.ndarray, doses: list[tuple[float, float]], times: np.ndarray
-) -> np.ndarray:
+def _oral_periods(values: np.ndarray, starts: np.ndarray, doses: list[tuple[float, float]], times: np.ndarray) -> np.ndarray:
     """Concentrations of the one-compartment oral model whose parameters change at ``starts``
     (``values[p]``: ka, tlag, F, CL, V of period p in days and litres), stepped exactly from
     event to event: each dose's F and lag those of its record's period (last value carried
@@ -419,10 +394,7 @@ def _oral_periods(
         ka, _, _, cl, v = values[period(t0)]
         k, dt = cl / v, t1 - t0
         depot, central = state
-        return (
-            depot * np.exp(-ka * dt),
-            central * np.exp(-k * dt) + depot * ka / (ka - k) * (np.exp(-k * dt) - np.exp(-ka * dt)),
-        )
+        return (depot * np.exp(-ka * dt), central * np.exp(-k * dt) + depot * ka / (ka - k) * (np.exp(-k * dt) - np.exp(-ka * dt)))
 
     out = []
     for t in times:
@@ -445,25 +417,13 @@ def test_parameters_that_change_over_time_follow_the_last_value_carried_forward(
 
     model = il2treg.load_model("pk_1cmt_oral")
     base = np.asarray(model.typical().values)  # ka 24/d, tlag 0.0208 d, F 0.8, CL 48 L/d, V 20 L
-    rows = np.stack(
-        [base, base * [1.5, 1.0, 1.0, 0.5, 1.25], base * [1.5, 3.0, 0.5, 1.5, 1.25], base * [1.5, 3.0, 0.5, 1.5, 1.25]]
-    )
+    rows = np.stack([base, base * [1.5, 1.0, 1.0, 0.5, 1.25], base * [1.5, 3.0, 0.5, 1.5, 1.25], base * [1.5, 3.0, 0.5, 1.5, 1.25]])
     starts = np.array([0.0, 0.8, 1.5, 1.5])
     doses = [(0.0, 100.0), (1.0, 50.0), (1.5, 80.0), (2.2, 60.0)]
     times = np.array([0.3, 0.8, 0.8, 1.2, 1.5, 1.55, 1.7, 2.0, 2.2, 2.5, 3.0])
     expected = _oral_periods(rows, starts, doses, times)
     dt, da = (jnp.asarray(x) for x in zip(*doses))
-    solve = lambda records: solve_one(
-        model.mechanism,
-        jnp.asarray(rows),
-        dt,
-        da,
-        jnp.asarray(times),
-        TIGHT,
-        4,
-        records=records,
-        periods=jnp.asarray(starts),
-    )
+    solve = lambda records: solve_one(model.mechanism, jnp.asarray(rows), dt, da, jnp.asarray(times), TIGHT, 4, records=records, periods=jnp.asarray(starts))
     for records in (None, DoseRecords(np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4))):
         got, status = jax.jit(solve)(records)
         assert int(status) == 0

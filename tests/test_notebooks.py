@@ -30,11 +30,7 @@ def test_notebook_runs_with_small_settings(path, monkeypatch, tmp_path):
     work.mkdir()
     (tmp_path / "fits").symlink_to(path.parents[1] / "fits")
     NotebookClient(book, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
-    errors = [
-        o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"
-    ]
+    errors = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    images = sum(
-        "image/png" in o.get("data", {}) for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])
-    )
+    images = sum("image/png" in o.get("data", {}) for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert images >= 1, "every notebook shows at least one figure"

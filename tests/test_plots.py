@@ -20,11 +20,7 @@ def _close_figures():
 
 
 def _points(ax) -> int:
-    return sum(
-        len(line.get_xdata())
-        for line in ax.get_lines()
-        if line.get_linestyle() in ("None", "") and line.get_marker() == "o"
-    )
+    return sum(len(line.get_xdata()) for line in ax.get_lines() if line.get_linestyle() in ("None", "") and line.get_marker() == "o")
 
 
 @pytest.mark.slow
@@ -60,11 +56,7 @@ def test_individual_fit_curves_are_the_model_solved_on_a_dense_grid(misspecified
         obs_t = rows["TIME"].to_numpy()
         for name in ("IPRED", "PRED"):
             x, y = (np.asarray(v, dtype=float) for v in lines[name].get_data())
-            assert len(x) >= 4 * (obs_t.max() - min(0.0, obs_t.min())) and len(x) > 5 * len(obs_t), (
-                name,
-                len(x),
-                len(obs_t),
-            )
+            assert len(x) >= 4 * (obs_t.max() - min(0.0, obs_t.min())) and len(x) > 5 * len(obs_t), (name, len(x), len(obs_t))
             assert np.all(np.diff(x) > 0) and np.all(np.diff(x) <= 0.25 + 1e-12)
             at = np.searchsorted(x, obs_t)
             np.testing.assert_array_equal(x[at], obs_t)
@@ -78,7 +70,7 @@ def test_population_course_has_band_median_and_every_observation(misspecified_di
     fig = plots.plot_population_course(misspecified_diagnostics, dvid="tconv_per_uL")
     (ax,) = fig.axes
     assert len(ax.collections) == 1  # the prediction band
-    n = int((misspecified_diagnostics.table["DVID"] == "tconv_per_uL").sum())
+    n = int(((misspecified_diagnostics.table["DVID"] == "tconv_per_uL")).sum())
     assert _points(ax) == n
     assert ax.get_yscale() == "log" and "[cells/uL]" in ax.get_ylabel() and "[day]" in ax.get_xlabel()
 
@@ -106,9 +98,7 @@ def test_treg_dynamics_has_four_panels_with_units_and_dose_marks(model):
     assert [ax.get_ylabel().split(" ")[0] for ax in fig.axes] == ["treg_pct_cd4", "il2_pM", "cd25_treg_rel", "sledai"]
     assert fig.axes[1].get_yscale() == "log"
     n_doses = len(np.asarray(reg.times))
-    assert all(
-        sum(line.get_xdata()[0] == line.get_xdata()[-1] for line in ax.get_lines()) >= n_doses for ax in fig.axes
-    )
+    assert all(sum(line.get_xdata()[0] == line.get_xdata()[-1] for line in ax.get_lines()) >= n_doses for ax in fig.axes)
 
 
 @pytest.mark.slow
@@ -208,9 +198,7 @@ def test_saem_trace_has_a_panel_per_parameter_and_marks_the_phases():
 
     names = ("emax_treg", "kout_treg", "omega_emax_treg", "sigma_prop_treg_per_uL", "sigma_add_sledai")
     trace = np.cumsum(np.random.default_rng(1).normal(size=(31, len(names))), axis=0)
-    fig = plots.plot_saem_trace(
-        SimpleNamespace(trace=trace, psi_names=names, settings={"saem_burn_in": 3, "saem_explore": 20}), ncols=3
-    )
+    fig = plots.plot_saem_trace(SimpleNamespace(trace=trace, psi_names=names, settings={"saem_burn_in": 3, "saem_explore": 20}), ncols=3)
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == list(names)
     for k, ax in enumerate(panels):

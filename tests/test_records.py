@@ -17,9 +17,7 @@ def test_plain_records_and_their_padding_are_plain():
 
 
 def test_padding_keeps_the_details_and_the_steady_state_count():
-    records = DoseRecords(
-        input=[[1, 0]], duration=[[0.5, 0.0]], reset=[[False, True]], ss=[[1, 0]], ii=[[0.5, 0.0]], steady_states=1
-    )
+    records = DoseRecords(input=[[1, 0]], duration=[[0.5, 0.0]], reset=[[False, True]], ss=[[1, 0]], ii=[[0.5, 0.0]], steady_states=1)
     padded = pad_records(records, 3)
     assert padded.ss.shape == (1, 5) and padded.steady_states == 1
     np.testing.assert_array_equal(padded.input[0], [1, 0, 0, 0, 0])
@@ -28,8 +26,5 @@ def test_padding_keeps_the_details_and_the_steady_state_count():
 
 def test_too_few_steady_state_slots_are_refused():
     """A steady-state dose without its slot would put the state at zero: refused, with the fix."""
-    with pytest.raises(
-        InputError,
-        match=r"DoseRecords\(steady_states=0\) but a patient has 2 steady-state doses \(ss > 0\). Fix: pass steady_states=2",
-    ):
+    with pytest.raises(InputError, match=r"DoseRecords\(steady_states=0\) but a patient has 2 steady-state doses \(ss > 0\). Fix: pass steady_states=2"):
         DoseRecords(input=[0, 0], duration=[0.0, 0.0], reset=[False, False], ss=[1, 2], ii=[0.5, 0.5])

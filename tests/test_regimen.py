@@ -56,10 +56,7 @@ def test_named_builds_registered_regimens_case_insensitively():
 
 
 def test_unknown_regimen_name_lists_the_known_names():
-    with pytest.raises(
-        RegimenError,
-        match="Known regimens: lupil2, charact_cycles, he2020, dilfrequency, transreg, weekly_only, daily_low_dose, placebo",
-    ):
+    with pytest.raises(RegimenError, match="Known regimens: lupil2, charact_cycles, he2020, dilfrequency, transreg, weekly_only, daily_low_dose, placebo"):
         rg.named("lupil3")
 
 
@@ -288,7 +285,8 @@ def test_a_dict_of_regimens_round_trips_by_id():
 
 
 def test_addl_ii_expansion_equals_explicit_rows():
-    compact = pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 7.0], "AMT": [1.5e6, 1.5e6], "ADDL": [4, 10], "II": [1.0, 7.0]})
+    compact = pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 7.0], "AMT": [1.5e6, 1.5e6],
+                            "ADDL": [4, 10], "II": [1.0, 7.0]})
     explicit = pd.DataFrame({"TIME": LUPIL2_TIMES, "AMT": [1.5e6] * 16})
     expanded, listed = rg.from_nonmem(compact)[1], rg.from_nonmem(explicit)[1]
     np.testing.assert_array_equal(expanded.times, listed.times)
@@ -305,7 +303,13 @@ def test_additional_doses_are_merged_in_time_order_with_later_rows():
 
 def test_only_evid_1_rows_are_doses_and_ids_without_doses_get_no_doses(tmp_path):
     path = tmp_path / "data.csv"
-    path.write_text("ID,TIME,EVID,AMT,CMT,DV\n1,0,1,1500000,1,.\n1,0.25,0,.,2,12.5\n1,1,1,1500000,1,.\n2,0,0,.,2,3.1\n")
+    path.write_text(
+        "ID,TIME,EVID,AMT,CMT,DV\n"
+        "1,0,1,1500000,1,.\n"
+        "1,0.25,0,.,2,12.5\n"
+        "1,1,1,1500000,1,.\n"
+        "2,0,0,.,2,3.1\n"
+    )
     regimens = rg.from_nonmem(path)
     assert regimens[1].times.tolist() == [0.0, 1.0]
     assert regimens[2].n_doses == 0
@@ -490,9 +494,7 @@ def test_a_regimen_with_records_round_trips_through_nonmem_rows(tmp_path):
 
 def test_compressed_rows_never_put_a_dose_where_a_later_reset_cancels_it():
     records = DoseRecords.plain(4)
-    records = DoseRecords(
-        records.input, records.duration, jnp.array([False, False, False, True]), records.ss, records.ii
-    )
+    records = DoseRecords(records.input, records.duration, jnp.array([False, False, False, True]), records.ss, records.ii)
     r = Regimen([0.0, 1.0, 2.0, 2.0], [5.0, 5.0, 5.0, 0.0], records=records)  # the reset comes after the dose at 2
     rows = rg.to_nonmem(r)
     assert rows["ADDL"].tolist() == [1, 0, 0]  # the dose at 2 is a row of its own, before the reset's
@@ -506,19 +508,7 @@ def test_a_regimen_with_records_prints_its_dose_table(tmp_path):
     path.write_text(RECORD_TABLE)
     text = repr(rg.from_nonmem(path, doses=INPUTS, time_unit="h")[1])
     lines = text.splitlines()
-    assert lines[1].split() == [
-        "time",
-        "(day)",
-        "amount",
-        "input",
-        "addl",
-        "ii",
-        "(day)",
-        "duration",
-        "(day)",
-        "ss",
-        "reset",
-    ]
+    assert lines[1].split() == ["time", "(day)", "amount", "input", "addl", "ii", "(day)", "duration", "(day)", "ss", "reset"]
     assert lines[2].split() == ["0", "100", "0", "2", "0.5", ".", "1", "."]  # the SS row and its two remaining doses
     assert lines[3].split() == ["1.25", "0", "0", "0", ".", ".", ".", "yes"]
     assert lines[4].split() == ["1.66667", "60", "1", "0", ".", "0.0833333", ".", "yes"]

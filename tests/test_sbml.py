@@ -9,12 +9,8 @@ import pytest
 import il2treg
 from il2treg.errors import InputError
 
-libsbml = pytest.importorskip(
-    "libsbml", reason="python-libsbml is not installed (pip install 'il2treg[sbml]'); CI installs it"
-)
-roadrunner = pytest.importorskip(
-    "roadrunner", reason="libroadrunner is not installed (pip install 'il2treg[sbml]'); CI installs it"
-)
+libsbml = pytest.importorskip("libsbml", reason="python-libsbml is not installed (pip install 'il2treg[sbml]'); CI installs it")
+roadrunner = pytest.importorskip("roadrunner", reason="libroadrunner is not installed (pip install 'il2treg[sbml]'); CI installs it")
 roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)
 
 from il2treg.sbml import export_sbml  # noqa: E402 - after the importorskips, with what it needs
@@ -45,25 +41,14 @@ def test_the_export_is_valid_sbml_with_units_and_sources(model, lupil2, tmp_path
     doc = libsbml.readSBMLFromString(text)
     assert (doc.getLevel(), doc.getVersion()) == (3, 2)
     doc.checkConsistency()  # identifiers, MathML, units, ...: warnings only (literal numbers carry no units)
-    assert doc.getNumErrors(libsbml.LIBSBML_SEV_ERROR) + doc.getNumErrors(libsbml.LIBSBML_SEV_FATAL) == 0, (
-        doc.getErrorLog().toString()
-    )
+    assert doc.getNumErrors(libsbml.LIBSBML_SEV_ERROR) + doc.getNumErrors(libsbml.LIBSBML_SEV_FATAL) == 0, doc.getErrorLog().toString()
     m = doc.getModel()
     assert m.getNumEvents() == lupil2.n_doses
     assert _si(m, m.getTimeUnits()) == ({"second": 1}, pytest.approx(86400.0, rel=1e-15))
     ka = m.getParameter("ka")
-    assert (
-        _si(m, ka.getUnits()) == ({"second": -1}, pytest.approx(1 / 86400.0, rel=1e-15))
-        and "Piscitelli" in ka.getNotesString()
-    )
-    assert _si(m, m.getParameter("il2_pM").getUnits()) == (
-        {"mole": 1, "metre": -3},
-        pytest.approx(1e-9, rel=1e-12),
-    )  # pM in mol/m^3
-    assert _si(m, m.getParameter("CL").getUnits()) == (
-        {"metre": 3, "second": -1},
-        pytest.approx(1e-3 / 86400.0, rel=1e-12),
-    )  # L/day
+    assert _si(m, ka.getUnits()) == ({"second": -1}, pytest.approx(1 / 86400.0, rel=1e-15)) and "Piscitelli" in ka.getNotesString()
+    assert _si(m, m.getParameter("il2_pM").getUnits()) == ({"mole": 1, "metre": -3}, pytest.approx(1e-9, rel=1e-12))  # pM in mol/m^3
+    assert _si(m, m.getParameter("CL").getUnits()) == ({"metre": 3, "second": -1}, pytest.approx(1e-3 / 86400.0, rel=1e-12))  # L/day
     for name in il2treg.OBSERVABLE_NAMES:
         assert m.getAssignmentRuleByVariable(name) is not None
 
@@ -83,9 +68,7 @@ def test_roadrunner_reproduces_il2treg_for_20_virtual_patients(model, lupil2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", ["il2_treg_sledai_no_delay", "il2_treg_sledai_no_sink", "il2_treg_sledai_no_cd25_feedback"]
-)
+@pytest.mark.parametrize("name", ["il2_treg_sledai_no_delay", "il2_treg_sledai_no_sink", "il2_treg_sledai_no_cd25_feedback"])
 def test_every_variant_exports_the_same_equations(name, lupil2, tight):
     """The reference's variants (no delay, no sink, no CD25 feedback): the typical patient agrees
     to 1e-7 at tight tolerances on both sides."""
@@ -117,9 +100,7 @@ def test_bad_requests_are_clear_errors(model, lupil2):
 
 def copasi_run(text: str, times=TIMES, rtol: float = 1e-10, atol: float = 1e-13) -> np.ndarray:
     """Time course of the observables in COPASI (deterministic LSODA) on an exported model."""
-    copasi = pytest.importorskip(
-        "COPASI", reason="python-copasi is not installed (pip install 'il2treg[sbml]'); CI installs it"
-    )
+    copasi = pytest.importorskip("COPASI", reason="python-copasi is not installed (pip install 'il2treg[sbml]'); CI installs it")
     dm = copasi.CRootContainer.addDatamodel()
     try:
         assert dm.importSBMLFromString(text), "COPASI could not import the SBML"
@@ -172,9 +153,7 @@ def test_amici_reproduces_il2treg_for_20_virtual_patients(model, lupil2, tight, 
     from amici.importers.sbml import SbmlImporter
 
     (tmp_path / "m.xml").write_text(export_sbml(model, regimen=lupil2))
-    compiled = SbmlImporter(str(tmp_path / "m.xml")).sbml2amici(
-        "il2treg_lupil2_test", str(tmp_path / "build"), verbose=False
-    )
+    compiled = SbmlImporter(str(tmp_path / "m.xml")).sbml2amici("il2treg_lupil2_test", str(tmp_path / "build"), verbose=False)
     compiled.set_timepoints(TIMES)
     columns = [compiled.get_observable_ids().index("y" + name) for name in il2treg.OBSERVABLE_NAMES]
     free = set(compiled.get_free_parameter_ids())
@@ -187,9 +166,7 @@ def test_amici_reproduces_il2treg_for_20_virtual_patients(model, lupil2, tight, 
         solver.set_max_steps(100_000)
         worst = 0.0
         for i in range(20):
-            exported = libsbml.readSBMLFromString(
-                export_sbml(model, il2treg.Parameters(params.values[i], params.names), lupil2)
-            )
+            exported = libsbml.readSBMLFromString(export_sbml(model, il2treg.Parameters(params.values[i], params.names), lupil2))
             for p in exported.getModel().getListOfParameters():
                 if p.getId() in free:
                     compiled.set_free_parameter_by_id(p.getId(), p.getValue())
@@ -197,9 +174,7 @@ def test_amici_reproduces_il2treg_for_20_virtual_patients(model, lupil2, tight, 
             assert result.status == 0, f"AMICI failed on patient {i}: status {result.status}"
             theirs = np.asarray(result.y)[:, columns]
             worst = max(worst, float(np.max(np.abs(theirs - mine[i]) / np.abs(mine[i]))))
-        print(
-            f"AMICI vs il2treg at rtol {options.rtol:g}, atol {options.atol:g}: largest relative difference {worst:.1e}"
-        )
+        print(f"AMICI vs il2treg at rtol {options.rtol:g}, atol {options.atol:g}: largest relative difference {worst:.1e}")
         assert worst < limit
 
 
@@ -211,14 +186,10 @@ _SHIPPED = ("pk_1cmt_iv", "pk_1cmt_infusion", "pk_1cmt_oral", "pk_2cmt_iv", "pk_
 def test_the_shipped_list_is_every_model_file():
     from il2treg.spec import MODELS_DIR
 
-    assert set(_SHIPPED) == {
-        p.stem for p in MODELS_DIR.glob("*.toml") if "[design]" not in p.read_text(encoding="utf-8")
-    }
+    assert set(_SHIPPED) == {p.stem for p in MODELS_DIR.glob("*.toml") if "[design]" not in p.read_text(encoding="utf-8")}
 
 
-@pytest.mark.parametrize(
-    "name", [n if n == "pk_1cmt_oral" else pytest.param(n, marks=pytest.mark.slow) for n in _SHIPPED]
-)
+@pytest.mark.parametrize("name", [n if n == "pk_1cmt_oral" else pytest.param(n, marks=pytest.mark.slow) for n in _SHIPPED])
 def test_every_shipped_model_file_exports_what_il2treg_solves(name, lupil2):
     """Each shipped model's equations exported and solved by libroadrunner (CVODE, rtol 1e-6, atol 1e-9) against il2treg (Tsit5, the
     same tolerances), 20 patients under the LUPIL-2 schedule (100 mg per dose for the PK models),
@@ -230,11 +201,7 @@ def test_every_shipped_model_file_exports_what_il2treg_solves(name, lupil2):
     from il2treg.sbml import observable_ids
 
     model = il2treg.load_model(name)
-    regimen = (
-        lupil2
-        if name.startswith("il2_treg_sledai")
-        else il2treg.regimen.Regimen(times=lupil2.times, amounts=np.full(lupil2.n_doses, 100.0))
-    )
+    regimen = lupil2 if name.startswith("il2_treg_sledai") else il2treg.regimen.Regimen(times=lupil2.times, amounts=np.full(lupil2.n_doses, 100.0))
     times = TIMES + 0.01
     params = il2treg.sample_population(model, 20, seed=4)
     mine = np.asarray(il2treg.simulate(model, regimen, times, params).values)

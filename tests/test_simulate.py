@@ -92,9 +92,7 @@ def test_lag_time_shifts_the_concentration_curve(model_no_sink, tight):
     lagged = il2treg.simulate(model_no_sink, reg, t + lag_h / 24, model_no_sink.parameters(tlag=lag_h), options=tight)
     unlagged = il2treg.simulate(model_no_sink, reg, t, model_no_sink.parameters(tlag=0.0), options=tight)
     np.testing.assert_allclose(lagged["il2_pM"], unlagged["il2_pM"], rtol=1e-8)
-    before = il2treg.simulate(
-        model_no_sink, reg, np.array([1.0 + 0.9 * lag_h / 24]), model_no_sink.parameters(tlag=lag_h)
-    )
+    before = il2treg.simulate(model_no_sink, reg, np.array([1.0 + 0.9 * lag_h / 24]), model_no_sink.parameters(tlag=lag_h))
     assert float(before["il2_pM"][0]) == pytest.approx(float(model_no_sink.typical()["il2_endo"]), rel=1e-12)
 
 
@@ -103,22 +101,14 @@ def test_exposure_scales_with_bioavailability(model_no_sink, tight):
     reg = rg.Regimen(times=np.array([0.0]), amounts=np.array([1.5e6]))
     t = np.linspace(0.05, 1.0, 20)
     endo = float(model_no_sink.typical()["il2_endo"])
-    low = (
-        np.asarray(il2treg.simulate(model_no_sink, reg, t, model_no_sink.parameters(F=0.2), options=tight)["il2_pM"])
-        - endo
-    )
-    high = (
-        np.asarray(il2treg.simulate(model_no_sink, reg, t, model_no_sink.parameters(F=0.6), options=tight)["il2_pM"])
-        - endo
-    )
+    low = np.asarray(il2treg.simulate(model_no_sink, reg, t, model_no_sink.parameters(F=0.2), options=tight)["il2_pM"]) - endo
+    high = np.asarray(il2treg.simulate(model_no_sink, reg, t, model_no_sink.parameters(F=0.6), options=tight)["il2_pM"]) - endo
     np.testing.assert_allclose(high, 3.0 * low, rtol=1e-8)
 
 
 @pytest.mark.slow
 def test_addl_ii_rows_simulate_like_explicit_rows(model):
-    compact = pd.DataFrame(
-        {"ID": [1, 1], "TIME": [0.0, 7.0], "EVID": [1, 1], "AMT": [1.5e6, 1.5e6], "ADDL": [4, 10], "II": [1.0, 7.0]}
-    )
+    compact = pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 7.0], "EVID": [1, 1], "AMT": [1.5e6, 1.5e6], "ADDL": [4, 10], "II": [1.0, 7.0]})
     explicit = pd.DataFrame({"ID": 1, "TIME": [0, 1, 2, 3, 4, *range(7, 78, 7)], "EVID": 1, "AMT": 1.5e6})
     a, b = rg.from_nonmem(compact)[1], rg.from_nonmem(explicit)[1]
     t = np.linspace(0, 84, 169)
@@ -152,9 +142,7 @@ def test_repeated_observation_times_share_one_save_and_give_the_same_values(mode
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "reg", [rg.placebo(), rg.Regimen(times=np.array([0.0, 7.0]), amounts=np.zeros(2))], ids=["none", "zero-amounts"]
-)
+@pytest.mark.parametrize("reg", [rg.placebo(), rg.Regimen(times=np.array([0.0, 7.0]), amounts=np.zeros(2))], ids=["none", "zero-amounts"])
 def test_no_dose_keeps_every_state_at_baseline(model, reg, daily_grid):
     sim = il2treg.simulate(model, reg, daily_grid)
     baseline = il2treg.simulate(model, reg, daily_grid[:1])
@@ -168,10 +156,7 @@ def test_no_dose_keeps_every_state_at_baseline(model, reg, daily_grid):
     np.testing.assert_allclose(sim["sledai"], soc, rtol=1e-9)
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["il2_treg_sledai", "il2_treg_sledai_no_delay", "il2_treg_sledai_no_sink", "il2_treg_sledai_no_cd25_feedback"],
-)
+@pytest.mark.parametrize("name", ["il2_treg_sledai", "il2_treg_sledai_no_delay", "il2_treg_sledai_no_sink", "il2_treg_sledai_no_cd25_feedback"])
 def test_vector_field_is_exactly_zero_at_baseline(name):
     model = il2treg.load_model(name)
     mechanism = model.mechanism
@@ -204,9 +189,7 @@ def test_gradient_wrt_every_parameter_matches_central_differences(model, lupil2,
     grad = np.asarray(jax.grad(f)(theta, lupil2.times, lupil2.amounts))
     for i, name in enumerate(model.parameter_names):
         h = 1e-4 * max(abs(float(theta[i])), 1e-3)
-        fd = (
-            f(theta.at[i].add(h), lupil2.times, lupil2.amounts) - f(theta.at[i].add(-h), lupil2.times, lupil2.amounts)
-        ) / (2 * h)
+        fd = (f(theta.at[i].add(h), lupil2.times, lupil2.amounts) - f(theta.at[i].add(-h), lupil2.times, lupil2.amounts)) / (2 * h)
         fd = float(fd)
         assert abs(grad[i] - fd) <= 1e-5 * abs(fd) + 1e-9, (name, grad[i], fd)
 
@@ -243,9 +226,7 @@ def test_derivatives_through_a_batch_of_patients_match_central_differences(model
 
     def f(log_emax):
         theta = base.at[k].set(jnp.exp(log_emax))[None, :] * spread
-        sim = il2treg.simulate(
-            model, lupil2, jnp.asarray([3.0, 7.0, 30.0]), il2treg.Parameters(theta, names), options=options
-        )
+        sim = il2treg.simulate(model, lupil2, jnp.asarray([3.0, 7.0, 30.0]), il2treg.Parameters(theta, names), options=options)
         return jnp.sum(jnp.log(sim["treg_per_uL"]))
 
     x = jnp.log(base[k])
@@ -280,9 +261,7 @@ def test_calls_of_nearby_sizes_share_one_compiled_solve_and_padding_changes_no_v
         assert sim.values.shape == (p.values.shape[0], t.size, len(il2treg.OBSERVABLE_NAMES))
     # the most padded call (6 patients, 16 doses, 64 times for 5, 1 and 29), solved unpadded
     reg, t, p = calls[2]
-    traced = jax.jit(
-        lambda th: il2treg.simulate(model, reg, t, il2treg.Parameters(th, p.names), options=options).values
-    )
+    traced = jax.jit(lambda th: il2treg.simulate(model, reg, t, il2treg.Parameters(th, p.names), options=options).values)
     np.testing.assert_array_equal(sims[2].values, traced(p.values))
 
 
@@ -304,11 +283,7 @@ def test_regimens_simulated_together_equal_each_simulated_alone(model):
     one program (padded doses and times) and gives what simulate gives for each, bit for bit."""
     params = il2treg.sample_population(model, 3, seed=5)
     regs = {"lupil2": rg.lupil2(), "placebo": rg.placebo(), "weekly": rg.weekly_only()}
-    grids = {
-        "lupil2": np.linspace(0.0, 84.0, 30),
-        "placebo": np.array([0.0, 7.0, 84.0]),
-        "weekly": np.array([0.0, 1.0, 2.0, 7.0, 7.5, 7.5, 84.0]),
-    }
+    grids = {"lupil2": np.linspace(0.0, 84.0, 30), "placebo": np.array([0.0, 7.0, 84.0]), "weekly": np.array([0.0, 1.0, 2.0, 7.0, 7.5, 7.5, 84.0])}
     together = il2treg.simulate_regimens(model, regs, grids, params)
     assert list(together) == list(regs)
     one_at_a_time = iter_simulations(model, regs, grids, params)
@@ -366,10 +341,7 @@ def test_work_order_puts_patients_without_doses_first_then_orders_by_stiffness()
     np.testing.assert_array_equal(out, xs[0] + xs[1].sum(axis=1))
 
 
-@pytest.mark.parametrize(
-    ("n", "batch_size", "shape"),
-    [(24, 16, (2, 12)), (100, 16, (7, 15)), (10_000, 128, (79, 127)), (5, 16, (1, 5)), (32, 16, (2, 16))],
-)
+@pytest.mark.parametrize(("n", "batch_size", "shape"), [(24, 16, (2, 12)), (100, 16, (7, 15)), (10_000, 128, (79, 127)), (5, 16, (1, 5)), (32, 16, (2, 16))])
 def test_chunks_are_equal_and_as_few_as_the_batch_size_allows(n, batch_size, shape):
     chunks, size = chunk_shape(n, batch_size)
     assert (chunks, size) == shape
@@ -600,9 +572,7 @@ def test_a_batch_sharded_over_two_devices_gives_identical_results():
     import subprocess
     import sys
 
-    done = subprocess.run(
-        [sys.executable, "-c", _SHARDING_CHECK], check=False, capture_output=True, text=True, timeout=900
-    )
+    done = subprocess.run([sys.executable, "-c", _SHARDING_CHECK], check=False, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "identical" in done.stdout
 
@@ -622,35 +592,14 @@ def test_the_multi_host_example_equals_one_process_bit_for_bit(model, tmp_path):
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     out = tmp_path / "dist"
-    common = [
-        "--coordinator",
-        f"localhost:{port}",
-        "--num-processes",
-        "2",
-        "--n",
-        "25",
-        "--seed",
-        "3",
-        "--days",
-        "28",
-        "--dt",
-        "3.5",
-        "--out",
-        str(out),
-    ]
+    common = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--n", "25", "--seed", "3", "--days", "28", "--dt", "3.5", "--out", str(out)]
     procs = [subprocess.Popen([sys.executable, str(script), "run", *common, "--process-id", str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
              for rank in range(2)]  # fmt: skip
     results = [p.communicate(timeout=600) for p in procs]
     for p, (_stdout, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr[-3000:]
     assert "patients 0..12" in results[0][0] and "patients 13..24" in results[1][0]
-    done = subprocess.run(
-        [sys.executable, str(script), "gather", "--out", str(out)],
-        capture_output=True,
-        encoding="utf-8",
-        timeout=120,
-        check=False,
-    )
+    done = subprocess.run([sys.executable, str(script), "gather", "--out", str(out)], capture_output=True, encoding="utf-8", timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     gathered = np.load(out / "simulation.npz")
     times = np.arange(0.0, 28.0 + 1.75, 3.5)
@@ -658,21 +607,9 @@ def test_the_multi_host_example_equals_one_process_bit_for_bit(model, tmp_path):
     np.testing.assert_array_equal(gathered["times"], times)
     np.testing.assert_array_equal(gathered["values"], np.asarray(reference.values))
     np.testing.assert_array_equal(gathered["status"], np.asarray(reference.status))
-    again = subprocess.run(
-        [sys.executable, str(script), "gather", "--out", str(out)],
-        capture_output=True,
-        encoding="utf-8",
-        timeout=120,
-        check=False,
-    )
+    again = subprocess.run([sys.executable, str(script), "gather", "--out", str(out)], capture_output=True, encoding="utf-8", timeout=120, check=False)
     assert again.returncode != 0 and "exists" in again.stderr and "--force" in again.stderr
-    rerun = subprocess.run(
-        [sys.executable, str(script), "run", *common, "--process-id", "0"],
-        capture_output=True,
-        encoding="utf-8",
-        timeout=120,
-        check=False,
-    )
+    rerun = subprocess.run([sys.executable, str(script), "run", *common, "--process-id", "0"], capture_output=True, encoding="utf-8", timeout=120, check=False)
     assert rerun.returncode != 0 and "part-0000-of-0002.npz exists" in rerun.stderr  # refused before any simulation
 
 
@@ -691,9 +628,7 @@ def test_steady_state_derivatives_match_finite_differences():
     model = il2treg.load_model("pk_1cmt_oral")
     theta = jnp.asarray(model.typical().values)
     times, amounts = jnp.array([0.0, 0.3]), jnp.array([100.0, 0.0])
-    records = DoseRecords(
-        input=[0, 0], duration=[0.0, 0.0], reset=[False, True], ss=[1, 0], ii=[0.5, 0.0], steady_states=1
-    )
+    records = DoseRecords(input=[0, 0], duration=[0.0, 0.0], reset=[False, True], ss=[1, 0], ii=[0.5, 0.0], steady_states=1)
     obs = jnp.array([0.0, 0.1, 0.25])
 
     def conc(th, adjoint):
@@ -705,13 +640,7 @@ def test_steady_state_derivatives_match_finite_differences():
     forward = jax.jit(jax.jacfwd(lambda th: conc(th, dfx.ForwardMode()), has_aux=True))
     value = lambda th: forward(th)[1]
     step = 1e-5 * theta
-    fd = np.stack(
-        [
-            (value(theta.at[i].add(step[i])) - value(theta.at[i].add(-step[i]))) / (2 * step[i])
-            for i in range(theta.size)
-        ],
-        axis=-1,
-    )
+    fd = np.stack([(value(theta.at[i].add(step[i])) - value(theta.at[i].add(-step[i]))) / (2 * step[i]) for i in range(theta.size)], axis=-1)
     assert np.all(np.abs(fd[0]) > 1e-3)  # the trough at the record depends on every parameter
     np.testing.assert_allclose(forward(theta)[0], fd, rtol=1e-6, atol=1e-9)
     reverse = jax.jit(jax.jacrev(lambda th: conc(th, dfx.RecursiveCheckpointAdjoint())[0]))(theta)
@@ -728,13 +657,9 @@ def test_a_steady_state_of_the_il2_model_is_periodic(model):
 
     theta = jnp.asarray(il2treg.sample_population(model, 4, seed=0).values)
     times, amounts = jnp.array([0.0, 1.0]), jnp.array([1.5e6, 1.5e6])
-    records = DoseRecords(
-        input=[0, 0], duration=[0.0, 0.0], reset=[False, False], ss=[1, 0], ii=[1.0, 0.0], steady_states=1
-    )
+    records = DoseRecords(input=[0, 0], duration=[0.0, 0.0], reset=[False, False], ss=[1, 0], ii=[1.0, 0.0], steady_states=1)
     obs = jnp.array([0.0, 0.5, 1.0])
-    one = lambda th: solve_one(
-        model.mechanism, th, times, amounts, obs, il2treg.SolverOptions(), 3, states=True, records=records
-    )
+    one = lambda th: solve_one(model.mechanism, th, times, amounts, obs, il2treg.SolverOptions(), 3, states=True, records=records)
     states, status = jax.jit(jax.vmap(one))(theta)
     assert np.all(np.asarray(status) == 0)
     states = np.asarray(states)  # the states: the SLEDAI observable also reads t (the placebo drift)

@@ -33,9 +33,7 @@ def test_probabilities_likelihood_and_draws_are_one_distribution(step):
     residual = ResidualModel.build(kinds={"sledai": "ordinal"}, sigmas={"sledai": (1.0, 0.0)}, score_step=step)
     d = residual.names.index("sledai")
     for i in range(len(latent)):
-        residual_i = ResidualModel(
-            residual.sigma_add.at[d].set(sd[i]), residual.sigma_prop, residual.kinds, step, residual.names
-        )
+        residual_i = ResidualModel(residual.sigma_add.at[d].set(sd[i]), residual.sigma_prop, residual.kinds, step, residual.names)
         y = jnp.asarray(scores)
         ones = jnp.ones_like(y, dtype=bool)
         terms = neg2ll_terms(residual_i, jnp.full(y.shape, latent[i]), y, jnp.full(y.shape, d), ~ones, ones)

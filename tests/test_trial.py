@@ -255,9 +255,7 @@ def test_negative_seed_is_rejected(design):
 
 
 def test_unknown_arm_in_the_design_is_named(design):
-    with pytest.raises(
-        InputError, match=r"unknown arm 'active' in TrialDesign.n_per_arm.*Fix: name the arms 'il2' and 'placebo'"
-    ):
+    with pytest.raises(InputError, match=r"unknown arm 'active' in TrialDesign.n_per_arm.*Fix: name the arms 'il2' and 'placebo'"):
         design.replace(n_per_arm={"active": 50, "placebo": 50})
 
 

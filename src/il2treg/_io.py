@@ -55,9 +55,7 @@ def atomic_output_dir(out: str | Path, *, force: bool = False):
     """
     out = Path(out)
     if out.exists() and not force:
-        raise InputError(
-            f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it."
-        )
+        raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_dir(out.parent, f".{out.name}.")
     try:

@@ -65,9 +65,7 @@ def callbacks_disabled() -> bool:
     return equinox._config.EQX_ON_ERROR != "raise"
 
 
-def enable_compilation_cache(
-    directory: str | Path | None = None, min_compile_seconds: float = 0.5, max_bytes: int = 1 << 30
-) -> Path:
+def enable_compilation_cache(directory: str | Path | None = None, min_compile_seconds: float = 0.5, max_bytes: int = 1 << 30) -> Path:
     """Keep compiled XLA programs in ``directory`` (default :func:`default_directory`) and load
     them in later processes.
 
@@ -89,9 +87,7 @@ def enable_compilation_cache(
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CacheError(
-            f"cannot create the compilation cache folder {path}: {err.strerror}. Fix: set {ENV} to a writable folder, or to off."
-        ) from err
+        raise CacheError(f"cannot create the compilation cache folder {path}: {err.strerror}. Fix: set {ENV} to a writable folder, or to off.") from err
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
     jax.config.update("jax_compilation_cache_max_size", int(max_bytes))

@@ -81,10 +81,7 @@ def _summary_table(sim, title: str) -> Table:
 
 @app.command()
 def simulate(
-    regimen: str = typer.Option(
-        "lupil2",
-        help="named regimen (e.g. lupil2, placebo) or a CSV of NONMEM dose rows (TIME days, AMT IU; optional ID, EVID, CMT, ADDL, II, RATE, SS)",
-    ),
+    regimen: str = typer.Option("lupil2", help="named regimen (e.g. lupil2, placebo) or a CSV of NONMEM dose rows (TIME days, AMT IU; optional ID, EVID, CMT, ADDL, II, RATE, SS)"),
     n: int = typer.Option(1000, min=1, help="number of virtual patients"),
     seed: int = typer.Option(0, help="random seed of the population"),
     out: Path = typer.Option(..., help="output folder (must not exist unless --force)"),
@@ -100,9 +97,7 @@ def simulate(
     from il2treg.plots import plot_treg_dynamics
 
     if out.exists() and not force:  # fail before computing
-        raise il2treg.errors.InputError(
-            f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it."
-        )
+        raise il2treg.errors.InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     m = il2treg.load_model(model)
     reg = _regimen(regimen, m)
     times = np.round(np.arange(0.0, days + dt / 2, dt), 10)
@@ -115,16 +110,12 @@ def simulate(
     label = reg.name or regimen
     with atomic_output_dir(out, force=force) as tmp:
         sim.to_frame().to_csv(tmp / "simulation.csv", index=False)
-        fig = plot_treg_dynamics(
-            sim, doses=np.asarray(reg.times), title=f"{label}: {params.values.shape[0]} virtual patient(s)"
-        )
+        fig = plot_treg_dynamics(sim, doses=np.asarray(reg.times), title=f"{label}: {params.values.shape[0]} virtual patient(s)")
         fig.savefig(tmp / "treg_dynamics.png", dpi=120)
     console.print(_summary_table(sim, f"{label}: median [5%-95%] over {params.values.shape[0]} patient(s)"))
     if failed:
         first = int(np.argmax(~np.asarray(sim.ok)))
-        console.print(
-            f"[yellow]{failed} patient(s) failed (NaN in the output), e.g. ID {first + 1}: {sim.status_message(int(sim.status[first]))}[/]"
-        )
+        console.print(f"[yellow]{failed} patient(s) failed (NaN in the output), e.g. ID {first + 1}: {sim.status_message(int(sim.status[first]))}[/]")
     console.print(f"wrote {out / 'simulation.csv'} and {out / 'treg_dynamics.png'}")
 
 
@@ -133,16 +124,9 @@ def trial(
     design: str = typer.Option("lupil2", help="design name in models/ (e.g. lupil2) or path to a design TOML"),
     replicates: int = typer.Option(500, min=1, help="number of replicate trials"),
     seed: int = typer.Option(0, min=0, help="random seed"),
-    regimen: str = typer.Option(
-        None, help="replace the IL-2 arm's regimen: a named regimen or a CSV of NONMEM dose rows"
-    ),
-    model: str = typer.Option(
-        None, help="replace the design's model: a name in models/ or a path to a TOML file with a sledai observable"
-    ),
-    uncertain: str = typer.Option(
-        "",
-        help="comma-separated parameters drawn from their priors once per replicate (e.g. imax,r50,kd: the SLEDAI link); the power becomes an assurance",
-    ),
+    regimen: str = typer.Option(None, help="replace the IL-2 arm's regimen: a named regimen or a CSV of NONMEM dose rows"),
+    model: str = typer.Option(None, help="replace the design's model: a name in models/ or a path to a TOML file with a sledai observable"),
+    uncertain: str = typer.Option("", help="comma-separated parameters drawn from their priors once per replicate (e.g. imax,r50,kd: the SLEDAI link); the power becomes an assurance"),
     json_out: bool = typer.Option(False, "--json", help="print exactly one JSON object and nothing else"),
 ) -> None:
     """Simulate replicate virtual trials: SRI-4 by arm in ITT and per-protocol sets, difference, power."""
@@ -167,9 +151,7 @@ def _describe(info: dict) -> str:
     """One line of fit progress from a :func:`il2treg.fit.run.run_fit` progress event."""
     stage = info["stage"]
     if stage == "estimation" and "gamma" in info:  # SAEM: its objective is the complete-data one, not the OFV
-        return (
-            f"SAEM iteration {info['iteration']}: complete-data objective {info['ofv']:.2f}, step {info['gamma']:.3g}"
-        )
+        return f"SAEM iteration {info['iteration']}: complete-data objective {info['ofv']:.2f}, step {info['gamma']:.3g}"
     if stage == "estimation":
         return f"iteration {info['iteration']}: OFV {info['ofv']:.4f}, max |gradient| {info['grad_max']:.3g}"
     return {
@@ -187,13 +169,8 @@ def fit(
     spec: Path = typer.Argument(..., help="fit file, e.g. fits/lupil2_virtual/fit.toml"),
     out: Path = typer.Option(..., help="results folder (must not exist unless --force)"),
     force: bool = typer.Option(False, help="replace an existing results folder"),
-    method: str = typer.Option(
-        "foce",
-        help="foce (FOCE-I / Laplace), saem (stochastic approximation EM; settings in \\[saem]) or nuts (Laplace, then NUTS from it; settings in \\[nuts])",
-    ),
-    figures: bool = typer.Option(
-        True, help="also write diagnostics.csv and figures/ (individual fits, GOF, VPC, time course)"
-    ),
+    method: str = typer.Option("foce", help="foce (FOCE-I / Laplace), saem (stochastic approximation EM; settings in \\[saem]) or nuts (Laplace, then NUTS from it; settings in \\[nuts])"),
+    figures: bool = typer.Option(True, help="also write diagnostics.csv and figures/ (individual fits, GOF, VPC, time course)"),
     n_sim: int = typer.Option(500, help="simulated replicates for the VPC and NPDE of the figures"),
 ) -> None:
     """Population fit as a fit file says: report, tables, predictions and posterior in --out."""
@@ -213,9 +190,7 @@ def fit(
     estimator = estimator_named(method)  # the fit file's [optimiser], [saem] or [nuts] settings
     fit_spec = read_fit_spec(spec)  # validates everything before any computation
     if out.exists() and not force:
-        raise InputError(
-            f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it."
-        )
+        raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     console.print(f"fitting {fit_spec.name}: model {fit_spec.model.name}, data {fit_spec.data_source}, "
                   f"{fit_spec.dataset.n_subjects} patients; estimating {', '.join(fit_spec.fixed) or 'no fixed effect'}")  # fmt: skip
     start = time.perf_counter()
@@ -223,23 +198,13 @@ def fit(
         columns = (SpinnerColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(_describe({"stage": "start"}), total=None)
-            result = run_fit(
-                fit_spec,
-                out,
-                force=force,
-                estimator=estimator,
-                figures=figures,
-                n_sim=n_sim,
-                progress=lambda info: progress.update(task, description=_describe(info)),
-            )
+            result = run_fit(fit_spec, out, force=force, estimator=estimator, figures=figures, n_sim=n_sim,
+                             progress=lambda info: progress.update(task, description=_describe(info)))
     else:
         show = lambda info: console.print(f"[{time.perf_counter() - start:7.1f} s] {_describe(info)}", highlight=False)
         result = run_fit(fit_spec, out, force=force, estimator=estimator, figures=figures, n_sim=n_sim, progress=show)
     console.print(Markdown(result.summary()))
-    console.print(
-        f"wrote {out}/ ({', '.join(FILES)}{', diagnostics.csv, figures/' if figures else ''}); read it with il2treg.fit.load_fit({str(out)!r})",
-        highlight=False,
-    )
+    console.print(f"wrote {out}/ ({', '.join(FILES)}{', diagnostics.csv, figures/' if figures else ''}); read it with il2treg.fit.load_fit({str(out)!r})", highlight=False)
 
 
 @app.command()
@@ -263,15 +228,11 @@ def profile(
 
     fit_spec = read_fit_spec(spec)
     if out.exists() and not force:
-        raise InputError(
-            f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it."
-        )
+        raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     problem = fit_spec.problem()
     unknown = [p for p in parameter if p not in problem.psi_names]
     if unknown:
-        raise InputError(
-            f"cannot profile {unknown[0]!r}: not a population parameter of this fit. Fix: use one of {', '.join(problem.psi_names)}."
-        )
+        raise InputError(f"cannot profile {unknown[0]!r}: not a population parameter of this fit. Fix: use one of {', '.join(problem.psi_names)}.")
     objective = make_objective(fit_spec, problem)
     console.print(f"fitting {fit_spec.name}, then profiling {', '.join(parameter)}")
     fit = fit_population(objective, initial_psi(fit_spec, problem, fit_spec.residual_model()))
@@ -290,16 +251,11 @@ def profile(
 @app.command()
 def diagnose(
     results: Path = typer.Argument(..., help="results folder of `il2treg fit`, e.g. fits/lupil2_virtual/results"),
-    out: Path = typer.Option(
-        ..., help="folder for diagnostics.csv, summary.csv and figures/ (must not exist unless --force)"
-    ),
+    out: Path = typer.Option(..., help="folder for diagnostics.csv, summary.csv and figures/ (must not exist unless --force)"),
     n_sim: int = typer.Option(1000, help="simulated replicates for NPDE and the VPC"),
     seed: int = typer.Option(0, help="seed of the simulations"),
     force: bool = typer.Option(False, help="replace an existing folder"),
-    vpc_by: str | None = typer.Option(
-        None,
-        help="also draw the VPC stratified by this covariate of the data (e.g. ARM): figures/vpc_by_<COLUMN>_<dvid>.png",
-    ),
+    vpc_by: str | None = typer.Option(None, help="also draw the VPC stratified by this covariate of the data (e.g. ARM): figures/vpc_by_<COLUMN>_<dvid>.png"),
 ) -> None:
     """Diagnostics of a saved fit: CWRES, NPDE, shrinkage, the checks that fail, and the standard figures."""
     from il2treg._io import atomic_output_dir
@@ -310,24 +266,17 @@ def diagnose(
     from il2treg.fit.spec import stored_spec
 
     if out.exists() and not force:
-        raise InputError(
-            f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it."
-        )
+        raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     fit = load_fit(results)
     spec = stored_spec(fit)
     covariates = spec.dataset.covariates
     if vpc_by is not None and vpc_by not in covariates:  # before the simulations, not after
-        raise InputError(
-            f"--vpc-by {vpc_by}: not a covariate of the fit's data; its covariates are: {', '.join(sorted(covariates)) or '(none)'}. Fix: choose one of them, or leave --vpc-by out."
-        )
+        raise InputError(f"--vpc-by {vpc_by}: not a covariate of the fit's data; its covariates are: {', '.join(sorted(covariates)) or '(none)'}. Fix: choose one of them, or leave --vpc-by out.")
     diag = diagnose_fit(fit, spec=spec, n_sim=n_sim, seed=seed)
     with atomic_output_dir(out, force=force) as tmp:
         write_figures(diag, tmp, vpc_by=vpc_by)
         diag.summary.to_csv(tmp / "summary.csv")
-    console.print(
-        diag.summary[["n", "cwres_mean", "cwres_sd", "npde_mean", "npde_sd", "npde_global_p"]].round(3).to_string(),
-        highlight=False,
-    )
+    console.print(diag.summary[["n", "cwres_mean", "cwres_sd", "npde_mean", "npde_sd", "npde_global_p"]].round(3).to_string(), highlight=False)
     console.print("eta-shrinkage %: " + ", ".join(f"{k} {v:.1f}" for k, v in diag.shrinkage.items()), highlight=False)
     for line in diag.flags() or ["no check fails (NPDE tests, CWRES time trend; il2treg.diagnostics)"]:
         console.print(line, highlight=False)
@@ -337,9 +286,7 @@ def diagnose(
 @data_app.command("check")
 def data_check(
     file: Path = typer.Argument(..., help="CSV in il2treg's data format"),
-    model: str = typer.Option(
-        "il2_treg_sledai", help="model name in models/ or path to a TOML file: its observables are the DVIDs"
-    ),
+    model: str = typer.Option("il2_treg_sledai", help="model name in models/ or path to a TOML file: its observables are the DVIDs"),
     time_unit: str = typer.Option("day", help="the unit of the file's TIME: day or h"),
     drop: list[str] = typer.Option([], help="a column to leave out (NONMEM's $INPUT NAME=DROP); repeat for more"),
 ) -> None:
@@ -348,9 +295,7 @@ def data_check(
     from il2treg.data import check_file
 
     loaded = il2treg.load_model(model)
-    summary = check_file(
-        file, observables=loaded.observable_names, time_unit=time_unit, drop=tuple(drop), doses=loaded.dosing_inputs
-    )
+    summary = check_file(file, observables=loaded.observable_names, time_unit=time_unit, drop=tuple(drop), doses=loaded.dosing_inputs)
     console.print(summary, highlight=False)
 
 
@@ -367,13 +312,7 @@ def regimens_list() -> None:
     for name, factory in rg.NAMED_REGIMENS.items():
         r = factory()
         doc = " ".join((inspect.getdoc(factory) or "").split())
-        table.add_row(
-            name,
-            str(r.n_doses),
-            f"{float(r.total_iu) / 1e6:.3g}",
-            f"{float(r.times[-1]):g}" if r.n_doses else "-",
-            doc.split(". ")[0],
-        )
+        table.add_row(name, str(r.n_doses), f"{float(r.total_iu) / 1e6:.3g}", f"{float(r.times[-1]):g}" if r.n_doses else "-", doc.split(". ")[0])
     console.print(table)
 
 
@@ -385,34 +324,15 @@ def _regimens(spec: str, model=None) -> dict:
 @regimens_app.command("compare")
 def regimens_compare(
     regimens: str = typer.Option(..., help="comma-separated names (il2treg regimens list) or regimen CSV files"),
-    out: Path = typer.Option(
-        ...,
-        help="folder for table.csv, per_patient.csv, comparison.png, and with --draws population.csv, difference.csv (must not exist unless --force)",
-    ),
+    out: Path = typer.Option(..., help="folder for table.csv, per_patient.csv, comparison.png, and with --draws population.csv, difference.csv (must not exist unless --force)"),
     n: int = typer.Option(1000, help="virtual patients (each with its own draw of the population parameters)"),
     seed: int = typer.Option(0, help="seed of the virtual population"),
-    fit: Path | None = typer.Option(
-        None, help="results folder of a fit: draw the population from its posterior (default: the model's priors)"
-    ),
-    model: str = typer.Option(
-        "il2_treg_sledai", help="model name in models/ or path to a TOML file (ignored with --fit: the fit's model)"
-    ),
-    weeks: str = typer.Option(
-        "12,24",
-        help="assessment weeks, comma-separated (SLEDAI and SRI-4; for other models the weeks each observable is read at)",
-    ),
-    draws: int | None = typer.Option(
-        None,
-        help="population draws, each shared by n/draws patients: adds population.csv and difference.csv (mean effects with intervals from parameter uncertainty)",
-    ),
-    uncertain: str = typer.Option(
-        "",
-        help="comma-separated parameters whose typical value is drawn from its prior in the model file (with --fit: ones the fit held, e.g. r50,kd)",
-    ),
-    reference: str | None = typer.Option(
-        None,
-        help="with --draws: the regimen the others are compared with in difference.csv (default placebo if compared, else the first)",
-    ),
+    fit: Path | None = typer.Option(None, help="results folder of a fit: draw the population from its posterior (default: the model's priors)"),
+    model: str = typer.Option("il2_treg_sledai", help="model name in models/ or path to a TOML file (ignored with --fit: the fit's model)"),
+    weeks: str = typer.Option("12,24", help="assessment weeks, comma-separated (SLEDAI and SRI-4; for other models the weeks each observable is read at)"),
+    draws: int | None = typer.Option(None, help="population draws, each shared by n/draws patients: adds population.csv and difference.csv (mean effects with intervals from parameter uncertainty)"),
+    uncertain: str = typer.Option("", help="comma-separated parameters whose typical value is drawn from its prior in the model file (with --fit: ones the fit held, e.g. r50,kd)"),
+    reference: str | None = typer.Option(None, help="with --draws: the regimen the others are compared with in difference.csv (default placebo if compared, else the first)"),
     force: bool = typer.Option(False, help="replace an existing folder"),
 ) -> None:
     """Compare regimens over one virtual population with parameter uncertainty."""
@@ -424,9 +344,7 @@ def regimens_compare(
     from il2treg.errors import InputError
 
     if out.exists() and not force:
-        raise InputError(
-            f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it."
-        )
+        raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     result = None
     if fit is not None:
         from il2treg.fit.result import load_fit
@@ -442,9 +360,7 @@ def regimens_compare(
     names = [u.strip() for u in uncertain.split(",") if u.strip()] or None
     regs = _regimens(regimens, m)
     if reference is not None and draws is None:
-        raise InputError(
-            "--reference applies to difference.csv, which only --draws writes. Fix: add --draws K, or drop --reference."
-        )
+        raise InputError("--reference applies to difference.csv, which only --draws writes. Fix: add --draws K, or drop --reference.")
     if reference is not None and len(regs) < 2:
         raise InputError("--reference needs another regimen to compare with it. Fix: name two or more in --regimens.")
     if reference is not None and reference not in regs:
@@ -465,51 +381,30 @@ def regimens_compare(
         plt.close(fig)
     console.print(comparison.wide().T.to_string(), highlight=False)
     failed = int((comparison.per_patient["status"] != 0).sum())
-    console.print(
-        f"{n} virtual patients x {len(comparison.regimens)} regimens in {comparison.run_s:.1f} s; failed solves: {failed}",
-        highlight=False,
-    )
+    console.print(f"{n} virtual patients x {len(comparison.regimens)} regimens in {comparison.run_s:.1f} s; failed solves: {failed}", highlight=False)
     console.print(f"wrote {out}/ ({', '.join(written)})", highlight=False)
 
 
 @regimens_app.command("optimise")
 def regimens_optimise(
-    out: Path = typer.Option(
-        ..., help="folder for regimen.csv, checks.csv, design.json, design.png (must not exist unless --force)"
-    ),
-    start: str = typer.Option(
-        "lupil2",
-        help="template regimen: a name or a regimen CSV (its number of injections; its times unless --optimise-times)",
-    ),
+    out: Path = typer.Option(..., help="folder for regimen.csv, checks.csv, design.json, design.png (must not exist unless --force)"),
+    start: str = typer.Option("lupil2", help="template regimen: a name or a regimen CSV (its number of injections; its times unless --optimise-times)"),
     model_name: str = typer.Option("il2_treg_sledai", "--model", help="packaged model name or path to a model file"),
-    objective: str = typer.Option(
-        "treg_mean_fold",
-        help="treg_mean_fold, sledai_fall_w12, p_sri4_w12, or KIND:OBSERVABLE with KIND mean, mean_fold or fall (maximised)",
-    ),
-    peak_max: list[str] = typer.Option(
-        [], help="OBSERVABLE=LIMIT: its largest value over the horizon, in its unit (repeat for more)"
-    ),
-    change_max: list[str] = typer.Option(
-        [], help="OBSERVABLE=PERCENT: its largest change from day 0 over the horizon (repeat for more)"
-    ),
+    objective: str = typer.Option("treg_mean_fold", help="treg_mean_fold, sledai_fall_w12, p_sri4_w12, or KIND:OBSERVABLE with KIND mean, mean_fold or fall (maximised)"),
+    peak_max: list[str] = typer.Option([], help="OBSERVABLE=LIMIT: its largest value over the horizon, in its unit (repeat for more)"),
+    change_max: list[str] = typer.Option([], help="OBSERVABLE=PERCENT: its largest change from day 0 over the horizon (repeat for more)"),
     horizon: float = typer.Option(84.0, help="the objective and the limits are read over days 0 to this \\[day]"),
     tconv_max: float | None = typer.Option(None, help="IL-2 model: largest Tconv change over the horizon \\[%]"),
     nk_max: float | None = typer.Option(None, help="IL-2 model: largest CD56bright NK change over the horizon \\[%]"),
     cmax_max: float | None = typer.Option(None, help="IL-2 model: largest serum IL-2 peak \\[pM]"),
     quantile: float = typer.Option(0.5, help="population quantile at which the limits on observables hold"),
     dose_max: float | None = typer.Option(None, help="largest dose \\[IU] (another model: in its dose unit)"),
-    total_dose_max: float | None = typer.Option(
-        None, help="largest total dose \\[IU] (another model: in its dose unit)"
-    ),
-    total_dose_min: float | None = typer.Option(
-        None, help="smallest total dose \\[IU] (another model: in its dose unit)"
-    ),
+    total_dose_max: float | None = typer.Option(None, help="largest total dose \\[IU] (another model: in its dose unit)"),
+    total_dose_min: float | None = typer.Option(None, help="smallest total dose \\[IU] (another model: in its dose unit)"),
     max_injections: int | None = typer.Option(None, help="most injections (the template's number must not exceed it)"),
     optimise_times: bool = typer.Option(False, help="also move the injections (first stays at day 0)"),
     min_interval: float = typer.Option(1.0, help="smallest time between injections with --optimise-times \\[day]"),
-    n: int = typer.Option(
-        1, help="design population: 1 = the typical patient, else virtual patients from the model's priors"
-    ),
+    n: int = typer.Option(1, help="design population: 1 = the typical patient, else virtual patients from the model's priors"),
     starts: int = typer.Option(5, help="starts (the template plus random ones)"),
     steps: int = typer.Option(150, help="gradient steps"),
     seed: int = typer.Option(0, help="seed of the random starts and of the design population"),
@@ -528,9 +423,7 @@ def regimens_optimise(
     from il2treg.regimen import to_nonmem
 
     if out.exists() and not force:
-        raise InputError(
-            f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it."
-        )
+        raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     model = il2treg.load_model(model_name)
     params = model.typical() if n == 1 else virtual_population(model, n, seed=seed)[1]
     constraints = Constraints(tconv_change_max_pct=tconv_max, nk_change_max_pct=nk_max, cmax_max_pM=cmax_max, quantile=quantile,
@@ -539,10 +432,7 @@ def regimens_optimise(
     design = optimise(_regimen(start, model), objective=objective, constraints=constraints, model=model, params=params,
                       optimise_times=optimise_times, n_starts=starts, steps=steps, seed=seed, horizon_days=horizon)  # fmt: skip
     days = np.arange(0.0, horizon + 1e-9, min(0.25, horizon / 200))
-    sims = {
-        "start": il2treg.simulate(model, design.start, days, params),
-        "designed": il2treg.simulate(model, design.regimen, days, params),
-    }
+    sims = {"start": il2treg.simulate(model, design.start, days, params), "designed": il2treg.simulate(model, design.regimen, days, params)}
     with atomic_output_dir(out, force=force) as tmp:
         to_nonmem(design.regimen).to_csv(tmp / "regimen.csv", index=False)
         design.checks.to_csv(tmp / "checks.csv", index=False)
@@ -550,20 +440,13 @@ def regimens_optimise(
                    "spread": design.spread, "scaled_back": design.scaled_back, "run_s": design.run_s, "horizon_days": design.horizon_days,
                    "times_day": np.asarray(design.regimen.times).tolist(), "amounts_iu": np.asarray(design.regimen.amounts).tolist()}  # fmt: skip
         (tmp / "design.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        panels = (
-            {} if is_il2(model) else {"observables": model.observable_names[:6]}
-        )  # the IL-2 model: IL-2, Treg, Tconv, NK
-        fig = plots.plot_regimens(
-            sims, title=f"{design.objective}: {design.start_value:.4g} -> {design.value:.4g}", **panels
-        )
+        panels = {} if is_il2(model) else {"observables": model.observable_names[:6]}  # the IL-2 model: IL-2, Treg, Tconv, NK
+        fig = plots.plot_regimens(sims, title=f"{design.objective}: {design.start_value:.4g} -> {design.value:.4g}", **panels)
         fig.savefig(tmp / "design.png", dpi=120)
         plt.close(fig)
     console.print(design.checks.to_string(index=False), highlight=False)
-    console.print(
-        f"{design.objective}: start {design.start_value:.5g} -> designed {design.value:.5g}; "
-        f"{len(design.start_values)} starts within {100 * design.spread:.3g}% of each other; {design.run_s:.1f} s",
-        highlight=False,
-    )
+    console.print(f"{design.objective}: start {design.start_value:.5g} -> designed {design.value:.5g}; "
+                  f"{len(design.start_values)} starts within {100 * design.spread:.3g}% of each other; {design.run_s:.1f} s", highlight=False)
     console.print(f"wrote {out}/ (regimen.csv, checks.csv, design.json, design.png)", highlight=False)
 
 

@@ -247,7 +247,9 @@ class Dataset(eqx.Module):
         strings if categorical."""
         if name not in self.covariates:
             known = ", ".join(self.covariates) or "none"
-            raise InputError(f"unknown covariate {name!r}. Fix: use one of the dataset's covariates: {known}.")
+            raise InputError(
+                f"unknown covariate {name!r}. Fix: use one of the dataset's covariates: {known}."
+            )
         levels = dict(self.covariate_levels)
         if name in levels:
             return np.array(levels[name], dtype=object)[self.covariates[name]]
@@ -279,7 +281,9 @@ class Dataset(eqx.Module):
                 )
         repeated = next((s for k, s in enumerate(wanted) if s in wanted[:k]), None)
         if repeated is not None:
-            raise InputError(f"subject ID {repeated!r} is repeated in subset(). Fix: name each ID once.")
+            raise InputError(
+                f"subject ID {repeated!r} is repeated in subset(). Fix: name each ID once."
+            )
         pick = np.array([position[s] for s in wanted])
         n_obs = int((self.obs_row[pick] > 0).sum(axis=1).max())
         n_dose = max(1, int((self.dose_row[pick] > 0).sum(axis=1).max()))
@@ -329,13 +333,21 @@ class Dataset(eqx.Module):
         frame = pd.DataFrame(
             {
                 "ID": [self.ids[s] for s in subject],
-                "TIME": np.concatenate([self.obs_time[obs_s, obs_j], self.dose_time[dose_s, dose_j]]),
+                "TIME": np.concatenate(
+                    [self.obs_time[obs_s, obs_j], self.dose_time[dose_s, dose_j]]
+                ),
                 "EVID": np.concatenate([np.zeros(obs_s.size, dtype=int), self._dose_evid(dose_s, dose_j)]),
                 "AMT": np.concatenate([np.zeros(obs_s.size), self.dose_amount[dose_s, dose_j]]),
-                "DVID": np.concatenate([names[self.obs_dvid[obs_s, obs_j]], np.full(dose_s.size, None, dtype=object)]),
+                "DVID": np.concatenate(
+                    [names[self.obs_dvid[obs_s, obs_j]], np.full(dose_s.size, None, dtype=object)]
+                ),
                 "DV": np.concatenate([obs_value, np.full(dose_s.size, np.nan)]),
-                "CENS": np.concatenate([self.obs_cens[obs_s, obs_j].astype(int), np.zeros(dose_s.size, dtype=int)]),
-                "MDV": np.concatenate([(~self.obs_mask[obs_s, obs_j]).astype(int), np.ones(dose_s.size, dtype=int)]),
+                "CENS": np.concatenate(
+                    [self.obs_cens[obs_s, obs_j].astype(int), np.zeros(dose_s.size, dtype=int)]
+                ),
+                "MDV": np.concatenate(
+                    [(~self.obs_mask[obs_s, obs_j]).astype(int), np.ones(dose_s.size, dtype=int)]
+                ),
             }
         )
         if self.records() is not None:
@@ -352,12 +364,7 @@ class Dataset(eqx.Module):
         source = rows
         if self.covariate_series:  # a period start without a row of its own gets an EVID 2 row
             times = frame["TIME"].to_numpy()
-            extra = [
-                (s, t)
-                for s in range(self.n_subjects)
-                for t in np.unique(self.covariate_time[s])
-                if not np.any((subject == s) & (times == t))
-            ]
+            extra = [(s, t) for s in range(self.n_subjects) for t in np.unique(self.covariate_time[s]) if not np.any((subject == s) & (times == t))]
             if extra:
                 other = pd.DataFrame({"ID": [self.ids[s] for s, _ in extra], "TIME": [t for _, t in extra], "EVID": 2, "AMT": 0.0,
                                       "DVID": None, "DV": np.nan, "CENS": 0, "MDV": 1})  # fmt: skip
@@ -369,10 +376,7 @@ class Dataset(eqx.Module):
         times = frame["TIME"].to_numpy()
         for name in self.covariates:
             if name in self.covariate_series:
-                period = [
-                    np.searchsorted(self.covariate_time[s], t, side="right") - 1
-                    for s, t in zip(subject, times, strict=True)
-                ]
+                period = [np.searchsorted(self.covariate_time[s], t, side="right") - 1 for s, t in zip(subject, times, strict=True)]
                 values = self.covariate_series[name][subject, np.maximum(period, 0)]
             else:
                 values = self.covariate_values(name)[subject]
@@ -394,12 +398,7 @@ class Dataset(eqx.Module):
     def _dose_evid(self, s: np.ndarray, j: np.ndarray) -> np.ndarray:
         """EVID of dose slots: 1, or 3 for a reset without anything of a dose and 4 for one with."""
         reset = self.dose_reset[s, j]
-        dosing = (
-            (self.dose_amount[s, j] > 0)
-            | (self.dose_ss[s, j] > 0)
-            | (self.dose_cmt[s, j] != 0)
-            | (self.dose_duration[s, j] > 0)
-        )
+        dosing = (self.dose_amount[s, j] > 0) | (self.dose_ss[s, j] > 0) | (self.dose_cmt[s, j] != 0) | (self.dose_duration[s, j] > 0)
         return np.where(reset, np.where(dosing, 4, 3), 1)
 
     def events(self, subject: SubjectId) -> pd.DataFrame:
@@ -424,21 +423,14 @@ class Dataset(eqx.Module):
         """
         s = self._require_subject(subject)
         real = self.dose_row[s] > 0
-        records = detailed_records(
-            *(x[s][real] for x in (self.dose_input, self.dose_duration, self.dose_reset, self.dose_ss, self.dose_ii))
-        )
-        return Regimen(
-            self.dose_time[s][real], self.dose_amount[s][real], name=f"ID {id_text(subject)}", records=records
-        )
+        records = detailed_records(*(x[s][real] for x in (self.dose_input, self.dose_duration, self.dose_reset, self.dose_ss, self.dose_ii)))
+        return Regimen(self.dose_time[s][real], self.dose_amount[s][real], name=f"ID {id_text(subject)}", records=records)
 
     def _require_subject(self, subject: SubjectId) -> int:
         """The index of ``subject``, or a :class:`DataError` listing a few of the data's IDs."""
         if subject not in self.ids:
             shown = ", ".join(id_text(s) for s in self.ids[:5]) + (", ..." if len(self.ids) > 5 else "")
-            raise DataError(
-                f"no subject with ID {id_text(subject)} in the data (IDs: {shown}). Fix: use one of the data's IDs.",
-                column="ID",
-            )
+            raise DataError(f"no subject with ID {id_text(subject)} in the data (IDs: {shown}). Fix: use one of the data's IDs.", column="ID")
         return self.ids.index(subject)
 
     def summary(self) -> str:
@@ -455,7 +447,6 @@ class Dataset(eqx.Module):
                 lines.append(f"{label} (subjects): {_tally(self.covariate_values(column))}")
         if self.covariates:
             kinds = dict(self.covariate_levels)
-
             def kind(n: str) -> str:
                 if n in kinds:
                     return "text"
@@ -471,7 +462,8 @@ class Dataset(eqx.Module):
         lines.append(f"Time: {number_text(times.min())} to {number_text(times.max())} days")
         per_subject = real_dose.sum(axis=1)
         dose_line = (
-            f"Doses: {int(real_dose.sum())} rows, {int(per_subject.min())} to {int(per_subject.max())} per subject"
+            f"Doses: {int(real_dose.sum())} rows, {int(per_subject.min())} to "
+            f"{int(per_subject.max())} per subject"
         )
         if real_dose.any():
             amounts = self.dose_amount[real_dose]
@@ -575,16 +567,13 @@ def check_file(
 # Reading raw cells
 
 
-def _columns(
-    header: list[str],
-    rows: list[list[Cell]],
-    where: str,
-    drop: tuple[str, ...] = (),
-    observables: tuple[str, ...] = OBSERVABLE_NAMES,
-) -> dict[str, list[Cell]]:
+def _columns(header: list[str], rows: list[list[Cell]], where: str, drop: tuple[str, ...] = (), observables: tuple[str, ...] = OBSERVABLE_NAMES) -> dict[str, list[Cell]]:
     """Check the table's shape and header; return column name -> cells, without ``drop``."""
     if not header:
-        raise DataError(f"{where} is empty. Fix: write a header {','.join(REQUIRED_COLUMNS)} and one row per event.")
+        raise DataError(
+            f"{where} is empty. Fix: write a header {','.join(REQUIRED_COLUMNS)} "
+            "and one row per event."
+        )
     if len(header) == 1:
         raise DataError(
             f"{where} is not a comma-separated table: the header has a single column "
@@ -622,9 +611,7 @@ def _nonmem_defaults(cells: dict[str, list[Cell]], observables: tuple[str, ...])
     is_dose = [number(cell) in (1.0, 4.0) for cell in cells["EVID"]]
     if "DVID" not in cells:  # one observable: every observation is it
         cells["DVID"] = [None if number(evid) != 0.0 else observables[0] for evid in cells["EVID"]]
-    cells["DV"] = [
-        None if dose and number(cell) == 0.0 else cell for dose, cell in zip(is_dose, cells["DV"], strict=True)
-    ]
+    cells["DV"] = [None if dose and number(cell) == 0.0 else cell for dose, cell in zip(is_dose, cells["DV"], strict=True)]
     return cells
 
 
@@ -667,13 +654,8 @@ _DV_FIX = (
 )
 
 
-def _build(
-    cells: dict[str, list[Cell]],
-    names: tuple[str, ...],
-    aliases: dict[str, str],
-    days_per_unit: float = 1.0,
-    inputs: tuple[DosingInput, ...] | None = None,
-) -> Dataset:
+def _build(cells: dict[str, list[Cell]], names: tuple[str, ...], aliases: dict[str, str], days_per_unit: float = 1.0,
+           inputs: tuple[DosingInput, ...] | None = None) -> Dataset:
     """Validate the columns (fixed order of checks) and pack them into a :class:`Dataset` whose
     DVIDs are ``names`` (a DVID in ``aliases`` is read as the name it maps to), whose times
     are TIME times ``days_per_unit`` and whose CMTs are those of ``inputs``."""
@@ -687,7 +669,8 @@ def _build(
     for r, (dose, cell) in enumerate(zip(is_dose, cells["DVID"], strict=True), start=1):
         if dose and not is_missing(cell):
             raise DataError(
-                f"dose row {r} (EVID 1) has DVID {show(cell)}. Fix: leave DVID empty on dose rows.",
+                f"dose row {r} (EVID 1) has DVID {show(cell)}. Fix: leave DVID empty on dose "
+                "rows.",
                 column="DVID",
                 row=r,
             )
@@ -695,7 +678,8 @@ def _build(
             continue
         if is_missing(cell):
             raise DataError(
-                f"DVID is missing on observation row {r}. Fix: name what was observed, one of: {', '.join(names)}.",
+                f"DVID is missing on observation row {r}. Fix: name what was observed, one of: "
+                f"{', '.join(names)}.",
                 column="DVID",
                 row=r,
             )
@@ -704,7 +688,8 @@ def _build(
             close = difflib.get_close_matches(str(name), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise DataError(
-                f"unknown DVID {show(cell)} at row {r}{hint}. Fix: use one of: {', '.join(names)}.",
+                f"unknown DVID {show(cell)} at row {r}{hint}. Fix: use one of: "
+                f"{', '.join(names)}.",
                 column="DVID",
                 row=r,
             )
@@ -781,7 +766,8 @@ def _build(
     for s, rows in rows_of.items():
         if all(is_dose[k] or is_other[k] for k in rows):
             raise DataError(
-                f"ID {id_text(s)} has no observation rows (EVID 0). Fix: add its observations or remove its rows.",
+                f"ID {id_text(s)} has no observation rows (EVID 0). Fix: add its observations "
+                "or remove its rows.",
                 column="ID",
                 row=rows[0] + 1,
             )
@@ -817,7 +803,7 @@ def _check_time_span(time: np.ndarray, days_per_unit: float) -> None:
     if days_per_unit == 1.0 and span > PLAUSIBLE_SPAN_DAYS:
         warnings.warn(
             f"TIME spans {number_text(round(span, 1))} days (over {PLAUSIBLE_SPAN_DAYS / 365:.0f} years), read as days. "
-            'Fix: if TIME is in hours, read it with time_unit = "h" (fit file) or read_dataset(..., time_unit="h").',
+            "Fix: if TIME is in hours, read it with time_unit = \"h\" (fit file) or read_dataset(..., time_unit=\"h\").",
             UserWarning,
             stacklevel=4,
         )
@@ -837,9 +823,7 @@ def _carry_forward(values: list[object], rows: list[int]) -> None:
             last = values[k]
 
 
-def _periods(
-    rows_of: dict[SubjectId, list[int]], time: np.ndarray, series: dict[str, list[object]]
-) -> list[list[tuple[float, tuple[float, ...]]]]:
+def _periods(rows_of: dict[SubjectId, list[int]], time: np.ndarray, series: dict[str, list[object]]) -> list[list[tuple[float, tuple[float, ...]]]]:
     """Per subject, its periods of constant time-varying covariates: ``(start, values)`` where
     ``values`` are those of ``series`` in its order. A period starts at the first row and at each
     row whose values differ from the row before; of several rows at one time the last one's hold."""
@@ -914,9 +898,7 @@ def _pack(
         name: values for name, (values, is_numeric) in covariates.items()
         if is_numeric and any(_key(values[k]) != _key(values[rows[0]]) for rows in rows_of.values() for k in rows)
     }  # fmt: skip
-    periods = (
-        _periods(rows_of, time, varying) if varying else [[(float(time[rows[0]]), ())] for rows in rows_of.values()]
-    )
+    periods = _periods(rows_of, time, varying) if varying else [[(float(time[rows[0]]), ())] for rows in rows_of.values()]
     n_periods = max(len(p) for p in periods)
     padded = [p + [p[-1]] * (n_periods - len(p)) for p in periods]
     covariate_time = np.array([[start for start, _ in p] for p in padded]) * days_per_unit
@@ -963,4 +945,6 @@ def _tally(values: np.ndarray) -> str:
     """``'A 3, B 2'``: each distinct value (sorted) with its number of subjects."""
     shown = [v if isinstance(v, str) else number_text(v) for v in values.tolist()]
     distinct, counts = np.unique(np.array(shown, dtype=str), return_counts=True)
-    return ", ".join(f"{v or '(missing)'} {n}" for v, n in zip(distinct.tolist(), counts.tolist(), strict=True))
+    return ", ".join(
+        f"{v or '(missing)'} {n}" for v, n in zip(distinct.tolist(), counts.tolist(), strict=True)
+    )

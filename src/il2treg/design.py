@@ -134,15 +134,11 @@ def _draw_layout(n: int, draws: int | None) -> tuple[int, int]:
     if draws is None:
         return n, 1
     if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 2:
-        raise InputError(
-            f"draws={draws!r}: must be an integer >= 2 (population draws), or None for one per patient. Fix: e.g. draws=100."
-        )
+        raise InputError(f"draws={draws!r}: must be an integer >= 2 (population draws), or None for one per patient. Fix: e.g. draws=100.")
     k = int(draws)
     if n % k or n // k < 2:
-        raise InputError(
-            f"n={n} patients do not split into draws={k} groups of two or more. "
-            f"Fix: make n a multiple of draws, e.g. n={max(2, n // k) * k}."
-        )
+        raise InputError(f"n={n} patients do not split into draws={k} groups of two or more. "
+                         f"Fix: make n a multiple of draws, e.g. n={max(2, n // k) * k}.")
     return int(draws), n // int(draws)
 
 
@@ -157,9 +153,7 @@ def _held_from_priors(spec, params: Parameters, uncertain, k_draws: int, seed: i
         raise InputError(f"fit {spec.name!r} estimates {', '.join(clash)} (or their variability): its posterior carries their uncertainty. "
                          "Fix: name in uncertain= only parameters the fit held.")  # fmt: skip
     values = np.array(params.values, dtype=np.float64).reshape(k_draws, -1, len(params.names))
-    drawn = np.asarray(
-        draw_typical(spec.model, k_draws, np.random.default_rng([seed, 1]), names=names, typical=values[:, 0, :]).values
-    )
+    drawn = np.asarray(draw_typical(spec.model, k_draws, np.random.default_rng([seed, 1]), names=names, typical=values[:, 0, :]).values)
     cols = [params.names.index(m) for m in names]
     values[:, :, cols] = drawn[:, None, cols]
     return Parameters(jnp.asarray(values.reshape(-1, len(params.names))), params.names)
@@ -217,9 +211,7 @@ class Comparison:
             ``hi``, ``p_positive``, ``draws``.
         """
         if reference not in self.regimens:
-            raise InputError(
-                f"reference regimen {reference!r} is not in this comparison. Fix: use one of {', '.join(self.regimens)}."
-            )
+            raise InputError(f"reference regimen {reference!r} is not in this comparison. Fix: use one of {', '.join(self.regimens)}.")
         return self._draw_means(reference, level)
 
     def _draw_means(self, reference: str | None, level: float) -> pd.DataFrame:
@@ -255,11 +247,7 @@ class Comparison:
         """Regimens as rows, metrics as columns, each ``median [p5, p95]``."""
         t = self.table
         text = t.apply(lambda r: f"{r['median']:.3g} [{r['p5']:.3g}, {r['p95']:.3g}]", axis=1)
-        return (
-            pd.DataFrame({"regimen": t["regimen"], "metric": t["metric"], "value": text})
-            .pivot(index="regimen", columns="metric", values="value")
-            .loc[list(self.regimens)]
-        )
+        return pd.DataFrame({"regimen": t["regimen"], "metric": t["metric"], "value": text}).pivot(index="regimen", columns="metric", values="value").loc[list(self.regimens)]
 
 
 def resolve_regimens(regimens) -> dict[str, Regimen]:
@@ -280,17 +268,13 @@ def resolve_regimens(regimens) -> dict[str, Regimen]:
         raise InputError("no regimens to compare. Fix: name at least one, e.g. 'lupil2,he2020'.")
     for name, r in out.items():
         if not isinstance(r, Regimen):
-            raise InputError(
-                f"regimen {name!r} is a {type(r).__name__}, not a Regimen. Fix: build it with il2treg.regimen."
-            )
+            raise InputError(f"regimen {name!r} is a {type(r).__name__}, not a Regimen. Fix: build it with il2treg.regimen.")
         if np.asarray(r.times).ndim != 1:
             raise InputError(f"regimen {name!r} is batched; compare needs one regimen shared by all patients.")
     return out
 
 
-def exposure_grid(
-    regimen: Regimen, horizon_days: float, *, coarse_step: float = 0.5, window_step: float = _WINDOW_STEP
-) -> np.ndarray:
+def exposure_grid(regimen: Regimen, horizon_days: float, *, coarse_step: float = 0.5, window_step: float = _WINDOW_STEP) -> np.ndarray:
     """Observation days: every ``coarse_step`` over the horizon and its end, plus ``window_step`` steps for 36 h
     after every dose (where IL-2 is above baseline), and the instant after each dose (:data:`JUST_AFTER`)."""
     coarse = np.union1d(np.arange(0.0, horizon_days + 1e-9, coarse_step), [horizon_days])
@@ -330,9 +314,7 @@ _IL2_PARAMETERS = ("ec50_tconv", "ec50_nk")
 def is_il2(model: Model) -> bool:
     """Whether ``model`` has the IL-2 model's observables, in its order, and the parameters
     :data:`METRICS` read: the models the IL-2 metrics and the regimen design apply to."""
-    return tuple(model.observable_names) == OBSERVABLE_NAMES and all(
-        p in model.parameter_names for p in _IL2_PARAMETERS
-    )
+    return tuple(model.observable_names) == OBSERVABLE_NAMES and all(p in model.parameter_names for p in _IL2_PARAMETERS)
 
 
 def require_il2(model: Model, what: str) -> None:
@@ -444,9 +426,7 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
     if params is None:
         model, params = virtual_population(model, n, seed=seed, fit=fit, draws=draws, uncertain=uncertain)
     elif uncertain:
-        raise InputError(
-            "compare(params=..., uncertain=...): uncertain applies to the patients compare draws itself. Fix: drop params, or draw them with virtual_population(..., uncertain=...)."
-        )
+        raise InputError("compare(params=..., uncertain=...): uncertain applies to the patients compare draws itself. Fix: drop params, or draw them with virtual_population(..., uncertain=...).")
     per_draw = _draw_layout(int(np.atleast_2d(np.asarray(params.values)).shape[0]), draws)[1]
     start = time.perf_counter()
     design = load_design("lupil2")
@@ -457,25 +437,17 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
     grids = {name: exposure_grid(r, horizon) for name, r in regs.items()}
     patients = Parameters(jnp.asarray(theta), params.names)
     if one_program is not None and not isinstance(one_program, bool):
-        raise InputError(
-            f"compare(one_program={one_program!r}): must be True, False or None. Fix: pass one_program=None to choose by the number of patients."
-        )
+        raise InputError(f"compare(one_program={one_program!r}): must be True, False or None. Fix: pass one_program=None to choose by the number of patients.")
     if one_program is None:
         one_program = theta.shape[0] <= 256  # beyond that the padded run time costs more than compiling saves
     if one_program:
         # each reduced to its metrics before the next is solved
         sims = iter_simulations(model, regs, grids, patients, options=options)
     else:
-        sims = (
-            (name, simulate(model, regs[name], jnp.asarray(grids[name]), patients, options=options)) for name in regs
-        )
+        sims = ((name, simulate(model, regs[name], jnp.asarray(grids[name]), patients, options=options)) for name in regs)
     if il2:
         frames = [_metrics(sim, theta, params.names, weeks_f, design).assign(regimen=name) for name, sim in sims]
-        units = {
-            **METRICS,
-            **{f"sledai_change_w{w:g}": "points" for w in weeks},
-            **{f"p_sri4_w{w:g}": "1" for w in weeks},
-        }
+        units = {**METRICS, **{f"sledai_change_w{w:g}": "points" for w in weeks}, **{f"p_sri4_w{w:g}": "1" for w in weeks}}
     else:
         frames = []
         for name, sim in sims:
@@ -484,9 +456,7 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
     run_s = time.perf_counter() - start
     per_patient = pd.concat(frames, ignore_index=True)
     per_patient["draw"] = (per_patient["patient"] - 1) // per_draw + 1
-    per_patient = per_patient[
-        ["regimen", "patient", "draw", *[c for c in per_patient.columns if c not in ("regimen", "patient", "draw")]]
-    ]
+    per_patient = per_patient[["regimen", "patient", "draw", *[c for c in per_patient.columns if c not in ("regimen", "patient", "draw")]]]
     rows = []
     for name, g in per_patient.groupby("regimen", sort=False):
         ok = g["status"] == 0
@@ -494,18 +464,7 @@ def compare(regimens, *, model: Model | None = None, params: Parameters | None =
             x = g.loc[ok, metric].to_numpy()
             x = x[np.isfinite(x)]
             lo, med, hi = np.percentile(x, [5, 50, 95]) if x.size else (np.nan,) * 3
-            rows.append(
-                {
-                    "regimen": name,
-                    "metric": metric,
-                    "unit": unit,
-                    "median": med,
-                    "p5": lo,
-                    "p95": hi,
-                    "n": int(x.size),
-                    "failed": int((~ok).sum()),
-                }
-            )
+            rows.append({"regimen": name, "metric": metric, "unit": unit, "median": med, "p5": lo, "p95": hi, "n": int(x.size), "failed": int((~ok).sum())})
     return Comparison(per_patient, pd.DataFrame(rows), regs, weeks, run_s, None if draws is None else int(draws))
 
 
@@ -527,32 +486,17 @@ OBJECTIVE_KINDS: dict[str, str] = {
     "mean_fold": "time average of the fold change y(t)/y(0) over the horizon (1; needs y(0) != 0)",
     "fall": "y(0) - y(H): the fall from day 0 to the end of the horizon (the observable's unit)",
 }
-_NAMED = {
-    "treg_mean_fold": ("mean_fold", "treg_per_uL"),
-    "sledai_fall_w12": ("fall", "sledai"),
-    "p_sri4_w12": ("p_sri4", "sledai"),
-}
+_NAMED = {"treg_mean_fold": ("mean_fold", "treg_per_uL"), "sledai_fall_w12": ("fall", "sledai"), "p_sri4_w12": ("p_sri4", "sledai")}
 #: The IL-2 model's named limits (:class:`Constraints` fields) -> (kind, observable).
-_NAMED_LIMITS = {
-    "tconv_change_pct": ("change_pct", "tconv_per_uL"),
-    "nk_change_pct": ("change_pct", "nk56bright_per_uL"),
-    "cmax_pM": ("peak", "il2_pM"),
-}
+_NAMED_LIMITS = {"tconv_change_pct": ("change_pct", "tconv_per_uL"), "nk_change_pct": ("change_pct", "nk56bright_per_uL"), "cmax_pM": ("peak", "il2_pM")}
 #: The :class:`Constraints` field behind each limit's label (what an error message names).
-_FIELDS = {
-    "tconv_change_pct": "tconv_change_max_pct",
-    "nk_change_pct": "nk_change_max_pct",
-    "cmax_pM": "cmax_max_pM",
-    "peak": "peak_max",
-    "change_pct": "change_max_pct",
-}
+_FIELDS = {"tconv_change_pct": "tconv_change_max_pct", "nk_change_pct": "nk_change_max_pct", "cmax_pM": "cmax_max_pM",
+           "peak": "peak_max", "change_pct": "change_max_pct"}
 
 
 def _field(label: str) -> str:
     kind, _, observable = label.partition(":")
     return _FIELDS[label] if label in _FIELDS else f"{_FIELDS[kind]}[{observable!r}]"
-
-
 _LIMIT_KINDS = ("peak", "change_pct")
 
 
@@ -621,9 +565,7 @@ class Constraints:
                 label = f"{kind}:{observable}"
                 clash = [other for other, (k, o, _) in out.items() if k == kind and o == observable]
                 if clash:
-                    raise InputError(
-                        f"two limits on the {kind} of {observable!r}: {_field(clash[0])} and {_field(label)}. Fix: give one."
-                    )
+                    raise InputError(f"two limits on the {kind} of {observable!r}: {_field(clash[0])} and {_field(label)}. Fix: give one.")
                 out[label] = (kind, str(observable), float(v))
         for label, (_, _, v) in out.items():
             if not np.isfinite(v):
@@ -681,9 +623,7 @@ def design_function(model: Model, params: Parameters, objective: str, constraint
     def f(amounts, times):
         value, peak, change = _design_values(setup, theta, quantile, use, amounts, times)
         index = model.observable_names.index
-        return value, {
-            label: (peak if kind == "peak" else change)[index(obs)] for label, (kind, obs, _) in limits.items()
-        }
+        return value, {label: (peak if kind == "peak" else change)[index(obs)] for label, (kind, obs, _) in limits.items()}
 
     return f
 
@@ -711,13 +651,9 @@ class _Setup:
 
 def _check_horizon(objective: str, horizon: float, grid_step: float) -> None:
     if not (np.isfinite(horizon) and horizon > 0 and np.isfinite(grid_step) and 0 < grid_step <= horizon):
-        raise InputError(
-            f"horizon_days = {horizon!r} and grid_step = {grid_step!r}: need 0 < grid_step <= horizon_days. Fix: e.g. horizon_days=84, grid_step=0.25."
-        )
+        raise InputError(f"horizon_days = {horizon!r} and grid_step = {grid_step!r}: need 0 < grid_step <= horizon_days. Fix: e.g. horizon_days=84, grid_step=0.25.")
     if objective in ("sledai_fall_w12", "p_sri4_w12") and horizon != TREATMENT_DAYS:
-        raise InputError(
-            f"objective {objective!r} is read at week 12, but the horizon is {horizon:g} days. Fix: use horizon_days={TREATMENT_DAYS:g} or fall:sledai."
-        )
+        raise InputError(f"objective {objective!r} is read at week 12, but the horizon is {horizon:g} days. Fix: use horizon_days={TREATMENT_DAYS:g} or fall:sledai.")
 
 
 def _setup(model, params, objective, options, grid_step, horizon) -> _Setup:
@@ -725,20 +661,8 @@ def _setup(model, params, objective, options, grid_step, horizon) -> _Setup:
     _check_horizon(objective, horizon, grid_step)
     names = tuple(params.names)
     # only the SRI-4 objective reads it: the other objectives' programs do not depend on the population
-    top = (
-        float(np.max(np.atleast_2d(np.asarray(params.values))[:, names.index("sledai0")])) if kind == "p_sri4" else 0.0
-    )
-    return _Setup(
-        model,
-        names,
-        objective,
-        kind,
-        model.observable_names.index(observable),
-        options,
-        float(grid_step),
-        float(horizon),
-        top,
-    )
+    top = float(np.max(np.atleast_2d(np.asarray(params.values))[:, names.index("sledai0")])) if kind == "p_sri4" else 0.0
+    return _Setup(model, names, objective, kind, model.observable_names.index(observable), options, float(grid_step), float(horizon), top)
 
 
 @functools.cache
@@ -787,9 +711,7 @@ def _design_values(setup: _Setup, theta, quantile, use, amounts, times):
     window = (times[:, None] + offsets[None, :]).ravel()
     every = jnp.concatenate([fixed, window])
     order = jnp.argsort(every)
-    sim = simulate(
-        setup.model, Regimen(times, amounts), every[order], Parameters(theta, setup.names), options=setup.options
-    )
+    sim = simulate(setup.model, Regimen(times, amounts), every[order], Parameters(theta, setup.names), options=setup.options)
     ordered = jnp.reshape(sim.values, (theta.shape[0], every.shape[0], -1))
     # The objective on the fixed grid (the horizon its last point): nodes that moved with the
     # doses would make the quadrature's own error a function of the dose times, and its
@@ -801,9 +723,7 @@ def _design_values(setup: _Setup, theta, quantile, use, amounts, times):
     return jnp.mean(value), jnp.quantile(peak, quantile, axis=0), jnp.quantile(change, quantile, axis=0)
 
 
-def design_slots(
-    model: Model, regimen: Regimen, params: Parameters, *, grid_step: float = 0.25, horizon_days: float = TREATMENT_DAYS
-) -> int:
+def design_slots(model: Model, regimen: Regimen, params: Parameters, *, grid_step: float = 0.25, horizon_days: float = TREATMENT_DAYS) -> int:
     """The save slots (:attr:`~il2treg.simulate.SolverOptions.save_slots`) the solve of
     :func:`design_function` (with the same ``grid_step`` and ``horizon_days``) needs for doses at ``regimen``'s times."""
     max_lag = max_dose_lag(model, np.asarray(params.values))
@@ -872,20 +792,14 @@ def _check_feasible(model: Model, template: Regimen, constraints: Constraints, p
         raise InputError("the template regimen has no doses. Fix: start from a regimen with injections, e.g. lupil2.")
     if not 0 < c.quantile < 1:
         raise InputError(f"quantile must be in (0, 1), got {c.quantile!r}.")
-    for name, v in (
-        ("dose_max_iu", c.dose_max_iu),
-        ("total_dose_max_iu", c.total_dose_max_iu),
-        ("total_dose_min_iu", c.total_dose_min_iu),
-    ):
+    for name, v in (("dose_max_iu", c.dose_max_iu), ("total_dose_max_iu", c.total_dose_max_iu), ("total_dose_min_iu", c.total_dose_min_iu)):
         if v is not None and not (np.isfinite(v) and v >= 0):
             raise InputError(f"{name} must be a dose >= 0, got {v!r}.")
     limits = c.limits()
     _check_observables(model, limits)
     base = baseline_observables(model, params)
     names, units = model.observable_names, model.mechanism.observable_units
-    for k in {names.index(o) for kd, o, _ in limits.values() if kd == "change_pct"} | (
-        {names.index(observable)} if kind == "mean_fold" else set()
-    ):
+    for k in {names.index(o) for kd, o, _ in limits.values() if kd == "change_pct"} | ({names.index(observable)} if kind == "mean_fold" else set()):
         if not np.all(np.isfinite(base[:, k]) & (base[:, k] > 0)):
             raise InputError(f"{names[k]!r} is not positive at day 0 for some patients, so its change from day 0 (a fold change or a % change) is undefined. "
                              f"Fix: limit its peak (peak_max) or maximise mean:{names[k]} instead.")  # fmt: skip
@@ -898,21 +812,15 @@ def _check_feasible(model: Model, template: Regimen, constraints: Constraints, p
         k = names.index(o)
         start = float(np.quantile(base[:, k], c.quantile))
         if kd == "change_pct" and v <= 0:
-            why.append(
-                f"{_field(label)} = {v:g}% <= 0, but the largest change includes day 0, where it is 0, and any dose raises it"
-            )
+            why.append(f"{_field(label)} = {v:g}% <= 0, but the largest change includes day 0, where it is 0, and any dose raises it")
         if kd == "peak" and v <= start:
-            why.append(
-                f"{_field(label)} = {v:g} {units[k]} is not above the level of {o} at day 0 ({start:.3g} {units[k]}, before any dose) that every regimen starts from"
-            )
+            why.append(f"{_field(label)} = {v:g} {units[k]} is not above the level of {o} at day 0 ({start:.3g} {units[k]}, before any dose) that every regimen starts from")
     dose_cap = n * (c.dose_max_iu if c.dose_max_iu is not None else np.inf)
     total_cap = min(dose_cap, c.total_dose_max_iu if c.total_dose_max_iu is not None else np.inf)
     if c.total_dose_min_iu is not None and c.total_dose_min_iu > total_cap:
         why.append(f"total_dose_min_iu = {c.total_dose_min_iu:g} exceeds what {n} injections may give ({total_cap:g})")
     if c.max_injections is not None and n > c.max_injections:
-        why.append(
-            f"max_injections = {c.max_injections} but the template has {n} (start from a template with at most {c.max_injections})"
-        )
+        why.append(f"max_injections = {c.max_injections} but the template has {n} (start from a template with at most {c.max_injections})")
     if optimise_times and c.min_interval_days * (n - 1) > horizon:
         why.append(f"{n} injections at least {c.min_interval_days:g} days apart do not fit in {horizon:g} days")
     if why:
@@ -975,12 +883,7 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
         # Fixed dose times: the solve's save slots are those of the template (under jit the times
         # are traced, and simulate would otherwise reserve one per grid point in every interval:
         # 737 instead of 51 for LUPIL-2: 100 steps of 5 starts took 99.6 s instead of 54.8 s).
-        steps_options = dataclasses.replace(
-            options,
-            save_slots=design_slots(
-                model, template, params, grid_step=float(grid_step), horizon_days=float(horizon_days)
-            ),
-        )
+        steps_options = dataclasses.replace(options, save_slots=design_slots(model, template, params, grid_step=float(grid_step), horizon_days=float(horizon_days)))
     unit = _dose_unit(template)
     limits = c.limits()
     bound = np.full((len(_LIMIT_KINDS), len(model.observable_names)), np.inf)
@@ -1006,12 +909,7 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
         a = rng.uniform(0.2, 1.0, n)
         starts_a.append(a / a.sum() * a0.sum())
         starts_t.append(np.sort(t0 + (rng.uniform(-0.5, 0.5, n) if optimise_times else 0.0)))
-    x = _design_starts(
-        {"a": jnp.asarray(np.stack(starts_a)), "t": jnp.asarray(np.stack(starts_t))},
-        knobs,
-        setup.horizon,
-        optimise_times,
-    )
+    x = _design_starts({"a": jnp.asarray(np.stack(starts_a)), "t": jnp.asarray(np.stack(starts_t))}, knobs, setup.horizon, optimise_times)
     history = []
     for k in range(steps):
         x, penalised = _design_step(x, jnp.asarray(k), knobs, setup, optimise_times)
@@ -1024,11 +922,7 @@ def optimise(start: Regimen | str = "lupil2", *, objective: str = "treg_mean_fol
     regimen, scaled, checks, fresh = _verify_and_restore(setup, regimen, params, c, total_min * unit, options)
     value = float(np.nanmean(fresh[0]))
     start_value = float(np.nanmean(_fresh(setup, template, params, options)[0]))
-    spread = (
-        float((final_values.max() - final_values.min()) / abs(final_values[best]))
-        if final_values[best]
-        else float("nan")
-    )
+    spread = float((final_values.max() - final_values.min()) / abs(final_values[best])) if final_values[best] else float("nan")
     return Design(regimen, template, objective, value, start_value, checks, final_values, spread, scaled, history[:, best],
                   time.perf_counter() - begin, setup.horizon)  # fmt: skip
 
@@ -1105,9 +999,7 @@ def _fresh(setup: _Setup, regimen: Regimen, params: Parameters, options: SolverO
     t = exposure_grid(regimen, setup.horizon, window_step=_CHECK_STEP)
     sim = simulate(setup.model, regimen, jnp.asarray(t), params, options=options)
     if np.any(np.asarray(sim.status) != 0):
-        raise InfeasibleDesignError(
-            "the designed regimen fails to solve for some patients of the design population. Fix: tighten the dose limits."
-        )
+        raise InfeasibleDesignError("the designed regimen fails to solve for some patients of the design population. Fix: tighten the dose limits.")
     v = np.asarray(sim.values, dtype=np.float64).reshape(-1, len(t), len(setup.model.observable_names))
     end = int(np.searchsorted(t, setup.horizon - 1e-9))  # exposure_grid ends at the horizon
     y = v[:, :, setup.observable]
@@ -1122,14 +1014,7 @@ def _constraint_checks(setup: _Setup, fresh, regimen: Regimen, c: Constraints, t
     rows = []
     for label, (kind, observable, limit) in c.limits().items():
         values = (peak if kind == "peak" else change)[:, setup.model.observable_names.index(observable)]
-        rows.append(
-            {
-                "constraint": f"{label} (quantile {c.quantile:g})",
-                "value": float(np.quantile(values, c.quantile)),
-                "limit": limit,
-                "kind": "max",
-            }
-        )
+        rows.append({"constraint": f"{label} (quantile {c.quantile:g})", "value": float(np.quantile(values, c.quantile)), "limit": limit, "kind": "max"})
     total = float(np.sum(np.asarray(regimen.amounts)))
     biggest = float(np.max(np.asarray(regimen.amounts)))
     if c.total_dose_max_iu is not None:
@@ -1139,26 +1024,16 @@ def _constraint_checks(setup: _Setup, fresh, regimen: Regimen, c: Constraints, t
     if c.dose_max_iu is not None:
         rows.append({"constraint": "dose_iu", "value": biggest, "limit": c.dose_max_iu, "kind": "max"})
     if c.max_injections is not None:
-        rows.append(
-            {
-                "constraint": "injections",
-                "value": float(regimen.n_doses),
-                "limit": float(c.max_injections),
-                "kind": "max",
-            }
-        )
+        rows.append({"constraint": "injections", "value": float(regimen.n_doses), "limit": float(c.max_injections), "kind": "max"})
     out = pd.DataFrame(rows, columns=["constraint", "value", "limit", "kind"])
     slack = 1e-9 * np.maximum(np.abs(out["limit"].astype(float)), 1.0)
-    out["met"] = np.where(
-        out["kind"] == "max", out["value"] <= out["limit"] + slack, out["value"] >= out["limit"] - slack
-    )
+    out["met"] = np.where(out["kind"] == "max", out["value"] <= out["limit"] + slack, out["value"] >= out["limit"] - slack)
     return out
 
 
 def _verify_and_restore(setup: _Setup, regimen, params, c: Constraints, total_min: float, options):
     """Check every constraint by a fresh simulation; scale the doses back if needed (bisection).
     Returns the regimen, the scale, the checks and the fresh simulation's :func:`_fresh` values."""
-
     def checks_at(scale):
         r = Regimen(regimen.times, np.asarray(regimen.amounts) * scale, name=regimen.name)
         fresh = _fresh(setup, r, params, options)
@@ -1177,14 +1052,8 @@ def _verify_and_restore(setup: _Setup, regimen, params, c: Constraints, total_mi
     r, checks, fresh = checks_at(lo)
     if not checks["met"].all():
         bad = checks.loc[~checks["met"]]
-        raise InfeasibleDesignError(
-            "infeasible constraints: no regimen of this form was found that meets "
-            + "; ".join(
-                f"{row.constraint} {'<=' if row.kind == 'max' else '>='} {row.limit:g} (closest {row.value:.4g})"
-                for row in bad.itertuples()
-            )
-            + ". Fix: relax these limits."
-        )
+        raise InfeasibleDesignError("infeasible constraints: no regimen of this form was found that meets " + "; ".join(
+            f"{row.constraint} {'<=' if row.kind == 'max' else '>='} {row.limit:g} (closest {row.value:.4g})" for row in bad.itertuples()) + ". Fix: relax these limits.")
     return r, lo, checks, fresh
 
 

@@ -157,9 +157,7 @@ class Diagnostics:
         if not 0 <= k < self.n_sim:
             raise InputError(f"replicate {k} does not exist: there are {self.n_sim}. Fix: 0 <= k < {self.n_sim}.")
         frame = self.data.to_frame(rows=True)
-        position = {
-            int(r): k for k, (r, evid) in enumerate(zip(frame["ROW"], frame["EVID"], strict=True)) if evid == 0
-        }  # an observation's row is its own
+        position = {int(r): k for k, (r, evid) in enumerate(zip(frame["ROW"], frame["EVID"], strict=True)) if evid == 0}  # an observation's row is its own
         at = np.asarray([position[int(r)] for r in self.table["ROW"]], dtype=np.int64)
         frame = frame.drop(columns="ROW")
         lloq = self.table["DVID"].map(self.lloq).to_numpy(dtype=np.float64)
@@ -177,21 +175,15 @@ class Diagnostics:
         out = []
         for dvid, row in self.summary.iterrows():
             if row["npde_global_p"] < alpha:
-                out.append(
-                    f"{dvid}: NPDE not N(0, 1) (mean {row['npde_mean']:.2f}, variance {row['npde_sd'] ** 2:.2f}, global p = {row['npde_global_p']:.2g})."
-                )
+                out.append(f"{dvid}: NPDE not N(0, 1) (mean {row['npde_mean']:.2f}, variance {row['npde_sd'] ** 2:.2f}, global p = {row['npde_global_p']:.2g}).")
         for dvid, bins in self.cwres_bins.groupby("DVID", sort=False):
             worst = bins.loc[bins["p"].idxmin()]
             if worst["p"] < alpha / len(bins):
-                out.append(
-                    f"{dvid}: mean CWRES {worst['mean']:+.2f} (n = {int(worst['n'])}) at day {worst['time']:g} (p = {worst['p']:.2g} < {alpha}/{len(bins)}): a trend in time the model misses."
-                )
+                out.append(f"{dvid}: mean CWRES {worst['mean']:+.2f} (n = {int(worst['n'])}) at day {worst['time']:g} (p = {worst['p']:.2g} < {alpha}/{len(bins)}): a trend in time the model misses.")
         for dvid, row in self.summary.iterrows():
             for column, what in (("vpc_p", "VPC"), ("vpc_change_p", "VPC of the change from baseline")):
                 if row.get(column, np.nan) < alpha / 2:
-                    out.append(
-                        f"{dvid}: {what}: observed percentiles further from the simulated ones than the model's replicates (p = {row[column]:.2g} < {alpha}/2)."
-                    )
+                    out.append(f"{dvid}: {what}: observed percentiles further from the simulated ones than the model's replicates (p = {row[column]:.2g} < {alpha}/2).")
         return out
 
 
@@ -269,9 +261,7 @@ class VPC:
         cols = [VPC_PERCENTILES.index(float(q)) for q in percentiles]
         sims = self.simulated_percentiles[:, :, cols].reshape(self.simulated_percentiles.shape[0], -1)
         obs = self.observed_percentiles[:, cols].reshape(-1)
-        ok = (
-            np.isfinite(obs) & np.all(np.isfinite(sims), axis=0) & (np.ptp(sims, axis=0) > 0)
-        )  # a constant percentile (e.g. a relative value at baseline) says nothing
+        ok = np.isfinite(obs) & np.all(np.isfinite(sims), axis=0) & (np.ptp(sims, axis=0) > 0)  # a constant percentile (e.g. a relative value at baseline) says nothing
         if not ok.any():
             return None
         sims, obs = sims[:, ok], obs[ok]
@@ -317,9 +307,9 @@ class StratifiedVPC:
     @property
     def bins(self) -> pd.DataFrame:
         """Every stratum's bins (:attr:`VPC.bins`), the level in a first column named ``by``."""
-        return pd.concat(
-            [v.bins.assign(**{self.by: [level] * len(v.bins)}) for level, v in self.strata.items()], ignore_index=True
-        )[[self.by, *next(iter(self.strata.values())).bins.columns]]
+        return pd.concat([v.bins.assign(**{self.by: [level] * len(v.bins)}) for level, v in self.strata.items()], ignore_index=True)[
+            [self.by, *next(iter(self.strata.values())).bins.columns]
+        ]
 
     def coverage(self) -> float:
         """:meth:`VPC.coverage` over the (stratum, bin, percentile) triples of every stratum."""
@@ -338,9 +328,7 @@ class StratifiedVPC:
         return statistic, float((1 + np.sum(null >= statistic)) / (1 + null.size))
 
 
-def diagnose(
-    result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim: int = 1000, seed: int = 0, batch_size: int = 32
-) -> Diagnostics:
+def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim: int = 1000, seed: int = 0, batch_size: int = 32) -> Diagnostics:
     """Diagnostics of ``result`` (module docstring).
 
     Arguments:
@@ -370,26 +358,20 @@ def diagnose(
     dataset = spec.dataset
     used_per_patient = np.asarray(patients.obs_mask).sum(axis=1)
     if n_sim < 20 or n_sim <= 2 * int(used_per_patient.max(initial=0)):
-        raise InputError(
-            f"n_sim = {n_sim} is too small: NPDE needs well over twice as many replicates as any patient's "
-            f"{int(used_per_patient.max(initial=0))} observations (and >= 20). Fix: n_sim=1000."
-        )
+        raise InputError(f"n_sim = {n_sim} is too small: NPDE needs well over twice as many replicates as any patient's "
+                         f"{int(used_per_patient.max(initial=0))} observations (and >= 20). Fix: n_sim=1000.")
     psi = jnp.asarray(result.psi)
     up = unpack(problem, problem.split(psi), spec.residual_model())
     eta0 = _ebes(result, problem, dataset) if data is None else jnp.zeros((dataset.n_subjects, problem.n_random))
     inner = objective.inner(psi, eta0)
     eta, ipred, jac, status = (np.asarray(x) for x in (inner.eta, inner.pred, inner.jac, inner.status))
-    pred = np.asarray(
-        predict_all(problem, up.theta, up.beta, jnp.zeros_like(inner.eta), patients, batch_size=batch_size)[0]
-    )
+    pred = np.asarray(predict_all(problem, up.theta, up.beta, jnp.zeros_like(inner.eta), patients, batch_size=batch_size)[0])
     residual = up.residual
     dvid, y = np.asarray(patients.obs_dvid), np.asarray(patients.obs_value, dtype=np.float64)
     cens, mask = np.asarray(patients.obs_cens, dtype=bool), np.asarray(patients.obs_mask, dtype=bool)
     sd = np.asarray(residual_sd(residual, jnp.asarray(ipred), jnp.asarray(dvid)))
     is_log = np.isin(dvid, [k for k, kind in enumerate(residual.kinds) if kind == "log"])
-    scale = lambda v: np.where(
-        is_log, np.log(np.maximum(v, 1e-300)), v
-    )  # to the modelling scale ([..., patients, obs])
+    scale = lambda v: np.where(is_log, np.log(np.maximum(v, 1e-300)), v)  # to the modelling scale ([..., patients, obs])
     y_s, ipred_s = scale(y), scale(ipred)
     fit_rows = mask & ~cens
     ok = status == 0
@@ -411,7 +393,6 @@ def diagnose(
     k_eta, k_eps = jax.random.split(key)
     z_eta = np.asarray(jax.random.normal(k_eta, (n_sim, *eta.shape))) @ np.asarray(up.random_effects.cholesky()).T
     z_eps = jax.random.normal(k_eps, (n_sim, *y.shape))
-
     def replicate(k: int) -> np.ndarray:
         f, st = predict_all(problem, up.theta, up.beta, jnp.asarray(z_eta[k]), patients, batch_size=batch_size)
         draw = np.asarray(sample_observations(residual, f, jnp.asarray(dvid), z_eps[k]))
@@ -432,10 +413,7 @@ def diagnose(
         "DVID": [dataset.dvid_names[d] for d in dvid[s, j]], "DV": dv, "CENS": cens[s, j].astype(np.int64), "USED": mask[s, j],
         "PRED": pred[s, j], "IPRED": ipred[s, j], "IWRES": iwres[s, j], "CWRES": cwres[s, j], "PDE": pde[s, j], "NPDE": npde[s, j],
     })  # fmt: skip
-    shrink = {
-        name: float(100 * (1 - eta[ok, k].std(ddof=1) / omega[k])) if ok.sum() > 1 else float("nan")
-        for k, name in enumerate(problem.random)
-    }
+    shrink = {name: float(100 * (1 - eta[ok, k].std(ddof=1) / omega[k])) if ok.sum() > 1 else float("nan") for k, name in enumerate(problem.random)}
     diag = Diagnostics(
         fit=result.name, table=table, shrinkage=shrink, summary=_summary(table), cwres_bins=_cwres_bins(table),
         simulated=sims[:, s, j], simulated_cens=sim_cens[:, s, j], lloq=lloq, ebe_status=status, seed=seed, data=dataset,
@@ -479,9 +457,7 @@ def individual_curves(diag: Diagnostics, ids, *, dvid: str = "treg_per_uL", step
     """
     ids, pr = list(ids), diag.predictor
     if pr is None:
-        raise InputError(
-            "these diagnostics carry no fitted model to solve. Fix: make them with il2treg.diagnostics.diagnose(fit)."
-        )
+        raise InputError("these diagnostics carry no fitted model to solve. Fix: make them with il2treg.diagnostics.diagnose(fit).")
     if dvid not in diag.data.dvid_names:
         raise InputError(f"unknown observation type {dvid!r}. Fix: use one of {', '.join(diag.data.dvid_names)}.")
     t = diag.table[diag.table["DVID"] == dvid]
@@ -498,9 +474,7 @@ def individual_curves(diag: Diagnostics, ids, *, dvid: str = "treg_per_uL", step
     for sid in ids:
         obs = t.loc[t["ID"] == sid, "TIME"].to_numpy(dtype=np.float64)
         if sid not in index or obs.size == 0:
-            raise InputError(
-                f"patient {sid!r} has no {dvid!r} rows in these data. Fix: choose IDs from {list(dict.fromkeys(t['ID']))[:5]}..."
-            )
+            raise InputError(f"patient {sid!r} has no {dvid!r} rows in these data. Fix: choose IDs from {list(dict.fromkeys(t['ID']))[:5]}...")
         i = index[sid]
         start, end = min(0.0, obs.min()), obs.max()
         grid = np.union1d(start + step * np.arange(int(np.floor((end - start) / step)) + 1), obs)
@@ -525,14 +499,10 @@ def individual_curves(diag: Diagnostics, ids, *, dvid: str = "treg_per_uL", step
 
     def solve(c: int) -> np.ndarray:
         part = jax.tree.map(lambda x: jnp.asarray(x[c * n : (c + 1) * n]), dense)
-        values, status = predict_all(
-            pr.problem, pr.theta, pr.beta, jnp.asarray(eta[c * n : (c + 1) * n]), part, batch_size=pr.batch_size
-        )
+        values, status = predict_all(pr.problem, pr.theta, pr.beta, jnp.asarray(eta[c * n : (c + 1) * n]), part, batch_size=pr.batch_size)
         return np.where(np.asarray(status)[:, None] == 0, np.asarray(values, dtype=np.float64), np.nan)
 
-    with ThreadPoolExecutor(
-        os.cpu_count() or 1
-    ) as pool:  # the calls of diagnose's compiled solve, spread over the cores
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # the calls of diagnose's compiled solve, spread over the cores
         values = np.concatenate(list(pool.map(solve, range(calls))))
     frames, at = [], 0
     for sid, grid, r in zip(ids, grids, dealt):
@@ -561,16 +531,8 @@ def _deal(grid: np.ndarray, dose_time: np.ndarray, width: int, slots: int, max_l
         r += 1
 
 
-def vpc(
-    diag: Diagnostics,
-    dvid: str,
-    *,
-    pred_corrected: bool = False,
-    change_from_baseline: bool = False,
-    bins=None,
-    interval: float = 0.9,
-    by: str | None = None,
-) -> VPC | StratifiedVPC:
+def vpc(diag: Diagnostics, dvid: str, *, pred_corrected: bool = False, change_from_baseline: bool = False, bins=None, interval: float = 0.9,
+        by: str | None = None) -> VPC | StratifiedVPC:
     r"""Visual predictive check of observation type ``dvid`` from ``diag``'s simulations.
 
     In each time bin (:func:`time_bins` unless ``bins`` gives edges in days) the 5th, 50th and 95th
@@ -611,12 +573,8 @@ def vpc(
     t = diag.table
     rows = np.flatnonzero((t["DVID"] == dvid).to_numpy() & t["USED"].to_numpy() & np.isfinite(t["DV"].to_numpy()))
     if rows.size == 0:
-        raise InputError(
-            f"no fitted {dvid!r} observations to check. Fix: choose one of {', '.join(sorted(set(t.loc[t['USED'], 'DVID'])))}."
-        )
-    options = dict(
-        pred_corrected=pred_corrected, change_from_baseline=change_from_baseline, bins=bins, interval=interval
-    )
+        raise InputError(f"no fitted {dvid!r} observations to check. Fix: choose one of {', '.join(sorted(set(t.loc[t['USED'], 'DVID'])))}.")
+    options = dict(pred_corrected=pred_corrected, change_from_baseline=change_from_baseline, bins=bins, interval=interval)
     if by is None:
         return _vpc(diag, dvid, rows, **options)
     level = _strata(diag, by)[rows]
@@ -639,10 +597,7 @@ def _strata(diag: Diagnostics, by: str) -> np.ndarray:
         raise InputError(f"{by!r} is not a covariate of the data; its covariates are: {', '.join(sorted(data.covariates)) or '(none)'}. "
                          f"Fix: stratify by one of them (a column constant within each patient, e.g. ARM).")  # fmt: skip
     values = data.covariate_values(by)
-    per_id = {
-        sid: (None if v == "" or (isinstance(v, float) and math.isnan(v)) else v)
-        for sid, v in zip(data.ids, values.tolist())
-    }
+    per_id = {sid: (None if v == "" or (isinstance(v, float) and math.isnan(v)) else v) for sid, v in zip(data.ids, values.tolist())}
     level = np.empty(len(diag.table), dtype=object)
     level[:] = [per_id[sid] for sid in diag.table["ID"].to_numpy()]
     return level
@@ -653,17 +608,7 @@ def _level_text(level) -> str:
     return "missing" if level is None else f"{level:g}" if isinstance(level, float) else str(level)
 
 
-def _vpc(
-    diag: Diagnostics,
-    dvid: str,
-    rows: np.ndarray,
-    *,
-    pred_corrected: bool,
-    change_from_baseline: bool,
-    bins,
-    interval: float,
-    stratum: str = "",
-) -> VPC:
+def _vpc(diag: Diagnostics, dvid: str, rows: np.ndarray, *, pred_corrected: bool, change_from_baseline: bool, bins, interval: float, stratum: str = "") -> VPC:
     """:func:`vpc` of the table's ``rows`` (fitted, finite ``dvid`` observations), stratum label ``stratum``."""
     t = diag.table
     additive = diag.error_kinds.get(dvid) in ("additive", "ordinal")
@@ -676,9 +621,7 @@ def _vpc(
         later, base = _baseline_rows(diag, rows)
         if later.size == 0:
             where = f" in stratum {stratum}" if stratum else ""
-            raise InputError(
-                f"no patient{where} has a {dvid!r} baseline (an observation at or before the first dose) with later observations. Fix: use change_from_baseline=False."
-            )
+            raise InputError(f"no patient{where} has a {dvid!r} baseline (an observation at or before the first dose) with later observations. Fix: use change_from_baseline=False.")
         obs, pred = _from_baseline(obs[later], obs[base], change), _from_baseline(pred[later], pred[base], change)
         sim = _from_baseline(sim[:, later], sim[:, base], change)
         rows = rows[later]
@@ -715,17 +658,9 @@ def _vpc(
         for k, q in enumerate(VPC_PERCENTILES):
             row[f"observed_p{q:g}"] = observed[k]
             lo, med, hi = np.nanpercentile(per_rep[:, k], [tail, 50, 100 - tail])
-            row[f"sim_p{q:g}_lo"], row[f"sim_p{q:g}_med"], row[f"sim_p{q:g}_hi"] = (
-                _below_lloq(lo),
-                _below_lloq(med),
-                _below_lloq(hi),
-            )
+            row[f"sim_p{q:g}_lo"], row[f"sim_p{q:g}_med"], row[f"sim_p{q:g}_hi"] = _below_lloq(lo), _below_lloq(med), _below_lloq(hi)
             s = sim_pct[-1][:, k]
-            row[f"z_p{q:g}"] = (
-                float((obs_pct[-1][k] - s.mean()) / s.std(ddof=1))
-                if np.isfinite(s).all() and np.ptp(s) > 0
-                else float("nan")
-            )
+            row[f"z_p{q:g}"] = float((obs_pct[-1][k] - s.mean()) / s.std(ddof=1)) if np.isfinite(s).all() and np.ptp(s) > 0 else float("nan")
         out.append(row)
     observations = pd.DataFrame({"TIME": time, "DV": np.where(obs_blq, np.nan, obs), "CENS": obs_blq.astype(np.int64)})
     return VPC(dvid, pred_corrected, change, pd.DataFrame(out), observations, interval, float(lloq),
@@ -785,14 +720,8 @@ def bin_index(edges, values) -> np.ndarray:
 def _ebes(result: FitResult, problem, dataset: Dataset) -> jnp.ndarray:
     ind = result.individual
     if len(ind) != dataset.n_subjects:
-        raise InputError(
-            f"the fit has {len(ind)} patients but its data now have {dataset.n_subjects}. Fix: pass data=... to re-estimate the EBEs."
-        )
-    return jnp.asarray(
-        np.stack([ind[n].to_numpy(dtype=np.float64) for n in problem.random_names], axis=1)
-        if problem.n_random
-        else np.zeros((len(ind), 0))
-    )
+        raise InputError(f"the fit has {len(ind)} patients but its data now have {dataset.n_subjects}. Fix: pass data=... to re-estimate the EBEs.")
+    return jnp.asarray(np.stack([ind[n].to_numpy(dtype=np.float64) for n in problem.random_names], axis=1) if problem.n_random else np.zeros((len(ind), 0)))
 
 
 def _dense_step(rows: pd.DataFrame) -> float:
@@ -853,12 +782,7 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
             p_norm = float(stats.shapiro(npde[:5000]).pvalue)
         else:
             p_mean = p_var = p_norm = float("nan")
-        row.update(
-            npde_mean_p=p_mean,
-            npde_variance_p=p_var,
-            npde_normality_p=p_norm,
-            npde_global_p=min(1.0, 2 * min(p_mean, p_var)),
-        )
+        row.update(npde_mean_p=p_mean, npde_variance_p=p_var, npde_normality_p=p_norm, npde_global_p=min(1.0, 2 * min(p_mean, p_var)))
         out[dvid] = row
     return pd.DataFrame.from_dict(out, orient="index").rename_axis("DVID")
 
@@ -885,16 +809,7 @@ def _cwres_bins(table: pd.DataFrame) -> pd.DataFrame:
         for b in np.unique(which):
             v = g["CWRES"].to_numpy()[which == b]
             z = v.mean() * math.sqrt(len(v))
-            out.append(
-                {
-                    "DVID": dvid,
-                    "bin": int(b),
-                    "time": float(np.median(time[which == b])),
-                    "n": len(v),
-                    "mean": float(v.mean()),
-                    "p": float(2 * special.ndtr(-abs(z))),
-                }
-            )
+            out.append({"DVID": dvid, "bin": int(b), "time": float(np.median(time[which == b])), "n": len(v), "mean": float(v.mean()), "p": float(2 * special.ndtr(-abs(z)))})
     return pd.DataFrame(out, columns=["DVID", "bin", "time", "n", "mean", "p"])
 
 

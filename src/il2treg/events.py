@@ -133,7 +133,8 @@ def check_shape(header: list[str], rows: list[list[Cell]], where: str) -> None:
             )
         if name in header[: k - 1]:
             raise DataError(
-                f"column {name!r} appears more than once in the header. Fix: keep one column per name.",
+                f"column {name!r} appears more than once in the header. Fix: keep one column "
+                "per name.",
                 column=name,
             )
 
@@ -238,16 +239,8 @@ def _additional_doses(cells: dict[str, list[Cell]], is_dose: np.ndarray) -> tupl
     every II (in TIME's unit) after it, as NONMEM gives them."""
     n_rows = len(is_dose)
     absent = [None] * n_rows
-    addl = numeric(
-        "ADDL",
-        cells.get("ADDL", absent),
-        "ADDL counts the additional doses of a dose row: 0, 1, 2, ... (empty means 0).",
-    )
-    ii = numeric(
-        "II",
-        cells.get("II", absent),
-        "II is the interval between a dose row's additional doses, in TIME's unit (empty means 0).",
-    )
+    addl = numeric("ADDL", cells.get("ADDL", absent), "ADDL counts the additional doses of a dose row: 0, 1, 2, ... (empty means 0).")
+    ii = numeric("II", cells.get("II", absent), "II is the interval between a dose row's additional doses, in TIME's unit (empty means 0).")
     addl, ii = np.nan_to_num(addl), np.nan_to_num(ii)
     for r in range(1, n_rows + 1):
         dose, a, i = bool(is_dose[r - 1]), addl[r - 1], ii[r - 1]
@@ -260,17 +253,9 @@ def _additional_doses(cells: dict[str, list[Cell]], is_dose: np.ndarray) -> tupl
                 row=r,
             )
         if a < 0 or a != round(a):
-            raise DataError(
-                f"ADDL is {number_text(a)} on dose row {r}. Fix: ADDL counts additional doses: a whole number, 0 or more.",
-                column="ADDL",
-                row=r,
-            )
+            raise DataError(f"ADDL is {number_text(a)} on dose row {r}. Fix: ADDL counts additional doses: a whole number, 0 or more.", column="ADDL", row=r)
         if i < 0:
-            raise DataError(
-                f"II is negative ({number_text(i)}) on dose row {r}. Fix: II is the dosing interval, in TIME's unit, 0 or more.",
-                column="II",
-                row=r,
-            )
+            raise DataError(f"II is negative ({number_text(i)}) on dose row {r}. Fix: II is the dosing interval, in TIME's unit, 0 or more.", column="II", row=r)
         if a > 0 and i <= 0:
             raise DataError(
                 f"dose row {r} has ADDL {number_text(a)} but {_ii_shown(cells, i)}. Fix: give the interval between its additional doses in II "
@@ -282,12 +267,7 @@ def _additional_doses(cells: dict[str, list[Cell]], is_dose: np.ndarray) -> tupl
 
 
 def _dose_details(
-    cells: dict[str, list[Cell]],
-    is_dose: np.ndarray,
-    amount: np.ndarray,
-    ii: np.ndarray,
-    inputs: tuple[DosingInput, ...] | None,
-    days_per_unit: float,
+    cells: dict[str, list[Cell]], is_dose: np.ndarray, amount: np.ndarray, ii: np.ndarray, inputs: tuple[DosingInput, ...] | None, days_per_unit: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """CMT, RATE and SS of each row, checked: the dosing input index, the CMT, the infusion
     duration in days (``AMT / RATE``; 0 for the input's own way) and SS (0 on rows that are not
@@ -297,11 +277,7 @@ def _dose_details(
     cmts = [d.cmt for d in inputs] if inputs else [1]
     listed = ", ".join(map(str, cmts))
     cmt = numeric("CMT", cells.get("CMT", absent), f"CMT is the compartment a dose enters ({listed} for this model).")
-    rate = numeric(
-        "RATE",
-        cells.get("RATE", absent),
-        "RATE is a dose's infusion rate (AMT per TIME unit), 0 for a bolus, or -2 for the model's duration.",
-    )
+    rate = numeric("RATE", cells.get("RATE", absent), "RATE is a dose's infusion rate (AMT per TIME unit), 0 for a bolus, or -2 for the model's duration.")
     ss = numeric("SS", cells.get("SS", absent), "SS is 0 (no steady state), 1 or 2.")
     cmt, rate, ss = np.nan_to_num(cmt), np.nan_to_num(rate), np.nan_to_num(ss)
     index = np.zeros(n_rows, dtype=np.int64)
@@ -355,11 +331,7 @@ def _dose_details(
         elif rate[k] > 0:
             duration[k] = amount[k] / rate[k] * days_per_unit
         if ss[k] not in (0.0, 1.0, 2.0):
-            raise DataError(
-                f"SS is {number_text(ss[k])} on dose row {r}. Fix: SS is 0 (none), 1 (steady state) or 2 (steady state added).",
-                column="SS",
-                row=r,
-            )
+            raise DataError(f"SS is {number_text(ss[k])} on dose row {r}. Fix: SS is 0 (none), 1 (steady state) or 2 (steady state added).", column="SS", row=r)
         if ss[k] > 0 and ii[k] <= 0:
             raise DataError(
                 f"dose row {r} has SS {number_text(ss[k])} but {_ii_shown(cells, ii[k])}. Fix: give the dosing interval of the steady state in II "
@@ -367,9 +339,7 @@ def _dose_details(
                 column="II",
                 row=r,
             )
-        if ss[k] > 0 and duration[k] > ii[k] * days_per_unit * (
-            1 + 1e-12
-        ):  # AMT / RATE of an infusion lasting II rounds either way
+        if ss[k] > 0 and duration[k] > ii[k] * days_per_unit * (1 + 1e-12):  # AMT / RATE of an infusion lasting II rounds either way
             raise DataError(
                 f"dose row {r} is a steady-state infusion lasting {number_text(amount[k] / rate[k])} (AMT / RATE), longer than its II "
                 f"{number_text(ii[k])}. Fix: check RATE and II; overlapping steady-state infusions are not supported.",
@@ -410,9 +380,7 @@ class DoseRows(NamedTuple):
         return self.is_dose | self.is_reset
 
 
-def dose_rows(
-    cells: dict[str, list[Cell]], inputs: tuple[DosingInput, ...] | None, days_per_unit: float = 1.0
-) -> DoseRows:
+def dose_rows(cells: dict[str, list[Cell]], inputs: tuple[DosingInput, ...] | None, days_per_unit: float = 1.0) -> DoseRows:
     """Read and check ID, TIME, EVID, AMT, ADDL, II, CMT, RATE and SS (in that order; the module
     docstring gives their meaning). ``cells`` maps column names to cells (EVID present: see
     :func:`derive_evid`); ``inputs`` are the model's dosing inputs (None: CMT may only be 1 or
@@ -466,9 +434,7 @@ def dose_rows(
             if column in cells:
                 cells[column][r - 1] = None  # not read: the row is kept for its time and covariates only
 
-    amount = numeric(
-        "AMT", cells["AMT"], "give doses in the model's dose unit (IU for the IL-2 model: 1500000 for 1.5 MIU)."
-    )
+    amount = numeric("AMT", cells["AMT"], "give doses in the model's dose unit (IU for the IL-2 model: 1500000 for 1.5 MIU).")
     for r, (dose, a) in enumerate(zip(is_dose, amount, strict=True), start=1):
         if dose and math.isnan(a):
             raise DataError(

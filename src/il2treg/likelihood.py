@@ -103,13 +103,7 @@ class ResidualModel(eqx.Module):
                 raise SpecError(f"unknown observation type {name!r}. Fix: use one of {', '.join(names)}.")
             if kind not in KINDS:
                 raise SpecError(f"unknown error model {kind!r} for {name!r}. Fix: use one of {', '.join(KINDS)}.")
-        default_sd = {
-            "additive": (1.0, 0.0),
-            "proportional": (0.0, 0.15),
-            "combined": (0.1, 0.15),
-            "log": (0.3, 0.0),
-            "ordinal": (2.0, 0.0),
-        }
+        default_sd = {"additive": (1.0, 0.0), "proportional": (0.0, 0.15), "combined": (0.1, 0.15), "log": (0.3, 0.0), "ordinal": (2.0, 0.0)}
         sigmas = sigmas or {}
         sd = [sigmas.get(n, default_sd[kinds[n]]) for n in names]
         return ResidualModel(
@@ -132,11 +126,7 @@ def _neg2ll_kind(kind: str, y, f, cens, sigma_add, sigma_prop, step: float = 1.0
     else:
         y_t, f_t = y, f
         s = f if scale is None else scale
-        var = {
-            "additive": sigma_add**2 * jnp.ones_like(f),
-            "proportional": (sigma_prop * s) ** 2,
-            "combined": sigma_add**2 + (sigma_prop * s) ** 2,
-        }[kind]
+        var = {"additive": sigma_add**2 * jnp.ones_like(f), "proportional": (sigma_prop * s) ** 2, "combined": sigma_add**2 + (sigma_prop * s) ** 2}[kind]
         sd = jnp.sqrt(jnp.maximum(var, _FLOOR**2))
     z = (y_t - f_t) / sd
     gaussian = _LOG_2PI + 2.0 * jnp.log(sd) + z**2
@@ -172,16 +162,7 @@ def neg2ll_terms(
     for kind in dict.fromkeys(residual.kinds):
         sel = kind_of == KINDS.index(kind)
         own = lambda x, sel=sel: jnp.where(sel, x, 1.0)
-        term = _neg2ll_kind(
-            kind,
-            own(y),
-            own(pred),
-            cens & sel,
-            own(sigma_add),
-            own(sigma_prop),
-            residual.score_step,
-            None if scale is None else own(scale),
-        )
+        term = _neg2ll_kind(kind, own(y), own(pred), cens & sel, own(sigma_add), own(sigma_prop), residual.score_step, None if scale is None else own(scale))
         total = jnp.where(sel, term, total)
     return jnp.where(mask, total, 0.0)
 

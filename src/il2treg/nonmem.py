@@ -79,9 +79,7 @@ def read_ext(path: str | os.PathLike[str], table: int = -1) -> NonmemResults:
         if not line.strip():
             continue
         if not tables:
-            raise InputError(
-                f"'{file}' line {number}: expected a 'TABLE NO.' header first. Fix: give a NONMEM 7 .ext file."
-            )
+            raise InputError(f"'{file}' line {number}: expected a 'TABLE NO.' header first. Fix: give a NONMEM 7 .ext file.")
         fields = line.split()
         if fields[0] == "ITERATION":
             tables[-1][1].extend(fields[1:])
@@ -90,27 +88,19 @@ def read_ext(path: str | os.PathLike[str], table: int = -1) -> NonmemResults:
         try:
             values = [float(v) for v in fields]
         except ValueError:
-            raise InputError(
-                f"'{file}' line {number}: {line.strip()[:60]!r} is not a row of numbers. Fix: give a NONMEM 7 .ext file."
-            ) from None
+            raise InputError(f"'{file}' line {number}: {line.strip()[:60]!r} is not a row of numbers. Fix: give a NONMEM 7 .ext file.") from None
         if not names or len(values) != len(names) + 1:
             raise InputError(f"'{file}' line {number}: {len(values)} numbers, but the column line names {len(names)} columns after ITERATION. "
                              "Fix: give an unedited NONMEM 7 .ext file.")  # fmt: skip
         tables[-1][2][int(values[0])] = values[1:]
     if not tables:
-        raise InputError(
-            f"'{file}' has no 'TABLE NO.' header: it is not a NONMEM .ext file. Fix: give the run's .ext file."
-        )
+        raise InputError(f"'{file}' has no 'TABLE NO.' header: it is not a NONMEM .ext file. Fix: give the run's .ext file.")
     try:
         title, names, rows = tables[table]
     except IndexError:
-        raise InputError(
-            f"'{file}' has {len(tables)} estimation step(s); there is no step {table}. Fix: choose one of 0..{len(tables) - 1}."
-        ) from None
+        raise InputError(f"'{file}' has {len(tables)} estimation step(s); there is no step {table}. Fix: choose one of 0..{len(tables) - 1}.") from None
     if _FINAL not in rows:
-        raise InputError(
-            f"'{file}': step {title!r} has no row of final estimates (ITERATION {_FINAL}): the run did not finish. Fix: give a finished run's .ext file."
-        )
+        raise InputError(f"'{file}': step {title!r} has no row of final estimates (ITERATION {_FINAL}): the run did not finish. Fix: give a finished run's .ext file.")
     final = dict(zip(names, rows[_FINAL], strict=True))
     ofv = final.pop("OBJ")
     se = {}
@@ -143,20 +133,14 @@ def compare(result, nonmem: NonmemResults, labels: dict[str, tuple[str, str]]) -
     rows = []
     for name, (label, column) in labels.items():
         if name not in table.index:
-            raise InputError(
-                f"the fit has no parameter {name!r} (it has {', '.join(table.index)}). Fix: correct the labels."
-            )
+            raise InputError(f"the fit has no parameter {name!r} (it has {', '.join(table.index)}). Fix: correct the labels.")
         if column not in nonmem.estimates:
-            raise InputError(
-                f"{nonmem.path} has no column {column!r} (it has {', '.join(nonmem.estimates)}). Fix: correct the labels."
-            )
+            raise InputError(f"{nonmem.path} has no column {column!r} (it has {', '.join(nonmem.estimates)}). Fix: correct the labels.")
         value, se = float(table.loc[name, "estimate"]), float(table.loc[name, "se"])
         if name.startswith(("omega_", "sigma_")):  # NONMEM's variances
             value, se = value**2, 2.0 * abs(value) * se
         reference, reference_se = nonmem.estimates[column], nonmem.standard_errors.get(column, math.nan)
-        if name.startswith(
-            "corr_"
-        ):  # NONMEM's OMEGA(i,j) is a covariance: its correlation, OMEGA(i,j) / sqrt(OMEGA(i,i) OMEGA(j,j))
+        if name.startswith("corr_"):  # NONMEM's OMEGA(i,j) is a covariance: its correlation, OMEGA(i,j) / sqrt(OMEGA(i,i) OMEGA(j,j))
             reference, reference_se = _correlation(nonmem, column), math.nan  # the .ext has no SE of the correlation
         rows.append({"parameter": label, "nonmem": reference, "il2treg": value, "relative_difference": _relative(value, reference),
                      "nonmem_se": reference_se, "il2treg_se": se, "se_relative_difference": _relative(se, reference_se)})  # fmt: skip
@@ -169,16 +153,12 @@ def compare(result, nonmem: NonmemResults, labels: dict[str, tuple[str, str]]) -
 def _correlation(nonmem: NonmemResults, column: str) -> float:
     match = re.fullmatch(r"OMEGA\((\d+),(\d+)\)", column)
     if match is None or match[1] == match[2]:
-        raise InputError(
-            f"a correlation of the fit is compared with {column!r}, which is not an off-diagonal OMEGA(i,j). Fix: label it with its OMEGA(i,j) column."
-        )
+        raise InputError(f"a correlation of the fit is compared with {column!r}, which is not an off-diagonal OMEGA(i,j). Fix: label it with its OMEGA(i,j) column.")
     i, j = match[1], match[2]
     diagonal = [f"OMEGA({k},{k})" for k in (i, j)]
     missing = [c for c in diagonal if c not in nonmem.estimates]
     if missing:
-        raise InputError(
-            f"{nonmem.path} has no column {missing[0]!r}, needed for the correlation of {column!r}. Fix: give the .ext of a run with that OMEGA block."
-        )
+        raise InputError(f"{nonmem.path} has no column {missing[0]!r}, needed for the correlation of {column!r}. Fix: give the .ext of a run with that OMEGA block.")
     return nonmem.estimates[column] / math.sqrt(nonmem.estimates[diagonal[0]] * nonmem.estimates[diagonal[1]])
 
 
@@ -190,10 +170,10 @@ def _relative(value: float, reference: float) -> float:
 def compare_file(result, path: str | os.PathLike[str]) -> pd.DataFrame:
     """:func:`compare` with the ``.ext`` file and labels of a TOML file (``fits/pheno/nonmem.toml``)::
 
-    ext = "pheno.ext"                          # relative to this file
-    [labels]
-    POP_CL = ["POP_CL", "THETA1"]              # the fit's name = [label, NONMEM column]
-    omega_POP_CL = ["IIV_CL", "OMEGA(1,1)"]
+        ext = "pheno.ext"                          # relative to this file
+        [labels]
+        POP_CL = ["POP_CL", "THETA1"]              # the fit's name = [label, NONMEM column]
+        omega_POP_CL = ["IIV_CL", "OMEGA(1,1)"]
     """
     file = Path(path)
     try:
@@ -205,9 +185,7 @@ def compare_file(result, path: str | os.PathLike[str]) -> pd.DataFrame:
     labels = {}
     for name, pair in doc["labels"].items():
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-            raise InputError(
-                f'\'{file}\': labels.{name} must be [label, NONMEM column], got {pair!r}. Fix: e.g. {name} = ["IIV_CL", "OMEGA(1,1)"].'
-            )
+            raise InputError(f"'{file}': labels.{name} must be [label, NONMEM column], got {pair!r}. Fix: e.g. {name} = [\"IIV_CL\", \"OMEGA(1,1)\"].")
         labels[name] = (pair[0], pair[1])
     try:
         return compare(result, read_ext(file.parent / doc["ext"]), labels)

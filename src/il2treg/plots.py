@@ -47,9 +47,7 @@ def plot_treg_dynamics(sim, *, doses=None, title: str = "") -> Figure:
     panels = _PANELS if set(_PANELS) <= set(sim.names) else tuple(sim.names)
     columns = 1 if len(panels) == 1 else 2
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(5 * columns, 3.5 * rows), sharex=True, squeeze=False, constrained_layout=True
-    )
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.5 * rows), sharex=True, squeeze=False, constrained_layout=True)
     unit_of = dict(zip(sim.names, sim.units))
     for ax, name in zip(axes.flat, panels):
         values = np.atleast_2d(np.asarray(sim[name]))
@@ -66,7 +64,7 @@ def plot_treg_dynamics(sim, *, doses=None, title: str = "") -> Figure:
             for d in np.asarray(doses):
                 ax.axvline(float(d), color="0.6", lw=0.5, alpha=0.6, zorder=0)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(panels) :]:
+    for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("time since first dose [day]")
@@ -83,9 +81,7 @@ def plot_profiles(profiles, *, title: str = "") -> Figure:
     from il2treg.fit.profile import CHI2_95
 
     profiles = list(profiles)
-    fig, axes = plt.subplots(
-        1, len(profiles), figsize=(4.2 * len(profiles), 3.6), squeeze=False, constrained_layout=True
-    )
+    fig, axes = plt.subplots(1, len(profiles), figsize=(4.2 * len(profiles), 3.6), squeeze=False, constrained_layout=True)
     for ax, prof in zip(axes[0], profiles):
         ax.plot(prof.values, prof.delta, "o-", color="C0", ms=4, label="profile")
         if np.isfinite(prof.se) and prof.se > 0:
@@ -95,9 +91,7 @@ def plot_profiles(profiles, *, title: str = "") -> Figure:
         for v in (prof.ci_low, prof.ci_high):
             if np.isfinite(v):
                 ax.axvline(v, color="C0", lw=0.8, alpha=0.7)
-        ax.set_ylim(
-            bottom=min(-0.2, float(np.nanmin(prof.delta))), top=max(2 * CHI2_95, 1.1 * float(np.nanmax(prof.delta)))
-        )
+        ax.set_ylim(bottom=min(-0.2, float(np.nanmin(prof.delta))), top=max(2 * CHI2_95, 1.1 * float(np.nanmax(prof.delta))))
         ax.set_xlabel(f"{prof.name} (estimation scale)")
         ax.set_ylabel("ΔOFV")
         ax.set_title(prof.name + ("" if prof.identifiable else ": not identifiable"), fontsize=10)
@@ -125,9 +119,7 @@ def plot_saem_trace(fit, *, phases: tuple[int, int] | None = None, ncols: int = 
     """
     trace = getattr(fit, "trace", None)
     if trace is None:
-        raise InputError(
-            "this fit has no SAEM trace (it was not fitted with --method saem). Fix: fit it with method saem."
-        )
+        raise InputError("this fit has no SAEM trace (it was not fitted with --method saem). Fix: fit it with method saem.")
     trace = np.asarray(trace)
     settings = getattr(fit, "settings", None) or {}
     if phases is None and "saem_burn_in" in settings:
@@ -149,20 +141,11 @@ def plot_saem_trace(fit, *, phases: tuple[int, int] | None = None, ncols: int = 
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("SAEM iteration", fontsize=8)
-    fig.suptitle(
-        title or "SAEM estimates per iteration (estimation scale; dotted: end of burn-in, end of exploration)",
-        fontsize=10,
-    )
+    fig.suptitle(title or "SAEM estimates per iteration (estimation scale; dotted: end of burn-in, end of exploration)", fontsize=10)
     return fig
 
 
-def plot_regimens(
-    sims: dict,
-    *,
-    observables=("il2_pM", "treg_per_uL", "tconv_per_uL", "nk56bright_per_uL"),
-    fold: bool = True,
-    title: str = "",
-) -> Figure:
+def plot_regimens(sims: dict, *, observables=("il2_pM", "treg_per_uL", "tconv_per_uL", "nk56bright_per_uL"), fold: bool = True, title: str = "") -> Figure:
     """Regimens side by side: median and 90% band over patients of each observable, one panel each.
 
     Arguments:
@@ -173,9 +156,7 @@ def plot_regimens(
     if not sims:
         raise InputError("plot_regimens needs at least one simulation. Fix: pass {name: il2treg.simulate(...)}.")
     observables = tuple(observables)
-    fig, axes = plt.subplots(
-        1, len(observables), figsize=(4.2 * len(observables), 4.4), squeeze=False, layout="constrained"
-    )
+    fig, axes = plt.subplots(1, len(observables), figsize=(4.2 * len(observables), 4.4), squeeze=False, layout="constrained")
     for c, (name, sim) in enumerate(sims.items()):
         times = np.asarray(sim.times)
         times = times[0] if times.ndim == 2 else times
@@ -188,9 +169,7 @@ def plot_regimens(
             lo, med, hi = np.percentile(v, [5, 50, 95], axis=0)
             ax.fill_between(times, lo, hi, color=f"C{c}", alpha=0.15, lw=0)
             ax.plot(times, med, color=f"C{c}", lw=1.5, label=name)
-            ax.set_ylabel(
-                f"{obs}: fold change from day 0" if relative else _label(obs, dict(zip(sim.names, sim.units)).get(obs))
-            )
+            ax.set_ylabel(f"{obs}: fold change from day 0" if relative else _label(obs, dict(zip(sim.names, sim.units)).get(obs)))
     for ax, obs in zip(axes[0], observables):
         if obs == "il2_pM":
             ax.set_yscale("log")
@@ -199,23 +178,13 @@ def plot_regimens(
         ax.set_xlabel(_DAY)
         ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(
-        handles,
-        labels,
-        loc="outside lower center",
-        ncol=min(3, len(labels)),
-        fontsize=8,
-        title="median and 90% band over patients",
-        title_fontsize=8,
-    )
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=8, title="median and 90% band over patients", title_fontsize=8)
     if title:
         fig.suptitle(title)
     return fig
 
 
-def plot_individual_fits(
-    diag, *, dvid: str = "treg_per_uL", ids=None, ncols: int = 4, max_patients: int = 16, curves=None
-) -> Figure:
+def plot_individual_fits(diag, *, dvid: str = "treg_per_uL", ids=None, ncols: int = 4, max_patients: int = 16, curves=None) -> Figure:
     """One panel per patient: observations (points; open: below the LLOQ), the IPRED and PRED
     curves of the fitted model on a dense time grid (lines), doses as ticks.
 
@@ -232,9 +201,7 @@ def plot_individual_fits(
     t = diag.table
     t = t[(t["DVID"] == dvid) & t["USED"]]
     if t.empty:
-        raise InputError(
-            f"no fitted {dvid!r} observations to plot. Fix: choose a type in diag.summary.index ({', '.join(diag.summary.index)})."
-        )
+        raise InputError(f"no fitted {dvid!r} observations to plot. Fix: choose a type in diag.summary.index ({', '.join(diag.summary.index)}).")
     all_ids = list(dict.fromkeys(t["ID"]))
     ids = all_ids[:max_patients] if ids is None else list(ids)
     unknown = [i for i in ids if i not in all_ids]
@@ -243,9 +210,7 @@ def plot_individual_fits(
     if curves is None:
         curves = individual_curves(diag, ids, dvid=dvid)
     nrows = -(-len(ids) // ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), sharex=True, squeeze=False, constrained_layout=True
-    )
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), sharex=True, squeeze=False, constrained_layout=True)
     data = diag.data
     for ax, pid in zip(axes.flat, ids):
         g = t[t["ID"] == pid].sort_values("TIME")
@@ -257,13 +222,11 @@ def plot_individual_fits(
         ax.plot(c["TIME"], c["IPRED"], "-", color="C0", lw=1.4, label="IPRED")
         ax.plot(c["TIME"], c["PRED"], "--", color="C1", lw=1.1, label="PRED")
         s = data.ids.index(pid)
-        doses = np.asarray(data.dose_time[s])[
-            (np.asarray(data.dose_row[s]) > 0) & (np.asarray(data.dose_amount[s]) > 0)
-        ]
+        doses = np.asarray(data.dose_time[s])[(np.asarray(data.dose_row[s]) > 0) & (np.asarray(data.dose_amount[s]) > 0)]
         ax.plot(doses, np.zeros_like(doses), "|", color="C3", ms=6, transform=ax.get_xaxis_transform(), label="dose")
         ax.set_title(f"ID {pid}", fontsize=9)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(ids) :]:
+    for ax in axes.flat[len(ids):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(_label(dvid, diag.units.get(dvid)))
@@ -281,18 +244,14 @@ def plot_population_course(diag, *, dvid: str = "treg_per_uL", by: str | None = 
     t = diag.table
     rows = np.flatnonzero((t["DVID"] == dvid).to_numpy() & t["USED"].to_numpy())
     if rows.size == 0:
-        raise InputError(
-            f"no fitted {dvid!r} observations to plot. Fix: choose a type in diag.summary.index ({', '.join(diag.summary.index)})."
-        )
+        raise InputError(f"no fitted {dvid!r} observations to plot. Fix: choose a type in diag.summary.index ({', '.join(diag.summary.index)}).")
     if by is None:
         level = np.full(rows.size, "", dtype=object)
     else:
         per_id = dict(zip(diag.data.ids, diag.data.covariate_values(by)))
         level = np.asarray([per_id[i] for i in t["ID"].to_numpy()[rows]], dtype=object)
     levels = list(dict.fromkeys(level))
-    fig, axes = plt.subplots(
-        1, len(levels), figsize=(6.5 * len(levels), 4.2), squeeze=False, sharey=True, constrained_layout=True
-    )
+    fig, axes = plt.subplots(1, len(levels), figsize=(6.5 * len(levels), 4.2), squeeze=False, sharey=True, constrained_layout=True)
     tail = 100 * (1 - interval) / 2
     for ax, lev in zip(axes[0], levels):
         sel = rows[level == lev]
@@ -300,9 +259,7 @@ def plot_population_course(diag, *, dvid: str = "treg_per_uL", by: str | None = 
         grid = np.unique(time)
         sim = np.where(diag.simulated_cens[:, sel], np.nan, diag.simulated[:, sel])
         band = np.asarray([np.nanpercentile(sim[:, time == g], [tail, 50, 100 - tail]) for g in grid])
-        ax.fill_between(
-            grid, band[:, 0], band[:, 2], color="C0", alpha=0.25, lw=0, label=f"{interval:.0%} prediction interval"
-        )
+        ax.fill_between(grid, band[:, 0], band[:, 2], color="C0", alpha=0.25, lw=0, label=f"{interval:.0%} prediction interval")
         ax.plot(grid, band[:, 1], color="C0", lw=1.6, label="simulated median")
         ok = t["CENS"].to_numpy()[sel] == 0
         ax.plot(time[ok], t["DV"].to_numpy()[sel][ok], "o", color="k", ms=3, alpha=0.6, label="observed")
@@ -325,15 +282,11 @@ def plot_gof(diag, *, dvid: str | None = None) -> Figure:
     t = diag.table
     t = t[t["USED"] & (t["CENS"] == 0) & t["DV"].notna()]
     if t.empty:
-        raise InputError(
-            "no fitted observations to plot. Fix: diagnose a fit with at least one fitted, uncensored observation."
-        )
+        raise InputError("no fitted observations to plot. Fix: diagnose a fit with at least one fitted, uncensored observation.")
     dvid = dvid or t["DVID"].iloc[0]
     t = t[t["DVID"] == dvid]
     if t.empty:
-        raise InputError(
-            f"no fitted {dvid!r} observations to plot. Fix: choose a type in diag.summary.index ({', '.join(diag.summary.index)})."
-        )
+        raise InputError(f"no fitted {dvid!r} observations to plot. Fix: choose a type in diag.summary.index ({', '.join(diag.summary.index)}).")
     fig, axes = plt.subplots(2, 2, figsize=(9, 8), constrained_layout=True)
     unit = diag.units.get(dvid, OBSERVABLES.get(dvid, ("",))[0])
     for ax, x in ((axes[0, 0], "PRED"), (axes[0, 1], "IPRED")):
@@ -411,21 +364,12 @@ def _draw_vpc(ax, lower, v, fontsize: float) -> None:
 
     b = v.bins
     ok = v.observations["CENS"] == 0
-    ax.plot(
-        v.observations["TIME"][ok], v.observations["DV"][ok], "o", color="0.35", ms=2.5, alpha=0.5, label="observed"
-    )
+    ax.plot(v.observations["TIME"][ok], v.observations["DV"][ok], "o", color="0.35", ms=2.5, alpha=0.5, label="observed")
     for q in VPC_PERCENTILES:
         colour = "C3" if q == 50 else "C0"
         ax.fill_between(b["time"], b[f"sim_p{q:g}_lo"], b[f"sim_p{q:g}_hi"], color=colour, alpha=0.2, lw=0,
                         label=f"simulated {v.interval:.0%} CI of the percentile" if q == 50 else None)  # fmt: skip
-        ax.plot(
-            b["time"],
-            b[f"observed_p{q:g}"],
-            "-" if q == 50 else "--",
-            color=colour,
-            lw=1.5,
-            label={5.0: "observed 5th, 95th percentiles", 50.0: "observed median"}.get(q),
-        )
+        ax.plot(b["time"], b[f"observed_p{q:g}"], "-" if q == 50 else "--", color=colour, lw=1.5, label={5.0: "observed 5th, 95th percentiles", 50.0: "observed median"}.get(q))
     if lower is not None and np.isfinite(v.lloq):
         ax.axhline(v.lloq, color="k", lw=0.8, ls=":", label="LLOQ")
         lower.fill_between(b["time"], b["sim_blq_lo"], b["sim_blq_hi"], color="C0", alpha=0.25, lw=0, label="simulated")
@@ -439,10 +383,7 @@ def _draw_vpc(ax, lower, v, fontsize: float) -> None:
         ax.yaxis.set_major_formatter(mticker.FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(mticker.NullFormatter())
     where = f"{v.stratum}: " if v.stratum else ""
-    ax.set_title(
-        f"{where}{_vpc_kind(v)}: {v.dvid}\n{v.coverage():.0%} of observed percentiles inside their intervals, test p = {v.test()[1]:.2g}",
-        fontsize=fontsize,
-    )
+    ax.set_title(f"{where}{_vpc_kind(v)}: {v.dvid}\n{v.coverage():.0%} of observed percentiles inside their intervals, test p = {v.test()[1]:.2g}", fontsize=fontsize)
     ax.grid(alpha=0.3)
 
 
@@ -457,25 +398,12 @@ def plot_treg_sledai_link(treg_fold, sledai_change, p_sri4, *, groups=None, titl
     """
     x, y, p = (np.ravel(np.asarray(a, dtype=float)) for a in (treg_fold, sledai_change, p_sri4))
     if not (x.shape == y.shape == p.shape):
-        raise InputError(
-            f"treg_fold, sledai_change and p_sri4 need one value per patient, got {x.shape}, {y.shape}, {p.shape}. Fix: pass three arrays of the same length."
-        )
+        raise InputError(f"treg_fold, sledai_change and p_sri4 need one value per patient, got {x.shape}, {y.shape}, {p.shape}. Fix: pass three arrays of the same length.")
     groups = np.full(x.shape, "", dtype=object) if groups is None else np.ravel(np.asarray(groups, dtype=object))
     fig, ax = plt.subplots(figsize=(6.5, 4.8), constrained_layout=True)
     for k, g in enumerate(dict.fromkeys(groups)):
         sel = groups == g
-        sc = ax.scatter(
-            x[sel],
-            y[sel],
-            c=p[sel],
-            cmap="viridis",
-            vmin=0,
-            vmax=1,
-            s=18,
-            marker="osD^v"[k % 5],
-            label=str(g) or None,
-            edgecolors="none",
-        )
+        sc = ax.scatter(x[sel], y[sel], c=p[sel], cmap="viridis", vmin=0, vmax=1, s=18, marker="osD^v"[k % 5], label=str(g) or None, edgecolors="none")
     ax.axhline(-4, color="0.4", lw=0.8, ls=":", label="4-point fall (SRI-4 SLEDAI part)")
     fig.colorbar(sc, ax=ax, label="P(SRI-4 response)")
     ax.set_xlabel("Treg fold change from day 0")
@@ -498,37 +426,18 @@ def plot_regimen_comparison(comparison, *, metrics=None, title: str = "") -> Fig
     names = list(comparison.regimens)
     cols = min(4, len(metrics))
     rows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(
-        rows,
-        cols,
-        figsize=(3.6 * cols, 0.32 * len(names) * rows + 1.4 * rows),
-        squeeze=False,
-        layout="constrained",
-        sharey=True,
-    )
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 0.32 * len(names) * rows + 1.4 * rows), squeeze=False, layout="constrained", sharey=True)
     y = np.arange(len(names))[::-1]
     for ax, metric in zip(axes.ravel(), metrics):
         m = table[table["metric"] == metric].set_index("regimen").loc[names]
         for k, name in enumerate(names):
             r = m.loc[name]
-            ax.errorbar(
-                [r["median"]],
-                [y[k]],
-                xerr=[[r["median"] - r["p5"]], [r["p95"] - r["median"]]],
-                fmt="o",
-                color=f"C{k}",
-                ms=4,
-                capsize=2,
-                lw=1.2,
-            )
+            ax.errorbar([r["median"]], [y[k]], xerr=[[r["median"] - r["p5"]], [r["p95"] - r["median"]]], fmt="o", color=f"C{k}", ms=4, capsize=2, lw=1.2)
         unit = m["unit"].iloc[0]
         ax.set_xlabel(f"{metric} [{unit}]" if unit != "1" else metric, fontsize=9)
         ax.grid(alpha=0.3, axis="x")
         ax.set_yticks(y, names, fontsize=8)
-    for ax in axes.ravel()[len(metrics) :]:
+    for ax in axes.ravel()[len(metrics):]:
         ax.set_visible(False)
-    fig.suptitle(
-        title or f"Regimens compared: median and 90% interval over {int(table['n'].max())} virtual patients",
-        fontsize=10,
-    )
+    fig.suptitle(title or f"Regimens compared: median and 90% interval over {int(table['n'].max())} virtual patients", fontsize=10)
     return fig

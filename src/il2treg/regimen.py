@@ -112,26 +112,16 @@ class Regimen(eqx.Module):
                 "Regimen fields 'times' and 'amounts' are scalars; they need a dose axis. "
                 "Fix: pass 1-D arrays, e.g. Regimen(times=[0.0], amounts=[1.5e6])."
             )
-        _reject_first(times, ~np.isfinite(times), "times", "is not finite", "give every dose a finite time in days")
-        _reject_first(
-            amounts, ~np.isfinite(amounts), "amounts", "is not finite", "give every dose a finite amount in IU"
-        )
-        _reject_first(
-            amounts,
-            amounts < 0,
-            "amounts",
-            "is negative",
-            "amounts are IU per dose and must be >= 0 (use 0 for a skipped dose)",
-        )
+        _reject_first(times, ~np.isfinite(times), "times", "is not finite",
+                      "give every dose a finite time in days")
+        _reject_first(amounts, ~np.isfinite(amounts), "amounts", "is not finite",
+                      "give every dose a finite amount in IU")
+        _reject_first(amounts, amounts < 0, "amounts", "is negative",
+                      "amounts are IU per dose and must be >= 0 (use 0 for a skipped dose)")
         decreasing = np.zeros(times.shape, dtype=bool)
         decreasing[..., 1:] = np.diff(times, axis=-1) < 0
-        _reject_first(
-            times,
-            decreasing,
-            "times",
-            "is earlier than the dose before it",
-            "sort the doses by time, or combine regimens with concat() which sorts",
-        )
+        _reject_first(times, decreasing, "times", "is earlier than the dose before it",
+                      "sort the doses by time, or combine regimens with concat() which sorts")
         if self.records is not None:
             shapes = {k: np.shape(getattr(self.records, k)) for k in FIELDS}
             wrong = next((k for k, shape in shapes.items() if shape != times.shape), None)
@@ -141,28 +131,13 @@ class Regimen(eqx.Module):
                     "Fix: give one record per dose (DoseRecords.plain(n) for plain doses)."
                 )
             duration, ss, ii = (np.asarray(x) for x in (self.records.duration, self.records.ss, self.records.ii))
-            _reject_first(
-                duration,
-                ~(np.isfinite(duration) & (duration >= 0)),
-                "records.duration",
-                "is not a duration >= 0",
-                "give an infusion's duration in days, or 0 for the input's own way",
-            )
+            _reject_first(duration, ~(np.isfinite(duration) & (duration >= 0)), "records.duration", "is not a duration >= 0",
+                          "give an infusion's duration in days, or 0 for the input's own way")
             _reject_first(ss, ~np.isin(ss, [0, 1, 2]), "records.ss", "is not 0, 1 or 2", "SS is 0 (none), 1 or 2")
-            _reject_first(
-                ii,
-                (ss > 0) & ~(ii > 0),
-                "records.ii",
-                "is not > 0 on a steady-state dose",
-                "give the steady state's dosing interval in days",
-            )
-            _reject_first(
-                duration,
-                (ss > 0) & (duration > ii * (1 + 1e-12)),
-                "records.duration",
-                "is longer than the steady state's interval ii",
-                "overlapping steady-state infusions are not supported: shorten the infusion or lengthen ii",
-            )
+            _reject_first(ii, (ss > 0) & ~(ii > 0), "records.ii", "is not > 0 on a steady-state dose",
+                          "give the steady state's dosing interval in days")
+            _reject_first(duration, (ss > 0) & (duration > ii * (1 + 1e-12)), "records.duration", "is longer than the steady state's interval ii",
+                          "overlapping steady-state infusions are not supported: shorten the infusion or lengthen ii")
             inputs = np.asarray(self.records.input)
             _reject_first(inputs, inputs < 0, "records.input", "is negative", "give the index of one of the model's dosing inputs, 0 for the first")  # fmt: skip
 
@@ -193,21 +168,17 @@ class Regimen(eqx.Module):
             else:
                 r = self.records
                 ii = float(r.ii[k]) if int(r.ss[k]) else float(step)
-                rows.append(
-                    (t, a, int(r.input[k]), int(addl), ii, float(r.duration[k]), int(r.ss[k]), bool(r.reset[k]))
-                )
-        columns = ["time", "amount", "input", "addl", "ii"] + (
-            [] if self.records is None else ["duration", "ss", "reset"]
-        )
+                rows.append((t, a, int(r.input[k]), int(addl), ii, float(r.duration[k]), int(r.ss[k]), bool(r.reset[k])))
+        columns = ["time", "amount", "input", "addl", "ii"] + ([] if self.records is None else ["duration", "ss", "reset"])
         return pd.DataFrame(rows, columns=columns)
 
     def __repr__(self) -> str:
         """A readable dose table, as mrgsolve prints its event objects::
 
-        Regimen 'lupil2': 16 doses from day 0 to 77, 24000000 in total
-         time (day)   amount  input  addl  ii (day)
-                  0  1500000     sc     4         1
-                  7  1500000     sc    10         7
+            Regimen 'lupil2': 16 doses from day 0 to 77, 24000000 in total
+             time (day)   amount  input  addl  ii (day)
+                      0  1500000     sc     4         1
+                      7  1500000     sc    10         7
         """
         if _is_traced(self.times, self.amounts):
             return f"Regimen(traced, times {self.times.shape}, name={self.name!r})"
@@ -220,18 +191,11 @@ class Regimen(eqx.Module):
         head = f"{label}: {self.n_doses} doses from day {_short(times[0])} to {_short(times[-1])}, {_short(float(self.total_iu))} in total"
         table = self.table()
         header = ["time (day)", "amount", "input", "addl", "ii (day)"]
-        cells = [
-            [_short(r.time), _short(r.amount), str(r.input), str(r.addl), _short(r.ii) if r.addl or r.ii else "."]
-            for r in table.itertuples()
-        ]
+        cells = [[_short(r.time), _short(r.amount), str(r.input), str(r.addl), _short(r.ii) if r.addl or r.ii else "."] for r in table.itertuples()]
         if self.records is not None:
             header += ["duration (day)", "ss", "reset"]
             for row, r in zip(cells, table.itertuples(), strict=True):
-                row += [
-                    _short(r.duration) if r.duration else ".",
-                    str(r.ss) if r.ss else ".",
-                    "yes" if r.reset else ".",
-                ]
+                row += [_short(r.duration) if r.duration else ".", str(r.ss) if r.ss else ".", "yes" if r.reset else "."]
         widths = [max(len(h), *(len(c[k]) for c in cells)) for k, h in enumerate(header)]
         lines = [" " + "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
         lines += [" " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
@@ -281,7 +245,10 @@ def _reject_first(values: np.ndarray, bad: np.ndarray, field: str, problem: str,
         return
     index = tuple(int(i) for i in np.argwhere(bad)[0])
     where = f"dose index {index[0]}" if len(index) == 1 else f"index {index} (the last is the dose)"
-    raise RegimenError(f"Regimen field '{field}' at {where}: value {values[index].item()!r} {problem}. Fix: {fix}.")
+    raise RegimenError(
+        f"Regimen field '{field}' at {where}: value {values[index].item()!r} {problem}. "
+        f"Fix: {fix}."
+    )
 
 
 def _records_of(regimen: Regimen) -> DoseRecords:
@@ -317,7 +284,8 @@ def _require_same_route(regimens: Sequence[Regimen]) -> str:
     routes = sorted({r.route for r in regimens})
     if len(routes) > 1:
         raise RegimenError(
-            f"Regimens with different routes {routes} cannot be combined. Fix: give every regimen the same route."
+            f"Regimens with different routes {routes} cannot be combined. "
+            "Fix: give every regimen the same route."
         )
     return routes[0]
 
@@ -329,7 +297,10 @@ def _count(value: object, argument: str) -> int:
     except TypeError:
         count = -1
     if count < 0:
-        raise RegimenError(f"{argument}={value!r} must be a whole number >= 0. Fix: pass an int, e.g. {argument}=5.")
+        raise RegimenError(
+            f"{argument}={value!r} must be a whole number >= 0. "
+            f"Fix: pass an int, e.g. {argument}=5."
+        )
     return count
 
 
@@ -361,9 +332,8 @@ def every(amount_iu: float, interval_days: float, n: int, start: float = 0.0) ->
             f"every(interval_days={interval_days!r}) must be a finite number of days > 0. "
             "Fix: pass the time between doses in days, e.g. 7.0 for weekly."
         )
-    return Regimen(
-        start + interval_days * jnp.arange(n, dtype=jnp.float64), jnp.full((n,), amount_iu, dtype=jnp.float64)
-    )
+    return Regimen(start + interval_days * jnp.arange(n, dtype=jnp.float64),
+                   jnp.full((n,), amount_iu, dtype=jnp.float64))
 
 
 def daily(amount_iu: float, n_days: int, start: float = 0.0) -> Regimen:
@@ -398,12 +368,8 @@ def cycles(block: Regimen, period_days: float, n_cycles: int) -> Regimen:
                 "in days (e.g. 28.0 for a 4-week cycle)."
             )
     starts = period_days * jnp.arange(n_cycles, dtype=jnp.float64)
-    return Regimen(
-        (block.times[None, :] + starts[:, None]).reshape(-1),
-        jnp.tile(block.amounts, n_cycles),
-        route=block.route,
-        records=_joined_records([block] * n_cycles),
-    )
+    return Regimen((block.times[None, :] + starts[:, None]).reshape(-1),
+                   jnp.tile(block.amounts, n_cycles), route=block.route, records=_joined_records([block] * n_cycles))
 
 
 def lupil2(n_weekly: int = 11, dose_iu: float = 1.5e6) -> Regimen:
@@ -456,9 +422,7 @@ def he2020(n_cycles: int = 3, dose_iu: float = 1.0e6) -> Regimen:
     return _named(cycles(every(dose_iu, 2.0, 7), 28.0, n_cycles), "he2020")
 
 
-def dilfrequency(
-    dose_iu_per_m2: float = 0.26e6, bsa_m2: float = DEFAULT_BSA_M2, interval_days: float = 3.0, weeks: int = 12
-) -> Regimen:
+def dilfrequency(dose_iu_per_m2: float = 0.26e6, bsa_m2: float = DEFAULT_BSA_M2, interval_days: float = 3.0, weeks: int = 12) -> Regimen:
     """DILfrequency (Seelig et al., JCI Insight 2018): the optimal regimen 0.26 MIU/m² every 3 days
     (READ, ../shared/literature.md 2.2), for ``bsa_m2`` (default :data:`DEFAULT_BSA_M2`) and
     ``weeks`` of dosing (12: the LUPIL-2 treatment period, an assumption)."""
@@ -472,9 +436,7 @@ def transreg(dose_iu: float = 1.0e6, n_fortnightly: int = 11) -> Regimen:
     """TRANSREG (Rosenzwajg et al., Ann Rheum Dis 2019): 1 MIU/day SC for 5 days, then every 2
     weeks from day 14 (``n_fortnightly`` = 11: the last on day 154, inside 24 weeks). Source:
     ../shared/literature.md 2.2 (the regimen is UNVERIFIED there)."""
-    return _named(
-        daily(dose_iu, 5) + every(dose_iu, 14.0, _count(n_fortnightly, "n_fortnightly"), start=14.0), "transreg"
-    )
+    return _named(daily(dose_iu, 5) + every(dose_iu, 14.0, _count(n_fortnightly, "n_fortnightly"), start=14.0), "transreg")
 
 
 def weekly_only(dose_iu: float = 1.5e6, n: int = 12) -> Regimen:
@@ -581,23 +543,15 @@ def stack(regimens: Sequence[Regimen], n_doses: int | None = None) -> Regimen:
     if any(r.records is not None for r in padded):
         parts = [_records_of(r) for r in padded]
         records = combine_records(parts, jnp.stack, max(p.steady_states for p in parts))
-    return Regimen(
-        jnp.stack([r.times for r in padded]),
-        jnp.stack([r.amounts for r in padded]),
-        route=route,
-        name=names.pop() if len(names) == 1 else "",
-        records=records,
-    )
+    return Regimen(jnp.stack([r.times for r in padded]), jnp.stack([r.amounts for r in padded]), route=route,
+                   name=names.pop() if len(names) == 1 else "", records=records)
 
 
 # --------------------------------------------------------------------------- NONMEM dosing rows
 
 
 def from_nonmem(
-    frame_or_path: pd.DataFrame | str | os.PathLike,
-    *,
-    doses: Sequence[DosingInput] | None = None,
-    time_unit: str = "day",
+    frame_or_path: pd.DataFrame | str | os.PathLike, *, doses: Sequence[DosingInput] | None = None, time_unit: str = "day"
 ) -> dict[int | str, Regimen]:
     """Regimens per patient from NONMEM dose records (a DataFrame or a CSV path), read by the
     reader datasets use (:mod:`il2treg.events`, whose docstring gives the columns).
@@ -671,9 +625,7 @@ def _dose_columns(header: list[str], rows: list[list[object]], where: str) -> di
     return cells
 
 
-def read_regimen_csv(
-    path: str | os.PathLike, *, doses: Sequence[DosingInput] | None = None, time_unit: str = "day"
-) -> Regimen:
+def read_regimen_csv(path: str | os.PathLike, *, doses: Sequence[DosingInput] | None = None, time_unit: str = "day") -> Regimen:
     """The regimen of the single patient in a NONMEM dosing CSV (see :func:`from_nonmem`).
 
     **Raises:** :class:`RegimenError` if the file holds more than one ID.
@@ -689,9 +641,7 @@ def read_regimen_csv(
     return next(iter(regimens.values()))
 
 
-def _runs(
-    times: np.ndarray, amounts: np.ndarray, compress: bool, records: DoseRecords | None = None
-) -> Iterator[tuple[int, int, float]]:
+def _runs(times: np.ndarray, amounts: np.ndarray, compress: bool, records: DoseRecords | None = None) -> Iterator[tuple[int, int, float]]:
     """``(index, addl, ii)`` rows; with `compress`, runs of equal doses at an equal interval merge.
 
     A run is merged only if ``time + ii * k`` reproduces every dose time exactly, so
@@ -728,10 +678,7 @@ def _runs(
 
 
 def to_nonmem(
-    regimen_or_dict: Regimen | Mapping[int | str, Regimen],
-    compress: bool = True,
-    *,
-    doses: Sequence[DosingInput] | None = None,
+    regimen_or_dict: Regimen | Mapping[int | str, Regimen], compress: bool = True, *, doses: Sequence[DosingInput] | None = None
 ) -> pd.DataFrame:
     """NONMEM dose rows for one regimen or a dict of them: columns ID, TIME, EVID, AMT, CMT, ADDL,
     II, and RATE and SS where a regimen has records (:data:`NONMEM_COLUMNS`).
@@ -744,7 +691,8 @@ def to_nonmem(
     0 row at TIME 0 so its ID is kept. ``from_nonmem(to_nonmem(r))`` gives back r's times and
     amounts exactly and its records (the name is not stored; an infusion's duration to rounding).
     """
-    items = {1: regimen_or_dict} if isinstance(regimen_or_dict, Regimen) else dict(regimen_or_dict)
+    items = ({1: regimen_or_dict} if isinstance(regimen_or_dict, Regimen)
+             else dict(regimen_or_dict))
     cmts = [d.cmt for d in doses] if doses else [1]
     detailed = any(r.records is not None for r in items.values())
     rows = []
@@ -770,19 +718,7 @@ def to_nonmem(
             evid = (4 if dosing else 3) if reset else 1
             rate = amounts[k] / duration if duration > 0 else 0.0
             ii = float(records.ii[k]) if ss else float(step)
-            rows.append(
-                (patient, float(times[k]), evid, float(amounts[k]), cmts[int(records.input[k])], addl, ii, rate, ss)
-            )
+            rows.append((patient, float(times[k]), evid, float(amounts[k]), cmts[int(records.input[k])], addl, ii, rate, ss))
     frame = pd.DataFrame.from_records(rows, columns=list(NONMEM_COLUMNS)).astype(
-        {
-            "TIME": "float64",
-            "EVID": "int64",
-            "AMT": "float64",
-            "CMT": "int64",
-            "ADDL": "int64",
-            "II": "float64",
-            "RATE": "float64",
-            "SS": "int64",
-        }
-    )
+        {"TIME": "float64", "EVID": "int64", "AMT": "float64", "CMT": "int64", "ADDL": "int64", "II": "float64", "RATE": "float64", "SS": "int64"})
     return frame if detailed else frame.drop(columns=["RATE", "SS"])

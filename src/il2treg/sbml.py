@@ -39,9 +39,7 @@ def _libsbml():
     try:
         import libsbml
     except ImportError:  # pragma: no cover - depends on the environment
-        raise InputError(
-            "SBML export needs python-libsbml. Fix: pip install 'il2treg[sbml]' (python-libsbml, libroadrunner)."
-        ) from None
+        raise InputError("SBML export needs python-libsbml. Fix: pip install 'il2treg[sbml]' (python-libsbml, libroadrunner).") from None
     return libsbml
 
 
@@ -62,9 +60,7 @@ def observable_ids(model: Model) -> list[str]:
     return [n if n not in model.state_names else f"{n}_observed" for n in model.observable_names]
 
 
-def export_sbml(
-    model: Model, params: Parameters | None = None, regimen: Regimen | None = None, path: str | Path | None = None
-) -> str:
+def export_sbml(model: Model, params: Parameters | None = None, regimen: Regimen | None = None, path: str | Path | None = None) -> str:
     """The SBML Level 3 Version 2 document of ``model`` for one patient under ``regimen``.
 
     Arguments:
@@ -80,13 +76,9 @@ def export_sbml(
     params = model.typical() if params is None else params
     values = np.asarray(params.values, dtype=np.float64)
     if values.ndim != 1:
-        raise InputError(
-            f"export_sbml writes one patient; params have shape {values.shape}. Fix: pass Parameters(values[i], names)."
-        )
+        raise InputError(f"export_sbml writes one patient; params have shape {values.shape}. Fix: pass Parameters(values[i], names).")
     if tuple(params.names) != tuple(model.parameter_names):
-        raise InputError(
-            "params do not belong to this model. Fix: build them with model.parameters() or sample_population."
-        )
+        raise InputError("params do not belong to this model. Fix: build them with model.parameters() or sample_population.")
     if regimen is not None and regimen.records is not None:
         raise InputError("export_sbml writes bolus doses into the model's first dosing input, but the regimen carries NONMEM records (CMT, RATE, SS or resets), "
                          "which SBML events here do not express. Fix: export a regimen of plain doses (Regimen(times, amounts)).")  # fmt: skip
@@ -96,9 +88,7 @@ def export_sbml(
         raise InputError("export_sbml needs one regimen, not a batch. Fix: pass one patient's regimen.")
     definition = getattr(model.mechanism, "definition", None)
     if definition is None:
-        raise InputError(
-            f"model {model.name!r} is a Python mechanism of its own; SBML export needs equations. Fix: write it as a model file."
-        )
+        raise InputError(f"model {model.name!r} is a Python mechanism of its own; SBML export needs equations. Fix: write it as a model file.")
     text = _export_equations(libsbml, model, definition, values, times, amounts)
     if path is not None:
         from il2treg._io import atomic_write_text
@@ -107,9 +97,7 @@ def export_sbml(
     return text
 
 
-def _export_equations(
-    libsbml, model: Model, definition, values: np.ndarray, times: np.ndarray, amounts: np.ndarray
-) -> str:
+def _export_equations(libsbml, model: Model, definition, values: np.ndarray, times: np.ndarray, amounts: np.ndarray) -> str:
     """The SBML document of a model file's equations (module docstring)."""
     import sympy
 
@@ -132,9 +120,7 @@ def _export_equations(
     unit_id("day")
     sbml.setTimeUnits(units["day"])
     printer = _l3_printer()
-    to_text = lambda source: printer.doprint(
-        expression(definition, source).xreplace({sympy.Symbol(TIME, real=True): sympy.Symbol("time")})
-    )
+    to_text = lambda source: printer.doprint(expression(definition, source).xreplace({sympy.Symbol(TIME, real=True): sympy.Symbol("time")}))
 
     def parameter(pid: str, value: float | None, unit: str | None, constant: bool, notes: str = "", sbo: bool = False):
         p = sbml.createParameter()
@@ -162,14 +148,7 @@ def _export_equations(
         _check(r.setMath(math(formula)), f"set the math of {variable}")
 
     for k, spec in enumerate(definition.parameters):
-        parameter(
-            spec.name,
-            values[k],
-            spec.internal_unit,
-            True,
-            f"{spec.description} Unit: {spec.internal_unit}. Source: {spec.source}",
-            sbo=True,
-        )
+        parameter(spec.name, values[k], spec.internal_unit, True, f"{spec.description} Unit: {spec.internal_unit}. Source: {spec.source}", sbo=True)
     for c in definition.constants:
         parameter(c.name, c.value, c.unit, True, f"{c.description} Source: {c.source}")
     infused = bool(definition.doses) and definition.doses[0].duration is not None
@@ -197,36 +176,14 @@ def _export_equations(
         lag = "0" if dose.lag is None else f"({to_text(dose.lag)})"
         for k, (t, a) in enumerate(zip(times, amounts)):
             parameter(f"dose_time_{k + 1}", t, "day", True, f"dose {k + 1}: time (day)")
-            parameter(
-                f"dose_{k + 1}_amount",
-                a,
-                dose.unit,
-                True,
-                f"dose {k + 1}: amount ({dose.unit}, before bioavailability)",
-            )
+            parameter(f"dose_{k + 1}_amount", a, dose.unit, True, f"dose {k + 1}: amount ({dose.unit}, before bioavailability)")
             amount = f"{fraction} * dose_{k + 1}_amount * {dose.scale!r}"
             if not infused:
-                _event(
-                    libsbml, sbml, f"dose_{k + 1}", f"time >= dose_time_{k + 1} + {lag}", dosed, f"{dosed} + {amount}"
-                )
+                _event(libsbml, sbml, f"dose_{k + 1}", f"time >= dose_time_{k + 1} + {lag}", dosed, f"{dosed} + {amount}")
                 continue
             duration = f"({to_text(dose.duration)})"
-            _event(
-                libsbml,
-                sbml,
-                f"dose_{k + 1}_start",
-                f"time >= dose_time_{k + 1} + {lag}",
-                "dose_rate",
-                f"dose_rate + {amount} / {duration}",
-            )
-            _event(
-                libsbml,
-                sbml,
-                f"dose_{k + 1}_stop",
-                f"time >= dose_time_{k + 1} + {lag} + {duration}",
-                "dose_rate",
-                f"dose_rate - {amount} / {duration}",
-            )
+            _event(libsbml, sbml, f"dose_{k + 1}_start", f"time >= dose_time_{k + 1} + {lag}", "dose_rate", f"dose_rate + {amount} / {duration}")
+            _event(libsbml, sbml, f"dose_{k + 1}_stop", f"time >= dose_time_{k + 1} + {lag} + {duration}", "dose_rate", f"dose_rate - {amount} / {duration}")
     if doc.checkInternalConsistency():
         raise RuntimeError("the exported SBML is inconsistent: " + doc.getErrorLog().toString())
     return libsbml.writeSBMLToString(doc)
@@ -251,19 +208,10 @@ def _unit_definition(libsbml, sbml, text: str, uid: str) -> str:
     from il2treg.model import dimensions
 
     base = dimensions.parse_unit(text).to_base_units()
-    kinds = {
-        "meter": "metre",
-        "second": "second",
-        "gram": "gram",
-        "kilogram": "kilogram",
-        "mole": "mole",
-        "cell": "item",
-    }
+    kinds = {"meter": "metre", "second": "second", "gram": "gram", "kilogram": "kilogram", "mole": "mole", "cell": "item"}
     ud = sbml.createUnitDefinition()
     ud.setId(uid)
-    parts = [(kinds.get(str(name), "dimensionless"), exponent) for name, exponent in base.unit_items()] or [
-        ("dimensionless", 1)
-    ]
+    parts = [(kinds.get(str(name), "dimensionless"), exponent) for name, exponent in base.unit_items()] or [("dimensionless", 1)]
     for k, (kind, exponent) in enumerate(parts):
         u = ud.createUnit()
         u.setKind(libsbml.UnitKind_forName(kind))

@@ -135,23 +135,11 @@ class SolverOptions(eqx.Module):
         for name, low in (("max_steps", 1), ("batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise InputError(
-                    f"SolverOptions({name}={value!r}): must be an integer >= {low}. Fix: pass e.g. {name}={type(self).__dataclass_fields__[name].default}."
-                )
-        if self.workers is not None and (
-            isinstance(self.workers, bool) or not isinstance(self.workers, numbers.Integral) or self.workers < 1
-        ):
-            raise InputError(
-                f"SolverOptions(workers={self.workers!r}): must be an integer >= 1 or None. Fix: pass workers=None for one thread per CPU core."
-            )
-        if self.save_slots is not None and (
-            isinstance(self.save_slots, bool)
-            or not isinstance(self.save_slots, numbers.Integral)
-            or self.save_slots < 1
-        ):
-            raise InputError(
-                f"SolverOptions(save_slots={self.save_slots!r}): must be an integer >= 1 or None. Fix: pass save_slots=None to size them from the times."
-            )
+                raise InputError(f"SolverOptions({name}={value!r}): must be an integer >= {low}. Fix: pass e.g. {name}={type(self).__dataclass_fields__[name].default}.")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, numbers.Integral) or self.workers < 1):
+            raise InputError(f"SolverOptions(workers={self.workers!r}): must be an integer >= 1 or None. Fix: pass workers=None for one thread per CPU core.")
+        if self.save_slots is not None and (isinstance(self.save_slots, bool) or not isinstance(self.save_slots, numbers.Integral) or self.save_slots < 1):
+            raise InputError(f"SolverOptions(save_slots={self.save_slots!r}): must be an integer >= 1 or None. Fix: pass save_slots=None to size them from the times.")
 
 
 class Simulation(eqx.Module):
@@ -215,11 +203,7 @@ class Simulation(eqx.Module):
         if shared:
             coords["time"] = times[0]
         data = {
-            name: (
-                ("patient", "time"),
-                values[..., i],
-                {"units": unit, "long_name": OBSERVABLES.get(name, (unit, name))[1]},
-            )
+            name: (("patient", "time"), values[..., i], {"units": unit, "long_name": OBSERVABLES.get(name, (unit, name))[1]})
             for i, (name, unit) in enumerate(zip(self.names, self.units))
         }
         ds = xr.Dataset(data, coords=coords)
@@ -268,9 +252,7 @@ def solve_one(
             dose_times, dose_amounts, records = dose_times[:0], dose_amounts[:0], DoseRecords.plain(0)
         elif records is None:
             records = DoseRecords.plain(dose_times.shape[0])
-        return solve_records(
-            mechanism, theta, dose_times, dose_amounts, records, obs_times, options, slots, states, periods
-        )
+        return solve_records(mechanism, theta, dose_times, dose_amounts, records, obs_times, options, slots, states, periods)
     if records is not None and mechanism.dose_states:
         return solve_records(mechanism, theta, dose_times, dose_amounts, records, obs_times, options, slots, states)
     args = mechanism.prepare(theta)
@@ -322,7 +304,9 @@ def solve_one(
     else:  # the interval's infusion rate travels with the arguments: (args, rate)
         term = dfx.ODETerm(lambda t, y, a: mechanism.vector_field(t, y, a[0]).at[target].add(a[1]))
         observe = lambda t, y, a: mechanism.observables(t, y, a[0])
-    controller = dfx.PIDController(rtol=options.rtol, atol=options.atol, pcoeff=options.pcoeff, icoeff=options.icoeff)
+    controller = dfx.PIDController(
+        rtol=options.rtol, atol=options.atol, pcoeff=options.pcoeff, icoeff=options.icoeff
+    )
     offsets = jnp.arange(slots)
     save = (lambda t, y, args: y) if states else observe
     width = y0.shape[0] if states else len(mechanism.observable_names)
@@ -415,19 +399,7 @@ def _flow(mechanism: Mechanism, options: SolverOptions, adjoint, args, t0, t1, y
     return sol.ys[-1], sol.result._value
 
 
-def steady_state(
-    mechanism: Mechanism,
-    args,
-    y0,
-    target,
-    amount,
-    phase,
-    infusion,
-    duration,
-    interval,
-    options: SolverOptions,
-    active=True,
-):
+def steady_state(mechanism: Mechanism, args, y0, target, amount, phase, infusion, duration, interval, options: SolverOptions, active=True):
     r"""The pre-dose state of a periodic regime: a dose every ``interval`` days entering state
     ``target`` ``phase`` days after the period starts (its lag), as a bolus of ``amount`` or, where
     ``infusion``, at the rate ``amount / duration``. Returns ``(state, ok)``.
@@ -479,9 +451,7 @@ def steady_state(
         mapped, c = phi(y, *fixed, options.adjoint)
         return (mapped, jnp.maximum(code, c)), None
 
-    (warm, code), _ = jax.lax.scan(
-        iterate, (jax.lax.stop_gradient(y0), jnp.asarray(0, dtype=jnp.int32)), None, length=STEADY_STATE_WARM_PERIODS
-    )
+    (warm, code), _ = jax.lax.scan(iterate, (jax.lax.stop_gradient(y0), jnp.asarray(0, dtype=jnp.int32)), None, length=STEADY_STATE_WARM_PERIODS)
     init = (jax.lax.stop_gradient(warm), code, jnp.zeros(n))
     (y, code, step), _ = jax.lax.scan(newton, init, None, length=STEADY_STATE_NEWTON_STEPS)
     settled = jnp.all(jnp.abs(step) <= 10.0 * (options.atol + options.rtol * jnp.abs(y)))
@@ -546,11 +516,7 @@ def solve_records(
         args, y0 = pick(0), y0_table[0]
         changes = periods[1:]
         n = dose_times.shape[0]
-        model = (
-            _dose_model(mechanism, pick(period_of(dose_times)), records.input, per_dose=True)
-            if n
-            else (jnp.zeros(0),) * 3
-        )
+        model = _dose_model(mechanism, pick(period_of(dose_times)), records.input, per_dose=True) if n else (jnp.zeros(0),) * 3
     else:
         args = mechanism.prepare(theta)
         y0 = mechanism.initial_state(args)
@@ -562,9 +528,7 @@ def solve_records(
     n_obs = obs_times.shape[0]
     n_doses = dose_times.shape[0]
     n_changes = changes.shape[0]
-    target, amount, tau, infusion, duration, bad_duration = _dose_routes(
-        mechanism, model, dose_times, dose_amounts, records
-    )
+    target, amount, tau, infusion, duration, bad_duration = _dose_routes(mechanism, model, dose_times, dose_amounts, records)
     stop = jnp.where(infusion, tau + duration, tau)
     resets = records.reset | (records.ss == 1)
 
@@ -574,9 +538,7 @@ def solve_records(
     order = jnp.argsort(event_time, stable=True)
     events = event_time[order]
     kind = jnp.concatenate([jnp.full(n_changes, 3), jnp.tile(jnp.arange(3), n_doses)])[order]
-    dose = jnp.concatenate(
-        [jnp.zeros(n_changes, dtype=jnp.int32), jnp.repeat(jnp.arange(n_doses, dtype=jnp.int32), 3)]
-    )[order]
+    dose = jnp.concatenate([jnp.zeros(n_changes, dtype=jnp.int32), jnp.repeat(jnp.arange(n_doses, dtype=jnp.int32), 3)])[order]
     t_lo = jnp.min(jnp.concatenate([rows[:1], events]))
     t_hi = jnp.max(jnp.concatenate([rows[-1:], events]))
     starts = jnp.concatenate([t_lo[None], events])
@@ -594,9 +556,7 @@ def solve_records(
 
     # an infusion runs from its entry to its end or to the first reset after its entry
     index = jnp.arange(n_doses)
-    later = (dose_times[None, :] > tau[:, None]) | (
-        (dose_times[None, :] == tau[:, None]) & (index[None, :] > index[:, None])
-    )
+    later = (dose_times[None, :] > tau[:, None]) | ((dose_times[None, :] == tau[:, None]) & (index[None, :] > index[:, None]))
     next_reset = jnp.min(jnp.where(resets[None, :] & later, dose_times[None, :], jnp.inf), axis=1)
     until = jnp.minimum(stop, next_reset)
     running = infusion[None, :] & (tau[None, :] <= starts[:, None]) & (starts[:, None] < until[None, :])
@@ -612,19 +572,7 @@ def solve_records(
 
         def periodic(k, active):
             a, z0 = (pick(period_of(dose_times[k])), y0_table[period_of(dose_times[k])]) if timed else (args, y0)
-            return steady_state(
-                mechanism,
-                a,
-                z0,
-                target[k],
-                amount[k],
-                phase[k],
-                infusion[k],
-                duration[k],
-                records.ii[k],
-                options,
-                active,
-            )
+            return steady_state(mechanism, a, z0, target[k], amount[k], phase[k], infusion[k], duration[k], records.ii[k], options, active)
 
         solved, ok = jax.vmap(periodic)(which, used)
         ss_ok = jnp.all(ok | ~used)
@@ -706,9 +654,7 @@ def slots_needed(dose_times: np.ndarray, obs_times: np.ndarray, max_lag: float) 
     return int(max(1, np.max(counts)))
 
 
-def work_order(
-    dose_amounts: Float[Array, "patients doses"], stiffness: Float[Array, " patients"] | None = None
-) -> Int[Array, " patients"]:
+def work_order(dose_amounts: Float[Array, "patients doses"], stiffness: Float[Array, " patients"] | None = None) -> Int[Array, " patients"]:
     """An order of the patients in which those sharing a vmapped chunk need similar step counts.
 
     A vmapped solve steps every patient of a chunk until the slowest one is done. A patient
@@ -833,10 +779,7 @@ def _threaded(model, inputs, options, axes, slots, n, workers):
     Slices are padded to equal length so that every thread reuses one compiled solve
     (:func:`run_on_threads`).
     """
-    parts = [
-        (rows, tuple(_rows(x, rows) if a == 0 else x for x, a in zip(inputs, axes)))
-        for rows, _ in interleaved_rows(n, workers)
-    ]
+    parts = [(rows, tuple(_rows(x, rows) if a == 0 else x for x, a in zip(inputs, axes))) for rows, _ in interleaved_rows(n, workers)]
     results = run_on_threads(_simulate_batch, [(model, *part, options, axes, slots) for _, part in parts])
     values = np.empty((n, *results[0][0].shape[1:]))
     status = np.empty(n, dtype=np.asarray(results[0][1]).dtype)
@@ -926,9 +869,7 @@ def _check_times(times: np.ndarray) -> None:
         raise InputError(f"times[{bad}] is not finite. Fix: remove NaN/inf observation times.")
     if np.any(np.diff(times, axis=-1) < 0):
         bad = int(np.argwhere(np.diff(times, axis=-1) < 0)[0][-1]) + 1
-        raise InputError(
-            f"times must be sorted (non-decreasing); times[{bad}] is earlier than times[{bad - 1}]. Fix: sort them."
-        )
+        raise InputError(f"times must be sorted (non-decreasing); times[{bad}] is earlier than times[{bad - 1}]. Fix: sort them.")
 
 
 def simulate(
@@ -968,9 +909,7 @@ def simulate(
     :func:`simulate_regimens` runs regimens of any sizes through one program.
     """
     inputs, axes, n = _batch_inputs(model, regimen, times, params)
-    return _solve_batch(
-        model, inputs, axes, n, _static_slots(model, *inputs[:2], inputs[3], options.save_slots), options
-    )
+    return _solve_batch(model, inputs, axes, n, _static_slots(model, *inputs[:2], inputs[3], options.save_slots), options)
 
 
 def simulate_regimens(
@@ -1024,18 +963,12 @@ def iter_simulations(
         raise InputError("simulate_regimens got no regimens. Fix: pass a mapping name -> Regimen.")
     grids = dict(times) if isinstance(times, Mapping) else dict.fromkeys(regimens, times)
     if set(grids) != set(regimens):
-        raise InputError(
-            f"times are given for {sorted(grids)} but the regimens are {sorted(regimens)}. Fix: one grid per regimen, or one shared grid."
-        )
+        raise InputError(f"times are given for {sorted(grids)} but the regimens are {sorted(regimens)}. Fix: one grid per regimen, or one shared grid.")
     for name, r in regimens.items():
         if np.ndim(r.times) != 1:
-            raise InputError(
-                f"regimen {name!r} is batched (times of shape {np.shape(r.times)}). Fix: simulate it alone with simulate()."
-            )
+            raise InputError(f"regimen {name!r} is batched (times of shape {np.shape(r.times)}). Fix: simulate it alone with simulate().")
         if isinstance(grids[name], jax.core.Tracer):
-            raise InputError(
-                f"times for {name!r} are traced (under jit or grad). Fix: pass concrete grids, or call simulate() inside the traced function."
-            )
+            raise InputError(f"times for {name!r} are traced (under jit or grad). Fix: pass concrete grids, or call simulate() inside the traced function.")
         if np.ndim(grids[name]) != 1:
             raise InputError(f"times for {name!r} have shape {np.shape(grids[name])}. Fix: give a 1-D grid of days.")
         _check_times(np.asarray(grids[name], dtype=np.float64))
@@ -1050,9 +983,7 @@ def iter_simulations(
     return _solve_each(model, batches, {name: len(g) for name, g in grids.items()}, slots, options)
 
 
-def _solve_each(
-    model: Model, batches: dict, lengths: dict[str, int], slots: int, options: SolverOptions
-) -> Iterator[tuple[str, Simulation]]:
+def _solve_each(model: Model, batches: dict, lengths: dict[str, int], slots: int, options: SolverOptions) -> Iterator[tuple[str, Simulation]]:
     for name, (inputs, axes, n) in batches.items():
         sim = _solve_batch(model, inputs, axes, n, slots, options)
         k = lengths[name]
@@ -1066,20 +997,12 @@ def _batch_inputs(model: Model, regimen: Regimen, times, params: Parameters | No
     require_float64()
     params = model.typical() if params is None else params
     if params.names != model.parameter_names:
-        raise InputError(
-            "params do not belong to this model (different parameter names). Fix: build them with model.parameters() or sample_population(model, ...)."
-        )
+        raise InputError("params do not belong to this model (different parameter names). Fix: build them with model.parameters() or sample_population(model, ...).")
     theta = jnp.asarray(params.values, dtype=jnp.float64)
     dose_times = jnp.asarray(regimen.times, dtype=jnp.float64)
     dose_amounts = jnp.asarray(regimen.amounts, dtype=jnp.float64)
-    if (
-        not model.mechanism.dose_states
-        and not isinstance(regimen.amounts, jax.core.Tracer)
-        and np.any(np.asarray(regimen.amounts) != 0)
-    ):
-        raise InputError(
-            f"model {model.name!r} has no dosing input, but the regimen has doses. Fix: add a [doses.<name>] table to the model file, or simulate il2treg.regimen.placebo()."
-        )
+    if not model.mechanism.dose_states and not isinstance(regimen.amounts, jax.core.Tracer) and np.any(np.asarray(regimen.amounts) != 0):
+        raise InputError(f"model {model.name!r} has no dosing input, but the regimen has doses. Fix: add a [doses.<name>] table to the model file, or simulate il2treg.regimen.placebo().")
     obs = jnp.asarray(times, dtype=jnp.float64)
     if not isinstance(times, jax.core.Tracer):
         _check_times(np.asarray(times, dtype=np.float64))
@@ -1093,9 +1016,7 @@ def _batch_inputs(model: Model, regimen: Regimen, times, params: Parameters | No
     axes = tuple(None if x is None or jnp.ndim(jax.tree.leaves(x)[0]) != 2 else 0 for x in inputs)
     sizes = {jax.tree.leaves(x)[0].shape[0] for x, a in zip(inputs, axes) if a == 0}
     if len(sizes) > 1:
-        raise InputError(
-            f"batched inputs disagree on the number of patients: {sorted(sizes)}. Fix: give every batched input the same leading size."
-        )
+        raise InputError(f"batched inputs disagree on the number of patients: {sorted(sizes)}. Fix: give every batched input the same leading size.")
     return inputs, axes, (sizes.pop() if sizes else None)
 
 
@@ -1155,19 +1076,12 @@ def _canonical(inputs, axes, n: int | None, slots: int, options: SolverOptions):
     size = patient_bucket(rows, options.batch_size)
     pick = np.minimum(np.arange(size), rows - 1)
     if records is not None:
-        records = pad_records(
-            jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (rows, x.shape[-1])), records), extra
-        )
+        records = pad_records(jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (rows, x.shape[-1])), records), extra)
         records = jax.tree.map(lambda x: jnp.asarray(x[pick]), records)
     batched = (theta[pick], dose_times[pick], dose_amounts[pick], obs[pick] if axes[3] == 0 else obs)
     if options.save_slots is None:
         slots = min(ladder(slots, SMALLEST_SLOTS), width)
-    return (
-        (*(jnp.asarray(x) for x in batched), records),
-        (0, 0, 0, axes[3], None if records is None else 0),
-        size,
-        slots,
-    )
+    return (*(jnp.asarray(x) for x in batched), records), (0, 0, 0, axes[3], None if records is None else 0), size, slots
 
 
 def _solve_batch(model: Model, inputs, axes, n: int | None, slots: int, options: SolverOptions) -> Simulation:

@@ -59,9 +59,7 @@ def at_most(limit, latent, sd, step: float, xp=np):
     return xp.where(c >= 0, ndtr((c + step / 2 - latent[None]) / sd), 0.0)
 
 
-def score_change_probability(
-    l0, l1, sd0, sd1, fall: float = 4.0, *, step: float = 1.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def score_change_probability(l0, l1, sd0, sd1, fall: float = 4.0, *, step: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""P(Y_0 − Y_1 ≥ fall) and E[Y_0], E[Y_1] for the reported scores of latent scores ``l0``,
     ``l1`` with visit SDs ``sd0``, ``sd1`` (one per patient).
 

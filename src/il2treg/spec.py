@@ -135,7 +135,9 @@ class ModelSpec:
         for p in self.params:
             if p.name == name:
                 return p
-        raise SpecError(f"model {self.name!r} has no parameter {name!r}. Fix: use one of {', '.join(self.names)}.")
+        raise SpecError(
+            f"model {self.name!r} has no parameter {name!r}. Fix: use one of {', '.join(self.names)}."
+        )
 
 
 def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_internal) -> ParamSpec:
@@ -155,7 +157,8 @@ def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_
     for key in table:
         if key not in _REQUIRED_FIELDS + _OPTIONAL_FIELDS:
             raise SpecError(
-                f"{here}: unknown field {key!r}. Fix: use only {', '.join(_REQUIRED_FIELDS + _OPTIONAL_FIELDS)}."
+                f"{here}: unknown field {key!r}. Fix: use only "
+                f"{', '.join(_REQUIRED_FIELDS + _OPTIONAL_FIELDS)}."
             )
     value = table["value"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -185,13 +188,13 @@ def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_
         raise SpecError(f"{here}: cv_percent must be a number >= 0, got {cv!r}.")
     if table.get("group") == COVARIATE_GROUP and (cv > 0 or table.get("prior_sd") is not None):
         raise SpecError(
-            f'{here}: a covariate (group = "{COVARIATE_GROUP}") is read from the data, so it has no '
+            f"{here}: a covariate (group = \"{COVARIATE_GROUP}\") is read from the data, so it has no "
             "variability and no prior. Fix: set cv_percent = 0 and remove prior_sd."
         )
     if cv > 0 and transform != "log":
         raise SpecError(
-            f'{here}: between-patient variability is log-normal and needs transform = "log" '
-            f'(got {transform!r}). Fix: set cv_percent = 0 or transform = "log".'
+            f"{here}: between-patient variability is log-normal and needs transform = \"log\" "
+            f"(got {transform!r}). Fix: set cv_percent = 0 or transform = \"log\"."
         )
     source = table["source"]
     if not isinstance(source, str) or not source.strip():
@@ -199,16 +202,10 @@ def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_
     prior_sd = table.get("prior_sd")
     prior_source = table.get("prior_source", "")
     if prior_sd is not None:
-        if (
-            isinstance(prior_sd, bool)
-            or not isinstance(prior_sd, (int, float))
-            or not (math.isfinite(prior_sd) and prior_sd > 0)
-        ):
-            raise SpecError(
-                f"{here}: prior_sd must be a positive number (SD on the {transform} scale), got {prior_sd!r}."
-            )
+        if isinstance(prior_sd, bool) or not isinstance(prior_sd, (int, float)) or not (math.isfinite(prior_sd) and prior_sd > 0):
+            raise SpecError(f"{here}: prior_sd must be a positive number (SD on the {transform} scale), got {prior_sd!r}.")
         if not isinstance(prior_source, str) or not prior_source.strip():
-            raise SpecError(f'{here}: a prior needs `prior_source`: why its width. Fix: add prior_source = "...".')
+            raise SpecError(f"{here}: a prior needs `prior_source`: why its width. Fix: add prior_source = \"...\".")
         centre = table.get("prior_center", value)
         if (
             isinstance(centre, bool)
@@ -304,11 +301,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         return path
     candidate = MODELS_DIR / f"{name_or_path}.toml"
     if not candidate.is_file():
-        known = sorted(
-            p.stem
-            for p in MODELS_DIR.glob("*.toml")
-            if "[model]" in p.read_text(encoding="utf-8") and "[design]" not in p.read_text(encoding="utf-8")
-        )
+        known = sorted(p.stem for p in MODELS_DIR.glob("*.toml") if "[model]" in p.read_text(encoding="utf-8") and "[design]" not in p.read_text(encoding="utf-8"))
         raise SpecError(
             f"unknown model {str(name_or_path)!r}. Fix: use one of {', '.join(known)} or a path to a .toml file."
         )
@@ -329,12 +322,8 @@ def read_toml(path: str | Path) -> dict:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        problem = (
-            "a key is declared twice" if "twice" in str(err) or "overwrite" in str(err).lower() else "not valid TOML"
-        )
-        raise ModelFileError(
-            str(path), "file", f"{problem} ({err})", "correct the TOML syntax (https://toml.io)"
-        ) from None
+        problem = "a key is declared twice" if "twice" in str(err) or "overwrite" in str(err).lower() else "not valid TOML"
+        raise ModelFileError(str(path), "file", f"{problem} ({err})", "correct the TOML syntax (https://toml.io)") from None
 
 
 def read_spec(name_or_path: str | Path, *, required: tuple[str, ...] = ()) -> ModelSpec:

@@ -167,7 +167,9 @@ class TrialDesign:
     treg_assay_cv: float
     alpha: float = 0.05
     test: str = "fisher"
-    regimens: Mapping[str, Regimen] = dataclasses.field(default_factory=lambda: {"il2": lupil2(), "placebo": placebo()})
+    regimens: Mapping[str, Regimen] = dataclasses.field(
+        default_factory=lambda: {"il2": lupil2(), "placebo": placebo()}
+    )
     model: str = "il2_treg_sledai"
     name: str = "custom"
 
@@ -183,28 +185,20 @@ class TrialDesign:
         for field, (low, high, open_low) in _RANGES.items():
             _set(field, _require_number(getattr(self, field), field, low, high, open_low=open_low))
         if self.n_high_response_sites >= self.n_sites:
-            raise _fix(
-                f"n_high_response_sites ({self.n_high_response_sites}) must be fewer than n_sites "
-                f"({self.n_sites}): the per-protocol set needs at least one ordinary site.",
-                "lower n_high_response_sites or raise n_sites",
-            )
+            raise _fix(f"n_high_response_sites ({self.n_high_response_sites}) must be fewer than n_sites "
+                       f"({self.n_sites}): the per-protocol set needs at least one ordinary site.",
+                       "lower n_high_response_sites or raise n_sites")
         if self.n_high_response_sites == 0 and self.high_site_share > 0:
-            raise _fix(
-                "high_site_share > 0 but there are no high-response sites.",
-                "set high_site_share = 0 or n_high_response_sites >= 1",
-            )
+            raise _fix("high_site_share > 0 but there are no high-response sites.",
+                       "set high_site_share = 0 or n_high_response_sites >= 1")
         if self.high_site_share == 1.0:
-            raise _fix(
-                "high_site_share is 1: every patient would be at a high-response site and the per-protocol set empty.",
-                "choose a share below 1",
-            )
+            raise _fix("high_site_share is 1: every patient would be at a high-response site and the "
+                       "per-protocol set empty.", "choose a share below 1")
         _set("visit_weeks", _visits(self.visit_weeks))
         if self.assessment_week not in self.visit_weeks[1:]:
             shown = ", ".join(f"{w:g}" for w in self.visit_weeks)
-            raise _fix(
-                f"assessment_week {self.assessment_week:g} is not a post-baseline visit of visit_weeks [{shown}].",
-                "add it to visit_weeks or choose one of the visits",
-            )
+            raise _fix(f"assessment_week {self.assessment_week:g} is not a post-baseline visit of "
+                       f"visit_weeks [{shown}].", "add it to visit_weeks or choose one of the visits")
         if self.test not in TESTS:
             raise _fix(f"unknown responder test {self.test!r}.", f"use one of {', '.join(map(repr, TESTS))}")
 
@@ -227,10 +221,8 @@ class TrialDesign:
         """A copy with some fields changed (validated again)."""
         unknown = [k for k in changes if k not in {f.name for f in dataclasses.fields(self)}]
         if unknown:
-            raise _fix(
-                f"TrialDesign has no field {unknown[0]!r}.",
-                f"use one of {', '.join(f.name for f in dataclasses.fields(self))}",
-            )
+            raise _fix(f"TrialDesign has no field {unknown[0]!r}.",
+                       f"use one of {', '.join(f.name for f in dataclasses.fields(self))}")
         return dataclasses.replace(self, **changes)
 
 
@@ -254,21 +246,16 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 def _per_arm(value, field: str) -> Mapping:
     """A read-only ``{arm: value}`` with exactly the arms of :data:`ARMS`."""
     if not isinstance(value, Mapping):
-        raise _fix(
-            f"TrialDesign.{field} must be a mapping arm -> value, got {type(value).__name__}.",
-            f"pass e.g. {field}={{'il2': ..., 'placebo': ...}}",
-        )
+        raise _fix(f"TrialDesign.{field} must be a mapping arm -> value, got {type(value).__name__}.",
+                   f"pass e.g. {field}={{'il2': ..., 'placebo': ...}}")
     unknown = [a for a in value if a not in ARMS]
     if unknown:
-        raise _fix(
-            f"unknown arm {unknown[0]!r} in TrialDesign.{field}.", f"name the arms {' and '.join(map(repr, ARMS))}"
-        )
+        raise _fix(f"unknown arm {unknown[0]!r} in TrialDesign.{field}.",
+                   f"name the arms {' and '.join(map(repr, ARMS))}")
     missing = [a for a in ARMS if a not in value]
     if missing:
-        raise _fix(
-            f"TrialDesign.{field} has no entry for arm {missing[0]!r}.",
-            f"give a value for each of {', '.join(map(repr, ARMS))}",
-        )
+        raise _fix(f"TrialDesign.{field} has no entry for arm {missing[0]!r}.",
+                   f"give a value for each of {', '.join(map(repr, ARMS))}")
     return types.MappingProxyType({a: value[a] for a in ARMS})
 
 
@@ -278,10 +265,8 @@ def _visits(weeks) -> tuple[float, ...]:
     weeks = tuple(_require_number(w, "each of visit_weeks") for w in weeks)
     shown = ", ".join(f"{w:g}" for w in weeks)
     if len(weeks) < 2 or weeks[0] != 0.0:
-        raise _fix(
-            f"visit_weeks must start with the baseline visit 0 and have a later visit, got [{shown}].",
-            "pass e.g. visit_weeks=(0, 4, 12)",
-        )
+        raise _fix(f"visit_weeks must start with the baseline visit 0 and have a later visit, got [{shown}].",
+                   "pass e.g. visit_weeks=(0, 4, 12)")
     if any(b <= a for a, b in itertools.pairwise(weeks)):
         raise _fix(f"visit_weeks must increase strictly, got [{shown}].", "sort them and drop repeats")
     return weeks
@@ -293,14 +278,10 @@ def _require_int(value, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _require_number(
-    value, name: str, low: float | None = None, high: float | None = None, *, open_low: bool = False
-) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.integer, np.floating))
-        or not math.isfinite(value)
-    ):
+def _require_number(value, name: str, low: float | None = None, high: float | None = None, *,
+                    open_low: bool = False) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value)):
         raise _fix(f"{name} must be a finite number, got {value!r}.", "pass a number")
     if low is not None and (value < low or (open_low and value == low)):
         bound = f"{'>' if open_low else '>='} {low:g}"
@@ -312,16 +293,12 @@ def _require_number(
 
 def _require_regimen(regimen, name: str) -> Regimen:
     if not isinstance(regimen, Regimen):
-        raise RegimenError(
-            f"{name} must be an il2treg.Regimen, got {type(regimen).__name__}. "
-            "Fix: build one with il2treg.regimen (e.g. regimen.lupil2()) or read_regimen_csv(path)."
-        )
+        raise RegimenError(f"{name} must be an il2treg.Regimen, got {type(regimen).__name__}. "
+                           "Fix: build one with il2treg.regimen (e.g. regimen.lupil2()) or read_regimen_csv(path).")
     if regimen.times.ndim != 1:
-        raise RegimenError(
-            f"{name} is batched (times of shape {tuple(regimen.times.shape)}); an arm has one "
-            "regimen. "
-            "Fix: pass an unbatched regimen."
-        )
+        raise RegimenError(f"{name} is batched (times of shape {tuple(regimen.times.shape)}); an arm has one "
+                           "regimen. "
+                           "Fix: pass an unbatched regimen.")
     return regimen
 
 
@@ -340,10 +317,8 @@ def resolve_design_path(name_or_path: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     known = sorted(p.stem.removesuffix("_trial") for p in MODELS_DIR.glob("*_trial.toml"))
-    raise SpecError(
-        f"unknown trial design {str(name_or_path)!r}. Fix: use one of {', '.join(known)} "
-        "or a path to a design .toml file."
-    )
+    raise SpecError(f"unknown trial design {str(name_or_path)!r}. Fix: use one of {', '.join(known)} "
+                    "or a path to a design .toml file.")
 
 
 def load_design(name_or_path: str | Path = "lupil2") -> TrialDesign:
@@ -374,7 +349,7 @@ def load_design(name_or_path: str | Path = "lupil2") -> TrialDesign:
     regimens = {}
     for arm in ARMS:
         if arm not in arms or "regimen" not in arms[arm]:
-            raise SpecError(f'{where}: [arms.{arm}] needs a `regimen` (e.g. "lupil2" or "placebo").')
+            raise SpecError(f"{where}: [arms.{arm}] needs a `regimen` (e.g. \"lupil2\" or \"placebo\").")
         regimens[arm] = named(arms[arm]["regimen"])
     params = data.get("parameters", {})
     values = {}
@@ -383,15 +358,12 @@ def load_design(name_or_path: str | Path = "lupil2") -> TrialDesign:
             raise SpecError(f"{where}: unknown design parameter {name!r}. Fix: use one of {', '.join(DESIGN_UNITS)}.")
         for key in ("value", "unit", "source"):
             if key not in table:
-                raise SpecError(
-                    f"{where}: parameter {name!r} has no {key!r}. Fix: add `{key} = ...` to [parameters.{name}]."
-                )
+                raise SpecError(f"{where}: parameter {name!r} has no {key!r}. "
+                                f"Fix: add `{key} = ...` to [parameters.{name}].")
         if table["unit"] != DESIGN_UNITS[name]:
-            raise SpecError(
-                f"{where}: parameter {name!r} is in {table['unit']!r}; the design needs "
-                f"{DESIGN_UNITS[name]!r}. "
-                f"Fix: state it in {DESIGN_UNITS[name]!r}."
-            )
+            raise SpecError(f"{where}: parameter {name!r} is in {table['unit']!r}; the design needs "
+                            f"{DESIGN_UNITS[name]!r}. "
+                            f"Fix: state it in {DESIGN_UNITS[name]!r}.")
         values[name] = table["value"]
     missing = [n for n in DESIGN_UNITS if n not in values and n != "alpha"]
     if missing:
@@ -446,13 +418,9 @@ def response_probability(l0, l_assess, design: TrialDesign) -> tuple[np.ndarray,
     l0 = np.asarray(l0, dtype=np.float64)
     l_assess = np.asarray(l_assess, dtype=np.float64)
     if float(design.sledai_noise_sd) == 0.0:
-        raise _fix(
-            "response_probability needs sledai_noise_sd > 0 (the scores are otherwise not random).",
-            "simulate with simulate_trial instead",
-        )
-    p_entry, p_both = entry_and_fall(
-        l0.reshape(-1), np.broadcast_to(l_assess, l0.shape).reshape(-1), design, float(np.nanmax(l0))
-    )
+        raise _fix("response_probability needs sledai_noise_sd > 0 (the scores are otherwise not random).",
+                   "simulate with simulate_trial instead")
+    p_entry, p_both = entry_and_fall(l0.reshape(-1), np.broadcast_to(l_assess, l0.shape).reshape(-1), design, float(np.nanmax(l0)))
     return p_entry.reshape(l0.shape), p_both.reshape(l0.shape)
 
 
@@ -565,21 +533,19 @@ class TrialResult:
         def per_patient(x):
             return np.broadcast_to(x[idx][:, :, None], shape).reshape(-1)
 
-        return pd.DataFrame(
-            {
-                "TRIAL": np.broadcast_to(idx[:, None, None], shape).reshape(-1),
-                "ID": np.broadcast_to(np.arange(1, p + 1)[None, :, None], shape).reshape(-1),
-                "ARM": np.broadcast_to(np.asarray(ARMS, dtype=object)[self.arm][None, :, None], shape).reshape(-1),
-                "SITE": per_patient(self.site) + 1,
-                "PP": per_patient(self.per_protocol),
-                "WEEK": np.broadcast_to(self.visit_days[None, None, :] / 7.0, shape).reshape(-1),
-                "SLEDAI": self.sledai[idx].reshape(-1),
-                "SLEDAI_LATENT": self.sledai_latent[idx].reshape(-1),
-                "TREG_PCT": self.treg_pct_cd4[idx].reshape(-1),
-                "DROPOUT": per_patient(self.dropout),
-                "SRI4": per_patient(self.responder),
-            }
-        )
+        return pd.DataFrame({
+            "TRIAL": np.broadcast_to(idx[:, None, None], shape).reshape(-1),
+            "ID": np.broadcast_to(np.arange(1, p + 1)[None, :, None], shape).reshape(-1),
+            "ARM": np.broadcast_to(np.asarray(ARMS, dtype=object)[self.arm][None, :, None], shape).reshape(-1),
+            "SITE": per_patient(self.site) + 1,
+            "PP": per_patient(self.per_protocol),
+            "WEEK": np.broadcast_to(self.visit_days[None, None, :] / 7.0, shape).reshape(-1),
+            "SLEDAI": self.sledai[idx].reshape(-1),
+            "SLEDAI_LATENT": self.sledai_latent[idx].reshape(-1),
+            "TREG_PCT": self.treg_pct_cd4[idx].reshape(-1),
+            "DROPOUT": per_patient(self.dropout),
+            "SRI4": per_patient(self.responder),
+        })
 
 
 def _arm_index(arm: str) -> int:
@@ -601,21 +567,15 @@ def format_summary(summary: dict) -> str:
         header = f"SRI-4 at the assessment visit, mean over {int(summary['replicates'])} replicate trials"
         lines = [header, f"{'':<14}{'IL-2':>8}{'placebo':>10}{'difference':>13}{'power':>8}"]
         for label, r in rows:
-            lines.append(
-                f"{label:<14}{100 * r['il2']:>7.1f}%{100 * r['placebo']:>9.1f}%"
-                f"{100 * r['difference']:>+9.1f} pp{100 * r['power']:>7.1f}%"
-            )
+            lines.append(f"{label:<14}{100 * r['il2']:>7.1f}%{100 * r['placebo']:>9.1f}%"
+                         f"{100 * r['difference']:>+9.1f} pp{100 * r['power']:>7.1f}%")
     except (KeyError, TypeError) as err:
         raise _fix(f"not a trial summary (missing or malformed {err}).", "pass TrialResult.summary()") from None
     lines.append("power: fraction of replicates with p < alpha (two-sided)")
     if all("difference_p5" in r for _, r in rows):
         for label, r in rows:
-            lines.append(
-                f"{label} difference, 5th-95th percentile over replicates: {100 * r['difference_p5']:+.1f} to {100 * r['difference_p95']:+.1f} pp"
-            )
-        lines.append(
-            "parameters drawn from their priors per replicate: the percentiles carry that uncertainty, and power is an assurance"
-        )
+            lines.append(f"{label} difference, 5th-95th percentile over replicates: {100 * r['difference_p5']:+.1f} to {100 * r['difference_p95']:+.1f} pp")
+        lines.append("parameters drawn from their priors per replicate: the percentiles carry that uncertainty, and power is an assurance")
     return "\n".join(lines)
 
 
@@ -642,11 +602,9 @@ def draw_entry(model: Model, design: TrialDesign, n: int, rng: np.random.Generat
         have += int(ok.sum())
         drawn += m
         if drawn > 1000 * n and have < n:
-            raise _fix(
-                f"the entry criterion SLEDAI >= {design.entry_sledai_min:g} admits fewer than 1 in 1000 "
-                f"patients of model {model.name!r}.",
-                "lower entry_sledai_min or check sledai0 in the model file",
-            )
+            raise _fix(f"the entry criterion SLEDAI >= {design.entry_sledai_min:g} admits fewer than 1 in 1000 "
+                       f"patients of model {model.name!r}.",
+                       "lower entry_sledai_min or check sledai0 in the model file")
     return np.concatenate(l0_out)[:n], np.concatenate(e0_out)[:n]
 
 
@@ -655,9 +613,8 @@ def draw_entry(model: Model, design: TrialDesign, n: int, rng: np.random.Generat
 TRIAL_PARAMETERS: tuple[str, ...] = ("sledai0", "pmax", "kpl")
 
 
-def _solve_arm(
-    model: Model, regimen: Regimen, days: np.ndarray, params: Parameters, options: SolverOptions
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _solve_arm(model: Model, regimen: Regimen, days: np.ndarray, params: Parameters,
+               options: SolverOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Latent SLEDAI and Treg % of CD4 at ``days`` and solver status, in chunks of :data:`CHUNK`.
 
     Patients are ordered by their fastest rate (the model's ``stiffness``: for the IL-2 model the
@@ -673,17 +630,14 @@ def _solve_arm(
     times = jnp.asarray(days)
 
     def solve(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        block = values[start : start + CHUNK]
+        block = values[start:start + CHUNK]
         real = block.shape[0]
         if real < CHUNK:  # pad with copies of the last patient: one compiled shape for every run
             block = jnp.concatenate([block, jnp.broadcast_to(block[-1:], (CHUNK - real, block.shape[1]))])
         sim = simulate(model, regimen, times, Parameters(block, params.names), options=options)
-        treg = (
-            np.asarray(sim["treg_pct_cd4"])[:real]
-            if "treg_pct_cd4" in sim.names
-            else np.full((real, len(days)), np.nan)
-        )
-        return (np.asarray(sim["sledai"])[:real], treg, np.asarray(sim.status)[:real])
+        treg = np.asarray(sim["treg_pct_cd4"])[:real] if "treg_pct_cd4" in sim.names else np.full((real, len(days)), np.nan)
+        return (np.asarray(sim["sledai"])[:real], treg,
+                np.asarray(sim.status)[:real])
 
     starts = range(0, n, CHUNK)
     if len(starts) == 1:
@@ -758,10 +712,8 @@ def simulate_trial(
     if isinstance(design, (str, Path)):
         design = load_design(design)
     if not isinstance(design, TrialDesign):
-        raise _fix(
-            f"design must be a TrialDesign or a design name, got {type(design).__name__}.",
-            "pass il2treg.trial.load_design('lupil2')",
-        )
+        raise _fix(f"design must be a TrialDesign or a design name, got {type(design).__name__}.",
+                   "pass il2treg.trial.load_design('lupil2')")
     n_trials = _require_int(n_trials, "n_trials", 1)
     seed = _require_int(seed, "seed", 0)
     if pool_size is not None:
@@ -793,9 +745,8 @@ def simulate_trial(
                    "leave sledai0 out; change the entry law in the model file")  # fmt: skip
     if uncertain:
         typical = np.asarray(draw_typical(model, n_trials, streams[len(ARMS) + 1], names=uncertain).values)
-    per_arm = [
-        _arm_patients(model, design, arm, n_trials, pool_size, options, rng, typical) for arm, rng in zip(ARMS, streams)
-    ]
+    per_arm = [_arm_patients(model, design, arm, n_trials, pool_size, options, rng, typical)
+               for arm, rng in zip(ARMS, streams)]
     latent, treg, failed, e0, kpl = (np.concatenate(x, axis=1) for x in zip(*per_arm))
     rng = streams[len(ARMS)]
     site, latent = _enrol(design, latent, kpl, rng)
@@ -805,50 +756,23 @@ def simulate_trial(
     n, r, p = _analyse(design, arm_index, responder, pp)
     n_failed = int(failed.sum())
     if n_failed:
-        warnings.warn(
-            f"{n_failed} simulated patients had a failed ODE solve and count as dropouts. "
-            "Fix: check the model's parameter bounds or raise SolverOptions.max_steps.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return TrialResult(
-        design=design,
-        seed=seed,
-        visit_days=design.visit_days,
-        arm=arm_index,
-        site=site,
-        sledai=sledai,
-        sledai_latent=latent,
-        treg_pct_cd4=treg_obs,
-        dropout=dropout,
-        responder=responder,
-        per_protocol=pp,
-        n=n,
-        responders=r,
-        p_value=p,
-        n_failed=n_failed,
-        drawn={name: typical[:, model.parameter_names.index(name)] for name in uncertain},
-    )
+        warnings.warn(f"{n_failed} simulated patients had a failed ODE solve and count as dropouts. "
+                      "Fix: check the model's parameter bounds or raise SolverOptions.max_steps.",
+                      RuntimeWarning, stacklevel=2)
+    return TrialResult(design=design, seed=seed, visit_days=design.visit_days, arm=arm_index, site=site,
+                       sledai=sledai, sledai_latent=latent, treg_pct_cd4=treg_obs, dropout=dropout,
+                       responder=responder, per_protocol=pp, n=n, responders=r, p_value=p, n_failed=n_failed,
+                       drawn={name: typical[:, model.parameter_names.index(name)] for name in uncertain})
 
 
-def _arm_patients(
-    model: Model,
-    design: TrialDesign,
-    arm: str,
-    n_trials: int,
-    pool_size: int | None,
-    options: SolverOptions,
-    rng: np.random.Generator,
-    typical: np.ndarray | None,
-) -> tuple[np.ndarray, ...]:
+def _arm_patients(model: Model, design: TrialDesign, arm: str, n_trials: int, pool_size: int | None,
+                  options: SolverOptions, rng: np.random.Generator, typical: np.ndarray | None) -> tuple[np.ndarray, ...]:
     """One arm's patients of every replicate, ``[trials, n_arm, ...]``: latent SLEDAI and Treg %
     at the visits, solve failure, baseline visit noise and kpl (for the site effect). ``typical``:
     the replicates' typical parameters ``[trials, params]`` (default the model's)."""
     n_arm = design.n_per_arm[arm]
     n_draw = pool_size if pool_size is not None else n_trials * n_arm
-    centre = (
-        None if typical is None else Parameters(jnp.asarray(np.repeat(typical, n_arm, axis=0)), model.parameter_names)
-    )
+    centre = None if typical is None else Parameters(jnp.asarray(np.repeat(typical, n_arm, axis=0)), model.parameter_names)
     params = sample_population(model, n_draw, seed=int(rng.integers(2**31 - 1)), typical=centre)
     l0, e0 = draw_entry(model, design, n_draw, rng)
     params = params.replace(sledai0=jnp.asarray(l0))
@@ -860,9 +784,8 @@ def _arm_patients(
     return latent[pick], treg[pick], status[pick] != 0, e0[pick], np.asarray(params["kpl"])[pick]
 
 
-def _enrol(
-    design: TrialDesign, latent: np.ndarray, kpl: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def _enrol(design: TrialDesign, latent: np.ndarray, kpl: np.ndarray,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     r"""Site of every patient and the latent SLEDAI with its site's standard-of-care shift.
 
     The shift b of Pmax enters through the model's closed-form, pmax-linear standard-of-care term,
@@ -875,7 +798,8 @@ def _enrol(
     return site, latent + soc
 
 
-def draw_sites(design: TrialDesign, shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_sites(design: TrialDesign, shape: tuple[int, int],
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Sites of ``[trials, patients]`` patients and every site's standard-of-care shift.
 
     Sites are numbered 0 .. ``n_sites - 1``, the high-response ones first; they take
@@ -913,9 +837,8 @@ def assay_noise(values: np.ndarray, cv_percent: float, rng: np.random.Generator)
     return values * np.exp(log_sd * rng.standard_normal(np.shape(values)))
 
 
-def draw_dropout(
-    design: TrialDesign, shape: tuple[int, ...], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def draw_dropout(design: TrialDesign, shape: tuple[int, ...],
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Who drops out (probability ``dropout``) and the first visit each would miss.
 
     Returns:
@@ -927,14 +850,8 @@ def draw_dropout(
     return dropped, first_missed
 
 
-def _observe(
-    design: TrialDesign,
-    latent: np.ndarray,
-    treg: np.ndarray,
-    e0: np.ndarray,
-    failed: np.ndarray,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, ...]:
+def _observe(design: TrialDesign, latent: np.ndarray, treg: np.ndarray, e0: np.ndarray, failed: np.ndarray,
+             rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """Reported SLEDAI and Treg %, dropout (missing at the assessment) and SRI-4 responders."""
     n_trials, n_pat, n_visits = latent.shape
     sledai = report_sledai(design, latent, e0, rng)
@@ -948,23 +865,15 @@ def _observe(
     return sledai, treg_obs, missing[..., design.assessment_index], responder
 
 
-def _analyse(
-    design: TrialDesign, arm_index: np.ndarray, responder: np.ndarray, pp: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _analyse(design: TrialDesign, arm_index: np.ndarray, responder: np.ndarray,
+             pp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Patients and responders ``[analyses, trials, arms]`` and p-values ``[analyses, trials]``."""
     sets = np.stack([np.ones_like(pp), pp])  # ITT, per-protocol: [analyses, trials, patients]
     in_arm = [arm_index == k for k in range(len(ARMS))]
     n = np.stack([(sets & a).sum(-1) for a in in_arm], axis=-1)
     r = np.stack([(sets & a & responder).sum(-1) for a in in_arm], axis=-1)
-    p = np.array(
-        [
-            [
-                _p_value(design.test, int(r[a, t, 0]), int(n[a, t, 0]), int(r[a, t, 1]), int(n[a, t, 1]))
-                for t in range(n.shape[1])
-            ]
-            for a in range(len(ANALYSES))
-        ]
-    )
+    p = np.array([[_p_value(design.test, int(r[a, t, 0]), int(n[a, t, 0]), int(r[a, t, 1]), int(n[a, t, 1]))
+                   for t in range(n.shape[1])] for a in range(len(ANALYSES))])
     return n, r, p
 
 

@@ -152,7 +152,11 @@ _UNITS: dict[str, tuple[str, float]] = {
     **{t: ("time", f) for t, f in _TIME_PER_DAY.items()},
     **{f"1/{t}": ("rate", 1.0 / f) for t, f in _TIME_PER_DAY.items()},
     **{v: ("volume", f) for v, f in _VOLUME_PER_L.items()},
-    **{f"{v}/{t}": ("clearance", fv / ft) for v, fv in _VOLUME_PER_L.items() for t, ft in _TIME_PER_DAY.items()},
+    **{
+        f"{v}/{t}": ("clearance", fv / ft)
+        for v, fv in _VOLUME_PER_L.items()
+        for t, ft in _TIME_PER_DAY.items()
+    },
     "pM": ("concentration", 1.0),
     "nM": ("concentration", 1e3),
     "IU/mL": ("concentration", PM_PER_IU_PER_ML),

@@ -70,7 +70,9 @@ def signal_increments(
     return hill_log(log_concentration(c_pM), log_ec50, p["hill"]) - p["s0"]
 
 
-def transit_derivatives(z: Float[Array, "3 n"], u: Float[Array, "3"], mtt: Float[Array, ""]) -> Float[Array, "3 n"]:
+def transit_derivatives(
+    z: Float[Array, "3 n"], u: Float[Array, "3"], mtt: Float[Array, ""]
+) -> Float[Array, "3 n"]:
     """Derivatives of the three delay chains (rows: Treg, NK, Tconv), inputs ``u``."""
     n = z.shape[1]
     ktr = n / mtt

@@ -40,6 +40,8 @@ def effect_derivative(
     return p["kd"] * (-treg_effect(r_treg, p["r50"]) - effect)
 
 
-def latent_sledai(t: Float[Array, ""], effect: Float[Array, ""], p: dict[str, Float[Array, ""]]) -> Float[Array, ""]:
+def latent_sledai(
+    t: Float[Array, ""], effect: Float[Array, ""], p: dict[str, Float[Array, ""]]
+) -> Float[Array, ""]:
     """Expected SLEDAI (points) at time ``t`` given the relative drug effect ``effect`` (E)."""
     return p["sledai0"] + standard_of_care(t, p) + p["imax"] * p["sledai0"] * effect

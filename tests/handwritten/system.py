@@ -45,7 +45,6 @@ class Structure:
     cd25_feedback: bool = True
     receptor_sink: bool = True
 
-
 #: Every parameter the equations read, in the canonical order.
 PARAMETER_NAMES: tuple[str, ...] = (
     "ka", "tlag", "F", "CL", "V", "CLR", "il2_endo",
@@ -117,7 +116,9 @@ def vector_field(t: Float[Array, ""], y: Float[Array, " states"], args) -> Float
     d_folds = cells.pool_derivatives(folds, drive, p)
     d_cd25 = cells.cd25_derivative(cd25, u[0], p)
     d_effect = disease.effect_derivative(effect, folds[0], p)
-    return jnp.concatenate([jnp.stack([d_depot, d_central]), dz.reshape(-1), d_folds, jnp.stack([d_cd25, d_effect])])
+    return jnp.concatenate(
+        [jnp.stack([d_depot, d_central]), dz.reshape(-1), d_folds, jnp.stack([d_cd25, d_effect])]
+    )
 
 
 def observables(t: Float[Array, ""], y: Float[Array, " states"], args) -> Float[Array, " observables"]:
@@ -177,12 +178,7 @@ def _data_flow(jaxpr, sources: list[frozenset]) -> list[frozenset]:
         ins = [of(v) for v in eqn.invars]
         sub = eqn.params.get("jaxpr")
         sub = getattr(sub, "jaxpr", sub)
-        if (
-            sub is not None
-            and hasattr(sub, "eqns")
-            and len(sub.invars) == len(ins)
-            and len(sub.outvars) == len(eqn.outvars)
-        ):
+        if sub is not None and hasattr(sub, "eqns") and len(sub.invars) == len(ins) and len(sub.outvars) == len(eqn.outvars):
             outs = _data_flow(sub, ins)
         else:  # any other primitive: every output may depend on every input
             outs = [frozenset().union(*ins)] * len(eqn.outvars)

@@ -315,9 +315,8 @@ def lupil2_virtual_truth() -> dict:
 
 def _whole(value, name: str, minimum: int, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise InputError(
-            f"{name} must be a whole number >= {minimum} ({meaning}), got {value!r}. Fix: pass an integer >= {minimum}."
-        )
+        raise InputError(f"{name} must be a whole number >= {minimum} ({meaning}), got {value!r}. "
+                         f"Fix: pass an integer >= {minimum}.")
     return int(value)
 
 
@@ -327,10 +326,8 @@ def _design(design) -> TrialDesign:
     if isinstance(design, (str, Path)):
         return load_design(design)
     if not isinstance(design, TrialDesign):
-        raise InputError(
-            f"design must be a TrialDesign or a design name, got {type(design).__name__}. "
-            "Fix: pass il2treg.trial.load_design('lupil2') or leave it out."
-        )
+        raise InputError(f"design must be a TrialDesign or a design name, got {type(design).__name__}. "
+                         "Fix: pass il2treg.trial.load_design('lupil2') or leave it out.")
     return design
 
 
@@ -338,31 +335,23 @@ def _model(model: Model | None, design: TrialDesign, overrides) -> Model:
     """The model to draw from, with the overrides as its typical values (checked, bounded)."""
     model = load_model(design.model) if model is None else model
     if not isinstance(model, Model):
-        raise InputError(
-            f"model must be an il2treg.Model, got {type(model).__name__}. "
-            "Fix: pass il2treg.load_model(...) or leave it out."
-        )
+        raise InputError(f"model must be an il2treg.Model, got {type(model).__name__}. "
+                         "Fix: pass il2treg.load_model(...) or leave it out.")
     if overrides is None:
         return model
     if not isinstance(overrides, Mapping):
-        raise InputError(
-            f"overrides must be a mapping parameter -> value, got {type(overrides).__name__}. "
-            "Fix: pass e.g. overrides={'emax_treg': 5.0}."
-        )
+        raise InputError(f"overrides must be a mapping parameter -> value, got {type(overrides).__name__}. "
+                         "Fix: pass e.g. overrides={'emax_treg': 5.0}.")
     for name, value in overrides.items():
         if name not in model.parameter_names:
             close = difflib.get_close_matches(str(name), model.parameter_names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SpecError(
-                f"unknown parameter {name!r} in overrides{hint}: model {model.name!r} has no such "
-                f"parameter. Fix: use one of {', '.join(model.parameter_names)}."
-            )
+            raise SpecError(f"unknown parameter {name!r} in overrides{hint}: model {model.name!r} has no such "
+                            f"parameter. Fix: use one of {', '.join(model.parameter_names)}.")
         if (isinstance(value, bool) or not isinstance(value, numbers.Real)
                 or not math.isfinite(value)):  # fmt: skip
-            raise InputError(
-                f"override {name!r} must be a finite number in {model.spec[name].unit!r}, "
-                f"got {value!r}. Fix: pass a number in the unit of the model file."
-            )
+            raise InputError(f"override {name!r} must be a finite number in {model.spec[name].unit!r}, "
+                             f"got {value!r}. Fix: pass a number in the unit of the model file.")
     return model.with_values(**{name: float(value) for name, value in overrides.items()})
 
 
@@ -424,14 +413,8 @@ def _dose_schedules(design: TrialDesign) -> dict[str, Regimen]:
 # ------------------------------------------------------------------------------------- output
 
 
-def _table(
-    arm: np.ndarray,
-    doses: dict[str, Regimen],
-    observed: dict[str, tuple],
-    il2_blq: np.ndarray,
-    dropout_day: np.ndarray,
-    covariates: pd.DataFrame,
-) -> pd.DataFrame:
+def _table(arm: np.ndarray, doses: dict[str, Regimen], observed: dict[str, tuple], il2_blq: np.ndarray,
+           dropout_day: np.ndarray, covariates: pd.DataFrame) -> pd.DataFrame:
     """The long table: dose and observation rows, cut at dropout, sorted, with covariates."""
     ids = np.arange(1, arm.size + 1)
     parts = []
@@ -457,17 +440,8 @@ def _table(
     return table.reset_index(drop=True)[list(_COLUMNS)]
 
 
-def _truth(
-    n: int,
-    seed: int,
-    model: Model,
-    design: TrialDesign,
-    overrides,
-    effect: np.ndarray,
-    covariates: pd.DataFrame,
-    dropout_day: np.ndarray,
-    declared: dict[str, np.ndarray],
-) -> dict:
+def _truth(n: int, seed: int, model: Model, design: TrialDesign, overrides, effect: np.ndarray,
+           covariates: pd.DataFrame, dropout_day: np.ndarray, declared: dict[str, np.ndarray]) -> dict:
     """The JSON-ready record of what generated a cohort."""
     from il2treg.version import __version__
 

@@ -80,7 +80,9 @@ def reference(name: str) -> pd.DataFrame:
         InputError: ``name`` is not a reference table.
     """
     if name not in _TABLES:
-        raise InputError(f"unknown reference table {name!r}. Fix: use one of: {', '.join(_TABLES)}.")
+        raise InputError(
+            f"unknown reference table {name!r}. Fix: use one of: {', '.join(_TABLES)}."
+        )
     path = resources.files("il2treg.datasets").joinpath("data", f"{name}.csv")
     with path.open("r", encoding="utf-8") as handle:
         return pd.read_csv(handle)

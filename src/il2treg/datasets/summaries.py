@@ -104,14 +104,10 @@ def study_summaries(bsa_m2: float | None = None) -> StudySummaries:
         where = f"summaries[{k}]"
         unknown = set(table) - set(_SUMMARY_FIELDS)
         if unknown:
-            raise InputError(
-                f"{_FILE}: {where}: unknown key {sorted(unknown)[0]!r}. Fix: use only {', '.join(_SUMMARY_FIELDS)}."
-            )
+            raise InputError(f"{_FILE}: {where}: unknown key {sorted(unknown)[0]!r}. Fix: use only {', '.join(_SUMMARY_FIELDS)}.")
         _require_fields(table, ("row", "arm", "observable", "time", "statistic", "value", "n", "se", "encoding"), where)
         if table["arm"] not in regimens:
-            raise InputError(
-                f"{_FILE}: {where}: arm {table['arm']!r} has no [arms.{table['arm']}] table. Fix: add it, or name one of {', '.join(regimens)}."
-            )
+            raise InputError(f"{_FILE}: {where}: arm {table['arm']!r} has no [arms.{table['arm']}] table. Fix: add it, or name one of {', '.join(regimens)}.")
         summaries.append(Summary(
             arm=table["arm"], observable=table["observable"], time=float(table["time"]), statistic=table["statistic"],
             value=float(table["value"]), n=int(table["n"]), se=float(table["se"]), scale=table.get("scale", "value"), bound=table.get("bound"),

@@ -116,10 +116,7 @@ BOUNDS = ("lower", "upper")
 _UNDEFINED = {
     ("fold", "sd"): "the proportional residual is that of the observable, not of a ratio of two observations",
     ("change", "sd"): "the proportional residual is that of the observable, not of a difference of two observations",
-    (
-        "fold",
-        "proportion_above",
-    ): "the proportional residual is that of the observable, not of a ratio of two observations",
+    ("fold", "proportion_above"): "the proportional residual is that of the observable, not of a ratio of two observations",
     ("change", "proportion_above"): "a change may be negative, and its residual is not proportional",
     ("change", "geomean"): "a change may be zero or negative",
 }
@@ -209,16 +206,7 @@ class SummaryFit(eqx.Module):
         return float(self.estimates[self.names.index(name)])
 
 
-def _check(
-    model: Model,
-    regimens: Mapping[str, Regimen],
-    summaries: Sequence[Summary],
-    fixed,
-    random,
-    held,
-    sigma_prop,
-    n_draws,
-) -> None:
+def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Summary], fixed, random, held, sigma_prop, n_draws) -> None:
     names = model.parameter_names
     if not fixed and not random:
         raise SpecError("nothing to estimate. Fix: name parameters in fixed or random.")
@@ -226,16 +214,12 @@ def _check(
         if len(set(group)) < len(group):
             raise SpecError(f"a parameter is named twice in {label}: {', '.join(group)}. Fix: name each once.")
     if n_draws < 2:
-        raise SpecError(
-            f"n_draws must be >= 2 virtual patients per arm, got {n_draws}. Fix: use well above the arms' n (default 1000)."
-        )
+        raise SpecError(f"n_draws must be >= 2 virtual patients per arm, got {n_draws}. Fix: use well above the arms' n (default 1000).")
     for p, w in held.items():
         if p not in names:
             raise SpecError(f"unknown parameter {p!r} in omega. Fix: use one of {', '.join(names)}.")
         if not (math.isfinite(w) and w >= 0):
-            raise SpecError(
-                f"omega[{p!r}] must be a finite SD >= 0, got {w}. Fix: give the SD of log {p} (0.3 for a CV of about 30%)."
-            )
+            raise SpecError(f"omega[{p!r}] must be a finite SD >= 0, got {w}. Fix: give the SD of log {p} (0.3 for a CV of about 30%).")
     for p in (*fixed, *random, *held):
         if p not in names:
             raise SpecError(f"unknown parameter {p!r}. Fix: use one of {', '.join(names)}.")
@@ -249,21 +233,15 @@ def _check(
     for k, s in enumerate(summaries):
         where = f"summary {k} ({s.arm}, {s.observable}, day {s.time:g})"
         if s.arm not in regimens:
-            raise SpecError(
-                f"{where}: no regimen for arm {s.arm!r}. Fix: add it to the regimens ({', '.join(regimens)})."
-            )
+            raise SpecError(f"{where}: no regimen for arm {s.arm!r}. Fix: add it to the regimens ({', '.join(regimens)}).")
         if s.observable not in model.observable_names:
-            raise SpecError(
-                f"{where}: unknown observable {s.observable!r}. Fix: use one of {', '.join(model.observable_names)}."
-            )
+            raise SpecError(f"{where}: unknown observable {s.observable!r}. Fix: use one of {', '.join(model.observable_names)}.")
         if s.statistic not in STATISTICS:
             raise SpecError(f"{where}: unknown statistic {s.statistic!r}. Fix: use one of {', '.join(STATISTICS)}.")
         if not (math.isfinite(s.time) and s.time >= 0):
             raise SpecError(f"{where}: the time must be >= 0 days. Fix: give days on the regimen's clock.")
         if not math.isfinite(s.value):
-            raise SpecError(
-                f"{where}: the value must be a finite number, got {s.value}. Fix: drop the summary or give its value."
-            )
+            raise SpecError(f"{where}: the value must be a finite number, got {s.value}. Fix: drop the summary or give its value.")
         if s.n < 1:
             raise SpecError(f"{where}: n must be >= 1, got {s.n}. Fix: give the patients behind the statistic.")
         if s.scale not in SCALES:
@@ -276,17 +254,11 @@ def _check(
                             "Fix: give bound='lower' for a printed '> v', 'upper' for '< v'.")  # fmt: skip
         if s.statistic == "proportion_above":
             if s.threshold is None or not 0.0 <= s.value <= 1.0:
-                raise SpecError(
-                    f"{where}: a proportion needs a threshold and a value in [0, 1] (a proportion, not a percentage). Fix: give threshold=, and 0.3 for 30%."
-                )
+                raise SpecError(f"{where}: a proportion needs a threshold and a value in [0, 1] (a proportion, not a percentage). Fix: give threshold=, and 0.3 for 30%.")
             if sigma_prop.get(s.observable, 0.0) <= 0:
-                raise SpecError(
-                    f"{where}: a proportion above a threshold needs the residual SD of {s.observable!r}. Fix: give sigma_prop[{s.observable!r}] > 0."
-                )
+                raise SpecError(f"{where}: a proportion above a threshold needs the residual SD of {s.observable!r}. Fix: give sigma_prop[{s.observable!r}] > 0.")
         elif s.se is None or not s.se > 0:
-            raise SpecError(
-                f"{where}: a {s.statistic} needs its standard error se > 0. Fix: give se= (se_of_mean, se_of_median, se_of_sd convert a printed SD or IQR)."
-            )
+            raise SpecError(f"{where}: a {s.statistic} needs its standard error se > 0. Fix: give se= (se_of_mean, se_of_median, se_of_sd convert a printed SD or IQR).")
 
 
 def smooth_median(f: Float[Array, " m"], log: bool = True) -> Float[Array, ""]:
@@ -305,7 +277,7 @@ def smooth_median(f: Float[Array, " m"], log: bool = True) -> Float[Array, ""]:
     var = jnp.var(g)
     sd = jnp.where(var > 0, jnp.sqrt(jnp.where(var > 0, var, 1.0)), 0.0)  # no NaN derivative at var = 0
     # a floor on h where every prediction is the same (no variability): then q is that value
-    h = jnp.maximum(1.06 * sd * m**-0.2, 1e-12 * (1.0 + jnp.max(jnp.abs(g))))
+    h = jnp.maximum(1.06 * sd * m ** -0.2, 1e-12 * (1.0 + jnp.max(jnp.abs(g))))
 
     def excess(q, g, h):
         return jnp.mean(norm.cdf((q - g) / h)) - 0.5
@@ -402,21 +374,13 @@ def fit_summaries(
     given = dict(start or {})
     unknown = set(given) - set(fixed) - {f"omega_{p}" for p in random}
     if unknown:
-        raise SpecError(
-            f"start names {sorted(unknown)[0]!r}, which is not estimated. Fix: give starts only for fixed and omega_<random>."
-        )
+        raise SpecError(f"start names {sorted(unknown)[0]!r}, which is not estimated. Fix: give starts only for fixed and omega_<random>.")
     if not all(math.isfinite(v) and v > 0 for v in given.values()):
-        raise SpecError(
-            f"every start must be a finite value > 0 (estimated on the log scale), got {given}. Fix: give positive values."
-        )
-    program = _Program(
-        model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options, priors=priors
-    )
+        raise SpecError(f"every start must be a finite value > 0 (estimated on the log scale), got {given}. Fix: give positive values.")
+    program = _Program(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options, priors=priors)
     evaluate = jax.jit(program.evaluate)
     start = [math.log(given.get(p, float(program.typical[model.parameter_names.index(p)]))) for p in fixed]
-    start += [
-        math.log(given.get(f"omega_{p}", model.spec[p].omega if model.spec[p].omega > 0 else 0.3)) for p in random
-    ]
+    start += [math.log(given.get(f"omega_{p}", model.spec[p].omega if model.spec[p].omega > 0 else 0.3)) for p in random]
     calls = {}
 
     def at(x):
@@ -508,14 +472,8 @@ def predict_summaries(
         return jnp.where(jnp.any(failed > 0), jnp.nan, pred)
 
     x = np.log(np.asarray(fit.estimates, dtype=np.float64))
-    draws = (
-        np.random.default_rng(sample_seed).multivariate_normal(x, fit.cov_log, size=samples)
-        if samples
-        else np.zeros((0, x.size))
-    )
-    return np.asarray(statistics(jnp.asarray(x))), np.asarray(
-        [np.asarray(statistics(jnp.asarray(d))) for d in draws]
-    ).reshape(samples, len(summaries))
+    draws = np.random.default_rng(sample_seed).multivariate_normal(x, fit.cov_log, size=samples) if samples else np.zeros((0, x.size))
+    return np.asarray(statistics(jnp.asarray(x))), np.asarray([np.asarray(statistics(jnp.asarray(d))) for d in draws]).reshape(samples, len(summaries))
 
 
 class _Program:
@@ -523,9 +481,7 @@ class _Program:
     x = (log theta of ``fixed``, log omega of ``random``): traced by :func:`fit_summaries` and
     :func:`predict_summaries`."""
 
-    def __init__(
-        self, model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options, priors=False
-    ):
+    def __init__(self, model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options, priors=False):
         names = model.parameter_names
         declared = [p for p in fixed if priors and model.spec[p].prior_sd is not None]
         self.prior_at = jnp.asarray([fixed.index(p) for p in declared], dtype=jnp.int32)
@@ -540,9 +496,7 @@ class _Program:
         self.varied_idx = jnp.asarray([names.index(p) for p in self.varied], dtype=jnp.int32)
         self.held_omega = jnp.asarray([held[p] for p in self.varied[len(random) :]], dtype=jnp.float64)
         self.arms = tuple(dict.fromkeys(s.arm for s in summaries))
-        self.draws = jax.random.normal(
-            jax.random.PRNGKey(seed), (len(self.arms), n_draws, len(self.varied)), dtype=jnp.float64
-        )
+        self.draws = jax.random.normal(jax.random.PRNGKey(seed), (len(self.arms), n_draws, len(self.varied)), dtype=jnp.float64)
         self.times = {a: np.unique([0.0, *(s.time for s in summaries if s.arm == a)]) for a in self.arms}
         self.where = [(self.arms.index(s.arm), int(np.searchsorted(self.times[s.arm], s.time)), model.observable_names.index(s.observable))
                       for s in summaries]  # fmt: skip
@@ -564,13 +518,7 @@ class _Program:
             factor = jnp.ones((self.n_draws, len(self.names)))
             if self.varied:
                 factor = factor.at[:, self.varied_idx].set(jnp.exp(self.draws[a] * omega_v[None, :]))
-            sim = simulate(
-                self.model,
-                self.regimens[arm],
-                jnp.asarray(self.times[arm]),
-                Parameters(theta[None, :] * factor, self.names),
-                options=self.options,
-            )
+            sim = simulate(self.model, self.regimens[arm], jnp.asarray(self.times[arm]), Parameters(theta[None, :] * factor, self.names), options=self.options)
             values.append(sim.values)
             failed.append(jnp.sum(sim.status != 0))
         stats = []

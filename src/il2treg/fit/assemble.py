@@ -75,22 +75,15 @@ from il2treg.simulate import max_dose_lag, ordered_map, slots_needed, work_order
 from il2treg.sledai import score_change_probability
 
 #: Inner (EBE) status codes as words.
-STATUS_TEXT = {
-    STATUS_CONVERGED: "converged",
-    STATUS_MAX_ITER: "EBE not converged",
-    STATUS_SOLVER_FAILED: "ODE solve failed",
-}
+STATUS_TEXT = {STATUS_CONVERGED: "converged", STATUS_MAX_ITER: "EBE not converged", STATUS_SOLVER_FAILED: "ODE solve failed"}
 _POSTERIOR_CHAINS, _POSTERIOR_DRAWS, _POSTERIOR_SEED = 4, 500, 0
-
 
 def make_objective(spec: FitSpec, problem: FitProblem) -> ShardedObjective | ThreadedObjective:
     """The population objective of a fit file: its data, error models and (``priors = "model"``)
     penalty, its patients spread over all local devices (several GPUs, or forced CPU devices) or,
     on one device, over threads (:func:`il2treg.fit.population.make_parallel`)."""
     prior = model_priors(problem) if spec.priors == "model" else None
-    return make_parallel(
-        Objective(problem, problem_patients(problem, spec.dataset), spec.residual_model(), prior=prior)
-    )
+    return make_parallel(Objective(problem, problem_patients(problem, spec.dataset), spec.residual_model(), prior=prior))
 
 
 def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) -> jax.Array:
@@ -102,17 +95,8 @@ def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) ->
     beta = [c.initial for c in spec.covariates]
     cv = {p.name: p.cv_percent for p in spec.parameters if p.cv_percent is not None}
     log_omega = [0.5 * math.log(math.log1p((cv[n] / 100.0) ** 2)) for n in problem.random]
-    initial_corr = {
-        (i, j): b.correlation
-        for b in spec.omega_blocks
-        for i, j in problem.corr_pairs
-        if problem.random[i] in b.parameters
-    }
-    corr = (
-        partial_correlations(block_correlation(problem.n_eta, problem.corr_pairs, initial_corr), problem.corr_pairs)
-        if problem.n_corr
-        else []
-    )
+    initial_corr = {(i, j): b.correlation for b in spec.omega_blocks for i, j in problem.corr_pairs if problem.random[i] in b.parameters}
+    corr = partial_correlations(block_correlation(problem.n_eta, problem.corr_pairs, initial_corr), problem.corr_pairs) if problem.n_corr else []
     iov_cv = {p.name: p.iov_cv_percent for p in spec.parameters if p.iov_cv_percent is not None}
     log_omega_iov = [0.5 * math.log(math.log1p((iov_cv[n] / 100.0) ** 2)) for n in problem.iov]
     log_sigma = []
@@ -167,9 +151,7 @@ def _rows(problem: FitProblem, patients: PatientData, day: float) -> PredictionR
     names = problem.model.observable_names
     extra = np.broadcast_to(np.asarray([0.0, day]), (n, 2)) if "sledai" in names else np.zeros((n, 0))
     times = np.concatenate([np.asarray(patients.obs_time), extra], axis=1)
-    dvid = np.concatenate(
-        [np.asarray(patients.obs_dvid), np.full(extra.shape, names.index("sledai") if extra.size else 0)], axis=1
-    )
+    dvid = np.concatenate([np.asarray(patients.obs_dvid), np.full(extra.shape, names.index("sledai") if extra.size else 0)], axis=1)
     order = np.argsort(times, axis=1, kind="stable")
     times, dvid = np.take_along_axis(times, order, 1), np.take_along_axis(dvid, order, 1)
     slots = slots_needed(np.asarray(patients.dose_time), times, max_dose_lag(problem.model))
@@ -218,9 +200,7 @@ def observation_rows(data) -> tuple[np.ndarray, np.ndarray]:
     return s[order], j[order]
 
 
-def _individual(
-    spec: FitSpec, problem, fit: PopulationFit, theta, beta, residual: ResidualModel, patients: PatientData, latent
-) -> pd.DataFrame:
+def _individual(spec: FitSpec, problem, fit: PopulationFit, theta, beta, residual: ResidualModel, patients: PatientData, latent) -> pd.DataFrame:
     data = spec.dataset
     n = data.n_subjects
     eta = np.asarray(fit.eta, dtype=np.float64)
@@ -259,6 +239,7 @@ def score_sd(residual: ResidualModel, latent: np.ndarray) -> np.ndarray:
     return sd * latent if residual.kinds[k] == "log" else sd
 
 
+
 # ----------------------------------------------------------------------------- estimates
 
 
@@ -267,9 +248,7 @@ def declared_factors(problem: FitProblem) -> np.ndarray:
     spec = problem.model.spec
     factors = np.ones(problem.layout.size)
     factors[problem.layout.mask("u")] = [spec[n].to_declared(1.0) for n in problem.fixed]
-    factors[problem.layout.mask("beta")] = [
-        spec[c.parameter].to_declared(1.0) if c.model == "linear" else 1.0 for c in problem.covariates
-    ]
+    factors[problem.layout.mask("beta")] = [spec[c.parameter].to_declared(1.0) if c.model == "linear" else 1.0 for c in problem.covariates]
     return factors
 
 
@@ -277,12 +256,7 @@ def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0
     est = natural_estimates(problem, fit, residual0)
     shrink = shrinkage(fit, problem, residual0) if int(np.sum(np.asarray(fit.included))) > 1 else {}
     factor = dict(zip(fit.psi_names, declared_factors(problem)))
-    initial = dict(
-        zip(
-            fit.psi_names,
-            np.asarray(natural_parameters_of(problem, initial_psi(spec, problem, residual0), residual0))[0],
-        )
-    )
+    initial = dict(zip(fit.psi_names, np.asarray(natural_parameters_of(problem, initial_psi(spec, problem, residual0), residual0))[0]))
     typical = spec.model.typical()
     units_of = dict(zip(spec.model.observable_names, spec.model.mechanism.observable_units))
     rows = []
@@ -307,11 +281,8 @@ def _estimates(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0
             rows.append({**_empty_row(p.name, "fixed", ps.unit), "estimate": value, "initial": value})
     for c in spec.covariates:
         e = c.effect
-        unit = (
-            f"{spec.model.spec[e.parameter].unit} per unit of {e.covariate}"
-            if e.model == "linear"
-            else ("1" if e.model == "power" else f"1 per unit of {e.covariate}")
-        )
+        unit = f"{spec.model.spec[e.parameter].unit} per unit of {e.covariate}" if e.model == "linear" else \
+            ("1" if e.model == "power" else f"1 per unit of {e.covariate}")
         row(e.name, "covariate", unit, True, est[e.name], initial[e.name])
     for p in spec.parameters:
         if p.cv_percent is not None:
@@ -395,9 +366,7 @@ def _plain(v):
 
 def _nuts_settings(settings: NutsSettings) -> dict:
     """The NUTS settings a fit ran with, as ``nuts_<key>`` (the default priors' SDs among them)."""
-    flat = {k: v for k, v in dataclasses.asdict(settings).items() if k != "priors"} | dataclasses.asdict(
-        settings.priors
-    )
+    flat = {k: v for k, v in dataclasses.asdict(settings).items() if k != "priors"} | dataclasses.asdict(settings.priors)
     return {f"nuts_{k}": _plain(v) for k, v in flat.items()}
 
 
@@ -440,11 +409,7 @@ def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: Res
     }  # fmt: skip
     dims = {"eta": ["patient", "parameter"], "y": ["patient", "time"], "obs_time": ["patient", "time"],
             "obs_dvid": ["patient", "time"], "obs_used": ["patient", "time"]}  # fmt: skip
-    coords = {
-        "patient": [str(i) for i in ids],
-        "time": np.arange(obs.shape[1]),
-        "parameter": [n.removeprefix("ETA_") for n in problem.random_names],
-    }
+    coords = {"patient": [str(i) for i in ids], "time": np.arange(obs.shape[1]), "parameter": [n.removeprefix("ETA_") for n in problem.random_names]}
     attrs = {
         "method": Nuts.name, "inference_library": "blackjax", "fit": spec.name, "seed": settings.seed,
         "chains": settings.chains, "warmup": settings.warmup, "samples": settings.samples,
@@ -470,16 +435,8 @@ def _nuts(spec: FitSpec, problem: FitProblem, fit: PopulationFit, residual0: Res
         inference[group].attrs.update(attrs)
     summary = az.summary(inference, var_names=list(problem.psi_names), stat_focus="mean", round_to="none")
     estimates = estimates.copy()
-    for col, src in (
-        ("posterior_mean", "mean"),
-        ("posterior_sd", "sd"),
-        ("r_hat", "r_hat"),
-        ("ess_bulk", "ess_bulk"),
-        ("ess_tail", "ess_tail"),
-    ):
-        estimates[col] = [
-            float(summary.loc[n, src]) if n in summary.index else float("nan") for n in estimates["parameter"]
-        ]
+    for col, src in (("posterior_mean", "mean"), ("posterior_sd", "sd"), ("r_hat", "r_hat"), ("ess_bulk", "ess_bulk"), ("ess_tail", "ess_tail")):
+        estimates[col] = [float(summary.loc[n, src]) if n in summary.index else float("nan") for n in estimates["parameter"]]
     q = {n: np.quantile(draws[..., j], [0.025, 0.975]) for j, n in enumerate(problem.psi_names)}
     estimates["posterior_q2.5"] = [float(q[n][0]) if n in q else float("nan") for n in estimates["parameter"]]
     estimates["posterior_q97.5"] = [float(q[n][1]) if n in q else float("nan") for n in estimates["parameter"]]
@@ -498,24 +455,12 @@ def compile_predictions(rows: PredictionRows, psi, residual0: ResidualModel) -> 
     """Build the predictions' program on a background thread (while the estimation runs)."""
     up0 = _unpack(rows.problem, rows.problem.split(psi), residual0)
     eta0 = np.zeros((rows.inverse.shape[0], rows.problem.n_random))
-    return _BACKGROUND.submit(
-        lambda: predict_all.lower(rows.problem, up0.theta, up0.beta, eta0, rows.patients).compile()
-    )
+    return _BACKGROUND.submit(lambda: predict_all.lower(rows.problem, up0.theta, up0.beta, eta0, rows.patients).compile())
 
 
-def assemble_result(
-    spec: FitSpec,
-    problem: FitProblem,
-    objective: ShardedObjective | ThreadedObjective,
-    fit: PopulationFit,
-    *,
-    estimator: Estimator,
-    rows: PredictionRows,
-    timing: dict,
-    emit: Callable[[dict], None],
-    start: float,
-    programs: Sequence[Future] = (),
-) -> FitResult:
+def assemble_result(spec: FitSpec, problem: FitProblem, objective: ShardedObjective | ThreadedObjective, fit: PopulationFit, *,
+                    estimator: Estimator, rows: PredictionRows, timing: dict, emit: Callable[[dict], None], start: float,
+                    programs: Sequence[Future] = ()) -> FitResult:
     """The :class:`FitResult` of an estimation: predictions, per-patient results, estimates and the
     posterior (for a :class:`~il2treg.fit.estimators.Nuts` estimator, NUTS from the fit); ``timing`` gains ``results_s`` (and the
     NUTS stages) and ``total_s`` (since ``start``, a ``time.perf_counter()``). ``programs``: the
@@ -536,9 +481,7 @@ def assemble_result(
     inference = None
     if isinstance(estimator, Nuts):
         emit({"stage": "nuts", "elapsed_s": time.perf_counter() - start})
-        posterior, inference, estimates = _nuts(
-            spec, problem, fit, residual0, objective, estimates, timing, estimator.settings_for(spec)
-        )
+        posterior, inference, estimates = _nuts(spec, problem, fit, residual0, objective, estimates, timing, estimator.settings_for(spec))
     timing["total_s"] = time.perf_counter() - start
     cov = np.asarray(fit.covariance, dtype=np.float64)
     return FitResult(

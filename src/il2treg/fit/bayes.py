@@ -130,24 +130,14 @@ class Target(eqx.Module):
         idx = jnp.asarray([problem.model.parameter_names.index(n) for n in problem.random], dtype=jnp.int32)
         # with time-varying covariates the first period's: log theta_i,p = log typical_i,p + eta_i
         log = jnp.log(typical[:, 0, idx] if problem.timed else typical[:, idx])
-        return (
-            jnp.concatenate([log, jnp.zeros((log.shape[0], problem.n_random - problem.n_eta))], axis=1)
-            if problem.iov
-            else log
-        )
+        return jnp.concatenate([log, jnp.zeros((log.shape[0], problem.n_random - problem.n_eta))], axis=1) if problem.iov else log
 
     def _unpacked(self, psi, z):
         """(unpacked psi, eta, individual parameters): everything the density needs, computed once."""
         up = unpack(self.problem, self.problem.split(psi), self.base_residual)
         typical = self._typical(up)
         eta = jnp.where(self.centred, z - self._log_typical(typical), up.random_effects.sd * z)
-        return (
-            up,
-            eta,
-            jax.vmap(lambda th, e, occ: individual_theta(self.problem, th, e, occ))(
-                typical, eta, self.patients.occasion
-            ),
-        )
+        return up, eta, jax.vmap(lambda th, e, occ: individual_theta(self.problem, th, e, occ))(typical, eta, self.patients.occasion)
 
     def eta(self, psi, z) -> Float[Array, "patients eta"]:
         """The random effects at the sampler's coordinates ``z``."""
@@ -180,16 +170,10 @@ class Target(eqx.Module):
         log theta_i = log typical + eta (centred) or of z = eta / omega (non-centred)."""
         omega = random_effects.sd
         if random_effects.corr_chol is None:  # independent effects, one by one
-            log_random = (
-                jnp.where(self.centred, -0.5 * (eta / omega) ** 2 - jnp.log(omega), -0.5 * z**2) - _HALF_LOG_2PI
-            )
+            log_random = jnp.where(self.centred, -0.5 * (eta / omega) ** 2 - jnp.log(omega), -0.5 * z**2) - _HALF_LOG_2PI
             return jnp.sum(log_random)
         n, ne = eta.shape
-        log_normal = (
-            -0.5 * jnp.sum(jax.vmap(random_effects.quad)(eta))
-            - 0.5 * n * random_effects.log_det()
-            - n * ne * _HALF_LOG_2PI
-        )
+        log_normal = -0.5 * jnp.sum(jax.vmap(random_effects.quad)(eta)) - 0.5 * n * random_effects.log_det() - n * ne * _HALF_LOG_2PI
         return log_normal + jnp.sum(jnp.where(self.centred, 0.0, jnp.log(omega)))  # Jacobians of eta = omega z
 
     def pointwise(self, psi, z, key) -> tuple[Float[Array, "patients obs"], Float[Array, "patients obs"], Array]:
@@ -207,9 +191,7 @@ class Target(eqx.Module):
 
 
 def _patient_loglik(problem: FitProblem, theta_i, residual: ResidualModel, patient: PatientData):
-    ex = expand(
-        problem, jax.lax.stop_gradient(theta_i), patient, problem.ode_varied
-    )  # derivatives come from the polynomial
+    ex = expand(problem, jax.lax.stop_gradient(theta_i), patient, problem.ode_varied)  # derivatives come from the polynomial
     pred = expanded_predict(problem, ex, theta_i, patient)
     ll = -0.5 * data_neg2ll(residual, pred, patient)
     return jnp.where((ex.status == 0) & jnp.isfinite(ll), ll, -jnp.inf)
@@ -235,17 +217,7 @@ class Samples(eqx.Module):
         return jax.vmap(jax.vmap(target.eta))(self.psi, self.z)
 
 
-def make_target(
-    problem: FitProblem,
-    patients: PatientData,
-    base_residual: ResidualModel,
-    prior: Prior,
-    include,
-    eta_var,
-    omega,
-    *,
-    threshold: float = 0.5,
-) -> Target:
+def make_target(problem: FitProblem, patients: PatientData, base_residual: ResidualModel, prior: Prior, include, eta_var, omega, *, threshold: float = 0.5) -> Target:
     """The posterior of a problem, each random effect parametrised by how much its patient's data say.
 
     ``eta_var`` ``[patients, eta]``: Laplace posterior variances of the EBEs (:func:`eta_variances`).
@@ -264,9 +236,7 @@ def eta_variances(inner, random_effects) -> Float[Array, "patients eta"]:
     return jnp.diagonal(laplace_covariance(inner, random_effects), axis1=1, axis2=2)
 
 
-def sample_nuts(
-    target: Target, psi_hat, eta_hat, eta_var, covariance, settings: NutsSettings = NutsSettings()
-) -> Samples:
+def sample_nuts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings: NutsSettings = NutsSettings()) -> Samples:
     """Run ``settings.chains`` NUTS chains on ``target`` warm-started from a Laplace fit (module docstring).
 
     Arguments:
@@ -278,11 +248,7 @@ def sample_nuts(
     keys = jax.random.split(k_run, settings.chains)
     t = time.perf_counter()
     one = jax.tree_util.tree_map(lambda x: x[0], starts)
-    run = (
-        eqx.filter_jit(lambda tgt, st, imm, k: _chain(tgt, st, imm, k, settings))
-        .lower(target, one, imm0, keys[0])
-        .compile()
-    )
+    run = eqx.filter_jit(lambda tgt, st, imm, k: _chain(tgt, st, imm, k, settings)).lower(target, one, imm0, keys[0]).compile()
     compile_s = time.perf_counter() - t
     t = time.perf_counter()
     with ThreadPoolExecutor(max(1, min(settings.chains, os.cpu_count() or 1))) as pool:
@@ -300,9 +266,7 @@ def chain_starts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings
     the masses from the Laplace variances (in the sampler's coordinates: divided by the SD of
     each random effect where it is non-centred)."""
     psi_hat = jnp.asarray(psi_hat, dtype=jnp.float64)
-    omega = unpack(
-        target.problem, target.problem.split(psi_hat), target.base_residual
-    ).random_effects.sd  # of every random effect, kappas too
+    omega = unpack(target.problem, target.problem.split(psi_hat), target.base_residual).random_effects.sd  # of every random effect, kappas too
     z_hat = target.to_coordinates(psi_hat, jnp.asarray(eta_hat))
     z_var = jnp.where(target.centred, jnp.asarray(eta_var), jnp.asarray(eta_var) / omega**2)
     cov = np.asarray(covariance, dtype=np.float64)
@@ -311,10 +275,7 @@ def chain_starts(target: Target, psi_hat, eta_hat, eta_var, covariance, settings
     chol = jnp.asarray(np.linalg.cholesky(cov))
     k_init, k_run = jax.random.split(jax.random.PRNGKey(settings.seed))
     noise = jax.random.normal(k_init, (settings.chains, len(psi_hat)))
-    starts = {
-        "psi": psi_hat[None] + settings.init_spread * noise @ chol.T,
-        "z": jnp.broadcast_to(z_hat, (settings.chains, *z_hat.shape)),
-    }
+    starts = {"psi": psi_hat[None] + settings.init_spread * noise @ chol.T, "z": jnp.broadcast_to(z_hat, (settings.chains, *z_hat.shape))}
     imm0 = jnp.concatenate([jnp.asarray(np.diag(cov)), z_var.ravel()])  # blackjax ravels the position: psi, then z
     return starts, imm0, k_run
 
@@ -338,9 +299,7 @@ def _chain(target: Target, start, imm0, key, settings: NutsSettings):
         return state, (state.position, state.logdensity, info.acceptance_rate, info.is_divergent,
                        info.num_trajectory_expansions, info.num_integration_steps, info.energy)  # fmt: skip
 
-    _, (pos, lp, acc, div, depth, steps, energy) = jax.lax.scan(
-        step, state, jax.random.split(sample_key, settings.samples)
-    )
+    _, (pos, lp, acc, div, depth, steps, energy) = jax.lax.scan(step, state, jax.random.split(sample_key, settings.samples))
     return pos["psi"], pos["z"], lp, acc, div, depth, steps, energy, params["step_size"], params["inverse_mass_matrix"]
 
 

@@ -51,9 +51,7 @@ def individual_parameters(problem: FitProblem, psi, phi, patient: PatientData):
     theta, mu = typical, jnp.zeros(0)
     if ne:
         idx = _random_index(problem)
-        mu = jnp.log(
-            typical[0, idx] if problem.timed else typical[idx]
-        )  # random-effect parameters follow no time-varying covariate (saem refuses it)
+        mu = jnp.log(typical[0, idx] if problem.timed else typical[idx])  # random-effect parameters follow no time-varying covariate (saem refuses it)
         theta = typical.at[..., idx].set(jnp.exp(phi[:ne]))
     if problem.iov:  # the kappas, as the FOCE-I objective applies them (eta 0: the etas are in theta already)
         theta = individual_theta(problem, theta, jnp.concatenate([jnp.zeros(ne), phi[ne:]]), patient.occasion)
@@ -94,23 +92,14 @@ def complete_score(problem: FitProblem, psi, base_residual: ResidualModel, phi, 
     def observation_terms(p):
         theta, _ = individual_parameters(problem, p, phi, patient)
         pred = expanded_predict(problem, ex, theta, patient)
-        terms = neg2ll_terms(
-            unpack(problem, problem.split(p), base_residual).residual,
-            pred,
-            patient.obs_value,
-            patient.obs_dvid,
-            patient.obs_cens,
-            patient.obs_mask,
-        )
+        terms = neg2ll_terms(unpack(problem, problem.split(p), base_residual).residual, pred, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask)
         return terms, terms
 
     per_obs, terms = jax.jacfwd(observation_terms, has_aux=True)(psi)  # [obs, psi]
     re = lambda p: random_effect_term(problem, p, base_residual, phi, patient)
     value = jnp.sum(terms) + re(psi)
     grad = jnp.sum(per_obs, axis=0) + jax.grad(re)(psi)
-    info = 0.5 * per_obs.T @ per_obs + (
-        jax.hessian(re)(psi) if not problem.n_corr else _random_effect_information(problem, psi, base_residual, patient)
-    )
+    info = 0.5 * per_obs.T @ per_obs + (jax.hessian(re)(psi) if not problem.n_corr else _random_effect_information(problem, psi, base_residual, patient))
     ok = (ex.status == 0) & jnp.isfinite(value) & jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(info))
     return value, grad, info, ok
 

@@ -139,9 +139,7 @@ def fit_population(
         include, misfit = _start_checks(objective, psi, inner, outlier_iwres2)
     include = include & ~misfit
     for _ in range(3):  # estimate; drop patients no parameters can fit; move EBEs to better minima; resume
-        psi, inner, ofv, it, converged, history = minimise_ofv(
-            objective, psi, inner, include, max_iter, ftol, gtol, callback, start
-        )
+        psi, inner, ofv, it, converged, history = minimise_ofv(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
         misfit = _misfit(objective, psi, inner, include, outlier_iwres2)
         checked = multistart(objective, psi, inner)  # inner is already converged at psi: no re-solve
         moved = include & (np.asarray(checked.g) < np.asarray(inner.g) - 1e-6)
@@ -151,15 +149,9 @@ def fit_population(
         inner = checked
     else:  # the third round still excluded a patient or moved an EBE: estimate from there once more,
         # so that the reported psi, OFV and EBEs belong together
-        psi, inner, ofv, it, converged, history = minimise_ofv(
-            objective, psi, inner, include, max_iter, ftol, gtol, callback, start
-        )
+        psi, inner, ofv, it, converged, history = minimise_ofv(objective, psi, inner, include, max_iter, ftol, gtol, callback, start)
     n_obs = int(np.sum(include[:, None] & np.asarray(objective.patients.obs_mask)))
-    cov = (
-        estimate_covariance(objective, psi, inner, include, kind=covariance_matrix)
-        if covariance
-        else jnp.full((len(psi), len(psi)), jnp.nan)
-    )
+    cov = estimate_covariance(objective, psi, inner, include, kind=covariance_matrix) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
     return PopulationFit(
         psi=psi, psi_names=objective.problem.psi_names, ofv=ofv, covariance=cov, eta=inner.eta,
         inner_status=inner.status, included=jnp.asarray(include), iterations=it, converged=converged,
@@ -197,14 +189,10 @@ def _sd(problem: FitProblem, psi, base_residual):
 def _better(trial: InnerResult, best: InnerResult) -> InnerResult:
     """Per patient, ``trial`` where it converged to a lower ``g`` (or ``best`` did not converge)."""
     better = (trial.status == STATUS_CONVERGED) & ((best.status != STATUS_CONVERGED) | (trial.g < best.g))
-    return jax.tree_util.tree_map(
-        lambda a, b: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), trial, best
-    )
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), trial, best)
 
 
-def _start_checks(
-    objective: Objective, psi, inner: InnerResult, outlier_iwres2: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _start_checks(objective: Objective, psi, inner: InnerResult, outlier_iwres2: float) -> tuple[np.ndarray, np.ndarray]:
     """At the start: which patients' EBE searches converged, and which of those are misfits
     (bookkeeping in NumPy: no programs to compile)."""
     converged = np.asarray(inner.status) == STATUS_CONVERGED
@@ -384,9 +372,7 @@ def _hessian_and_gradients(objective: Objective, psi, inner: InnerResult, includ
 COVARIANCE_MATRICES = ("hessian", "sandwich")
 
 
-def estimate_covariance(
-    objective: Objective, psi, inner: InnerResult, include, rel_step: float = 1e-4, kind: str = "hessian"
-):
+def estimate_covariance(objective: Objective, psi, inner: InnerResult, include, rel_step: float = 1e-4, kind: str = "hessian"):
     r"""The covariance of ``psi``; NaN where R is singular or the result is not positive definite.
 
     ``kind``:
@@ -425,11 +411,7 @@ def natural_estimates(problem: FitProblem, fit: PopulationFit, base_residual) ->
     psi = np.asarray(fit.psi, dtype=np.float64)
     cov = np.asarray(fit.covariance)
     values, jac = (np.asarray(x) for x in _natural_and_jacobian(problem, psi, base_residual))
-    se = (
-        np.sqrt(np.clip(np.diag(jac @ cov @ jac.T), 0, None))
-        if np.all(np.isfinite(cov))
-        else np.full(len(values), np.nan)
-    )
+    se = np.sqrt(np.clip(np.diag(jac @ cov @ jac.T), 0, None)) if np.all(np.isfinite(cov)) else np.full(len(values), np.nan)
     z = 1.959963984540054
     se_psi = np.sqrt(np.clip(np.diag(cov), 0, None))
     lo, hi = np.asarray(natural_parameters_of(problem, np.stack([psi - z * se_psi, psi + z * se_psi]), base_residual))
@@ -439,9 +421,7 @@ def natural_estimates(problem: FitProblem, fit: PopulationFit, base_residual) ->
                "ci_low": float(min(lo[k], hi[k])), "ci_high": float(max(lo[k], hi[k]))}  # fmt: skip
         if name.startswith("omega_"):
             row["cv_percent"] = float(100 * np.sqrt(np.expm1(values[k] ** 2)))
-        if name.startswith(
-            "corr_"
-        ):  # a correlation can hang on several psi entries: delta method on artanh(r), whose range is R
+        if name.startswith("corr_"):  # a correlation can hang on several psi entries: delta method on artanh(r), whose range is R
             z_r, se_z = np.arctanh(values[k]), se[k] / (1.0 - values[k] ** 2)
             row["ci_low"], row["ci_high"] = float(np.tanh(z_r - z * se_z)), float(np.tanh(z_r + z * se_z))
             row["rse_percent"] = float("nan")  # a signed quantity near 0: no relative SE
@@ -456,28 +436,15 @@ def natural_parameters(problem: FitProblem, psi: Float[Array, " psi"], base_resi
     parts = problem.split(psi)
     u = unpack(problem, parts, base_residual)
     names = problem.model.parameter_names
-    fixed = (
-        u.theta[jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)]
-        if problem.n_fixed
-        else jnp.zeros(0)
-    )
+    fixed = u.theta[jnp.asarray([names.index(n) for n in problem.fixed], dtype=jnp.int32)] if problem.n_fixed else jnp.zeros(0)
     corr = u.random_effects.correlation()
     correlations = jnp.stack([corr[i, j] for i, j in problem.corr_pairs]) if problem.n_corr else jnp.zeros(0)
     # psi's layout on the reporting scale (il2treg.fit.psi): each part holds its parameter itself
-    return Psi(
-        u=fixed,
-        beta=u.beta,
-        log_omega=u.omega,
-        corr=correlations,
-        log_omega_iov=u.omega_iov,
-        log_sigma=jnp.exp(parts.log_sigma),
-    ).ravel()
+    return Psi(u=fixed, beta=u.beta, log_omega=u.omega, corr=correlations, log_omega_iov=u.omega_iov, log_sigma=jnp.exp(parts.log_sigma)).ravel()
 
 
 @eqx.filter_jit
-def natural_parameters_of(
-    problem: FitProblem, psi: Float[Array, "draws psi"], base_residual
-) -> Float[Array, "draws psi"]:
+def natural_parameters_of(problem: FitProblem, psi: Float[Array, "draws psi"], base_residual) -> Float[Array, "draws psi"]:
     """:func:`natural_parameters` of every row of ``psi``, as one compiled program."""
     return jax.vmap(lambda p: natural_parameters(problem, p, base_residual))(jnp.atleast_2d(psi))
 

@@ -46,9 +46,7 @@ class Estimator:
             raise SpecError(f"--method {self.name} does not estimate inter-occasion variability yet (iov on {', '.join(problem.iov)}). "
                             "Fix: fit it with FOCE-I (--method foce).")  # fmt: skip
         both = [n for n in problem.iov if n in problem.random]
-        if (
-            problem.occasions == 1 and both
-        ):  # eta and kappa then enter every patient's data as their sum: only omega^2 + omega_IOV^2 is identifiable
+        if problem.occasions == 1 and both:  # eta and kappa then enter every patient's data as their sum: only omega^2 + omega_IOV^2 is identifiable
             raise SpecError(f"every subject has one occasion in {problem.occasion!r}, so the inter-occasion variability of {both[0]!r} cannot be told from its variability between patients. "
                             "Fix: number each subject's occasions 1, 2, ... in that column, or drop iov_cv_percent (or cv_percent) from the parameter.")  # fmt: skip
 
@@ -64,9 +62,7 @@ class Foce(Estimator):
 
     def estimate(self, spec, objective, psi0, callback) -> PopulationFit:
         opt = spec.optimiser
-        return fit_population(
-            objective, psi0, max_iter=opt.max_iter, ftol=opt.ftol, gtol=opt.gtol, covariance=False, callback=callback
-        )
+        return fit_population(objective, psi0, max_iter=opt.max_iter, ftol=opt.ftol, gtol=opt.gtol, covariance=False, callback=callback)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,9 +12,7 @@ from il2treg.diagnostics import vpc
 from il2treg.fit.result import FitResult
 
 
-def write_figures(
-    diag, folder: str | Path, *, trace_of: FitResult | None = None, vpc_by: str | None = None
-) -> list[Path]:
+def write_figures(diag, folder: str | Path, *, trace_of: FitResult | None = None, vpc_by: str | None = None) -> list[Path]:
     """The standard diagnostics of a fit: ``diagnostics.csv`` (the per-observation table of
     :func:`il2treg.diagnostics.diagnose`) and, in ``figures/``, per fitted observation type the
     individual fits, goodness of fit, VPC (and VPC of the change from baseline where patients have a
@@ -29,9 +27,7 @@ def write_figures(
     (folder / "figures").mkdir(exist_ok=True)
     diag.table.to_csv(folder / "diagnostics.csv", index=False)
     written = [folder / "diagnostics.csv"]
-    by = (
-        "ARM" if "ARM" in diag.data.covariates else None
-    )  # arms differ by design: split the course, prediction-correct the VPC
+    by = "ARM" if "ARM" in diag.data.covariates else None  # arms differ by design: split the course, prediction-correct the VPC
     for dvid in diag.summary.index:
         for kind, fig in (("individual", plots.plot_individual_fits(diag, dvid=dvid)), ("gof", plots.plot_gof(diag, dvid=dvid)),
                           ("vpc", plots.plot_vpc(vpc(diag, dvid, pred_corrected=by is not None))),
@@ -40,9 +36,7 @@ def write_figures(
             fig.savefig(path, dpi=120)
             plt.close(fig)
             written.append(path)
-        if np.isfinite(
-            diag.summary.loc[dvid, "vpc_change_p"]
-        ):  # patients with a baseline: the VPC that sees the shape of the response
+        if np.isfinite(diag.summary.loc[dvid, "vpc_change_p"]):  # patients with a baseline: the VPC that sees the shape of the response
             fig = plots.plot_vpc(vpc(diag, dvid, change_from_baseline=True, pred_corrected=by is not None))
             path = folder / "figures" / f"vpc_change_{dvid}.png"
             fig.savefig(path, dpi=120)

@@ -74,17 +74,13 @@ class InnerResult(eqx.Module):
     curvature: Float[Array, " obs"]  # (r2)_+
     iterations: Int[Array, ""]
     status: Int[Array, ""]
-    scale: Float[
-        Array, " obs"
-    ]  # where the residual SDs are evaluated: pred (FOCE-I), or the population predictions (FOCE)
+    scale: Float[Array, " obs"]  # where the residual SDs are evaluated: pred (FOCE-I), or the population predictions (FOCE)
 
 
 def observation_derivatives(residual: ResidualModel, pred, patient: PatientData, scale=None):
     """First and second derivatives of each observation's −2LL with respect to its prediction
     (the residual SDs held at ``scale`` when given: FOCE without interaction)."""
-    total = lambda p: jnp.sum(
-        neg2ll_terms(residual, p, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask, scale)
-    )
+    total = lambda p: jnp.sum(neg2ll_terms(residual, p, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask, scale))
     return jax.jvp(jax.grad(total), (pred,), (jnp.ones_like(pred),))  # the Hessian is diagonal: one jvp gives r1 and r2
 
 
@@ -205,18 +201,7 @@ def _secant_update(corr, s, y, y_sharp):
     return jnp.where(ys > 1e-12 * jnp.sqrt((y @ y) * (s @ s)), corr + update, corr)
 
 
-def batch_inner_solve(
-    problem,
-    theta,
-    beta,
-    random_effects: RandomEffects,
-    residual,
-    patients: PatientData,
-    eta0,
-    *,
-    batch_size: int = 64,
-    **kw,
-) -> InnerResult:
+def batch_inner_solve(problem, theta, beta, random_effects: RandomEffects, residual, patients: PatientData, eta0, *, batch_size: int = 64, **kw) -> InnerResult:
     """:func:`inner_solve` for every patient (chunks of ``batch_size`` vmapped patients, in
     :func:`il2treg.simulate.work_order`).
 
@@ -227,9 +212,7 @@ def batch_inner_solve(
     def solve(args):
         patient, eta = args
         typical = covariate_theta(problem, theta, beta, patient.covariates)
-        scale = (
-            None if problem.interaction else predict(problem, typical, patient)[0]
-        )  # FOCE: the SDs at the population predictions
+        scale = None if problem.interaction else predict(problem, typical, patient)[0]  # FOCE: the SDs at the population predictions
         return inner_solve(problem, typical, random_effects, residual, patient, eta, scale=scale, **kw)
 
     return ordered_map(solve, (patients, eta0), work_order(patients.dose_amount), batch_size)

@@ -112,17 +112,13 @@ def check_blocks(random: tuple[str, ...], blocks: tuple[tuple[str, ...], ...]) -
     seen: set[str] = set()
     for block in blocks:
         if len(block) < 2:
-            raise SpecError(
-                f"an omega block needs two or more parameters, got {list(block)}. Fix: list the correlated random effects together, or drop the block."
-            )
+            raise SpecError(f"an omega block needs two or more parameters, got {list(block)}. Fix: list the correlated random effects together, or drop the block.")
         for name in block:
             if name not in random:
                 raise SpecError(f"omega block {list(block)} names {name!r}, which has no random effect. "
                                 f"Fix: give it one (cv_percent in its [parameters.{name}] table) or use one of {', '.join(random) or '(none)'}.")  # fmt: skip
             if name in seen:
-                raise SpecError(
-                    f"{name!r} is in two omega blocks (or twice in one). Fix: put each random effect in one block at most."
-                )
+                raise SpecError(f"{name!r} is in two omega blocks (or twice in one). Fix: put each random effect in one block at most.")
             seen.add(name)
 
 

@@ -68,26 +68,14 @@ from il2treg.simulate import (
 )
 
 
-def _bracket(
-    residual: ResidualModel,
-    random_effects: RandomEffects,
-    pred,
-    jac,
-    eta,
-    patient: PatientData,
-    curvature: str = "observed",
-    scale=None,
-):
+def _bracket(residual: ResidualModel, random_effects: RandomEffects, pred, jac, eta, patient: PatientData, curvature: str = "observed", scale=None):
     """L_i and G_i from predictions and sensitivities (the cheap part of the objective); the
     residual SDs at ``scale`` when given (FOCE without interaction)."""
     r1, r2 = observation_derivatives(residual, pred, patient, scale)
     if curvature == "expected":  # NONMEM's FOCE-I: no terms in the residuals (il2treg.likelihood.expected_curvature)
         r2 = expected_curvature(residual, pred, patient.obs_dvid, patient.obs_cens, r2, scale)
     g = data_neg2ll(residual, pred, patient, scale) + random_effects.quad(eta)
-    half_h = (
-        0.5 * jac.T @ (jnp.where(patient.obs_mask, jnp.maximum(r2, 0.0), 0.0)[:, None] * jac)
-        + random_effects.precision()
-    )
+    half_h = 0.5 * jac.T @ (jnp.where(patient.obs_mask, jnp.maximum(r2, 0.0), 0.0)[:, None] * jac) + random_effects.precision()
     L = g + random_effects.log_det() + jnp.linalg.slogdet(half_h)[1]
     G = jac.T @ r1 + 2.0 * random_effects.precision_times(eta)
     return L, G
@@ -96,16 +84,7 @@ def _bracket(
 def patient_terms(problem: FitProblem, psi, base_residual, inner: InnerResult, patient: PatientData):
     """OFV contribution of one patient at its (converged) inner result."""
     up = unpack(problem, problem.split(psi), base_residual)
-    L, _ = _bracket(
-        up.residual,
-        up.random_effects,
-        inner.pred,
-        inner.jac,
-        inner.eta,
-        patient,
-        problem.curvature,
-        None if problem.interaction else inner.scale,
-    )
+    L, _ = _bracket(up.residual, up.random_effects, inner.pred, inner.jac, inner.eta, patient, problem.curvature, None if problem.interaction else inner.scale)
     return L
 
 
@@ -128,18 +107,11 @@ def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: Pati
     # The derivatives run over z = (psi's structural entries (u, beta), eta): what the predictions read.
     layout, ne = problem.layout, problem.n_random
     ns = layout.structural
-    structural, rest = layout.divide(
-        psi
-    )  # rest: the variance parameters (log omega, correlations, log omega_IOV, log sigma)
+    structural, rest = layout.divide(psi)  # rest: the variance parameters (log omega, correlations, log omega_IOV, log sigma)
 
     def theta_of(z):
         s = layout.join(z[:ns], rest)
-        return individual_theta(
-            problem,
-            covariate_theta(problem, typical_theta(problem, s.u), s.beta, patient.covariates),
-            z[ns:],
-            patient.occasion,
-        )
+        return individual_theta(problem, covariate_theta(problem, typical_theta(problem, s.u), s.beta, patient.covariates), z[ns:], patient.occasion)
 
     z0 = jnp.concatenate([structural, eta])
     # One solve with second-order sensitivities in the few ODE directions that vary, then the
@@ -175,9 +147,7 @@ def patient_gradient(problem: FitProblem, psi, base_residual, eta, patient: Pati
             return scale, scale
 
         dscale, scale = jax.jacfwd(population, has_aux=True)(structural)  # [T, ns]
-        (Lp, Lj, Le, Lr, Ls), (Gp, Gj, Ge, Gr, Gs) = jax.jacrev(bracket_of, argnums=(0, 1, 2, 3, 4))(
-            pred, jac, eta, rest, scale
-        )
+        (Lp, Lj, Le, Lr, Ls), (Gp, Gj, Ge, Gr, Gs) = jax.jacrev(bracket_of, argnums=(0, 1, 2, 3, 4))(pred, jac, eta, rest, scale)
         dL_dz = Lp @ dpred + jnp.einsum("te,tez->z", Lj, djac) + jnp.concatenate([Ls @ dscale, Le])
         dG_dz = Gp @ dpred + jnp.einsum("ate,tez->az", Gj, djac) + jnp.concatenate([Gs @ dscale, Ge], axis=1)
     hess = dG_dz[:, ns:]  # exact d^2 g / d eta^2
@@ -208,9 +178,7 @@ class Objective(eqx.Module):
     @eqx.filter_jit
     def terms(self, psi, inner: InnerResult, include) -> Float[Array, " patients"]:
         """Each patient's OFV term at the given inner results (0 if excluded)."""
-        terms = jax.vmap(lambda inn, pat: patient_terms(self.problem, psi, self.base_residual, inn, pat))(
-            inner, self.patients
-        )
+        terms = jax.vmap(lambda inn, pat: patient_terms(self.problem, psi, self.base_residual, inn, pat))(inner, self.patients)
         return jnp.where(include, terms, 0.0)
 
     @eqx.filter_jit
@@ -270,9 +238,7 @@ class _SplitObjective:
         return penalty_gradient(self.prior, psi)
 
     def gradient(self, psi, eta, include):
-        return jnp.asarray(
-            np.sum(np.asarray(self.gradients(psi, eta, include).ofv), axis=0) + np.asarray(self.penalty_gradient(psi))
-        )
+        return jnp.asarray(np.sum(np.asarray(self.gradients(psi, eta, include).ofv), axis=0) + np.asarray(self.penalty_gradient(psi)))
 
 
 class ThreadedObjective(_SplitObjective):
@@ -316,9 +282,7 @@ class ThreadedObjective(_SplitObjective):
         """
         part, eta, include = self._parts[0], np.asarray(eta)[self._rows[0]], self._include(0, include)
         self._ahead["inner"] = _BACKGROUND.submit(Objective.inner.lower(part, psi, eta).compile)
-        inner = jax.tree_util.tree_map(
-            lambda s: np.zeros(s.shape, s.dtype), eqx.filter_eval_shape(Objective.inner, part, psi, eta)
-        )
+        inner = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), eqx.filter_eval_shape(Objective.inner, part, psi, eta))
         self._ahead["terms"] = _BACKGROUND.submit(Objective.terms.lower(part, psi, inner, include).compile)
         self._ahead["gradients"] = _BACKGROUND.submit(Objective.gradients.lower(part, psi, eta, include).compile)
 
@@ -348,15 +312,11 @@ class ThreadedObjective(_SplitObjective):
         return self._gather(self._map("inner", lambda k: (psi, np.asarray(eta0)[self._rows[k]])))
 
     def value(self, psi, inner: InnerResult, include):
-        terms = self._gather(
-            self._map("terms", lambda k: (psi, _take(inner, self._rows[k]), self._include(k, include)))
-        )
+        terms = self._gather(self._map("terms", lambda k: (psi, _take(inner, self._rows[k]), self._include(k, include))))
         return jnp.asarray(np.sum(np.asarray(terms)) + np.asarray(self.penalty(psi)))
 
     def gradients(self, psi, eta, include):
-        return self._gather(
-            self._map("gradients", lambda k: (psi, np.asarray(eta)[self._rows[k]], self._include(k, include)))
-        )
+        return self._gather(self._map("gradients", lambda k: (psi, np.asarray(eta)[self._rows[k]], self._include(k, include))))
 
     def data_terms(self, psi, phi):
         return self._gather(self._map("data_terms", lambda k: (psi, np.asarray(phi)[self._rows[k]])))
@@ -442,14 +402,10 @@ def _sharded_call(objective: Objective, method: str, mesh, psi, *batched):
         return getattr(eqx.tree_at(lambda o: o.patients, objective, patients), method)(psi, *xs)
 
     specs = (rows,) * (1 + len(batched))
-    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rows, check_vma=False)(
-        objective.patients, *batched
-    )
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rows, check_vma=False)(objective.patients, *batched)
 
 
-def make_parallel(
-    objective: Objective, *, shard: bool = True, workers: int | None = None
-) -> ShardedObjective | ThreadedObjective:
+def make_parallel(objective: Objective, *, shard: bool = True, workers: int | None = None) -> ShardedObjective | ThreadedObjective:
     """``objective`` spread over the machine: over all local devices when there are several
     (and ``shard``), else over threads on the one device."""
     n = objective.patients.obs_time.shape[0]
@@ -462,3 +418,4 @@ def make_parallel(
 def _take(tree, rows):
     """The rows of every leaf, taken in NumPy (an eager jax.numpy gather is a program to compile)."""
     return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[rows]), tree)
+

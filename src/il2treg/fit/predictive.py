@@ -70,13 +70,7 @@ def posterior_predictive(
     if n_draws < 1 or n_patients < 1:
         raise InputError(f"n_draws and n_patients must be >= 1, got {n_draws} and {n_patients}.")
     times = np.asarray(times, dtype=np.float64)
-    if (
-        times.ndim != 1
-        or times.size == 0
-        or np.any(np.diff(times) < 0)
-        or np.any(times < 0)
-        or not np.all(np.isfinite(times))
-    ):
+    if times.ndim != 1 or times.size == 0 or np.any(np.diff(times) < 0) or np.any(times < 0) or not np.all(np.isfinite(times)):
         raise InputError("times must be a non-empty sorted 1-D array of days >= 0. Fix: e.g. numpy.arange(0, 85, 1.0).")
     spec = spec or stored_spec(result)
     names = spec.model.observable_names
@@ -96,33 +90,20 @@ def posterior_predictive(
     p_sri4 = np.empty((n_draws, n_patients))
     for d in range(n_draws):
         res = residual(d)
-        p_fall, _, _ = score_change_probability(
-            l0[d], l1[d], score_sd(res, l0[d]), score_sd(res, l1[d]), spec.sri4.fall, step=res.score_step
-        )
+        p_fall, _, _ = score_change_probability(l0[d], l1[d], score_sd(res, l0[d]), score_sd(res, l1[d]), spec.sri4.fall, step=res.score_step)
         p_sri4[d] = spec.sri4.bilag_pga_keep * p_fall
     treg = names.index("treg_per_uL")
     out = {name: (("draw", "patient", "time"), values[:, :, at, k]) for k, name in enumerate(names)}
-    out["treg_fold"] = (
-        ("draw", "patient", "time"),
-        values[:, :, at, treg] / values[:, :, np.searchsorted(grid, 0.0), treg][..., None],
-    )
+    out["treg_fold"] = (("draw", "patient", "time"), values[:, :, at, treg] / values[:, :, np.searchsorted(grid, 0.0), treg][..., None])
     out["sledai_change"] = (("draw", "patient"), l1 - l0)
     out["p_sri4"] = (("draw", "patient"), p_sri4)
     for j, name in enumerate(result.psi_names):
         out[name] = (("draw",), draws[pick, j])
-    attrs = {
-        "fit": result.name,
-        "method": result.method,
-        "day": day,
-        "seed": seed,
-        "regimen_doses": int(np.asarray(regimen.times).shape[-1]),
-    }
+    attrs = {"fit": result.name, "method": result.method, "day": day, "seed": seed, "regimen_doses": int(np.asarray(regimen.times).shape[-1])}
     return xr.Dataset(out, coords={"draw": pick, "patient": np.arange(n_patients), "time": times}, attrs=attrs)
 
 
-def draw_patients(
-    result: FitResult, *, n_draws: int, n_patients: int = 1, seed: int = 0, spec: FitSpec | None = None
-) -> tuple[FitSpec, Parameters]:
+def draw_patients(result: FitResult, *, n_draws: int, n_patients: int = 1, seed: int = 0, spec: FitSpec | None = None) -> tuple[FitSpec, Parameters]:
     """New patients from the posterior of ``result``: ``n_patients`` per each of ``n_draws``
     population draws (draw-major), at the reference covariates. Returns the fit's specification
     (its ``model`` simulates them) and the :class:`Parameters` ``[n_draws * n_patients, params]``."""
@@ -135,33 +116,23 @@ def draw_patients(
 def _draw(result: FitResult, spec: FitSpec, n_draws: int, n_patients: int, seed: int):
     draws = np.asarray(result.posterior, dtype=np.float64).reshape(-1, len(result.psi_names))
     if not np.all(np.isfinite(draws)):
-        raise InputError(
-            f"fit {result.name!r} has no posterior draws (its covariance step failed). Fix: refit, or run --method nuts."
-        )
+        raise InputError(f"fit {result.name!r} has no posterior draws (its covariance step failed). Fix: refit, or run --method nuts.")
     problem = spec.problem()
     pick = np.linspace(0, len(draws) - 1, n_draws).round().astype(int)
     natural = draws[pick] / declared_factors(problem)[None, :]  # internal units
     ne = problem.n_eta
     # natural: psi's layout on the reporting scale (fixed effects, beta, omega, correlations, omega_IOV, sigma)
     parts = problem.split(natural)
-    u = (
-        jnp.stack([to_unconstrained(problem, dict(zip(problem.fixed, row))) for row in parts.u])
-        if problem.n_fixed
-        else jnp.zeros((n_draws, 0))
-    )
+    u = jnp.stack([to_unconstrained(problem, dict(zip(problem.fixed, row))) for row in parts.u]) if problem.n_fixed else jnp.zeros((n_draws, 0))
     theta = jax.vmap(lambda uu: typical_theta(problem, uu))(u)  # reference covariates: beta does not act
     # the Cholesky factor of each draw's Omega = diag(omega) R diag(omega): eta = z @ chol.T
     chol = np.stack([om[:, None] * np.linalg.cholesky(block_correlation(ne, problem.corr_pairs, dict(zip(problem.corr_pairs, r, strict=True))))
                      for om, r in zip(parts.log_omega, parts.corr)]) if ne else np.zeros((n_draws, 0, 0))  # fmt: skip
     z = jax.random.normal(jax.random.PRNGKey(seed), (n_draws, n_patients, ne))
     between = dataclasses.replace(problem, iov=(), occasion=None, occasions=0)  # a new patient's eta; kappa below
-    theta_i = jax.vmap(lambda th, ch, zz: jax.vmap(lambda zi: individual_theta(between, th, ch @ zi))(zz))(
-        theta, jnp.asarray(chol), z
-    )
+    theta_i = jax.vmap(lambda th, ch, zz: jax.vmap(lambda zi: individual_theta(between, th, ch @ zi))(zz))(theta, jnp.asarray(chol), z)
     if problem.iov:  # one occasion: a kappa of its own on each parameter with inter-occasion variability
-        kappa = parts.log_omega_iov[:, None, :] * jax.random.normal(
-            jax.random.PRNGKey(seed + 1), (n_draws, n_patients, problem.n_iov)
-        )
+        kappa = parts.log_omega_iov[:, None, :] * jax.random.normal(jax.random.PRNGKey(seed + 1), (n_draws, n_patients, problem.n_iov))
         idx = jnp.asarray([problem.model.parameter_names.index(n) for n in problem.iov])
         theta_i = theta_i.at[..., idx].multiply(jnp.exp(kappa))
     params = Parameters(theta_i.reshape(n_draws * n_patients, -1), spec.model.parameter_names)

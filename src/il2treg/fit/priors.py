@@ -100,23 +100,14 @@ def model_priors(problem: FitProblem) -> Prior:
     return Prior(jnp.asarray(mean), jnp.asarray(sd))
 
 
-def sampling_priors(
-    problem: FitProblem, psi0: Float[Array, " psi"], defaults: PriorDefaults = PriorDefaults()
-) -> Prior:
+def sampling_priors(problem: FitProblem, psi0: Float[Array, " psi"], defaults: PriorDefaults = PriorDefaults()) -> Prior:
     """A proper prior on every entry of :math:`\\psi`: the model's where declared, else ``defaults``
     about ``psi0`` (about 0 for covariate coefficients and the omega blocks' partial correlations)."""
     declared = model_priors(problem)
     layout = problem.layout
     mean = np.asarray(psi0, dtype=np.float64).copy()
     mean[layout.mask("beta", "corr")] = 0.0  # no covariate effect; partial correlations: about independence
-    sd = layout.filled(
-        u=defaults.fixed_sd,
-        beta=defaults.beta_sd,
-        log_omega=defaults.omega_sd,
-        corr=defaults.corr_sd,
-        log_omega_iov=defaults.omega_sd,
-        log_sigma=defaults.sigma_sd,
-    )
+    sd = layout.filled(u=defaults.fixed_sd, beta=defaults.beta_sd, log_omega=defaults.omega_sd, corr=defaults.corr_sd, log_omega_iov=defaults.omega_sd, log_sigma=defaults.sigma_sd)
     has = declared.declared
     mean[has] = np.asarray(declared.mean)[has]
     sd[has] = np.asarray(declared.sd)[has]

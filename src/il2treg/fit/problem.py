@@ -146,14 +146,7 @@ class FitProblem:
     def follow_covariates(self) -> tuple[str, ...]:
         """Names of the parameters whose typical value follows a time-varying covariate (the
         model's covariates and the parameters of covariate effects, whose column is in ``varying``)."""
-        return tuple(
-            dict.fromkeys(
-                [
-                    *(n for n in self.bound if n in self.varying),
-                    *(e.parameter for e in self.covariates if e.covariate in self.varying),
-                ]
-            )
-        )
+        return tuple(dict.fromkeys([*(n for n in self.bound if n in self.varying), *(e.parameter for e in self.covariates if e.covariate in self.varying)]))
 
     @property
     def time_varying(self) -> tuple[str, ...]:
@@ -175,10 +168,7 @@ class FitProblem:
     def random_names(self) -> tuple[str, ...]:
         """A name per entry of the random-effect vector: ``ETA_<p>``, then ``KAPPA_<p>_<k>``
         (occasion k, counted from 1)."""
-        return (
-            *(f"ETA_{n}" for n in self.random),
-            *(f"KAPPA_{n}_{k + 1}" for k in range(self.occasions) for n in self.iov),
-        )
+        return (*(f"ETA_{n}" for n in self.random), *(f"KAPPA_{n}_{k + 1}" for k in range(self.occasions) for n in self.iov))
 
     @property
     def n_fixed(self) -> int:
@@ -273,29 +263,19 @@ def make_problem(
         if dvid not in model.observable_names or kind not in ("add", "prop"):
             raise SpecError(f"residual SD ({dvid!r}, {kind!r}) is not (observation type, 'add' | 'prop').")
         if dvid not in observed:
-            raise SpecError(
-                f"the fit estimates a residual SD of {dvid!r} but the data have no {dvid!r} observation. Fix: remove it or add data."
-            )
+            raise SpecError(f"the fit estimates a residual SD of {dvid!r} but the data have no {dvid!r} observation. Fix: remove it or add data.")
     for effect in covariates:
         if effect.parameter not in names:
-            raise SpecError(
-                f"covariate effect on unknown parameter {effect.parameter!r}. Fix: use one of {', '.join(names)}."
-            )
+            raise SpecError(f"covariate effect on unknown parameter {effect.parameter!r}. Fix: use one of {', '.join(names)}.")
         if effect.model not in COVARIATE_MODELS:
             raise SpecError(f"unknown covariate model {effect.model!r}. Fix: use one of {', '.join(COVARIATE_MODELS)}.")
         if effect.covariate not in data.covariates:
-            raise SpecError(
-                f"covariate {effect.covariate!r} is not a column of the data. Fix: use one of {', '.join(sorted(data.covariates)) or '(none)'}."
-            )
+            raise SpecError(f"covariate {effect.covariate!r} is not a column of the data. Fix: use one of {', '.join(sorted(data.covariates)) or '(none)'}.")
         if dict(data.covariate_levels).get(effect.covariate) is not None:
-            raise SpecError(
-                f"covariate {effect.covariate!r} is text; covariate effects need a numeric column (e.g. a 0/1 indicator)."
-            )
+            raise SpecError(f"covariate {effect.covariate!r} is text; covariate effects need a numeric column (e.g. a 0/1 indicator).")
         values = data.covariate_periods(effect.covariate).min(axis=1)  # every period's value (NaN if any is)
         if not np.all(np.isfinite(values)):
-            raise SpecError(
-                f"covariate {effect.covariate!r} is missing for subject {data.ids[int(np.argmax(~np.isfinite(values)))]!r}. Fix: fill it in or remove the effect."
-            )
+            raise SpecError(f"covariate {effect.covariate!r} is missing for subject {data.ids[int(np.argmax(~np.isfinite(values)))]!r}. Fix: fill it in or remove the effect.")
         if effect.model == "power" and not (np.all(values > 0) and effect.reference > 0):
             raise SpecError(f"a power effect of {effect.covariate!r} needs positive values and a positive reference.")
     bound = model.spec.covariate_names
@@ -309,9 +289,7 @@ def make_problem(
         every = data.covariate_periods(name)
         values = every.min(axis=1)
         if not np.all(np.isfinite(values)):
-            raise SpecError(
-                f"covariate {name!r}, which the model reads, is missing for subject {data.ids[int(np.argmax(~np.isfinite(values)))]!r}. Fix: fill it in."
-            )
+            raise SpecError(f"covariate {name!r}, which the model reads, is missing for subject {data.ids[int(np.argmax(~np.isfinite(values)))]!r}. Fix: fill it in.")
         ps = model.spec[name]
         lo, hi = ps.to_declared(ps.bounds[0]), ps.to_declared(ps.bounds[1])
         outside = np.any((every < lo) | (every > hi), axis=1)
@@ -326,9 +304,7 @@ def make_problem(
     kinds = ResidualModel.build(residual_kinds, names=model.observable_names).kinds
     slots = slots_needed(np.asarray(data.dose_time), np.asarray(data.obs_time), max_dose_lag(model))
     options = options or SolverOptions(adjoint=dfx.ForwardMode())
-    varying = tuple(
-        dict.fromkeys(c for c in (*(e.covariate for e in covariates), *bound) if c in data.covariate_series)
-    )
+    varying = tuple(dict.fromkeys(c for c in (*(e.covariate for e in covariates), *bound) if c in data.covariate_series))
     return FitProblem(model, tuple(fixed), tuple(random), tuple(sigmas), kinds, slots, options, tuple(covariates), bound, curvature, blocks, bool(interaction),
                       bool(iov or varying), tuple(iov), occasion if iov else None, occasions, varying)  # fmt: skip
 
@@ -341,22 +317,16 @@ def _occasions(model: Model, data: Dataset, iov: tuple[str, ...], occasion: str 
     names = model.parameter_names
     for n in iov:
         if n not in names:
-            raise SpecError(
-                f"unknown parameter {n!r} with inter-occasion variability. Fix: use one of {', '.join(names)}."
-            )
+            raise SpecError(f"unknown parameter {n!r} with inter-occasion variability. Fix: use one of {', '.join(names)}.")
         if model.spec[n].transform != "log":
-            raise SpecError(
-                f"inter-occasion variability on {n!r} needs a log transform (it is {model.spec[n].transform!r})."
-            )
+            raise SpecError(f"inter-occasion variability on {n!r} needs a log transform (it is {model.spec[n].transform!r}).")
     if occasion is None or occasion not in data.covariates or occasion in dict(data.covariate_levels):
         raise SpecError(f"inter-occasion variability on {', '.join(iov)} needs a numeric occasion column, but the data have no numeric column {occasion or 'OCC'!r}. "
                         f"Fix: add one (e.g. OCC = 1, 2, ... from each occasion's first row on) or name it (occasion = \"...\" in the fit file).")  # fmt: skip
     values = data.covariate_periods(occasion)
     missing = ~np.isfinite(values).all(axis=1)
     if missing.any():
-        raise SpecError(
-            f"the occasion column {occasion!r} is empty for all of subject {data.ids[int(np.argmax(missing))]!r}'s rows. Fix: fill it in."
-        )
+        raise SpecError(f"the occasion column {occasion!r} is empty for all of subject {data.ids[int(np.argmax(missing))]!r}'s rows. Fix: fill it in.")
     return max(len(np.unique(row)) for row in values)
 
 
@@ -450,14 +420,10 @@ def unpack(problem: FitProblem, psi: Psi, base_residual: ResidualModel) -> Unpac
         sa, sp = (sa.at[d].set(value), sp) if kind == "add" else (sa, sp.at[d].set(value))
     residual = ResidualModel(sa, sp, problem.residual_kinds, base_residual.score_step, problem.model.observable_names)
     kappas = problem.n_random - problem.n_eta
-    return Unpacked(
-        typical_theta(problem, psi.u), psi.beta, RandomEffects(omega, corr_chol), residual, omega_iov, kappas
-    )
+    return Unpacked(typical_theta(problem, psi.u), psi.beta, RandomEffects(omega, corr_chol), residual, omega_iov, kappas)
 
 
-def covariate_theta(
-    problem: FitProblem, theta, beta, covariates: Float[Array, " effects"] | Float[Array, "periods effects"]
-):
+def covariate_theta(problem: FitProblem, theta, beta, covariates: Float[Array, " effects"] | Float[Array, "periods effects"]):
     """The patient's typical values: the model's covariates set to the patient's (``covariates``
     after the effects' columns), then the covariate effects applied to ``theta``; with a period
     axis (``problem.timed``), one row per period."""
@@ -502,11 +468,7 @@ class PatientData(eqx.Module):
 
 
 def patient_arrays(
-    data: Dataset,
-    effects: tuple[CovariateEffect, ...] = (),
-    use: tuple[str, ...] | None = None,
-    bound: tuple[str, ...] = (),
-    occasion: str | None = None,
+    data: Dataset, effects: tuple[CovariateEffect, ...] = (), use: tuple[str, ...] | None = None, bound: tuple[str, ...] = (), occasion: str | None = None
 ) -> PatientData:
     """All patients of a dataset as one stacked :class:`PatientData` (jnp arrays).
 
@@ -529,18 +491,12 @@ def patient_arrays(
     periods = occasions = None
     if timed:  # one row per period of constant covariates (those read here: other columns' changes start none)
         read = [*columns, *([occasion] if occasion is not None else [])]
-        periods, values = _read_periods(
-            data.covariate_time, np.stack([data.covariate_periods(c) for c in read], axis=2)
-        )
+        periods, values = _read_periods(data.covariate_time, np.stack([data.covariate_periods(c) for c in read], axis=2))
         cov = values[..., : len(columns)]
         occasions = None if occasion is None else jnp.asarray(occasion_slots(values[..., -1]))
         periods = jnp.asarray(periods)
     else:
-        cov = (
-            np.stack([np.asarray(data.covariates[c], dtype=float) for c in columns], axis=1)
-            if columns
-            else np.zeros((data.n_subjects, 0))
-        )
+        cov = np.stack([np.asarray(data.covariates[c], dtype=float) for c in columns], axis=1) if columns else np.zeros((data.n_subjects, 0))
     return PatientData(
         jnp.asarray(data.dose_time), jnp.asarray(data.dose_amount), jnp.asarray(data.obs_time),
         jnp.asarray(data.obs_dvid), jnp.asarray(data.obs_value), jnp.asarray(data.obs_cens), jnp.asarray(mask),
@@ -574,9 +530,7 @@ def problem_patients(problem: FitProblem, data: Dataset, use: tuple[str, ...] | 
     return eqx.tree_at(lambda p: p.covariates, patients, patients.covariates * jnp.asarray(scale))
 
 
-def individual_theta(
-    problem: FitProblem, theta: Float[Array, " params"], eta: Float[Array, " eta"], occasion: Array | None = None
-) -> Float[Array, " params"]:
+def individual_theta(problem: FitProblem, theta: Float[Array, " params"], eta: Float[Array, " eta"], occasion: Array | None = None) -> Float[Array, " params"]:
     """theta_i = theta * exp(eta) on the parameters with random effects (in every period of a
     ``[periods, params]`` theta); with inter-occasion variability, ``eta`` is the whole
     random-effect vector (:attr:`FitProblem.random_names`) and each period's parameters in
@@ -588,18 +542,14 @@ def individual_theta(
         theta = theta.at[..., idx].set(theta[..., idx] * jnp.exp(eta[:ne]))
     if problem.iov:
         if occasion is None:
-            raise SpecError(
-                "the fit has inter-occasion variability but the patient has no occasions. Fix: build the patients with problem_patients(problem, data)."
-            )
+            raise SpecError("the fit has inter-occasion variability but the patient has no occasions. Fix: build the patients with problem_patients(problem, data).")
         kappa = eta[ne:].reshape(problem.occasions, problem.n_iov)[occasion]  # [periods, iov]
         idx = jnp.asarray([names.index(n) for n in problem.iov])
         theta = theta.at[:, idx].set(theta[:, idx] * jnp.exp(kappa))
     return theta
 
 
-def predict(
-    problem: FitProblem, theta_i: Float[Array, " params"], patient: PatientData
-) -> tuple[Float[Array, " obs"], Array]:
+def predict(problem: FitProblem, theta_i: Float[Array, " params"], patient: PatientData) -> tuple[Float[Array, " obs"], Array]:
     """Model prediction for each observation row of one patient, and the solver status."""
     values, status = solve_one(
         problem.model.mechanism, theta_i,
@@ -610,14 +560,10 @@ def predict(
     return pred, status
 
 
-def data_neg2ll(
-    residual: ResidualModel, pred: Float[Array, " obs"], patient: PatientData, scale: Float[Array, " obs"] | None = None
-) -> Float[Array, ""]:
+def data_neg2ll(residual: ResidualModel, pred: Float[Array, " obs"], patient: PatientData, scale: Float[Array, " obs"] | None = None) -> Float[Array, ""]:
     """−2 log-likelihood of one patient's observations given predictions (residual SDs at
     ``scale`` when given: FOCE without interaction)."""
-    return jnp.sum(
-        neg2ll_terms(residual, pred, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask, scale)
-    )
+    return jnp.sum(neg2ll_terms(residual, pred, patient.obs_value, patient.obs_dvid, patient.obs_cens, patient.obs_mask, scale))
 
 
 # ----------------------------------------------------------------------------- sensitivities
@@ -643,13 +589,7 @@ class Expansion(eqx.Module):
     second: tuple[int, ...] = eqx.field(static=True)
 
 
-def expand(
-    problem: FitProblem,
-    theta_i: Float[Array, " params"],
-    patient: PatientData,
-    first: tuple[int, ...],
-    second: tuple[int, ...] = (),
-) -> Expansion:
+def expand(problem: FitProblem, theta_i: Float[Array, " params"], patient: PatientData, first: tuple[int, ...], second: tuple[int, ...] = ()) -> Expansion:
     r"""Solve once and return the :class:`Expansion` of the states in ``first`` (and ``second`` ⊆ ``first``).
 
     Cost: :math:`(1 + |\mathrm{first}|)(1 + |\mathrm{second}|)` copies of the ODE (primal and
@@ -688,7 +628,6 @@ def expand(
         zeros = jnp.zeros((*states.shape, 0))
         return Expansion(w0, states, zeros, jnp.zeros((*states.shape, 0, 0)), status, first, second)
     if not second:
-
         def fwd(w):
             values, status = solve(w)
             return values, (values, status)
@@ -722,9 +661,7 @@ def _flat(theta_i, shared: tuple[int, ...], varying: tuple[int, ...]) -> Float[A
     if theta_i.ndim == 1:
         return theta_i[jnp.asarray(shared, dtype=jnp.int32)] if shared else jnp.zeros(0)
     one = theta_i[0, jnp.asarray(shared, dtype=jnp.int32)] if shared else jnp.zeros(0)
-    return jnp.concatenate(
-        [one, theta_i[:, jnp.asarray(varying, dtype=jnp.int32)].reshape(-1) if varying else jnp.zeros(0)]
-    )
+    return jnp.concatenate([one, theta_i[:, jnp.asarray(varying, dtype=jnp.int32)].reshape(-1) if varying else jnp.zeros(0)])
 
 
 def _positions(second: tuple[int, ...], shared: tuple[int, ...], varying: tuple[int, ...], periods: int) -> list[int]:
@@ -748,9 +685,7 @@ def _jacfwd(fun, w: Float[Array, " n"]):
     return jax.tree_util.tree_map(lambda t: t[..., None], tangent), aux
 
 
-def expanded_predict(
-    problem: FitProblem, ex: Expansion, theta_i: Float[Array, " params"], patient: PatientData
-) -> Float[Array, " obs"]:
+def expanded_predict(problem: FitProblem, ex: Expansion, theta_i: Float[Array, " params"], patient: PatientData) -> Float[Array, " obs"]:
     r"""Predictions at ``theta_i`` from the Taylor polynomial of the states in ``ex``.
 
     Exact (to rounding) at the expansion point together with its first derivatives and, for
@@ -767,17 +702,9 @@ def expanded_predict(
     if ex.second:
         pos = jnp.asarray(_positions(ex.second, shared, varying, theta_i.shape[0] if timed else 1), dtype=jnp.int32)
         ds = delta[pos]
-        states = (
-            states
-            + jnp.einsum("tsev,e,v->ts", ex.d2, ds, delta)
-            - 0.5 * jnp.einsum("tsef,e,f->ts", ex.d2[..., pos], ds, ds)
-        )
-    if (
-        timed
-    ):  # each observation with the arguments of its period (last value carried forward), prepared once per period
-        period = jnp.clip(
-            jnp.searchsorted(patient.periods, patient.obs_time, side="right") - 1, 0, theta_i.shape[0] - 1
-        )
+        states = states + jnp.einsum("tsev,e,v->ts", ex.d2, ds, delta) - 0.5 * jnp.einsum("tsef,e,f->ts", ex.d2[..., pos], ds, ds)
+    if timed:  # each observation with the arguments of its period (last value carried forward), prepared once per period
+        period = jnp.clip(jnp.searchsorted(patient.periods, patient.obs_time, side="right") - 1, 0, theta_i.shape[0] - 1)
         args = jax.tree_util.tree_map(lambda x: x[period], jax.vmap(mechanism.prepare)(theta_i))
         values = jax.vmap(mechanism.observables)(patient.obs_time, states, args)
     else:

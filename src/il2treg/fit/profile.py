@@ -129,18 +129,12 @@ def profile(
     """
     names = list(fit.psi_names)
     if name not in names:
-        raise SpecError(
-            f"cannot profile {name!r}: not a population parameter of this fit. Fix: use one of {', '.join(names)}."
-        )
+        raise SpecError(f"cannot profile {name!r}: not a population parameter of this fit. Fix: use one of {', '.join(names)}.")
     if points < 2:
         raise SpecError(f"a profile needs at least 2 points on each side, got {points}.")
     k = names.index(name)
     psi_hat = np.asarray(fit.psi, dtype=np.float64)
-    se = (
-        float(np.sqrt(np.asarray(fit.covariance)[k, k]))
-        if np.all(np.isfinite(np.asarray(fit.covariance)))
-        else math.nan
-    )
+    se = float(np.sqrt(np.asarray(fit.covariance)[k, k])) if np.all(np.isfinite(np.asarray(fit.covariance))) else math.nan
     reach = span * se if math.isfinite(se) and span * se < fallback else fallback
     lo, hi = _bounds(objective.problem, k)
     low_end, high_end = max(psi_hat[k] - reach, lo), min(psi_hat[k] + reach, hi)
@@ -156,9 +150,7 @@ def profile(
             pinned = _Pinned(objective, k, float(c), len(psi_hat))
             start = jnp.asarray(warm_psi)
             inner = objective.inner(pinned.full(start), warm_inner.eta)
-            psi_r, inner, ofv, _, converged, _ = minimise_ofv(
-                pinned, start, inner, include, max_iter, ftol, gtol, None, 0.0
-            )
+            psi_r, inner, ofv, _, converged, _ = minimise_ofv(pinned, start, inner, include, max_iter, ftol, gtol, None, 0.0)
             rows[float(c)] = (ofv - ofv_hat, converged, np.asarray(pinned.full(psi_r)))
             warm_psi, warm_inner = np.asarray(psi_r), inner
     values = np.asarray(sorted(rows))

@@ -99,9 +99,7 @@ class PsiLayout:
     def unravel(self, flat: Float[Array, "*batch psi"]) -> Psi:
         """The flat vector (or rows of them) by part; NumPy in, NumPy parts out."""
         if flat.shape[-1] != self.size:
-            raise ValueError(
-                f"psi has {flat.shape[-1]} entries, the layout {self.size} ({dict(zip(PARTS, self.sizes))})."
-            )
+            raise ValueError(f"psi has {flat.shape[-1]} entries, the layout {self.size} ({dict(zip(PARTS, self.sizes))}).")
         return Psi(**{p: flat[..., a:b] for p, (a, b) in self._bounds().items()})
 
     def divide(self, psi: Float[Array, " psi"]) -> tuple[Float[Array, " structural"], Float[Array, " variance"]]:

@@ -148,9 +148,7 @@ class FitResult:
         """The one-screen report (Markdown)."""
         return report(self)
 
-    def identifiability(
-        self, *, max_rse: float = 50.0, max_correlation: float = 0.95, min_eigenvalue: float = 1e-3
-    ) -> list[str]:
+    def identifiability(self, *, max_rse: float = 50.0, max_correlation: float = 0.95, min_eigenvalue: float = 1e-3) -> list[str]:
         """What the data do not determine, as sentences (empty when nothing is flagged).
 
         From the covariance of the estimates (``2 R^-1``): a covariance step that failed (R
@@ -163,9 +161,7 @@ class FitResult:
         names = list(self.psi_names)
         cov = np.asarray(self.covariance)
         if not self.settings.get("covariance", True):
-            return [
-                "the covariance step was skipped ([optimiser] covariance = false): identifiability was not assessed."
-            ]
+            return ["the covariance step was skipped ([optimiser] covariance = false): identifiability was not assessed."]
         if not np.all(np.isfinite(cov)):
             return ["the covariance step failed (the Hessian of the objective is singular or not positive definite): "
                     "at least one parameter is not identifiable from these data; fix the parameters with the least "
@@ -181,16 +177,12 @@ class FitResult:
         for i in range(len(names)):
             for j in range(i + 1, len(names)):
                 if abs(cor[i, j]) > max_correlation:
-                    out.append(
-                        f"{names[i]} and {names[j]}: correlation {cor[i, j]:+.3f}: the data inform only a combination of the two."
-                    )
+                    out.append(f"{names[i]} and {names[j]}: correlation {cor[i, j]:+.3f}: the data inform only a combination of the two.")
         lam, vec = np.linalg.eigh(cor)
         for k in np.flatnonzero(lam < min_eigenvalue):
             load = np.abs(vec[:, k])
             involved = [names[i] for i in np.argsort(load)[::-1] if load[i] > 0.3]
-            out.append(
-                f"correlation eigenvalue {lam[k]:.1e} < {min_eigenvalue:g}: near-redundant direction in {', '.join(involved)}."
-            )
+            out.append(f"correlation eigenvalue {lam[k]:.1e} < {min_eigenvalue:g}: near-redundant direction in {', '.join(involved)}.")
         return out
 
 
@@ -230,14 +222,10 @@ def load_fit(path: str | Path) -> FitResult:
         raise InputError(f"results folder {str(path)!r} does not exist. Fix: give the --out folder of `il2treg fit`.")
     for name in FILES:
         if not (path / name).is_file():
-            raise InputError(
-                f"results folder {str(path)!r} has no {name}. Fix: run the fit again to write a complete folder."
-            )
+            raise InputError(f"results folder {str(path)!r} has no {name}. Fix: run the fit again to write a complete folder.")
     s = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
     if s.get("format") != _FORMAT:
-        raise InputError(
-            f"{path / SUMMARY}: unknown results format {s.get('format')!r}. Fix: read it with the il2treg version that wrote it ({s.get('version')})."
-        )
+        raise InputError(f"{path / SUMMARY}: unknown results format {s.get('format')!r}. Fix: read it with the il2treg version that wrote it ({s.get('version')}).")
     id_type = s["id_type"]
     psi_names = tuple(s["psi_names"])
     try:
@@ -351,9 +339,7 @@ def _write_posterior(result: FitResult, file: Path) -> None:
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        idata = az.from_dict(
-            posterior=posterior, observed_data=observed, constant_data=constant, dims=dims, attrs=attrs
-        )
+        idata = az.from_dict(posterior=posterior, observed_data=observed, constant_data=constant, dims=dims, attrs=attrs)
         idata.posterior.attrs.update(attrs)  # from_dict puts attrs on the root and observed_data only
         idata.to_netcdf(str(file))
 
@@ -378,19 +364,9 @@ def _same(a, b) -> bool:
     if hasattr(a, "groups") and hasattr(b, "groups"):  # InferenceData: every group identical (values, dims, attrs)
         return a.groups() == b.groups() and all(a[g].identical(b[g]) for g in a.groups())
     if isinstance(a, pd.DataFrame):
-        return (
-            isinstance(b, pd.DataFrame)
-            and list(a.columns) == list(b.columns)
-            and a.dtypes.equals(b.dtypes)
-            and a.equals(b)
-        )
+        return isinstance(b, pd.DataFrame) and list(a.columns) == list(b.columns) and a.dtypes.equals(b.dtypes) and a.equals(b)
     if isinstance(a, np.ndarray):
-        return (
-            isinstance(b, np.ndarray)
-            and a.shape == b.shape
-            and a.dtype == b.dtype
-            and np.array_equal(a, b, equal_nan=True)
-        )
+        return isinstance(b, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
     if isinstance(a, float) and isinstance(b, float):
         return a == b or (math.isnan(a) and math.isnan(b))
     if isinstance(a, dict):
@@ -408,9 +384,7 @@ def _named(row) -> str:
     label = row.get("label", row["parameter"])
     if not isinstance(label, str) or label == row["parameter"]:
         return row["parameter"]
-    variance = (
-        f"; σ² {_g(row['estimate'] ** 2)}" if row["type"] == "sigma" else ""
-    )  # a label from NONMEM names a variance
+    variance = f"; σ² {_g(row['estimate'] ** 2)}" if row["type"] == "sigma" else ""  # a label from NONMEM names a variance
     return f"{label} ({row['parameter']}{variance})"
 
 
@@ -423,11 +397,7 @@ def _curvature_text(settings: dict) -> str:
     """How the objective's Laplace Hessian was formed ([optimiser] curvature; older results:
     observed), and whether without interaction ([optimiser] interaction)."""
     text = "NONMEM's: expected curvature" if settings.get("curvature") == "expected" else "Laplace, observed curvature"
-    return (
-        text
-        if settings.get("interaction", True)
-        else text + "; no interaction: residual SDs at the population predictions"
-    )
+    return text if settings.get("interaction", True) else text + "; no interaction: residual SDs at the population predictions"
 
 
 def _covariance_text(settings: dict, covariance: np.ndarray) -> str:
@@ -448,11 +418,8 @@ def report(result: FitResult) -> str:
     lines = [
         f"# Fit {result.name}: model {result.model}, data {result.data}",
         "",
-        (
-            f"SAEM population fit: {result.iterations} iterations (OFV, %RSE and shrinkage: {_foce(result.settings)} at the SAEM estimates); "
-            if isinstance(result.estimator, Saem)
-            else f"{_foce(result.settings)} ({_curvature_text(result.settings)}) population fit, L-BFGS: {status} after {result.iterations} iterations; "
-        )
+        (f"SAEM population fit: {result.iterations} iterations (OFV, %RSE and shrinkage: {_foce(result.settings)} at the SAEM estimates); "
+         if isinstance(result.estimator, Saem) else f"{_foce(result.settings)} ({_curvature_text(result.settings)}) population fit, L-BFGS: {status} after {result.iterations} iterations; ")
         + f"estimation {t.get('estimation_s', float('nan')):.1f} s (compilation included), total {t.get('total_s', float('nan')):.1f} s. "
         + _covariance_text(result.settings, result.covariance),
         "",
@@ -474,33 +441,17 @@ def report(result: FitResult) -> str:
             bsv += f" ({om['label']}: ω² {_g(om['estimate'] ** 2)})"
         shrink = "-" if om is None else _g(om["shrinkage_percent"], ".1f")
         value = _g(row["estimate"]) + ("" if row["estimated"] else " (fixed)")
-        lines.append(
-            f"| {_named(row)} | {value} | {row['unit']} | {_g(row['rse_percent'], '.1f')} | {_ci(row)} | {bsv} | {shrink} |"
-        )
+        lines.append(f"| {_named(row)} | {value} | {row['unit']} | {_g(row['rse_percent'], '.1f')} | {_ci(row)} | {bsv} | {shrink} |")
     correlations = est[est["type"] == "correlation"]
     if len(correlations):
-        lines += [
-            "",
-            "## Correlations of the random effects (omega blocks)",
-            "",
-            "| parameter | estimate | SE | 95% CI |",
-            "|---|---|---|---|",
-        ]
+        lines += ["", "## Correlations of the random effects (omega blocks)", "", "| parameter | estimate | SE | 95% CI |", "|---|---|---|---|"]
         for _, row in correlations.iterrows():
             lines.append(f"| {_named(row)} | {_g(row['estimate'])} | {_g(row['se'])} | {_ci(row)} |")
     iov = est[est["type"] == "omega_iov"]
     if len(iov):
-        lines += [
-            "",
-            "## Inter-occasion variability (the SD of kappa, one per occasion)",
-            "",
-            "| parameter | estimate | %RSE | 95% CI | IOV CV% |",
-            "|---|---|---|---|---|",
-        ]
+        lines += ["", "## Inter-occasion variability (the SD of kappa, one per occasion)", "", "| parameter | estimate | %RSE | 95% CI | IOV CV% |", "|---|---|---|---|---|"]
         for _, row in iov.iterrows():
-            lines.append(
-                f"| {_named(row)} | {_g(row['estimate'])} | {_g(row['rse_percent'], '.1f')} | {_ci(row)} | {_g(row['cv_percent'], '.1f')} |"
-            )
+            lines.append(f"| {_named(row)} | {_g(row['estimate'])} | {_g(row['rse_percent'], '.1f')} | {_ci(row)} | {_g(row['cv_percent'], '.1f')} |")
     lines += ["", "## Residual error", "", "| parameter | estimate | unit | %RSE | 95% CI |", "|---|---|---|---|---|"]
     for _, row in est[est["type"] == "sigma"].iterrows():
         value = _g(row["estimate"]) + ("" if row["estimated"] else " (fixed)")
@@ -519,9 +470,7 @@ def report(result: FitResult) -> str:
             f"mean P(SRI-4) {np.nanmean(included[p_sri4[0]]):.3f}.",
         ]
         if "sledai" not in result.residual:
-            lines.append(
-                "SLEDAI was not fitted: the link uses the model file's disease parameters and the default score SD."
-            )
+            lines.append("SLEDAI was not fitted: the link uses the model file's disease parameters and the default score SD.")
     if result.flagged:
         lines += ["", "## Flagged patients (left out of the objective)", ""]
         for _, row in ind[~ind["included"]].iterrows():

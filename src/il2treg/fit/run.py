@@ -27,16 +27,8 @@ from il2treg.fit.spec import FitSpec, read_fit_spec
 Progress = Callable[[dict], None]
 
 
-def run_fit(
-    spec: FitSpec | str | Path,
-    out_dir: str | Path,
-    *,
-    force: bool = False,
-    estimator: Estimator = Foce(),
-    progress: Progress | None = None,
-    figures: bool = True,
-    n_sim: int = 500,
-) -> FitResult:
+def run_fit(spec: FitSpec | str | Path, out_dir: str | Path, *, force: bool = False, estimator: Estimator = Foce(), progress: Progress | None = None,
+            figures: bool = True, n_sim: int = 500) -> FitResult:
     """Validate, fit, and write the results folder ``out_dir``.
 
     Arguments:
@@ -59,9 +51,7 @@ def run_fit(
     spec = spec if isinstance(spec, FitSpec) else read_fit_spec(spec)
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
-        raise InputError(
-            f"output folder {str(out_dir)!r} already exists. Fix: choose another --out or pass --force to replace it."
-        )
+        raise InputError(f"output folder {str(out_dir)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     start = time.perf_counter()
     result = compute_fit(spec, estimator=estimator, progress=progress)
     extra = None
@@ -123,23 +113,8 @@ def compute_fit(spec: FitSpec, *, estimator: Estimator = Foce(), progress: Progr
         emit({"stage": "covariance", "elapsed_s": time.perf_counter() - start})
         t = time.perf_counter()
         inner = objective.inner(fit.psi, fit.eta)
-        fit = eqx.tree_at(
-            lambda f: f.covariance,
-            fit,
-            estimate_covariance(objective, fit.psi, inner, fit.included, kind=opt.covariance_matrix),
-        )
+        fit = eqx.tree_at(lambda f: f.covariance, fit, estimate_covariance(objective, fit.psi, inner, fit.included, kind=opt.covariance_matrix))
         timing["covariance_s"] = time.perf_counter() - t
 
     emit({"stage": "predictions", "elapsed_s": time.perf_counter() - start})
-    return assemble_result(
-        spec,
-        problem,
-        objective,
-        fit,
-        estimator=estimator,
-        rows=rows,
-        timing=timing,
-        emit=emit,
-        start=start,
-        programs=built,
-    )
+    return assemble_result(spec, problem, objective, fit, estimator=estimator, rows=rows, timing=timing, emit=emit, start=start, programs=built)

@@ -115,22 +115,12 @@ class SaemSettings:
     seed: int = 0
 
     def __post_init__(self):
-        for name, least in (
-            ("burn_in", 0),
-            ("explore", 1),
-            ("smooth", 1),
-            ("prior_draws", 0),
-            ("walk_steps", 0),
-            ("refresh", 1),
-            ("seed", 0),
-        ):
+        for name, least in (("burn_in", 0), ("explore", 1), ("smooth", 1), ("prior_draws", 0), ("walk_steps", 0), ("refresh", 1), ("seed", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise SpecError(f"[saem] {name} must be a whole number >= {least}, got {v!r}.")
         if self.prior_draws + self.walk_steps < 1:
-            raise SpecError(
-                "[saem] prior_draws + walk_steps must be at least 1 (no draws, no E-step). Fix: set walk_steps = 2."
-            )
+            raise SpecError("[saem] prior_draws + walk_steps must be at least 1 (no draws, no E-step). Fix: set walk_steps = 2.")
         if not 0.0 < self.annealing <= 1.0:
             raise SpecError(f"[saem] annealing must be in (0, 1], got {self.annealing!r}.")
 
@@ -273,11 +263,7 @@ def fit_saem(objective, psi0: Float[Array, " psi"], settings: SaemSettings = Sae
     inner_status = np.where(include, np.asarray(inner.status), STATUS_SOLVER_FAILED)
     included = jnp.asarray(inner_status == STATUS_CONVERGED)
     ofv = float(objective.value(psi_j, inner, included))
-    cov = (
-        estimate_covariance(objective, psi_j, inner, included)
-        if covariance
-        else jnp.full((len(psi), len(psi)), jnp.nan)
-    )
+    cov = estimate_covariance(objective, psi_j, inner, included) if covariance else jnp.full((len(psi), len(psi)), jnp.nan)
     n_obs = int(jnp.sum(jnp.where(included[:, None], patients.obs_mask, False)))
     return PopulationFit(
         psi=psi_j, psi_names=problem.psi_names, ofv=ofv, covariance=cov, eta=inner.eta, inner_status=jnp.asarray(inner_status),

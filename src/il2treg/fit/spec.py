@@ -139,29 +139,13 @@ _TOP_KEYS = ("name", "description", "model", "data", "dvids", "time_unit", "drop
 PRIOR_CHOICES = ("none", "model")
 _NUTS_DEFAULTS = {"chains": 4, "warmup": 500, "samples": 500, "seed": 0, "target_accept": 0.8, "max_tree_depth": 8, "init_spread": 1.0,
                   "fixed_sd": 2.0, "beta_sd": 10.0, "omega_sd": 1.0, "sigma_sd": 1.0, "corr_sd": 1.0}  # fmt: skip
-_SAEM_DEFAULTS = {
-    "burn_in": 5,
-    "explore": 250,
-    "smooth": 100,
-    "prior_draws": 2,
-    "walk_steps": 2,
-    "annealing": 0.95,
-    "seed": 0,
-}
+_SAEM_DEFAULTS = {"burn_in": 5, "explore": 250, "smooth": 100, "prior_draws": 2, "walk_steps": 2, "annealing": 0.95, "seed": 0}
 _PARAM_KEYS = ("initial", "estimate", "cv_percent", "iov_cv_percent")
 _COVARIATE_KEYS = ("parameter", "covariate", "model", "reference", "initial")
 _BLOCK_KEYS = ("parameters", "correlation")
 _ERROR_KEYS = ("kind", "sigma_add", "sigma_prop", "estimate", "score_step")
 _CHOICES = {"curvature": CURVATURES, "covariance_matrix": COVARIANCE_MATRICES}
-_OPTIMISER_DEFAULTS = {
-    "max_iter": 200,
-    "ftol": 1e-4,
-    "gtol": 1e-2,
-    "covariance": True,
-    "covariance_matrix": "hessian",
-    "curvature": "observed",
-    "interaction": True,
-}
+_OPTIMISER_DEFAULTS = {"max_iter": 200, "ftol": 1e-4, "gtol": 1e-2, "covariance": True, "covariance_matrix": "hessian", "curvature": "observed", "interaction": True}
 _SRI4_DEFAULTS = {"day": 84.0, "fall": 4.0, "bilag_pga_keep": 0.956}
 
 
@@ -368,7 +352,7 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     _known_keys(doc, _TOP_KEYS, where, "top-level key")
     for key in ("model", "data"):
         if key not in doc:
-            raise SpecError(f'{where}: no `{key}`. Fix: add `{key} = "..."` at the top of the file.')
+            raise SpecError(f"{where}: no `{key}`. Fix: add `{key} = \"...\"` at the top of the file.")
         if not isinstance(doc[key], str) or not doc[key].strip():
             raise SpecError(f"{where}: `{key}` must be a non-empty string, got {doc[key]!r}.")
     name = _string(doc.get("name", path.resolve().parent.name), where, "name")
@@ -377,25 +361,17 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     names = base.observable_names
     aliases = doc.get("dvids", {})
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
-        raise SpecError(
-            f"{where}: `dvids` must be a table of the data's DVID names and the model's observables, e.g. dvids = {{ CP = \"{names[0]}\" }}, got {aliases!r}."
-        )
+        raise SpecError(f'{where}: `dvids` must be a table of the data\'s DVID names and the model\'s observables, e.g. dvids = {{ CP = "{names[0]}" }}, got {aliases!r}.')
     for alias, target in aliases.items():
         _known_dvid(target, where, f"dvids.{alias}", names)
     time_unit = doc.get("time_unit", "day")
     if not isinstance(time_unit, str) or time_unit not in TIME_UNITS:
-        raise SpecError(
-            f"{where}: time_unit must be one of {', '.join(map(repr, TIME_UNITS))} (the unit of the data's TIME), got {time_unit!r}."
-        )
+        raise SpecError(f"{where}: time_unit must be one of {', '.join(map(repr, TIME_UNITS))} (the unit of the data's TIME), got {time_unit!r}.")
     drop = doc.get("drop", [])
     if not isinstance(drop, list) or not all(isinstance(c, str) for c in drop):
-        raise SpecError(
-            f'{where}: `drop` must be a list of the data\'s column names, e.g. drop = ["FA1"], got {drop!r}.'
-        )
+        raise SpecError(f'{where}: `drop` must be a list of the data\'s column names, e.g. drop = ["FA1"], got {drop!r}.')
     if (time_unit != "day" or drop) and doc["data"].startswith(PACKAGED_PREFIX):
-        raise SpecError(
-            f"{where}: time_unit and drop apply to a data file; the packaged dataset {doc['data']!r} is in days with its own columns. Fix: remove them."
-        )
+        raise SpecError(f"{where}: time_unit and drop apply to a data file; the packaged dataset {doc['data']!r} is in days with its own columns. Fix: remove them.")
     dataset = _data(doc["data"], path, names, aliases, time_unit, tuple(drop), base.dosing_inputs)
 
     ignore = doc.get("ignore_dvids", [])
@@ -434,23 +410,15 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
     if "occasion" in doc and not any(p.iov_cv_percent is not None for p in parameters):
         raise SpecError(f"{where}: `occasion` names the occasion column of inter-occasion variability, but no parameter has iov_cv_percent. "
                         "Fix: give a parameter iov_cv_percent, or remove `occasion`.")  # fmt: skip
-    if any(p.iov_cv_percent is not None for p in parameters) and (
-        occasion not in dataset.covariates or occasion in dict(dataset.covariate_levels)
-    ):
+    if any(p.iov_cv_percent is not None for p in parameters) and (occasion not in dataset.covariates or occasion in dict(dataset.covariate_levels)):
         raise SpecError(f"{where}: inter-occasion variability (iov_cv_percent) needs a numeric occasion column, but the data ({doc['data']}) have no numeric column {occasion!r} "
                         f"(their covariates: {', '.join(dataset.covariates) or 'none'}). "
                         "Fix: add it (OCC = 1, 2, ... from each occasion's first row on), or name yours with occasion = \"...\".")  # fmt: skip
 
     dataset = _mask_ignored(dataset, ignore)
     _check_against_data(dataset, parameters, errors, ignore, base, where, doc["data"])
-    if (
-        not any(p.estimate or p.cv_percent is not None or p.iov_cv_percent is not None for p in parameters)
-        and not covariates
-        and not any(e.estimate for e in errors)
-    ):
-        raise SpecError(
-            f"{where}: nothing is estimated. Fix: add a [parameters.<name>] table or estimate a residual SD."
-        )
+    if not any(p.estimate or p.cv_percent is not None or p.iov_cv_percent is not None for p in parameters) and not covariates and not any(e.estimate for e in errors):
+        raise SpecError(f"{where}: nothing is estimated. Fix: add a [parameters.<name>] table or estimate a residual SD.")
 
     initial = {p.name: p.initial for p in parameters if p.initial is not None}
     try:
@@ -474,9 +442,7 @@ def _model(source: str, path: Path) -> Model:
     if source.endswith(".toml") or "/" in source:
         target = Path(source) if Path(source).is_absolute() else path.parent / source
         if not Path(target).is_file():
-            raise SpecError(
-                f"{where}: model file {str(target)!r} does not exist. Fix: give a path relative to the fit file, or a model name."
-            )
+            raise SpecError(f"{where}: model file {str(target)!r} does not exist. Fix: give a path relative to the fit file, or a model name.")
     try:
         return load_model(target)
     except SpecError as err:
@@ -492,24 +458,15 @@ def load_packaged_dataset(name: str, observables: tuple[str, ...] = OBSERVABLE_N
         raise SpecError(f"unknown packaged dataset {PACKAGED_PREFIX + name!r}. Fix: use one of {known}, or a CSV path.")
     loader = getattr(il2treg.datasets, name, None)
     if loader is None:
-        raise SpecError(
-            f"packaged dataset {PACKAGED_PREFIX + name!r} is not in this installation of il2treg. Fix: update il2treg or give a CSV path."
-        )
+        raise SpecError(f"packaged dataset {PACKAGED_PREFIX + name!r} is not in this installation of il2treg. Fix: update il2treg or give a CSV path.")
     data = loader()
     if isinstance(data, Dataset):
         return data if data.dvid_names == tuple(observables) else read_dataset(data.to_frame(), observables=observables)
     return read_dataset(data, observables=observables)
 
 
-def _data(
-    source: str,
-    path: Path,
-    names: tuple[str, ...],
-    aliases: dict[str, str],
-    time_unit: str = "day",
-    drop: tuple[str, ...] = (),
-    doses: tuple[DosingInput, ...] = (),
-) -> Dataset:
+def _data(source: str, path: Path, names: tuple[str, ...], aliases: dict[str, str], time_unit: str = "day", drop: tuple[str, ...] = (),
+          doses: tuple[DosingInput, ...] = ()) -> Dataset:
     where = str(path)
     if source.startswith(PACKAGED_PREFIX):
         try:
@@ -546,13 +503,9 @@ def _parameters(table, model: Model, where: str) -> tuple[ParameterEntry, ...]:
     for name, entry in table.items():
         here = f"{where}: [parameters.{name}]"
         if name not in names:
-            raise SpecError(
-                f"{here}: unknown parameter {name!r} of model {model.name!r}. Fix: use one of {', '.join(names)}."
-            )
+            raise SpecError(f"{here}: unknown parameter {name!r} of model {model.name!r}. Fix: use one of {', '.join(names)}.")
         if not isinstance(entry, dict):
-            raise SpecError(
-                f"{here} must be a table. Fix: write [parameters.{name}] with initial / estimate / cv_percent."
-            )
+            raise SpecError(f"{here} must be a table. Fix: write [parameters.{name}] with initial / estimate / cv_percent.")
         _known_keys(entry, _PARAM_KEYS, here, "key")
         ps = model.spec[name]
         if name in model.spec.covariate_names:
@@ -583,13 +536,11 @@ def _parameters(table, model: Model, where: str) -> tuple[ParameterEntry, ...]:
             if cv is not None:
                 cv = _number(cv, here, key)
                 if not cv > 0:
-                    raise SpecError(
-                        f"{here}: {key} must be > 0 (the initial CV% of the random effect), got {cv:g}. Fix: omit it for no random effect."
-                    )
+                    raise SpecError(f"{here}: {key} must be > 0 (the initial CV% of the random effect), got {cv:g}. Fix: omit it for no random effect.")
                 if ps.transform != "log":
                     raise SpecError(
-                        f'{here}: a random effect is log-normal and needs a parameter with transform "log"; '
-                        f'{name!r} has {ps.transform!r}. Fix: remove {key}, or set transform = "log" in the model file.'
+                        f"{here}: a random effect is log-normal and needs a parameter with transform \"log\"; "
+                        f"{name!r} has {ps.transform!r}. Fix: remove {key}, or set transform = \"log\" in the model file."
                     )
             cvs.append(cv)
         out.append(ParameterEntry(name, estimate, initial, *cvs))
@@ -606,22 +557,14 @@ def _omega_blocks(table, parameters: tuple[ParameterEntry, ...], where: str) -> 
         _known_keys(entry, _BLOCK_KEYS, here, "key")
         names = entry.get("parameters")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) < 2:
-            raise SpecError(
-                f'{here}: parameters must list two or more parameters with a random effect, e.g. parameters = ["CL", "V"], got {names!r}.'
-            )
+            raise SpecError(f'{here}: parameters must list two or more parameters with a random effect, e.g. parameters = ["CL", "V"], got {names!r}.')
         if len(set(names)) != len(names):
-            raise SpecError(
-                f"{here}: parameters lists {next(n for n in names if names.count(n) > 1)!r} twice. Fix: list each random effect once."
-            )
+            raise SpecError(f"{here}: parameters lists {next(n for n in names if names.count(n) > 1)!r} twice. Fix: list each random effect once.")
         for name in names:
             if name not in random:
-                raise SpecError(
-                    f"{here}: {name!r} has no random effect. Fix: give it cv_percent in [parameters.{name}], or use one of {', '.join(random) or '(none)'}."
-                )
+                raise SpecError(f"{here}: {name!r} has no random effect. Fix: give it cv_percent in [parameters.{name}], or use one of {', '.join(random) or '(none)'}.")
             if name in seen:
-                raise SpecError(
-                    f"{here}: {name!r} is already in omega block #{seen[name]}. Fix: put each random effect in one block."
-                )
+                raise SpecError(f"{here}: {name!r} is already in omega block #{seen[name]}. Fix: put each random effect in one block.")
             seen[name] = k
         correlation = _number(entry.get("correlation", 0.1), here, "correlation")
         if not -1.0 / (len(names) - 1) < correlation < 1.0:
@@ -652,9 +595,7 @@ def _errors(table, where: str, names: tuple[str, ...]) -> tuple[ErrorEntry, ...]
         for key in ("sigma_add", "sigma_prop"):
             if key in entry:
                 if key not in used:
-                    raise SpecError(
-                        f"{here}: kind {kind!r} has no {key}. Fix: remove it, or give only {', '.join(used)}."
-                    )
+                    raise SpecError(f"{here}: kind {kind!r} has no {key}. Fix: remove it, or give only {', '.join(used)}.")
                 sd[key] = _number(entry[key], here, key)
                 if sd[key] < 0:
                     raise SpecError(f"{here}: {key} must be >= 0, got {sd[key]:g}.")
@@ -663,40 +604,28 @@ def _errors(table, where: str, names: tuple[str, ...]) -> tuple[ErrorEntry, ...]
             raise SpecError(f"{here}: estimate must be a list such as {list(used)!r}, got {estimate!r}.")
         for s in estimate:
             if s not in used:
-                raise SpecError(
-                    f"{here}: cannot estimate {s!r}: kind {kind!r} uses {', '.join(used)}. Fix: estimate = {list(used)!r} or a part of it."
-                )
+                raise SpecError(f"{here}: cannot estimate {s!r}: kind {kind!r} uses {', '.join(used)}. Fix: estimate = {list(used)!r} or a part of it.")
             if not sd[s] > 0:
-                raise SpecError(
-                    f"{here}: an estimated {s} needs an initial value > 0, got {sd[s]:g}. Fix: set {s} = <initial SD>."
-                )
+                raise SpecError(f"{here}: an estimated {s} needs an initial value > 0, got {sd[s]:g}. Fix: set {s} = <initial SD>.")
         if len(set(estimate)) != len(estimate):
             raise SpecError(f"{here}: estimate lists an SD twice. Fix: list each once.")
         step = entry.get("score_step", 1.0)
         if "score_step" in entry:
             if kind != "ordinal":
-                raise SpecError(f'{here}: score_step applies to kind "ordinal" only. Fix: remove it.')
+                raise SpecError(f"{here}: score_step applies to kind \"ordinal\" only. Fix: remove it.")
             step = _number(step, here, "score_step")
             if not step > 0:
-                raise SpecError(
-                    f"{here}: score_step must be > 0 (1 for integer scores, 2 for even scores), got {step:g}."
-                )
-        entries[dvid] = ErrorEntry(
-            dvid, kind, sd["sigma_add"], sd["sigma_prop"], tuple(s for s in used if s in estimate), float(step)
-        )
+                raise SpecError(f"{here}: score_step must be > 0 (1 for integer scores, 2 for even scores), got {step:g}.")
+        entries[dvid] = ErrorEntry(dvid, kind, sd["sigma_add"], sd["sigma_prop"], tuple(s for s in used if s in estimate), float(step))
     steps = {e.score_step for e in entries.values() if e.kind == "ordinal"}
     if len(steps) > 1:
-        raise SpecError(
-            f"{where}: ordinal error models with different score_step ({', '.join(f'{x:g}' for x in sorted(steps))}). Fix: use one score_step."
-        )
+        raise SpecError(f"{where}: ordinal error models with different score_step ({', '.join(f'{x:g}' for x in sorted(steps))}). Fix: use one score_step.")
     return tuple(entries[n] for n in names if n in entries)
 
 
 def _covariates(table, model: Model, dataset: Dataset, where: str) -> tuple[CovariateEntry, ...]:
     if not isinstance(table, list) or not all(isinstance(t, dict) for t in table):
-        raise SpecError(
-            f"{where}: `covariates` must be [[covariates]] tables (parameter, covariate, model, reference)."
-        )
+        raise SpecError(f"{where}: `covariates` must be [[covariates]] tables (parameter, covariate, model, reference).")
     out = []
     names = model.parameter_names
     for k, entry in enumerate(table, start=1):
@@ -707,39 +636,24 @@ def _covariates(table, model: Model, dataset: Dataset, where: str) -> tuple[Cova
                 raise SpecError(f"{here} has no {key!r}. Fix: add `{key} = ...`.")
         parameter, covariate, form = entry["parameter"], entry["covariate"], entry["model"]
         if parameter not in names:
-            raise SpecError(
-                f"{here}: unknown parameter {parameter!r} of model {model.name!r}. Fix: use one of {', '.join(names)}."
-            )
+            raise SpecError(f"{here}: unknown parameter {parameter!r} of model {model.name!r}. Fix: use one of {', '.join(names)}.")
         if form not in COVARIATE_MODELS:
             raise SpecError(f"{here}: unknown covariate model {form!r}. Fix: use one of {', '.join(COVARIATE_MODELS)}.")
         if covariate not in dataset.covariates:
             known = ", ".join(dataset.covariates) or "none"
-            raise SpecError(
-                f"{here}: the data have no covariate column {covariate!r}. Fix: use one of the data's covariates ({known})."
-            )
+            raise SpecError(f"{here}: the data have no covariate column {covariate!r}. Fix: use one of the data's covariates ({known}).")
         if covariate in dict(dataset.covariate_levels):
-            raise SpecError(
-                f"{here}: covariate {covariate!r} is text; an effect needs a numeric column. Fix: code it as numbers (e.g. 0/1)."
-            )
+            raise SpecError(f"{here}: covariate {covariate!r} is text; an effect needs a numeric column. Fix: code it as numbers (e.g. 0/1).")
         reference = _number(entry["reference"], here, "reference")
         values = np.asarray(dataset.covariates[covariate], dtype=float)
         if not np.all(np.isfinite(values)):
             missing = dataset.ids[int(np.argmax(~np.isfinite(values)))]
-            raise SpecError(
-                f"{here}: covariate {covariate!r} is missing for ID {missing!r}. Fix: fill it in or remove the effect."
-            )
+            raise SpecError(f"{here}: covariate {covariate!r} is missing for ID {missing!r}. Fix: fill it in or remove the effect.")
         if form == "power" and not (np.all(values > 0) and reference > 0):
-            raise SpecError(
-                f'{here}: a power effect needs positive values of {covariate!r} and a positive reference. Fix: use model = "exp" or "linear".'
-            )
+            raise SpecError(f"{here}: a power effect needs positive values of {covariate!r} and a positive reference. Fix: use model = \"exp\" or \"linear\".")
         if any(c.effect.parameter == parameter and c.effect.covariate == covariate for c in out):
             raise SpecError(f"{here}: a second effect of {covariate!r} on {parameter!r}. Fix: keep one.")
-        out.append(
-            CovariateEntry(
-                CovariateEffect(parameter, covariate, form, reference),
-                _number(entry.get("initial", 0.0), here, "initial"),
-            )
-        )
+        out.append(CovariateEntry(CovariateEffect(parameter, covariate, form, reference), _number(entry.get("initial", 0.0), here, "initial")))
     return tuple(out)
 
 
@@ -773,14 +687,10 @@ def _check_against_data(dataset: Dataset, parameters, errors, ignore, model: Mod
     observed = set(dataset.observed_names())
     described = {e.dvid for e in errors}
     if not observed:
-        raise SpecError(
-            f"{where}: the data ({source}) have no observation to fit. Fix: use data with observations, or fit fewer ignore_dvids."
-        )
+        raise SpecError(f"{where}: the data ({source}) have no observation to fit. Fix: use data with observations, or fit fewer ignore_dvids.")
     for d in ignore:
         if d in described:
-            raise SpecError(
-                f"{where}: {d!r} is both in ignore_dvids and has an [error.{d}] table. Fix: keep one of them."
-            )
+            raise SpecError(f"{where}: {d!r} is both in ignore_dvids and has an [error.{d}] table. Fix: keep one of them.")
     for d in dataset.dvid_names:
         if d in observed and d not in described:
             raise SpecError(
@@ -801,46 +711,32 @@ def _check_against_data(dataset: Dataset, parameters, errors, ignore, model: Mod
             )
     for p in parameters:
         target = _ACTS_ONLY_ON.get(model.spec[p.name].group)
-        if (
-            (p.estimate or p.cv_percent is not None or p.iov_cv_percent is not None)
-            and target
-            and target not in observed
-        ):
+        if (p.estimate or p.cv_percent is not None or p.iov_cv_percent is not None) and target and target not in observed:
             raise SpecError(
                 f"{where}: [parameters.{p.name}] is estimated but acts only on {target!r}, which the data ({source}) do not observe. "
                 f"Fix: add {target} data, or set estimate = false and remove cv_percent (and iov_cv_percent)."
             )
 
 
-def _labels(
-    table, parameters, covariates, errors, where: str, omega_blocks: tuple[OmegaBlock, ...] = ()
-) -> tuple[tuple[str, str], ...]:
+def _labels(table, parameters, covariates, errors, where: str, omega_blocks: tuple[OmegaBlock, ...] = ()) -> tuple[tuple[str, str], ...]:
     """The ``labels`` table checked against the names of the fit's estimates."""
     if not isinstance(table, dict):
-        raise SpecError(
-            f'{where}: `labels` must be a table of estimate names and labels, e.g. labels = {{ omega_CL = "IIV_CL" }}, got {table!r}.'
-        )
+        raise SpecError(f'{where}: `labels` must be a table of estimate names and labels, e.g. labels = {{ omega_CL = "IIV_CL" }}, got {table!r}.')
     names = [p.name for p in parameters if p.estimate] + [c.effect.name for c in covariates]
     random = tuple(p.name for p in parameters if p.cv_percent is not None)
     names += [f"omega_{n}" for n in random]
-    names += [
-        f"corr_{random[j]}_{random[i]}" for i, j in block_pairs(random, tuple(b.parameters for b in omega_blocks))
-    ]
+    names += [f"corr_{random[j]}_{random[i]}" for i, j in block_pairs(random, tuple(b.parameters for b in omega_blocks))]
     names += [f"omega_iov_{p.name}" for p in parameters if p.iov_cv_percent is not None]
     names += [f"sigma_{s.removeprefix('sigma_')}_{e.dvid}" for e in errors for s in SIGMAS_OF_KIND[e.kind]]
     for name, label in table.items():
         if name not in names:
-            raise SpecError(
-                f"{where}: labels.{name}: the fit has no estimate {name!r}. Fix: use one of {', '.join(names)}."
-            )
+            raise SpecError(f"{where}: labels.{name}: the fit has no estimate {name!r}. Fix: use one of {', '.join(names)}.")
         if not isinstance(label, str) or not label.strip():
             raise SpecError(f"{where}: labels.{name} must be a non-empty string, got {label!r}.")
     seen = {}
     for name, label in table.items():
         if label in seen:
-            raise SpecError(
-                f"{where}: labels.{name} and labels.{seen[label]} are both {label!r}. Fix: give each estimate its own label."
-            )
+            raise SpecError(f"{where}: labels.{name} and labels.{seen[label]} are both {label!r}. Fix: give each estimate its own label.")
         seen[label] = name
     return tuple(table.items())
 
@@ -856,9 +752,7 @@ def _known_keys(table: dict, known: tuple[str, ...], here: str, what: str) -> No
 
 def _known_dvid(dvid: str, where: str, field: str, names: tuple[str, ...]) -> None:
     if dvid not in names:
-        raise SpecError(
-            f"{where}: {field}: unknown observation type {dvid!r}: not an observable of the model. Fix: use one of {', '.join(names)}."
-        )
+        raise SpecError(f"{where}: {field}: unknown observation type {dvid!r}: not an observable of the model. Fix: use one of {', '.join(names)}.")
 
 
 def _number(value, here: str, key: str) -> float:

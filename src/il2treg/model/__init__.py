@@ -104,9 +104,7 @@ class Model(eqx.Module):
         ``[doses.<name>]`` tables: the 1-based state number (CMT) each doses into, and whether it
         declares an infusion duration (so that ``RATE = -2`` may ask for it)."""
         mechanism = self.mechanism
-        return tuple(
-            DosingInput(int(s) + 1, bool(i)) for s, i in zip(mechanism.dose_states, mechanism.dose_infused, strict=True)
-        )
+        return tuple(DosingInput(int(s) + 1, bool(i)) for s, i in zip(mechanism.dose_states, mechanism.dose_infused, strict=True))
 
     def typical(self) -> Parameters:
         """The typical patient: every parameter at its declared value."""
@@ -167,13 +165,13 @@ def load_model(name_or_path: str | Path = "il2_treg_sledai", *, base: str | Path
     if base is not None:
         data = rebased(data, str(path), base)
     definition = parse_model(data, where=str(path))
-    spec = ModelSpec(
-        name=definition.name, description=definition.description, params=definition.parameters, path=str(path)
-    )
+    spec = ModelSpec(name=definition.name, description=definition.description, params=definition.parameters, path=str(path))
     return Model(spec, Equations(definition))
 
 
-def sample_population(model: Model, n: int, seed: int = 0, *, typical: Parameters | None = None) -> Parameters:
+def sample_population(
+    model: Model, n: int, seed: int = 0, *, typical: Parameters | None = None
+) -> Parameters:
     r"""Draw ``n`` virtual patients with the model's between-patient variability.
 
     Each parameter with ``cv_percent > 0`` is log-normal around its typical value:
@@ -195,7 +193,9 @@ def sample_population(model: Model, n: int, seed: int = 0, *, typical: Parameter
     return Parameters(values, base.names)
 
 
-def draw_typical(model: Model, n: int, seed: int | np.random.Generator = 0, *, names=None, typical=None) -> Parameters:
+def draw_typical(
+    model: Model, n: int, seed: int | np.random.Generator = 0, *, names=None, typical=None
+) -> Parameters:
     r"""``n`` draws of the typical (population) parameters from the priors in the model file:
     parameter uncertainty, as opposed to the between-patient variability of
     :func:`sample_population`.
@@ -224,9 +224,7 @@ def draw_typical(model: Model, n: int, seed: int | np.random.Generator = 0, *, n
     names = list(dict.fromkeys([names] if isinstance(names, str) else names))  # a name twice is drawn once
     for name in names:
         if name not in by_name:
-            raise SpecError(
-                f"model {model.name!r} has no parameter {name!r} to draw from its prior. Fix: use some of {', '.join(by_name)}."
-            )
+            raise SpecError(f"model {model.name!r} has no parameter {name!r} to draw from its prior. Fix: use some of {', '.join(by_name)}.")
         if params[by_name[name]].prior_sd is None:
             raise SpecError(f"parameter {name!r} of model {model.name!r} declares no prior_sd, so its uncertainty is unknown. "
                             f"Fix: add prior_sd (and prior_source) to [parameters.{name}] in the model file, or leave it out.")  # fmt: skip

@@ -113,9 +113,7 @@ def unit_of(expr: sympy.Expr, units: dict[sympy.Symbol, pint.Quantity | None]) -
     if expr.is_Number or expr in (sympy.pi, sympy.E):
         return one
     if isinstance(expr, sympy.Add | sympy.Max | sympy.Min):
-        return _common(
-            expr, [(a, unit_of(a, units)) for a in expr.args], "adds" if isinstance(expr, sympy.Add) else "compares"
-        )
+        return _common(expr, [(a, unit_of(a, units)) for a in expr.args], "adds" if isinstance(expr, sympy.Add) else "compares")
     if isinstance(expr, sympy.Mul):
         out = one
         for a in expr.args:
@@ -144,9 +142,7 @@ def unit_of(expr: sympy.Expr, units: dict[sympy.Symbol, pint.Quantity | None]) -
         for a in expr.args:
             u = unit_of(a, units)
             if u is not None and not _dimensionless(u):
-                raise DimensionError(
-                    f"{expr}: the argument of {expr.func} must be dimensionless, {a} is [{describe(u)}]"
-                )
+                raise DimensionError(f"{expr}: the argument of {expr.func} must be dimensionless, {a} is [{describe(u)}]")
         return one
     raise DimensionError(f"{expr}: il2treg cannot work out the unit of a {type(expr).__name__}")
 

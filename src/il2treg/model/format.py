@@ -74,9 +74,7 @@ _FUNCTIONS = {
     "Piecewise": sympy.Piecewise, "pi": sympy.pi,
 }  # fmt: skip
 #: Names a file may not declare: the functions of the expressions and the names sympy's parser reads.
-_RESERVED = frozenset(
-    {*_FUNCTIONS, "Integer", "Float", "Rational", "Symbol", "Function", "True", "False", "E", "I", "oo", "nan"}
-)
+_RESERVED = frozenset({*_FUNCTIONS, "Integer", "Float", "Rational", "Symbol", "Function", "True", "False", "E", "I", "oo", "nan"})
 _STATE_FIELDS = ("unit", "initial", "description")
 _CONSTANT_FIELDS = ("value", "unit", "source", "description")
 _OBSERVABLE_FIELDS = ("unit", "expression", "description")
@@ -203,9 +201,7 @@ def _per_day(value: float, unit: str, declared) -> tuple[float, str]:
 
 def _fields(path: str, key: str, table, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:
     if not isinstance(table, dict):
-        raise _error(
-            path, key, f"must be a table, got {table!r}", f"write [{key}] with the fields {', '.join(required)}"
-        )
+        raise _error(path, key, f"must be a table, got {table!r}", f"write [{key}] with the fields {', '.join(required)}")
     for field in table:
         if field not in allowed:
             raise _error(path, f"{key}.{field}", "unknown field", f"use only {', '.join(allowed)}")
@@ -219,9 +215,7 @@ def _unit(path: str, key: str, text) -> str:
     try:
         dimensions.parse_unit(text)
     except dimensions.DimensionError as err:
-        raise _error(
-            path, key, str(err), "write a unit such as 1/day, L, pM, MIU, mg/L, cells/uL, points or 1"
-        ) from None
+        raise _error(path, key, str(err), "write a unit such as 1/day, L, pM, MIU, mg/L, cells/uL, points or 1") from None
     return text
 
 
@@ -237,18 +231,8 @@ def _parse(path: str, key: str, text, symbols: dict[str, sympy.Symbol]) -> sympy
     try:
         expr = parse_expr(text, local_dict=dict(symbols), global_dict=namespace,
                           transformations=(*standard_transformations, convert_xor), evaluate=True)  # fmt: skip
-    except (
-        SyntaxError,
-        TypeError,
-        ValueError,
-        AttributeError,
-        NameError,
-        tokenize.TokenError,
-        sympy.SympifyError,
-    ) as err:
-        raise _error(
-            path, key, f"{text!r} is not an expression ({type(err).__name__}: {err})", "correct the expression"
-        ) from None
+    except (SyntaxError, TypeError, ValueError, AttributeError, NameError, tokenize.TokenError, sympy.SympifyError) as err:
+        raise _error(path, key, f"{text!r} is not an expression ({type(err).__name__}: {err})", "correct the expression") from None
     if not isinstance(expr, sympy.Expr):
         raise _error(path, key, f"{text!r} is not an expression", "write an arithmetic expression")
     known = set(symbols.values())
@@ -322,12 +306,7 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
                          'write the variant as a model file with [model] base = "..." (models/README.md, "Variants")')  # fmt: skip
         if key not in TABLES:
             close = difflib.get_close_matches(key, TABLES, n=1)
-            raise _error(
-                path,
-                key,
-                "unknown table",
-                f"{'did you mean [' + close[0] + ']? ' if close else ''}use {', '.join(f'[{t}]' for t in TABLES)}",
-            )
+            raise _error(path, key, "unknown table", f"{'did you mean [' + close[0] + ']? ' if close else ''}use {', '.join(f'[{t}]' for t in TABLES)}")
     meta = _fields(path, "model", data.get("model", {}), ("name", "description", "source", "base", "remove"), ("name",))
     if not isinstance(meta["name"], str) or not meta["name"].strip():
         raise _error(path, "model.name", f"must be a non-empty string, got {meta['name']!r}", 'write name = "my_model"')
@@ -348,9 +327,7 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
                 raise _error(path, f"{table}.{name}", "is not a valid name",
                              "use letters, digits and _, starting with a letter, and not a Python keyword")  # fmt: skip
             if name in _RESERVED:
-                raise _error(
-                    path, f"{table}.{name}", f"{name!r} is the name of a function of the expressions", "rename it"
-                )
+                raise _error(path, f"{table}.{name}", f"{name!r} is the name of a function of the expressions", "rename it")
             if name in kinds:
                 raise _error(path, f"{table}.{name}", f"duplicate name: already declared in [{kinds[name]}]",
                              "give each state, parameter, constant and quantity its own name")  # fmt: skip
@@ -362,10 +339,7 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
         if not isinstance(table, dict):
             raise _error(path, f"parameters.{name}", f"must be a table, got {table!r}",
                          f"write [parameters.{name}] with value, unit, bounds, transform, cv_percent and source")  # fmt: skip
-    parameters = tuple(
-        parse_parameter(name, table, path, to_internal=_parameter_to_internal)
-        for name, table in data["parameters"].items()
-    )
+    parameters = tuple(parse_parameter(name, table, path, to_internal=_parameter_to_internal) for name, table in data["parameters"].items())
     unit_of: dict[sympy.Symbol, object] = {symbols[TIME]: dimensions.parse_unit("day")}
     for p in parameters:
         unit_of[symbols[p.name]] = dimensions.parse_unit(p.internal_unit)
@@ -376,15 +350,7 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
         value = table["value"]
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise _error(path, f"{key}.value", f"must be a finite number, got {value!r}", "write a number")
-        constants.append(
-            Constant(
-                name,
-                float(value),
-                _unit(path, f"{key}.unit", table["unit"]),
-                str(table["source"]),
-                str(table.get("description", "")),
-            )
-        )
+        constants.append(Constant(name, float(value), _unit(path, f"{key}.unit", table["unit"]), str(table["source"]), str(table.get("description", ""))))
         unit_of[symbols[name]] = dimensions.parse_unit(table["unit"])
     fixed = {symbols[n] for n, k in kinds.items() if k in ("parameters", "constants")}
 
@@ -397,9 +363,7 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
         unit_of[symbols[name]] = dimensions.parse_unit(unit)
         initial = _parse(path, f"{key}.initial", table["initial"], {n: s for n, s in symbols.items() if s in fixed})
         bare = not isinstance(table["initial"], str)  # a number: in the state's unit
-        states.append(
-            (State(name, unit, str(table["initial"]), str(table.get("description", ""))), None if bare else initial)
-        )
+        states.append((State(name, unit, str(table["initial"]), str(table.get("description", ""))), None if bare else initial))
 
     # Quantities: parsed, ordered, and their units worked out in that order.
     quantity_table = data.get("quantities", {})
@@ -433,9 +397,7 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
     for name, table in data["observables"].items():
         key = f"observables.{name}"
         if name in kinds and kinds[name] != "states":  # an observable may be named after the state it reads
-            raise _error(
-                path, key, f"duplicate name: already declared in [{kinds[name]}]", "give the observable its own name"
-            )
+            raise _error(path, key, f"duplicate name: already declared in [{kinds[name]}]", "give the observable its own name")
         table = _fields(path, key, table, _OBSERVABLE_FIELDS, ("unit", "expression"))
         unit = _unit(path, f"{key}.unit", table["unit"])
         expr = _parse(path, f"{key}.expression", table["expression"], symbols)
@@ -447,12 +409,7 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
     fixed_symbols = {n: s for n, s in symbols.items() if s in fixed}
     dose_table = data.get("doses", {})
     if not isinstance(dose_table, dict):
-        raise _error(
-            path,
-            "doses",
-            f"must be tables [doses.<name>], got {dose_table!r}",
-            'write [doses.<name>] with state = "<a state>"',
-        )
+        raise _error(path, "doses", f"must be tables [doses.<name>], got {dose_table!r}", "write [doses.<name>] with state = \"<a state>\"")
     for name, table in dose_table.items():
         key = f"doses.{name}"
         table = _fields(path, key, table, _DOSE_FIELDS, ("state",))
@@ -465,12 +422,7 @@ def parse_model(data: dict, *, where: str = "<model>") -> ModelDefinition:
                 if isinstance(table[field], str):  # a number is in days (lag, duration) or a fraction
                     _check(path, f"{key}.{field}", expr, unit_of, dimensions.parse_unit(unit), unit)
                 if field == "duration" and not isinstance(table[field], str) and not table[field] > 0:
-                    raise _error(
-                        path,
-                        f"{key}.duration",
-                        f"must be positive, got {table[field]!r}",
-                        "give the infusion a duration > 0 (days), or remove it for a bolus",
-                    )
+                    raise _error(path, f"{key}.duration", f"must be positive, got {table[field]!r}", "give the infusion a duration > 0 (days), or remove it for a bolus")
         state_unit = next(s.unit for s, _ in states if s.name == table["state"])
         amount_unit = _unit(path, f"{key}.unit", table.get("unit", state_unit))
         ratio = dimensions.parse_unit(amount_unit) / dimensions.parse_unit(state_unit)
@@ -503,9 +455,7 @@ def _unit_of(path: str, key: str, expr: sympy.Expr, unit_of: dict):
     try:
         return dimensions.unit_of(expr, unit_of)
     except dimensions.DimensionError as err:
-        raise _error(
-            path, key, f"unit mismatch: {err}", "make both sides of each sum, and every exp/log argument, agree in unit"
-        ) from None
+        raise _error(path, key, f"unit mismatch: {err}", "make both sides of each sum, and every exp/log argument, agree in unit") from None
 
 
 def _check(path: str, key: str, expr: sympy.Expr, unit_of: dict, expected, expected_text: str) -> None:
@@ -525,33 +475,19 @@ def with_base(data: dict, where: str, seen: tuple[str, ...] = ()) -> dict:
     meta = data.get("model")
     if not isinstance(meta, dict) or "base" not in meta:
         if isinstance(meta, dict) and "remove" in meta:
-            raise _error(
-                where,
-                "model.remove",
-                "removes names from a base, but the file has no base",
-                'add base = "..." or delete remove',
-            )
+            raise _error(where, "model.remove", "removes names from a base, but the file has no base", 'add base = "..." or delete remove')
         return data
     base = meta["base"]
     if not isinstance(base, str) or not base:
-        raise _error(
-            where, "model.base", f"must be a model name or a path, got {base!r}", 'write base = "il2_treg_sledai"'
-        )
+        raise _error(where, "model.base", f"must be a model name or a path, got {base!r}", 'write base = "il2_treg_sledai"')
     beside = Path(where).parent / base
     try:
         base_path = beside if beside.suffix == ".toml" and beside.is_file() else resolve_model_path(base)
     except SpecError as err:
-        raise _error(
-            where, "model.base", str(err).split(" Fix:")[0], "name a model in models/ or a .toml file beside this one"
-        ) from None
+        raise _error(where, "model.base", str(err).split(" Fix:")[0], "name a model in models/ or a .toml file beside this one") from None
     here = str(Path(where).resolve())
     if str(base_path.resolve()) in (*seen, here):
-        raise _error(
-            where,
-            "model.base",
-            f"the bases form a cycle through {str(base_path)!r}",
-            "make the chain of bases end in a file without one",
-        )
+        raise _error(where, "model.base", f"the bases form a cycle through {str(base_path)!r}", "make the chain of bases end in a file without one")
     merged = with_base(read_toml(base_path), str(base_path), (*seen, here))
     out = {table: dict(merged.get(table, {})) for table in _NAMED_TABLES if table in merged}
     for table, entries in data.items():
@@ -563,18 +499,11 @@ def with_base(data: dict, where: str, seen: tuple[str, ...] = ()) -> dict:
             out[table] = entries
     remove = meta.get("remove", [])
     if not isinstance(remove, list) or not all(isinstance(n, str) for n in remove):
-        raise _error(
-            where, "model.remove", f"must be a list of names, got {remove!r}", 'write remove = ["mtt", "transit_1"]'
-        )
+        raise _error(where, "model.remove", f"must be a list of names, got {remove!r}", 'write remove = ["mtt", "transit_1"]')
     for name in remove:
         found = [table for table in _NAMED_TABLES if name in out.get(table, {})]
         if not found:
-            raise _error(
-                where,
-                "model.remove",
-                f"{name!r} is not declared in the base {base!r}",
-                "remove only names the base declares",
-            )
+            raise _error(where, "model.remove", f"{name!r} is not declared in the base {base!r}", "remove only names the base declares")
         for table in found:
             del out[table][name]
         if "states" in found and name in out.get("equations", {}):
@@ -590,10 +519,7 @@ def rebased(data: dict, where: str, base: str | Path) -> dict:
     if not isinstance(meta, dict) or "base" not in meta:
         raise _error(where, "model.base", "the file is not a variant, so it has no base to replace",
                      "give base= only for a file with [model] base = \"...\" (models/README.md, \"Variants\")")  # fmt: skip
-    return {
-        **data,
-        "model": {**meta, "base": str(base), "name": f"{meta.get('name', Path(where).stem)}_on_{Path(str(base)).stem}"},
-    }
+    return {**data, "model": {**meta, "base": str(base), "name": f"{meta.get('name', Path(where).stem)}_on_{Path(str(base)).stem}"}}
 
 
 def read_model_file(path: str | Path) -> ModelDefinition:
@@ -607,13 +533,7 @@ def read_model_file(path: str | Path) -> ModelDefinition:
 
 def symbols_of(defn: ModelDefinition) -> dict[str, sympy.Symbol]:
     """The sympy symbol of every declared name and of time, as :func:`parse_model` made them."""
-    names = [
-        *defn.state_names,
-        *defn.parameter_names,
-        *(c.name for c in defn.constants),
-        *(q for q, _ in defn.quantities),
-        TIME,
-    ]
+    names = [*defn.state_names, *defn.parameter_names, *(c.name for c in defn.constants), *(q for q, _ in defn.quantities), TIME]
     return {n: sympy.Symbol(n, real=True) for n in names}
 
 
