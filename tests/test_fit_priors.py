@@ -41,6 +41,25 @@ def test_prior_centre_stays_at_the_declared_value_when_a_fit_starts_elsewhere(mo
     assert moved.spec["kout_treg"].prior_center == pytest.approx(0.12)
 
 
+def _one_parameter(extra: str, value: float = 1.0, unit: str = "1/day"):
+    """A model of one log-transformed parameter k (bounds 0.1-10 in ``unit``), with ``extra`` lines."""
+    import tomllib
+
+    lines = "\n".join(line.strip() for line in extra.splitlines())
+    doc = tomllib.loads(textwrap.dedent(f"""
+        [model]
+        name = "m"
+        [parameters.k]
+        value = {value}
+        unit = "{unit}"
+        bounds = [0.1, 10.0]
+        transform = "log"
+        cv_percent = 0
+        source = "test"
+    """) + lines + "\n")  # fmt: skip
+    return parse_spec(doc, where="m.toml")
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [("prior_sd = -1\nprior_source = 'x'", "prior_sd must be a positive number"),
@@ -52,46 +71,14 @@ def test_prior_centre_stays_at_the_declared_value_when_a_fit_starts_elsewhere(mo
      ("prior_sd = 0.5\nprior_source = 'x'\nprior_center = inf", "prior_center must be a finite number")],
 )  # fmt: skip
 def test_bad_prior_declarations_are_named(extra, message):
-    import tomllib
-
-    doc = tomllib.loads(textwrap.dedent(f"""
-        [model]
-        name = "m"
-        [parameters.k]
-        value = 1.0
-        unit = "1/day"
-        bounds = [0.1, 10.0]
-        transform = "log"
-        cv_percent = 0
-        source = "test"
-        {extra}
-    """))  # fmt: skip
     with pytest.raises(SpecError, match=message):
-        parse_spec(doc, where="m.toml")
+        _one_parameter(extra)
 
 
 def test_a_declared_prior_center_is_the_centre_in_internal_units():
     """A value estimated from data keeps the literature's centre: prior_center is read in the
     file's unit (1/h here, held in 1/day), apart from the value."""
-    import tomllib
-
-    doc = tomllib.loads(
-        textwrap.dedent("""
-        [model]
-        name = "m"
-        [parameters.k]
-        value = 2.0
-        unit = "1/h"
-        bounds = [0.1, 10.0]
-        transform = "log"
-        cv_percent = 0
-        source = "test"
-        prior_sd = 0.5
-        prior_source = "test"
-        prior_center = 1.0
-    """)
-    )
-    (k,) = parse_spec(doc, where="m.toml").params
+    (k,) = _one_parameter("prior_sd = 0.5\nprior_source = 'test'\nprior_center = 1.0", value=2.0, unit="1/h").params
     assert k.value == pytest.approx(48.0) and k.prior_center == pytest.approx(24.0)
 
 

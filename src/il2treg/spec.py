@@ -201,12 +201,12 @@ def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_
         raise SpecError(f"{here}: source must name a citation or an assumption.")
     prior_sd = table.get("prior_sd")
     prior_source = table.get("prior_source", "")
+    centre = table.get("prior_center", value)
     if prior_sd is not None:
         if isinstance(prior_sd, bool) or not isinstance(prior_sd, (int, float)) or not (math.isfinite(prior_sd) and prior_sd > 0):
             raise SpecError(f"{here}: prior_sd must be a positive number (SD on the {transform} scale), got {prior_sd!r}.")
         if not isinstance(prior_source, str) or not prior_source.strip():
             raise SpecError(f"{here}: a prior needs `prior_source`: why its width. Fix: add prior_source = \"...\".")
-        centre = table.get("prior_center", value)
         if (
             isinstance(centre, bool)
             or not isinstance(centre, (int, float))
@@ -227,7 +227,7 @@ def parse_parameter(name: str, table: dict, where: str, *, to_internal=units.to_
     unit = table["unit"]
     try:
         internal, internal_unit = to_internal(float(value), unit)
-        centre_internal, _ = to_internal(float(table.get("prior_center", value)), unit)
+        centre_internal, _ = to_internal(float(centre), unit)
         lo, _ = to_internal(float(bounds[0]), unit)
         hi, _ = to_internal(float(bounds[1]), unit)
         scale, _ = to_internal(1.0, unit)  # every unit here is a multiple of another (no offsets)

@@ -88,6 +88,7 @@ whose lower bound is >= 0 (an Emax), which the log keeps positive.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -261,6 +262,7 @@ def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Su
             raise SpecError(f"{where}: a {s.statistic} needs its standard error se > 0. Fix: give se= (se_of_mean, se_of_median, se_of_sd convert a printed SD or IQR).")
 
 
+@functools.partial(jax.jit, static_argnames="log")  # one program per shape, also when called outside a jit
 def smooth_median(f: Float[Array, " m"], log: bool = True) -> Float[Array, ""]:
     r"""The kernel-smoothed median of ``f`` (module docstring): :math:`q` with
     :math:`\frac1M\sum_m \Phi((q - g_m)/h) = \tfrac12`, :math:`g = \log f` (``log``; then
