@@ -23,8 +23,8 @@ NAMES = (
 
 def test_package_exports_only_the_reference_and_cohort_api():
     assert il2treg.datasets.__all__ == [
-        "StudySummaries", "lupil2_virtual", "lupil2_virtual_truth", "reference", "reference_names", "simulate_cohort", "study_summaries",
-        "write_cohort",
+        "StudySummaries", "lupil2_virtual", "lupil2_virtual_truth", "read_summaries", "reference", "reference_names", "simulate_cohort",
+        "study_summaries", "write_cohort",
     ]  # fmt: skip
 
 

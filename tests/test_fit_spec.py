@@ -153,7 +153,7 @@ BAD = [
      "Fix: add [error.cd25_treg_rel] with its kind, or list 'cd25_treg_rel' in ignore_dvids.")),
     ("unknown-top-level-key", lambda t: "algorithm = \"saem\"\n" + t,
      "{path}: unknown top-level key 'algorithm'. Fix: use only name, description, model, data, dvids, time_unit, drop, occasion, labels, ignore_dvids, priors, parameters, "
-     "omega_block, covariates, error, optimiser, nuts, saem, sri4."),
+     "omega_block, covariates, error, optimiser, nuts, saem, sri4, summaries."),
     ("unknown-parameter-key", _replace("initial = 4.0", "inital = 4.0"),
      "{path}: [parameters.emax_treg]: unknown key 'inital'. Fix: use only initial, estimate, cv_percent, iov_cv_percent."),
     ("unknown-error-key", _replace("sigma_prop = 0.12", "sigma = 0.12"),

@@ -353,7 +353,7 @@ def diagnose(result: FitResult, *, data=None, spec: FitSpec | None = None, n_sim
         dataset = data if isinstance(data, Dataset) else read_dataset(data)
         spec = dataclasses.replace(spec, dataset=dataset)
     problem = spec.problem()
-    objective = make_objective(spec, problem)
+    objective = make_objective(dataclasses.replace(spec, summaries=None), problem)  # the EBEs only: no published summaries to solve
     patients = problem_patients(problem, spec.dataset)
     dataset = spec.dataset
     used_per_patient = np.asarray(patients.obs_mask).sum(axis=1)

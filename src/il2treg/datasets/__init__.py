@@ -4,12 +4,13 @@ studies' cell-level numbers encoded as fittable summaries, and a simulated LUPIL
 
 from il2treg.datasets.cohort import lupil2_virtual, lupil2_virtual_truth, simulate_cohort, write_cohort
 from il2treg.datasets.reference import reference, reference_names
-from il2treg.datasets.summaries import StudySummaries, study_summaries
+from il2treg.datasets.summaries import StudySummaries, read_summaries, study_summaries
 
 __all__ = [
     "StudySummaries",
     "lupil2_virtual",
     "lupil2_virtual_truth",
+    "read_summaries",
     "reference",
     "reference_names",
     "simulate_cohort",

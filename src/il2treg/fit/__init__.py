@@ -6,7 +6,8 @@ optimisation and the uncertainty, :mod:`.saem` the SAEM estimator, :mod:`.priors
 :mod:`.profile` profile likelihoods, :mod:`.predictive` posterior predictive simulation,
 :mod:`.estimators` the estimator objects (``Foce()``, ``Saem(...)``, ``Nuts(...)``) a fit runs,
 :mod:`.omega` the between-patient covariance (diagonal or in blocks), :mod:`.psi` the estimation
-vector by name, :mod:`.aggregate` fits to published summary statistics instead of patients.
+vector by name, :mod:`.aggregate` fits to published summary statistics instead of patients,
+:mod:`.joint` adds them to a population fit beside the patients (a fit file's ``[summaries]``).
 :mod:`.spec` reads fit files (``fits/<name>/fit.toml``), :mod:`.run` runs them, :mod:`.result`
 holds, saves and loads a :class:`FitResult`.
 """

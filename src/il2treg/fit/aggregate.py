@@ -214,8 +214,6 @@ def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Su
     for group, label in ((fixed, "fixed"), (random, "random")):
         if len(set(group)) < len(group):
             raise SpecError(f"a parameter is named twice in {label}: {', '.join(group)}. Fix: name each once.")
-    if n_draws < 2:
-        raise SpecError(f"n_draws must be >= 2 virtual patients per arm, got {n_draws}. Fix: use well above the arms' n (default 1000).")
     for p, w in held.items():
         if p not in names:
             raise SpecError(f"unknown parameter {p!r} in omega. Fix: use one of {', '.join(names)}.")
@@ -229,6 +227,18 @@ def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Su
             raise SpecError(f"{p!r} is estimated on the log scale from summaries, but its transform is {ps.transform!r} "
                             f"and its bounds [{ps.bounds[0]:g}, {ps.bounds[1]:g}] let it leave (0, inf). Fix: estimate log-transformed "
                             "parameters, or identity ones whose lower bound is >= 0 and value > 0.")  # fmt: skip
+    check_summaries(model, regimens, summaries, sigma_prop, n_draws)
+
+
+def check_summaries(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Summary], sigma_prop: Mapping[str, float], n_draws: int) -> None:
+    """Refuse summaries the likelihood cannot take (an unknown arm or observable, a statistic
+    without what it needs), each named by its position, arm, observable and day.
+
+    Raises:
+        SpecError: the first such summary, with the fix.
+    """
+    if n_draws < 2:
+        raise SpecError(f"n_draws must be >= 2 virtual patients per arm, got {n_draws}. Fix: use well above the arms' n (default 1000).")
     if not summaries:
         raise SpecError("no summaries to fit. Fix: give at least one Summary.")
     for k, s in enumerate(summaries):
@@ -379,7 +389,7 @@ def fit_summaries(
         raise SpecError(f"start names {sorted(unknown)[0]!r}, which is not estimated. Fix: give starts only for fixed and omega_<random>.")
     if not all(math.isfinite(v) and v > 0 for v in given.values()):
         raise SpecError(f"every start must be a finite value > 0 (estimated on the log scale), got {given}. Fix: give positive values.")
-    program = _Program(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options, priors=priors)
+    program = SummaryProgram(model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options, priors=priors)
     evaluate = jax.jit(program.evaluate)
     start = [math.log(given.get(p, float(program.typical[model.parameter_names.index(p)]))) for p in fixed]
     start += [math.log(given.get(f"omega_{p}", model.spec[p].omega if model.spec[p].omega > 0 else 0.3)) for p in random]
@@ -402,7 +412,7 @@ def fit_summaries(
     x0 = np.asarray(start)
     _, _, pred0, failed0 = at(x0)
     if failed0.any() or not np.all(np.isfinite(pred0)):
-        raise SolverError(_failure(program.arms, failed0, n_draws, summaries, pred0, "at the start"))
+        raise SolverError(failure_message(program.arms, failed0, n_draws, summaries, pred0, "at the start"))
     solution = minimize(fun, x0, jac=True, method="BFGS", options={"gtol": gtol, "maxiter": max_steps})
     x = np.asarray(solution.x, dtype=np.float64)
     ofv, _, pred, failed = at(x)
@@ -466,7 +476,7 @@ def predict_summaries(
         except np.linalg.LinAlgError:
             raise SpecError("the fit's covariance is not positive definite (the fit stopped short of a minimum, or the data do not "
                             "determine a parameter), so its estimates cannot be drawn. Fix: use samples=0, or refit with fewer parameters.") from None  # fmt: skip
-    program = _Program(model, regimens, summaries, fit.fixed, fit.random, held, sigma_prop, n_draws, seed, options)
+    program = SummaryProgram(model, regimens, summaries, fit.fixed, fit.random, held, sigma_prop, n_draws, seed, options)
 
     @jax.jit
     def statistics(x):
@@ -478,10 +488,11 @@ def predict_summaries(
     return np.asarray(statistics(jnp.asarray(x))), np.asarray([np.asarray(statistics(jnp.asarray(d))) for d in draws]).reshape(samples, len(summaries))
 
 
-class _Program:
+class SummaryProgram:
     """The arms' virtual patients and the summaries' statistics and objective as functions of
-    x = (log theta of ``fixed``, log omega of ``random``): traced by :func:`fit_summaries` and
-    :func:`predict_summaries`."""
+    x = (log theta of ``fixed``, log omega of ``random``), traced by :func:`fit_summaries` and
+    :func:`predict_summaries`; or of every virtual patient's parameters (:meth:`statistics`), as
+    a population fit gives them (:mod:`il2treg.fit.joint`)."""
 
     def __init__(self, model, regimens, summaries, fixed, random, held, sigma_prop, n_draws, seed, options, priors=False):
         names = model.parameter_names
@@ -511,16 +522,22 @@ class _Program:
 
     def predicted(self, x):
         """(each summary's statistic, with the logs of a proportion and of its complement; each
-        arm's count of virtual patients whose solve failed)."""
+        arm's count of virtual patients whose solve failed) at x."""
         nf = len(self.fixed)
         theta = self.typical.at[self.fixed_idx].set(jnp.exp(x[:nf])) if nf else self.typical
         omega_v = jnp.concatenate([jnp.exp(x[nf:]), self.held_omega])
+        factor = jnp.ones((len(self.arms), self.n_draws, len(self.names)))
+        if self.varied:
+            factor = factor.at[:, :, self.varied_idx].set(jnp.exp(self.draws * omega_v))
+        return self.statistics(theta * factor)
+
+    def statistics(self, thetas: Float[Array, "arms draws params"]):
+        """:meth:`predicted` from every virtual patient's parameters (``[arm, patient, parameter]``,
+        the arms in the order of :attr:`arms`; internal units): how a population fit's
+        random effects enter (:mod:`il2treg.fit.joint`)."""
         values, failed = [], []
         for a, arm in enumerate(self.arms):
-            factor = jnp.ones((self.n_draws, len(self.names)))
-            if self.varied:
-                factor = factor.at[:, self.varied_idx].set(jnp.exp(self.draws[a] * omega_v[None, :]))
-            sim = simulate(self.model, self.regimens[arm], jnp.asarray(self.times[arm]), Parameters(theta[None, :] * factor, self.names), options=self.options)
+            sim = simulate(self.model, self.regimens[arm], jnp.asarray(self.times[arm]), Parameters(thetas[a], self.names), options=self.options)
             values.append(sim.values)
             failed.append(jnp.sum(sim.status != 0))
         stats = []
@@ -533,14 +550,17 @@ class _Program:
             stats.append(_statistic(s.statistic, f, self.sigma_prop.get(s.observable, 0.0), s.threshold, s.scale))
         return tuple(jnp.stack(column) for column in zip(*stats, strict=True)), jnp.stack(failed)
 
-    def ofv(self, stats):
-        """-2 log-likelihood of the summaries given the model's statistics (module docstring)."""
+    def terms(self, stats):
+        """Each summary's -2 log-likelihood given the model's statistics (module docstring)."""
         pred, log_p, log_q = stats
         k = self.value * self.n
         z = (pred - self.value) / self.se
         continuous = jnp.where(self.lower, -2.0 * norm.logcdf(z), jnp.where(self.upper, -2.0 * norm.logcdf(-z), z**2))
-        total = jnp.sum(jnp.where(self.binomial, -2.0 * (k * log_p + (self.n - k) * log_q), continuous))
-        return jnp.where(jnp.all(jnp.isfinite(pred)), total, jnp.nan)  # undefined where any statistic is
+        return jnp.where(self.binomial, -2.0 * (k * log_p + (self.n - k) * log_q), continuous)
+
+    def ofv(self, stats):
+        """-2 log-likelihood of the summaries given the model's statistics: the sum of :meth:`terms`."""
+        return jnp.where(jnp.all(jnp.isfinite(stats[0])), jnp.sum(self.terms(stats)), jnp.nan)  # undefined where any statistic is
 
     def prior(self, x):
         """The priors' -2 log density (without constants) of the estimated typical values."""
@@ -563,8 +583,9 @@ class _Program:
         return ofv, gradient, pred, failed
 
 
-def _failure(arms, failed, n_draws, summaries, pred, when: str) -> str:
-    """The one-line cause of an objective that cannot be evaluated."""
+def failure_message(arms, failed, n_draws, summaries, pred, when: str) -> str:
+    """The one-line cause of a summary objective that cannot be evaluated: the arm with the most
+    failed virtual patients, else the first undefined statistic."""
     if failed.any():
         a = int(np.argmax(failed))
         return (f"{int(failed[a])} of {n_draws} virtual patients of arm {arms[a]!r} failed to solve {when}. "

@@ -54,6 +54,7 @@ from il2treg.fit.estimate import (
 )
 from il2treg.fit.estimators import Estimator, Nuts, Saem, estimator_named
 from il2treg.fit.individual import STATUS_CONVERGED, STATUS_MAX_ITER, STATUS_SOLVER_FAILED
+from il2treg.fit.joint import SummaryTerm, summary_term
 from il2treg.fit.omega import block_correlation, partial_correlations
 from il2treg.fit.population import Objective, ShardedObjective, ThreadedObjective, make_parallel
 from il2treg.fit.priors import model_priors, sampling_priors
@@ -78,12 +79,19 @@ from il2treg.sledai import score_change_probability
 STATUS_TEXT = {STATUS_CONVERGED: "converged", STATUS_MAX_ITER: "EBE not converged", STATUS_SOLVER_FAILED: "ODE solve failed"}
 _POSTERIOR_CHAINS, _POSTERIOR_DRAWS, _POSTERIOR_SEED = 4, 500, 0
 
-def make_objective(spec: FitSpec, problem: FitProblem) -> ShardedObjective | ThreadedObjective:
-    """The population objective of a fit file: its data, error models and (``priors = "model"``)
-    penalty, its patients spread over all local devices (several GPUs, or forced CPU devices) or,
-    on one device, over threads (:func:`il2treg.fit.population.make_parallel`)."""
+def make_objective(spec: FitSpec, problem: FitProblem, psi0=None) -> ShardedObjective | ThreadedObjective:
+    """The population objective of a fit file: its data, error models, (``priors = "model"``)
+    penalty and (``[summaries]``) published summaries (checked at the start ``psi0``), its
+    patients spread over all local devices (several GPUs, or forced CPU devices) or, on one
+    device, over threads (:func:`il2treg.fit.population.make_parallel`)."""
     prior = model_priors(problem) if spec.priors == "model" else None
-    return make_parallel(Objective(problem, problem_patients(problem, spec.dataset), spec.residual_model(), prior=prior))
+    residual = spec.residual_model()
+    summaries = None
+    if spec.summaries is not None:
+        s = spec.summaries
+        psi0 = initial_psi(spec, problem, residual) if psi0 is None else psi0
+        summaries = summary_term(problem, residual, s.data.regimens, s.data.summaries, psi0, sigma_prop=dict(s.sigma_prop), n_draws=s.n_draws, seed=s.seed)
+    return make_parallel(Objective(problem, problem_patients(problem, spec.dataset), residual, prior=prior, summaries=summaries))
 
 
 def initial_psi(spec: FitSpec, problem: FitProblem, residual0: ResidualModel) -> jax.Array:
@@ -477,6 +485,7 @@ def assemble_result(spec: FitSpec, problem: FitProblem, objective: ShardedObject
     individual = _individual(spec, problem, fit, up.theta, up.beta, up.residual, objective.patients, latent)
     estimates = _estimates(spec, problem, fit, residual0)
     posterior = _posterior(problem, fit, residual0, declared_factors(problem))
+    summaries = None if objective.summaries is None else summary_rows(spec, objective.summaries, fit.psi)
     timing["results_s"] = time.perf_counter() - t
     inference = None
     if isinstance(estimator, Nuts):
@@ -502,5 +511,22 @@ def assemble_result(spec: FitSpec, problem: FitProblem, objective: ShardedObject
                   **({f"saem_acceptance_{k}": float(a) for k, a in zip(("population", "walk"), fit.acceptance)} if isinstance(estimator, Saem) else {}),
                   **(_nuts_settings(estimator.settings_for(spec)) if isinstance(estimator, Nuts) else {})},
         timing={k: float(v) for k, v in timing.items()}, version=_version(), estimator=estimator_named(estimator.name), inference=inference,
-        trace=None if fit.trace is None else np.asarray(fit.trace, dtype=np.float64),
+        trace=None if fit.trace is None else np.asarray(fit.trace, dtype=np.float64), summaries=summaries,
     )  # fmt: skip
+
+
+def summary_rows(spec: FitSpec, term: SummaryTerm, psi) -> pd.DataFrame:
+    """``summaries.csv``: each published summary of the fit file's ``[summaries]`` beside the
+    model's statistic at ``psi`` (over the arm's virtual patients), its −2 log-likelihood term
+    (their sum is the summaries' part of the OFV) and, for a continuous statistic, its z-score
+    (predicted − observed) / SE; ``failed_in_arm`` counts the arm's virtual patients whose solve failed."""
+    data = spec.summaries.data
+    pred, terms, failed = (np.asarray(x) for x in term.predicted(jnp.asarray(psi)))
+    failed_of = dict(zip(term.program.arms, failed.tolist(), strict=True))
+    rows = []
+    for k, s in enumerate(data.summaries):
+        z = (pred[k] - s.value) / s.se if s.se is not None and s.statistic != "proportion_above" else float("nan")
+        rows.append({"study": data.studies[k], "arm": s.arm, "observable": s.observable, "time_day": s.time, "statistic": s.statistic,
+                     "scale": s.scale, "bound": s.bound or "none", "n": s.n, "observed": s.value, "se": float("nan") if s.se is None else s.se,
+                     "predicted": float(pred[k]), "z": float(z), "neg2ll": float(terms[k]), "failed_in_arm": int(failed_of[s.arm])})  # fmt: skip
+    return pd.DataFrame(rows)

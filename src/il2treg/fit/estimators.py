@@ -38,10 +38,15 @@ class Estimator:
 
     #: Whether it estimates inter-occasion variability (:attr:`il2treg.fit.problem.FitProblem.iov`).
     supports_iov: ClassVar[bool] = False
+    #: Whether it fits published summaries beside the data (a fit file's ``[summaries]``, :mod:`il2treg.fit.joint`).
+    supports_summaries: ClassVar[bool] = False
 
-    def check(self, problem) -> None:
+    def check(self, problem, summaries: bool = False) -> None:
         """Raise :class:`~il2treg.errors.SpecError` where this estimator cannot fit ``problem``
-        (called before anything is computed)."""
+        (with published ``summaries`` beside its data); called before anything is computed."""
+        if summaries and not self.supports_summaries:
+            raise SpecError(f"--method {self.name} does not fit published summaries ([summaries] in the fit file) yet: their term is added to the FOCE-I objective. "
+                            "Fix: fit it with FOCE-I (--method foce), or remove [summaries].")  # fmt: skip
         if problem.iov and not self.supports_iov:
             raise SpecError(f"--method {self.name} does not estimate inter-occasion variability yet (iov on {', '.join(problem.iov)}). "
                             "Fix: fit it with FOCE-I (--method foce).")  # fmt: skip
@@ -59,6 +64,7 @@ class Foce(Estimator):
 
     name: ClassVar[str] = "foce"
     supports_iov: ClassVar[bool] = True
+    supports_summaries: ClassVar[bool] = True
 
     def estimate(self, spec, objective, psi0, callback) -> PopulationFit:
         opt = spec.optimiser

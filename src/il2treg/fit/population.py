@@ -45,6 +45,7 @@ from il2treg.fit.individual import (
     batch_inner_solve,
     observation_derivatives,
 )
+from il2treg.fit.joint import SummaryTerm
 from il2treg.fit.omega import RandomEffects
 from il2treg.fit.priors import Prior, penalty, penalty_gradient
 from il2treg.fit.problem import (
@@ -167,6 +168,7 @@ class Objective(eqx.Module):
     batch_size: int = eqx.field(static=True, default=16)
     inner_tol: float = eqx.field(static=True, default=1e-10)
     prior: Prior | None = None  # a penalty -2 log p(psi) added to the OFV (il2treg.fit.priors)
+    summaries: SummaryTerm | None = None  # published summaries' -2LL added to the OFV (il2treg.fit.joint)
 
     @eqx.filter_jit
     def inner(self, psi, eta0) -> InnerResult:
@@ -187,11 +189,17 @@ class Objective(eqx.Module):
         return jnp.sum(self.terms(psi, inner, include)) + self.penalty(psi)
 
     def penalty(self, psi) -> Float[Array, ""]:
-        """−2 log prior of ``psi`` (0 without priors)."""
-        return penalty(self.prior, psi)
+        """The terms of the OFV that do not depend on the patients' EBEs: −2 log prior of
+        ``psi`` and the published summaries' −2 log-likelihood (0 without them)."""
+        return _terms(self.prior, self.summaries, psi)
 
     def penalty_gradient(self, psi) -> Float[Array, " psi"]:
-        return penalty_gradient(self.prior, psi)
+        return _terms_gradient(self.prior, self.summaries, psi)
+
+    def curvature_rows(self, psi) -> Float[Array, "rows psi"]:
+        """Rows for the outer optimiser's preconditioner beside the patients' gradients: the
+        published summaries' (:meth:`il2treg.fit.joint.SummaryTerm.curvature_rows`); none without them."""
+        return _curvature_rows(self.summaries, psi)
 
     @eqx.filter_jit
     def gradients(self, psi, eta, include) -> PatientGradients:
@@ -225,17 +233,36 @@ class Objective(eqx.Module):
         return ordered_map(score, (phi, self.patients), work_order(self.patients.dose_amount), self.batch_size)
 
 
+def _terms(prior: Prior | None, summaries: SummaryTerm | None, psi):
+    """The OFV's terms outside the patients: the priors' penalty and the summaries' −2LL."""
+    value = penalty(prior, psi)
+    return value if summaries is None else value + summaries.neg2ll(psi)
+
+
+def _terms_gradient(prior: Prior | None, summaries: SummaryTerm | None, psi):
+    value = penalty_gradient(prior, psi)
+    return value if summaries is None else value + summaries.gradient(psi)
+
+
+def _curvature_rows(summaries: SummaryTerm | None, psi):
+    return jnp.zeros((0, psi.shape[0])) if summaries is None else summaries.curvature_rows(psi)
+
+
 class _SplitObjective:
     """What the split objectives share: the prior penalty (added once, not per part) and the
     total gradient from the per-patient ones."""
 
     prior: Prior | None
+    summaries: SummaryTerm | None
 
     def penalty(self, psi):
-        return penalty(self.prior, psi)
+        return _terms(self.prior, self.summaries, psi)
 
     def penalty_gradient(self, psi):
-        return penalty_gradient(self.prior, psi)
+        return _terms_gradient(self.prior, self.summaries, psi)
+
+    def curvature_rows(self, psi):
+        return _curvature_rows(self.summaries, psi)
 
     def gradient(self, psi, eta, include):
         return jnp.asarray(np.sum(np.asarray(self.gradients(psi, eta, include).ofv), axis=0) + np.asarray(self.penalty_gradient(psi)))
@@ -254,8 +281,8 @@ class ThreadedObjective(_SplitObjective):
         self.problem = objective.problem
         self.base_residual = objective.base_residual
         self.patients = objective.patients
-        self.prior = objective.prior
-        objective = dataclasses.replace(objective, prior=None)  # the parts hold data terms; the prior is added once
+        self.prior, self.summaries = objective.prior, objective.summaries
+        objective = dataclasses.replace(objective, prior=None, summaries=None)  # the parts hold data terms; the rest is added once
         n = objective.patients.obs_time.shape[0]
         workers = max(1, min(workers or default_workers(), n // 8))
         self._rows, self._real, self._parts = [], [], []
@@ -349,7 +376,7 @@ class ShardedObjective(_SplitObjective):
         self.problem = objective.problem
         self.base_residual = objective.base_residual
         self.patients = objective.patients
-        self.prior = objective.prior
+        self.prior, self.summaries = objective.prior, objective.summaries
         n = objective.patients.obs_time.shape[0]
         d = len(devices)
         self._n = n
@@ -358,7 +385,7 @@ class ShardedObjective(_SplitObjective):
         self._mesh = Mesh(np.asarray(devices), ("patients",))
         self._sharding = NamedSharding(self._mesh, PartitionSpec("patients"))
         patients = jax.device_put(_take(objective.patients, self._rows), self._sharding)
-        self._objective = eqx.tree_at(lambda o: o.patients, dataclasses.replace(objective, prior=None), patients)
+        self._objective = eqx.tree_at(lambda o: o.patients, dataclasses.replace(objective, prior=None, summaries=None), patients)
 
     def compile_ahead(self, psi, eta, include) -> None:
         """Nothing: each device's program compiles at its first call."""

@@ -102,6 +102,9 @@ class _Pinned:
     def penalty_gradient(self, psi_r):
         return self.objective.penalty_gradient(self.full(psi_r))[self.keep]
 
+    def curvature_rows(self, psi_r):
+        return self.objective.curvature_rows(self.full(psi_r))[:, self.keep]
+
 
 def profile(
     objective,

@@ -20,6 +20,9 @@ file               content
                    ``posterior_predictive``, ``observed_data`` and ``constant_data`` on a
                    [patient, time] grid of observation slots
 ``report.md``      the one-screen summary (:func:`report`)
+``summaries.csv``  only for a fit with ``[summaries]``: each published summary, the model's
+                   statistic and its −2 log-likelihood term
+                   (:func:`il2treg.fit.assemble.summary_rows`)
 =================  ==========================================================================
 
 :func:`save` writes it atomically (a temporary folder renamed into place; an existing folder is
@@ -43,8 +46,8 @@ from il2treg._io import atomic_output_dir
 from il2treg.errors import InputError
 from il2treg.fit.estimators import Estimator, Foce, Nuts, Saem, estimator_named
 
-SUMMARY, PARAMETERS, INDIVIDUAL, PREDICTIONS, POSTERIOR, REPORT = (
-    "summary.json", "parameters.csv", "individual.csv", "predictions.csv", "posterior.nc", "report.md",
+SUMMARY, PARAMETERS, INDIVIDUAL, PREDICTIONS, POSTERIOR, REPORT, SUMMARIES = (
+    "summary.json", "parameters.csv", "individual.csv", "predictions.csv", "posterior.nc", "report.md", "summaries.csv",
 )  # fmt: skip
 #: Files of a results folder, in the order they are written.
 FILES: tuple[str, ...] = (SUMMARY, PARAMETERS, INDIVIDUAL, PREDICTIONS, POSTERIOR, REPORT)
@@ -90,6 +93,8 @@ class FitResult:
             :class:`~il2treg.fit.estimators.Nuts`, ``posterior`` holds the NUTS draws. Saved as
             ``summary.json``'s ``method``, its name.
         inference: the NUTS posterior as ArviZ InferenceData (None for the other estimators).
+        summaries: ``summaries.csv`` for a fit with published summaries beside its data (else
+            None); the OFV includes their −2 log-likelihood, the ``neg2ll`` column's sum.
     """
 
     name: str
@@ -122,6 +127,7 @@ class FitResult:
     estimator: Estimator = Foce()
     inference: object = None
     trace: np.ndarray | None = None
+    summaries: pd.DataFrame | None = None
 
     @property
     def method(self) -> str:
@@ -206,6 +212,8 @@ def save(result: FitResult, out_dir: str | Path, *, force: bool = False, extra=N
         result.predictions.to_csv(tmp / PREDICTIONS, index=False)
         _write_posterior(result, tmp / POSTERIOR)
         (tmp / REPORT).write_text(report(result), encoding="utf-8")
+        if result.summaries is not None:
+            result.summaries.to_csv(tmp / SUMMARIES, index=False)
         if extra is not None:
             extra(tmp)
     return out_dir
@@ -245,6 +253,7 @@ def load_fit(path: str | Path) -> FitResult:
         timing=_decode(s["timing"]), version=s["version"], estimator=estimator,
         inference=_read_inference(path / POSTERIOR) if isinstance(estimator, Nuts) else None,
         trace=_array(s["trace"]).reshape(-1, len(psi_names)) if "trace" in s else None,
+        summaries=_read_csv(path / SUMMARIES) if (path / SUMMARIES).is_file() else None,
     )  # fmt: skip
 
 
@@ -471,6 +480,8 @@ def report(result: FitResult) -> str:
         ]
         if "sledai" not in result.residual:
             lines.append("SLEDAI was not fitted: the link uses the model file's disease parameters and the default score SD.")
+    if result.summaries is not None:
+        lines += _summaries_report(result.summaries)
     if result.flagged:
         lines += ["", "## Flagged patients (left out of the objective)", ""]
         for _, row in ind[~ind["included"]].iterrows():
@@ -481,6 +492,21 @@ def report(result: FitResult) -> str:
     if warnings:
         lines += ["", "## Identifiability", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines) + "\n"
+
+
+def _summaries_report(table: pd.DataFrame) -> list[str]:
+    """The published summaries fitted beside the data, observed against predicted."""
+    lines = ["", f"## Published summaries (their −2LL, {table['neg2ll'].sum():.3f}, is part of the OFV)", "",
+             "| study | arm | observable | day | statistic | observed | SE | predicted | z | −2LL |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for _, r in table.iterrows():
+        what = r["statistic"] + ("" if r["scale"] == "value" else f" of {r['scale']}")
+        observed = {"lower": "> ", "upper": "< "}.get(r["bound"] if isinstance(r["bound"], str) else "", "") + _g(r["observed"])
+        lines.append(f"| {r['study']} | {r['arm']} | {r['observable']} | {_g(r['time_day'])} | {what} | {observed} | {_g(r['se'])} | {_g(r['predicted'])} "
+                     f"| {_g(r['z'], '.2f')} | {_g(r['neg2ll'], '.3f')} |")  # fmt: skip
+    failed = table.groupby("arm")["failed_in_arm"].first()
+    if failed.any():
+        lines.append(f"Virtual patients whose solve failed at the estimates: {', '.join(f'{a} {int(n)}' for a, n in failed.items() if n)}.")
+    return lines
 
 
 def _nuts_report(result: FitResult) -> list[str]:

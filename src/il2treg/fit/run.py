@@ -87,9 +87,9 @@ def compute_fit(spec: FitSpec, *, estimator: Estimator = Foce(), progress: Progr
     timing: dict[str, float] = {}
     residual0 = spec.residual_model()
     problem = spec.problem()
-    estimator.check(problem)
-    objective = make_objective(spec, problem)
+    estimator.check(problem, summaries=spec.summaries is not None)
     psi0 = initial_psi(spec, problem, residual0)
+    objective = make_objective(spec, problem, psi0)
     emit({"stage": "start", "elapsed_s": time.perf_counter() - start})
 
     first: list[float] = []

@@ -78,6 +78,15 @@ A fit file has a few top-level keys and four kinds of tables::
     annealing = 0.95
     seed = 0
 
+    [summaries]                          # optional: published summaries beside the data (il2treg.fit.joint)
+    file = "summaries.toml"              # their file (il2treg.datasets.read_summaries' format), relative
+                                         # to this file, or "il2treg:study_summaries" (the shipped studies)
+    studies = ["DILT1D", "DILfrequency"] # optional: only these studies' summaries (default: all)
+    n_draws = 500                        # virtual patients per arm (default 500)
+    seed = 0                             # of their draws
+    bsa_m2 = 1.8                         # optional: for doses per m² (default: the file's)
+    sigma_prop = { treg_per_uL = 0.1 }   # optional: residual SDs for "sd" and "proportion_above" summaries
+
     [sri4]                               # optional: the SLEDAI link reported per patient
     day = 84                             # assessment day
     fall = 4                             # SLEDAI points
@@ -105,8 +114,10 @@ import equinox as eqx
 import numpy as np
 
 from il2treg.data import TIME_UNITS, Dataset, read_dataset
-from il2treg.errors import DataError, SpecError
+from il2treg.datasets.summaries import StudySummaries, read_summaries, study_summaries
+from il2treg.errors import DataError, InputError, SpecError
 from il2treg.events import DosingInput
+from il2treg.fit.aggregate import check_summaries
 from il2treg.fit.bayes import NutsSettings
 from il2treg.fit.estimate import COVARIANCE_MATRICES
 from il2treg.fit.omega import block_pairs
@@ -135,7 +146,7 @@ SIGMAS_OF_KIND: dict[str, tuple[str, ...]] = {
 _ACTS_ONLY_ON = {"disease": "sledai"}
 
 _TOP_KEYS = ("name", "description", "model", "data", "dvids", "time_unit", "drop", "occasion", "labels", "ignore_dvids", "priors", "parameters", "omega_block", "covariates", "error",
-             "optimiser", "nuts", "saem", "sri4")  # fmt: skip
+             "optimiser", "nuts", "saem", "sri4", "summaries")  # fmt: skip
 PRIOR_CHOICES = ("none", "model")
 _NUTS_DEFAULTS = {"chains": 4, "warmup": 500, "samples": 500, "seed": 0, "target_accept": 0.8, "max_tree_depth": 8, "init_spread": 1.0,
                   "fixed_sd": 2.0, "beta_sd": 10.0, "omega_sd": 1.0, "sigma_sd": 1.0, "corr_sd": 1.0}  # fmt: skip
@@ -147,6 +158,9 @@ _ERROR_KEYS = ("kind", "sigma_add", "sigma_prop", "estimate", "score_step")
 _CHOICES = {"curvature": CURVATURES, "covariance_matrix": COVARIANCE_MATRICES}
 _OPTIMISER_DEFAULTS = {"max_iter": 200, "ftol": 1e-4, "gtol": 1e-2, "covariance": True, "covariance_matrix": "hessian", "curvature": "observed", "interaction": True}
 _SRI4_DEFAULTS = {"day": 84.0, "fall": 4.0, "bilag_pga_keep": 0.956}
+_SUMMARY_KEYS = ("file", "studies", "n_draws", "seed", "bsa_m2", "sigma_prop")
+#: The shipped summaries, as a fit file's ``[summaries] file`` names them.
+SHIPPED_SUMMARIES = "il2treg:study_summaries"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +247,24 @@ class Sri4Settings:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class SummarySettings:
+    """A fit file's ``[summaries]``: the published summaries fitted beside the data.
+
+    Attributes:
+        source: ``file`` as written.
+        data: the summaries with their arms' regimens (only the ``studies`` asked for).
+        n_draws: virtual patients per arm; ``seed``: of their draws.
+        sigma_prop: residual SDs per observable for ``sd`` and ``proportion_above`` summaries.
+    """
+
+    source: str
+    data: StudySummaries
+    n_draws: int = 500
+    seed: int = 0
+    sigma_prop: tuple[tuple[str, float], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class FitSpec:
     """A validated fit specification, with its model and data loaded.
 
@@ -260,6 +292,7 @@ class FitSpec:
         labels: ``((estimate, label), ...)``: labels shown for estimates in the results (the
             ``label`` column of ``parameters.csv`` and the report), e.g. NONMEM's IIV_CL for
             ``omega_POP_CL``.
+        summaries: published summaries fitted beside the data (``[summaries]``), or None.
     """
 
     path: Path
@@ -284,6 +317,7 @@ class FitSpec:
     labels: tuple[tuple[str, str], ...] = ()
     omega_blocks: tuple[OmegaBlock, ...] = ()
     occasion: str = "OCC"
+    summaries: SummarySettings | None = None
 
     @property
     def iov(self) -> tuple[str, ...]:
@@ -425,11 +459,13 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
         model = base.with_values(**initial) if initial else base
     except SpecError as err:
         raise SpecError(f"{where}: {err}") from None
+    summaries = _summaries(doc["summaries"], path, model, parameters) if "summaries" in doc else None
     return FitSpec(
         path=path, text=text, name=name, description=description, model_source=doc["model"], data_source=doc["data"],
         model=model, dataset=dataset, parameters=parameters, covariates=covariates, errors=errors, ignore_dvids=tuple(ignore),
         optimiser=optimiser, sri4=sri4, priors=priors, nuts=nuts, saem=saem, time_unit=time_unit, drop=tuple(drop),
         labels=_labels(doc.get("labels", {}), parameters, covariates, errors, where, omega_blocks), omega_blocks=omega_blocks, occasion=occasion,
+        summaries=summaries,
     )  # fmt: skip
 
 
@@ -655,6 +691,49 @@ def _covariates(table, model: Model, dataset: Dataset, where: str) -> tuple[Cova
             raise SpecError(f"{here}: a second effect of {covariate!r} on {parameter!r}. Fix: keep one.")
         out.append(CovariateEntry(CovariateEffect(parameter, covariate, form, reference), _number(entry.get("initial", 0.0), here, "initial")))
     return tuple(out)
+
+
+def _summaries(table, path: Path, model: Model, parameters: tuple[ParameterEntry, ...]) -> SummarySettings:
+    """The ``[summaries]`` table, its file read and its summaries checked against the model."""
+    here = f"{path}: [summaries]"
+    if not isinstance(table, dict):
+        raise SpecError(f"{here} must be a table. Fix: write [summaries] with file = \"...\".")
+    _known_keys(table, _SUMMARY_KEYS, here, "key")
+    if not isinstance(table.get("file"), str) or not table["file"].strip():
+        raise SpecError(f"{here}: no `file`. Fix: add file = \"summaries.toml\" (relative to the fit file) or file = \"{SHIPPED_SUMMARIES}\".")
+    source = table["file"]
+    n_draws, seed = table.get("n_draws", 500), table.get("seed", 0)
+    for key, value, least in (("n_draws", n_draws, 2), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise SpecError(f"{here}: {key} must be an integer >= {least}, got {value!r}.")
+    bsa = table.get("bsa_m2")
+    if bsa is not None:
+        bsa = _number(bsa, here, "bsa_m2")
+    sigma = table.get("sigma_prop", {})
+    if not isinstance(sigma, dict) or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in sigma.values()):
+        raise SpecError(f"{here}: sigma_prop must be a table of observables and residual SDs > 0, e.g. sigma_prop = {{ {model.observable_names[0]} = 0.1 }}, got {sigma!r}.")
+    for dvid in sigma:
+        _known_dvid(dvid, here, "sigma_prop", model.observable_names)
+    try:
+        data = study_summaries(bsa) if source == SHIPPED_SUMMARIES else read_summaries(path.parent / source, bsa)
+    except InputError as err:
+        raise SpecError(f"{here}: {err}") from None
+    studies = table.get("studies")
+    if studies is not None:
+        if not isinstance(studies, list) or not studies or not all(isinstance(x, str) for x in studies):
+            raise SpecError(f"{here}: studies must be a non-empty list of study names, got {studies!r}. Fix: e.g. studies = [\"{data.study_names[0]}\"].")
+        for study in studies:
+            if study not in data.study_names:
+                raise SpecError(f"{here}: no study {study!r} in {source}. Fix: use some of {', '.join(data.study_names)}.")
+        data = data.select(studies)
+    if any(p.iov_cv_percent is not None for p in parameters):
+        raise SpecError(f"{here}: summaries cannot be fitted beside inter-occasion variability (iov_cv_percent): a published arm has no occasions. "
+                        "Fix: remove iov_cv_percent, or the [summaries] table.")  # fmt: skip
+    try:
+        check_summaries(model, data.regimens, data.summaries, sigma, n_draws)
+    except SpecError as err:
+        raise SpecError(f"{here}: {source}: {err}") from None
+    return SummarySettings(source, data, n_draws, seed, tuple((k, float(v)) for k, v in sigma.items()))
 
 
 def _settings(table, defaults: dict, where: str, section: str) -> dict:
