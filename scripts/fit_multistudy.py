@@ -13,11 +13,12 @@ Writes to ``--out`` (default fits/multistudy/), each file atomically:
   * ``fits.json``: per mechanism the estimates, their relative SEs, OFV, AIC, the statistics;
   * ``comparison.md``: OFV and AIC side by side, and each summary observed against each fit;
   * ``loso.csv`` and ``loso.md``: each study predicted by the fit without it (estimates and 95%
-    interval from ``--samples`` draws of the estimates, widened by the observation's SE), and
+    interval from ``--samples`` draws of the estimates, widened by the observation's SE, centred
+    on the prediction of ``--predict-draws`` virtual patients per arm: :func:`band`), and
     whether the observation falls inside (a bound: whether the interval reaches past it);
   * ``observed_vs_predicted.png``: each summary against the full fit's and the left-out fit's band.
 
-Usage: python scripts/fit_multistudy.py [--mechanisms A,B] [--n-draws 64] [--samples 200] [--loso-best 2] [--no-loso]
+Usage: python scripts/fit_multistudy.py [--mechanisms A,B] [--n-draws 64] [--samples 200] [--predict-draws 4096] [--loso-best 2] [--no-loso]
 
 Leave-one-study-out refits start from the full fit's estimates and are run for the ``--loso-best``
 mechanisms of lowest AIC (each refit compiles and solves the daily-dosing arms anew: minutes).
@@ -63,22 +64,33 @@ def fit_one(model, data: StudySummaries, n_draws: int, start: SummaryFit | None 
     return fit_summaries(model, data.regimens, data.summaries, fixed=fixed, omega=held_omegas(model), n_draws=n_draws, seed=0, start=begin, priors=True)
 
 
-def band(model, fit: SummaryFit, data: StudySummaries, n_draws: int, samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(prediction at the estimates, 2.5% and 97.5% limits for an observation): draws of the
-    estimates plus the observation's normal error of SD se."""
+def band(model, fit: SummaryFit, data: StudySummaries, n_draws: int, samples: int, predict_draws: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(prediction at the estimates, 2.5% and 97.5% limits for an observation, the prediction
+    from the fit's own ``n_draws`` virtual patients): draws of the estimates plus the
+    observation's normal error of SD se.
+
+    The prediction at the estimates is that of ``predict_draws`` virtual patients per arm (other
+    draws than the fit's: seed 1), so that its Monte Carlo error is small; the draws of the
+    estimates are evaluated with ``n_draws`` patients each (common random numbers, seed 0) and
+    moved by the same control-variate correction, the ratio of the two predictions at the
+    estimates (their difference for a change, which may be <= 0): the band keeps the spread due
+    to the estimates' uncertainty, centred where many virtual patients put it."""
+    at_large, _ = predict_summaries(fit, model, data.regimens, data.summaries, n_draws=predict_draws, seed=1)
     try:
         at, drawn = predict_summaries(fit, model, data.regimens, data.summaries, n_draws=n_draws, seed=0, samples=samples)
     except SpecError as err:  # no usable covariance: the prediction without its interval
         print(f"    no interval: {err}")
         at, _ = predict_summaries(fit, model, data.regimens, data.summaries, n_draws=n_draws, seed=0)
-        return at, np.full(at.shape, np.nan), np.full(at.shape, np.nan)
+        return at_large, np.full(at.shape, np.nan), np.full(at.shape, np.nan), at
+    ratio = np.asarray([s.scale != "change" for s in data.summaries]) & (at > 0) & (at_large > 0)
+    drawn = np.where(ratio, drawn * (at_large / np.where(ratio, at, 1.0)), drawn + (at_large - at))
     se = np.asarray([s.se for s in data.summaries])
     observed = drawn + np.random.default_rng(2).normal(size=drawn.shape) * se
     ok = np.all(np.isfinite(observed), axis=1)
     if not ok.any():
-        return at, np.full(at.shape, np.nan), np.full(at.shape, np.nan)
+        return at_large, np.full(at.shape, np.nan), np.full(at.shape, np.nan), at
     lo, hi = np.percentile(observed[ok], [2.5, 97.5], axis=0)
-    return at, lo, hi
+    return at_large, lo, hi, at
 
 
 def inside(summary, lo: float, hi: float) -> bool | None:
@@ -101,6 +113,7 @@ def main() -> None:
     parser.add_argument("--n-draws", type=int, default=64)
     parser.add_argument("--loso-best", type=int, default=2)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--predict-draws", type=int, default=4096)
     parser.add_argument("--no-loso", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "fits" / "multistudy")
     args = parser.parse_args()
@@ -156,15 +169,16 @@ def main() -> None:
     mechanisms = tuple(sorted(mechanisms, key=lambda m: results[m]["aic"])[: args.loso_best])
     for name in mechanisms:
         model = models[name]
-        full_bands[name] = band(model, fits[name], data, args.n_draws, args.samples)
+        full_bands[name] = band(model, fits[name], data, args.n_draws, args.samples, args.predict_draws)[:3]
         for study in data.study_names:
             t0 = time.perf_counter()
             kept, left = data.without(study), data.only(study)
             fit = fit_one(model, kept, args.n_draws, start=fits[name])
-            at, lo, hi = band(model, fit, left, args.n_draws, args.samples)
+            at, lo, hi, at_fit_draws = band(model, fit, left, args.n_draws, args.samples, args.predict_draws)
             for j, s in enumerate(left.summaries):
                 loso_rows.append({"mechanism": name, "study": study, "observable": s.observable, "scale": s.scale, "time": s.time, "statistic": s.statistic,
                                   "bound": s.bound or "", "observed": s.value, "se": s.se, "predicted": float(at[j]), "lo95": float(lo[j]), "hi95": float(hi[j]),
+                                  f"predicted_{args.n_draws}_patients": float(at_fit_draws[j]),
                                   "inside": inside(s, lo[j], hi[j]), "full_fit_predicted": results[name]["predicted"][data.summaries.index(s)],
                                   "converged": fit.converged})  # fmt: skip
             print(f"  LOSO {name} without {study}: OFV {fit.ofv:.3f} converged {fit.converged} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -173,6 +187,8 @@ def main() -> None:
           f"The {len(mechanisms)} mechanisms of lowest AIC in comparison.md, {args.n_draws} virtual patients per arm.", "",
           "Each study predicted by the fit to the others (`scripts/fit_multistudy.py`): the prediction at the estimates and the 95% interval of "
           f"an observation ({args.samples} draws of the estimates from their covariance, plus the observation's normal error). "
+          f"The prediction is that of {args.predict_draws} virtual patients per arm; each draw's, of {args.n_draws}, moved by the ratio of the two at the "
+          f"estimates (a control variate: loso.csv's `predicted_{args.n_draws}_patients` is the uncorrected one). "
           "For a bound, 'inside' means the interval reaches past it.", "",
           "| mechanism | study | observable | day | observed | predicted | 95% interval | inside |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in loso_rows:
