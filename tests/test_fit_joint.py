@@ -4,6 +4,7 @@ CLI, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ def study(tmp_path_factory):
     (folder / "summaries.toml").write_text("\n".join(entries))
     body = (f'model = "{MODEL.as_posix()}"\ndata = "data.csv"\ntime_unit = "h"\n[parameters.ka]\n[parameters.CL]\ncv_percent = 30\n'
             '[parameters.V]\ncv_percent = 20\n[error.conc]\nkind = "proportional"\nsigma_prop = 0.1\n')  # fmt: skip
-    (folder / "fit.toml").write_text(body + '[summaries]\nfile = "summaries.toml"\nn_draws = 200\n')
+    (folder / "fit.toml").write_text(body + '[summaries]\nfile = "summaries.toml"\nn_draws = 1000\n')
     (folder / "fit_data.toml").write_text(body)
     return folder
 
@@ -75,7 +76,7 @@ def test_the_term_is_the_summaries_programs_objective_and_its_gradient_is_exact(
     psi0 = initial_psi(spec, problem, spec.residual_model())
     term = make_objective(spec, problem, psi0).summaries
     data = spec.summaries.data
-    program = SummaryProgram(spec.model, data.regimens, data.summaries, ("ka", "CL", "V"), ("CL", "V"), {}, {}, 200, 0, problem.options)
+    program = SummaryProgram(spec.model, data.regimens, data.summaries, ("ka", "CL", "V"), ("CL", "V"), {}, {}, spec.summaries.n_draws, 0, problem.options)
     psi = psi0 + jnp.asarray([0.2, 0.1, -0.05, 0.1, 0.1, 0.0])  # off the start in every direction the term reads
     theta = np.exp(np.asarray(psi[:3]))  # log-transformed: u = log theta (internal units)
     x = jnp.asarray([*np.log(theta), *np.asarray(psi[3:5])])
@@ -92,6 +93,68 @@ def test_the_term_is_the_summaries_programs_objective_and_its_gradient_is_exact(
     se = np.asarray([s.se for s in data.summaries])
     z = (np.asarray(stats) - np.asarray([s.value for s in data.summaries])) / se
     np.testing.assert_allclose(rows.T @ z, gradient, rtol=1e-8)  # sum_j z_j r_j = sum_j 2 z_j grad z_j: the gradient of sum z^2
+
+
+def test_the_objective_adds_the_term_once_with_its_gradient_and_curvature(study):
+    """The threaded population objective with [summaries] minus the same without: its value by the
+    term, its exact gradient by the term's gradient, and its covariance step's R (forward
+    differences of the gradient) by the term's Hessian (central differences of its gradient)."""
+    from il2treg.fit.estimate import ofv_hessian
+
+    spec = read_fit_spec(study / "fit.toml")
+    problem = spec.problem()
+    psi0 = initial_psi(spec, problem, spec.residual_model())
+    joint, alone = make_objective(spec, problem, psi0), make_objective(dataclasses.replace(spec, summaries=None), problem)
+    term = joint.summaries
+    psi = psi0 + jnp.asarray([0.1, 0.05, -0.05, 0.1, -0.1, 0.1])
+    n = joint.patients.obs_time.shape[0]
+    inner = joint.inner(psi, jnp.zeros((n, problem.n_random)))
+    include = jnp.ones(n, dtype=bool)
+    assert float(joint.value(psi, inner, include)) - float(alone.value(psi, inner, include)) == pytest.approx(float(term.neg2ll(psi)), rel=1e-9)
+    np.testing.assert_allclose(np.asarray(joint.gradient(psi, inner.eta, include)) - np.asarray(alone.gradient(psi, inner.eta, include)),
+                               np.asarray(term.gradient(psi)), rtol=1e-9, atol=1e-9)  # fmt: skip
+    r = ofv_hessian(joint, psi, inner, include) - ofv_hessian(alone, psi, inner, include)
+    h = 1e-4
+    fd = np.stack([(np.asarray(term.gradient(psi.at[k].add(h))) - np.asarray(term.gradient(psi.at[k].add(-h)))) / (2 * h) for k in range(len(psi))], axis=1)
+    np.testing.assert_allclose(r, 0.5 * (fd + fd.T), rtol=2e-3, atol=1e-3 * np.max(np.abs(fd)))
+
+
+def test_an_omega_block_correlates_the_virtual_patients_and_a_bound_met_adds_no_curvature(study, tmp_path):
+    """With CL and V in one block the virtual patients are theta e^(L z), L the Cholesky factor of
+    Omega built here from the omegas and the correlation; the gradient in the correlation's
+    direction matches central differences. A lower bound met by far gets a Gauss-Newton row of
+    about 0, one violated by 20 SEs the row of a value (the curvature of -2 log Phi tends to that of z^2)."""
+    text = (study / "summaries.toml").read_text()
+    (tmp_path / "data.csv").write_text((study / "data.csv").read_text())
+    (tmp_path / "summaries.toml").write_text(text)
+    (tmp_path / "fit.toml").write_text((study / "fit.toml").read_text().replace("[error.conc]", '[[omega_block]]\nparameters = ["CL", "V"]\ncorrelation = 0.5\n[error.conc]'))
+    spec = read_fit_spec(tmp_path / "fit.toml")
+    problem = spec.problem()
+    assert problem.psi_names == ("ka", "CL", "V", "omega_CL", "omega_V", "corr_CL_V", "sigma_prop_conc")
+    psi = initial_psi(spec, problem, spec.residual_model())
+    predicted = float(make_objective(spec, problem, psi).summaries.predicted(psi)[0][0])
+    # two lower bounds on the first summary's statistic: one met by far, one missed by 20 SEs (the draws are the arm's: the same)
+    first = text.index("[[summaries]]")
+    entry = text[first : text.index("[[summaries]]", first + 1)]
+    se = float(entry.split("se = ")[1].split("\n")[0])
+    value = "value = " + entry.split("value = ")[1].split("\n")[0]
+    met, missed = (entry.replace(value, f"value = {v!r}") + 'bound = "lower"\n' for v in (0.2 * predicted, predicted + 20 * se))
+    (tmp_path / "summaries.toml").write_text(text + "\n" + met + "\n" + missed)
+    spec = read_fit_spec(tmp_path / "fit.toml")
+    term = make_objective(spec, problem, psi).summaries
+    omega = np.exp(np.asarray(psi[3:5]))
+    chol = np.linalg.cholesky(np.diag(omega) @ np.asarray([[1.0, 0.5], [0.5, 1.0]]) @ np.diag(omega))
+    names = spec.model.parameter_names
+    thetas = np.tile(np.asarray(spec.model.typical().values), (1, spec.summaries.n_draws, 1))
+    thetas[..., [names.index("ka"), names.index("CL"), names.index("V")]] = np.exp(np.asarray(psi[:3]))
+    thetas[..., [names.index("CL"), names.index("V")]] *= np.exp(np.asarray(term.z) @ chol.T)
+    (stats, _, _), _ = term.program.statistics(jnp.asarray(thetas))
+    np.testing.assert_allclose(np.asarray(term.predicted(psi)[0]), np.asarray(stats), rtol=1e-10)
+    h = 1e-5
+    fd = (float(term.neg2ll(psi.at[5].add(h))) - float(term.neg2ll(psi.at[5].add(-h)))) / (2 * h)
+    assert float(term.gradient(psi)[5]) == pytest.approx(fd, rel=1e-4) and abs(fd) > 1e-3  # the adaptive solves make differences noisier here than on the diagonal
+    rows = np.linalg.norm(np.asarray(term.curvature_rows(psi)), axis=1)
+    assert rows[-2] < 1e-6 * rows[0] and rows[-1] == pytest.approx(rows[0], rel=0.01)
 
 
 @pytest.mark.slow
@@ -149,7 +212,15 @@ def test_summaries_beside_late_data_recover_absorption_the_data_alone_do_not_pin
      'time = 0.1\nstatistic = "mean"\nvalue = 1.0\nn = 10\nse = 0.1\n'}, r"summaries\[0\]: arm 'b' has no \[arms.b\] table"),
     ('file = "s.toml"', {"s.toml": "[arms.a\n"}, r"s.toml: not valid TOML"),
     ('file = "s.toml"\nsigma_prop = { conc = -1 }', {"s.toml": ""}, r"sigma_prop must be a table of observables and residual SDs > 0"),
-], ids=["missing", "key", "no-file", "draws", "study", "observable", "dose", "bsa", "arm", "toml", "sigma"])  # fmt: skip
+    ('file = "s.toml"\n[optimiser]\ncovariance_matrix = "sandwich"', {"s.toml": ""}, r"covariance_matrix = \"sandwich\" with \[summaries\]: the sandwich's S holds the patients' gradients only"),
+    ('file = "s.toml"', {"s.toml": '[arms.a]\ndose = 100\ninterval_days = 1\nn = 1\n[[summaries]]\narm = "a"\nobservable = "conc"\n'
+     'time = 0.1\nstatistic = "sd"\nvalue = 1.0\nn = 10\nse = 0.1\n'}, r"summary 0 \(a, conc, day 0.1\) is an SD, which needs the residual SD of 'conc'"),
+    ('file = "s.toml"', {"s.toml": '[arms.a]\ndose = 100\ninterval_days = 1\nn = 1\n[[summaries]]\narm = "a"\nobservable = "conc"\n'
+     'time = 0.1\nstatistic = "mean"\nvalue = 1.0\nn = 10\nse = 0.1\nthreshold = 2.0\n'}, r"summaries\[0\]: threshold is given but a mean does not use it"),
+    ('file = "s.toml"', {"s.toml": '[arms.a]\ndose = 100\ninterval_days = 1\nn = 1\n[[summaries]]\narm = "a"\nobservable = "conc"\n'
+     'time = 0.1\nstatistic = "mean"\nvalue = 1.0\nn = 10.5\nse = 0.1\n'}, r"summaries\[0\]: n must be a whole number of patients, got 10.5"),
+    ('file = "s.toml"', {"s.toml": 'summaries = []\n[arms.a]\ndose = 100\ninterval_days = 1\nn = true\n'}, r"arms.a: n must be a whole number of doses >= 1, got True"),
+], ids=["missing", "key", "no-file", "draws", "study", "observable", "dose", "bsa", "arm", "toml", "sigma", "sandwich", "sd-sigma", "threshold", "n-float", "n-bool"])  # fmt: skip
 def test_a_bad_summaries_table_or_file_is_named_before_any_computation(tmp_path, summaries, files, message):
     (tmp_path / "data.csv").write_text("ID,TIME,AMT,DV\n1,0,100,0\n1,2,0,3.0\n")
     for name, text in files.items():

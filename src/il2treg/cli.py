@@ -181,7 +181,7 @@ def fit(
 
     from il2treg.errors import InputError
     from il2treg.fit.estimators import ESTIMATORS, estimator_named
-    from il2treg.fit.result import FILES
+    from il2treg.fit.result import FILES, SUMMARIES
     from il2treg.fit.run import run_fit
     from il2treg.fit.spec import read_fit_spec
 
@@ -192,7 +192,8 @@ def fit(
     if out.exists() and not force:
         raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     console.print(f"fitting {fit_spec.name}: model {fit_spec.model.name}, data {fit_spec.data_source}, "
-                  f"{fit_spec.dataset.n_subjects} patients; estimating {', '.join(fit_spec.fixed) or 'no fixed effect'}")  # fmt: skip
+                  f"{fit_spec.dataset.n_subjects} patients" + (f" and {len(fit_spec.summaries.data.summaries)} published summaries" if fit_spec.summaries else "")
+                  + f"; estimating {', '.join(fit_spec.fixed) or 'no fixed effect'}")  # fmt: skip
     start = time.perf_counter()
     if console.is_terminal:
         columns = (SpinnerColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
@@ -204,7 +205,8 @@ def fit(
         show = lambda info: console.print(f"[{time.perf_counter() - start:7.1f} s] {_describe(info)}", highlight=False)
         result = run_fit(fit_spec, out, force=force, estimator=estimator, figures=figures, n_sim=n_sim, progress=show)
     console.print(Markdown(result.summary()))
-    console.print(f"wrote {out}/ ({', '.join(FILES)}{', diagnostics.csv, figures/' if figures else ''}); read it with il2treg.fit.load_fit({str(out)!r})", highlight=False)
+    written = [*FILES, *([SUMMARIES] if result.summaries is not None else []), *(["diagnostics.csv", "figures/"] if figures else [])]
+    console.print(f"wrote {out}/ ({', '.join(written)}); read it with il2treg.fit.load_fit({str(out)!r})", highlight=False)
 
 
 @app.command()

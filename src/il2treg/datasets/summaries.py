@@ -127,7 +127,7 @@ def read_summaries(path: str | Path, bsa_m2: float | None = None) -> StudySummar
 def _parse(data: Mapping, file: str, bsa_m2: float | None, shipped: bool) -> StudySummaries:
     _require_fields(data, ("bsa_m2", "arms", "summaries") if shipped else ("arms", "summaries"), "the file", file)
     bsa = data.get("bsa_m2") if bsa_m2 is None else bsa_m2
-    if bsa is not None and not (isinstance(bsa, int | float) and math.isfinite(bsa) and bsa > 0):
+    if bsa is not None and not (isinstance(bsa, int | float) and not isinstance(bsa, bool) and math.isfinite(bsa) and bsa > 0):
         raise InputError(f"{file}: bsa_m2 must be a body-surface area > 0 m², got {bsa!r}. Fix: e.g. bsa_m2 = 1.8.")
     if not isinstance(data["arms"], Mapping) or not isinstance(data["summaries"], list):
         raise InputError(f"{file}: `arms` must be tables [arms.<name>] and `summaries` a list [[summaries]]. Fix: follow the format of il2treg's study_summaries.toml.")
@@ -145,7 +145,7 @@ def _parse(data: Mapping, file: str, bsa_m2: float | None, shipped: bool) -> Stu
         else:
             dose = _positive(table, "dose", where, file)
         n = table["n"]
-        if not (isinstance(n, int) and n >= 1):
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
             raise InputError(f"{file}: {where}: n must be a whole number of doses >= 1, got {n!r}. Fix: e.g. n = 5.")
         regimens[arm] = every(dose, _positive(table, "interval_days", where, file), n)
         words[arm], study_of[arm] = str(table.get("regimen", "")), str(table.get("study", arm))
@@ -157,16 +157,24 @@ def _parse(data: Mapping, file: str, bsa_m2: float | None, shipped: bool) -> Stu
         _require_fields(table, required, where, file)
         if table["arm"] not in regimens:
             raise InputError(f"{file}: {where}: arm {table['arm']!r} has no [arms.{table['arm']}] table. Fix: add it, or name one of {', '.join(regimens)}.")
+        if not (isinstance(table["n"], int) and not isinstance(table["n"], bool)):
+            raise InputError(f"{file}: {where}: n must be a whole number of patients, got {table['n']!r}. Fix: e.g. n = 39.")
+        proportion = table["statistic"] == "proportion_above"
+        for key, unused in (("threshold", not proportion), ("se", proportion)):
+            if key in table and unused:
+                raise InputError(f"{file}: {where}: {key} is given but a {table['statistic']} does not use it "
+                                 "(a proportion's error is binomial; only a proportion has a threshold). Fix: remove it, or check the statistic.")  # fmt: skip
         try:
+            row = int(table["row"]) if "row" in table else None
             summaries.append(Summary(
                 arm=table["arm"], observable=str(table["observable"]), time=float(table["time"]), statistic=str(table["statistic"]),
                 value=float(table["value"]), n=int(table["n"]), se=None if "se" not in table else float(table["se"]),
                 threshold=None if "threshold" not in table else float(table["threshold"]), scale=table.get("scale", "value"), bound=table.get("bound"),
             ))  # fmt: skip
         except (TypeError, ValueError) as err:
-            raise InputError(f"{file}: {where}: a time, value, n, se or threshold is not a number ({err}). Fix: give numbers.") from None
+            raise InputError(f"{file}: {where}: a row, time, value, se or threshold is not a number ({err}). Fix: give numbers.") from None
         studies.append(study_of[table["arm"]])
-        rows.append(int(table["row"]) if "row" in table else None)
+        rows.append(row)
         encodings.append(str(table.get("encoding", "")))
     return StudySummaries(regimens, tuple(summaries), tuple(studies), tuple(rows), tuple(encodings), words, None if bsa is None else float(bsa))
 

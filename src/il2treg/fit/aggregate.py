@@ -238,7 +238,7 @@ def check_summaries(model: Model, regimens: Mapping[str, Regimen], summaries: Se
         SpecError: the first such summary, with the fix.
     """
     if n_draws < 2:
-        raise SpecError(f"n_draws must be >= 2 virtual patients per arm, got {n_draws}. Fix: use well above the arms' n (default 1000).")
+        raise SpecError(f"n_draws must be >= 2 virtual patients per arm, got {n_draws}. Fix: use well above the arms' n (1000, say).")
     if not summaries:
         raise SpecError("no summaries to fit. Fix: give at least one Summary.")
     for k, s in enumerate(summaries):

@@ -226,7 +226,9 @@ def preconditioner(per_patient: Float[Array, "patients psi"]) -> np.ndarray:
 
     :math:`\tilde R = \tfrac12 \sum_i g_i g_i^\top + \tfrac{k}{n}\mathrm{diag}(\tfrac12 \sum_i g_i g_i^\top)` from the
     per-patient gradients :math:`g_i` of the OFV (the outer-product, BHHH, approximation of the
-    Hessian of −2LL), shrunk towards its diagonal by the number of parameters :math:`k` over the
+    Hessian of −2LL; the rows given may also hold a published summary's Gauss-Newton row,
+    :meth:`il2treg.fit.joint.SummaryTerm.curvature_rows`, each counted as a patient),
+    shrunk towards its diagonal by the number of parameters :math:`k` over the
     number of patients :math:`n`: with 8 patients and 9 parameters the plain BHHH matrix is
     singular and L-BFGS stalled 4 OFV points above the minimum (fits/lupil2_nuts). Eigenvalues are
     floored at 1e-6 of the largest so that a parameter the data do not inform (or, with fewer
@@ -278,8 +280,8 @@ def minimise_ofv(objective, psi, inner, include, max_iter, ftol, gtol, callback,
 
     def restart(per_patient):
         # the published summaries' curvature (il2treg.fit.joint) beside the patients': without it
-        # the map ignores the directions they inform most, and L-BFGS crawls (measured: 45
-        # iterations, gradient 4-21, not converged on tests/test_fit_joint.py's cohort)
+        # the map ignores the directions they inform most, and L-BFGS crawls (measured on
+        # tests/test_fit_joint.py's cohort: 45 iterations, not converged, against 15 and converged)
         rows = np.concatenate([np.asarray(per_patient), np.asarray(objective.curvature_rows(jnp.asarray(psi)))])
         return preconditioner(rows), np.zeros(len(psi)), _lbfgs_init(np.zeros(len(psi)))
 

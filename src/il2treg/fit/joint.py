@@ -13,12 +13,19 @@ each with the fit's own parameterisation: :math:`\eta_{am} = L\,z_{am}` with :ma
 Cholesky factor of :math:`\Omega` (its correlations included) and fixed standard-normal draws
 :math:`z_{am}` (common random numbers), :math:`\theta_{am} = \theta(\psi)\,e^{\eta_{am}}` on the
 parameters with random effects (:func:`il2treg.fit.problem.individual_theta`), the typical values
-:math:`\theta(\psi)` those of a patient at the covariates' reference values. :math:`\ell_j` is the
+:math:`\theta(\psi)` those of a patient at the covariates' reference values (below). :math:`\ell_j` is the
 summary's term of :mod:`il2treg.fit.aggregate` (squared z-score, one-sided for a bound, binomial
 for a proportion); the residual SDs a statistic needs (an SD, a proportion above a threshold) are
-given, not estimated. Published arms and the individual patients are independent, so the two
-log-likelihoods add; the summaries then inform the fixed effects and the omegas, and the
-covariance step (:func:`il2treg.fit.estimate.ofv_hessian`) holds both sources.
+given, not estimated (an ``sd`` summary requires one). Published arms and the individual
+patients are independent, so the two log-likelihoods add; the summaries then inform the fixed
+effects and the omegas, and the covariance step's R (:func:`il2treg.fit.estimate.ofv_hessian`)
+holds both sources (the sandwich's S holds the patients' gradients only, so a fit with summaries
+refuses ``covariance_matrix = "sandwich"``).
+
+The statistics are those of :math:`M` virtual patients, not of the population: their Monte Carlo
+error (about :math:`\mathrm{SD}/\sqrt M` for a mean) is not in the likelihood. Choose
+:math:`M` well above each arm's :math:`n`, so that it is small beside the published standard
+error :math:`s_j` (the default, 1000, puts it under half of :math:`s_j` for arms of up to 200).
 
 The summary term does not depend on the EBEs, so the FOCE-I gradient of
 :mod:`il2treg.fit.population` gains :math:`\sum_j \partial\ell_j/\partial\psi`, here by
@@ -28,7 +35,8 @@ A virtual patient whose solve fails makes the term undefined (NaN): the outer li
 steps back, and at the start :func:`summary_term` names the arm.
 
 Not modelled: inter-occasion variability (an arm has no occasions; a fit with ``iov_cv_percent``
-and summaries is refused) and covariate distributions of the arms (their patients are typical).
+and summaries is refused) and covariate distributions of the arms: their virtual patients have
+the covariate effects' reference values, and the model's own covariates the model file's values.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.stats import norm
 from jaxtyping import Array, Float
 
 from il2treg.errors import SolverError, SpecError
@@ -76,21 +85,23 @@ class SummaryTerm(eqx.Module):
         eta = self.z @ up.random_effects.cholesky()[:ne, :ne].T
         return jax.vmap(jax.vmap(lambda e: individual_theta(self.problem, up.theta, e)))(eta)
 
-    def _evaluate(self, psi):
+    @eqx.filter_jit
+    def evaluate(self, psi: Float[Array, " psi"]):
+        """(the summaries' −2 log-likelihood, NaN where a virtual patient failed to solve; each
+        summary's statistic; its −2 log-likelihood term; each arm's count of failed virtual
+        patients) at ``psi``: one compiled program for :meth:`neg2ll` and :meth:`predicted`."""
         stats, failed = self.program.statistics(self.thetas(psi))
         value = self.program.ofv(stats)
-        return jnp.where(jnp.any(failed > 0), jnp.nan, value), (stats[0], self.program.terms(stats), failed)
+        return jnp.where(jnp.any(failed > 0), jnp.nan, value), stats[0], self.program.terms(stats), failed
 
-    @eqx.filter_jit
     def neg2ll(self, psi: Float[Array, " psi"]) -> Float[Array, ""]:
         """The summaries' −2 log-likelihood at ``psi`` (NaN where a virtual patient failed to solve)."""
-        return self._evaluate(psi)[0]
+        return self.evaluate(psi)[0]
 
-    @eqx.filter_jit
     def predicted(self, psi: Float[Array, " psi"]) -> tuple[Float[Array, " summaries"], Float[Array, " summaries"], Array]:
         """(each summary's statistic at ``psi``, its −2 log-likelihood term, each arm's count of
         virtual patients whose solve failed)."""
-        return self._evaluate(psi)[1]
+        return self.evaluate(psi)[1:]
 
     def gradient(self, psi: Float[Array, " psi"]) -> Float[Array, " psi"]:
         r""":math:`\partial(-2\log L)/\partial\psi` (zero outside :attr:`directions`)."""
@@ -101,7 +112,10 @@ class SummaryTerm(eqx.Module):
         approximation of the term's Hessian, as the outer optimiser's preconditioner
         (:func:`il2treg.fit.estimate.preconditioner`) takes the patients' gradients:
         :math:`r_j = 2\,\nabla S_j / s_j` for a continuous statistic (whose term is
-        :math:`z_j^2`; a bound counts as if it were a value), :math:`r_j = 2\sqrt{n_j/(S_j(1 - S_j))}\,\nabla S_j` for a
+        :math:`z_j^2`), :math:`r_j = 2\sqrt{\lambda(z + \lambda)}\,\nabla S_j / s_j` for a bound
+        (whose term :math:`-2\log\Phi(z)` has that curvature, :math:`\lambda = \phi(z)/\Phi(z)`:
+        about 0 well past the bound, as a value's short of it; :math:`z \to -z` for an upper bound),
+        :math:`r_j = 2\sqrt{n_j/(S_j(1 - S_j))}\,\nabla S_j` for a
         proportion (the binomial's information)."""
         return self.linearised(psi)[1]
 
@@ -121,9 +135,13 @@ class SummaryTerm(eqx.Module):
         slopes = jax.grad(self.program.ofv)(stats)
         grad = sum(g @ j for g, j in zip(slopes, jac, strict=True))
         grad = jnp.where(jnp.any(failed > 0) | ~jnp.isfinite(self.program.ofv(stats)), jnp.nan, grad)
-        pred = stats[0]
+        pred, program = stats[0], self.program
         p = jnp.clip(pred, 1e-12, 1.0 - 1e-12)
-        weight = jnp.where(self.program.binomial, jnp.sqrt(self.program.n / (p * (1.0 - p))), 1.0 / self.program.se)
+        # a bound's term -2 log Phi(z) has curvature 2 lam (z + lam) in z, lam = phi(z) / Phi(z): ~0 well past the bound, 2 short of it
+        z = jnp.where(program.upper, -1.0, 1.0) * (pred - program.value) / program.se
+        lam = jnp.exp(norm.logpdf(z) - norm.logcdf(z))
+        bounded = jnp.sqrt(jnp.maximum(lam * (z + lam), 0.0))
+        weight = jnp.where(program.binomial, jnp.sqrt(program.n / (p * (1.0 - p))), jnp.where(program.lower | program.upper, bounded, 1.0) / program.se)
         rows = 2.0 * weight[:, None] * jac[0]
         rows = jnp.where(jnp.isfinite(rows), rows, 0.0)
         return jnp.zeros_like(psi).at[at].set(grad), jnp.zeros((n_summaries, psi.shape[0])).at[:, at].set(rows)
@@ -158,6 +176,10 @@ def summary_term(
     """
     sigma_prop = dict(sigma_prop or {})
     check_summaries(problem.model, regimens, summaries, sigma_prop, n_draws)
+    for k, s in enumerate(summaries):
+        if s.statistic == "sd" and sigma_prop.get(s.observable, 0.0) <= 0:
+            raise SpecError(f"summary {k} ({s.arm}, {s.observable}, day {s.time:g}): an SD beside patients needs the residual SD of {s.observable!r} "
+                            f"(without it the residual spread would be put on omega). Fix: give sigma_prop[{s.observable!r}] > 0 (the fit's estimate of it, say).")  # fmt: skip
     if problem.iov:
         raise SpecError(f"summaries cannot be fitted beside inter-occasion variability ({', '.join(problem.iov)}): a published arm has no occasions. "
                         "Fix: remove iov_cv_percent, or fit the summaries without it.")  # fmt: skip

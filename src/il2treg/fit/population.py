@@ -9,7 +9,10 @@ by the Laplace approximation at the empirical Bayes estimates :math:`\hat\eta_i`
     H_i = J_i^\top \mathrm{diag}((r_{2,i})_+) J_i + 2\Omega^{-1}
 
 with :math:`g_i` and the Gauss-Newton (first-order, interaction) Hessian :math:`H_i` of
-:mod:`il2treg.fit.individual` evaluated at :math:`\hat\eta_i` (FOCE with interaction).
+:mod:`il2treg.fit.individual` evaluated at :math:`\hat\eta_i` (FOCE with interaction). Terms that
+do not depend on the EBEs are added to it: the priors' :math:`-2\log p(\psi)` (``prior``,
+:mod:`il2treg.fit.priors`) and the −2 log-likelihood of published summaries (``summaries``,
+:mod:`il2treg.fit.joint`), with their gradients (:meth:`Objective.penalty`).
 
 **Exact gradient.** Write :math:`L_i(\psi, \eta)` for the bracket and
 :math:`G_i = \partial g_i / \partial \eta`, zero at :math:`\hat\eta_i`. By the implicit function
@@ -210,7 +213,7 @@ class Objective(eqx.Module):
         return jax.tree.map(lambda x: jnp.where(include.reshape(-1, *(1,) * (x.ndim - 1)), x, 0.0), per_patient)
 
     def gradient(self, psi, eta, include) -> Float[Array, " psi"]:
-        """Exact gradient of the OFV (with the prior penalty) at converged EBEs ``eta``, over the
+        """Exact gradient of the OFV (with the priors' and summaries' terms) at converged EBEs ``eta``, over the
         included patients; :meth:`gradients` holds the data terms only, per patient."""
         return jnp.sum(self.gradients(psi, eta, include).ofv, axis=0) + self.penalty_gradient(psi)
 
@@ -249,7 +252,7 @@ def _curvature_rows(summaries: SummaryTerm | None, psi):
 
 
 class _SplitObjective:
-    """What the split objectives share: the prior penalty (added once, not per part) and the
+    """What the split objectives share: the priors' and summaries' terms (added once, not per part) and the
     total gradient from the per-patient ones."""
 
     prior: Prior | None

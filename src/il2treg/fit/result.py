@@ -253,8 +253,16 @@ def load_fit(path: str | Path) -> FitResult:
         timing=_decode(s["timing"]), version=s["version"], estimator=estimator,
         inference=_read_inference(path / POSTERIOR) if isinstance(estimator, Nuts) else None,
         trace=_array(s["trace"]).reshape(-1, len(psi_names)) if "trace" in s else None,
-        summaries=_read_csv(path / SUMMARIES) if (path / SUMMARIES).is_file() else None,
+        summaries=_read_summaries(path) if s.get("summaries", False) else None,
     )  # fmt: skip
+
+
+def _read_summaries(path: Path) -> pd.DataFrame:
+    """``summaries.csv``, required where summary.json says the fit had summaries (their −2LL is in its OFV)."""
+    if not (path / SUMMARIES).is_file():
+        raise InputError(f"results folder {str(path)!r} has no {SUMMARIES}, but its fit had published summaries. Fix: run the fit again to write a complete folder.")
+    text = {"study": str, "arm": str, "observable": str, "statistic": str, "scale": str, "bound": str}
+    return pd.read_csv(path / SUMMARIES, dtype=text, keep_default_na=False, na_values={c: ["NaN", "nan"] for c in ("time_day", "n", "observed", "se", "predicted", "z", "neg2ll")})
 
 
 def _write_summary(result: FitResult, file: Path) -> None:
@@ -270,7 +278,7 @@ def _write_summary(result: FitResult, file: Path) -> None:
         "residual": result.residual, "settings": result.settings, "timing": result.timing,
         "posterior_seed": result.posterior_seed, "id_type": id_type, "method": result.estimator.name,
         "posterior_method": POSTERIOR_METHOD if result.inference is None else Nuts.name,
-        "spec_path": result.spec_path, "spec_text": result.spec_text,
+        "spec_path": result.spec_path, "spec_text": result.spec_text, "summaries": result.summaries is not None,
         **({"trace": result.trace} if result.trace is not None else {}),
     }  # fmt: skip
     file.write_text(json.dumps(_encode(summary), indent=1, allow_nan=False) + "\n", encoding="utf-8")
@@ -496,7 +504,7 @@ def report(result: FitResult) -> str:
 
 def _summaries_report(table: pd.DataFrame) -> list[str]:
     """The published summaries fitted beside the data, observed against predicted."""
-    lines = ["", f"## Published summaries (their −2LL, {table['neg2ll'].sum():.3f}, is part of the OFV)", "",
+    lines = ["", f"## Published summaries (their −2LL, {table['neg2ll'].sum():.3f}, is part of the OFV; BIC counts the patients' observations only)", "",
              "| study | arm | observable | day | statistic | observed | SE | predicted | z | −2LL |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for _, r in table.iterrows():
         what = r["statistic"] + ("" if r["scale"] == "value" else f" of {r['scale']}")

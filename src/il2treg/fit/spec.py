@@ -82,7 +82,7 @@ A fit file has a few top-level keys and four kinds of tables::
     file = "summaries.toml"              # their file (il2treg.datasets.read_summaries' format), relative
                                          # to this file, or "il2treg:study_summaries" (the shipped studies)
     studies = ["DILT1D", "DILfrequency"] # optional: only these studies' summaries (default: all)
-    n_draws = 500                        # virtual patients per arm (default 500)
+    n_draws = 1000                       # virtual patients per arm (default 1000: well above the arms' n)
     seed = 0                             # of their draws
     bsa_m2 = 1.8                         # optional: for doses per m² (default: the file's)
     sigma_prop = { treg_per_uL = 0.1 }   # optional: residual SDs for "sd" and "proportion_above" summaries
@@ -259,7 +259,7 @@ class SummarySettings:
 
     source: str
     data: StudySummaries
-    n_draws: int = 500
+    n_draws: int = 1000
     seed: int = 0
     sigma_prop: tuple[tuple[str, float], ...] = ()
 
@@ -434,6 +434,9 @@ def parse_fit_spec(doc: dict, *, path: Path, text: str = "") -> FitSpec:
         saem = SaemSettings(**saem_table)
     except SpecError as err:
         raise SpecError(f"{where}: {err}") from None
+    if optimiser.covariance_matrix == "sandwich" and "summaries" in doc:
+        raise SpecError(f"{where}: covariance_matrix = \"sandwich\" with [summaries]: the sandwich's S holds the patients' gradients only, so the directions the summaries "
+                        "inform would get too small SEs. Fix: use covariance_matrix = \"hessian\" with summaries.")  # fmt: skip
     if optimiser.covariance_matrix == "sandwich" and priors != "none":
         raise SpecError(f"{where}: covariance_matrix = \"sandwich\" with priors = {priors!r}: the sandwich's S holds the data's gradients only, not the priors'. "
                         "Fix: use covariance_matrix = \"hessian\" with priors, or priors = \"none\".")  # fmt: skip
@@ -702,7 +705,7 @@ def _summaries(table, path: Path, model: Model, parameters: tuple[ParameterEntry
     if not isinstance(table.get("file"), str) or not table["file"].strip():
         raise SpecError(f"{here}: no `file`. Fix: add file = \"summaries.toml\" (relative to the fit file) or file = \"{SHIPPED_SUMMARIES}\".")
     source = table["file"]
-    n_draws, seed = table.get("n_draws", 500), table.get("seed", 0)
+    n_draws, seed = table.get("n_draws", 1000), table.get("seed", 0)
     for key, value, least in (("n_draws", n_draws, 2), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise SpecError(f"{here}: {key} must be an integer >= {least}, got {value!r}.")
@@ -733,6 +736,10 @@ def _summaries(table, path: Path, model: Model, parameters: tuple[ParameterEntry
         check_summaries(model, data.regimens, data.summaries, sigma, n_draws)
     except SpecError as err:
         raise SpecError(f"{here}: {source}: {err}") from None
+    for k, s in enumerate(data.summaries):
+        if s.statistic == "sd" and sigma.get(s.observable, 0.0) <= 0:
+            raise SpecError(f"{here}: {source}: summary {k} ({s.arm}, {s.observable}, day {s.time:g}) is an SD, which needs the residual SD of {s.observable!r} "
+                            f"(without it the residual spread would be put on omega). Fix: add sigma_prop = {{ {s.observable} = 0.1 }} (the fit's estimate of it, say).")  # fmt: skip
     return SummarySettings(source, data, n_draws, seed, tuple((k, float(v)) for k, v in sigma.items()))
 
 
