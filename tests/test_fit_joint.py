@@ -95,6 +95,7 @@ def test_the_term_is_the_summaries_programs_objective_and_its_gradient_is_exact(
     np.testing.assert_allclose(rows.T @ z, gradient, rtol=1e-8)  # sum_j z_j r_j = sum_j 2 z_j grad z_j: the gradient of sum z^2
 
 
+@pytest.mark.slow
 def test_the_objective_adds_the_term_once_with_its_gradient_and_curvature(study):
     """The threaded population objective with [summaries] minus the same without: its value by the
     term, its exact gradient by the term's gradient, and its covariance step's R (forward
