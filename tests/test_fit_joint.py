@@ -186,7 +186,7 @@ def test_summaries_beside_late_data_recover_absorption_the_data_alone_do_not_pin
     table = joint.summaries
     assert len(table) == len(EARLY_H) and set(table["study"]) == {"early sampling"} and (table["failed_in_arm"] == 0).all()
     assert np.max(np.abs(table["z"])) < 3.5
-    assert "## Published summaries" in (tmp_path / "fit" / "report.md").read_text()
+    assert "## Published summaries" in (tmp_path / "fit" / "report.md").read_text(encoding="utf-8")
     assert alone.summaries is None and not (tmp_path / "fit_data" / "summaries.csv").exists()
     save_fit(joint, tmp_path / "again")
     assert load_fit(tmp_path / "again").equals(joint)
