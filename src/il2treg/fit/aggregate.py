@@ -230,9 +230,11 @@ def _check(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Su
     check_summaries(model, regimens, summaries, sigma_prop, n_draws)
 
 
-def check_summaries(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Summary], sigma_prop: Mapping[str, float], n_draws: int) -> None:
+def check_summaries(model: Model, regimens: Mapping[str, Regimen], summaries: Sequence[Summary], sigma_prop: Mapping[str, float], n_draws: int,
+                    beside_patients: bool = False) -> None:  # fmt: skip
     """Refuse summaries the likelihood cannot take (an unknown arm or observable, a statistic
-    without what it needs), each named by its position, arm, observable and day.
+    without what it needs), each named by its position, arm, observable and day;
+    ``beside_patients`` (a population fit, :mod:`il2treg.fit.joint`): an SD also needs its residual SD.
 
     Raises:
         SpecError: the first such summary, with the fix.
@@ -270,6 +272,9 @@ def check_summaries(model: Model, regimens: Mapping[str, Regimen], summaries: Se
                 raise SpecError(f"{where}: a proportion above a threshold needs the residual SD of {s.observable!r}. Fix: give sigma_prop[{s.observable!r}] > 0.")
         elif s.se is None or not s.se > 0:
             raise SpecError(f"{where}: a {s.statistic} needs its standard error se > 0. Fix: give se= (se_of_mean, se_of_median, se_of_sd convert a printed SD or IQR).")
+        if beside_patients and s.statistic == "sd" and sigma_prop.get(s.observable, 0.0) <= 0:
+            raise SpecError(f"{where} is an SD, which needs the residual SD of {s.observable!r} beside patients (without it the residual spread would be put on omega). "
+                            f"Fix: give sigma_prop {s.observable} > 0 (the fit's estimate of it, say).")  # fmt: skip
 
 
 @functools.partial(jax.jit, static_argnames="log")  # one program per shape, also when called outside a jit

@@ -74,10 +74,6 @@ class SummaryTerm(eqx.Module):
     z: Float[Array, "arms draws eta"]
     directions: tuple[int, ...] = eqx.field(static=True)
 
-    @property
-    def summaries(self) -> tuple[Summary, ...]:
-        return tuple(self.program.summaries)
-
     def thetas(self, psi: Float[Array, " psi"]) -> Float[Array, "arms draws params"]:
         """Every virtual patient's parameters at ``psi`` (internal units)."""
         up = unpack(self.problem, self.problem.split(psi), self.base_residual)
@@ -175,11 +171,7 @@ def summary_term(
             there (named by arm or summary).
     """
     sigma_prop = dict(sigma_prop or {})
-    check_summaries(problem.model, regimens, summaries, sigma_prop, n_draws)
-    for k, s in enumerate(summaries):
-        if s.statistic == "sd" and sigma_prop.get(s.observable, 0.0) <= 0:
-            raise SpecError(f"summary {k} ({s.arm}, {s.observable}, day {s.time:g}): an SD beside patients needs the residual SD of {s.observable!r} "
-                            f"(without it the residual spread would be put on omega). Fix: give sigma_prop[{s.observable!r}] > 0 (the fit's estimate of it, say).")  # fmt: skip
+    check_summaries(problem.model, regimens, summaries, sigma_prop, n_draws, beside_patients=True)
     if problem.iov:
         raise SpecError(f"summaries cannot be fitted beside inter-occasion variability ({', '.join(problem.iov)}): a published arm has no occasions. "
                         "Fix: remove iov_cv_percent, or fit the summaries without it.")  # fmt: skip

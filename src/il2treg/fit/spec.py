@@ -733,13 +733,9 @@ def _summaries(table, path: Path, model: Model, parameters: tuple[ParameterEntry
         raise SpecError(f"{here}: summaries cannot be fitted beside inter-occasion variability (iov_cv_percent): a published arm has no occasions. "
                         "Fix: remove iov_cv_percent, or the [summaries] table.")  # fmt: skip
     try:
-        check_summaries(model, data.regimens, data.summaries, sigma, n_draws)
+        check_summaries(model, data.regimens, data.summaries, sigma, n_draws, beside_patients=True)
     except SpecError as err:
         raise SpecError(f"{here}: {source}: {err}") from None
-    for k, s in enumerate(data.summaries):
-        if s.statistic == "sd" and sigma.get(s.observable, 0.0) <= 0:
-            raise SpecError(f"{here}: {source}: summary {k} ({s.arm}, {s.observable}, day {s.time:g}) is an SD, which needs the residual SD of {s.observable!r} "
-                            f"(without it the residual spread would be put on omega). Fix: add sigma_prop = {{ {s.observable} = 0.1 }} (the fit's estimate of it, say).")  # fmt: skip
     return SummarySettings(source, data, n_draws, seed, tuple((k, float(v)) for k, v in sigma.items()))
 
 
