@@ -210,6 +210,61 @@ def fit(
 
 
 @app.command()
+def bootstrap(
+    spec: Path = typer.Argument(..., help="fit file (FOCE-I), e.g. fits/pheno/fit.toml"),
+    replicates: int = typer.Option(..., min=1, help="number of resampled refits"),
+    out: Path = typer.Option(..., help="bootstrap folder; an existing one of the same fit file, seed and strata is resumed"),
+    seed: int = typer.Option(0, help="seed of the resamples (replicate r draws from default_rng([seed, r]))"),
+    strata: str = typer.Option("auto", help="covariate to resample within: auto (ARM if the data have it), none, or a column"),
+    scheduler: str = typer.Option("", help="address of a running Dask scheduler (tcp://host:port); default: a LocalCluster on this machine"),
+    workers: int = typer.Option(0, min=0, help="LocalCluster workers (one thread each; default: one per core)"),
+    level: float = typer.Option(0.95, min=0.5, max=0.999, help="coverage of the intervals"),
+) -> None:
+    """Non-parametric bootstrap: refit resamples of the patients as Dask tasks; percentile and covariance-step CIs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from il2treg.fit.bootstrap import FAILED, NOT_CONVERGED, OK
+    from il2treg.fit.bootstrap import bootstrap as run_bootstrap
+
+    tally = {OK: 0, NOT_CONVERGED: 0, FAILED: 0}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=console.is_terminal) as progress:
+        task = progress.add_task("original fit", total=replicates)
+
+        def on_replicate(record: dict) -> None:
+            if "workers" in record:
+                console.print(f"bootstrap of {spec}: {replicates} replicates on {record['workers']} Dask worker(s)"
+                              + (f" at {scheduler}" if scheduler else " (LocalCluster)"), highlight=False)  # fmt: skip
+                return
+            if "skipped" in record:
+                progress.update(task, advance=record["skipped"], description="refits")
+                if record["skipped"]:
+                    console.print(f"resuming {out}: {record['skipped']} replicate(s) already done")
+                return
+            if record["replicate"] == 0:
+                console.print(f"original fit: OFV {record['ofv']:.4f} ({record['status']})", highlight=False)
+                return
+            tally[record["status"]] += 1
+            progress.update(task, advance=1, description=f"refits ({tally[FAILED]} failed, {tally[NOT_CONVERGED]} not converged)")
+
+        result = run_bootstrap(spec, replicates, out, seed=seed, strata=strata, level=level, scheduler=scheduler or None, workers=workers or None,
+                               on_replicate=on_replicate)  # fmt: skip
+    table = Table(title=f"{100 * level:g}% intervals: covariance step vs bootstrap percentile ({result.counts()[OK]} converged replicates)")
+    for col in ("parameter", "estimate", "covariance CI", "bootstrap median", "percentile CI"):
+        table.add_column(col, justify="left" if col == "parameter" else "right")
+    for _, r in result.ci.iterrows():
+        table.add_row(r["parameter"], f"{r['estimate']:.4g}", f"{r['ci_low']:.4g} - {r['ci_high']:.4g}", f"{r['median']:.4g}",
+                      f"{r['pct_low']:.4g} - {r['pct_high']:.4g}")  # fmt: skip
+    console.print(table)
+    counts = result.counts()
+    console.print(f"replicates: {counts[OK]} converged, {counts[NOT_CONVERGED]} not converged, {counts[FAILED]} failed"
+                  + (f", {counts['lost']} lost (rerun the command to run them again)" if counts["lost"] else ""), highlight=False)  # fmt: skip
+    console.print(f"wrote {out}/ (replicates.csv, ci.csv, bootstrap.png, original/, replicates/)", highlight=False)
+    if counts["lost"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def profile(
     spec: Path = typer.Argument(..., help="fit file, e.g. fits/lupil2_identifiability/fit.toml"),
     parameter: list[str] = typer.Option(..., help="population parameter to profile (repeat the option for more)"),

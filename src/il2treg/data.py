@@ -287,8 +287,30 @@ class Dataset(eqx.Module):
         pick = np.array([position[s] for s in wanted])
         n_obs = int((self.obs_row[pick] > 0).sum(axis=1).max())
         n_dose = max(1, int((self.dose_row[pick] > 0).sum(axis=1).max()))
+        return self._take(pick, tuple(self.ids[k] for k in pick), n_obs, n_dose)
+
+    def resample(self, positions: Sequence[int]) -> Dataset:
+        """The subjects at ``positions`` (0-based, repeats allowed: a bootstrap sample), as new
+        subjects numbered 1, 2, ... in that order.
+
+        A subject drawn twice becomes two subjects with their own random effects. The padding
+        keeps this dataset's widths, so every resample of it has one shape and a fit's compiled
+        programs serve them all (:mod:`il2treg.fit.bootstrap`). Row numbers still refer to the
+        source table. Raises :class:`~il2treg.errors.InputError` on an empty list or a position
+        outside ``0 .. n_subjects - 1``.
+        """
+        pick = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if pick.size == 0:
+            raise InputError("resample() got no positions. Fix: pass at least one subject position.")
+        if pick.min() < 0 or pick.max() >= self.n_subjects:
+            bad = int(pick[(pick < 0) | (pick >= self.n_subjects)][0])
+            raise InputError(f"resample() got position {bad}, outside 0..{self.n_subjects - 1}. Fix: draw positions of the dataset's subjects.")
+        return self._take(pick, tuple(range(1, pick.size + 1)), self.obs_time.shape[1], self.dose_time.shape[1])
+
+    def _take(self, pick: np.ndarray, ids: tuple[SubjectId, ...], n_obs: int, n_dose: int) -> Dataset:
+        """Rows ``pick`` of every per-subject array, named ``ids``, padding cut to the widths given."""
         return Dataset(
-            ids=tuple(self.ids[k] for k in pick),
+            ids=ids,
             covariates={name: values[pick] for name, values in self.covariates.items()},
             covariate_levels=self.covariate_levels,
             covariate_time=self.covariate_time[pick],

@@ -441,3 +441,41 @@ def plot_regimen_comparison(comparison, *, metrics=None, title: str = "") -> Fig
         ax.set_visible(False)
     fig.suptitle(title or f"Regimens compared: median and 90% interval over {int(table['n'].max())} virtual patients", fontsize=10)
     return fig
+
+
+def plot_bootstrap(replicates, ci, *, level: float = 0.95, ncols: int = 4, title: str = "") -> Figure:
+    """One panel per estimated parameter of a bootstrap (:mod:`il2treg.fit.bootstrap`): the
+    converged replicates' estimates (histogram), the original estimate, its covariance-step CI
+    (shaded) and the bootstrap percentile CI (dashed).
+
+    Arguments:
+        replicates: ``replicates.csv`` (columns ``status`` and one per parameter).
+        ci: ``ci.csv`` (:func:`il2treg.fit.bootstrap.interval_table`).
+    """
+    ok = replicates[replicates["status"] == "ok"]
+    n = len(ci)
+    if n == 0:
+        raise InputError("plot_bootstrap() got no estimated parameters. Fix: pass the ci table of a bootstrap.")
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False, constrained_layout=True)
+    pct = f"{100 * level:g}%"
+    for ax, (_, row) in zip(axes.flat, ci.iterrows()):
+        values = ok[row["parameter"]].to_numpy(dtype=float)
+        if values.size:
+            ax.hist(values, bins=max(5, min(40, values.size // 5)), color="0.75", edgecolor="0.55", lw=0.5)
+        if np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"]):
+            ax.axvspan(row["ci_low"], row["ci_high"], color="C0", alpha=0.18, label=f"covariance step {pct} CI")
+        for k, v in enumerate((row["pct_low"], row["pct_high"])):
+            if np.isfinite(v):
+                ax.axvline(v, color="C3", ls="--", lw=1.2, label=f"bootstrap {pct} percentile CI" if k == 0 else None)
+        ax.axvline(row["estimate"], color="k", lw=1.2, label="estimate")
+        unit = row["unit"] if isinstance(row["unit"], str) and row["unit"] != "1" else ""
+        ax.set_xlabel(_label(row["parameter"], unit), fontsize=8)
+        ax.set_yticks([])
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=6, loc="upper right")
+    fig.suptitle(title or f"Bootstrap: {ok.shape[0]} converged of {replicates.shape[0]} replicates", fontsize=10)
+    return fig

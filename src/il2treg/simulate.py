@@ -738,8 +738,16 @@ def _simulate_batch(model, theta, dose_times, dose_amounts, obs_times, records, 
 def default_workers() -> int:
     """Threads to share a batch over when none are asked for: one per core where JAX computes on
     the CPU (one XLA computation runs on one core), one where it computes on an accelerator (a
-    GPU runs the vmapped chunks of one computation; threads would only split them)."""
-    return (os.cpu_count() or 1) if jax.default_backend() == "cpu" else 1
+    GPU runs the vmapped chunks of one computation; threads would only split them).
+
+    ``IL2TREG_THREADS``, where set to a positive integer, caps the CPU's count: a Dask worker of
+    one thread gets 1 (:mod:`il2treg.cluster`), so that the workers of a machine share its cores.
+    """
+    if jax.default_backend() != "cpu":
+        return 1
+    cores = os.cpu_count() or 1
+    cap = os.environ.get("IL2TREG_THREADS", "").strip()
+    return min(cores, int(cap)) if cap.isdigit() and int(cap) > 0 else cores
 
 
 def interleaved_rows(n: int, workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
