@@ -121,10 +121,22 @@ def test_the_percentile_interval_is_that_of_the_converged_replicates():
 def test_a_folder_of_another_bootstrap_is_refused_before_any_work(tmp_path):
     out = tmp_path / "boot"
     out.mkdir()
-    (out / SETTINGS).write_text(json.dumps({"fit_sha256": "0" * 64, "seed": 0, "strata": None}), encoding="utf-8")
-    with pytest.raises(InputError, match=r"holds a bootstrap with fit_sha256 '0000.*Fix: choose another --out"):
+    (out / SETTINGS).write_text(json.dumps({"inputs_sha256": "0" * 64, "seed": 0, "strata": None}), encoding="utf-8")
+    with pytest.raises(InputError, match=r"holds a bootstrap with inputs_sha256 '0000.*Fix: choose another --out"):
         bootstrap(PHENO, 2, out, client=object())  # refused before the client is used
     assert sorted(p.name for p in out.iterdir()) == [SETTINGS]
+
+
+def test_a_folder_that_is_not_a_bootstrap_is_never_written_into(tmp_path):
+    (tmp_path / "results.csv").write_text("mine", encoding="utf-8")
+    with pytest.raises(InputError, match=r"not empty and holds no bootstrap"):
+        bootstrap(PHENO, 2, tmp_path, client=object())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+
+
+def test_a_stratum_of_one_patient_is_refused(pheno):
+    with pytest.raises(InputError, match=r"--strata 'WGT' has a stratum of one patient"):
+        stratum_column(pheno.dataset, "WGT")  # a continuous column: most weights occur once
 
 
 def test_a_corrupt_replicate_record_names_its_file(tmp_path):
@@ -185,7 +197,9 @@ def test_an_uninterrupted_run_writes_every_replicate_and_both_intervals(clean):
     ci = clean.ci.set_index("parameter")
     # the interval the covariance step gave is the original fit's own, and the bootstrap's brackets its median
     assert np.allclose(ci.loc["POP_CL", ["ci_low", "ci_high"]], original.set_index("parameter").loc["POP_CL", ["ci_low", "ci_high"]], rtol=0, atol=0)
-    assert ((ci["pct_low"] <= ci["median"]) & (ci["median"] <= ci["pct_high"])).all()
+    table = clean.replicates
+    for _, row in ci.reset_index().iterrows():  # the percentile interval is that of the replicates' own estimates
+        assert (row["pct_low"], row["pct_high"]) == tuple(np.percentile(table[row["parameter"]], [2.5, 97.5]))
     # replicates differ from one another (different patients), and each from the original
     assert clean.replicates["POP_CL"].nunique() == N
 
@@ -224,9 +238,10 @@ def test_a_killed_worker_loses_nothing(client, clean, tmp_path):
 
     def kill_a_busy_worker(record):
         if record.get("replicate", 0) > 0 and not killed:
-            busy = [addr for addr, keys in client.processing().items() if keys] or list(client.scheduler_info()["workers"])
+            busy = [addr for addr, keys in client.processing().items() if keys]
+            assert busy, "no worker was running a refit to kill"
             pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)  # with a refit running on it: the scheduler must run that one again elsewhere
             killed.append(pid)
 
     result = bootstrap(PHENO, N, out, client=client, on_replicate=kill_a_busy_worker, figure=False)

@@ -578,42 +578,6 @@ def test_a_batch_sharded_over_two_devices_gives_identical_results():
 
 
 @pytest.mark.slow
-def test_the_multi_host_example_equals_one_process_bit_for_bit(model, tmp_path):
-    """scripts/simulate_distributed.py (the README's jax.distributed example) with two processes
-    on this machine: each simulates its slice, `gather` joins them, and the result equals one
-    process simulating the whole population; a second gather or run refuses to overwrite."""
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "simulate_distributed.py"
-    with socket.socket() as s:  # a free port for the coordinator
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "dist"
-    common = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--n", "25", "--seed", "3", "--days", "28", "--dt", "3.5", "--out", str(out)]
-    procs = [subprocess.Popen([sys.executable, str(script), "run", *common, "--process-id", str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
-             for rank in range(2)]  # fmt: skip
-    results = [p.communicate(timeout=600) for p in procs]
-    for p, (_stdout, stderr) in zip(procs, results):
-        assert p.returncode == 0, stderr[-3000:]
-    assert "patients 0..12" in results[0][0] and "patients 13..24" in results[1][0]
-    done = subprocess.run([sys.executable, str(script), "gather", "--out", str(out)], capture_output=True, encoding="utf-8", timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    gathered = np.load(out / "simulation.npz")
-    times = np.arange(0.0, 28.0 + 1.75, 3.5)
-    reference = il2treg.simulate(model, rg.named("lupil2"), times, il2treg.sample_population(model, 25, seed=3))
-    np.testing.assert_array_equal(gathered["times"], times)
-    np.testing.assert_array_equal(gathered["values"], np.asarray(reference.values))
-    np.testing.assert_array_equal(gathered["status"], np.asarray(reference.status))
-    again = subprocess.run([sys.executable, str(script), "gather", "--out", str(out)], capture_output=True, encoding="utf-8", timeout=120, check=False)
-    assert again.returncode != 0 and "exists" in again.stderr and "--force" in again.stderr
-    rerun = subprocess.run([sys.executable, str(script), "run", *common, "--process-id", "0"], capture_output=True, encoding="utf-8", timeout=120, check=False)
-    assert rerun.returncode != 0 and "part-0000-of-0002.npz exists" in rerun.stderr  # refused before any simulation
-
-
-@pytest.mark.slow
 def test_steady_state_derivatives_match_finite_differences():
     """The periodic state of an SS record (Newton with a frozen Jacobian, solve_records) carries
     exact first derivatives in reverse and forward mode, against central differences: an oral

@@ -58,6 +58,37 @@ def _simulate_chunked(model, reg, times, params, show_progress: bool):
     )
 
 
+def _simulate_zarr(model: str, reg, times, n: int, seed: int, out: Path, chunk: int, scheduler: str, workers: int, force: bool) -> None:
+    """``simulate --format zarr``: :func:`il2treg.chunked.simulate_to_zarr` with a progress bar, then its out-of-core summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from il2treg.chunked import simulate_to_zarr, summarise_zarr
+
+    failed = [0]
+    columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("simulating", total=n)
+
+        def on_chunk(size: int, bad: int) -> None:
+            failed[0] += bad
+            progress.advance(task, size)
+
+        simulate_to_zarr(model, reg, times, n, out, seed=seed, chunk=chunk, scheduler=scheduler or None, workers=workers or None, force=force, on_chunk=on_chunk)
+    summary = summarise_zarr(out, days=[d for d in _SUMMARY_DAYS if d <= times[-1]] or None)
+    table = Table(title=f"{reg.name or 'regimen'}: median [5%-95%] over {n:,} patient(s), computed out of core")
+    table.add_column("observable", no_wrap=True)
+    day_values = sorted(summary["time_day"].unique())
+    for d in day_values:
+        table.add_column(f"day {d:g}", justify="right")
+    for name, rows in summary.groupby("observable", sort=False):
+        cells = {r.time_day: f"{r.q50:.3g} [{r.q5:.3g}-{r.q95:.3g}]" for r in rows.itertuples()}
+        table.add_row(name, *(cells[d] for d in day_values))
+    console.print(table)
+    if failed[0]:
+        console.print(f"[yellow]{failed[0]} patient(s) failed (NaN in the store; their status is the solver's code)[/]")
+    console.print(f"wrote {out} (Zarr: xarray.open_zarr({str(out)!r}); one variable per observable \\[patient, time], status, parameters)", highlight=False)
+
+
 def _summary_table(sim, title: str) -> Table:
     times = np.asarray(sim.times)[0]
     table = Table(title=title)
@@ -90,17 +121,28 @@ def simulate(
     typical: bool = typer.Option(False, help="simulate the typical patient only (no variability, one ID)"),
     model: str = typer.Option("il2_treg_sledai", help="model name in models/ or path to a TOML file"),
     force: bool = typer.Option(False, help="replace an existing output folder"),
+    format: str = typer.Option("csv", "--format", help="csv (simulation.csv and a figure, in memory) or zarr (a Zarr store written chunk by chunk on Dask workers: populations larger than memory)"),
+    chunk: int = typer.Option(5000, min=1, help="zarr: patients per chunk (one Dask task; memory per worker grows with it)"),
+    scheduler: str = typer.Option("", help="zarr: address of a running Dask scheduler (tcp://host:port); default: a LocalCluster on this machine"),
+    workers: int = typer.Option(0, min=0, help="zarr: LocalCluster worker processes (default 1, its chunks' solves shared over every core)"),
 ) -> None:
-    """Simulate a virtual population under a regimen: simulation.csv, treg_dynamics.png, summary."""
+    """Simulate a virtual population under a regimen: simulation.csv, treg_dynamics.png, summary (or a Zarr store: --format zarr)."""
     import il2treg
     from il2treg._io import atomic_output_dir
     from il2treg.plots import plot_treg_dynamics
 
+    if format not in ("csv", "zarr"):
+        raise il2treg.errors.InputError(f"unknown --format {format!r}. Fix: use csv or zarr.")
     if out.exists() and not force:  # fail before computing
         raise il2treg.errors.InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
     m = il2treg.load_model(model)
     reg = _regimen(regimen, m)
     times = np.round(np.arange(0.0, days + dt / 2, dt), 10)
+    if format == "zarr":
+        if typical:
+            raise il2treg.errors.InputError("--typical simulates one patient; --format zarr is for large populations. Fix: leave one of them out.")
+        _simulate_zarr(model, reg, times, n, seed, out, chunk, scheduler, workers, force)
+        return
     if typical:
         params = il2treg.Parameters(m.typical().values[None, :], m.parameter_names)
     else:
@@ -261,6 +303,58 @@ def bootstrap(
                   + (f", {counts['lost']} lost (rerun the command to run them again)" if counts["lost"] else ""), highlight=False)  # fmt: skip
     console.print(f"wrote {out}/ (replicates.csv, ci.csv, bootstrap.png, original/, replicates/)", highlight=False)
     if counts["lost"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sse(
+    design: str = typer.Argument(..., help="trial design: a name (lupil2) or a design TOML file"),
+    replicates: int = typer.Option(..., min=1, help="number of simulated trials, each fitted twice"),
+    fit: Path = typer.Option(..., "--fit", help="the full fit file, with the drug effect (e.g. fits/lupil2_sse/fit.toml)"),
+    null: Path = typer.Option(..., "--null", help="the null fit file: the full one with the drug effect fixed (e.g. fits/lupil2_sse/null.toml)"),
+    out: Path = typer.Option(..., help="SSE folder; an existing one of the same settings is resumed"),
+    seed: int = typer.Option(0, help="seed of the simulated trials"),
+    reference_size: int = typer.Option(10, min=1, help="the reference trial for bias and RMSE has this many times the design's patients"),
+    scheduler: str = typer.Option("", help="address of a running Dask scheduler (tcp://host:port); default: a LocalCluster on this machine"),
+    workers: int = typer.Option(0, min=0, help="LocalCluster workers (one thread each; default: one per core)"),
+) -> None:
+    """Stochastic simulation and estimation: power of the likelihood-ratio test on the drug effect against Fisher's test, bias and RMSE."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from il2treg.sse import sse as run_sse
+
+    columns = (TextColumn("fits"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=console.is_terminal) as progress:
+        task = progress.add_task("fits", total=replicates)
+
+        def on_replicate(record: dict) -> None:
+            if "workers" in record:
+                console.print(f"SSE of {design}: {replicates} trials on {record['workers']} Dask worker(s)", highlight=False)
+            elif "skipped" in record:
+                progress.update(task, advance=record["skipped"])
+            else:
+                progress.advance(task)
+
+        result = run_sse(design, replicates, fit, null, out, seed=seed, reference_size=reference_size, scheduler=scheduler or None,
+                         workers=workers or None, on_replicate=on_replicate)  # fmt: skip
+    table = Table(title=f"SSE of {design}: {replicates} trials")
+    for col in ("test", "power", "MC SE", "trials judged"):
+        table.add_column(col, justify="left" if col == "test" else "right")
+    names = {"lrt": "likelihood ratio on the drug effect", "sri4": "SRI-4 responders (ITT), the design's test"}
+    for r in result.summary[result.summary["kind"] == "power"].itertuples():
+        table.add_row(names[r.name], f"{r.value:.3f}", f"{r.mc_se:.3f}", str(r.n))
+    console.print(table)
+    est = Table(title="estimates of the full fit (converged trials) against the reference trial's")
+    for col in ("parameter", "reference", "mean", "bias", "bias %", "RMSE"):
+        est.add_column(col, justify="left" if col == "parameter" else "right")
+    for r in result.summary[result.summary["kind"] == "estimate"].itertuples():
+        est.add_row(r.name, f"{r.reference:.4g}", f"{r.value:.4g}", f"{r.bias:.3g}", f"{r.relative_bias_percent:.1f}", f"{r.rmse:.3g}")
+    console.print(est)
+    counts = result.replicates["status"].value_counts().to_dict()
+    console.print(f"trials: {counts.get('ok', 0)} fitted, {counts.get('not_converged', 0)} not converged, {counts.get('failed', 0)} failed"
+                  + (f", {len(result.lost)} lost (rerun the command to run them again)" if result.lost else "")
+                  + f"; wrote {out}/ (summary.csv, replicates.csv, data/, replicates/)", highlight=False)  # fmt: skip
+    if result.lost:
         raise typer.Exit(1)
 
 

@@ -17,9 +17,9 @@ scheduler reruns that task on another worker (``distributed.scheduler.allowed-fa
 default), and the nanny of a ``LocalCluster`` starts a new worker in its place. An exception
 raised *by* a task is retried ``retries`` times, then reported to the caller by job.
 
-**Threads.** A worker of ``threads_per_worker`` threads gets ``IL2TREG_THREADS`` set to it
-(:func:`il2treg.simulate.default_workers`), and XLA's CPU backend runs each computation on one
-thread, so that the workers of a machine do not compete for its cores. Each worker process
+**Threads.** A LocalCluster's worker gets ``IL2TREG_THREADS`` (:func:`il2treg.simulate.default_workers`:
+the threads a task's solves share), and XLA's CPU backend runs each computation on one thread,
+so that the workers of a machine do not compete for its cores. Each worker process
 compiles its programs once; with ``IL2TREG_CACHE`` (:mod:`il2treg.cache`) set, a worker loads
 what another compiled.
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import uuid
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -39,15 +40,15 @@ from il2treg.errors import InputError
 #: XLA computations, and equinox's checks without host callbacks so that the solvers' programs
 #: can be cached on disk (:mod:`il2treg.cache`).
 WORKER_ENV = {
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
     "EQX_ON_ERROR": "nan",
 }
 
 
-def worker_environment(threads_per_worker: int) -> dict[str, str]:
+def worker_environment(solver_threads: int) -> dict[str, str]:
     """The environment variables a LocalCluster's worker gets (:data:`WORKER_ENV`, the caller's
-    ``IL2TREG_CACHE`` if set, and ``IL2TREG_THREADS``)."""
-    env = {**WORKER_ENV, "IL2TREG_THREADS": str(threads_per_worker)}
+    ``IL2TREG_CACHE`` if set, and ``IL2TREG_THREADS``: ``solver_threads``)."""
+    env = {**WORKER_ENV, "IL2TREG_THREADS": str(solver_threads)}
     if os.environ.get("IL2TREG_CACHE"):
         env["IL2TREG_CACHE"] = os.environ["IL2TREG_CACHE"]
     return env
@@ -68,10 +69,16 @@ def prepare_worker() -> None:
 
 
 @contextmanager
-def connect(scheduler: str | None = None, *, workers: int | None = None, threads_per_worker: int = 1) -> Iterator[Any]:
+def connect(scheduler: str | None = None, *, workers: int | None = None, threads_per_worker: int = 1, solver_threads: int | None = None) -> Iterator[Any]:
     """A ``dask.distributed.Client``: of the scheduler at ``scheduler`` (``tcp://host:port``), or
     of a new ``LocalCluster`` of ``workers`` processes (default: one per core) with
-    ``threads_per_worker`` threads each, closed on exit.
+    ``threads_per_worker`` threads (tasks at a time) each, closed on exit.
+
+    ``solver_threads`` (default ``threads_per_worker``) is the threads one task's solves may
+    share (``IL2TREG_THREADS``): a chunk of a simulation is split over threads by
+    :func:`il2treg.simulate.simulate` itself, so one worker process per machine whose task uses
+    every core needs the memory of one process (:mod:`il2treg.chunked`), where refits, which use
+    one core each, run one worker per core.
 
     Raises:
         InputError: ``workers`` or ``threads_per_worker`` below 1, or no scheduler answers at
@@ -82,7 +89,7 @@ def connect(scheduler: str | None = None, *, workers: int | None = None, threads
     if scheduler:
         try:
             client = Client(scheduler, timeout="30s")
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, ValueError) as err:
             raise InputError(f"no Dask scheduler answered at {scheduler!r} ({err}). Fix: start one (dask scheduler, dask-jobqueue, "
                              "dask-kubernetes) and pass its address, or leave --scheduler out to run on this machine.") from err  # fmt: skip
         with client:
@@ -92,10 +99,21 @@ def connect(scheduler: str | None = None, *, workers: int | None = None, threads
     if n < 1 or threads_per_worker < 1:
         raise InputError(f"a LocalCluster needs at least one worker of at least one thread, got workers={n}, threads_per_worker={threads_per_worker}. "
                          "Fix: pass --workers 1 or more.")  # fmt: skip
-    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True, dashboard_address=None,
-                           silence_logs=logging.ERROR, env=worker_environment(threads_per_worker))  # fmt: skip
-    with cluster, Client(cluster) as client:
-        yield client
+    before = dict(os.environ)  # a nanny sets its pre-spawn variables (OMP_NUM_THREADS, ...) in this process too
+    try:
+        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR, env=worker_environment(solver_threads or threads_per_worker))  # fmt: skip
+        with cluster, Client(cluster) as client:
+            yield client
+    finally:
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        os.environ.update(before)
+
+
+def n_workers(client: Any) -> int:
+    """The number of workers connected to ``client``'s scheduler."""
+    return len(client.nthreads())
 
 
 def run_jobs(client: Any, task: Callable, jobs: Mapping[Hashable, tuple], *, on_done: Callable[[Hashable, Any], None] | None = None,
@@ -115,7 +133,7 @@ def run_jobs(client: Any, task: Callable, jobs: Mapping[Hashable, tuple], *, on_
 
     futures = {}
     for rank, (key, args) in enumerate(jobs.items()):
-        fut = client.submit(task, *args, key=f"il2treg-{key}-{os.getpid()}-{id(jobs)}", pure=False, retries=retries,
+        fut = client.submit(task, *args, key=f"il2treg-{getattr(task, '__name__', 'task')}-{key}-{uuid.uuid4().hex}", pure=False, retries=retries,
                             priority=-rank if priority_order else 0)  # fmt: skip
         futures[fut] = key
     failed: dict[Hashable, BaseException] = {}
@@ -125,6 +143,9 @@ def run_jobs(client: Any, task: Callable, jobs: Mapping[Hashable, tuple], *, on_
             key = futures[fut]
             if fut.status == "error":
                 failed[key] = fut.exception()
+                continue
+            if fut.status != "finished":  # cancelled or lost by the scheduler
+                failed[key] = RuntimeError(f"the task was {fut.status}")
                 continue
             result = fut.result()
             if on_done is not None:

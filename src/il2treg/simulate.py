@@ -747,7 +747,11 @@ def default_workers() -> int:
         return 1
     cores = os.cpu_count() or 1
     cap = os.environ.get("IL2TREG_THREADS", "").strip()
-    return min(cores, int(cap)) if cap.isdigit() and int(cap) > 0 else cores
+    if not cap:
+        return cores
+    if not cap.isdigit() or int(cap) < 1:
+        raise InputError(f"IL2TREG_THREADS={cap!r} is not a positive number of threads. Fix: set it to 1 or more, or unset it.")
+    return min(cores, int(cap))
 
 
 def interleaved_rows(n: int, workers: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -13,7 +13,7 @@ in what order, or how many replicates were asked for. A resample keeps the data'
 
 **The folder** ``out``::
 
-    bootstrap.json        what was run (fit file and its SHA-256, seed, strata); a rerun must match
+    bootstrap.json        what was run (fit file, SHA-256 of fit file, model and data, seed, strata); a rerun must match
     original/             the original fit's results folder (il2treg.fit.result)
     replicates/r00001.json   one per replicate, written atomically by its worker as it finishes
     replicates.csv        one row per replicate: status, OFV, estimates (declared units)
@@ -36,6 +36,7 @@ import json
 import math
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +93,10 @@ def stratum_column(dataset, strata: str | None) -> str | None:
     if strata not in names:
         raise InputError(f"--strata {strata!r} is not a covariate of the data (its covariates: {', '.join(names) or 'none'}). "
                          "Fix: name one of them, or pass --strata none.")  # fmt: skip
+    _, sizes = np.unique(np.asarray(dataset.covariates[strata]).astype(str), return_counts=True)
+    if sizes.min() < 2:
+        raise InputError(f"--strata {strata!r} has a stratum of one patient ({sizes.size} strata for {dataset.n_subjects} patients): resampling "
+                         "within it would repeat that patient in every replicate. Fix: stratify by a grouping column (an arm), or pass --strata none.")  # fmt: skip
     return strata
 
 
@@ -113,8 +118,12 @@ def resample_positions(dataset, replicate: int, seed: int, strata: str | None) -
     return np.concatenate(parts)
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def input_digest(spec) -> str:
+    """SHA-256 of what a refit depends on: the fit file, the model file and the data (as read)."""
+    h = hashlib.sha256(Path(spec.path).read_bytes())
+    h.update(Path(spec.model.spec.path).read_bytes())
+    h.update(spec.dataset.to_frame(rows=True).to_csv(index=False).encode())
+    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=4)
@@ -242,15 +251,18 @@ def interval_table(original: pd.DataFrame, replicates: pd.DataFrame, level: floa
 
 
 def _check_settings(out: Path, settings: dict) -> None:
-    """Refuse to resume a folder made by another bootstrap (other fit file, seed or strata)."""
+    """Refuse to resume a folder made by another bootstrap (other fit file, model, data, seed or
+    strata), and to write into a folder that is not a bootstrap's."""
     path = out / SETTINGS
     if not path.exists():
+        if out.exists() and any(out.iterdir()):
+            raise InputError(f"{out} is not empty and holds no bootstrap ({SETTINGS}). Fix: choose a new --out (or an existing bootstrap's, to resume it).")
         return
     try:
         before = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not a bootstrap settings file ({err}). Fix: choose another --out.") from err
-    for key in ("fit_sha256", "seed", "strata"):
+    for key in ("inputs_sha256", "seed", "strata"):
         if before.get(key) != settings[key]:
             raise InputError(f"{out} holds a bootstrap with {key} {before.get(key)!r}, not {settings[key]!r}: its replicates are not this "
                              "one's. Fix: choose another --out, or rerun with the same fit file, seed and strata to resume it.")  # fmt: skip
@@ -279,10 +291,12 @@ def bootstrap(fit_file: str | Path, replicates: int, out: str | Path, *, seed: i
         figure: also draw ``bootstrap.png``.
 
     Raises:
-        SpecError: a bad fit file, or one whose estimator is not FOCE-I (before any computation).
-        InputError: ``replicates`` < 1, ``out`` made by another bootstrap, an unknown stratum.
+        SpecError: a bad fit file, or one with inter-occasion variability (before any computation).
+        InputError: ``replicates`` < 1, ``out`` made by another bootstrap or not empty, a bad
+            stratum; the original fit failed; replicates missing after the run (the workers do
+            not share ``out``).
     """
-    from il2treg.cluster import connect, run_jobs
+    from il2treg.cluster import connect, n_workers, run_jobs
     from il2treg.fit.spec import read_fit_spec
 
     if replicates < 1:
@@ -295,20 +309,22 @@ def bootstrap(fit_file: str | Path, replicates: int, out: str | Path, *, seed: i
         raise SpecError(f"{fit_file}: the bootstrap resamples patients; with inter-occasion variability it would need to keep occasions "
                         "together, which it does not yet. Fix: bootstrap the fit without IOV.")  # fmt: skip
     column = stratum_column(spec.dataset, strata)
-    out = Path(out)
-    digest = _digest(fit_file)
-    settings = {"fit_file": str(fit_file), "fit_sha256": digest, "seed": int(seed), "strata": column, "replicates": int(replicates)}
+    out = Path(out).resolve()  # the workers write there: an absolute path means the same folder to all
+    digest = input_digest(spec)
+    settings = {"fit_file": str(fit_file), "inputs_sha256": digest, "seed": int(seed), "strata": column, "replicates": int(replicates)}
     _check_settings(out, settings)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / SETTINGS, json.dumps(settings, indent=1))
     emit = on_replicate or (lambda record: None)
 
     def work(client):
-        emit({"workers": len(client.scheduler_info()["workers"])})
+        emit({"workers": n_workers(client)})
         original = {}
         lost_original = run_jobs(client, run_original, {0: (str(fit_file), digest, str(out))}, on_done=lambda k, r: original.update(r))
         if lost_original:
-            raise lost_original[0]
+            err = lost_original[0]
+            raise InputError(f"the original fit of {fit_file} failed ({type(err).__name__}: {err}); no refit was run. "
+                             f"Fix: make `il2treg fit {fit_file}` succeed first.")  # fmt: skip
         emit({"replicate": 0, "status": OK if original["converged"] else NOT_CONVERGED, "ofv": original["ofv"]})
         done = {r["replicate"] for r in read_replicates(out)}
         emit({"skipped": len(done & set(range(1, replicates + 1)))})
@@ -324,6 +340,10 @@ def bootstrap(fit_file: str | Path, replicates: int, out: str | Path, *, seed: i
     estimates = pd.DataFrame(original["estimates"])
     names = estimates.loc[estimates["estimated"].astype(bool), "parameter"].tolist()
     records = [r for r in read_replicates(out) if 1 <= r["replicate"] <= replicates]
+    missing = sorted(set(range(1, replicates + 1)) - {r["replicate"] for r in records} - set(lost))
+    if missing:
+        raise InputError(f"{len(missing)} replicate(s) finished but are not in {out / REPLICATES} (e.g. {missing[0]}). "
+                         "Fix: give the workers a folder they share with this machine (--out on a shared file system).")  # fmt: skip
     table = replicate_table(records, names)
     ci = interval_table(estimates, table, level)
     atomic_write_text(out / TABLE, table.to_csv(index=False))
@@ -334,8 +354,12 @@ def bootstrap(fit_file: str | Path, replicates: int, out: str | Path, *, seed: i
         from il2treg.plots import plot_bootstrap
 
         fig = plot_bootstrap(table, ci, level=level)
-        tmp = out / f".{FIGURE}.tmp.png"
-        fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        os.replace(tmp, out / FIGURE)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=f".{FIGURE}.", suffix=".png", delete=False) as handle:
+            tmp = Path(handle.name)
+        try:
+            fig.savefig(tmp, dpi=120)
+            os.replace(tmp, out / FIGURE)
+        finally:
+            plt.close(fig)
+            tmp.unlink(missing_ok=True)
     return BootstrapResult(out=out, replicates=table, ci=ci, lost=lost)
