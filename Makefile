@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench bench-quick bench-scaling bench-simulate bench-fit bench-bayes bench-regimens sbc recovery clean
+.PHONY: demo test test-all lint bench bench-quick bench-scaling bench-simulate bench-fit bench-bayes bench-regimens bench-bootstrap bench-zarr sbc recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ bench-scaling: $(STAMP)
 
 bench-regimens: $(STAMP)
 	$(PY) benchmarks/regimens.py --json benchmarks/results/regimens.json
+
+bench-bootstrap: $(STAMP)  ## refits per second with 1 and 2 Dask workers (issue 29: ratio >= 1.6)
+	$(PY) benchmarks/bootstrap.py --json benchmarks/results/bootstrap.json
+
+bench-zarr: $(STAMP)  ## peak memory of a 10^6-patient simulation to Zarr (issue 29: <= 2 GB); about 20 minutes on 2 cores
+	$(PY) benchmarks/zarr_memory.py --json benchmarks/results/zarr_memory.json
 
 bench-fit: $(STAMP)
 	$(PY) benchmarks/fit.py
