@@ -237,7 +237,7 @@ def interval_table(original: pd.DataFrame, replicates: pd.DataFrame, level: floa
     estimate) and percentile interval (``pct_low``, ``pct_high``: the (1 ∓ level)/2 quantiles,
     NumPy's default linear interpolation)."""
     ok = replicates[replicates["status"] == OK]
-    tail = 100 * (1 - level) / 2
+    tail = round(50 * (1 - level), 12)  # 2.5 for 0.95, where 100 * (1 - 0.95) / 2 is 2.5000000000000022
     rows = []
     for _, p in original[original["estimated"].astype(bool)].iterrows():
         values = ok[p["parameter"]].to_numpy(dtype=float) if p["parameter"] in ok else np.zeros(0)
