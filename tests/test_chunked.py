@@ -23,6 +23,12 @@ def test_chunks_cover_the_patients_once_in_order():
     assert len(b) == 200 and b[0][0] == 0 and b[-1][1] == 1_000_000 and all(x[1] == y[0] for x, y in itertools.pairwise(b))
 
 
+def test_the_commands_default_chunk_is_the_modules():
+    from il2treg import chunked, cli
+
+    assert cli.CHUNK == chunked.CHUNK
+
+
 def test_a_chunks_seed_depends_on_the_seed_and_its_index_alone():
     assert chunk_seed(0, 3) == chunk_seed(0, 3)
     assert len({chunk_seed(s, k) for s in range(3) for k in range(50)}) == 150

@@ -20,6 +20,7 @@ def test_a_worker_gets_single_threaded_xla_its_thread_count_and_the_callers_cach
     assert env["XLA_FLAGS"] == WORKER_ENV["XLA_FLAGS"] and env["EQX_ON_ERROR"] == "nan"
 
 
+@pytest.mark.skipif(__import__("jax").default_backend() != "cpu", reason="threads share a batch on the CPU only")
 def test_il2treg_threads_caps_the_threads_a_batch_is_shared_over(monkeypatch):
     monkeypatch.setenv("IL2TREG_THREADS", "1")
     assert default_workers() == 1

@@ -96,6 +96,12 @@ def test_a_null_fit_that_fixes_nothing_or_estimates_more_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_null_fit_that_drops_a_random_effect_is_refused(tmp_path):
+    fewer = _fit_file(tmp_path, "fewer", "[parameters.S0]\ncv_percent = 30\n[parameters.P]\n[parameters.Edrug]\nestimate = false\ninitial = 0\n[parameters.k]\n")
+    with pytest.raises(SpecError, match=r"leaves out omega_k, which are not fixed effects"):
+        sse("lupil2", 2, SSE / "fit.toml", fewer, tmp_path / "out", client=object())
+
+
 def test_a_folder_of_another_sse_or_of_something_else_is_refused(tmp_path):
     out = tmp_path / "sse"
     out.mkdir()

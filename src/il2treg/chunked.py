@@ -21,8 +21,8 @@ patients, never data) and the il2treg version. Chunks along ``patient`` are the 
 depends on ``seed``, ``chunk`` and :math:`c` alone: the same store whatever the number of
 workers, and a different draw from an in-memory ``sample_population(model, n, seed)``.
 
-:func:`summarise_zarr` computes summary statistics out of core (one time column of a variable
-chunk of a variable in memory at a time).
+:func:`summarise_zarr` computes summary statistics out of core (one stored chunk of a variable in
+memory at a time).
 """
 
 from __future__ import annotations
@@ -135,6 +135,8 @@ def simulate_to_zarr(model: str, regimen, times: Sequence[float], n: int, out: s
         raise InputError(f"n and chunk must be at least 1, got n={n}, chunk={chunk}. Fix: pass --n 1 or more and --chunk 1 or more.")
     if out.exists() and not force:
         raise InputError(f"output folder {str(out)!r} already exists. Fix: choose another --out or pass --force to replace it.")
+    if Path(str(model)).suffix == ".toml" and Path(str(model)).exists():
+        model = Path(model).resolve()  # remote workers see the same absolute path on a shared file system
     m = _model(str(model))
     times = np.asarray(times, dtype=np.float64)
     chunk = min(chunk, n)

@@ -24,6 +24,7 @@ console = Console() if sys.stdout.isatty() else Console(width=140)
 _SUMMARY_DAYS = (0.0, 7.0, 14.0, 28.0, 84.0)
 _SUMMARY_OBS = ("treg_pct_cd4", "treg_per_uL", "nk56bright_per_uL", "tconv_per_uL", "cd25_treg_rel", "sledai")
 _CHUNK = 1000
+CHUNK = 5000  # simulate --format zarr: patients per chunk (il2treg.chunked.CHUNK, not imported here: the command starts without Dask)
 
 
 def _regimen(spec: str, model=None):
@@ -122,7 +123,7 @@ def simulate(
     model: str = typer.Option("il2_treg_sledai", help="model name in models/ or path to a TOML file"),
     force: bool = typer.Option(False, help="replace an existing output folder"),
     format: str = typer.Option("csv", "--format", help="csv (simulation.csv and a figure, in memory) or zarr (a Zarr store written chunk by chunk on Dask workers: populations larger than memory)"),
-    chunk: int = typer.Option(5000, min=1, help="zarr: patients per chunk (one Dask task; memory per worker grows with it)"),
+    chunk: int = typer.Option(CHUNK, min=1, help="zarr: patients per chunk (one Dask task; memory per worker grows with it)"),
     scheduler: str = typer.Option("", help="zarr: address of a running Dask scheduler (tcp://host:port); default: a LocalCluster on this machine"),
     workers: int = typer.Option(0, min=0, help="zarr: LocalCluster worker processes (default 1, its chunks' solves shared over every core)"),
 ) -> None:
@@ -309,7 +310,7 @@ def bootstrap(
 @app.command()
 def sse(
     design: str = typer.Argument(..., help="trial design: a name (lupil2) or a design TOML file"),
-    replicates: int = typer.Option(..., min=1, help="number of simulated trials, each fitted twice"),
+    replicates: int = typer.Option(..., min=1, help="number of simulated trials, each fitted with both fit files"),
     fit: Path = typer.Option(..., "--fit", help="the full fit file, with the drug effect (e.g. fits/lupil2_sse/fit.toml)"),
     null: Path = typer.Option(..., "--null", help="the null fit file: the full one with the drug effect fixed (e.g. fits/lupil2_sse/null.toml)"),
     out: Path = typer.Option(..., help="SSE folder; an existing one of the same settings is resumed"),

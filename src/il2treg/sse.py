@@ -4,7 +4,7 @@ r"""Stochastic simulation and estimation (SSE): power of a model-based test agai
 of a design (:func:`il2treg.trial.simulate_trial`: the mechanistic model's patients, sites, visit
 noise, dropouts and SRI-4; replicate :math:`r` with the seed :func:`replicate_seed` of ``seed``
 and :math:`r`, so that it does not depend on the number of replicates or the order they run in),
-then fits its reported SLEDAI with two fit files, each from two starts (:func:`fit_pair`):
+then fits its reported SLEDAI with two fit files, each from two or three starts (:func:`fit_pair`):
 
 - the *full* fit, whose model has a drug effect (``fits/lupil2_sse/fit.toml``: the SLEDAI of
   ``sledai_arm.toml`` falls by a further fraction ``Edrug`` on IL-2), and
@@ -126,12 +126,13 @@ def _fit(spec, table: pd.DataFrame, start: dict | None = None) -> dict:
             "psi": dict(zip(fit.psi_names, np.asarray(fit.psi).tolist()))}  # fmt: skip
 
 
-def _best(*fits: dict) -> dict:
+def _best(*fits: dict | None) -> dict:
     """The fit of the lowest OFV among those that did not fail (the first where all failed), with
-    every start's OFV in ``starts``."""
-    tried = [f for f in fits if not f["failed"]] or [fits[0]]
-    best = min(tried, key=lambda f: f["ofv"])
-    return {**best, "starts": [f["ofv"] for f in fits]}
+    every start's OFV in ``starts`` (NaN for a start not tried). The lowest OFV wins even where
+    its fit stopped before convergence and another converged: the trial is then ``not_converged``."""
+    tried = [f for f in fits if f is not None]
+    best = min([f for f in tried if not f["failed"]] or [tried[0]], key=lambda f: f["ofv"])
+    return {**best, "starts": [math.nan if f is None else f["ofv"] for f in fits]}
 
 
 def fit_pair(full_spec, null_spec, table: pd.DataFrame) -> tuple[dict, dict]:
@@ -146,10 +147,10 @@ def fit_pair(full_spec, null_spec, table: pd.DataFrame) -> tuple[dict, dict]:
     simulated LUPIL-2 trials (3 visits; fits/lupil2_sse/README.md)."""
     full_a, null_a = _fit(full_spec, table), _fit(null_spec, table)
     null_values = {n: float(null_spec.model.typical()[n]) for n in full_spec.fixed if n not in null_spec.fixed}
-    full_b = _fit(full_spec, table, {"psi": null_a["psi"], "values": null_values})
-    null_b = _fit(null_spec, table, {"psi": full_a["psi"]})  # the tested parameters are not in the null fit's psi
+    full_b = None if null_a["failed"] else _fit(full_spec, table, {"psi": null_a["psi"], "values": null_values})
+    null_b = None if full_a["failed"] else _fit(null_spec, table, {"psi": full_a["psi"]})  # the tested parameters are not in the null's psi
     full, null = _best(full_a, full_b), _best(null_a, null_b)
-    if not null_b["failed"] and null_b["ofv"] < null_a["ofv"] and null_b["ofv"] < full["ofv"]:
+    if null_b is not None and not null_b["failed"] and (null_a["failed"] or null_b["ofv"] < null_a["ofv"]) and null_b["ofv"] < full["ofv"]:
         full = _best(full_a, full_b, _fit(full_spec, table, {"psi": null_b["psi"], "values": null_values}))
     return full, null
 
@@ -219,8 +220,16 @@ def inputs_digest(*paths: Path) -> str:
 
 
 def design_digest(design) -> str:
-    """SHA-256 of a trial design's fields (its repr: every field, the regimens' arrays included)."""
-    return hashlib.sha256(repr(design).encode()).hexdigest()
+    """SHA-256 of what a design's trials depend on: its fields (their repr), its regimens' dose
+    times and amounts (as float64 bytes) and the file of the model that simulates them."""
+    from il2treg.spec import resolve_model_path
+
+    h = hashlib.sha256(repr(design).encode())
+    for arm in sorted(design.regimens):
+        reg = design.regimens[arm]
+        h.update(np.asarray(reg.times, dtype=np.float64).tobytes() + np.asarray(reg.amounts, dtype=np.float64).tobytes())
+    h.update(resolve_model_path(design.model).read_bytes())
+    return h.hexdigest()
 
 
 def _check_fits(full_spec, null_spec, full: Path, null: Path) -> int:
@@ -234,7 +243,13 @@ def _check_fits(full_spec, null_spec, full: Path, null: Path) -> int:
     extra = [n for n in null_names if n not in full_names]
     if extra:
         raise SpecError(f"{null}: estimates {', '.join(extra)}, which {full} does not. Fix: the null fit must fix parameters of the full fit, not add any.")
-    df = len(full_names) - len(null_names)
+    dropped = [n for n in full_names if n not in null_names]
+    if any(n not in full_spec.fixed for n in dropped):
+        raise SpecError(f"{null}: leaves out {', '.join(n for n in dropped if n not in full_spec.fixed)}, which are not fixed effects of {full}. "
+                        "Fix: a null fit here fixes fixed effects (the drug effect) and keeps the random effects and the error model.")  # fmt: skip
+    if "sledai" not in full_spec.model.observable_names:
+        raise SpecError(f"{full}: its model has no observable `sledai`, which the trials report. Fix: fit a model of reported SLEDAI (fits/lupil2_sse/sledai_arm.toml).")
+    df = len(dropped)
     if df < 1:
         raise SpecError(f"{null}: fixes no parameter of {full} (both estimate {', '.join(full_names)}). "
                         "Fix: set the tested parameter (e.g. Edrug) to estimate = false with its null value in the null fit's [parameters].")  # fmt: skip
@@ -291,9 +306,10 @@ def sse(design, replicates: int, full: str | Path, null: str | Path, out: str | 
 
     Arguments:
         replicates: trials simulated and fitted.
-        seed: seed of the trials (``simulate_trial(design, replicates, seed)``); the reference
-            trial uses ``seed + 1``.
-        reference_size: the reference trial has this many times the design's patients per arm.
+        seed: seed of the trials (replicate ``r``: ``simulate_trial(design, 1, replicate_seed(seed, r))``);
+            the reference trial uses ``seed + 1``.
+        reference_size: the reference trial has this many times the design's patients per arm
+            and sites.
         client, scheduler, workers: as :func:`il2treg.fit.bootstrap.bootstrap`.
         on_replicate: called with each replicate's record as it finishes, and once with
             ``{"workers": n}`` and ``{"skipped": k}`` (replicates already on disk).
@@ -318,6 +334,8 @@ def sse(design, replicates: int, full: str | Path, null: str | Path, out: str | 
     digests = (inputs_digest(full, full_spec.model.spec.path), inputs_digest(null, null_spec.model.spec.path))
     settings = {"design": design.name, "design_sha256": design_digest(design), "full_sha256": digests[0], "null_sha256": digests[1], "seed": int(seed),
                 "reference_size": int(reference_size), "replicates": int(replicates), "alpha": design.alpha, "test": design.test, "df": df}  # fmt: skip
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a file. Fix: name a folder (new, or an SSE's to resume it).")
     if (out / SETTINGS).exists():
         before = _read_json(out / SETTINGS)
         for key in ("design_sha256", "full_sha256", "null_sha256", "seed", "reference_size"):
@@ -330,7 +348,7 @@ def sse(design, replicates: int, full: str | Path, null: str | Path, out: str | 
     atomic_write_text(out / SETTINGS, json.dumps(settings, indent=1))
     emit = on_replicate or (lambda record: None)
     wanted = range(1, replicates + 1)
-    done = {int(p.stem[1:]) for p in (out / REPLICATES).glob("r*.json") if re.fullmatch(r"r\d{5}", p.stem)}
+    done = {int(p.stem[1:]) for p in (out / REPLICATES).glob("r*.json") if re.fullmatch(r"r\d{5,}", p.stem)}
 
     def work(c):
         emit({"workers": n_workers(c)})

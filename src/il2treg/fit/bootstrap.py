@@ -253,6 +253,8 @@ def interval_table(original: pd.DataFrame, replicates: pd.DataFrame, level: floa
 def _check_settings(out: Path, settings: dict) -> None:
     """Refuse to resume a folder made by another bootstrap (other fit file, model, data, seed or
     strata), and to write into a folder that is not a bootstrap's."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a file. Fix: name a folder (new, or a bootstrap's to resume it).")
     path = out / SETTINGS
     if not path.exists():
         if out.exists() and any(out.iterdir()):
