@@ -27,13 +27,16 @@ what another compiled.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import uuid
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
+from il2treg._io import atomic_write_text
 from il2treg.errors import InputError
 
 #: The environment of a LocalCluster's workers (beside ``IL2TREG_THREADS``): single-threaded
@@ -155,3 +158,31 @@ def run_jobs(client: Any, task: Callable, jobs: Mapping[Hashable, tuple], *, on_
         if pending:
             client.cancel(pending)
     return failed
+
+
+def open_job_folder(out: Path, settings_file: str, settings: dict, keys: tuple[str, ...], what: str) -> None:
+    """Make ``out`` the folder of a run of many jobs, or resume it: refuse a file, a non-empty
+    folder without ``settings_file``, or one whose settings differ from ``settings`` in ``keys``
+    (its results are another run's); then write ``settings`` (atomically) and create ``out``.
+
+    ``what`` names the run in the messages ("a bootstrap", "an SSE").
+
+    Raises:
+        InputError: naming the folder, the setting that differs and the fix.
+    """
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a file. Fix: name a folder (new, or {what}'s to resume it).")
+    path = out / settings_file
+    if path.exists():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"{path}: not the settings file of {what} ({err}). Fix: choose another --out.") from err
+        for key in keys:
+            if before.get(key) != settings[key]:
+                raise InputError(f"{out} holds {what} with {key} {before.get(key)!r}, not {settings[key]!r}: its results are not this run's. "
+                                 "Fix: choose another --out, or rerun with the same inputs and settings to resume it.")  # fmt: skip
+    elif out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} is not empty and holds no {what.split(' ', 1)[1]} ({settings_file}). Fix: choose a new --out (or an existing one's, to resume it).")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(settings, indent=1))

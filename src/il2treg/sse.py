@@ -91,24 +91,28 @@ def _spec(fit_file: str, digest: str):
     return read_fit_spec(fit_file)
 
 
-def _fit(spec, table: pd.DataFrame, start: dict | None = None) -> dict:
-    """FOCE-I of ``spec``'s model on ``table`` (no covariance step): OFV, status, estimates and
-    ``psi`` (estimation scale, by name). ``start``: ``psi`` by name (another fit's) and
-    ``values`` (fixed effects on the natural scale, internal units) that replace the fit file's
-    starts where given."""
+def _on_data(spec, table: pd.DataFrame):
+    """``spec`` with ``table`` as its data, and its problem: made once per fit file and trial,
+    shared by that fit's starts."""
+    from il2treg.data import read_dataset
+
+    spec = dataclasses.replace(spec, dataset=read_dataset(table, observables=spec.model.observable_names, doses=spec.model.dosing_inputs))
+    return spec, spec.problem()
+
+
+def _fit(prepared, start: dict | None = None) -> dict:
+    """FOCE-I of a fit file on a trial (``prepared``: :func:`_on_data`; no covariance step): OFV,
+    status, estimates and ``psi`` (estimation scale, by name). ``start``: ``psi`` by name (another
+    fit's) and ``values`` (fixed effects on the natural scale, internal units) that replace the
+    fit file's starts where given."""
     import jax
 
-    from il2treg.data import read_dataset
-    from il2treg.fit.assemble import declared_factors, initial_psi, make_objective
-    from il2treg.fit.estimate import natural_parameters
-    from il2treg.fit.estimators import Foce
+    from il2treg.fit.assemble import initial_psi
     from il2treg.fit.problem import to_unconstrained
+    from il2treg.fit.run import refit
 
-    data = read_dataset(table, observables=spec.model.observable_names, doses=spec.model.dosing_inputs)
-    spec = dataclasses.replace(spec, dataset=data)
-    problem = spec.problem()
-    residual = spec.residual_model()
-    psi0 = np.array(initial_psi(spec, problem, residual), dtype=np.float64)  # a writable copy
+    spec, problem = prepared
+    psi0 = np.array(initial_psi(spec, problem, spec.residual_model()), dtype=np.float64)  # a writable copy
     names = list(problem.psi_names)
     if start:
         typical = spec.model.typical()
@@ -118,9 +122,7 @@ def _fit(spec, table: pd.DataFrame, start: dict | None = None) -> dict:
         for n, v in start.get("psi", {}).items():
             if n in names:
                 psi0[names.index(n)] = v
-    psi0 = jax.numpy.asarray(psi0)
-    fit = Foce().estimate(spec, make_objective(spec, problem, psi0), psi0, lambda info: None)
-    natural = np.asarray(jax.device_get(natural_parameters(problem, fit.psi, residual))) * declared_factors(problem)
+    fit, natural = refit(spec, problem, jax.numpy.asarray(psi0))
     ok = math.isfinite(float(fit.ofv)) and bool(np.all(np.isfinite(natural)))
     return {"ofv": float(fit.ofv), "converged": bool(fit.converged) and ok, "failed": not ok, "estimates": dict(zip(fit.psi_names, natural.tolist())),
             "psi": dict(zip(fit.psi_names, np.asarray(fit.psi).tolist()))}  # fmt: skip
@@ -145,13 +147,14 @@ def fit_pair(full_spec, null_spec, table: pd.DataFrame) -> tuple[dict, dict]:
     started at a null optimum can only go down from it, so the full OFV never ends above the
     null's. One start each found local minima up to 63 OFV points above the other's optimum on
     simulated LUPIL-2 trials (3 visits; fits/lupil2_sse/README.md)."""
-    full_a, null_a = _fit(full_spec, table), _fit(null_spec, table)
+    on_full, on_null = _on_data(full_spec, table), _on_data(null_spec, table)
+    full_a, null_a = _fit(on_full), _fit(on_null)
     null_values = {n: float(null_spec.model.typical()[n]) for n in full_spec.fixed if n not in null_spec.fixed}
-    full_b = None if null_a["failed"] else _fit(full_spec, table, {"psi": null_a["psi"], "values": null_values})
-    null_b = None if full_a["failed"] else _fit(null_spec, table, {"psi": full_a["psi"]})  # the tested parameters are not in the null's psi
+    full_b = None if null_a["failed"] else _fit(on_full, {"psi": null_a["psi"], "values": null_values})
+    null_b = None if full_a["failed"] else _fit(on_null, {"psi": full_a["psi"]})  # the tested parameters are not in the null's psi
     full, null = _best(full_a, full_b), _best(null_a, null_b)
     if null_b is not None and not null_b["failed"] and (null_a["failed"] or null_b["ofv"] < null_a["ofv"]) and null_b["ofv"] < full["ofv"]:
-        full = _best(full_a, full_b, _fit(full_spec, table, {"psi": null_b["psi"], "values": null_values}))
+        full = _best(full_a, full_b, _fit(on_full, {"psi": null_b["psi"], "values": null_values}))
     return full, null
 
 
@@ -321,7 +324,7 @@ def sse(design, replicates: int, full: str | Path, null: str | Path, out: str | 
     """
     from scipy.stats import chi2
 
-    from il2treg.cluster import connect, n_workers, run_jobs
+    from il2treg.cluster import connect, n_workers, open_job_folder, run_jobs
     from il2treg.fit.spec import read_fit_spec
     from il2treg.trial import TrialDesign, load_design
 
@@ -334,18 +337,9 @@ def sse(design, replicates: int, full: str | Path, null: str | Path, out: str | 
     digests = (inputs_digest(full, full_spec.model.spec.path), inputs_digest(null, null_spec.model.spec.path))
     settings = {"design": design.name, "design_sha256": design_digest(design), "full_sha256": digests[0], "null_sha256": digests[1], "seed": int(seed),
                 "reference_size": int(reference_size), "replicates": int(replicates), "alpha": design.alpha, "test": design.test, "df": df}  # fmt: skip
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {str(out)!r} is a file. Fix: name a folder (new, or an SSE's to resume it).")
-    if (out / SETTINGS).exists():
-        before = _read_json(out / SETTINGS)
-        for key in ("design_sha256", "full_sha256", "null_sha256", "seed", "reference_size"):
-            if before.get(key) != settings[key]:
-                raise InputError(f"{out} holds an SSE with {key} {before.get(key)!r}, not {settings[key]!r}. Fix: choose another --out, or rerun with the same settings to resume it.")
-    elif out.exists() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty and holds no SSE ({SETTINGS}). Fix: choose a new --out (or an existing SSE's, to resume it).")
-    for folder in (out, out / DATA, out / REPLICATES):
-        folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / SETTINGS, json.dumps(settings, indent=1))
+    open_job_folder(out, SETTINGS, settings, ("design_sha256", "full_sha256", "null_sha256", "seed", "reference_size"), "an SSE")
+    for folder in (out / DATA, out / REPLICATES):
+        folder.mkdir(exist_ok=True)
     emit = on_replicate or (lambda record: None)
     wanted = range(1, replicates + 1)
     done = {int(p.stem[1:]) for p in (out / REPLICATES).glob("r*.json") if re.fullmatch(r"r\d{5,}", p.stem)}

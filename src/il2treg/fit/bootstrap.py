@@ -156,9 +156,7 @@ def run_replicate(fit_file: str, digest: str, replicate: int, seed: int, strata:
     import jax.numpy as jnp
 
     from il2treg.cluster import prepare_worker
-    from il2treg.fit.assemble import declared_factors, make_objective
-    from il2treg.fit.estimate import natural_parameters
-    from il2treg.fit.estimators import Foce
+    from il2treg.fit.run import refit
 
     prepare_worker()
     start = time.perf_counter()
@@ -167,10 +165,7 @@ def run_replicate(fit_file: str, digest: str, replicate: int, seed: int, strata:
     record = {"replicate": replicate, "positions": positions.tolist(), "error": None}
     try:
         resampled = dataclasses.replace(spec, dataset=spec.dataset.resample(positions))
-        start_psi = jnp.asarray(psi0, dtype=jnp.float64)
-        objective = make_objective(resampled, problem, start_psi)
-        fit = Foce().estimate(resampled, objective, start_psi, lambda info: None)
-        natural = np.asarray(natural_parameters(problem, fit.psi, resampled.residual_model())) * declared_factors(problem)
+        fit, natural = refit(resampled, problem, jnp.asarray(psi0, dtype=jnp.float64))
         ofv = float(fit.ofv)
         status = OK if fit.converged else NOT_CONVERGED
         if not math.isfinite(ofv) or not np.all(np.isfinite(natural)):
@@ -250,26 +245,6 @@ def interval_table(original: pd.DataFrame, replicates: pd.DataFrame, level: floa
     return pd.DataFrame(rows)
 
 
-def _check_settings(out: Path, settings: dict) -> None:
-    """Refuse to resume a folder made by another bootstrap (other fit file, model, data, seed or
-    strata), and to write into a folder that is not a bootstrap's."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {str(out)!r} is a file. Fix: name a folder (new, or a bootstrap's to resume it).")
-    path = out / SETTINGS
-    if not path.exists():
-        if out.exists() and any(out.iterdir()):
-            raise InputError(f"{out} is not empty and holds no bootstrap ({SETTINGS}). Fix: choose a new --out (or an existing bootstrap's, to resume it).")
-        return
-    try:
-        before = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a bootstrap settings file ({err}). Fix: choose another --out.") from err
-    for key in ("inputs_sha256", "seed", "strata"):
-        if before.get(key) != settings[key]:
-            raise InputError(f"{out} holds a bootstrap with {key} {before.get(key)!r}, not {settings[key]!r}: its replicates are not this "
-                             "one's. Fix: choose another --out, or rerun with the same fit file, seed and strata to resume it.")  # fmt: skip
-
-
 def bootstrap(fit_file: str | Path, replicates: int, out: str | Path, *, seed: int = 0, strata: str | None = "auto", level: float = 0.95,
               client=None, scheduler: str | None = None, workers: int | None = None, on_replicate: Callable[[dict], None] | None = None,
               figure: bool = True) -> BootstrapResult:
@@ -298,7 +273,7 @@ def bootstrap(fit_file: str | Path, replicates: int, out: str | Path, *, seed: i
             stratum; the original fit failed; replicates missing after the run (the workers do
             not share ``out``).
     """
-    from il2treg.cluster import connect, n_workers, run_jobs
+    from il2treg.cluster import connect, n_workers, open_job_folder, run_jobs
     from il2treg.fit.spec import read_fit_spec
 
     if replicates < 1:
@@ -314,9 +289,7 @@ def bootstrap(fit_file: str | Path, replicates: int, out: str | Path, *, seed: i
     out = Path(out).resolve()  # the workers write there: an absolute path means the same folder to all
     digest = input_digest(spec)
     settings = {"fit_file": str(fit_file), "inputs_sha256": digest, "seed": int(seed), "strata": column, "replicates": int(replicates)}
-    _check_settings(out, settings)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / SETTINGS, json.dumps(settings, indent=1))
+    open_job_folder(out, SETTINGS, settings, ("inputs_sha256", "seed", "strata"), "a bootstrap")
     emit = on_replicate or (lambda record: None)
 
     def work(client):

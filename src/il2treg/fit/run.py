@@ -16,10 +16,18 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import equinox as eqx
+import numpy as np
 
 from il2treg.errors import InputError
-from il2treg.fit.assemble import assemble_result, compile_predictions, initial_psi, make_objective, prediction_rows
-from il2treg.fit.estimate import estimate_covariance
+from il2treg.fit.assemble import (
+    assemble_result,
+    compile_predictions,
+    declared_factors,
+    initial_psi,
+    make_objective,
+    prediction_rows,
+)
+from il2treg.fit.estimate import PopulationFit, estimate_covariance, natural_parameters
 from il2treg.fit.estimators import ESTIMATORS, Estimator, Foce
 from il2treg.fit.result import FitResult, save
 from il2treg.fit.spec import FitSpec, read_fit_spec
@@ -118,3 +126,16 @@ def compute_fit(spec: FitSpec, *, estimator: Estimator = Foce(), progress: Progr
 
     emit({"stage": "predictions", "elapsed_s": time.perf_counter() - start})
     return assemble_result(spec, problem, objective, fit, estimator=estimator, rows=rows, timing=timing, emit=emit, start=start, programs=built)
+
+
+def refit(spec: FitSpec, problem, psi0) -> tuple[PopulationFit, np.ndarray]:
+    """FOCE-I estimation of ``spec``'s data from ``psi0``, without the covariance step or the
+    results tables: one of many refits (:mod:`il2treg.fit.bootstrap`, :mod:`il2treg.sse`).
+
+    ``problem`` is passed, not built from ``spec``, so that refits of data of one shape share its
+    static settings and so its compiled programs. Returns the fit and its estimates on the scale
+    and in the units of ``parameters.csv`` (the model file's), in the order of ``fit.psi_names``.
+    """
+    fit = Foce().estimate(spec, make_objective(spec, problem, psi0), psi0, lambda info: None)
+    natural = np.asarray(natural_parameters(problem, fit.psi, spec.residual_model())) * declared_factors(problem)
+    return fit, natural
